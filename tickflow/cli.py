@@ -1,0 +1,41 @@
+"""The ``tickflow`` command: one entry point that dispatches to each stage's own CLI."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module with a ``main(argv: list[str]) -> int``, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "stack": ("stack.cli", "local stack: up | down | status | logs (Kafka, Redis, ClickHouse, Flink)"),
+    "simulator": ("simulator.__main__", "run the exchange simulator on loopback"),
+    "connector": ("connectors.__main__", "run exchange connectors that produce raw frames to Kafka"),
+    "job": ("jobs.cli", "submit / list / cancel the Flink pipeline job"),
+    "book": ("jobs.sinks.book_reader", "print a live order book from Redis"),
+    "watch": ("jobs.sinks.book_reader", "live terminal view of every book in Redis"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: tickflow <command> [args]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"tickflow: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    if name == "watch":
+        rest = ["--watch", *rest]
+    return int(module.main(rest))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,242 @@
+"""Typed, frozen configuration for every tickflow component.
+
+Values come from ``config/tickflow.yaml``, then each overlay file named in ``TICKFLOW_CONFIG``
+(colon-separated), then environment variables ``TICKFLOW__<SECTION>__<KEY>`` (YAML-parsed
+scalars). ``TICKFLOW_HOME`` names the project root when the code is not run from a checkout.
+Unknown keys and missing required values fail fast with the offending key in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+ENV_PREFIX = "TICKFLOW__"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+def project_root() -> Path:
+    """The repository root (or ``TICKFLOW_HOME``): where ``config/`` and ``flink-conf/`` live."""
+    home = os.environ.get("TICKFLOW_HOME")
+    return Path(home).resolve() if home else Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap: str
+    controller_port: int
+    heap_mb: int
+    raw_topic: str
+    raw_partitions: int
+    deadletter_topic: str
+    control_topic: str
+    producer_linger_ms: int
+
+    @property
+    def host(self) -> str:
+        return self.bootstrap.split(",")[0].rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.bootstrap.split(",")[0].rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    host: str
+    port: int
+    db: int
+
+
+@dataclass(frozen=True)
+class ClickHouseConfig:
+    host: str
+    port: int
+    http_port: int
+    database: str
+    user: str
+    password: str
+    insert_batch_rows: int
+    insert_interval_ms: int
+
+
+@dataclass(frozen=True)
+class FlinkConfig:
+    rest_port: int
+    parallelism: int
+    python_execution_mode: str
+    checkpoint_interval_ms: int
+    watermark_out_of_orderness_ms: int
+    consumer_group: str
+
+
+@dataclass(frozen=True)
+class BookConfig:
+    top_n: int
+    snapshot_interval_ms: int
+    max_buffered_updates: int
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    host: str
+    port: int
+    seed: int
+    rate_per_symbol: float
+    depth_levels: int
+    symbols: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BinanceConfig:
+    ws_url: str
+    rest_url: str
+    depth_stream: str
+    snapshot_limit: int
+    symbols: Mapping[str, str]  # exchange symbol -> canonical instrument
+
+    def instrument(self, symbol: str) -> str:
+        try:
+            return self.symbols[symbol]
+        except KeyError:
+            raise ConfigError(f"binance symbol {symbol!r} is not in exchanges.binance.symbols") from None
+
+
+@dataclass(frozen=True)
+class ExchangesConfig:
+    binance: BinanceConfig
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    cache_dir: Path
+    kafka: KafkaConfig
+    redis: RedisConfig
+    clickhouse: ClickHouseConfig
+    flink: FlinkConfig
+    book: BookConfig
+    simulator: SimulatorConfig
+    exchanges: ExchangesConfig
+    root: Path = field(default_factory=project_root)
+
+
+T = TypeVar("T")
+
+
+def _deep_merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_overlay(environ: Mapping[str, str]) -> dict[str, Any]:
+    overlay: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+        if not path:
+            continue
+        node = overlay
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return overlay
+
+
+def _build(cls: type[T], data: Any, where: str) -> T:
+    """Build a frozen dataclass from a mapping, checking for unknown and missing keys."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    hints = {name: f.type for name, f in fields.items()}
+    for name, f in fields.items():
+        key = f"{where}.{name}" if where else name
+        if name not in data:
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+                continue
+            raise ConfigError(f"missing required configuration value {key}")
+        kwargs[name] = _coerce(hints[name], data[name], key)
+    return cls(**kwargs)
+
+
+_NESTED: dict[str, type] = {
+    "KafkaConfig": KafkaConfig,
+    "RedisConfig": RedisConfig,
+    "ClickHouseConfig": ClickHouseConfig,
+    "FlinkConfig": FlinkConfig,
+    "BookConfig": BookConfig,
+    "SimulatorConfig": SimulatorConfig,
+    "BinanceConfig": BinanceConfig,
+    "ExchangesConfig": ExchangesConfig,
+}
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    hint_name = hint if isinstance(hint, str) else getattr(hint, "__name__", str(hint))
+    if hint_name in _NESTED:
+        return _build(_NESTED[hint_name], value, key)
+    try:
+        if hint_name == "int":
+            if isinstance(value, bool):
+                raise TypeError
+            return int(value)
+        if hint_name == "float":
+            return float(value)
+        if hint_name == "str":
+            return str(value)
+        if hint_name == "Path":
+            return Path(value)
+        if hint_name.startswith("tuple"):
+            if not isinstance(value, list | tuple):
+                raise TypeError
+            return tuple(str(v) for v in value)
+        if hint_name.startswith("Mapping"):
+            if not isinstance(value, Mapping):
+                raise TypeError
+            return {str(k): str(v) for k, v in value.items()}
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: cannot use {value!r} as {hint_name}") from None
+    return value
+
+
+def load_settings(
+    overlays: list[Path] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Load the layered configuration (see module docstring)."""
+    environ = os.environ if environ is None else environ
+    root = project_root()
+    data: dict[str, Any] = yaml.safe_load((root / "config" / "tickflow.yaml").read_text())
+    files = list(overlays or [])
+    files += [Path(p) for p in environ.get("TICKFLOW_CONFIG", "").split(":") if p]
+    for path in files:
+        path = path if path.is_absolute() else root / path
+        if not path.exists():
+            raise ConfigError(f"overlay configuration file {path} does not exist")
+        data = _deep_merge(data, yaml.safe_load(path.read_text()) or {})
+    data = _deep_merge(data, _env_overlay(environ))
+    settings = _build(Settings, data, "")
+    return dataclasses.replace(
+        settings,
+        root=root,
+        state_dir=(root / settings.state_dir).resolve(),
+        cache_dir=(root / settings.cache_dir).resolve(),
+    )
