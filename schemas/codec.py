@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 
@@ -65,7 +65,7 @@ def encode_envelope(env: RawEnvelope) -> bytes:
 def decode_envelope(data: bytes) -> RawEnvelope:
     try:
         rec = fastavro.schemaless_reader(io.BytesIO(data), parsed_schema("raw_envelope"), None)
-        return RawEnvelope(**rec)
+        return RawEnvelope(**cast(dict[str, Any], rec))
     except Exception as exc:  # fastavro raises several types on truncated/garbled input
         raise EnvelopeError(f"cannot decode RawEnvelope ({len(data)} bytes): {exc!r}") from exc
 

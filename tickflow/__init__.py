@@ -1,1 +1,1 @@
-"""tickflow: crypto market data from exchange WebSockets through Kafka and Flink to ClickHouse and Redis."""
+"""tickflow: crypto market data, exchange WebSockets -> Kafka -> Flink -> ClickHouse/Redis."""

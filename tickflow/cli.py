@@ -7,10 +7,17 @@ import sys
 
 # subcommand -> (module with a ``main(argv: list[str]) -> int``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "stack": ("stack.cli", "local stack: up | down | status | logs (Kafka, Redis, ClickHouse, Flink)"),
+    "stack": (
+        "stack.cli",
+        "local stack: up | down | status | logs (Kafka, Redis, ClickHouse, Flink)",
+    ),
     "simulator": ("simulator.__main__", "run the exchange simulator on loopback"),
-    "connector": ("connectors.__main__", "run exchange connectors that produce raw frames to Kafka"),
+    "connector": (
+        "connectors.__main__",
+        "run exchange connectors that produce raw frames to Kafka",
+    ),
     "job": ("jobs.cli", "submit / list / cancel the Flink pipeline job"),
+    "demo": ("tickflow.demo", "whole pipeline on the simulator: demo up | down"),
     "book": ("jobs.sinks.book_reader", "print a live order book from Redis"),
     "watch": ("jobs.sinks.book_reader", "live terminal view of every book in Redis"),
 }

@@ -55,6 +55,7 @@ class RedisConfig:
     host: str
     port: int
     db: int
+    key_prefix: str
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class FlinkConfig:
 @dataclass(frozen=True)
 class BookConfig:
     top_n: int
+    max_levels: int
     snapshot_interval_ms: int
     max_buffered_updates: int
 
@@ -94,6 +96,10 @@ class SimulatorConfig:
     rate_per_symbol: float
     depth_levels: int
     symbols: tuple[str, ...]
+    max_changes_per_event: int
+    trade_probability: float
+    send_queue_max: int
+    send_log_frames: int
 
 
 @dataclass(frozen=True)
@@ -102,13 +108,35 @@ class BinanceConfig:
     rest_url: str
     depth_stream: str
     snapshot_limit: int
+    snapshot_max_attempts: int
+    snapshot_stagger_ms: int
+    rest_weight_limit_1m: int
     symbols: Mapping[str, str]  # exchange symbol -> canonical instrument
 
     def instrument(self, symbol: str) -> str:
         try:
             return self.symbols[symbol]
         except KeyError:
-            raise ConfigError(f"binance symbol {symbol!r} is not in exchanges.binance.symbols") from None
+            raise ConfigError(
+                f"binance symbol {symbol!r} is not in exchanges.binance.symbols"
+            ) from None
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    """Connection lifecycle shared by every exchange connector (``connectors/base.py``)."""
+
+    open_timeout_s: float
+    ping_interval_s: float
+    ping_timeout_s: float
+    stale_timeout_s: float
+    backoff_initial_s: float
+    backoff_max_s: float
+    backoff_jitter: float
+    backoff_reset_s: float
+    max_frame_bytes: int
+    rest_timeout_s: float
+    flush_timeout_s: float
 
 
 @dataclass(frozen=True)
@@ -126,6 +154,7 @@ class Settings:
     flink: FlinkConfig
     book: BookConfig
     simulator: SimulatorConfig
+    connectors: ConnectorConfig
     exchanges: ExchangesConfig
     root: Path = field(default_factory=project_root)
 
@@ -185,6 +214,7 @@ _NESTED: dict[str, type] = {
     "FlinkConfig": FlinkConfig,
     "BookConfig": BookConfig,
     "SimulatorConfig": SimulatorConfig,
+    "ConnectorConfig": ConnectorConfig,
     "BinanceConfig": BinanceConfig,
     "ExchangesConfig": ExchangesConfig,
 }

@@ -1,0 +1,50 @@
+# tickflow: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# exchanges are unreachable from a dev box or CI: demos and tests use the simulator
+export TICKFLOW_CONFIG ?= config/simulator.yaml
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,dev]'
+	touch $@
+
+venv: $(BIN)/.installed ## create .venv with the project and its tools
+
+run: venv ## stack + simulator + connector + Flink job, then a live view of the books
+	$(BIN)/tickflow demo up
+	$(BIN)/tickflow watch --seconds $${WATCH_SECONDS:-0}
+
+stop: venv ## stop the demo processes and the local stack
+	$(BIN)/tickflow demo down
+	$(BIN)/tickflow stack down
+
+test: venv ## the test suite (unit + integration on the real local stack) with coverage
+	$(BIN)/pytest --cov --cov-report=term --cov-report=xml --cov-fail-under=80 $(PYTEST_ARGS)
+
+unit: venv ## unit tests only (no servers)
+	$(BIN)/pytest -m unit -q
+
+lint: venv ## ruff
+	$(BIN)/ruff check .
+
+types: venv ## mypy
+	$(BIN)/mypy tickflow connectors jobs schemas simulator stack
+
+check: lint types test ## lint, types and tests
+
+stack-up: venv ## start Kafka, Redis, ClickHouse and Flink on loopback
+	$(BIN)/tickflow stack up
+
+stack-status: venv ## each component, its port and whether it answers
+	$(BIN)/tickflow stack status
+
+.PHONY: help venv run stop test unit lint types check stack-up stack-status

@@ -1,0 +1,94 @@
+"""Binance spot book synchronisation rules. Pure, no I/O.
+
+The documented procedure ("How to manage a local order book correctly"):
+https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams#how-to-manage-a-local-order-book-correctly
+1. buffer diff events until a REST snapshot arrives;
+2. drop buffered events with ``u <= lastUpdateId``; the first kept one must have
+   ``U <= lastUpdateId + 1 <= u``;
+3. then for each event: ``u < local`` -> ignore; ``U > local + 1`` -> gap: discard the book
+   and wait for a new snapshot; else apply each level (absolute size, 0 removes), local = ``u``.
+The connector fetches a snapshot after every (re)connect; it arrives on the same Kafka key
+after the diffs it must be merged with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from jobs.book.levels import BookStatus, OrderBook
+from jobs.parse.events import BookDelta, BookSnapshot
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"  # the book changed and is LIVE
+    IGNORED = "ignored"  # older than the book: nothing to do
+    BUFFERED = "buffered"  # kept until a snapshot arrives
+    GAP = "gap"  # missing updates: the book is now RESYNCING
+    RESYNCED = "resynced"  # a snapshot (plus buffered updates) made the book LIVE
+    SNAPSHOT_TOO_OLD = "snapshot_too_old"  # snapshot ends before the buffered updates begin
+
+
+@dataclass
+class BinanceBook:
+    """One Binance symbol's book with its sync state."""
+
+    max_levels: int
+    max_buffered: int
+    book: OrderBook = field(init=False)
+    status: BookStatus = BookStatus.RESYNCING
+    reason: str = "awaiting snapshot"
+    last_id: int = -1  # last applied update id (Binance local lastUpdateId)
+    buffer: list[BookDelta] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.book = OrderBook(self.max_levels)
+
+    def on_delta(self, delta: BookDelta) -> Outcome:
+        if self.status is not BookStatus.LIVE:
+            self.buffer.append(delta)
+            if len(self.buffer) > self.max_buffered:
+                # the oldest are dropped; the snapshot check below then fails loudly
+                del self.buffer[: len(self.buffer) - self.max_buffered]
+                self.reason = f"buffer overflow ({self.max_buffered} updates) awaiting snapshot"
+            return Outcome.BUFFERED
+        return self._apply(delta)
+
+    def _apply(self, delta: BookDelta) -> Outcome:
+        if delta.last_id <= self.last_id:
+            return Outcome.IGNORED
+        if delta.first_id > self.last_id + 1:
+            self.status = BookStatus.RESYNCING
+            self.reason = f"gap: expected update {self.last_id + 1}, got U={delta.first_id}"
+            self.book.clear()
+            self.buffer = [delta]
+            return Outcome.GAP
+        for price, size in delta.bids:
+            self.book.set_level("b", price, size)
+        for price, size in delta.asks:
+            self.book.set_level("a", price, size)
+        self.last_id = delta.last_id
+        return Outcome.APPLIED
+
+    def on_snapshot(self, snap: BookSnapshot) -> Outcome:
+        if self.status is BookStatus.LIVE:
+            if snap.last_id <= self.last_id:
+                return Outcome.IGNORED  # our continuous stream is already past it
+            self.book.load(snap.bids, snap.asks)
+            self.last_id = snap.last_id
+            return Outcome.APPLIED
+        pending = [d for d in self.buffer if d.last_id > snap.last_id]
+        if pending and pending[0].first_id > snap.last_id + 1:
+            self.reason = (
+                f"snapshot lastUpdateId={snap.last_id} ends before buffered U={pending[0].first_id}"
+            )
+            self.buffer = pending
+            return Outcome.SNAPSHOT_TOO_OLD
+        self.book.load(snap.bids, snap.asks)
+        self.last_id = snap.last_id
+        self.status, self.reason, self.buffer = BookStatus.LIVE, "", []
+        for delta in pending:
+            if self._apply(delta) is Outcome.GAP:
+                self.buffer = pending[pending.index(delta) :]
+                return Outcome.GAP
+        return Outcome.RESYNCED

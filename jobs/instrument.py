@@ -1,0 +1,178 @@
+"""Everything the pipeline knows about one canonical instrument, across exchanges. Pure, no I/O.
+
+The Flink operator is keyed by instrument, so one call per raw frame parses it, updates the
+right book and decides what to publish (one JVM<->Python crossing per frame). Later stages
+(NBBO, trade matching) hang off the same object for the same reason.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from jobs.book.binance import BinanceBook, Outcome
+from jobs.book.levels import BookSide, BookStatus, LevelChange
+from jobs.parse import binance as binance_parse
+from jobs.parse.events import BookDelta, BookSnapshot, ParseError, Trade
+from schemas.codec import RawEnvelope
+
+BookId = tuple[str, str]  # (exchange, exchange symbol)
+
+
+@dataclass(frozen=True, slots=True)
+class BookView:
+    """The top of one book as published (Redis live view, ClickHouse snapshots)."""
+
+    exchange: str
+    symbol: str
+    instrument: str
+    status: BookStatus
+    reason: str
+    seq: int  # last applied exchange update id: the version Redis writes are guarded by
+    bids: tuple[tuple[Decimal, Decimal], ...]
+    asks: tuple[tuple[Decimal, Decimal], ...]
+    event_time_ms: int
+    receive_time_ns: int
+
+
+@dataclass
+class Outputs:
+    book_views: list[BookView] = field(default_factory=list)  # live publication (Redis)
+    snapshots: list[BookView] = field(default_factory=list)  # periodic history (ClickHouse)
+    trades: list[Trade] = field(default_factory=list)
+    # (book, changed levels) to persist; a None list means "rewrite everything of this book"
+    level_changes: list[tuple[BookId, list[LevelChange]]] = field(default_factory=list)
+
+
+@dataclass
+class TrackedBook:
+    engine: BinanceBook
+    last_event_time_ms: int = 0
+    last_receive_time_ns: int = 0
+    snapshot_bucket: int = -1  # event-time bucket of the last ClickHouse snapshot
+
+    def meta(self) -> bytes:
+        """Everything but the levels (which are persisted level by level)."""
+        e = self.engine
+        return pickle.dumps(
+            (
+                e.status.value,
+                e.reason,
+                e.last_id,
+                e.buffer,
+                self.last_event_time_ms,
+                self.last_receive_time_ns,
+                self.snapshot_bucket,
+            ),
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+
+    @classmethod
+    def from_meta(cls, data: bytes, max_levels: int, max_buffered: int) -> TrackedBook:
+        status, reason, last_id, buffer, ev_ms, rx_ns, bucket = pickle.loads(data)
+        engine = BinanceBook(max_levels=max_levels, max_buffered=max_buffered)
+        engine.status, engine.reason, engine.last_id, engine.buffer = (
+            BookStatus(status),
+            reason,
+            last_id,
+            buffer,
+        )
+        return cls(engine, ev_ms, rx_ns, bucket)
+
+
+class InstrumentBooks:
+    """The books of one instrument and the rules for what to publish when a frame arrives."""
+
+    def __init__(
+        self,
+        instrument: str,
+        top_n: int,
+        snapshot_interval_ms: int,
+        max_levels: int,
+        max_buffered: int,
+    ) -> None:
+        self.instrument = instrument
+        self.top_n = top_n
+        self.snapshot_interval_ms = snapshot_interval_ms
+        self.max_levels = max_levels
+        self.max_buffered = max_buffered
+        self.books: dict[BookId, TrackedBook] = {}
+
+    def book(self, book_id: BookId) -> TrackedBook:
+        tracked = self.books.get(book_id)
+        if tracked is None:
+            tracked = TrackedBook(BinanceBook(self.max_levels, self.max_buffered))
+            self.books[book_id] = tracked
+        return tracked
+
+    def restore(
+        self, book_id: BookId, meta: bytes, levels: list[tuple[BookSide, Decimal, Decimal]]
+    ) -> None:
+        tracked = TrackedBook.from_meta(meta, self.max_levels, self.max_buffered)
+        for side, price, size in levels:
+            tracked.engine.book.restore_level(side, price, size)
+        self.books[book_id] = tracked
+
+    def process(self, env: RawEnvelope) -> Outputs:
+        """Apply one raw frame. Raises ParseError for frames that cannot be understood."""
+        if env.exchange != binance_parse.EXCHANGE:
+            raise ParseError(f"no parser for exchange {env.exchange!r}")
+        out = Outputs()
+        book_id = (env.exchange, env.symbol)
+        if env.channel == "snapshot":
+            snap = binance_parse.parse_snapshot(env.payload, env.symbol, env.receive_time_ns)
+            self._on_book_event(book_id, snap, out)
+        elif env.channel in ("depth", "trade"):
+            event = binance_parse.parse_frame(env.payload, env.receive_time_ns)
+            if event.symbol != env.symbol:
+                raise ParseError(f"frame for {event.symbol} arrived keyed as {env.symbol}")
+            if isinstance(event, Trade):
+                out.trades.append(event)
+            else:
+                self._on_book_event(book_id, event, out)
+        else:
+            raise ParseError(f"unknown channel {env.channel!r} for {env.exchange}")
+        return out
+
+    def _on_book_event(
+        self, book_id: BookId, event: BookDelta | BookSnapshot, out: Outputs
+    ) -> None:
+        tracked = self.book(book_id)
+        engine = tracked.engine
+        was = engine.status
+        if isinstance(event, BookSnapshot):
+            outcome = engine.on_snapshot(event)
+        else:
+            outcome = engine.on_delta(event)
+            tracked.last_event_time_ms = max(tracked.last_event_time_ms, event.event_time_ms)
+        tracked.last_receive_time_ns = event.receive_time_ns
+        out.level_changes.append((book_id, engine.book.take_changes()))
+        if outcome in (Outcome.IGNORED, Outcome.BUFFERED, Outcome.SNAPSHOT_TOO_OLD) and (
+            engine.status is was
+        ):
+            return
+        view = self.view(book_id)
+        out.book_views.append(view)
+        if engine.status is BookStatus.LIVE and tracked.last_event_time_ms:
+            bucket = tracked.last_event_time_ms // self.snapshot_interval_ms
+            if bucket != tracked.snapshot_bucket:
+                tracked.snapshot_bucket = bucket
+                out.snapshots.append(view)
+
+    def view(self, book_id: BookId) -> BookView:
+        tracked = self.books[book_id]
+        engine = tracked.engine
+        bids, asks = engine.book.top(self.top_n) if engine.status is BookStatus.LIVE else ([], [])
+        return BookView(
+            exchange=book_id[0],
+            symbol=book_id[1],
+            instrument=self.instrument,
+            status=engine.status,
+            reason=engine.reason,
+            seq=engine.last_id,
+            bids=tuple(bids),
+            asks=tuple(asks),
+            event_time_ms=tracked.last_event_time_ms,
+            receive_time_ns=tracked.last_receive_time_ns,
+        )

@@ -1,0 +1,126 @@
+"""The tickflow pipeline job: raw exchange frames from Kafka -> live books in Redis, trades and
+book snapshots in ClickHouse, bad input to the dead-letter topic.
+
+    raw topic ──► key by instrument ──► InstrumentProcessor ──► Redis (live books)
+                                            │        └──► dead letters ──► Kafka
+                                            └──► key by table ──► ClickHouseBatcher ──► ClickHouse
+
+Submit to a cluster with ``flink run -py jobs/pipeline.py`` (``tickflow job submit`` does it);
+run it in-process (Flink MiniCluster) with ``python -m jobs.pipeline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
+from pyflink.common.serialization import ByteArraySchema, SimpleStringSchema
+from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
+from pyflink.datastream.connectors.base import DeliveryGuarantee
+from pyflink.datastream.connectors.kafka import (
+    KafkaOffsetResetStrategy,
+    KafkaOffsetsInitializer,
+    KafkaRecordSerializationSchema,
+    KafkaSink,
+    KafkaSource,
+)
+
+from jobs.operators import DEAD_LETTERS, ClickHouseBatcher, InstrumentProcessor
+from schemas.codec import envelope_instrument
+from tickflow.config import Settings, load_settings
+
+JOB_NAME = "tickflow-pipeline"
+
+
+def table_of(record: tuple[str, Any]) -> str:
+    return record[0]
+
+
+def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
+    """Wire the whole job graph onto ``env``. Every operator has a name and a stable uid."""
+    kafka = settings.kafka
+    source = (
+        KafkaSource.builder()
+        .set_bootstrap_servers(kafka.bootstrap)
+        .set_topics(kafka.raw_topic)
+        .set_group_id(settings.flink.consumer_group)
+        # resume from committed offsets (committed on checkpoints); first start: everything
+        .set_starting_offsets(
+            KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
+        )
+        .set_value_only_deserializer(ByteArraySchema())
+        .set_property("partition.discovery.interval.ms", "60000")
+        .build()
+    )
+    # event time = the Kafka record timestamp set by the connector; idle partitions must not
+    # hold the watermark back
+    watermarks = WatermarkStrategy.for_bounded_out_of_orderness(
+        Duration.of_millis(settings.flink.watermark_out_of_orderness_ms)
+    ).with_idleness(Duration.of_seconds(10))
+    raw = env.from_source(source, watermarks, "raw-frames").uid("raw-frames-source")
+
+    processed = (
+        raw.key_by(envelope_instrument, key_type=Types.STRING())
+        .process(
+            InstrumentProcessor(settings.book, settings.redis),
+            output_type=Types.PICKLED_BYTE_ARRAY(),
+        )
+        .name("books-per-instrument")
+        .uid("books-per-instrument")
+    )
+    (
+        processed.key_by(table_of, key_type=Types.STRING())
+        .process(ClickHouseBatcher(settings.clickhouse))
+        .name("clickhouse-writer")
+        .uid("clickhouse-writer")
+    )
+    dead_letter_sink = (
+        KafkaSink.builder()
+        .set_bootstrap_servers(kafka.bootstrap)
+        .set_record_serializer(
+            KafkaRecordSerializationSchema.builder()
+            .set_topic(kafka.deadletter_topic)
+            .set_value_serialization_schema(SimpleStringSchema())
+            .build()
+        )
+        .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
+        .build()
+    )
+    (
+        processed.get_side_output(DEAD_LETTERS)
+        .sink_to(dead_letter_sink)
+        .name("dead-letter-sink")
+        .uid("dead-letter-sink")
+    )
+
+
+def create_environment(settings: Settings) -> StreamExecutionEnvironment:
+    from stack.jars import flink_connector_jars  # the stack resolves the pinned jars
+
+    conf = Configuration()
+    conf.set_string("python.execution-mode", settings.flink.python_execution_mode)
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(settings.flink.parallelism)
+    env.enable_checkpointing(settings.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
+    env.add_jars(*(jar.as_uri() for jar in flink_connector_jars(settings)))
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jobs.pipeline", description=__doc__.split("\n")[0])
+    parser.add_argument("--plan", action="store_true", help="print the execution plan and exit")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    settings = load_settings()
+    env = create_environment(settings)
+    build_pipeline(env, settings)
+    if args.plan:
+        print(env.get_execution_plan())
+        return 0
+    env.execute(JOB_NAME)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

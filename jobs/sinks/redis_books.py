@@ -1,0 +1,77 @@
+"""Live books in Redis, written idempotently.
+
+Layout (``<p>`` is ``redis.key_prefix``):
+- ``<p>:book:<exchange>:<symbol>`` hash: ``instrument``, ``status`` (LIVE | RESYNCING | STALE),
+  ``reason``, ``seq`` (last applied exchange update id), ``bids`` and ``asks`` (JSON arrays of
+  ``[price, size]`` strings, best first, top N; empty unless LIVE), ``event_time_ms``,
+  ``receive_time_ns``, ``publish_time_ns``.
+- ``<p>:books``: set of every book key (for listing).
+- channel ``<p>:book-updates``: one message per write, ``<exchange>:<symbol>:<seq>:<status>``.
+
+A Lua script refuses a write whose ``seq`` is lower than the stored one, so replaying frames
+after a Flink restore (at-least-once) never moves a book backwards. One book update is one
+EVALSHA: a single round trip instead of a pipeline of per-level commands.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import redis
+
+from jobs.instrument import BookView
+from tickflow.config import RedisConfig
+
+_GUARDED_WRITE = """
+local cur = redis.call('HGET', KEYS[1], 'seq')
+if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'status', ARGV[2], 'reason', ARGV[3],
+  'bids', ARGV[4], 'asks', ARGV[5], 'event_time_ms', ARGV[6], 'receive_time_ns', ARGV[7],
+  'instrument', ARGV[8], 'publish_time_ns', ARGV[9])
+redis.call('SADD', KEYS[2], KEYS[1])
+redis.call('PUBLISH', KEYS[3], ARGV[10])
+return 1
+"""
+
+
+def book_key(prefix: str, exchange: str, symbol: str) -> str:
+    return f"{prefix}:book:{exchange}:{symbol}"
+
+
+def encode_levels(levels: tuple[tuple[object, object], ...]) -> bytes:
+    return orjson.dumps([[str(p), str(s)] for p, s in levels])
+
+
+class RedisBookWriter:
+    def __init__(self, config: RedisConfig) -> None:
+        self.prefix = config.key_prefix
+        self.client = redis.Redis(host=config.host, port=config.port, db=config.db)
+        self._write = self.client.register_script(_GUARDED_WRITE)
+
+    def write(self, view: BookView) -> bool:
+        """Publish one book view; False when Redis already holds a newer version."""
+        status = view.status.value
+        written = self._write(
+            keys=[
+                book_key(self.prefix, view.exchange, view.symbol),
+                f"{self.prefix}:books",
+                f"{self.prefix}:book-updates",
+            ],
+            args=[
+                view.seq,
+                status,
+                view.reason,
+                encode_levels(view.bids),
+                encode_levels(view.asks),
+                view.event_time_ms,
+                view.receive_time_ns,
+                view.instrument,
+                time.time_ns(),
+                f"{view.exchange}:{view.symbol}:{view.seq}:{status}",
+            ],
+        )
+        return bool(written)
+
+    def close(self) -> None:
+        self.client.close()
