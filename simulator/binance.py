@@ -191,7 +191,9 @@ class BinanceMarket:
             self.book.set(Side.ASK, tick, self._lots())
             tick += self._rng.randint(1, 2)
 
-    def _apply(self, changes: dict[tuple[Side, int], int], side: Side, ticks: int, lots: int) -> None:
+    def _apply(
+        self, changes: dict[tuple[Side, int], int], side: Side, ticks: int, lots: int
+    ) -> None:
         self.book.set(side, ticks, lots)
         changes[(side, ticks)] = lots
 

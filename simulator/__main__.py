@@ -1,0 +1,47 @@
+"""``tickflow simulator``: serve the simulated exchanges until SIGINT/SIGTERM.
+
+Host, port, seed and rates come from the configuration (``simulator`` section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from simulator.server import SimulatorServer
+from tickflow.config import load_settings
+
+
+async def _serve(paused: bool) -> None:
+    settings = load_settings()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await SimulatorServer(settings, paused=paused).serve_forever(stop)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tickflow simulator",
+        description="Serve simulated exchange protocols (Binance spot under /binance) on loopback.",
+    )
+    parser.add_argument("--paused", action="store_true", help="start without generating events")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # websockets logs every plain HTTP answer as a "rejected" handshake: keep that quiet
+    logging.getLogger("simulator.websockets").setLevel(logging.WARNING)
+    asyncio.run(_serve(args.paused))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

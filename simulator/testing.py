@@ -1,0 +1,74 @@
+"""Helpers for tests that run the simulator in-process on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from simulator.server import SimulatorServer
+from tickflow.config import Settings
+
+
+@asynccontextmanager
+async def running_simulator(
+    settings: Settings, *, paused: bool = False, **overrides: Any
+) -> AsyncIterator[SimulatorServer]:
+    """A started simulator on a free port; ``overrides`` replace ``simulator`` config values."""
+    sim = dataclasses.replace(settings.simulator, port=0, **overrides)
+    server = SimulatorServer(dataclasses.replace(settings, simulator=sim), paused=paused)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def pointed_at(settings: Settings, server: SimulatorServer) -> Settings:
+    """``settings`` with the Binance connector URLs pointing at ``server``."""
+    binance = dataclasses.replace(
+        settings.exchanges.binance,
+        ws_url=f"{server.ws_url}/binance",
+        rest_url=f"{server.http_url}/binance",
+    )
+    exchanges = dataclasses.replace(settings.exchanges, binance=binance)
+    return dataclasses.replace(settings, exchanges=exchanges)
+
+
+def _http(url: str, method: str) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+async def http_json(url: str, method: str = "GET") -> tuple[int, Any]:
+    """(status, decoded JSON body); in a thread, since the server shares the event loop."""
+    status, _, body = await asyncio.to_thread(_http, url, method)
+    return status, json.loads(body)
+
+
+async def http_raw(url: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    return await asyncio.to_thread(_http, url, method)
+
+
+async def wait_until(
+    predicate: Callable[[], Any], within_s: float = 10.0, what: str = "condition"
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``within_s`` seconds."""
+    deadline = time.monotonic() + within_s
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {within_s}s waiting for {what}")
+        await asyncio.sleep(0.005)

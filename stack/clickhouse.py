@@ -1,0 +1,186 @@
+"""ClickHouse from the Debian package (18.16 on Debian 12), with a private copy of the
+packaged config rewritten to keep data, logs and every listening socket local to the stack."""
+
+from __future__ import annotations
+
+import shutil
+import urllib.request
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from stack.services import LOOPBACK, Component
+from stack.system import StackError, disable_system_services, ensure_packages, spawn_daemon
+from tickflow.config import Settings
+
+PACKAGED_CONFIG_DIR = Path("/etc/clickhouse-server")
+SERVER_BINARY = "/usr/sbin/clickhouse-server"
+CLICKHOUSE_PACKAGES = {
+    SERVER_BINARY: ["clickhouse-server", "clickhouse-client"],
+    "clickhouse-client": ["clickhouse-client"],
+}
+# elements that open extra listening sockets (some only exist in newer releases)
+EXTRA_LISTENERS = (
+    "https_port",
+    "tcp_port_secure",
+    "interserver_http_port",
+    "interserver_https_port",
+    "interserver_http_host",
+    "mysql_port",
+    "postgresql_port",
+    "grpc_port",
+    "tcp_with_proxy_port",
+    "prometheus",
+    "listen_host",
+)
+
+
+@dataclass(frozen=True)
+class ClickHousePaths:
+    """Where one private ClickHouse instance keeps its files."""
+
+    home: Path
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def tmp(self) -> Path:
+        return self.home / "data" / "tmp"
+
+    @property
+    def user_files(self) -> Path:
+        return self.home / "data" / "user_files"
+
+    @property
+    def format_schemas(self) -> Path:
+        return self.home / "data" / "format_schemas"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def config(self) -> Path:
+        return self.home / "config.xml"
+
+    @property
+    def users(self) -> Path:
+        return self.home / "users.xml"
+
+
+def _set(parent: ET.Element, tag: str, text: str) -> ET.Element:
+    element = parent.find(tag)
+    if element is None:
+        element = ET.SubElement(parent, tag)
+    element.text = text
+    return element
+
+
+def _dir(path: Path) -> str:
+    return f"{path}/"  # ClickHouse wants directory paths with a trailing slash
+
+
+def rewrite_server_config(xml_text: str, settings: Settings, paths: ClickHousePaths) -> str:
+    """The packaged config.xml with our paths and ports, listening on loopback only."""
+    root = ET.fromstring(xml_text)
+    for tag in EXTRA_LISTENERS:
+        for element in root.findall(tag):
+            root.remove(element)
+    _set(root, "listen_host", LOOPBACK)
+    _set(root, "tcp_port", str(settings.clickhouse.port))
+    _set(root, "http_port", str(settings.clickhouse.http_port))
+    _set(root, "path", _dir(paths.data))
+    _set(root, "tmp_path", _dir(paths.tmp))
+    _set(root, "user_files_path", _dir(paths.user_files))
+    _set(root, "format_schema_path", _dir(paths.format_schemas))
+    _set(root, "users_config", str(paths.users))
+    # one timezone for DateTime rendering whatever the machine's local zone is
+    _set(root, "timezone", "UTC")
+    logger = root.find("logger")
+    if logger is None:
+        logger = ET.SubElement(root, "logger")
+    _set(logger, "level", "information")
+    _set(logger, "log", str(paths.logs / "clickhouse-server.log"))
+    _set(logger, "errorlog", str(paths.logs / "clickhouse-server.err.log"))
+    _set(logger, "size", "100M")
+    _set(logger, "count", "3")
+    # substitutions from /etc/metrika.xml do not exist here; drop the references to them
+    for element in root.iter():
+        element.attrib.pop("incl", None)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def rewrite_users_config(xml_text: str, user: str, password: str) -> str:
+    """The packaged users.xml with `user` (password from settings) reachable from loopback only."""
+    root = ET.fromstring(xml_text)
+    users = root.find("users")
+    if users is None:
+        users = ET.SubElement(root, "users")
+    for entry in users:
+        networks = entry.find("networks")
+        if networks is not None:
+            entry.remove(networks)
+        networks = ET.SubElement(entry, "networks")
+        for address in (LOOPBACK, "::1"):
+            ET.SubElement(networks, "ip").text = address
+    account = users.find(user)
+    if account is None:
+        account = ET.SubElement(users, user)
+        networks = ET.SubElement(account, "networks")
+        for address in (LOOPBACK, "::1"):
+            ET.SubElement(networks, "ip").text = address
+    for hashed in account.findall("password_sha256_hex"):
+        account.remove(hashed)
+    _set(account, "password", password)
+    _set(account, "profile", "default")
+    _set(account, "quota", "default")
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+class ClickHouse(Component):
+    name = "clickhouse"
+    start_timeout_s = 120.0
+
+    @property
+    def paths(self) -> ClickHousePaths:
+        return ClickHousePaths(self.home)
+
+    @property
+    def log_file(self) -> Path:
+        return self.paths.logs / "clickhouse-server.err.log"
+
+    def log_files(self) -> list[Path]:
+        logs = self.paths.logs
+        return [self.log_file, logs / "clickhouse-server.log", self.home / "clickhouse.out"]
+
+    def ports(self) -> dict[str, int]:
+        return {"tcp": self.settings.clickhouse.port, "http": self.settings.clickhouse.http_port}
+
+    def install(self) -> None:
+        if ensure_packages(CLICKHOUSE_PACKAGES):
+            disable_system_services(["clickhouse-server"])
+
+    def configure(self) -> None:
+        paths = self.paths
+        for directory in (paths.tmp, paths.user_files, paths.format_schemas, paths.logs):
+            directory.mkdir(parents=True, exist_ok=True)
+        packaged = PACKAGED_CONFIG_DIR / "config.xml"
+        if not packaged.exists():
+            raise StackError(f"clickhouse: {packaged} is missing; reinstall clickhouse-server")
+        ch = self.settings.clickhouse
+        paths.config.write_text(rewrite_server_config(packaged.read_text(), self.settings, paths))
+        users = (PACKAGED_CONFIG_DIR / "users.xml").read_text()
+        paths.users.write_text(rewrite_users_config(users, ch.user, ch.password))
+
+    def launch(self) -> None:
+        binary = SERVER_BINARY if Path(SERVER_BINARY).exists() else shutil.which("clickhouse-server")
+        argv = [binary or "clickhouse-server", f"--config-file={self.paths.config}"]
+        pid = spawn_daemon(argv, self.home / "clickhouse.out", cwd=self.home)
+        self.pid_file.write_text(f"{pid}\n")
+
+    def answers(self) -> bool:
+        url = f"http://{self.settings.clickhouse.host}:{self.settings.clickhouse.http_port}/ping"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.read().decode().strip() == "Ok.")

@@ -1,0 +1,86 @@
+"""Java dependencies resolved from Maven Central with the pinned poms in ``stack/maven/``.
+
+Jars land in ``<cache_dir>/jars/<name>/``; a marker file holding the pom's hash makes repeated
+calls free and re-resolves when a pom changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from stack.system import StackError, ensure_packages
+from tickflow.config import Settings
+
+MAVEN_DIR = Path(__file__).resolve().parent / "maven"
+KAFKA_POM = MAVEN_DIR / "kafka-broker.pom.xml"
+FLINK_POM = MAVEN_DIR / "flink-jars.pom.xml"
+MARKER = ".resolved-from"
+# what a fresh CI image needs to run Maven and the JVM services
+JAVA_PACKAGES = {"java": ["openjdk-17-jre-headless"], "mvn": ["maven"]}
+KAFKA_CONNECTOR_GLOB = "flink-sql-connector-kafka-*.jar"
+
+
+def pom_digest(pom: Path, transitive: bool) -> str:
+    return hashlib.sha256(pom.read_bytes() + f"transitive={transitive}".encode()).hexdigest()
+
+
+def resolve(pom: Path, out_dir: Path, transitive: bool = True) -> Path:
+    """Copy the pom's dependencies into out_dir with Maven unless already done for this pom."""
+    digest = pom_digest(pom, transitive)
+    marker = out_dir / MARKER
+    if marker.exists() and marker.read_text().strip() == digest and any(out_dir.glob("*.jar")):
+        return out_dir
+    ensure_packages(JAVA_PACKAGES)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # resolve into a sibling temp dir, then swap: an interrupted run never looks complete
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    argv = [
+        "mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+        f"-DoutputDirectory={staging}", f"-DexcludeTransitive={str(not transitive).lower()}",
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(
+            argv, cwd=staging, capture_output=True, text=True, check=False, timeout=1800
+        )
+        if done.returncode != 0:
+            raise StackError(
+                f"Maven could not resolve {pom.name}: `{' '.join(argv)}` exited "
+                f"{done.returncode}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+            )
+        (staging / MARKER).write_text(digest + "\n")
+        shutil.rmtree(out_dir, ignore_errors=True)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def jars_dir(settings: Settings, name: str) -> Path:
+    return settings.cache_dir / "jars" / name
+
+
+def kafka_jars_dir(settings: Settings) -> Path:
+    """Directory holding the Kafka broker and its dependencies (classpath ``<dir>/*``)."""
+    return resolve(KAFKA_POM, jars_dir(settings, "kafka"), transitive=True)
+
+
+def flink_jars_dir(settings: Settings) -> Path:
+    """Directory holding the extra Flink jars (Kafka SQL connector, Prometheus reporter)."""
+    return resolve(FLINK_POM, jars_dir(settings, "flink"), transitive=False)
+
+
+def flink_connector_jars(settings: Settings) -> list[Path]:
+    """Jars a PyFlink job adds with ``env.add_jars(*(p.as_uri() for p in ...))``.
+
+    The session cluster has them on its classpath already; jobs still add them so the same
+    code runs on a local MiniCluster (duplicates are harmless: org.apache.flink classes load
+    parent-first).
+    """
+    jars = sorted(flink_jars_dir(settings).glob(KAFKA_CONNECTOR_GLOB))
+    if not jars:
+        raise StackError(f"no {KAFKA_CONNECTOR_GLOB} in {jars_dir(settings, 'flink')}")
+    return jars

@@ -1,0 +1,128 @@
+"""The Component abstraction every local-stack service implements (Kafka, Redis, ClickHouse,
+Flink): where it keeps its files, which ports it owns, how to install, configure, launch, probe
+and stop it. Orchestration across components lives in ``stack.manager``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+from stack.system import (
+    StackError,
+    pid_alive,
+    port_open,
+    port_owner,
+    process_belongs_to,
+    read_pids,
+    tail,
+    terminate,
+    wait_until,
+)
+from tickflow.config import Settings
+
+LOOPBACK = "127.0.0.1"
+
+
+class Component(ABC):
+    """One service of the local stack, with its data, logs and pid files under
+    ``<state_dir>/<name>/``."""
+
+    name: ClassVar[str]
+    # generous: two JVMs starting together on two cores take a while
+    start_timeout_s: ClassVar[float] = 180.0
+    stop_timeout_s: ClassVar[float] = 30.0
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @property
+    def home(self) -> Path:
+        return self.settings.state_dir / self.name
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / f"{self.name}.pid"
+
+    @abstractmethod
+    def ports(self) -> dict[str, int]:
+        """Port label -> TCP port on 127.0.0.1 that this component listens on."""
+
+    @property
+    @abstractmethod
+    def log_file(self) -> Path:
+        """The log to read first when the component misbehaves."""
+
+    def log_files(self) -> list[Path]:
+        """Every log the component writes (for ``tickflow stack logs``)."""
+        return [self.log_file]
+
+    def install(self) -> None:  # noqa: B027 - optional hook, most components need no install
+        """Make binaries/jars available (apt-get, Maven); cheap when already there."""
+
+    @abstractmethod
+    def configure(self) -> None:
+        """Render configuration files and create directories under home."""
+
+    @abstractmethod
+    def launch(self) -> None:
+        """Start the process(es) in the background and record their pids; do not wait."""
+
+    @abstractmethod
+    def answers(self) -> bool:
+        """One quick health probe: does the service answer a real request?"""
+
+    def details(self) -> str:
+        """Extra status text (e.g. Flink slots); empty by default."""
+        return ""
+
+    def pid_files(self) -> list[Path]:
+        return [self.pid_file]
+
+    def pids(self) -> list[int]:
+        """Live pids of processes this stack started (stale or foreign pids are ignored)."""
+        pids: list[int] = []
+        for pid_file in self.pid_files():
+            pids += [
+                pid
+                for pid in read_pids(pid_file)
+                if pid_alive(pid) and process_belongs_to(pid, self.home)
+            ]
+        return pids
+
+    def ensure_ports_free(self) -> None:
+        """Fail with a clear message when a port is taken by something we did not start."""
+        for label, port in self.ports().items():
+            if port_open(LOOPBACK, port):
+                owner = port_owner(port) or "another process"
+                raise StackError(
+                    f"{self.name}: {label} port {port} on {LOOPBACK} is already in use by "
+                    f"{owner}, which `tickflow stack` did not start. Stop it, or change the "
+                    f"port in config/tickflow.yaml (or TICKFLOW__... environment overrides)."
+                )
+
+    def wait_healthy(self, timeout_s: float | None = None) -> None:
+        timeout_s = self.start_timeout_s if timeout_s is None else timeout_s
+        if wait_until(self.answers, timeout_s, interval=0.5):
+            return
+        alive = "running" if self.pids() else "not running (it exited)"
+        raise self.failure(f"did not answer within {timeout_s:.0f} s; the process is {alive}")
+
+    def failure(self, what: str) -> StackError:
+        """An error naming the component, its ports and the log to read, with the log's tail."""
+        ports = ", ".join(f"{label} {port}" for label, port in self.ports().items())
+        logs = [path for path in self.log_files() if path.exists()] or [self.log_file]
+        text = [f"{self.name} ({ports}): {what}. Read {', '.join(map(str, logs))}"]
+        for path in logs:
+            last = tail(path, 20)
+            if last:
+                text.append(f"--- last lines of {path} ---\n{last}")
+        return StackError("\n".join(text))
+
+    def stop(self) -> list[int]:
+        """Stop exactly the processes we started (SIGTERM, deadline, SIGKILL); return their pids."""
+        pids = self.pids()
+        terminate(pids, self.stop_timeout_s)
+        for pid_file in self.pid_files():
+            pid_file.unlink(missing_ok=True)
+        return pids
