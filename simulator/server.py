@@ -69,7 +69,13 @@ class _Conn:
     log: ConnectionLog
     queue: asyncio.Queue[_Item]
     dead: bool = False  # no more frames are queued (slow consumer, disconnect fault)
+    in_flight: int = 0  # taken from the queue, not yet sent or dropped
     sender: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def pending(self) -> int:
+        """Frames not yet handed to the socket: queued plus the one being sent."""
+        return self.queue.qsize() + self.in_flight
 
 
 def _response(reply: HttpReply) -> Response:
@@ -295,13 +301,16 @@ class SimulatorServer:
         try:
             while True:
                 item = await conn.queue.get()
+                conn.in_flight = 1
                 if item.symbol:
                     action = self.faults.on_frame(name, item.symbol, item.channel)
                     if action is FrameAction.DROP:
                         conn.log.dropped(item.symbol, item.channel, item.last_id)
+                        conn.in_flight = 0
                         continue
                 await conn.ws.send(item.payload, text=True)
                 conn.log.sent(item.symbol, item.channel, item.last_id, item.payload)
+                conn.in_flight = 0
         except ConnectionClosed:
             pass
 
@@ -409,7 +418,7 @@ class SimulatorServer:
 
     def connections(self, with_frames: bool = False) -> list[dict[str, Any]]:
         closed = [c.to_json(0, with_frames) for c in self._closed_logs]
-        live = [c.log.to_json(c.queue.qsize(), with_frames) for c in self._conns.values()]
+        live = [c.log.to_json(c.pending, with_frames) for c in self._conns.values()]
         return closed + live
 
     def status(self) -> dict[str, Any]:
@@ -427,5 +436,5 @@ class SimulatorServer:
             "seed": self.config.seed,
             "rate_per_symbol": self.config.rate_per_symbol,
             "exchanges": exchanges,
-            "connections": [c.log.to_json(c.queue.qsize()) for c in self._conns.values()],
+            "connections": [c.log.to_json(c.pending) for c in self._conns.values()],
         }

@@ -73,6 +73,7 @@ class ClickHouseConfig:
 @dataclass(frozen=True)
 class FlinkConfig:
     rest_port: int
+    rpc_port: int
     parallelism: int
     python_execution_mode: str
     checkpoint_interval_ms: int
@@ -124,7 +125,10 @@ class BinanceConfig:
 
 @dataclass(frozen=True)
 class ConnectorConfig:
-    """Connection lifecycle shared by every exchange connector (``connectors/base.py``)."""
+    """Connection lifecycle shared by every exchange connector (``connectors/base.py``).
+
+    Environment: ``TICKFLOW__CONNECTORS__<KEY>``, e.g. ``TICKFLOW__CONNECTORS__STALE_TIMEOUT_S``.
+    """
 
     open_timeout_s: float
     ping_interval_s: float

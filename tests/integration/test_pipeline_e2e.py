@@ -75,7 +75,9 @@ class Slice:
 
 
 @pytest.fixture(scope="module")
-def running_slice(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slice]:
+def running_slice(
+    stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Slice]:
     tag = uuid.uuid4().hex[:8]
     sim_port = free_port()
     overrides = {
@@ -96,17 +98,22 @@ def running_slice(stack_settings: Settings, tmp_path_factory: pytest.TempPathFac
             mp.setenv(name, value)
         settings = load_settings()
         kafka = settings.kafka
-        ensure_topics(settings, extra={kafka.raw_topic: kafka.raw_partitions,
-                                       kafka.deadletter_topic: 1})
+        ensure_topics(
+            settings, extra={kafka.raw_topic: kafka.raw_partitions, kafka.deadletter_topic: 1}
+        )
         for name, args in (("simulator", ["simulator"]), ("connector", ["connector", "binance"])):
             out = (logs / f"{name}.log").open("wb")
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "tickflow.cli", *args], stdout=out,
-                stderr=subprocess.STDOUT, env=dict(os.environ)))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "tickflow.cli", *args],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=dict(os.environ),
+                )
+            )
             if name == "simulator":
                 wait_for("simulator health", lambda: sim_get(settings, "health").get("ok"), 30)
-        job_id = flink.submit_python_job(
-            settings, str(settings.root / "jobs" / "pipeline.py"), [])
+        job_id = flink.submit_python_job(settings, str(settings.root / "jobs" / "pipeline.py"), [])
         try:
             flink.wait_job_running(settings, job_id, 240)
             yield Slice(settings, job_id, logs)
@@ -122,7 +129,9 @@ def running_slice(stack_settings: Settings, tmp_path_factory: pytest.TempPathFac
                 r.delete(key)
 
 
-def clickhouse_trades(settings: Settings, final: bool = True) -> list[tuple[str, str, Decimal, Decimal, str]]:
+def clickhouse_trades(
+    settings: Settings, final: bool = True
+) -> list[tuple[str, str, Decimal, Decimal, str]]:
     client = connect(settings.clickhouse)
     db = settings.clickhouse.database
     exists = client.execute(f"EXISTS TABLE {db}.trades")[0][0]
@@ -130,16 +139,24 @@ def clickhouse_trades(settings: Settings, final: bool = True) -> list[tuple[str,
         return []
     return client.execute(  # type: ignore[no-any-return]
         f"SELECT symbol, trade_id, price, size, taker_side FROM {db}.trades"
-        f"{' FINAL' if final else ''} ORDER BY symbol, trade_id")
+        f"{' FINAL' if final else ''} ORDER BY symbol, trade_id"
+    )
 
 
 def test_books_and_trades_match_the_simulator(running_slice: Slice) -> None:
     settings = running_slice.settings
     # live first: books LIVE in Redis and trades arriving in ClickHouse while traffic flows
     for symbol in SYMBOLS:
-        wait_for(f"{symbol} LIVE in Redis", lambda s=symbol: (
-            (b := read_book(settings.redis, "binance", s)) is not None and b.status == "LIVE"
-            and b.bids and b.asks), 180)
+        wait_for(
+            f"{symbol} LIVE in Redis",
+            lambda s=symbol: (
+                (b := read_book(settings.redis, "binance", s)) is not None
+                and b.status == "LIVE"
+                and b.bids
+                and b.asks
+            ),
+            180,
+        )
     wait_for("trades in ClickHouse", lambda: len(clickhouse_trades(settings)) > 0, 60)
 
     # quiescent point: stop generating, let everything drain, compare with the truth
@@ -148,19 +165,34 @@ def test_books_and_trades_match_the_simulator(running_slice: Slice) -> None:
     top_n = settings.book.top_n
     for symbol in SYMBOLS:
         want_seq = truth[symbol]["lastUpdateId"]
-        book = wait_for(f"{symbol} at update {want_seq} in Redis", lambda s=symbol, w=want_seq: (
-            b if (b := read_book(settings.redis, "binance", s)) and b.seq == w else None), 60)
+        book = wait_for(
+            f"{symbol} at update {want_seq} in Redis",
+            lambda s=symbol, w=want_seq: (
+                b if (b := read_book(settings.redis, "binance", s)) and b.seq == w else None
+            ),
+            60,
+        )
         assert book.status == "LIVE"
         assert book.bids == [tuple(level) for level in truth[symbol]["bids"][:top_n]]
         assert book.asks == [tuple(level) for level in truth[symbol]["asks"][:top_n]]
 
     emitted = sorted(
-        (s, str(t["id"]), Decimal(t["price"]), Decimal(t["qty"]),
-         "sell" if t["is_buyer_maker"] else "buy")
-        for s in SYMBOLS for t in sim_get(settings, f"binance/trades?symbol={s}")["trades"])
+        (
+            s,
+            str(t["id"]),
+            Decimal(t["price"]),
+            Decimal(t["qty"]),
+            "sell" if t["is_buyer_maker"] else "buy",
+        )
+        for s in SYMBOLS
+        for t in sim_get(settings, f"binance/trades?symbol={s}")["trades"]
+    )
     assert emitted, "the simulator emitted no trades"
-    wait_for("every emitted trade in ClickHouse",
-             lambda: len(clickhouse_trades(settings)) >= len(emitted), 60)
+    wait_for(
+        "every emitted trade in ClickHouse",
+        lambda: len(clickhouse_trades(settings)) >= len(emitted),
+        60,
+    )
     stored = clickhouse_trades(settings)
     assert sorted(stored) == emitted
     # fault-free run: no duplicates even before ReplacingMergeTree collapses anything
@@ -175,6 +207,7 @@ def test_books_and_trades_match_the_simulator(running_slice: Slice) -> None:
     db = settings.clickhouse.database
     rows = client.execute(
         f"SELECT symbol, count(), max(length(bid_prices)) FROM {db}.book_snapshots FINAL "
-        "GROUP BY symbol ORDER BY symbol")
+        "GROUP BY symbol ORDER BY symbol"
+    )
     assert [r[0] for r in rows] == sorted(SYMBOLS)
     assert all(count >= 1 and depth == top_n for _, count, depth in rows)

@@ -1,0 +1,325 @@
+"""Connection lifecycle shared by every exchange connector.
+
+``WsConnector`` connects, subscribes, stamps and forwards every frame as a ``RawEnvelope``,
+watches for silent sockets (a stale timer that only data frames reset, never heartbeats),
+lets websockets ping, and reconnects with capped exponential backoff and jitter, sending the
+subscriptions again. An exchange subclass supplies the URL, the subscribe messages and a
+cheap ``route`` (frame -> symbol and channel); everything else about the frame is left to the
+Flink job's parsers. ``RestClient`` makes blocking REST calls in a worker thread and honours
+``Retry-After`` on HTTP 429/418 for every later request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import urllib.error
+import urllib.request
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from schemas.codec import RawEnvelope
+from tickflow.config import ConnectorConfig
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Where envelopes go: the Kafka producer, or a list in tests."""
+
+    def send(self, envelope: RawEnvelope) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    symbol: str  # the exchange's own symbol (BTCUSDT)
+    channel: str  # depth | trade
+
+
+@dataclass
+class ConnectorStats:
+    connections: int = 0  # successful WebSocket opens
+    frames: int = 0  # frames received
+    envelopes: int = 0  # envelopes handed to the sink (frames + snapshots)
+    unroutable: int = 0  # frames with no symbol/channel (acks, unknown streams, garbage)
+    stale_timeouts: int = 0  # connections dropped by the stale timer
+    snapshots: int = 0
+    snapshot_retries: int = 0
+    snapshot_failures: int = 0  # gave up after the bounded retries: connection recycled
+
+
+class Backoff:
+    """Capped exponential backoff with jitter: spreads reconnect storms across clients."""
+
+    def __init__(self, initial_s: float, max_s: float, jitter: float, rng: random.Random):
+        self.initial_s, self.max_s, self.jitter, self._rng = initial_s, max_s, jitter, rng
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.max_s, self.initial_s * 2**self.attempt)
+        self.attempt += 1
+        return delay * (1.0 - self.jitter * self._rng.random())
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Connection:
+    """One WebSocket session: its unique id, frame counter and the tasks that die with it."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.id = uuid.uuid4().hex
+        self.opened = time.monotonic()
+        self.last_data = self.opened
+        self.frames = 0
+        self._seq = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def next_seq(self) -> int:
+        """Envelope counter within the connection, from 0 (snapshots take a number too)."""
+        seq = self._seq
+        self._seq += 1
+        return seq
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def cancel_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def recycle(self, reason: str) -> None:
+        """Close this connection so the connector reconnects (and resyncs)."""
+        log.warning("closing connection %s: %s", self.id, reason)
+        self.spawn(self.ws.close(1000, reason[:100]))
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResult:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    receive_time_ns: int  # when the body had been read
+
+
+class RestClient:
+    """Blocking urllib in a worker thread (no extra dependency); Retry-After aware."""
+
+    DEFAULT_BAN_S = 60.0  # a 418/429 without Retry-After: wait a minute
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.blocked_until = 0.0  # monotonic; set by 429/418
+
+    def _get(self, url: str) -> HttpResult:
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout_s) as resp:
+                body = resp.read()
+                status, headers = resp.status, resp.headers
+        except urllib.error.HTTPError as exc:
+            body, status, headers = exc.read(), exc.code, exc.headers
+        return HttpResult(
+            status, {k.lower(): v for k, v in headers.items()}, body, time.time_ns()
+        )
+
+    async def get(self, url: str) -> HttpResult:
+        wait = self.blocked_until - time.monotonic()
+        if wait > 0:
+            log.info("REST blocked by Retry-After for another %.1fs", wait)
+            await asyncio.sleep(wait)
+        result = await asyncio.to_thread(self._get, url)
+        if result.status in (418, 429):
+            retry_after = _retry_after(result.headers.get("retry-after"), self.DEFAULT_BAN_S)
+            self.blocked_until = max(self.blocked_until, time.monotonic() + retry_after)
+            log.warning(
+                "REST %d (%s) for %s: no REST requests for %.1fs",
+                result.status, "IP ban" if result.status == 418 else "rate limited", url,
+                retry_after,
+            )
+        return result
+
+
+def _retry_after(raw: str | None, default: float) -> float:
+    try:
+        return max(0.0, float(raw)) if raw is not None else default
+    except ValueError:
+        return default
+
+
+class WsConnector(ABC):
+    """Owns the connection lifecycle; subclasses describe one exchange."""
+
+    exchange: ClassVar[str]
+
+    def __init__(
+        self, lifecycle: ConnectorConfig, sink: Sink, rng: random.Random | None = None
+    ) -> None:
+        self.lifecycle = lifecycle
+        self.sink = sink
+        self.rng = rng or random.Random()
+        self.stats = ConnectorStats()
+        self.connection: Connection | None = None
+        self._backoff = Backoff(
+            lifecycle.backoff_initial_s, lifecycle.backoff_max_s, lifecycle.backoff_jitter,
+            self.rng,
+        )
+        self._stopping = asyncio.Event()
+        self._unroutable_logged = 0
+
+    # --- what an exchange supplies --------------------------------------------------------
+
+    @abstractmethod
+    def url(self) -> str:
+        """The WebSocket URL to connect to."""
+
+    def subscribe_messages(self) -> list[str]:
+        """Messages sent after every (re)connect; none when the URL subscribes."""
+        return []
+
+    @abstractmethod
+    def route(self, frame: bytes) -> Route | None:
+        """Symbol and channel of a frame, or None for frames that carry no market data."""
+
+    @abstractmethod
+    def instrument(self, symbol: str) -> str:
+        """Canonical instrument of an exchange symbol."""
+
+    def is_heartbeat(self, route: Route) -> bool:
+        """Heartbeats are forwarded but do not reset the stale timer."""
+        return False
+
+    async def on_open(self, conn: Connection) -> None:
+        """Called once per connection after subscribing, before the first frame."""
+        return None  # optional hook
+
+    def on_frame(self, conn: Connection, route: Route, frame: bytes) -> None:
+        """Called after each routed frame has been handed to the sink."""
+        return None  # optional hook
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask ``run`` to return: the open connection is closed, no reconnect follows."""
+        self._stopping.set()
+        if self.connection is not None:
+            self.connection.spawn(self.connection.ws.close(1000, "shutdown"))
+
+    async def run(self) -> None:
+        """Connect and reconnect until ``stop()``."""
+        while not self._stopping.is_set():
+            delay: float | None = None
+            try:
+                await self._session()
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                log.warning("%s: WebSocket handshake refused with HTTP %d", self.exchange, status)
+                if status in (418, 429):
+                    delay = _retry_after(exc.response.headers.get("Retry-After"), 60.0)
+            except (OSError, TimeoutError, WebSocketException) as exc:
+                log.warning("%s: connection failed: %r", self.exchange, exc)
+            if self._stopping.is_set():
+                break
+            delay = max(delay or 0.0, self._backoff.next_delay())
+            log.info("%s: reconnecting in %.2fs", self.exchange, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _session(self) -> None:
+        cfg = self.lifecycle
+        async with connect(
+            self.url(),
+            open_timeout=cfg.open_timeout_s,
+            ping_interval=cfg.ping_interval_s,
+            ping_timeout=cfg.ping_timeout_s,
+            max_size=cfg.max_frame_bytes,
+            compression=None,  # deflate costs CPU per frame; Python is the bottleneck here
+        ) as ws:
+            conn = Connection(ws)
+            self.connection = conn
+            self.stats.connections += 1
+            log.info("%s: connected %s (connection %s)", self.exchange, self.url(), conn.id)
+            try:
+                for message in self.subscribe_messages():
+                    await ws.send(message)
+                await self.on_open(conn)
+                conn.spawn(self._stale_timer(conn))
+                await self._receive(conn)
+            finally:
+                self.connection = None
+                await conn.cancel_tasks()
+                if time.monotonic() - conn.opened >= cfg.backoff_reset_s:
+                    self._backoff.reset()
+
+    async def _receive(self, conn: Connection) -> None:
+        ws = conn.ws
+        try:
+            while True:
+                frame = await ws.recv(decode=False)
+                receive_time_ns = time.time_ns()  # as soon as the frame is ours
+                self._handle(conn, frame, receive_time_ns)
+        except ConnectionClosed as exc:
+            log.info("%s: connection %s closed: %s", self.exchange, conn.id, exc)
+
+    def _handle(self, conn: Connection, frame: bytes, receive_time_ns: int) -> None:
+        self.stats.frames += 1
+        conn.frames += 1
+        route = self.route(frame)
+        if route is None:
+            self.stats.unroutable += 1
+            if self._unroutable_logged < 10 or self.stats.unroutable % 1000 == 0:
+                self._unroutable_logged += 1
+                log.warning("%s: frame without market data: %.200r", self.exchange, frame)
+            return
+        if not self.is_heartbeat(route):
+            conn.last_data = time.monotonic()
+        self.emit(conn, route.symbol, route.channel, frame, receive_time_ns)
+        self.on_frame(conn, route, frame)
+
+    def emit(
+        self, conn: Connection, symbol: str, channel: str, payload: bytes, receive_time_ns: int
+    ) -> None:
+        self.sink.send(
+            RawEnvelope(
+                instrument=self.instrument(symbol),
+                exchange=self.exchange,
+                symbol=symbol,
+                channel=channel,
+                receive_time_ns=receive_time_ns,
+                connection_id=conn.id,
+                connection_seq=conn.next_seq(),
+                payload=payload,
+            )
+        )
+        self.stats.envelopes += 1
+
+    async def _stale_timer(self, conn: Connection) -> None:
+        timeout = self.lifecycle.stale_timeout_s
+        while True:
+            remaining = conn.last_data + timeout - time.monotonic()
+            if remaining <= 0:
+                self.stats.stale_timeouts += 1
+                log.warning(
+                    "%s: no data for %.1fs on connection %s: reconnecting",
+                    self.exchange, timeout, conn.id,
+                )
+                # a silent peer would not answer a close handshake either
+                conn.ws.transport.abort()
+                return
+            await asyncio.sleep(remaining)

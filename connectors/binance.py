@@ -1,0 +1,180 @@
+"""Binance spot connector: combined diff-depth + trade streams and REST depth snapshots.
+
+The connector does the network half of Binance's book sync: after each (re)connect it waits
+for every symbol's first depth event on the new connection, then fetches a REST snapshot
+(again while ``lastUpdateId`` < that event's ``U``) and produces it as a ``snapshot``
+envelope behind the diffs already produced for that symbol. Diffs are never held back; the
+Flink job applies the buffer/drop rules.
+Docs: https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import orjson
+
+from connectors.base import Connection, RestClient, Route, Sink, WsConnector
+from tickflow.config import Settings
+
+log = logging.getLogger(__name__)
+
+STREAM_PREFIX = b'{"stream":"'  # every combined-stream frame starts like this
+
+
+def depth_weight(limit: int) -> int:
+    """REST weight of ``GET /api/v3/depth`` by limit (5 / 25 / 50 / 250)."""
+    return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
+
+
+class WeightBudget:
+    """Client-side view of the REST weight used in the last minute (Binance's limit is per IP)."""
+
+    def __init__(self, limit_per_minute: int) -> None:
+        self.limit = limit_per_minute
+        self._spent: deque[tuple[float, int]] = deque()  # (monotonic time, weight)
+
+    async def acquire(self, weight: int) -> None:
+        while True:
+            now = time.monotonic()
+            while self._spent and self._spent[0][0] <= now - 60.0:
+                self._spent.popleft()
+            used = sum(w for _, w in self._spent)
+            if used + weight <= self.limit or not self._spent:
+                self._spent.append((now, weight))
+                return
+            wait = self._spent[0][0] + 60.0 - now
+            log.warning("binance: REST weight budget spent (%d/min): waiting %.1fs", used, wait)
+            await asyncio.sleep(wait)
+
+
+@dataclass
+class _Sync:
+    """Book-sync state of one connection."""
+
+    conn: Connection
+    awaiting_first_depth: set[str]
+    jobs: asyncio.Queue[tuple[str, int | None]] = field(default_factory=asyncio.Queue)
+
+
+class BinanceConnector(WsConnector):
+    exchange = "binance"
+
+    def __init__(self, settings: Settings, sink: Sink, rng: random.Random | None = None) -> None:
+        super().__init__(settings.connectors, sink, rng)
+        self.config = settings.exchanges.binance
+        self.symbols = tuple(self.config.symbols)
+        self._routes: dict[bytes, Route] = {}
+        for symbol in self.symbols:
+            name = symbol.lower()
+            self._routes[f"{name}@{self.config.depth_stream}".encode()] = Route(symbol, "depth")
+            self._routes[f"{name}@trade".encode()] = Route(symbol, "trade")
+        self.rest = RestClient(settings.connectors.rest_timeout_s)
+        self._weights = WeightBudget(self.config.rest_weight_limit_1m)
+        self._next_rest_at = 0.0  # monotonic; spaces snapshot requests (stagger)
+        self._sync: _Sync | None = None
+
+    def url(self) -> str:
+        streams = "/".join(name.decode() for name in self._routes)
+        return f"{self.config.ws_url}/stream?streams={streams}"
+
+    def instrument(self, symbol: str) -> str:
+        return self.config.instrument(symbol)
+
+    def route(self, frame: bytes) -> Route | None:
+        if frame.startswith(STREAM_PREFIX):
+            end = frame.find(b'"', len(STREAM_PREFIX))
+            return self._routes.get(frame[len(STREAM_PREFIX) : end])
+        try:  # not in Binance's usual key order: parse the whole frame to find out
+            stream = orjson.loads(frame).get("stream")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        return self._routes.get(stream.encode()) if isinstance(stream, str) else None
+
+    async def on_open(self, conn: Connection) -> None:
+        self._sync = _Sync(conn, set(self.symbols))
+        conn.spawn(self._snapshot_worker(self._sync))
+
+    def on_frame(self, conn: Connection, route: Route, frame: bytes) -> None:
+        sync = self._sync
+        if route.channel != "depth" or sync is None or sync.conn is not conn:
+            return
+        if route.symbol not in sync.awaiting_first_depth:
+            return
+        sync.awaiting_first_depth.discard(route.symbol)
+        try:
+            first_update_id = int(orjson.loads(frame)["data"]["U"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning("binance: first depth frame of %s has no U: %.200r", route.symbol, frame)
+            sync.awaiting_first_depth.add(route.symbol)  # try again with the next one
+            return
+        sync.jobs.put_nowait((route.symbol, first_update_id))
+
+    def request_snapshot(self, symbol: str) -> None:
+        """Fetch and produce a fresh snapshot of one symbol on the current connection.
+
+        For resync requests (a gap detected downstream): only that symbol's book is rebuilt.
+        """
+        if self._sync is not None:
+            self._sync.jobs.put_nowait((symbol, None))
+
+    async def _snapshot_worker(self, sync: _Sync) -> None:
+        while True:
+            symbol, first_update_id = await sync.jobs.get()
+            await self._snapshot(sync.conn, symbol, first_update_id)
+
+    async def _pace_rest(self, weight: int) -> None:
+        """One snapshot request at a time, spaced out, within the weight budget."""
+        wait = self._next_rest_at - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await self._weights.acquire(weight)
+        self._next_rest_at = time.monotonic() + self.config.snapshot_stagger_ms / 1000.0
+
+    async def _snapshot(self, conn: Connection, symbol: str, first_update_id: int | None) -> None:
+        limit = self.config.snapshot_limit
+        url = f"{self.config.rest_url}/api/v3/depth?symbol={symbol}&limit={limit}"
+        attempts = self.config.snapshot_max_attempts
+        for attempt in range(1, attempts + 1):
+            if attempt > 1:
+                self.stats.snapshot_retries += 1
+                # grows like the reconnect backoff; Retry-After is handled by the RestClient
+                await asyncio.sleep(min(
+                    self.lifecycle.backoff_max_s,
+                    self.lifecycle.backoff_initial_s * 2 ** (attempt - 2),
+                ))
+            await self._pace_rest(depth_weight(limit))
+            try:
+                result = await self.rest.get(url)
+            except OSError as exc:  # URLError, timeouts, refused connections
+                log.warning("binance: snapshot %s attempt %d failed: %r", symbol, attempt, exc)
+                continue
+            if result.status != 200:
+                log.warning(
+                    "binance: snapshot %s attempt %d: HTTP %d %.200r",
+                    symbol, attempt, result.status, result.body,
+                )
+                continue
+            try:
+                last_update_id = int(orjson.loads(result.body)["lastUpdateId"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                log.warning("binance: snapshot %s is not a depth body: %.200r", symbol, result.body)
+                continue
+            if first_update_id is not None and last_update_id < first_update_id:
+                log.info(
+                    "binance: snapshot %s lastUpdateId %d < first U %d: fetching again",
+                    symbol, last_update_id, first_update_id,
+                )
+                continue
+            self.emit(conn, symbol, "snapshot", result.body, result.receive_time_ns)
+            self.stats.snapshots += 1
+            log.info("binance: snapshot %s lastUpdateId %d produced", symbol, last_update_id)
+            return
+        self.stats.snapshot_failures += 1
+        # without a snapshot the job cannot build this book; a new connection starts over
+        conn.recycle(f"no usable {symbol} snapshot after {attempts} attempts")
