@@ -28,6 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from schemas.codec import RawEnvelope
+from schemas.deadletter import dead_letter_record
 from tickflow.config import ConnectorConfig
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,10 @@ class Sink(Protocol):
     """Where envelopes go: the Kafka producer, or a list in tests."""
 
     def send(self, envelope: RawEnvelope) -> None: ...
+
+    def dead_letter(self, record: str) -> None:
+        """A dead-letter record (``schemas.deadletter``) for input that cannot be routed."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +291,13 @@ class WsConnector(ABC):
             if self._unroutable_logged < 10 or self.stats.unroutable % 1000 == 0:
                 self._unroutable_logged += 1
                 log.warning("%s: frame without market data: %.200r", self.exchange, frame)
+            self.sink.dead_letter(
+                dead_letter_record(
+                    "connector", f"{self.exchange}: frame without a known stream", frame,
+                    exchange=self.exchange, connection_id=conn.id,
+                    receive_time_ns=receive_time_ns,
+                )
+            )
             return
         if not self.is_heartbeat(route):
             conn.last_data = time.monotonic()

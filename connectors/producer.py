@@ -33,6 +33,7 @@ class KafkaSink:
         overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.topic = topic or kafka.raw_topic
+        self.deadletter_topic = kafka.deadletter_topic
         conf: dict[str, Any] = {
             "bootstrap.servers": kafka.bootstrap,
             "client.id": "tickflow-connector",
@@ -49,6 +50,7 @@ class KafkaSink:
         self.sent = 0
         self.delivered = 0
         self.failed = 0
+        self.dead_letters = 0
         self.fatal: KafkaError | None = None
         self._last_full_warning = 0.0
 
@@ -75,6 +77,14 @@ class KafkaSink:
                     log.warning("kafka producer queue full: waiting for the broker")
                 self._producer.poll(0.1)
         self.sent += 1
+        self._producer.poll(0)
+
+    def dead_letter(self, record: str) -> None:
+        """Rejected input goes to the dead-letter topic: counted and kept, never dropped."""
+        self._producer.produce(
+            self.deadletter_topic, value=record.encode(), on_delivery=self._on_delivery
+        )
+        self.dead_letters += 1
         self._producer.poll(0)
 
     def poll(self, timeout_s: float = 0.0) -> int:

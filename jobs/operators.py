@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -17,25 +15,11 @@ from jobs.instrument import BookId, InstrumentBooks
 from jobs.parse.events import ParseError
 from jobs.sinks.clickhouse import ClickHouseWriter, ensure_schema, snapshot_row, trade_row
 from jobs.sinks.redis_books import RedisBookWriter
-from schemas.codec import EnvelopeError, RawEnvelope, decode_envelope
+from schemas.codec import EnvelopeError, decode_envelope
+from schemas.deadletter import dead_letter_record
 from tickflow.config import BookConfig, ClickHouseConfig, RedisConfig
 
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
-
-
-def dead_letter(error: str, raw: bytes, env: RawEnvelope | None = None) -> str:
-    """A self-contained JSON record for the dead-letter topic: why, and the exact input."""
-    record: dict[str, Any] = {"error": error, "value_b64": base64.b64encode(raw).decode()}
-    if env is not None:
-        record.update(
-            exchange=env.exchange,
-            symbol=env.symbol,
-            channel=env.channel,
-            connection_id=env.connection_id,
-            connection_seq=env.connection_seq,
-            receive_time_ns=env.receive_time_ns,
-        )
-    return json.dumps(record)
 
 
 def _level_key(book_id: BookId, side: BookSide, price: Decimal) -> str:
@@ -106,13 +90,13 @@ class InstrumentProcessor(KeyedProcessFunction):
         try:
             env = decode_envelope(value)
         except EnvelopeError as exc:
-            yield DEAD_LETTERS, dead_letter(str(exc), value)
+            yield DEAD_LETTERS, dead_letter_record("job", str(exc), value)
             return
         books = self._books(ctx.get_current_key())
         try:
             out = books.process(env)
         except ParseError as exc:
-            yield DEAD_LETTERS, dead_letter(str(exc), env.payload, env)
+            yield DEAD_LETTERS, dead_letter_record("job", str(exc), env.payload, env)
             return
         for book_id, changes in out.level_changes:
             self._persist(books, book_id, changes)

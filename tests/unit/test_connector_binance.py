@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import random
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from connectors.base import Backoff, RestClient, Route
+from connectors.base import Backoff, Connection, RestClient, Route
 from connectors.binance import BinanceConnector, WeightBudget, depth_weight
 from schemas.codec import RawEnvelope, decode_envelope, encode_envelope
 from simulator.server import SimulatorServer
@@ -31,9 +32,13 @@ class ListSink:
 
     def __init__(self) -> None:
         self.envelopes: list[RawEnvelope] = []
+        self.dead_letters: list[dict[str, Any]] = []
 
     def send(self, envelope: RawEnvelope) -> None:
         self.envelopes.append(decode_envelope(encode_envelope(envelope)))
+
+    def dead_letter(self, record: str) -> None:
+        self.dead_letters.append(json.loads(record))
 
     def of(self, symbol: str, channel: str | None = None) -> list[RawEnvelope]:
         return [
@@ -318,3 +323,16 @@ def test_stop_ends_run_without_reconnecting() -> None:
             assert log["close_reason"] == "closed by client (1000)"
 
     run(scenario)
+
+
+def test_frames_that_cannot_be_routed_go_to_dead_letters() -> None:
+    sink = ListSink()
+    connector = BinanceConnector(base_settings(), sink)
+    conn = Connection(None)  # type: ignore[arg-type]  # _handle never touches the socket
+    connector._handle(conn, b"{not json", 123)
+    connector._handle(conn, b'{"stream":"dogeusdt@trade","data":{}}', 124)
+    assert sink.envelopes == []
+    assert [d["stage"] for d in sink.dead_letters] == ["connector", "connector"]
+    assert base64.b64decode(sink.dead_letters[0]["value_b64"]) == b"{not json"
+    assert sink.dead_letters[1]["receive_time_ns"] == 124
+    assert connector.stats.unroutable == 2
