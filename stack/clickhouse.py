@@ -106,9 +106,19 @@ def rewrite_server_config(xml_text: str, settings: Settings, paths: ClickHousePa
     _set(logger, "errorlog", str(paths.logs / "clickhouse-server.err.log"))
     _set(logger, "size", "100M")
     _set(logger, "count", "3")
-    # substitutions from /etc/metrika.xml do not exist here; drop the references to them
-    for element in root.iter():
-        element.attrib.pop("incl", None)
+    # substitutions from /etc/metrika.xml do not exist here: drop the references, and the
+    # elements that are nothing but a reference (zookeeper, macros)
+    for parent in list(root.iter()):
+        for element in list(parent):
+            if "incl" not in element.attrib:
+                continue
+            if len(element) or (element.text or "").strip():
+                del element.attrib["incl"]
+            else:
+                parent.remove(element)
+    # ON CLUSTER DDL needs ZooKeeper; without one the DDL worker only logs errors
+    for element in root.findall("distributed_ddl"):
+        root.remove(element)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
@@ -175,7 +185,9 @@ class ClickHouse(Component):
         paths.users.write_text(rewrite_users_config(users, ch.user, ch.password))
 
     def launch(self) -> None:
-        binary = SERVER_BINARY if Path(SERVER_BINARY).exists() else shutil.which("clickhouse-server")
+        binary = (
+            SERVER_BINARY if Path(SERVER_BINARY).exists() else shutil.which("clickhouse-server")
+        )
         argv = [binary or "clickhouse-server", f"--config-file={self.paths.config}"]
         pid = spawn_daemon(argv, self.home / "clickhouse.out", cwd=self.home)
         self.pid_file.write_text(f"{pid}\n")

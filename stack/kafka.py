@@ -122,7 +122,10 @@ class Kafka(Component):
         return [self.log_file, self.stdout_file]
 
     def ports(self) -> dict[str, int]:
-        return {"broker": self.settings.kafka.port, "controller": self.settings.kafka.controller_port}
+        return {
+            "broker": self.settings.kafka.port,
+            "controller": self.settings.kafka.controller_port,
+        }
 
     def install(self) -> None:
         ensure_packages(JAVA_PACKAGES)
@@ -172,7 +175,6 @@ class Kafka(Component):
             bootstrap_servers=kafka.bootstrap,
             client_id="tickflow-stack-health",
             request_timeout_ms=5000,
-            api_version_auto_timeout_ms=5000,
         )
         try:
             admin.list_topics()

@@ -32,6 +32,8 @@ class Component(ABC):
     # generous: two JVMs starting together on two cores take a while
     start_timeout_s: ClassVar[float] = 180.0
     stop_timeout_s: ClassVar[float] = 30.0
+    # processes a healthy instance runs (Flink: JobManager + TaskManager)
+    process_count: ClassVar[int] = 1
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -103,10 +105,24 @@ class Component(ABC):
 
     def wait_healthy(self, timeout_s: float | None = None) -> None:
         timeout_s = self.start_timeout_s if timeout_s is None else timeout_s
-        if wait_until(self.answers, timeout_s, interval=0.5):
+        last_error: list[Exception] = []
+
+        def probe() -> bool:
+            try:
+                return self.answers()
+            except Exception as error:  # the probe's own failure explains the timeout
+                last_error[:] = [error]
+                return False
+
+        if wait_until(probe, timeout_s, interval=0.5):
             return
         alive = "running" if self.pids() else "not running (it exited)"
-        raise self.failure(f"did not answer within {timeout_s:.0f} s; the process is {alive}")
+        error = (
+            f" (last probe: {type(last_error[0]).__name__}: {last_error[0]})" if last_error else ""
+        )
+        raise self.failure(
+            f"did not answer within {timeout_s:.0f} s{error}; the process is {alive}"
+        )
 
     def failure(self, what: str) -> StackError:
         """An error naming the component, its ports and the log to read, with the log's tail."""

@@ -40,12 +40,19 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 120.0) -
     """Poll ``probe`` until it returns something truthy; fail naming ``what`` at the deadline."""
     deadline = time.monotonic() + timeout
     last: T | None = None
+    error: OSError | None = None
     while time.monotonic() < deadline:
-        last = probe()
+        try:
+            last = probe()
+        except OSError as exc:  # a server still starting refuses connections
+            last = None
+            error = exc
         if last:
             return last
         time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+    raise AssertionError(
+        f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r}, error: {error!r})"
+    )
 
 
 def free_port() -> int:
@@ -113,6 +120,10 @@ def running_slice(
             )
             if name == "simulator":
                 wait_for("simulator health", lambda: sim_get(settings, "health").get("ok"), 30)
+                # generate nothing until the connector listens: every trade must reach storage
+                sim_post(settings, "pause")
+        wait_for("connector subscribed", lambda: sim_get(settings, "status")["connections"], 60)
+        sim_post(settings, "resume")
         job_id = flink.submit_python_job(settings, str(settings.root / "jobs" / "pipeline.py"), [])
         try:
             flink.wait_job_running(settings, job_id, 240)
@@ -188,12 +199,17 @@ def test_books_and_trades_match_the_simulator(running_slice: Slice) -> None:
         for t in sim_get(settings, f"binance/trades?symbol={s}")["trades"]
     )
     assert emitted, "the simulator emitted no trades"
-    wait_for(
-        "every emitted trade in ClickHouse",
-        lambda: len(clickhouse_trades(settings)) >= len(emitted),
-        60,
-    )
-    stored = clickhouse_trades(settings)
+    try:
+        wait_for(
+            "every emitted trade in ClickHouse",
+            lambda: len(clickhouse_trades(settings)) >= len(emitted),
+            60,
+        )
+    finally:
+        stored = clickhouse_trades(settings)
+        missing = sorted(set(emitted) - set(stored))
+        extra = sorted(set(stored) - set(emitted))
+        print(f"emitted {len(emitted)} stored {len(stored)} missing {missing[:5]} extra {extra[:5]}")
     assert sorted(stored) == emitted
     # fault-free run: no duplicates even before ReplacingMergeTree collapses anything
     assert len(clickhouse_trades(settings, final=False)) == len(emitted)

@@ -1,0 +1,79 @@
+"""``tickflow stack up|down|status|logs``: the local Kafka, Redis, ClickHouse and Flink."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from stack import manager
+from stack.system import StackError, tail
+from tickflow.config import ConfigError, Settings, load_settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tickflow stack",
+        description="Local stack on 127.0.0.1; data, logs and pids under <state_dir>/<component>/. "
+        "Configuration: config/tickflow.yaml plus TICKFLOW_CONFIG overlays.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    names = manager.COMPONENT_NAMES
+    up = commands.add_parser("up", help="start what is not running, wait until it answers")
+    only = f"only these ({', '.join(names)}); default all"
+    up.add_argument("components", nargs="*", metavar="component", help=only)
+    down = commands.add_parser("down", help="stop the processes `up` started")
+    down.add_argument("components", nargs="*", metavar="component", help=only)
+    commands.add_parser("status", help="table of components; exit 0 only if all answer")
+    logs = commands.add_parser("logs", help="print log file paths and their last lines")
+    logs.add_argument("component", nargs="?", choices=names)
+    logs.add_argument("-n", "--lines", type=int, default=40, help="lines per log (default 40)")
+    return parser
+
+
+def print_status(settings: Settings) -> int:
+    rows = manager.status(settings)
+    header = ("component", "port(s)", "pid", "answers", "details")
+    table = [header] + [
+        (r.name, r.ports, r.pids, "yes" if r.answers else "no", r.details) for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    for row in table:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip())
+    return 0 if all(r.answers for r in rows) else 1
+
+
+def print_logs(settings: Settings, component: str | None, lines: int) -> int:
+    for item in manager.components(settings, [component] if component else None):
+        for path in item.log_files():
+            exists = path.exists()
+            print(f"==> {item.name}: {path}{'' if exists else ' (not created yet)'}")
+            if exists:
+                print(tail(path, lines))
+            print()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        if args.command == "up":
+            started = time.monotonic()
+            manager.up(settings, args.components or None)
+            print(f"stack up ({time.monotonic() - started:.1f} s)")
+            return print_status(settings)
+        if args.command == "down":
+            manager.down(settings, args.components or None)
+            return 0
+        if args.command == "status":
+            return print_status(settings)
+        return print_logs(settings, args.component, args.lines)
+    except (StackError, ConfigError) as error:
+        print(f"tickflow stack {args.command}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,361 @@
+"""Flink session cluster from the PyFlink distribution in the venv, and job submission to it.
+
+The cluster runs pyflink's own ``bin/`` scripts with two environment overrides
+(see :func:`flink_env`): ``FLINK_CONF_DIR`` (the repo's ``flink-conf/`` rendered with runtime
+paths) and ``FLINK_LIB_DIR`` (pyflink's ``lib/`` plus flink-python and the Kafka connector).
+flink-python on the cluster classpath loads pemja's native library once per TaskManager, so
+any number of thread-mode jobs can run one after another on the same TaskManager.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stack.jars import JAVA_PACKAGES, flink_connector_jars, flink_jars_dir
+from stack.services import Component
+from stack.system import StackError, ensure_packages, wait_until
+from tickflow.config import Settings
+
+JOB_ID_PATTERN = re.compile(r"JobID ([0-9a-f]{32})")
+TERMINAL_STATES = {"FINISHED", "FAILED", "CANCELED"}
+# copied as they are from the repo's flink-conf/ (config.yaml is rendered)
+LOG4J_FILES = ("log4j.properties", "log4j-cli.properties", "log4j-console.properties",
+               "log4j-session.properties")  # fmt: skip
+
+
+def flink_home() -> Path:
+    """The Flink distribution inside the installed apache-flink wheel (site-packages/pyflink)."""
+    spec = importlib.util.find_spec("pyflink")
+    if spec is None or spec.origin is None:
+        raise StackError("flink: the apache-flink package is not installed in this interpreter")
+    return Path(spec.origin).parent
+
+
+def venv_python() -> Path:
+    """The interpreter of this virtualenv: PyFlink clients and workers must use it."""
+    candidate = Path(sys.prefix) / "bin" / "python"
+    return candidate if candidate.exists() else Path(sys.executable)
+
+
+def worker_pythonpath(settings: Settings) -> str:
+    """PYTHONPATH for thread-mode workers: the embedded interpreter does not see the venv's
+    site-packages (``No module named 'pemja'``) nor editable installs, so list them."""
+    return os.pathsep.join([sysconfig.get_paths()["purelib"], str(settings.root)])
+
+
+# -- configuration rendering (pure) ---------------------------------------------------------
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested YAML mapping -> Flink's dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys -> nested mapping (the layout of Flink 2's config.yaml)."""
+    tree: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"flink config key {dotted!r} nests under value key {part!r}")
+            node = child
+        if isinstance(node.get(leaf), dict):
+            raise ValueError(f"flink config key {dotted!r} is also a prefix of other keys")
+        node[leaf] = value
+    return tree
+
+
+def render_flink_config(base_yaml: str, overrides: dict[str, Any]) -> str:
+    """The repo's config.yaml with dotted-key overrides applied, as nested Flink 2 YAML."""
+    flat = flatten(yaml.safe_load(base_yaml) or {})
+    flat.update(overrides)
+    header = (
+        "# rendered by `tickflow stack up` from flink-conf/config.yaml; edits are overwritten\n"
+    )
+    return header + yaml.safe_dump(unflatten(flat), sort_keys=False, width=1000)
+
+
+def runtime_overrides(settings: Settings, runtime: Path, python: Path) -> dict[str, Any]:
+    """Keys that come from tickflow.yaml or depend on this machine's paths."""
+    flink = settings.flink
+    return {
+        "rest.port": flink.rest_port,
+        "jobmanager.rpc.port": flink.rpc_port,
+        "parallelism.default": flink.parallelism,
+        "python.execution-mode": flink.python_execution_mode,
+        "env.log.dir": str(runtime / "log"),
+        "env.pid.dir": str(runtime / "pid"),
+        "io.tmp.dirs": str(runtime / "tmp"),
+        "web.tmpdir": str(runtime / "tmp" / "web"),
+        "execution.checkpointing.dir": (runtime / "checkpoints").as_uri(),
+        "execution.checkpointing.savepoint-dir": (runtime / "savepoints").as_uri(),
+        "python.executable": str(python),
+        "python.client.executable": str(python),
+        "python.pythonpath": worker_pythonpath(settings),
+    }
+
+
+# -- the cluster component --------------------------------------------------------------------
+
+
+def runtime_dir(settings: Settings) -> Path:
+    return settings.state_dir / "flink"
+
+
+class Flink(Component):
+    name = "flink"
+    process_count = 2
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.home / "conf"
+
+    @property
+    def lib_dir(self) -> Path:
+        return self.home / "lib"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "log"
+
+    @property
+    def log_file(self) -> Path:
+        found = sorted(self.log_dir.glob("flink-*-standalonesession-*.log"))
+        return found[0] if found else self.log_dir / "flink-standalonesession.log"
+
+    def log_files(self) -> list[Path]:
+        found: list[Path] = []
+        for daemon in ("standalonesession", "taskexecutor"):
+            for suffix in ("log", "out"):
+                found += sorted(self.log_dir.glob(f"flink-*-{daemon}-*.{suffix}"))
+        return found or [self.log_file]
+
+    def pid_files(self) -> list[Path]:
+        return sorted((self.home / "pid").glob("flink-*.pid"))
+
+    def base_config(self) -> str:
+        return (self.settings.root / "flink-conf" / "config.yaml").read_text()
+
+    def ports(self) -> dict[str, int]:
+        flink = self.settings.flink
+        return {"rest": flink.rest_port, "jobmanager-rpc": flink.rpc_port}
+
+    def install(self) -> None:
+        ensure_packages(JAVA_PACKAGES)
+        flink_jars_dir(self.settings)
+
+    def configure(self) -> None:
+        # the log dir must exist before the daemons start, or they die without a word
+        for sub in ("log", "pid", "tmp/web", "checkpoints", "savepoints", "conf", "lib"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        self._assemble_lib()
+        source = self.settings.root / "flink-conf"
+        for name in LOG4J_FILES:
+            (self.conf_dir / name).write_text((source / name).read_text())
+        overrides = runtime_overrides(self.settings, self.home, venv_python())
+        (self.conf_dir / "config.yaml").write_text(
+            render_flink_config(self.base_config(), overrides)
+        )
+
+    def _assemble_lib(self) -> None:
+        """lib/ = pyflink's lib/ + flink-python + Kafka connector, as symlinks."""
+        home = flink_home()
+        wanted = sorted(home.glob("lib/*.jar")) + sorted(home.glob("opt/flink-python-*.jar"))
+        wanted += flink_connector_jars(self.settings)
+        for stale in self.lib_dir.iterdir():
+            stale.unlink()
+        for jar in wanted:
+            (self.lib_dir / jar.name).symlink_to(jar)
+
+    def launch(self) -> None:
+        env = flink_env(self.settings)
+        bin_dir = flink_home() / "bin"
+        names = ("jobmanager.sh", "taskmanager.sh")
+        scripts = [
+            subprocess.Popen(
+                [str(bin_dir / script), "start"],
+                cwd=self.home,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            for script in names
+        ]
+        for name, script in zip(names, scripts, strict=True):
+            output, _ = script.communicate(timeout=120)
+            if script.returncode != 0:
+                raise self.failure(f"{name} start failed: {output.strip()}")
+
+    def overview(self) -> dict[str, Any]:
+        return rest(self.settings, "GET", "/overview")
+
+    def answers(self) -> bool:
+        overview = self.overview()
+        return overview.get("taskmanagers", 0) >= 1 and overview.get("slots-total", 0) >= 1
+
+    def details(self) -> str:
+        try:
+            overview = self.overview()
+        except OSError:
+            return ""
+        return (
+            f"{overview['slots-available']}/{overview['slots-total']} slots free, "
+            f"{overview['jobs-running']} job(s) running"
+        )
+
+
+# -- job submission ---------------------------------------------------------------------------
+
+
+def flink_bin(settings: Settings) -> Path:
+    """bin/flink of the distribution; run it with :func:`flink_env`."""
+    return flink_home() / "bin" / "flink"
+
+
+def flink_env(settings: Settings) -> dict[str, str]:
+    """Environment for bin/flink and the daemon scripts: the stack's conf and lib dirs."""
+    runtime = runtime_dir(settings)
+    env = dict(os.environ)
+    env["FLINK_CONF_DIR"] = str(runtime / "conf")
+    env["FLINK_LIB_DIR"] = str(runtime / "lib")
+    env["PATH"] = f"{venv_python().parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def rest(settings: Settings, method: str, path: str, timeout: float = 5.0) -> Any:
+    """Call the Flink REST API on loopback and return the decoded JSON body."""
+    url = f"http://127.0.0.1:{settings.flink.rest_port}{path}"
+    request = urllib.request.Request(url, method=method)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        body = response.read()
+    return json.loads(body) if body else {}
+
+
+def list_jobs(settings: Settings) -> list[dict[str, Any]]:
+    """Jobs the cluster knows about (REST /jobs/overview): jid, name, state, times."""
+    jobs: list[dict[str, Any]] = rest(settings, "GET", "/jobs/overview").get("jobs", [])
+    return jobs
+
+
+def job_state(settings: Settings, job_id: str) -> str:
+    return str(rest(settings, "GET", f"/jobs/{job_id}")["state"])
+
+
+def _wait_free_slots(settings: Settings, needed: int, timeout: float) -> None:
+    def enough() -> bool:
+        return int(rest(settings, "GET", "/overview")["slots-available"]) >= needed
+
+    if not wait_until(enough, timeout, interval=0.5):
+        running = [f"{j['name']} ({j['jid']})" for j in list_jobs(settings)
+                   if j["state"] not in TERMINAL_STATES]  # fmt: skip
+        raise StackError(
+            f"flink: fewer than {needed} free task slot(s) after {timeout:.0f} s; "
+            f"running jobs: {', '.join(running) or 'none'} (cancel one: tickflow job cancel)"
+        )
+
+
+def submit_python_job(
+    settings: Settings,
+    py_module_or_file: str,
+    args: list[str],
+    detached: bool = True,
+    timeout: float = 600.0,
+) -> str:
+    """Submit a PyFlink job (a .py file or a dotted module) to the session cluster.
+
+    Returns the job id. Detached: returns once the job is submitted; attached: once it ends.
+    """
+    _wait_free_slots(settings, settings.flink.parallelism, timeout=60)
+    python = str(venv_python())
+    argv = [str(flink_bin(settings)), "run"]
+    if detached:
+        argv.append("-d")
+    argv += ["-pyexec", python, "-pyclientexec", python]
+    is_file = py_module_or_file.endswith(".py") or Path(py_module_or_file).is_file()
+    argv += ["-py" if is_file else "-pym", py_module_or_file, *args]
+    done = subprocess.run(
+        argv,
+        cwd=settings.root,
+        env=flink_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    match = JOB_ID_PATTERN.search(output)
+    if done.returncode != 0 or match is None:
+        client_logs = sorted((runtime_dir(settings) / "log").glob("flink-*-client-*.log"))
+        hint = f" Client log: {client_logs[-1]}" if client_logs else ""
+        raise StackError(
+            f"flink: submitting {py_module_or_file} failed (exit {done.returncode}).{hint}\n"
+            + "\n".join(output.strip().splitlines()[-40:])
+        )
+    return match.group(1)
+
+
+def cancel_job(settings: Settings, job_id: str, timeout: float = 60.0) -> str:
+    """Cancel a job and wait until it reaches a terminal state; return that state."""
+    if job_state(settings, job_id) not in TERMINAL_STATES:
+        rest(settings, "PATCH", f"/jobs/{job_id}?mode=cancel")
+    if not wait_until(lambda: job_state(settings, job_id) in TERMINAL_STATES, timeout, 0.5):
+        raise StackError(f"flink: job {job_id} did not stop within {timeout:.0f} s")
+    return job_state(settings, job_id)
+
+
+def wait_job_running(settings: Settings, job_id: str, timeout: float = 120.0) -> str:
+    """Wait until every task of the job runs (or the job already finished); return the state.
+
+    Raises StackError with the job's root exception if it fails or is cancelled.
+    """
+    final: dict[str, str] = {}
+
+    def running_or_done() -> bool:
+        job = rest(settings, "GET", f"/jobs/{job_id}")
+        state = job["state"]
+        tasks_up = all(v["status"] in ("RUNNING", "FINISHED") for v in job.get("vertices", []))
+        if state in TERMINAL_STATES or (state == "RUNNING" and tasks_up):
+            final["state"] = state
+            return True
+        return False
+
+    if not wait_until(running_or_done, timeout, 0.5):
+        raise StackError(f"flink: job {job_id} not running after {timeout:.0f} s "
+                         f"(state {job_state(settings, job_id)})")  # fmt: skip
+    if final["state"] in ("FAILED", "CANCELED"):
+        raise StackError(
+            f"flink: job {job_id} {final['state']}: {_root_exception(settings, job_id)}"
+        )
+    return final["state"]
+
+
+def _root_exception(settings: Settings, job_id: str) -> str:
+    try:
+        info = rest(settings, "GET", f"/jobs/{job_id}/exceptions")
+    except OSError:
+        return "(no exception details)"
+    text = str(info.get("root-exception") or "(no root exception)")
+    return "\n".join(text.splitlines()[:15])

@@ -1,0 +1,137 @@
+"""Bring the whole local stack up or down, and report its status."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from stack.clickhouse import ClickHouse
+from stack.flink import Flink
+from stack.kafka import Kafka
+from stack.redis_server import Redis
+from stack.services import Component
+from stack.system import StackError
+from stack.topics import ensure_topics
+from tickflow.config import Settings
+
+# start order; stop runs in reverse
+COMPONENT_TYPES: tuple[type[Component], ...] = (Kafka, Redis, ClickHouse, Flink)
+COMPONENT_NAMES = tuple(c.name for c in COMPONENT_TYPES)
+# how long an already-running but silent component gets before it is restarted
+SILENT_GRACE_S = 30.0
+
+Log = Callable[[str], None]
+
+
+def components(settings: Settings, names: Iterable[str] | None = None) -> list[Component]:
+    """Component objects in start order, optionally only the named ones."""
+    selected = set(names or COMPONENT_NAMES)
+    unknown = selected - set(COMPONENT_NAMES)
+    if unknown:
+        raise StackError(f"unknown component(s) {sorted(unknown)}; known: {list(COMPONENT_NAMES)}")
+    return [cls(settings) for cls in COMPONENT_TYPES if cls.name in selected]
+
+
+def _safe_answers(component: Component) -> bool:
+    try:
+        return component.answers()
+    except Exception:
+        return False
+
+
+def _needs_start(component: Component, log: Log) -> bool:
+    """False when our own process already answers; restarts a silent or half-started one."""
+    pids = component.pids()
+    if not pids:
+        return True
+    if len(pids) < component.process_count:
+        # e.g. a TaskManager died: the JobManager still lists it until a heartbeat times out
+        running = f"{len(pids)} of {component.process_count}"
+        log(f"{component.name}: only {running} processes are running; restarting")
+        component.stop()
+        return True
+    if _safe_answers(component):
+        log(f"{component.name}: already running (pid {', '.join(map(str, component.pids()))})")
+        return False
+    try:
+        component.wait_healthy(SILENT_GRACE_S)  # maybe still starting from an earlier `up`
+        log(f"{component.name}: already running")
+        return False
+    except StackError:
+        log(f"{component.name}: running but not answering; restarting it")
+        component.stop()
+        return True
+
+
+def up(settings: Settings, names: Iterable[str] | None = None, log: Log = print) -> list[str]:
+    """Start the components that are not running, wait until all answer, create topics.
+
+    Returns the names of the components this call started. Idempotent.
+    """
+    selected = components(settings, names)
+    to_start = [c for c in selected if _needs_start(c, log)]
+    for component in to_start:
+        component.ensure_ports_free()
+    for component in to_start:  # apt-get and Maven first: slow, and needs no running service
+        component.install()
+    launched_at: dict[str, float] = {}
+    for component in to_start:
+        component.configure()
+        launched_at[component.name] = time.monotonic()
+        component.launch()
+        log(f"{component.name}: launched, waiting for it to answer")
+    # all launched before waiting: the JVMs start in parallel
+    for component in to_start:
+        component.wait_healthy()
+        took = time.monotonic() - launched_at[component.name]
+        log(f"{component.name}: answering on {_ports_text(component)} ({took:.1f} s after launch)")
+    if any(c.name == Kafka.name for c in selected):
+        created = ensure_topics(settings)
+        if created:
+            log(f"kafka: created topics {', '.join(created)}")
+    return [c.name for c in to_start]
+
+
+def down(settings: Settings, names: Iterable[str] | None = None, log: Log = print) -> None:
+    """Stop exactly the processes the stack started, in reverse start order."""
+    for component in reversed(components(settings, names)):
+        stopped = component.stop()
+        if stopped:
+            log(f"{component.name}: stopped pid {', '.join(map(str, stopped))}")
+        else:
+            log(f"{component.name}: not running")
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    ports: str
+    pids: str
+    answers: bool
+    details: str
+
+
+def _ports_text(component: Component) -> str:
+    return ", ".join(f"{label} {port}" for label, port in component.ports().items())
+
+
+def status(settings: Settings) -> list[ComponentStatus]:
+    rows = []
+    for component in components(settings):
+        answers = _safe_answers(component)
+        rows.append(
+            ComponentStatus(
+                name=component.name,
+                ports=_ports_text(component),
+                pids=",".join(map(str, component.pids())) or "-",
+                answers=answers,
+                details=component.details() if answers else "",
+            )
+        )
+    return rows
+
+
+def stack_answers(settings: Settings) -> bool:
+    """Whether every component answers (whoever started it)."""
+    return all(_safe_answers(c) for c in components(settings))

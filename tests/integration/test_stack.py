@@ -1,0 +1,92 @@
+"""The local stack answers, has the pipeline topics, and runs PyFlink thread-mode jobs."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from stack import flink, manager
+from stack.cli import main as stack_cli
+from stack.system import wait_until
+from stack.topics import ensure_topics, pipeline_topics
+from tickflow.config import Settings
+
+pytestmark = pytest.mark.integration
+
+TRIVIAL_JOB = Path(__file__).with_name("pyflink_trivial_job.py")
+
+
+def final_state(settings: Settings, job_id: str, timeout: float) -> str:
+    assert wait_until(lambda: flink.job_state(settings, job_id) in flink.TERMINAL_STATES, timeout)
+    return flink.job_state(settings, job_id)
+
+
+def test_status_reports_every_component_answering(
+    stack_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = manager.status(stack_settings)
+    assert [r.name for r in rows] == list(manager.COMPONENT_NAMES)
+    assert [r.name for r in rows if not r.answers] == []
+    assert stack_cli(["status"]) == 0
+    table = capsys.readouterr().out
+    for name in manager.COMPONENT_NAMES:
+        assert name in table
+
+
+def test_up_again_leaves_running_components_alone(stack_settings: Settings) -> None:
+    if any(not c.pids() for c in manager.components(stack_settings)):
+        pytest.skip("stack not started by `tickflow stack up` from this checkout")
+    pids_before = {c.name: c.pids() for c in manager.components(stack_settings)}
+    assert manager.up(stack_settings, log=lambda _: None) == []
+    assert {c.name: c.pids() for c in manager.components(stack_settings)} == pids_before
+
+
+def test_pipeline_topics_exist_with_their_partitions(stack_settings: Settings) -> None:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=stack_settings.kafka.bootstrap)
+    try:
+        wanted = pipeline_topics(stack_settings)
+        topics = admin.describe_topics(list(wanted))
+    finally:
+        admin.close()
+    # kafka-python 3 names the field "name", 2.x "topic"
+    described = {t.get("name", t.get("topic")): len(t["partitions"]) for t in topics}
+    assert described == wanted
+
+
+def test_ensure_topics_creates_extra_topics_once(stack_settings: Settings) -> None:
+    name = f"tickflow.test.stack-{uuid.uuid4().hex[:8]}"
+    assert ensure_topics(stack_settings, extra={name: 3}) == [name]
+    assert ensure_topics(stack_settings, extra={name: 3}) == []
+
+
+def test_flink_overview_shows_a_taskmanager_with_slots(stack_settings: Settings) -> None:
+    overview = flink.rest(stack_settings, "GET", "/overview")
+    assert overview["taskmanagers"] >= 1
+    assert overview["slots-total"] >= 1
+    assert overview["flink-version"].startswith("2.2")
+
+
+def test_logs_command_prints_log_paths(
+    stack_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert stack_cli(["logs", "redis", "-n", "3"]) == 0
+    assert str(stack_settings.state_dir / "redis") in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_two_thread_mode_jobs_in_a_row_both_succeed(stack_settings: Settings) -> None:
+    """Regression: the second thread-mode job on a TaskManager failed with
+    NoSuchFieldException: loadedLibraryNames (pemja loaded once per job)."""
+    tag = uuid.uuid4().hex[:6]
+    for run in (1, 2):
+        job_id = flink.submit_python_job(
+            stack_settings, str(TRIVIAL_JOB), [f"stack-test-{tag}-{run}"], detached=True
+        )
+        assert flink.wait_job_running(stack_settings, job_id, 180) in ("RUNNING", "FINISHED")
+        assert final_state(stack_settings, job_id, 120) == "FINISHED"
+    names = {j["name"] for j in flink.list_jobs(stack_settings)}
+    assert {f"stack-test-{tag}-1", f"stack-test-{tag}-2"} <= names
