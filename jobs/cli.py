@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from stack import flink
+import stack.flink as flink
 from tickflow.config import load_settings
 
 PIPELINE = "jobs/pipeline.py"

@@ -108,7 +108,10 @@ def running_slice(
         ensure_topics(
             settings, extra={kafka.raw_topic: kafka.raw_partitions, kafka.deadletter_topic: 1}
         )
-        for name, args in (("simulator", ["simulator"]), ("connector", ["connector", "binance"])):
+        for name, args in (
+            ("simulator", ["simulator", "--paused"]),
+            ("connector", ["connector", "binance"]),
+        ):
             out = (logs / f"{name}.log").open("wb")
             procs.append(
                 subprocess.Popen(
@@ -120,8 +123,7 @@ def running_slice(
             )
             if name == "simulator":
                 wait_for("simulator health", lambda: sim_get(settings, "health").get("ok"), 30)
-                # generate nothing until the connector listens: every trade must reach storage
-                sim_post(settings, "pause")
+        # generate nothing until the connector listens: then every trade must reach storage
         wait_for("connector subscribed", lambda: sim_get(settings, "status")["connections"], 60)
         sim_post(settings, "resume")
         job_id = flink.submit_python_job(settings, str(settings.root / "jobs" / "pipeline.py"), [])
@@ -199,17 +201,14 @@ def test_books_and_trades_match_the_simulator(running_slice: Slice) -> None:
         for t in sim_get(settings, f"binance/trades?symbol={s}")["trades"]
     )
     assert emitted, "the simulator emitted no trades"
-    try:
-        wait_for(
-            "every emitted trade in ClickHouse",
-            lambda: len(clickhouse_trades(settings)) >= len(emitted),
-            60,
-        )
-    finally:
-        stored = clickhouse_trades(settings)
-        missing = sorted(set(emitted) - set(stored))
-        extra = sorted(set(stored) - set(emitted))
-        print(f"emitted {len(emitted)} stored {len(stored)} missing {missing[:5]} extra {extra[:5]}")
+    wait_for(
+        "every emitted trade in ClickHouse",
+        lambda: len(clickhouse_trades(settings)) >= len(emitted),
+        60,
+    )
+    stored = clickhouse_trades(settings)
+    missing, extra = sorted(set(emitted) - set(stored)), sorted(set(stored) - set(emitted))
+    assert not missing and not extra, f"missing {missing[:5]}, unexpected {extra[:5]}"
     assert sorted(stored) == emitted
     # fault-free run: no duplicates even before ReplacingMergeTree collapses anything
     assert len(clickhouse_trades(settings, final=False)) == len(emitted)
