@@ -122,6 +122,7 @@ class BinanceMarket:
         max_changes: int,
         trade_probability: float,
         spec: InstrumentSpec | None = None,
+        id_offset: int = 0,
     ) -> None:
         if depth_levels < 2 or max_changes < 1:
             raise ValueError("depth_levels must be >= 2 and max_changes >= 1")
@@ -133,8 +134,9 @@ class BinanceMarket:
         # str seeds hash with SHA-512: stable across processes, unlike hash()
         self._rng = random.Random(f"{seed}:{symbol}")
         self.book = TrueBook()
-        self.last_update_id = self._rng.randrange(10**10, 9 * 10**10)
-        self.next_trade_id = self._rng.randrange(10**9, 5 * 10**9)
+        # id_offset lets a restarted simulator keep ids growing, as an exchange's always do
+        self.last_update_id = self._rng.randrange(10**10, 9 * 10**10) + id_offset
+        self.next_trade_id = self._rng.randrange(10**9, 5 * 10**9) + id_offset
         self.trades: list[Trade] = []
         self.steps = 0
         start = self.spec.start_price_units // self.spec.tick_units

@@ -49,9 +49,13 @@ class BinanceVenue:
         max_changes: int,
         trade_probability: float,
         rest_weight_limit_1m: int,
+        id_offset: int = 0,
     ) -> None:
         self.markets = {
-            s: BinanceMarket(s, seed, depth_levels, max_changes, trade_probability) for s in symbols
+            s: BinanceMarket(
+                s, seed, depth_levels, max_changes, trade_probability, id_offset=id_offset
+            )
+            for s in symbols
         }
         self.rest_weight_limit_1m = rest_weight_limit_1m
         self._weight_minute = -1

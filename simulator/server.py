@@ -49,6 +49,13 @@ log = logging.getLogger(__name__)
 CLOSED_LOGS_KEPT = 200
 
 
+def id_offset(id_epoch_s: int) -> int:
+    """Added to every update and trade id: a million ids per second of the epoch, so ids keep
+    growing across simulator restarts (downstream state and Redis never see them go back).
+    ``id_epoch_s`` 0 means now; a fixed value gives reproducible ids."""
+    return (id_epoch_s or int(time.time())) * 1_000_000
+
+
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -132,6 +139,7 @@ class SimulatorServer:
                     sim.max_changes_per_event,
                     sim.trade_probability,
                     settings.exchanges.binance.rest_weight_limit_1m,
+                    id_offset=id_offset(sim.id_epoch_s),
                 )
             ]
         self.venues: dict[str, Venue] = {v.name: v for v in venues}

@@ -96,6 +96,7 @@ class SimulatorConfig:
     seed: int
     rate_per_symbol: float
     depth_levels: int
+    id_epoch_s: int
     symbols: tuple[str, ...]
     max_changes_per_event: int
     trade_probability: float

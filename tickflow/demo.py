@@ -103,11 +103,14 @@ def up(settings: Settings) -> None:
         raise SystemExit("stack did not come up: see `tickflow stack status` and its logs")
     for app in APPS:
         print(f"{app}: pid {start_app(settings, app)} (log {settings.state_dir / 'apps'})")
-    running = [j for j in flink.list_jobs(settings) if j.get("state") == "RUNNING"]
-    if running:
-        print(f"job already RUNNING: {running[0]['jid']}")
+    job_file = settings.state_dir / "apps" / "pipeline.jobid"
+    known = job_file.read_text().strip() if job_file.exists() else ""
+    states = {j["jid"]: j.get("state") for j in flink.list_jobs(settings)}
+    if known and states.get(known) == "RUNNING":
+        print(f"job {known} already RUNNING")
     else:
         job_id = flink.submit_python_job(settings, str(settings.root / "jobs" / "pipeline.py"), [])
+        job_file.write_text(job_id)
         flink.wait_job_running(settings, job_id, 180)
         print(f"job {job_id} RUNNING")
     print(f"Flink web UI: http://127.0.0.1:{settings.flink.rest_port}")
@@ -115,6 +118,18 @@ def up(settings: Settings) -> None:
 
 
 def down(settings: Settings) -> None:
+    from stack import flink
+
+    job_file = settings.state_dir / "apps" / "pipeline.jobid"
+    if job_file.exists():
+        job_id = job_file.read_text().strip()
+        try:
+            if flink.job_state(settings, job_id) == "RUNNING":
+                flink.cancel_job(settings, job_id)
+                print(f"job {job_id} cancelled")
+        except OSError:
+            pass  # the cluster is already down: nothing to cancel
+        job_file.unlink()
     for app in reversed(APPS):
         stop_app(settings, app)
 

@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from simulator.binance import BinanceMarket, DepthDiff, depth_update_event, trade_event
-from simulator.server import SimulatorServer
+from simulator.server import SimulatorServer, id_offset
 from simulator.testing import http_json, http_raw, running_simulator, wait_until
 from tickflow.config import Settings, load_settings
 
@@ -159,7 +159,7 @@ def test_served_frames_are_the_seeded_models_frames() -> None:
     async def scenario() -> list[dict[str, Any]]:
         # rate 0: no pacing, frames only from explicit steps
         async with (
-            running_simulator(settings, rate_per_symbol=0, depth_levels=10) as sim,
+            running_simulator(settings, rate_per_symbol=0, depth_levels=10, id_epoch_s=7) as sim,
             client(sim, f"/binance/stream?streams={STREAMS}") as reader,
         ):
             await wait_until(
@@ -177,7 +177,7 @@ def test_served_frames_are_the_seeded_models_frames() -> None:
     served = asyncio.run(scenario())
     sim_cfg = settings.simulator
     model = BinanceMarket("BTCUSDT", sim_cfg.seed, 10, sim_cfg.max_changes_per_event,
-                          sim_cfg.trade_probability)
+                          sim_cfg.trade_probability, id_offset=id_offset(7))
     expected = []
     for _ in range(30):
         for event in model.step(0):
@@ -345,3 +345,13 @@ def test_disconnect_fault_and_rest_429_fault() -> None:
         assert conns[0]["open"] is False and conns[0]["close_reason"] == "fault: disconnect"
 
     run(scenario)
+
+
+def test_ids_keep_growing_across_restarts() -> None:
+    # a restarted simulator must not reuse update ids: downstream books would ignore them
+    first = BinanceMarket("BTCUSDT", 42, 10, 3, 0.2, id_offset=id_offset(1_000))
+    for _ in range(500):
+        first.step(0)
+    restarted = BinanceMarket("BTCUSDT", 42, 10, 3, 0.2, id_offset=id_offset(1_001))
+    assert restarted.last_update_id > first.last_update_id
+    assert restarted.next_trade_id > first.next_trade_id
