@@ -11,10 +11,11 @@ import pickle
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from jobs.book.binance import BinanceBook, Outcome
+from jobs.book import ENGINES
+from jobs.book.engine import NEEDS_RESYNC, Outcome, SyncedBook
 from jobs.book.levels import BookSide, BookStatus, LevelChange
-from jobs.parse import binance as binance_parse
-from jobs.parse.events import BookDelta, BookSnapshot, ParseError, Trade
+from jobs.parse import parse_envelope
+from jobs.parse.events import BookDelta, BookSnapshot, ParseError, SyncLost, Trade
 from schemas.codec import RawEnvelope
 
 BookId = tuple[str, str]  # (exchange, exchange symbol)
@@ -41,26 +42,24 @@ class Outputs:
     book_views: list[BookView] = field(default_factory=list)  # live publication (Redis)
     snapshots: list[BookView] = field(default_factory=list)  # periodic history (ClickHouse)
     trades: list[Trade] = field(default_factory=list)
-    # (book, changed levels) to persist; a None list means "rewrite everything of this book"
+    # (book, changed levels) to persist
     level_changes: list[tuple[BookId, list[LevelChange]]] = field(default_factory=list)
+    # books that need a fresh snapshot from their connector, and why
+    resyncs: list[tuple[BookId, str]] = field(default_factory=list)
 
 
 @dataclass
 class TrackedBook:
-    engine: BinanceBook
+    engine: SyncedBook
     last_event_time_ms: int = 0
     last_receive_time_ns: int = 0
     snapshot_bucket: int = -1  # event-time bucket of the last ClickHouse snapshot
 
     def meta(self) -> bytes:
         """Everything but the levels (which are persisted level by level)."""
-        e = self.engine
         return pickle.dumps(
             (
-                e.status.value,
-                e.reason,
-                e.last_id,
-                e.buffer,
+                self.engine.state(),
                 self.last_event_time_ms,
                 self.last_receive_time_ns,
                 self.snapshot_bucket,
@@ -69,15 +68,9 @@ class TrackedBook:
         )
 
     @classmethod
-    def from_meta(cls, data: bytes, max_levels: int, max_buffered: int) -> TrackedBook:
-        status, reason, last_id, buffer, ev_ms, rx_ns, bucket = pickle.loads(data)
-        engine = BinanceBook(max_levels=max_levels, max_buffered=max_buffered)
-        engine.status, engine.reason, engine.last_id, engine.buffer = (
-            BookStatus(status),
-            reason,
-            last_id,
-            buffer,
-        )
+    def from_meta(cls, data: bytes, engine: SyncedBook) -> TrackedBook:
+        state, ev_ms, rx_ns, bucket = pickle.loads(data)
+        engine.restore_state(state)
         return cls(engine, ev_ms, rx_ns, bucket)
 
 
@@ -99,55 +92,55 @@ class InstrumentBooks:
         self.max_buffered = max_buffered
         self.books: dict[BookId, TrackedBook] = {}
 
+    def _engine(self, exchange: str) -> SyncedBook:
+        engine = ENGINES.get(exchange)
+        if engine is None:
+            raise ParseError(f"no book engine for exchange {exchange!r}")
+        return engine(max_levels=self.max_levels, max_buffered=self.max_buffered)
+
     def book(self, book_id: BookId) -> TrackedBook:
         tracked = self.books.get(book_id)
         if tracked is None:
-            tracked = TrackedBook(BinanceBook(self.max_levels, self.max_buffered))
+            tracked = TrackedBook(self._engine(book_id[0]))
             self.books[book_id] = tracked
         return tracked
 
     def restore(
         self, book_id: BookId, meta: bytes, levels: list[tuple[BookSide, Decimal, Decimal]]
     ) -> None:
-        tracked = TrackedBook.from_meta(meta, self.max_levels, self.max_buffered)
+        tracked = TrackedBook.from_meta(meta, self._engine(book_id[0]))
         for side, price, size in levels:
             tracked.engine.book.restore_level(side, price, size)
         self.books[book_id] = tracked
 
     def process(self, env: RawEnvelope) -> Outputs:
         """Apply one raw frame. Raises ParseError for frames that cannot be understood."""
-        if env.exchange != binance_parse.EXCHANGE:
-            raise ParseError(f"no parser for exchange {env.exchange!r}")
         out = Outputs()
         book_id = (env.exchange, env.symbol)
-        if env.channel == "snapshot":
-            snap = binance_parse.parse_snapshot(env.payload, env.symbol, env.receive_time_ns)
-            self._on_book_event(book_id, snap, out)
-        elif env.channel in ("depth", "trade"):
-            event = binance_parse.parse_frame(env.payload, env.receive_time_ns)
-            if event.symbol != env.symbol:
-                raise ParseError(f"frame for {event.symbol} arrived keyed as {env.symbol}")
+        for event in parse_envelope(env):
             if isinstance(event, Trade):
                 out.trades.append(event)
             else:
                 self._on_book_event(book_id, event, out)
-        else:
-            raise ParseError(f"unknown channel {env.channel!r} for {env.exchange}")
         return out
 
     def _on_book_event(
-        self, book_id: BookId, event: BookDelta | BookSnapshot, out: Outputs
+        self, book_id: BookId, event: BookDelta | BookSnapshot | SyncLost, out: Outputs
     ) -> None:
         tracked = self.book(book_id)
         engine = tracked.engine
         was = engine.status
         if isinstance(event, BookSnapshot):
             outcome = engine.on_snapshot(event)
+        elif isinstance(event, SyncLost):
+            outcome = engine.on_sync_lost(event)
         else:
             outcome = engine.on_delta(event)
             tracked.last_event_time_ms = max(tracked.last_event_time_ms, event.event_time_ms)
         tracked.last_receive_time_ns = event.receive_time_ns
         out.level_changes.append((book_id, engine.book.take_changes()))
+        if outcome in NEEDS_RESYNC:
+            out.resyncs.append((book_id, engine.reason))
         if outcome in (Outcome.IGNORED, Outcome.BUFFERED, Outcome.SNAPSHOT_TOO_OLD) and (
             engine.status is was
         ):

@@ -13,54 +13,27 @@ after the diffs it must be merged with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 
-from jobs.book.levels import BookStatus, OrderBook
+from jobs.book.engine import Outcome, SyncedBook
+from jobs.book.levels import BookStatus
 from jobs.parse.events import BookDelta, BookSnapshot
 
 
-class Outcome(StrEnum):
-    APPLIED = "applied"  # the book changed and is LIVE
-    IGNORED = "ignored"  # older than the book: nothing to do
-    BUFFERED = "buffered"  # kept until a snapshot arrives
-    GAP = "gap"  # missing updates: the book is now RESYNCING
-    RESYNCED = "resynced"  # a snapshot (plus buffered updates) made the book LIVE
-    SNAPSHOT_TOO_OLD = "snapshot_too_old"  # snapshot ends before the buffered updates begin
-
-
 @dataclass
-class BinanceBook:
+class BinanceBook(SyncedBook):
     """One Binance symbol's book with its sync state."""
-
-    max_levels: int
-    max_buffered: int
-    book: OrderBook = field(init=False)
-    status: BookStatus = BookStatus.RESYNCING
-    reason: str = "awaiting snapshot"
-    last_id: int = -1  # last applied update id (Binance local lastUpdateId)
-    buffer: list[BookDelta] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.book = OrderBook(self.max_levels)
 
     def on_delta(self, delta: BookDelta) -> Outcome:
         if self.status is not BookStatus.LIVE:
-            self.buffer.append(delta)
-            if len(self.buffer) > self.max_buffered:
-                # the oldest are dropped; the snapshot check below then fails loudly
-                del self.buffer[: len(self.buffer) - self.max_buffered]
-                self.reason = f"buffer overflow ({self.max_buffered} updates) awaiting snapshot"
-            return Outcome.BUFFERED
+            return self.buffer_delta(delta)
         return self._apply(delta)
 
     def _apply(self, delta: BookDelta) -> Outcome:
         if delta.last_id <= self.last_id:
             return Outcome.IGNORED
         if delta.first_id > self.last_id + 1:
-            self.status = BookStatus.RESYNCING
-            self.reason = f"gap: expected update {self.last_id + 1}, got U={delta.first_id}"
-            self.book.clear()
+            self.lose_sync(f"gap: expected update {self.last_id + 1}, got U={delta.first_id}")
             self.buffer = [delta]
             return Outcome.GAP
         for price, size in delta.bids:

@@ -10,7 +10,8 @@ from decimal import Decimal, InvalidOperation
 
 import msgspec
 
-from jobs.parse.events import BookDelta, BookSnapshot, Level, ParseError, Trade
+from jobs.parse.events import BookDelta, BookSnapshot, Level, MarketEvent, ParseError, Trade
+from schemas.codec import RawEnvelope
 
 EXCHANGE = "binance"
 
@@ -132,3 +133,12 @@ def parse_snapshot(payload: bytes, symbol: str, receive_time_ns: int) -> BookSna
         bids=_levels(snap.bids),
         asks=_levels(snap.asks),
     )
+
+
+def parse(env: RawEnvelope) -> list[MarketEvent]:
+    """One envelope -> its events (the registry entry for ``binance``)."""
+    if env.channel == "snapshot":
+        return [parse_snapshot(env.payload, env.symbol, env.receive_time_ns)]
+    if env.channel in ("depth", "trade"):
+        return [parse_frame(env.payload, env.receive_time_ns)]
+    raise ParseError(f"binance: unknown channel {env.channel!r}")

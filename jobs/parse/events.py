@@ -21,16 +21,22 @@ class ParseError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class BookDelta:
-    """Absolute sizes for some price levels; ``first_id..last_id`` are the exchange's update ids."""
+    """Absolute sizes for some price levels.
+
+    ``first_id..last_id``: the exchange's update ids where it has them (Binance ``U``/``u``);
+    otherwise the message's own sequence number (Coinbase ``sequence_num``) or 0 (Kraken).
+    ``checksum``: the exchange's CRC32 of the book after this message (Kraken), else None.
+    """
 
     exchange: str
     symbol: str
-    first_id: int  # Binance U
-    last_id: int  # Binance u
+    first_id: int
+    last_id: int
     event_time_ms: int
     receive_time_ns: int
     bids: tuple[Level, ...]
     asks: tuple[Level, ...]
+    checksum: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +45,12 @@ class BookSnapshot:
 
     exchange: str
     symbol: str
-    last_id: int  # Binance lastUpdateId
+    last_id: int  # Binance lastUpdateId; Coinbase sequence_num; Kraken 0
     receive_time_ns: int
     bids: tuple[Level, ...]
     asks: tuple[Level, ...]
+    event_time_ms: int = 0
+    checksum: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,4 +66,15 @@ class Trade:
     receive_time_ns: int
 
 
-MarketEvent = BookDelta | BookSnapshot | Trade
+@dataclass(frozen=True, slots=True)
+class SyncLost:
+    """The connector lost continuity for this symbol (e.g. a Coinbase ``sequence_num`` gap on
+    its connection): the book is wrong until the snapshot the connector asks for arrives."""
+
+    exchange: str
+    symbol: str
+    reason: str
+    receive_time_ns: int
+
+
+MarketEvent = BookDelta | BookSnapshot | Trade | SyncLost

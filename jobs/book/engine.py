@@ -1,0 +1,78 @@
+"""What every exchange's book engine shares: status, outcome of each event, persistence.
+
+An engine is pure (no I/O): it takes normalised events and keeps an ``OrderBook`` in sync by
+its exchange's documented rules. Per-exchange engines subclass ``SyncedBook``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from jobs.book.levels import BookStatus, OrderBook
+from jobs.parse.events import BookDelta, BookSnapshot, SyncLost
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"  # the book changed and is LIVE
+    IGNORED = "ignored"  # older than the book: nothing to do
+    BUFFERED = "buffered"  # kept until a snapshot arrives
+    GAP = "gap"  # missing updates: the book is now RESYNCING
+    CHECKSUM_MISMATCH = "checksum_mismatch"  # the book disagrees with the exchange: RESYNCING
+    RESYNCED = "resynced"  # a snapshot (plus buffered updates) made the book LIVE
+    SNAPSHOT_TOO_OLD = "snapshot_too_old"  # snapshot ends before the buffered updates begin
+
+
+# outcomes after which the book must be rebuilt from a fresh snapshot (ask the connector)
+NEEDS_RESYNC = frozenset({Outcome.GAP, Outcome.CHECKSUM_MISMATCH, Outcome.SNAPSHOT_TOO_OLD})
+
+
+@dataclass
+class SyncedBook:
+    """Base of the per-exchange engines: one symbol's book and its sync state."""
+
+    max_levels: int
+    max_buffered: int
+    book: OrderBook = field(init=False)
+    status: BookStatus = BookStatus.RESYNCING
+    reason: str = "awaiting snapshot"
+    last_id: int = -1  # last applied update id / sequence (the Redis write version)
+    buffer: list[BookDelta] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.book = OrderBook(self.max_levels)
+
+    def on_delta(self, delta: BookDelta) -> Outcome:
+        raise NotImplementedError
+
+    def on_snapshot(self, snap: BookSnapshot) -> Outcome:
+        raise NotImplementedError
+
+    def on_sync_lost(self, event: SyncLost) -> Outcome:
+        """The connector saw continuity break: distrust the book until the next snapshot."""
+        self.lose_sync(f"connector: {event.reason}")
+        self.buffer = []
+        return Outcome.GAP
+
+    def lose_sync(self, reason: str) -> None:
+        self.status = BookStatus.RESYNCING
+        self.reason = reason
+        self.book.clear()
+
+    def buffer_delta(self, delta: BookDelta) -> Outcome:
+        """While not LIVE: keep a bounded buffer of updates for the next snapshot."""
+        self.buffer.append(delta)
+        if len(self.buffer) > self.max_buffered:
+            # the oldest are dropped; bridging to the snapshot then fails loudly
+            del self.buffer[: len(self.buffer) - self.max_buffered]
+            self.reason = f"buffer overflow ({self.max_buffered} updates) awaiting snapshot"
+        return Outcome.BUFFERED
+
+    def state(self) -> tuple[Any, ...]:
+        """Everything but the levels (persisted level by level elsewhere); picklable."""
+        return (self.status.value, self.reason, self.last_id, self.buffer)
+
+    def restore_state(self, state: tuple[Any, ...]) -> None:
+        status, self.reason, self.last_id, self.buffer = state
+        self.status = BookStatus(status)
