@@ -30,7 +30,8 @@ class BookView:
     instrument: str
     status: BookStatus
     reason: str
-    seq: int  # last applied exchange update id: the version Redis writes are guarded by
+    seq: int  # last applied exchange update id / sequence number
+    version: int  # monotonic per book: Redis refuses writes with a lower one
     bids: tuple[tuple[Decimal, Decimal], ...]
     asks: tuple[tuple[Decimal, Decimal], ...]
     event_time_ms: int
@@ -164,6 +165,7 @@ class InstrumentBooks:
             status=engine.status,
             reason=engine.reason,
             seq=engine.last_id,
+            version=engine.version(),
             bids=tuple(bids),
             asks=tuple(asks),
             event_time_ms=tracked.last_event_time_ms,

@@ -41,6 +41,7 @@ class BinanceBook(SyncedBook):
         for price, size in delta.asks:
             self.book.set_level("a", price, size)
         self.last_id = delta.last_id
+        self.applied += 1
         return Outcome.APPLIED
 
     def on_snapshot(self, snap: BookSnapshot) -> Outcome:
@@ -49,6 +50,7 @@ class BinanceBook(SyncedBook):
                 return Outcome.IGNORED  # our continuous stream is already past it
             self.book.load(snap.bids, snap.asks)
             self.last_id = snap.last_id
+            self.rebuilt(snap)
             return Outcome.APPLIED
         pending = [d for d in self.buffer if d.last_id > snap.last_id]
         if pending and pending[0].first_id > snap.last_id + 1:
@@ -59,6 +61,7 @@ class BinanceBook(SyncedBook):
             return Outcome.SNAPSHOT_TOO_OLD
         self.book.load(snap.bids, snap.asks)
         self.last_id = snap.last_id
+        self.rebuilt(snap)
         self.status, self.reason, self.buffer = BookStatus.LIVE, "", []
         for delta in pending:
             if self._apply(delta) is Outcome.GAP:

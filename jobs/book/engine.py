@@ -24,6 +24,9 @@ class Outcome(StrEnum):
     SNAPSHOT_TOO_OLD = "snapshot_too_old"  # snapshot ends before the buffered updates begin
 
 
+# applied messages per epoch before the version could collide with the next epoch's
+VERSION_EPOCH_FACTOR = 10**9
+
 # outcomes after which the book must be rebuilt from a fresh snapshot (ask the connector)
 NEEDS_RESYNC = frozenset({Outcome.GAP, Outcome.CHECKSUM_MISMATCH, Outcome.SNAPSHOT_TOO_OLD})
 
@@ -37,11 +40,26 @@ class SyncedBook:
     book: OrderBook = field(init=False)
     status: BookStatus = BookStatus.RESYNCING
     reason: str = "awaiting snapshot"
-    last_id: int = -1  # last applied update id / sequence (the Redis write version)
+    last_id: int = -1  # last applied exchange update id / sequence number (for display)
     buffer: list[BookDelta] = field(default_factory=list)
+    # version = (epoch, applied): sequence numbers restart with each connection (Coinbase) or do
+    # not exist (Kraken), so the monotonic version of a book counts applied messages since the
+    # snapshot that last rebuilt it, whose receive time (ms) is the epoch. Both come from the
+    # input, so a replay after a restore recomputes the same versions.
+    epoch_ms: int = 0
+    applied: int = 0
 
     def __post_init__(self) -> None:
         self.book = OrderBook(self.max_levels)
+
+    def version(self) -> int:
+        """Monotonic version of the published book (Redis refuses to go back to a lower one)."""
+        return self.epoch_ms * VERSION_EPOCH_FACTOR + self.applied
+
+    def rebuilt(self, snap: BookSnapshot) -> None:
+        """Call when a snapshot replaced the book: a new epoch begins."""
+        self.epoch_ms = max(snap.receive_time_ns // 1_000_000, self.epoch_ms + 1)
+        self.applied = 0
 
     def on_delta(self, delta: BookDelta) -> Outcome:
         raise NotImplementedError
@@ -71,8 +89,15 @@ class SyncedBook:
 
     def state(self) -> tuple[Any, ...]:
         """Everything but the levels (persisted level by level elsewhere); picklable."""
-        return (self.status.value, self.reason, self.last_id, self.buffer)
+        return (
+            self.status.value,
+            self.reason,
+            self.last_id,
+            self.buffer,
+            self.epoch_ms,
+            self.applied,
+        )
 
     def restore_state(self, state: tuple[Any, ...]) -> None:
-        status, self.reason, self.last_id, self.buffer = state
+        status, self.reason, self.last_id, self.buffer, self.epoch_ms, self.applied = state
         self.status = BookStatus(status)

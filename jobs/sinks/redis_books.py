@@ -2,13 +2,14 @@
 
 Layout (``<p>`` is ``redis.key_prefix``):
 - ``<p>:book:<exchange>:<symbol>`` hash: ``instrument``, ``status`` (LIVE | RESYNCING | STALE),
-  ``reason``, ``seq`` (last applied exchange update id), ``bids`` and ``asks`` (JSON arrays of
+  ``reason``, ``seq`` (last applied exchange update id),
+  ``version`` (monotonic per book, zero-padded), ``bids`` and ``asks`` (JSON arrays of
   ``[price, size]`` strings, best first, top N; empty unless LIVE), ``event_time_ms``,
   ``receive_time_ns``, ``publish_time_ns``.
 - ``<p>:books``: set of every book key (for listing).
 - channel ``<p>:book-updates``: one message per write, ``<exchange>:<symbol>:<seq>:<status>``.
 
-A Lua script refuses a write whose ``seq`` is lower than the stored one, so replaying frames
+A Lua script refuses a write whose ``version`` is lower than the stored one, so replaying frames
 after a Flink restore (at-least-once) never moves a book backwards. One book update is one
 EVALSHA: a single round trip instead of a pipeline of per-level commands.
 """
@@ -23,12 +24,16 @@ import redis
 from jobs.instrument import BookView
 from tickflow.config import RedisConfig
 
+# versions are compared as zero-padded decimal strings: Lua numbers are doubles, exact only
+# to 2^53, and versions are larger
+VERSION_WIDTH = 24
+
 _GUARDED_WRITE = """
-local cur = redis.call('HGET', KEYS[1], 'seq')
-if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
+local cur = redis.call('HGET', KEYS[1], 'version')
+if cur and cur > ARGV[11] then return 0 end
 redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'status', ARGV[2], 'reason', ARGV[3],
   'bids', ARGV[4], 'asks', ARGV[5], 'event_time_ms', ARGV[6], 'receive_time_ns', ARGV[7],
-  'instrument', ARGV[8], 'publish_time_ns', ARGV[9])
+  'instrument', ARGV[8], 'publish_time_ns', ARGV[9], 'version', ARGV[11])
 redis.call('SADD', KEYS[2], KEYS[1])
 redis.call('PUBLISH', KEYS[3], ARGV[10])
 return 1
@@ -69,6 +74,7 @@ class RedisBookWriter:
                 view.instrument,
                 time.time_ns(),
                 f"{view.exchange}:{view.symbol}:{view.seq}:{status}",
+                f"{view.version:0{VERSION_WIDTH}d}",
             ],
         )
         return bool(written)
