@@ -1,9 +1,15 @@
 """Fault injection: what the server does to a frame or request instead of serving it normally.
 
 The server asks ``on_frame`` before sending each frame on each connection and ``on_rest``
-before answering each REST request, so new faults only touch this file. Implemented: drop
-frames, disconnect connections, answer REST with 429 + Retry-After. To add (issue 3):
-duplicate, reorder, silent socket, malformed JSON.
+before answering each REST request. Frame faults (each matched by exchange, optional symbol and
+channel, and consumed one matching frame at a time):
+- drop: the frame is skipped (the client sees a gap);
+- duplicate: the frame is sent twice;
+- reorder: the frame is held back and sent right after the next frame of the connection;
+- malformed: a truncated copy (invalid JSON) is sent instead;
+- silent: the connection sends nothing more but stays open (a stale socket).
+Connection faults (disconnect, max connection age) and REST errors (429/418 + Retry-After)
+are handled by the server with the rules kept here.
 """
 
 from __future__ import annotations
@@ -17,14 +23,22 @@ from simulator.venue import HttpReply
 class FrameAction(Enum):
     SEND = "send"
     DROP = "drop"  # skipped silently: the client sees a gap in update ids
+    DUPLICATE = "duplicate"  # sent twice in a row
+    REORDER = "reorder"  # held back, sent after the next frame of the same connection
+    MALFORMED = "malformed"  # a truncated copy is sent instead: not valid JSON
+    SILENT = "silent"  # this frame and everything after it withheld; the socket stays open
+
+
+FRAME_FAULTS = {a.value: a for a in FrameAction if a is not FrameAction.SEND}
 
 
 @dataclass
-class DropRule:
+class FrameRule:
+    action: FrameAction
     exchange: str
     symbol: str | None  # None: any symbol
     channel: str | None  # None: any channel
-    remaining: int  # frames still to drop, counted per matching frame across connections
+    remaining: int  # frames still to affect, counted per matching frame across connections
 
 
 @dataclass
@@ -39,21 +53,32 @@ class FaultInjector:
     """Pending faults, consumed as matching frames and requests go by."""
 
     def __init__(self) -> None:
-        self.drops: list[DropRule] = []
+        self.frames: list[FrameRule] = []
         self.rest: list[RestFaultRule] = []
+        self.injected: dict[str, int] = {}  # fault kind -> times applied
+
+    def add_frame_fault(
+        self,
+        action: FrameAction,
+        exchange: str,
+        symbol: str | None,
+        channel: str | None,
+        count: int,
+    ) -> None:
+        self.frames.append(FrameRule(action, exchange, symbol, channel, count))
 
     def add_drop(self, exchange: str, symbol: str | None, channel: str | None, count: int) -> None:
-        self.drops.append(DropRule(exchange, symbol, channel, count))
+        self.add_frame_fault(FrameAction.DROP, exchange, symbol, channel, count)
 
     def add_rest_error(self, exchange: str, status: int, retry_after_s: int, count: int) -> None:
         self.rest.append(RestFaultRule(exchange, status, retry_after_s, count))
 
     def clear(self) -> None:
-        self.drops.clear()
+        self.frames.clear()
         self.rest.clear()
 
     def on_frame(self, exchange: str, symbol: str, channel: str) -> FrameAction:
-        for rule in self.drops:
+        for rule in self.frames:
             if (
                 rule.remaining > 0
                 and rule.exchange == exchange
@@ -61,8 +86,10 @@ class FaultInjector:
                 and rule.channel in (None, channel)
             ):
                 rule.remaining -= 1
-                self.drops = [r for r in self.drops if r.remaining > 0]
-                return FrameAction.DROP
+                self.frames = [r for r in self.frames if r.remaining > 0]
+                kind = rule.action.value
+                self.injected[kind] = self.injected.get(kind, 0) + 1
+                return rule.action
         return FrameAction.SEND
 
     def on_rest(self, exchange: str) -> HttpReply | None:
@@ -81,6 +108,6 @@ class FaultInjector:
 
     def pending(self) -> dict[str, list[dict[str, object]]]:
         return {
-            "drop": [vars(r).copy() for r in self.drops],
+            "frames": [{**vars(r), "action": r.action.value} for r in self.frames],
             "rest": [vars(r).copy() for r in self.rest],
         }

@@ -19,6 +19,7 @@ class ConnectionLog:
     close_reason: str | None = None
     frames_sent: int = 0
     frames_dropped: int = 0  # by fault injection
+    withheld: int = 0  # not sent because the connection was made silent
     bytes_sent: int = 0
     messages_received: int = 0
     first_ids: dict[str, dict[str, int]] = field(default_factory=dict)  # symbol -> channel -> id
@@ -54,6 +55,7 @@ class ConnectionLog:
             "close_reason": self.close_reason,
             "frames_sent": self.frames_sent,
             "frames_dropped": self.frames_dropped,
+            "withheld": self.withheld,
             "bytes_sent": self.bytes_sent,
             "messages_received": self.messages_received,
             "queued": queued,

@@ -14,7 +14,8 @@ Control and introspection (JSON) under ``/_sim/``:
   POST /_sim/step?exchange=binance&symbol=BTCUSDT&n=1   generate n steps now (any state)
   GET  /_sim/<exchange>/book?symbol=S  true full book; /trades?symbol=S[&from_id=N] the tape
   GET  /_sim/faults                    pending faults; POST /_sim/faults/clear drops them
-  POST /_sim/faults/drop?exchange=binance[&symbol=S][&channel=depth|trade]&count=1
+  POST /_sim/faults/<kind>?exchange=binance[&symbol=S][&channel=depth|trade]&count=1
+       kind: drop | duplicate | reorder | malformed | silent (see simulator/faults.py)
   POST /_sim/faults/disconnect?exchange=binance[&mode=abort|close]
   POST /_sim/faults/rest?exchange=binance&status=429&retry_after=1&count=1
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import http
 import itertools
 import logging
@@ -40,7 +42,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from simulator.binance_venue import BinanceVenue
-from simulator.faults import FaultInjector, FrameAction
+from simulator.faults import FRAME_FAULTS, FaultInjector, FrameAction
 from simulator.sendlog import ConnectionLog
 from simulator.venue import HttpError, HttpReply, OutFrame, Subscription, Venue
 from tickflow.config import Settings
@@ -77,6 +79,7 @@ class _Conn:
     queue: asyncio.Queue[_Item]
     dead: bool = False  # no more frames are queued (slow consumer, disconnect fault)
     in_flight: int = 0  # taken from the queue, not yet sent or dropped
+    silent: bool = False  # silent-socket fault: open, but nothing more is sent
     sender: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -306,21 +309,43 @@ class SimulatorServer:
 
     async def _sender(self, conn: _Conn) -> None:
         name = conn.venue.name
+        held: _Item | None = None  # a reordered frame, sent after the next one
+        max_age_ms = self.config.max_connection_age_s * 1000
         try:
             while True:
                 item = await conn.queue.get()
                 conn.in_flight = 1
-                if item.symbol:
+                if max_age_ms and wall_ms() - conn.log.opened_ms > max_age_ms:
+                    # like Binance's 24 h limit: the server ends old connections
+                    self._kill(conn, "max connection age", abort=False)
+                    return
+                action = FrameAction.SEND
+                if item.symbol and not conn.silent:
                     action = self.faults.on_frame(name, item.symbol, item.channel)
-                    if action is FrameAction.DROP:
-                        conn.log.dropped(item.symbol, item.channel, item.last_id)
-                        conn.in_flight = 0
-                        continue
-                await conn.ws.send(item.payload, text=True)
-                conn.log.sent(item.symbol, item.channel, item.last_id, item.payload)
+                if conn.silent or action is FrameAction.SILENT:
+                    conn.silent = True
+                    conn.log.withheld += 1
+                elif action is FrameAction.DROP:
+                    conn.log.dropped(item.symbol, item.channel, item.last_id)
+                elif action is FrameAction.REORDER and held is None:
+                    held = item
+                else:
+                    payload = item.payload
+                    if action is FrameAction.MALFORMED:
+                        payload = payload[: max(1, len(payload) // 2)]
+                    await self._send(conn, item, payload)
+                    if action is FrameAction.DUPLICATE:
+                        await self._send(conn, item, payload)
+                    if held is not None and held is not item:
+                        await self._send(conn, held, held.payload)
+                        held = None
                 conn.in_flight = 0
         except ConnectionClosed:
             pass
+
+    async def _send(self, conn: _Conn, item: _Item, payload: bytes) -> None:
+        await conn.ws.send(payload, text=True)
+        conn.log.sent(item.symbol, item.channel, item.last_id, payload)
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -357,7 +382,10 @@ class SimulatorServer:
             "pause": lambda: self._ok(self.pause),
             "resume": lambda: self._ok(self.resume),
             "step": lambda: self._post_step(query),
-            "faults/drop": lambda: self._post_drop(query),
+            **{
+                f"faults/{kind}": functools.partial(self._post_frame_fault, action, query)
+                for kind, action in FRAME_FAULTS.items()
+            },
             "faults/disconnect": lambda: self._post_disconnect(query),
             "faults/rest": lambda: self._post_rest_fault(query),
             "faults/clear": lambda: self._ok(self.faults.clear),
@@ -393,10 +421,12 @@ class SimulatorServer:
             self.step(venue.name, s, n)
         return HttpReply.json(200, {"ok": True, "symbols": venue.status()})
 
-    def _post_drop(self, query: Mapping[str, list[str]]) -> HttpReply:
+    def _post_frame_fault(self, action: FrameAction, query: Mapping[str, list[str]]) -> HttpReply:
         venue = self._venue_arg(query)
         count = _int_arg(query, "count", 1)
-        self.faults.add_drop(venue.name, _arg(query, "symbol"), _arg(query, "channel"), count)
+        self.faults.add_frame_fault(
+            action, venue.name, _arg(query, "symbol"), _arg(query, "channel"), count
+        )
         return HttpReply.json(200, {"ok": True, "faults": self.faults.pending()})
 
     def _post_disconnect(self, query: Mapping[str, list[str]]) -> HttpReply:
@@ -441,6 +471,7 @@ class SimulatorServer:
             exchanges[name] = {"symbols": symbols, "connections": len(conns)}
         return {
             "paused": self.paused,
+            "faults_injected": dict(self.faults.injected),
             "seed": self.config.seed,
             "rate_per_symbol": self.config.rate_per_symbol,
             "exchanges": exchanges,

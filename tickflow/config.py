@@ -102,6 +102,7 @@ class SimulatorConfig:
     trade_probability: float
     send_queue_max: int
     send_log_frames: int
+    max_connection_age_s: int
 
 
 @dataclass(frozen=True)

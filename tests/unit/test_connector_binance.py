@@ -336,3 +336,25 @@ def test_frames_that_cannot_be_routed_go_to_dead_letters() -> None:
     assert base64.b64decode(sink.dead_letters[0]["value_b64"]) == b"{not json"
     assert sink.dead_letters[1]["receive_time_ns"] == 124
     assert connector.stats.unroutable == 2
+
+
+def test_socket_gone_silent_mid_stream_is_replaced_and_resynced() -> None:
+    settings = base_settings(stale_timeout_s=0.5)
+
+    async def scenario() -> None:
+        async with (
+            running_simulator(settings, rate_per_symbol=50) as sim,
+            Running(sim, settings) as r,
+        ):
+            await wait_until(lambda: r.connector.stats.snapshots == 2, what="first snapshots")
+            await http_json(f"{sim.http_url}/_sim/faults/silent?exchange=binance", "POST")
+            await wait_until(
+                lambda: r.connector.stats.stale_timeouts == 1 and r.connector.stats.snapshots == 4,
+                what="stale timeout, reconnect and new snapshots",
+            )
+        connections = [e.connection_id for e in r.sink.envelopes]
+        assert len(set(connections)) == 2
+        second = [e for e in r.sink.envelopes if e.connection_id == connections[-1]]
+        assert {e.symbol for e in second if e.channel == "snapshot"} == {"BTCUSDT", "ETHUSDT"}
+
+    run(scenario)
