@@ -13,6 +13,7 @@ import signal
 
 from connectors.base import WsConnector
 from connectors.binance import BinanceConnector
+from connectors.control import ControlListener, ResyncRequest, serve_resyncs
 from connectors.producer import KafkaSink
 from tickflow.config import Settings, load_settings
 
@@ -42,11 +43,21 @@ async def _run(settings: Settings, exchange: str, sink: KafkaSink) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, connector.stop)
-    poller = asyncio.create_task(_poll_and_report(connector, sink))
+    requests: asyncio.Queue[ResyncRequest] = asyncio.Queue()
+    control = ControlListener(settings.kafka, exchange)
+    control.start(loop, requests)
+    tasks = [
+        asyncio.create_task(_poll_and_report(connector, sink)),
+        asyncio.create_task(
+            serve_resyncs(requests, connector.resync, settings.connectors.resync_min_interval_s)
+        ),
+    ]
     try:
         await connector.run()
     finally:
-        poller.cancel()
+        for task in tasks:
+            task.cancel()
+        control.close()
 
 
 def main(argv: list[str]) -> int:

@@ -220,6 +220,11 @@ class WsConnector(ABC):
 
     # --- lifecycle ------------------------------------------------------------------------
 
+    async def resync(self, symbol: str) -> None:
+        """Rebuild one symbol's book (a resync request from the job): a fresh snapshot or a
+        resubscribe, as the exchange's protocol has it."""
+        raise NotImplementedError(f"{self.exchange}: resync is not implemented")
+
     def stop(self) -> None:
         """Ask ``run`` to return: the open connection is closed, no reconnect follows."""
         self._stopping.set()

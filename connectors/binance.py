@@ -115,6 +115,9 @@ class BinanceConnector(WsConnector):
             return
         sync.jobs.put_nowait((route.symbol, first_update_id))
 
+    async def resync(self, symbol: str) -> None:
+        self.request_snapshot(symbol)
+
     def request_snapshot(self, symbol: str) -> None:
         """Fetch and produce a fresh snapshot of one symbol on the current connection.
 

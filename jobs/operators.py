@@ -10,16 +10,18 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
-from jobs.book.levels import BookSide, LevelChange
+from jobs.book.levels import BookSide, BookStatus, LevelChange
 from jobs.instrument import BookId, InstrumentBooks
 from jobs.parse.events import ParseError
 from jobs.sinks.clickhouse import ClickHouseWriter, ensure_schema, snapshot_row, trade_row
 from jobs.sinks.redis_books import RedisBookWriter
 from schemas.codec import EnvelopeError, decode_envelope
+from schemas.control import resync_record
 from schemas.deadletter import dead_letter_record
 from tickflow.config import BookConfig, ClickHouseConfig, RedisConfig
 
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
+RESYNC_REQUESTS = OutputTag("resync-requests", Types.STRING())
 
 
 def _level_key(book_id: BookId, side: BookSide, price: Decimal) -> str:
@@ -78,6 +80,20 @@ class InstrumentProcessor(KeyedProcessFunction):
             self._cache[instrument] = books
         return books
 
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        books = self._books(ctx.get_current_key())
+        waiting = [
+            (book_id, tracked.engine.reason)
+            for book_id, tracked in books.books.items()
+            if tracked.engine.status is not BookStatus.LIVE
+        ]
+        for (exchange, symbol), reason in waiting:
+            yield RESYNC_REQUESTS, resync_record(exchange, symbol, f"still {reason}", timestamp)
+        if waiting:
+            ctx.timer_service().register_processing_time_timer(
+                timestamp + self.book_config.resync_retry_ms
+            )
+
     def _persist(self, books: InstrumentBooks, book_id: BookId, changes: list[LevelChange]) -> None:
         for side, price, size in changes:
             if size is None:
@@ -100,6 +116,14 @@ class InstrumentProcessor(KeyedProcessFunction):
             return
         for book_id, changes in out.level_changes:
             self._persist(books, book_id, changes)
+        if out.resyncs:
+            now = ctx.timer_service().current_processing_time()
+            for (exchange, symbol), reason in out.resyncs:
+                yield RESYNC_REQUESTS, resync_record(exchange, symbol, reason, now)
+            # until the book is LIVE again, ask again now and then: a request can be lost
+            ctx.timer_service().register_processing_time_timer(
+                now + self.book_config.resync_retry_ms
+            )
         for view in out.book_views:
             self.redis.write(view)
         for trade in out.trades:

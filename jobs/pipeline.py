@@ -27,7 +27,7 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSource,
 )
 
-from jobs.operators import DEAD_LETTERS, ClickHouseBatcher, InstrumentProcessor
+from jobs.operators import DEAD_LETTERS, RESYNC_REQUESTS, ClickHouseBatcher, InstrumentProcessor
 from schemas.codec import envelope_instrument
 from tickflow.config import Settings, load_settings
 
@@ -76,23 +76,33 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .name("clickhouse-writer")
         .uid("clickhouse-writer")
     )
-    dead_letter_sink = (
+    (
+        processed.get_side_output(DEAD_LETTERS)
+        .sink_to(json_sink(kafka.bootstrap, kafka.deadletter_topic))
+        .name("dead-letter-sink")
+        .uid("dead-letter-sink")
+    )
+    (
+        processed.get_side_output(RESYNC_REQUESTS)
+        .sink_to(json_sink(kafka.bootstrap, kafka.control_topic))
+        .name("resync-request-sink")
+        .uid("resync-request-sink")
+    )
+
+
+def json_sink(bootstrap: str, topic: str) -> KafkaSink:
+    """At-least-once JSON records: dead letters and resync requests are idempotent to repeat."""
+    return (
         KafkaSink.builder()
-        .set_bootstrap_servers(kafka.bootstrap)
+        .set_bootstrap_servers(bootstrap)
         .set_record_serializer(
             KafkaRecordSerializationSchema.builder()
-            .set_topic(kafka.deadletter_topic)
+            .set_topic(topic)
             .set_value_serialization_schema(SimpleStringSchema())
             .build()
         )
         .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
         .build()
-    )
-    (
-        processed.get_side_output(DEAD_LETTERS)
-        .sink_to(dead_letter_sink)
-        .name("dead-letter-sink")
-        .uid("dead-letter-sink")
     )
 
 

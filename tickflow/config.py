@@ -87,6 +87,7 @@ class BookConfig:
     max_levels: int
     snapshot_interval_ms: int
     max_buffered_updates: int
+    resync_retry_ms: int
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class ConnectorConfig:
     max_frame_bytes: int
     rest_timeout_s: float
     flush_timeout_s: float
+    resync_min_interval_s: float
 
 
 @dataclass(frozen=True)

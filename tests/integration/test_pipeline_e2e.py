@@ -90,6 +90,7 @@ def running_slice(
     overrides = {
         "TICKFLOW__KAFKA__RAW_TOPIC": f"tickflow.raw.e2e{tag}",
         "TICKFLOW__KAFKA__DEADLETTER_TOPIC": f"tickflow.deadletter.e2e{tag}",
+        "TICKFLOW__KAFKA__CONTROL_TOPIC": f"tickflow.control.e2e{tag}",
         "TICKFLOW__FLINK__CONSUMER_GROUP": f"tickflow-e2e{tag}",
         "TICKFLOW__REDIS__KEY_PREFIX": f"tfe2e{tag}",
         "TICKFLOW__CLICKHOUSE__DATABASE": f"tickflow_e2e{tag}",
@@ -106,7 +107,12 @@ def running_slice(
         settings = load_settings()
         kafka = settings.kafka
         ensure_topics(
-            settings, extra={kafka.raw_topic: kafka.raw_partitions, kafka.deadletter_topic: 1}
+            settings,
+            extra={
+                kafka.raw_topic: kafka.raw_partitions,
+                kafka.deadletter_topic: 1,
+                kafka.control_topic: 1,
+            },
         )
         for name, args in (
             ("simulator", ["simulator", "--paused"]),
@@ -226,3 +232,76 @@ def test_books_and_trades_match_the_simulator(running_slice: Slice) -> None:
     )
     assert [r[0] for r in rows] == sorted(SYMBOLS)
     assert all(count >= 1 and depth == top_n for _, count, depth in rows)
+
+
+def consume_all(settings: Settings, topic: str, timeout: float = 5.0) -> list[bytes]:
+    """Every value in a single-partition topic, from the beginning."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap,
+            "group.id": f"e2e-reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=timeout)
+        consumer.assign([TopicPartition(topic, 0, low)])
+        values: list[bytes] = []
+        while len(values) < high - low:
+            msg = consumer.poll(timeout)
+            if msg is None:
+                break
+            if msg.error() is None:
+                values.append(msg.value() or b"")
+        return values
+    finally:
+        consumer.close()
+
+
+def test_gap_is_resynced_through_the_control_topic_and_bad_frames_are_dead_lettered(
+    running_slice: Slice,
+) -> None:
+    settings = running_slice.settings
+    sim_post(settings, "resume")
+    # a lost depth event: the job sees U > local + 1, asks for a snapshot, the connector fetches it
+    sim_post(settings, "faults/drop?exchange=binance&symbol=BTCUSDT&channel=depth&count=1")
+    # a frame cut in half: routed by its stream name, rejected by the job's parser
+    sim_post(settings, "faults/malformed?exchange=binance&symbol=ETHUSDT&channel=trade&count=1")
+
+    def resync_requests() -> list[dict[str, Any]]:
+        records = [json.loads(v) for v in consume_all(settings, settings.kafka.control_topic)]
+        return [
+            r
+            for r in records
+            if r["type"] == "resync" and r["symbol"] == "BTCUSDT" and r["reason"].startswith("gap")
+        ]
+
+    request = wait_for("a resync request on the control topic", resync_requests, 60)[0]
+    assert request["exchange"] == "binance"
+    dead = wait_for(
+        "the malformed frame in the dead-letter topic",
+        lambda: [json.loads(v) for v in consume_all(settings, settings.kafka.deadletter_topic)],
+        60,
+    )
+    assert dead[0]["stage"] == "job" and dead[0]["symbol"] == "ETHUSDT"
+    assert dead[0]["channel"] == "trade" and "cannot parse" in dead[0]["error"]
+
+    # quiescent again: the resynced book equals the truth
+    sim_post(settings, "pause")
+    truth = sim_get(settings, "binance/book?symbol=BTCUSDT")
+    book = wait_for(
+        "BTCUSDT resynced to the simulator's last update",
+        lambda: (
+            b
+            if (b := read_book(settings.redis, "binance", "BTCUSDT"))
+            and b.status == "LIVE"
+            and b.seq == truth["lastUpdateId"]
+            else None
+        ),
+        60,
+    )
+    top_n = settings.book.top_n
+    assert book.bids == [tuple(level) for level in truth["bids"][:top_n]]
+    assert book.asks == [tuple(level) for level in truth["asks"][:top_n]]
