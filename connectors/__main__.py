@@ -10,11 +10,13 @@ import argparse
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 from connectors.base import WsConnector
 from connectors.binance import BinanceConnector
 from connectors.control import ControlListener, ResyncRequest, serve_resyncs
 from connectors.producer import KafkaSink
+from connectors.recorder import Recorder
 from tickflow.config import Settings, load_settings
 
 CONNECTORS: dict[str, type[BinanceConnector]] = {"binance": BinanceConnector}
@@ -34,12 +36,20 @@ async def _poll_and_report(connector: WsConnector, sink: KafkaSink) -> None:
             next_report = STATS_INTERVAL_S
             log.info(
                 "%s: %s | kafka sent %d delivered %d failed %d",
-                connector.exchange, connector.stats, sink.sent, sink.delivered, sink.failed,
+                connector.exchange,
+                connector.stats,
+                sink.sent,
+                sink.delivered,
+                sink.failed,
             )
 
 
-async def _run(settings: Settings, exchange: str, sink: KafkaSink) -> None:
+async def _run(
+    settings: Settings, exchange: str, sink: KafkaSink, record: Path | None = None
+) -> None:
     connector = CONNECTORS[exchange](settings, sink)
+    if record is not None:
+        connector.recorder = Recorder(record)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, connector.stop)
@@ -58,6 +68,9 @@ async def _run(settings: Settings, exchange: str, sink: KafkaSink) -> None:
         for task in tasks:
             task.cancel()
         control.close()
+        if connector.recorder is not None:
+            connector.recorder.close()
+            log.info("recorded %d frames to %s", connector.recorder.lines, record)
 
 
 def main(argv: list[str]) -> int:
@@ -67,6 +80,12 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("exchange", choices=sorted(CONNECTORS))
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--record",
+        type=Path,
+        metavar="FILE",
+        help="also append every received frame to FILE as '<recv_ts>\\t<frame>' lines",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -75,7 +94,7 @@ def main(argv: list[str]) -> int:
     settings = load_settings()
     sink = KafkaSink(settings.kafka)
     try:
-        asyncio.run(_run(settings, args.exchange, sink))
+        asyncio.run(_run(settings, args.exchange, sink, args.record))
     finally:
         remaining = sink.close(settings.connectors.flush_timeout_s)
     return 0 if remaining == 0 and sink.failed == 0 else 1

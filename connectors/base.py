@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Protocol
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from connectors.recorder import Recorder
 from schemas.codec import RawEnvelope
 from schemas.deadletter import dead_letter_record
 from tickflow.config import ConnectorConfig
@@ -187,6 +188,7 @@ class WsConnector(ABC):
         )
         self._stopping = asyncio.Event()
         self._unroutable_logged = 0
+        self.recorder: Recorder | None = None  # every received frame, for replay
 
     # --- what an exchange supplies --------------------------------------------------------
 
@@ -289,6 +291,8 @@ class WsConnector(ABC):
 
     def _handle(self, conn: Connection, frame: bytes, receive_time_ns: int) -> None:
         self.stats.frames += 1
+        if self.recorder is not None:
+            self.recorder.frame(receive_time_ns, frame)
         conn.frames += 1
         route = self.route(frame)
         if route is None:

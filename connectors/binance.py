@@ -147,10 +147,12 @@ class BinanceConnector(WsConnector):
             if attempt > 1:
                 self.stats.snapshot_retries += 1
                 # grows like the reconnect backoff; Retry-After is handled by the RestClient
-                await asyncio.sleep(min(
-                    self.lifecycle.backoff_max_s,
-                    self.lifecycle.backoff_initial_s * 2 ** (attempt - 2),
-                ))
+                await asyncio.sleep(
+                    min(
+                        self.lifecycle.backoff_max_s,
+                        self.lifecycle.backoff_initial_s * 2 ** (attempt - 2),
+                    )
+                )
             await self._pace_rest(depth_weight(limit))
             try:
                 result = await self.rest.get(url)
@@ -160,7 +162,10 @@ class BinanceConnector(WsConnector):
             if result.status != 200:
                 log.warning(
                     "binance: snapshot %s attempt %d: HTTP %d %.200r",
-                    symbol, attempt, result.status, result.body,
+                    symbol,
+                    attempt,
+                    result.status,
+                    result.body,
                 )
                 continue
             try:
@@ -171,10 +176,16 @@ class BinanceConnector(WsConnector):
             if first_update_id is not None and last_update_id < first_update_id:
                 log.info(
                     "binance: snapshot %s lastUpdateId %d < first U %d: fetching again",
-                    symbol, last_update_id, first_update_id,
+                    symbol,
+                    last_update_id,
+                    first_update_id,
                 )
                 continue
             self.emit(conn, symbol, "snapshot", result.body, result.receive_time_ns)
+            if self.recorder is not None:
+                self.recorder.rest(
+                    result.receive_time_ns, url[len(self.config.rest_url) :], result.body
+                )
             self.stats.snapshots += 1
             log.info("binance: snapshot %s lastUpdateId %d produced", symbol, last_update_id)
             return

@@ -9,18 +9,28 @@ import argparse
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
+from simulator.replay import ReplayServer
 from simulator.server import SimulatorServer
 from tickflow.config import load_settings
 
 
-async def _serve(paused: bool) -> None:
+async def _serve(args: argparse.Namespace) -> None:
     settings = load_settings()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await SimulatorServer(settings, paused=paused).serve_forever(stop)
+    if args.replay is None:
+        await SimulatorServer(settings, paused=args.paused).serve_forever(stop)
+        return
+    sim = settings.simulator
+    replay = ReplayServer(args.replay, args.exchange, sim.host, sim.port, args.speed)
+    await replay.start()
+    logging.info("replaying %d frames of %s on port %d", len(replay.frames), args.replay, sim.port)
+    await stop.wait()
+    await replay.stop()
 
 
 def main(argv: list[str]) -> int:
@@ -29,6 +39,13 @@ def main(argv: list[str]) -> int:
         description="Serve simulated exchange protocols (Binance spot under /binance) on loopback.",
     )
     parser.add_argument("--paused", action="store_true", help="start without generating events")
+    parser.add_argument(
+        "--replay", type=Path, metavar="FILE", help="serve a connector recording instead"
+    )
+    parser.add_argument("--exchange", default="binance", help="with --replay: its exchange")
+    parser.add_argument(
+        "--speed", type=float, default=1.0, help="with --replay: time factor (0: no pacing)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -37,7 +54,7 @@ def main(argv: list[str]) -> int:
     )
     # websockets logs every plain HTTP answer as a "rejected" handshake: keep that quiet
     logging.getLogger("simulator.websockets").setLevel(logging.WARNING)
-    asyncio.run(_serve(args.paused))
+    asyncio.run(_serve(args))
     return 0
 
 
