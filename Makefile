@@ -48,3 +48,9 @@ stack-status: venv ## each component, its port and whether it answers
 	$(BIN)/tickflow stack status
 
 .PHONY: help venv run stop test unit lint types check stack-up stack-status
+
+soak: venv ## 60 s, every exchange x 10 symbols, faults on: connectors -> Kafka vs the send log
+	$(BIN)/tickflow stack up kafka
+	$(BIN)/python -m bench.soak --seconds $${SOAK_SECONDS:-60}
+
+.PHONY: soak

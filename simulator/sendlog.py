@@ -25,7 +25,7 @@ class ConnectionLog:
     first_ids: dict[str, dict[str, int]] = field(default_factory=dict)  # symbol -> channel -> id
     last_ids: dict[str, dict[str, int]] = field(default_factory=dict)
     dropped_ids: list[tuple[str, str, int]] = field(default_factory=list)  # (symbol, chan, id)
-    frames: deque[bytes] = field(default_factory=deque)
+    frames: deque[tuple[str, str, bytes]] = field(default_factory=deque)  # (symbol, channel, frame)
 
     def __post_init__(self) -> None:
         self.frames = deque(maxlen=self.keep_frames or 1)
@@ -37,7 +37,7 @@ class ConnectionLog:
             self.first_ids.setdefault(symbol, {}).setdefault(channel, last_id)
             self.last_ids.setdefault(symbol, {})[channel] = last_id
         if self.keep_frames:
-            self.frames.append(payload)
+            self.frames.append((symbol, channel, payload))
 
     def dropped(self, symbol: str, channel: str, last_id: int) -> None:
         self.frames_dropped += 1
@@ -64,5 +64,5 @@ class ConnectionLog:
             "dropped_ids": [list(d) for d in self.dropped_ids],
         }
         if with_frames:
-            out["frames"] = [f.decode() for f in self.frames] if self.keep_frames else []
+            out["frames"] = [f.decode() for _, _, f in self.frames] if self.keep_frames else []
         return out

@@ -454,6 +454,14 @@ class SimulatorServer:
 
     # --- introspection --------------------------------------------------------------------
 
+    def send_logs(self) -> list[ConnectionLog]:
+        """The send logs of the closed (most recent ``CLOSED_LOGS_KEPT``) and open connections."""
+        return [*self._closed_logs, *(c.log for c in self._conns.values())]
+
+    def pending_frames(self) -> int:
+        """Frames queued on open connections and not yet sent."""
+        return sum(c.pending for c in self._conns.values())
+
     def connections(self, with_frames: bool = False) -> list[dict[str, Any]]:
         closed = [c.to_json(0, with_frames) for c in self._closed_logs]
         live = [c.log.to_json(c.pending, with_frames) for c in self._conns.values()]

@@ -31,13 +31,15 @@ async def running_simulator(
 
 
 def pointed_at(settings: Settings, server: SimulatorServer) -> Settings:
-    """``settings`` with the Binance connector URLs pointing at ``server``."""
-    binance = dataclasses.replace(
-        settings.exchanges.binance,
-        ws_url=f"{server.ws_url}/binance",
-        rest_url=f"{server.http_url}/binance",
-    )
-    exchanges = dataclasses.replace(settings.exchanges, binance=binance)
+    """``settings`` with every exchange's connector URLs pointing at ``server``."""
+    pointed = {}
+    for f in dataclasses.fields(settings.exchanges):
+        config = getattr(settings.exchanges, f.name)
+        urls = {"ws_url": f"{server.ws_url}/{f.name}"}
+        if any(g.name == "rest_url" for g in dataclasses.fields(config)):
+            urls["rest_url"] = f"{server.http_url}/{f.name}"
+        pointed[f.name] = dataclasses.replace(config, **urls)
+    exchanges = dataclasses.replace(settings.exchanges, **pointed)
     return dataclasses.replace(settings, exchanges=exchanges)
 
 
