@@ -10,6 +10,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from jobs.book import ENGINES
 from jobs.book.engine import NEEDS_RESYNC, Outcome, SyncedBook
@@ -42,6 +43,7 @@ class BookView:
 class Outputs:
     book_views: list[BookView] = field(default_factory=list)  # live publication (Redis)
     snapshots: list[BookView] = field(default_factory=list)  # periodic history (ClickHouse)
+    top_changes: list[BookView] = field(default_factory=list)  # best bid/ask changed (ClickHouse)
     trades: list[Trade] = field(default_factory=list)
     # (book, changed levels) to persist
     level_changes: list[tuple[BookId, list[LevelChange]]] = field(default_factory=list)
@@ -55,6 +57,9 @@ class TrackedBook:
     last_event_time_ms: int = 0
     last_receive_time_ns: int = 0
     snapshot_bucket: int = -1  # event-time bucket of the last ClickHouse snapshot
+    stale: bool = False  # LIVE, but no message for longer than the staleness bound
+    top: tuple[Any, ...] = ()  # best bid and ask last published to the top-of-book history
+    resync_requested_ms: int = 0  # processing time of the last resync request (not persisted)
 
     def meta(self) -> bytes:
         """Everything but the levels (which are persisted level by level)."""
@@ -64,15 +69,17 @@ class TrackedBook:
                 self.last_event_time_ms,
                 self.last_receive_time_ns,
                 self.snapshot_bucket,
+                self.stale,
+                self.top,
             ),
             protocol=pickle.HIGHEST_PROTOCOL,
         )
 
     @classmethod
     def from_meta(cls, data: bytes, engine: SyncedBook) -> TrackedBook:
-        state, ev_ms, rx_ns, bucket = pickle.loads(data)
+        state, ev_ms, rx_ns, bucket, stale, top = pickle.loads(data)
         engine.restore_state(state)
-        return cls(engine, ev_ms, rx_ns, bucket)
+        return cls(engine, ev_ms, rx_ns, bucket, stale, top)
 
 
 class InstrumentBooks:
@@ -146,24 +153,64 @@ class InstrumentBooks:
             engine.status is was
         ):
             return
+        tracked.stale = False
         view = self.view(book_id)
         out.book_views.append(view)
+        top = (view.status, view.bids[:1], view.asks[:1])
+        if top != tracked.top:
+            tracked.top = top
+            out.top_changes.append(view)
         if engine.status is BookStatus.LIVE and tracked.last_event_time_ms:
             bucket = tracked.last_event_time_ms // self.snapshot_interval_ms
             if bucket != tracked.snapshot_bucket:
                 tracked.snapshot_bucket = bucket
                 out.snapshots.append(view)
 
-    def view(self, book_id: BookId) -> BookView:
+    def mark_stale(self, now_ms: int, stale_after_ms: int) -> list[BookView]:
+        """LIVE books with no message for ``stale_after_ms``: now STALE (views to publish)."""
+        views = []
+        for book_id, tracked in self.books.items():
+            silent_ms = now_ms - tracked.last_receive_time_ns // 1_000_000
+            if (
+                tracked.engine.status is BookStatus.LIVE
+                and not tracked.stale
+                and (silent_ms > stale_after_ms)
+            ):
+                tracked.stale = True
+                views.append(self.view(book_id, now_ms))
+        return views
+
+    def due_resyncs(self, now_ms: int, retry_ms: int) -> list[tuple[BookId, str]]:
+        """Books still not LIVE ``retry_ms`` after their last resync request: ask again."""
+        due = []
+        for book_id, tracked in self.books.items():
+            if tracked.engine.status is BookStatus.LIVE:
+                continue
+            if not tracked.resync_requested_ms:
+                # first seen waiting (e.g. for its first snapshot): start the clock
+                tracked.resync_requested_ms = now_ms
+            elif now_ms - tracked.resync_requested_ms >= retry_ms:
+                tracked.resync_requested_ms = now_ms
+                due.append(
+                    (book_id, f"still {tracked.engine.status.value}: {tracked.engine.reason}")
+                )
+        return due
+
+    def view(self, book_id: BookId, now_ms: int = 0) -> BookView:
         tracked = self.books[book_id]
         engine = tracked.engine
-        bids, asks = engine.book.top(self.top_n) if engine.status is BookStatus.LIVE else ([], [])
+        live = engine.status is BookStatus.LIVE
+        bids, asks = engine.book.top(self.top_n) if live else ([], [])
+        status, reason = engine.status, engine.reason
+        if live and tracked.stale:
+            silent_s = (now_ms - tracked.last_receive_time_ns // 1_000_000) / 1000 if now_ms else 0
+            status, reason = BookStatus.STALE, f"no message for {silent_s:.1f} s"
         return BookView(
             exchange=book_id[0],
             symbol=book_id[1],
             instrument=self.instrument,
-            status=engine.status,
-            reason=engine.reason,
+            status=status,
+            reason=reason,
             seq=engine.last_id,
             version=engine.version(),
             bids=tuple(bids),

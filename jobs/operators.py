@@ -10,10 +10,16 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
-from jobs.book.levels import BookSide, BookStatus, LevelChange
+from jobs.book.levels import BookSide, LevelChange
 from jobs.instrument import BookId, InstrumentBooks
 from jobs.parse.events import ParseError
-from jobs.sinks.clickhouse import ClickHouseWriter, ensure_schema, snapshot_row, trade_row
+from jobs.sinks.clickhouse import (
+    ClickHouseWriter,
+    ensure_schema,
+    snapshot_row,
+    top_of_book_row,
+    trade_row,
+)
 from jobs.sinks.redis_books import RedisBookWriter
 from schemas.codec import EnvelopeError, decode_envelope
 from schemas.control import resync_record
@@ -52,6 +58,7 @@ class InstrumentProcessor(KeyedProcessFunction):
         )
         self.redis = RedisBookWriter(self.redis_config)
         self._cache = {}
+        self._next_tick: dict[str, int] = {}
 
     def close(self) -> None:
         self.redis.close()
@@ -80,19 +87,31 @@ class InstrumentProcessor(KeyedProcessFunction):
             self._cache[instrument] = books
         return books
 
+    def _schedule_tick(self, ctx: KeyedProcessFunction.Context, instrument: str, now: int) -> None:
+        """One housekeeping timer per instrument and tick (timers are checkpointed with state)."""
+        tick = self.book_config.timer_interval_ms
+        due = (now // tick + 1) * tick
+        if self._next_tick.get(instrument, 0) < due:
+            ctx.timer_service().register_processing_time_timer(due)
+            self._next_tick[instrument] = due
+
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
-        books = self._books(ctx.get_current_key())
-        waiting = [
-            (book_id, tracked.engine.reason)
-            for book_id, tracked in books.books.items()
-            if tracked.engine.status is not BookStatus.LIVE
-        ]
-        for (exchange, symbol), reason in waiting:
-            yield RESYNC_REQUESTS, resync_record(exchange, symbol, f"still {reason}", timestamp)
-        if waiting:
-            ctx.timer_service().register_processing_time_timer(
-                timestamp + self.book_config.resync_retry_ms
-            )
+        """Housekeeping by wall clock: STALE books, and resync requests that went unanswered."""
+        instrument = ctx.get_current_key()
+        books = self._books(instrument)
+        cfg = self.book_config
+        if cfg.stale_after_ms:
+            for view in books.mark_stale(timestamp, cfg.stale_after_ms):
+                self.redis.write(view)
+                self.meta.put(
+                    f"{view.exchange}|{view.symbol}",
+                    books.books[(view.exchange, view.symbol)].meta(),
+                )
+                yield "top_of_book", top_of_book_row(view)
+        for (exchange, symbol), reason in books.due_resyncs(timestamp, cfg.resync_retry_ms):
+            yield RESYNC_REQUESTS, resync_record(exchange, symbol, reason, timestamp)
+        self._next_tick.pop(instrument, None)
+        self._schedule_tick(ctx, instrument, timestamp)
 
     def _persist(self, books: InstrumentBooks, book_id: BookId, changes: list[LevelChange]) -> None:
         for side, price, size in changes:
@@ -116,20 +135,19 @@ class InstrumentProcessor(KeyedProcessFunction):
             return
         for book_id, changes in out.level_changes:
             self._persist(books, book_id, changes)
-        if out.resyncs:
-            now = ctx.timer_service().current_processing_time()
-            for (exchange, symbol), reason in out.resyncs:
-                yield RESYNC_REQUESTS, resync_record(exchange, symbol, reason, now)
-            # until the book is LIVE again, ask again now and then: a request can be lost
-            ctx.timer_service().register_processing_time_timer(
-                now + self.book_config.resync_retry_ms
-            )
+        now = ctx.timer_service().current_processing_time()
+        for book_id, reason in out.resyncs:
+            books.books[book_id].resync_requested_ms = now
+            yield RESYNC_REQUESTS, resync_record(book_id[0], book_id[1], reason, now)
+        self._schedule_tick(ctx, books.instrument, now)
         for view in out.book_views:
             self.redis.write(view)
         for trade in out.trades:
             yield "trades", trade_row(trade, books.instrument)
         for view in out.snapshots:
             yield "book_snapshots", snapshot_row(view)
+        for view in out.top_changes:
+            yield "top_of_book", top_of_book_row(view)
 
 
 class ClickHouseBatcher(KeyedProcessFunction):

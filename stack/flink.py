@@ -9,6 +9,7 @@ any number of thread-mode jobs can run one after another on the same TaskManager
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -208,6 +209,8 @@ class Flink(Component):
             output, _ = script.communicate(timeout=120)
             if script.returncode != 0:
                 raise self.failure(f"{name} start failed: {output.strip()}")
+        # a fresh TaskManager imports the job code as it is now
+        (self.home / "taskmanager.code").write_text(job_code_digest(self.settings))
 
     def overview(self) -> dict[str, Any]:
         return rest(self.settings, "GET", "/overview")
@@ -277,6 +280,51 @@ def _wait_free_slots(settings: Settings, needed: int, timeout: float) -> None:
         )
 
 
+# packages a job imports in the TaskManager's embedded Python interpreter
+JOB_CODE_PACKAGES = ("jobs", "schemas", "tickflow")
+
+
+def job_code_digest(settings: Settings) -> str:
+    """A digest of the Python code a job runs in the TaskManager."""
+    digest = hashlib.sha256()
+    for package in JOB_CODE_PACKAGES:
+        for path in sorted((settings.root / package).rglob("*.py")):
+            digest.update(str(path.relative_to(settings.root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def restart_taskmanager(settings: Settings, timeout: float = 120.0) -> None:
+    """Stop and start the TaskManager (running jobs restart from their last checkpoint)."""
+    env = flink_env(settings)
+    script = str(flink_home() / "bin" / "taskmanager.sh")
+    home = runtime_dir(settings)
+    for action in ("stop", "start"):
+        subprocess.run(
+            [script, action], cwd=home, env=env, capture_output=True, check=True, timeout=timeout
+        )
+    if not wait_until(
+        lambda: int(rest(settings, "GET", "/overview").get("taskmanagers", 0)) >= 1, timeout, 0.5
+    ):
+        raise StackError(f"flink: the TaskManager did not come back within {timeout:.0f} s")
+
+
+def ensure_current_job_code(settings: Settings) -> None:
+    """Restart the TaskManager when the job code changed since it started.
+
+    With flink-python on the cluster classpath (see ``Flink._assemble_lib``) the TaskManager
+    keeps one embedded Python interpreter for its lifetime, so modules imported by an earlier
+    job stay loaded: a job submitted after a code change would run the old code.
+    """
+    marker = runtime_dir(settings) / "taskmanager.code"
+    current = job_code_digest(settings)
+    if marker.exists() and marker.read_text() == current:
+        return
+    if marker.exists():
+        restart_taskmanager(settings)
+    marker.write_text(current)
+
+
 def submit_python_job(
     settings: Settings,
     py_module_or_file: str,
@@ -288,6 +336,7 @@ def submit_python_job(
 
     Returns the job id. Detached: returns once the job is submitted; attached: once it ends.
     """
+    ensure_current_job_code(settings)
     _wait_free_slots(settings, settings.flink.parallelism, timeout=60)
     python = str(venv_python())
     argv = [str(flink_bin(settings)), "run"]

@@ -88,6 +88,8 @@ class BookConfig:
     snapshot_interval_ms: int
     max_buffered_updates: int
     resync_retry_ms: int
+    stale_after_ms: int
+    timer_interval_ms: int
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,10 @@ class SimulatorConfig:
     send_queue_max: int
     send_log_frames: int
     max_connection_age_s: int
+    coinbase_products: tuple[str, ...]  # products of the simulated Coinbase venue
+    coinbase_depth_levels: int  # true book depth per side (in-band snapshots are whole books)
+    coinbase_heartbeat_ms: int  # heartbeats interval (Coinbase: 1 s); 0: none
+    kraken_symbols: tuple[str, ...]  # pairs of the simulated Kraken venue (simulator/kraken.py)
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,70 @@ class BinanceConfig:
         except KeyError:
             raise ConfigError(
                 f"binance symbol {symbol!r} is not in exchanges.binance.symbols"
+            ) from None
+
+
+@dataclass(frozen=True)
+class CoinbaseConfig:
+    """Coinbase Advanced Trade public market data (``connectors/coinbase.py``).
+
+    Every key has a default (the real exchange), so configurations without an
+    ``exchanges.coinbase`` section keep loading. Environment:
+    ``TICKFLOW__EXCHANGES__COINBASE__<KEY>``, e.g. ``..._WS_URL``.
+    """
+
+    ws_url: str = "wss://advanced-trade-ws.coinbase.com"
+    message_interval_ms: int = 150  # spacing of subscribe/unsubscribe messages (~8/s per IP)
+    # exchange product -> canonical instrument (BASE-QUOTE); USD and USDT are different quotes
+    symbols: Mapping[str, str] = field(
+        default_factory=lambda: {"BTC-USD": "BTC-USD", "ETH-USD": "ETH-USD"}
+    )
+
+    def instrument(self, symbol: str) -> str:
+        try:
+            return self.symbols[symbol]
+        except KeyError:
+            raise ConfigError(
+                f"coinbase product {symbol!r} is not in exchanges.coinbase.symbols"
+            ) from None
+
+
+KRAKEN_BOOK_DEPTHS = (10, 25, 100, 500, 1000)  # what a Kraken book subscription may ask for
+
+
+@dataclass(frozen=True)
+class KrakenConfig:
+    """Kraken spot WebSocket v2 public market data (``connectors/kraken.py``).
+
+    Every key has a default (the real exchange), so configurations without an
+    ``exchanges.kraken`` section keep loading. Environment:
+    ``TICKFLOW__EXCHANGES__KRAKEN__<KEY>``, e.g. ``..._BOOK_DEPTH=100``.
+    """
+
+    ws_url: str = "wss://ws.kraken.com/v2"
+    book_depth: int = 25  # levels per side of each book subscription: 10, 25, 100, 500, 1000
+    subscribe_batch: int = 10  # symbols per subscribe request
+    message_interval_ms: int = 200  # spacing of subscribe/unsubscribe requests (stagger)
+    # exchange pair -> canonical instrument (BASE-QUOTE); USD and USDT are different quotes
+    symbols: Mapping[str, str] = field(
+        default_factory=lambda: {"BTC/USD": "BTC-USD", "ETH/USD": "ETH-USD"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.book_depth not in KRAKEN_BOOK_DEPTHS:
+            raise ConfigError(
+                f"exchanges.kraken.book_depth must be one of {KRAKEN_BOOK_DEPTHS}, "
+                f"got {self.book_depth}"
+            )
+        if self.subscribe_batch < 1:
+            raise ConfigError("exchanges.kraken.subscribe_batch must be >= 1")
+
+    def instrument(self, symbol: str) -> str:
+        try:
+            return self.symbols[symbol]
+        except KeyError:
+            raise ConfigError(
+                f"kraken pair {symbol!r} is not in exchanges.kraken.symbols"
             ) from None
 
 
@@ -150,6 +220,8 @@ class ConnectorConfig:
 @dataclass(frozen=True)
 class ExchangesConfig:
     binance: BinanceConfig
+    coinbase: CoinbaseConfig = field(default_factory=CoinbaseConfig)  # optional section
+    kraken: KrakenConfig = field(default_factory=KrakenConfig)  # optional section
 
 
 @dataclass(frozen=True)
@@ -224,6 +296,8 @@ _NESTED: dict[str, type] = {
     "SimulatorConfig": SimulatorConfig,
     "ConnectorConfig": ConnectorConfig,
     "BinanceConfig": BinanceConfig,
+    "CoinbaseConfig": CoinbaseConfig,
+    "KrakenConfig": KrakenConfig,
     "ExchangesConfig": ExchangesConfig,
 }
 

@@ -24,8 +24,10 @@ class Outcome(StrEnum):
     SNAPSHOT_TOO_OLD = "snapshot_too_old"  # snapshot ends before the buffered updates begin
 
 
-# applied messages per epoch before the version could collide with the next epoch's
-VERSION_EPOCH_FACTOR = 10**9
+# version = epoch_ms * factor + applied. It stays monotonic across epochs as long as a book
+# applies fewer than `factor` messages per millisecond between two snapshots (a billion per
+# second): always. 10**6 keeps versions below 2**64 (ClickHouse UInt64) until the year 2500.
+VERSION_EPOCH_FACTOR = 10**6
 
 # outcomes after which the book must be rebuilt from a fresh snapshot (ask the connector)
 NEEDS_RESYNC = frozenset({Outcome.GAP, Outcome.CHECKSUM_MISMATCH, Outcome.SNAPSHOT_TOO_OLD})

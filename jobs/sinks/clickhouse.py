@@ -59,6 +59,26 @@ ORDER BY (exchange, symbol, event_time_ms, seq)
 """,
 }
 
+TABLES["top_of_book"] = f"""
+CREATE TABLE IF NOT EXISTS {{db}}.top_of_book (
+    date Date,
+    exchange String,
+    symbol String,
+    instrument String,
+    event_time_ms UInt64,
+    version UInt64,
+    seq UInt64,
+    status String,
+    bid_price Nullable({DECIMAL}),
+    bid_size Nullable({DECIMAL}),
+    ask_price Nullable({DECIMAL}),
+    ask_size Nullable({DECIMAL}),
+    receive_time_ns UInt64
+) ENGINE = ReplacingMergeTree()
+PARTITION BY (date, exchange)
+ORDER BY (exchange, symbol, event_time_ms, version)
+"""
+
 COLUMNS: dict[str, tuple[str, ...]] = {
     "trades": (
         "date",
@@ -84,6 +104,21 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "bid_sizes",
         "ask_prices",
         "ask_sizes",
+        "receive_time_ns",
+    ),
+    "top_of_book": (
+        "date",
+        "exchange",
+        "symbol",
+        "instrument",
+        "event_time_ms",
+        "version",
+        "seq",
+        "status",
+        "bid_price",
+        "bid_size",
+        "ask_price",
+        "ask_size",
         "receive_time_ns",
     ),
 }
@@ -121,6 +156,18 @@ def snapshot_row(view: BookView) -> tuple[Any, ...]:
         [s for _, s in view.bids],
         [p for p, _ in view.asks],
         [s for _, s in view.asks],
+        view.receive_time_ns,
+    )
+
+
+def top_of_book_row(view: BookView) -> tuple[Any, ...]:
+    """Best bid and ask after a change (NULL on a side that is empty or not LIVE)."""
+    bid = view.bids[0] if view.bids else (None, None)
+    ask = view.asks[0] if view.asks else (None, None)
+    time_ms = view.event_time_ms or view.receive_time_ns // 1_000_000
+    return (
+        utc_date(time_ms), view.exchange, view.symbol, view.instrument, time_ms,
+        view.version, max(view.seq, 0), view.status.value, bid[0], bid[1], ask[0], ask[1],
         view.receive_time_ns,
     )
 

@@ -232,6 +232,14 @@ def test_books_and_trades_match_the_simulator(running_slice: Slice) -> None:
     )
     assert [r[0] for r in rows] == sorted(SYMBOLS)
     assert all(count >= 1 and depth == top_n for _, count, depth in rows)
+    # top-of-book history: the last LIVE row of each symbol is the true touch
+    for symbol in SYMBOLS:
+        last = client.execute(
+            f"SELECT bid_price, bid_size, ask_price, ask_size FROM {db}.top_of_book FINAL "
+            f"WHERE symbol = '{symbol}' AND status = 'LIVE' ORDER BY version DESC LIMIT 1"
+        )
+        bid, ask = truth[symbol]["bids"][0], truth[symbol]["asks"][0]
+        assert last == [tuple(Decimal(x) for x in (*bid, *ask))]
 
 
 def consume_all(settings: Settings, topic: str, timeout: float = 5.0) -> list[bytes]:
