@@ -14,12 +14,19 @@ from pathlib import Path
 
 from connectors.base import WsConnector
 from connectors.binance import BinanceConnector
+from connectors.coinbase import CoinbaseConnector
 from connectors.control import ControlListener, ResyncRequest, serve_resyncs
+from connectors.kraken import KrakenConnector
 from connectors.producer import KafkaSink
 from connectors.recorder import Recorder
 from tickflow.config import Settings, load_settings
 
-CONNECTORS: dict[str, type[BinanceConnector]] = {"binance": BinanceConnector}
+# exchange -> connector class, constructed as cls(settings, sink)
+CONNECTORS: dict[str, type[BinanceConnector] | type[CoinbaseConnector] | type[KrakenConnector]] = {
+    "binance": BinanceConnector,
+    "coinbase": CoinbaseConnector,
+    "kraken": KrakenConnector,
+}
 STATS_INTERVAL_S = 30.0
 
 log = logging.getLogger("connectors")

@@ -212,6 +212,16 @@ class WsConnector(ABC):
         """Heartbeats are forwarded but do not reset the stale timer."""
         return False
 
+    def dispatch(
+        self, conn: Connection, frame: bytes, receive_time_ns: int
+    ) -> list[tuple[Route, bytes]] | None:
+        """What to produce for one received frame: (route, payload) pairs, by default the
+        frame itself under ``route(frame)``. An exchange may split a frame that spans several
+        symbols, or return [] for a frame it consumes (heartbeats it does not forward, acks,
+        duplicates); None sends the frame to the dead letters."""
+        route = self.route(frame)
+        return None if route is None else [(route, frame)]
+
     async def on_open(self, conn: Connection) -> None:
         """Called once per connection after subscribing, before the first frame."""
         return None  # optional hook
@@ -294,8 +304,8 @@ class WsConnector(ABC):
         if self.recorder is not None:
             self.recorder.frame(receive_time_ns, frame)
         conn.frames += 1
-        route = self.route(frame)
-        if route is None:
+        parts = self.dispatch(conn, frame, receive_time_ns)
+        if parts is None:
             self.stats.unroutable += 1
             if self._unroutable_logged < 10 or self.stats.unroutable % 1000 == 0:
                 self._unroutable_logged += 1
@@ -308,10 +318,11 @@ class WsConnector(ABC):
                 )
             )
             return
-        if not self.is_heartbeat(route):
-            conn.last_data = time.monotonic()
-        self.emit(conn, route.symbol, route.channel, frame, receive_time_ns)
-        self.on_frame(conn, route, frame)
+        for route, payload in parts:
+            if not self.is_heartbeat(route):
+                conn.last_data = time.monotonic()
+            self.emit(conn, route.symbol, route.channel, payload, receive_time_ns)
+            self.on_frame(conn, route, payload)
 
     def emit(
         self, conn: Connection, symbol: str, channel: str, payload: bytes, receive_time_ns: int

@@ -39,6 +39,20 @@ INSTRUMENTS: dict[str, InstrumentSpec] = {
     "BTCUSDT": InstrumentSpec(1_000_000, 1_000, 27_000 * UNITS_PER_ONE, 50_000),
     "ETHUSDT": InstrumentSpec(1_000_000, 10_000, 1_800 * UNITS_PER_ONE, 50_000),
     "BNBUSDT": InstrumentSpec(100_000, 100_000, 250 * UNITS_PER_ONE, 5_000),
+    # Coinbase products (quote_increment, base_increment of GET /api/v3/brokerage/products).
+    # Start prices leave >= 4000 ticks below the mid, so deep simulated books stay positive.
+    "BTC-USD": InstrumentSpec(1_000_000, 1, 27_000 * UNITS_PER_ONE, 5_000_000),
+    "BTC-USDT": InstrumentSpec(1_000_000, 1, 27_000 * UNITS_PER_ONE, 5_000_000),
+    "ETH-USD": InstrumentSpec(1_000_000, 1, 1_800 * UNITS_PER_ONE, 100_000_000),
+    "ETH-BTC": InstrumentSpec(1_000, 1, 6_600_000, 100_000_000),
+    "SOL-USD": InstrumentSpec(1_000_000, 100_000, 60 * UNITS_PER_ONE, 20_000),
+    "LTC-USD": InstrumentSpec(1_000_000, 1, 70 * UNITS_PER_ONE, 500_000_000),
+    "AVAX-USD": InstrumentSpec(1_000_000, 1, 45 * UNITS_PER_ONE, 2_000_000_000),
+    "LINK-USD": InstrumentSpec(100_000, 1_000_000, 7 * UNITS_PER_ONE, 10_000),
+    "DOT-USD": InstrumentSpec(100_000, 1, 5 * UNITS_PER_ONE, 10_000_000_000),
+    "XRP-USD": InstrumentSpec(10_000, 100, 50_000_000, 2_000_000_000),
+    "ADA-USD": InstrumentSpec(10_000, 1, 45_000_000, 200_000_000_000),
+    "DOGE-USD": InstrumentSpec(1_000, 10_000_000, 7_000_000, 50_000),
 }
 DEFAULT_SPEC = InstrumentSpec(1_000_000, 100_000, 100 * UNITS_PER_ONE, 10_000)
 

@@ -7,13 +7,16 @@ channel, and consumed one matching frame at a time):
 - duplicate: the frame is sent twice;
 - reorder: the frame is held back and sent right after the next frame of the connection;
 - malformed: a truncated copy (invalid JSON) is sent instead;
-- silent: the connection sends nothing more but stays open (a stale socket).
+- silent: the connection sends nothing more but stays open (a stale socket);
+- checksum: a book update is sent with a wrong ``checksum`` (Kraken): the client's book check
+  fails although its book is right (channel defaults to ``depth``: only updates carry one).
 Connection faults (disconnect, max connection age) and REST errors (429/418 + Retry-After)
 are handled by the server with the rules kept here.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -27,6 +30,7 @@ class FrameAction(Enum):
     REORDER = "reorder"  # held back, sent after the next frame of the same connection
     MALFORMED = "malformed"  # a truncated copy is sent instead: not valid JSON
     SILENT = "silent"  # this frame and everything after it withheld; the socket stays open
+    CHECKSUM = "checksum"  # sent with its "checksum" number changed
 
 
 FRAME_FAULTS = {a.value: a for a in FrameAction if a is not FrameAction.SEND}
@@ -65,6 +69,8 @@ class FaultInjector:
         channel: str | None,
         count: int,
     ) -> None:
+        if action is FrameAction.CHECKSUM and channel is None:
+            channel = "depth"  # book updates: snapshots and trades have other channels
         self.frames.append(FrameRule(action, exchange, symbol, channel, count))
 
     def add_drop(self, exchange: str, symbol: str | None, channel: str | None, count: int) -> None:
@@ -111,3 +117,11 @@ class FaultInjector:
             "frames": [{**vars(r), "action": r.action.value} for r in self.frames],
             "rest": [vars(r).copy() for r in self.rest],
         }
+
+
+CHECKSUM_FIELD = re.compile(rb'"checksum":(\d+)')
+
+
+def corrupt_checksum(payload: bytes) -> bytes:
+    """The frame with each ``"checksum":N`` replaced by another valid CRC32 (N xor 1)."""
+    return CHECKSUM_FIELD.sub(lambda m: b'"checksum":%d' % (int(m.group(1)) ^ 1), payload)

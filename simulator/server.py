@@ -15,7 +15,7 @@ Control and introspection (JSON) under ``/_sim/``:
   GET  /_sim/<exchange>/book?symbol=S  true full book; /trades?symbol=S[&from_id=N] the tape
   GET  /_sim/faults                    pending faults; POST /_sim/faults/clear drops them
   POST /_sim/faults/<kind>?exchange=binance[&symbol=S][&channel=depth|trade]&count=1
-       kind: drop | duplicate | reorder | malformed | silent (see simulator/faults.py)
+       kind: drop | duplicate | reorder | malformed | silent | checksum (simulator/faults.py)
   POST /_sim/faults/disconnect?exchange=binance[&mode=abort|close]
   POST /_sim/faults/rest?exchange=binance&status=429&retry_after=1&count=1
 """
@@ -42,7 +42,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from simulator.binance_venue import BinanceVenue
-from simulator.faults import FRAME_FAULTS, FaultInjector, FrameAction
+from simulator.coinbase_venue import CoinbaseVenue
+from simulator.faults import FRAME_FAULTS, FaultInjector, FrameAction, corrupt_checksum
+from simulator.kraken_venue import KrakenVenue
 from simulator.sendlog import ConnectionLog
 from simulator.venue import HttpError, HttpReply, OutFrame, Subscription, Venue
 from tickflow.config import Settings
@@ -143,7 +145,26 @@ class SimulatorServer:
                     sim.trade_probability,
                     settings.exchanges.binance.rest_weight_limit_1m,
                     id_offset=id_offset(sim.id_epoch_s),
-                )
+                ),
+                CoinbaseVenue(
+                    sim.coinbase_products,
+                    sim.seed,
+                    sim.coinbase_depth_levels,
+                    sim.max_changes_per_event,
+                    sim.trade_probability,
+                    sim.coinbase_heartbeat_ms,
+                    id_offset=id_offset(sim.id_epoch_s),
+                    clock_ms=clock_ms,
+                ),
+                KrakenVenue(
+                    sim.kraken_symbols,
+                    sim.seed,
+                    sim.depth_levels,
+                    sim.max_changes_per_event,
+                    sim.trade_probability,
+                    id_offset=id_offset(sim.id_epoch_s),
+                    clock_ms=clock_ms,
+                ),
             ]
         self.venues: dict[str, Venue] = {v.name: v for v in venues}
         self.faults = FaultInjector()
@@ -289,12 +310,21 @@ class SimulatorServer:
         conn = _Conn(ws, venue, sub, conn_log, asyncio.Queue(self.config.send_queue_max))
         self._conns[conn_log.conn_id] = conn
         conn.sender = asyncio.create_task(self._sender(conn))
+        greeting = getattr(venue, "greeting", None)  # optional first frame (Kraken's status)
+        if greeting is not None:
+            conn.queue.put_nowait(_Item("", "control", 0, greeting()))
         try:
             async for message in ws:
                 conn_log.messages_received += 1
                 reply = venue.ws_message(sub, message)
                 if reply is not None and not conn.dead:
-                    conn.queue.put_nowait(_Item("", "control", 0, reply))
+                    # several frames: e.g. in-band snapshots, attributed to their symbol
+                    replies = [reply] if isinstance(reply, bytes) else reply
+                    for r in replies:
+                        if isinstance(r, bytes):
+                            conn.queue.put_nowait(_Item("", "control", 0, r))
+                        else:
+                            conn.queue.put_nowait(_Item(r.symbol, r.channel, r.last_id, r.data))
         except ConnectionClosed:
             pass
         finally:
@@ -333,6 +363,8 @@ class SimulatorServer:
                     payload = item.payload
                     if action is FrameAction.MALFORMED:
                         payload = payload[: max(1, len(payload) // 2)]
+                    elif action is FrameAction.CHECKSUM:
+                        payload = corrupt_checksum(payload)
                     await self._send(conn, item, payload)
                     if action is FrameAction.DUPLICATE:
                         await self._send(conn, item, payload)

@@ -76,8 +76,10 @@ class Venue(Protocol):
         """The streams a WebSocket request path asks for; raises HttpError if invalid."""
         ...
 
-    def ws_message(self, sub: Subscription, message: str | bytes) -> bytes | None:
-        """Handle a client message (e.g. SUBSCRIBE); the reply to send, if any."""
+    def ws_message(self, sub: Subscription, message: str | bytes) -> bytes | list[OutFrame] | None:
+        """Handle a client message (e.g. SUBSCRIBE); the reply to send, if any, or several
+        frames rendered for this connection (e.g. in-band snapshots: their symbol and channel
+        let faults and the send log treat them like market frames)."""
         ...
 
     def http(self, method: str, path: str, query: Mapping[str, list[str]], now: float) -> HttpReply:

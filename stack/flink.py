@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -294,19 +295,44 @@ def job_code_digest(settings: Settings) -> str:
     return digest.hexdigest()
 
 
+def _taskmanager_script(settings: Settings, action: str, timeout: float) -> None:
+    subprocess.run(
+        [str(flink_home() / "bin" / "taskmanager.sh"), action],
+        cwd=runtime_dir(settings),
+        env=flink_env(settings),
+        capture_output=True,
+        check=True,
+        timeout=timeout,
+    )
+
+
+def _wait_taskmanagers(settings: Settings, count: int, timeout: float) -> None:
+    def registered() -> bool:
+        return int(rest(settings, "GET", "/overview").get("taskmanagers", 0)) == count
+
+    if not wait_until(registered, timeout, 0.5):
+        raise StackError(f"flink: not {count} TaskManager(s) after {timeout:.0f} s")
+
+
 def restart_taskmanager(settings: Settings, timeout: float = 120.0) -> None:
     """Stop and start the TaskManager (running jobs restart from their last checkpoint)."""
-    env = flink_env(settings)
-    script = str(flink_home() / "bin" / "taskmanager.sh")
-    home = runtime_dir(settings)
-    for action in ("stop", "start"):
-        subprocess.run(
-            [script, action], cwd=home, env=env, capture_output=True, check=True, timeout=timeout
-        )
-    if not wait_until(
-        lambda: int(rest(settings, "GET", "/overview").get("taskmanagers", 0)) >= 1, timeout, 0.5
-    ):
-        raise StackError(f"flink: the TaskManager did not come back within {timeout:.0f} s")
+    _taskmanager_script(settings, "stop", timeout)
+    _taskmanager_script(settings, "start", timeout)
+    _wait_taskmanagers(settings, 1, timeout)
+
+
+def kill_taskmanager(settings: Settings) -> int:
+    """SIGKILL the TaskManager, as a crash would (for recovery tests); its pid."""
+    pid_file = runtime_dir(settings) / "pid" / "flink--taskexecutor.pid"
+    pid = int(pid_file.read_text().split()[-1])
+    os.kill(pid, signal.SIGKILL)
+    pid_file.unlink()  # the daemon scripts would otherwise count a dead instance
+    return pid
+
+
+def start_taskmanager(settings: Settings, timeout: float = 120.0) -> None:
+    _taskmanager_script(settings, "start", timeout)
+    _wait_taskmanagers(settings, 1, timeout)
 
 
 def ensure_current_job_code(settings: Settings) -> None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from jobs.book.binance import BinanceBook
+from jobs.book.coinbase import CoinbaseBook
 from jobs.book.engine import SyncedBook
+from jobs.book.kraken import KrakenBook
 
 # exchange name -> engine class
 ENGINES: dict[str, type[SyncedBook]] = {
     "binance": BinanceBook,
+    "coinbase": CoinbaseBook,
+    "kraken": KrakenBook,
 }

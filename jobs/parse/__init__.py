@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from jobs.parse import binance
+from jobs.parse import binance, coinbase, kraken
 from jobs.parse.events import MarketEvent, ParseError
 from schemas.codec import RawEnvelope
 
@@ -13,6 +13,8 @@ Parser = Callable[[RawEnvelope], list[MarketEvent]]
 # exchange name -> parser of its envelopes
 PARSERS: dict[str, Parser] = {
     binance.EXCHANGE: binance.parse,
+    coinbase.EXCHANGE: coinbase.parse,
+    kraken.EXCHANGE: kraken.parse,
 }
 
 

@@ -7,7 +7,8 @@ Layout (``<p>`` is ``redis.key_prefix``):
   ``[price, size]`` strings, best first, top N; empty unless LIVE), ``event_time_ms``,
   ``receive_time_ns``, ``publish_time_ns``.
 - ``<p>:books``: set of every book key (for listing).
-- channel ``<p>:book-updates``: one message per write, ``<exchange>:<symbol>:<seq>:<status>``.
+- channel ``<p>:book-updates``: one message per accepted write,
+  ``<exchange>:<symbol>:<seq>:<status>:<version>``.
 
 A Lua script refuses a write whose ``version`` is lower than the stored one, so replaying frames
 after a Flink restore (at-least-once) never moves a book backwards. One book update is one
@@ -73,7 +74,7 @@ class RedisBookWriter:
                 view.receive_time_ns,
                 view.instrument,
                 time.time_ns(),
-                f"{view.exchange}:{view.symbol}:{view.seq}:{status}",
+                f"{view.exchange}:{view.symbol}:{view.seq}:{status}:{view.version}",
                 f"{view.version:0{VERSION_WIDTH}d}",
             ],
         )

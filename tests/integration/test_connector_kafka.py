@@ -40,12 +40,14 @@ async def produce(settings: Settings, topic: str) -> KafkaSink:
 
 
 def consume(settings: Settings, topic: str, count: int) -> list[tuple[bytes, int, RawEnvelope]]:
-    consumer = Consumer({
-        "bootstrap.servers": settings.kafka.bootstrap,
-        "group.id": f"test-connector-{uuid.uuid4().hex[:8]}",
-        "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap,
+            "group.id": f"test-connector-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     records: list[tuple[bytes, int, RawEnvelope]] = []
     deadline = time.monotonic() + 60
