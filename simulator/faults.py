@@ -5,7 +5,8 @@ before answering each REST request. Frame faults (each matched by exchange, opti
 channel, and consumed one matching frame at a time):
 - drop: the frame is skipped (the client sees a gap);
 - duplicate: the frame is sent twice;
-- reorder: the frame is held back and sent right after the next frame of the connection;
+- reorder: the frame is held back and sent right after the next frame of the same symbol
+  and channel (so that stream's order really changes);
 - malformed: a truncated copy (invalid JSON) is sent instead;
 - silent: the connection sends nothing more but stays open (a stale socket);
 - checksum: a book update is sent with a wrong ``checksum`` (Kraken): the client's book check
@@ -27,7 +28,7 @@ class FrameAction(Enum):
     SEND = "send"
     DROP = "drop"  # skipped silently: the client sees a gap in update ids
     DUPLICATE = "duplicate"  # sent twice in a row
-    REORDER = "reorder"  # held back, sent after the next frame of the same connection
+    REORDER = "reorder"  # held back, sent after the next frame of its symbol and channel
     MALFORMED = "malformed"  # a truncated copy is sent instead: not valid JSON
     SILENT = "silent"  # this frame and everything after it withheld; the socket stays open
     CHECKSUM = "checksum"  # sent with its "checksum" number changed

@@ -339,7 +339,8 @@ class SimulatorServer:
 
     async def _sender(self, conn: _Conn) -> None:
         name = conn.venue.name
-        held: _Item | None = None  # a reordered frame, sent after the next one
+        # reordered frames, each sent right after the next frame of its own symbol and channel
+        held: dict[tuple[str, str], _Item] = {}
         max_age_ms = self.config.max_connection_age_s * 1000
         try:
             while True:
@@ -357,8 +358,8 @@ class SimulatorServer:
                     conn.log.withheld += 1
                 elif action is FrameAction.DROP:
                     conn.log.dropped(item.symbol, item.channel, item.last_id)
-                elif action is FrameAction.REORDER and held is None:
-                    held = item
+                elif action is FrameAction.REORDER and (item.symbol, item.channel) not in held:
+                    held[(item.symbol, item.channel)] = item
                 else:
                     payload = item.payload
                     if action is FrameAction.MALFORMED:
@@ -368,9 +369,9 @@ class SimulatorServer:
                     await self._send(conn, item, payload)
                     if action is FrameAction.DUPLICATE:
                         await self._send(conn, item, payload)
-                    if held is not None and held is not item:
-                        await self._send(conn, held, held.payload)
-                        held = None
+                    late = held.pop((item.symbol, item.channel), None)
+                    if late is not None:
+                        await self._send(conn, late, late.payload)
                 conn.in_flight = 0
         except ConnectionClosed:
             pass

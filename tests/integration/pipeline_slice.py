@@ -79,7 +79,9 @@ class Slice:
 
 
 @contextlib.contextmanager
-def start_slice(logs: Path, exchanges: tuple[str, ...] = ("binance",)) -> Iterator[Slice]:
+def start_slice(
+    logs: Path, exchanges: tuple[str, ...] = ("binance",), rate_per_symbol: float = 40
+) -> Iterator[Slice]:
     """Start simulator, connectors and job with unique names; tear everything down after."""
     tag = uuid.uuid4().hex[:8]
     sim_port = free_port()
@@ -91,7 +93,7 @@ def start_slice(logs: Path, exchanges: tuple[str, ...] = ("binance",)) -> Iterat
         "TICKFLOW__REDIS__KEY_PREFIX": f"tfe2e{tag}",
         "TICKFLOW__CLICKHOUSE__DATABASE": f"tickflow_e2e{tag}",
         "TICKFLOW__SIMULATOR__PORT": str(sim_port),
-        "TICKFLOW__SIMULATOR__RATE_PER_SYMBOL": "40",
+        "TICKFLOW__SIMULATOR__RATE_PER_SYMBOL": str(rate_per_symbol),
     }
     for exchange in exchanges:
         base = f"127.0.0.1:{sim_port}/{exchange}"
