@@ -68,10 +68,16 @@ def soak_settings(base: Settings, symbols: int, rate: float) -> Settings:
         exchanges[f.name] = dataclasses.replace(
             config, symbols=dict(list(wanted.items())[:symbols])
         )
-    binance_symbols = tuple(exchanges["binance"].symbols)
+    # the simulator serves exactly the symbols the connectors subscribe to
+    served = dataclasses.replace(
+        sim,
+        symbols=tuple(exchanges["binance"].symbols),
+        coinbase_products=tuple(exchanges["coinbase"].symbols),
+        kraken_symbols=tuple(exchanges["kraken"].symbols),
+    )
     return dataclasses.replace(
         base,
-        simulator=dataclasses.replace(sim, symbols=binance_symbols),
+        simulator=served,
         exchanges=dataclasses.replace(base.exchanges, **exchanges),
         # short stale timer: a silent socket is replaced within the run
         connectors=dataclasses.replace(base.connectors, stale_timeout_s=3.0),
@@ -262,6 +268,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "dead_letters": len(dead),
         "lost": lost,
         "duplicated": duplicated,
+        # sent twice by a duplicate fault, produced once (Coinbase's connector drops repeats)
+        "deduplicated_by_connector": sum(
+            max(0, n - in_kafka[frame]) for frame, n in sent.items() if frame in in_kafka
+        ),
         "out_of_order": order_errors,
         "undelivered": undelivered,
         "faults": Counter(f.kind for f in faults),

@@ -22,6 +22,8 @@ from tickflow.config import Settings, load_settings
 APPS: dict[str, list[str]] = {
     "simulator": ["simulator"],
     "connector-binance": ["connector", "binance"],
+    "connector-coinbase": ["connector", "coinbase"],
+    "connector-kraken": ["connector", "kraken"],
 }
 
 
