@@ -366,6 +366,10 @@ def test_duplicated_and_reordered_messages_are_produced_once() -> None:
                     url = f"/_sim/faults/{fault}?exchange=coinbase&channel=trade&count=1"
                     await http_json(f"{sim.http_url}{url}", "POST")
                 await wait_until(lambda: sim.faults.pending()["frames"] == [], what="faults")
+                # the held message goes out after the next trade of its own product
+                await wait_until(
+                    lambda: r.connector.cb_stats.late == 1, within_s=30, what="the late message"
+                )
                 await r.caught_up()
             (log,) = [c for c in sim.connections(with_frames=True) if c["exchange"] == "coinbase"]
         stats = r.connector.cb_stats
