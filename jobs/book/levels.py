@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from enum import StrEnum
 from itertools import islice
@@ -88,6 +88,31 @@ class OrderBook:
 
     def best_ask(self) -> tuple[Decimal, Decimal] | None:
         return self.asks.peekitem(0) if self.asks else None
+
+    def mid(self) -> Decimal | None:
+        bid, ask = self.best_bid(), self.best_ask()
+        return None if bid is None or ask is None else (bid[0] + ask[0]) / 2
+
+    def depth_within_bps(self, bps: Decimal) -> tuple[Decimal, Decimal]:
+        """Total bid and ask size priced within ``bps`` basis points of the mid.
+
+        Walks only the levels inside the band: O(log n + levels in band).
+        """
+        mid = self.mid()
+        if mid is None:
+            return Decimal(0), Decimal(0)
+        band = mid * bps / Decimal(10_000)
+        bid_floor, ask_cap = mid - band, mid + band
+        bids = sum(self._sizes_while(self.bids, lambda p: p >= bid_floor), Decimal(0))
+        asks = sum(self._sizes_while(self.asks, lambda p: p <= ask_cap), Decimal(0))
+        return bids, asks
+
+    @staticmethod
+    def _sizes_while(levels: SortedDict, inside: Callable[[Decimal], bool]) -> Iterator[Decimal]:
+        for price, size in levels.items():  # best first: stop at the first level outside
+            if not inside(price):
+                return
+            yield size
 
     def is_crossed(self) -> bool:
         bid, ask = self.best_bid(), self.best_ask()

@@ -105,3 +105,20 @@ def test_order_book_top_n_and_bound(changes: list, max_levels: int) -> None:
         [(("b", p), s) for p, s in book.bids.items()]
         + [(("a", p), s) for p, s in book.asks.items()]
     )
+
+
+@given(
+    st.lists(change, max_size=120), st.sampled_from([Decimal("1"), Decimal("10"), Decimal("50")])
+)
+def test_depth_within_bps_matches_a_full_scan(changes: list, bps: Decimal) -> None:
+    book = OrderBook(1000)
+    for side, price, size in changes:
+        book.set_level(side, price, size)
+    bids, asks = book.depth_within_bps(bps)
+    mid = book.mid()
+    if mid is None:
+        assert (bids, asks) == (0, 0)
+        return
+    band = mid * bps / 10_000
+    assert bids == sum((s for p, s in book.bids.items() if p >= mid - band), Decimal(0))
+    assert asks == sum((s for p, s in book.asks.items() if p <= mid + band), Decimal(0))
