@@ -36,10 +36,7 @@ class BinanceBook(SyncedBook):
             self.lose_sync(f"gap: expected update {self.last_id + 1}, got U={delta.first_id}")
             self.buffer = [delta]
             return Outcome.GAP
-        for price, size in delta.bids:
-            self.book.set_level("b", price, size)
-        for price, size in delta.asks:
-            self.book.set_level("a", price, size)
+        self.apply_levels(delta)
         self.last_id = delta.last_id
         self.applied += 1
         return Outcome.APPLIED

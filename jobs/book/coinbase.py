@@ -32,10 +32,7 @@ class CoinbaseBook(SyncedBook):
         # equal: more update events of the message that carried the snapshot
         if delta.last_id < self.last_id:
             return Outcome.IGNORED
-        for price, size in delta.bids:
-            self.book.set_level("b", price, size)
-        for price, size in delta.asks:
-            self.book.set_level("a", price, size)
+        self.apply_levels(delta)
         self.last_id = delta.last_id
         self.applied += 1
         return Outcome.APPLIED

@@ -75,6 +75,13 @@ class SyncedBook:
         self.buffer = []
         return Outcome.GAP
 
+    def apply_levels(self, delta: BookDelta) -> None:
+        """Absolute sizes, in message order (one message may change a level twice)."""
+        for price, size in delta.bids:
+            self.book.set_level("b", price, size)
+        for price, size in delta.asks:
+            self.book.set_level("a", price, size)
+
     def lose_sync(self, reason: str) -> None:
         self.status = BookStatus.RESYNCING
         self.reason = reason
