@@ -28,7 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from connectors.recorder import Recorder
-from schemas.codec import RawEnvelope
+from schemas.codec import RawEnvelope, sync_lost_payload
 from schemas.deadletter import dead_letter_record
 from tickflow.config import ConnectorConfig
 
@@ -222,6 +222,18 @@ class WsConnector(ABC):
         route = self.route(frame)
         return None if route is None else [(route, frame)]
 
+    def book_symbols(self) -> tuple[str, ...]:
+        """Symbols whose books this connector maintains (marked lost when a connection ends)."""
+        return ()
+
+    def _books_lost(self, conn: Connection, reason: str) -> None:
+        """Updates stop with the connection: until the next connection's snapshot, the job must
+        not serve these books as LIVE (a reconnect may also have missed updates)."""
+        payload = sync_lost_payload(reason)
+        now = time.time_ns()
+        for symbol in self.book_symbols():
+            self.emit(conn, symbol, "sync_lost", payload, now)
+
     async def on_open(self, conn: Connection) -> None:
         """Called once per connection after subscribing, before the first frame."""
         return None  # optional hook
@@ -286,6 +298,8 @@ class WsConnector(ABC):
             finally:
                 self.connection = None
                 await conn.cancel_tasks()
+                if not self._stopping.is_set():  # a clean shutdown is not a lost connection
+                    self._books_lost(conn, f"connection {conn.id} ended")
                 if time.monotonic() - conn.opened >= cfg.backoff_reset_s:
                     self._backoff.reset()
 

@@ -83,6 +83,9 @@ class BinanceConnector(WsConnector):
         streams = "/".join(name.decode() for name in self._routes)
         return f"{self.config.ws_url}/stream?streams={streams}"
 
+    def book_symbols(self) -> tuple[str, ...]:
+        return self.symbols
+
     def instrument(self, symbol: str) -> str:
         return self.config.instrument(symbol)
 

@@ -36,6 +36,7 @@ import orjson
 from websockets.exceptions import ConnectionClosed
 
 from connectors.base import Connection, ConnectorStats, Route, Sink, WsConnector
+from schemas.codec import sync_lost_payload
 from tickflow.config import Settings
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,9 @@ class CoinbaseConnector(WsConnector):
     def url(self) -> str:
         return self.config.ws_url
 
+    def book_symbols(self) -> tuple[str, ...]:
+        return self.products
+
     def instrument(self, symbol: str) -> str:
         return self.config.instrument(symbol)
 
@@ -107,8 +111,9 @@ class CoinbaseConnector(WsConnector):
         self._state = session
         for channel in SUBSCRIBED:
             completes = self.products if channel == "level2" else ()
-            session.outbox.put_nowait((subscribe_message("subscribe", channel, self.products),
-                                       completes))
+            session.outbox.put_nowait(
+                (subscribe_message("subscribe", channel, self.products), completes)
+            )
         # keeps quiet subscriptions open (Coinbase closes them after 60-90 s otherwise)
         session.outbox.put_nowait((subscribe_message("subscribe", "heartbeats"), ()))
         conn.spawn(self._send_paced(session))
@@ -133,16 +138,18 @@ class CoinbaseConnector(WsConnector):
             return  # the queued subscribe is still ahead of us: its snapshot will do
         session.queued.add(product)
         session.outbox.put_nowait((subscribe_message("unsubscribe", "level2", (product,)), ()))
-        session.outbox.put_nowait((subscribe_message("subscribe", "level2", (product,)),
-                                   (product,)))
+        session.outbox.put_nowait(
+            (subscribe_message("subscribe", "level2", (product,)), (product,))
+        )
         self.cb_stats.resubscribes += 1
 
     async def resync(self, symbol: str) -> None:
         """Rebuild one product's book: resubscribe its level2 (unless already under way)."""
         session = self._state
         if session is None or session.conn is not self.connection:
-            log.info("coinbase: resync %s: not connected (a new connection subscribes anew)",
-                     symbol)
+            log.info(
+                "coinbase: resync %s: not connected (a new connection subscribes anew)", symbol
+            )
             return
         if symbol not in self.config.symbols:
             log.warning("coinbase: resync of unknown product %s ignored", symbol)
@@ -227,7 +234,9 @@ class CoinbaseConnector(WsConnector):
             session.expected = seq + 1
             log.warning(
                 "coinbase: sequence_num gap on connection %s: expected %d, got %d",
-                session.conn.id, expected, seq,
+                session.conn.id,
+                expected,
+                seq,
             )
             self._lose_sync(session, "sequence_num gap", expected, seq, receive_time_ns)
             return True
@@ -246,7 +255,7 @@ class CoinbaseConnector(WsConnector):
         self, session: _Session, reason: str, expected: int, got: int, receive_time_ns: int
     ) -> None:
         """A lost message may have been any product's update: every level2 book is suspect."""
-        payload = orjson.dumps({"reason": reason, "expected": expected, "got": got})
+        payload = sync_lost_payload(reason, expected=expected, got=got)
         for product in self.products:
             self.emit(session.conn, product, "sync_lost", payload, receive_time_ns)
             self.cb_stats.sync_lost += 1

@@ -116,6 +116,9 @@ class KrakenConnector(WsConnector):
     def url(self) -> str:
         return self.config.ws_url
 
+    def book_symbols(self) -> tuple[str, ...]:
+        return self.symbols
+
     def instrument(self, symbol: str) -> str:
         return self.config.instrument(symbol)
 

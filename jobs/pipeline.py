@@ -111,6 +111,7 @@ def create_environment(settings: Settings) -> StreamExecutionEnvironment:
 
     conf = Configuration()
     conf.set_string("python.execution-mode", settings.flink.python_execution_mode)
+    conf.set_string("state.backend.type", settings.flink.state_backend)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(settings.flink.parallelism)
     env.enable_checkpointing(settings.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)

@@ -39,6 +39,15 @@ class RawEnvelope:
         return f"{self.exchange}:{self.symbol}".encode()
 
 
+def sync_lost_payload(reason: str, **detail: object) -> bytes:
+    """Payload of a ``sync_lost`` envelope: a connector's marker that continuity broke for a
+    symbol (a sequence gap, the connection ended) and its book must wait for a new snapshot.
+
+    Example: {"reason": "sequence_num gap", "expected": 41, "got": 43}
+    """
+    return json.dumps({"reason": reason, **detail}).encode()
+
+
 class EnvelopeError(ValueError):
     """A Kafka value is not a valid RawEnvelope."""
 

@@ -25,7 +25,6 @@ from jobs.parse.events import (
     MarketEvent,
     ParseError,
     Side,
-    SyncLost,
     Trade,
 )
 from schemas.codec import RawEnvelope
@@ -103,20 +102,8 @@ class MarketTradesMessage(msgspec.Struct, frozen=True, tag_field="channel", tag=
     client_id: str = ""
 
 
-class SyncLostMarker(msgspec.Struct, frozen=True):
-    """The connector's ``sync_lost`` payload.
-
-    Example: {"reason":"sequence_num gap","expected":41,"got":43}
-    """
-
-    reason: str  # what broke continuity
-    expected: int  # the sequence_num the connector expected
-    got: int  # the sequence_num that arrived
-
-
 _depth_decoder = msgspec.json.Decoder(L2Message)
 _trades_decoder = msgspec.json.Decoder(MarketTradesMessage)
-_sync_lost_decoder = msgspec.json.Decoder(SyncLostMarker)
 
 
 def timestamp_ms(text: str) -> int:
@@ -163,16 +150,18 @@ def parse_depth(payload: bytes, symbol: str, receive_time_ns: int) -> list[Marke
     def flush() -> None:
         if pending:
             bids, asks = _sides(pending)
-            out.append(BookDelta(
-                exchange=EXCHANGE,
-                symbol=symbol,
-                first_id=msg.sequence_num,
-                last_id=msg.sequence_num,
-                event_time_ms=event_time_ms,
-                receive_time_ns=receive_time_ns,
-                bids=bids,
-                asks=asks,
-            ))
+            out.append(
+                BookDelta(
+                    exchange=EXCHANGE,
+                    symbol=symbol,
+                    first_id=msg.sequence_num,
+                    last_id=msg.sequence_num,
+                    event_time_ms=event_time_ms,
+                    receive_time_ns=receive_time_ns,
+                    bids=bids,
+                    asks=asks,
+                )
+            )
             pending.clear()
 
     for event in msg.events:
@@ -183,15 +172,17 @@ def parse_depth(payload: bytes, symbol: str, receive_time_ns: int) -> list[Marke
             continue
         flush()
         bids, asks = _sides(event.updates)
-        out.append(BookSnapshot(
-            exchange=EXCHANGE,
-            symbol=symbol,
-            last_id=msg.sequence_num,
-            receive_time_ns=receive_time_ns,
-            bids=bids,
-            asks=asks,
-            event_time_ms=event_time_ms,
-        ))
+        out.append(
+            BookSnapshot(
+                exchange=EXCHANGE,
+                symbol=symbol,
+                last_id=msg.sequence_num,
+                receive_time_ns=receive_time_ns,
+                bids=bids,
+                asks=asks,
+                event_time_ms=event_time_ms,
+            )
+        )
     flush()
     if not out:
         raise ParseError("coinbase: l2_data message without events")
@@ -218,27 +209,20 @@ def parse_trades(payload: bytes, symbol: str, receive_time_ns: int) -> list[Mark
         for t in event.trades:
             if t.product_id != symbol:
                 raise ParseError(f"coinbase: trade of {t.product_id} keyed as {symbol}")
-            out.append(Trade(
-                exchange=EXCHANGE,
-                symbol=symbol,
-                trade_id=t.trade_id,
-                price=_decimal(t.price, "price"),
-                size=_decimal(t.size, "size"),
-                taker_side=taker_side(t.side),
-                trade_time_ms=timestamp_ms(t.time),
-                event_time_ms=event_time_ms,
-                receive_time_ns=receive_time_ns,
-            ))
+            out.append(
+                Trade(
+                    exchange=EXCHANGE,
+                    symbol=symbol,
+                    trade_id=t.trade_id,
+                    price=_decimal(t.price, "price"),
+                    size=_decimal(t.size, "size"),
+                    taker_side=taker_side(t.side),
+                    trade_time_ms=timestamp_ms(t.time),
+                    event_time_ms=event_time_ms,
+                    receive_time_ns=receive_time_ns,
+                )
+            )
     return out
-
-
-def parse_sync_lost(payload: bytes, symbol: str, receive_time_ns: int) -> SyncLost:
-    try:
-        marker = _sync_lost_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise ParseError(f"coinbase: cannot parse sync_lost marker: {exc}") from exc
-    reason = f"{marker.reason}: expected sequence_num {marker.expected}, got {marker.got}"
-    return SyncLost(EXCHANGE, symbol, reason, receive_time_ns)
 
 
 def parse(env: RawEnvelope) -> list[MarketEvent]:
@@ -247,6 +231,4 @@ def parse(env: RawEnvelope) -> list[MarketEvent]:
         return parse_depth(env.payload, env.symbol, env.receive_time_ns)
     if env.channel == "trade":
         return parse_trades(env.payload, env.symbol, env.receive_time_ns)
-    if env.channel == "sync_lost":
-        return [parse_sync_lost(env.payload, env.symbol, env.receive_time_ns)]
     raise ParseError(f"coinbase: unknown channel {env.channel!r}")

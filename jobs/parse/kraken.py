@@ -20,7 +20,6 @@ from jobs.parse.events import (
     BookSnapshot,
     MarketEvent,
     ParseError,
-    SyncLost,
     Trade,
 )
 from schemas.codec import RawEnvelope
@@ -87,14 +86,7 @@ class TradeMessage(msgspec.Struct, frozen=True, tag_field="channel", tag="trade"
     data: list[TradeData]
 
 
-class SyncLostNotice(msgspec.Struct, frozen=True):
-    """A ``sync_lost`` envelope's payload, written by a connector: {"reason": "..."}."""
-
-    reason: str  # why the connector lost continuity
-
-
 _decoder = msgspec.json.Decoder(BookMessage | TradeMessage)
-_sync_lost_decoder = msgspec.json.Decoder(SyncLostNotice)
 
 
 def timestamp_ms(text: str) -> int:
@@ -130,28 +122,32 @@ def parse_frame(payload: bytes, receive_time_ns: int) -> list[MarketEvent]:
         # a snapshot without a timestamp (as documented) gets none: 0, like a Binance snapshot
         event_ms = timestamp_ms(book.timestamp) if book.timestamp is not None else 0
         if message.type == "snapshot":
-            events.append(BookSnapshot(
-                exchange=EXCHANGE,
-                symbol=book.symbol,
-                last_id=0,  # no sequence numbers on Kraken's book channel
-                receive_time_ns=receive_time_ns,
-                bids=_levels(book.bids),
-                asks=_levels(book.asks),
-                event_time_ms=event_ms,
-                checksum=book.checksum,
-            ))
+            events.append(
+                BookSnapshot(
+                    exchange=EXCHANGE,
+                    symbol=book.symbol,
+                    last_id=0,  # no sequence numbers on Kraken's book channel
+                    receive_time_ns=receive_time_ns,
+                    bids=_levels(book.bids),
+                    asks=_levels(book.asks),
+                    event_time_ms=event_ms,
+                    checksum=book.checksum,
+                )
+            )
         else:
-            events.append(BookDelta(
-                exchange=EXCHANGE,
-                symbol=book.symbol,
-                first_id=0,
-                last_id=0,
-                event_time_ms=event_ms,
-                receive_time_ns=receive_time_ns,
-                bids=_levels(book.bids),
-                asks=_levels(book.asks),
-                checksum=book.checksum,
-            ))
+            events.append(
+                BookDelta(
+                    exchange=EXCHANGE,
+                    symbol=book.symbol,
+                    first_id=0,
+                    last_id=0,
+                    event_time_ms=event_ms,
+                    receive_time_ns=receive_time_ns,
+                    bids=_levels(book.bids),
+                    asks=_levels(book.asks),
+                    checksum=book.checksum,
+                )
+            )
     return events
 
 
@@ -173,24 +169,15 @@ def _trade(data: TradeData, receive_time_ns: int) -> Trade:
     )
 
 
-def parse_sync_lost(payload: bytes, symbol: str, receive_time_ns: int) -> SyncLost:
-    try:
-        notice = _sync_lost_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise ParseError(f"kraken: cannot parse sync_lost notice: {exc}") from exc
-    return SyncLost(EXCHANGE, symbol, notice.reason, receive_time_ns)
-
-
 def parse(env: RawEnvelope) -> list[MarketEvent]:
     """One envelope -> its events (the registry entry for ``kraken``).
 
-    Channels: ``depth`` (book snapshots and updates), ``trade``, ``sync_lost``.
+    Channels: ``depth`` (book snapshots and updates), ``trade`` (``sync_lost`` markers are
+    parsed for every exchange by ``jobs.parse.parse_envelope``).
     """
     if env.channel in ("depth", "trade"):
         events = parse_frame(env.payload, env.receive_time_ns)
         if any(isinstance(e, Trade) != (env.channel == "trade") for e in events):
             raise ParseError(f"kraken: a {env.channel} envelope holds another channel's frame")
         return events
-    if env.channel == "sync_lost":
-        return [parse_sync_lost(env.payload, env.symbol, env.receive_time_ns)]
     raise ParseError(f"kraken: unknown channel {env.channel!r}")

@@ -146,16 +146,17 @@ def test_what_the_simulator_sent_is_in_kafka_once_and_in_order(stack_settings: S
         envs = by_key[f"coinbase:{product}".encode()]
         # exactly once and in order: the same payloads, byte for byte
         assert [e.payload for e in envs if e.channel != "sync_lost"] == sent[product]
-        # one gap marker, ahead of the snapshot of the resubscription
+        # two markers: the gap (ahead of the resubscription's snapshot), then the lost
+        # connection (ahead of the new connection's snapshot)
         channels = [e.channel for e in envs]
-        assert channels.count("sync_lost") == 1
-        lost = channels.index("sync_lost")
+        lost = [i for i, c in enumerate(channels) if c == "sync_lost"]
         snapshots = [
             i
             for i, e in enumerate(envs)
             if b'"type":"snapshot"' in e.payload and e.channel == "depth"
         ]
-        assert len(snapshots) == 3 and snapshots[0] < lost < snapshots[1]
+        assert len(lost) == 2 and len(snapshots) == 3
+        assert snapshots[0] < lost[0] < snapshots[1] < lost[1] < snapshots[2]
         # the connector's order within each connection survives
         for conn_id in {e.connection_id for e in envs}:
             seqs = [e.connection_seq for e in envs if e.connection_id == conn_id]

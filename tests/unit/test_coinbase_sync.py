@@ -85,10 +85,12 @@ def test_documentation_market_trades_taker_side() -> None:
 
 def test_sync_lost_marker() -> None:
     payload = b'{"reason":"sequence_num gap","expected":41,"got":43}'
-    (event,) = parse(envelope("sync_lost", payload))
+    (event,) = parse_envelope(envelope("sync_lost", payload))
     assert isinstance(event, SyncLost)
     assert event.symbol == "BTC-USD"
-    assert event.reason == "sequence_num gap: expected sequence_num 41, got 43"
+    assert event.reason == "sequence_num gap (expected 41, got 43)"
+    with pytest.raises(ParseError, match="without a reason"):
+        parse_envelope(envelope("sync_lost", b'{"expected": 1}'))
 
 
 @pytest.mark.parametrize(
@@ -117,14 +119,15 @@ def test_timestamps(text: str, ms: int) -> None:
                   b'"events":[]}', "without events"),
         ("trade", fixture("doc_l2_update.json"), "cannot parse market_trades"),
         ("trade", fixture("doc_market_trades.json").replace(b'"BUY"', b'"buy"'), "cannot parse"),
-        ("sync_lost", b'{"reason":"gap"}', "cannot parse sync_lost"),
+        ("sync_lost", b'{"reason": 5}', "without a reason"),
+        ("sync_lost", b"[1, 2", "cannot parse sync_lost"),
         ("ticker", b"{}", "unknown channel"),
     ],
 )
 def test_bad_frames_raise_parse_error(channel: str, payload: bytes, message: str) -> None:
     symbol = "ETH-USD" if b"ETH-USD" in payload else "BTC-USD"
     with pytest.raises(ParseError, match=message):
-        parse(envelope(channel, payload, symbol=symbol))
+        parse_envelope(envelope(channel, payload, symbol=symbol))
 
 
 def test_frame_keyed_under_another_product_is_an_error() -> None:
@@ -178,8 +181,7 @@ def test_outcomes_versions_and_resync_request() -> None:
     lost = b'{"reason":"sequence_num gap","expected":3,"got":5}'
     out = books.process(envelope("sync_lost", lost, seq=3))
     assert [v.status for v in out.book_views] == [BookStatus.RESYNCING]
-    assert out.resyncs == [(book_id, "connector: sequence_num gap: expected sequence_num 3, "
-                                     "got 5")]
+    assert out.resyncs == [(book_id, "connector: sequence_num gap (expected 3, got 5)")]
 
 
 def test_engine_outcomes() -> None:

@@ -17,7 +17,7 @@ from connectors.base import Connection, Route
 from connectors.coinbase import CoinbaseConnector, subscribe_message
 from jobs.book.coinbase import CoinbaseBook
 from jobs.book.levels import BookStatus
-from jobs.parse.coinbase import parse
+from jobs.parse import parse_envelope as parse
 from jobs.parse.events import BookDelta, BookSnapshot, SyncLost
 from schemas.codec import RawEnvelope, decode_envelope, encode_envelope
 from simulator.server import SimulatorServer
@@ -431,8 +431,11 @@ def test_heartbeats_do_not_keep_a_data_less_socket_alive() -> None:
             finally:
                 driver.cancel()
         assert stats.heartbeats >= 5
-        assert {e.channel for e in r.sink.envelopes} == {"depth"}  # only BTC-USD snapshots
-        assert all(b'"type":"snapshot"' in e.payload for e in r.sink.envelopes)
+        # only BTC-USD snapshots, and the markers of the connections the stale timer ended
+        assert {e.channel for e in r.sink.envelopes} == {"depth", "sync_lost"}
+        assert all(
+            b'"type":"snapshot"' in e.payload for e in r.sink.envelopes if e.channel == "depth"
+        )
 
     run(scenario)
 

@@ -24,7 +24,7 @@ from jobs.book.engine import Outcome
 from jobs.book.kraken import KrakenBook, book_checksum, checksum_text, subscription_depth
 from jobs.book.levels import BookStatus
 from jobs.instrument import InstrumentBooks
-from jobs.parse import PARSERS
+from jobs.parse import PARSERS, parse_envelope
 from jobs.parse.events import BookDelta, BookSnapshot, ParseError, SyncLost, Trade
 from jobs.parse.kraken import parse, parse_frame, timestamp_ms
 from schemas.codec import RawEnvelope
@@ -117,7 +117,7 @@ def test_checksum_text_is_exact_and_exponent_free() -> None:
 
 def test_parse_registry_channels_and_errors() -> None:
     assert PARSERS["kraken"] is parse and ENGINES["kraken"] is KrakenBook
-    (lost,) = parse(envelope("sync_lost", b'{"reason":"connection lost"}'))
+    (lost,) = parse_envelope(envelope("sync_lost", b'{"reason":"connection lost"}'))
     assert isinstance(lost, SyncLost) and lost.reason == "connection lost"
     trade = (FIXTURES / "doc_trade.json").read_bytes()
     with pytest.raises(ParseError, match="another channel"):
