@@ -37,7 +37,7 @@ lint: venv ## ruff
 	$(BIN)/ruff check .
 
 types: venv ## mypy
-	$(BIN)/mypy tickflow connectors jobs schemas simulator stack
+	$(BIN)/mypy tickflow connectors jobs schemas simulator stack bench
 
 check: lint types test ## lint, types and tests
 
@@ -54,3 +54,15 @@ soak: venv ## 60 s, every exchange x 10 symbols, faults on: connectors -> Kafka 
 	$(BIN)/python -m bench.soak --seconds $${SOAK_SECONDS:-60}
 
 .PHONY: soak
+
+verify: venv ## fresh faulted run, all exchanges: books = truth, versions, Kraken checksums
+	$(BIN)/tickflow stack up
+	$(BIN)/python -m bench.verify $(VERIFY_ARGS)
+
+.PHONY: verify
+
+bench: venv ## book job frames/s (hashmap vs RocksDB), Kafka->Redis latency at 0.5k-5k frames/s
+	$(BIN)/tickflow stack up
+	$(BIN)/python -m bench.book_pipeline $(BENCH_ARGS)
+
+.PHONY: bench

@@ -70,6 +70,9 @@ class ClickHouseConfig:
     insert_interval_ms: int
 
 
+FLINK_STATE_BACKENDS = ("hashmap", "rocksdb")  # Flink's state.backend.type values
+
+
 @dataclass(frozen=True)
 class FlinkConfig:
     rest_port: int
@@ -79,6 +82,14 @@ class FlinkConfig:
     checkpoint_interval_ms: int
     watermark_out_of_orderness_ms: int
     consumer_group: str
+    state_backend: str  # the job's state.backend.type: hashmap | rocksdb
+
+    def __post_init__(self) -> None:
+        if self.state_backend not in FLINK_STATE_BACKENDS:
+            raise ConfigError(
+                f"flink.state_backend must be one of {FLINK_STATE_BACKENDS}, "
+                f"got {self.state_backend!r}"
+            )
 
 
 @dataclass(frozen=True)

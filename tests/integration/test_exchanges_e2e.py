@@ -51,6 +51,14 @@ class StatusLog:
                 if not seen or seen[-1] != status:
                     seen.append(status)
 
+    def trail(self, exchange: str, symbol: str) -> list[str]:
+        return self.statuses.get(f"{exchange}:{symbol}", [])
+
+    def resynced_since(self, exchange: str, symbol: str, mark: int) -> bool:
+        """The book went RESYNCING after the first ``mark`` transitions and is LIVE again."""
+        trail = self.trail(exchange, symbol)
+        return "RESYNCING" in trail[mark:] and trail[-1] == "LIVE"
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
@@ -100,7 +108,15 @@ def test_each_fault_resyncs_the_book_to_the_truth(running_slice: Slice, exchange
             symbol = symbols[i % len(symbols)]
             sim_post(settings, "resume")
             if fault == "disconnect":
+                marks = {s: len(log.trail(exchange, s)) for s in symbols}
                 sim_post(settings, f"faults/disconnect?exchange={exchange}&mode=abort")
+                # the lost connection marks every book; the new one's snapshots bring them back
+                for s in symbols:
+                    wait_for(
+                        f"{exchange}:{s} through RESYNCING after the disconnect",
+                        lambda s=s, m=marks[s]: log.resynced_since(exchange, s, m),
+                        120,
+                    )
             else:
                 sim_post(settings, f"faults/{fault}?exchange={exchange}&symbol={symbol}"
                                    "&channel=depth&count=1")  # fmt: skip

@@ -1,0 +1,461 @@
+"""Verify: the pipeline's correctness checks on a fresh simulated run with faults.
+
+    python -m bench.verify [--seconds 60] [--rate 10] [--fault-every 1.5] [--model-updates N]
+
+Starts a slice (bench/slice.py: simulator, the Binance, Coinbase and Kraken connectors and the
+Flink job on the local stack, with their own topics, key prefix and database), waits until
+every book is LIVE, runs traffic for ``--seconds`` while injecting faults per exchange (drop,
+reorder, duplicate on the book channel, disconnect, and on Kraken wrong checksums), then
+pauses the simulator and checks:
+- books_equal_truth: every book in Redis (every symbol of every exchange) is LIVE and its top N
+  levels equal the simulator's true book, exact decimals (waiting up to --settle-timeout for
+  the pipeline to drain);
+- backwards_versions: no book version on the Redis book-updates channel ever went backwards;
+- Kraken checksums: the job exports no counters, so the run's raw Kafka topic is replayed
+  through the job's own pure logic (jobs.instrument.InstrumentBooks, the code the Flink
+  operator calls per frame, deterministic in its input) with the Kraken engine's checksum
+  check counted. A mismatch on a frame whose checksum is the local one xor 1 is an injected
+  checksum fault (that is how the simulator corrupts it); one on a Kraken book after a drop or
+  reorder injected on it is explained by that fault (one mismatch per fault); any other is
+  unexpected. replay_books_equal_redis checks that the replay ends where the job did;
+- optionally (--model-updates, default 1,000,000) the simulator's pure Kraken model through
+  jobs/book/kraken.py, the code path of tests/unit/test_kraken_book.py's million-update test.
+Writes bench/results/verify.json and prints it; exit status 0 only if every check holds.
+The slice removes its topics, consumer group, Redis keys and database and cancels its job.
+Needs the local stack: `tickflow stack up` (`make verify` does that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.slice import (
+    BookUpdates,
+    equals_truth,
+    levels,
+    read_topic,
+    sim_get,
+    sim_post,
+    start_slice,
+    wait_for,
+    with_simulator_overlay,
+)
+from jobs.book.engine import Outcome, SyncedBook
+from jobs.book.kraken import KrakenBook
+from jobs.instrument import BookId, InstrumentBooks
+from jobs.parse.events import BookSnapshot, ParseError
+from jobs.sinks.book_reader import read_book
+from schemas.codec import decode_envelope
+from stack import manager
+from tickflow.config import Settings, load_settings
+
+RESULTS = Path(__file__).resolve().parent / "results" / "verify.json"
+EXCHANGES = ("binance", "coinbase", "kraken")
+# each exchange cycles through its faults; Kraken has no sequence numbers: its checksum is the
+# only continuity check, so it also gets checksum faults (a right book, a wrong checksum)
+FAULTS = {
+    "binance": ("drop", "reorder", "duplicate", "disconnect"),
+    "coinbase": ("drop", "reorder", "duplicate", "disconnect"),
+    "kraken": ("checksum", "drop", "reorder", "checksum", "duplicate", "disconnect"),
+}
+GAP_FAULTS = ("drop", "reorder")  # break a book's continuity
+BOOK_CHANNEL = "depth"  # the simulator's channel name for book frames on every venue
+
+
+@dataclasses.dataclass
+class Fault:
+    at: float  # wall time (s) of the injection request
+    exchange: str
+    kind: str
+    symbol: str | None  # None: the whole connection (disconnect)
+
+
+# --- faults ---------------------------------------------------------------------------------
+
+
+def symbols_of(settings: Settings, exchange: str) -> list[str]:
+    return list(getattr(settings.exchanges, exchange).symbols)
+
+
+def fault_plan(settings: Settings, rng: random.Random) -> list[tuple[str, str, str | None]]:
+    """One cycle over every exchange's faults, interleaved: (exchange, kind, symbol)."""
+    rounds = max(len(kinds) for kinds in FAULTS.values())
+    plan: list[tuple[str, str, str | None]] = []
+    for i in range(rounds):
+        for exchange in EXCHANGES:
+            kinds = FAULTS[exchange]
+            if i < len(kinds):
+                kind = kinds[i]
+                symbols = symbols_of(settings, exchange)
+                plan.append((exchange, kind, None if kind == "disconnect" else rng.choice(symbols)))
+    return plan
+
+
+def inject(settings: Settings, exchange: str, kind: str, symbol: str | None, abort: bool) -> None:
+    if kind == "disconnect":
+        sim_post(settings, f"faults/disconnect?exchange={exchange}"
+                           f"&mode={'abort' if abort else 'close'}")  # fmt: skip
+    else:
+        sim_post(settings, f"faults/{kind}?exchange={exchange}&symbol={symbol}"
+                           f"&channel={BOOK_CHANNEL}&count=1")  # fmt: skip
+
+
+def run_faults(settings: Settings, seconds: float, every: float, rng: random.Random) -> list[Fault]:
+    """Inject faults every ``every`` s for ``seconds`` s (the plan repeats, new symbols)."""
+    faults: list[Fault] = []
+    start = time.monotonic()
+    plan: list[tuple[str, str, str | None]] = []
+    while time.monotonic() - start < seconds:
+        if not plan:
+            plan = fault_plan(settings, rng)
+        exchange, kind, symbol = plan.pop(0)
+        at = time.time()
+        inject(settings, exchange, kind, symbol, abort=len(faults) % 2 == 0)
+        faults.append(Fault(at, exchange, kind, symbol))
+        time.sleep(max(0.0, min(every, seconds - (time.monotonic() - start))))
+    return faults
+
+
+# --- the end state --------------------------------------------------------------------------
+
+
+def is_live(settings: Settings, exchange: str, symbol: str) -> bool:
+    book = read_book(settings.redis, exchange, symbol)
+    return book is not None and book.status == "LIVE"
+
+
+def all_books(settings: Settings) -> list[tuple[str, str]]:
+    return [(ex, s) for ex in EXCHANGES for s in symbols_of(settings, ex)]
+
+
+def compare_books(settings: Settings, timeout: float) -> tuple[int, list[dict[str, Any]]]:
+    """Full passes over every book until one finds them all equal to the truth (or the
+    deadline): how many the last pass found equal, and what the others looked like."""
+    books = all_books(settings)
+    deadline = time.monotonic() + timeout
+    while True:
+        unequal = [(ex, s) for ex, s in books if equals_truth(settings, ex, s) is None]
+        if not unequal or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    details = []
+    for ex, s in unequal:
+        book = read_book(settings.redis, ex, s)
+        truth = sim_get(settings, f"{ex}/book?symbol={s}")
+        n = settings.book.top_n
+        details.append({
+            "book": f"{ex}:{s}",
+            "status": book.status if book else None,
+            "reason": book.reason if book else None,
+            "redis_top": [book.bids[:1], book.asks[:1]] if book else None,
+            "truth_top": [truth["bids"][:1], truth["asks"][:1]],
+            "levels_differ": None if book is None else (
+                levels(book.bids, n) != levels(truth["bids"], n),
+                levels(book.asks, n) != levels(truth["asks"], n),
+            ),
+        })  # fmt: skip
+    return len(books) - len(unequal), details
+
+
+def resyncs_seen(updates: BookUpdates) -> dict[str, int]:
+    """Per exchange: how often a book went from LIVE to RESYNCING (the book-updates channel)."""
+    seen: Counter[str] = Counter()
+    for book, trail in updates.statuses.items():
+        if "LIVE" in trail:
+            after = trail[trail.index("LIVE") :]
+            seen[book.split(":", 1)[0]] += after.count("RESYNCING")
+    return {ex: seen[ex] for ex in EXCHANGES}
+
+
+# --- Kraken checksums, replayed through the job's logic -------------------------------------
+
+
+@dataclasses.dataclass
+class ChecksumAudit:
+    """Every Kraken checksum the engine verified, and the mismatches."""
+
+    frame: tuple[str, float] = ("", 0.0)  # (symbol, receive time s) of the frame in hand
+    checked: int = 0
+    snapshots_checked: int = 0
+    # (symbol, receive time s, exchange's checksum, local checksum)
+    mismatches: list[tuple[str, float, int, int]] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class AuditedKrakenBook(KrakenBook):
+    """The job's Kraken engine, unchanged, with its checksum verifications counted."""
+
+    audit: ChecksumAudit | None = None
+    _in_snapshot: bool = dataclasses.field(default=False, init=False, repr=False)
+
+    def on_snapshot(self, snap: BookSnapshot) -> Outcome:
+        self._in_snapshot = True
+        try:
+            return super().on_snapshot(snap)
+        finally:
+            self._in_snapshot = False
+
+    def _verify(self, expected: int | None) -> str | None:
+        mismatch = super()._verify(expected)
+        if expected is not None and self.audit is not None:
+            self.audit.checked += 1
+            self.audit.snapshots_checked += self._in_snapshot
+            if mismatch is not None:
+                symbol, at = self.audit.frame
+                self.audit.mismatches.append((symbol, at, expected, self.checksum()))
+        return mismatch
+
+
+class AuditedBooks(InstrumentBooks):
+    def __init__(self, audit: ChecksumAudit, *args: Any) -> None:
+        super().__init__(*args)
+        self.audit = audit
+
+    def _engine(self, exchange: str) -> SyncedBook:
+        if exchange != "kraken":
+            return super()._engine(exchange)
+        return AuditedKrakenBook(
+            max_levels=self.max_levels, max_buffered=self.max_buffered, audit=self.audit
+        )
+
+
+def replay(settings: Settings) -> dict[str, Any]:
+    """The run's raw topic through the job's per-instrument logic."""
+    envelopes = [decode_envelope(v) for _, v in read_topic(settings, settings.kafka.raw_topic)]
+    audit = ChecksumAudit()
+    books: dict[str, AuditedBooks] = {}
+    resyncs: Counter[str] = Counter()
+    parse_errors = 0
+    cfg = settings.book
+    for env in envelopes:
+        inst = books.get(env.instrument)
+        if inst is None:
+            inst = books[env.instrument] = AuditedBooks(
+                audit, env.instrument, cfg.top_n, cfg.snapshot_interval_ms, cfg.max_levels,
+                cfg.max_buffered_updates,
+            )  # fmt: skip
+        audit.frame = (env.symbol, env.receive_time_ns / 1e9)
+        try:
+            out = inst.process(env)
+        except ParseError:
+            parse_errors += 1  # dead-lettered by the job too
+            continue
+        for (exchange, _symbol), _reason in out.resyncs:
+            resyncs[exchange] += 1
+    views = {
+        book_id: inst.view(book_id) for inst in books.values() for book_id in inst.books
+    }
+    return {
+        "envelopes": len(envelopes),
+        "parse_errors": parse_errors,
+        "resync_requests": {ex: resyncs[ex] for ex in EXCHANGES},
+        "audit": audit,
+        "views": views,
+    }
+
+
+def classify_mismatches(
+    mismatches: list[tuple[str, float, int, int]], faults: list[Fault]
+) -> dict[str, int]:
+    """Injected checksum faults (exchange's = local xor 1, the simulator's corruption), those
+    after a drop/reorder injected on that Kraken book (each fault explains one), the rest."""
+    pending = sorted(
+        (f for f in faults if f.exchange == "kraken" and f.kind in GAP_FAULTS), key=lambda f: f.at
+    )
+    counts = Counter[str]()
+    for symbol, at, expected, local in sorted(mismatches, key=lambda m: m[1]):
+        if expected ^ 1 == local:
+            counts["injected_checksum"] += 1
+            continue
+        cause = next((f for f in pending if f.symbol == symbol and f.at - 0.5 <= at), None)
+        if cause is not None:
+            pending.remove(cause)
+            counts["after_gap_fault"] += 1
+        else:
+            counts["unexpected"] += 1
+    return {k: counts[k] for k in ("injected_checksum", "after_gap_fault", "unexpected")}
+
+
+def replay_equals_redis(settings: Settings, views: dict[BookId, Any]) -> int:
+    """Books whose replayed end state (status, seq, top N) is what the job left in Redis."""
+    equal = 0
+    for exchange, symbol in all_books(settings):
+        view, book = views.get((exchange, symbol)), read_book(settings.redis, exchange, symbol)
+        if view is None or book is None:
+            continue
+        status = "LIVE" if book.status == "STALE" else book.status  # stale: a timer's verdict
+        n = settings.book.top_n
+        equal += (
+            view.status.value == status
+            and view.seq == book.seq
+            and list(view.bids) == levels(book.bids, n)
+            and list(view.asks) == levels(book.asks, n)
+        )
+    return equal
+
+
+# --- the simulator's Kraken model through the engine ----------------------------------------
+
+
+def kraken_model(updates: int) -> dict[str, Any]:
+    """``updates`` simulated Kraken updates through parser + engine, as the slow unit test
+    (tests/unit/test_kraken_book.py) does, on every core."""
+    from tests.unit.test_kraken_book import million_jobs
+    from tests.unit.test_kraken_book import replay as replay_model
+
+    jobs = million_jobs(updates)
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+        results = list(pool.map(replay_model, *zip(*jobs, strict=True)))
+    return {
+        "kraken_model_updates_checked": sum(r[0] for r in results),
+        "kraken_model_mismatches": sum(r[1] for r in results),
+        "kraken_model_top10_disagreements": sum(r[2] for r in results),
+        "kraken_model_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+    started = time.monotonic()
+    result: dict[str, Any] = {}
+    with start_slice(logs, exchanges=EXCHANGES, rate_per_symbol=args.rate) as running:
+        settings = running.settings
+        updates = BookUpdates(settings)
+        try:
+            for exchange, symbol in all_books(settings):
+                wait_for(f"{exchange}:{symbol} LIVE",
+                         functools.partial(is_live, settings, exchange, symbol), 180)  # fmt: skip
+            live_s = time.monotonic() - started
+            traffic_start = time.monotonic()
+            faults = run_faults(
+                settings, max(0.0, args.seconds - args.quiet), args.fault_every,
+                random.Random(args.seed),
+            )  # fmt: skip
+            time.sleep(max(0.0, args.seconds - (time.monotonic() - traffic_start)))
+            sim_post(settings, "pause")
+            paused_at = time.monotonic()
+            not_applied = sim_get(settings, "faults")["frames"]
+            sim_post(settings, "faults/clear")
+            applied = sim_get(settings, "status")["faults_injected"]
+            equal, unequal = compare_books(settings, args.settle_timeout)
+            settled_s = time.monotonic() - paused_at
+        finally:
+            updates.close()
+        replayed = replay(settings)
+        audit: ChecksumAudit = replayed["audit"]
+        causes = classify_mismatches(audit.mismatches, faults)
+        result = {
+            "seconds": args.seconds,
+            "rate_per_symbol": args.rate,
+            "books_compared": len(all_books(settings)),
+            "books_equal_truth": equal,
+            "books_not_equal": unequal,
+            "backwards_versions": len(updates.backwards),
+            "backwards_examples": updates.backwards[:10],
+            "book_writes_observed": updates.writes,
+            "monitor_error": None if updates.error is None else repr(updates.error),
+            "kraken_checksums_checked": audit.checked,
+            "kraken_snapshot_checksums_checked": audit.snapshots_checked,
+            "kraken_checksum_mismatches": len(audit.mismatches),
+            "kraken_checksum_mismatches_injected": causes["injected_checksum"],
+            "kraken_checksum_mismatches_after_gap_fault": causes["after_gap_fault"],
+            "kraken_checksum_mismatches_unexpected": causes["unexpected"],
+            "kraken_checksum_faults_applied": applied.get("checksum", 0),
+            "faults_requested": dict(Counter(f"{f.exchange}:{f.kind}" for f in faults)),
+            "faults_applied": applied,  # frames the simulator's fault rules hit, by kind
+            "faults_not_applied": len(not_applied),  # no matching frame before the pause
+            "resyncs_seen": resyncs_seen(updates),
+            "resync_requests": replayed["resync_requests"],
+            "raw_envelopes_replayed": replayed["envelopes"],
+            "replay_parse_errors": replayed["parse_errors"],
+            "replay_books_equal_redis": replay_equals_redis(settings, replayed["views"]),
+            "startup_seconds": round(live_s, 1),
+            "settle_seconds": round(settled_s, 1),
+        }
+    if args.model_updates > 0:
+        result.update(kraken_model(args.model_updates))
+    result["elapsed_seconds"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def checks(result: dict[str, Any]) -> dict[str, bool]:
+    out = {
+        "books_equal_truth": result["books_equal_truth"] == result["books_compared"] > 0,
+        "no_backwards_versions": result["backwards_versions"] == 0
+        and result["monitor_error"] is None
+        and result["book_writes_observed"] > 0,
+        "kraken_checksums_checked": result["kraken_checksums_checked"] > 0,
+        "no_unexpected_kraken_mismatches": result["kraken_checksum_mismatches_unexpected"] == 0,
+        # a corrupted checksum is found unless it reached a book that was not LIVE (ignored)
+        "injected_checksum_faults_detected": (
+            result["kraken_checksum_faults_applied"] == 0
+            or result["kraken_checksum_mismatches_injected"] > 0
+        )
+        and result["kraken_checksum_mismatches_injected"]
+        <= result["kraken_checksum_faults_applied"],
+        "replay_equals_redis": result["replay_books_equal_redis"] == result["books_compared"],
+    }
+    if "kraken_model_updates_checked" in result:
+        out["kraken_model_clean"] = (
+            result["kraken_model_updates_checked"] > 0
+            and result["kraken_model_mismatches"] == 0
+            and result["kraken_model_top10_disagreements"] == 0
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.verify", description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="traffic with faults")
+    parser.add_argument("--rate", type=float, default=10.0, help="market steps/s per symbol")
+    parser.add_argument("--fault-every", type=float, default=1.5, help="seconds between faults")
+    parser.add_argument("--quiet", type=float, default=10.0,
+                        help="fault-free seconds at the end of the traffic")  # fmt: skip
+    parser.add_argument("--settle-timeout", type=float, default=120.0,
+                        help="seconds the books may take to reach the truth after the pause")
+    parser.add_argument("--model-updates", type=int, default=1_000_000,
+                        help="simulated Kraken updates through the engine (0: skip)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+    # the slice's processes and the PyFlink client read the configuration from the environment
+    os.environ["TICKFLOW_CONFIG"] = with_simulator_overlay(os.environ.get("TICKFLOW_CONFIG", ""))
+    if not manager.stack_answers(load_settings()):
+        print("bench.verify: the local stack does not answer; start it: tickflow stack up",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    logs = Path(tempfile.mkdtemp(prefix="tickflow-verify-"))
+    result = run(args, logs)
+    result["checks"] = checks(result)
+    result["ok"] = all(result["checks"].values())
+    if result["ok"]:
+        shutil.rmtree(logs, ignore_errors=True)
+    else:
+        result["logs"] = str(logs)  # the simulator's and connectors' output, kept to read
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(result, indent=2)
+    args.out.write_text(text + "\n")
+    print(text)
+    print(f"written to {args.out}")
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
