@@ -347,7 +347,7 @@ def environment(overrides: dict[str, str]) -> Iterator[Settings]:
 
 
 def run_overrides(tag: str, raw_topic: str, backend: str) -> dict[str, str]:
-    """Unique names for one job run (as tests/integration/pipeline_slice.py does)."""
+    """Unique names for one job run (as bench/slice.py does for a slice)."""
     return {
         "TICKFLOW__KAFKA__RAW_TOPIC": raw_topic,
         "TICKFLOW__KAFKA__DEADLETTER_TOPIC": f"tickflow.bench.dead.{tag}",

@@ -7,8 +7,8 @@ cancels its job) when it ends.
 
 Also here: the checks every user of a slice makes (a book in Redis against the simulator's true
 book; a watch on the Redis book-updates channel for versions that go backwards).
-Used by ``tests/integration`` (through ``tests/integration/pipeline_slice.py``) and
-``bench/verify.py``. Needs the local stack (``tickflow stack up``).
+Used by ``tests/integration`` and ``bench/verify.py``. Needs the local stack
+(``tickflow stack up``).
 """
 
 from __future__ import annotations
@@ -115,9 +115,9 @@ class Slice:
     logs: Path
 
 
-def slice_overrides(tag: str, sim_port: int, exchanges: tuple[str, ...], rate: float) -> dict[
-    str, str
-]:
+def slice_overrides(
+    tag: str, sim_port: int, exchanges: tuple[str, ...], rate: float
+) -> dict[str, str]:
     """The environment that gives a slice its own names and points it at its simulator."""
     overrides = {
         "TICKFLOW__KAFKA__RAW_TOPIC": f"tickflow.raw.e2e{tag}",
@@ -175,8 +175,7 @@ def start_slice(
             wait_for(
                 "every connector subscribed",
                 lambda: all(
-                    sim_get(settings, "status")["exchanges"][ex]["connections"]
-                    for ex in exchanges
+                    sim_get(settings, "status")["exchanges"][ex]["connections"] for ex in exchanges
                 ),
                 60,
             )
@@ -310,6 +309,14 @@ class BookUpdates:
             if not seen or seen[-1] != status:
                 seen.append(status)
             self.writes += 1
+
+    def trail(self, exchange: str, symbol: str) -> list[str]:
+        return self.statuses.get(f"{exchange}:{symbol}", [])
+
+    def resynced_since(self, exchange: str, symbol: str, mark: int) -> bool:
+        """The book went RESYNCING after its first ``mark`` transitions and is LIVE again."""
+        trail = self.trail(exchange, symbol)
+        return "RESYNCING" in trail[mark:] and trail[-1] == "LIVE"
 
     def close(self) -> None:
         self._stop.set()

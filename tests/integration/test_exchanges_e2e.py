@@ -3,16 +3,20 @@ comes back LIVE, and then equals the simulator's true book exactly."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from decimal import Decimal
-from typing import Any
 
 import pytest
-import redis
 
-from jobs.sinks.book_reader import StoredBook, read_book
-from tests.integration.pipeline_slice import Slice, sim_get, sim_post, start_slice, wait_for
+from bench.slice import (
+    BookUpdates,
+    Slice,
+    equals_truth,
+    sim_get,
+    sim_post,
+    start_slice,
+    wait_for,
+)
+from jobs.sinks.book_reader import read_book
 from tickflow.config import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -30,41 +34,6 @@ FAULTS = {
 MUST_RESYNC = {"binance": 2, "coinbase": 2, "kraken": 1}
 
 
-class StatusLog:
-    """Status transitions per book, from the Redis book-updates channel."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.client = redis.Redis(host=settings.redis.host, port=settings.redis.port)
-        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        self.pubsub.subscribe(f"{settings.redis.key_prefix}:book-updates")
-        self.statuses: dict[str, list[str]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            message = self.pubsub.get_message(timeout=0.2)
-            if message is not None:
-                exchange, symbol, _seq, status, _v = message["data"].decode().rsplit(":", 4)
-                seen = self.statuses.setdefault(f"{exchange}:{symbol}", [])
-                if not seen or seen[-1] != status:
-                    seen.append(status)
-
-    def trail(self, exchange: str, symbol: str) -> list[str]:
-        return self.statuses.get(f"{exchange}:{symbol}", [])
-
-    def resynced_since(self, exchange: str, symbol: str, mark: int) -> bool:
-        """The book went RESYNCING after the first ``mark`` transitions and is LIVE again."""
-        trail = self.trail(exchange, symbol)
-        return "RESYNCING" in trail[mark:] and trail[-1] == "LIVE"
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.pubsub.close()
-
-
 @pytest.fixture(scope="module")
 def running_slice(
     stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory
@@ -72,22 +41,6 @@ def running_slice(
     logs = tmp_path_factory.mktemp("exchanges")
     with start_slice(logs, exchanges=EXCHANGES, rate_per_symbol=10) as running:
         yield running
-
-
-def levels(raw: list[Any], n: int) -> list[tuple[Decimal, Decimal]]:
-    return [(Decimal(str(p)), Decimal(str(q))) for p, q in raw[:n]]
-
-
-def equals_truth(settings: Settings, exchange: str, symbol: str) -> StoredBook | None:
-    book = read_book(settings.redis, exchange, symbol)
-    if book is None or book.status != "LIVE":
-        return None
-    truth = sim_get(settings, f"{exchange}/book?symbol={symbol}")
-    n = settings.book.top_n
-    ok = levels(book.bids, n) == levels(truth["bids"], n) and levels(book.asks, n) == levels(
-        truth["asks"], n
-    )
-    return book if ok else None
 
 
 def symbols_of(settings: Settings, exchange: str) -> list[str]:
@@ -102,7 +55,7 @@ def test_each_fault_resyncs_the_book_to_the_truth(running_slice: Slice, exchange
         wait_for(f"{exchange}:{symbol} LIVE", lambda s=symbol: (
             (b := read_book(settings.redis, exchange, s)) is not None and b.status == "LIVE"
         ), 180)  # fmt: skip
-    log = StatusLog(settings)
+    log = BookUpdates(settings)
     try:
         for i, fault in enumerate(FAULTS[exchange]):
             symbol = symbols[i % len(symbols)]
@@ -129,8 +82,9 @@ def test_each_fault_resyncs_the_book_to_the_truth(running_slice: Slice, exchange
     finally:
         log.close()
         sim_post(settings, "resume")
+    assert log.error is None
     # a lost or reordered update is noticed: the book left LIVE and came back
     faults = FAULTS[exchange][: MUST_RESYNC[exchange]]
     for fault, symbol in zip(faults, symbols, strict=False):
-        trail = log.statuses.get(f"{exchange}:{symbol}", [])
+        trail = log.trail(exchange, symbol)
         assert "RESYNCING" in trail and trail[-1] == "LIVE", (fault, symbol, trail)

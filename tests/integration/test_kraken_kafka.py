@@ -65,12 +65,14 @@ async def produce(settings: Settings, topic: str) -> tuple[KafkaSink, list[str]]
 
 
 def consume(settings: Settings, topic: str, count: int) -> list[tuple[bytes, RawEnvelope]]:
-    consumer = Consumer({
-        "bootstrap.servers": settings.kafka.bootstrap,
-        "group.id": f"test-kraken-{uuid.uuid4().hex[:8]}",
-        "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap,
+            "group.id": f"test-kraken-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     records: list[tuple[bytes, RawEnvelope]] = []
     deadline = time.monotonic() + 60
@@ -116,8 +118,7 @@ def test_every_sent_market_frame_is_in_kafka_once_and_in_order(stack_settings: S
     received: dict[bytes, list[bytes]] = defaultdict(list)
     for key, env in records:
         assert key == env.kafka_key and env.instrument == PAIRS[env.symbol]
-        assert env.channel == ("depth" if env.payload.startswith(b'{"channel":"book"') else
-                               "trade")
+        assert env.channel == ("depth" if env.payload.startswith(b'{"channel":"book"') else "trade")
         received[key].append(env.payload)
     assert set(received) == {f"kraken:{p}".encode() for p in PAIRS}
     for key, payloads in expected.items():

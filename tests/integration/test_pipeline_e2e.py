@@ -9,10 +9,7 @@ from typing import Any
 
 import pytest
 
-from jobs.sinks.book_reader import read_book
-from jobs.sinks.clickhouse import connect
-from stack import flink
-from tests.integration.pipeline_slice import (
+from bench.slice import (
     Slice,
     clickhouse_trades,
     consume_all,
@@ -21,6 +18,9 @@ from tests.integration.pipeline_slice import (
     start_slice,
     wait_for,
 )
+from jobs.sinks.book_reader import read_book
+from jobs.sinks.clickhouse import connect
+from stack import flink
 from tickflow.config import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -4,16 +4,13 @@ holds every trade exactly once."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
-import redis
 
-from jobs.sinks.book_reader import read_book
-from stack import flink
-from tests.integration.pipeline_slice import (
+from bench.slice import (
+    BookUpdates,
     Slice,
     clickhouse_trades,
     sim_get,
@@ -21,51 +18,13 @@ from tests.integration.pipeline_slice import (
     start_slice,
     wait_for,
 )
+from jobs.sinks.book_reader import read_book
+from stack import flink
 from tickflow.config import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
-
-
-class VersionLog:
-    """Every accepted Redis book write (pub/sub), checked for versions that go backwards."""
-
-    def __init__(self, settings: Settings) -> None:
-        # kept: a collected client closes its pool, and the subscription's socket with it
-        self.client = redis.Redis(host=settings.redis.host, port=settings.redis.port)
-        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        self.pubsub.subscribe(f"{settings.redis.key_prefix}:book-updates")
-        self.last: dict[str, int] = {}
-        self.writes = 0
-        self.backwards: list[tuple[str, int, int]] = []
-        self.error: Exception | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._watch()
-        except Exception as exc:  # surfaced by the test: a dead monitor must not pass silently
-            self.error = exc
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            message = self.pubsub.get_message(timeout=0.2)
-            if message is None:
-                continue
-            exchange, symbol, _seq, _status, version = message["data"].decode().rsplit(":", 4)
-            book, v = f"{exchange}:{symbol}", int(version)
-            if v < self.last.get(book, -1):
-                self.backwards.append((book, self.last[book], v))
-            self.last[book] = max(v, self.last.get(book, -1))
-            self.writes += 1
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.pubsub.close()
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +42,7 @@ def completed_checkpoints(settings: Settings, job_id: str) -> int:
 
 def test_taskmanager_crash_restores_books_and_loses_nothing(running_slice: Slice) -> None:
     settings, job_id = running_slice.settings, running_slice.job_id
-    versions = VersionLog(settings)
+    versions = BookUpdates(settings)
     try:
         for symbol in SYMBOLS:
             wait_for(
