@@ -12,9 +12,24 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from schemas.codec import RawEnvelope, decode_envelope, encode_envelope
 from simulator.server import SimulatorServer
 from tickflow.config import Settings
 
+
+class ListSink:
+    """Stands in for the Kafka producer in connector tests: envelopes are round-tripped through
+    Avro (so what is kept is what the job would decode) and dead letters are kept as records."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[RawEnvelope] = []
+        self.dead_letters: list[dict[str, Any]] = []
+
+    def send(self, envelope: RawEnvelope) -> None:
+        self.envelopes.append(decode_envelope(encode_envelope(envelope)))
+
+    def dead_letter(self, record: str) -> None:
+        self.dead_letters.append(json.loads(record))
 
 @asynccontextmanager
 async def running_simulator(

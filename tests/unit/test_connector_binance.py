@@ -16,7 +16,8 @@ import pytest
 
 from connectors.base import Backoff, Connection, RestClient, Route
 from connectors.binance import BinanceConnector, WeightBudget, depth_weight
-from schemas.codec import RawEnvelope, decode_envelope, encode_envelope
+from schemas.codec import RawEnvelope
+from simulator import testing
 from simulator.server import SimulatorServer
 from simulator.testing import http_json, pointed_at, running_simulator, wait_until
 from tickflow.config import Settings, load_settings
@@ -27,18 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "binance"
 
 
-class ListSink:
-    """Stands in for the Kafka producer: envelopes are round-tripped through Avro and kept."""
-
-    def __init__(self) -> None:
-        self.envelopes: list[RawEnvelope] = []
-        self.dead_letters: list[dict[str, Any]] = []
-
-    def send(self, envelope: RawEnvelope) -> None:
-        self.envelopes.append(decode_envelope(encode_envelope(envelope)))
-
-    def dead_letter(self, record: str) -> None:
-        self.dead_letters.append(json.loads(record))
+class ListSink(testing.ListSink):
+    """The shared test sink, with a filter for this exchange's envelopes."""
 
     def of(self, symbol: str, channel: str | None = None) -> list[RawEnvelope]:
         return [

@@ -19,7 +19,8 @@ from jobs.book.coinbase import CoinbaseBook
 from jobs.book.levels import BookStatus
 from jobs.parse import parse_envelope as parse
 from jobs.parse.events import BookDelta, BookSnapshot, SyncLost
-from schemas.codec import RawEnvelope, decode_envelope, encode_envelope
+from schemas.codec import RawEnvelope
+from simulator import testing
 from simulator.server import SimulatorServer
 from simulator.testing import http_json, running_simulator, wait_until
 from tickflow.config import Settings, load_settings
@@ -31,18 +32,8 @@ FIXTURES = ROOT / "tests" / "fixtures" / "coinbase"
 PRODUCTS = ("BTC-USD", "ETH-USD")
 
 
-class ListSink:
-    """Stands in for the Kafka producer: envelopes are round-tripped through Avro and kept."""
-
-    def __init__(self) -> None:
-        self.envelopes: list[RawEnvelope] = []
-        self.dead_letters: list[dict[str, Any]] = []
-
-    def send(self, envelope: RawEnvelope) -> None:
-        self.envelopes.append(decode_envelope(encode_envelope(envelope)))
-
-    def dead_letter(self, record: str) -> None:
-        self.dead_letters.append(json.loads(record))
+class ListSink(testing.ListSink):
+    """The shared test sink, with a filter for this exchange's envelopes."""
 
     def of(self, symbol: str, channel: str | None = None) -> list[RawEnvelope]:
         return [

@@ -20,7 +20,8 @@ from jobs.book.levels import BookStatus
 from jobs.instrument import BookId, InstrumentBooks
 from jobs.parse.events import Trade
 from jobs.parse.kraken import parse_frame
-from schemas.codec import RawEnvelope, decode_envelope, encode_envelope
+from schemas.codec import RawEnvelope
+from simulator import testing
 from simulator.server import SimulatorServer
 from simulator.testing import http_json, pointed_at, running_simulator, wait_until
 from tickflow.config import Settings, load_settings
@@ -32,18 +33,8 @@ FIXTURES = ROOT / "tests" / "fixtures" / "kraken"
 PAIRS = {"BTC/USD": "BTC-USD", "ETH/USD": "ETH-USD", "BTC/USDT": "BTC-USDT"}
 
 
-class ListSink:
-    """Stands in for the Kafka producer: envelopes are round-tripped through Avro and kept."""
-
-    def __init__(self) -> None:
-        self.envelopes: list[RawEnvelope] = []
-        self.dead_letters: list[dict[str, Any]] = []
-
-    def send(self, envelope: RawEnvelope) -> None:
-        self.envelopes.append(decode_envelope(encode_envelope(envelope)))
-
-    def dead_letter(self, record: str) -> None:
-        self.dead_letters.append(json.loads(record))
+class ListSink(testing.ListSink):
+    """The shared test sink, with a filter for this exchange's envelopes."""
 
     def of(self, symbol: str, kind: str | None = None) -> list[RawEnvelope]:
         """A pair's envelopes; ``kind``: "snapshot" or "update" book frames only."""
