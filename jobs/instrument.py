@@ -1,8 +1,13 @@
 """Everything the pipeline knows about one canonical instrument, across exchanges. Pure, no I/O.
 
 The Flink operator is keyed by instrument, so one call per raw frame parses it, updates the
-right book and decides what to publish (one JVM<->Python crossing per frame). Later stages
-(NBBO, trade matching) hang off the same object for the same reason.
+right book, the cross-exchange NBBO, the bars, and matches trades (one JVM<->Python crossing
+per frame for all of them).
+
+Event time: ``watermark_ms`` (from Flink: receive time minus the bounded out-of-orderness)
+says which trades are late and which windows may close. A trade is matched once the
+watermark passes its time: every book update up to it has then arrived, even for a trade
+that came after later book updates.
 """
 
 from __future__ import annotations
@@ -12,14 +17,48 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from jobs.bars import Bar, BookSample, InstrumentBars
 from jobs.book import ENGINES
 from jobs.book.engine import NEEDS_RESYNC, Outcome, SyncedBook
 from jobs.book.levels import BookSide, BookStatus, LevelChange
+from jobs.matching import BookHistory, BookState, MatchedTrade, match_trade
+from jobs.nbbo import Nbbo, VenueTop, compute_nbbo
 from jobs.parse import parse_envelope
 from jobs.parse.events import BookDelta, BookSnapshot, ParseError, SyncLost, Trade
 from schemas.codec import RawEnvelope
 
 BookId = tuple[str, str]  # (exchange, exchange symbol)
+NO_WATERMARK = -(2**63)  # Flink's watermark before the first one
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyticsRules:
+    """Settings of the NBBO, matching and bars (``analytics`` in the configuration)."""
+
+    quote: str = ""  # the NBBO's quote; "" = the instrument's own
+    nbbo_stale_after_ms: int = 10_000
+    bar_intervals_ms: tuple[int, ...] = (1000, 60_000)
+    depth_band_bps: Decimal = Decimal(10)
+
+
+@dataclass(frozen=True, slots=True)
+class NbboUpdate:
+    nbbo: Nbbo
+    version: int  # monotonic per instrument
+    event_time_ms: int  # of the book state that changed it
+    receive_time_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class LateEvent:
+    exchange: str
+    symbol: str
+    instrument: str
+    kind: str  # trade | book
+    event_id: str
+    event_time_ms: int
+    watermark_ms: int
+    receive_time_ns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +76,14 @@ class BookView:
     asks: tuple[tuple[Decimal, Decimal], ...]
     event_time_ms: int
     receive_time_ns: int
+    # size within the analytics band of the mid (None unless LIVE with both sides)
+    bid_depth: Decimal | None = None
+    ask_depth: Decimal | None = None
+
+    @property
+    def time_ms(self) -> int:
+        """The state's time: the exchange's event time, or our receive time before any."""
+        return self.event_time_ms or self.receive_time_ns // 1_000_000
 
 
 @dataclass
@@ -49,6 +96,16 @@ class Outputs:
     level_changes: list[tuple[BookId, list[LevelChange]]] = field(default_factory=list)
     # books that need a fresh snapshot from their connector, and why
     resyncs: list[tuple[BookId, str]] = field(default_factory=list)
+    nbbo: list[NbboUpdate] = field(default_factory=list)
+    matched: list[MatchedTrade] = field(default_factory=list)
+    bars: list[Bar] = field(default_factory=list)
+    late: list[LateEvent] = field(default_factory=list)
+    # state changes to persist: book states added to / pruned from the history, trades
+    # that started / stopped waiting for the watermark
+    history_added: list[tuple[BookId, BookState]] = field(default_factory=list)
+    history_pruned: list[tuple[BookId, list[BookState]]] = field(default_factory=list)
+    pending_added: list[Trade] = field(default_factory=list)
+    pending_done: list[Trade] = field(default_factory=list)
 
 
 @dataclass
@@ -92,13 +149,25 @@ class InstrumentBooks:
         snapshot_interval_ms: int,
         max_levels: int,
         max_buffered: int,
+        rules: AnalyticsRules | None = None,
     ) -> None:
         self.instrument = instrument
         self.top_n = top_n
         self.snapshot_interval_ms = snapshot_interval_ms
         self.max_levels = max_levels
         self.max_buffered = max_buffered
+        self.rules = rules or AnalyticsRules()
+        self.quote = self.rules.quote or instrument.rpartition("-")[2]
         self.books: dict[BookId, TrackedBook] = {}
+        self.book_instruments: dict[BookId, str] = {}  # a book's own instrument (its rows)
+        self.history: dict[BookId, BookHistory] = {}
+        self.pending: list[Trade] = []  # trades waiting for the watermark, by time
+        self.bars = InstrumentBars(instrument, self.rules.bar_intervals_ms)
+        self.nbbo: Nbbo | None = None
+        self.nbbo_version = 0
+        # the highest watermark seen: after a restore, Flink's starts again from nothing,
+        # but what was late before stays late
+        self.watermark_ms = NO_WATERMARK
 
     def _engine(self, exchange: str) -> SyncedBook:
         engine = ENGINES.get(exchange)
@@ -121,19 +190,153 @@ class InstrumentBooks:
             tracked.engine.book.restore_level(side, price, size)
         self.books[book_id] = tracked
 
-    def process(self, env: RawEnvelope) -> Outputs:
+    def process(self, env: RawEnvelope, watermark_ms: int = NO_WATERMARK) -> Outputs:
         """Apply one raw frame. Raises ParseError for frames that cannot be understood."""
+        watermark_ms = max(watermark_ms, self.watermark_ms)
         out = Outputs()
         book_id = (env.exchange, env.symbol)
+        self.book_instruments.setdefault(book_id, env.instrument)
         for event in parse_envelope(env):
             if isinstance(event, Trade):
                 out.trades.append(event)
+                self._on_trade(event, env.instrument, watermark_ms, out)
             else:
-                self._on_book_event(book_id, event, out)
+                self._on_book_event(book_id, event, out, watermark_ms)
+        if out.book_views:
+            self._update_nbbo(env.receive_time_ns, out)
+        self.advance(watermark_ms, out)
         return out
 
+    # --- trades, matching, bars -----------------------------------------------------------
+
+    def _on_trade(self, trade: Trade, instrument: str, watermark_ms: int, out: Outputs) -> None:
+        if trade.trade_time_ms <= watermark_ms:
+            # its windows are closed and its books may be pruned: stored, counted, not matched
+            out.late.append(
+                LateEvent(
+                    trade.exchange, trade.symbol, instrument, "trade", trade.trade_id,
+                    trade.trade_time_ms, watermark_ms, trade.receive_time_ns,
+                )
+            )
+            return
+        self.bars.on_trade(trade)
+        self._add_pending(trade)
+        out.pending_added.append(trade)
+
+    def _add_pending(self, trade: Trade) -> None:
+        pending = self.pending
+        i = len(pending)
+        while i and pending[i - 1].trade_time_ms > trade.trade_time_ms:
+            i -= 1
+        pending.insert(i, trade)
+
+    def advance(self, watermark_ms: int, out: Outputs) -> None:
+        """Everything the watermark makes final: trades up to it matched, windows closed,
+        book history no later trade can need dropped."""
+        watermark_ms = max(watermark_ms, self.watermark_ms)
+        if watermark_ms == NO_WATERMARK:
+            return
+        self.watermark_ms = watermark_ms
+        done = 0
+        for trade in self.pending:
+            if trade.trade_time_ms > watermark_ms:
+                break
+            out.matched.append(self.match(trade))
+            out.pending_done.append(trade)
+            done += 1
+        del self.pending[:done]
+        out.bars.extend(self.bars.close_until(watermark_ms))
+        for book_id, history in self.history.items():
+            # every trade still pending is later than the watermark
+            dropped = history.prune(watermark_ms)
+            if dropped:
+                out.history_pruned.append((book_id, dropped))
+
+    def next_event_time_ms(self) -> int | None:
+        """The event time at which ``advance`` has work (a timer there keeps an idle
+        instrument's trades and bars moving)."""
+        times = [self.pending[0].trade_time_ms] if self.pending else []
+        close = self.bars.next_close_ms()
+        if close is not None:
+            times.append(close)
+        return min(times) if times else None
+
+    def match(self, trade: Trade) -> MatchedTrade:
+        """The trade against its book and the NBBO as of its time (history must cover it)."""
+        time_ms = trade.trade_time_ms
+        tops = []
+        own: BookState | None = None
+        for book_id, history in self.history.items():
+            seq = trade.sequence if book_id[0] == trade.exchange and trade.sequence >= 0 else None
+            state = history.as_of(time_ms, seq)
+            if book_id == (trade.exchange, trade.symbol):
+                own = state
+            if state is not None:
+                tops.append(
+                    VenueTop(
+                        book_id[0], book_id[1], state.status, state.version,
+                        time_ms - state.time_ms,
+                        state.bids[0] if state.bids else None,
+                        state.asks[0] if state.asks else None,
+                    )
+                )
+        nbbo = compute_nbbo(self.instrument, self.quote, tops, self.rules.nbbo_stale_after_ms)
+        instrument = self.book_instruments.get((trade.exchange, trade.symbol), self.instrument)
+        return match_trade(trade, instrument, own, nbbo)
+
+    def _update_nbbo(self, receive_time_ns: int, out: Outputs, now_ms: int = 0) -> None:
+        """The live NBBO (ages by receive time); emitted when what it shows changed."""
+        now_ms = now_ms or receive_time_ns // 1_000_000
+        tops = []
+        for (exchange, symbol), tracked in self.books.items():
+            status = tracked.engine.status
+            if status is BookStatus.LIVE and tracked.stale:
+                status = BookStatus.STALE
+            book = tracked.engine.book
+            tops.append(
+                VenueTop(
+                    exchange, symbol, status, tracked.engine.version(),
+                    now_ms - tracked.last_receive_time_ns // 1_000_000,
+                    book.best_bid(), book.best_ask(),
+                )
+            )
+        nbbo = compute_nbbo(self.instrument, self.quote, tops, self.rules.nbbo_stale_after_ms)
+        if self.nbbo is not None and nbbo.quote_key() == self.nbbo.quote_key():
+            return
+        self.nbbo = nbbo
+        # monotonic, and the same on a replay of the same input
+        self.nbbo_version = max(self.nbbo_version + 1, receive_time_ns // 1000)
+        time_ms = max((v.time_ms for v in out.book_views), default=now_ms)
+        out.nbbo.append(NbboUpdate(nbbo, self.nbbo_version, time_ms, receive_time_ns))
+
+    def analytics_state(self) -> bytes:
+        """The small, whole-instrument part of the analytics state (bars, last NBBO, the
+        watermark reached, each book's own instrument)."""
+        return pickle.dumps(
+            (self.bars, self.nbbo, self.nbbo_version, self.watermark_ms, self.book_instruments),
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+
+    def restore_analytics(
+        self, data: bytes | None, history: dict[BookId, list[BookState]], pending: list[Trade]
+    ) -> None:
+        if data is not None:
+            bars, nbbo, version, watermark, instruments = pickle.loads(data)
+            self.bars, self.nbbo, self.nbbo_version = bars, nbbo, version
+            self.watermark_ms = max(self.watermark_ms, watermark)
+            self.book_instruments.update(instruments)
+        for book_id, states in history.items():
+            # versions grow in arrival order (state times may step back after a snapshot)
+            self.history[book_id] = BookHistory(sorted(states, key=lambda st: st.version))
+        for trade in sorted(pending, key=lambda t: t.trade_time_ms):
+            self._add_pending(trade)
+
     def _on_book_event(
-        self, book_id: BookId, event: BookDelta | BookSnapshot | SyncLost, out: Outputs
+        self,
+        book_id: BookId,
+        event: BookDelta | BookSnapshot | SyncLost,
+        out: Outputs,
+        watermark_ms: int = NO_WATERMARK,
     ) -> None:
         tracked = self.book(book_id)
         engine = tracked.engine
@@ -144,6 +347,7 @@ class InstrumentBooks:
             outcome = engine.on_sync_lost(event)
         else:
             outcome = engine.on_delta(event)
+        if not isinstance(event, SyncLost):
             tracked.last_event_time_ms = max(tracked.last_event_time_ms, event.event_time_ms)
         tracked.last_receive_time_ns = event.receive_time_ns
         out.level_changes.append((book_id, engine.book.take_changes()))
@@ -156,7 +360,8 @@ class InstrumentBooks:
         tracked.stale = False
         view = self.view(book_id)
         out.book_views.append(view)
-        top = (view.status, view.bids[:1], view.asks[:1])
+        self._record_state(book_id, view, out, watermark_ms)
+        top = (view.status, view.bids[:1], view.asks[:1], view.bid_depth, view.ask_depth)
         if top != tracked.top:
             tracked.top = top
             out.top_changes.append(view)
@@ -165,6 +370,35 @@ class InstrumentBooks:
             if bucket != tracked.snapshot_bucket:
                 tracked.snapshot_bucket = bucket
                 out.snapshots.append(view)
+
+    def _record_state(
+        self, book_id: BookId, view: BookView, out: Outputs, watermark_ms: int
+    ) -> None:
+        """A new state of a book: into its history (for matching) and the bars."""
+        time_ms = view.time_ms
+        if time_ms <= watermark_ms and watermark_ms != NO_WATERMARK:
+            # applied to the book all the same (the book must stay right); the bars take
+            # it from the last closed window on
+            out.late.append(
+                LateEvent(
+                    book_id[0], book_id[1], self.book_instruments.get(book_id, self.instrument),
+                    "book", str(view.version), time_ms, watermark_ms, view.receive_time_ns,
+                )
+            )
+        state = BookState(time_ms, view.seq, view.version, view.status, view.bids, view.asks)
+        self.history.setdefault(book_id, BookHistory()).append(state)
+        out.history_added.append((book_id, state))
+        sample = None
+        if view.bid_depth is not None and view.ask_depth is not None:
+            (bid, bid_size), (ask, ask_size) = view.bids[0], view.asks[0]
+            sample = BookSample((bid, bid_size, ask, ask_size), view.bid_depth, view.ask_depth)
+        self.bars.on_book(book_id, time_ms, sample)
+
+    def refresh_nbbo(self, now_ms: int) -> list[NbboUpdate]:
+        """Re-evaluate the live NBBO without a new message (books may have aged out)."""
+        out = Outputs()
+        self._update_nbbo(now_ms * 1_000_000, out, now_ms)
+        return out.nbbo
 
     def mark_stale(self, now_ms: int, stale_after_ms: int) -> list[BookView]:
         """LIVE books with no message for ``stale_after_ms``: now STALE (views to publish)."""
@@ -201,6 +435,9 @@ class InstrumentBooks:
         engine = tracked.engine
         live = engine.status is BookStatus.LIVE
         bids, asks = engine.book.top(self.top_n) if live else ([], [])
+        bid_depth = ask_depth = None
+        if bids and asks:
+            bid_depth, ask_depth = engine.book.depth_within_bps(self.rules.depth_band_bps)
         status, reason = engine.status, engine.reason
         if live and tracked.stale:
             silent_s = (now_ms - tracked.last_receive_time_ns // 1_000_000) / 1000 if now_ms else 0
@@ -208,7 +445,7 @@ class InstrumentBooks:
         return BookView(
             exchange=book_id[0],
             symbol=book_id[1],
-            instrument=self.instrument,
+            instrument=self.book_instruments.get(book_id, self.instrument),
             status=status,
             reason=reason,
             seq=engine.last_id,
@@ -217,4 +454,6 @@ class InstrumentBooks:
             asks=tuple(asks),
             event_time_ms=tracked.last_event_time_ms,
             receive_time_ns=tracked.last_receive_time_ns,
+            bid_depth=bid_depth,
+            ask_depth=ask_depth,
         )

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 from pyflink.common import Types
-from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
+from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext, TimeDomain
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from jobs.book.levels import BookSide, LevelChange
-from jobs.instrument import BookId, InstrumentBooks
-from jobs.parse.events import ParseError
+from jobs.instrument import AnalyticsRules, BookId, InstrumentBooks, Outputs
+from jobs.matching import BookState
+from jobs.nbbo import group_quote
+from jobs.parse.events import ParseError, Trade
 from jobs.sinks.clickhouse import (
     ClickHouseWriter,
     ensure_schema,
@@ -20,11 +23,12 @@ from jobs.sinks.clickhouse import (
     top_of_book_row,
     trade_row,
 )
-from jobs.sinks.redis_books import RedisBookWriter
+from jobs.sinks.redis_books import RedisBookWriter, RedisNbboWriter
+from jobs.sinks.rows import bar_to_row, late_to_row, matched_to_row, nbbo_to_row
 from schemas.codec import EnvelopeError, decode_envelope
 from schemas.control import resync_record
 from schemas.deadletter import dead_letter_record
-from tickflow.config import BookConfig, ClickHouseConfig, RedisConfig
+from tickflow.config import AnalyticsConfig, BookConfig, ClickHouseConfig, RedisConfig
 
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 RESYNC_REQUESTS = OutputTag("resync-requests", Types.STRING())
@@ -34,6 +38,18 @@ def _level_key(book_id: BookId, side: BookSide, price: Decimal) -> str:
     return f"{book_id[0]}|{book_id[1]}|{side}|{price}"
 
 
+def _history_key(book_id: BookId, state: BookState) -> str:
+    return f"{book_id[0]}|{book_id[1]}|{state.version:024d}|{state.time_ms}"
+
+
+def _pending_key(trade: Trade) -> str:
+    return f"{trade.exchange}|{trade.symbol}|{trade.trade_id}"
+
+
+def _dumps(value: object) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 class InstrumentProcessor(KeyedProcessFunction):
     """Keyed by canonical instrument: raw envelope in, books updated, publications out.
 
@@ -41,12 +57,18 @@ class InstrumentProcessor(KeyedProcessFunction):
     1000-level book per frame would cost milliseconds), plus a small per-book meta record.
     The Python objects in ``_cache`` are only a read cache of that state: they are rebuilt
     from it after a restore, so checkpoints stay the single source of truth.
+    The analytics (NBBO, matching, bars) keep the recent book states and the trades waiting
+    for the watermark in map states (written through), and the bars and last NBBO in one
+    value state per instrument.
     Main output: ``(table, row)`` pairs for ClickHouse; dead letters on a side output.
     """
 
-    def __init__(self, book: BookConfig, redis_config: RedisConfig) -> None:
+    def __init__(
+        self, book: BookConfig, redis_config: RedisConfig, analytics: AnalyticsConfig
+    ) -> None:
         self.book_config = book
         self.redis_config = redis_config
+        self.analytics_config = analytics
         self._cache: dict[str, InstrumentBooks] = {}
 
     def open(self, runtime_context: RuntimeContext) -> None:
@@ -56,9 +78,20 @@ class InstrumentProcessor(KeyedProcessFunction):
         self.meta = runtime_context.get_map_state(
             MapStateDescriptor("book-meta", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
         )
+        self.history = runtime_context.get_map_state(
+            MapStateDescriptor("book-history", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+        )
+        self.pending = runtime_context.get_map_state(
+            MapStateDescriptor("pending-trades", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+        )
+        self.analytics = runtime_context.get_state(
+            ValueStateDescriptor("analytics", Types.PICKLED_BYTE_ARRAY())
+        )
         self.redis = RedisBookWriter(self.redis_config)
+        self.redis_nbbo = RedisNbboWriter(self.redis.client, self.redis_config.key_prefix)
         self._cache = {}
         self._next_tick: dict[str, int] = {}
+        self._next_event_timer: dict[str, int] = {}
 
     def close(self) -> None:
         self.redis.close()
@@ -67,12 +100,19 @@ class InstrumentProcessor(KeyedProcessFunction):
         books = self._cache.get(instrument)
         if books is None:
             cfg = self.book_config
+            acfg = self.analytics_config
             books = InstrumentBooks(
                 instrument,
                 cfg.top_n,
                 cfg.snapshot_interval_ms,
                 cfg.max_levels,
                 cfg.max_buffered_updates,
+                AnalyticsRules(
+                    quote=group_quote(instrument, acfg.quote_equivalents),
+                    nbbo_stale_after_ms=acfg.nbbo_stale_after_ms,
+                    bar_intervals_ms=acfg.bar_intervals_ms,
+                    depth_band_bps=Decimal(acfg.depth_band_bps),
+                ),
             )
             levels: dict[BookId, list[tuple[BookSide, Decimal, Decimal]]] = {}
             for key, size in self.levels.items():
@@ -84,8 +124,46 @@ class InstrumentProcessor(KeyedProcessFunction):
             for key, meta in self.meta.items():
                 exchange, symbol = key.split("|")
                 books.restore((exchange, symbol), meta, levels.get((exchange, symbol), []))
+            history: dict[BookId, list[BookState]] = {}
+            for key, state in self.history.items():
+                exchange, symbol = key.split("|")[:2]
+                history.setdefault((exchange, symbol), []).append(state)
+            books.restore_analytics(self.analytics.value(), history, list(self.pending.values()))
             self._cache[instrument] = books
         return books
+
+    def _schedule_event_timer(
+        self, ctx: KeyedProcessFunction.Context, books: InstrumentBooks
+    ) -> None:
+        """One event-time timer per instrument at the next time the watermark has work."""
+        due = books.next_event_time_ms()
+        registered = self._next_event_timer.get(books.instrument)
+        if due is not None and (registered is None or due < registered):
+            ctx.timer_service().register_event_time_timer(due)
+            self._next_event_timer[books.instrument] = due
+
+    def _emit_analytics(self, books: InstrumentBooks, out: Outputs) -> Iterator[Any]:
+        """Persist what the analytics changed, publish the NBBO, and yield their rows."""
+        for book_id, state in out.history_added:
+            self.history.put(_history_key(book_id, state), state)
+        for book_id, states in out.history_pruned:
+            for state in states:
+                self.history.remove(_history_key(book_id, state))
+        for trade in out.pending_added:
+            self.pending.put(_pending_key(trade), trade)
+        for trade in out.pending_done:
+            self.pending.remove(_pending_key(trade))
+        if out.book_views or out.trades or out.bars or out.matched or out.nbbo:
+            self.analytics.update(books.analytics_state())
+        for update in out.nbbo:
+            self.redis_nbbo.write(update)
+            yield "nbbo", nbbo_to_row(update)
+        for matched in out.matched:
+            yield "matched_trades", matched_to_row(matched)
+        for bar in out.bars:
+            yield "bars", bar_to_row(bar)
+        for late in out.late:
+            yield "late_events", late_to_row(late)
 
     def _schedule_tick(self, ctx: KeyedProcessFunction.Context, instrument: str, now: int) -> None:
         """One housekeeping timer per instrument and tick (timers are checkpointed with state)."""
@@ -96,9 +174,23 @@ class InstrumentProcessor(KeyedProcessFunction):
             self._next_tick[instrument] = due
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
-        """Housekeeping by wall clock: STALE books, and resync requests that went unanswered."""
         instrument = ctx.get_current_key()
         books = self._books(instrument)
+        if ctx.time_domain() == TimeDomain.EVENT_TIME:
+            # the watermark passed a pending trade or a window end
+            self._next_event_timer.pop(instrument, None)
+            out = Outputs()
+            books.advance(ctx.timer_service().current_watermark(), out)
+            yield from self._emit_analytics(books, out)
+            self._schedule_event_timer(ctx, books)
+            return
+        yield from self._housekeeping(timestamp, ctx, books)
+
+    def _housekeeping(
+        self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext, books: InstrumentBooks
+    ) -> Iterator[Any]:
+        """By wall clock: STALE books, and resync requests that went unanswered."""
+        instrument = books.instrument
         cfg = self.book_config
         if cfg.stale_after_ms:
             for view in books.mark_stale(timestamp, cfg.stale_after_ms):
@@ -107,7 +199,9 @@ class InstrumentProcessor(KeyedProcessFunction):
                     f"{view.exchange}|{view.symbol}",
                     books.books[(view.exchange, view.symbol)].meta(),
                 )
-                yield "top_of_book", top_of_book_row(view)
+                yield "top_of_book", top_of_book_row(view, view.bid_depth, view.ask_depth)
+        out = Outputs(nbbo=books.refresh_nbbo(timestamp))  # books may have aged out of it
+        yield from self._emit_analytics(books, out)
         for (exchange, symbol), reason in books.due_resyncs(timestamp, cfg.resync_retry_ms):
             yield RESYNC_REQUESTS, resync_record(exchange, symbol, reason, timestamp)
         self._next_tick.pop(instrument, None)
@@ -129,7 +223,7 @@ class InstrumentProcessor(KeyedProcessFunction):
             return
         books = self._books(ctx.get_current_key())
         try:
-            out = books.process(env)
+            out = books.process(env, ctx.timer_service().current_watermark())
         except ParseError as exc:
             yield DEAD_LETTERS, dead_letter_record("job", str(exc), env.payload, env)
             return
@@ -143,11 +237,13 @@ class InstrumentProcessor(KeyedProcessFunction):
         for view in out.book_views:
             self.redis.write(view)
         for trade in out.trades:
-            yield "trades", trade_row(trade, books.instrument)
+            yield "trades", trade_row(trade, env.instrument)
         for view in out.snapshots:
             yield "book_snapshots", snapshot_row(view)
         for view in out.top_changes:
-            yield "top_of_book", top_of_book_row(view)
+            yield "top_of_book", top_of_book_row(view, view.bid_depth, view.ask_depth)
+        yield from self._emit_analytics(books, out)
+        self._schedule_event_timer(ctx, books)
 
 
 class ClickHouseBatcher(KeyedProcessFunction):

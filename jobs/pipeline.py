@@ -1,9 +1,16 @@
-"""The tickflow pipeline job: raw exchange frames from Kafka -> live books in Redis, trades and
-book snapshots in ClickHouse, bad input to the dead-letter topic.
+"""The tickflow pipeline job: raw exchange frames from Kafka -> live books and the cross-exchange
+NBBO in Redis; trades, book snapshots, touches, NBBO history, matched trades, bars and late
+events in ClickHouse; bad input to the dead-letter topic; resync requests to the connectors.
 
-    raw topic ──► key by instrument ──► InstrumentProcessor ──► Redis (live books)
-                                            │        └──► dead letters ──► Kafka
+    raw topic ──► key by instrument ──► InstrumentProcessor ──► Redis (live books, NBBO)
+                                            │        ├──► dead letters ──► Kafka
+                                            │        └──► resync requests ──► Kafka (control)
                                             └──► key by table ──► ClickHouseBatcher ──► ClickHouse
+
+Event time: the Kafka record timestamp (the connector's receive time) with a bounded
+out-of-orderness watermark (``flink.watermark_out_of_orderness_ms``, 5 s); idle partitions
+stop holding it back after ``flink.watermark_idle_timeout_ms``. Trades are matched and
+windows closed as it passes.
 
 Submit to a cluster with ``flink run -py jobs/pipeline.py`` (``tickflow job submit`` does it);
 run it in-process (Flink MiniCluster) with ``python -m jobs.pipeline``.
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
@@ -27,6 +35,7 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSource,
 )
 
+from jobs.nbbo import nbbo_group
 from jobs.operators import DEAD_LETTERS, RESYNC_REQUESTS, ClickHouseBatcher, InstrumentProcessor
 from schemas.codec import envelope_instrument
 from tickflow.config import Settings, load_settings
@@ -36,6 +45,17 @@ JOB_NAME = "tickflow-pipeline"
 
 def table_of(record: tuple[str, Any]) -> str:
     return record[0]
+
+
+class NbboGroupKey:
+    """Key of a raw frame when quotes are declared equivalent (e.g. BTC-USDT joins BTC-USD's
+    operator and NBBO); without equivalences the instrument itself is the key."""
+
+    def __init__(self, equivalents: Mapping[str, str]) -> None:
+        self.equivalents = dict(equivalents)
+
+    def __call__(self, data: bytes) -> str:
+        return nbbo_group(envelope_instrument(data), self.equivalents)
 
 
 def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
@@ -58,13 +78,15 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     # hold the watermark back
     watermarks = WatermarkStrategy.for_bounded_out_of_orderness(
         Duration.of_millis(settings.flink.watermark_out_of_orderness_ms)
-    ).with_idleness(Duration.of_seconds(10))
+    ).with_idleness(Duration.of_millis(settings.flink.watermark_idle_timeout_ms))
     raw = env.from_source(source, watermarks, "raw-frames").uid("raw-frames-source")
 
+    equivalents = settings.analytics.quote_equivalents
+    key = NbboGroupKey(equivalents) if equivalents else envelope_instrument
     processed = (
-        raw.key_by(envelope_instrument, key_type=Types.STRING())
+        raw.key_by(key, key_type=Types.STRING())
         .process(
-            InstrumentProcessor(settings.book, settings.redis),
+            InstrumentProcessor(settings.book, settings.redis, settings.analytics),
             output_type=Types.PICKLED_BYTE_ARRAY(),
         )
         .name("books-per-instrument")

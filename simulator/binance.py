@@ -2,8 +2,8 @@
 
 ``BinanceMarket`` evolves one symbol's true book from a seed: the sequence of events (ids,
 prices, quantities) depends only on the seed and the configuration, never on timing. Event
-times are whatever the caller passes as ``now_ms``, so a test with a fake clock gets
-byte-identical frames on every run.
+times come from the caller's ``now_ms`` (made strictly increasing per symbol, see ``step``), so
+a test with a fake clock gets byte-identical frames on every run.
 
 Docs: https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams
 """
@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from simulator.book import InstrumentSpec, Side, TrueBook, instrument_spec
+from simulator.book import InstrumentSpec, Side, TradeTruth, TrueBook, instrument_spec
 
 DOCS_STREAMS = "https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams"
 DOCS_DEPTH = (
@@ -111,7 +111,8 @@ class BinanceMarket:
     Each ``step`` emits one depth event with 1..``max_changes`` level changes (add, modify,
     remove), preceded with probability ``trade_probability`` by a trade whose level change is
     the first change of that depth event. Update ids increase by one per level change, as on
-    Binance; trade and update ids start at seed-derived large numbers.
+    Binance; trade and update ids start at seed-derived large numbers. ``truth`` records, per
+    trade, the book state it executed against.
     """
 
     def __init__(
@@ -138,7 +139,9 @@ class BinanceMarket:
         self.last_update_id = self._rng.randrange(10**10, 9 * 10**10) + id_offset
         self.next_trade_id = self._rng.randrange(10**9, 5 * 10**9) + id_offset
         self.trades: list[Trade] = []
+        self.truth: list[TradeTruth] = []
         self.steps = 0
+        self.last_time_ms = 0  # event time of the last depth event (0: none yet)
         start = self.spec.start_price_units // self.spec.tick_units
         self._fair = start + self._rng.randint(-start // 100, start // 100)
         self._min_levels = max(2, depth_levels // 2)
@@ -147,25 +150,36 @@ class BinanceMarket:
     # --- public API -----------------------------------------------------------------------
 
     def step(self, now_ms: int) -> list[MarketEvent]:
-        """Advance the market by one step: [Trade?, DepthDiff]."""
+        """Advance the market by one step: [Trade?, DepthDiff].
+
+        Event times strictly increase per symbol, so "the book as of a trade's time" is
+        unambiguous: the depth event gets max(now_ms, last + 1), or with a trade (whose effect
+        it contains) max(now_ms, last + 2) and the trade one millisecond less. No time exceeds
+        ``now_ms`` while steps come at most one per 2 ms (the server's pacer keeps to that below
+        500 steps/s per symbol): no frame is stamped later than it is sent.
+        """
         rng = self._rng
         self.steps += 1
+        trade_ms = max(now_ms - 1, self.last_time_ms + 1)
+        depth_ms = max(now_ms, self.last_time_ms + 1)
         if rng.random() < 0.3:
             self._fair = max(self.depth_levels * 4, self._fair + rng.choice((-2, -1, 1, 2)))
         budget = rng.randint(1, self.max_changes)
         changes: dict[tuple[Side, int], int] = {}  # insertion-ordered; last write per level
         events: list[MarketEvent] = []
         if rng.random() < self.trade_probability:
-            trade = self._take(now_ms, changes)
+            trade = self._take(trade_ms, changes)
             if trade is not None:
                 events.append(trade)
+                depth_ms = trade_ms + 1
         for _ in range(budget * 4):  # some attempts do nothing (e.g. an add deeper than the book)
             if len(changes) >= budget:
                 break
             self._maker_change(changes, budget - len(changes))
         if not changes:
             self._modify(rng.choice((Side.BID, Side.ASK)), changes)
-        events.append(self._diff(now_ms, changes))
+        events.append(self._diff(depth_ms, changes))
+        self.last_time_ms = depth_ms
         return events
 
     def snapshot(self, limit: int | None = None) -> dict[str, Any]:
@@ -219,6 +233,10 @@ class BinanceMarket:
             qty = rng.randint(1, resting - 1)
         else:
             return None
+        self.truth.append(TradeTruth.before(
+            self.book, self.symbol, self.next_trade_id, now_ms, self.last_time_ms,
+            "buy" if taker_buys else "sell",
+        ))
         self._apply(changes, maker_side, ticks, resting - qty)
         trade = Trade(self.next_trade_id, ticks, qty, now_ms, is_buyer_maker=not taker_buys)
         self.next_trade_id += 1

@@ -2,6 +2,8 @@
 
 Served under ``/binance``: ``/binance/stream?streams=a/b`` (combined), ``/binance/ws/a/b`` (raw),
 ``/binance/api/v3/depth``, ``/binance/api/v3/ping``, ``/binance/api/v3/time``.
+Times in frames are the model's event times: a depth event's ``E``, a trade's ``E`` and ``T``
+(the same); REST snapshots carry none, as on Binance.
 Docs: https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams
 """
 
@@ -13,8 +15,8 @@ from typing import Any
 import orjson
 
 from simulator.binance import BinanceMarket, DepthDiff, depth_update_event, trade_event
-from simulator.book import Side
-from simulator.venue import HttpError, HttpReply, OutFrame, Subscription
+from simulator.book import Side, truth_rows
+from simulator.venue import HttpError, HttpReply, OutFrame, Subscription, int_query
 
 INVALID_SYMBOL = {"code": -1121, "msg": "Invalid symbol."}
 MISSING_SYMBOL = {
@@ -204,6 +206,12 @@ class BinanceVenue:
                 if t.trade_id >= from_id
             ]
             return HttpReply.json(200, {"symbol": symbol, "trades": trades})
+        if resource == "truth":
+            from_time = int_query(query, "from_time_ms")
+            rows = truth_rows(
+                market.truth, from_time, market.spec.price_text, market.spec.qty_text
+            )
+            return HttpReply.json(200, {"symbol": symbol, "trades": rows})
         raise HttpError(404, {"error": f"unknown resource {resource!r}"})
 
     def status(self) -> dict[str, dict[str, Any]]:

@@ -7,8 +7,11 @@ is produced exactly. Shared by every exchange simulator.
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 UNITS_PER_ONE = 100_000_000  # Binance prints every price and quantity with 8 decimals
 
@@ -111,3 +114,62 @@ class TrueBook:
     def is_crossed(self) -> bool:
         bid, ask = self.best_bid(), self.best_ask()
         return bid is not None and ask is not None and bid >= ask
+
+
+@dataclass(frozen=True, slots=True)
+class TradeTruth:
+    """The book state one trade executed against: the true touch just before the taker came.
+
+    Prices and sizes are in the model's integer units (rendered as text by the venue); None
+    when that side of the book was empty. ``book_time_ms`` is the event time of the last depth
+    event emitted before the trade (0 if none yet): the state the taker hit, which is what a
+    consumer matching the trade to "the book as of the trade's event time" must find.
+    """
+
+    symbol: str
+    trade_id: int
+    trade_time_ms: int
+    book_time_ms: int
+    bid_price: int | None
+    bid_size: int | None
+    ask_price: int | None
+    ask_size: int | None
+    taker_side: str  # "buy" | "sell"
+
+    @classmethod
+    def before(
+        cls, book: TrueBook, symbol: str, trade_id: int, time_ms: int, book_time_ms: int,
+        taker_side: str,
+    ) -> TradeTruth:
+        """The record of a trade about to execute against ``book`` (not yet changed by it)."""
+        bid, ask = book.best_bid(), book.best_ask()
+        return cls(
+            symbol, trade_id, time_ms, book_time_ms,
+            bid, None if bid is None else book.bids[bid],
+            ask, None if ask is None else book.asks[ask],
+            taker_side,
+        )
+
+
+def truth_rows(
+    records: list[TradeTruth],
+    from_time_ms: int,
+    price_text: Callable[[int], str],
+    qty_text: Callable[[int], str],
+) -> list[dict[str, Any]]:
+    """The ``/_sim/<exchange>/truth`` rows of trades at or after ``from_time_ms``, with the
+    venue's own decimal text (what its frames carry)."""
+    start = bisect.bisect_left(records, from_time_ms, key=lambda r: r.trade_time_ms)
+    return [
+        {
+            "trade_id": str(r.trade_id),
+            "trade_time_ms": r.trade_time_ms,
+            "book_time_ms": r.book_time_ms,
+            "bid_price": None if r.bid_price is None else price_text(r.bid_price),
+            "bid_size": None if r.bid_size is None else qty_text(r.bid_size),
+            "ask_price": None if r.ask_price is None else price_text(r.ask_price),
+            "ask_size": None if r.ask_size is None else qty_text(r.ask_size),
+            "taker_side": r.taker_side,
+        }
+        for r in records[start:]
+    ]

@@ -2,12 +2,13 @@
 
 ``CoinbaseMarket`` evolves one product's true book from a seed. The price and size dynamics
 are the exchange-neutral random walk of ``simulator.binance.BinanceMarket`` (reused, not
-copied): this module only maps its events to Coinbase's messages. Times are whatever the caller
-passes as ``now_ms``, so a fake clock gives byte-identical messages on every run.
+copied): this module only maps its events to Coinbase's messages. Times come from the caller's
+``now_ms`` (strictly increasing per product, see ``BinanceMarket.step``), so a fake clock gives
+byte-identical messages on every run.
 
 Every message has ``channel``, ``client_id``, ``timestamp``, ``sequence_num`` and ``events``.
 ``sequence_num`` counts the messages of one connection, so the builders here take it as an
-argument (the venue stamps it per connection).
+argument (the venue builds with -1 and the server stamps it as each message goes out).
 
 Docs: https://docs.cdp.coinbase.com/coinbase-app/advanced-trade-apis/websocket/websocket-channels
 """
@@ -18,7 +19,14 @@ import time
 from typing import Any
 
 from simulator.binance import BinanceMarket, DepthDiff, Trade
-from simulator.book import InstrumentSpec, Side, TrueBook, instrument_spec, units_text
+from simulator.book import (
+    InstrumentSpec,
+    Side,
+    TradeTruth,
+    TrueBook,
+    instrument_spec,
+    units_text,
+)
 
 DOCS_CHANNELS = (
     "https://docs.cdp.coinbase.com/coinbase-app/advanced-trade-apis/websocket/websocket-channels"
@@ -188,8 +196,17 @@ class CoinbaseMarket:
         return self._model.trades
 
     @property
+    def truth(self) -> list[TradeTruth]:
+        return self._model.truth
+
+    @property
     def steps(self) -> int:
         return self._model.steps
+
+    @property
+    def last_time_ms(self) -> int:
+        """Event time of the last level2 update (0: none yet)."""
+        return self._model.last_time_ms
 
     @property
     def last_trade_id(self) -> int:

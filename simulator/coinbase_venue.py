@@ -7,8 +7,14 @@ A client subscribes one channel per message:
 A new level2 subscription gets the product's whole book as an in-band ``snapshot`` first and
 ``update`` events after it; a new market_trades subscription gets the recent trades as a
 ``snapshot``; every subscribe / unsubscribe is answered with a ``subscriptions`` message.
-``sequence_num`` counts every message of a connection, across channels, from 0: the venue
-stamps it when the message is queued for that connection, so a dropped message leaves a gap.
+``sequence_num`` counts every message of a connection, across channels, from 0, in the order
+the messages are sent: messages are built with a placeholder and the server stamps each as it
+goes out (``CoinbaseSubscription.stamp``), so a message held back by a delay fault still gets
+the next number when it is sent, while a dropped one uses its number up (the client sees a
+gap) and a reordered one is numbered where it was due (the client sees it come late).
+Message ``timestamp``s of market data are the model's event times: an ``l2_data`` update's is
+its depth event's (as is every ``event_time`` in it), a ``market_trades`` update's is its
+trade's ``time``; a level2 snapshot's is the time of the last update it includes.
 
 Heartbeats ride on the market's clock: the first market step after each
 ``heartbeat_interval_ms`` broadcasts one to the connections subscribed to heartbeats (each
@@ -27,7 +33,7 @@ from typing import Any
 import orjson
 
 from simulator.binance import DepthDiff
-from simulator.book import Side
+from simulator.book import Side, truth_rows
 from simulator.coinbase import (
     CoinbaseMarket,
     error_message,
@@ -37,7 +43,7 @@ from simulator.coinbase import (
     subscriptions_message,
     trade_entry,
 )
-from simulator.venue import HttpError, HttpReply, OutFrame, Subscription
+from simulator.venue import HttpError, HttpReply, OutFrame, Subscription, int_query
 
 # channel a client subscribes to -> OutFrame channel of its market data (the fault-injection
 # and send-log name, the same as Binance's: /_sim/faults/drop?exchange=coinbase&channel=depth)
@@ -47,6 +53,7 @@ TRADE_SNAPSHOT_SIZE = 50  # recent trades sent on a market_trades subscribe (new
 # messages are built with this sequence_num and stamped per connection (it is in the header,
 # before any event, so the first occurrence is the right one)
 _SEQ_PLACEHOLDER = b'"sequence_num":-1'
+_HEADER_BYTES = 160  # channel, client_id, timestamp, sequence_num: well within this
 
 
 def _wall_ms() -> int:
@@ -64,11 +71,14 @@ class CoinbaseSubscription(Subscription):
     next_seq: int = 0  # sequence_num of the next message on this connection
     heartbeat_counter: int = 0
 
-    def stamp(self, message: bytes) -> bytes:
-        """Give a built message this connection's next sequence_num."""
+    def stamp(self, payload: bytes) -> bytes:
+        """Give a built message this connection's next sequence_num (error messages have
+        none and use no number)."""
+        if _SEQ_PLACEHOLDER not in payload[:_HEADER_BYTES]:
+            return payload
         seq = b'"sequence_num":%d' % self.next_seq
         self.next_seq += 1
-        return message.replace(_SEQ_PLACEHOLDER, seq, 1)
+        return payload.replace(_SEQ_PLACEHOLDER, seq, 1)
 
     def render(self, frame: OutFrame) -> bytes | None:
         if frame.channel == HEARTBEATS:
@@ -78,10 +88,10 @@ class CoinbaseSubscription(Subscription):
             # last_id of a heartbeat frame carries its time and data the simulator's uptime
             uptime_ms = int(frame.data or b"0")
             body = heartbeats_message(frame.last_id, -1, self.heartbeat_counter, uptime_ms)
-            return self.stamp(orjson.dumps(body))
+            return orjson.dumps(body)
         if (frame.symbol, frame.channel) not in self.streams:
             return None
-        return self.stamp(frame.data)
+        return frame.data
 
     def listing(self) -> dict[str, list[str]]:
         """Channel -> products, as the ``subscriptions`` message lists them."""
@@ -140,11 +150,12 @@ class CoinbaseVenue:
             self._next_heartbeat_ms += self.heartbeat_interval_ms
         for event in market.step(now_ms):
             if isinstance(event, DepthDiff):
-                body = l2_message(now_ms, -1, symbol, "update", market.diff_updates(event))
+                updates = market.diff_updates(event)
+                body = l2_message(event.event_time_ms, -1, symbol, "update", updates)
                 frames.append(OutFrame(symbol, "depth", market.updates, _dumps(body)))
             else:
                 trades = [trade_entry(symbol, market.spec, event)]
-                body = market_trades_message(now_ms, -1, "update", trades)
+                body = market_trades_message(event.time_ms, -1, "update", trades)
                 frames.append(OutFrame(symbol, "trade", event.trade_id, _dumps(body)))
         return frames
 
@@ -187,7 +198,7 @@ class CoinbaseVenue:
                     sub.channels[channel].remove(product)
                     sub.streams.pop((product, DATA_CHANNELS[channel]), None)
         ack = subscriptions_message(now_ms, -1, sub.listing())
-        frames.append(OutFrame("", "control", 0, sub.stamp(_dumps(ack))))
+        frames.append(OutFrame("", "control", 0, _dumps(ack)))
         return frames
 
     def _subscribe(
@@ -203,14 +214,16 @@ class CoinbaseVenue:
             sub.streams[(product, out_channel)] = (b"", b"")
             market = self.markets[product]
             if channel == "level2":
-                body = l2_message(now_ms, -1, product, "snapshot", market.snapshot_updates())
-                frames.append(OutFrame(product, "depth", market.updates, sub.stamp(_dumps(body))))
+                # the state as of its last update (the clock may trail the market's times)
+                when = market.last_time_ms or now_ms
+                body = l2_message(when, -1, product, "snapshot", market.snapshot_updates())
+                frames.append(OutFrame(product, "depth", market.updates, _dumps(body)))
             elif market.trades:
                 recent = market.trades[-TRADE_SNAPSHOT_SIZE:][::-1]
                 entries = [trade_entry(product, market.spec, t) for t in recent]
                 body = market_trades_message(now_ms, -1, "snapshot", entries)
                 last = recent[0].trade_id
-                frames.append(OutFrame(product, "trade", last, sub.stamp(_dumps(body))))
+                frames.append(OutFrame(product, "trade", last, _dumps(body)))
         return frames
 
     # --- REST -----------------------------------------------------------------------------
@@ -224,7 +237,9 @@ class CoinbaseVenue:
     def introspect(self, resource: str, query: Mapping[str, list[str]]) -> HttpReply:
         """``book``: {"symbol", "bids", "asks", "sequence_num"} where sequence_num counts the
         product's level2 updates (connections number their messages each their own way);
-        ``trades``: {"symbol", "trades": [{"id", "price", "qty", "time", "taker_side"}]}."""
+        ``trades``: {"symbol", "trades": [{"id", "price", "qty", "time", "taker_side"}]};
+        ``truth``: {"symbol", "trades": [{"trade_id", "trade_time_ms", "book_time_ms",
+        "bid_price", "bid_size", "ask_price", "ask_size", "taker_side"}]}."""
         symbol = (query.get("symbol") or [""])[0]
         market = self.markets.get(symbol)
         if market is None:
@@ -250,6 +265,10 @@ class CoinbaseVenue:
                 if t.trade_id >= from_id
             ]
             return HttpReply.json(200, {"symbol": symbol, "trades": trades})
+        if resource == "truth":
+            from_time = int_query(query, "from_time_ms")
+            rows = truth_rows(market.truth, from_time, market.price, market.qty)
+            return HttpReply.json(200, {"symbol": symbol, "trades": rows})
         raise HttpError(404, {"error": f"unknown resource {resource!r}"})
 
     def status(self) -> dict[str, dict[str, Any]]:

@@ -11,13 +11,19 @@ channel, and consumed one matching frame at a time):
 - silent: the connection sends nothing more but stays open (a stale socket);
 - checksum: a book update is sent with a wrong ``checksum`` (Kraken): the client's book check
   fails although its book is right (channel defaults to ``depth``: only updates carry one).
+Trade delays (``on_trade``, asked once per market trade frame as it is generated): the next
+``count`` trade frames of an exchange (optionally one symbol), or every one for ``duration_s``,
+are each held back by a seeded-random delay, uniform in [min_ms, max_ms], on every connection
+subscribed to them, so they arrive out of order with later book frames and with each other.
 Connection faults (disconnect, max connection age) and REST errors (429/418 + Retry-After)
 are handled by the server with the rules kept here.
 """
 
 from __future__ import annotations
 
+import random
 import re
+import time
 from dataclasses import dataclass
 from enum import Enum
 
@@ -54,13 +60,26 @@ class RestFaultRule:
     remaining: int
 
 
+@dataclass
+class DelayRule:
+    exchange: str
+    symbol: str | None  # None: any symbol
+    remaining: int  # trade frames still to delay; 0 with ``until_s``: no count limit
+    min_ms: int
+    max_ms: int
+    until_s: float | None  # monotonic deadline of a time-limited rule
+
+
 class FaultInjector:
     """Pending faults, consumed as matching frames and requests go by."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int = 0) -> None:
         self.frames: list[FrameRule] = []
         self.rest: list[RestFaultRule] = []
+        self.delays: list[DelayRule] = []
         self.injected: dict[str, int] = {}  # fault kind -> times applied
+        # str seeds hash with SHA-512: the same delays on every run with the same seed
+        self._delay_rng = random.Random(f"delay:{seed}")
 
     def add_frame_fault(
         self,
@@ -80,9 +99,47 @@ class FaultInjector:
     def add_rest_error(self, exchange: str, status: int, retry_after_s: int, count: int) -> None:
         self.rest.append(RestFaultRule(exchange, status, retry_after_s, count))
 
+    def add_delay(
+        self,
+        exchange: str,
+        symbol: str | None,
+        count: int,
+        min_ms: int,
+        max_ms: int,
+        duration_s: float | None,
+        now_s: float,
+    ) -> None:
+        """``count`` trade frames (0: no limit, then ``duration_s`` is required), within
+        ``duration_s`` of ``now_s`` (monotonic seconds) if given."""
+        if duration_s is not None and not duration_s > 0:
+            raise ValueError("duration_s must be > 0")
+        if count < 0 or (count == 0 and duration_s is None):
+            raise ValueError("count must be > 0, or 0 with duration_s")
+        if not 0 <= min_ms <= max_ms:
+            raise ValueError("need 0 <= min_ms <= max_ms")
+        until = None if duration_s is None else now_s + duration_s
+        self.delays.append(DelayRule(exchange, symbol, count, min_ms, max_ms, until))
+
     def clear(self) -> None:
         self.frames.clear()
         self.rest.clear()
+        self.delays.clear()
+
+    def on_trade(self, exchange: str, symbol: str, now_s: float) -> int | None:
+        """The delay in ms for a trade frame being generated now, or None to send it as is."""
+        self._expire(now_s)
+        for rule in self.delays:
+            if rule.exchange == exchange and rule.symbol in (None, symbol):
+                if rule.remaining:
+                    rule.remaining -= 1
+                    if rule.remaining == 0:
+                        self.delays.remove(rule)
+                self.injected["delay"] = self.injected.get("delay", 0) + 1
+                return self._delay_rng.randint(rule.min_ms, rule.max_ms)
+        return None
+
+    def _expire(self, now_s: float) -> None:
+        self.delays = [r for r in self.delays if r.until_s is None or now_s < r.until_s]
 
     def on_frame(self, exchange: str, symbol: str, channel: str) -> FrameAction:
         for rule in self.frames:
@@ -113,10 +170,27 @@ class FaultInjector:
                 )
         return None
 
-    def pending(self) -> dict[str, list[dict[str, object]]]:
+    def pending(self, now_s: float | None = None) -> dict[str, list[dict[str, object]]]:
+        """Pending rules; a delay rule's ``seconds_left`` is null when only its count limits it."""
+        now_s = time.monotonic() if now_s is None else now_s
+        self._expire(now_s)
+        delays: list[dict[str, object]] = [
+            {
+                "action": "delay",
+                "exchange": r.exchange,
+                "symbol": r.symbol,
+                "channel": "trade",
+                "remaining": r.remaining,
+                "min_ms": r.min_ms,
+                "max_ms": r.max_ms,
+                "seconds_left": None if r.until_s is None else round(r.until_s - now_s, 3),
+            }
+            for r in self.delays
+        ]
         return {
             "frames": [{**vars(r), "action": r.action.value} for r in self.frames],
             "rest": [vars(r).copy() for r in self.rest],
+            "delays": delays,
         }
 
 

@@ -1,7 +1,8 @@
 """Kraken spot (WebSocket v2) market model and frame builders. Pure, no I/O, no wall clock.
 
 ``KrakenMarket`` evolves one pair's true book from a seed, like ``BinanceMarket``: the events
-depend only on the seed and the configuration, times are whatever the caller passes. Prices
+depend only on the seed and the configuration, times come from the caller's (strictly
+increasing per pair, as ``BinanceMarket.step`` makes them). Prices
 are integers in units of the pair's price precision (``pair_decimals``: BTC/USD 45283.5 is
 452835) and quantities integers in units of its lot precision (``lot_decimals``: 0.10000000 is
 10000000), so the JSON numbers are written as text with exactly the pair's precision, never
@@ -32,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from simulator.book import Side, TrueBook
+from simulator.book import Side, TradeTruth, TrueBook
 
 CHECKSUM_LEVELS = 10
 TRADE_SNAPSHOT_SIZE = 50  # trades in the snapshot after subscribing to ``trade``
@@ -293,6 +294,7 @@ class KrakenMarket:
     change twice), preceded with probability ``trade_probability`` by a trade that takes
     from the best opposite level. The book holds up to ``depth_levels`` levels per side, so
     subscriptions shallower than that see levels come and go at the edge of their view.
+    ``truth`` records, per trade, the book state it executed against.
     """
 
     def __init__(
@@ -318,8 +320,9 @@ class KrakenMarket:
         # Kraken's trade ids count per pair; the offset keeps them growing across restarts
         self.next_trade_id = self._rng.randrange(10**6, 10**8) + id_offset
         self.trades: list[Trade] = []
+        self.truth: list[TradeTruth] = []
         self.steps = 0
-        self.last_time_ms = 0
+        self.last_time_ms = 0  # event time of the last book step (0: none yet)
         start = self.pair.start_units
         self._fair = start + self._rng.randint(-start // 200, start // 200)
         self._min_levels = max(2, depth_levels // 2)
@@ -330,18 +333,21 @@ class KrakenMarket:
     # --- public API -----------------------------------------------------------------------
 
     def step(self, now_ms: int) -> list[Trade | BookStep]:
-        """Advance the market by one step: [Trade?, BookStep]."""
+        """Advance the market by one step: [Trade?, BookStep]. Times strictly increase as in
+        ``BinanceMarket.step``: a trade's book step (its effect) comes one ms after it."""
         rng = self._rng
         self.steps += 1
-        self.last_time_ms = now_ms
+        trade_ms = max(now_ms - 1, self.last_time_ms + 1)
+        step_ms = max(now_ms, self.last_time_ms + 1)
         if rng.random() < 0.3:
             self._fair = max(self.depth_levels * 4, self._fair + rng.choice((-2, -1, 1, 2)))
         changes: list[tuple[Side, int, int]] = []
         events: list[Trade | BookStep] = []
         if rng.random() < self.trade_probability:
-            trade = self._take(now_ms, changes)
+            trade = self._take(trade_ms, changes)
             if trade is not None:
                 events.append(trade)
+                step_ms = trade_ms + 1
         budget = rng.randint(1, self.max_changes)
         for _ in range(budget * 4):  # some attempts do nothing (e.g. an add beyond a full side)
             if len(changes) >= budget:
@@ -350,7 +356,8 @@ class KrakenMarket:
         if not changes:
             self._modify(rng.choice((Side.BID, Side.ASK)), changes)
         before, self._view = self._view, self._levels()
-        events.append(BookStep(now_ms, self.steps, tuple(changes), before, self._view))
+        events.append(BookStep(step_ms, self.steps, tuple(changes), before, self._view))
+        self.last_time_ms = step_ms
         return events
 
     def levels(self, depth: int | None = None) -> tuple[Levels, Levels]:
@@ -413,6 +420,10 @@ class KrakenMarket:
             qty = rng.randint(1, resting - 1)
         else:
             return None
+        self.truth.append(TradeTruth.before(
+            self.book, self.symbol, self.next_trade_id, now_ms, self.last_time_ms,
+            "buy" if taker_buys else "sell",
+        ))
         self._set(changes, maker_side, price, resting - qty)
         ord_type = "limit" if rng.random() < 0.2 else "market"
         trade = Trade(self.next_trade_id, price, qty, now_ms,

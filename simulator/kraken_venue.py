@@ -5,7 +5,9 @@ message, then subscribes with requests such as
 ``{"method":"subscribe","params":{"channel":"book","symbol":["BTC/USD"],"depth":10},"req_id":1}``
 and gets one ack per symbol, then a snapshot and updates (``book``) or trades (``trade``, a
 snapshot of recent trades first). ``unsubscribe`` and ``ping`` are answered too.
-What a book subscriber receives depends on its depth (``BookFrame.body``).
+What a book subscriber receives depends on its depth (``BookFrame.body``). A book update's
+``timestamp`` is its step's event time and a trade's its trade time (the model's, see
+``KrakenMarket.step``); a snapshot's is the time of the last step it includes.
 Heartbeats ride on the market's clock, as Coinbase's do: the first market step after each
 second broadcasts one, sent to each subscribed connection that got no other frame since the
 previous one ("in the absence of any other channel updates"). A paused simulator sends none.
@@ -21,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from simulator.book import Side
+from simulator.book import Side, truth_rows
 from simulator.kraken import (
     HEARTBEAT_MESSAGE,
     TRADE_SNAPSHOT_SIZE,
@@ -33,7 +35,7 @@ from simulator.kraken import (
     status_message,
     trade_message,
 )
-from simulator.venue import HttpError, HttpReply, OutFrame, Subscription
+from simulator.venue import HttpError, HttpReply, OutFrame, Subscription, int_query
 
 DEPTHS = (10, 25, 100, 500, 1000)
 HEARTBEAT_INTERVAL_MS = 1000
@@ -296,6 +298,10 @@ class KrakenVenue:
                 if t.trade_id >= from_id
             ]
             return HttpReply.json(200, {"symbol": symbol, "trades": trades})
+        if resource == "truth":
+            from_time = int_query(query, "from_time_ms")
+            rows = truth_rows(market.truth, from_time, pair.price_text, pair.qty_text)
+            return HttpReply.json(200, {"symbol": symbol, "trades": rows})
         raise HttpError(404, {"error": f"unknown resource {resource!r}"})
 
     def status(self) -> dict[str, dict[str, Any]]:

@@ -19,6 +19,7 @@ class ConnectionLog:
     close_reason: str | None = None
     frames_sent: int = 0
     frames_dropped: int = 0  # by fault injection
+    frames_delayed: int = 0  # held back by a delay fault (and counted in frames_sent once sent)
     withheld: int = 0  # not sent because the connection was made silent
     bytes_sent: int = 0
     messages_received: int = 0
@@ -55,6 +56,7 @@ class ConnectionLog:
             "close_reason": self.close_reason,
             "frames_sent": self.frames_sent,
             "frames_dropped": self.frames_dropped,
+            "frames_delayed": self.frames_delayed,
             "withheld": self.withheld,
             "bytes_sent": self.bytes_sent,
             "messages_received": self.messages_received,

@@ -13,9 +13,16 @@ Control and introspection (JSON) under ``/_sim/``:
   POST /_sim/pause | /_sim/resume      stop / restart generating (sent frames still drain)
   POST /_sim/step?exchange=binance&symbol=BTCUSDT&n=1   generate n steps now (any state)
   GET  /_sim/<exchange>/book?symbol=S  true full book; /trades?symbol=S[&from_id=N] the tape
+  GET  /_sim/<exchange>/truth?symbol=S[&from_time_ms=N]   per trade, the book it executed
+       against: {"symbol", "trades": [{"trade_id", "trade_time_ms", "book_time_ms",
+       "bid_price", "bid_size", "ask_price", "ask_size", "taker_side"}]}
   GET  /_sim/faults                    pending faults; POST /_sim/faults/clear drops them
+       (frames already held back by a delay are still delivered)
   POST /_sim/faults/<kind>?exchange=binance[&symbol=S][&channel=depth|trade]&count=1
        kind: drop | duplicate | reorder | malformed | silent | checksum (simulator/faults.py)
+  POST /_sim/faults/delay?exchange=binance[&symbol=S]&count=1[&min_ms=0&max_ms=4000]
+       [&duration_s=D]   hold the next count trade frames (count=0: all for D seconds) back by
+       a seeded-random delay each, on every connection; delivered even while paused
   POST /_sim/faults/disconnect?exchange=binance[&mode=abort|close]
   POST /_sim/faults/rest?exchange=binance&status=429&retry_after=1&count=1
 """
@@ -32,7 +39,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -70,6 +77,7 @@ class _Item:
     channel: str
     last_id: int
     payload: bytes
+    due: float = 0.0  # delay fault: monotonic time before which it must not be sent
 
 
 @dataclass
@@ -83,11 +91,12 @@ class _Conn:
     in_flight: int = 0  # taken from the queue, not yet sent or dropped
     silent: bool = False  # silent-socket fault: open, but nothing more is sent
     sender: asyncio.Task[None] | None = field(default=None, repr=False)
+    holders: set[asyncio.Task[None]] = field(default_factory=set, repr=False)  # delayed frames
 
     @property
     def pending(self) -> int:
-        """Frames not yet handed to the socket: queued plus the one being sent."""
-        return self.queue.qsize() + self.in_flight
+        """Frames not yet handed to the socket: queued, held back by a delay, being sent."""
+        return self.queue.qsize() + len(self.holders) + self.in_flight
 
 
 def _response(reply: HttpReply) -> Response:
@@ -167,7 +176,7 @@ class SimulatorServer:
                 ),
             ]
         self.venues: dict[str, Venue] = {v.name: v for v in venues}
-        self.faults = FaultInjector()
+        self.faults = FaultInjector(settings.simulator.seed)
         self._clock_ms = clock_ms
         self._running = asyncio.Event()
         if not paused:
@@ -251,36 +260,55 @@ class SimulatorServer:
     async def _pace(self, venue: Venue, symbol: str, phase: float) -> None:
         loop = asyncio.get_running_loop()
         interval = 1.0 / self.config.rate_per_symbol
+        # A step uses up to 2 ms of event time (trade, then its depth event): catching up after
+        # a stall faster than that would stamp frames ahead of the clock. Only a configured
+        # pace above 500 steps/s per symbol lets event times run ahead.
+        min_gap_ms = 2 if interval >= 0.002 else 0
+        last_ms = -min_gap_ms
         next_t = loop.time() + phase * interval
         while True:
             if not self._running.is_set():
                 await self._running.wait()
                 next_t = loop.time()
             delay = next_t - loop.time()
+            if min_gap_ms:
+                delay = max(delay, (last_ms + min_gap_ms - self._clock_ms()) / 1000)
             if delay > 0:
                 await asyncio.sleep(delay)
             if not self._running.is_set():
                 continue  # paused while sleeping: nothing may be generated after pause()
-            self._broadcast(venue, venue.step(symbol, self._clock_ms()))
+            last_ms = self._clock_ms()
+            self._broadcast(venue, venue.step(symbol, last_ms))
             next_t += interval
             if loop.time() - next_t > 1.0:
                 next_t = loop.time()  # after a stall, keep the pace instead of bursting
 
     def _broadcast(self, venue: Venue, frames: list[OutFrame]) -> None:
-        for conn in self._conns.values():
-            if conn.venue is not venue or conn.dead:
-                continue
-            for frame in frames:
+        conns = [c for c in self._conns.values() if c.venue is venue and not c.dead]
+        dues = [self._trade_delay(venue, frame, conns) for frame in frames]
+        for conn in conns:
+            for frame, due in zip(frames, dues, strict=True):
                 payload = conn.sub.render(frame)
                 if payload is None:
                     continue
-                item = _Item(frame.symbol, frame.channel, frame.last_id, payload)
+                item = _Item(frame.symbol, frame.channel, frame.last_id, payload, due)
                 try:
                     conn.queue.put_nowait(item)
                 except asyncio.QueueFull:
                     log.warning("connection %s is too slow: disconnecting it", conn.log.conn_id)
                     self._kill(conn, "slow consumer", abort=False)
                     break
+
+    def _trade_delay(self, venue: Venue, frame: OutFrame, conns: list[_Conn]) -> float:
+        """When a delay fault holds this frame back: the monotonic time it is due, else 0.
+        Decided once per frame, for every connection, and only for a frame someone receives."""
+        if not self.faults.delays or frame.channel != "trade" or not frame.symbol:
+            return 0.0
+        if not any((frame.symbol, "trade") in c.sub.streams for c in conns):
+            return 0.0
+        now = time.monotonic()
+        delay_ms = self.faults.on_trade(venue.name, frame.symbol, now)
+        return 0.0 if delay_ms is None else now + delay_ms / 1000
 
     # --- connections ----------------------------------------------------------------------
 
@@ -328,9 +356,11 @@ class SimulatorServer:
         except ConnectionClosed:
             pass
         finally:
-            conn.sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await conn.sender
+            for task in (conn.sender, *conn.holders):
+                task.cancel()
+            for task in (conn.sender, *conn.holders):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             conn_log.closed_ms = wall_ms()
             if conn_log.close_reason is None:
                 conn_log.close_reason = f"closed by client ({ws.close_code})"
@@ -350,18 +380,27 @@ class SimulatorServer:
                     # like Binance's 24 h limit: the server ends old connections
                     self._kill(conn, "max connection age", abort=False)
                     return
+                if item.due and not conn.silent:
+                    # back through the queue when due; other faults apply then
+                    self._hold(conn, replace(item, due=0.0), item.due)
+                    conn.in_flight = 0
+                    continue
                 action = FrameAction.SEND
                 if item.symbol and not conn.silent:
                     action = self.faults.on_frame(name, item.symbol, item.channel)
+                # numbered (Coinbase's sequence_num) where the frame leaves the sending order:
+                # a dropped frame uses its number up and a reordered one arrives late with it
                 if conn.silent or action is FrameAction.SILENT:
                     conn.silent = True
                     conn.log.withheld += 1
                 elif action is FrameAction.DROP:
+                    conn.sub.stamp(item.payload)
                     conn.log.dropped(item.symbol, item.channel, item.last_id)
                 elif action is FrameAction.REORDER and (item.symbol, item.channel) not in held:
-                    held[(item.symbol, item.channel)] = item
+                    stamped = conn.sub.stamp(item.payload)
+                    held[(item.symbol, item.channel)] = replace(item, payload=stamped)
                 else:
-                    payload = item.payload
+                    payload = conn.sub.stamp(item.payload)
                     if action is FrameAction.MALFORMED:
                         payload = payload[: max(1, len(payload) // 2)]
                     elif action is FrameAction.CHECKSUM:
@@ -375,6 +414,23 @@ class SimulatorServer:
                 conn.in_flight = 0
         except ConnectionClosed:
             pass
+
+    def _hold(self, conn: _Conn, item: _Item, due: float) -> None:
+        """Queue ``item`` on ``conn`` again at monotonic time ``due`` (a delay fault)."""
+        conn.log.frames_delayed += 1
+        task = asyncio.create_task(self._release(conn, item, due))
+        conn.holders.add(task)
+        task.add_done_callback(conn.holders.discard)
+
+    async def _release(self, conn: _Conn, item: _Item, due: float) -> None:
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        if conn.dead:
+            return
+        try:
+            conn.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            log.warning("connection %s is too slow: disconnecting it", conn.log.conn_id)
+            self._kill(conn, "slow consumer", abort=False)
 
     async def _send(self, conn: _Conn, item: _Item, payload: bytes) -> None:
         await conn.ws.send(payload, text=True)
@@ -421,6 +477,7 @@ class SimulatorServer:
             },
             "faults/disconnect": lambda: self._post_disconnect(query),
             "faults/rest": lambda: self._post_rest_fault(query),
+            "faults/delay": lambda: self._post_delay_fault(query),
             "faults/clear": lambda: self._ok(self.faults.clear),
         }
         if path in gets or path in posts:
@@ -460,6 +517,27 @@ class SimulatorServer:
         self.faults.add_frame_fault(
             action, venue.name, _arg(query, "symbol"), _arg(query, "channel"), count
         )
+        return HttpReply.json(200, {"ok": True, "faults": self.faults.pending()})
+
+    def _post_delay_fault(self, query: Mapping[str, list[str]]) -> HttpReply:
+        venue = self._venue_arg(query)
+        symbol = _arg(query, "symbol")
+        if symbol is not None and symbol not in venue.symbols:
+            raise HttpError(400, {"error": f"unknown symbol {symbol!r}"})
+        raw_duration = _arg(query, "duration_s")
+        try:
+            duration = None if raw_duration is None else float(raw_duration)
+            self.faults.add_delay(
+                venue.name,
+                symbol,
+                _int_arg(query, "count", 1),
+                _int_arg(query, "min_ms", 0),
+                _int_arg(query, "max_ms", 4000),
+                duration,
+                time.monotonic(),
+            )
+        except ValueError as exc:
+            raise HttpError(400, {"error": str(exc)}) from None
         return HttpReply.json(200, {"ok": True, "faults": self.faults.pending()})
 
     def _post_disconnect(self, query: Mapping[str, list[str]]) -> HttpReply:

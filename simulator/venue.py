@@ -59,6 +59,20 @@ class Subscription:
             return None
         return parts[0] + frame.data + parts[1]
 
+    def stamp(self, payload: bytes) -> bytes:
+        """Called by the server as a frame leaves in this connection's order (sent, or lost
+        to a drop fault): per-connection numbering such as Coinbase's ``sequence_num``."""
+        return payload
+
+
+def int_query(query: Mapping[str, list[str]], name: str, default: int = 0) -> int:
+    """An integer query parameter of an introspection request; HTTP 400 if it is not one."""
+    raw = (query.get(name) or [str(default)])[0]
+    try:
+        return int(raw)
+    except ValueError:
+        raise HttpError(400, {"error": f"{name} must be an integer, got {raw!r}"}) from None
+
 
 class Venue(Protocol):
     """One simulated exchange."""
@@ -87,7 +101,8 @@ class Venue(Protocol):
         ...
 
     def introspect(self, resource: str, query: Mapping[str, list[str]]) -> HttpReply:
-        """``GET /_sim/<name>/<resource>``: the truth, for tests."""
+        """``GET /_sim/<name>/<resource>``: the truth, for tests (``book``, ``trades``,
+        ``truth``: per trade, the book state it executed against)."""
         ...
 
     def status(self) -> dict[str, dict[str, Any]]:

@@ -81,6 +81,7 @@ class FlinkConfig:
     python_execution_mode: str
     checkpoint_interval_ms: int
     watermark_out_of_orderness_ms: int
+    watermark_idle_timeout_ms: int
     consumer_group: str
     state_backend: str  # the job's state.backend.type: hashmap | rocksdb
 
@@ -101,6 +102,14 @@ class BookConfig:
     resync_retry_ms: int
     stale_after_ms: int
     timer_interval_ms: int
+
+
+@dataclass(frozen=True)
+class AnalyticsConfig:
+    nbbo_stale_after_ms: int
+    quote_equivalents: Mapping[str, str]
+    bar_intervals_ms: tuple[int, ...]
+    depth_band_bps: int
 
 
 @dataclass(frozen=True)
@@ -244,6 +253,7 @@ class Settings:
     clickhouse: ClickHouseConfig
     flink: FlinkConfig
     book: BookConfig
+    analytics: AnalyticsConfig
     simulator: SimulatorConfig
     connectors: ConnectorConfig
     exchanges: ExchangesConfig
@@ -304,6 +314,7 @@ _NESTED: dict[str, type] = {
     "ClickHouseConfig": ClickHouseConfig,
     "FlinkConfig": FlinkConfig,
     "BookConfig": BookConfig,
+    "AnalyticsConfig": AnalyticsConfig,
     "SimulatorConfig": SimulatorConfig,
     "ConnectorConfig": ConnectorConfig,
     "BinanceConfig": BinanceConfig,
@@ -328,6 +339,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             return str(value)
         if hint_name == "Path":
             return Path(value)
+        if hint_name.startswith("tuple[int"):
+            if not isinstance(value, list | tuple):
+                raise TypeError
+            return tuple(int(v) for v in value)
         if hint_name.startswith("tuple"):
             if not isinstance(value, list | tuple):
                 raise TypeError

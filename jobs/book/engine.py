@@ -83,6 +83,9 @@ class SyncedBook:
             self.book.set_level("a", price, size)
 
     def lose_sync(self, reason: str) -> None:
+        # the RESYNCING state is a state of its own: it gets its own version (Redis accepts
+        # it; history rows keyed by version do not collapse it into the last LIVE one)
+        self.applied += 1
         self.status = BookStatus.RESYNCING
         self.reason = reason
         self.book.clear()

@@ -220,6 +220,7 @@ def parse_trades(payload: bytes, symbol: str, receive_time_ns: int) -> list[Mark
                     trade_time_ms=timestamp_ms(t.time),
                     event_time_ms=event_time_ms,
                     receive_time_ns=receive_time_ns,
+                    sequence=msg.sequence_num,
                 )
             )
     return out

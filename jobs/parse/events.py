@@ -64,6 +64,9 @@ class Trade:
     trade_time_ms: int
     event_time_ms: int
     receive_time_ns: int
+    # the message's place in a sequence shared with book messages (Coinbase's per-connection
+    # sequence_num), else -1: orders a trade against book updates of the same millisecond
+    sequence: int = -1
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,16 +1,21 @@
-"""ClickHouse tables for trades and book snapshots, and an idempotent batch writer.
+"""ClickHouse tables (raw history and analytics) and an idempotent batch writer.
 
 Writes from a Python operator are at-least-once (a restore replays frames since the last
 checkpoint), so every row has a deterministic identity (its sorting key) and the tables are
 ``ReplacingMergeTree``: read them with ``FINAL`` (or let merges collapse duplicates).
 The DDL sticks to what ClickHouse 18.16 (the local server) and current releases both accept:
 no DateTime64, TTL or codecs; millisecond/nanosecond times as UInt64 columns.
+
+Each table has its DDL in ``TABLES`` and its insert column order in ``COLUMNS``; the
+``*_row`` helpers build a row tuple in that order, with ``date`` (the partition key) derived
+from the row's own time in UTC. ``jobs/sinks/queries.py`` has the queries that read them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 from clickhouse_driver import Client
@@ -21,6 +26,10 @@ from tickflow.config import ClickHouseConfig
 
 # Decimal(38, 18): exact for every price and size the exchanges quote (<= 18 decimals)
 DECIMAL = "Decimal(38, 18)"
+
+TAKER_SIDES = ("buy", "sell")
+TOUCHES = ("at", "inside", "through", "none")
+LATE_KINDS = ("trade", "book")
 
 TABLES: dict[str, str] = {
     "trades": f"""
@@ -57,9 +66,7 @@ CREATE TABLE IF NOT EXISTS {{db}}.book_snapshots (
 PARTITION BY (date, exchange)
 ORDER BY (exchange, symbol, event_time_ms, seq)
 """,
-}
-
-TABLES["top_of_book"] = f"""
+    "top_of_book": f"""
 CREATE TABLE IF NOT EXISTS {{db}}.top_of_book (
     date Date,
     exchange String,
@@ -73,11 +80,131 @@ CREATE TABLE IF NOT EXISTS {{db}}.top_of_book (
     bid_size Nullable({DECIMAL}),
     ask_price Nullable({DECIMAL}),
     ask_size Nullable({DECIMAL}),
+    bid_depth_10bps Nullable({DECIMAL}),
+    ask_depth_10bps Nullable({DECIMAL}),
     receive_time_ns UInt64
 ) ENGINE = ReplacingMergeTree()
 PARTITION BY (date, exchange)
 ORDER BY (exchange, symbol, event_time_ms, version)
-"""
+""",
+    # cross-exchange best bid/offer of one instrument after each change of a member book
+    "nbbo": f"""
+CREATE TABLE IF NOT EXISTS {{db}}.nbbo (
+    date Date,
+    instrument String,
+    quote String,
+    event_time_ms UInt64,
+    version UInt64,
+    receive_time_ns UInt64,
+    bid_price Nullable({DECIMAL}),
+    bid_size Nullable({DECIMAL}),
+    bid_venues Array(String),
+    ask_price Nullable({DECIMAL}),
+    ask_size Nullable({DECIMAL}),
+    ask_venues Array(String),
+    locked UInt8,
+    crossed UInt8,
+    venues Array(String),
+    venue_versions Array(UInt64),
+    excluded Array(String),
+    excluded_reasons Array(String)
+) ENGINE = ReplacingMergeTree()
+PARTITION BY date
+ORDER BY (instrument, event_time_ms, version)
+""",
+    # every trade with the book (own exchange, and NBBO) it executed against
+    "matched_trades": f"""
+CREATE TABLE IF NOT EXISTS {{db}}.matched_trades (
+    date Date,
+    exchange String,
+    symbol String,
+    instrument String,
+    trade_id String,
+    trade_time_ms UInt64,
+    price {DECIMAL},
+    size {DECIMAL},
+    taker_side Enum8('buy' = 1, 'sell' = 2),
+    book_status String,
+    book_time_ms UInt64,
+    book_version UInt64,
+    book_seq UInt64,
+    bid_price Nullable({DECIMAL}),
+    bid_size Nullable({DECIMAL}),
+    ask_price Nullable({DECIMAL}),
+    ask_size Nullable({DECIMAL}),
+    mid Nullable({DECIMAL}),
+    spread Nullable({DECIMAL}),
+    touch Enum8('at' = 1, 'inside' = 2, 'through' = 3, 'none' = 4),
+    levels_consumed UInt16,
+    size_consumed {DECIMAL},
+    slippage_mid Nullable({DECIMAL}),
+    slippage_mid_bps Nullable(Float64),
+    nbbo_bid_price Nullable({DECIMAL}),
+    nbbo_bid_size Nullable({DECIMAL}),
+    nbbo_ask_price Nullable({DECIMAL}),
+    nbbo_ask_size Nullable({DECIMAL}),
+    nbbo_venues Array(String),
+    slippage_nbbo Nullable({DECIMAL}),
+    trade_through UInt8,
+    receive_time_ns UInt64
+) ENGINE = ReplacingMergeTree()
+PARTITION BY (date, exchange)
+ORDER BY (exchange, symbol, trade_time_ms, trade_id)
+""",
+    # OHLCV + book metrics per window; venue is an exchange or 'ALL' (every exchange)
+    "bars": f"""
+CREATE TABLE IF NOT EXISTS {{db}}.bars (
+    date Date,
+    instrument String,
+    venue String,
+    interval_ms UInt32,
+    window_start_ms UInt64,
+    open Nullable({DECIMAL}),
+    high Nullable({DECIMAL}),
+    low Nullable({DECIMAL}),
+    close Nullable({DECIMAL}),
+    volume {DECIMAL},
+    notional {DECIMAL},
+    vwap Nullable(Float64),
+    trade_count UInt32,
+    buy_volume {DECIMAL},
+    sell_volume {DECIMAL},
+    live_ms UInt32,
+    twa_spread Nullable(Float64),
+    twa_bid_depth_10bps Nullable(Float64),
+    twa_ask_depth_10bps Nullable(Float64),
+    ofi {DECIMAL}
+) ENGINE = ReplacingMergeTree()
+PARTITION BY date
+ORDER BY (instrument, interval_ms, venue, window_start_ms)
+""",
+    # events that arrived behind the watermark (left out of bars, kept here for audit)
+    "late_events": """
+CREATE TABLE IF NOT EXISTS {db}.late_events (
+    date Date,
+    instrument String,
+    exchange String,
+    symbol String,
+    kind String,
+    event_id String,
+    event_time_ms UInt64,
+    watermark_ms UInt64,
+    lateness_ms UInt64,
+    receive_time_ns UInt64
+) ENGINE = ReplacingMergeTree()
+PARTITION BY (date, exchange)
+ORDER BY (exchange, symbol, kind, event_time_ms, event_id)
+""",
+}
+
+# Columns added after a table was first released: (column, type, the column it follows).
+# ensure_schema adds the missing ones to an existing table (CREATE IF NOT EXISTS does not).
+UPGRADES: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "top_of_book": (
+        ("bid_depth_10bps", f"Nullable({DECIMAL})", "ask_size"),
+        ("ask_depth_10bps", f"Nullable({DECIMAL})", "bid_depth_10bps"),
+    ),
+}
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "trades": (
@@ -119,12 +246,102 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "bid_size",
         "ask_price",
         "ask_size",
+        "bid_depth_10bps",
+        "ask_depth_10bps",
+        "receive_time_ns",
+    ),
+    "nbbo": (
+        "date",
+        "instrument",
+        "quote",
+        "event_time_ms",
+        "version",
+        "receive_time_ns",
+        "bid_price",
+        "bid_size",
+        "bid_venues",
+        "ask_price",
+        "ask_size",
+        "ask_venues",
+        "locked",
+        "crossed",
+        "venues",
+        "venue_versions",
+        "excluded",
+        "excluded_reasons",
+    ),
+    "matched_trades": (
+        "date",
+        "exchange",
+        "symbol",
+        "instrument",
+        "trade_id",
+        "trade_time_ms",
+        "price",
+        "size",
+        "taker_side",
+        "book_status",
+        "book_time_ms",
+        "book_version",
+        "book_seq",
+        "bid_price",
+        "bid_size",
+        "ask_price",
+        "ask_size",
+        "mid",
+        "spread",
+        "touch",
+        "levels_consumed",
+        "size_consumed",
+        "slippage_mid",
+        "slippage_mid_bps",
+        "nbbo_bid_price",
+        "nbbo_bid_size",
+        "nbbo_ask_price",
+        "nbbo_ask_size",
+        "nbbo_venues",
+        "slippage_nbbo",
+        "trade_through",
+        "receive_time_ns",
+    ),
+    "bars": (
+        "date",
+        "instrument",
+        "venue",
+        "interval_ms",
+        "window_start_ms",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "notional",
+        "vwap",
+        "trade_count",
+        "buy_volume",
+        "sell_volume",
+        "live_ms",
+        "twa_spread",
+        "twa_bid_depth_10bps",
+        "twa_ask_depth_10bps",
+        "ofi",
+    ),
+    "late_events": (
+        "date",
+        "instrument",
+        "exchange",
+        "symbol",
+        "kind",
+        "event_id",
+        "event_time_ms",
+        "watermark_ms",
+        "lateness_ms",
         "receive_time_ns",
     ),
 }
 
 
-def utc_date(ms: int) -> Any:
+def utc_date(ms: int) -> date:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).date()
 
 
@@ -160,15 +377,157 @@ def snapshot_row(view: BookView) -> tuple[Any, ...]:
     )
 
 
-def top_of_book_row(view: BookView) -> tuple[Any, ...]:
-    """Best bid and ask after a change (NULL on a side that is empty or not LIVE)."""
+def top_of_book_row(
+    view: BookView, bid_depth: Decimal | None = None, ask_depth: Decimal | None = None
+) -> tuple[Any, ...]:
+    """Best bid and ask after a change (NULL on a side that is empty or not LIVE).
+
+    ``bid_depth`` / ``ask_depth``: total size within 10 bps of the mid (bids >= mid * 0.999,
+    asks <= mid * 1.001), computed by the caller from the full book; None when unknown.
+    """
     bid = view.bids[0] if view.bids else (None, None)
     ask = view.asks[0] if view.asks else (None, None)
     time_ms = view.event_time_ms or view.receive_time_ns // 1_000_000
     return (
         utc_date(time_ms), view.exchange, view.symbol, view.instrument, time_ms,
         view.version, max(view.seq, 0), view.status.value, bid[0], bid[1], ask[0], ask[1],
-        view.receive_time_ns,
+        bid_depth, ask_depth, view.receive_time_ns,
+    )
+
+
+def _check(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    # fail in the job with the offending value, not later in the driver with an Enum error
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
+    return value
+
+
+def nbbo_row(
+    *,
+    instrument: str,
+    quote: str,
+    event_time_ms: int,
+    version: int,
+    receive_time_ns: int,
+    bid_price: Decimal | None,
+    bid_size: Decimal | None,
+    bid_venues: Sequence[str],
+    ask_price: Decimal | None,
+    ask_size: Decimal | None,
+    ask_venues: Sequence[str],
+    locked: int,  # 0/1 or bool
+    crossed: int,
+    venues: Sequence[str],
+    venue_versions: Sequence[int],
+    excluded: Sequence[str] = (),
+    excluded_reasons: Sequence[str] = (),
+) -> tuple[Any, ...]:
+    """One NBBO change; ``venues`` ("exchange:symbol") and ``venue_versions`` are parallel."""
+    if len(venues) != len(venue_versions) or len(excluded) != len(excluded_reasons):
+        raise ValueError("venues/venue_versions and excluded/excluded_reasons must be parallel")
+    return (
+        utc_date(event_time_ms), instrument, quote, event_time_ms, version, receive_time_ns,
+        bid_price, bid_size, list(bid_venues), ask_price, ask_size, list(ask_venues),
+        int(locked), int(crossed), list(venues), list(venue_versions), list(excluded),
+        list(excluded_reasons),
+    )
+
+
+def matched_trade_row(
+    *,
+    exchange: str,
+    symbol: str,
+    instrument: str,
+    trade_id: str,
+    trade_time_ms: int,
+    price: Decimal,
+    size: Decimal,
+    taker_side: str,
+    book_status: str,
+    book_time_ms: int,
+    book_version: int,
+    book_seq: int,
+    bid_price: Decimal | None,
+    bid_size: Decimal | None,
+    ask_price: Decimal | None,
+    ask_size: Decimal | None,
+    mid: Decimal | None,
+    spread: Decimal | None,
+    touch: str,
+    levels_consumed: int,
+    size_consumed: Decimal,
+    slippage_mid: Decimal | None,
+    slippage_mid_bps: float | None,
+    nbbo_bid_price: Decimal | None,
+    nbbo_bid_size: Decimal | None,
+    nbbo_ask_price: Decimal | None,
+    nbbo_ask_size: Decimal | None,
+    nbbo_venues: Sequence[str],
+    slippage_nbbo: Decimal | None,
+    trade_through: int,  # 0/1 or bool
+    receive_time_ns: int,
+) -> tuple[Any, ...]:
+    return (
+        utc_date(trade_time_ms), exchange, symbol, instrument, trade_id, trade_time_ms, price,
+        size, _check("taker_side", taker_side, TAKER_SIDES), book_status, book_time_ms,
+        book_version, max(book_seq, 0), bid_price, bid_size, ask_price, ask_size, mid, spread,
+        _check("touch", touch, TOUCHES), levels_consumed, size_consumed, slippage_mid,
+        slippage_mid_bps, nbbo_bid_price, nbbo_bid_size, nbbo_ask_price, nbbo_ask_size,
+        list(nbbo_venues), slippage_nbbo, int(trade_through), receive_time_ns,
+    )
+
+
+def bar_row(
+    *,
+    instrument: str,
+    venue: str,
+    interval_ms: int,
+    window_start_ms: int,
+    open: Decimal | None,
+    high: Decimal | None,
+    low: Decimal | None,
+    close: Decimal | None,
+    volume: Decimal,
+    notional: Decimal,
+    vwap: float | None,
+    trade_count: int,
+    buy_volume: Decimal,
+    sell_volume: Decimal,
+    live_ms: int,
+    twa_spread: float | None,
+    twa_bid_depth_10bps: float | None,
+    twa_ask_depth_10bps: float | None,
+    ofi: Decimal,
+) -> tuple[Any, ...]:
+    """One bar; ``venue`` is an exchange or "ALL". See docs/queries.md for the definitions."""
+    return (
+        utc_date(window_start_ms), instrument, venue, interval_ms, window_start_ms, open, high,
+        low, close, volume, notional, vwap, trade_count, buy_volume, sell_volume, live_ms,
+        twa_spread, twa_bid_depth_10bps, twa_ask_depth_10bps, ofi,
+    )
+
+
+def late_event_row(
+    *,
+    instrument: str,
+    exchange: str,
+    symbol: str,
+    kind: str,
+    event_id: str,
+    event_time_ms: int,
+    watermark_ms: int,
+    receive_time_ns: int,
+    lateness_ms: int | None = None,
+) -> tuple[Any, ...]:
+    """An event behind the watermark; ``event_id`` is the trade id for kind "trade".
+
+    ``lateness_ms`` defaults to how far the event is behind the watermark.
+    """
+    if lateness_ms is None:
+        lateness_ms = max(watermark_ms - event_time_ms, 0)
+    return (
+        utc_date(event_time_ms), instrument, exchange, symbol, _check("kind", kind, LATE_KINDS),
+        event_id, event_time_ms, watermark_ms, lateness_ms, receive_time_ns,
     )
 
 
@@ -184,13 +543,31 @@ def connect(config: ClickHouseConfig, database: str | None = None) -> Client:
     )
 
 
+def upgrade_statements(db: str, table: str, existing: set[str]) -> list[str]:
+    """ALTERs that add the columns of ``UPGRADES[table]`` missing from ``existing``."""
+    # no ADD COLUMN IF NOT EXISTS on 18.16: the caller reads system.columns instead
+    return [
+        f"ALTER TABLE {db}.{table} ADD COLUMN {name} {type_} AFTER {after}"
+        for name, type_, after in UPGRADES.get(table, ())
+        if name not in existing
+    ]
+
+
 def ensure_schema(config: ClickHouseConfig) -> None:
-    """Create the database and tables if they do not exist (idempotent)."""
+    """Create the database and tables if they do not exist, add missing columns (idempotent)."""
     client = connect(config)
+    db = config.database
     try:
-        client.execute(f"CREATE DATABASE IF NOT EXISTS {config.database}")
+        client.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
         for ddl in TABLES.values():
-            client.execute(ddl.format(db=config.database))
+            client.execute(ddl.format(db=db))
+        for table in UPGRADES:
+            rows = client.execute(
+                "SELECT name FROM system.columns WHERE database = %(db)s AND table = %(table)s",
+                {"db": db, "table": table},
+            )
+            for statement in upgrade_statements(db, table, {name for (name,) in rows}):
+                client.execute(statement)
     finally:
         client.disconnect()
 

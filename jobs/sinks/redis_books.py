@@ -22,7 +22,7 @@ import time
 import orjson
 import redis
 
-from jobs.instrument import BookView
+from jobs.instrument import BookView, NbboUpdate
 from tickflow.config import RedisConfig
 
 # versions are compared as zero-padded decimal strings: Lua numbers are doubles, exact only
@@ -82,3 +82,72 @@ class RedisBookWriter:
 
     def close(self) -> None:
         self.client.close()
+
+
+_GUARDED_NBBO = """
+local cur = redis.call('HGET', KEYS[1], 'version')
+if cur and cur > ARGV[1] then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'version', ARGV[1])
+redis.call('SADD', KEYS[2], KEYS[1])
+redis.call('PUBLISH', KEYS[3], ARGV[2])
+return 1
+"""
+
+
+def nbbo_key(prefix: str, instrument: str) -> str:
+    return f"{prefix}:nbbo:{instrument}"
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+class RedisNbboWriter:
+    """The live NBBO per instrument, version-guarded like the books.
+
+    ``<p>:nbbo:<instrument>`` hash: ``quote``, ``bid_price``, ``bid_size``, ``bid_venues`` and
+    the same for the ask (venues comma-separated; prices empty when no book has that side),
+    ``locked``/``crossed`` (0/1), ``venues`` and ``excluded`` (JSON: included
+    ``exchange:symbol`` list; ``{venue: reason}`` of the books left out), ``event_time_ms``,
+    ``receive_time_ns``, ``publish_time_ns``, ``version``. ``<p>:nbbos`` lists the keys;
+    channel ``<p>:nbbo-updates`` carries ``<instrument>:<version>`` per accepted write.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.prefix = prefix
+        self._write = client.register_script(_GUARDED_NBBO)
+
+    def write(self, update: NbboUpdate) -> bool:
+        n = update.nbbo
+        fields = {
+            "quote": n.quote,
+            "bid_price": _text(n.bid_price),
+            "bid_size": _text(n.bid_size),
+            "bid_venues": ",".join(n.bid_venues),
+            "ask_price": _text(n.ask_price),
+            "ask_size": _text(n.ask_size),
+            "ask_venues": ",".join(n.ask_venues),
+            "locked": int(n.locked),
+            "crossed": int(n.crossed),
+            "venues": orjson.dumps(list(n.venues)),
+            "excluded": orjson.dumps(dict(zip(n.excluded, n.excluded_reasons, strict=True))),
+            "event_time_ms": update.event_time_ms,
+            "receive_time_ns": update.receive_time_ns,
+            "publish_time_ns": time.time_ns(),
+        }
+        args: list[object] = [
+            f"{update.version:0{VERSION_WIDTH}d}",
+            f"{n.instrument}:{update.version}",
+        ]
+        for name, value in fields.items():
+            args.extend((name, value))
+        written = self._write(
+            keys=[
+                nbbo_key(self.prefix, n.instrument),
+                f"{self.prefix}:nbbos",
+                f"{self.prefix}:nbbo-updates",
+            ],
+            args=args,
+        )
+        return bool(written)

@@ -430,5 +430,5 @@ def test_served_updates_are_the_seeded_models() -> None:
         for event in model.step(T0):
             if isinstance(event, BookStep) and (update := book_update(event, 10)):
                 expected.append(book_message("update", "SOL/USD", model.pair, *update,
-                                             event.checksum, T0).decode())
+                                             event.checksum, event.time_ms).decode())
     assert served == expected

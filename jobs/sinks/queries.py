@@ -1,0 +1,353 @@
+"""The researcher's queries over the ClickHouse tables, as SQL text for clickhouse-driver.
+
+Each function returns SQL with ``%(name)s`` placeholders (run it as
+``client.execute(sql, params)``); the database name is validated and inlined. Every query reads
+with ``FINAL``, so an at-least-once replay never shows a row twice. docs/queries.md has
+examples; ``recompute_bars_sql`` recomputes the streaming job's bars from the stored trades and
+top-of-book rows.
+
+Everything here runs on ClickHouse 18.16 (the local server) and current releases. What 18.16
+lacks, and how the bar recomputation gets around it:
+
+- no window functions / ASOF JOIN: each book's rows are collected with ``groupArray`` into one
+  array sorted by (event_time_ms, version); the previous/next row comes from the same array
+  shifted by one (``arrayPushFront(arrayPopBack(..))``), zipped with ``arrayMap``;
+- lambdas cannot read columns of the row (only their own arguments), hence the zipping;
+- ``groupArray`` over Decimal values (alone or inside a tuple) crashes 18.16 with a segfault:
+  decimals travel through the arrays as exact strings (``toString``) and are parsed back
+  (``toDecimal128(s, 18)``);
+- Decimal(38, 18) * Decimal(38, 18) is a Decimal(38, 36) and overflows above 100: price * size
+  is split as price * int(size) + int(price) * frac(size) + frac(price) * frac(size), each
+  part in range, the last (< 1) truncated to 18 decimals;
+- ``anyIf`` over a Nullable returns 0 instead of NULL when nothing matches: not used.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from jobs.sinks.clickhouse import DECIMAL
+
+DEFAULT_DB = "tickflow"
+BAR_INTERVALS_MS = (1000, 60000)
+ALL_VENUES = "ALL"
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+BAR_OUTPUT_COLUMNS = (
+    "instrument",
+    "venue",
+    "interval_ms",
+    "window_start_ms",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "notional",
+    "vwap",
+    "trade_count",
+    "buy_volume",
+    "sell_volume",
+    "live_ms",
+    "twa_spread",
+    "twa_bid_depth_10bps",
+    "twa_ask_depth_10bps",
+    "ofi",
+)
+
+
+def _db(db: str) -> str:
+    # the name is inlined (placeholders are values, not identifiers): accept identifiers only
+    if not _IDENTIFIER.fullmatch(db):
+        raise ValueError(f"not a database name: {db!r}")
+    return db
+
+
+def _utc_date(ms_expr: str) -> str:
+    """The UTC date of a millisecond time (the tables' partition key), as SQL."""
+    return f"toDate(toDateTime(intDiv({ms_expr}, 1000), 'UTC'))"
+
+
+def bars_sql(db: str = DEFAULT_DB) -> str:
+    """Bars of one instrument, venue (exchange or 'ALL') and interval over one UTC day.
+
+    Params: instrument, venue, interval_ms, date (datetime.date).
+    """
+    return f"""
+SELECT window_start_ms, open, high, low, close, volume, notional, vwap, trade_count,
+       buy_volume, sell_volume, live_ms, twa_spread, twa_bid_depth_10bps,
+       twa_ask_depth_10bps, ofi
+FROM {_db(db)}.bars FINAL
+WHERE date = %(date)s AND instrument = %(instrument)s AND venue = %(venue)s
+  AND interval_ms = %(interval_ms)s
+ORDER BY window_start_ms
+"""
+
+
+def nbbo_history_sql(db: str = DEFAULT_DB) -> str:
+    """NBBO changes of one instrument with from_ms <= event_time_ms < to_ms.
+
+    Params: instrument, from_ms, to_ms.
+    """
+    return f"""
+SELECT event_time_ms, version, bid_price, bid_size, bid_venues, ask_price, ask_size,
+       ask_venues, locked, crossed, venues, venue_versions, excluded, excluded_reasons
+FROM {_db(db)}.nbbo FINAL
+WHERE date >= {_utc_date("%(from_ms)s")} AND date <= {_utc_date("%(to_ms)s")}
+  AND instrument = %(instrument)s
+  AND event_time_ms >= %(from_ms)s AND event_time_ms < %(to_ms)s
+ORDER BY event_time_ms, version
+"""
+
+
+def trade_through_counts_sql(db: str = DEFAULT_DB) -> str:
+    """Per UTC day and exchange: matched trades, how many traded through the NBBO, and share.
+
+    Params: from_date, to_date (datetime.date, inclusive).
+    """
+    return f"""
+SELECT date, exchange, count() AS trades, sum(trade_through) AS trade_throughs,
+       trade_throughs / trades AS trade_through_share
+FROM {_db(db)}.matched_trades FINAL
+WHERE date >= %(from_date)s AND date <= %(to_date)s
+GROUP BY date, exchange
+ORDER BY date, exchange
+"""
+
+
+def late_event_counts_sql(db: str = DEFAULT_DB) -> str:
+    """Per UTC day, exchange and kind ('trade' / 'book'): late events and their lateness.
+
+    Params: from_date, to_date (datetime.date, inclusive).
+    """
+    return f"""
+SELECT date, exchange, kind, count() AS events, max(lateness_ms) AS max_lateness_ms,
+       avg(lateness_ms) AS avg_lateness_ms
+FROM {_db(db)}.late_events FINAL
+WHERE date >= %(from_date)s AND date <= %(to_date)s
+GROUP BY date, exchange, kind
+ORDER BY date, exchange, kind
+"""
+
+
+def matched_trades_sql(db: str = DEFAULT_DB) -> str:
+    """Matched trades of one exchange symbol over one UTC day, in trade order.
+
+    Params: exchange, symbol, date (datetime.date).
+    """
+    return f"""
+SELECT trade_time_ms, trade_id, price, size, taker_side, book_status, book_time_ms,
+       book_version, book_seq, bid_price, bid_size, ask_price, ask_size, mid, spread, touch,
+       levels_consumed, size_consumed, slippage_mid, slippage_mid_bps, nbbo_bid_price,
+       nbbo_bid_size, nbbo_ask_price, nbbo_ask_size, nbbo_venues, slippage_nbbo,
+       trade_through, receive_time_ns
+FROM {_db(db)}.matched_trades FINAL
+WHERE date = %(date)s AND exchange = %(exchange)s AND symbol = %(symbol)s
+ORDER BY trade_time_ms, trade_id
+"""
+
+
+def recompute_bars_sql(interval_ms: int, db: str = DEFAULT_DB) -> str:
+    """The bars of one instrument recomputed from ``trades``, ``late_events`` and
+    ``top_of_book``, for the windows of ``interval_ms`` that lie entirely in [from_ms, to_ms).
+
+    Params: instrument, from_ms, to_ms. Columns: ``BAR_OUTPUT_COLUMNS`` (the ``bars`` table
+    without ``date``), ordered by venue and window. Definitions: docs/queries.md.
+    """
+    if interval_ms <= 0:
+        raise ValueError(f"interval_ms must be positive, not {interval_ms}")
+    db = _db(db)
+    i = int(interval_ms)
+    dec = DECIMAL
+    zero = "toDecimal128(0, 18)"
+    null_dec = f"CAST(NULL AS Nullable({dec}))"
+    null_f64 = "CAST(NULL AS Nullable(Float64))"
+    # first and last whole window, as constant expressions of the parameters
+    lo = f"(intDiv(toUInt64(%(from_ms)s) + {i - 1}, {i}) * {i})"
+    hi = f"(intDiv(toUInt64(%(to_ms)s), {i}) * {i})"
+    book = f"""{db}.top_of_book FINAL
+        WHERE instrument = %(instrument)s AND status != 'STALE'"""
+    # exact price * size in range of Decimal(38, 18) (see the module docstring)
+    p_int, s_int = "toDecimal128(price, 0)", "toDecimal128(size, 0)"
+    notional = (
+        f"price * {s_int} + {p_int} * (size - {s_int})"
+        f" + toDecimal128((price - {p_int}) * (size - {s_int}), 18)"
+    )
+    trade_key = "(trade_time_ms, exchange, trade_num, trade_id)"
+
+    # one row per (venue, window) with trades; each trade counts for its exchange and for ALL
+    trade_bars = f"""
+    SELECT
+        src_venue, window_start_ms, toUInt8(0) AS is_book,
+        CAST(argMin(price, {trade_key}) AS Nullable({dec})) AS t_open,
+        CAST(max(price) AS Nullable({dec})) AS t_high,
+        CAST(min(price) AS Nullable({dec})) AS t_low,
+        CAST(argMax(price, {trade_key}) AS Nullable({dec})) AS t_close,
+        sum(size) AS t_volume,
+        sum(notional_part) AS t_notional,
+        toUInt64(count()) AS t_count,
+        sumIf(size, taker_side = 'buy') AS t_buy,
+        sumIf(size, taker_side = 'sell') AS t_sell,
+        toUInt64(0) AS b_live_ms,
+        {null_f64} AS b_spread,
+        {null_f64} AS b_bid_depth,
+        {null_f64} AS b_ask_depth,
+        {zero} AS b_ofi
+    FROM (
+        SELECT
+            arrayJoin([exchange, '{ALL_VENUES}']) AS src_venue,
+            intDiv(trade_time_ms, {i}) * {i} AS window_start_ms,
+            exchange, trade_id, toUInt64OrZero(trade_id) AS trade_num, trade_time_ms,
+            price, size, taker_side,
+            {notional} AS notional_part
+        FROM {db}.trades FINAL
+        WHERE date >= {_utc_date(lo)} AND date <= {_utc_date(hi)}
+          AND instrument = %(instrument)s
+          AND trade_time_ms >= {lo} AND trade_time_ms < {hi}
+          AND (exchange, symbol, trade_id) NOT IN (
+              SELECT exchange, symbol, event_id FROM {db}.late_events FINAL
+              WHERE instrument = %(instrument)s AND kind = 'trade')
+    )
+    GROUP BY src_venue, window_start_ms"""
+
+    # Each book's rows (no STALE ones) from its last row before the first window to its first
+    # row after the last one, sorted, as one array of
+    # (time, version, live with both sides, bid, bid size, ask, ask size, bid depth, ask depth)
+    book_rows = f"""
+            SELECT exchange,
+                arraySort(r -> (r.1, r.2), groupArray((event_time_ms, version, ok, bid, bid_size_s,
+                    ask, ask_size_s, bid_depth, ask_depth))) AS rows
+            FROM (
+                SELECT exchange, symbol, event_time_ms, version,
+                    toUInt8(status = 'LIVE' AND isNotNull(bid_price) AND isNotNull(ask_price))
+                        AS ok,
+                    ifNull(toString(bid_price), '0') AS bid,
+                    ifNull(toString(bid_size), '0') AS bid_size_s,
+                    ifNull(toString(ask_price), '0') AS ask,
+                    ifNull(toString(ask_size), '0') AS ask_size_s,
+                    ifNull(toString(bid_depth_10bps), '0') AS bid_depth,
+                    ifNull(toString(ask_depth_10bps), '0') AS ask_depth
+                FROM {book}
+                  AND event_time_ms >= (
+                      SELECT min(t) FROM (
+                          SELECT max(event_time_ms) AS t FROM {book} AND event_time_ms < {lo}
+                          GROUP BY exchange, symbol))
+                  AND (event_time_ms < {hi} OR event_time_ms <= (
+                      SELECT max(t) FROM (
+                          SELECT min(event_time_ms) AS t FROM {book} AND event_time_ms >= {hi}
+                          GROUP BY exchange, symbol)))
+            )
+            GROUP BY exchange, symbol"""
+
+    # Row k with its predecessor p and the next row's time nt, as one contribution:
+    # (segment [t_k, nt) counts, OFI term at t_k counts, segment start, end (clipped to the
+    #  windows), t_k, row k's touch and depth, row p's touch)
+    contributions = f"""
+        SELECT exchange,
+            arrayFilter(c -> c.1 OR c.2, arrayMap((r, p, nt, k) -> (
+                toUInt8(r.3 AND least(nt, {hi}) > greatest(r.1, {lo})),
+                toUInt8(k > 1 AND r.3 AND p.3 AND r.1 >= {lo} AND r.1 < {hi}),
+                greatest(r.1, {lo}), least(nt, {hi}), r.1,
+                r.4, r.5, r.6, r.7, r.8, r.9, p.4, p.5, p.6, p.7),
+                rows,
+                arrayPushFront(arrayPopBack(rows), rows[1]),
+                arrayPushBack(arrayPopFront(arrayMap(r -> r.1, rows)), toUInt64(0)),
+                arrayEnumerate(rows))) AS contribs
+        FROM ({book_rows}
+        )"""
+
+    # one row per (contribution, window it touches): a segment is split over its windows,
+    # an OFI term lands in the window of its row's time
+    pieces = f"""
+        SELECT exchange, w,
+            c.1 AS is_seg, c.2 AS has_ofi, c.3 AS seg_start, c.4 AS seg_end, c.5 AS t,
+            toDecimal128(c.6, 18) AS bid, toDecimal128(c.7, 18) AS bid_size,
+            toDecimal128(c.8, 18) AS ask, toDecimal128(c.9, 18) AS ask_size,
+            toDecimal128(c.10, 18) AS bid_depth, toDecimal128(c.11, 18) AS ask_depth,
+            toDecimal128(c.12, 18) AS prev_bid, toDecimal128(c.13, 18) AS prev_bid_size,
+            toDecimal128(c.14, 18) AS prev_ask, toDecimal128(c.15, 18) AS prev_ask_size,
+            intDiv(if(is_seg, seg_start, t), {i}) * {i} AS first_w,
+            if(is_seg, intDiv(toUInt64(seg_end - 1), {i}) * {i}, first_w) AS last_w,
+            -- (UInt64 minus UInt64 is Int64 in ClickHouse: cast back for if() and range())
+            toUInt64(intDiv(toUInt64(last_w - first_w), {i}) + 1) AS window_count,
+            arrayJoin(arrayMap(n -> first_w + n * {i}, range(window_count))) AS w,
+            least(seg_end, w + {i}) AS piece_end,
+            greatest(seg_start, w) AS piece_start,
+            if(is_seg AND piece_end > piece_start, toUInt64(piece_end - piece_start), toUInt64(0))
+                AS overlap,
+            toUInt8(has_ofi AND w = intDiv(t, {i}) * {i}) AS ofi_here,
+            if(ofi_here,
+               if(bid >= prev_bid, bid_size, {zero}) - if(bid <= prev_bid, prev_bid_size, {zero})
+               - if(ask <= prev_ask, ask_size, {zero}) + if(ask >= prev_ask, prev_ask_size, {zero}),
+               {zero}) AS ofi_term
+        FROM (
+            SELECT exchange, arrayJoin(contribs) AS c FROM ({contributions}
+            )
+        )"""
+
+    # one row per (exchange, window) with live time or an OFI term
+    book_bars = f"""
+    SELECT
+        exchange AS src_venue, w AS window_start_ms, toUInt8(1) AS is_book,
+        {null_dec} AS t_open, {null_dec} AS t_high, {null_dec} AS t_low, {null_dec} AS t_close,
+        {zero} AS t_volume, {zero} AS t_notional, toUInt64(0) AS t_count,
+        {zero} AS t_buy, {zero} AS t_sell,
+        sum(overlap) AS b_live_ms,
+        -- numerators summed exactly (integer ms * decimal), one conversion to Float64
+        if(b_live_ms = 0, {null_f64},
+           toFloat64(sum(toDecimal128(overlap, 0) * (ask - bid))) / b_live_ms) AS b_spread,
+        if(b_live_ms = 0, {null_f64},
+           toFloat64(sum(toDecimal128(overlap, 0) * bid_depth)) / b_live_ms) AS b_bid_depth,
+        if(b_live_ms = 0, {null_f64},
+           toFloat64(sum(toDecimal128(overlap, 0) * ask_depth)) / b_live_ms) AS b_ask_depth,
+        sum(ofi_term) AS b_ofi
+    FROM ({pieces}
+    )
+    WHERE overlap > 0 OR ofi_here
+    GROUP BY exchange, w"""
+
+    # Merge per target venue: an exchange's trade row and book row; ALL's trade row and every
+    # exchange's book row (ALL: depth and OFI summed over exchanges, no live time or spread).
+    return f"""
+SELECT
+    toString(%(instrument)s) AS instrument,
+    target AS venue,
+    toUInt32({i}) AS interval_ms,
+    window_start_ms,
+    any(t_open) AS open,
+    max(t_high) AS high,
+    min(t_low) AS low,
+    any(t_close) AS close,
+    sum(t_volume) AS volume,
+    sum(t_notional) AS notional,
+    if(sum(t_volume) = 0, {null_f64}, toFloat64(sum(t_notional)) / toFloat64(sum(t_volume)))
+        AS vwap,
+    toUInt32(sum(t_count)) AS trade_count,
+    sum(t_buy) AS buy_volume,
+    sum(t_sell) AS sell_volume,
+    toUInt32(if(target = '{ALL_VENUES}', 0, sum(b_live_ms))) AS live_ms,
+    if(target = '{ALL_VENUES}', {null_f64}, any(b_spread)) AS twa_spread,
+    sum(b_bid_depth) AS twa_bid_depth_10bps,
+    sum(b_ask_depth) AS twa_ask_depth_10bps,
+    sum(b_ofi) AS ofi
+FROM (
+    SELECT *, arrayJoin(if(is_book = 1, [src_venue, '{ALL_VENUES}'], [src_venue])) AS target
+    FROM ({trade_bars}
+    UNION ALL{book_bars}
+    )
+)
+GROUP BY target, window_start_ms
+ORDER BY venue, window_start_ms
+"""
+
+
+# name -> (SQL builder, what its parameters are); docs/queries.md shows each with an example
+DAILY_QUERIES: dict[str, tuple[Callable[[str], str], tuple[str, ...]]] = {
+    "bars": (bars_sql, ("instrument", "venue", "interval_ms", "date")),
+    "nbbo_history": (nbbo_history_sql, ("instrument", "from_ms", "to_ms")),
+    "trade_through_counts": (trade_through_counts_sql, ("from_date", "to_date")),
+    "late_event_counts": (late_event_counts_sql, ("from_date", "to_date")),
+    "matched_trades": (matched_trades_sql, ("exchange", "symbol", "date")),
+}
