@@ -20,6 +20,15 @@ pauses the simulator and checks:
   unexpected. replay_books_equal_redis checks that the replay ends where the job did;
 - optionally (--model-updates, default 1,000,000) the simulator's pure Kraken model through
   jobs/book/kraken.py, the code path of tests/unit/test_kraken_book.py's million-update test.
+Then the analytics (bench/analytics_checks.py), after a phase of ``--analytics-seconds`` in
+which every trade frame is held back by up to ``--jitter-ms`` (so trades arrive after later
+book updates and out of order) and a few by more than the 5 s bound:
+- trades_matched / matching_errors / matching_missing: every trade of that phase against the
+  simulator's record of the book state it executed against;
+- nbbo_checks / nbbo_mismatches: every NBBO row of the run recomputed by brute force;
+- window_rows_compared / window_mismatches: every bar of the run against the batch
+  recomputation in ClickHouse;
+- late_events: the late-data table (at least the trades held back beyond the bound).
 Writes bench/results/verify.json and prints it; exit status 0 only if every check holds.
 The slice removes its topics, consumer group, Redis keys and database and cancels its job.
 Needs the local stack: `tickflow stack up` (`make verify` does that).
@@ -42,6 +51,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench.analytics_checks import late_events, matching_check, nbbo_check, windows_check
 from bench.slice import (
     BookUpdates,
     equals_truth,
@@ -328,6 +338,46 @@ def kraken_model(updates: int) -> dict[str, Any]:
     }
 
 
+# --- analytics --------------------------------------------------------------------------------
+
+
+def analytics_phase(settings: Settings, args: argparse.Namespace) -> int:
+    """Traffic with every trade frame held back by up to --jitter-ms, and --late-trades of
+    them by more than the bound. Returns how many trade frames were held back that long."""
+    for exchange in EXCHANGES:
+        sim_post(settings, f"faults/delay?exchange={exchange}&count=0"
+                           f"&duration_s={args.analytics_seconds}"
+                           f"&max_ms={args.jitter_ms}")  # fmt: skip
+    time.sleep(args.analytics_seconds / 3)
+    bound = settings.flink.watermark_out_of_orderness_ms
+    sim_post(settings, f"faults/delay?exchange=binance&count={args.late_trades}"
+                       f"&min_ms={bound + 1500}&max_ms={bound + 2500}")  # fmt: skip
+    time.sleep(args.analytics_seconds * 2 / 3)
+    return int(args.late_trades)
+
+
+def check_analytics(
+    settings: Settings, from_ms: int, to_ms: int, live_at_ms: int, timeout: float
+) -> dict[str, Any]:
+    """Matching over the jittered phase (waiting for the watermark to pass it), then NBBO,
+    bars (the whole run, from when every book was LIVE) and late events."""
+    deadline = time.monotonic() + timeout
+    while True:
+        matching = matching_check(settings, from_ms, to_ms)
+        if matching["matching_missing"] == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    instruments = sorted(
+        {i for ex in EXCHANGES for i in getattr(settings.exchanges, ex).symbols.values()}
+    )
+    return {
+        **matching,
+        **nbbo_check(settings),
+        **windows_check(settings, instruments, live_at_ms, to_ms),
+        **late_events(settings),
+    }
+
+
 # --- the run --------------------------------------------------------------------------------
 
 
@@ -342,19 +392,27 @@ def run(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
                 wait_for(f"{exchange}:{symbol} LIVE",
                          functools.partial(is_live, settings, exchange, symbol), 180)  # fmt: skip
             live_s = time.monotonic() - started
+            live_at_ms = int(time.time() * 1000)
             traffic_start = time.monotonic()
             faults = run_faults(
                 settings, max(0.0, args.seconds - args.quiet), args.fault_every,
                 random.Random(args.seed),
             )  # fmt: skip
             time.sleep(max(0.0, args.seconds - (time.monotonic() - traffic_start)))
+            analytics_from_ms = int(time.time() * 1000) + 1000
+            late_injected = analytics_phase(settings, args)
             sim_post(settings, "pause")
             paused_at = time.monotonic()
+            analytics_to_ms = int(time.time() * 1000) - 8000
             not_applied = sim_get(settings, "faults")["frames"]
             sim_post(settings, "faults/clear")
             applied = sim_get(settings, "status")["faults_injected"]
             equal, unequal = compare_books(settings, args.settle_timeout)
             settled_s = time.monotonic() - paused_at
+            analytics = check_analytics(
+                settings, analytics_from_ms, analytics_to_ms, live_at_ms, args.settle_timeout
+            )
+            analytics["late_trades_injected"] = late_injected
         finally:
             updates.close()
         replayed = replay(settings)
@@ -385,6 +443,7 @@ def run(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
             "raw_envelopes_replayed": replayed["envelopes"],
             "replay_parse_errors": replayed["parse_errors"],
             "replay_books_equal_redis": replay_equals_redis(settings, replayed["views"]),
+            **analytics,
             "startup_seconds": round(live_s, 1),
             "settle_seconds": round(settled_s, 1),
         }
@@ -410,6 +469,14 @@ def checks(result: dict[str, Any]) -> dict[str, bool]:
         and result["kraken_checksum_mismatches_injected"]
         <= result["kraken_checksum_faults_applied"],
         "replay_equals_redis": result["replay_books_equal_redis"] == result["books_compared"],
+        "every_trade_matched_right": result["trades_matched"] > 0
+        and result["matching_errors"] == 0
+        and result["matching_missing"] == 0,
+        "nbbo_equals_brute_force": result["nbbo_checks"] > 0 and result["nbbo_mismatches"] == 0,
+        "bars_equal_batch": result["window_rows_compared"] > 0
+        and result["window_mismatches"] == 0,
+        "late_events_stored": result["late_events_by_kind"].get("trade", 0)
+        >= result["late_trades_injected"] > 0,
     }
     if "kraken_model_updates_checked" in result:
         out["kraken_model_clean"] = (
@@ -431,6 +498,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds the books may take to reach the truth after the pause")
     parser.add_argument("--model-updates", type=int, default=1_000_000,
                         help="simulated Kraken updates through the engine (0: skip)")
+    parser.add_argument("--analytics-seconds", type=float, default=30.0,
+                        help="traffic with jittered trade arrivals")  # fmt: skip
+    parser.add_argument("--jitter-ms", type=int, default=4000,
+                        help="trade frames held back by up to this")  # fmt: skip
+    parser.add_argument("--late-trades", type=int, default=3,
+                        help="trade frames held back beyond the watermark bound")  # fmt: skip
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
