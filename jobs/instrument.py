@@ -13,6 +13,7 @@ that came after later book updates.
 from __future__ import annotations
 
 import pickle
+from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -28,6 +29,7 @@ from jobs.parse.events import BookDelta, BookSnapshot, ParseError, SyncLost, Tra
 from schemas.codec import RawEnvelope
 
 BookId = tuple[str, str]  # (exchange, exchange symbol)
+TradeKey = tuple[str, str, str]  # (exchange, exchange symbol, trade id)
 NO_WATERMARK = -(2**63)  # Flink's watermark before the first one
 
 
@@ -39,6 +41,7 @@ class AnalyticsRules:
     nbbo_stale_after_ms: int = 10_000
     bar_intervals_ms: tuple[int, ...] = (1000, 60_000)
     depth_band_bps: Decimal = Decimal(10)
+    trade_dedup_ms: int = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,7 @@ class Outputs:
     level_changes: list[tuple[BookId, list[LevelChange]]] = field(default_factory=list)
     # books that need a fresh snapshot from their connector, and why
     resyncs: list[tuple[BookId, str]] = field(default_factory=list)
+    sync_failures: list[Outcome] = field(default_factory=list)  # gaps, checksum mismatches
     nbbo: list[NbboUpdate] = field(default_factory=list)
     matched: list[MatchedTrade] = field(default_factory=list)
     bars: list[Bar] = field(default_factory=list)
@@ -105,7 +109,10 @@ class Outputs:
     history_added: list[tuple[BookId, BookState]] = field(default_factory=list)
     history_pruned: list[tuple[BookId, list[BookState]]] = field(default_factory=list)
     pending_added: list[Trade] = field(default_factory=list)
-    pending_done: list[Trade] = field(default_factory=list)
+    # trades no longer remembered (matched, and older than the dedup horizon)
+    trades_forgotten: list[TradeKey] = field(default_factory=list)
+    late_trades: list[Trade] = field(default_factory=list)  # stored, not matched, in no bar
+    duplicate_trades: int = 0  # sent again by the exchange (e.g. on a resubscribe): dropped
 
 
 @dataclass
@@ -162,6 +169,10 @@ class InstrumentBooks:
         self.book_instruments: dict[BookId, str] = {}  # a book's own instrument (its rows)
         self.history: dict[BookId, BookHistory] = {}
         self.pending: list[Trade] = []  # trades waiting for the watermark, by time
+        # trades taken (pending or matched) within the dedup horizon, oldest first roughly:
+        # an exchange re-sends recent trades (Coinbase on every subscribe)
+        self.seen: dict[TradeKey, int] = {}
+        self._seen_order: deque[tuple[int, TradeKey]] = deque()
         self.bars = InstrumentBars(instrument, self.rules.bar_intervals_ms)
         self.nbbo: Nbbo | None = None
         self.nbbo_version = 0
@@ -198,7 +209,6 @@ class InstrumentBooks:
         self.book_instruments.setdefault(book_id, env.instrument)
         for event in parse_envelope(env):
             if isinstance(event, Trade):
-                out.trades.append(event)
                 self._on_trade(event, env.instrument, watermark_ms, out)
             else:
                 self._on_book_event(book_id, event, out, watermark_ms)
@@ -210,8 +220,14 @@ class InstrumentBooks:
     # --- trades, matching, bars -----------------------------------------------------------
 
     def _on_trade(self, trade: Trade, instrument: str, watermark_ms: int, out: Outputs) -> None:
+        key = (trade.exchange, trade.symbol, trade.trade_id)
+        if key in self.seen:
+            out.duplicate_trades += 1
+            return
+        self._remember(key, trade.trade_time_ms)
         if trade.trade_time_ms <= watermark_ms:
             # its windows are closed and its books may be pruned: stored, counted, not matched
+            out.late_trades.append(trade)
             out.late.append(
                 LateEvent(
                     trade.exchange, trade.symbol, instrument, "trade", trade.trade_id,
@@ -219,9 +235,22 @@ class InstrumentBooks:
                 )
             )
             return
+        out.trades.append(trade)
         self.bars.on_trade(trade)
         self._add_pending(trade)
         out.pending_added.append(trade)
+
+    def _remember(self, key: TradeKey, time_ms: int) -> None:
+        self.seen[key] = time_ms
+        self._seen_order.append((time_ms, key))
+
+    def _forget_until(self, horizon_ms: int, out: Outputs) -> None:
+        order = self._seen_order
+        while order and order[0][0] < horizon_ms:
+            time_ms, key = order.popleft()
+            if self.seen.get(key) == time_ms:
+                del self.seen[key]
+                out.trades_forgotten.append(key)
 
     def _add_pending(self, trade: Trade) -> None:
         pending = self.pending
@@ -242,9 +271,9 @@ class InstrumentBooks:
             if trade.trade_time_ms > watermark_ms:
                 break
             out.matched.append(self.match(trade))
-            out.pending_done.append(trade)
             done += 1
         del self.pending[:done]
+        self._forget_until(watermark_ms - self.rules.trade_dedup_ms, out)
         out.bars.extend(self.bars.close_until(watermark_ms))
         for book_id, history in self.history.items():
             # every trade still pending is later than the watermark
@@ -328,8 +357,11 @@ class InstrumentBooks:
         for book_id, states in history.items():
             # versions grow in arrival order (state times may step back after a snapshot)
             self.history[book_id] = BookHistory(sorted(states, key=lambda st: st.version))
+        # the stored trades are those remembered: matched already if behind the watermark
         for trade in sorted(pending, key=lambda t: t.trade_time_ms):
-            self._add_pending(trade)
+            self._remember((trade.exchange, trade.symbol, trade.trade_id), trade.trade_time_ms)
+            if trade.trade_time_ms > self.watermark_ms:
+                self._add_pending(trade)
 
     def _on_book_event(
         self,
@@ -353,6 +385,7 @@ class InstrumentBooks:
         out.level_changes.append((book_id, engine.book.take_changes()))
         if outcome in NEEDS_RESYNC:
             out.resyncs.append((book_id, engine.reason))
+            out.sync_failures.append(outcome)
         if outcome in (Outcome.IGNORED, Outcome.BUFFERED, Outcome.SNAPSHOT_TOO_OLD) and (
             engine.status is was
         ):
@@ -399,6 +432,11 @@ class InstrumentBooks:
         out = Outputs()
         self._update_nbbo(now_ms * 1_000_000, out, now_ms)
         return out.nbbo
+
+    def books_not_live(self) -> int:
+        return sum(
+            1 for t in self.books.values() if t.engine.status is not BookStatus.LIVE or t.stale
+        )
 
     def mark_stale(self, now_ms: int, stale_after_ms: int) -> list[BookView]:
         """LIVE books with no message for ``stale_after_ms``: now STALE (views to publish)."""

@@ -12,8 +12,9 @@ from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext, 
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from jobs.book.levels import BookSide, LevelChange
-from jobs.instrument import AnalyticsRules, BookId, InstrumentBooks, Outputs
+from jobs.instrument import AnalyticsRules, BookId, InstrumentBooks, Outputs, TradeKey
 from jobs.matching import BookState
+from jobs.metrics import JobMetrics
 from jobs.nbbo import group_quote
 from jobs.parse.events import ParseError, Trade
 from jobs.sinks.clickhouse import (
@@ -43,7 +44,11 @@ def _history_key(book_id: BookId, state: BookState) -> str:
 
 
 def _pending_key(trade: Trade) -> str:
-    return f"{trade.exchange}|{trade.symbol}|{trade.trade_id}"
+    return _trade_key((trade.exchange, trade.symbol, trade.trade_id))
+
+
+def _trade_key(key: TradeKey) -> str:
+    return "|".join(key)
 
 
 def _dumps(value: object) -> bytes:
@@ -87,6 +92,7 @@ class InstrumentProcessor(KeyedProcessFunction):
         self.analytics = runtime_context.get_state(
             ValueStateDescriptor("analytics", Types.PICKLED_BYTE_ARRAY())
         )
+        self.metrics = JobMetrics(runtime_context.get_metrics_group())
         self.redis = RedisBookWriter(self.redis_config)
         self.redis_nbbo = RedisNbboWriter(self.redis.client, self.redis_config.key_prefix)
         self._cache = {}
@@ -112,6 +118,7 @@ class InstrumentProcessor(KeyedProcessFunction):
                     nbbo_stale_after_ms=acfg.nbbo_stale_after_ms,
                     bar_intervals_ms=acfg.bar_intervals_ms,
                     depth_band_bps=Decimal(acfg.depth_band_bps),
+                    trade_dedup_ms=acfg.trade_dedup_ms,
                 ),
             )
             levels: dict[BookId, list[tuple[BookSide, Decimal, Decimal]]] = {}
@@ -151,9 +158,9 @@ class InstrumentProcessor(KeyedProcessFunction):
                 self.history.remove(_history_key(book_id, state))
         for trade in out.pending_added:
             self.pending.put(_pending_key(trade), trade)
-        for trade in out.pending_done:
-            self.pending.remove(_pending_key(trade))
-        if out.book_views or out.trades or out.bars or out.matched or out.nbbo:
+        for key in out.trades_forgotten:
+            self.pending.remove(_trade_key(key))
+        if out.book_views or out.trades or out.late_trades or out.bars or out.matched or out.nbbo:
             self.analytics.update(books.analytics_state())
         for update in out.nbbo:
             self.redis_nbbo.write(update)
@@ -181,6 +188,7 @@ class InstrumentProcessor(KeyedProcessFunction):
             self._next_event_timer.pop(instrument, None)
             out = Outputs()
             books.advance(ctx.timer_service().current_watermark(), out)
+            self.metrics.record(out)
             yield from self._emit_analytics(books, out)
             self._schedule_event_timer(ctx, books)
             return
@@ -201,8 +209,11 @@ class InstrumentProcessor(KeyedProcessFunction):
                 )
                 yield "top_of_book", top_of_book_row(view, view.bid_depth, view.ask_depth)
         out = Outputs(nbbo=books.refresh_nbbo(timestamp))  # books may have aged out of it
+        self.metrics.record(out)
+        self.metrics.books_not_live(instrument, books.books_not_live())
         yield from self._emit_analytics(books, out)
         for (exchange, symbol), reason in books.due_resyncs(timestamp, cfg.resync_retry_ms):
+            self.metrics.inc("resync_requests")
             yield RESYNC_REQUESTS, resync_record(exchange, symbol, reason, timestamp)
         self._next_tick.pop(instrument, None)
         self._schedule_tick(ctx, instrument, timestamp)
@@ -219,14 +230,20 @@ class InstrumentProcessor(KeyedProcessFunction):
         try:
             env = decode_envelope(value)
         except EnvelopeError as exc:
+            self.metrics.inc("dead_letters")
             yield DEAD_LETTERS, dead_letter_record("job", str(exc), value)
             return
         books = self._books(ctx.get_current_key())
         try:
             out = books.process(env, ctx.timer_service().current_watermark())
         except ParseError as exc:
+            self.metrics.inc("dead_letters")
             yield DEAD_LETTERS, dead_letter_record("job", str(exc), env.payload, env)
             return
+        self.metrics.inc("frames")
+        self.metrics.inc("resync_requests", len(out.resyncs))
+        self.metrics.record(out)
+        self.metrics.books_not_live(books.instrument, books.books_not_live())
         for book_id, changes in out.level_changes:
             self._persist(books, book_id, changes)
         now = ctx.timer_service().current_processing_time()
@@ -238,6 +255,8 @@ class InstrumentProcessor(KeyedProcessFunction):
             self.redis.write(view)
         for trade in out.trades:
             yield "trades", trade_row(trade, env.instrument)
+        for trade in out.late_trades:
+            yield "trades", trade_row(trade, env.instrument, on_time=False)
         for view in out.snapshots:
             yield "book_snapshots", snapshot_row(view)
         for view in out.top_changes:

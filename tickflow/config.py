@@ -110,6 +110,19 @@ class AnalyticsConfig:
     quote_equivalents: Mapping[str, str]
     bar_intervals_ms: tuple[int, ...]
     depth_band_bps: int
+    trade_dedup_ms: int
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    prometheus_port: int
+    scrape_interval_s: int
+    flink_metrics_ports: str  # port range of Flink's Prometheus reporter, e.g. "9249-9252"
+    connector_metrics_ports: Mapping[str, str]  # exchange -> port of its /metrics
+    dashboard_port: int
+    alert_webhook: str  # alerts are forwarded here (POST JSON); "" = nowhere
+    log_level: str
+    log_format: str  # json | text
 
 
 @dataclass(frozen=True)
@@ -254,6 +267,7 @@ class Settings:
     flink: FlinkConfig
     book: BookConfig
     analytics: AnalyticsConfig
+    monitoring: MonitoringConfig
     simulator: SimulatorConfig
     connectors: ConnectorConfig
     exchanges: ExchangesConfig
@@ -315,6 +329,7 @@ _NESTED: dict[str, type] = {
     "FlinkConfig": FlinkConfig,
     "BookConfig": BookConfig,
     "AnalyticsConfig": AnalyticsConfig,
+    "MonitoringConfig": MonitoringConfig,
     "SimulatorConfig": SimulatorConfig,
     "ConnectorConfig": ConnectorConfig,
     "BinanceConfig": BinanceConfig,

@@ -44,8 +44,9 @@ CREATE TABLE IF NOT EXISTS {{db}}.trades (
     taker_side Enum8('buy' = 1, 'sell' = 2),
     trade_time_ms UInt64,
     event_time_ms UInt64,
-    receive_time_ns UInt64
-) ENGINE = ReplacingMergeTree()
+    receive_time_ns UInt64,
+    on_time UInt8
+) ENGINE = ReplacingMergeTree(on_time)
 PARTITION BY (date, exchange)
 ORDER BY (exchange, symbol, trade_time_ms, trade_id)
 """,
@@ -200,6 +201,9 @@ ORDER BY (exchange, symbol, kind, event_time_ms, event_id)
 # Columns added after a table was first released: (column, type, the column it follows).
 # ensure_schema adds the missing ones to an existing table (CREATE IF NOT EXISTS does not).
 UPGRADES: dict[str, tuple[tuple[str, str, str], ...]] = {
+    # a table from before on_time keeps its engine: duplicates then collapse without
+    # preferring the on-time copy
+    "trades": (("on_time", "UInt8 DEFAULT 1", "receive_time_ns"),),
     "top_of_book": (
         ("bid_depth_10bps", f"Nullable({DECIMAL})", "ask_size"),
         ("ask_depth_10bps", f"Nullable({DECIMAL})", "bid_depth_10bps"),
@@ -219,6 +223,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "trade_time_ms",
         "event_time_ms",
         "receive_time_ns",
+        "on_time",
     ),
     "book_snapshots": (
         "date",
@@ -345,7 +350,9 @@ def utc_date(ms: int) -> date:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).date()
 
 
-def trade_row(trade: Trade, instrument: str) -> tuple[Any, ...]:
+def trade_row(trade: Trade, instrument: str, on_time: bool = True) -> tuple[Any, ...]:
+    """``on_time`` 0: arrived behind the watermark (not in bars nor matched). The table keeps
+    the on-time copy of a trade an exchange sent twice (ReplacingMergeTree(on_time))."""
     return (
         utc_date(trade.trade_time_ms),
         trade.exchange,
@@ -358,6 +365,7 @@ def trade_row(trade: Trade, instrument: str) -> tuple[Any, ...]:
         trade.trade_time_ms,
         trade.event_time_ms,
         trade.receive_time_ns,
+        int(on_time),
     )
 
 

@@ -150,7 +150,7 @@ ORDER BY trade_time_ms, trade_id
 
 
 def recompute_bars_sql(interval_ms: int, db: str = DEFAULT_DB) -> str:
-    """The bars of one instrument recomputed from ``trades``, ``late_events`` and
+    """The bars of one instrument recomputed from ``trades`` (the on-time ones) and
     ``top_of_book``, for the windows of ``interval_ms`` that lie entirely in [from_ms, to_ms).
 
     Params: instrument, from_ms, to_ms. Columns: ``BAR_OUTPUT_COLUMNS`` (the ``bars`` table
@@ -206,9 +206,7 @@ def recompute_bars_sql(interval_ms: int, db: str = DEFAULT_DB) -> str:
         WHERE date >= {_utc_date(lo)} AND date <= {_utc_date(hi)}
           AND instrument = %(instrument)s
           AND trade_time_ms >= {lo} AND trade_time_ms < {hi}
-          AND (exchange, symbol, trade_id) NOT IN (
-              SELECT exchange, symbol, event_id FROM {db}.late_events FINAL
-              WHERE instrument = %(instrument)s AND kind = 'trade')
+          AND on_time = 1
     )
     GROUP BY src_venue, window_start_ms"""
 

@@ -60,12 +60,12 @@ TO_MS = T0 + 130_700
 
 def trade(
     exchange: str, trade_id: str, offset_ms: int, price: str, size: str, side: str,
-    instrument: str = INSTRUMENT,
+    instrument: str = INSTRUMENT, on_time: int = 1,
 ) -> tuple[Any, ...]:  # fmt: skip
     symbol = SYMBOLS[exchange]
     ms = T0 + offset_ms
     return (utc_date(ms), exchange, symbol, instrument, trade_id, D(price), D(size), side, ms,
-            ms, ms * 1_000_000)  # fmt: skip
+            ms, ms * 1_000_000, on_time)  # fmt: skip
 
 
 def tob(
@@ -91,7 +91,7 @@ TRADES = [
     trade("binance", "101", 11_500, "100.7", "1.5", "buy"),
     trade("binance", "102", 11_999, "100.6", "0.00000001", "sell"),
     trade("kraken", "6", 11_999, "100.65", "2", "sell"),  # ALL close: kraken after binance
-    trade("binance", "103", 12_000, "200", "5", "buy"),  # late: excluded
+    trade("binance", "103", 12_000, "200", "5", "buy", on_time=0),  # late: excluded
     trade("binance", "104", 15_250, "65000.123456789", "123.45678901", "buy"),  # big product
     trade("kraken", "x2", 20_000, "100.9", "1", "buy"),  # non-numeric ids: by id text
     trade("kraken", "x1", 20_000, "100.8", "1", "sell"),
@@ -135,7 +135,10 @@ TOP_OF_BOOK = [
 ]
 
 # a replay after a restore writes rows again: FINAL must show them once
-DUPLICATES = {"trades": TRADES[1:4], "top_of_book": TOP_OF_BOOK[2:4]}
+# inserted after the rest: at-least-once replays, and a trade the exchange sent again after the
+# watermark passed it (its on-time copy must win)
+RESENT_LATE = trade("binance", "100", 11_000, "100.5", "0.1", "buy", on_time=0)
+DUPLICATES = {"trades": [*TRADES[1:4], RESENT_LATE], "top_of_book": TOP_OF_BOOK[2:4]}
 
 
 # ------------------------------------------------- the reference, straight from the docs
@@ -174,12 +177,11 @@ def reference_bars(
     lo = -(-from_ms // interval) * interval
     hi = to_ms // interval * interval
     accs: dict[tuple[str, int], Acc] = defaultdict(Acc)
-    late_ids = {(e["exchange"], e["symbol"], e["event_id"]) for e in late if e["kind"] == "trade"}
     for t in trades:
         ms = t["trade_time_ms"]
         if t["instrument"] != instrument or not lo <= ms < hi:
             continue
-        if (t["exchange"], t["symbol"], t["trade_id"]) in late_ids:
+        if not t["on_time"]:  # arrived behind the watermark: in no bar
             continue
         tid = t["trade_id"]
         key = (ms, t["exchange"], int(tid) if tid.isdigit() else 0, tid)

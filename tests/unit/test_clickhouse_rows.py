@@ -48,7 +48,9 @@ def ddl_clause(table: str, clause: str) -> str:
 @pytest.mark.parametrize("table", sorted(TABLES))
 def test_ddl_columns_are_the_insert_columns(table: str) -> None:
     assert ddl_columns(table) == COLUMNS[table]
-    assert "ENGINE = ReplacingMergeTree()" in TABLES[table]
+    # trades keep the on-time copy of a trade sent twice; the rest any copy (all equal)
+    engine = "ReplacingMergeTree(on_time)" if table == "trades" else "ReplacingMergeTree()"
+    assert f"ENGINE = {engine}" in TABLES[table]
     assert TABLES[table].lstrip().startswith(f"CREATE TABLE IF NOT EXISTS {{db}}.{table} (")
 
 
@@ -188,7 +190,10 @@ def test_upgrade_statements_add_only_missing_columns() -> None:
         " AFTER bid_depth_10bps",
     ]
     assert upgrade_statements("tf", "top_of_book", set(COLUMNS["top_of_book"])) == []
-    assert upgrade_statements("tf", "trades", set()) == []
+    assert upgrade_statements("tf", "trades", set(COLUMNS["trades"]) - {"on_time"}) == [
+        "ALTER TABLE tf.trades ADD COLUMN on_time UInt8 DEFAULT 1 AFTER receive_time_ns"
+    ]
+    assert upgrade_statements("tf", "book_snapshots", set()) == []
     for table, columns in UPGRADES.items():
         assert all(name in COLUMNS[table] for name, _, _ in columns)
 

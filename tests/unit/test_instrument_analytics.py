@@ -126,7 +126,7 @@ def test_a_trade_after_a_later_update_is_matched_as_of_its_time_once_the_waterma
     assert advanced(books, T0 + 199).matched == []
     out = advanced(books, T0 + 200)
     [m] = out.matched
-    assert out.pending_done == [trade] and books.pending == []
+    assert books.pending == [] and ("binance", "BNBBTC", "7") in books.seen
     assert m.trade == trade and m.instrument == "BNB-BTC"
     assert (m.book_status, m.book_time_ms, m.book_seq) == ("LIVE", T0 + 100, 11)
     assert m.ask == (D("1.05"), D(1)) and m.bid == (D("1.0"), D(2))
@@ -165,6 +165,20 @@ def test_coinbase_orders_a_trade_and_an_update_of_one_millisecond_by_sequence_nu
 # --- late trades ------------------------------------------------------------------------------
 
 
+def test_a_trade_sent_again_is_dropped_not_late_nor_counted_twice() -> None:
+    books = new_books()
+    live_binance(books, T0, wm=T0 - 2000)
+    frame = bn_trade(1, "1.05", "2", T0 + 400)
+    books.process(bn_env("trade", frame, T0 + 410), T0 + 300)
+    again = books.process(bn_env("trade", frame, T0 + 420), T0 + 350)  # still on time
+    assert again.duplicate_trades == 1 and again.trades == [] and again.pending_added == []
+    advanced(books, T0 + 5000)
+    late_again = books.process(bn_env("trade", frame, T0 + 9000), T0 + 5000)  # behind the mark
+    assert late_again.duplicate_trades == 1 and late_again.late == []
+    forgotten = advanced(books, T0 + 400 + 60_001)
+    assert forgotten.trades_forgotten == [("binance", "BNBBTC", "1")] and not books.seen
+
+
 def test_a_trade_at_or_before_the_watermark_is_late_and_in_no_bar() -> None:
     books = new_books()
     live_binance(books, T0, wm=T0 - 2000)
@@ -172,7 +186,7 @@ def test_a_trade_at_or_before_the_watermark_is_late_and_in_no_bar() -> None:
     assert out.late == [] and len(out.pending_added) == 1
     rx = T0 + 420
     out = books.process(bn_env("trade", bn_trade(2, "1.06", "5", T0 + 300), rx), T0 + 300)
-    assert len(out.trades) == 1  # stored all the same
+    assert len(out.late_trades) == 1 and out.trades == []  # stored all the same, as late
     assert out.late == [
         LateEvent("binance", "BNBBTC", "BNB-BTC", "trade", "2", T0 + 300, T0 + 300, rx * 10**6)
     ]
@@ -253,7 +267,9 @@ def test_matched_trades_see_the_true_book_as_of_their_time(steps: list) -> None:
             assert t.trade_time_ms > watermark
             on_time[t.trade_id] = t
         for t in out.trades:
-            assert (t.trade_id in late) == (t.trade_time_ms <= watermark)
+            assert t.trade_id not in late and t.trade_time_ms > watermark
+        for t in out.late_trades:
+            assert t.trade_id in late and t.trade_time_ms <= watermark
         assert all(m.trade.trade_time_ms <= watermark for m in out.matched)
     out = advanced(books, rx + 10_000)
     matched += out.matched
@@ -414,8 +430,8 @@ class Persisted:
                 del self.history[(book_id, state.version, state.time_ms)]
         for trade in out.pending_added:
             self.pending[(trade.exchange, trade.symbol, trade.trade_id)] = trade
-        for trade in out.pending_done:
-            del self.pending[(trade.exchange, trade.symbol, trade.trade_id)]
+        for key in out.trades_forgotten:
+            del self.pending[key]
 
     def restore(self, books: InstrumentBooks, live: InstrumentBooks, data: bytes) -> None:
         for book_id, tracked in live.books.items():
@@ -474,7 +490,7 @@ def visible(out: Outputs) -> tuple[Any, ...]:
     # which book's history is pruned first depends on the order state was restored in
     pruned = sorted(out.history_pruned, key=lambda item: item[0])
     return (out.book_views, out.nbbo, out.matched, out.bars, out.late, out.pending_added,
-            out.pending_done, out.history_added, pruned, out.trades)  # fmt: skip
+            out.trades_forgotten, out.history_added, pruned, out.trades)  # fmt: skip
 
 
 @pytest.mark.parametrize("cut", range(1, len(scenario())))
