@@ -14,6 +14,7 @@ Used by ``bench/verify.py`` and ``tests/integration``.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from decimal import Decimal
 from typing import Any
@@ -25,6 +26,29 @@ from tickflow.config import Settings
 
 EXCHANGES = ("binance", "coinbase", "kraken")
 FLOAT_TOLERANCE = 1e-9  # relative: averages are float in both implementations
+
+
+STORED_TABLES = ("trades", "top_of_book", "nbbo", "matched_trades", "bars", "late_events")
+
+
+def wait_stored(settings: Settings, timeout: float = 60.0, quiet_s: float = 2.0) -> dict[str, int]:
+    """Wait until no table grows for ``quiet_s`` (the job's batches are flushed per table, so
+    a check must not read one table's latest rows before another's)."""
+    client = connect(settings.clickhouse)
+    db = settings.clickhouse.database
+    deadline = time.monotonic() + timeout
+    last: dict[str, int] = {}
+    try:
+        while True:
+            counts = {
+                t: client.execute(f"SELECT count() FROM {db}.{t}")[0][0] for t in STORED_TABLES
+            }
+            if counts == last or time.monotonic() > deadline:
+                return counts
+            last = counts
+            time.sleep(quiet_s)
+    finally:
+        client.disconnect()
 
 
 def _symbols(settings: Settings, exchange: str) -> list[str]:
@@ -156,6 +180,13 @@ def nbbo_check(settings: Settings) -> dict[str, Any]:
                 examples.append({
                     "nbbo": f"{instrument}@{version}", "problem": problem,
                     "want": str(want), "have": str(have),
+                    # the touches around each named version, to see what went wrong
+                    "around": {
+                        f"{venue}@{v}": [
+                            str(s) for s in by_venue.get(venue, []) if abs(s[0] - v) < 10**7
+                        ][-6:]
+                        for venue, v in zip(venues, versions, strict=True)
+                    },
                 })  # fmt: skip
     return {"nbbo_checks": len(nbbos), "nbbo_mismatches": mismatches, "nbbo_examples": examples}
 

@@ -51,7 +51,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.analytics_checks import late_events, matching_check, nbbo_check, windows_check
+from bench.analytics_checks import (
+    late_events,
+    matching_check,
+    nbbo_check,
+    wait_stored,
+    windows_check,
+)
 from bench.slice import (
     BookUpdates,
     equals_truth,
@@ -348,11 +354,11 @@ def analytics_phase(settings: Settings, args: argparse.Namespace) -> int:
         sim_post(settings, f"faults/delay?exchange={exchange}&count=0"
                            f"&duration_s={args.analytics_seconds}"
                            f"&max_ms={args.jitter_ms}")  # fmt: skip
-    time.sleep(args.analytics_seconds / 3)
+    time.sleep(args.analytics_seconds / 4)
     bound = settings.flink.watermark_out_of_orderness_ms
     sim_post(settings, f"faults/delay?exchange=binance&count={args.late_trades}"
-                       f"&min_ms={bound + 1500}&max_ms={bound + 2500}")  # fmt: skip
-    time.sleep(args.analytics_seconds * 2 / 3)
+                       f"&min_ms={bound + 4000}&max_ms={bound + 5000}")  # fmt: skip
+    time.sleep(args.analytics_seconds * 3 / 4)
     return int(args.late_trades)
 
 
@@ -362,6 +368,7 @@ def check_analytics(
     """Matching over the jittered phase (waiting for the watermark to pass it), then NBBO,
     bars (the whole run, from when every book was LIVE) and late events."""
     deadline = time.monotonic() + timeout
+    wait_stored(settings)
     while True:
         matching = matching_check(settings, from_ms, to_ms)
         if matching["matching_missing"] == 0 or time.monotonic() > deadline:
