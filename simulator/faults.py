@@ -126,9 +126,10 @@ class FaultInjector:
         self.delays.clear()
 
     def on_trade(self, exchange: str, symbol: str, now_s: float) -> int | None:
-        """The delay in ms for a trade frame being generated now, or None to send it as is."""
+        """The delay in ms for a trade frame being generated now, or None to send it as is.
+        The newest matching rule applies (a few long delays can be put over a jitter)."""
         self._expire(now_s)
-        for rule in self.delays:
+        for rule in reversed(self.delays):
             if rule.exchange == exchange and rule.symbol in (None, symbol):
                 if rule.remaining:
                     rule.remaining -= 1

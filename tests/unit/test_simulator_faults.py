@@ -137,3 +137,14 @@ def test_connections_older_than_the_limit_are_closed() -> None:
             assert any(c["close_reason"] == "max connection age" for c in sim.connections())
 
     run(scenario())
+
+
+def test_the_newest_delay_rule_applies_over_an_older_one() -> None:
+    from simulator.faults import FaultInjector
+
+    faults = FaultInjector(seed=1)
+    faults.add_delay("binance", None, 0, 0, 10, duration_s=60, now_s=0.0)
+    faults.add_delay("binance", None, 2, 9000, 9000, duration_s=None, now_s=0.0)
+    delays = [faults.on_trade("binance", "BTCUSDT", 1.0) for _ in range(4)]
+    assert delays[:2] == [9000, 9000]
+    assert all(d is not None and d <= 10 for d in delays[2:])
