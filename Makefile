@@ -37,7 +37,7 @@ lint: venv ## ruff
 	$(BIN)/ruff check .
 
 types: venv ## mypy
-	$(BIN)/mypy tickflow connectors jobs schemas simulator stack bench
+	$(BIN)/mypy tickflow connectors jobs schemas simulator stack monitoring bench
 
 check: lint types test ## lint, types and tests
 

@@ -1,7 +1,9 @@
 """``tickflow connector <exchange>``: stream an exchange into Kafka until SIGINT/SIGTERM.
 
 Shutdown closes the WebSocket, then flushes the producer; the exit status is 1 when any
-envelope was not delivered.
+envelope was not delivered. The connector's metrics are served on
+``http://127.0.0.1:<monitoring.connector_metrics_ports[exchange]>/metrics``; logs are
+configured by ``monitoring.log_level`` / ``log_format`` and carry ``exchange``.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from connectors.binance import BinanceConnector
 from connectors.coinbase import CoinbaseConnector
 from connectors.control import ControlListener, ResyncRequest, serve_resyncs
 from connectors.kraken import KrakenConnector
+from connectors.metrics import ConnectorMetrics, MetricsServer
 from connectors.producer import KafkaSink
 from connectors.recorder import Recorder
-from tickflow.config import Settings, load_settings
+from tickflow.config import ConfigError, Settings, load_settings
+from tickflow.logs import setup_logging
 
-# exchange -> connector class, constructed as cls(settings, sink)
+# exchange -> connector class, constructed as cls(settings, sink[, rng[, metrics]])
 CONNECTORS: dict[str, type[BinanceConnector] | type[CoinbaseConnector] | type[KrakenConnector]] = {
     "binance": BinanceConnector,
     "coinbase": CoinbaseConnector,
@@ -51,10 +55,39 @@ async def _poll_and_report(connector: WsConnector, sink: KafkaSink) -> None:
             )
 
 
+def metrics_port(settings: Settings, exchange: str) -> int:
+    """The port of an exchange's connector ``/metrics``: ``monitoring.connector_metrics_ports``."""
+    ports = settings.monitoring.connector_metrics_ports
+    try:
+        return int(ports[exchange])
+    except KeyError:
+        raise ConfigError(
+            f"monitoring.connector_metrics_ports has no port for {exchange!r}"
+        ) from None
+    except ValueError:
+        raise ConfigError(
+            f"monitoring.connector_metrics_ports.{exchange}: {ports[exchange]!r} is not a port"
+        ) from None
+
+
+def serve_metrics(metrics: ConnectorMetrics, port: int) -> MetricsServer | None:
+    """Serve ``/metrics`` on loopback; a port in use is logged, and the connector streams on
+    without metrics (market data matters more than its monitoring)."""
+    try:
+        server = MetricsServer(metrics.registry, port)
+    except OSError as exc:
+        log.error("%s: metrics NOT served, port %d: %s", metrics.exchange, port, exc)
+        return None
+    log.info("%s: metrics on %s", metrics.exchange, server.url)
+    return server
+
+
 async def _run(
     settings: Settings, exchange: str, sink: KafkaSink, record: Path | None = None
 ) -> None:
-    connector = CONNECTORS[exchange](settings, sink)
+    port = metrics_port(settings, exchange)  # a missing port fails before anything starts
+    metrics = ConnectorMetrics(exchange)
+    connector = CONNECTORS[exchange](settings, sink, metrics=metrics)
     if record is not None:
         connector.recorder = Recorder(record)
     loop = asyncio.get_running_loop()
@@ -63,10 +96,14 @@ async def _run(
     requests: asyncio.Queue[ResyncRequest] = asyncio.Queue()
     control = ControlListener(settings.kafka, exchange)
     control.start(loop, requests)
+    server = serve_metrics(metrics, port)
     tasks = [
         asyncio.create_task(_poll_and_report(connector, sink)),
         asyncio.create_task(
-            serve_resyncs(requests, connector.resync, settings.connectors.resync_min_interval_s)
+            serve_resyncs(
+                requests, connector.serve_resync_request,
+                settings.connectors.resync_min_interval_s,
+            )
         ),
     ]
     try:
@@ -75,6 +112,8 @@ async def _run(
         for task in tasks:
             task.cancel()
         control.close()
+        if server is not None:
+            server.close()
         if connector.recorder is not None:
             connector.recorder.close()
             log.info("recorded %d frames to %s", connector.recorder.lines, record)
@@ -86,7 +125,10 @@ def main(argv: list[str]) -> int:
         description="Stream an exchange's market data into Kafka as raw envelopes.",
     )
     parser.add_argument("exchange", choices=sorted(CONNECTORS))
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="debug logging (instead of monitoring.log_level)",
+    )
     parser.add_argument(
         "--record",
         type=Path,
@@ -94,11 +136,9 @@ def main(argv: list[str]) -> int:
         help="also append every received frame to FILE as '<recv_ts>\\t<frame>' lines",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     settings = load_settings()
+    level = "DEBUG" if args.verbose else settings.monitoring.log_level
+    setup_logging(level, settings.monitoring.log_format, exchange=args.exchange)
     sink = KafkaSink(settings.kafka)
     try:
         asyncio.run(_run(settings, args.exchange, sink, args.record))

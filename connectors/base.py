@@ -7,6 +7,10 @@ subscriptions again. An exchange subclass supplies the URL, the subscribe messag
 cheap ``route`` (frame -> symbol and channel); everything else about the frame is left to the
 Flink job's parsers. ``RestClient`` makes blocking REST calls in a worker thread and honours
 ``Retry-After`` on HTTP 429/418 for every later request.
+
+Every connector moves its ``ConnectorMetrics`` (``connectors/metrics.py``) and logs with the
+fields ``exchange`` (bound for its ``run`` task), ``connection_id`` (bound for each
+connection's tasks) and ``symbol`` where a message concerns one book (``tickflow.logs``).
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ from typing import Any, ClassVar, Protocol
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from connectors.metrics import ConnectorMetrics
 from connectors.recorder import Recorder
 from schemas.codec import RawEnvelope, sync_lost_payload
 from schemas.deadletter import dead_letter_record
 from tickflow.config import ConnectorConfig
+from tickflow.logs import log_fields
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +94,7 @@ class Connection:
         self.opened = time.monotonic()
         self.last_data = self.opened
         self.frames = 0
+        self.end_reason = ""  # why it ended: a RECONNECT_REASONS value, set by who ends it
         self._seq = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -113,7 +120,8 @@ class Connection:
 
     def recycle(self, reason: str) -> None:
         """Close this connection so the connector reconnects (and resyncs)."""
-        log.warning("closing connection %s: %s", self.id, reason)
+        log.warning("closing connection %s: %s", self.id, reason, extra={"connection_id": self.id})
+        self.end_reason = self.end_reason or "recycled"
         self.spawn(self.ws.close(1000, reason[:100]))
 
 
@@ -175,12 +183,18 @@ class WsConnector(ABC):
     exchange: ClassVar[str]
 
     def __init__(
-        self, lifecycle: ConnectorConfig, sink: Sink, rng: random.Random | None = None
+        self,
+        lifecycle: ConnectorConfig,
+        sink: Sink,
+        rng: random.Random | None = None,
+        metrics: ConnectorMetrics | None = None,
     ) -> None:
         self.lifecycle = lifecycle
         self.sink = sink
         self.rng = rng or random.Random()
         self.stats = ConnectorStats()
+        # in a registry of its own unless given one (the process's, served on /metrics)
+        self.metrics = metrics if metrics is not None else ConnectorMetrics(self.exchange)
         self.connection: Connection | None = None
         self._backoff = Backoff(
             lifecycle.backoff_initial_s, lifecycle.backoff_max_s, lifecycle.backoff_jitter,
@@ -249,6 +263,13 @@ class WsConnector(ABC):
         resubscribe, as the exchange's protocol has it."""
         raise NotImplementedError(f"{self.exchange}: resync is not implemented")
 
+    async def serve_resync_request(self, symbol: str) -> None:
+        """A resync request from the job (``connectors.control.serve_resyncs``): counted in
+        the metrics, then ``resync``."""
+        self.metrics.resyncs += 1
+        with log_fields(exchange=self.exchange, symbol=symbol):
+            await self.resync(symbol)
+
     def stop(self) -> None:
         """Ask ``run`` to return: the open connection is closed, no reconnect follows."""
         self._stopping.set()
@@ -257,25 +278,34 @@ class WsConnector(ABC):
 
     async def run(self) -> None:
         """Connect and reconnect until ``stop()``."""
-        while not self._stopping.is_set():
-            delay: float | None = None
-            try:
-                await self._session()
-            except InvalidStatus as exc:
-                status = exc.response.status_code
-                log.warning("%s: WebSocket handshake refused with HTTP %d", self.exchange, status)
-                if status in (418, 429):
-                    delay = _retry_after(exc.response.headers.get("Retry-After"), 60.0)
-            except (OSError, TimeoutError, WebSocketException) as exc:
-                log.warning("%s: connection failed: %r", self.exchange, exc)
-            if self._stopping.is_set():
-                break
-            delay = max(delay or 0.0, self._backoff.next_delay())
-            log.info("%s: reconnecting in %.2fs", self.exchange, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+        with log_fields(exchange=self.exchange):
+            while not self._stopping.is_set():
+                delay: float | None = None
+                try:
+                    reason = await self._session()
+                except InvalidStatus as exc:
+                    reason, status = "refused", exc.response.status_code
+                    log.warning(
+                        "%s: WebSocket handshake refused with HTTP %d", self.exchange, status
+                    )
+                    if status in (418, 429):
+                        delay = _retry_after(exc.response.headers.get("Retry-After"), 60.0)
+                except ConnectionClosed as exc:  # while subscribing
+                    reason = "closed"
+                    log.warning("%s: connection closed while subscribing: %s", self.exchange, exc)
+                except (OSError, TimeoutError, WebSocketException) as exc:
+                    reason = "error"
+                    log.warning("%s: connection failed: %r", self.exchange, exc)
+                if self._stopping.is_set():
+                    break
+                self.metrics.reconnect(reason)
+                delay = max(delay or 0.0, self._backoff.next_delay())
+                log.info("%s: reconnecting in %.2fs (%s)", self.exchange, delay, reason)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
 
-    async def _session(self) -> None:
+    async def _session(self) -> str:
+        """One connection, from connect to close; why it ended (``Connection.end_reason``)."""
         cfg = self.lifecycle
         async with connect(
             self.url(),
@@ -288,20 +318,25 @@ class WsConnector(ABC):
             conn = Connection(ws)
             self.connection = conn
             self.stats.connections += 1
-            log.info("%s: connected %s (connection %s)", self.exchange, self.url(), conn.id)
-            try:
-                for message in self.subscribe_messages():
-                    await ws.send(message)
-                await self.on_open(conn)
-                conn.spawn(self._stale_timer(conn))
-                await self._receive(conn)
-            finally:
-                self.connection = None
-                await conn.cancel_tasks()
-                if not self._stopping.is_set():  # a clean shutdown is not a lost connection
-                    self._books_lost(conn, f"connection {conn.id} ended")
-                if time.monotonic() - conn.opened >= cfg.backoff_reset_s:
-                    self._backoff.reset()
+            # the connection's tasks (spawned below) inherit the field with the context
+            with log_fields(connection_id=conn.id):
+                log.info("%s: connected %s (connection %s)", self.exchange, self.url(), conn.id)
+                try:
+                    for message in self.subscribe_messages():
+                        await ws.send(message)
+                    await self.on_open(conn)
+                    self.metrics.connected = 1
+                    conn.spawn(self._stale_timer(conn))
+                    await self._receive(conn)
+                finally:
+                    self.metrics.connected = 0
+                    self.connection = None
+                    await conn.cancel_tasks()
+                    if not self._stopping.is_set():  # a clean shutdown is not a lost connection
+                        self._books_lost(conn, f"connection {conn.id} ended")
+                    if time.monotonic() - conn.opened >= cfg.backoff_reset_s:
+                        self._backoff.reset()
+            return conn.end_reason or "closed"
 
     async def _receive(self, conn: Connection) -> None:
         ws = conn.ws
@@ -311,19 +346,29 @@ class WsConnector(ABC):
                 receive_time_ns = time.time_ns()  # as soon as the frame is ours
                 self._handle(conn, frame, receive_time_ns)
         except ConnectionClosed as exc:
+            if not conn.end_reason:
+                sent = exc.sent
+                keepalive = sent is not None and sent.reason == "keepalive ping timeout"
+                conn.end_reason = "ping_timeout" if keepalive else "closed"
             log.info("%s: connection %s closed: %s", self.exchange, conn.id, exc)
 
     def _handle(self, conn: Connection, frame: bytes, receive_time_ns: int) -> None:
         self.stats.frames += 1
+        metrics = self.metrics
+        metrics.bytes += len(frame)
         if self.recorder is not None:
             self.recorder.frame(receive_time_ns, frame)
         conn.frames += 1
         parts = self.dispatch(conn, frame, receive_time_ns)
         if parts is None:
             self.stats.unroutable += 1
+            metrics.dead_letters += 1
             if self._unroutable_logged < 10 or self.stats.unroutable % 1000 == 0:
                 self._unroutable_logged += 1
-                log.warning("%s: frame without market data: %.200r", self.exchange, frame)
+                log.warning(
+                    "%s: frame without market data: %.200r", self.exchange, frame,
+                    extra={"connection_id": conn.id},
+                )
             self.sink.dead_letter(
                 dead_letter_record(
                     "connector", f"{self.exchange}: frame without a known stream", frame,
@@ -335,6 +380,8 @@ class WsConnector(ABC):
         for route, payload in parts:
             if not self.is_heartbeat(route):
                 conn.last_data = time.monotonic()
+                metrics.last_frame_ns = receive_time_ns
+                metrics.frame(route.channel)
             self.emit(conn, route.symbol, route.channel, payload, receive_time_ns)
             self.on_frame(conn, route, payload)
 
@@ -361,6 +408,8 @@ class WsConnector(ABC):
             remaining = conn.last_data + timeout - time.monotonic()
             if remaining <= 0:
                 self.stats.stale_timeouts += 1
+                self.metrics.stale_timeouts += 1
+                conn.end_reason = "stale"
                 log.warning(
                     "%s: no data for %.1fs on connection %s: reconnecting",
                     self.exchange, timeout, conn.id,

@@ -4,7 +4,8 @@ The connector does the network half of Binance's book sync: after each (re)conne
 for every symbol's first depth event on the new connection, then fetches a REST snapshot
 (again while ``lastUpdateId`` < that event's ``U``) and produces it as a ``snapshot``
 envelope behind the diffs already produced for that symbol. Diffs are never held back; the
-Flink job applies the buffer/drop rules.
+Flink job applies the buffer/drop rules. The exchange latency metric reads the event time
+``E`` of each frame by a byte search (the frame is not parsed here).
 Docs: https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams
 """
 
@@ -20,11 +21,26 @@ from dataclasses import dataclass, field
 import orjson
 
 from connectors.base import Connection, RestClient, Route, Sink, WsConnector
+from connectors.metrics import ConnectorMetrics
 from tickflow.config import Settings
 
 log = logging.getLogger(__name__)
 
 STREAM_PREFIX = b'{"stream":"'  # every combined-stream frame starts like this
+EVENT_TIME = b'"E":'  # event time (ms) of depth and trade events: the first "E" of a frame
+
+
+def event_time_ms(frame: bytes) -> int | None:
+    """The event time ``E`` of a combined-stream frame, without parsing it:
+    {"stream":"btcusdt@trade","data":{"e":"trade","E":1672515782136,...}} -> 1672515782136."""
+    start = frame.find(EVENT_TIME)
+    end = frame.find(b",", start)  # E is never an event's last field
+    if start < 0 or end < 0:
+        return None
+    try:
+        return int(frame[start + len(EVENT_TIME) : end])
+    except ValueError:
+        return None
 
 
 def depth_weight(limit: int) -> int:
@@ -65,8 +81,14 @@ class _Sync:
 class BinanceConnector(WsConnector):
     exchange = "binance"
 
-    def __init__(self, settings: Settings, sink: Sink, rng: random.Random | None = None) -> None:
-        super().__init__(settings.connectors, sink, rng)
+    def __init__(
+        self,
+        settings: Settings,
+        sink: Sink,
+        rng: random.Random | None = None,
+        metrics: ConnectorMetrics | None = None,
+    ) -> None:
+        super().__init__(settings.connectors, sink, rng, metrics)
         self.config = settings.exchanges.binance
         self.symbols = tuple(self.config.symbols)
         self._routes: dict[bytes, Route] = {}
@@ -99,6 +121,17 @@ class BinanceConnector(WsConnector):
             return None
         return self._routes.get(stream.encode()) if isinstance(stream, str) else None
 
+    def dispatch(
+        self, conn: Connection, frame: bytes, receive_time_ns: int
+    ) -> list[tuple[Route, bytes]] | None:
+        route = self.route(frame)
+        if route is None:
+            return None
+        event_ms = event_time_ms(frame)
+        if event_ms is not None:
+            self.metrics.observe_latency_ms(receive_time_ns, event_ms)
+        return [(route, frame)]
+
     async def on_open(self, conn: Connection) -> None:
         self._sync = _Sync(conn, set(self.symbols))
         conn.spawn(self._snapshot_worker(self._sync))
@@ -113,7 +146,10 @@ class BinanceConnector(WsConnector):
         try:
             first_update_id = int(orjson.loads(frame)["data"]["U"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            log.warning("binance: first depth frame of %s has no U: %.200r", route.symbol, frame)
+            log.warning(
+                "binance: first depth frame of %s has no U: %.200r", route.symbol, frame,
+                extra={"symbol": route.symbol},
+            )
             sync.awaiting_first_depth.add(route.symbol)  # try again with the next one
             return
         sync.jobs.put_nowait((route.symbol, first_update_id))
@@ -146,6 +182,7 @@ class BinanceConnector(WsConnector):
         limit = self.config.snapshot_limit
         url = f"{self.config.rest_url}/api/v3/depth?symbol={symbol}&limit={limit}"
         attempts = self.config.snapshot_max_attempts
+        fields = {"symbol": symbol, "connection_id": conn.id}
         for attempt in range(1, attempts + 1):
             if attempt > 1:
                 self.stats.snapshot_retries += 1
@@ -160,8 +197,12 @@ class BinanceConnector(WsConnector):
             try:
                 result = await self.rest.get(url)
             except OSError as exc:  # URLError, timeouts, refused connections
-                log.warning("binance: snapshot %s attempt %d failed: %r", symbol, attempt, exc)
+                log.warning(
+                    "binance: snapshot %s attempt %d failed: %r", symbol, attempt, exc,
+                    extra=fields,
+                )
                 continue
+            self.metrics.bytes += len(result.body)
             if result.status != 200:
                 log.warning(
                     "binance: snapshot %s attempt %d: HTTP %d %.200r",
@@ -169,12 +210,16 @@ class BinanceConnector(WsConnector):
                     attempt,
                     result.status,
                     result.body,
+                    extra=fields,
                 )
                 continue
             try:
                 last_update_id = int(orjson.loads(result.body)["lastUpdateId"])
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                log.warning("binance: snapshot %s is not a depth body: %.200r", symbol, result.body)
+                log.warning(
+                    "binance: snapshot %s is not a depth body: %.200r", symbol, result.body,
+                    extra=fields,
+                )
                 continue
             if first_update_id is not None and last_update_id < first_update_id:
                 log.info(
@@ -182,15 +227,20 @@ class BinanceConnector(WsConnector):
                     symbol,
                     last_update_id,
                     first_update_id,
+                    extra=fields,
                 )
                 continue
             self.emit(conn, symbol, "snapshot", result.body, result.receive_time_ns)
+            self.metrics.frame("snapshot")
             if self.recorder is not None:
                 self.recorder.rest(
                     result.receive_time_ns, url[len(self.config.rest_url) :], result.body
                 )
             self.stats.snapshots += 1
-            log.info("binance: snapshot %s lastUpdateId %d produced", symbol, last_update_id)
+            log.info(
+                "binance: snapshot %s lastUpdateId %d produced", symbol, last_update_id,
+                extra=fields,
+            )
             return
         self.stats.snapshot_failures += 1
         # without a snapshot the job cannot build this book; a new connection starts over

@@ -17,7 +17,8 @@ the connector checks it before producing anything:
 Heartbeats and ``subscriptions`` acknowledgements are counted, not produced, and do not reset
 the stale timer. A frame whose events span several products is split into one frame per product
 (same header and ``sequence_num``); Coinbase normally sends one product per message, which is
-then produced byte for byte.
+then produced byte for byte. The exchange latency metric uses a market-data message's
+``timestamp`` (already decoded for routing).
 Docs: https://docs.cdp.coinbase.com/coinbase-app/advanced-trade-apis/websocket/websocket-overview
 """
 
@@ -36,6 +37,7 @@ import orjson
 from websockets.exceptions import ConnectionClosed
 
 from connectors.base import Connection, ConnectorStats, Route, Sink, WsConnector
+from connectors.metrics import ConnectorMetrics
 from schemas.codec import sync_lost_payload
 from tickflow.config import Settings
 
@@ -86,8 +88,14 @@ def subscribe_message(kind: str, channel: str, products: tuple[str, ...] = ()) -
 class CoinbaseConnector(WsConnector):
     exchange = "coinbase"
 
-    def __init__(self, settings: Settings, sink: Sink, rng: random.Random | None = None) -> None:
-        super().__init__(settings.connectors, sink, rng)
+    def __init__(
+        self,
+        settings: Settings,
+        sink: Sink,
+        rng: random.Random | None = None,
+        metrics: ConnectorMetrics | None = None,
+    ) -> None:
+        super().__init__(settings.connectors, sink, rng, metrics)
         self.config = settings.exchanges.coinbase
         self.products = tuple(self.config.symbols)
         self.stats = self.cb_stats = CoinbaseStats()
@@ -146,16 +154,21 @@ class CoinbaseConnector(WsConnector):
     async def resync(self, symbol: str) -> None:
         """Rebuild one product's book: resubscribe its level2 (unless already under way)."""
         session = self._state
+        fields = {"symbol": symbol}
         if session is None or session.conn is not self.connection:
             log.info(
-                "coinbase: resync %s: not connected (a new connection subscribes anew)", symbol
+                "coinbase: resync %s: not connected (a new connection subscribes anew)", symbol,
+                extra=fields,
             )
             return
         if symbol not in self.config.symbols:
-            log.warning("coinbase: resync of unknown product %s ignored", symbol)
+            log.warning("coinbase: resync of unknown product %s ignored", symbol, extra=fields)
             return
         if symbol in session.queued or symbol in session.awaiting:
-            log.info("coinbase: resync %s: a fresh snapshot is already on its way", symbol)
+            log.info(
+                "coinbase: resync %s: a fresh snapshot is already on its way", symbol,
+                extra=fields,
+            )
             return
         self._resubscribe(session, symbol)
 
@@ -209,9 +222,15 @@ class CoinbaseConnector(WsConnector):
         known = {p: events for p, events in groups.items() if p in self.config.symbols}
         for product in groups.keys() - known.keys() - self._warned_products:
             self._warned_products.add(product)
-            log.warning("coinbase: frame for unconfigured product %r ignored", product)
+            log.warning(
+                "coinbase: frame for unconfigured product %r ignored", product,
+                extra={"symbol": product},
+            )
         if not known:
             return None
+        timestamp = msg.get("timestamp")
+        if isinstance(timestamp, str):
+            self.metrics.observe_latency_iso(receive_time_ns, timestamp)
         if out_channel == "depth":
             self._note_snapshots(session, known)
         if len(groups) == 1:

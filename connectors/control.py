@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, KafkaError
 
 from schemas.control import ResyncRequest, parse_request
 from tickflow.config import KafkaConfig
+from tickflow.logs import log_fields
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class ControlListener:
                 "group.id": f"tickflow-connector-{exchange}-{uuid.uuid4().hex[:8]}",
                 "auto.offset.reset": "latest",
                 "enable.auto.commit": False,
+                "logger": logging.getLogger("connectors.librdkafka"),
             }
         )
         self._stop = threading.Event()
@@ -84,13 +86,14 @@ async def serve_resyncs(
     last: dict[str, float] = {}
     while True:
         request = await queue.get()
-        since = time.monotonic() - last.get(request.symbol, float("-inf"))
-        if since < min_interval_s:
-            log.info("resync %s: coalesced (%.1fs after the last one)", request.symbol, since)
-            continue
-        last[request.symbol] = time.monotonic()
-        log.warning("resync %s requested by the job: %s", request.symbol, request.reason)
-        try:
-            await resync(request.symbol)
-        except Exception:  # one failed resync must not stop the others
-            log.exception("resync %s failed", request.symbol)
+        with log_fields(exchange=request.exchange, symbol=request.symbol):
+            since = time.monotonic() - last.get(request.symbol, float("-inf"))
+            if since < min_interval_s:
+                log.info("resync %s: coalesced (%.1fs after the last one)", request.symbol, since)
+                continue
+            last[request.symbol] = time.monotonic()
+            log.warning("resync %s requested by the job: %s", request.symbol, request.reason)
+            try:
+                await resync(request.symbol)
+            except Exception:  # one failed resync must not stop the others
+                log.exception("resync %s failed", request.symbol)

@@ -14,7 +14,8 @@ is split into one frame per pair, rebuilt as ``{"channel","type","data"}`` with 
 ``heartbeat`` and ``status`` frames and request replies are control frames: counted in
 ``control``, never produced, no dead letter, and they do not reset the stale timer. Only
 the fields needed for routing are decoded (strings and integers: no price or quantity is ever
-read here, so none can pass through a float).
+read here, so none can pass through a float). The exchange latency metric uses the first
+``timestamp`` of an update's ``data`` (snapshots are skipped: a trade snapshot's are old).
 Docs: https://docs.kraken.com/api/docs/websocket-v2/book
 """
 
@@ -33,6 +34,7 @@ import orjson
 from websockets.exceptions import ConnectionClosed
 
 from connectors.base import Connection, Route, Sink, WsConnector
+from connectors.metrics import ConnectorMetrics
 from tickflow.config import Settings
 
 log = logging.getLogger(__name__)
@@ -42,9 +44,11 @@ CONTROL_CHANNELS = frozenset({"heartbeat", "status"})
 
 
 class _Element(msgspec.Struct):
-    """One ``data`` element, read for its pair only (other fields are skipped, not parsed)."""
+    """One ``data`` element, read for its pair and time (other fields are skipped, not
+    parsed)."""
 
     symbol: str = ""
+    timestamp: str = ""  # event time, "2023-10-06T17:35:55.440295Z"; none on book snapshots
 
 
 class _Head(msgspec.Struct):
@@ -57,6 +61,7 @@ class _Head(msgspec.Struct):
     """
 
     channel: str = ""  # book | trade | heartbeat | status; absent on replies
+    type: str = ""  # snapshot | update
     method: str = ""  # subscribe | unsubscribe | pong: a reply to a request
     data: list[_Element] = []
 
@@ -103,8 +108,14 @@ _reply_decoder = msgspec.json.Decoder(_Reply)
 class KrakenConnector(WsConnector):
     exchange = "kraken"
 
-    def __init__(self, settings: Settings, sink: Sink, rng: random.Random | None = None) -> None:
-        super().__init__(settings.connectors, sink, rng)
+    def __init__(
+        self,
+        settings: Settings,
+        sink: Sink,
+        rng: random.Random | None = None,
+        metrics: ConnectorMetrics | None = None,
+    ) -> None:
+        super().__init__(settings.connectors, sink, rng, metrics)
         self.config = settings.exchanges.kraken
         self.symbols = tuple(self.config.symbols)
         self.control: Counter[str] = Counter()  # control frames by kind (heartbeat, subscribe...)
@@ -167,11 +178,15 @@ class KrakenConnector(WsConnector):
         snapshot. Without a connection there is nothing to do: the next one subscribes (and
         so snapshots) every pair."""
         conn = self.connection
+        fields = {"symbol": symbol}
         if symbol not in self.config.symbols:
-            log.warning("kraken: resync of %r ignored: not a configured pair", symbol)
+            log.warning("kraken: resync of %r ignored: not a configured pair", symbol, extra=fields)
             return
         if conn is None:
-            log.info("kraken: resync %s: no connection, the next one brings a snapshot", symbol)
+            log.info(
+                "kraken: resync %s: no connection, the next one brings a snapshot", symbol,
+                extra=fields,
+            )
             return
         # Kraken handles a connection's requests in order: the subscribe follows the
         # unsubscribe, and an unsubscribe that finds nothing is answered with a harmless error
@@ -210,6 +225,11 @@ class KrakenConnector(WsConnector):
         pairs = list(dict.fromkeys(e.symbol for e in head.data))  # in order of appearance
         if envelope_channel is None or not all(p in self.config.symbols for p in pairs):
             return None  # unknown channel or pair: a dead letter
+        if head.type == "update":
+            for element in head.data:
+                if element.timestamp:
+                    self.metrics.observe_latency_iso(receive_time_ns, element.timestamp)
+                    break
         if len(pairs) == 1:
             return [(Route(pairs[0], envelope_channel), frame)]
         if not pairs:
@@ -247,5 +267,6 @@ class KrakenConnector(WsConnector):
         # unsubscribing what a failed subscribe never set up is expected during a resync
         quiet = reply.error in ("Subscription Not Found", "Already subscribed")
         (log.info if quiet else log.error)(
-            "kraken: %s %s refused: %s", method, reply.symbol or "", reply.error
+            "kraken: %s %s refused: %s", method, reply.symbol or "", reply.error,
+            extra={"symbol": reply.symbol or None},
         )

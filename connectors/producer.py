@@ -13,6 +13,11 @@ from schemas.codec import RawEnvelope, encode_envelope
 from tickflow.config import KafkaConfig
 
 log = logging.getLogger(__name__)
+# librdkafka's own log lines, through Python logging (served by poll()) instead of raw stderr
+librdkafka_log = logging.getLogger("connectors.librdkafka")
+# delivery reports and errors are served by whichever poll() comes next, often while a frame
+# of some connection or book is handled: they concern neither
+_NOT_A_CONNECTION: dict[str, object] = {"connection_id": None, "symbol": None}
 
 
 class ProducerFatalError(RuntimeError):
@@ -44,6 +49,7 @@ class KafkaSink:
             # the Java client's key hashing, so JVM tools agree on a key's partition
             "partitioner": "murmur2_random",
             "error_cb": self._on_error,
+            "logger": librdkafka_log,
         }
         conf.update(overrides or {})
         self._producer = Producer(conf)
@@ -74,7 +80,10 @@ class KafkaSink:
                 now = time.monotonic()
                 if now - self._last_full_warning > 5.0:
                     self._last_full_warning = now
-                    log.warning("kafka producer queue full: waiting for the broker")
+                    log.warning(
+                        "kafka producer queue full: waiting for the broker",
+                        extra=_NOT_A_CONNECTION,
+                    )
                 self._producer.poll(0.1)
         self.sent += 1
         self._producer.poll(0)
@@ -116,6 +125,7 @@ class KafkaSink:
         log.error(
             "kafka: DELIVERY FAILED topic=%s key=%r: %s (failed so far: %d)",
             msg.topic(), msg.key(), err, self.failed,
+            extra=_NOT_A_CONNECTION,
         )
         if err.fatal():
             self.fatal = err
@@ -123,7 +133,7 @@ class KafkaSink:
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
             self.fatal = err
-            log.critical("kafka: fatal producer error: %s", err)
+            log.critical("kafka: fatal producer error: %s", err, extra=_NOT_A_CONNECTION)
         else:
             # mostly transient (broker down, reconnecting); deliveries report the real outcome
-            log.error("kafka: producer error: %s", err)
+            log.error("kafka: producer error: %s", err, extra=_NOT_A_CONNECTION)

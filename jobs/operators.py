@@ -29,7 +29,14 @@ from jobs.sinks.rows import bar_to_row, late_to_row, matched_to_row, nbbo_to_row
 from schemas.codec import EnvelopeError, decode_envelope
 from schemas.control import resync_record
 from schemas.deadletter import dead_letter_record
-from tickflow.config import AnalyticsConfig, BookConfig, ClickHouseConfig, RedisConfig
+from tickflow.config import (
+    AnalyticsConfig,
+    BookConfig,
+    ClickHouseConfig,
+    MonitoringConfig,
+    RedisConfig,
+)
+from tickflow.logs import setup_logging
 
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 RESYNC_REQUESTS = OutputTag("resync-requests", Types.STRING())
@@ -69,11 +76,16 @@ class InstrumentProcessor(KeyedProcessFunction):
     """
 
     def __init__(
-        self, book: BookConfig, redis_config: RedisConfig, analytics: AnalyticsConfig
+        self,
+        book: BookConfig,
+        redis_config: RedisConfig,
+        analytics: AnalyticsConfig,
+        monitoring: MonitoringConfig,
     ) -> None:
         self.book_config = book
         self.redis_config = redis_config
         self.analytics_config = analytics
+        self.monitoring_config = monitoring
         self._cache: dict[str, InstrumentBooks] = {}
 
     def open(self, runtime_context: RuntimeContext) -> None:
@@ -92,6 +104,9 @@ class InstrumentProcessor(KeyedProcessFunction):
         self.analytics = runtime_context.get_state(
             ValueStateDescriptor("analytics", Types.PICKLED_BYTE_ARRAY())
         )
+        # the job's Python logs as the rest of tickflow's: JSON lines (thread mode's runtime
+        # context cannot give the task name: getTaskNameWithSubtasks is missing in pemja)
+        setup_logging(self.monitoring_config, job="tickflow-pipeline")
         self.metrics = JobMetrics(runtime_context.get_metrics_group())
         self.redis = RedisBookWriter(self.redis_config)
         self.redis_nbbo = RedisNbboWriter(self.redis.client, self.redis_config.key_prefix)

@@ -86,7 +86,9 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     processed = (
         raw.key_by(key, key_type=Types.STRING())
         .process(
-            InstrumentProcessor(settings.book, settings.redis, settings.analytics),
+            InstrumentProcessor(
+                settings.book, settings.redis, settings.analytics, settings.monitoring
+            ),
             output_type=Types.PICKLED_BYTE_ARRAY(),
         )
         .name("books-per-instrument")

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from simulator.replay import ReplayServer
 from simulator.server import SimulatorServer
-from tickflow.config import load_settings
+from tickflow.config import Settings, load_settings
+from tickflow.logs import setup_logging
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    settings = load_settings()
+async def _serve(args: argparse.Namespace, settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -46,15 +46,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--speed", type=float, default=1.0, help="with --replay: time factor (0: no pacing)"
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="debug logging (instead of monitoring.log_level)",
     )
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    level = "DEBUG" if args.verbose else settings.monitoring.log_level
+    setup_logging(level, settings.monitoring.log_format)
     # websockets logs every plain HTTP answer as a "rejected" handshake: keep that quiet
     logging.getLogger("simulator.websockets").setLevel(logging.WARNING)
-    asyncio.run(_serve(args))
+    asyncio.run(_serve(args, settings))
     return 0
 
 

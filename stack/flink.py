@@ -1,10 +1,16 @@
 """Flink session cluster from the PyFlink distribution in the venv, and job submission to it.
 
-The cluster runs pyflink's own ``bin/`` scripts with two environment overrides
+The cluster runs pyflink's own ``bin/`` scripts with three environment overrides
 (see :func:`flink_env`): ``FLINK_CONF_DIR`` (the repo's ``flink-conf/`` rendered with runtime
-paths) and ``FLINK_LIB_DIR`` (pyflink's ``lib/`` plus flink-python and the Kafka connector).
+paths), ``FLINK_LIB_DIR`` (pyflink's ``lib/`` plus flink-python and the Kafka connector) and
+``FLINK_PLUGINS_DIR`` (only the Prometheus metrics reporter).
 flink-python on the cluster classpath loads pemja's native library once per TaskManager, so
 any number of thread-mode jobs can run one after another on the same TaskManager.
+
+Metrics: the JobManager serves Prometheus metrics on the first port of
+``monitoring.flink_metrics_ports``, the TaskManager on the first free one of the rest
+(:func:`reporter_port_args`). Logs: the daemons write JSON lines
+(``flink-conf/log4j.properties``).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +31,13 @@ from typing import Any
 
 import yaml
 
-from stack.jars import JAVA_PACKAGES, flink_connector_jars, flink_jars_dir
+from stack.jars import (
+    JAVA_PACKAGES,
+    flink_connector_jars,
+    flink_jars_dir,
+    log4j_json_layout_jars,
+    prometheus_reporter_jars,
+)
 from stack.services import Component
 from stack.system import StackError, ensure_packages, wait_until
 from tickflow.config import Settings
@@ -34,6 +47,10 @@ TERMINAL_STATES = {"FINISHED", "FAILED", "CANCELED"}
 # copied as they are from the repo's flink-conf/ (config.yaml is rendered)
 LOG4J_FILES = ("log4j.properties", "log4j-cli.properties", "log4j-console.properties",
                "log4j-session.properties")  # fmt: skip
+# the reporter named "prom" in flink-conf/config.yaml; the plugin's folder under plugins/
+REPORTER_PORT_KEY = "metrics.reporter.prom.port"
+PROMETHEUS_PLUGIN = "metrics-prometheus"
+JSON_LAYOUT_GLOB = "log4j-layout-template-json-*.jar"
 
 
 def flink_home() -> Path:
@@ -57,6 +74,48 @@ def worker_pythonpath(settings: Settings) -> str:
 
 
 # -- configuration rendering (pure) ---------------------------------------------------------
+
+
+def parse_ports(text: str) -> list[int]:
+    """Flink's port syntax (``9249-9252``, ``9249,9251``, ``9249``) -> the ports, in order."""
+    ports: list[int] = []
+    for part in str(text).split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            raise StackError(f"bad port range {text!r}: expected e.g. 9249-9252") from None
+        if not 0 < low <= high < 65536:
+            raise StackError(f"bad port range {text!r}: ports must be 1..65535, low to high")
+        ports += [port for port in range(low, high + 1) if port not in ports]
+    return ports
+
+
+def format_ports(ports: list[int]) -> str:
+    """The shortest Flink port syntax for the ports: ``a-b`` when contiguous, else a list."""
+    if len(ports) > 1 and ports == list(range(ports[0], ports[-1] + 1)):
+        return f"{ports[0]}-{ports[-1]}"
+    return ",".join(map(str, ports))
+
+
+def flink_metrics_ports(settings: Settings) -> list[int]:
+    """Every port of ``monitoring.flink_metrics_ports`` (Prometheus scrapes them all)."""
+    ports = parse_ports(settings.monitoring.flink_metrics_ports)
+    if len(ports) < 2:
+        raise StackError(
+            f"monitoring.flink_metrics_ports {settings.monitoring.flink_metrics_ports!r} needs "
+            "at least two ports: one for the JobManager, the rest for TaskManagers"
+        )
+    return ports
+
+
+def reporter_port_args(settings: Settings, daemon: str) -> list[str]:
+    """Dynamic properties for ``jobmanager.sh``/``taskmanager.sh start``: the JobManager's
+    reporter takes the range's first port, TaskManagers the rest, so each daemon's port is
+    known whichever starts first."""
+    ports = flink_metrics_ports(settings)
+    mine = ports[:1] if daemon == "jobmanager" else ports[1:]
+    return ["-D", f"{REPORTER_PORT_KEY}={format_ports(mine)}"]
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -115,6 +174,8 @@ def runtime_overrides(settings: Settings, runtime: Path, python: Path) -> dict[s
         "python.executable": str(python),
         "python.client.executable": str(python),
         "python.pythonpath": worker_pythonpath(settings),
+        # the whole range; the daemons get their share with reporter_port_args
+        REPORTER_PORT_KEY: format_ports(flink_metrics_ports(settings)),
     }
 
 
@@ -136,6 +197,10 @@ class Flink(Component):
     @property
     def lib_dir(self) -> Path:
         return self.home / "lib"
+
+    @property
+    def plugins_dir(self) -> Path:
+        return self.home / "plugins"
 
     @property
     def log_dir(self) -> Path:
@@ -161,7 +226,13 @@ class Flink(Component):
 
     def ports(self) -> dict[str, int]:
         flink = self.settings.flink
-        return {"rest": flink.rest_port, "jobmanager-rpc": flink.rpc_port}
+        metrics = flink_metrics_ports(self.settings)
+        return {
+            "rest": flink.rest_port,
+            "jobmanager-rpc": flink.rpc_port,
+            "jm-metrics": metrics[0],
+            "tm-metrics": metrics[1],
+        }
 
     def install(self) -> None:
         ensure_packages(JAVA_PACKAGES)
@@ -169,9 +240,11 @@ class Flink(Component):
 
     def configure(self) -> None:
         # the log dir must exist before the daemons start, or they die without a word
-        for sub in ("log", "pid", "tmp/web", "checkpoints", "savepoints", "conf", "lib"):
+        for sub in ("log", "pid", "tmp/web", "checkpoints", "savepoints", "conf", "lib",
+                    "plugins"):  # fmt: skip
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         self._assemble_lib()
+        self._assemble_plugins()
         source = self.settings.root / "flink-conf"
         for name in LOG4J_FILES:
             (self.conf_dir / name).write_text((source / name).read_text())
@@ -185,10 +258,24 @@ class Flink(Component):
         home = flink_home()
         wanted = sorted(home.glob("lib/*.jar")) + sorted(home.glob("opt/flink-python-*.jar"))
         wanted += flink_connector_jars(self.settings)
+        if not any(jar.match(JSON_LAYOUT_GLOB) for jar in wanted):
+            # the JsonTemplateLayout of flink-conf/log4j.properties (the 2.2.1 wheel ships it)
+            wanted += log4j_json_layout_jars(self.settings)
         for stale in self.lib_dir.iterdir():
             stale.unlink()
         for jar in wanted:
             (self.lib_dir / jar.name).symlink_to(jar)
+
+    def _assemble_plugins(self) -> None:
+        """plugins/metrics-prometheus/ = the Prometheus reporter (from the wheel's plugins/,
+        else from Maven), the only plugin the cluster loads."""
+        shipped = sorted(flink_home().glob(f"plugins/{PROMETHEUS_PLUGIN}/*.jar"))
+        jars = shipped or prometheus_reporter_jars(self.settings)
+        shutil.rmtree(self.plugins_dir)  # symlinks only: the jars they point to stay
+        plugin = self.plugins_dir / PROMETHEUS_PLUGIN
+        plugin.mkdir(parents=True)
+        for jar in jars:
+            (plugin / jar.name).symlink_to(jar)
 
     def launch(self) -> None:
         env = flink_env(self.settings)
@@ -196,7 +283,7 @@ class Flink(Component):
         names = ("jobmanager.sh", "taskmanager.sh")
         scripts = [
             subprocess.Popen(
-                [str(bin_dir / script), "start"],
+                [str(bin_dir / script), "start", *reporter_port_args(self.settings, daemon)],
                 cwd=self.home,
                 env=env,
                 stdout=subprocess.PIPE,
@@ -204,7 +291,7 @@ class Flink(Component):
                 text=True,
                 start_new_session=True,
             )
-            for script in names
+            for script, daemon in zip(names, ("jobmanager", "taskmanager"), strict=True)
         ]
         for name, script in zip(names, scripts, strict=True):
             output, _ = script.communicate(timeout=120)
@@ -245,6 +332,7 @@ def flink_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env["FLINK_CONF_DIR"] = str(runtime / "conf")
     env["FLINK_LIB_DIR"] = str(runtime / "lib")
+    env["FLINK_PLUGINS_DIR"] = str(runtime / "plugins")
     env["PATH"] = f"{venv_python().parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
@@ -296,8 +384,9 @@ def job_code_digest(settings: Settings) -> str:
 
 
 def _taskmanager_script(settings: Settings, action: str, timeout: float) -> None:
+    args = reporter_port_args(settings, "taskmanager") if action == "start" else []
     subprocess.run(
-        [str(flink_home() / "bin" / "taskmanager.sh"), action],
+        [str(flink_home() / "bin" / "taskmanager.sh"), action, *args],
         cwd=runtime_dir(settings),
         env=flink_env(settings),
         capture_output=True,

@@ -18,10 +18,14 @@ from tickflow.config import Settings
 MAVEN_DIR = Path(__file__).resolve().parent / "maven"
 KAFKA_POM = MAVEN_DIR / "kafka-broker.pom.xml"
 FLINK_POM = MAVEN_DIR / "flink-jars.pom.xml"
+# log4j's JSON layout for the Flink daemons' logs, only when the wheel's lib/ lacks it
+LOG4J_JSON_POM = MAVEN_DIR / "log4j-json.pom.xml"
 MARKER = ".resolved-from"
 # what a fresh CI image needs to run Maven and the JVM services
 JAVA_PACKAGES = {"java": ["openjdk-17-jre-headless"], "mvn": ["maven"]}
 KAFKA_CONNECTOR_GLOB = "flink-sql-connector-kafka-*.jar"
+PROMETHEUS_REPORTER_GLOB = "flink-metrics-prometheus-*.jar"
+LOG4J_JSON_GLOB = "log4j-layout-template-json-*.jar"
 
 
 def pom_digest(pom: Path, transitive: bool) -> str:
@@ -83,4 +87,23 @@ def flink_connector_jars(settings: Settings) -> list[Path]:
     jars = sorted(flink_jars_dir(settings).glob(KAFKA_CONNECTOR_GLOB))
     if not jars:
         raise StackError(f"no {KAFKA_CONNECTOR_GLOB} in {jars_dir(settings, 'flink')}")
+    return jars
+
+
+def prometheus_reporter_jars(settings: Settings) -> list[Path]:
+    """Flink's Prometheus reporter from Maven (the cluster prefers the copy in the wheel's
+    ``plugins/metrics-prometheus/``; this is for a distribution without it)."""
+    jars = sorted(flink_jars_dir(settings).glob(PROMETHEUS_REPORTER_GLOB))
+    if not jars:
+        raise StackError(f"no {PROMETHEUS_REPORTER_GLOB} in {jars_dir(settings, 'flink')}")
+    return jars
+
+
+def log4j_json_layout_jars(settings: Settings) -> list[Path]:
+    """log4j-layout-template-json (JsonTemplateLayout) from Maven, the version of the
+    log4j-core that Flink 2.2.1 ships; for a Flink lib/ without it."""
+    out_dir = resolve(LOG4J_JSON_POM, jars_dir(settings, "log4j-json"), transitive=False)
+    jars = sorted(out_dir.glob(LOG4J_JSON_GLOB))
+    if not jars:
+        raise StackError(f"no {LOG4J_JSON_GLOB} in {out_dir}")
     return jars

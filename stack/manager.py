@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from stack.clickhouse import ClickHouse
 from stack.flink import Flink
 from stack.kafka import Kafka
+from stack.prometheus import Prometheus
 from stack.redis_server import Redis
 from stack.services import Component
 from stack.system import StackError
@@ -16,7 +17,7 @@ from stack.topics import ensure_topics
 from tickflow.config import Settings
 
 # start order; stop runs in reverse
-COMPONENT_TYPES: tuple[type[Component], ...] = (Kafka, Redis, ClickHouse, Flink)
+COMPONENT_TYPES: tuple[type[Component], ...] = (Kafka, Redis, ClickHouse, Flink, Prometheus)
 COMPONENT_NAMES = tuple(c.name for c in COMPONENT_TYPES)
 # how long an already-running but silent component gets before it is restarted
 SILENT_GRACE_S = 30.0

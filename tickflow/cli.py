@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 import sys
 
+from tickflow.config import ConfigError, load_settings
+from tickflow.logs import setup_logging
+
 # subcommand -> (module with a ``main(argv: list[str]) -> int``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "stack": (
@@ -20,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("tickflow.demo", "whole pipeline on the simulator: demo up | down"),
     "book": ("jobs.sinks.book_reader", "print a live order book from Redis"),
     "watch": ("jobs.sinks.book_reader", "live terminal view of every book in Redis"),
+    "dashboard": (
+        "monitoring.dashboard",
+        "live web dashboard (rates, latency, lag, books, NBBO, alerts) and alert receiver",
+    ),
 }
 
 
@@ -38,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"tickflow: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    try:  # subcommands with their own logging options (connector, simulator) set it again
+        setup_logging(load_settings())
+    except ConfigError:
+        setup_logging("INFO", "text")  # the subcommand reports the configuration error
     module = importlib.import_module(COMMANDS[name][0])
     if name == "watch":
         rest = ["--watch", *rest]

@@ -1,8 +1,9 @@
 """``tickflow demo up|down``: the whole pipeline on one box against the simulator.
 
-``up`` starts the local stack, the exchange simulator and the Binance connector (background
-processes with pid files under ``<state_dir>/apps``), submits the Flink job unless it is
-already running, and prints where to look. ``make run`` then shows the live books.
+``up`` starts the local stack, the exchange simulator, the three connectors and the dashboard
+(background processes with pid files under ``<state_dir>/apps``), submits the Flink job unless
+it is already running, and prints where to look (Flink UI, dashboard, Prometheus, metrics).
+``make run`` then shows the live books.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ APPS: dict[str, list[str]] = {
     "connector-binance": ["connector", "binance"],
     "connector-coinbase": ["connector", "coinbase"],
     "connector-kraken": ["connector", "kraken"],
+    "dashboard": ["dashboard"],
 }
 
 
@@ -115,8 +117,14 @@ def up(settings: Settings) -> None:
         job_file.write_text(job_id)
         flink.wait_job_running(settings, job_id, 180)
         print(f"job {job_id} RUNNING")
+    mon = settings.monitoring
     print(f"Flink web UI: http://127.0.0.1:{settings.flink.rest_port}")
-    print(f"jobs:        curl -s localhost:{settings.flink.rest_port}/jobs/overview")
+    print(f"dashboard:    http://127.0.0.1:{mon.dashboard_port}")
+    print(f"Prometheus:   http://127.0.0.1:{mon.prometheus_port} (alerts: /alerts)")
+    ports = ", ".join(f"{ex} :{port}" for ex, port in mon.connector_metrics_ports.items())
+    print(f"metrics:      Flink :{mon.flink_metrics_ports}, connectors {ports}, dashboard"
+          f" :{mon.dashboard_port}/metrics")  # fmt: skip
+    print(f"jobs:         curl -s localhost:{settings.flink.rest_port}/jobs/overview")
 
 
 def down(settings: Settings) -> None:

@@ -33,7 +33,9 @@ def stack_settings() -> Iterator[Settings]:
         if os.environ.get("TICKFLOW_STACK_RUNNING") != "1" and not manager.stack_answers(settings):
             ours_before = {c.name for c in manager.components(settings) if c.pids()}
             try:
-                started = manager.up(settings)
+                # a component that was running but did not answer (e.g. a TaskManager being
+                # restarted) and got restarted is not ours to stop at the end
+                started = [n for n in manager.up(settings) if n not in ours_before]
             except Exception:
                 # leave nothing half-started behind by this session
                 ours_now = {c.name for c in manager.components(settings) if c.pids()}

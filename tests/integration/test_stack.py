@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -75,6 +76,31 @@ def test_logs_command_prints_log_paths(
 ) -> None:
     assert stack_cli(["logs", "redis", "-n", "3"]) == 0
     assert str(stack_settings.state_dir / "redis") in capsys.readouterr().out
+
+
+def test_prometheus_is_a_stack_component_that_answers(
+    stack_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    [row] = [r for r in manager.status(stack_settings) if r.name == "prometheus"]
+    assert row.answers
+    assert row.ports == f"http {stack_settings.monitoring.prometheus_port}"
+    assert "targets up" in row.details
+    assert stack_cli(["logs", "prometheus", "-n", "3"]) == 0
+    log = stack_settings.state_dir / "prometheus" / "prometheus.log"
+    assert str(log) in capsys.readouterr().out
+
+
+def test_flink_daemons_log_json_lines(stack_settings: Settings) -> None:
+    component = manager.components(stack_settings, ["flink"])[0]
+    logs = [p for p in component.log_files() if p.suffix == ".log"]
+    for daemon in ("standalonesession", "taskexecutor"):
+        assert any(f"-{daemon}-" in p.name for p in logs), (daemon, logs)
+    for log in logs:
+        lines = [line for line in log.read_text().splitlines() if line.strip()][-20:]
+        assert lines, log
+        for line in lines:
+            record = json.loads(line)  # fails on a line the pattern layout wrote
+            assert {"ts", "level", "logger", "msg", "thread"} <= set(record), line
 
 
 @pytest.mark.slow

@@ -1,0 +1,1 @@
+"""Monitoring: the live dashboard (``tickflow dashboard``), the alert receiver, Prometheus rules."""

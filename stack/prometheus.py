@@ -1,0 +1,191 @@
+"""Prometheus from the Debian package, run in the foreground by us (no system service).
+
+``configure`` renders ``<state_dir>/prometheus/prometheus.yml`` from ``monitoring.*`` in
+config/tickflow.yaml (see :func:`render_prometheus_config`) and checks it and the alert rules
+(``monitoring/rules.yml``) with promtool, which the package ships. Prometheus scrapes, every
+``monitoring.scrape_interval_s`` seconds, Flink's reporter ports, the connectors, the dashboard
+and itself, evaluates the rules as often, and sends alerts to the dashboard, which implements
+Alertmanager's ``POST /api/v2/alerts``. Reload after editing the rules:
+``curl -X POST 127.0.0.1:<prometheus_port>/-/reload``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stack.flink import flink_metrics_ports
+from stack.services import LOOPBACK, Component
+from stack.system import StackError, disable_system_services, ensure_packages, spawn_daemon
+from tickflow.config import Settings
+
+PROMETHEUS_BINARY = "/usr/bin/prometheus"
+PROMTOOL_BINARY = "/usr/bin/promtool"
+PROMETHEUS_PACKAGES = {PROMETHEUS_BINARY: ["prometheus"], PROMTOOL_BINARY: ["prometheus"]}
+# local history only: a few days, never more than this much disk
+RETENTION_TIME = "7d"
+RETENTION_SIZE = "1GB"
+# Prometheus' own default; it must not exceed the scrape interval
+MAX_SCRAPE_TIMEOUT_S = 10
+
+
+def rules_file(settings: Settings) -> Path:
+    """The alert rules, read in place from the repository (edit, then reload)."""
+    return settings.root / "monitoring" / "rules.yml"
+
+
+def _target(port: int | str) -> str:
+    return f"{LOOPBACK}:{int(port)}"
+
+
+def prometheus_config(settings: Settings, rules: Path) -> dict[str, Any]:
+    """prometheus.yml as a mapping: the targets, intervals and alerting come from settings."""
+    monitoring = settings.monitoring
+    interval = f"{monitoring.scrape_interval_s}s"
+    timeout = f"{min(monitoring.scrape_interval_s, MAX_SCRAPE_TIMEOUT_S)}s"
+    connectors = [
+        {"targets": [_target(port)], "labels": {"exchange": exchange}}
+        for exchange, port in sorted(monitoring.connector_metrics_ports.items())
+    ]
+    return {
+        "global": {
+            "scrape_interval": interval,
+            "scrape_timeout": timeout,
+            "evaluation_interval": interval,  # rules run as often as samples arrive
+        },
+        "rule_files": [str(rules)],
+        "alerting": {
+            "alertmanagers": [
+                {
+                    # the dashboard receives POST /api/v2/alerts and forwards to the webhook
+                    "api_version": "v2",
+                    "static_configs": [{"targets": [_target(monitoring.dashboard_port)]}],
+                }
+            ]
+        },
+        "scrape_configs": [
+            {
+                "job_name": "prometheus",
+                "static_configs": [{"targets": [_target(monitoring.prometheus_port)]}],
+            },
+            {
+                # JobManager on the first port, TaskManager(s) on the others; free ports
+                # simply show up as down
+                "job_name": "flink",
+                "static_configs": [
+                    {"targets": [_target(port) for port in flink_metrics_ports(settings)]}
+                ],
+            },
+            {"job_name": "connectors", "static_configs": connectors},
+            {
+                "job_name": "dashboard",
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": [_target(monitoring.dashboard_port)]}],
+            },
+        ],
+    }
+
+
+def render_prometheus_config(settings: Settings, rules: Path) -> str:
+    header = "# rendered by `tickflow stack up` from config/tickflow.yaml; edits are overwritten\n"
+    return header + yaml.safe_dump(prometheus_config(settings, rules), sort_keys=False)
+
+
+def promtool() -> str | None:
+    """promtool's path, or None when it is not installed."""
+    return shutil.which("promtool") or (PROMTOOL_BINARY if Path(PROMTOOL_BINARY).exists() else None)
+
+
+def promtool_check(what: str, path: Path) -> str:
+    """``promtool check <what> <path>`` (what: config | rules); its output, or StackError."""
+    binary = promtool()
+    if binary is None:
+        raise StackError("prometheus: promtool is not installed (apt-get install prometheus)")
+    done = subprocess.run(
+        [binary, "check", what, str(path)], capture_output=True, text=True, check=False
+    )
+    output = (done.stdout + done.stderr).strip()
+    if done.returncode != 0:
+        raise StackError(f"prometheus: `promtool check {what} {path}` failed:\n{output}")
+    return output
+
+
+def prometheus_command(settings: Settings, config: Path, data_dir: Path) -> list[str]:
+    binary = shutil.which("prometheus") or PROMETHEUS_BINARY
+    return [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={data_dir}",
+        f"--storage.tsdb.retention.time={RETENTION_TIME}",
+        f"--storage.tsdb.retention.size={RETENTION_SIZE}",
+        f"--web.listen-address={_target(settings.monitoring.prometheus_port)}",
+        # POST /-/reload re-reads prometheus.yml and the rules (loopback only)
+        "--web.enable-lifecycle",
+    ]
+
+
+class Prometheus(Component):
+    name = "prometheus"
+    start_timeout_s = 60.0
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "prometheus.yml"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "prometheus.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{_target(self.settings.monitoring.prometheus_port)}"
+
+    def ports(self) -> dict[str, int]:
+        return {"http": self.settings.monitoring.prometheus_port}
+
+    def install(self) -> None:
+        if ensure_packages(PROMETHEUS_PACKAGES):
+            # the package starts its own service on 9090 (where systemd runs); we run our own
+            disable_system_services(["prometheus"])
+            self.ensure_ports_free()  # e.g. a SysV-init service the package started
+
+    def configure(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        rules = rules_file(self.settings)
+        self.config_file.write_text(render_prometheus_config(self.settings, rules))
+        promtool_check("rules", rules)
+        promtool_check("config", self.config_file)
+
+    def launch(self) -> None:
+        argv = prometheus_command(self.settings, self.config_file, self.data_dir)
+        pid = spawn_daemon(argv, self.log_file, cwd=self.home)
+        self.pid_file.write_text(f"{pid}\n")
+
+    def get(self, path: str, timeout: float = 2.0) -> bytes:
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=timeout) as response:
+            body: bytes = response.read()
+            return body
+
+    def answers(self) -> bool:
+        return b"Ready" in self.get("/-/ready")
+
+    def details(self) -> str:
+        try:
+            targets = json.loads(self.get("/api/v1/targets?state=active"))["data"]
+            alerts = json.loads(self.get("/api/v1/alerts"))["data"]["alerts"]
+        except (OSError, ValueError, KeyError):
+            return ""
+        active = targets["activeTargets"]
+        up = sum(1 for t in active if t.get("health") == "up")
+        firing = sum(1 for a in alerts if a.get("state") == "firing")
+        return f"{up}/{len(active)} targets up, {firing} alert(s) firing"
