@@ -61,8 +61,9 @@ verify: venv ## fresh faulted run, all exchanges: books = truth, versions, Krake
 
 .PHONY: verify
 
-bench: venv ## book job frames/s (hashmap vs RocksDB), Kafka->Redis latency at 0.5k-5k frames/s
+bench: venv ## book job frames/s (hashmap vs RocksDB), Kafka->Redis latency, keying by instrument vs book
 	$(BIN)/tickflow stack up
 	$(BIN)/python -m bench.book_pipeline $(BENCH_ARGS)
+	$(BIN)/python -m bench.keying $(KEYING_ARGS)
 
 .PHONY: bench

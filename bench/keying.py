@@ -23,6 +23,10 @@ closes bars and releases trades for matching is emulated in both graphs the same
 highest receive time seen minus ``flink.watermark_out_of_orderness_ms``, as the job's Kafka
 record-time watermark would be), because a collection source has none until its end.
 
+The same functions also run once per graph in a plain Python loop (no Flink): the Python
+work of each graph alone, so what Flink adds per frame (crossings, serialisation, shuffles)
+can be told apart from what each graph computes.
+
 Every Python function counts its calls and writes them on close(): Python calls and records
 entering Python (JVM -> Python crossings) per frame are measured, not assumed. Timed: the wall
 time of ``execute()`` (includes MiniCluster start and Python worker start-up) and the
@@ -493,6 +497,54 @@ def build_graph(
     nbbo.sink_to(discarding_sink())
 
 
+def _proc_stat_fields(pid: str) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # fields from the state on (3rd)
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds busy on the whole machine, CPU seconds of this process and its
+    descendants, the Flink JVM included), both since boot; Linux only."""
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    busy = (user + nice + system + irq + softirq + steal) / tick
+    parents: dict[str, str] = {}
+    times: dict[str, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        stat = _proc_stat_fields(entry)
+        if stat is None:
+            continue
+        parents[entry] = stat[1]  # ppid
+        times[entry] = int(stat[11]) + int(stat[12])  # utime + stime
+    mine = {str(os.getpid())}
+    grew = True
+    while grew:
+        new = {pid for pid, ppid in parents.items() if ppid in mine and pid not in mine}
+        mine |= new
+        grew = bool(new)
+    return busy, sum(times.get(pid, 0) for pid in mine) / tick
+
+
+def graph_plan(settings: Settings, graph: str, data: list[bytes], params: BookParams) -> list[str]:
+    """The graph's operators after PyFlink's Python operator chaining (from the execution
+    plan of a job that is built and never run)."""
+    with tempfile.TemporaryDirectory(prefix="tickflow-keying-") as stats_dir:
+        env = create_environment(settings)
+        build_graph(env, graph, data, params, stats_dir)
+        plan = json.loads(env.get_execution_plan())
+    return [
+        f"{node['id']} {node['type']}"
+        + "".join(f" <-{p['ship_strategy']}- {p['id']}" for p in node.get("predecessors", []))
+        for node in plan["nodes"]
+    ]
+
+
 # records entering Python from the JVM, per graph: the roles that head a Python operator (a key
 # selector after a Python function is chained into that function's operator)
 OPERATOR_INPUTS = {
@@ -509,9 +561,11 @@ def run_graph(
         env = create_environment(settings)
         build_graph(env, graph, data, params, stats_dir)
         load = os.getloadavg()[0]
+        busy0, mine0 = cpu_seconds()
         started = time.perf_counter()
         env.execute(f"tickflow-bench-keying-{graph}-{uuid.uuid4().hex[:6]}")
         wall = time.perf_counter() - started
+        busy1, mine1 = cpu_seconds()
         stats: dict[str, dict[str, int]] = {}
         for path in Path(stats_dir).glob("*.json"):
             record = json.loads(path.read_text())
@@ -544,6 +598,10 @@ def run_graph(
         "nbbo_updates": stats[final]["emitted"],
         "functions": dict(sorted(stats.items())),
         "load_1m_before": round(load, 2),
+        # CPU used during the run by this benchmark (client + Flink JVM) and by everything
+        # else on the machine: the latter should be near 0 for a clean measurement
+        "cpu_s_this_benchmark": round(mine1 - mine0, 1),
+        "cpu_s_other_processes": round(max(0.0, (busy1 - busy0) - (mine1 - mine0)), 1),
     }
 
 
@@ -649,7 +707,10 @@ def median(runs: list[dict[str, Any]], field: str) -> float:
     return float(statistics.median(r[field] for r in runs))
 
 
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(runs: list[dict[str, Any]], pure: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians per graph, the ratio, and what Flink adds per frame over the same functions
+    in a plain loop (processing span, so without MiniCluster and worker start-up)."""
+    pure_fps = {r["graph"]: r["frames_per_s"] for r in pure}
     by_graph = {g: [r for r in runs if r["graph"] == g] for g in GRAPHS}
     summary: dict[str, Any] = {}
     for graph, rs in by_graph.items():
@@ -662,8 +723,20 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "python_calls_per_frame": rs[0]["python_calls_per_frame"],
             "jvm_to_python_per_frame": rs[0]["jvm_to_python_per_frame"],
             "nbbo_updates": rs[0]["nbbo_updates"],
+            "pure_python_frames_per_s": pure_fps[graph],
+            "flink_us_per_frame": round(1e6 / median(rs, "frames_per_s_in_span"), 1),
+            "pure_python_us_per_frame": round(1e6 / pure_fps[graph], 1),
         }
+        summary[graph]["flink_overhead_us_per_frame"] = round(
+            summary[graph]["flink_us_per_frame"] - summary[graph]["pure_python_us_per_frame"], 1
+        )
+    summary["cpu_s_other_processes_max"] = max(r["cpu_s_other_processes"] for r in runs)
     a, b = summary["instrument"], summary["book"]
+    extra = b["jvm_to_python_per_frame"] - a["jvm_to_python_per_frame"]
+    if extra > 0:
+        summary["overhead_us_per_extra_jvm_to_python_record"] = round(
+            (b["flink_overhead_us_per_frame"] - a["flink_overhead_us_per_frame"]) / extra, 1
+        )
     summary["instrument_over_book_throughput"] = round(
         a["median_frames_per_s"] / b["median_frames_per_s"], 3
     )
@@ -681,7 +754,7 @@ def print_run(run: dict[str, Any], label: str = "") -> None:
         f"{run['python_calls_per_frame']}, JVM->Python records/frame "
         f"{run['jvm_to_python_per_frame']}; NBBO updates {run['nbbo_updates']}"
         + (f", book views {run['book_views']}" if run["book_views"] is not None else "")
-        + f"; load {run['load_1m_before']}",
+        + f"; CPU s this/other {run['cpu_s_this_benchmark']}/{run['cpu_s_other_processes']}",
         flush=True,
     )
 
@@ -699,6 +772,23 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"{s['median_frames_per_s_in_span']:>9}{s['python_calls_per_frame']:>13}"
             f"{s['jvm_to_python_per_frame']:>12}{s['nbbo_updates']:>10}"
         )
+    for graph in GRAPHS:
+        s = summary[graph]
+        print(
+            f"{graph}: {s['flink_us_per_frame']} us/frame in Flink (processing span), "
+            f"{s['pure_python_us_per_frame']} us/frame in a plain Python loop -> Flink adds "
+            f"{s['flink_overhead_us_per_frame']} us/frame"
+        )
+    if "overhead_us_per_extra_jvm_to_python_record" in summary:
+        cost = summary["overhead_us_per_extra_jvm_to_python_record"]
+        print(
+            "each extra record into Python in graph (b) (a touch: pickled, shuffled by "
+            f"instrument, one more call) costs {cost} us of Flink overhead"
+        )
+    print(
+        f"CPU used by other processes during a run: at most "
+        f"{summary['cpu_s_other_processes_max']} s (near 0: the runs had the machine alone)"
+    )
     print(
         f"instrument / book throughput: {summary['instrument_over_book_throughput']}x "
         f"(processing span only: {summary['instrument_over_book_throughput_in_span']}x)"
@@ -766,6 +856,9 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     conditions["session_cluster_jobs_running_at_start"] = session_jobs_running(settings)
+    conditions["plans"] = {g: graph_plan(settings, g, frames[:100], params) for g in GRAPHS}
+    for graph, plan in conditions["plans"].items():
+        print(f"  plan {graph}: {'; '.join(plan)}", flush=True)
     pure = [run_pure(graph, frames, params) for graph in GRAPHS]
     for run in pure:
         print(
@@ -785,7 +878,7 @@ def main(argv: list[str] | None = None) -> int:
             run["repeat"] = i + 1
             runs.append(run)
             print_run(run, f"run {i + 1} ")
-    summary = summarize(runs)
+    summary = summarize(runs, pure)
     print_summary(summary)
     result = {
         "command": " ".join(["python -m bench.keying", *raw_args]),

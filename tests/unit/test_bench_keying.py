@@ -3,11 +3,25 @@ its two graphs' logic, run in one Python loop, agree on the NBBO updates they em
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
-from bench.keying import BookParams, book_key, instrument_key, make_input, run_pure
-from schemas.codec import decode_envelope
-from tickflow.config import load_settings
+# bench/ is not an installed package; tests/unit has no __init__.py to put the root on the path
+ROOT = str(Path(__file__).resolve().parents[2])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from bench.keying import (  # noqa: E402
+    BookParams,
+    book_key,
+    instrument_key,
+    make_input,
+    run_pure,
+)
+from schemas.codec import decode_envelope  # noqa: E402
+from tickflow.config import load_settings  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
