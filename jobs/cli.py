@@ -1,4 +1,10 @@
-"""``tickflow job submit|list|cancel``: the pipeline job on the local Flink session cluster."""
+"""``tickflow job submit|stop|list|cancel``: the pipeline job on the local Flink session cluster.
+
+    tickflow job stop [JOB_ID] [--savepoint-dir file:///path]   savepoint, then stop
+    tickflow job submit --from-savepoint file:///path/savepoint-xxxx    resume from it
+(``TICKFLOW__FLINK__PARALLELISM=2 tickflow job submit --from-savepoint ...`` resumes with
+another parallelism: state is redistributed by key group; every operator has a stable uid.)
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import argparse
 import json
 
 import stack.flink as flink
-from tickflow.config import load_settings
+from tickflow.config import Settings, load_settings
 
 PIPELINE = "jobs/pipeline.py"
 
@@ -16,24 +22,36 @@ def main(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     submit = sub.add_parser("submit", help="submit the pipeline (detached) and wait for RUNNING")
     submit.add_argument("--timeout", type=float, default=180.0)
+    submit.add_argument("--from-savepoint", help="savepoint or retained checkpoint to resume")
+    stop = sub.add_parser("stop", help="take a savepoint and stop (every running job if none)")
+    stop.add_argument("job_id", nargs="?")
+    stop.add_argument("--savepoint-dir", help="target directory URI (default: the stack's)")
     sub.add_parser("list", help="jobs on the cluster (REST /jobs/overview)")
     cancel = sub.add_parser("cancel", help="cancel a job, or every running tickflow job")
     cancel.add_argument("job_id", nargs="?")
     args = parser.parse_args(argv)
     settings = load_settings()
     if args.command == "submit":
-        job_id = flink.submit_python_job(settings, str(settings.root / PIPELINE), [])
+        job_id = flink.submit_python_job(
+            settings, str(settings.root / PIPELINE), [], from_savepoint=args.from_savepoint
+        )
         flink.wait_job_running(settings, job_id, args.timeout)
         print(f"job {job_id} RUNNING; Flink web UI: http://127.0.0.1:{settings.flink.rest_port}")
+    elif args.command == "stop":
+        for job_id in _job_ids(settings, args.job_id):
+            path = flink.stop_with_savepoint(settings, job_id, args.savepoint_dir)
+            print(f"stopped {job_id}; savepoint {path}")
+            print(f"resume: tickflow job submit --from-savepoint {path}")
     elif args.command == "list":
         print(json.dumps(flink.list_jobs(settings), indent=2))
     else:
-        ids = (
-            [args.job_id]
-            if args.job_id
-            else [j["jid"] for j in flink.list_jobs(settings) if j.get("state") == "RUNNING"]
-        )
-        for job_id in ids:
+        for job_id in _job_ids(settings, args.job_id):
             flink.cancel_job(settings, job_id)
             print(f"cancelled {job_id}")
     return 0
+
+
+def _job_ids(settings: Settings, job_id: str | None) -> list[str]:
+    if job_id:
+        return [job_id]
+    return [j["jid"] for j in flink.list_jobs(settings) if j.get("state") == "RUNNING"]

@@ -446,8 +446,10 @@ def submit_python_job(
     args: list[str],
     detached: bool = True,
     timeout: float = 600.0,
+    from_savepoint: str | None = None,
 ) -> str:
-    """Submit a PyFlink job (a .py file or a dotted module) to the session cluster.
+    """Submit a PyFlink job (a .py file or a dotted module) to the session cluster, from a
+    savepoint or retained checkpoint if given (operators are matched by their uids).
 
     Returns the job id. Detached: returns once the job is submitted; attached: once it ends.
     """
@@ -457,6 +459,8 @@ def submit_python_job(
     argv = [str(flink_bin(settings)), "run"]
     if detached:
         argv.append("-d")
+    if from_savepoint:
+        argv += ["-s", from_savepoint]
     argv += ["-pyexec", python, "-pyclientexec", python]
     is_file = py_module_or_file.endswith(".py") or Path(py_module_or_file).is_file()
     argv += ["-py" if is_file else "-pym", py_module_or_file, *args]
@@ -477,6 +481,34 @@ def submit_python_job(
         raise StackError(
             f"flink: submitting {py_module_or_file} failed (exit {done.returncode}).{hint}\n"
             + "\n".join(output.strip().splitlines()[-40:])
+        )
+    return match.group(1)
+
+
+SAVEPOINT_PATTERN = re.compile(r"Savepoint completed\. Path: (\S+)")
+
+
+def stop_with_savepoint(
+    settings: Settings, job_id: str, directory: str | None = None, timeout: float = 300.0
+) -> str:
+    """``flink stop --savepointPath DIR JOB``: take a final savepoint, then finish the job.
+    Returns the savepoint's path (give it to ``submit_python_job(from_savepoint=...)``)."""
+    target = directory or (runtime_dir(settings) / "savepoints").as_uri()
+    done = subprocess.run(
+        [str(flink_bin(settings)), "stop", "--savepointPath", target, job_id],
+        cwd=settings.root,
+        env=flink_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    match = SAVEPOINT_PATTERN.search(output)
+    if done.returncode != 0 or match is None:
+        raise StackError(
+            f"flink: stop with savepoint of {job_id} failed (exit {done.returncode}):\n"
+            + "\n".join(output.strip().splitlines()[-20:])
         )
     return match.group(1)
 
