@@ -36,7 +36,7 @@ import redis
 from jobs.sinks.book_reader import StoredBook, read_book
 from jobs.sinks.clickhouse import connect
 from stack import flink
-from stack.topics import ensure_topics
+from stack.topics import ensure_topics, output_topics
 from tickflow.config import Settings, load_settings
 
 T = TypeVar("T")
@@ -123,6 +123,10 @@ def slice_overrides(
         "TICKFLOW__KAFKA__RAW_TOPIC": f"tickflow.raw.e2e{tag}",
         "TICKFLOW__KAFKA__DEADLETTER_TOPIC": f"tickflow.deadletter.e2e{tag}",
         "TICKFLOW__KAFKA__CONTROL_TOPIC": f"tickflow.control.e2e{tag}",
+        "TICKFLOW__KAFKA__NBBO_TOPIC": f"tickflow.nbbo.e2e{tag}",
+        "TICKFLOW__KAFKA__MATCHED_TRADES_TOPIC": f"tickflow.matched-trades.e2e{tag}",
+        "TICKFLOW__KAFKA__BARS_TOPIC": f"tickflow.bars.e2e{tag}",
+        "TICKFLOW__KAFKA__TOUCHES_TOPIC": f"tickflow.touches.e2e{tag}",
         "TICKFLOW__FLINK__CONSUMER_GROUP": f"tickflow-e2e{tag}",
         "TICKFLOW__REDIS__KEY_PREFIX": f"tfe2e{tag}",
         "TICKFLOW__CLICKHOUSE__DATABASE": f"tickflow_e2e{tag}",
@@ -155,7 +159,7 @@ def start_slice(
         settings = load_settings()
         kafka = settings.kafka
         topics = {kafka.raw_topic: kafka.raw_partitions, kafka.deadletter_topic: 1,
-                  kafka.control_topic: 1}  # fmt: skip
+                  kafka.control_topic: 1, **{t: 1 for t in output_topics(settings)}}  # fmt: skip
         try:
             ensure_topics(settings, extra=topics)
             apps = [("simulator", ["simulator", "--paused"])]

@@ -24,6 +24,7 @@ from jobs.sinks.clickhouse import (
     top_of_book_row,
     trade_row,
 )
+from jobs.sinks.kafka_out import json_record
 from jobs.sinks.redis_books import RedisBookWriter, RedisNbboWriter
 from jobs.sinks.rows import bar_to_row, late_to_row, matched_to_row, nbbo_to_row
 from schemas.codec import EnvelopeError, decode_envelope
@@ -40,6 +41,17 @@ from tickflow.logs import setup_logging
 
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 RESYNC_REQUESTS = OutputTag("resync-requests", Types.STRING())
+# results also published to the exactly-once Kafka topics, as JSON (table -> side output)
+RESULTS = {
+    table: OutputTag(f"{table}-results", Types.STRING())
+    for table in ("nbbo", "matched_trades", "bars", "top_of_book")
+}
+
+
+def _result(table: str, row: tuple[Any, ...]) -> Iterator[Any]:
+    """A result row: to ClickHouse (main output) and to its Kafka topic (side output)."""
+    yield table, row
+    yield RESULTS[table], json_record(table, row)
 
 
 def _level_key(book_id: BookId, side: BookSide, price: Decimal) -> str:
@@ -179,11 +191,11 @@ class InstrumentProcessor(KeyedProcessFunction):
             self.analytics.update(books.analytics_state())
         for update in out.nbbo:
             self.redis_nbbo.write(update)
-            yield "nbbo", nbbo_to_row(update)
+            yield from _result("nbbo", nbbo_to_row(update))
         for matched in out.matched:
-            yield "matched_trades", matched_to_row(matched)
+            yield from _result("matched_trades", matched_to_row(matched))
         for bar in out.bars:
-            yield "bars", bar_to_row(bar)
+            yield from _result("bars", bar_to_row(bar))
         for late in out.late:
             yield "late_events", late_to_row(late)
 
@@ -222,7 +234,9 @@ class InstrumentProcessor(KeyedProcessFunction):
                     f"{view.exchange}|{view.symbol}",
                     books.books[(view.exchange, view.symbol)].meta(),
                 )
-                yield "top_of_book", top_of_book_row(view, view.bid_depth, view.ask_depth)
+                yield from _result(
+                    "top_of_book", top_of_book_row(view, view.bid_depth, view.ask_depth)
+                )
         out = Outputs(nbbo=books.refresh_nbbo(timestamp))  # books may have aged out of it
         self.metrics.record(out)
         self.metrics.books_not_live(instrument, books.books_not_live())
@@ -275,7 +289,9 @@ class InstrumentProcessor(KeyedProcessFunction):
         for view in out.snapshots:
             yield "book_snapshots", snapshot_row(view)
         for view in out.top_changes:
-            yield "top_of_book", top_of_book_row(view, view.bid_depth, view.ask_depth)
+            yield from _result(
+                "top_of_book", top_of_book_row(view, view.bid_depth, view.ask_depth)
+            )
         yield from self._emit_analytics(books, out)
         self._schedule_event_timer(ctx, books)
 

@@ -36,7 +36,13 @@ from pyflink.datastream.connectors.kafka import (
 )
 
 from jobs.nbbo import nbbo_group
-from jobs.operators import DEAD_LETTERS, RESYNC_REQUESTS, ClickHouseBatcher, InstrumentProcessor
+from jobs.operators import (
+    DEAD_LETTERS,
+    RESULTS,
+    RESYNC_REQUESTS,
+    ClickHouseBatcher,
+    InstrumentProcessor,
+)
 from schemas.codec import envelope_instrument
 from tickflow.config import Settings, load_settings
 
@@ -106,6 +112,28 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .name("dead-letter-sink")
         .uid("dead-letter-sink")
     )
+    result_topics = {
+        "nbbo": kafka.nbbo_topic,
+        "matched_trades": kafka.matched_trades_topic,
+        "bars": kafka.bars_topic,
+        "top_of_book": kafka.touches_topic,
+    }
+    for table, tag in RESULTS.items():
+        name = f"{table.replace('_', '-')}-results-sink"
+        (
+            processed.get_side_output(tag)
+            .sink_to(
+                exactly_once_sink(
+                    kafka.bootstrap,
+                    result_topics[table],
+                    # unique per job and sink: a restore aborts only its own open transactions
+                    f"{settings.flink.consumer_group}-{name}",
+                    kafka.transaction_timeout_ms,
+                )
+            )
+            .name(name)
+            .uid(name)
+        )
     (
         processed.get_side_output(RESYNC_REQUESTS)
         .sink_to(json_sink(kafka.bootstrap, kafka.control_topic))
@@ -126,6 +154,27 @@ def json_sink(bootstrap: str, topic: str) -> KafkaSink:
             .build()
         )
         .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
+        .build()
+    )
+
+
+def exactly_once_sink(
+    bootstrap: str, topic: str, transactional_id_prefix: str, transaction_timeout_ms: int
+) -> KafkaSink:
+    """JSON records in Kafka transactions committed with each checkpoint: a read_committed
+    consumer sees every record once, even across failures and restores."""
+    return (
+        KafkaSink.builder()
+        .set_bootstrap_servers(bootstrap)
+        .set_record_serializer(
+            KafkaRecordSerializationSchema.builder()
+            .set_topic(topic)
+            .set_value_serialization_schema(SimpleStringSchema())
+            .build()
+        )
+        .set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
+        .set_transactional_id_prefix(transactional_id_prefix)
+        .set_property("transaction.timeout.ms", str(transaction_timeout_ms))
         .build()
     )
 

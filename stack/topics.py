@@ -13,7 +13,19 @@ def pipeline_topics(settings: Settings) -> dict[str, int]:
         kafka.raw_topic: kafka.raw_partitions,
         kafka.deadletter_topic: 1,
         kafka.control_topic: 1,
+        **{topic: 1 for topic in output_topics(settings)},
     }
+
+
+def output_topics(settings: Settings) -> list[str]:
+    """The job's exactly-once result topics."""
+    kafka = settings.kafka
+    return [
+        kafka.nbbo_topic,
+        kafka.matched_trades_topic,
+        kafka.bars_topic,
+        kafka.touches_topic,
+    ]
 
 
 def ensure_topics(

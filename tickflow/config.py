@@ -40,6 +40,12 @@ class KafkaConfig:
     deadletter_topic: str
     control_topic: str
     producer_linger_ms: int
+    # the job's results, written exactly-once (Kafka transactions committed at checkpoints)
+    nbbo_topic: str
+    matched_trades_topic: str
+    bars_topic: str
+    touches_topic: str
+    transaction_timeout_ms: int
 
     @property
     def host(self) -> str:

@@ -13,6 +13,7 @@ from bench.analytics_checks import (
     late_events,
     matching_check,
     nbbo_check,
+    results_check,
     wait_stored,
     windows_check,
 )
@@ -104,3 +105,23 @@ def test_trades_later_than_the_bound_land_in_the_late_table(
         30,
     )
     assert result["late_events_by_kind"]["trade"] >= 1
+
+
+def test_the_exactly_once_topics_hold_each_result_once(
+    analytics_run: tuple[Slice, int, int],
+) -> None:
+    settings = analytics_run[0].settings
+
+    def settled() -> dict[str, Any] | None:
+        # the last transaction commits with the next checkpoint
+        result = results_check(settings)
+        complete = all(
+            r["kafka_records"] > 0 and r["only_in_clickhouse"] == 0 for r in result.values()
+        )
+        return result if complete else None
+
+    result = wait_for("every result committed to Kafka", settled, 60)
+    print(f"exactly-once topics vs ClickHouse: {result}")
+    for table, r in result.items():
+        assert r["kafka_duplicates"] == 0 and r["only_in_kafka"] == 0, (table, r)
+

@@ -89,6 +89,11 @@ def test_pipeline_topics_from_settings(settings: Settings) -> None:
         kafka.raw_topic: kafka.raw_partitions,
         kafka.deadletter_topic: 1,
         kafka.control_topic: 1,
+        # exactly-once results: one partition each, in order
+        kafka.nbbo_topic: 1,
+        kafka.matched_trades_topic: 1,
+        kafka.bars_topic: 1,
+        kafka.touches_topic: 1,
     }
 
 
