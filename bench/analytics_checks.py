@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.slice import sim_get
 from jobs.sinks.clickhouse import connect
-from jobs.sinks.queries import recompute_bars_sql
+from jobs.sinks.queries import BAR_OUTPUT_COLUMNS, recompute_bars_sql
 from tickflow.config import Settings
 
 EXCHANGES = ("binance", "coinbase", "kraken")
@@ -49,6 +49,11 @@ def wait_stored(settings: Settings, timeout: float = 60.0, quiet_s: float = 2.0)
             time.sleep(quiet_s)
     finally:
         client.disconnect()
+
+
+def instruments(settings: Settings, exchanges: tuple[str, ...] = EXCHANGES) -> list[str]:
+    """The canonical instruments the exchanges' symbols map to."""
+    return sorted({i for ex in exchanges for i in getattr(settings.exchanges, ex).symbols.values()})
 
 
 def _symbols(settings: Settings, exchange: str) -> list[str]:
@@ -213,11 +218,8 @@ def _close(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-BAR_COLUMNS = (
-    "venue", "window_start_ms", "open", "high", "low", "close", "volume", "notional", "vwap",
-    "trade_count", "buy_volume", "sell_volume", "live_ms", "twa_spread",
-    "twa_bid_depth_10bps", "twa_ask_depth_10bps", "ofi",
-)  # fmt: skip
+# compared per (venue, window) of one instrument and interval
+BAR_COLUMNS = tuple(c for c in BAR_OUTPUT_COLUMNS if c not in ("instrument", "interval_ms"))
 
 
 def windows_check(
@@ -309,18 +311,18 @@ def read_committed(settings: Settings, topic: str, idle_s: float = 3.0) -> list[
 
 def results_check(settings: Settings) -> dict[str, Any]:
     """The exactly-once topics against ClickHouse: the same rows, none twice."""
-    kafka = settings.kafka
-    keys = {
-        "nbbo": (kafka.nbbo_topic, ("instrument", "version")),
-        "matched_trades": (kafka.matched_trades_topic, ("exchange", "symbol", "trade_id")),
-        "bars": (kafka.bars_topic, ("instrument", "interval_ms", "venue", "window_start_ms")),
+    topics = settings.kafka.result_topics()
+    keys = {  # each table's row identity
+        "nbbo": ("instrument", "version"),
+        "matched_trades": ("exchange", "symbol", "trade_id"),
+        "bars": ("instrument", "interval_ms", "venue", "window_start_ms"),
     }
     client = connect(settings.clickhouse)
     db = settings.clickhouse.database
     out: dict[str, Any] = {}
     try:
-        for table, (topic, cols) in keys.items():
-            records = read_committed(settings, topic)
+        for table, cols in keys.items():
+            records = read_committed(settings, topics[table])
             got = [tuple(str(r[c]) for c in cols) for r in records]
             stored = {
                 tuple(str(v) for v in row)

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.analytics_checks import (
+    instruments,
     late_events,
     matching_check,
     nbbo_check,
@@ -374,13 +375,10 @@ def check_analytics(
         if matching["matching_missing"] == 0 or time.monotonic() > deadline:
             break
         time.sleep(1)
-    instruments = sorted(
-        {i for ex in EXCHANGES for i in getattr(settings.exchanges, ex).symbols.values()}
-    )
     return {
         **matching,
         **nbbo_check(settings),
-        **windows_check(settings, instruments, live_at_ms, to_ms),
+        **windows_check(settings, instruments(settings, EXCHANGES), live_at_ms, to_ms),
         **late_events(settings),
     }
 

@@ -112,18 +112,13 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .name("dead-letter-sink")
         .uid("dead-letter-sink")
     )
-    result_topics = {
-        "nbbo": kafka.nbbo_topic,
-        "matched_trades": kafka.matched_trades_topic,
-        "bars": kafka.bars_topic,
-        "top_of_book": kafka.touches_topic,
-    }
+    result_topics = kafka.result_topics()
     for table, tag in RESULTS.items():
         name = f"{table.replace('_', '-')}-results-sink"
         (
             processed.get_side_output(tag)
             .sink_to(
-                exactly_once_sink(
+                json_sink(
                     kafka.bootstrap,
                     result_topics[table],
                     # unique per job and sink: a restore aborts only its own open transactions
@@ -142,28 +137,16 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     )
 
 
-def json_sink(bootstrap: str, topic: str) -> KafkaSink:
-    """At-least-once JSON records: dead letters and resync requests are idempotent to repeat."""
-    return (
-        KafkaSink.builder()
-        .set_bootstrap_servers(bootstrap)
-        .set_record_serializer(
-            KafkaRecordSerializationSchema.builder()
-            .set_topic(topic)
-            .set_value_serialization_schema(SimpleStringSchema())
-            .build()
-        )
-        .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
-        .build()
-    )
-
-
-def exactly_once_sink(
-    bootstrap: str, topic: str, transactional_id_prefix: str, transaction_timeout_ms: int
+def json_sink(
+    bootstrap: str,
+    topic: str,
+    transactional_id_prefix: str | None = None,
+    transaction_timeout_ms: int = 0,
 ) -> KafkaSink:
-    """JSON records in Kafka transactions committed with each checkpoint: a read_committed
-    consumer sees every record once, even across failures and restores."""
-    return (
+    """JSON string records. Without a transactional id: at-least-once (dead letters and resync
+    requests are idempotent to repeat). With one: in Kafka transactions committed with each
+    checkpoint, so a read_committed consumer sees every record once, even across restores."""
+    builder = (
         KafkaSink.builder()
         .set_bootstrap_servers(bootstrap)
         .set_record_serializer(
@@ -172,7 +155,11 @@ def exactly_once_sink(
             .set_value_serialization_schema(SimpleStringSchema())
             .build()
         )
-        .set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
+    )
+    if transactional_id_prefix is None:
+        return builder.set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE).build()
+    return (
+        builder.set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
         .set_transactional_id_prefix(transactional_id_prefix)
         .set_property("transaction.timeout.ms", str(transaction_timeout_ms))
         .build()

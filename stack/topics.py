@@ -19,13 +19,7 @@ def pipeline_topics(settings: Settings) -> dict[str, int]:
 
 def output_topics(settings: Settings) -> list[str]:
     """The job's exactly-once result topics."""
-    kafka = settings.kafka
-    return [
-        kafka.nbbo_topic,
-        kafka.matched_trades_topic,
-        kafka.bars_topic,
-        kafka.touches_topic,
-    ]
+    return list(settings.kafka.result_topics().values())
 
 
 def ensure_topics(

@@ -47,6 +47,15 @@ class KafkaConfig:
     touches_topic: str
     transaction_timeout_ms: int
 
+    def result_topics(self) -> dict[str, str]:
+        """ClickHouse table of a result -> the exactly-once topic it is also written to."""
+        return {
+            "nbbo": self.nbbo_topic,
+            "matched_trades": self.matched_trades_topic,
+            "bars": self.bars_topic,
+            "top_of_book": self.touches_topic,
+        }
+
     @property
     def host(self) -> str:
         return self.bootstrap.split(",")[0].rsplit(":", 1)[0]

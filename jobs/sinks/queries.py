@@ -27,35 +27,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from jobs.sinks.clickhouse import DECIMAL
+from jobs.bars import ALL
+from jobs.sinks.clickhouse import COLUMNS, DECIMAL
 
 DEFAULT_DB = "tickflow"
-BAR_INTERVALS_MS = (1000, 60000)
-ALL_VENUES = "ALL"
+ALL_VENUES = ALL
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-BAR_OUTPUT_COLUMNS = (
-    "instrument",
-    "venue",
-    "interval_ms",
-    "window_start_ms",
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "notional",
-    "vwap",
-    "trade_count",
-    "buy_volume",
-    "sell_volume",
-    "live_ms",
-    "twa_spread",
-    "twa_bid_depth_10bps",
-    "twa_ask_depth_10bps",
-    "ofi",
-)
+# what the recomputation returns: the bars table's columns but the date
+BAR_OUTPUT_COLUMNS = COLUMNS["bars"][1:]
 
 
 def _db(db: str) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from bench.analytics_checks import (
+    instruments,
     late_events,
     matching_check,
     nbbo_check,
@@ -87,10 +88,8 @@ def test_bars_equal_the_batch_recomputation_in_clickhouse(
     analytics_run: tuple[Slice, int, int],
 ) -> None:
     running, from_ms, to_ms = analytics_run
-    instruments = sorted(
-        {i for ex in EXCHANGES for i in getattr(running.settings.exchanges, ex).symbols.values()}
-    )
-    result = windows_check(running.settings, instruments, from_ms, to_ms)
+    settings = running.settings
+    result = windows_check(settings, instruments(settings, EXCHANGES), from_ms, to_ms)
     assert result["window_rows_compared"] > 50
     assert result["window_mismatches"] == 0, result["window_examples"]
 
