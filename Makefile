@@ -61,6 +61,12 @@ verify: venv ## fresh faulted run, all exchanges: books = truth, versions, Krake
 
 .PHONY: verify
 
+chaos: venv ## failure drill: 12 kills (TaskManager, Python, JobManager, Kafka, ClickHouse, Redis) vs a fault-free run
+	$(BIN)/tickflow stack up
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
+
+.PHONY: chaos
+
 bench: venv ## book job frames/s (hashmap vs RocksDB), Kafka->Redis latency, keying by instrument vs book
 	$(BIN)/tickflow stack up
 	$(BIN)/python -m bench.book_pipeline $(BENCH_ARGS)

@@ -160,6 +160,7 @@ class Wire:
     conn: Connection
 
     def deliver(self, frame: bytes, receive_time_ns: int) -> None:
+        frame = self.sub.stamp(frame)  # per-connection numbering, as the server sends it
         parts = self.connector.dispatch(self.conn, frame, receive_time_ns)
         if parts is None:
             self.connector.sink.dead_letter(frame.decode(errors="replace"))

@@ -35,6 +35,7 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSource,
 )
 
+from jobs.faults import PythonFault
 from jobs.nbbo import nbbo_group
 from jobs.operators import (
     DEAD_LETTERS,
@@ -53,15 +54,20 @@ def table_of(record: tuple[str, Any]) -> str:
     return record[0]
 
 
-class NbboGroupKey:
-    """Key of a raw frame when quotes are declared equivalent (e.g. BTC-USDT joins BTC-USD's
-    operator and NBBO); without equivalences the instrument itself is the key."""
+class InstrumentKey:
+    """Key of a raw frame: its canonical instrument, read without decoding the envelope, or
+    the instrument whose NBBO it joins when quotes are declared equivalent (e.g. BTC-USDT
+    joins BTC-USD's operator). Also where a failure drill makes the job's Python code fail."""
 
-    def __init__(self, equivalents: Mapping[str, str]) -> None:
+    def __init__(self, equivalents: Mapping[str, str], fault_file: str = "") -> None:
         self.equivalents = dict(equivalents)
+        self.fault = PythonFault(fault_file) if fault_file else None
 
     def __call__(self, data: bytes) -> str:
-        return nbbo_group(envelope_instrument(data), self.equivalents)
+        if self.fault is not None:
+            self.fault.check()
+        instrument = envelope_instrument(data)
+        return nbbo_group(instrument, self.equivalents) if self.equivalents else instrument
 
 
 def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
@@ -87,8 +93,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     ).with_idleness(Duration.of_millis(settings.flink.watermark_idle_timeout_ms))
     raw = env.from_source(source, watermarks, "raw-frames").uid("raw-frames-source")
 
-    equivalents = settings.analytics.quote_equivalents
-    key = NbboGroupKey(equivalents) if equivalents else envelope_instrument
+    key = InstrumentKey(settings.analytics.quote_equivalents, settings.flink.python_fault_file)
     processed = (
         raw.key_by(key, key_type=Types.STRING())
         .process(

@@ -1,12 +1,14 @@
-"""``tickflow stack up|down|status|logs``: the local Kafka, Redis, ClickHouse and Flink."""
+"""``tickflow stack up|down|status|logs|supervise``: the local Kafka, Redis, ClickHouse, Flink."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
 from stack import manager
+from stack.supervisor import SupervisedJob, Supervisor, pipeline_submitter
 from stack.system import StackError, tail
 from tickflow.config import ConfigError, Settings, load_settings
 
@@ -28,6 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     logs = commands.add_parser("logs", help="print log file paths and their last lines")
     logs.add_argument("component", nargs="?", choices=names)
     logs.add_argument("-n", "--lines", type=int, default=40, help="lines per log (default 40)")
+    supervise = commands.add_parser(
+        "supervise", help="restart components that die, and resubmit the pipeline job if lost"
+    )
+    supervise.add_argument(
+        "--job",
+        help="the pipeline job to keep running (resubmitted from "
+        "its newest retained checkpoint when the cluster loses it)",
+    )
+    supervise.add_argument("--interval", type=float, default=1.0, help="seconds between checks")
     return parser
 
 
@@ -55,6 +66,16 @@ def print_logs(settings: Settings, component: str | None, lines: int) -> int:
     return 0
 
 
+def supervise(settings: Settings, job_id: str | None, interval_s: float) -> int:
+    """Run the supervisor in the foreground until interrupted."""
+    job = SupervisedJob([job_id], pipeline_submitter(settings)) if job_id else None
+    supervisor = Supervisor(settings, job)
+    print(f"supervising {', '.join(supervisor.names)}" + (f" and job {job_id}" if job else ""))
+    with contextlib.suppress(KeyboardInterrupt):
+        supervisor.run(interval_s)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -69,6 +90,8 @@ def main(argv: list[str]) -> int:
             return 0
         if args.command == "status":
             return print_status(settings)
+        if args.command == "supervise":
+            return supervise(settings, args.job, args.interval)
         return print_logs(settings, args.component, args.lines)
     except (StackError, ConfigError) as error:
         print(f"tickflow stack {args.command}: {error}", file=sys.stderr)

@@ -543,12 +543,12 @@ def wait_job_running(settings: Settings, job_id: str, timeout: float = 120.0) ->
                          f"(state {job_state(settings, job_id)})")  # fmt: skip
     if final["state"] in ("FAILED", "CANCELED"):
         raise StackError(
-            f"flink: job {job_id} {final['state']}: {_root_exception(settings, job_id)}"
+            f"flink: job {job_id} {final['state']}: {root_exception(settings, job_id)}"
         )
     return final["state"]
 
 
-def _root_exception(settings: Settings, job_id: str) -> str:
+def root_exception(settings: Settings, job_id: str) -> str:
     try:
         info = rest(settings, "GET", f"/jobs/{job_id}/exceptions")
     except OSError:

@@ -148,7 +148,8 @@ class Kafka(Component):
             id_file.write_text(new_cluster_id() + "\n")
         cluster_id = id_file.read_text().strip()
         argv = self._java(
-            "kafka.tools.StorageTool", "format", "--cluster-id", cluster_id,
+            # one argument: an id that starts with "-" would otherwise read as an option
+            "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
             "--config", str(self.home / "server.properties"), "--ignore-formatted",
         )  # fmt: skip
         done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)

@@ -133,6 +133,6 @@ def status(settings: Settings) -> list[ComponentStatus]:
     return rows
 
 
-def stack_answers(settings: Settings) -> bool:
-    """Whether every component answers (whoever started it)."""
-    return all(_safe_answers(c) for c in components(settings))
+def stack_answers(settings: Settings, names: Iterable[str] | None = None) -> bool:
+    """Whether every (named) component answers, whoever started it."""
+    return all(_safe_answers(c) for c in components(settings, names))

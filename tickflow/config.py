@@ -99,6 +99,8 @@ class FlinkConfig:
     watermark_idle_timeout_ms: int
     consumer_group: str
     state_backend: str  # the job's state.backend.type: hashmap | rocksdb
+    # failure drills only: when this file appears, the job's Python code raises once
+    python_fault_file: str
 
     def __post_init__(self) -> None:
         if self.state_backend not in FLINK_STATE_BACKENDS:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -28,6 +28,9 @@ from jobs.parse.events import (
     Trade,
 )
 from schemas.codec import RawEnvelope
+
+# counts from 0: a negative one is bad input (and would not fit the stored UInt64 seq)
+SequenceNum = Annotated[int, msgspec.Meta(ge=0)]
 
 EXCHANGE = "coinbase"
 
@@ -67,7 +70,7 @@ class L2Message(msgspec.Struct, frozen=True, tag_field="channel", tag="l2_data")
     """
 
     timestamp: str  # RFC 3339 with up to 9 fractional digits: when Coinbase sent it
-    sequence_num: int  # message number on this connection, every channel, from 0
+    sequence_num: SequenceNum  # message number on this connection, every channel, from 0
     events: list[L2Event]
     client_id: str = ""  # always "" on public channels (absent in some production frames)
 
@@ -97,7 +100,7 @@ class MarketTradesMessage(msgspec.Struct, frozen=True, tag_field="channel", tag=
     """
 
     timestamp: str  # when Coinbase sent it
-    sequence_num: int  # message number on this connection
+    sequence_num: SequenceNum  # message number on this connection
     events: list[MarketTradesEvent]
     client_id: str = ""
 

@@ -4,6 +4,7 @@ scenarios, one fixture file per scenario."""
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -118,6 +119,11 @@ def test_timestamps(text: str, ms: int) -> None:
         ("depth", b'{"channel":"l2_data","timestamp":"2023-02-09T20:32:50Z","sequence_num":1,'
                   b'"events":[]}', "without events"),
         ("trade", fixture("doc_l2_update.json"), "cannot parse market_trades"),
+        # a negative message number is malformed (and would not fit the stored UInt64 seq)
+        ("depth", re.sub(rb'"sequence_num": ?\d+', b'"sequence_num":-1',
+                         fixture("doc_l2_update.json")), "cannot parse l2_data"),
+        ("trade", re.sub(rb'"sequence_num": ?\d+', b'"sequence_num":-1',
+                         fixture("doc_market_trades.json")), "cannot parse market_trades"),
         ("trade", fixture("doc_market_trades.json").replace(b'"BUY"', b'"buy"'), "cannot parse"),
         ("sync_lost", b'{"reason": 5}', "without a reason"),
         ("sync_lost", b"[1, 2", "cannot parse sync_lost"),

@@ -1,0 +1,174 @@
+"""Keep the local stack and the pipeline job running: restart whatever died, as systemd or
+Kubernetes does for a real deployment.
+
+    tickflow stack supervise [--job JOB_ID] [--interval 1]
+
+Every interval: a component whose processes are gone is started again (``stack.manager.up``).
+Flink is two daemons: a dead TaskManager is started alone (the JobManager restarts the job's
+tasks from the last checkpoint once it registers), a dead JobManager takes the whole cluster
+down with it (the standalone cluster has no HA store, so the jobs it ran are gone) and the
+cluster is started again. The supervised job is resubmitted when the cluster no longer runs
+it: from the newest retained checkpoint of any job it ran as (``execution.checkpointing.
+externalized-checkpoint-retention: RETAIN_ON_CANCELLATION`` keeps them), else from where it
+was first started. A job stopped on purpose (FINISHED or CANCELED) is left alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stack import flink
+from stack.manager import components, up
+from stack.system import StackError, pid_alive, read_pids
+from tickflow.config import Settings
+
+SUPERVISED = ("kafka", "redis", "clickhouse", "flink")
+# job states in which the cluster still owns the job (it restarts failed tasks itself)
+ALIVE_STATES = {"CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "RECONCILING", "FAILING",
+                "CANCELLING", "SUSPENDED"}  # fmt: skip
+STOPPED_ON_PURPOSE = {"FINISHED", "CANCELED"}
+
+Log = Callable[[str], None]
+Submit = Callable[[str | None], str]  # restore path (or None) -> new job id
+
+
+@dataclass
+class Action:
+    """Something the supervisor did, and when (``time.monotonic()``)."""
+
+    at: float
+    what: str
+
+
+def latest_checkpoint(settings: Settings, job_ids: list[str]) -> str | None:
+    """URI of the newest complete retained checkpoint of any of the jobs, if there is one."""
+    base = flink.runtime_dir(settings) / "checkpoints"
+    found: list[tuple[float, int, Path]] = []
+    for job_id in job_ids:
+        for chk in (base / job_id).glob("chk-*"):
+            metadata = chk / "_metadata"
+            if metadata.exists():
+                found.append((metadata.stat().st_mtime, int(chk.name[4:]), chk))
+    return max(found)[2].as_uri() if found else None
+
+
+@dataclass
+class SupervisedJob:
+    """The pipeline job across resubmissions: every id it ran as (newest last)."""
+
+    job_ids: list[str]
+    submit: Submit
+    first_restore: str | None = None
+    stopped: bool = False
+    restores: list[str | None] = field(default_factory=list)
+
+    @property
+    def current(self) -> str:
+        return self.job_ids[-1]
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        job: SupervisedJob | None = None,
+        names: tuple[str, ...] = SUPERVISED,
+        log: Log = print,
+    ) -> None:
+        self.settings = settings
+        self.job = job
+        self.names = names
+        self.log = log
+        self.actions: list[Action] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _did(self, what: str) -> None:
+        self.actions.append(Action(time.monotonic(), what))
+        self.log(f"supervisor: {what}")
+
+    def check(self) -> None:
+        """One round: restart dead components, then make sure the job runs."""
+        for component in components(self.settings, self.names):
+            if component.name == "flink":
+                self._check_flink()
+            elif not component.pids():
+                self._did(f"{component.name} is not running: starting it")
+                up(self.settings, [component.name], log=self.log)
+                self._did(f"{component.name} answers again")
+        if self.job is not None and not self.job.stopped:
+            self._check_job(self.job)
+
+    def _check_flink(self) -> None:
+        pid_dir = flink.runtime_dir(self.settings) / "pid"
+        jobmanager = pid_dir / "flink--standalonesession.pid"
+        taskmanager = pid_dir / "flink--taskexecutor.pid"
+        jm_alive = any(pid_alive(p) for p in read_pids(jobmanager))
+        tm_alive = any(pid_alive(p) for p in read_pids(taskmanager))
+        if not jm_alive:
+            # without an HA store a new JobManager knows no jobs: restart the whole cluster
+            self._did("the Flink JobManager is not running: restarting the cluster")
+            components(self.settings, ["flink"])[0].stop()
+            up(self.settings, ["flink"], log=self.log)
+            self._did("the Flink cluster answers again")
+        elif not tm_alive:
+            self._did("the Flink TaskManager is not running: starting it")
+            taskmanager.unlink(missing_ok=True)  # the daemon script would count the dead one
+            flink.start_taskmanager(self.settings)
+            self._did("the Flink TaskManager registered again")
+
+    def _check_job(self, job: SupervisedJob) -> None:
+        try:
+            known = {j["jid"]: j["state"] for j in flink.list_jobs(self.settings)}
+        except OSError:
+            return  # the JobManager is starting: next round
+        state = known.get(job.current)
+        if state in ALIVE_STATES:
+            return
+        if state in STOPPED_ON_PURPOSE:
+            job.stopped = True
+            self._did(f"job {job.current} {state}: no longer supervised")
+            return
+        restore = latest_checkpoint(self.settings, job.job_ids) or job.first_restore
+        why = "FAILED" if state == "FAILED" else "unknown to the cluster"
+        self._did(f"job {job.current} {why}: resubmitting from {restore or 'the start'}")
+        job.job_ids.append(job.submit(restore))
+        job.restores.append(restore)
+        self._did(f"job resubmitted as {job.current}")
+
+    # -- in the background -------------------------------------------------------------------
+
+    def run(self, interval_s: float = 1.0) -> None:
+        """Check every ``interval_s`` until stopped; an error in a round is kept and retried."""
+        while not self._stop.is_set():
+            try:
+                self.check()
+            except (StackError, OSError) as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                self.log(f"supervisor: round failed, retrying: {exc}")
+            self._stop.wait(interval_s)
+
+    def start(self, interval_s: float = 1.0) -> Supervisor:
+        self._thread = threading.Thread(target=self.run, args=(interval_s,), daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=300)
+
+
+def pipeline_submitter(settings: Settings) -> Submit:
+    """Submit jobs/pipeline.py to the session cluster, from a checkpoint or savepoint if given."""
+    pipeline = str(settings.root / "jobs" / "pipeline.py")
+
+    def submit(restore: str | None) -> str:
+        return flink.submit_python_job(settings, pipeline, [], from_savepoint=restore)
+
+    return submit

@@ -1,0 +1,80 @@
+"""The pure parts of the failure drill: the Python fault, the kill plan, the diff, and how the
+supervisor finds the checkpoint to resubmit from."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bench.chaos import TARGETS, diff, kill_plan
+from jobs.faults import InjectedPythonFault, PythonFault
+from jobs.pipeline import InstrumentKey
+from schemas.codec import RawEnvelope, encode_envelope
+from stack.supervisor import latest_checkpoint
+from tickflow.config import load_settings
+
+pytestmark = pytest.mark.unit
+
+
+def test_python_fault_raises_once_per_marker(tmp_path: Path) -> None:
+    marker = tmp_path / "fault"
+    fault = PythonFault(str(marker), check_interval_s=0)
+    fault.check()  # no marker: nothing
+    marker.touch()
+    with pytest.raises(InjectedPythonFault):
+        fault.check()
+    assert not marker.exists() and Path(f"{marker}.fired").exists()
+    fault.check()  # claimed: the restored task does not fail again
+
+
+def test_instrument_key_reads_the_instrument_and_injects_the_fault(tmp_path: Path) -> None:
+    env = RawEnvelope("BTC-USDT", "binance", "BTCUSDT", "depth", 1, "c1", 0, b"{}")
+    data = encode_envelope(env)
+    assert InstrumentKey({})(data) == "BTC-USDT"
+    assert InstrumentKey({"USDT": "USD"})(data) == "BTC-USD"
+    marker = tmp_path / "fault"
+    key = InstrumentKey({}, str(marker))
+    assert key.fault is not None
+    key.fault.check_interval_s = 0
+    marker.touch()
+    with pytest.raises(InjectedPythonFault):
+        key(data)
+    assert key(data) == "BTC-USDT"
+
+
+def test_kill_plan_hits_every_target_in_shuffled_rounds() -> None:
+    plan = kill_plan(12, random.Random(7))
+    assert len(plan) == 12
+    assert sorted(plan[:6]) == sorted(TARGETS) == sorted(plan[6:])
+    assert plan == kill_plan(12, random.Random(7))  # seeded: the same drill again
+
+
+def test_diff_counts_lost_and_duplicated() -> None:
+    expected = Counter({"a": 1, "b": 1, "c": 1})
+    assert diff(expected, Counter({"a": 1, "b": 1, "c": 1})) == (0, 0)
+    assert diff(expected, Counter({"a": 2, "b": 1})) == (1, 1)
+    assert diff(expected, Counter({"a": 1, "b": 1, "c": 1, "x": 1})) == (0, 1)
+
+
+def test_latest_checkpoint_is_the_newest_complete_one_of_any_run(tmp_path: Path) -> None:
+    settings = dataclasses.replace(load_settings(), state_dir=tmp_path)
+    base = tmp_path / "flink" / "checkpoints"
+    assert latest_checkpoint(settings, ["job1"]) is None
+    for job, chk, mtime, complete in (
+        ("job1", 3, 100, True),
+        ("job1", 4, 300, False),  # being written when the JobManager died: no _metadata
+        ("job2", 1, 200, True),
+        ("other", 9, 900, True),  # another job's: not ours
+    ):
+        path = base / job / f"chk-{chk}"
+        path.mkdir(parents=True)
+        if complete:
+            (path / "_metadata").write_bytes(b"x")
+            os.utime(path / "_metadata", (mtime, mtime))
+    assert latest_checkpoint(settings, ["job1", "job2"]) == (base / "job2" / "chk-1").as_uri()
+    assert latest_checkpoint(settings, ["job1"]) == (base / "job1" / "chk-3").as_uri()
