@@ -22,10 +22,11 @@ exactly what a fault-free run produces.
    every committed record of the result topics: lost = expected and missing, duplicated = seen
    more often than expected (or not expected at all).
 
-Determinism: the raw topic has one partition (the order of frames across exchanges, which the
-NBBO depends on, is then the order they were produced in), and wall-clock staleness is off in
-both runs (``book.stale_after_ms`` and ``analytics.nbbo_stale_after_ms`` 0): whether a book
-looks silent depends on when the job happens to run, which no replay can reproduce.
+Determinism: the records go into the raw topic's partitions as the connectors put them, by
+instrument (``connectors.producer.partition_of``), so the job reads each instrument's frames of
+every exchange in the order they were produced, which the NBBO depends on; wall-clock
+staleness is off in both runs (``book.stale_after_ms``, ``analytics.nbbo_stale_after_ms`` 0):
+whether a book looks silent depends on when the job happens to run, which no replay can reproduce.
 
 Writes bench/results/chaos.json. Needs the local stack (started if down); kills and restarts
 its services, so run it alone. Everything the run creates is removed at the end.
@@ -56,6 +57,7 @@ import redis
 
 from bench.analytics_checks import read_committed
 from bench.slice import _delete_kafka_topics, _delete_redis_keys, patched_environ
+from connectors.producer import partition_of
 from jobs.sinks.clickhouse import COLUMNS, connect
 from jobs.sinks.queries import DAILY_QUERIES
 from stack import flink, manager
@@ -63,6 +65,7 @@ from stack.supervisor import SUPERVISED, SupervisedJob, Supervisor, pipeline_sub
 from stack.system import pid_alive, read_pids
 from stack.topics import ensure_topics, output_topics
 from tickflow.config import Settings, load_settings
+from tickflow.instruments import nbbo_group
 
 RESULTS = Path(__file__).parent / "results" / "chaos.json"
 TARGETS = ("taskmanager", "python", "jobmanager", "kafka", "clickhouse", "redis")
@@ -109,7 +112,6 @@ def namespace(name: str, tag: str, fault_file: Path) -> Namespace:
         name,
         {
             "TICKFLOW__KAFKA__RAW_TOPIC": f"tickflow.raw.{t}",
-            "TICKFLOW__KAFKA__RAW_PARTITIONS": "1",
             "TICKFLOW__KAFKA__DEADLETTER_TOPIC": f"tickflow.deadletter.{t}",
             "TICKFLOW__KAFKA__CONTROL_TOPIC": f"tickflow.control.{t}",
             "TICKFLOW__KAFKA__NBBO_TOPIC": f"tickflow.nbbo.{t}",
@@ -142,7 +144,7 @@ def topics_of(settings: Settings) -> dict[str, int]:
 
 @dataclass
 class Dataset:
-    records: list[tuple[bytes, bytes, int]]  # (key, Avro envelope, timestamp ms)
+    records: list[tuple[bytes, bytes, int, str]]  # key, Avro envelope, timestamp ms, group
     books: int
     instruments: int
 
@@ -153,8 +155,15 @@ def make_dataset(settings: Settings, frames: int) -> Dataset:
 
     gen = generate(book_settings(settings, MIXES["all"]), MIXES["all"], frames)
     envelopes = gen.envelopes[:frames]
+    equivalents = settings.analytics.quote_equivalents
     records = [
-        (env.kafka_key, encode_envelope(env), env.receive_time_ns // 1_000_000) for env in envelopes
+        (
+            env.kafka_key,
+            encode_envelope(env),
+            env.receive_time_ns // 1_000_000,
+            nbbo_group(env.instrument, equivalents),
+        )
+        for env in envelopes
     ]
     return Dataset(
         records,
@@ -165,12 +174,14 @@ def make_dataset(settings: Settings, frames: int) -> Dataset:
 
 class Feeder:
     """Produces the dataset into a raw topic at a steady rate (0: as fast as possible) with an
-    idempotent producer that keeps retrying while the broker is down, in order, once."""
+    idempotent producer that keeps retrying while the broker is down, in order, once, into the
+    partitions the connectors use (``connectors.producer.partition_of``)."""
 
-    def __init__(self, settings: Settings, records: list[tuple[bytes, bytes, int]]) -> None:
+    def __init__(self, settings: Settings, records: list[tuple[bytes, bytes, int, str]]) -> None:
         from confluent_kafka import Producer
 
         self.topic = settings.kafka.raw_topic
+        self.partitions = settings.kafka.raw_partitions
         self.records = records
         self.producer = Producer(
             {
@@ -191,7 +202,7 @@ class Feeder:
 
     def run(self, rate: float) -> None:
         started = time.monotonic()
-        for i, (key, value, ts) in enumerate(self.records):
+        for i, (key, value, ts, group) in enumerate(self.records):
             if rate and not self.full_speed.is_set():
                 delay = started + i / rate - time.monotonic()
                 if delay > 0:
@@ -199,7 +210,12 @@ class Feeder:
             while True:
                 try:
                     self.producer.produce(
-                        self.topic, value, key, timestamp=ts, on_delivery=self._delivered
+                        self.topic,
+                        value,
+                        key,
+                        partition=partition_of(group, self.partitions),
+                        timestamp=ts,
+                        on_delivery=self._delivered,
                     )
                     break
                 except BufferError:
@@ -657,7 +673,7 @@ def run(frames: int, kills: int, seed: int, log: Callable[[str], None] = print) 
         "exchanges": ["binance", "coinbase", "kraken"],
         "seed": seed,
         "kills": kills,
-        "raw_partitions": 1,
+        "raw_partitions": base.kafka.raw_partitions,
         "checkpoint_interval_ms": CHECKPOINT_INTERVAL_MS,
         "feed_rate_per_s": round(len(data.records) / (FEED_SPAN * kills * EST_CYCLE_S), 1),
         "parallelism": base.flink.parallelism,

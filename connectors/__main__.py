@@ -139,7 +139,7 @@ def main(argv: list[str]) -> int:
     settings = load_settings()
     level = "DEBUG" if args.verbose else settings.monitoring.log_level
     setup_logging(level, settings.monitoring.log_format, exchange=args.exchange)
-    sink = KafkaSink(settings.kafka)
+    sink = KafkaSink(settings.kafka, quote_equivalents=settings.analytics.quote_equivalents)
     try:
         asyncio.run(_run(settings, args.exchange, sink, args.record))
     finally:

@@ -7,10 +7,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from schemas.codec import RawEnvelope, encode_envelope
 from tickflow.config import KafkaConfig
+from tickflow.instruments import nbbo_group
 
 log = logging.getLogger(__name__)
 # librdkafka's own log lines, through Python logging (served by poll()) instead of raw stderr
@@ -18,14 +19,53 @@ librdkafka_log = logging.getLogger("connectors.librdkafka")
 # delivery reports and errors are served by whichever poll() comes next, often while a frame
 # of some connection or book is handled: they concern neither
 _NOT_A_CONNECTION: dict[str, object] = {"connection_id": None, "symbol": None}
+PARTITIONS_TIMEOUT_S = 30.0  # the raw topic's metadata, asked before the first send
 
 
 class ProducerFatalError(RuntimeError):
     """The idempotent producer hit a fatal error: ordering/exactly-once can no longer hold."""
 
 
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (``org.apache.kafka.common.utils.Utils.murmur2``), as a signed int32."""
+    m, mask = 0x5BD1E995, 0xFFFFFFFF
+    length = len(data)
+    h = (0x9747B28C ^ length) & mask
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(data[i : i + 4], "little")
+        k = (k * m) & mask
+        k ^= k >> 24
+        k = (k * m) & mask
+        h = ((h * m) & mask) ^ k
+    tail = length & ~3
+    rest = length % 4
+    if rest == 3:
+        h ^= data[tail + 2] << 16
+    if rest >= 2:
+        h ^= data[tail + 1] << 8
+    if rest >= 1:
+        h ^= data[tail]
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def partition_of(group: str, partitions: int) -> int:
+    """The raw-topic partition of an NBBO group, as Kafka's default partitioner would place a
+    record keyed by it."""
+    return (murmur2(group.encode()) & 0x7FFFFFFF) % partitions
+
+
 class KafkaSink:
-    """``send(envelope)`` -> the raw topic, keyed ``exchange:symbol`` so a book stays ordered.
+    """``send(envelope)`` -> the raw topic, keyed ``exchange:symbol``, in the partition of the
+    instrument's NBBO group (``partition_of``).
+
+    All exchanges' frames of one instrument share a partition, so the job, keyed by instrument,
+    reads them in the order they were produced, live and again on a replay: the NBBO and the
+    trade matching, which depend on that order across exchanges, come out the same. (One
+    book's frames stay in order too: one book, one instrument.)
 
     Delivery reports are served by ``poll()`` (called on every send and periodically by the
     connector's main loop); a failed delivery is logged as an error and counted in ``failed``.
@@ -36,8 +76,12 @@ class KafkaSink:
         kafka: KafkaConfig,
         topic: str | None = None,
         overrides: Mapping[str, Any] | None = None,
+        quote_equivalents: Mapping[str, str] | None = None,
+        partitions: int = 0,
     ) -> None:
         self.topic = topic or kafka.raw_topic
+        self.quote_equivalents = dict(quote_equivalents or {})
+        self._partitions = partitions  # of the topic; 0: from the broker on the first send
         self.deadletter_topic = kafka.deadletter_topic
         conf: dict[str, Any] = {
             "bootstrap.servers": kafka.bootstrap,
@@ -46,8 +90,6 @@ class KafkaSink:
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": kafka.producer_linger_ms,
-            # the Java client's key hashing, so JVM tools agree on a key's partition
-            "partitioner": "murmur2_random",
             "error_cb": self._on_error,
             "logger": librdkafka_log,
         }
@@ -64,12 +106,16 @@ class KafkaSink:
         if self.fatal is not None:
             raise ProducerFatalError(str(self.fatal))
         value = encode_envelope(envelope)
+        partition = partition_of(
+            nbbo_group(envelope.instrument, self.quote_equivalents), self.partitions()
+        )
         while True:
             try:
                 self._producer.produce(
                     self.topic,
                     value=value,
                     key=envelope.kafka_key,
+                    partition=partition,
                     # record time = receive time, so Kafka timestamps mean "when we got it"
                     timestamp=envelope.receive_time_ns // 1_000_000,
                     on_delivery=self._on_delivery,
@@ -87,6 +133,16 @@ class KafkaSink:
                 self._producer.poll(0.1)
         self.sent += 1
         self._producer.poll(0)
+
+    def partitions(self) -> int:
+        """Partitions of the raw topic (asked once: topics are never repartitioned here)."""
+        if not self._partitions:
+            metadata = self._producer.list_topics(self.topic, timeout=PARTITIONS_TIMEOUT_S)
+            topic = metadata.topics[self.topic]
+            if topic.error is not None or not topic.partitions:
+                raise KafkaException(topic.error or f"{self.topic}: no partitions")
+            self._partitions = len(topic.partitions)
+        return self._partitions
 
     def dead_letter(self, record: str) -> None:
         """Rejected input goes to the dead-letter topic: counted and kept, never dropped."""

@@ -1,7 +1,8 @@
-"""``tickflow job submit|stop|list|cancel``: the pipeline job on the local Flink session cluster.
+"""``tickflow job submit|stop|list|cancel|replay``: the pipeline job on the local Flink cluster.
 
     tickflow job stop [JOB_ID] [--savepoint-dir file:///path]   savepoint, then stop
     tickflow job submit --from-savepoint file:///path/savepoint-xxxx    resume from it
+    tickflow job replay --namespace bt1 --to 2026-11-25T10:00:00Z [--from T] [--speed N]
 (``TICKFLOW__FLINK__PARALLELISM=2 tickflow job submit --from-savepoint ...`` resumes with
 another parallelism: state is redistributed by key group; every operator has a stable uid.)
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import jobs.replay_cli as replay_cli
 import stack.flink as flink
 from tickflow.config import Settings, load_settings
 
@@ -29,7 +31,10 @@ def main(argv: list[str]) -> int:
     sub.add_parser("list", help="jobs on the cluster (REST /jobs/overview)")
     cancel = sub.add_parser("cancel", help="cancel a job, or every running tickflow job")
     cancel.add_argument("job_id", nargs="?")
+    replay_cli.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "replay":
+        return replay_cli.run(args)
     settings = load_settings()
     if args.command == "submit":
         job_id = flink.submit_python_job(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from jobs.book.levels import BookStatus
+from tickflow.instruments import nbbo_group  # noqa: F401  (re-exported: the job keys by it)
 
 Level = tuple[Decimal, Decimal]
 
@@ -136,15 +137,6 @@ def compute_nbbo(
         excluded=tuple(v for v, _ in excluded),
         excluded_reasons=tuple(r for _, r in excluded),
     )
-
-
-def nbbo_group(instrument: str, equivalents: Mapping[str, str]) -> str:
-    """The instrument whose NBBO this one joins: ``BTC-USDT`` -> ``BTC-USD`` when the config
-    declares USDT equivalent to USD; itself otherwise (USD and USDT differ by default)."""
-    base, sep, quote = instrument.rpartition("-")
-    if not sep or quote not in equivalents:
-        return instrument
-    return f"{base}-{equivalents[quote]}"
 
 
 def group_quote(group: str, equivalents: Mapping[str, str]) -> str:

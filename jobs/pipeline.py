@@ -44,6 +44,7 @@ from jobs.operators import (
     ClickHouseBatcher,
     InstrumentProcessor,
 )
+from jobs.replay import ReplayPacer
 from schemas.codec import envelope_instrument
 from tickflow.config import Settings, load_settings
 
@@ -59,33 +60,58 @@ class InstrumentKey:
     the instrument whose NBBO it joins when quotes are declared equivalent (e.g. BTC-USDT
     joins BTC-USD's operator). Also where a failure drill makes the job's Python code fail."""
 
-    def __init__(self, equivalents: Mapping[str, str], fault_file: str = "") -> None:
+    def __init__(
+        self, equivalents: Mapping[str, str], fault_file: str = "", replay_speed: float = 0
+    ) -> None:
         self.equivalents = dict(equivalents)
         self.fault = PythonFault(fault_file) if fault_file else None
+        self.pacer = ReplayPacer(replay_speed) if replay_speed > 0 else None
 
     def __call__(self, data: bytes) -> str:
         if self.fault is not None:
             self.fault.check()
+        if self.pacer is not None:
+            self.pacer.hold(data)
         instrument = envelope_instrument(data)
         return nbbo_group(instrument, self.equivalents) if self.equivalents else instrument
+
+
+def raw_source(settings: Settings) -> KafkaSource:
+    """The raw topic. Live: from the committed offsets (committed on checkpoints; first start:
+    everything), unbounded. Replay: the records of [replay.from_ms, replay.to_ms), then the
+    job finishes (a restore resumes from the checkpointed offsets either way)."""
+    kafka, replay = settings.kafka, settings.replay
+    builder = (
+        KafkaSource.builder()
+        .set_bootstrap_servers(kafka.bootstrap)
+        .set_topics(kafka.raw_topic)
+        .set_group_id(settings.flink.consumer_group)
+        .set_value_only_deserializer(ByteArraySchema())
+    )
+    if not replay.active:
+        return (
+            builder.set_starting_offsets(
+                KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
+            )
+            .set_property("partition.discovery.interval.ms", "60000")
+            .build()
+        )
+    start = (
+        KafkaOffsetsInitializer.timestamp(replay.from_ms)
+        if replay.from_ms
+        else KafkaOffsetsInitializer.earliest()
+    )
+    return (
+        builder.set_starting_offsets(start)
+        .set_bounded(KafkaOffsetsInitializer.timestamp(replay.to_ms))
+        .build()
+    )
 
 
 def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     """Wire the whole job graph onto ``env``. Every operator has a name and a stable uid."""
     kafka = settings.kafka
-    source = (
-        KafkaSource.builder()
-        .set_bootstrap_servers(kafka.bootstrap)
-        .set_topics(kafka.raw_topic)
-        .set_group_id(settings.flink.consumer_group)
-        # resume from committed offsets (committed on checkpoints); first start: everything
-        .set_starting_offsets(
-            KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
-        )
-        .set_value_only_deserializer(ByteArraySchema())
-        .set_property("partition.discovery.interval.ms", "60000")
-        .build()
-    )
+    source = raw_source(settings)
     # event time = the Kafka record timestamp set by the connector; idle partitions must not
     # hold the watermark back
     watermarks = WatermarkStrategy.for_bounded_out_of_orderness(
@@ -93,7 +119,11 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     ).with_idleness(Duration.of_millis(settings.flink.watermark_idle_timeout_ms))
     raw = env.from_source(source, watermarks, "raw-frames").uid("raw-frames-source")
 
-    key = InstrumentKey(settings.analytics.quote_equivalents, settings.flink.python_fault_file)
+    key = InstrumentKey(
+        settings.analytics.quote_equivalents,
+        settings.flink.python_fault_file,
+        settings.replay.speed if settings.replay.active else 0,
+    )
     processed = (
         raw.key_by(key, key_type=Types.STRING())
         .process(

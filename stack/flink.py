@@ -548,6 +548,14 @@ def wait_job_running(settings: Settings, job_id: str, timeout: float = 120.0) ->
     return final["state"]
 
 
+def wait_job_finished(settings: Settings, job_id: str, timeout: float = 3600.0) -> str:
+    """Wait until a (bounded) job reaches a terminal state; return it."""
+    if not wait_until(lambda: job_state(settings, job_id) in TERMINAL_STATES, timeout, 1.0):
+        raise StackError(f"flink: job {job_id} still {job_state(settings, job_id)} after "
+                         f"{timeout:.0f} s")  # fmt: skip
+    return job_state(settings, job_id)
+
+
 def root_exception(settings: Settings, job_id: str) -> str:
     try:
         info = rest(settings, "GET", f"/jobs/{job_id}/exceptions")

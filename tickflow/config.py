@@ -111,6 +111,19 @@ class FlinkConfig:
 
 
 @dataclass(frozen=True)
+class ReplayConfig:
+    """A bounded replay of the raw topic (``tickflow job replay``); to_ms 0: the live job."""
+
+    from_ms: int  # first record time replayed; 0: the earliest the topic retains
+    to_ms: int  # records before this time are replayed, then the job finishes
+    speed: float  # 0: as fast as the job goes; N: N x real time (by record time)
+
+    @property
+    def active(self) -> bool:
+        return self.to_ms > 0
+
+
+@dataclass(frozen=True)
 class BookConfig:
     top_n: int
     max_levels: int
@@ -288,6 +301,7 @@ class Settings:
     simulator: SimulatorConfig
     connectors: ConnectorConfig
     exchanges: ExchangesConfig
+    replay: ReplayConfig
     root: Path = field(default_factory=project_root)
 
 
@@ -353,6 +367,7 @@ _NESTED: dict[str, type] = {
     "CoinbaseConfig": CoinbaseConfig,
     "KrakenConfig": KrakenConfig,
     "ExchangesConfig": ExchangesConfig,
+    "ReplayConfig": ReplayConfig,
 }
 
 

@@ -1,0 +1,75 @@
+"""Historical replay: a live run of all three exchanges, then ``tickflow job replay`` of its
+raw topic up to a moment in the run, into a namespace of its own: the replay's NBBO history and
+matched trades before that moment equal the live job's, row for row."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.slice import equals_truth, patched_environ, sim_post, start_slice, wait_for
+from jobs.replay_cli import replay_overrides, submit_replay
+from jobs.sinks.clickhouse import COLUMNS, connect
+from stack import flink
+from tickflow.config import Settings, load_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+EXCHANGES = ("binance", "coinbase", "kraken")
+LIVE_BEFORE_S = 25  # trading before the replay's end...
+LIVE_AFTER_S = 12  # ...and after it: the live watermark passes it and its trades are matched
+
+
+def rows(settings: Settings, table: str, time_column: str, to_ms: int) -> list[tuple[Any, ...]]:
+    db = settings.clickhouse.database
+    columns = ", ".join(COLUMNS[table])
+    return sorted(
+        connect(settings.clickhouse).execute(
+            f"SELECT {columns} FROM {db}.{table} FINAL WHERE {time_column} < %(to)s",
+            {"to": to_ms},
+        )
+    )
+
+
+def test_replayed_range_gives_the_live_nbbo_and_matched_trades(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    with start_slice(tmp_path, exchanges=EXCHANGES, rate_per_symbol=10) as run:
+        live = run.settings
+        wait_for("a LIVE binance book", lambda: equals_truth(live, "binance", "BTCUSDT"), 180)
+        time.sleep(LIVE_BEFORE_S)
+        to_ms = time.time_ns() // 1_000_000
+        time.sleep(LIVE_AFTER_S)
+        sim_post(live, "pause")
+        time.sleep(3)  # the last inserts
+        live_nbbo = rows(live, "nbbo", "event_time_ms", to_ms)
+        live_matched = rows(live, "matched_trades", "trade_time_ms", to_ms)
+        assert len(live_nbbo) > 100 and len(live_matched) > 20
+
+        namespace = f"t{os.getpid()}"
+        with patched_environ(replay_overrides(live, namespace, 0, to_ms, 0)):
+            replay = load_settings()
+            job_id = submit_replay(replay)
+            try:
+                assert flink.wait_job_finished(replay, job_id, 300) == "FINISHED"
+                assert rows(replay, "nbbo", "event_time_ms", to_ms) == live_nbbo
+                assert rows(replay, "matched_trades", "trade_time_ms", to_ms) == live_matched
+            finally:
+                with_cleanup(replay, job_id)
+
+
+def with_cleanup(settings: Settings, job_id: str) -> None:
+    from bench.slice import _delete_kafka_topics, _delete_redis_keys
+    from stack.topics import pipeline_topics
+
+    if flink.job_state(settings, job_id) not in flink.TERMINAL_STATES:
+        flink.cancel_job(settings, job_id)
+    connect(settings.clickhouse).execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+    _delete_redis_keys(settings)
+    topics = pipeline_topics(settings)
+    topics.pop(settings.kafka.raw_topic)
+    _delete_kafka_topics(settings, list(topics))
