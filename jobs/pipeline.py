@@ -45,7 +45,7 @@ from jobs.operators import (
     InstrumentProcessor,
 )
 from schemas.codec import envelope_instrument
-from tickflow.config import Settings, load_settings
+from tickflow.config import KafkaConfig, Settings, load_settings
 
 JOB_NAME = "tickflow-pipeline"
 
@@ -84,6 +84,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         )
         .set_value_only_deserializer(ByteArraySchema())
         .set_property("partition.discovery.interval.ms", "60000")
+        .set_property("security.protocol", kafka.security_protocol)
         .build()
     )
     # event time = the Kafka record timestamp set by the connector; idle partitions must not
@@ -113,7 +114,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     )
     (
         processed.get_side_output(DEAD_LETTERS)
-        .sink_to(json_sink(kafka.bootstrap, kafka.deadletter_topic))
+        .sink_to(json_sink(kafka, kafka.deadletter_topic))
         .name("dead-letter-sink")
         .uid("dead-letter-sink")
     )
@@ -124,7 +125,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
             processed.get_side_output(tag)
             .sink_to(
                 json_sink(
-                    kafka.bootstrap,
+                    kafka,
                     result_topics[table],
                     # unique per job and sink: a restore aborts only its own open transactions
                     f"{settings.flink.consumer_group}-{name}",
@@ -136,14 +137,14 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         )
     (
         processed.get_side_output(RESYNC_REQUESTS)
-        .sink_to(json_sink(kafka.bootstrap, kafka.control_topic))
+        .sink_to(json_sink(kafka, kafka.control_topic))
         .name("resync-request-sink")
         .uid("resync-request-sink")
     )
 
 
 def json_sink(
-    bootstrap: str,
+    kafka: KafkaConfig,
     topic: str,
     transactional_id_prefix: str | None = None,
     transaction_timeout_ms: int = 0,
@@ -153,7 +154,8 @@ def json_sink(
     checkpoint, so a read_committed consumer sees every record once, even across restores."""
     builder = (
         KafkaSink.builder()
-        .set_bootstrap_servers(bootstrap)
+        .set_bootstrap_servers(kafka.bootstrap)
+        .set_property("security.protocol", kafka.security_protocol)
         .set_record_serializer(
             KafkaRecordSerializationSchema.builder()
             .set_topic(topic)
@@ -172,15 +174,16 @@ def json_sink(
 
 
 def create_environment(settings: Settings) -> StreamExecutionEnvironment:
-    from stack.jars import flink_connector_jars  # the stack resolves the pinned jars
-
     conf = Configuration()
     conf.set_string("python.execution-mode", settings.flink.python_execution_mode)
     conf.set_string("state.backend.type", settings.flink.state_backend)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(settings.flink.parallelism)
     env.enable_checkpointing(settings.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
-    env.add_jars(*(jar.as_uri() for jar in flink_connector_jars(settings)))
+    if settings.flink.ship_connector_jars:
+        from stack.jars import flink_connector_jars  # the stack resolves the pinned jars
+
+        env.add_jars(*(jar.as_uri() for jar in flink_connector_jars(settings)))
     return env
 
 
