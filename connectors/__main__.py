@@ -70,11 +70,14 @@ def metrics_port(settings: Settings, exchange: str) -> int:
         ) from None
 
 
-def serve_metrics(metrics: ConnectorMetrics, port: int) -> MetricsServer | None:
-    """Serve ``/metrics`` on loopback; a port in use is logged, and the connector streams on
-    without metrics (market data matters more than its monitoring)."""
+def serve_metrics(
+    metrics: ConnectorMetrics, port: int, host: str = "127.0.0.1"
+) -> MetricsServer | None:
+    """Serve ``/metrics`` on ``host`` (``monitoring.connector_metrics_host``); a port in use is
+    logged, and the connector streams on without metrics (market data matters more than its
+    monitoring)."""
     try:
-        server = MetricsServer(metrics.registry, port)
+        server = MetricsServer(metrics.registry, port, host)
     except OSError as exc:
         log.error("%s: metrics NOT served, port %d: %s", metrics.exchange, port, exc)
         return None
@@ -96,7 +99,7 @@ async def _run(
     requests: asyncio.Queue[ResyncRequest] = asyncio.Queue()
     control = ControlListener(settings.kafka, exchange)
     control.start(loop, requests)
-    server = serve_metrics(metrics, port)
+    server = serve_metrics(metrics, port, settings.monitoring.connector_metrics_host)
     tasks = [
         asyncio.create_task(_poll_and_report(connector, sink)),
         asyncio.create_task(

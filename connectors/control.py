@@ -38,6 +38,7 @@ class ControlListener:
         self._consumer = Consumer(
             {
                 "bootstrap.servers": kafka.bootstrap,
+                "security.protocol": kafka.security_protocol,
                 "group.id": f"tickflow-connector-{exchange}-{uuid.uuid4().hex[:8]}",
                 "auto.offset.reset": "latest",
                 "enable.auto.commit": False,

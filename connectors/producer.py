@@ -85,6 +85,7 @@ class KafkaSink:
         self.deadletter_topic = kafka.deadletter_topic
         conf: dict[str, Any] = {
             "bootstrap.servers": kafka.bootstrap,
+            "security.protocol": kafka.security_protocol,
             "client.id": "tickflow-connector",
             # no duplicates or reordering on retries: one book's frames stay in order
             "enable.idempotence": True,

@@ -46,7 +46,7 @@ from jobs.operators import (
 )
 from jobs.replay import ReplayPacer
 from schemas.codec import envelope_instrument
-from tickflow.config import Settings, load_settings
+from tickflow.config import KafkaConfig, Settings, load_settings
 
 JOB_NAME = "tickflow-pipeline"
 
@@ -87,6 +87,7 @@ def raw_source(settings: Settings) -> KafkaSource:
         .set_topics(kafka.raw_topic)
         .set_group_id(settings.flink.consumer_group)
         .set_value_only_deserializer(ByteArraySchema())
+        .set_property("security.protocol", kafka.security_protocol)
     )
     if not replay.active:
         return (
@@ -143,7 +144,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     )
     (
         processed.get_side_output(DEAD_LETTERS)
-        .sink_to(json_sink(kafka.bootstrap, kafka.deadletter_topic))
+        .sink_to(json_sink(kafka, kafka.deadletter_topic))
         .name("dead-letter-sink")
         .uid("dead-letter-sink")
     )
@@ -154,7 +155,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
             processed.get_side_output(tag)
             .sink_to(
                 json_sink(
-                    kafka.bootstrap,
+                    kafka,
                     result_topics[table],
                     # unique per job and sink: a restore aborts only its own open transactions
                     f"{settings.flink.consumer_group}-{name}",
@@ -166,14 +167,14 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         )
     (
         processed.get_side_output(RESYNC_REQUESTS)
-        .sink_to(json_sink(kafka.bootstrap, kafka.control_topic))
+        .sink_to(json_sink(kafka, kafka.control_topic))
         .name("resync-request-sink")
         .uid("resync-request-sink")
     )
 
 
 def json_sink(
-    bootstrap: str,
+    kafka: KafkaConfig,
     topic: str,
     transactional_id_prefix: str | None = None,
     transaction_timeout_ms: int = 0,
@@ -183,7 +184,8 @@ def json_sink(
     checkpoint, so a read_committed consumer sees every record once, even across restores."""
     builder = (
         KafkaSink.builder()
-        .set_bootstrap_servers(bootstrap)
+        .set_bootstrap_servers(kafka.bootstrap)
+        .set_property("security.protocol", kafka.security_protocol)
         .set_record_serializer(
             KafkaRecordSerializationSchema.builder()
             .set_topic(topic)
@@ -202,15 +204,16 @@ def json_sink(
 
 
 def create_environment(settings: Settings) -> StreamExecutionEnvironment:
-    from stack.jars import flink_connector_jars  # the stack resolves the pinned jars
-
     conf = Configuration()
     conf.set_string("python.execution-mode", settings.flink.python_execution_mode)
     conf.set_string("state.backend.type", settings.flink.state_backend)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(settings.flink.parallelism)
     env.enable_checkpointing(settings.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
-    env.add_jars(*(jar.as_uri() for jar in flink_connector_jars(settings)))
+    if settings.flink.ship_connector_jars:
+        from stack.jars import flink_connector_jars  # the stack resolves the pinned jars
+
+        env.add_jars(*(jar.as_uri() for jar in flink_connector_jars(settings)))
     return env
 
 

@@ -620,6 +620,8 @@ class Dashboard:
             host=config.redis.host,
             port=config.redis.port,
             db=config.redis.db,
+            password=config.redis.password or None,
+            ssl=config.redis.tls,
             decode_responses=True,
             socket_timeout=2.0,
             socket_connect_timeout=2.0,

@@ -55,3 +55,17 @@ def ensure_topics(
         return created
     finally:
         admin.close()
+
+
+def main() -> int:
+    """``python -m stack.topics``: create the pipeline's topics on ``kafka.bootstrap`` (the
+    docker compose ``kafka-topics`` service; the local stack creates them on ``up``)."""
+    from tickflow.config import load_settings
+
+    created = ensure_topics(load_settings())
+    print(f"created {', '.join(created) or 'no topics'}; all pipeline topics exist")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

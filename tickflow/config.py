@@ -30,6 +30,9 @@ def project_root() -> Path:
     return Path(home).resolve() if home else Path(__file__).resolve().parents[1]
 
 
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL")
+
+
 @dataclass(frozen=True)
 class KafkaConfig:
     bootstrap: str
@@ -46,6 +49,15 @@ class KafkaConfig:
     bars_topic: str
     touches_topic: str
     transaction_timeout_ms: int
+    # PLAINTEXT (local stack, compose) | SSL (TLS listeners, e.g. Amazon MSK's port 9094)
+    security_protocol: str = "PLAINTEXT"
+
+    def __post_init__(self) -> None:
+        if self.security_protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise ConfigError(
+                f"kafka.security_protocol must be one of {KAFKA_SECURITY_PROTOCOLS}, "
+                f"got {self.security_protocol!r}"
+            )
 
     def result_topics(self) -> dict[str, str]:
         """ClickHouse table of a result -> the exactly-once topic it is also written to."""
@@ -71,6 +83,8 @@ class RedisConfig:
     port: int
     db: int
     key_prefix: str
+    password: str = field(default="", repr=False)  # AUTH token (ElastiCache: with tls); "": none
+    tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,9 +94,10 @@ class ClickHouseConfig:
     http_port: int
     database: str
     user: str
-    password: str
+    password: str = field(repr=False)  # never in logs or error messages
     insert_batch_rows: int
     insert_interval_ms: int
+    secure: bool = False  # TLS on the native protocol (e.g. port 9440)
 
 
 FLINK_STATE_BACKENDS = ("hashmap", "rocksdb")  # Flink's state.backend.type values
@@ -101,6 +116,9 @@ class FlinkConfig:
     state_backend: str  # the job's state.backend.type: hashmap | rocksdb
     # failure drills only: when this file appears, the job's Python code raises once
     python_fault_file: str
+    # the job adds the Kafka connector jar resolved by Maven; false where the cluster has it
+    # already (docker images, AWS Managed Flink's jarfile)
+    ship_connector_jars: bool = True
 
     def __post_init__(self) -> None:
         if self.state_backend not in FLINK_STATE_BACKENDS:
@@ -153,6 +171,8 @@ class MonitoringConfig:
     alert_webhook: str  # alerts are forwarded here (POST JSON); "" = nowhere
     log_level: str
     log_format: str  # json | text
+    # where connectors serve /metrics: loopback, or every interface in a container (0.0.0.0)
+    connector_metrics_host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -380,6 +400,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             if isinstance(value, bool):
                 raise TypeError
             return int(value)
+        if hint_name == "bool":
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
         if hint_name == "float":
             return float(value)
         if hint_name == "str":

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import orjson
 import redis
 
-from jobs.sinks.redis_books import book_key
+from jobs.sinks.redis_books import book_key, redis_client
 from tickflow.config import RedisConfig, Settings, load_settings
 
 
@@ -31,7 +31,7 @@ class StoredBook:
 
 
 def _client(config: RedisConfig) -> redis.Redis:
-    return redis.Redis(host=config.host, port=config.port, db=config.db, decode_responses=True)
+    return redis_client(config, decode_responses=True)
 
 
 def read_book(config: RedisConfig, exchange: str, symbol: str) -> StoredBook | None:

@@ -545,6 +545,7 @@ def connect(config: ClickHouseConfig, database: str | None = None) -> Client:
         port=config.port,
         user=config.user,
         password=config.password,
+        secure=config.secure,
         database=database or "default",
         connect_timeout=5,
         send_receive_timeout=60,

@@ -18,6 +18,7 @@ EVALSHA: a single round trip instead of a pipeline of per-level commands.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 import redis
@@ -49,10 +50,22 @@ def encode_levels(levels: tuple[tuple[object, object], ...]) -> bytes:
     return orjson.dumps([[str(p), str(s)] for p, s in levels])
 
 
+def redis_client(config: RedisConfig, **options: Any) -> redis.Redis:
+    """A client of the configured Redis: address, database, AUTH token and TLS."""
+    return redis.Redis(
+        host=config.host,
+        port=config.port,
+        db=config.db,
+        password=config.password or None,
+        ssl=config.tls,
+        **options,
+    )
+
+
 class RedisBookWriter:
     def __init__(self, config: RedisConfig) -> None:
         self.prefix = config.key_prefix
-        self.client = redis.Redis(host=config.host, port=config.port, db=config.db)
+        self.client = redis_client(config)
         self._write = self.client.register_script(_GUARDED_WRITE)
 
     def write(self, view: BookView) -> bool:

@@ -1,0 +1,299 @@
+"""The deployable artifacts, checked by what runs without Docker or AWS: `docker compose
+config`, hadolint, cfn-lint, the AWS application zip unpacked and its entry imported with only
+the vendored dependencies and what the Flink runtime provides, and the runtime properties."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+from aws import package
+from aws.runtime import (
+    FIXED_OVERRIDES,
+    SECRETS_GROUP,
+    SETTINGS_GROUP,
+    env_name,
+    read_property_groups,
+    secret_text,
+    settings_environ,
+)
+from stack.prometheus import prometheus_config
+from stack.validators import compose_config, run_linter, venv_tool
+from tickflow.config import ConfigError, load_settings
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker" / "compose.yaml"
+DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
+TEMPLATE = ROOT / "aws" / "cloudformation.yaml"
+ONE_SHOT_SERVICES = {"kafka-topics", "job-submit"}  # run to completion: nothing to probe
+
+
+class CloudFormationLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short tags (!Ref, !Sub, ...) read as plain values."""
+
+
+def _any_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        return {suffix: loader.construct_scalar(node)}
+    if isinstance(node, yaml.SequenceNode):
+        return {suffix: loader.construct_sequence(node)}
+    return {suffix: loader.construct_mapping(node)}  # type: ignore[arg-type]
+
+
+CloudFormationLoader.add_multi_constructor("!", _any_tag)
+
+
+# -- docker ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_compose_file_parses_and_every_service_is_checked() -> None:
+    model = yaml.safe_load(compose_config(load_settings(), COMPOSE))
+    services = model["services"]
+    assert {"kafka", "jobmanager", "taskmanager", "clickhouse", "redis", "prometheus",
+            "grafana", "simulator", "connector-binance"} <= set(services)  # fmt: skip
+    for name, service in services.items():
+        check = service.get("healthcheck", {})
+        if name in ONE_SHOT_SERVICES:
+            assert check.get("disable") is True, name
+        else:
+            assert check.get("test"), f"{name} has no health check"
+
+
+def test_compose_images_are_pinned() -> None:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name, service in services.items():
+        image = service.get("image", "")
+        if "build" in service or image.startswith("tickflow-"):
+            continue  # built here, from the pinned Dockerfiles
+        _, _, tag = image.rpartition(":")
+        assert tag and tag != "latest" and re.match(r"v?\d", tag), f"{name}: {image}"
+
+
+def test_dockerfile_base_images_are_pinned() -> None:
+    for dockerfile in DOCKERFILES:
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("FROM "):
+                image = line.split()[1]
+                assert ":" in image and not image.endswith(":latest"), f"{dockerfile}: {line}"
+
+
+def test_dockerfiles_pass_hadolint() -> None:
+    config = ROOT / "docker" / "hadolint.yaml"
+    run_linter([str(venv_tool("hadolint")), "--config", str(config), *map(str, DOCKERFILES)])
+
+
+def test_docker_prometheus_scrapes_the_local_stack_jobs() -> None:
+    """Same job names as the generated local prometheus.yml: the rules and the Grafana
+    dashboard select on them (the dashboard job is the local stack's alert receiver)."""
+    settings = load_settings()
+    local = prometheus_config(settings, ROOT / "monitoring" / "rules.yml")
+    docker = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
+    local_jobs = {job["job_name"] for job in local["scrape_configs"]} - {"dashboard"}
+    assert {job["job_name"] for job in docker["scrape_configs"]} == local_jobs
+    interval = f"{settings.monitoring.scrape_interval_s}s"
+    assert docker["global"]["scrape_interval"] == interval
+    exchanges = {
+        group["labels"]["exchange"]
+        for job in docker["scrape_configs"]
+        if job["job_name"] == "connectors"
+        for group in job["static_configs"]
+    }
+    assert exchanges == set(settings.monitoring.connector_metrics_ports)
+
+
+# -- AWS template ------------------------------------------------------------------------------
+
+
+def test_cloudformation_template_passes_cfn_lint() -> None:
+    run_linter([str(venv_tool("cfn-lint")), str(TEMPLATE)])
+
+
+def test_cloudformation_run_options_match_the_zip_layout() -> None:
+    template = yaml.load(TEMPLATE.read_text(), Loader=CloudFormationLoader)
+    app = template["Resources"]["Application"]["Properties"]
+    groups = {
+        group["PropertyGroupId"]: group["PropertyMap"]
+        for group in app["ApplicationConfiguration"]["EnvironmentProperties"]["PropertyGroups"]
+    }
+    jar = template["Parameters"]["ConnectorJar"]["Default"]
+    expected = package.run_options(jar.removeprefix(f"{package.LIB_DIR}/"))
+    assert groups[package.RUN_OPTIONS_GROUP] == {**expected, "jarfile": {"Ref": "ConnectorJar"}}
+    assert jar == expected["jarfile"]
+    # every tickflow property names a real setting; secrets only by ARN
+    settings = load_settings()
+    for setting in groups[SETTINGS_GROUP]:
+        section, key = setting.split(".")
+        assert hasattr(getattr(settings, section), key), setting
+    assert set(groups[SECRETS_GROUP]) == {"clickhouse.password", "redis.password"}
+    assert app["RuntimeEnvironment"] == "FLINK-2_2"
+
+
+# -- runtime properties -> settings ------------------------------------------------------------
+
+
+def test_runtime_properties_become_settings_overrides(tmp_path: Path) -> None:
+    local = tmp_path / "application_properties.json"
+    local.write_text(json.dumps([
+        {"PropertyGroupId": SETTINGS_GROUP,
+         "PropertyMap": {"kafka.bootstrap": "b-1:9094", "redis.tls": "true"}},
+        {"PropertyGroupId": SECRETS_GROUP,
+         "PropertyMap": {"clickhouse.password": "arn:aws:secretsmanager:eu-west-1:1:secret:ch",
+                         "redis.password": "arn:aws:secretsmanager:eu-west-1:1:secret:rd"}},
+    ]))  # fmt: skip
+    secrets = {
+        "arn:aws:secretsmanager:eu-west-1:1:secret:ch": "plain-secret",
+        "arn:aws:secretsmanager:eu-west-1:1:secret:rd": json.dumps({"password": "token"}),
+    }
+    groups = read_property_groups(tmp_path / "absent.json", local)  # not on AWS: the fallback
+    environ = settings_environ(groups, secrets.__getitem__)
+    assert environ == {
+        **FIXED_OVERRIDES,
+        "TICKFLOW__KAFKA__BOOTSTRAP": "b-1:9094",
+        "TICKFLOW__REDIS__TLS": "true",
+        "TICKFLOW__CLICKHOUSE__PASSWORD": "plain-secret",
+        "TICKFLOW__REDIS__PASSWORD": "token",
+    }
+    settings = load_settings(environ=environ)
+    assert settings.kafka.bootstrap == "b-1:9094"
+    assert settings.redis.tls is True and settings.redis.password == "token"
+    assert settings.flink.ship_connector_jars is False
+    assert "token" not in repr(settings) and "plain-secret" not in repr(settings)
+
+
+def test_runtime_property_names_are_dotted_settings() -> None:
+    assert env_name("exchanges.binance.ws_url") == "TICKFLOW__EXCHANGES__BINANCE__WS_URL"
+    for bad in ("bootstrap", "Kafka.Bootstrap", "kafka..x", "kafka.bootstrap servers"):
+        with pytest.raises(ConfigError):
+            env_name(bad)
+    assert secret_text('{"username": "u", "password": "p"}') == "p"
+    assert secret_text('["not", "an object"]') == '["not", "an object"]'
+
+
+def test_application_properties_are_on_aws_when_present(tmp_path: Path) -> None:
+    on_aws = tmp_path / "etc.json"
+    on_aws.write_text(json.dumps([{"PropertyGroupId": "tickflow", "PropertyMap": {"a.b": 1}}]))
+    assert read_property_groups(on_aws, tmp_path / "absent") == {"tickflow": {"a.b": "1"}}
+    on_aws.write_text("{}")
+    with pytest.raises(ConfigError, match="list of property groups"):
+        read_property_groups(on_aws, tmp_path / "absent")
+
+
+# -- the application zip -----------------------------------------------------------------------
+
+
+def runtime_closure(distribution: str) -> set[str]:
+    """``distribution`` and everything it requires on this interpreter (markers evaluated)."""
+    seen: set[str] = set()
+    todo = [distribution]
+    while todo:
+        name = todo.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for line in requires:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return seen
+
+
+def top_level_paths(distribution: str) -> set[Path]:
+    """The importable top-level packages and modules a distribution installed."""
+    dist = importlib.metadata.distribution(distribution)
+    paths: set[Path] = set()
+    for file in dist.files or []:
+        first = file.parts[0]
+        if first.endswith((".dist-info", ".data")) or first in ("..", "bin", "__pycache__"):
+            continue
+        if len(file.parts) == 1 and not first.endswith((".py", ".so")):
+            continue
+        paths.add(Path(str(dist.locate_file(first))))
+    return paths
+
+
+def flink_runtime_dir(target: Path) -> Path:
+    """What AWS Managed Flink's Python has: PyFlink and its dependencies (links into this venv)."""
+    target.mkdir()
+    for name in runtime_closure("apache-flink"):
+        try:
+            paths = top_level_paths(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for path in paths:
+            link = target / path.name
+            if path.exists() and not link.exists():
+                link.symlink_to(path)
+    return target
+
+
+@pytest.mark.slow
+def test_aws_zip_layout_and_entry_imports_with_vendored_dependencies(tmp_path: Path) -> None:
+    settings = load_settings()
+    # the runtime's Python is 3.12; the import check needs wheels for the interpreter it runs on
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    archive = package.build(settings, tmp_path / "tickflow-aws.zip", python_version=version)
+    unpacked = tmp_path / "unpacked"
+    with zipfile.ZipFile(archive) as zipped:
+        names = set(zipped.namelist())
+        zipped.extractall(unpacked)
+    properties = json.loads((unpacked / package.PROPERTIES).read_text())
+    options = next(g["PropertyMap"] for g in properties
+                   if g["PropertyGroupId"] == package.RUN_OPTIONS_GROUP)  # fmt: skip
+    assert options["python"] in names and options["jarfile"] in names
+    for directory in options["pyFiles"].split(","):
+        assert any(name.startswith(directory) for name in names), directory
+    assert {"app/jobs/pipeline.py", "app/config/tickflow.yaml", "app/aws/runtime.py"} <= names
+    not_packed = ("app/stack/", "app/connectors/", "dep/pyflink")
+    assert not any(name.startswith(not_packed) for name in names)
+    # no secret in the zip: the packed properties name none, and only by ARN
+    secrets = next(g["PropertyMap"] for g in properties if g["PropertyGroupId"] == SECRETS_GROUP)
+    assert all(value.startswith("arn:") for value in secrets.values())
+
+    runtime = flink_runtime_dir(tmp_path / "flink-runtime")
+    probe = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(unpacked)!r}, {str(runtime)!r}]
+        import main
+        from tickflow.config import load_settings
+        groups = main.read_property_groups(main.LOCAL_PROPERTIES.with_name("absent"),
+                                           main.LOCAL_PROPERTIES)
+        settings = load_settings(environ=main.settings_environ(groups))
+        assert settings.root == main.HERE / "app", settings.root
+        assert settings.flink.ship_connector_jars is False
+        allowed = ({str(unpacked)!r}, {str(runtime)!r}, sys.base_prefix)
+        outside = sorted(
+            name for name, module in list(sys.modules.items())
+            if getattr(module, "__file__", None) and not module.__file__.startswith(allowed)
+        )
+        assert not outside, outside
+        print("dep:", sorted({{m.__file__.split("/dep/")[1].split("/")[0]
+                               for m in list(sys.modules.values())
+                               if "/dep/" in (getattr(m, "__file__", None) or "")}}))
+    """)
+    # -I -S: no site-packages, no user site, no PYTHONPATH: only the zip and the runtime
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    for vendored in ("msgspec", "orjson", "redis", "sortedcontainers", "yaml"):
+        assert vendored in done.stdout, done.stdout
