@@ -167,13 +167,14 @@ def consume(
                     work(value)
             count += len(batch)
             last = time.perf_counter()
-            if last - first >= next_point:
+            if last - first >= next_point:  # at least SERIES_EVERY_S apart
                 series.append((round(last - first, 3), count))
-                next_point += SERIES_EVERY_S
+                next_point = last - first + SERIES_EVERY_S
     finally:
         consumer.close()
     seconds = last - first
-    series.append((round(seconds, 3), count))
+    if series[-1][1] != count:
+        series.append((round(seconds, 3), count))
     return {
         "messages": count,
         "bytes": size,
@@ -239,7 +240,7 @@ def run(messages: int, unique: int, repeats: int, command: str) -> dict[str, Any
                       flush=True)
             result[label] = {
                 "messages_per_s_median": median([x["messages_per_s"] for x in runs]),
-                "mb_per_s_median": median([x["mb_per_s"] for x in runs]),
+                "mb_per_s_median": round(median([x["mb_per_s"] for x in runs]), 2),
                 "runs": runs,
             }
     finally:

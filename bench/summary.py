@@ -118,6 +118,21 @@ def pipeline_latency(data: dict[str, Any]) -> Measurement | None:
     }
 
 
+def keying_throughput(data: dict[str, Any]) -> Measurement | None:
+    """keying.json: the instrument-keyed graph's median frames/s on a MiniCluster."""
+    inst = (data.get("summary") or {}).get("instrument") or {}
+    if inst.get("median_frames_per_s") is None:
+        return None
+    return float(inst["median_frames_per_s"]), "msg/s", {
+        "what": "the job's operator graph (keyed by instrument) on an in-process MiniCluster, "
+                "no Kafka/Redis/ClickHouse (bench.keying)",
+        "pure_python_frames_per_s": inst.get("pure_python_frames_per_s"),
+        "flink_overhead_us_per_frame": inst.get("flink_overhead_us_per_frame"),
+        "instrument_over_book_throughput": (data.get("summary") or {}).get(
+            "instrument_over_book_throughput"),
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class Source:
     file: str  # under bench/results/
@@ -133,6 +148,7 @@ class Target:
     unit: str
     better: str  # "lower" | "higher": what meeting the target means
     sources: tuple[Source, ...]
+    context: tuple[str, ...] = ()  # CONTEXT figures added to the entry's conditions
 
     @property
     def text(self) -> str:
@@ -155,7 +171,7 @@ TARGETS: tuple[Target, ...] = (
            "msg/s", "higher", (
                _src("throughput.json", "sustained_throughput", "python -m bench.throughput"),
                Source("book_pipeline.json", pipeline_throughput, "python -m bench.book_pipeline"),
-           )),
+           ), context=("kafka_consume_ceiling", "flink_graph_frames_per_s")),
     Target("e2e_latency_p99", "end-to-end P99, exchange -> storage", 50, "ms", "lower", (
         _src("latency.json", "e2e_latency_p99", "python -m bench.latency"),
         Source("book_pipeline.json", pipeline_latency, "python -m bench.book_pipeline"),
@@ -190,6 +206,8 @@ TARGETS: tuple[Target, ...] = (
 CONTEXT: tuple[tuple[str, Source], ...] = (
     ("kafka_consume_ceiling", _src("kafka_ceiling.json", "kafka_consume_ceiling",
                                    "python -m bench.kafka_ceiling")),
+    ("flink_graph_frames_per_s", Source("keying.json", keying_throughput,
+                                        "python -m bench.keying")),
 )
 
 
@@ -213,13 +231,20 @@ def resolve(source: Source, files: dict[str, dict[str, Any]]) -> Measurement | N
     return None if data is None else source.extract(data)
 
 
-def entry(target: Target, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def entry(
+    target: Target, files: dict[str, dict[str, Any]], context: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """One summary.json entry: the target against the first source that measured it."""
     for source in target.sources:
         found = resolve(source, files)
         if found is None:
             continue
         value, unit, conditions = found
+        for name in target.context:
+            if name in (context or {}) and name not in conditions:
+                c = (context or {})[name]
+                conditions[name] = {"measured": c["measured"], "unit": c["unit"],
+                                    "command": c["command"]}
         measured = convert(value, unit, target.unit)
         digits = 3 if abs(measured) < 10 else 1
         return {
@@ -249,6 +274,7 @@ def entry(target: Target, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def summarize(files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """summary.json: one entry per target, and the context figures found."""
     context = {}
     for name, source in CONTEXT:
         found = resolve(source, files)
@@ -257,7 +283,7 @@ def summarize(files: dict[str, dict[str, Any]]) -> dict[str, Any]:
             context[name] = {"measured": value, "unit": unit, "conditions": conditions,
                              "command": files[source.file].get("command") or source.command}
     return {
-        "targets": [entry(t, files) for t in TARGETS],
+        "targets": [entry(t, files, context) for t in TARGETS],
         "context": context,
         "files_read": sorted(files),
     }
