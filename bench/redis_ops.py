@@ -1,0 +1,327 @@
+"""Redis benchmark: live book writes, top-N reads and NBBO writes with the project's own code.
+
+    python -m bench.redis_ops [--writes 20000] [--books 30] [--reads 5000]
+
+1. Book update: ``RedisBookWriter.write`` (one EVALSHA of the version-guarded Lua script: HSET
+   of the top ``book.top_n`` levels a side as JSON, SADD, PUBLISH) of realistic ``BookView``s:
+   BTC-like prices (0.01 tick) and 8-decimal sizes, the book moving by a few ticks between
+   updates, round-robin over ``--books`` books with increasing versions (every write accepted).
+2. Top-N read: ``jobs.sinks.book_reader.read_book`` as the CLI calls it (a new client, hence a
+   new connection, per call) and the same HGETALL + decode on one long-lived client (what a
+   service reading books in a loop would do).
+3. NBBO: ``compute_nbbo`` over the instrument's three venues' touches, then
+   ``RedisNbboWriter.write`` (version-guarded like the books), timed together and apart.
+
+Every call is timed on its own (``perf_counter_ns``) after an unreported warm-up; P50 / P99 /
+P99.9 in microseconds. The whole run is repeated ``--repeats`` times; each target's figure is
+the median of the runs' P99s. The stack's Redis is shared: everything is written under a unique key
+prefix that is deleted at the end. Results: bench/results/redis_ops.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+
+from bench.stats import (
+    fmt_summary,
+    histogram,
+    machine,
+    median,
+    summarize,
+    target_entry,
+    write_results,
+)
+from jobs.book.levels import BookStatus
+from jobs.instrument import BookView, NbboUpdate
+from jobs.nbbo import Nbbo, VenueTop, compute_nbbo
+from jobs.sinks import book_reader
+from jobs.sinks.redis_books import RedisBookWriter, RedisNbboWriter, book_key, encode_levels
+from tickflow.config import RedisConfig, Settings, load_settings
+
+NAME = "redis_ops"
+DEFAULT_WRITES = 20_000
+DEFAULT_BOOKS = 30
+DEFAULT_READS = 5_000
+DEFAULT_REPEATS = 3
+WARMUP_CALLS = 500
+SEED = 7
+MID_CENTS = 6_701_234  # BTC-like mid, in cents (0.01 tick)
+LEVEL_GAP_TICKS = (1, 4)  # ticks between adjacent levels: random in this range
+MOVE_TICKS = 3  # the book's mid moves by up to this many ticks between updates
+SIZE_SATOSHI = (10_000, 500_000_000)  # sizes 0.0001 .. 5 BTC, 8 decimals
+EXCHANGES = ("binance", "coinbase", "kraken")
+RETRIES = 5  # the shared stack may be briefly down (failure tests): retry a phase this often
+RETRY_WAIT_S = 5.0
+TARGET_BOOK_MS = 5.0
+TARGET_NBBO_MS = 2.0
+
+T = TypeVar("T")
+
+
+def levels(rng: random.Random, best: int, side: int, n: int) -> tuple[tuple[Decimal, Decimal], ...]:
+    """``n`` levels from ``best`` (cents) away from the touch (side -1: bids, +1: asks)."""
+    out = []
+    price = best
+    for _ in range(n):
+        size = rng.randint(*SIZE_SATOSHI)
+        out.append((Decimal(price).scaleb(-2), Decimal(size).scaleb(-8)))
+        price += side * rng.randint(*LEVEL_GAP_TICKS)
+    return tuple(out)
+
+
+def book_views(books: int, count: int, top_n: int, seed: int = SEED) -> list[BookView]:
+    """``count`` LIVE views, round-robin over ``books`` books, each book's mid a random walk
+    and its versions increasing (as the job publishes them)."""
+    rng = random.Random(seed)
+    ids = [(EXCHANGES[i % len(EXCHANGES)], f"SYM{i // len(EXCHANGES)}") for i in range(books)]
+    mids = [MID_CENTS] * books
+    versions = [1_000_000] * books
+    t0_ms = 1_795_996_800_000
+    out = []
+    for k in range(count):
+        b = k % books
+        exchange, symbol = ids[b]
+        mids[b] += rng.randint(-MOVE_TICKS, MOVE_TICKS)
+        versions[b] += 1
+        out.append(
+            BookView(
+                exchange=exchange,
+                symbol=symbol,
+                instrument=f"INST{b // len(EXCHANGES)}-USD",
+                status=BookStatus.LIVE,
+                reason="",
+                seq=versions[b],
+                version=versions[b],
+                bids=levels(rng, mids[b] - 1, -1, top_n),
+                asks=levels(rng, mids[b] + 1, 1, top_n),
+                event_time_ms=t0_ms + k,
+                receive_time_ns=(t0_ms + k) * 1_000_000,
+            )
+        )
+    return out
+
+
+def nbbo_inputs(views: list[BookView]) -> list[tuple[str, list[VenueTop], int, int]]:
+    """For each view of an instrument's book: (instrument, the touches of its venues as of
+    that view, NBBO version, event time): what the job computes the NBBO from."""
+    latest: dict[str, dict[str, VenueTop]] = {}
+    out = []
+    for n, v in enumerate(views):
+        tops = latest.setdefault(v.instrument, {})
+        tops[v.exchange] = VenueTop(
+            v.exchange, v.symbol, v.status, v.version, 0,
+            v.bids[0] if v.bids else None, v.asks[0] if v.asks else None,
+        )
+        out.append((v.instrument, list(tops.values()), n + 1, v.event_time_ms))
+    return out
+
+
+def timed(fn: Callable[[T], object], items: list[T]) -> list[float]:
+    """Microseconds per ``fn(item)``, after ``WARMUP_CALLS`` untimed calls (items reused)."""
+    for item in items[:WARMUP_CALLS]:
+        fn(item)
+    clock = time.perf_counter_ns
+    out = []
+    for item in items:
+        t0 = clock()
+        fn(item)
+        out.append((clock() - t0) / 1000)
+    return out
+
+
+def retrying(what: str, fn: Callable[[], T]) -> T:
+    """Run a measurement phase again when the shared Redis was briefly unavailable."""
+    for attempt in range(1, RETRIES + 1):
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if attempt == RETRIES:
+                raise
+            print(f"  {what}: Redis unavailable ({exc}); retrying in {RETRY_WAIT_S:.0f} s")
+            time.sleep(RETRY_WAIT_S)
+    raise AssertionError("unreachable")
+
+
+def delete_prefix(config: RedisConfig) -> int:
+    r = redis.Redis(host=config.host, port=config.port, db=config.db)
+    try:
+        keys = list(r.scan_iter(f"{config.key_prefix}:*", count=1000))
+        for i in range(0, len(keys), 1000):
+            r.delete(*keys[i : i + 1000])
+        return len(keys)
+    finally:
+        r.close()
+
+
+def run(settings: Settings, writes: int, books: int, reads: int, command: str) -> dict[str, Any]:
+    top_n = settings.book.top_n
+    config = dataclasses.replace(
+        settings.redis, key_prefix=f"tfbench-redis-{uuid.uuid4().hex[:8]}"
+    )
+    views = book_views(books, writes, top_n)
+    sides = (views[0].bids, views[0].asks)
+    info = redis.Redis(host=config.host, port=config.port, db=config.db).info("server")
+    result: dict[str, Any] = {
+        "command": command,
+        "conditions": {
+            "writes": writes,
+            "books": books,
+            "reads": reads,
+            "top_n": top_n,
+            "levels_json_bytes": sum(len(encode_levels(side)) for side in sides),
+            "key_prefix": config.key_prefix,
+            "redis_server": info.get("redis_version"),
+            "redis_py": redis.__version__,
+            "connection": f"TCP {config.host}:{config.port}, one client, no pipelining",
+            "machine": machine(),
+        },
+    }
+    writer = RedisBookWriter(config)
+    nbbo_client = redis.Redis(host=config.host, port=config.port, db=config.db)
+    nbbo_writer = RedisNbboWriter(nbbo_client, config.key_prefix)
+    try:
+        book_us = retrying("book writes", lambda: timed(writer.write, views))
+        # a replay of older versions (as after a Flink restore): the guard refuses every one
+        accepted = sum(writer.write(v) for v in views[:books])
+        result["book_write"] = {
+            "us": summarize(book_us),
+            "older_replayed_accepted": accepted,
+            "note": "RedisBookWriter.write (EVALSHA, version guard, HSET top-N, SADD, PUBLISH)",
+        }
+        print(f"book write ({top_n} levels a side): {fmt_summary(summarize(book_us), 'us')}")
+
+        targets = [(v.exchange, v.symbol) for v in views[: min(books, len(views))]]
+        reads_list = [targets[i % len(targets)] for i in range(reads)]
+        cli_us = retrying(
+            "reads",
+            lambda: timed(lambda t: book_reader.read_book(config, t[0], t[1]), reads_list),
+        )
+        client = redis.Redis(
+            host=config.host, port=config.port, db=config.db, decode_responses=True
+        )
+        keys = [(ex, sym, book_key(config.key_prefix, ex, sym)) for ex, sym in reads_list]
+
+        def read_long_lived(item: tuple[str, str, str]) -> book_reader.StoredBook:
+            return book_reader._decode(item[0], item[1], client.hgetall(item[2]))
+
+        sample = read_long_lived(keys[0])
+        if len(sample.bids) != top_n or len(sample.asks) != top_n:
+            raise RuntimeError(f"read back {len(sample.bids)}/{len(sample.asks)} levels")
+        long_us = retrying("reads", lambda: timed(read_long_lived, keys))
+        client.close()
+        result["top_n_read"] = {
+            "read_book_us": summarize(cli_us),
+            "long_lived_client_us": summarize(long_us),
+            "note": "read_book opens a new connection per call (CLI use); the long-lived "
+            "client does the same HGETALL + decode on one connection",
+        }
+        print(f"top-{top_n} read, read_book: {fmt_summary(summarize(cli_us), 'us')}")
+        print(f"top-{top_n} read, long-lived client: {fmt_summary(summarize(long_us), 'us')}")
+
+        inputs = nbbo_inputs(views)
+        stale_ms = settings.analytics.nbbo_stale_after_ms
+
+        def nbbo_update(item: tuple[str, list[VenueTop], int, int]) -> NbboUpdate:
+            instrument, tops, version, event_ms = item
+            nbbo: Nbbo = compute_nbbo(instrument, "USD", tops, stale_ms)
+            return NbboUpdate(nbbo, version, event_ms, event_ms * 1_000_000)
+
+        updates = [nbbo_update(i) for i in inputs]
+        compute_us = timed(nbbo_update, inputs)
+        nbbo_write_us = retrying("nbbo writes", lambda: timed(nbbo_writer.write, updates))
+
+        def compute_and_write(item: tuple[str, list[VenueTop], int, int]) -> bool:
+            update = nbbo_update(item)
+            return nbbo_writer.write(dataclasses.replace(update, version=update.version + writes))
+
+        both_us = retrying("nbbo", lambda: timed(compute_and_write, inputs))
+        result["nbbo"] = {
+            "compute_and_write_us": summarize(both_us),
+            "compute_us": summarize(compute_us),
+            "write_us": summarize(nbbo_write_us),
+            "venues_per_instrument": len(EXCHANGES),
+            "note": "compute_nbbo over the venues' touches + RedisNbboWriter.write",
+        }
+        print(f"NBBO compute: {fmt_summary(summarize(compute_us), 'us')}")
+        print(f"NBBO write: {fmt_summary(summarize(nbbo_write_us), 'us')}")
+        print(f"NBBO compute + write: {fmt_summary(summarize(both_us), 'us')}")
+        result["histograms"] = {
+            "Redis book write, us": histogram(book_us),
+            "Redis top-N read (long-lived client), us": histogram(long_us),
+            "NBBO compute + Redis write, us": histogram(both_us),
+        }
+    finally:
+        writer.close()
+        nbbo_client.close()
+        result["keys_deleted"] = delete_prefix(config)
+    m = result["conditions"]["machine"]
+    common = {"cpus": m["cpus"], "load_1m": m["load_1m"], "redis": info.get("redis_version")}
+    result["targets"] = {
+        "book_update_p99": target_entry(
+            round(result["book_write"]["us"]["p99"] / 1000, 3), "ms",
+            what="P99 of RedisBookWriter.write (the Redis round trip of one book update)",
+            top_n=top_n, books=books, writes=writes,
+            p50_ms=round(result["book_write"]["us"]["p50"] / 1000, 3),
+            top_n_read_p99_ms=round(result["top_n_read"]["long_lived_client_us"]["p99"] / 1000, 3),
+            top_n_read_cli_p99_ms=round(result["top_n_read"]["read_book_us"]["p99"] / 1000, 3),
+            **common,
+        ),
+        "nbbo_p99": target_entry(
+            round(result["nbbo"]["compute_and_write_us"]["p99"] / 1000, 3), "ms",
+            what="P99 of compute_nbbo (3 venues) + RedisNbboWriter.write",
+            updates=writes,
+            p50_ms=round(result["nbbo"]["compute_and_write_us"]["p50"] / 1000, 3),
+            compute_p99_ms=round(result["nbbo"]["compute_us"]["p99"] / 1000, 4),
+            **common,
+        ),
+    }
+    return result
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last run's details, with each target's figure the median over the runs (this
+    machine is shared: one run's P99 can be another process's burst) and every run's value
+    in its conditions."""
+    result = dict(runs[-1])
+    result["targets"] = {}
+    for name, last in runs[-1]["targets"].items():
+        values = [r["targets"][name]["measured"] for r in runs]
+        conditions = {**last["conditions"], "repeats": len(runs), "every_run": values}
+        result["targets"][name] = target_entry(median(values), last["unit"], **conditions)
+    result["runs"] = [{k: r[k] for k in ("book_write", "top_n_read", "nbbo")} for r in runs]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.redis_ops", description=__doc__.split("\n")[0])
+    parser.add_argument("--writes", type=int, default=DEFAULT_WRITES)
+    parser.add_argument("--books", type=int, default=DEFAULT_BOOKS)
+    parser.add_argument("--reads", type=int, default=DEFAULT_READS)
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+                        help="whole runs; the targets take the median of their P99s")
+    parser.add_argument("--out", type=Path, default=None)
+    raw = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(raw)
+    command = " ".join(["python -m bench.redis_ops", *raw])
+    runs = []
+    for r in range(args.repeats):
+        print(f"run {r + 1}/{args.repeats}:", flush=True)
+        runs.append(run(load_settings(), args.writes, args.books, args.reads, command))
+    result = combine(runs)
+    print(f"written to {write_results(NAME, result, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

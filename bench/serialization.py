@@ -1,0 +1,346 @@
+"""Serialization benchmark: per-message cost of the raw envelope and of parsing its payload.
+
+    python -m bench.serialization [--messages 20000] [--repeats 3]
+
+Input: N raw envelopes of all three exchanges generated offline by
+``bench.book_pipeline.generate`` (the simulator's venues wrapped by the connectors' own code:
+the real mix of depth, trade and snapshot frames), plus the recorded frames in
+tests/fixtures/<exchange>/ (the exchanges' documented examples).
+
+Timed per message (``perf_counter_ns`` around each call; the timer's own cost is reported):
+
+1. the envelope, encode + decode, in the format the project uses and the alternatives:
+   ``fastavro`` schemaless (``schemas.codec``, what connectors and job do), stdlib ``json`` and
+   ``orjson`` (payload as base64: JSON has no bytes), ``msgspec`` JSON (typed struct, bytes as
+   base64) and ``msgspec`` MessagePack (typed struct, bytes native); and the job's key
+   selector, ``schemas.codec.envelope_instrument`` (the instrument without decoding);
+2. the payload: ``jobs.parse.parse_envelope`` (the job's msgspec parsers, exact decimals) on
+   each recorded frame and on the generated mix per exchange/channel, next to an untyped
+   ``json.loads`` / ``orjson.loads`` of the same bytes for scale;
+3. the whole serialization path a message pays: encode (connector) + decode + parse (job),
+   over the generated mix: the figure for the "serialization < 100 us/message" target.
+
+Each case is run ``--repeats`` times over all messages after one unreported pass; P50 / P99 /
+P99.9 are over every timed call. Results: bench/results/serialization.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gc
+import json
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+
+from bench.stats import (
+    fmt_summary,
+    histogram,
+    machine,
+    summarize,
+    target_entry,
+    timer_overhead_ns,
+    write_results,
+)
+from jobs.parse import parse_envelope
+from schemas.codec import RawEnvelope, decode_envelope, encode_envelope, envelope_instrument
+from tickflow.config import Settings, load_settings
+
+NAME = "serialization"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+DEFAULT_MESSAGES = 20_000
+DEFAULT_REPEATS = 3
+RECEIVE_TIME_NS = 1_795_996_800_000_000_000  # any fixed time: the parsers only copy it
+# recorded frames: (exchange, channel, symbol the frame is about, fixture file)
+FIXTURE_FRAMES: tuple[tuple[str, str, str, str], ...] = (
+    ("binance", "depth", "BNBBTC", "combined_depth_update.json"),
+    ("binance", "trade", "BNBBTC", "combined_trade.json"),
+    ("binance", "snapshot", "BNBBTC", "doc_depth_snapshot.json"),
+    ("coinbase", "depth", "BTC-USD", "doc_l2_update.json"),
+    ("coinbase", "depth", "BTC-USD", "doc_l2_snapshot.json"),
+    ("coinbase", "trade", "ETH-USD", "doc_market_trades.json"),
+    ("kraken", "depth", "MATIC/USD", "doc_book_update.json"),
+    ("kraken", "depth", "BTC/USD", "doc_book_snapshot.json"),
+    ("kraken", "trade", "MATIC/USD", "doc_trade.json"),
+)
+TARGET_US = 100.0  # issue 7: serialization < 100 us per message
+
+
+# -- the envelope formats -----------------------------------------------------------------------
+
+
+class EnvelopeStruct(msgspec.Struct, array_like=False):
+    """The RawEnvelope as a msgspec struct (same fields, same order)."""
+
+    instrument: str
+    exchange: str
+    symbol: str
+    channel: str
+    receive_time_ns: int
+    connection_id: str
+    connection_seq: int
+    payload: bytes
+
+
+def to_struct(env: RawEnvelope) -> EnvelopeStruct:
+    return EnvelopeStruct(
+        env.instrument, env.exchange, env.symbol, env.channel, env.receive_time_ns,
+        env.connection_id, env.connection_seq, env.payload,
+    )
+
+
+def from_struct(s: EnvelopeStruct) -> RawEnvelope:
+    return RawEnvelope(
+        s.instrument, s.exchange, s.symbol, s.channel, s.receive_time_ns, s.connection_id,
+        s.connection_seq, s.payload,
+    )
+
+
+def _as_json_dict(env: RawEnvelope) -> dict[str, Any]:
+    return {
+        "instrument": env.instrument,
+        "exchange": env.exchange,
+        "symbol": env.symbol,
+        "channel": env.channel,
+        "receive_time_ns": env.receive_time_ns,
+        "connection_id": env.connection_id,
+        "connection_seq": env.connection_seq,
+        "payload": base64.b64encode(env.payload).decode(),
+    }
+
+
+def _from_json_dict(d: dict[str, Any]) -> RawEnvelope:
+    return RawEnvelope(**{**d, "payload": base64.b64decode(d["payload"])})
+
+
+_msgspec_json_enc = msgspec.json.Encoder()
+_msgspec_json_dec = msgspec.json.Decoder(EnvelopeStruct)
+_msgpack_enc = msgspec.msgpack.Encoder()
+_msgpack_dec = msgspec.msgpack.Decoder(EnvelopeStruct)
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str
+    encode: Callable[[RawEnvelope], bytes]
+    decode: Callable[[bytes], RawEnvelope]
+    note: str
+
+
+CODECS: tuple[Codec, ...] = (
+    Codec("fastavro_schemaless", encode_envelope, decode_envelope, "schemas.codec (in use)"),
+    Codec(
+        "json_stdlib",
+        lambda e: json.dumps(_as_json_dict(e)).encode(),
+        lambda b: _from_json_dict(json.loads(b)),
+        "payload base64",
+    ),
+    Codec(
+        "orjson",
+        lambda e: orjson.dumps(_as_json_dict(e)),
+        lambda b: _from_json_dict(orjson.loads(b)),
+        "payload base64",
+    ),
+    Codec(
+        "msgspec_json",
+        lambda e: _msgspec_json_enc.encode(to_struct(e)),
+        lambda b: from_struct(_msgspec_json_dec.decode(b)),
+        "typed struct, payload base64",
+    ),
+    Codec(
+        "msgspec_msgpack",
+        lambda e: _msgpack_enc.encode(to_struct(e)),
+        lambda b: from_struct(_msgpack_dec.decode(b)),
+        "typed struct, payload bytes",
+    ),
+)
+
+
+# -- timing -------------------------------------------------------------------------------------
+
+
+def time_calls(fn: Callable[[Any], object], items: Sequence[Any], repeats: int) -> list[float]:
+    """Wall time of ``fn(item)`` for every item, ``repeats`` times (after one untimed pass),
+    in microseconds. The garbage collector is paused while timing (run between passes)."""
+    for item in items:
+        fn(item)
+    clock = time.perf_counter_ns
+    out: list[float] = []
+    for _ in range(repeats):
+        gc.collect()
+        gc.disable()
+        try:
+            for item in items:
+                t0 = clock()
+                fn(item)
+                out.append((clock() - t0) / 1000)
+        finally:
+            gc.enable()
+    return out
+
+
+def case(samples: list[float], **extra: Any) -> dict[str, Any]:
+    return {"us": summarize(samples, 3), **extra}
+
+
+def roundtrip(codec: Codec) -> Callable[[RawEnvelope], RawEnvelope]:
+    def run(env: RawEnvelope) -> RawEnvelope:
+        return codec.decode(codec.encode(env))
+
+    return run
+
+
+def pipeline_path(env: RawEnvelope) -> object:
+    """What one message costs from connector to job: encode, decode, parse."""
+    return parse_envelope(decode_envelope(encode_envelope(env)))
+
+
+def fixture_envelopes() -> list[tuple[str, RawEnvelope]]:
+    out = []
+    for exchange, channel, symbol, name in FIXTURE_FRAMES:
+        payload = (FIXTURES / exchange / name).read_bytes().strip()
+        env = RawEnvelope(
+            instrument="FIXTURE", exchange=exchange, symbol=symbol, channel=channel,
+            receive_time_ns=RECEIVE_TIME_NS, connection_id="fixture", connection_seq=0,
+            payload=payload,
+        )
+        parse_envelope(env)  # a fixture the parsers refuse is a bug here, not a figure
+        out.append((f"{exchange}/{name}", env))
+    return out
+
+
+def generated_envelopes(settings: Settings, messages: int) -> tuple[list[RawEnvelope], float]:
+    # imported here: the generator pulls in the simulator and connectors
+    from bench.book_pipeline import MIXES, book_settings, generate
+
+    gen = generate(book_settings(settings, MIXES["all"]), MIXES["all"], messages)
+    return gen.envelopes, gen.seconds
+
+
+def run(messages: int, repeats: int, command: str) -> dict[str, Any]:
+    settings = load_settings()
+    envelopes, gen_s = generated_envelopes(settings, messages)
+    by_kind: dict[str, list[RawEnvelope]] = defaultdict(list)
+    for env in envelopes:
+        by_kind[f"{env.exchange}/{env.channel}"].append(env)
+    sizes = sorted(len(encode_envelope(e)) for e in envelopes)
+    overhead = timer_overhead_ns()
+    print(
+        f"{len(envelopes)} generated envelopes ({gen_s:.1f} s), "
+        f"{dict(sorted((k, len(v)) for k, v in by_kind.items()))}; "
+        f"timer overhead {overhead:.0f} ns per sample",
+        flush=True,
+    )
+    result: dict[str, Any] = {
+        "command": command,
+        "conditions": {
+            "messages": len(envelopes),
+            "repeats": repeats,
+            "per_kind": {k: len(v) for k, v in sorted(by_kind.items())},
+            "envelope_bytes": {"p50": sizes[len(sizes) // 2], "max": sizes[-1]},
+            "timer_overhead_ns": overhead,
+            "timing": "perf_counter_ns per call, GC paused while timing, one warm-up pass",
+            "versions": {
+                "msgspec": msgspec.__version__,
+                "orjson": orjson.__version__,
+                "fastavro": __import__("fastavro").__version__,
+            },
+            "machine": machine(),
+        },
+        "envelope": {},
+        "payload_fixtures": {},
+        "payload_generated": {},
+    }
+
+    print("envelope encode + decode (per message):")
+    for codec in CODECS:
+        sample = envelopes[0]
+        if codec.decode(codec.encode(sample)) != sample:
+            raise RuntimeError(f"{codec.name} does not round-trip a RawEnvelope")
+        encoded = [codec.encode(e) for e in envelopes]
+        sizes_c = sorted(len(b) for b in encoded)
+        entry = case(
+            time_calls(roundtrip(codec), envelopes, repeats),
+            encode=summarize(time_calls(codec.encode, envelopes, 1), 3),
+            decode=summarize(time_calls(codec.decode, encoded, 1), 3),
+            bytes_p50=sizes_c[len(sizes_c) // 2],
+            note=codec.note,
+        )
+        result["envelope"][codec.name] = entry
+        print(f"  {codec.name:>20}: {fmt_summary(entry['us'], 'us')}  ({codec.note})")
+    encoded = [encode_envelope(e) for e in envelopes]
+    key = case(time_calls(envelope_instrument, encoded, repeats), note="the job's key selector")
+    result["envelope"]["instrument_key_read"] = key
+    print(f"  {'instrument_key_read':>20}: {fmt_summary(key['us'], 'us')}")
+
+    print("payload parse, recorded frames (jobs.parse.parse_envelope; json/orjson for scale):")
+    for name, env in fixture_envelopes():
+        payloads = [env.payload]
+        entry = case(
+            time_calls(parse_envelope, [env] * 2000, repeats),
+            bytes=len(env.payload),
+            json_loads=summarize(time_calls(json.loads, payloads * 2000, 1), 3),
+            orjson_loads=summarize(time_calls(orjson.loads, payloads * 2000, 1), 3),
+        )
+        result["payload_fixtures"][name] = entry
+        print(f"  {name:>42} ({len(env.payload)} B): {fmt_summary(entry['us'], 'us')}")
+
+    print("payload parse, generated mix:")
+    for kind, envs in sorted(by_kind.items()):
+        entry = case(
+            time_calls(parse_envelope, envs, repeats),
+            orjson_loads=summarize(time_calls(orjson.loads, [e.payload for e in envs], 1), 3),
+        )
+        result["payload_generated"][kind] = entry
+        print(f"  {kind:>20}: {fmt_summary(entry['us'], 'us')}")
+
+    path = time_calls(pipeline_path, envelopes, repeats)
+    result["pipeline_path"] = case(
+        path, note="encode_envelope + decode_envelope + parse_envelope per generated message"
+    )
+    result["histograms"] = {
+        "pipeline path (encode+decode+parse), us": histogram(path),
+        "fastavro envelope encode+decode, us": histogram(
+            time_calls(roundtrip(CODECS[0]), envelopes, 1)
+        ),
+    }
+    p99 = result["pipeline_path"]["us"]["p99"]
+    print(f"pipeline path per message: {fmt_summary(result['pipeline_path']['us'], 'us')}")
+    result["targets"] = {
+        "serialization_per_message": target_entry(
+            p99,
+            "us",
+            what="P99 of encode + decode (fastavro schemaless) + parse per message",
+            messages=len(envelopes),
+            mix=result["conditions"]["per_kind"],
+            p50_us=result["pipeline_path"]["us"]["p50"],
+            envelope_only_p99_us=result["envelope"]["fastavro_schemaless"]["us"]["p99"],
+            cpus=result["conditions"]["machine"]["cpus"],
+            load_1m=result["conditions"]["machine"]["load_1m"],
+        )
+    }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.serialization", description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=DEFAULT_MESSAGES)
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
+    parser.add_argument("--out", type=Path, default=None)
+    raw = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(raw)
+    result = run(args.messages, args.repeats, " ".join(["python -m bench.serialization", *raw]))
+    print(f"written to {write_results(NAME, result, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
