@@ -37,7 +37,7 @@ lint: venv ## ruff
 	$(BIN)/ruff check .
 
 types: venv ## mypy
-	$(BIN)/mypy tickflow connectors jobs schemas simulator stack monitoring bench
+	$(BIN)/mypy tickflow connectors jobs schemas simulator stack monitoring bench aws
 
 check: lint types test ## lint, types and tests
 
@@ -67,9 +67,29 @@ chaos: venv ## failure drill: 12 kills (TaskManager, Python, JobManager, Kafka, 
 
 .PHONY: chaos
 
-bench: venv ## book job frames/s (hashmap vs RocksDB), Kafka->Redis latency, keying by instrument vs book
+dr-drill: venv ## disaster drill: wipe Flink state, Redis, ClickHouse; recover from Kafka + savepoint; RTO
 	$(BIN)/tickflow stack up
+	$(BIN)/python -m bench.dr_drill $(DR_ARGS)
+
+.PHONY: dr-drill
+
+bench: venv ## every benchmark, then bench/results/summary.json (targets vs measured) and report.html
+	$(BIN)/tickflow stack up
+	$(BIN)/python -m bench.serialization $(SERIALIZATION_ARGS)
+	$(BIN)/python -m bench.redis_ops $(REDIS_ARGS)
+	$(BIN)/python -m bench.kafka_ceiling $(CEILING_ARGS)
+	$(BIN)/python -m bench.clickhouse_queries $(CLICKHOUSE_ARGS)
 	$(BIN)/python -m bench.book_pipeline $(BENCH_ARGS)
 	$(BIN)/python -m bench.keying $(KEYING_ARGS)
+	$(BIN)/python -m bench.summary
 
 .PHONY: bench
+
+deploy-check: venv ## validate docker/ and aws/ without Docker or AWS: compose config, hadolint, cfn-lint
+	$(BIN)/python -m stack.validators
+	$(BIN)/pytest -q tests/unit/test_deploy_artifacts.py
+
+aws-zip: venv ## the AWS Managed Flink application zip: dist/tickflow-aws.zip
+	$(BIN)/python -m aws.package --output dist/tickflow-aws.zip
+
+.PHONY: deploy-check aws-zip
