@@ -57,13 +57,14 @@ import redis
 
 from bench.analytics_checks import read_committed
 from bench.slice import _delete_kafka_topics, _delete_redis_keys, patched_environ
+from bench.stats import target_entry
 from connectors.producer import partition_of
 from jobs.sinks.clickhouse import COLUMNS, connect
 from jobs.sinks.queries import DAILY_QUERIES
 from stack import flink, manager
 from stack.supervisor import SUPERVISED, SupervisedJob, Supervisor, pipeline_submitter
 from stack.system import pid_alive, read_pids
-from stack.topics import ensure_topics, output_topics
+from stack.topics import ensure_topics, pipeline_topics
 from tickflow.config import Settings, load_settings
 from tickflow.instruments import nbbo_group
 
@@ -130,13 +131,8 @@ def namespace(name: str, tag: str, fault_file: Path) -> Namespace:
 
 
 def topics_of(settings: Settings) -> dict[str, int]:
-    kafka = settings.kafka
-    return {
-        kafka.raw_topic: 1,
-        kafka.deadletter_topic: 1,
-        kafka.control_topic: 1,
-        **{t: 1 for t in output_topics(settings)},
-    }
+    """Every topic of a namespace, the raw one partitioned as the live one is."""
+    return pipeline_topics(settings)
 
 
 # -- the dataset -------------------------------------------------------------------------------
@@ -664,6 +660,11 @@ def run(frames: int, kills: int, seed: int, log: Callable[[str], None] = print) 
         and result["queries_equal"]
         and not feeder.failed
     )
+    result["targets"] = {
+        "chaos_records_lost": target_entry(
+            result["lost"] + result["duplicated"], "records", kills=len(done), frames=frames
+        )
+    }
     result["supervisor_actions"] = [a.what for a in supervisor.actions]
     result["job_submissions"] = len(chaos_job.job_ids)
     result["conditions"] = {

@@ -3,6 +3,7 @@
     tickflow job stop [JOB_ID] [--savepoint-dir file:///path]   savepoint, then stop
     tickflow job submit --from-savepoint file:///path/savepoint-xxxx    resume from it
     tickflow job replay --namespace bt1 --to 2026-11-25T10:00:00Z [--from T] [--speed N]
+    tickflow job backfill --day 2026-11-24 [--from T]    derived tables of a day, idempotently
 (``TICKFLOW__FLINK__PARALLELISM=2 tickflow job submit --from-savepoint ...`` resumes with
 another parallelism: state is redistributed by key group; every operator has a stable uid.)
 """
@@ -33,7 +34,7 @@ def main(argv: list[str]) -> int:
     cancel.add_argument("job_id", nargs="?")
     replay_cli.add_parser(sub)
     args = parser.parse_args(argv)
-    if args.command == "replay":
+    if args.command in ("replay", "backfill"):
         return replay_cli.run(args)
     settings = load_settings()
     if args.command == "submit":

@@ -2,6 +2,7 @@
 its own, for backtests that must see exactly what the live job saw.
 
     tickflow job replay --namespace bt1 --to 2026-11-25T10:00:00Z [--from ...] [--speed 10]
+    tickflow job backfill --day 2026-11-24 [--from ...]
 
 The replay reads the live raw topic (nothing else of the live job is touched) and writes its
 books, NBBO, matched trades and bars to the namespace: Redis prefix ``<prefix>-replay-<ns>``,
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 
 from stack import flink
 from stack.topics import ensure_topics, pipeline_topics
@@ -75,6 +76,18 @@ def submit_replay(settings: Settings) -> str:
     return flink.submit_python_job(settings, str(settings.root / "jobs" / "pipeline.py"), [])
 
 
+def backfill_overrides(settings: Settings, day: date, from_ms: int) -> dict[str, str]:
+    """A replay through the end of ``day`` that writes the live ClickHouse database: the rows
+    come out with the identities the live job gives them (ReplacingMergeTree keeps one), so a
+    backfill fills what is missing and rewrites what is there with the same values. Its Redis
+    books (as of the day's end) stay under the replay's own prefix: the live ones are newer."""
+    start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+    end_ms = int((start + timedelta(days=1)).timestamp() * 1000)
+    env = replay_overrides(settings, f"backfill_{day:%Y%m%d}", from_ms, end_ms, 0)
+    env["TICKFLOW__CLICKHOUSE__DATABASE"] = settings.clickhouse.database
+    return env
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     replay = sub.add_parser("replay", help="replay a time range of the raw topic into a namespace")
     replay.add_argument("--namespace", required=True, help="names its topics, keys and database")
@@ -93,22 +106,36 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     replay.add_argument("--wait", action="store_true", help="wait until the replay finished")
     replay.add_argument("--timeout", type=float, default=3600.0)  # fmt: skip
+    backfill = sub.add_parser(
+        "backfill", help="rebuild a day of derived tables in the live database from the raw topic"
+    )
+    backfill.add_argument("--day", required=True, type=date.fromisoformat, help="YYYY-MM-DD (UTC)")
+    backfill.add_argument("--from", dest="from_", default="0",
+                          help="start reading here (default: the earliest retained record, so "
+                               "every book is built from its snapshot)")
+    backfill.add_argument("--wait", action="store_true", help="wait until it finished")
+    backfill.add_argument("--timeout", type=float, default=3600.0)  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
+    """``replay`` or ``backfill``."""
     import os
 
     base = load_settings()
-    env = replay_overrides(
-        base, args.namespace, parse_time_ms(args.from_), parse_time_ms(args.to), args.speed
-    )
+    if args.command == "backfill":
+        env = backfill_overrides(base, args.day, parse_time_ms(args.from_))
+        args.namespace = f"backfill_{args.day:%Y%m%d}"
+    else:
+        env = replay_overrides(
+            base, args.namespace, parse_time_ms(args.from_), parse_time_ms(args.to), args.speed
+        )
     os.environ.update(env)  # the Flink client and the job read the same settings
     settings = load_settings()
     job_id = submit_replay(settings)
-    print(f"replay job {job_id}: Redis {settings.redis.key_prefix}:*, ClickHouse "
+    print(f"{args.command} job {job_id}: Redis {settings.redis.key_prefix}:*, ClickHouse "
           f"{settings.clickhouse.database}, topics *.replay-{args.namespace}")  # fmt: skip
     if args.wait:
         state = flink.wait_job_finished(settings, job_id, args.timeout)
-        print(f"replay job {job_id} {state}")
+        print(f"{args.command} job {job_id} {state}")
         return 0 if state == "FINISHED" else 1
     return 0
