@@ -31,6 +31,7 @@ from schemas.codec import RawEnvelope
 BookId = tuple[str, str]  # (exchange, exchange symbol)
 TradeKey = tuple[str, str, str]  # (exchange, exchange symbol, trade id)
 NO_WATERMARK = -(2**63)  # Flink's watermark before the first one
+END_OF_INPUT = 2**63 - 1  # Flink's last watermark: a bounded input (replay, backfill) ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +180,7 @@ class InstrumentBooks:
         # the highest watermark seen: after a restore, Flink's starts again from nothing,
         # but what was late before stays late
         self.watermark_ms = NO_WATERMARK
+        self.input_ended = False
 
     def _engine(self, exchange: str) -> SyncedBook:
         engine = ENGINES.get(exchange)
@@ -262,6 +264,11 @@ class InstrumentBooks:
     def advance(self, watermark_ms: int, out: Outputs) -> None:
         """Everything the watermark makes final: trades up to it matched, windows closed,
         book history no later trade can need dropped."""
+        if watermark_ms >= END_OF_INPUT:
+            # closing every window up to the end of time would never finish (a LIVE book keeps
+            # bars coming): what an ended input makes final is what its events reached
+            self.input_ended = True
+            watermark_ms = self.latest_event_ms()
         watermark_ms = max(watermark_ms, self.watermark_ms)
         if watermark_ms == NO_WATERMARK:
             return
@@ -281,9 +288,17 @@ class InstrumentBooks:
             if dropped:
                 out.history_pruned.append((book_id, dropped))
 
+    def latest_event_ms(self) -> int:
+        """The latest event time seen: a book message or a trade."""
+        times = [t.last_receive_time_ns // 1_000_000 for t in self.books.values()]
+        times += [trade.trade_time_ms for trade in self.pending]
+        return max(times, default=NO_WATERMARK)
+
     def next_event_time_ms(self) -> int | None:
         """The event time at which ``advance`` has work (a timer there keeps an idle
-        instrument's trades and bars moving)."""
+        instrument's trades and bars moving); none once the input ended."""
+        if self.input_ended:
+            return None
         times = [self.pending[0].trade_time_ms] if self.pending else []
         close = self.bars.next_close_ms()
         if close is not None:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from jobs.bars import ALL
 from jobs.book.levels import BookSide
 from jobs.instrument import (
+    END_OF_INPUT,
     NO_WATERMARK,
     AnalyticsRules,
     BookId,
@@ -105,6 +106,20 @@ def advanced(books: InstrumentBooks, watermark: int) -> Outputs:
     out = Outputs()
     books.advance(watermark, out)
     return out
+
+
+def test_the_end_of_a_bounded_input_finishes_what_its_events_reached_and_stops() -> None:
+    """A replay's last watermark is Flink's maximum: trades still pending are matched and the
+    windows up to the last event closed, and no timer is asked for again (a LIVE book would
+    otherwise keep closing empty windows up to the end of time)."""
+    books = new_books()
+    live_binance(books, T0, wm=T0 - 2000)
+    books.process(bn_env("trade", bn_trade(7, "1.05", "0.5", T0 + 2500), T0 + 2600), T0 + 500)
+    assert books.next_event_time_ms() is not None
+    out = advanced(books, END_OF_INPUT)
+    assert [m.trade.trade_id for m in out.matched] == ["7"]
+    assert {b.window_start_ms for b in out.bars} <= {T0, T0 + 1000}
+    assert books.watermark_ms == T0 + 2500 and books.next_event_time_ms() is None
 
 
 # --- matching as of the trade's time -----------------------------------------------------
