@@ -12,9 +12,9 @@ The raw topic is partitioned by instrument, so each instrument's frames of every
 back in the order the live job read them, and the NBBO and trade matching come out the same.
 Start the range where books can be built: the earliest retained record (the default) or a
 moment the connectors (re)connected; a book whose snapshot is before ``--from`` is rebuilt at
-its next one. Wall-clock staleness (a venue silent for ``analytics.nbbo_stale_after_ms``, a book
-for ``book.stale_after_ms``) is decided live by the wall clock and is not replayed: the replay
-turns it off.
+its next one. A book published as STALE after ``book.stale_after_ms`` of wall-clock silence is
+decided live by the wall clock and is not replayed: the replay turns it off (the NBBO's own
+staleness is decided by event time and is replayed).
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ def replay_overrides(
         "TICKFLOW__REDIS__KEY_PREFIX": f"{settings.redis.key_prefix}-{suffix}",
         "TICKFLOW__CLICKHOUSE__DATABASE": f"{settings.clickhouse.database}_replay_{namespace}",
         "TICKFLOW__BOOK__STALE_AFTER_MS": "0",
-        "TICKFLOW__ANALYTICS__NBBO_STALE_AFTER_MS": "0",
         "TICKFLOW__REPLAY__FROM_MS": str(from_ms),
         "TICKFLOW__REPLAY__TO_MS": str(to_ms),
         "TICKFLOW__REPLAY__SPEED": str(speed),
@@ -104,6 +103,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=0.0,
         help="N x real time by record time (default 0: as fast as it goes)",
     )
+    replay.add_argument("--into-live-database", action="store_true",
+                        help="write the live ClickHouse database (a rebuild)")  # fmt: skip
     replay.add_argument("--wait", action="store_true", help="wait until the replay finished")
     replay.add_argument("--timeout", type=float, default=3600.0)  # fmt: skip
     backfill = sub.add_parser(
@@ -129,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         env = replay_overrides(
             base, args.namespace, parse_time_ms(args.from_), parse_time_ms(args.to), args.speed
         )
+        if args.into_live_database:
+            env["TICKFLOW__CLICKHOUSE__DATABASE"] = base.clickhouse.database
     os.environ.update(env)  # the Flink client and the job read the same settings
     settings = load_settings()
     job_id = submit_replay(settings)
