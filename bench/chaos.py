@@ -26,7 +26,10 @@ Determinism: the records go into the raw topic's partitions as the connectors pu
 instrument (``connectors.producer.partition_of``), so the job reads each instrument's frames of
 every exchange in the order they were produced, which the NBBO depends on; wall-clock
 staleness is off in both runs (``book.stale_after_ms``, ``analytics.nbbo_stale_after_ms`` 0):
-whether a book looks silent depends on when the job happens to run, which no replay can reproduce.
+whether a book looks silent depends on when the job happens to run, which no replay can
+reproduce; so does partition idleness (a partition silent for a while of wall-clock time
+stops holding the watermark back, letting it run ahead at the end of the feed or during an
+outage), off too (``flink.watermark_idle_timeout_ms`` 0: every partition has steady traffic).
 
 Writes bench/results/chaos.json. Needs the local stack (started if down); kills and restarts
 its services, so run it alone. Everything the run creates is removed at the end.
@@ -126,6 +129,7 @@ def namespace(name: str, tag: str, fault_file: Path) -> Namespace:
             "TICKFLOW__CLICKHOUSE__DATABASE": f"tickflow_{t}",
             "TICKFLOW__BOOK__STALE_AFTER_MS": "0",
             "TICKFLOW__ANALYTICS__NBBO_STALE_AFTER_MS": "0",
+            "TICKFLOW__FLINK__WATERMARK_IDLE_TIMEOUT_MS": "0",
         },
     )
 
@@ -238,6 +242,7 @@ class Feeder:
 
 
 def committed_offset(settings: Settings) -> int:
+    """Records of the raw topic the job has consumed and checkpointed (all partitions)."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(
@@ -248,8 +253,9 @@ def committed_offset(settings: Settings) -> int:
         }
     )
     try:
-        got = consumer.committed([TopicPartition(settings.kafka.raw_topic, 0)], timeout=10)
-        return max(got[0].offset, 0)
+        topic = settings.kafka.raw_topic
+        parts = [TopicPartition(topic, p) for p in range(settings.kafka.raw_partitions)]
+        return sum(max(tp.offset, 0) for tp in consumer.committed(parts, timeout=10))
     finally:
         consumer.close()
 

@@ -237,11 +237,12 @@ class InstrumentProcessor(KeyedProcessFunction):
                 yield from _result(
                     "top_of_book", top_of_book_row(view, view.bid_depth, view.ask_depth)
                 )
-        # books may have aged out of the NBBO: by event time, not the wall clock, so a job
-        # catching up on a backlog sees no venue as silent and a replay decides as live did (a
-        # venue silent while the instrument's others go on ages out; an instrument gone quiet
-        # as a whole keeps its last NBBO, stamped with its event time)
-        out = Outputs(nbbo=books.refresh_nbbo(books.latest_event_ms()))
+        # no NBBO refresh here: a venue ages out of it by event time, when a frame of the
+        # instrument comes ``analytics.nbbo_stale_after_ms`` after the venue's last one (by the
+        # wall clock a job catching up on a backlog would see every venue as silent, and a
+        # replay could not decide as live did); an instrument gone quiet as a whole keeps its
+        # last NBBO, stamped with its event time
+        out = Outputs()
         self.metrics.record(out)
         self.metrics.books_not_live(instrument, books.books_not_live())
         yield from self._emit_analytics(books, out)

@@ -117,7 +117,11 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
     # hold the watermark back
     watermarks = WatermarkStrategy.for_bounded_out_of_orderness(
         Duration.of_millis(settings.flink.watermark_out_of_orderness_ms)
-    ).with_idleness(Duration.of_millis(settings.flink.watermark_idle_timeout_ms))
+    )
+    if settings.flink.watermark_idle_timeout_ms > 0:  # 0: every partition always counts
+        watermarks = watermarks.with_idleness(
+            Duration.of_millis(settings.flink.watermark_idle_timeout_ms)
+        )
     raw = env.from_source(source, watermarks, "raw-frames").uid("raw-frames-source")
 
     key = InstrumentKey(

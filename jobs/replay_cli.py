@@ -60,6 +60,9 @@ def replay_overrides(
         "TICKFLOW__REDIS__KEY_PREFIX": f"{settings.redis.key_prefix}-{suffix}",
         "TICKFLOW__CLICKHOUSE__DATABASE": f"{settings.clickhouse.database}_replay_{namespace}",
         "TICKFLOW__BOOK__STALE_AFTER_MS": "0",
+        # every record of the range is there to read: a partition that merely waits for the
+        # reader must hold the watermark back, or its records would turn late
+        "TICKFLOW__FLINK__WATERMARK_IDLE_TIMEOUT_MS": "0",
         "TICKFLOW__REPLAY__FROM_MS": str(from_ms),
         "TICKFLOW__REPLAY__TO_MS": str(to_ms),
         "TICKFLOW__REPLAY__SPEED": str(speed),
