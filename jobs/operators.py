@@ -12,7 +12,7 @@ from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext, 
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from jobs.book.levels import BookSide, LevelChange
-from jobs.instrument import AnalyticsRules, BookId, InstrumentBooks, Outputs, TradeKey
+from jobs.instrument import END_OF_INPUT, AnalyticsRules, BookId, InstrumentBooks, Outputs, TradeKey
 from jobs.matching import BookState
 from jobs.metrics import JobMetrics
 from jobs.nbbo import group_quote
@@ -336,6 +336,9 @@ class ClickHouseBatcher(KeyedProcessFunction):
             now = ctx.timer_service().current_processing_time()
             # one timer per tick: timers with equal timestamps are de-duplicated per key
             ctx.timer_service().register_processing_time_timer((now // interval + 1) * interval)
+        # a bounded input (replay, backfill) ends with the last watermark, and processing-time
+        # timers still pending then never fire: this one flushes the last batch
+        ctx.timer_service().register_event_time_timer(END_OF_INPUT - 1)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> None:
         self._flush(ctx.get_current_key())
