@@ -446,15 +446,19 @@ def graph_run(
     started = time.perf_counter()
     job = env.execute_async(f"tickflow-hot-path-{tag}")
     spy = None
+    jvm = _gateway_pid()
+    cpu: dict[str, float] = {"submitted": _cpu_seconds(jvm)}
     try:
         deadline = started + GRAPH_TIMEOUT_S
         while True:
+            if "first" in times and "first" not in cpu:
+                cpu["first"] = _cpu_seconds(jvm)
             if profile and spy is None and "first" in times:
                 # py-spy on the JVM, whose embedded interpreter (loaded by now: a book was
                 # published) runs the job's Python in thread mode
                 spy = subprocess.Popen(
                     [str(Path(sys.executable).with_name("py-spy")), "record",
-                     "--pid", str(_gateway_pid()), "--rate", "100", "--format", "raw",
+                     "--pid", str(jvm), "--rate", "100", "--format", "raw",
                      "--nonblocking", "-o", profile],
                     stdout=subprocess.DEVNULL, stderr=open(profile + ".log", "w"),  # noqa: SIM115
                 )  # fmt: skip
@@ -471,6 +475,8 @@ def graph_run(
                 raise RuntimeError(f"not done after {GRAPH_TIMEOUT_S} s")
             time.sleep(DONE_POLL_S)
         wall = time.perf_counter() - started
+        done = time.perf_counter()
+        cpu["done"] = _cpu_seconds(jvm)
         if spy is not None:
             spy.send_signal(2)  # SIGINT: py-spy writes what it sampled
             spy.wait(60)
@@ -505,11 +511,27 @@ def graph_run(
         "redis_span_s": round(span, 2),
         "frames_per_s_span": round(frames / span) if span > 0 else None,
         "book_updates_published": counts["book_updates"],
+        # CPU of the MiniCluster's JVM (the job's Python runs inside it) from the first book
+        # published to the last: the work per frame, less sensitive than rates to what else
+        # runs on the box
+        "jvm_cpu_s_span": round(cpu["done"] - cpu.get("first", cpu["submitted"]), 2),
+        "jvm_cpu_us_per_frame": round(
+            (cpu["done"] - cpu.get("first", cpu["submitted"])) / frames * 1e6, 1
+        ),
+        "first_book_after_s": round(times.get("first", started) - started, 2),
+        "done_after_last_book_s": round(done - times.get("last", done), 2),
         # rows inserted by the time every book was final (the last batch may still wait)
         "clickhouse_rows": rows,
         "books_in_redis": len(book_keys),
         "redis_versions_digest": versions.hexdigest(),
     }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (its threads included)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _gateway_pid() -> int:
@@ -744,7 +766,8 @@ def main(argv: list[str] | None = None) -> int:
                         print(
                             f"  graph  {name:>8} #{i + 1}: {run['frames_per_s_wall']} frames/s "
                             f"wall ({run['wall_s']} s), {run['frames_per_s_span']} frames/s in "
-                            f"the Redis span ({run['redis_span_s']} s); rows "
+                            f"the Redis span ({run['redis_span_s']} s), "
+                            f"{run['jvm_cpu_us_per_frame']} us JVM CPU/frame; rows "
                             f"{run['clickhouse_rows']}",
                             flush=True,
                         )
@@ -757,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
             "python",
             ("books_process_us_per_frame", "operator_us_per_frame", "operator_frames_per_s"),
         ),
-        ("graph", ("frames_per_s_wall", "frames_per_s_span")),
+        ("graph", ("frames_per_s_wall", "frames_per_s_span", "jvm_cpu_us_per_frame")),
     ):
         runs = results[mode]
         if not runs:
