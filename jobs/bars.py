@@ -100,7 +100,7 @@ class BarAccumulator:
         return self.trade_count > 0 or self.live_ms > 0 or self.ofi_terms > 0
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # decimals as their exact text: ~5x cheaper to pickle than Decimal objects, and the
+        # decimals as their exact text: ~3x cheaper to pickle than Decimal objects, and the
         # windows are saved to state on nearly every frame
         return (
             _accumulator,

@@ -42,7 +42,7 @@ class BookState:
         return self.status is BookStatus.LIVE
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # saved to state per book change: decimals as their exact text pickle ~5x faster
+        # saved to state per book change: decimals as their exact text pickle ~2x faster
         return (
             _book_state,
             (
