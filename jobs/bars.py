@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from typing import Any
 
 from jobs.parse.events import Trade
 
@@ -34,6 +35,17 @@ class BookSample:
     touch: Touch
     bid_depth: Decimal  # size within the band below the mid
     ask_depth: Decimal
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # exact decimal text: cheaper to pickle (saved with the book's clock per frame)
+        return (_sample, (*(str(v) for v in self.touch), str(self.bid_depth), str(self.ask_depth)))
+
+
+def _sample(
+    bid: str, bid_size: str, ask: str, ask_size: str, bid_depth: str, ask_depth: str
+) -> BookSample:
+    touch = (Decimal(bid), Decimal(bid_size), Decimal(ask), Decimal(ask_size))
+    return BookSample(touch, Decimal(bid_depth), Decimal(ask_depth))
 
 
 def trade_order(trade: Trade) -> tuple[int, str, int]:
@@ -87,6 +99,41 @@ class BarAccumulator:
     def has_data(self) -> bool:
         return self.trade_count > 0 or self.live_ms > 0 or self.ofi_terms > 0
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # decimals as their exact text: ~3x cheaper to pickle than Decimal objects, and the
+        # windows are saved to state on nearly every frame
+        return (
+            _accumulator,
+            (
+                tuple(_text(getattr(self, name)) for name in _ACC_DECIMALS),
+                tuple(getattr(self, name) for name in _ACC_OTHERS),
+            ),
+        )
+
+
+_ACC_DECIMALS = (
+    "open", "close", "high", "low", "volume", "notional", "buy_volume", "sell_volume",
+    "spread_ms", "bid_depth_ms", "ask_depth_ms", "ofi",
+)  # fmt: skip
+_ACC_OTHERS = ("open_key", "close_key", "trade_count", "live_ms", "ofi_terms")
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)  # str -> Decimal gives it back exactly
+
+
+def _decimal(text: str | None) -> Decimal | None:
+    return None if text is None else Decimal(text)
+
+
+def _accumulator(decimals: tuple[str | None, ...], others: tuple[Any, ...]) -> BarAccumulator:
+    acc = BarAccumulator()
+    for name, text in zip(_ACC_DECIMALS, decimals, strict=True):
+        setattr(acc, name, _decimal(text))
+    for name, value in zip(_ACC_OTHERS, others, strict=True):
+        setattr(acc, name, value)
+    return acc
+
 
 @dataclass(frozen=True, slots=True)
 class Bar:
@@ -136,16 +183,67 @@ class VenueClock:
     sample: BookSample | None = None  # the state holding since the last update (None: not LIVE)
 
 
+WindowKey = tuple[int, int, str]  # (interval, window start, venue)
+
+
+@dataclass
+class BarChanges:
+    """What changed in an ``InstrumentBars`` since the last ``take_changes``: enough to keep a
+    persisted copy (window by window, book by book) equal to it without re-saving it whole."""
+
+    windows: dict[WindowKey, BarAccumulator]  # created or changed (current objects)
+    closed: list[WindowKey]  # windows closed (gone)
+    clocks: dict[tuple[str, str], VenueClock]  # books whose integration state changed
+    closed_until: dict[int, int] | None  # the new value when it changed
+
+
 @dataclass
 class InstrumentBars:
     instrument: str
     intervals: tuple[int, ...]
-    windows: dict[tuple[int, int, str], BarAccumulator] = field(default_factory=dict)
+    windows: dict[WindowKey, BarAccumulator] = field(default_factory=dict)
     books: dict[tuple[str, str], VenueClock] = field(default_factory=dict)
     closed_until: dict[int, int] = field(default_factory=dict)  # interval -> end of last close
+    # changes since the last take_changes (not part of the state: never pickled)
+    _changed: set[WindowKey] = field(default_factory=set, repr=False, compare=False)
+    _closed: list[WindowKey] = field(default_factory=list, repr=False, compare=False)
+    _clocks: set[tuple[str, str]] = field(default_factory=set, repr=False, compare=False)
+    _closed_until_changed: bool = field(default=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "instrument": self.instrument,
+            "intervals": self.intervals,
+            "windows": self.windows,
+            "books": self.books,
+            "closed_until": self.closed_until,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
+    def mark_all_changed(self) -> None:
+        """Everything counts as changed (a copy persisted another way must be rewritten)."""
+        self._changed = set(self.windows)
+        self._clocks = set(self.books)
+        self._closed_until_changed = True
+
+    def take_changes(self) -> BarChanges:
+        changes = BarChanges(
+            windows={key: self.windows[key] for key in self._changed},
+            closed=self._closed,
+            clocks={book_id: self.books[book_id] for book_id in self._clocks},
+            closed_until=dict(self.closed_until) if self._closed_until_changed else None,
+        )
+        self._changed = set()
+        self._closed = []
+        self._clocks = set()
+        self._closed_until_changed = False
+        return changes
 
     def _acc(self, interval: int, start: int, venue: str) -> BarAccumulator:
         key = (interval, start, venue)
+        self._changed.add(key)  # every caller is about to change it, or creates it
         acc = self.windows.get(key)
         if acc is None:
             acc = self.windows[key] = BarAccumulator()
@@ -170,6 +268,7 @@ class InstrumentBars:
 
     def on_book(self, book_id: tuple[str, str], time_ms: int, sample: BookSample | None) -> None:
         """A new state of a book at ``time_ms`` (its exchange's event time)."""
+        self._clocks.add(book_id)
         clock = self.books.get(book_id)
         if clock is None:
             # a book first seen after windows closed starts at the integrated point, like the
@@ -226,12 +325,14 @@ class InstrumentBars:
             if due is None or due > watermark_ms:
                 return bars
             end = due + 1
-            for clock in self.books.values():
+            for book_id, clock in self.books.items():
                 self._integrate(clock, end)
+                self._clocks.add(book_id)
             for interval in self.intervals:
                 if (end % interval) == 0 and self.closed_until.get(interval, 0) < end:
                     bars.extend(self._close(interval, end - interval))
                     self.closed_until[interval] = end
+                    self._closed_until_changed = True
 
     def _close(self, interval: int, start: int) -> list[Bar]:
         venues = sorted(
@@ -239,6 +340,9 @@ class InstrumentBars:
         )
         accs = {v: self.windows.pop((interval, start, v)) for v in venues}
         all_acc = self.windows.pop((interval, start, ALL), None)
+        for venue in [*venues, ALL] if all_acc is not None else venues:
+            self._changed.discard((interval, start, venue))
+            self._closed.append((interval, start, venue))
         out = [self._bar(interval, start, v, a) for v, a in accs.items() if a.has_data()]
         if not out:
             return []

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from jobs.bars import Bar, BookSample, InstrumentBars
+from jobs.bars import (
+    Bar,
+    BarAccumulator,
+    BarChanges,
+    BookSample,
+    InstrumentBars,
+    VenueClock,
+    WindowKey,
+)
 from jobs.book import ENGINES
 from jobs.book.engine import NEEDS_RESYNC, Outcome, SyncedBook
 from jobs.book.levels import BookSide, BookStatus, LevelChange
@@ -32,6 +40,9 @@ BookId = tuple[str, str]  # (exchange, exchange symbol)
 TradeKey = tuple[str, str, str]  # (exchange, exchange symbol, trade id)
 NO_WATERMARK = -(2**63)  # Flink's watermark before the first one
 END_OF_INPUT = 2**63 - 1  # Flink's last watermark: a bounded input (replay, backfill) ended
+# first element of the analytics summary state (``summary_state``); the older whole-state
+# format (``analytics_state``) starts with the InstrumentBars
+SUMMARY_V2 = "summary-v2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +128,16 @@ class Outputs:
 
 
 @dataclass
+class AnalyticsChanges:
+    """The analytics state that changed since the last ``take_analytics_changes``: what the
+    operator writes to state instead of re-saving everything per frame."""
+
+    bars: BarChanges
+    summary: bytes | None  # ``summary_state()`` when it changed
+    watermark_ms: int | None  # when it changed
+
+
+@dataclass
 class TrackedBook:
     engine: SyncedBook
     last_event_time_ms: int = 0
@@ -181,6 +202,9 @@ class InstrumentBooks:
         # but what was late before stays late
         self.watermark_ms = NO_WATERMARK
         self.input_ended = False
+        # what changed since take_analytics_changes (bars track their own)
+        self._summary_changed = False
+        self._watermark_changed = False
 
     def _engine(self, exchange: str) -> SyncedBook:
         engine = ENGINES.get(exchange)
@@ -208,7 +232,9 @@ class InstrumentBooks:
         watermark_ms = max(watermark_ms, self.watermark_ms)
         out = Outputs()
         book_id = (env.exchange, env.symbol)
-        self.book_instruments.setdefault(book_id, env.instrument)
+        if book_id not in self.book_instruments:
+            self.book_instruments[book_id] = env.instrument
+            self._summary_changed = True
         for event in parse_envelope(env):
             if isinstance(event, Trade):
                 self._on_trade(event, env.instrument, watermark_ms, out)
@@ -272,7 +298,9 @@ class InstrumentBooks:
         watermark_ms = max(watermark_ms, self.watermark_ms)
         if watermark_ms == NO_WATERMARK:
             return
-        self.watermark_ms = watermark_ms
+        if watermark_ms != self.watermark_ms:
+            self.watermark_ms = watermark_ms
+            self._watermark_changed = True
         done = 0
         for trade in self.pending:
             if trade.trade_time_ms > watermark_ms:
@@ -350,6 +378,7 @@ class InstrumentBooks:
         self.nbbo = nbbo
         # monotonic, and the same on a replay of the same input
         self.nbbo_version = max(self.nbbo_version + 1, receive_time_ns // 1000)
+        self._summary_changed = True
         time_ms = max((v.time_ms for v in out.book_views), default=now_ms)
         out.nbbo.append(NbboUpdate(nbbo, self.nbbo_version, time_ms, receive_time_ns))
 
@@ -361,13 +390,63 @@ class InstrumentBooks:
             protocol=pickle.HIGHEST_PROTOCOL,
         )
 
+    def summary_state(self) -> bytes:
+        """The whole-instrument analytics state but the bar windows and the books' bar clocks
+        (persisted one by one) and the watermark (persisted on its own)."""
+        return pickle.dumps(
+            (
+                SUMMARY_V2,
+                self.nbbo,
+                self.nbbo_version,
+                self.book_instruments,
+                self.bars.closed_until,
+            ),
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+
+    def take_analytics_changes(self) -> AnalyticsChanges:
+        """What to write so that the persisted analytics (``summary_state``, bar windows, bar
+        clocks, watermark) equal the live ones again; restore with ``restore_analytics``."""
+        bars = self.bars.take_changes()
+        summary = None
+        if self._summary_changed or bars.closed_until is not None:
+            summary = self.summary_state()
+        watermark = self.watermark_ms if self._watermark_changed else None
+        self._summary_changed = self._watermark_changed = False
+        return AnalyticsChanges(bars, summary, watermark)
+
     def restore_analytics(
-        self, data: bytes | None, history: dict[BookId, list[BookState]], pending: list[Trade]
+        self,
+        data: bytes | None,
+        history: dict[BookId, list[BookState]],
+        pending: list[Trade],
+        windows: dict[WindowKey, BarAccumulator] | None = None,
+        clocks: dict[BookId, VenueClock] | None = None,
+        watermark_ms: int | None = None,
     ) -> None:
+        """From ``analytics_state`` (the whole state in one value), or from ``summary_state``
+        with the bar windows, bar clocks and watermark saved beside it."""
+        if watermark_ms is not None:
+            self.watermark_ms = max(self.watermark_ms, watermark_ms)
         if data is not None:
-            bars, nbbo, version, watermark, instruments = pickle.loads(data)
-            self.bars, self.nbbo, self.nbbo_version = bars, nbbo, version
-            self.watermark_ms = max(self.watermark_ms, watermark)
+            state = pickle.loads(data)
+            if state[0] == SUMMARY_V2:
+                _, nbbo, version, instruments, closed_until = state
+                self.bars = InstrumentBars(
+                    self.instrument,
+                    self.rules.bar_intervals_ms,
+                    windows=dict(windows or {}),
+                    books=dict(clocks or {}),
+                    closed_until=closed_until,
+                )
+            else:
+                bars, nbbo, version, watermark, instruments = state
+                self.bars = bars
+                self.watermark_ms = max(self.watermark_ms, watermark)
+                # saved whole, to be saved piece by piece from now on: all of it is new
+                self.bars.mark_all_changed()
+                self._summary_changed = self._watermark_changed = True
+            self.nbbo, self.nbbo_version = nbbo, version
             self.book_instruments.update(instruments)
         for book_id, states in history.items():
             # versions grow in arrival order (state times may step back after a snapshot)

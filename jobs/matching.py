@@ -12,8 +12,11 @@ says every book update up to its time has arrived, even if the trade itself came
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from decimal import Decimal
+from itertools import pairwise
+from typing import Any
 
 from jobs.book.levels import BookStatus
 from jobs.nbbo import Nbbo
@@ -38,14 +41,42 @@ class BookState:
     def live(self) -> bool:
         return self.status is BookStatus.LIVE
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # saved to state per book change: decimals as their exact text pickle ~2x faster
+        return (
+            _book_state,
+            (
+                self.time_ms,
+                self.seq,
+                self.version,
+                self.status.value,
+                tuple(f"{p} {s}" for p, s in self.bids),
+                tuple(f"{p} {s}" for p, s in self.asks),
+            ),
+        )
+
+
+def _levels(texts: tuple[str, ...]) -> tuple[Level, ...]:
+    return tuple((Decimal(p), Decimal(s)) for p, s in (t.split(" ") for t in texts))
+
+
+def _book_state(
+    time_ms: int, seq: int, version: int, status: str, bids: tuple[str, ...], asks: tuple[str, ...]
+) -> BookState:
+    return BookState(time_ms, seq, version, BookStatus(status), _levels(bids), _levels(asks))
+
 
 class BookHistory:
     """Recent states of one book in arrival order (times are non-decreasing but for resyncs)."""
 
     def __init__(self, states: list[BookState] | None = None) -> None:
         self.states: list[BookState] = states or []
+        # times non-decreasing (nearly always): prune can bisect instead of scanning
+        self._ordered = _ordered(self.states)
 
     def append(self, state: BookState) -> None:
+        if self.states and state.time_ms < self.states[-1].time_ms:
+            self._ordered = False
         self.states.append(state)
 
     def as_of(self, time_ms: int, seq: int | None = None) -> BookState | None:
@@ -61,13 +92,29 @@ class BookHistory:
         """Drop states no trade after the watermark can need: keep the last state at or
         before it and everything later. Returns the dropped states."""
         keep_from = 0
-        for i in range(len(self.states) - 1, -1, -1):
-            if self.states[i].time_ms <= watermark_ms:
-                keep_from = i
-                break
+        if self._ordered:
+            # the last state at or before the watermark, found by bisection
+            keep_from = max(bisect_right(self.states, watermark_ms, key=_time_ms) - 1, 0)
+        else:
+            for i in range(len(self.states) - 1, -1, -1):
+                if self.states[i].time_ms <= watermark_ms:
+                    keep_from = i
+                    break
+        if not keep_from:
+            return []
         dropped = self.states[:keep_from]
         del self.states[:keep_from]
+        if not self._ordered:
+            self._ordered = _ordered(self.states)
         return dropped
+
+
+def _time_ms(state: BookState) -> int:
+    return state.time_ms
+
+
+def _ordered(states: list[BookState]) -> bool:
+    return all(a.time_ms <= b.time_ms for a, b in pairwise(states))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """The job's own metrics, exported by Flink's metric reporters (Prometheus here) as
 ``flink_taskmanager_job_task_operator_tickflow_<name>``.
 
-Each frame adds its counts with one call per non-zero metric (a call crosses into the JVM).
+Each frame adds its counts with one call per non-zero metric (a call crosses into the JVM), or,
+buffered, once per flush.
 ``books_not_live`` goes up and down: Flink exports counters as gauges, and a callable gauge
 would call back into Python from the reporter's thread, which thread mode does not allow.
 """
@@ -42,14 +43,28 @@ COUNTERS = (
 
 
 class JobMetrics:
-    def __init__(self, group: MetricGroupLike) -> None:
+    """``buffered``: counts add up here and reach Flink's counters on ``flush`` (one call per
+    counter that moved, instead of several calls per frame)."""
+
+    def __init__(self, group: MetricGroupLike, buffered: bool = False) -> None:
         tickflow = group.add_group("tickflow")
         self.counters = {name: tickflow.counter(name) for name in COUNTERS}
         self._not_live: dict[str, int] = {}
+        self.buffered = buffered
+        self._pending: dict[str, int] = {}
 
     def inc(self, name: str, n: int = 1) -> None:
         if n:
-            self.counters[name].inc(n)
+            if self.buffered:
+                self._pending[name] = self._pending.get(name, 0) + n
+            else:
+                self.counters[name].inc(n)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for name, n in pending.items():
+            if n:
+                self.counters[name].inc(n)
 
     def record(self, out: Outputs) -> None:
         self.inc("book_updates", len(out.book_views))

@@ -11,6 +11,7 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext, TimeDomain
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
+from jobs.bars import WindowKey
 from jobs.book.levels import BookSide, LevelChange
 from jobs.instrument import END_OF_INPUT, AnalyticsRules, BookId, InstrumentBooks, Outputs, TradeKey
 from jobs.matching import BookState
@@ -25,7 +26,7 @@ from jobs.sinks.clickhouse import (
     trade_row,
 )
 from jobs.sinks.kafka_out import json_record
-from jobs.sinks.redis_books import RedisBookWriter, RedisNbboWriter
+from jobs.sinks.redis_books import RedisBatch, RedisBookWriter, RedisNbboWriter
 from jobs.sinks.rows import bar_to_row, late_to_row, matched_to_row, nbbo_to_row
 from schemas.codec import EnvelopeError, decode_envelope
 from schemas.control import resync_record
@@ -48,6 +49,29 @@ RESULTS = {
 }
 
 
+# Redis writes are queued and sent together (one round trip) once this many are waiting or
+# the oldest has waited REDIS_FLUSH_MS (a processing-time timer flushes a quiet queue)
+REDIS_BATCH_WRITES = 128
+REDIS_FLUSH_MS = 20
+
+
+# the main output: the ClickHouse rows of one call in one record, ``(ROWS, [(table, row)])``
+# (a record per row cost a JVM<->Python crossing, a shuffle and a state write per row)
+ROWS = "rows"
+
+
+def batch_rows(records: Iterator[Any]) -> Iterator[Any]:
+    """Side outputs as they come; the ``(table, row)`` main-output records in one batch."""
+    rows = []
+    for record in records:
+        if isinstance(record[0], str):
+            rows.append(record)
+        else:
+            yield record
+    if rows:
+        yield ROWS, rows
+
+
 def _result(table: str, row: tuple[Any, ...]) -> Iterator[Any]:
     """A result row: to ClickHouse (main output) and to its Kafka topic (side output)."""
     yield table, row
@@ -64,6 +88,11 @@ def _history_key(book_id: BookId, state: BookState) -> str:
 
 def _pending_key(trade: Trade) -> str:
     return _trade_key((trade.exchange, trade.symbol, trade.trade_id))
+
+
+def _window_key(key: WindowKey) -> str:
+    interval, start, venue = key
+    return f"{interval}|{start}|{venue}"
 
 
 def _trade_key(key: TradeKey) -> str:
@@ -113,21 +142,57 @@ class InstrumentProcessor(KeyedProcessFunction):
         self.pending = runtime_context.get_map_state(
             MapStateDescriptor("pending-trades", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
         )
+        # the analytics: a small summary value, the bar windows and the books' bar clocks
+        # one by one (only what a frame changed is written), the watermark reached
         self.analytics = runtime_context.get_state(
             ValueStateDescriptor("analytics", Types.PICKLED_BYTE_ARRAY())
         )
+        self.bar_windows = runtime_context.get_map_state(
+            MapStateDescriptor("bar-windows", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+        )
+        self.bar_clocks = runtime_context.get_map_state(
+            MapStateDescriptor("bar-clocks", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+        )
+        self.watermark = runtime_context.get_state(ValueStateDescriptor("watermark", Types.LONG()))
         # the job's Python logs as the rest of tickflow's: JSON lines (thread mode's runtime
         # context cannot give the task name: getTaskNameWithSubtasks is missing in pemja)
         setup_logging(self.monitoring_config, job="tickflow-pipeline")
-        self.metrics = JobMetrics(runtime_context.get_metrics_group())
+        # counts reach Flink with each Redis flush (at most REDIS_FLUSH_MS later)
+        self.metrics = JobMetrics(runtime_context.get_metrics_group(), buffered=True)
         self.redis = RedisBookWriter(self.redis_config)
         self.redis_nbbo = RedisNbboWriter(self.redis.client, self.redis_config.key_prefix)
+        self.redis_batch = RedisBatch(self.redis, self.redis_nbbo)
+        self._redis_due_ms: int | None = None  # when the queued writes must go out
         self._cache = {}
         self._next_tick: dict[str, int] = {}
         self._next_event_timer: dict[str, int] = {}
 
     def close(self) -> None:
+        self._flush_redis()
         self.redis.close()
+
+    def _queue_redis(self, ctx: KeyedProcessFunction.Context, now: int) -> None:
+        """Send the queued Redis writes when enough are waiting or the oldest is due; else
+        make sure a timer sends them (timers at a multiple of the housekeeping tick are
+        ticks, so a flush timer never is one)."""
+        batch = self.redis_batch
+        if not batch:
+            return
+        if len(batch) >= REDIS_BATCH_WRITES or (
+            self._redis_due_ms is not None and now >= self._redis_due_ms
+        ):
+            self._flush_redis()
+        elif self._redis_due_ms is None:
+            due = now + REDIS_FLUSH_MS
+            if due % self.book_config.timer_interval_ms == 0:
+                due += 1
+            self._redis_due_ms = due
+            ctx.timer_service().register_processing_time_timer(due)
+
+    def _flush_redis(self) -> None:
+        self._redis_due_ms = None
+        self.redis_batch.flush()
+        self.metrics.flush()
 
     def _books(self, instrument: str) -> InstrumentBooks:
         books = self._cache.get(instrument)
@@ -162,7 +227,27 @@ class InstrumentProcessor(KeyedProcessFunction):
             for key, state in self.history.items():
                 exchange, symbol = key.split("|")[:2]
                 history.setdefault((exchange, symbol), []).append(state)
-            books.restore_analytics(self.analytics.value(), history, list(self.pending.values()))
+            windows = {}
+            for key, acc in self.bar_windows.items():
+                interval, start, venue = key.split("|")
+                windows[(int(interval), int(start), venue)] = acc
+            clocks = {}
+            for key, clock in self.bar_clocks.items():
+                exchange, symbol = key.split("|")
+                clocks[(exchange, symbol)] = clock
+            books.restore_analytics(
+                self.analytics.value(),
+                history,
+                list(self.pending.values()),
+                windows,
+                clocks,
+                self.watermark.value(),
+            )
+            # writes queued before a checkpoint may not have reached Redis before a failure:
+            # publish the restored books again (version-guarded: a no-op if Redis has them)
+            for book_id, tracked in books.books.items():
+                if not tracked.stale:
+                    self.redis_batch.add_book(books.view(book_id))
             self._cache[instrument] = books
         return books
 
@@ -187,10 +272,9 @@ class InstrumentProcessor(KeyedProcessFunction):
             self.pending.put(_pending_key(trade), trade)
         for key in out.trades_forgotten:
             self.pending.remove(_trade_key(key))
-        if out.book_views or out.trades or out.late_trades or out.bars or out.matched or out.nbbo:
-            self.analytics.update(books.analytics_state())
+        self._persist_analytics(books)
         for update in out.nbbo:
-            self.redis_nbbo.write(update)
+            self.redis_batch.add_nbbo(update)
             yield from _result("nbbo", nbbo_to_row(update))
         for matched in out.matched:
             yield from _result("matched_trades", matched_to_row(matched))
@@ -198,6 +282,22 @@ class InstrumentProcessor(KeyedProcessFunction):
             yield from _result("bars", bar_to_row(bar))
         for late in out.late:
             yield "late_events", late_to_row(late)
+
+    def _persist_analytics(self, books: InstrumentBooks) -> None:
+        """Write what changed of the analytics state (re-pickling all the open bar windows per
+        frame cost more than the rest of the frame)."""
+        changes = books.take_analytics_changes()
+        bars = changes.bars
+        for key in bars.closed:
+            self.bar_windows.remove(_window_key(key))
+        if bars.windows:
+            self.bar_windows.put_all({_window_key(k): acc for k, acc in bars.windows.items()})
+        for book_id, clock in bars.clocks.items():
+            self.bar_clocks.put(f"{book_id[0]}|{book_id[1]}", clock)
+        if changes.summary is not None:
+            self.analytics.update(changes.summary)
+        if changes.watermark_ms is not None:
+            self.watermark.update(changes.watermark_ms)
 
     def _schedule_tick(self, ctx: KeyedProcessFunction.Context, instrument: str, now: int) -> None:
         """One housekeeping timer per instrument and tick (timers are checkpointed with state)."""
@@ -208,6 +308,22 @@ class InstrumentProcessor(KeyedProcessFunction):
             self._next_tick[instrument] = due
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        yield from batch_rows(self._timer_records(timestamp, ctx))
+
+    def _timer_records(
+        self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext
+    ) -> Iterator[Any]:
+        if (
+            ctx.time_domain() == TimeDomain.PROCESSING_TIME
+            and timestamp % self.book_config.timer_interval_ms
+        ):
+            # a Redis flush timer (maybe from before a restore: then nothing is queued)
+            self._flush_redis()
+            return
+        yield from self._on_timer(timestamp, ctx)
+        self._flush_redis()
+
+    def _on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         instrument = ctx.get_current_key()
         books = self._books(instrument)
         if ctx.time_domain() == TimeDomain.EVENT_TIME:
@@ -229,7 +345,7 @@ class InstrumentProcessor(KeyedProcessFunction):
         cfg = self.book_config
         if cfg.stale_after_ms:
             for view in books.mark_stale(timestamp, cfg.stale_after_ms):
-                self.redis.write(view)
+                self.redis_batch.add_book(view)
                 self.meta.put(
                     f"{view.exchange}|{view.symbol}",
                     books.books[(view.exchange, view.symbol)].meta(),
@@ -253,14 +369,23 @@ class InstrumentProcessor(KeyedProcessFunction):
         self._schedule_tick(ctx, instrument, timestamp)
 
     def _persist(self, books: InstrumentBooks, book_id: BookId, changes: list[LevelChange]) -> None:
+        # the last change of each level counts; the sizes set go in one call (each state call
+        # crosses into the JVM)
+        final: dict[str, Decimal | None] = {}
         for side, price, size in changes:
+            final[_level_key(book_id, side, price)] = size
+        sizes = {key: str(size) for key, size in final.items() if size is not None}
+        for key, size in final.items():
             if size is None:
-                self.levels.remove(_level_key(book_id, side, price))
-            else:
-                self.levels.put(_level_key(book_id, side, price), str(size))
+                self.levels.remove(key)
+        if sizes:
+            self.levels.put_all(sizes)
         self.meta.put(f"{book_id[0]}|{book_id[1]}", books.books[book_id].meta())
 
     def process_element(self, value: bytes, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        yield from batch_rows(self._records(value, ctx))
+
+    def _records(self, value: bytes, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         try:
             env = decode_envelope(value)
         except EnvelopeError as exc:
@@ -286,7 +411,7 @@ class InstrumentProcessor(KeyedProcessFunction):
             yield RESYNC_REQUESTS, resync_record(book_id[0], book_id[1], reason, now)
         self._schedule_tick(ctx, books.instrument, now)
         for view in out.book_views:
-            self.redis.write(view)
+            self.redis_batch.add_book(view)
         for trade in out.trades:
             yield "trades", trade_row(trade, env.instrument)
         for trade in out.late_trades:
@@ -299,11 +424,15 @@ class InstrumentProcessor(KeyedProcessFunction):
             )
         yield from self._emit_analytics(books, out)
         self._schedule_event_timer(ctx, books)
+        self._queue_redis(ctx, now)
 
 
 class ClickHouseBatcher(KeyedProcessFunction):
-    """Keyed by table: buffers rows in keyed state and inserts them in batches.
+    """Buffers rows in keyed state and inserts them in batches, one insert per table.
 
+    The books operator sends the rows of one call as one ``(ROWS, [(table, row), ...])``
+    record (all under the key ``ROWS``); a ``(table, row)`` record (the earlier layout, one
+    row per record keyed by table) is taken as well, as are such rows still in restored state.
     Rows sit in checkpointed state until inserted, so a failure between a checkpoint and an
     insert replays them instead of losing them; duplicates from such a replay collapse in the
     ReplacingMergeTree tables. A batch goes out when it is full or at the next interval tick.
@@ -319,33 +448,65 @@ class ClickHouseBatcher(KeyedProcessFunction):
         self.count = runtime_context.get_state(ValueStateDescriptor("pending-count", Types.LONG()))
         ensure_schema(self.config)
         self.writer = ClickHouseWriter(self.config)
+        # per key: pending entries and rows (a cache of the state, rebuilt after a restore),
+        # and the last flush timer registered
+        self._entries: dict[str, int] = {}
+        self._rows: dict[str, int] = {}
+        self._timer: dict[str, int] = {}
+        self._end_timer: set[str] = set()
 
     def close(self) -> None:
         self.writer.close()
 
-    def process_element(
-        self, value: tuple[str, tuple[Any, ...]], ctx: KeyedProcessFunction.Context
-    ) -> None:
-        count = self.count.value() or 0
-        self.pending.put(count, value[1])
-        self.count.update(count + 1)
-        if count + 1 >= self.config.insert_batch_rows:
-            self._flush(value[0])
+    def _counts(self, key: str) -> tuple[int, int]:
+        if key not in self._entries:
+            self._entries[key] = self.count.value() or 0
+            self._rows[key] = sum(_row_count(v) for v in self.pending.values())
+        return self._entries[key], self._rows[key]
+
+    def process_element(self, value: tuple[str, Any], ctx: KeyedProcessFunction.Context) -> None:
+        key = ctx.get_current_key()
+        entries, rows = self._counts(key)
+        self.pending.put(entries, value[1])
+        self.count.update(entries + 1)
+        self._entries[key] = entries + 1
+        self._rows[key] = rows = rows + _row_count(value[1])
+        if rows >= self.config.insert_batch_rows:
+            self._flush(key)
         else:
             interval = self.config.insert_interval_ms
             now = ctx.timer_service().current_processing_time()
-            # one timer per tick: timers with equal timestamps are de-duplicated per key
-            ctx.timer_service().register_processing_time_timer((now // interval + 1) * interval)
-        # a bounded input (replay, backfill) ends with the last watermark, and processing-time
-        # timers still pending then never fire: this one flushes the last batch
-        ctx.timer_service().register_event_time_timer(END_OF_INPUT - 1)
+            due = (now // interval + 1) * interval
+            if self._timer.get(key) != due:
+                # one timer per tick (Flink also de-duplicates equal timers per key)
+                ctx.timer_service().register_processing_time_timer(due)
+                self._timer[key] = due
+        if key not in self._end_timer:
+            # a bounded input (replay, backfill) ends with the last watermark, and
+            # processing-time timers still pending then never fire: this one flushes the last
+            # batch (kept in state with the key's timers, so once per key is enough)
+            ctx.timer_service().register_event_time_timer(END_OF_INPUT - 1)
+            self._end_timer.add(key)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> None:
         self._flush(ctx.get_current_key())
 
-    def _flush(self, table: str) -> None:
-        rows = [row for _, row in sorted(self.pending.items())]
-        if rows:
+    def _flush(self, key: str) -> None:
+        by_table: dict[str, list[tuple[Any, ...]]] = {}
+        for _, value in sorted(self.pending.items()):
+            for table, row in _table_rows(key, value):
+                by_table.setdefault(table, []).append(row)
+        for table, rows in by_table.items():
             self.writer.insert(table, rows)
         self.pending.clear()
         self.count.clear()
+        self._entries[key] = self._rows[key] = 0
+
+
+def _row_count(value: Any) -> int:
+    return len(value) if isinstance(value, list) else 1
+
+
+def _table_rows(key: str, value: Any) -> list[tuple[str, tuple[Any, ...]]]:
+    """A pending entry as (table, row) pairs: a batch, or one row of table ``key``."""
+    return value if isinstance(value, list) else [(key, value)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from decimal import Decimal
 from enum import StrEnum
 from itertools import islice
@@ -103,16 +103,13 @@ class OrderBook:
             return Decimal(0), Decimal(0)
         band = mid * bps / Decimal(10_000)
         bid_floor, ask_cap = mid - band, mid + band
-        bids = sum(self._sizes_while(self.bids, lambda p: p >= bid_floor), Decimal(0))
-        asks = sum(self._sizes_while(self.asks, lambda p: p <= ask_cap), Decimal(0))
+        # levels inside the band are a prefix of each side (best first): find its end by
+        # bisection, then add the sizes best first (the same sum, in the same order)
+        inside_bids = self.bids.bisect_key_right(-bid_floor)  # bids are keyed by -price
+        inside_asks = self.asks.bisect_right(ask_cap)
+        bids = sum(self.bids.values()[:inside_bids], Decimal(0))
+        asks = sum(self.asks.values()[:inside_asks], Decimal(0))
         return bids, asks
-
-    @staticmethod
-    def _sizes_while(levels: SortedDict, inside: Callable[[Decimal], bool]) -> Iterator[Decimal]:
-        for price, size in levels.items():  # best first: stop at the first level outside
-            if not inside(price):
-                return
-            yield size
 
     def is_crossed(self) -> bool:
         bid, ask = self.best_bid(), self.best_ask()

@@ -12,16 +12,20 @@ Layout (``<p>`` is ``redis.key_prefix``):
 
 A Lua script refuses a write whose ``version`` is lower than the stored one, so replaying frames
 after a Flink restore (at-least-once) never moves a book backwards. One book update is one
-EVALSHA: a single round trip instead of a pipeline of per-level commands.
+EVALSHA instead of a pipeline of per-level commands, and ``RedisBatch`` sends the EVALSHAs of
+many updates in one round trip (the round trip, not Redis, is the cost: ~0.1-0.5 ms each on a
+busy 2-core box against a few us to encode a write).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
 import orjson
 import redis
+from redis.exceptions import NoScriptError
 
 from jobs.instrument import BookView, NbboUpdate
 from tickflow.config import RedisConfig
@@ -68,30 +72,33 @@ class RedisBookWriter:
         self.client = redis_client(config)
         self._write = self.client.register_script(_GUARDED_WRITE)
 
+    def book_args(self, view: BookView) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the guarded write of one view."""
+        status = view.status.value
+        keys = [
+            book_key(self.prefix, view.exchange, view.symbol),
+            f"{self.prefix}:books",
+            f"{self.prefix}:book-updates",
+        ]
+        args: list[Any] = [
+            view.seq,
+            status,
+            view.reason,
+            encode_levels(view.bids),
+            encode_levels(view.asks),
+            view.event_time_ms,
+            view.receive_time_ns,
+            view.instrument,
+            time.time_ns(),
+            f"{view.exchange}:{view.symbol}:{view.seq}:{status}:{view.version}",
+            f"{view.version:0{VERSION_WIDTH}d}",
+        ]
+        return keys, args
+
     def write(self, view: BookView) -> bool:
         """Publish one book view; False when Redis already holds a newer version."""
-        status = view.status.value
-        written = self._write(
-            keys=[
-                book_key(self.prefix, view.exchange, view.symbol),
-                f"{self.prefix}:books",
-                f"{self.prefix}:book-updates",
-            ],
-            args=[
-                view.seq,
-                status,
-                view.reason,
-                encode_levels(view.bids),
-                encode_levels(view.asks),
-                view.event_time_ms,
-                view.receive_time_ns,
-                view.instrument,
-                time.time_ns(),
-                f"{view.exchange}:{view.symbol}:{view.seq}:{status}:{view.version}",
-                f"{view.version:0{VERSION_WIDTH}d}",
-            ],
-        )
-        return bool(written)
+        keys, args = self.book_args(view)
+        return bool(self._write(keys=keys, args=args))
 
     def close(self) -> None:
         self.client.close()
@@ -132,6 +139,11 @@ class RedisNbboWriter:
         self._write = client.register_script(_GUARDED_NBBO)
 
     def write(self, update: NbboUpdate) -> bool:
+        keys, args = self.nbbo_args(update)
+        return bool(self._write(keys=keys, args=args))
+
+    def nbbo_args(self, update: NbboUpdate) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the guarded write of one NBBO update."""
         n = update.nbbo
         fields = {
             "quote": n.quote,
@@ -155,12 +167,64 @@ class RedisNbboWriter:
         ]
         for name, value in fields.items():
             args.extend((name, value))
-        written = self._write(
-            keys=[
-                nbbo_key(self.prefix, n.instrument),
-                f"{self.prefix}:nbbos",
-                f"{self.prefix}:nbbo-updates",
-            ],
-            args=args,
-        )
-        return bool(written)
+        keys = [
+            nbbo_key(self.prefix, n.instrument),
+            f"{self.prefix}:nbbos",
+            f"{self.prefix}:nbbo-updates",
+        ]
+        return keys, args
+
+
+class RedisBatch:
+    """Guarded book and NBBO writes queued in order and sent in one pipelined round trip.
+
+    The writes are exactly those ``RedisBookWriter.write`` / ``RedisNbboWriter.write`` make,
+    in the same order on one connection, so Redis applies them in that order; only the round
+    trips are shared. ``flush`` raises on any error (the job then restarts from a checkpoint).
+    """
+
+    def __init__(self, books: RedisBookWriter, nbbo: RedisNbboWriter) -> None:
+        self.books = books
+        self.nbbo = nbbo
+        self.client = books.client
+        # EVALSHA by the scripts' SHA1 (what SCRIPT LOAD returns), loaded on first NOSCRIPT
+        self._scripts = {
+            script: hashlib.sha1(script.encode()).hexdigest()
+            for script in (_GUARDED_WRITE, _GUARDED_NBBO)
+        }
+        self._queue: list[tuple[str, list[str], list[Any]]] = []
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add_book(self, view: BookView) -> None:
+        keys, args = self.books.book_args(view)
+        self._queue.append((_GUARDED_WRITE, keys, args))
+
+    def add_nbbo(self, update: NbboUpdate) -> None:
+        keys, args = self.nbbo.nbbo_args(update)
+        self._queue.append((_GUARDED_NBBO, keys, args))
+
+    def flush(self) -> list[bool]:
+        """Send every queued write; whether each was accepted (False: Redis had a newer one)."""
+        queue, self._queue = self._queue, []
+        if not queue:
+            return []
+        results = self._send(queue)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            # Redis lost its script cache (a restart): load the scripts, send those again
+            for script in self._scripts:
+                self._scripts[script] = self.client.script_load(script)
+            for i, result in zip(missing, self._send([queue[i] for i in missing]), strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return [bool(r) for r in results]
+
+    def _send(self, queue: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for script, keys, args in queue:
+            pipe.execute_command("EVALSHA", self._scripts[script], len(keys), *keys, *args)
+        return list(pipe.execute(raise_on_error=False))

@@ -53,3 +53,19 @@ def test_books_not_live_follows_each_instruments_count() -> None:
     metrics.books_not_live("BTC-USD", 0)
     metrics.books_not_live("BTC-USD", 0)
     assert gauge.value == 1 and gauge.calls == 3
+
+
+def test_buffered_counts_reach_the_counters_on_flush_in_one_call_each() -> None:
+    root = Group()
+    metrics = JobMetrics(root, buffered=True)
+    counters = root.groups["tickflow"].counters
+    for _ in range(3):
+        metrics.inc("frames")
+        metrics.record(Outputs(sync_failures=[Outcome.GAP]))
+    metrics.books_not_live("BTC-USD", 2)
+    assert counters["frames"].calls == 0 and counters["gaps"].value == 0
+    metrics.flush()
+    assert counters["frames"].value == 3 and counters["frames"].calls == 1
+    assert counters["gaps"].value == 3 and counters["books_not_live"].value == 2
+    metrics.flush()
+    assert counters["frames"].calls == 1  # nothing new: no call
