@@ -7,8 +7,10 @@ retention and the latest savepoint; measure the recovery time (RTO) and prove th
    deterministic dataset (``bench.chaos``) in its raw topic; the pipeline job runs over it until
    every record is consumed and checkpointed. What ClickHouse, Redis and the result topics hold
    then is "before".
-2. Backup, as a deployment does it continuously: a savepoint (``flink stop --savepointPath``),
-   copied off the machine's Flink state directory (S3 on AWS; a backup directory here).
+2. Backup, as a deployment does it continuously: a savepoint (``flink stop --drain
+   --savepointPath``: drained, so every pending trade is matched and every window closed, as a
+   rebuild that reads to the end makes them), copied off the machine's Flink state directory
+   (S3 on AWS; a backup directory here).
 3. Disaster: the job's checkpoints and savepoint in Flink's state directory, every Redis key and
    the ClickHouse database are deleted.
 4. Recovery, the runbooks' procedure (docs/runbooks/):
@@ -26,6 +28,7 @@ retention and the latest savepoint; measure the recovery time (RTO) and prove th
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -70,6 +73,16 @@ def wipe(settings: Settings, job: SupervisedJob, savepoint: Path) -> None:
     _delete_redis_keys(settings)
 
 
+def settled(settings: Settings) -> bool:
+    """ClickHouse row counts unchanged over the last three polls."""
+    history = _SETTLED.setdefault(settings.clickhouse.database, [])
+    history.append(output_counts(settings))
+    return len(history) >= 3 and len(set(history[-3:])) == 1
+
+
+_SETTLED: dict[str, list[tuple[int, ...]]] = {}
+
+
 def rebuild_overrides(settings: Settings, tag: str, to_ms: int) -> dict[str, str]:
     """A replay up to ``to_ms`` that writes the live database and Redis prefix (its result,
     dead-letter and control topics stay its own)."""
@@ -97,17 +110,20 @@ def run(frames: int, log: Any = print) -> dict[str, Any]:
             job.job_ids.append(job.submit(None))
             flink.wait_job_running(settings, job.current, 240)
             caught_up(settings, len(data.records), job, log, faults_expected=False)
-            before = collect(settings)
-            log(f"before: {sum(output_counts(settings))} rows, {len(before.redis)} Redis keys")
 
             started = time.monotonic()
-            savepoint_uri = flink.stop_with_savepoint(settings, job.current)
+            # drained: the last watermark passes first, so "before" holds every trade matched
+            # and every window closed, as a rebuild that reads to the end makes them
+            savepoint_uri = flink.stop_with_savepoint(settings, job.current, drain=True)
             cut_ms = time.time_ns() // 1_000_000
             savepoint = Path(savepoint_uri.removeprefix("file:"))
             backup = backup_dir / savepoint.name
             shutil.copytree(savepoint, backup)
             steps["savepoint_and_backup_s"] = round(time.monotonic() - started, 1)
             log(f"backup: {savepoint} -> {backup}")
+            wait("the drained job's last rows", functools.partial(settled, settings), 120, 1.0)
+            before = collect(settings)
+            log(f"before: {sum(output_counts(settings))} rows, {len(before.redis)} Redis keys")
 
             wipe(settings, job, savepoint)
             log("disaster: the job's checkpoints and savepoint, Redis keys, ClickHouse database")

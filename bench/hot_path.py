@@ -265,15 +265,18 @@ def redis_clear(prefix: str) -> None:
 
 def python_run(data: list[bytes], profile: str | None) -> dict[str, Any]:
     """(a): ``InstrumentBooks.process`` alone, then the whole operator, over the frames."""
+    import jobs.pipeline as pipeline
     from jobs.operators import InstrumentProcessor
-    from jobs.pipeline import NbboGroupKey
     from schemas.codec import decode_envelope, envelope_instrument
     from tickflow.config import load_settings
 
     settings = load_settings()
     lag = settings.flink.watermark_out_of_orderness_ms
     equivalents = settings.analytics.quote_equivalents
-    key_of = NbboGroupKey(equivalents) if equivalents else envelope_instrument
+    # the key function's name in this tree or in an older baseline revision
+    names = ("InstrumentKey", "NbboGroupKey")
+    key_class = next(getattr(pipeline, name) for name in names if hasattr(pipeline, name))
+    key_of = key_class(equivalents) if equivalents else envelope_instrument
 
     # InstrumentBooks.process alone (decode included), as bench.keying's plain loop
     from bench.keying import BookParams

@@ -489,13 +489,26 @@ SAVEPOINT_PATTERN = re.compile(r"Savepoint completed\. Path: (\S+)")
 
 
 def stop_with_savepoint(
-    settings: Settings, job_id: str, directory: str | None = None, timeout: float = 300.0
+    settings: Settings,
+    job_id: str,
+    directory: str | None = None,
+    timeout: float = 300.0,
+    drain: bool = False,
 ) -> str:
     """``flink stop --savepointPath DIR JOB``: take a final savepoint, then finish the job.
-    Returns the savepoint's path (give it to ``submit_python_job(from_savepoint=...)``)."""
+    With ``drain`` (``--drain``) the last watermark passes first: every pending trade is
+    matched and every window closed before the savepoint. Returns the savepoint's path (give
+    it to ``submit_python_job(from_savepoint=...)``)."""
     target = directory or (runtime_dir(settings) / "savepoints").as_uri()
     done = subprocess.run(
-        [str(flink_bin(settings)), "stop", "--savepointPath", target, job_id],
+        [
+            str(flink_bin(settings)),
+            "stop",
+            *(["--drain"] if drain else []),
+            "--savepointPath",
+            target,
+            job_id,
+        ],
         cwd=settings.root,
         env=flink_env(settings),
         capture_output=True,

@@ -88,7 +88,8 @@ def test_batcher_inserts_batches_per_table_in_order_and_old_single_rows(
     runtime.keyed.key = ROWS
     op.process_element((ROWS, [("trades", (1,)), ("nbbo", (2,))]), ctx)
     op.process_element((ROWS, [("trades", (3,))]), ctx)
-    assert ctx.timers.timers == 1  # one timer per tick, not per record
+    # one flush timer per tick (not per record), and one end-of-input timer per key
+    assert ctx.timers.timers == 2
     runtime.keyed.key = "trades"  # a row of the earlier layout, keyed by its table
     op.process_element(("trades", (0,)), ctx)
     runtime.keyed.key = ROWS
