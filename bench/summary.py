@@ -118,6 +118,29 @@ def pipeline_latency(data: dict[str, Any]) -> Measurement | None:
     }
 
 
+def pipeline_lag_at_peak(data: dict[str, Any]) -> Measurement | None:
+    """book_pipeline.json: how far behind its input the job is at the highest live rate
+    offered (Kafka record time -> Redis write, P99, in seconds); the conditions say whether the
+    backlog was still growing (a growing lag has no steady value: the P99 is a lower bound)."""
+    runs = [r for r in data.get("latency") or [] if r.get("p99_ms") is not None]
+    if not runs:
+        return None
+    peak = max(runs, key=lambda r: r["target_frames_per_s"])
+    first, last = peak.get("p50_first_tenth_ms"), peak.get("p50_last_tenth_ms")
+    return float(peak["p99_ms"]) / 1000.0, "s", {
+        "what": "consumer lag as the P99 of Kafka record -> Redis book write at the highest "
+                "offered live rate (bench.book_pipeline)",
+        "frames_per_s_offered": peak.get("frames_per_s_into_kafka"),
+        "backlog_growing": first is not None and last is not None and last > 1.5 * first,
+        "p50_first_tenth_ms": first,
+        "p50_last_tenth_ms": last,
+        "every_rate_p99_s": {
+            str(r["target_frames_per_s"]): r["p99_ms"] / 1000.0 for r in runs
+        },
+        **_pipeline_conditions(data),
+    }
+
+
 def keying_throughput(data: dict[str, Any]) -> Measurement | None:
     """keying.json: the instrument-keyed graph's median frames/s on a MiniCluster."""
     inst = (data.get("summary") or {}).get("instrument") or {}
@@ -192,6 +215,7 @@ TARGETS: tuple[Target, ...] = (
     Target("consumer_lag_at_peak", "consumer lag at peak", 1, "s", "lower", (
         _src("throughput.json", "consumer_lag_at_peak", "python -m bench.throughput"),
         _src("latency.json", "consumer_lag_at_peak", "python -m bench.latency"),
+        Source("book_pipeline.json", pipeline_lag_at_peak, "python -m bench.book_pipeline"),
     )),
     Target("batch_day", "1-day batch (backfill)", 10, "min", "lower", (
         _src("backfill.json", "batch_day", "python -m bench.backfill"),

@@ -135,6 +135,10 @@ def test_book_pipeline_is_the_fallback_for_throughput_and_latency() -> None:
     assert by_name["sustained_throughput"]["conditions"]["parallelism"] == 1
     assert by_name["e2e_latency_p99"]["measured"] == 109.5  # the lowest live rate
     assert by_name["e2e_latency_p99"]["source"] == "book_pipeline.json"
+    # the lag at the highest offered rate, in seconds: 2.1 s, not met
+    lag = by_name["consumer_lag_at_peak"]
+    assert lag["measured"] == pytest.approx(2.126, abs=1e-3) and not lag["met"]
+    assert lag["conditions"]["every_rate_p99_s"]["500.0"] == pytest.approx(0.1095, abs=1e-3)
     # a dedicated results file wins over the fallback
     newer = {"targets": {"sustained_throughput": target_entry(120_000, "msg/s")}}
     both = summary.summarize({"book_pipeline.json": pipeline, "throughput.json": newer})
