@@ -454,7 +454,7 @@ class SimulatorServer:
             fault = self.faults.on_rest(venue.name)
             if fault is not None:
                 return _response(fault)
-            return _response(venue.http(request.method, "/" + rest, query, time.time()))
+            return _response(venue.http(request.method, "/" + rest, query, self._clock_ms() / 1000))
         except HttpError as exc:
             return _response(exc.reply)
 

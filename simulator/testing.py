@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from schemas.codec import RawEnvelope, decode_envelope, encode_envelope
-from simulator.server import SimulatorServer
+from simulator.server import SimulatorServer, wall_ms
 from tickflow.config import Settings
 
 
@@ -33,11 +33,17 @@ class ListSink:
 
 @asynccontextmanager
 async def running_simulator(
-    settings: Settings, *, paused: bool = False, **overrides: Any
+    settings: Settings,
+    *,
+    paused: bool = False,
+    clock_ms: Callable[[], int] = wall_ms,
+    **overrides: Any,
 ) -> AsyncIterator[SimulatorServer]:
     """A started simulator on a free port; ``overrides`` replace ``simulator`` config values."""
     sim = dataclasses.replace(settings.simulator, port=0, **overrides)
-    server = SimulatorServer(dataclasses.replace(settings, simulator=sim), paused=paused)
+    server = SimulatorServer(
+        dataclasses.replace(settings, simulator=sim), paused=paused, clock_ms=clock_ms
+    )
     await server.start()
     try:
         yield server

@@ -191,7 +191,10 @@ def test_served_frames_are_the_seeded_models_frames() -> None:
 
 def test_rest_errors_and_limits() -> None:
     async def scenario() -> None:
-        async with running_simulator(base_settings(), rate_per_symbol=0, depth_levels=30) as sim:
+        # A fixed clock: the weight window must not roll over to a new minute mid-test.
+        async with running_simulator(
+            base_settings(), clock_ms=lambda: 1_700_000_010_000, rate_per_symbol=0, depth_levels=30
+        ) as sim:
             base = f"{sim.http_url}/binance/api/v3/depth"
             assert await http_json(f"{base}?symbol=NOPE") == (
                 400, {"code": -1121, "msg": "Invalid symbol."})
