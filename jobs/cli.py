@@ -3,7 +3,8 @@
     tickflow job stop [JOB_ID] [--savepoint-dir file:///path]   savepoint, then stop
     tickflow job submit --from-savepoint file:///path/savepoint-xxxx    resume from it
     tickflow job replay --namespace bt1 --to 2026-11-25T10:00:00Z [--from T] [--speed N]
-    tickflow job backfill --day 2026-11-24 [--from T]    derived tables of a day, idempotently
+    tickflow job backfill --day 2026-11-24 [--from T] [--engine batch|flink]   derived tables of
+        a day, idempotently (batch: the job's logic in worker processes; flink: the job, bounded)
 (``TICKFLOW__FLINK__PARALLELISM=2 tickflow job submit --from-savepoint ...`` resumes with
 another parallelism: state is redistributed by key group; every operator has a stable uid.)
 """

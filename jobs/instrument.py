@@ -31,10 +31,11 @@ from jobs.book import ENGINES
 from jobs.book.engine import NEEDS_RESYNC, Outcome, SyncedBook
 from jobs.book.levels import BookSide, BookStatus, LevelChange
 from jobs.matching import BookHistory, BookState, MatchedTrade, match_trade
-from jobs.nbbo import Nbbo, VenueTop, compute_nbbo
+from jobs.nbbo import Nbbo, VenueTop, compute_nbbo, group_quote
 from jobs.parse import parse_envelope
 from jobs.parse.events import BookDelta, BookSnapshot, ParseError, SyncLost, Trade
 from schemas.codec import RawEnvelope
+from tickflow.config import AnalyticsConfig, BookConfig
 
 BookId = tuple[str, str]  # (exchange, exchange symbol)
 TradeKey = tuple[str, str, str]  # (exchange, exchange symbol, trade id)
@@ -589,3 +590,23 @@ class InstrumentBooks:
             bid_depth=bid_depth,
             ask_depth=ask_depth,
         )
+
+
+def configured_books(
+    instrument: str, book: BookConfig, analytics: AnalyticsConfig
+) -> InstrumentBooks:
+    """An instrument's empty books with the configured limits and analytics rules."""
+    return InstrumentBooks(
+        instrument,
+        book.top_n,
+        book.snapshot_interval_ms,
+        book.max_levels,
+        book.max_buffered_updates,
+        AnalyticsRules(
+            quote=group_quote(instrument, analytics.quote_equivalents),
+            nbbo_stale_after_ms=analytics.nbbo_stale_after_ms,
+            bar_intervals_ms=analytics.bar_intervals_ms,
+            depth_band_bps=Decimal(analytics.depth_band_bps),
+            trade_dedup_ms=analytics.trade_dedup_ms,
+        ),
+    )

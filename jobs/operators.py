@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -13,21 +13,21 @@ from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from jobs.bars import WindowKey
 from jobs.book.levels import BookSide, LevelChange
-from jobs.instrument import END_OF_INPUT, AnalyticsRules, BookId, InstrumentBooks, Outputs, TradeKey
+from jobs.instrument import (
+    END_OF_INPUT,
+    BookId,
+    InstrumentBooks,
+    Outputs,
+    TradeKey,
+    configured_books,
+)
 from jobs.matching import BookState
 from jobs.metrics import JobMetrics
-from jobs.nbbo import group_quote
 from jobs.parse.events import ParseError, Trade
-from jobs.sinks.clickhouse import (
-    ClickHouseWriter,
-    ensure_schema,
-    snapshot_row,
-    top_of_book_row,
-    trade_row,
-)
+from jobs.sinks.clickhouse import ClickHouseWriter, ensure_schema, top_of_book_row
 from jobs.sinks.kafka_out import json_record
 from jobs.sinks.redis_books import RedisBatch, RedisBookWriter, RedisNbboWriter
-from jobs.sinks.rows import bar_to_row, late_to_row, matched_to_row, nbbo_to_row
+from jobs.sinks.rows import analytics_rows, frame_rows
 from schemas.codec import EnvelopeError, decode_envelope
 from schemas.control import resync_record
 from schemas.deadletter import dead_letter_record
@@ -72,10 +72,13 @@ def batch_rows(records: Iterator[Any]) -> Iterator[Any]:
         yield ROWS, rows
 
 
-def _result(table: str, row: tuple[Any, ...]) -> Iterator[Any]:
-    """A result row: to ClickHouse (main output) and to its Kafka topic (side output)."""
-    yield table, row
-    yield RESULTS[table], json_record(table, row)
+def _emit(rows: Iterable[tuple[str, tuple[Any, ...]]]) -> Iterator[Any]:
+    """Rows to ClickHouse (main output); those with a result topic also to it (side output)."""
+    for table, row in rows:
+        yield table, row
+        tag = RESULTS.get(table)
+        if tag is not None:
+            yield tag, json_record(table, row)
 
 
 def _level_key(book_id: BookId, side: BookSide, price: Decimal) -> str:
@@ -197,22 +200,7 @@ class InstrumentProcessor(KeyedProcessFunction):
     def _books(self, instrument: str) -> InstrumentBooks:
         books = self._cache.get(instrument)
         if books is None:
-            cfg = self.book_config
-            acfg = self.analytics_config
-            books = InstrumentBooks(
-                instrument,
-                cfg.top_n,
-                cfg.snapshot_interval_ms,
-                cfg.max_levels,
-                cfg.max_buffered_updates,
-                AnalyticsRules(
-                    quote=group_quote(instrument, acfg.quote_equivalents),
-                    nbbo_stale_after_ms=acfg.nbbo_stale_after_ms,
-                    bar_intervals_ms=acfg.bar_intervals_ms,
-                    depth_band_bps=Decimal(acfg.depth_band_bps),
-                    trade_dedup_ms=acfg.trade_dedup_ms,
-                ),
-            )
+            books = configured_books(instrument, self.book_config, self.analytics_config)
             levels: dict[BookId, list[tuple[BookSide, Decimal, Decimal]]] = {}
             for key, size in self.levels.items():
                 exchange, symbol, side, price = key.split("|")
@@ -261,8 +249,8 @@ class InstrumentProcessor(KeyedProcessFunction):
             ctx.timer_service().register_event_time_timer(due)
             self._next_event_timer[books.instrument] = due
 
-    def _emit_analytics(self, books: InstrumentBooks, out: Outputs) -> Iterator[Any]:
-        """Persist what the analytics changed, publish the NBBO, and yield their rows."""
+    def _apply_analytics(self, books: InstrumentBooks, out: Outputs) -> None:
+        """Persist what the analytics changed and publish the NBBO (the rows are the caller's)."""
         for book_id, state in out.history_added:
             self.history.put(_history_key(book_id, state), state)
         for book_id, states in out.history_pruned:
@@ -275,13 +263,6 @@ class InstrumentProcessor(KeyedProcessFunction):
         self._persist_analytics(books)
         for update in out.nbbo:
             self.redis_batch.add_nbbo(update)
-            yield from _result("nbbo", nbbo_to_row(update))
-        for matched in out.matched:
-            yield from _result("matched_trades", matched_to_row(matched))
-        for bar in out.bars:
-            yield from _result("bars", bar_to_row(bar))
-        for late in out.late:
-            yield "late_events", late_to_row(late)
 
     def _persist_analytics(self, books: InstrumentBooks) -> None:
         """Write what changed of the analytics state (re-pickling all the open bar windows per
@@ -332,7 +313,8 @@ class InstrumentProcessor(KeyedProcessFunction):
             out = Outputs()
             books.advance(ctx.timer_service().current_watermark(), out)
             self.metrics.record(out)
-            yield from self._emit_analytics(books, out)
+            self._apply_analytics(books, out)
+            yield from _emit(analytics_rows(out))
             self._schedule_event_timer(ctx, books)
             return
         yield from self._housekeeping(timestamp, ctx, books)
@@ -350,8 +332,8 @@ class InstrumentProcessor(KeyedProcessFunction):
                     f"{view.exchange}|{view.symbol}",
                     books.books[(view.exchange, view.symbol)].meta(),
                 )
-                yield from _result(
-                    "top_of_book", top_of_book_row(view, view.bid_depth, view.ask_depth)
+                yield from _emit(
+                    [("top_of_book", top_of_book_row(view, view.bid_depth, view.ask_depth))]
                 )
         # no NBBO refresh here: a venue ages out of it by event time, when a frame of the
         # instrument comes ``analytics.nbbo_stale_after_ms`` after the venue's last one (by the
@@ -361,7 +343,8 @@ class InstrumentProcessor(KeyedProcessFunction):
         out = Outputs()
         self.metrics.record(out)
         self.metrics.books_not_live(instrument, books.books_not_live())
-        yield from self._emit_analytics(books, out)
+        self._apply_analytics(books, out)
+        yield from _emit(analytics_rows(out))
         for (exchange, symbol), reason in books.due_resyncs(timestamp, cfg.resync_retry_ms):
             self.metrics.inc("resync_requests")
             yield RESYNC_REQUESTS, resync_record(exchange, symbol, reason, timestamp)
@@ -412,17 +395,8 @@ class InstrumentProcessor(KeyedProcessFunction):
         self._schedule_tick(ctx, books.instrument, now)
         for view in out.book_views:
             self.redis_batch.add_book(view)
-        for trade in out.trades:
-            yield "trades", trade_row(trade, env.instrument)
-        for trade in out.late_trades:
-            yield "trades", trade_row(trade, env.instrument, on_time=False)
-        for view in out.snapshots:
-            yield "book_snapshots", snapshot_row(view)
-        for view in out.top_changes:
-            yield from _result(
-                "top_of_book", top_of_book_row(view, view.bid_depth, view.ask_depth)
-            )
-        yield from self._emit_analytics(books, out)
+        self._apply_analytics(books, out)
+        yield from _emit(frame_rows(out, env.instrument))
         self._schedule_event_timer(ctx, books)
         self._queue_redis(ctx, now)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
 from pyflink.common.serialization import ByteArraySchema, SimpleStringSchema
-from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
+from pyflink.datastream import CheckpointingMode, DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
     KafkaOffsetResetStrategy,
@@ -109,8 +109,9 @@ def raw_source(settings: Settings) -> KafkaSource:
     )
 
 
-def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
-    """Wire the whole job graph onto ``env``. Every operator has a name and a stable uid."""
+def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> DataStream:
+    """Wire the whole job graph onto ``env``. Every operator has a name and a stable uid.
+    Returns the books operator's output (a later version of the job can hang more on it)."""
     kafka = settings.kafka
     source = raw_source(settings)
     # event time = the Kafka record timestamp set by the connector; idle partitions must not
@@ -175,6 +176,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> None:
         .name("resync-request-sink")
         .uid("resync-request-sink")
     )
+    return processed
 
 
 def json_sink(

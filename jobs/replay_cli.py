@@ -2,7 +2,7 @@
 its own, for backtests that must see exactly what the live job saw.
 
     tickflow job replay --namespace bt1 --to 2026-11-25T10:00:00Z [--from ...] [--speed 10]
-    tickflow job backfill --day 2026-11-24 [--from ...]
+    tickflow job backfill --day 2026-11-24 [--from ...] [--engine batch|flink] [--workers N]
 
 The replay reads the live raw topic (nothing else of the live job is touched) and writes its
 books, NBBO, matched trades and bars to the namespace: Redis prefix ``<prefix>-replay-<ns>``,
@@ -117,7 +117,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     backfill.add_argument("--from", dest="from_", default="0",
                           help="start reading here (default: the earliest retained record, so "
                                "every book is built from its snapshot)")
-    backfill.add_argument("--wait", action="store_true", help="wait until it finished")
+    backfill.add_argument(
+        "--engine",
+        choices=("batch", "flink"),
+        default="batch",
+        help="batch: the job's logic in worker processes, no Flink (fast; the default); "
+        "flink: the streaming job over the bounded range",
+    )
+    backfill.add_argument("--workers", type=int, default=0,
+                          help="batch engine: processes (default: replay.batch_workers, "
+                               "0 = one per core)")  # fmt: skip
+    backfill.add_argument("--wait", action="store_true",
+                          help="flink engine: wait until it finished (batch always waits)")
     backfill.add_argument("--timeout", type=float, default=3600.0)  # fmt: skip
 
 
@@ -137,6 +148,17 @@ def run(args: argparse.Namespace) -> int:
             env["TICKFLOW__CLICKHOUSE__DATABASE"] = base.clickhouse.database
     os.environ.update(env)  # the Flink client and the job read the same settings
     settings = load_settings()
+    if args.command == "backfill" and args.engine == "batch":
+        from jobs.backfill import run_backfill
+
+        replay = settings.replay
+        report = run_backfill(settings, replay.from_ms, replay.to_ms, args.workers)
+        print(f"backfill {args.day}: {report['frames']} frames -> {report['rows']} rows "
+              f"{report['rows_by_table']} in ClickHouse {settings.clickhouse.database}, "
+              f"{report['dead_letters']} dead letters ({settings.kafka.deadletter_topic}), "
+              f"{report['late']} late; {report['seconds']} s, {report['frames_per_s']} "
+              f"frames/s with {report['workers']} workers")  # fmt: skip
+        return 0
     job_id = submit_replay(settings)
     print(f"{args.command} job {job_id}: Redis {settings.redis.key_prefix}:*, ClickHouse "
           f"{settings.clickhouse.database}, topics *.replay-{args.namespace}")  # fmt: skip

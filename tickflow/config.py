@@ -135,6 +135,8 @@ class ReplayConfig:
     from_ms: int  # first record time replayed; 0: the earliest the topic retains
     to_ms: int  # records before this time are replayed, then the job finishes
     speed: float  # 0: as fast as the job goes; N: N x real time (by record time)
+    batch_workers: int  # the batch backfill's processes; 0: one per core
+    batch_read_records: int  # records per Kafka read in the batch backfill
 
     @property
     def active(self) -> bool:

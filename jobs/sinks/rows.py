@@ -1,13 +1,22 @@
-"""The analytics' results as ClickHouse rows (tables in ``jobs/sinks/clickhouse.py``)."""
+"""Results as ClickHouse rows (tables in ``jobs/sinks/clickhouse.py``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from jobs.bars import Bar
-from jobs.instrument import LateEvent, NbboUpdate
+from jobs.instrument import LateEvent, NbboUpdate, Outputs
 from jobs.matching import MatchedTrade
-from jobs.sinks.clickhouse import bar_row, late_event_row, matched_trade_row, nbbo_row
+from jobs.sinks.clickhouse import (
+    bar_row,
+    late_event_row,
+    matched_trade_row,
+    nbbo_row,
+    snapshot_row,
+    top_of_book_row,
+    trade_row,
+)
 
 
 def nbbo_to_row(update: NbboUpdate) -> tuple[Any, ...]:
@@ -106,3 +115,29 @@ def late_to_row(e: LateEvent) -> tuple[Any, ...]:
         lateness_ms=e.watermark_ms - e.event_time_ms,
         receive_time_ns=e.receive_time_ns,
     )
+
+
+def analytics_rows(out: Outputs) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """The ``(table, row)`` pairs of what the analytics produced: NBBO, matches, bars, late."""
+    for update in out.nbbo:
+        yield "nbbo", nbbo_to_row(update)
+    for matched in out.matched:
+        yield "matched_trades", matched_to_row(matched)
+    for bar in out.bars:
+        yield "bars", bar_to_row(bar)
+    for late in out.late:
+        yield "late_events", late_to_row(late)
+
+
+def frame_rows(out: Outputs, instrument: str) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """The ``(table, row)`` pairs of one frame's outputs (``instrument``: the frame's own):
+    trades, book snapshots and top-of-book changes, then the analytics'."""
+    for trade in out.trades:
+        yield "trades", trade_row(trade, instrument)
+    for trade in out.late_trades:
+        yield "trades", trade_row(trade, instrument, on_time=False)
+    for view in out.snapshots:
+        yield "book_snapshots", snapshot_row(view)
+    for view in out.top_changes:
+        yield "top_of_book", top_of_book_row(view, view.bid_depth, view.ask_depth)
+    yield from analytics_rows(out)

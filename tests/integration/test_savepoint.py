@@ -1,6 +1,7 @@
-"""Stop the pipeline with a savepoint while the exchange keeps trading, resume it from the
-savepoint with another parallelism: the books come back equal to the truth and ClickHouse
-holds every trade exactly once (nothing lost while the job was down, nothing twice)."""
+"""Stop the pipeline with a savepoint while the exchange keeps trading and resume it from the
+savepoint: first with another parallelism, then with changed code that keeps every uid. After
+each resume the books come back equal to the truth and ClickHouse holds every trade exactly
+once (nothing lost while the job was down, nothing twice)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from bench.slice import (
     clickhouse_trades,
@@ -21,6 +23,7 @@ from bench.slice import (
     wait_for,
 )
 from stack import flink
+from tests.integration.upgraded_pipeline import PROBE, UPGRADE_KEY, UPGRADE_VERSION
 from tickflow.config import Settings, load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -28,12 +31,45 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 
 
-def parallelism(settings: Settings, job_id: str) -> int:
+def vertices(settings: Settings, job_id: str) -> list[dict[str, Any]]:
     job: dict[str, Any] = flink.rest(settings, "GET", f"/jobs/{job_id}")
-    return max(int(v["parallelism"]) for v in job["vertices"])
+    return list(job["vertices"])
 
 
-def test_stop_with_savepoint_then_resume_with_parallelism_two(
+def parallelism(settings: Settings, job_id: str) -> int:
+    return max(int(v["parallelism"]) for v in vertices(settings, job_id))
+
+
+def stop_with_savepoint(settings: Settings, job_id: str) -> str:
+    path = flink.stop_with_savepoint(settings, job_id)
+    assert flink.job_state(settings, job_id) == "FINISHED"
+    assert Path(path.removeprefix("file:")).exists()
+    time.sleep(3)  # the exchange keeps trading into Kafka while the job is down
+    return path
+
+
+def assert_books_and_trades_exact(settings: Settings, when: str) -> None:
+    """Pause the exchange; the books equal its truth and ClickHouse holds each trade once."""
+    time.sleep(2)
+    sim_post(settings, "pause")
+    for s in SYMBOLS:
+        wait_for(f"{s} equal to the truth {when}", lambda s=s: equals_truth(
+            settings, "binance", s), 120)  # fmt: skip
+    emitted = sorted(
+        (s, str(t["id"]), Decimal(t["price"]), Decimal(t["qty"]),
+         "sell" if t["is_buyer_maker"] else "buy")
+        for s in SYMBOLS
+        for t in sim_get(settings, f"binance/trades?symbol={s}")["trades"]
+    )  # fmt: skip
+    wait_for(f"every trade in ClickHouse {when}",
+             lambda: len(clickhouse_trades(settings)) >= len(emitted), 60)  # fmt: skip
+    stored = clickhouse_trades(settings)
+    missing = sorted(set(emitted) - set(stored))
+    extra = sorted(set(stored) - set(emitted))
+    assert not missing and not extra, f"{when}: missing {missing[:5]}, unexpected {extra[:5]}"
+
+
+def test_savepoint_resume_with_parallelism_two_then_with_changed_code(
     stack_settings: Settings, tmp_path: Path
 ) -> None:
     with start_slice(tmp_path, exchanges=("binance",), rate_per_symbol=20) as run:
@@ -41,34 +77,30 @@ def test_stop_with_savepoint_then_resume_with_parallelism_two(
         for s in SYMBOLS:
             wait_for(f"{s} LIVE and equal to the truth", lambda s=s: equals_truth(
                 settings, "binance", s), 180)  # fmt: skip
-        path = flink.stop_with_savepoint(settings, run.job_id)
-        assert flink.job_state(settings, run.job_id) == "FINISHED"
-        assert Path(path.removeprefix("file:")).exists()
-        time.sleep(3)  # the exchange keeps trading into Kafka while the job is down
+        path = stop_with_savepoint(settings, run.job_id)
         with patched_environ({"TICKFLOW__FLINK__PARALLELISM": "2"}):
-            resumed = flink.submit_python_job(
+            current = flink.submit_python_job(
                 load_settings(), str(settings.root / "jobs" / "pipeline.py"), [],
                 from_savepoint=path,
             )  # fmt: skip
         try:
-            flink.wait_job_running(settings, resumed, 240)
-            assert parallelism(settings, resumed) == 2
-            time.sleep(2)
-            sim_post(settings, "pause")
-            for s in SYMBOLS:
-                wait_for(f"{s} equal to the truth after the resume", lambda s=s: equals_truth(
-                    settings, "binance", s), 120)  # fmt: skip
-            emitted = sorted(
-                (s, str(t["id"]), Decimal(t["price"]), Decimal(t["qty"]),
-                 "sell" if t["is_buyer_maker"] else "buy")
-                for s in SYMBOLS
-                for t in sim_get(settings, f"binance/trades?symbol={s}")["trades"]
+            flink.wait_job_running(settings, current, 240)
+            assert parallelism(settings, current) == 2
+            assert_books_and_trades_exact(settings, "after the rescale")
+
+            # an upgrade: other operator code under the same uids, and a new operator
+            sim_post(settings, "resume")
+            path = stop_with_savepoint(settings, current)
+            current = flink.submit_python_job(
+                settings, str(settings.root / "tests" / "integration" / "upgraded_pipeline.py"),
+                [], from_savepoint=path,
             )  # fmt: skip
-            wait_for("every trade in ClickHouse",
-                     lambda: len(clickhouse_trades(settings)) >= len(emitted), 60)  # fmt: skip
-            stored = clickhouse_trades(settings)
-            missing = sorted(set(emitted) - set(stored))
-            extra = sorted(set(stored) - set(emitted))
-            assert not missing and not extra, f"missing {missing[:5]}, unexpected {extra[:5]}"
+            flink.wait_job_running(settings, current, 240)
+            assert any(PROBE in v["name"] for v in vertices(settings, current))
+            client = redis.Redis(host=settings.redis.host, port=settings.redis.port)
+            mark = f"{settings.redis.key_prefix}:{UPGRADE_KEY}"
+            wait_for("the upgraded code running", lambda: client.get(mark)
+                     == UPGRADE_VERSION.encode(), 60)  # fmt: skip
+            assert_books_and_trades_exact(settings, "after the upgrade")
         finally:
-            flink.cancel_job(settings, resumed)
+            flink.cancel_job(settings, current)

@@ -1,0 +1,236 @@
+"""The batch backfill: a day of derived tables rebuilt from the raw topic without Flink.
+
+    tickflow job backfill --day 2026-11-24            # batch engine, one process per core
+    tickflow job backfill --day 2026-11-24 --engine flink   # the streaming job, bounded
+
+Each raw-topic partition is read from the offset of the range's start to the offset of its
+end and run through ``jobs.batch.PartitionBooks`` (the job's own logic); its rows go to the
+live ClickHouse database in large inserts, its dead letters to the backfill's dead-letter
+topic. Partitions are independent (the connectors partition by instrument) and are spread
+over worker processes, largest first. The rows are the ones the job writes, with the same
+identities, so ReplacingMergeTree keeps one of each: running it again changes nothing, and it
+can run while the live job writes. Redis (live state, not history) is not touched.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from typing import Any
+
+from jobs.batch import PartitionBooks, Row
+from jobs.sinks.clickhouse import ClickHouseWriter, ensure_schema
+from tickflow.config import Settings
+
+IDLE_TIMEOUT_S = 60.0  # no record for this long before the range's end: the broker is gone
+OFFSET_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class PartitionRange:
+    partition: int
+    start: int  # first offset read
+    end: int  # first offset not read
+
+    @property
+    def records(self) -> int:
+        return max(0, self.end - self.start)
+
+
+def _consumer(settings: Settings) -> Any:
+    from confluent_kafka import Consumer
+
+    kafka = settings.kafka
+    return Consumer({
+        "bootstrap.servers": kafka.bootstrap,
+        "security.protocol": kafka.security_protocol,
+        "group.id": f"{settings.flink.consumer_group}-batch-backfill",
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": 16 * 1024 * 1024,
+    })  # fmt: skip
+
+
+def partition_ranges(settings: Settings, from_ms: int, to_ms: int) -> list[PartitionRange]:
+    """Per partition of the raw topic, the offsets of the records in [from_ms, to_ms)."""
+    from confluent_kafka import TopicPartition
+
+    topic = settings.kafka.raw_topic
+    consumer = _consumer(settings)
+    try:
+        meta = consumer.list_topics(topic, timeout=OFFSET_TIMEOUT_S).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise RuntimeError(f"raw topic {topic!r} not found on {settings.kafka.bootstrap}")
+        ranges = []
+        for partition in sorted(meta.partitions):
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=OFFSET_TIMEOUT_S
+            )
+
+            def offset_at(time_ms: int, partition: int = partition, high: int = high) -> int:
+                found = consumer.offsets_for_times(
+                    [TopicPartition(topic, partition, time_ms)], timeout=OFFSET_TIMEOUT_S
+                )[0].offset
+                return high if found < 0 else found  # no record at or after it: the end
+
+            start = offset_at(from_ms) if from_ms > 0 else low
+            ranges.append(PartitionRange(partition, start, offset_at(to_ms)))
+        return ranges
+    finally:
+        consumer.close()
+
+
+class RowWriter:
+    """Rows to ClickHouse in inserts of ``batch_rows`` per table (and the rest at the end)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.writer = ClickHouseWriter(settings.clickhouse)
+        self.batch_rows = settings.clickhouse.insert_batch_rows
+        self.pending: dict[str, list[Row]] = {}
+        self.inserted: dict[str, int] = {}
+
+    def add(self, rows: dict[str, list[Row]]) -> None:
+        for table, new in rows.items():
+            pending = self.pending.setdefault(table, [])
+            pending.extend(new)
+            if len(pending) >= self.batch_rows:
+                self._insert(table)
+
+    def _insert(self, table: str) -> None:
+        rows = self.pending.pop(table, [])
+        if rows:
+            self.inserted[table] = self.inserted.get(table, 0) + self.writer.insert(table, rows)
+
+    def flush(self) -> None:
+        for table in list(self.pending):
+            self._insert(table)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def backfill_partition(settings: Settings, part: PartitionRange) -> dict[str, Any]:
+    """Read one partition's range, run it through the job's logic, write its rows."""
+    from confluent_kafka import KafkaError, Producer, TopicPartition
+
+    started = time.monotonic()
+    books = PartitionBooks(settings)
+    writer = RowWriter(settings)
+    read_batch = settings.replay.batch_read_records
+    topic = settings.kafka.raw_topic
+    consumer = _consumer(settings)
+    letters: list[str] = []
+    try:
+        if part.records:
+            consumer.assign([TopicPartition(topic, part.partition, part.start)])
+            last = part.end - 1
+            idle_since = time.monotonic()
+            done = False
+            while not done:
+                messages = consumer.consume(num_messages=read_batch, timeout=1.0)
+                if not messages:
+                    (position,) = consumer.position([TopicPartition(topic, part.partition)])
+                    if position.offset >= part.end:
+                        break  # the range ends with offsets that hold no record
+                    if time.monotonic() - idle_since > IDLE_TIMEOUT_S:
+                        raise RuntimeError(
+                            f"partition {part.partition}: no record for {IDLE_TIMEOUT_S:.0f} s "
+                            f"at offset {position.offset} of [{part.start}, {part.end})"
+                        )
+                    continue
+                idle_since = time.monotonic()
+                for message in messages:
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            continue
+                        raise RuntimeError(f"partition {part.partition}: {error}")
+                    offset = message.offset()
+                    if offset >= part.end:
+                        done = True
+                        break
+                    books.feed(message.value(), message.timestamp()[1])
+                    if offset >= last:
+                        done = True
+                writer.add(books.take_rows())
+                letters.extend(books.take_dead_letters())
+        books.finish()
+        writer.add(books.take_rows())
+        writer.flush()
+        letters.extend(books.take_dead_letters())
+        if letters:
+            producer = Producer({
+                "bootstrap.servers": settings.kafka.bootstrap,
+                "security.protocol": settings.kafka.security_protocol,
+                "enable.idempotence": True,
+            })  # fmt: skip
+            for letter in letters:
+                producer.produce(settings.kafka.deadletter_topic, letter.encode())
+                producer.poll(0)
+            if producer.flush(OFFSET_TIMEOUT_S):
+                raise RuntimeError("dead letters not acknowledged by the broker")
+    finally:
+        consumer.close()
+        writer.close()
+    return {
+        "partition": part.partition,
+        **asdict(books.counts),
+        "rows_by_table": writer.inserted,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+
+
+def run_backfill(
+    settings: Settings,
+    from_ms: int,
+    to_ms: int,
+    workers: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Backfill [from_ms, to_ms) of the raw topic into ``settings.clickhouse.database``."""
+    from stack.topics import ensure_topics
+
+    started = time.monotonic()
+    workers = workers or settings.replay.batch_workers or os.cpu_count() or 1
+    ensure_schema(settings.clickhouse)
+    ensure_topics(settings)
+    ranges = sorted(
+        (r for r in partition_ranges(settings, from_ms, to_ms) if r.records),
+        key=lambda r: -r.records,
+    )
+    total = sum(r.records for r in ranges)
+    log(f"backfill: {total} records in {len(ranges)} partitions, {workers} worker processes")
+    results: list[dict[str, Any]] = []
+    if workers == 1:
+        results = [backfill_partition(settings, r) for r in ranges]
+    else:
+        # spawned, not forked: each worker opens its own Kafka and ClickHouse clients
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(backfill_partition, settings, r) for r in ranges]
+            for future in as_completed(futures):
+                result = future.result()
+                results.append(result)
+                log(f"  partition {result['partition']}: {result['frames']} frames, "
+                    f"{result['rows']} rows in {result['seconds']} s")  # fmt: skip
+    seconds = time.monotonic() - started
+    rows_by_table: dict[str, int] = {}
+    for result in results:
+        for table, n in result["rows_by_table"].items():
+            rows_by_table[table] = rows_by_table.get(table, 0) + n
+    frames = sum(r["frames"] for r in results)
+    return {
+        "frames": frames,
+        "rows": sum(rows_by_table.values()),
+        "rows_by_table": dict(sorted(rows_by_table.items())),
+        "dead_letters": sum(r["dead_letters"] for r in results),
+        "late": sum(r["late"] for r in results),
+        "partitions": sorted(results, key=lambda r: r["partition"]),
+        "workers": workers,
+        "seconds": round(seconds, 2),
+        "frames_per_s": round(frames / seconds) if seconds > 0 else 0,
+    }
