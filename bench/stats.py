@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -125,8 +126,28 @@ def target_entry(measured: float | None, unit: str, **conditions: Any) -> dict[s
     return {"measured": measured, "unit": unit, "conditions": conditions}
 
 
+def code_revision() -> str:
+    """The git commit measured, ``+`` if the tree had uncommitted changes; ``unknown`` outside
+    a checkout."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+
+    try:
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return git("rev-parse", "--short=12", "HEAD") + ("+" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def write_results(name: str, result: dict[str, Any], out: Path | None = None) -> Path:
-    """Write ``result`` as bench/results/<name>.json (or ``out``); the path written."""
+    """Write ``result`` as bench/results/<name>.json (or ``out``), stamped with the revision
+    measured and the time; the path written."""
+    result.setdefault("revision", code_revision())
+    result.setdefault("written", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     path = out or RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")

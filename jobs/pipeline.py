@@ -215,6 +215,7 @@ def create_environment(settings: Settings) -> StreamExecutionEnvironment:
     conf.set_string("state.backend.type", settings.flink.state_backend)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(settings.flink.parallelism)
+    env.set_buffer_timeout(settings.flink.buffer_timeout_ms)
     env.enable_checkpointing(settings.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     if settings.flink.ship_connector_jars:
         from stack.jars import flink_connector_jars  # the stack resolves the pinned jars

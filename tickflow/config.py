@@ -110,6 +110,8 @@ class FlinkConfig:
     parallelism: int
     python_execution_mode: str
     checkpoint_interval_ms: int
+    # longest a record waits in a network buffer between operators before it is sent
+    buffer_timeout_ms: int
     watermark_out_of_orderness_ms: int
     watermark_idle_timeout_ms: int
     consumer_group: str

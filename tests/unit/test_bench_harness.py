@@ -73,6 +73,7 @@ def test_write_results(tmp_path: Path) -> None:
     path = write_results("x", {"targets": {"t": target_entry(1.5, "ms", a=1)}}, tmp_path / "x.json")
     data = json.loads(path.read_text())
     assert data["targets"]["t"] == {"measured": 1.5, "unit": "ms", "conditions": {"a": 1}}
+    assert len(data["revision"].rstrip("+")) == 12 and data["written"].endswith("Z")
 
 
 # -- summary -------------------------------------------------------------------------------------
