@@ -116,7 +116,9 @@ class RowWriter:
 
 def backfill_partition(settings: Settings, part: PartitionRange) -> dict[str, Any]:
     """Read one partition's range, run it through the job's logic, write its rows."""
-    from confluent_kafka import KafkaError, Producer, TopicPartition
+    from confluent_kafka import KafkaError, TopicPartition
+
+    from connectors.producer import KafkaSink
 
     started = time.monotonic()
     books = PartitionBooks(settings)
@@ -164,16 +166,16 @@ def backfill_partition(settings: Settings, part: PartitionRange) -> dict[str, An
         writer.flush()
         letters.extend(books.take_dead_letters())
         if letters:
-            producer = Producer({
-                "bootstrap.servers": settings.kafka.bootstrap,
-                "security.protocol": settings.kafka.security_protocol,
-                "enable.idempotence": True,
-            })  # fmt: skip
+            # the connectors' producer: it also counts deliveries the broker refused
+            sink = KafkaSink(settings.kafka, overrides={"client.id": "tickflow-backfill"})
             for letter in letters:
-                producer.produce(settings.kafka.deadletter_topic, letter.encode())
-                producer.poll(0)
-            if producer.flush(OFFSET_TIMEOUT_S):
-                raise RuntimeError("dead letters not acknowledged by the broker")
+                sink.dead_letter(letter)
+            sink.close(OFFSET_TIMEOUT_S)
+            if sink.failed:
+                raise RuntimeError(
+                    f"{sink.failed} of {len(letters)} dead letters not delivered to "
+                    f"{settings.kafka.deadletter_topic}"
+                )
     finally:
         consumer.close()
         writer.close()
