@@ -61,6 +61,13 @@ verify: venv ## fresh faulted run, all exchanges: books = truth, versions, Krake
 
 .PHONY: verify
 
+backfill-day: venv ## a simulated day of >= 50 M frames into Kafka (once, ~75 min), then its batch backfill, timed
+	$(BIN)/tickflow stack up
+	$(BIN)/python -m bench.backfill_day generate --if-missing $(DAY_ARGS)
+	$(BIN)/python -m bench.backfill_day run $(DAY_ARGS)
+
+.PHONY: backfill-day
+
 chaos: venv ## failure drill: 12 kills (TaskManager, Python, JobManager, Kafka, ClickHouse, Redis) vs a fault-free run
 	$(BIN)/tickflow stack up
 	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)

@@ -7,38 +7,84 @@ Each raw-topic partition is read from the offset of the range's start to the off
 end and run through ``jobs.batch.PartitionBooks`` (the job's own logic); its rows go to the
 live ClickHouse database in large inserts, its dead letters to the backfill's dead-letter
 topic. Partitions are independent (the connectors partition by instrument) and are spread
-over worker processes, largest first. The rows are the ones the job writes, with the same
-identities, so ReplacingMergeTree keeps one of each: running it again changes nothing, and it
-can run while the live job writes. Redis (live state, not history) is not touched.
+over worker processes, largest first; a partition too large to share out evenly is split by
+instrument (``split_by_instrument``), instruments being independent too. The rows are the
+ones the job writes, with the same identities, so ReplacingMergeTree keeps one of each:
+running it again changes nothing, and it can run while the live job writes. Redis (live
+state, not history) is not touched.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from typing import Any
 
 from jobs.batch import PartitionBooks, Row
 from jobs.sinks.clickhouse import ClickHouseWriter, ensure_schema
+from schemas.codec import EnvelopeError, decode_envelope
 from tickflow.config import Settings
+from tickflow.instruments import nbbo_group
 
 IDLE_TIMEOUT_S = 60.0  # no record for this long before the range's end: the broker is gone
 OFFSET_TIMEOUT_S = 30.0
+GROUP_SAMPLE_RECORDS = 20_000  # read from a partition's start to learn its instruments' shares
 
 
 @dataclass(frozen=True)
 class PartitionRange:
+    """A range of one partition, and which of its instruments (NBBO groups) to process:
+    ``only`` these, or else all but ``others`` (the partition's remainder, including any
+    instrument first seen after the sample that split it)."""
+
     partition: int
     start: int  # first offset read
     end: int  # first offset not read
+    only: frozenset[str] = frozenset()
+    others: frozenset[str] = frozenset()
+    share: float = 1.0  # estimated fraction of the range's records processed
 
     @property
     def records(self) -> int:
         return max(0, self.end - self.start)
+
+    @property
+    def work(self) -> float:
+        return self.records * self.share
+
+    def label(self) -> str:
+        if self.only:
+            return f"partition {self.partition} ({', '.join(sorted(self.only))})"
+        if self.others:
+            return f"partition {self.partition} (all but {', '.join(sorted(self.others))})"
+        return f"partition {self.partition}"
+
+
+class InstrumentFilter:
+    """Whether a record belongs to a range's instruments, from its key (each key is one
+    book, so one instrument: the envelope is decoded once per key)."""
+
+    def __init__(self, part: PartitionRange, equivalents: dict[str, str]) -> None:
+        self.only, self.others = part.only, part.others
+        self.equivalents = equivalents
+        self._groups: dict[bytes, str] = {}
+
+    def __call__(self, key: bytes | None, value: bytes) -> bool:
+        group = self._groups.get(key) if key is not None else None
+        if group is None:
+            try:
+                env = decode_envelope(value)
+            except EnvelopeError:
+                return not self.only  # the remainder's worker dead-letters it
+            group = nbbo_group(env.instrument, self.equivalents)
+            if key is not None:
+                self._groups[key] = group
+        return group in self.only if self.only else group not in self.others
 
 
 def _consumer(settings: Settings) -> Any:
@@ -85,6 +131,68 @@ def partition_ranges(settings: Settings, from_ms: int, to_ms: int) -> list[Parti
         consumer.close()
 
 
+def sample_groups(settings: Settings, part: PartitionRange) -> Counter[str]:
+    """Records per instrument (NBBO group) among the first ``GROUP_SAMPLE_RECORDS`` of a
+    range."""
+    from confluent_kafka import TopicPartition
+
+    equivalents = dict(settings.analytics.quote_equivalents)
+    counts: Counter[str] = Counter()
+    wanted = min(part.records, GROUP_SAMPLE_RECORDS)
+    consumer = _consumer(settings)
+    try:
+        consumer.assign([TopicPartition(settings.kafka.raw_topic, part.partition, part.start)])
+        seen = 0
+        deadline = time.monotonic() + IDLE_TIMEOUT_S
+        while seen < wanted and time.monotonic() < deadline:
+            for message in consumer.consume(num_messages=wanted - seen, timeout=1.0):
+                if message.error() is not None:
+                    continue
+                seen += 1
+                try:
+                    instrument = decode_envelope(message.value()).instrument
+                except EnvelopeError:
+                    continue  # the worker that meets it dead-letters it
+                counts[nbbo_group(instrument, equivalents)] += 1
+    finally:
+        consumer.close()
+    return counts
+
+
+def split_by_instrument(
+    settings: Settings, ranges: list[PartitionRange], workers: int
+) -> list[PartitionRange]:
+    """Partitions too large for the workers to share evenly, split by instrument.
+
+    The connectors put every instrument of a partition in it, so a partition holding three
+    busy instruments is three times the work of one: with partitions as the only unit, one
+    worker can be left with most of the day. A partition larger than half a worker's fair
+    share becomes one range per instrument seen in its first records (each re-reads the
+    partition and processes its own instrument's records). Each key's records are one book,
+    hence one instrument, so the split never divides a book or an NBBO group.
+    """
+    total = sum(r.records for r in ranges)
+    if workers < 2 or not total:
+        return ranges
+    out: list[PartitionRange] = []
+    for part in ranges:
+        if part.records <= total / workers / 2:
+            out.append(part)
+            continue
+        counts = sample_groups(settings, part)
+        if len(counts) < 2:
+            out.append(part)
+            continue
+        sampled = sum(counts.values())
+        ordered = [group for group, _ in counts.most_common()]
+        for group in ordered[:-1]:
+            out.append(replace(part, only=frozenset([group]), share=counts[group] / sampled))
+        out.append(replace(
+            part, others=frozenset(ordered[:-1]), share=counts[ordered[-1]] / sampled
+        ))  # fmt: skip
+    return out
+
+
 class RowWriter:
     """Rows to ClickHouse in inserts of ``batch_rows`` per table (and the rest at the end)."""
 
@@ -127,6 +235,9 @@ def backfill_partition(settings: Settings, part: PartitionRange) -> dict[str, An
     topic = settings.kafka.raw_topic
     consumer = _consumer(settings)
     letters: list[str] = []
+    selects = None
+    if part.only or part.others:
+        selects = InstrumentFilter(part, dict(settings.analytics.quote_equivalents))
     try:
         if part.records:
             consumer.assign([TopicPartition(topic, part.partition, part.start)])
@@ -156,7 +267,11 @@ def backfill_partition(settings: Settings, part: PartitionRange) -> dict[str, An
                     if offset >= part.end:
                         done = True
                         break
-                    books.feed(message.value(), message.timestamp()[1])
+                    value = message.value()
+                    if selects is None or selects(message.key(), value):
+                        books.feed(value, message.timestamp()[1])
+                    else:
+                        books.tick(message.timestamp()[1])
                     if offset >= last:
                         done = True
                 writer.add(books.take_rows())
@@ -181,6 +296,7 @@ def backfill_partition(settings: Settings, part: PartitionRange) -> dict[str, An
         writer.close()
     return {
         "partition": part.partition,
+        "range": part.label(),
         **asdict(books.counts),
         "rows_by_table": writer.inserted,
         "seconds": round(time.monotonic() - started, 2),
@@ -201,12 +317,13 @@ def run_backfill(
     workers = workers or settings.replay.batch_workers or os.cpu_count() or 1
     ensure_schema(settings.clickhouse)
     ensure_topics(settings)
-    ranges = sorted(
-        (r for r in partition_ranges(settings, from_ms, to_ms) if r.records),
-        key=lambda r: -r.records,
-    )
+    ranges = [r for r in partition_ranges(settings, from_ms, to_ms) if r.records]
     total = sum(r.records for r in ranges)
-    log(f"backfill: {total} records in {len(ranges)} partitions, {workers} worker processes")
+    partitions = len(ranges)
+    # largest first: the last to start are the shortest
+    ranges = sorted(split_by_instrument(settings, ranges, workers), key=lambda r: -r.work)
+    log(f"backfill: {total} records in {partitions} partitions ({len(ranges)} ranges), "
+        f"{workers} worker processes")  # fmt: skip
     results: list[dict[str, Any]] = []
     if workers == 1:
         results = [backfill_partition(settings, r) for r in ranges]
@@ -217,7 +334,7 @@ def run_backfill(
             for future in as_completed(futures):
                 result = future.result()
                 results.append(result)
-                log(f"  partition {result['partition']}: {result['frames']} frames, "
+                log(f"  {result['range']}: {result['frames']} frames, "
                     f"{result['rows']} rows in {result['seconds']} s")  # fmt: skip
     seconds = time.monotonic() - started
     rows_by_table: dict[str, int] = {}
@@ -231,7 +348,7 @@ def run_backfill(
         "rows_by_table": dict(sorted(rows_by_table.items())),
         "dead_letters": sum(r["dead_letters"] for r in results),
         "late": sum(r["late"] for r in results),
-        "partitions": sorted(results, key=lambda r: r["partition"]),
+        "partitions": sorted(results, key=lambda r: (r["partition"], r["range"])),
         "workers": workers,
         "seconds": round(seconds, 2),
         "frames_per_s": round(frames / seconds) if seconds > 0 else 0,

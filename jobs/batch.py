@@ -100,6 +100,12 @@ class PartitionBooks:
         """One raw record (its Kafka value and timestamp)."""
         self.counts.frames += 1
         self._process(value)
+        self.tick(timestamp_ms)
+
+    def tick(self, timestamp_ms: int) -> None:
+        """A record of the partition that another worker processes (its instrument is not
+        ours): it moves the partition's watermark all the same, so our rows are the ones the
+        whole partition gives."""
         # as in the job, a record's own timestamp moves the watermark only after it
         if timestamp_ms > self._latest_ms:
             self._latest_ms = timestamp_ms

@@ -125,3 +125,41 @@ def test_backfill_settings_write_the_live_database() -> None:
     env = backfill_overrides(settings, datetime.date(2026, 11, 24), 0)
     assert env["TICKFLOW__CLICKHOUSE__DATABASE"] == settings.clickhouse.database
     assert int(env["TICKFLOW__REPLAY__TO_MS"]) == 1_795_564_800_000  # 2026-11-25T00:00Z
+
+
+def test_a_partition_split_by_instrument_gives_the_whole_partitions_rows(
+    dataset: Dataset,
+) -> None:
+    from jobs.backfill import InstrumentFilter, PartitionRange
+
+    settings = base_settings()
+    equivalents = dict(settings.analytics.quote_equivalents)
+    groups = sorted({group for *_, group in dataset.records})
+    assert len(groups) > 2
+    whole = run(settings, dataset.records).take_rows()
+    part = PartitionRange(0, 0, len(dataset.records))
+    ranges = [dataclasses.replace(part, only=frozenset([g])) for g in groups[:2]]
+    ranges.append(dataclasses.replace(part, others=frozenset(groups[:2])))
+    merged: dict[str, list[tuple[Any, ...]]] = {}
+    frames = 0
+    for share in ranges:
+        selects = InstrumentFilter(share, equivalents)
+        books = PartitionBooks(settings)
+        for key, value, timestamp_ms, group in dataset.records:
+            if selects(key, value):
+                assert share.label() and (group in share.only or group not in share.others)
+                books.feed(value, timestamp_ms)
+            else:
+                books.tick(timestamp_ms)
+        books.finish()
+        frames += books.counts.frames
+        for table, rows in books.take_rows().items():
+            merged.setdefault(table, []).extend(rows)
+    assert frames == len(dataset.records)
+    assert counted(merged) == counted(whole)
+    # undecodable: only the remainder's worker takes it (and dead-letters it)
+    assert [InstrumentFilter(r, equivalents)(b"k", b"\x00garbage") for r in ranges] == [
+        False,
+        False,
+        True,
+    ]
