@@ -16,6 +16,7 @@ state, not history) is not touched.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import Counter
@@ -164,32 +165,47 @@ def split_by_instrument(
 ) -> list[PartitionRange]:
     """Partitions too large for the workers to share evenly, split by instrument.
 
-    The connectors put every instrument of a partition in it, so a partition holding three
-    busy instruments is three times the work of one: with partitions as the only unit, one
-    worker can be left with most of the day. A partition larger than half a worker's fair
-    share becomes one range per instrument seen in its first records (each re-reads the
-    partition and processes its own instrument's records). Each key's records are one book,
-    hence one instrument, so the split never divides a book or an NBBO group.
+    The connectors put every instrument of a partition in it, so a partition can hold many
+    busy instruments: with partitions as the only unit, one worker can be left with most of
+    the day. A partition larger than half a worker's fair share is cut into as many pieces as
+    it holds such halves, its instruments (seen in its first records) spread over them by
+    their share of those records. Each piece re-reads the partition and processes its own
+    instruments' records. A key's records are one book, hence one instrument, so a piece
+    never divides a book or an NBBO group.
     """
     total = sum(r.records for r in ranges)
     if workers < 2 or not total:
         return ranges
+    piece_records = total / workers / 2
     out: list[PartitionRange] = []
     for part in ranges:
-        if part.records <= total / workers / 2:
+        pieces = math.ceil(part.records / piece_records)
+        if pieces < 2:
             out.append(part)
             continue
-        counts = sample_groups(settings, part)
-        if len(counts) < 2:
-            out.append(part)
-            continue
-        sampled = sum(counts.values())
-        ordered = [group for group, _ in counts.most_common()]
-        for group in ordered[:-1]:
-            out.append(replace(part, only=frozenset([group]), share=counts[group] / sampled))
-        out.append(replace(
-            part, others=frozenset(ordered[:-1]), share=counts[ordered[-1]] / sampled
-        ))  # fmt: skip
+        out.extend(split_range(part, sample_groups(settings, part), pieces))
+    return out
+
+
+def split_range(part: PartitionRange, counts: Counter[str], pieces: int) -> list[PartitionRange]:
+    """``part`` in up to ``pieces`` ranges of whole instruments, as even as ``counts`` (records
+    per instrument in a sample) allow; the last takes every instrument the others do not."""
+    pieces = min(pieces, len(counts))
+    if pieces < 2:
+        return [part]
+    groups: list[list[str]] = [[] for _ in range(pieces)]
+    loads = [0] * pieces
+    for group, n in counts.most_common():  # largest first, each to the lightest piece
+        lightest = loads.index(min(loads))
+        groups[lightest].append(group)
+        loads[lightest] += n
+    sampled = sum(counts.values())
+    out = [
+        replace(part, only=frozenset(piece), share=load / sampled)
+        for piece, load in zip(groups[:-1], loads[:-1], strict=True)
+    ]
+    listed = frozenset(g for piece in groups[:-1] for g in piece)
+    out.append(replace(part, others=listed, share=loads[-1] / sampled))
     return out
 
 

@@ -163,3 +163,19 @@ def test_a_partition_split_by_instrument_gives_the_whole_partitions_rows(
         False,
         True,
     ]
+
+
+def test_a_large_partition_is_cut_into_even_pieces_of_whole_instruments() -> None:
+    from jobs.backfill import PartitionRange, split_range
+
+    part = PartitionRange(3, 100, 1100)
+    counts = Counter({"a": 5, "b": 3, "c": 2, "d": 2})
+    pieces = split_range(part, counts, 2)
+    assert [(p.only, p.others) for p in pieces] == [
+        (frozenset("ad"), frozenset()),
+        (frozenset(), frozenset("ad")),  # b, c and any instrument not sampled
+    ]
+    assert [round(p.work) for p in pieces] == [583, 417]
+    assert all((p.partition, p.start, p.end) == (3, 100, 1100) for p in pieces)
+    assert split_range(part, Counter({"a": 9}), 2) == [part]  # one instrument: whole
+    assert len(split_range(part, counts, 9)) == 4  # never more pieces than instruments
