@@ -218,7 +218,7 @@ TARGETS: tuple[Target, ...] = (
         Source("book_pipeline.json", pipeline_lag_at_peak, "python -m bench.book_pipeline"),
     )),
     Target("batch_day", "1-day batch (backfill)", 10, "min", "lower", (
-        _src("backfill_day.json", "batch_day", "make backfill-day"),
+        _src("backfill_day.json", "batch_day", "python -m bench.backfill_day run"),
         _src("backfill.json", "batch_day", "python -m bench.backfill"),
     )),
     Target("chaos_records_lost", "records lost or duplicated across injected failures", 1,
