@@ -525,11 +525,7 @@ def stop_with_savepoint(
         )
     # the CLI returns once the savepoint is complete; the job reaches FINISHED a moment later,
     # and resuming from the savepoint while it still runs would double its output
-    if not wait_until(lambda: job_state(settings, job_id) in TERMINAL_STATES, timeout / 5):
-        raise StackError(
-            f"flink: {job_id} still {job_state(settings, job_id)} {timeout / 5:.0f} s after "
-            f"its final savepoint {match.group(1)}"
-        )
+    wait_job_finished(settings, job_id, timeout / 5)
     return match.group(1)
 
 
