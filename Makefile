@@ -17,7 +17,15 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e '.[test,dev]'
 	touch $@
 
-venv: $(BIN)/.installed ## create .venv with the project and its tools
+# the compiled batch engine (Rust, PyO3): rebuilt when its sources change; rustup's cargo
+# may not be on a non-login shell's PATH
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+NATIVE_SRC := $(shell find jobs/native/src -name '*.rs') jobs/native/Cargo.toml jobs/native/Cargo.lock jobs/native/pyproject.toml jobs/native/tickflow_native.pyi
+$(BIN)/.native: $(BIN)/.installed $(NATIVE_SRC)
+	$(BIN)/pip install -q ./jobs/native
+	touch $@
+
+venv: $(BIN)/.installed $(BIN)/.native ## create .venv with the project, its tools and the compiled engine
 
 run: venv ## stack + simulator + connector + Flink job, then a live view of the books
 	$(BIN)/tickflow demo up
@@ -27,7 +35,8 @@ stop: venv ## stop the demo processes and the local stack
 	$(BIN)/tickflow demo down
 	$(BIN)/tickflow stack down
 
-test: venv ## the test suite (unit + integration on the real local stack) with coverage
+test: venv ## the test suite (the compiled engine's Rust tests, then unit + integration on the real local stack, with coverage)
+	cd jobs/native && cargo test --no-default-features -q
 	$(BIN)/pytest --cov --cov-report=term --cov-report=xml --cov-fail-under=80 $(PYTEST_ARGS)
 
 unit: venv ## unit tests only (no servers)

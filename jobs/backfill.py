@@ -20,15 +20,16 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from typing import Any
 
 from jobs.batch import PartitionBooks, Row
-from jobs.sinks.clickhouse import ClickHouseWriter, ensure_schema
+from jobs.sinks.clickhouse import ClickHouseWriter, RowBinaryWriter, ensure_schema
 from schemas.codec import EnvelopeError, decode_envelope
+from schemas.deadletter import dead_letter_record
 from tickflow.config import Settings
 from tickflow.instruments import nbbo_group
 
@@ -238,64 +239,178 @@ class RowWriter:
         self.writer.close()
 
 
+def _read_range(
+    consumer: Any, topic: str, part: PartitionRange, read_batch: int
+) -> Iterator[list[Any]]:
+    """The range's records in offset order, in batches of Kafka messages (the consumer is
+    assigned to the range's start)."""
+    from confluent_kafka import KafkaError, TopicPartition
+
+    last = part.end - 1
+    idle_since = time.monotonic()
+    done = False
+    while not done:
+        messages = consumer.consume(num_messages=read_batch, timeout=1.0)
+        if not messages:
+            (position,) = consumer.position([TopicPartition(topic, part.partition)])
+            if position.offset >= part.end:
+                return  # the range ends with offsets that hold no record
+            if time.monotonic() - idle_since > IDLE_TIMEOUT_S:
+                raise RuntimeError(
+                    f"partition {part.partition}: no record for {IDLE_TIMEOUT_S:.0f} s "
+                    f"at offset {position.offset} of [{part.start}, {part.end})"
+                )
+            continue
+        idle_since = time.monotonic()
+        batch = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise RuntimeError(f"partition {part.partition}: {error}")
+            offset = message.offset()
+            if offset >= part.end:
+                done = True
+                break
+            batch.append(message)
+            if offset >= last:
+                done = True
+                break
+        if batch:
+            yield batch
+
+
+class PythonEngine:
+    """``jobs.batch.PartitionBooks``: the job's own Python logic; rows through the driver."""
+
+    def __init__(self, settings: Settings, part: PartitionRange) -> None:
+        self.books = PartitionBooks(settings)
+        self.writer = RowWriter(settings)
+        self.selects = None
+        if part.only or part.others:
+            self.selects = InstrumentFilter(part, dict(settings.analytics.quote_equivalents))
+
+    def feed(self, messages: list[Any]) -> list[str]:
+        books, selects = self.books, self.selects
+        for message in messages:
+            value = message.value()
+            if selects is None or selects(message.key(), value):
+                books.feed(value, message.timestamp()[1])
+            else:
+                books.tick(message.timestamp()[1])
+        self.writer.add(books.take_rows())
+        return books.take_dead_letters()
+
+    def finish(self) -> list[str]:
+        self.books.finish()
+        self.writer.add(self.books.take_rows())
+        self.writer.flush()
+        return self.books.take_dead_letters()
+
+    def counts(self) -> dict[str, int]:
+        return asdict(self.books.counts)
+
+    def inserted(self) -> dict[str, int]:
+        return self.writer.inserted
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def native_partition(settings: Settings, part: PartitionRange) -> Any:
+    """The compiled engine (``jobs/native``) configured as the job is."""
+    try:
+        import tickflow_native
+    except ImportError as exc:
+        raise RuntimeError(
+            "replay.batch_engine is native but the compiled engine is not installed: "
+            "`make venv` builds it (jobs/native, needs cargo), or set "
+            "TICKFLOW__REPLAY__BATCH_ENGINE=python"
+        ) from exc
+    book, analytics = settings.book, settings.analytics
+    return tickflow_native.NativePartition(
+        top_n=book.top_n,
+        snapshot_interval_ms=book.snapshot_interval_ms,
+        max_levels=book.max_levels,
+        max_buffered=book.max_buffered_updates,
+        nbbo_stale_after_ms=analytics.nbbo_stale_after_ms,
+        bar_intervals_ms=list(analytics.bar_intervals_ms),
+        depth_band_bps=str(analytics.depth_band_bps),
+        trade_dedup_ms=analytics.trade_dedup_ms,
+        quote_equivalents=sorted(analytics.quote_equivalents.items()),
+        out_of_orderness_ms=settings.flink.watermark_out_of_orderness_ms,
+        only=sorted(part.only),
+        others=sorted(part.others),
+    )
+
+
+class NativeEngine:
+    """The compiled engine: every frame's work in Rust, rows as RowBinary over HTTP."""
+
+    def __init__(self, settings: Settings, part: PartitionRange) -> None:
+        self.books = native_partition(settings, part)
+        self.writer = RowBinaryWriter(settings.clickhouse)
+        self.batch_rows = settings.clickhouse.insert_batch_rows
+        self.inserted_rows: dict[str, int] = {}
+
+    def _insert(self, min_rows: int) -> None:
+        for table, data, rows in self.books.take_tables(min_rows):
+            self.writer.insert(table, data, rows)
+            self.inserted_rows[table] = self.inserted_rows.get(table, 0) + rows
+
+    def _letters(self) -> list[str]:
+        letters = []
+        for reason, value, envelope_ok in self.books.take_dead_letters():
+            if envelope_ok:
+                env = decode_envelope(value)
+                letters.append(dead_letter_record("job", reason, env.payload, env))
+            else:
+                letters.append(dead_letter_record("job", reason, value))
+        return letters
+
+    def feed(self, messages: list[Any]) -> list[str]:
+        self.books.feed_batch([m.value() for m in messages], [m.timestamp()[1] for m in messages])
+        self._insert(self.batch_rows)
+        return self._letters()
+
+    def finish(self) -> list[str]:
+        self.books.finish()
+        self._insert(0)
+        return self._letters()
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = self.books.counts()
+        return counts
+
+    def inserted(self) -> dict[str, int]:
+        return self.inserted_rows
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def backfill_partition(settings: Settings, part: PartitionRange) -> dict[str, Any]:
     """Read one partition's range, run it through the job's logic, write its rows."""
-    from confluent_kafka import KafkaError, TopicPartition
+    from confluent_kafka import TopicPartition
 
     from connectors.producer import KafkaSink
 
     started = time.monotonic()
-    books = PartitionBooks(settings)
-    writer = RowWriter(settings)
-    read_batch = settings.replay.batch_read_records
-    topic = settings.kafka.raw_topic
+    engine_name = settings.replay.batch_engine
+    engine: NativeEngine | PythonEngine = (
+        NativeEngine(settings, part) if engine_name == "native" else PythonEngine(settings, part)
+    )
     consumer = _consumer(settings)
     letters: list[str] = []
-    selects = None
-    if part.only or part.others:
-        selects = InstrumentFilter(part, dict(settings.analytics.quote_equivalents))
     try:
         if part.records:
+            topic = settings.kafka.raw_topic
             consumer.assign([TopicPartition(topic, part.partition, part.start)])
-            last = part.end - 1
-            idle_since = time.monotonic()
-            done = False
-            while not done:
-                messages = consumer.consume(num_messages=read_batch, timeout=1.0)
-                if not messages:
-                    (position,) = consumer.position([TopicPartition(topic, part.partition)])
-                    if position.offset >= part.end:
-                        break  # the range ends with offsets that hold no record
-                    if time.monotonic() - idle_since > IDLE_TIMEOUT_S:
-                        raise RuntimeError(
-                            f"partition {part.partition}: no record for {IDLE_TIMEOUT_S:.0f} s "
-                            f"at offset {position.offset} of [{part.start}, {part.end})"
-                        )
-                    continue
-                idle_since = time.monotonic()
-                for message in messages:
-                    error = message.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            continue
-                        raise RuntimeError(f"partition {part.partition}: {error}")
-                    offset = message.offset()
-                    if offset >= part.end:
-                        done = True
-                        break
-                    value = message.value()
-                    if selects is None or selects(message.key(), value):
-                        books.feed(value, message.timestamp()[1])
-                    else:
-                        books.tick(message.timestamp()[1])
-                    if offset >= last:
-                        done = True
-                writer.add(books.take_rows())
-                letters.extend(books.take_dead_letters())
-        books.finish()
-        writer.add(books.take_rows())
-        writer.flush()
-        letters.extend(books.take_dead_letters())
+            read_batch = settings.replay.batch_read_records
+            for messages in _read_range(consumer, topic, part, read_batch):
+                letters.extend(engine.feed(messages))
+        letters.extend(engine.finish())
         if letters:
             # the connectors' producer: it also counts deliveries the broker refused
             sink = KafkaSink(settings.kafka, overrides={"client.id": "tickflow-backfill"})
@@ -309,12 +424,14 @@ def backfill_partition(settings: Settings, part: PartitionRange) -> dict[str, An
                 )
     finally:
         consumer.close()
-        writer.close()
+        engine.close()
+    counts = engine.counts()
     return {
         "partition": part.partition,
         "range": part.label(),
-        **asdict(books.counts),
-        "rows_by_table": writer.inserted,
+        "engine": engine_name,
+        **{k: counts[k] for k in ("frames", "dead_letters", "rows", "late")},
+        "rows_by_table": engine.inserted(),
         "seconds": round(time.monotonic() - started, 2),
     }
 
@@ -366,6 +483,7 @@ def run_backfill(
         "late": sum(r["late"] for r in results),
         "partitions": sorted(results, key=lambda r: (r["partition"], r["range"])),
         "workers": workers,
+        "engine": settings.replay.batch_engine,
         "seconds": round(seconds, 2),
         "frames_per_s": round(frames / seconds) if seconds > 0 else 0,
     }

@@ -130,6 +130,9 @@ class FlinkConfig:
             )
 
 
+BATCH_ENGINES = ("native", "python")
+
+
 @dataclass(frozen=True)
 class ReplayConfig:
     """A bounded replay of the raw topic (``tickflow job replay``); to_ms 0: the live job."""
@@ -139,6 +142,15 @@ class ReplayConfig:
     speed: float  # 0: as fast as the job goes; N: N x real time (by record time)
     batch_workers: int  # the batch backfill's processes; 0: one per core
     batch_read_records: int  # records per Kafka read in the batch backfill
+    # the batch backfill's engine: "native" (the compiled engine, jobs/native) or "python"
+    # (jobs.batch, the job's own Python logic); both write the same rows
+    batch_engine: str = "native"
+
+    def __post_init__(self) -> None:
+        if self.batch_engine not in BATCH_ENGINES:
+            raise ConfigError(
+                f"replay.batch_engine must be one of {BATCH_ENGINES}, got {self.batch_engine!r}"
+            )
 
     @property
     def active(self) -> bool:

@@ -1,0 +1,529 @@
+//! Everything the pipeline knows about one canonical instrument, across exchanges: the Rust
+//! twin of `jobs/instrument.py`'s `InstrumentBooks`, for a bounded input (the batch
+//! backfill). Pure, no I/O. It keeps what the ClickHouse rows need; the streaming job's
+//! state persistence, Redis views and processing-time staleness are not part of a backfill.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::bars::{Bar, BookSample, InstrumentBars};
+use crate::book::engine::{Outcome, SyncedBook};
+use crate::dec::Dec;
+use crate::envelope::RawEnvelope;
+use crate::events::{BookId, BookStatus, Level, MarketEvent, ParseError, Trade};
+use crate::matching::{match_trade, BookHistory, BookState, MatchedTrade};
+use crate::nbbo::{compute_nbbo, Nbbo, VenueTop};
+use crate::parse::parse_envelope;
+
+/// Flink's watermark before the first one.
+pub const NO_WATERMARK: i64 = i64::MIN;
+/// Flink's last watermark: a bounded input ended.
+pub const END_OF_INPUT: i64 = i64::MAX;
+
+type TradeKey = (String, String, String); // (exchange, symbol, trade id)
+
+/// Settings of the books, the NBBO, matching and bars (`book` and `analytics` in the
+/// configuration).
+#[derive(Clone, Debug)]
+pub struct Rules {
+    pub top_n: usize,
+    pub snapshot_interval_ms: i64,
+    pub max_levels: usize,
+    pub max_buffered: usize,
+    pub nbbo_stale_after_ms: i64,
+    pub bar_intervals_ms: Vec<i64>,
+    pub depth_band_bps: Dec,
+    pub trade_dedup_ms: i64,
+}
+
+/// The top of one book as published (`BookView` in instrument.py).
+#[derive(Clone, Debug)]
+pub struct BookView {
+    pub exchange: String,
+    pub symbol: String,
+    pub instrument: String,
+    pub status: BookStatus,
+    pub seq: i64,
+    pub version: i64,
+    pub bids: Vec<Level>,
+    pub asks: Vec<Level>,
+    pub event_time_ms: i64,
+    pub receive_time_ns: i64,
+    pub bid_depth: Option<Dec>,
+    pub ask_depth: Option<Dec>,
+}
+
+impl BookView {
+    /// The exchange's event time, or our receive time before any.
+    pub fn time_ms(&self) -> i64 {
+        if self.event_time_ms != 0 {
+            self.event_time_ms
+        } else {
+            self.receive_time_ns.div_euclid(1_000_000)
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct NbboUpdate {
+    pub nbbo: Nbbo,
+    pub version: i64,
+    pub event_time_ms: i64,
+    pub receive_time_ns: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct LateEvent {
+    pub exchange: String,
+    pub symbol: String,
+    pub instrument: String,
+    pub kind: &'static str, // trade | book
+    pub event_id: String,
+    pub event_time_ms: i64,
+    pub watermark_ms: i64,
+    pub receive_time_ns: i64,
+}
+
+/// What one frame (or one watermark advance) produced, for the ClickHouse rows.
+#[derive(Default, Debug)]
+pub struct Outputs {
+    pub trades: Vec<Trade>,
+    pub late_trades: Vec<Trade>,
+    pub snapshots: Vec<BookView>,
+    pub top_changes: Vec<BookView>,
+    pub nbbo: Vec<NbboUpdate>,
+    pub matched: Vec<MatchedTrade>,
+    pub bars: Vec<Bar>,
+    pub late: Vec<LateEvent>,
+    pub duplicate_trades: u64,
+    /// the latest view's time of this frame's book changes (the NBBO's event time)
+    views_time_ms: Option<i64>,
+}
+
+impl Outputs {
+    pub fn clear(&mut self) {
+        self.trades.clear();
+        self.late_trades.clear();
+        self.snapshots.clear();
+        self.top_changes.clear();
+        self.nbbo.clear();
+        self.matched.clear();
+        self.bars.clear();
+        self.late.clear();
+        self.views_time_ms = None;
+    }
+}
+
+type Top = (BookStatus, Option<Level>, Option<Level>, Option<Dec>, Option<Dec>);
+
+struct TrackedBook {
+    engine: SyncedBook,
+    last_event_time_ms: i64,
+    last_receive_time_ns: i64,
+    snapshot_bucket: i64,
+    top: Option<Top>,
+}
+
+/// The books of one instrument (an NBBO group) and the rules for what to publish.
+pub struct InstrumentBooks {
+    pub instrument: String,
+    quote: String,
+    rules: Rules,
+    // insertion-ordered, as Python's dicts: the NBBO lists venues in this order
+    books: Vec<(BookId, TrackedBook)>,
+    book_instruments: Vec<(BookId, String)>,
+    history: Vec<(BookId, BookHistory)>,
+    pending: VecDeque<Trade>, // waiting for the watermark, by time
+    seen: HashMap<TradeKey, i64>,
+    seen_order: VecDeque<(i64, TradeKey)>,
+    bars: InstrumentBars,
+    nbbo: Option<Nbbo>,
+    nbbo_version: i64,
+    pub watermark_ms: i64,
+    input_ended: bool,
+}
+
+fn position<T>(items: &[(BookId, T)], exchange: &str, symbol: &str) -> Option<usize> {
+    items.iter().position(|((e, s), _)| e == exchange && s == symbol)
+}
+
+impl InstrumentBooks {
+    pub fn new(instrument: &str, quote: &str, rules: Rules) -> Self {
+        let quote = if quote.is_empty() {
+            instrument.rsplit('-').next().unwrap_or(instrument).to_string()
+        } else {
+            quote.to_string()
+        };
+        let bars = InstrumentBars::new(instrument, &rules.bar_intervals_ms);
+        InstrumentBooks {
+            instrument: instrument.to_string(),
+            quote,
+            rules,
+            books: Vec::new(),
+            book_instruments: Vec::new(),
+            history: Vec::new(),
+            pending: VecDeque::new(),
+            seen: HashMap::new(),
+            seen_order: VecDeque::new(),
+            bars,
+            nbbo: None,
+            nbbo_version: 0,
+            watermark_ms: NO_WATERMARK,
+            input_ended: false,
+        }
+    }
+
+    fn book_instrument(&self, exchange: &str, symbol: &str) -> &str {
+        match position(&self.book_instruments, exchange, symbol) {
+            Some(i) => &self.book_instruments[i].1,
+            None => &self.instrument,
+        }
+    }
+
+    /// Apply one raw frame; Err for a frame that cannot be understood (nothing applied).
+    pub fn process(
+        &mut self,
+        env: &RawEnvelope<'_>,
+        watermark_ms: i64,
+        out: &mut Outputs,
+    ) -> Result<(), ParseError> {
+        let watermark_ms = watermark_ms.max(self.watermark_ms);
+        if position(&self.book_instruments, env.exchange, env.symbol).is_none() {
+            self.book_instruments.push((
+                (env.exchange.to_string(), env.symbol.to_string()),
+                env.instrument.to_string(),
+            ));
+        }
+        let events = parse_envelope(env)?;
+        let mut book_changed = false;
+        for event in events {
+            match event {
+                MarketEvent::Trade(trade) => self.on_trade(trade, env.instrument, watermark_ms, out),
+                other => {
+                    book_changed |= self.on_book_event(env.exchange, env.symbol, other, out, watermark_ms)?
+                }
+            }
+        }
+        if book_changed {
+            self.update_nbbo(env.receive_time_ns, out);
+        }
+        self.advance(watermark_ms, out);
+        Ok(())
+    }
+
+    // --- trades, matching, bars ---------------------------------------------------------
+
+    fn on_trade(&mut self, trade: Trade, instrument: &str, watermark_ms: i64, out: &mut Outputs) {
+        let key = (trade.exchange.clone(), trade.symbol.clone(), trade.trade_id.clone());
+        if self.seen.contains_key(&key) {
+            out.duplicate_trades += 1;
+            return;
+        }
+        self.seen.insert(key.clone(), trade.trade_time_ms);
+        self.seen_order.push_back((trade.trade_time_ms, key));
+        if trade.trade_time_ms <= watermark_ms {
+            // its windows are closed and its books may be pruned: stored, counted, not matched
+            out.late.push(LateEvent {
+                exchange: trade.exchange.clone(),
+                symbol: trade.symbol.clone(),
+                instrument: instrument.to_string(),
+                kind: "trade",
+                event_id: trade.trade_id.clone(),
+                event_time_ms: trade.trade_time_ms,
+                watermark_ms,
+                receive_time_ns: trade.receive_time_ns,
+            });
+            out.late_trades.push(trade);
+            return;
+        }
+        self.bars.on_trade(&trade);
+        // after the last trade not later than it (stable, as instrument.py's insert)
+        let mut i = self.pending.len();
+        while i > 0 && self.pending[i - 1].trade_time_ms > trade.trade_time_ms {
+            i -= 1;
+        }
+        self.pending.insert(i, trade.clone());
+        out.trades.push(trade);
+    }
+
+    fn forget_until(&mut self, horizon_ms: i64) {
+        while let Some((time_ms, _)) = self.seen_order.front() {
+            if *time_ms >= horizon_ms {
+                break;
+            }
+            let (time_ms, key) = self.seen_order.pop_front().unwrap();
+            if self.seen.get(&key) == Some(&time_ms) {
+                self.seen.remove(&key);
+            }
+        }
+    }
+
+    /// Everything the watermark makes final: trades up to it matched, windows closed, book
+    /// history no later trade can need dropped.
+    pub fn advance(&mut self, watermark_ms: i64, out: &mut Outputs) {
+        let mut watermark_ms = watermark_ms;
+        if watermark_ms >= END_OF_INPUT {
+            // closing every window up to the end of time would never finish: what an ended
+            // input makes final is what its events reached
+            self.input_ended = true;
+            watermark_ms = self.latest_event_ms();
+        }
+        let watermark_ms = watermark_ms.max(self.watermark_ms);
+        if watermark_ms == NO_WATERMARK {
+            return;
+        }
+        self.watermark_ms = watermark_ms;
+        while self.pending.front().is_some_and(|t| t.trade_time_ms <= watermark_ms) {
+            let trade = self.pending.pop_front().unwrap();
+            let matched = self.match_trade(&trade);
+            out.matched.push(matched);
+        }
+        self.forget_until(watermark_ms.saturating_sub(self.rules.trade_dedup_ms));
+        out.bars.extend(self.bars.close_until(watermark_ms));
+        for (_, history) in self.history.iter_mut() {
+            // every trade still pending is later than the watermark
+            history.prune(watermark_ms);
+        }
+    }
+
+    /// The latest event time seen: a book message or a trade.
+    fn latest_event_ms(&self) -> i64 {
+        let books = self.books.iter().map(|(_, t)| t.last_receive_time_ns.div_euclid(1_000_000));
+        let trades = self.pending.iter().map(|t| t.trade_time_ms);
+        books.chain(trades).max().unwrap_or(NO_WATERMARK)
+    }
+
+    /// The event time at which `advance` has work; none once the input ended.
+    pub fn next_event_time_ms(&self) -> Option<i64> {
+        if self.input_ended {
+            return None;
+        }
+        let first = self.pending.front().map(|t| t.trade_time_ms);
+        match (first, self.bars.next_close_ms()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The trade against its book and the NBBO as of its time.
+    fn match_trade(&self, trade: &Trade) -> MatchedTrade {
+        let time_ms = trade.trade_time_ms;
+        let mut tops = Vec::with_capacity(self.history.len());
+        let mut own: Option<&BookState> = None;
+        for ((exchange, symbol), history) in &self.history {
+            let seq = if *exchange == trade.exchange && trade.sequence >= 0 {
+                Some(trade.sequence)
+            } else {
+                None
+            };
+            let state = history.as_of(time_ms, seq);
+            if *exchange == trade.exchange && *symbol == trade.symbol {
+                own = state;
+            }
+            if let Some(state) = state {
+                tops.push(VenueTop {
+                    exchange: exchange.clone(),
+                    symbol: symbol.clone(),
+                    status: state.status,
+                    version: state.version,
+                    age_ms: time_ms - state.time_ms,
+                    bid: state.bids.first().copied(),
+                    ask: state.asks.first().copied(),
+                });
+            }
+        }
+        let nbbo = compute_nbbo(&self.instrument, &self.quote, &tops, self.rules.nbbo_stale_after_ms);
+        let instrument = self.book_instrument(&trade.exchange, &trade.symbol);
+        match_trade(trade, instrument, own, Some(&nbbo))
+    }
+
+    /// The live NBBO (ages by receive time); emitted when what it shows changed.
+    fn update_nbbo(&mut self, receive_time_ns: i64, out: &mut Outputs) {
+        let now_ms = receive_time_ns.div_euclid(1_000_000);
+        let tops: Vec<VenueTop> = self
+            .books
+            .iter()
+            .map(|((exchange, symbol), tracked)| VenueTop {
+                exchange: exchange.clone(),
+                symbol: symbol.clone(),
+                status: tracked.engine.status,
+                version: tracked.engine.version(),
+                age_ms: now_ms - tracked.last_receive_time_ns.div_euclid(1_000_000),
+                bid: tracked.engine.book.best_bid(),
+                ask: tracked.engine.book.best_ask(),
+            })
+            .collect();
+        let nbbo = compute_nbbo(&self.instrument, &self.quote, &tops, self.rules.nbbo_stale_after_ms);
+        if let Some(last) = &self.nbbo {
+            if nbbo.quote_key() == last.quote_key() {
+                return;
+            }
+        }
+        // monotonic, and the same on a replay of the same input
+        self.nbbo_version = (self.nbbo_version + 1).max(receive_time_ns.div_euclid(1000));
+        let time_ms = out.views_time_ms.unwrap_or(now_ms);
+        self.nbbo = Some(nbbo.clone());
+        out.nbbo.push(NbboUpdate {
+            nbbo,
+            version: self.nbbo_version,
+            event_time_ms: time_ms,
+            receive_time_ns,
+        });
+    }
+
+    // --- books ---------------------------------------------------------------------------
+
+    /// A book event; true when it published a new view of the book.
+    fn on_book_event(
+        &mut self,
+        exchange: &str,
+        symbol: &str,
+        event: MarketEvent,
+        out: &mut Outputs,
+        watermark_ms: i64,
+    ) -> Result<bool, ParseError> {
+        let index = match position(&self.books, exchange, symbol) {
+            Some(i) => i,
+            None => {
+                let engine = SyncedBook::new(exchange, self.rules.max_levels, self.rules.max_buffered)
+                    .ok_or_else(|| ParseError(format!("no book engine for exchange '{exchange}'")))?;
+                self.books.push((
+                    (exchange.to_string(), symbol.to_string()),
+                    TrackedBook {
+                        engine,
+                        last_event_time_ms: 0,
+                        last_receive_time_ns: 0,
+                        snapshot_bucket: -1,
+                        top: None,
+                    },
+                ));
+                self.books.len() - 1
+            }
+        };
+        let tracked = &mut self.books[index].1;
+        let was = tracked.engine.status;
+        let (outcome, event_time_ms, receive_time_ns) = match event {
+            MarketEvent::Snapshot(snap) => {
+                (tracked.engine.on_snapshot(&snap), Some(snap.event_time_ms), snap.receive_time_ns)
+            }
+            MarketEvent::SyncLost(lost) => (tracked.engine.on_sync_lost(&lost), None, lost.receive_time_ns),
+            MarketEvent::Delta(delta) => {
+                let (t, r) = (delta.event_time_ms, delta.receive_time_ns);
+                (tracked.engine.on_delta(delta), Some(t), r)
+            }
+            MarketEvent::Trade(_) => unreachable!("trades are not book events"),
+        };
+        if let Some(t) = event_time_ms {
+            tracked.last_event_time_ms = tracked.last_event_time_ms.max(t);
+        }
+        tracked.last_receive_time_ns = receive_time_ns;
+        if matches!(outcome, Outcome::Ignored | Outcome::Buffered | Outcome::SnapshotTooOld)
+            && tracked.engine.status == was
+        {
+            return Ok(false);
+        }
+        let view = self.view(index);
+        out.views_time_ms = Some(out.views_time_ms.map_or(view.time_ms(), |t| t.max(view.time_ms())));
+        self.record_state(&view, out, watermark_ms);
+        let tracked = &mut self.books[index].1;
+        let top: Top = (
+            view.status,
+            view.bids.first().copied(),
+            view.asks.first().copied(),
+            view.bid_depth,
+            view.ask_depth,
+        );
+        let snapshot_due = if view.status == BookStatus::Live && tracked.last_event_time_ms != 0 {
+            let bucket = tracked.last_event_time_ms.div_euclid(self.rules.snapshot_interval_ms);
+            let due = bucket != tracked.snapshot_bucket;
+            tracked.snapshot_bucket = bucket;
+            due
+        } else {
+            false
+        };
+        let top_changed = tracked.top.as_ref() != Some(&top);
+        if top_changed {
+            tracked.top = Some(top);
+        }
+        match (top_changed, snapshot_due) {
+            (true, true) => {
+                out.top_changes.push(view.clone());
+                out.snapshots.push(view);
+            }
+            (true, false) => out.top_changes.push(view),
+            (false, true) => out.snapshots.push(view),
+            (false, false) => {}
+        }
+        Ok(true)
+    }
+
+    /// A new state of a book: into its history (for matching) and the bars.
+    fn record_state(&mut self, view: &BookView, out: &mut Outputs, watermark_ms: i64) {
+        let time_ms = view.time_ms();
+        if time_ms <= watermark_ms && watermark_ms != NO_WATERMARK {
+            // applied to the book all the same; the bars take it from the last closed window
+            out.late.push(LateEvent {
+                exchange: view.exchange.clone(),
+                symbol: view.symbol.clone(),
+                instrument: view.instrument.clone(),
+                kind: "book",
+                event_id: view.version.to_string(),
+                event_time_ms: time_ms,
+                watermark_ms,
+                receive_time_ns: view.receive_time_ns,
+            });
+        }
+        let state = BookState {
+            time_ms,
+            seq: view.seq,
+            version: view.version,
+            status: view.status,
+            bids: view.bids.clone(),
+            asks: view.asks.clone(),
+        };
+        let index = match position(&self.history, &view.exchange, &view.symbol) {
+            Some(i) => i,
+            None => {
+                self.history.push(((view.exchange.clone(), view.symbol.clone()), BookHistory::new()));
+                self.history.len() - 1
+            }
+        };
+        self.history[index].1.append(state);
+        let sample = match (view.bid_depth, view.ask_depth) {
+            (Some(bid_depth), Some(ask_depth)) => {
+                let (bid, bid_size) = view.bids[0];
+                let (ask, ask_size) = view.asks[0];
+                Some(BookSample { touch: (bid, bid_size, ask, ask_size), bid_depth, ask_depth })
+            }
+            _ => None,
+        };
+        let book_id = (view.exchange.clone(), view.symbol.clone());
+        self.bars.on_book(&book_id, time_ms, sample);
+    }
+
+    fn view(&self, index: usize) -> BookView {
+        let ((exchange, symbol), tracked) = &self.books[index];
+        let engine = &tracked.engine;
+        let live = engine.status == BookStatus::Live;
+        let (bids, asks) = if live { engine.book.top(self.rules.top_n) } else { (Vec::new(), Vec::new()) };
+        let (bid_depth, ask_depth) = if !bids.is_empty() && !asks.is_empty() {
+            let (b, a) = engine.book.depth_within_bps(self.rules.depth_band_bps);
+            (Some(b), Some(a))
+        } else {
+            (None, None)
+        };
+        BookView {
+            exchange: exchange.clone(),
+            symbol: symbol.clone(),
+            instrument: self.book_instrument(exchange, symbol).to_string(),
+            status: engine.status,
+            seq: engine.last_id,
+            version: engine.version(),
+            bids,
+            asks,
+            event_time_ms: tracked.last_event_time_ms,
+            receive_time_ns: tracked.last_receive_time_ns,
+            bid_depth,
+            ask_depth,
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The books operator's logic over one raw-topic partition in offset order, without Flink:
+//! the Rust twin of `jobs/batch.py`'s `PartitionBooks`, writing RowBinary rows per table.
+//!
+//! Event time is the Kafka record timestamp; the watermark is the partition's bounded-out-of-
+//! orderness watermark, advanced per record, and event-time timers fire as the job's do.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use crate::envelope::{decode_envelope, envelope_instrument};
+use crate::instrument::{InstrumentBooks, Outputs, Rules, END_OF_INPUT, NO_WATERMARK};
+use crate::nbbo::{group_quote, nbbo_group};
+use crate::rows::{TableRows, TABLES};
+
+/// A record that goes to the dead-letter topic: why, its bytes, and whether its envelope
+/// decoded (the caller then adds the envelope's fields to the letter).
+pub struct DeadLetter {
+    pub reason: String,
+    pub value: Vec<u8>,
+    pub envelope_ok: bool,
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct Counts {
+    pub frames: u64,
+    pub dead_letters: u64,
+    pub rows: u64,
+    pub late: u64,
+    pub duplicate_trades: u64,
+}
+
+/// Which instruments (NBBO groups) of the partition this worker processes: `only` these, or
+/// all but `others` (the others are processed by other workers; their records still move
+/// the partition's watermark).
+#[derive(Default, Clone)]
+pub struct Selection {
+    pub only: Vec<String>,
+    pub others: Vec<String>,
+}
+
+pub struct PartitionBooks {
+    rules: Rules,
+    equivalents: Vec<(String, String)>,
+    lag_ms: i64,
+    latest_ms: i64,
+    pub watermark_ms: i64,
+    books: HashMap<String, InstrumentBooks>,
+    // (event time, instrument): when an instrument's pending trades or bars come due; stale
+    // entries are skipped when they surface
+    timers: BinaryHeap<Reverse<(i64, String)>>,
+    timer_of: HashMap<String, i64>,
+    selection: Selection,
+    selected: HashMap<String, bool>, // instrument -> processed here
+    pub tables: Vec<TableRows>,      // in TABLES order
+    pub dead_letters: Vec<DeadLetter>,
+    pub counts: Counts,
+    out: Outputs,
+}
+
+impl PartitionBooks {
+    pub fn new(
+        rules: Rules,
+        equivalents: Vec<(String, String)>,
+        out_of_orderness_ms: i64,
+        selection: Selection,
+    ) -> Self {
+        PartitionBooks {
+            rules,
+            equivalents,
+            lag_ms: out_of_orderness_ms + 1,
+            latest_ms: NO_WATERMARK,
+            watermark_ms: NO_WATERMARK,
+            books: HashMap::new(),
+            timers: BinaryHeap::new(),
+            timer_of: HashMap::new(),
+            selection,
+            selected: HashMap::new(),
+            tables: TABLES.iter().map(|_| TableRows::default()).collect(),
+            dead_letters: Vec::new(),
+            counts: Counts::default(),
+            out: Outputs::default(),
+        }
+    }
+
+    fn group(&self, instrument: &str) -> String {
+        if self.equivalents.is_empty() {
+            instrument.to_string()
+        } else {
+            nbbo_group(instrument, &self.equivalents)
+        }
+    }
+
+    /// Whether this worker processes the record (an undecodable one: the remainder's worker).
+    fn selects(&mut self, value: &[u8]) -> bool {
+        if self.selection.only.is_empty() && self.selection.others.is_empty() {
+            return true;
+        }
+        let instrument = match envelope_instrument(value) {
+            Ok(instrument) => instrument,
+            Err(_) => return self.selection.only.is_empty(),
+        };
+        if let Some(selected) = self.selected.get(instrument) {
+            return *selected;
+        }
+        let group = self.group(instrument);
+        let selected = if self.selection.only.is_empty() {
+            !self.selection.others.contains(&group)
+        } else {
+            self.selection.only.contains(&group)
+        };
+        self.selected.insert(instrument.to_string(), selected);
+        selected
+    }
+
+    /// One raw record (its Kafka value and timestamp), in offset order.
+    pub fn feed(&mut self, value: &[u8], timestamp_ms: i64) {
+        if self.selects(value) {
+            self.counts.frames += 1;
+            self.process(value);
+        }
+        self.tick(timestamp_ms);
+    }
+
+    /// A record's timestamp moves the watermark only after the record itself.
+    fn tick(&mut self, timestamp_ms: i64) {
+        if timestamp_ms > self.latest_ms {
+            self.latest_ms = timestamp_ms;
+            let watermark = timestamp_ms - self.lag_ms;
+            if watermark > self.watermark_ms {
+                self.watermark_ms = watermark;
+                self.fire_timers();
+            }
+        }
+    }
+
+    fn schedule(&mut self, key: &str) {
+        let Some(books) = self.books.get(key) else { return };
+        if let Some(due) = books.next_event_time_ms() {
+            if due < *self.timer_of.get(key).unwrap_or(&END_OF_INPUT) {
+                self.timer_of.insert(key.to_string(), due);
+                self.timers.push(Reverse((due, key.to_string())));
+            }
+        }
+    }
+
+    /// What the job's event-time timers do once the watermark passes them.
+    fn fire_timers(&mut self) {
+        while let Some(Reverse((due, _))) = self.timers.peek() {
+            if *due > self.watermark_ms {
+                break;
+            }
+            let Reverse((due, key)) = self.timers.pop().unwrap();
+            if self.timer_of.get(&key) != Some(&due) {
+                continue; // superseded by an earlier one
+            }
+            self.timer_of.remove(&key);
+            let mut out = std::mem::take(&mut self.out);
+            out.clear();
+            let books = self.books.get_mut(&key).expect("a timer's instrument has books");
+            books.advance(self.watermark_ms, &mut out);
+            self.take(&out, None);
+            self.out = out;
+            self.schedule(&key);
+        }
+    }
+
+    fn process(&mut self, value: &[u8]) {
+        let env = match decode_envelope(value) {
+            Ok(env) => env,
+            Err(err) => {
+                self.counts.dead_letters += 1;
+                self.dead_letters.push(DeadLetter {
+                    reason: err.0,
+                    value: value.to_vec(),
+                    envelope_ok: false,
+                });
+                return;
+            }
+        };
+        let key = self.group(env.instrument);
+        if !self.books.contains_key(&key) {
+            let quote = group_quote(&key, &self.equivalents);
+            self.books.insert(key.clone(), InstrumentBooks::new(&key, &quote, self.rules.clone()));
+        }
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        let books = self.books.get_mut(&key).unwrap();
+        match books.process(&env, self.watermark_ms, &mut out) {
+            Ok(()) => {
+                self.take(&out, Some(env.instrument));
+                self.out = out;
+                self.schedule(&key);
+            }
+            Err(err) => {
+                self.out = out;
+                self.counts.dead_letters += 1;
+                self.dead_letters.push(DeadLetter {
+                    reason: err.0,
+                    value: value.to_vec(),
+                    envelope_ok: true,
+                });
+            }
+        }
+    }
+
+    /// Rows of what a frame (its own instrument given) or a watermark advance produced.
+    fn take(&mut self, out: &Outputs, instrument: Option<&str>) {
+        let [trades, snapshots, tops, nbbo, matched, bars, late] = &mut self.tables[..] else {
+            unreachable!("one TableRows per table")
+        };
+        let before = trades.rows + snapshots.rows + tops.rows + nbbo.rows + matched.rows + bars.rows + late.rows;
+        if let Some(instrument) = instrument {
+            for trade in &out.trades {
+                trades.trade(trade, instrument, true);
+            }
+            for trade in &out.late_trades {
+                trades.trade(trade, instrument, false);
+            }
+            for view in &out.snapshots {
+                snapshots.snapshot(view);
+            }
+            for view in &out.top_changes {
+                tops.top_of_book(view);
+            }
+        }
+        for update in &out.nbbo {
+            nbbo.nbbo(update);
+        }
+        for m in &out.matched {
+            matched.matched(m);
+        }
+        for bar in &out.bars {
+            bars.bar(bar);
+        }
+        for event in &out.late {
+            late.late(event);
+        }
+        let after = trades.rows + snapshots.rows + tops.rows + nbbo.rows + matched.rows + bars.rows + late.rows;
+        self.counts.rows += after - before;
+        self.counts.late += out.late.len() as u64;
+        self.counts.duplicate_trades += out.duplicate_trades;
+    }
+
+    /// The input ended: what the job's last watermark makes final.
+    pub fn finish(&mut self) {
+        self.watermark_ms = END_OF_INPUT;
+        let mut keys: Vec<String> = self.books.keys().cloned().collect();
+        keys.sort();
+        for key in keys {
+            let mut out = std::mem::take(&mut self.out);
+            out.clear();
+            self.books.get_mut(&key).unwrap().advance(END_OF_INPUT, &mut out);
+            self.take(&out, None);
+            self.out = out;
+        }
+        self.timers.clear();
+        self.timer_of.clear();
+    }
+}
