@@ -313,12 +313,13 @@ def run_day(day: date, runs: int, workers: int) -> dict[str, Any]:
     minutes = min(r["seconds"] for r in reports) / 60
     conditions = {
         "frames": first["frames"], "books": generated["books"], "day": day.isoformat(),
-        "extrapolated": False, "engine": "batch", "workers": first["workers"],
+        "extrapolated": False, "engine": first["engine"], "workers": first["workers"],
         "raw_partitions": settings.kafka.raw_partitions,
         "load_avg_1m": os.getloadavg()[0], **machine(),
     }  # fmt: skip
     return {
         "day": day.isoformat(),
+        "engine": first["engine"],
         "generated": {k: generated[k] for k in ("frames", "books", "seconds", "shares")},
         "runs": reports,
         "minutes": round(minutes, 1),

@@ -11,6 +11,17 @@ COPY stack/maven/flink-jars.pom.xml /build/pom.xml
 RUN mvn -q -B -f /build/pom.xml dependency:copy-dependencies \
         -DoutputDirectory=/build/jars -DexcludeTransitive=true
 
+# -- the compiled batch engine (jobs/native): one abi3 wheel, any CPython >= 3.11 -------------
+FROM rust:1.95-bookworm AS native
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/build \
+    && /opt/build/bin/pip install --no-cache-dir "maturin>=1.7,<2"
+COPY jobs/native/ /build/native/
+RUN /opt/build/bin/maturin build --release --manifest-path /build/native/Cargo.toml \
+        --out /build/wheels
+
 # -- Flink + Python + tickflow -------------------------------------------------------------------
 FROM flink:2.2.1-scala_2.12-java17
 
@@ -38,6 +49,9 @@ COPY flink-conf/ flink-conf/
 # the project pins PyFlink (apache-flink==2.2.1, the image's Flink); it is developed on 3.11 and
 # runs on 3.12 as on AWS
 RUN pip install --no-cache-dir --ignore-requires-python -e /opt/tickflow
+# `tickflow job backfill` (replay.batch_engine: native)
+COPY --from=native /build/wheels/ /tmp/wheels/
+RUN pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels
 
 # connector on the cluster classpath (jobs do not ship it: flink.ship_connector_jars=false);
 # flink-python in lib/ loads pemja once per TaskManager (see flink-conf/config.yaml);
