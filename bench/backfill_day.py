@@ -332,6 +332,21 @@ def run_day(day: date, runs: int, workers: int) -> dict[str, Any]:
     }
 
 
+def compare_with_reference(report: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """Whether this run's tables (FINAL rows and checksums) are an earlier run's of the day."""
+    if reference["day"] != report["day"]:
+        raise SystemExit(f"reference is of {reference['day']}, not {report['day']}")
+    ours, theirs = report["tables"], reference["tables"]
+    differing = sorted(t for t in ours.keys() | theirs.keys() if ours.get(t) != theirs.get(t))
+    return {
+        "engine": reference.get("engine", "python"),  # runs before the native engine: python
+        "minutes": reference["minutes"],
+        "revision": reference.get("revision"),
+        "equal": not differing,
+        "differing": differing,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.backfill_day", description=__doc__.split("\n")[0])
     parser.add_argument("step", choices=("generate", "run"))
@@ -345,6 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=DAY_MESSAGES)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--if-missing", action="store_true", help="generate: unless done")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="run: a results file of an earlier run of the same day (e.g. by the other engine) "
+        "whose tables (FINAL counts and checksums) these must equal",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -365,12 +387,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     day = args.day if args.day_given is not None or not days else days[-1]
     report = run_day(day, args.runs, args.workers or os.cpu_count() or 1)
+    if args.reference is not None:
+        report["reference"] = compare_with_reference(report, json.loads(args.reference.read_text()))
+        report["reference"]["file"] = str(args.reference)
     path = write_results("backfill_day", report)
     print(f"backfill of {day}: {report['runs'][0]['frames']:,} frames in "
           f"{report['minutes']} min (target 10); rows unique {report['rows_unique']}; "
           f"idempotent {report['idempotent']}")  # fmt: skip
     print(f"written to {path}")
-    return 0 if report["rows_unique"] and report["idempotent"] is not False else 1
+    if "reference" in report:
+        ref = report["reference"]
+        print(f"tables equal to {ref['file']} ({ref['engine']} engine, {ref['minutes']} min): "
+              f"{ref['equal']} {ref['differing'] or ''}")  # fmt: skip
+    ok = report["rows_unique"] and report["idempotent"] is not False
+    return 0 if ok and report.get("reference", {}).get("equal", True) else 1
 
 
 if __name__ == "__main__":

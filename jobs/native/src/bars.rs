@@ -29,7 +29,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::dec::Dec;
+use crate::dec::{py_add, py_div_to_f64, py_mul, py_sub, Dec};
 use crate::events::{BookId, Side, Trade};
 
 pub const ALL: &str = "ALL";
@@ -124,212 +124,6 @@ pub fn trade_order(trade: &Trade) -> (i64, &str, TradeIdNum) {
     (trade.trade_time_ms, trade.exchange.as_str(), TradeIdNum::of(&trade.trade_id))
 }
 
-// --- Python's Decimal arithmetic ----------------------------------------------------------------
-//
-// Python computes `a + b` and `a * b` exactly and rounds the result to 28 significant digits
-// (ROUND_HALF_EVEN) only if it has more; the exponent of an exact result is min(e1, e2) for a
-// sum and e1 + e2 for a product. `rust_decimal` gives the same in the common case; the helpers
-// below check that cheaply and otherwise redo the operation Python's way:
-// - with a zero operand `rust_decimal` returns the other operand as is (`0.0 + 1` is `1`,
-//   `0 * 1.5` is `0`) where Python keeps the exponent (`1.0`, `0.0`): the text differs;
-// - a result of 29 significant digits fits `rust_decimal`'s 96 bits and is kept, and a longer
-//   one is rounded to fit 96 bits: Python rounds both to 28 digits.
-// The slow path is exact while the exact result fits an i128 (38 digits) and Python's rounded
-// result has 0..=28 decimals; beyond that (never with exchange numbers) it keeps
-// `rust_decimal`'s result.
-
-const TEN_POW_28: u128 = 10_000_000_000_000_000_000_000_000_000;
-
-#[inline]
-fn fits_python(r: Dec, scale: u32) -> bool {
-    r.scale() == scale && r.mantissa().unsigned_abs() < TEN_POW_28
-}
-
-/// An unsigned 192-bit integer (little-endian limbs): exact products of two 96-bit mantissas
-/// and sums of mantissas aligned to a common scale.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct U192([u64; 3]);
-
-impl U192 {
-    fn from_u128(v: u128) -> U192 {
-        U192([v as u64, (v >> 64) as u64, 0])
-    }
-
-    fn key(&self) -> (u64, u64, u64) {
-        (self.0[2], self.0[1], self.0[0])
-    }
-
-    fn to_u128(self) -> Option<u128> {
-        (self.0[2] == 0).then(|| u128::from(self.0[0]) | (u128::from(self.0[1]) << 64))
-    }
-
-    fn mul_small(self, m: u64) -> Option<U192> {
-        let mut out = [0u64; 3];
-        let mut carry: u128 = 0;
-        for i in 0..3 {
-            let t = u128::from(self.0[i]) * u128::from(m) + carry;
-            out[i] = t as u64;
-            carry = t >> 64;
-        }
-        (carry == 0).then_some(U192(out))
-    }
-
-    fn mul_pow10(self, k: u32) -> Option<U192> {
-        let mut v = self;
-        for _ in 0..k {
-            v = v.mul_small(10)?;
-        }
-        Some(v)
-    }
-
-    fn mul(a: u128, b: u128) -> Option<U192> {
-        // a, b < 2^96 in practice; exact for anything whose product fits 192 bits
-        let (a0, a1) = (a as u64, (a >> 64) as u64);
-        let lo = U192::from_u128(b).mul_small(a0)?;
-        let hi = U192::from_u128(b).mul_small(a1)?;
-        if hi.0[2] != 0 {
-            return None;
-        }
-        lo.add(U192([0, hi.0[0], hi.0[1]]))
-    }
-
-    fn add(self, o: U192) -> Option<U192> {
-        let mut out = [0u64; 3];
-        let mut carry = 0u64;
-        for i in 0..3 {
-            let (t, c1) = self.0[i].overflowing_add(o.0[i]);
-            let (t, c2) = t.overflowing_add(carry);
-            out[i] = t;
-            carry = u64::from(c1 || c2);
-        }
-        (carry == 0).then_some(U192(out))
-    }
-
-    /// self - o, for self >= o
-    fn sub(self, o: U192) -> U192 {
-        let mut out = [0u64; 3];
-        let mut borrow = 0u64;
-        for i in 0..3 {
-            let (t, b1) = self.0[i].overflowing_sub(o.0[i]);
-            let (t, b2) = t.overflowing_sub(borrow);
-            out[i] = t;
-            borrow = u64::from(b1 || b2);
-        }
-        U192(out)
-    }
-
-    /// self /= d, returns the remainder
-    fn div_small(&mut self, d: u64) -> u64 {
-        let mut rem: u128 = 0;
-        for i in (0..3).rev() {
-            let cur = (rem << 64) | u128::from(self.0[i]);
-            self.0[i] = (cur / u128::from(d)) as u64;
-            rem = cur % u128::from(d);
-        }
-        rem as u64
-    }
-}
-
-/// `(-1)^negative * magnitude * 10^-scale` rounded to 28 significant digits (ROUND_HALF_EVEN),
-/// as Python's context does, as a `Dec` if one holds it exactly.
-fn round28(negative: bool, magnitude: U192, scale: u32) -> Option<Dec> {
-    let mut m = magnitude;
-    let mut scale = i64::from(scale);
-    let (mut last, mut sticky) = (0u64, false);
-    let mut dropped = false;
-    while m.to_u128().map_or(true, |v| v >= TEN_POW_28) {
-        sticky |= last != 0;
-        last = m.div_small(10);
-        scale -= 1;
-        dropped = true;
-    }
-    let mut q = m.to_u128()?;
-    if dropped && (last > 5 || (last == 5 && (sticky || q % 2 == 1))) {
-        q += 1;
-        if q == TEN_POW_28 {
-            q /= 10;
-            scale -= 1;
-        }
-    }
-    if scale < 0 {
-        q = q.checked_mul(10u128.checked_pow(u32::try_from(-scale).ok()?)?)?;
-        scale = 0;
-        if q >= 1u128 << 96 {
-            return None;
-        }
-    }
-    if scale > 28 {
-        return None;
-    }
-    let v = q as i128;
-    Some(Dec::from_i128_with_scale(if negative { -v } else { v }, scale as u32))
-}
-
-#[cold]
-fn py_add_slow(a: Dec, b: Dec, r: Dec) -> Dec {
-    let scale = a.scale().max(b.scale());
-    let side = |x: Dec| {
-        U192::from_u128(x.mantissa().unsigned_abs())
-            .mul_pow10(scale - x.scale())
-            .map(|m| (x.is_sign_negative() && x.mantissa() != 0, m))
-    };
-    let (Some((na, ma)), Some((nb, mb))) = (side(a), side(b)) else { return r };
-    let (negative, sum) = if na == nb {
-        match ma.add(mb) {
-            Some(s) => (na, s),
-            None => return r,
-        }
-    } else if ma.key() >= mb.key() {
-        (na, ma.sub(mb))
-    } else {
-        (nb, mb.sub(ma))
-    };
-    if sum.to_u128() == Some(0) {
-        return Dec::from_i128_with_scale(0, scale); // +0 under ROUND_HALF_EVEN
-    }
-    round28(negative, sum, scale).unwrap_or(r)
-}
-
-/// Python's `a + b`.
-#[inline]
-pub fn py_add(a: Dec, b: Dec) -> Dec {
-    let r = a + b;
-    if fits_python(r, a.scale().max(b.scale())) {
-        r
-    } else {
-        py_add_slow(a, b, r)
-    }
-}
-
-/// Python's `a - b`.
-#[inline]
-pub fn py_sub(a: Dec, b: Dec) -> Dec {
-    py_add(a, -b)
-}
-
-#[cold]
-fn py_mul_slow(a: Dec, b: Dec, r: Dec) -> Dec {
-    let scale = a.scale() + b.scale();
-    let negative = a.is_sign_negative() != b.is_sign_negative();
-    match U192::mul(a.mantissa().unsigned_abs(), b.mantissa().unsigned_abs()) {
-        // Python's zero keeps the exponent (and the sign: -0 is equal to 0)
-        Some(p) if p.to_u128() == Some(0) => Dec::from_i128_with_scale(0, scale.min(28)),
-        Some(p) => round28(negative, p, scale).unwrap_or(r),
-        None => r,
-    }
-}
-
-/// Python's `a * b`.
-#[inline]
-pub fn py_mul(a: Dec, b: Dec) -> Dec {
-    let r = a * b;
-    if fits_python(r, a.scale() + b.scale()) {
-        r
-    } else {
-        py_mul_slow(a, b, r)
-    }
-}
-
 /// e_n of Cont, Kukanov & Stoikov: bid-side inflow minus ask-side inflow at the touch.
 pub fn ofi_term(prev: &Touch, cur: &Touch) -> Dec {
     let (pb, pbs, pa, pas) = prev;
@@ -348,84 +142,6 @@ pub fn ofi_term(prev: &Touch, cur: &Touch) -> Dec {
         e = py_add(e, *pas);
     }
     e
-}
-
-/// Python's `float(a / b)` for decimals `a`, `b` (b != 0) in the default context: the quotient
-/// correctly rounded to 28 significant digits (ROUND_HALF_EVEN), then to the nearest double.
-pub fn py_div_to_f64(a: Dec, b: Dec) -> f64 {
-    assert!(!b.is_zero(), "decimal division by zero");
-    // a zero accumulator is +0 in Python: the quotient's zero takes the divisor's sign
-    let negative = if a.is_zero() {
-        b.is_sign_negative()
-    } else {
-        a.is_sign_negative() != b.is_sign_negative()
-    };
-    let num = a.mantissa().unsigned_abs(); // a = num * 10^-sa
-    let den = b.mantissa().unsigned_abs();
-    // |a / b| = num / den * 10^(sb - sa)
-    let mut exp10: i32 = b.scale() as i32 - a.scale() as i32;
-    let mut digits: Vec<u8> = Vec::with_capacity(40);
-    let q = num / den;
-    let mut rem = num % den;
-    if q > 0 {
-        let mut buf = [0u8; 40];
-        let mut n = 0;
-        let mut v = q;
-        while v > 0 {
-            buf[n] = (v % 10) as u8;
-            v /= 10;
-            n += 1;
-        }
-        digits.extend(buf[..n].iter().rev());
-    }
-    // 29 significant digits (28 + the rounding digit), the rest as a sticky remainder
-    while digits.len() < 29 && rem != 0 {
-        rem *= 10; // rem < den < 2^96: no overflow
-        let d = (rem / den) as u8;
-        rem %= den;
-        exp10 -= 1;
-        if !digits.is_empty() || d != 0 {
-            digits.push(d);
-        }
-    }
-    if digits.len() > 28 {
-        let dropped = digits.len() - 28;
-        let first_dropped = digits[28];
-        let sticky = rem != 0 || digits[29..].iter().any(|&d| d != 0);
-        digits.truncate(28);
-        exp10 += dropped as i32;
-        let round_up = first_dropped > 5
-            || (first_dropped == 5 && (sticky || digits[27] % 2 == 1));
-        if round_up {
-            let mut i = 28;
-            loop {
-                if i == 0 {
-                    digits.insert(0, 1);
-                    break;
-                }
-                i -= 1;
-                if digits[i] == 9 {
-                    digits[i] = 0;
-                } else {
-                    digits[i] += 1;
-                    break;
-                }
-            }
-        }
-    }
-    if digits.is_empty() {
-        return if negative { -0.0 } else { 0.0 };
-    }
-    let mut text = String::with_capacity(digits.len() + 8);
-    if negative {
-        text.push('-');
-    }
-    for d in &digits {
-        text.push((b'0' + d) as char);
-    }
-    text.push('e');
-    text.push_str(&exp10.to_string());
-    text.parse::<f64>().expect("decimal text")
 }
 
 /// Index of the venue `ALL` (an exchange named "ALL" lands there too, as in Python's dict).
@@ -915,7 +631,7 @@ impl InstrumentBars {
 #[cfg(test)]
 mod tests {
     //! The scenarios of tests/unit/test_bars.py, the millisecond reference as a randomized
-    //! property, and (when /tmp/bars_diff.jsonl exists) the differential replay of the Python
+    //! property, and (when $BARS_DIFF names a recording) the differential replay of the Python
     //! engine's calls and outputs.
     use super::*;
     use crate::dec::{parse_dec, to_scaled_i128};
@@ -1538,14 +1254,17 @@ mod tests {
 
     // --- differential replay against the Python engine ----------------------------------------
 
-    /// Replays the calls recorded by the Python driver (JSON lines; path in $BARS_DIFF, default
-    /// /tmp/barsdiff/diff.jsonl; skipped when missing) and compares every output: decimals
+    /// Replays the calls recorded by the Python driver (JSON lines; path in $BARS_DIFF, skipped
+    /// when unset) and compares every output: decimals
     /// truncated to 18 decimals (and, reported apart, value and scale before truncation),
     /// floats bit for bit, next_close_ms and closed_until equal.
     #[test]
     fn differential_replay_of_the_python_engine() {
         use serde_json::Value;
-        let path = std::env::var("BARS_DIFF").unwrap_or_else(|_| "/tmp/barsdiff/diff.jsonl".into());
+        let Ok(path) = std::env::var("BARS_DIFF") else {
+            eprintln!("BARS_DIFF not set: differential replay skipped");
+            return;
+        };
         let Ok(text) = std::fs::read_to_string(&path) else {
             eprintln!("differential replay skipped: no {path}");
             return;

@@ -5,9 +5,8 @@
 //! every other book is listed with the reason it was left out. Only comparisons and sums of
 //! exchange decimals here: exact, as in Python.
 
-use crate::dec::Dec;
+use crate::dec::{py_add, Dec};
 use crate::events::{BookStatus, Level};
-use crate::matching::py_add;
 
 /// One book's touch as an NBBO input.
 #[derive(Clone, Debug, PartialEq)]
