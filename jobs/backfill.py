@@ -7,8 +7,9 @@ Each raw-topic partition is read from the offset of the range's start to the off
 end and run through the job's logic: by default its compiled twin (``jobs/native``, ~10x
 faster, rows encoded as RowBinary), or ``jobs.batch.PartitionBooks`` itself
 (``replay.batch_engine: python``); both give the same rows. The rows go to the live
-ClickHouse database in large inserts, the dead letters to the backfill's dead-letter topic. Partitions are independent (the connectors partition by instrument) and are spread
-over worker processes, largest first; a partition too large to share out evenly is split by
+ClickHouse database in large inserts, the dead letters to the backfill's dead-letter topic.
+Partitions are independent (the connectors partition by instrument) and are spread over
+worker processes, largest first; a partition too large to share out evenly is split by
 instrument (``split_by_instrument``), instruments being independent too. The rows are the
 ones the job writes, with the same identities, so ReplacingMergeTree keeps one of each:
 running it again changes nothing, and it can run while the live job writes. Redis (live
