@@ -624,17 +624,25 @@ class RowBinaryWriter:
             return 0
         columns = ", ".join(COLUMNS[table])
         query = f"INSERT INTO {self.database}.{table} ({columns}) FORMAT RowBinary"
-        self.connection.request(
-            "POST", "/?" + urlencode({"query": query}), body=data, headers=self.headers
-        )
-        response = self.connection.getresponse()
-        body = response.read()
-        if response.status != 200:
+        url = "/?" + urlencode({"query": query})
+        try:
+            status, body = self._post(url, data)
+        except (ConnectionError, OSError):
+            # the server closes idle keep-alive connections (after 3 s on 18.16): once more
+            # on a new one; rows are idempotent (ReplacingMergeTree), so a repeat is harmless
+            self.connection.close()
+            status, body = self._post(url, data)
+        if status != 200:
             raise RuntimeError(
                 f"ClickHouse refused {rows} {table} rows ({len(data)} bytes, HTTP "
-                f"{response.status}): {body.decode(errors='replace').strip()[:500]}"
+                f"{status}): {body.decode(errors='replace').strip()[:500]}"
             )
         return rows
+
+    def _post(self, url: str, data: bytes) -> tuple[int, bytes]:
+        self.connection.request("POST", url, body=data, headers=self.headers)
+        response = self.connection.getresponse()
+        return response.status, response.read()
 
     def close(self) -> None:
         self.connection.close()
