@@ -126,3 +126,39 @@ def test_native_split_by_instrument_gives_the_whole_partitions_rows(loaded: Any)
             frames += backfill_partition(native, piece)["frames"]
     assert frames == len(records)
     assert not any(differing(whole, clickhouse_rows(native)).values())
+
+
+def test_rowbinary_insert_after_the_server_closed_the_idle_connection(
+    stack_settings: Settings,
+) -> None:
+    import struct
+    import time
+
+    from jobs.sinks.clickhouse import RowBinaryWriter, connect, ensure_schema
+
+    tag = uuid.uuid4().hex[:6]
+    with patched_environ({"TICKFLOW__CLICKHOUSE__DATABASE": f"tickflow_rowbinary{tag}"}):
+        settings = load_settings()
+
+    def text(value: str) -> bytes:
+        return bytes([len(value)]) + value.encode()
+
+    # one late_events row: date, instrument, exchange, symbol, kind, event_id, 4 x UInt64
+    row = b"".join([
+        struct.pack("<H", 20_000), text("BTC-USD"), text("binance"), text("BTCUSDT"),
+        text("trade"), text("1"), struct.pack("<QQQQ", 5, 10, 5, 7),
+    ])  # fmt: skip
+    ensure_schema(settings.clickhouse)
+    writer = RowBinaryWriter(settings.clickhouse)
+    client = connect(settings.clickhouse)
+    try:
+        assert writer.insert("late_events", row, 1) == 1
+        time.sleep(4)  # past the server's keep-alive timeout (3 s): it closes the connection
+        assert writer.insert("late_events", row, 1) == 1
+        db = settings.clickhouse.database
+        assert client.execute(f"SELECT count(), any(symbol) FROM {db}.late_events") == [
+            (2, "BTCUSDT")
+        ]
+    finally:
+        writer.close()
+        client.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
