@@ -106,14 +106,6 @@ enum Event<'a> {
     Trade(TradeEv<'a>),
 }
 
-fn check_tag(j: &mut Json<'_>, want: &str) -> R<()> {
-    let got = j.string()?;
-    if got != want {
-        return Err(perr(format!("Invalid value {} - at `$.e`", pyrepr::str_repr(&got))));
-    }
-    Ok(())
-}
-
 /// `DepthUpdate | TradeEvent`, tagged by `e` (anywhere in the object).
 fn event<'a>(j: &mut Json<'a>) -> R<Event<'a>> {
     if j.peek()? != b'{' {
@@ -134,7 +126,7 @@ fn depth(j: &mut Json<'_>) -> R<Depth> {
     let mut first = true;
     while let Some(key) = j.next_key(&mut first)? {
         match &*key {
-            b"e" => check_tag(j, "depthUpdate")?,
+            b"e" => j.tag("depthUpdate", "$.e")?,
             b"E" => e = Some(j.int_i64()?),
             b"s" => s = Some(j.string()?.into_owned()),
             b"U" => first_id = Some(j.int_i64()?),
@@ -161,7 +153,7 @@ fn trade<'a>(j: &mut Json<'a>) -> R<TradeEv<'a>> {
     let mut first = true;
     while let Some(key) = j.next_key(&mut first)? {
         match &*key {
-            b"e" => check_tag(j, "trade")?,
+            b"e" => j.tag("trade", "$.e")?,
             b"E" => e = Some(j.int_i64()?),
             b"s" => s = Some(j.string()?.into_owned()),
             b"t" => t = Some(j.int_text()?),

@@ -62,24 +62,6 @@ fn sequence_num(j: &mut Json<'_>) -> R<i64> {
         .map_err(|_| perr(format!("sequence_num {text} does not fit 64 bits")))
 }
 
-/// The channel tag of a lone tagged struct: optional, but if present it must match.
-fn check_channel(j: &mut Json<'_>, want: &str) -> R<()> {
-    let got = j.string()?;
-    if got != want {
-        return Err(perr(format!("Invalid value {} - at `$.channel`", pyrepr::str_repr(&got))));
-    }
-    Ok(())
-}
-
-fn literal<'a>(j: &mut Json<'a>, allowed: &[&'static str], at: &str) -> R<&'static str> {
-    let got = j.string()?;
-    allowed
-        .iter()
-        .find(|a| **a == got)
-        .copied()
-        .ok_or_else(|| perr(format!("Invalid enum value {} - at `{at}`", pyrepr::str_repr(&got))))
-}
-
 /// Levels of one `updates` list, split by side, decimals converted (errors deferred: Python
 /// converts after decoding, only the surviving value of a duplicated key counts).
 struct Sides {
@@ -100,7 +82,7 @@ fn updates(j: &mut Json<'_>) -> R<Sides> {
         let mut f = true;
         while let Some(key) = j.next_key(&mut f)? {
             match &*key {
-                b"side" => side = Some(literal(j, &["bid", "offer"], "$.events[...].updates[...].side")?),
+                b"side" => side = Some(j.enum_value(&["bid", "offer"], "$.events[...].updates[...].side")?),
                 b"event_time" => {
                     j.string()?;
                     event_time = true;
@@ -143,7 +125,7 @@ fn l2_event(j: &mut Json<'_>, symbol: &str) -> R<L2Event> {
     let mut first = true;
     while let Some(key) = j.next_key(&mut first)? {
         match &*key {
-            b"type" => ty = Some(literal(j, &["snapshot", "update"], "$.events[...].type")?),
+            b"type" => ty = Some(j.enum_value(&["snapshot", "update"], "$.events[...].type")?),
             b"product_id" => product = Some(j.string()?),
             b"updates" => sides = Some(updates(j)?),
             _ => j.skip()?,
@@ -159,6 +141,37 @@ fn l2_event(j: &mut Json<'_>, symbol: &str) -> R<L2Event> {
     })
 }
 
+/// What `l2_data` and `market_trades` messages share: `channel` (optional, but if present it
+/// must be `channel`), `client_id`, `timestamp`, `sequence_num`, and `events`, read by
+/// `events`; nothing may follow the object.
+fn message<'a, T>(
+    j: &mut Json<'a>,
+    channel: &str,
+    mut events: impl FnMut(&mut Json<'a>) -> R<T>,
+) -> R<(Cow<'a, str>, i64, T)> {
+    j.begin_object()?;
+    let (mut timestamp, mut seq, mut found) = (None, None, None);
+    let mut first = true;
+    while let Some(key) = j.next_key(&mut first)? {
+        match &*key {
+            b"channel" => j.tag(channel, "$.channel")?,
+            b"client_id" => {
+                j.string()?;
+            }
+            b"timestamp" => timestamp = Some(j.string()?),
+            b"sequence_num" => seq = Some(sequence_num(j)?),
+            b"events" => found = Some(events(j)?),
+            _ => j.skip()?,
+        }
+    }
+    j.finish()?;
+    Ok((
+        timestamp.ok_or_else(|| missing("timestamp"))?,
+        seq.ok_or_else(|| missing("sequence_num"))?,
+        found.ok_or_else(|| missing("events"))?,
+    ))
+}
+
 /// An `l2_data` message -> a BookSnapshot per snapshot event, and one BookDelta for each run
 /// of consecutive update events (they share the message's `sequence_num`).
 pub fn parse_depth(
@@ -167,37 +180,15 @@ pub fn parse_depth(
     receive_time_ns: i64,
 ) -> Result<Vec<MarketEvent>, ParseError> {
     let mut j = Json::new(payload);
-    let (timestamp, seq, events) = (|| -> R<_> {
-        j.begin_object()?;
-        let (mut timestamp, mut seq, mut events) = (None, None, None);
-        let mut first = true;
-        while let Some(key) = j.next_key(&mut first)? {
-            match &*key {
-                b"channel" => check_channel(&mut j, "l2_data")?,
-                b"client_id" => {
-                    j.string()?;
-                }
-                b"timestamp" => timestamp = Some(j.string()?),
-                b"sequence_num" => seq = Some(sequence_num(&mut j)?),
-                b"events" => {
-                    let mut list = Vec::new();
-                    j.begin_array()?;
-                    let mut f = true;
-                    while j.next_item(&mut f)? {
-                        list.push(l2_event(&mut j, symbol)?);
-                    }
-                    events = Some(list);
-                }
-                _ => j.skip()?,
-            }
+    let (timestamp, seq, events) = message(&mut j, "l2_data", |j| {
+        let mut list = Vec::new();
+        j.begin_array()?;
+        let mut f = true;
+        while j.next_item(&mut f)? {
+            list.push(l2_event(j, symbol)?);
         }
-        j.finish()?;
-        Ok((
-            timestamp.ok_or_else(|| missing("timestamp"))?,
-            seq.ok_or_else(|| missing("sequence_num"))?,
-            events.ok_or_else(|| missing("events"))?,
-        ))
-    })()
+        Ok(list)
+    })
     .map_err(|e| perr(format!("coinbase: cannot parse l2_data message: {}", e.0)))?;
     let event_time_ms = timestamp_ms(&timestamp)?;
     let mut out: Vec<MarketEvent> = Vec::new();
@@ -293,7 +284,7 @@ fn market_trade<'a>(j: &mut Json<'a>) -> R<RawTrade<'a>> {
             b"product_id" => product_id = Some(j.string()?),
             b"price" => price = Some(j.string()?),
             b"size" => size = Some(j.string()?),
-            b"side" => side = Some(literal(j, &["BUY", "SELL"], "$.events[...].trades[...].side")?),
+            b"side" => side = Some(j.enum_value(&["BUY", "SELL"], "$.events[...].trades[...].side")?),
             b"time" => time = Some(j.string()?),
             _ => j.skip()?,
         }
@@ -315,62 +306,40 @@ pub fn parse_trades(
     receive_time_ns: i64,
 ) -> Result<Vec<MarketEvent>, ParseError> {
     let mut j = Json::new(payload);
-    let (timestamp, seq, events) = (|| -> R<_> {
-        j.begin_object()?;
-        let (mut timestamp, mut seq, mut events) = (None, None, None);
-        let mut first = true;
-        while let Some(key) = j.next_key(&mut first)? {
-            match &*key {
-                b"channel" => check_channel(&mut j, "market_trades")?,
-                b"client_id" => {
-                    j.string()?;
-                }
-                b"timestamp" => timestamp = Some(j.string()?),
-                b"sequence_num" => seq = Some(sequence_num(&mut j)?),
-                b"events" => {
-                    // list[MarketTradesEvent {type, trades}]: kept as one flat list
-                    let mut trades: Vec<RawTrade<'_>> = Vec::new();
-                    j.begin_array()?;
-                    let mut f = true;
-                    while j.next_item(&mut f)? {
-                        j.begin_object()?;
-                        let (mut ty, mut list) = (false, None);
-                        let mut g = true;
-                        while let Some(key) = j.next_key(&mut g)? {
-                            match &*key {
-                                b"type" => {
-                                    literal(&mut j, &["snapshot", "update"], "$.events[...].type")?;
-                                    ty = true;
-                                }
-                                b"trades" => {
-                                    let mut ts = Vec::new();
-                                    j.begin_array()?;
-                                    let mut h = true;
-                                    while j.next_item(&mut h)? {
-                                        ts.push(market_trade(&mut j)?);
-                                    }
-                                    list = Some(ts);
-                                }
-                                _ => j.skip()?,
-                            }
-                        }
-                        if !ty {
-                            return Err(missing("type"));
-                        }
-                        trades.extend(list.ok_or_else(|| missing("trades"))?);
+    let (timestamp, seq, events) = message(&mut j, "market_trades", |j| {
+        // list[MarketTradesEvent {type, trades}]: kept as one flat list
+        let mut trades: Vec<RawTrade<'_>> = Vec::new();
+        j.begin_array()?;
+        let mut f = true;
+        while j.next_item(&mut f)? {
+            j.begin_object()?;
+            let (mut ty, mut list) = (false, None);
+            let mut g = true;
+            while let Some(key) = j.next_key(&mut g)? {
+                match &*key {
+                    b"type" => {
+                        j.enum_value(&["snapshot", "update"], "$.events[...].type")?;
+                        ty = true;
                     }
-                    events = Some(trades);
+                    b"trades" => {
+                        let mut ts = Vec::new();
+                        j.begin_array()?;
+                        let mut h = true;
+                        while j.next_item(&mut h)? {
+                            ts.push(market_trade(j)?);
+                        }
+                        list = Some(ts);
+                    }
+                    _ => j.skip()?,
                 }
-                _ => j.skip()?,
             }
+            if !ty {
+                return Err(missing("type"));
+            }
+            trades.extend(list.ok_or_else(|| missing("trades"))?);
         }
-        j.finish()?;
-        Ok((
-            timestamp.ok_or_else(|| missing("timestamp"))?,
-            seq.ok_or_else(|| missing("sequence_num"))?,
-            events.ok_or_else(|| missing("events"))?,
-        ))
-    })()
+        Ok(trades)
+    })
     .map_err(|e| perr(format!("coinbase: cannot parse market_trades message: {}", e.0)))?;
     let event_time_ms = timestamp_ms(&timestamp)?;
     let mut out = Vec::with_capacity(events.len());

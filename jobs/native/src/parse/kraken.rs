@@ -118,23 +118,6 @@ fn levels(j: &mut Json<'_>) -> R<Result<Vec<Level>, String>> {
     })
 }
 
-fn check_tag(j: &mut Json<'_>, want: &str) -> R<()> {
-    let got = j.string()?;
-    if got != want {
-        return Err(perr(format!("Invalid value {} - at `$.channel`", pyrepr::str_repr(&got))));
-    }
-    Ok(())
-}
-
-fn message_type(j: &mut Json<'_>) -> R<bool> {
-    let got = j.string()?;
-    match &*got {
-        "snapshot" => Ok(true),
-        "update" => Ok(false),
-        other => Err(perr(format!("Invalid enum value {} - at `$.type`", pyrepr::str_repr(other)))),
-    }
-}
-
 /// One `data` element of a book message, decoded; the timestamp and the levels' checks are
 /// deferred (Python makes them after decoding).
 struct Book {
@@ -261,8 +244,8 @@ fn decode(payload: &[u8]) -> R<Message> {
     let mut first = true;
     while let Some(key) = j.next_key(&mut first)? {
         match &*key {
-            b"channel" => check_tag(&mut j, if is_book { "book" } else { "trade" })?,
-            b"type" => ty = Some(message_type(&mut j)?),
+            b"channel" => j.tag(if is_book { "book" } else { "trade" }, "$.channel")?,
+            b"type" => ty = Some(j.enum_value(&["snapshot", "update"], "$.type")? == "snapshot"),
             b"data" => {
                 j.begin_array()?;
                 let mut f = true;
@@ -368,6 +351,7 @@ fn trade(t: RawTrade, receive_time_ns: i64) -> Result<MarketEvent, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::book::kraken::{book_checksum, checksum_text};
     use crate::parse::parse_envelope;
 
     const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/kraken/");
@@ -391,22 +375,6 @@ mod tests {
             connection_seq: 0,
             payload,
         }
-    }
-
-    /// Kraken's checksum text of a decimal: digits without the point, leading zeros stripped.
-    fn checksum_text(v: Dec) -> String {
-        let s = v.to_string().replace('.', "");
-        let t = s.trim_start_matches('0');
-        t.to_string()
-    }
-
-    fn book_checksum(bids: &[Level], asks: &[Level]) -> u32 {
-        let mut text = String::new();
-        for (p, q) in asks.iter().take(10).chain(bids.iter().take(10)) {
-            text.push_str(&checksum_text(*p));
-            text.push_str(&checksum_text(*q));
-        }
-        crc32fast::hash(text.as_bytes())
     }
 
     #[test]

@@ -107,7 +107,7 @@ pub(crate) fn perr(msg: impl Into<String>) -> ParseError {
 // ---------------------------------------------------------------------------------------
 
 pub(crate) mod json {
-    use super::perr;
+    use super::{perr, pyrepr};
     use crate::events::ParseError;
     use std::borrow::Cow;
 
@@ -416,6 +416,23 @@ pub(crate) mod json {
             } else {
                 self.err("invalid character")
             }
+        }
+
+        /// A tag that must be `want` (msgspec: "Invalid value 'x' - at `$.e`").
+        pub fn tag(&mut self, want: &str, at: &str) -> R<()> {
+            let got = self.string()?;
+            if got != want {
+                return Err(perr(format!("Invalid value {} - at `{at}`", pyrepr::str_repr(&got))));
+            }
+            Ok(())
+        }
+
+        /// A `Literal[...]` string: which of `allowed` it is.
+        pub fn enum_value(&mut self, allowed: &[&'static str], at: &str) -> R<&'static str> {
+            let got = self.string()?;
+            allowed.iter().find(|a| **a == got).copied().ok_or_else(|| {
+                perr(format!("Invalid enum value {} - at `{at}`", pyrepr::str_repr(&got)))
+            })
         }
 
         pub fn boolean(&mut self) -> R<bool> {
