@@ -382,8 +382,7 @@ class NativeEngine:
         return self._letters()
 
     def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = self.books.counts()
-        return counts
+        return self.books.counts()
 
     def inserted(self) -> dict[str, int]:
         return self.inserted_rows

@@ -31,11 +31,6 @@ pub fn to_scaled_i128(value: Dec) -> i128 {
     }
 }
 
-/// A decimal as a Python float (`float(Decimal)`: correctly rounded from the decimal text).
-pub fn to_f64(value: Dec) -> f64 {
-    value.to_string().parse::<f64>().unwrap_or(f64::NAN)
-}
-
 // --- Python's decimal arithmetic: sums and quotients -------------------------------------
 
 /// Python's default context precision.
@@ -393,6 +388,5 @@ mod tests {
         assert_eq!(to_scaled_i128(d), 1_000_000_000_000_000);
         assert_eq!(to_scaled_i128(parse_dec("-1.5").unwrap()), -1_500_000_000_000_000_000);
         assert_eq!(parse_dec("1e-8").unwrap().to_string(), "0.00000001");
-        assert_eq!(to_f64(parse_dec("0.1").unwrap()), 0.1);
     }
 }

@@ -1009,7 +1009,7 @@ mod tests {
             );
             if let (Some(slip), Some(mid), Some(want)) = (m.slippage_mid, m.mid, want_bps) {
                 // what plain rust_decimal arithmetic would give
-                let naive = crate::dec::to_f64(slip / mid * Dec::from(10_000));
+                let naive: f64 = (slip / mid * Dec::from(10_000)).to_string().parse().unwrap();
                 if naive.to_bits() != want.to_bits() {
                     self.naive_bps_diff += 1;
                 }

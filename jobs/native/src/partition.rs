@@ -154,14 +154,19 @@ impl PartitionBooks {
                 continue; // superseded by an earlier one
             }
             self.timer_of.remove(&key);
-            let mut out = std::mem::take(&mut self.out);
-            out.clear();
-            let books = self.books.get_mut(&key).expect("a timer's instrument has books");
-            books.advance(self.watermark_ms, &mut out);
-            self.take(&out, None);
-            self.out = out;
+            self.advance(&key, self.watermark_ms);
             self.schedule(&key);
         }
+    }
+
+    /// One instrument's books to a watermark, and the rows that makes final.
+    fn advance(&mut self, key: &str, watermark_ms: i64) {
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        let books = self.books.get_mut(key).expect("an advanced instrument has books");
+        books.advance(watermark_ms, &mut out);
+        self.take(&out, None);
+        self.out = out;
     }
 
     fn process(&mut self, value: &[u8]) {
@@ -247,11 +252,7 @@ impl PartitionBooks {
         let mut keys: Vec<String> = self.books.keys().cloned().collect();
         keys.sort();
         for key in keys {
-            let mut out = std::mem::take(&mut self.out);
-            out.clear();
-            self.books.get_mut(&key).unwrap().advance(END_OF_INPUT, &mut out);
-            self.take(&out, None);
-            self.out = out;
+            self.advance(&key, END_OF_INPUT);
         }
         self.timers.clear();
         self.timer_of.clear();
