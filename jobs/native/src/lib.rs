@@ -11,6 +11,7 @@ pub mod matching;
 pub mod nbbo;
 pub mod parse;
 pub mod partition;
+pub mod publish;
 #[cfg(feature = "python")]
 mod python;
 pub mod rows;
