@@ -14,3 +14,4 @@ pub mod partition;
 #[cfg(feature = "python")]
 mod python;
 pub mod rows;
+pub mod state;
