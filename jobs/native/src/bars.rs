@@ -29,6 +29,8 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, VecDeque};
 
+use serde::{Deserialize, Serialize};
+
 use crate::dec::{py_add, py_div_to_f64, py_mul, py_sub, Dec};
 use crate::events::{BookId, Side, Trade};
 
@@ -38,12 +40,15 @@ pub const ALL: &str = "ALL";
 pub type Touch = (Dec, Dec, Dec, Dec);
 
 /// What the bars need of one LIVE book state with both sides.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BookSample {
     /// bid, bid_size, ask, ask_size
+    #[serde(with = "crate::dec::wire")]
     pub touch: (Dec, Dec, Dec, Dec),
     /// size within the band below the mid
+    #[serde(with = "crate::dec::wire")]
     pub bid_depth: Dec,
+    #[serde(with = "crate::dec::wire")]
     pub ask_depth: Dec,
 }
 
@@ -72,7 +77,7 @@ pub struct Bar {
 
 /// The numeric part of a trade's order key: Python's `int(tid) if tid.isdigit() else 0`
 /// (ids of ASCII digits; any length, compared as the integers they are).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TradeIdNum {
     /// up to 38 significant digits
     Small(u128),
@@ -148,30 +153,42 @@ pub fn ofi_term(prev: &Touch, cur: &Touch) -> Dec {
 const ALL_IDX: u32 = u32::MAX;
 
 /// A trade's order key with the exchange interned.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Key {
     time_ms: i64,
     venue: u32,
     id: TradeIdNum,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Acc {
+    #[serde(with = "crate::dec::wire")]
     open: Option<Dec>,
     open_key: Option<Key>,
+    #[serde(with = "crate::dec::wire")]
     close: Option<Dec>,
     close_key: Option<Key>,
+    #[serde(with = "crate::dec::wire")]
     high: Option<Dec>,
+    #[serde(with = "crate::dec::wire")]
     low: Option<Dec>,
+    #[serde(with = "crate::dec::wire")]
     volume: Dec,
+    #[serde(with = "crate::dec::wire")]
     notional: Dec,
     trade_count: i64,
+    #[serde(with = "crate::dec::wire")]
     buy_volume: Dec,
+    #[serde(with = "crate::dec::wire")]
     sell_volume: Dec,
     live_ms: i64,
+    #[serde(with = "crate::dec::wire")]
     spread_ms: Dec,
+    #[serde(with = "crate::dec::wire")]
     bid_depth_ms: Dec,
+    #[serde(with = "crate::dec::wire")]
     ask_depth_ms: Dec,
+    #[serde(with = "crate::dec::wire")]
     ofi: Dec,
     ofi_terms: i64,
 }
@@ -250,7 +267,7 @@ impl Acc {
 }
 
 /// One open window of one interval: its venues' accumulators.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Group {
     start: i64,
     venues: Vec<Option<Acc>>, // by interned venue
@@ -258,7 +275,7 @@ struct Group {
 }
 
 /// The open windows of one (distinct) interval, sorted by start.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Slot {
     interval: i64,
     groups: VecDeque<Group>,
@@ -292,12 +309,13 @@ impl Slot {
 }
 
 /// Integration state of one book.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Clock {
     book_id: BookId,
     venue: u32,
     since_ms: i64,
     sample: Option<BookSample>,
+    #[serde(with = "crate::dec::wire")]
     spread: Dec, // the sample's ask - bid (what Python computes per segment)
 }
 
@@ -327,7 +345,7 @@ fn integrate(slots: &mut [Slot], slot_of: &[usize], clock: &mut Clock, until_ms:
     clock.since_ms = clock.since_ms.max(until_ms);
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InstrumentBars {
     pub instrument: String,
     intervals: Vec<i64>,

@@ -377,6 +377,161 @@ pub fn py_div_to_f64(a: Dec, b: Dec) -> f64 {
     py_div(a, b).expect("decimal division by zero").to_f64()
 }
 
+/// The compact serde form of decimals in the core's binary state (`crate::state`), for a
+/// field of any shape of `Dec`s: `#[serde(with = "crate::dec::wire")]` on a `Dec`, an
+/// `Option`, a `Vec`, a pair or quadruple, or a `BTreeMap` of them.
+///
+/// A decimal is written as (flags, coefficient): flags = scale | 0x80 if negative (negative
+/// zero included), the coefficient as an unsigned 128-bit integer (a varint in the state's
+/// format: 4 to 6 bytes for an exchange price or size, not 16). Exact: the scale is kept, so
+/// "0.00100000" comes back as "0.00100000". `Dec`'s own serde form (rust_decimal's
+/// `serde-str`: its text) is exact too; it serves the `Dec`s of types declared elsewhere.
+pub mod wire {
+    use std::collections::BTreeMap;
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::{Error as _, MapAccess, Visitor};
+    use serde::ser::SerializeTuple;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Dec;
+
+    /// A shape of decimals with a compact form.
+    pub trait Wire: Sized {
+        fn write<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error>;
+        fn read<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error>;
+    }
+
+    pub fn serialize<T: Wire, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        value.write(s)
+    }
+
+    pub fn deserialize<'de, T: Wire, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        T::read(d)
+    }
+
+    struct Out<'a, T>(&'a T);
+
+    impl<T: Wire> Serialize for Out<'_, T> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            self.0.write(s)
+        }
+    }
+
+    struct In<T>(T);
+
+    impl<'de, T: Wire> Deserialize<'de> for In<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            T::read(d).map(In)
+        }
+    }
+
+    const NEGATIVE: u8 = 0x80;
+
+    impl Wire for Dec {
+        #[inline]
+        fn write<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let flags = self.scale() as u8 | if self.is_sign_negative() { NEGATIVE } else { 0 };
+            let mut t = s.serialize_tuple(2)?;
+            t.serialize_element(&flags)?;
+            t.serialize_element(&self.mantissa().unsigned_abs())?;
+            t.end()
+        }
+
+        #[inline]
+        fn read<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let (flags, coefficient) = <(u8, u128)>::deserialize(d)?;
+            let scale = u32::from(flags & !NEGATIVE);
+            let mut value = i128::try_from(coefficient)
+                .ok()
+                .and_then(|c| Dec::try_from_i128_with_scale(c, scale).ok())
+                .ok_or_else(|| D::Error::custom(format!("no decimal {coefficient}e-{scale}")))?;
+            value.set_sign_negative(flags & NEGATIVE != 0);
+            Ok(value)
+        }
+    }
+
+    impl<T: Wire> Wire for Option<T> {
+        fn write<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match self {
+                Some(v) => s.serialize_some(&Out(v)),
+                None => s.serialize_none(),
+            }
+        }
+
+        fn read<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            Ok(Option::<In<T>>::deserialize(d)?.map(|v| v.0))
+        }
+    }
+
+    impl<A: Wire, B: Wire> Wire for (A, B) {
+        #[inline]
+        fn write<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            (Out(&self.0), Out(&self.1)).serialize(s)
+        }
+
+        #[inline]
+        fn read<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let (a, b) = <(In<A>, In<B>)>::deserialize(d)?;
+            Ok((a.0, b.0))
+        }
+    }
+
+    impl<A: Wire, B: Wire, C: Wire, E: Wire> Wire for (A, B, C, E) {
+        fn write<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            (Out(&self.0), Out(&self.1), Out(&self.2), Out(&self.3)).serialize(s)
+        }
+
+        fn read<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let (a, b, c, e) = <(In<A>, In<B>, In<C>, In<E>)>::deserialize(d)?;
+            Ok((a.0, b.0, c.0, e.0))
+        }
+    }
+
+    impl<T: Wire> Wire for Vec<T> {
+        fn write<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.iter().map(Out))
+        }
+
+        fn read<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            Ok(Vec::<In<T>>::deserialize(d)?
+                .into_iter()
+                .map(|v| v.0)
+                .collect())
+        }
+    }
+
+    impl<K: Wire + Ord, V: Wire> Wire for BTreeMap<K, V> {
+        fn write<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.iter().map(|(k, v)| (Out(k), Out(v))))
+        }
+
+        fn read<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Entries<K, V>(PhantomData<(K, V)>);
+
+            impl<'de, K: Wire + Ord, V: Wire> Visitor<'de> for Entries<K, V> {
+                type Value = BTreeMap<K, V>;
+
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a map of decimals")
+                }
+
+                fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                    // written in key order: collected, then built in bulk
+                    let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1 << 16));
+                    while let Some((k, v)) = map.next_entry::<In<K>, In<V>>()? {
+                        entries.push((k.0, v.0));
+                    }
+                    Ok(entries.into_iter().collect())
+                }
+            }
+
+            d.deserialize_map(Entries(PhantomData))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

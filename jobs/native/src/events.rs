@@ -1,6 +1,8 @@
 //! Normalised market events: what every exchange parser produces and the book engines
 //! consume (the Rust twin of `jobs/parse/events.py`). Pure, no I/O.
 
+use serde::{Deserialize, Serialize};
+
 use crate::dec::Dec;
 
 /// (price, size); size 0 removes the level.
@@ -18,7 +20,7 @@ impl std::fmt::Display for ParseError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Side {
     Buy,
     Sell,
@@ -34,7 +36,7 @@ impl Side {
 }
 
 /// `jobs.book.levels.BookStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BookStatus {
     Live,
     Resyncing,
@@ -52,7 +54,7 @@ impl BookStatus {
 }
 
 /// Absolute sizes for some price levels (see `BookDelta` in events.py).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BookDelta {
     pub exchange: String,
     pub symbol: String,
@@ -60,7 +62,9 @@ pub struct BookDelta {
     pub last_id: i64,
     pub event_time_ms: i64,
     pub receive_time_ns: i64,
+    #[serde(with = "crate::dec::wire")]
     pub bids: Vec<Level>,
+    #[serde(with = "crate::dec::wire")]
     pub asks: Vec<Level>,
     pub checksum: Option<u32>,
 }
@@ -78,12 +82,14 @@ pub struct BookSnapshot {
     pub checksum: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trade {
     pub exchange: String,
     pub symbol: String,
     pub trade_id: String,
+    #[serde(with = "crate::dec::wire")]
     pub price: Dec,
+    #[serde(with = "crate::dec::wire")]
     pub size: Dec,
     pub taker_side: Side,
     pub trade_time_ms: i64,

@@ -5,6 +5,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use serde::{Deserialize, Serialize};
+
 use crate::bars::{Bar, BookSample, InstrumentBars};
 use crate::book::engine::{Outcome, SyncedBook};
 use crate::dec::Dec;
@@ -23,7 +25,7 @@ type TradeKey = (String, String, String); // (exchange, symbol, trade id)
 
 /// Settings of the books, the NBBO, matching and bars (`book` and `analytics` in the
 /// configuration).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Rules {
     pub top_n: usize,
     pub snapshot_interval_ms: i64,
@@ -36,7 +38,7 @@ pub struct Rules {
 }
 
 /// The top of one book as published (`BookView` in instrument.py).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BookView {
     pub exchange: String,
     pub symbol: String,
@@ -64,7 +66,7 @@ impl BookView {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NbboUpdate {
     pub nbbo: Nbbo,
     pub version: i64,
@@ -72,7 +74,7 @@ pub struct NbboUpdate {
     pub receive_time_ns: i64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LateEvent {
     pub exchange: String,
     pub symbol: String,
@@ -116,6 +118,7 @@ impl Outputs {
 
 type Top = (BookStatus, Option<Level>, Option<Level>, Option<Dec>, Option<Dec>);
 
+#[derive(Serialize, Deserialize)]
 struct TrackedBook {
     engine: SyncedBook,
     last_event_time_ms: i64,
@@ -125,6 +128,7 @@ struct TrackedBook {
 }
 
 /// The books of one instrument (an NBBO group) and the rules for what to publish.
+#[derive(Serialize, Deserialize)]
 pub struct InstrumentBooks {
     pub instrument: String,
     quote: String,

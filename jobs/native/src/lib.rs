@@ -15,3 +15,4 @@ pub mod publish;
 #[cfg(feature = "python")]
 mod python;
 pub mod rows;
+pub mod state;

@@ -14,12 +14,14 @@
 //! rounded quotient times 10 000, as Python's `float(Decimal)` gives it.
 
 
+use serde::{Deserialize, Serialize};
+
 use crate::dec::{py_add, py_div, py_sub, Dec};
 use crate::events::{BookStatus, Level, Side, Trade};
 use crate::nbbo::Nbbo;
 
 /// One published state of a book (top N levels), kept while trades may still need it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BookState {
     /// event time of the state (the exchange's time of its last update)
     pub time_ms: i64,
@@ -28,8 +30,10 @@ pub struct BookState {
     pub version: i64,
     pub status: BookStatus,
     /// best first
+    #[serde(with = "crate::dec::wire")]
     pub bids: Vec<Level>,
     /// best first
+    #[serde(with = "crate::dec::wire")]
     pub asks: Vec<Level>,
 }
 
@@ -40,7 +44,7 @@ impl BookState {
 }
 
 /// Recent states of one book in arrival order (times are non-decreasing but for resyncs).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct BookHistory {
     states: Vec<BookState>,
     /// times non-decreasing (nearly always): prune can bisect instead of scanning

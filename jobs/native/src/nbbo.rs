@@ -5,6 +5,8 @@
 //! every other book is listed with the reason it was left out. Only comparisons and sums of
 //! exchange decimals here: exact, as in Python.
 
+use serde::{Deserialize, Serialize};
+
 use crate::dec::{py_add, Dec};
 use crate::events::{BookStatus, Level};
 
@@ -32,16 +34,20 @@ impl VenueTop {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Nbbo {
     pub instrument: String,
     /// the quote currency (or equivalent set, "USD+USDT") the prices are in
     pub quote: String,
+    #[serde(with = "crate::dec::wire")]
     pub bid_price: Option<Dec>,
     /// summed over the venues at the best bid
+    #[serde(with = "crate::dec::wire")]
     pub bid_size: Option<Dec>,
     pub bid_venues: Vec<String>,
+    #[serde(with = "crate::dec::wire")]
     pub ask_price: Option<Dec>,
+    #[serde(with = "crate::dec::wire")]
     pub ask_size: Option<Dec>,
     pub ask_venues: Vec<String>,
     /// books included, "exchange:symbol", sorted

@@ -6,6 +6,8 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 use crate::book::kraken::DEPTHS;
 use crate::book::levels::{BookSide, OrderBook};
 use crate::events::{BookDelta, BookSnapshot, BookStatus, SyncLost};
@@ -56,7 +58,7 @@ impl Outcome {
 pub const VERSION_EPOCH_FACTOR: i64 = 1_000_000;
 
 /// Which exchange's sync rules a book follows (`jobs.book.ENGINES`).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Exchange {
     Binance,
     Coinbase,
@@ -83,7 +85,7 @@ impl Exchange {
 }
 
 /// One symbol's book and its sync state.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SyncedBook {
     pub book: OrderBook,
     pub status: BookStatus,

@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::dec::Dec;
 use crate::events::Level;
 
@@ -17,11 +19,13 @@ pub enum BookSide {
     Ask,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct OrderBook {
     /// ascending: best (highest) bid last
+    #[serde(with = "crate::dec::wire")]
     bids: BTreeMap<Dec, Dec>,
     /// ascending: best (lowest) ask first
+    #[serde(with = "crate::dec::wire")]
     asks: BTreeMap<Dec, Dec>,
     max_levels: usize,
 }
