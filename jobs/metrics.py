@@ -27,6 +27,7 @@ class MetricGroupLike(Protocol):
 
 COUNTERS = (
     "frames",  # raw frames processed
+    "bundles",  # calls into the compiled core with a bundle of frames
     "book_updates",  # book states published (Redis writes)
     "trades",
     "trades_matched",

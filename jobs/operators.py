@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import time
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -13,6 +14,7 @@ from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from jobs.bars import WindowKey
 from jobs.book.levels import BookSide, LevelChange
+from jobs.faults import PythonFault
 from jobs.instrument import (
     END_OF_INPUT,
     BookId,
@@ -484,3 +486,175 @@ def _row_count(value: Any) -> int:
 def _table_rows(key: str, value: Any) -> list[tuple[str, tuple[Any, ...]]]:
     """A pending entry as (table, row) pairs: a batch, or one row of table ``key``."""
     return value if isinstance(value, list) else [(key, value)]
+
+
+def native_stream(book: BookConfig, analytics: AnalyticsConfig, redis_prefix: str) -> Any:
+    """The compiled core (``jobs/native``) configured as the job is."""
+    try:
+        import tickflow_native
+    except ImportError as exc:  # pragma: no cover - the image and `make venv` install it
+        raise RuntimeError(
+            "the job's compiled core is not installed: `make venv` builds it (jobs/native, "
+            "needs cargo); images install its wheel"
+        ) from exc
+    return tickflow_native.NativeStream(
+        top_n=book.top_n,
+        snapshot_interval_ms=book.snapshot_interval_ms,
+        max_levels=book.max_levels,
+        max_buffered=book.max_buffered_updates,
+        nbbo_stale_after_ms=analytics.nbbo_stale_after_ms,
+        bar_intervals_ms=list(analytics.bar_intervals_ms),
+        depth_band_bps=str(analytics.depth_band_bps),
+        trade_dedup_ms=analytics.trade_dedup_ms,
+        quote_equivalents=sorted(analytics.quote_equivalents.items()),
+        stale_after_ms=book.stale_after_ms,
+        resync_retry_ms=book.resync_retry_ms,
+        redis_prefix=redis_prefix,
+    )
+
+
+class BundleProcessor(KeyedProcessFunction):
+    """Keyed by instrument (NBBO group) in the JVM: one call per bundle of raw frames, every
+    frame's work in the compiled core (decode, parse, book sync, NBBO, matching, bars, late
+    events, the rows and records to publish).
+
+    Input: ``(key, frame bundle)`` from the JVM bundler. Output: one sink blob per call
+    (ClickHouse RowBinary rows and Kafka records, split by the JVM sinks). Redis writes,
+    conflated per book and NBBO, go out from here in one pipelined round trip.
+
+    State: each instrument's whole core state, as bytes, in one value state, written when the
+    bundler says a checkpoint barrier follows (the last bundle of the instrument before it)
+    and after every timer; between those the core's memory is ahead of Flink's state, which a
+    restore replays up to from the checkpointed source offsets.
+    """
+
+    def __init__(
+        self,
+        book: BookConfig,
+        redis_config: RedisConfig,
+        analytics: AnalyticsConfig,
+        monitoring: MonitoringConfig,
+        fault_file: str = "",
+    ) -> None:
+        self.book_config = book
+        self.redis_config = redis_config
+        self.analytics_config = analytics
+        self.monitoring_config = monitoring
+        self.fault_file = fault_file
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.state = runtime_context.get_state(
+            ValueStateDescriptor("core-state", Types.PICKLED_BYTE_ARRAY())
+        )
+        setup_logging(self.monitoring_config, job="tickflow-pipeline")
+        self.metrics = JobMetrics(runtime_context.get_metrics_group(), buffered=True)
+        self.core = native_stream(
+            self.book_config, self.analytics_config, self.redis_config.key_prefix
+        )
+        self.redis = RedisBookWriter(self.redis_config)
+        self.redis_batch = RedisBatch(
+            self.redis, RedisNbboWriter(self.redis.client, self.redis_config.key_prefix)
+        )
+        self.fault = PythonFault(self.fault_file) if self.fault_file else None
+        self._redis_due_ms: int | None = None
+        self._next_tick: dict[str, int] = {}
+        self._next_event_timer: dict[str, int] = {}
+
+    def close(self) -> None:
+        self._flush_redis()
+        self.redis.close()
+
+    def _load(self, key: str) -> None:
+        """The instrument's core state from Flink's state, once per key and run."""
+        if not self.core.has(key):
+            state = self.state.value()
+            if state is not None:
+                self.core.restore(key, state)
+
+    def _persist(self, key: str) -> None:
+        state = self.core.snapshot(key)
+        if state is not None:
+            self.state.update(state)
+
+    def process_element(
+        self, value: tuple[str, bytes], ctx: KeyedProcessFunction.Context
+    ) -> Iterator[bytes]:
+        if self.fault is not None:
+            self.fault.check()
+        key, bundle = value
+        self._load(key)
+        timers = ctx.timer_service()
+        now = timers.current_processing_time()
+        if self.core.process_bundle(key, bundle, timers.current_watermark(), now):
+            self._persist(key)
+        self.metrics.books_not_live(key, self.core.books_not_live(key))
+        self._schedule_event_timer(ctx, key)
+        self._schedule_tick(ctx, key, now)
+        self._queue_redis(ctx, now)
+        blob = self.core.take_blob()
+        if blob is not None:
+            yield blob
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[bytes]:
+        key = ctx.get_current_key()
+        if ctx.time_domain() == TimeDomain.EVENT_TIME:
+            # the watermark passed a pending trade or a window end
+            self._load(key)
+            self._next_event_timer.pop(key, None)
+            self.core.advance(key, ctx.timer_service().current_watermark())
+            self._persist(key)
+            self._schedule_event_timer(ctx, key)
+        elif timestamp % self.book_config.timer_interval_ms == 0:
+            # the housekeeping tick: STALE books, unanswered resync requests
+            self._load(key)
+            self.metrics.books_not_live(key, self.core.housekeeping(key, timestamp))
+            self._persist(key)
+            self._next_tick.pop(key, None)
+            self._schedule_tick(ctx, key, timestamp)
+        # else: a Redis flush timer (maybe from before a restore: then nothing is queued)
+        self._flush_redis()
+        blob = self.core.take_blob()
+        if blob is not None:
+            yield blob
+
+    def _schedule_event_timer(self, ctx: KeyedProcessFunction.Context, key: str) -> None:
+        """One event-time timer per instrument at the next time the watermark has work."""
+        due = self.core.next_event_time_ms(key)
+        registered = self._next_event_timer.get(key)
+        if due is not None and (registered is None or due < registered):
+            ctx.timer_service().register_event_time_timer(due)
+            self._next_event_timer[key] = due
+
+    def _schedule_tick(self, ctx: KeyedProcessFunction.Context, key: str, now: int) -> None:
+        """One housekeeping timer per instrument and tick (timers are checkpointed)."""
+        tick = self.book_config.timer_interval_ms
+        due = (now // tick + 1) * tick
+        if self._next_tick.get(key, 0) < due:
+            ctx.timer_service().register_processing_time_timer(due)
+            self._next_tick[key] = due
+
+    def _queue_redis(self, ctx: KeyedProcessFunction.Context, now: int) -> None:
+        """Send the conflated Redis writes when enough are waiting or the oldest is due; else
+        make sure a timer sends them (never at a tick's multiple: that is a tick)."""
+        pending = self.core.redis_pending
+        if not pending:
+            return
+        if pending >= REDIS_BATCH_WRITES or (
+            self._redis_due_ms is not None and now >= self._redis_due_ms
+        ):
+            self._flush_redis()
+        elif self._redis_due_ms is None:
+            due = now + REDIS_FLUSH_MS
+            if due % self.book_config.timer_interval_ms == 0:
+                due += 1
+            self._redis_due_ms = due
+            ctx.timer_service().register_processing_time_timer(due)
+
+    def _flush_redis(self) -> None:
+        self._redis_due_ms = None
+        for is_nbbo, keys, args in self.core.take_redis(time.time_ns()):
+            self.redis_batch.add_write(is_nbbo, keys, args)
+        self.redis_batch.flush()
+        for name, n in self.core.take_counts().items():
+            self.metrics.inc(name, n)
+        self.metrics.flush()

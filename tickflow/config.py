@@ -121,8 +121,17 @@ class FlinkConfig:
     # the job adds the Kafka connector jar resolved by Maven; false where the cluster has it
     # already (docker images, AWS Managed Flink's jarfile)
     ship_connector_jars: bool = True
+    # the JVM bundler hands the compiled core this many frames of an instrument per call, or
+    # what it holds after bundle_max_delay_ms (and always before a watermark or a checkpoint)
+    bundle_max_frames: int = 64
+    bundle_max_delay_ms: int = 5
+    # the live job's logic: "native" (the compiled core, jobs/native, called per bundle) or
+    # "python" (jobs/instrument.py per frame: the earlier job, kept for comparison)
+    core: str = "native"
 
     def __post_init__(self) -> None:
+        if self.core not in LIVE_CORES:
+            raise ConfigError(f"flink.core must be one of {LIVE_CORES}, got {self.core!r}")
         if self.state_backend not in FLINK_STATE_BACKENDS:
             raise ConfigError(
                 f"flink.state_backend must be one of {FLINK_STATE_BACKENDS}, "
@@ -131,6 +140,7 @@ class FlinkConfig:
 
 
 BATCH_ENGINES = ("native", "python")
+LIVE_CORES = BATCH_ENGINES
 
 
 @dataclass(frozen=True)

@@ -205,6 +205,10 @@ class RedisBatch:
         keys, args = self.nbbo.nbbo_args(update)
         self._queue.append((_GUARDED_NBBO, keys, args))
 
+    def add_write(self, is_nbbo: bool, keys: list[str], args: list[Any]) -> None:
+        """A guarded write whose KEYS and ARGV were encoded elsewhere (the compiled core)."""
+        self._queue.append((_GUARDED_NBBO if is_nbbo else _GUARDED_WRITE, keys, args))
+
     def flush(self) -> list[bool]:
         """Send every queued write; whether each was accepted (False: Redis had a newer one)."""
         queue, self._queue = self._queue, []

@@ -98,6 +98,13 @@ pub struct Outputs {
     pub bars: Vec<Bar>,
     pub late: Vec<LateEvent>,
     pub duplicate_trades: u64,
+    /// every view a frame published (the live books: Redis)
+    pub book_views: Vec<BookView>,
+    /// books that need a fresh snapshot from their connector, and why
+    pub resyncs: Vec<(BookId, String)>,
+    /// gaps (and snapshots too old to bridge) and checksum mismatches
+    pub gaps: u64,
+    pub checksum_failures: u64,
     /// the latest view's time of this frame's book changes (the NBBO's event time)
     views_time_ms: Option<i64>,
 }
@@ -112,6 +119,11 @@ impl Outputs {
         self.matched.clear();
         self.bars.clear();
         self.late.clear();
+        self.duplicate_trades = 0;
+        self.book_views.clear();
+        self.resyncs.clear();
+        self.gaps = 0;
+        self.checksum_failures = 0;
         self.views_time_ms = None;
     }
 }
@@ -125,6 +137,10 @@ struct TrackedBook {
     last_receive_time_ns: i64,
     snapshot_bucket: i64,
     top: Option<Top>,
+    /// LIVE, but no message for longer than the staleness bound (processing time)
+    stale: bool,
+    /// processing time of the last resync request (0: none yet)
+    resync_requested_ms: i64,
 }
 
 /// The books of one instrument (an NBBO group) and the rules for what to publish.
@@ -138,6 +154,7 @@ pub struct InstrumentBooks {
     book_instruments: Vec<(BookId, String)>,
     history: Vec<(BookId, BookHistory)>,
     pending: VecDeque<Trade>, // waiting for the watermark, by time
+    #[serde(serialize_with = "crate::state::sorted_map")]
     seen: HashMap<TradeKey, i64>,
     seen_order: VecDeque<(i64, TradeKey)>,
     bars: InstrumentBars,
@@ -399,6 +416,8 @@ impl InstrumentBooks {
                         last_receive_time_ns: 0,
                         snapshot_bucket: -1,
                         top: None,
+                        stale: false,
+                        resync_requested_ms: 0,
                     },
                 ));
                 self.books.len() - 1
@@ -421,12 +440,22 @@ impl InstrumentBooks {
             tracked.last_event_time_ms = tracked.last_event_time_ms.max(t);
         }
         tracked.last_receive_time_ns = receive_time_ns;
+        if outcome.needs_resync() {
+            out.resyncs.push(((exchange.to_string(), symbol.to_string()), tracked.engine.reason.clone()));
+            if outcome == Outcome::ChecksumMismatch {
+                out.checksum_failures += 1;
+            } else {
+                out.gaps += 1;
+            }
+        }
         if matches!(outcome, Outcome::Ignored | Outcome::Buffered | Outcome::SnapshotTooOld)
             && tracked.engine.status == was
         {
             return Ok(false);
         }
-        let view = self.view(index);
+        tracked.stale = false;
+        let view = self.view(index, 0);
+        out.book_views.push(view.clone());
         out.views_time_ms = Some(out.views_time_ms.map_or(view.time_ms(), |t| t.max(view.time_ms())));
         self.record_state(&view, out, watermark_ms);
         let tracked = &mut self.books[index].1;
@@ -459,6 +488,59 @@ impl InstrumentBooks {
             (false, false) => {}
         }
         Ok(true)
+    }
+
+    // --- processing time: staleness and resync retries (the live job only) ---------------
+
+    /// LIVE books with no message for `stale_after_ms`: now STALE (their views to publish).
+    pub fn mark_stale(&mut self, now_ms: i64, stale_after_ms: i64) -> Vec<BookView> {
+        let mut views = Vec::new();
+        for index in 0..self.books.len() {
+            let tracked = &mut self.books[index].1;
+            let silent_ms = now_ms - tracked.last_receive_time_ns.div_euclid(1_000_000);
+            if tracked.engine.status == BookStatus::Live && !tracked.stale && silent_ms > stale_after_ms {
+                tracked.stale = true;
+                views.push(self.view(index, now_ms));
+            }
+        }
+        views
+    }
+
+    /// Books still not LIVE `retry_ms` after their last resync request: ask again.
+    pub fn due_resyncs(&mut self, now_ms: i64, retry_ms: i64) -> Vec<(BookId, String)> {
+        let mut due = Vec::new();
+        for (book_id, tracked) in self.books.iter_mut() {
+            if tracked.engine.status == BookStatus::Live {
+                continue;
+            }
+            if tracked.resync_requested_ms == 0 {
+                // first seen waiting (e.g. for its first snapshot): start the clock
+                tracked.resync_requested_ms = now_ms;
+            } else if now_ms - tracked.resync_requested_ms >= retry_ms {
+                tracked.resync_requested_ms = now_ms;
+                let engine = &tracked.engine;
+                due.push((book_id.clone(), format!("still {}: {}", engine.status.as_str(), engine.reason)));
+            }
+        }
+        due
+    }
+
+    /// A resync of the book was requested at `now_ms` (processing time).
+    pub fn resync_requested(&mut self, book_id: &BookId, now_ms: i64) {
+        if let Some(i) = position(&self.books, &book_id.0, &book_id.1) {
+            self.books[i].1.resync_requested_ms = now_ms;
+        }
+    }
+
+    /// Books not LIVE or STALE.
+    pub fn books_not_live(&self) -> usize {
+        self.books.iter().filter(|(_, t)| t.engine.status != BookStatus::Live || t.stale).count()
+    }
+
+    /// The views of the books that are not STALE (published again after a restore: the
+    /// writes queued before a checkpoint may not have reached Redis).
+    pub fn fresh_views(&self) -> Vec<BookView> {
+        (0..self.books.len()).filter(|&i| !self.books[i].1.stale).map(|i| self.view(i, 0)).collect()
     }
 
     /// A new state of a book: into its history (for matching) and the bars.
@@ -505,10 +587,21 @@ impl InstrumentBooks {
         self.bars.on_book(&book_id, time_ms, sample);
     }
 
-    fn view(&self, index: usize) -> BookView {
+    /// A book's view; `now_ms` (processing time) words a STALE book's reason.
+    fn view(&self, index: usize, now_ms: i64) -> BookView {
         let ((exchange, symbol), tracked) = &self.books[index];
         let engine = &tracked.engine;
         let live = engine.status == BookStatus::Live;
+        let (status, reason) = if live && tracked.stale {
+            let silent_s = if now_ms != 0 {
+                (now_ms - tracked.last_receive_time_ns.div_euclid(1_000_000)) as f64 / 1000.0
+            } else {
+                0.0
+            };
+            (BookStatus::Stale, format!("no message for {silent_s:.1} s"))
+        } else {
+            (engine.status, engine.reason.clone())
+        };
         let (bids, asks) = if live { engine.book.top(self.rules.top_n) } else { (Vec::new(), Vec::new()) };
         let (bid_depth, ask_depth) = if !bids.is_empty() && !asks.is_empty() {
             let (b, a) = engine.book.depth_within_bps(self.rules.depth_band_bps);
@@ -520,8 +613,8 @@ impl InstrumentBooks {
             exchange: exchange.clone(),
             symbol: symbol.clone(),
             instrument: self.book_instrument(exchange, symbol).to_string(),
-            status: engine.status,
-            reason: engine.reason.clone(),
+            status,
+            reason,
             seq: engine.last_id,
             version: engine.version(),
             bids,

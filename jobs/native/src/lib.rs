@@ -1,5 +1,6 @@
-//! tickflow's compiled batch engine (see README.md beside this file): the books operator's
-//! logic over one raw-topic partition, module for module the twin of the Python one.
+//! tickflow's compiled core (see README.md beside this file): the books operator's logic,
+//! served to the live job per bundle of frames (`stream`) and to the batch backfill per
+//! raw-topic partition (`partition`).
 
 pub mod bars;
 pub mod book;
@@ -16,3 +17,4 @@ pub mod publish;
 mod python;
 pub mod rows;
 pub mod state;
+pub mod stream;

@@ -9,6 +9,7 @@ use crate::dec::parse_dec;
 use crate::instrument::Rules;
 use crate::partition::{PartitionBooks, Selection};
 use crate::rows::TABLES;
+use crate::stream::{LiveRules, StreamBooks, OUTPUTS};
 
 #[pyclass(module = "tickflow_native", unsendable)]
 struct NativePartition {
@@ -36,12 +37,7 @@ impl NativePartition {
         only: Vec<String>,
         others: Vec<String>,
     ) -> PyResult<Self> {
-        if snapshot_interval_ms <= 0 {
-            return Err(PyValueError::new_err("snapshot_interval_ms must be > 0"));
-        }
-        let depth_band_bps = parse_dec(depth_band_bps)
-            .ok_or_else(|| PyValueError::new_err(format!("depth_band_bps {depth_band_bps:?} is not a decimal")))?;
-        let rules = Rules {
+        let rules = rules(
             top_n,
             snapshot_interval_ms,
             max_levels,
@@ -50,7 +46,7 @@ impl NativePartition {
             bar_intervals_ms,
             depth_band_bps,
             trade_dedup_ms,
-        };
+        )?;
         let selection = Selection { only, others };
         Ok(NativePartition {
             inner: PartitionBooks::new(rules, quote_equivalents, out_of_orderness_ms, selection),
@@ -115,9 +111,167 @@ impl NativePartition {
     }
 }
 
+/// The live job's core (one per operator instance): bundles of raw frames per instrument
+/// in, one sink blob and conflated Redis writes out, each instrument's state as bytes.
+#[pyclass(module = "tickflow_native", unsendable)]
+struct NativeStream {
+    inner: StreamBooks,
+}
+
+#[pymethods]
+impl NativeStream {
+    #[new]
+    #[pyo3(signature = (*, top_n, snapshot_interval_ms, max_levels, max_buffered,
+        nbbo_stale_after_ms, bar_intervals_ms, depth_band_bps, trade_dedup_ms,
+        quote_equivalents, stale_after_ms, resync_retry_ms, redis_prefix))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        top_n: usize,
+        snapshot_interval_ms: i64,
+        max_levels: usize,
+        max_buffered: usize,
+        nbbo_stale_after_ms: i64,
+        bar_intervals_ms: Vec<i64>,
+        depth_band_bps: &str,
+        trade_dedup_ms: i64,
+        quote_equivalents: Vec<(String, String)>,
+        stale_after_ms: i64,
+        resync_retry_ms: i64,
+        redis_prefix: String,
+    ) -> PyResult<Self> {
+        let rules = rules(
+            top_n,
+            snapshot_interval_ms,
+            max_levels,
+            max_buffered,
+            nbbo_stale_after_ms,
+            bar_intervals_ms,
+            depth_band_bps,
+            trade_dedup_ms,
+        )?;
+        let live = LiveRules { stale_after_ms, resync_retry_ms, redis_prefix };
+        Ok(NativeStream { inner: StreamBooks::new(rules, live, quote_equivalents) })
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.inner.has(key)
+    }
+
+    fn snapshot<'py>(&self, py: Python<'py>, key: &str) -> Option<Bound<'py, PyBytes>> {
+        self.inner.snapshot(key).map(|state| PyBytes::new(py, &state))
+    }
+
+    fn restore(&mut self, key: &str, state: &[u8]) -> PyResult<()> {
+        self.inner.restore(key, state).map_err(PyValueError::new_err)
+    }
+
+    fn evict(&mut self, key: &str) {
+        self.inner.evict(key)
+    }
+
+    /// One frame bundle of instrument `key`; True when the state must be persisted now.
+    fn process_bundle(&mut self, key: &str, bundle: &[u8], watermark_ms: i64, now_ms: i64) -> PyResult<bool> {
+        self.inner.process_bundle(key, bundle, watermark_ms, now_ms).map_err(|e| PyValueError::new_err(e.0))
+    }
+
+    fn advance(&mut self, key: &str, watermark_ms: i64) {
+        self.inner.advance(key, watermark_ms)
+    }
+
+    fn next_event_time_ms(&self, key: &str) -> Option<i64> {
+        self.inner.next_event_time_ms(key)
+    }
+
+    /// Staleness and resync retries by wall clock; the number of books not LIVE.
+    fn housekeeping(&mut self, key: &str, now_ms: i64) -> usize {
+        self.inner.housekeeping(key, now_ms)
+    }
+
+    fn books_not_live(&self, key: &str) -> usize {
+        self.inner.books_not_live(key)
+    }
+
+    /// The sink blob of everything produced since the last call, or None.
+    fn take_blob<'py>(&mut self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.inner.take_blob().map(|blob| PyBytes::new(py, &blob))
+    }
+
+    #[getter]
+    fn redis_pending(&self) -> usize {
+        self.inner.redis_pending()
+    }
+
+    /// `(is_nbbo, KEYS, ARGV)` of each queued guarded Redis write; taken.
+    fn take_redis<'py>(
+        &mut self,
+        py: Python<'py>,
+        publish_time_ns: i64,
+    ) -> Vec<(bool, Vec<String>, Vec<Bound<'py, PyBytes>>)> {
+        self.inner
+            .take_redis(publish_time_ns)
+            .into_iter()
+            .map(|(nbbo, keys, args)| (nbbo, keys, args.iter().map(|a| PyBytes::new(py, a)).collect()))
+            .collect()
+    }
+
+    /// Counts since the last call.
+    fn take_counts<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = self.inner.take_counts();
+        let d = PyDict::new(py);
+        for (name, value) in [
+            ("frames", c.frames),
+            ("bundles", c.bundles),
+            ("dead_letters", c.dead_letters),
+            ("resync_requests", c.resync_requests),
+            ("gaps", c.gaps),
+            ("checksum_failures", c.checksum_failures),
+            ("trades", c.trades),
+            ("late_events", c.late),
+            ("duplicate_trades", c.duplicate_trades),
+            ("nbbo_updates", c.nbbo_updates),
+            ("trades_matched", c.matched),
+            ("bars", c.bars),
+            ("book_updates", c.book_updates),
+        ] {
+            d.set_item(name, value)?;
+        }
+        Ok(d)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rules(
+    top_n: usize,
+    snapshot_interval_ms: i64,
+    max_levels: usize,
+    max_buffered: usize,
+    nbbo_stale_after_ms: i64,
+    bar_intervals_ms: Vec<i64>,
+    depth_band_bps: &str,
+    trade_dedup_ms: i64,
+) -> PyResult<Rules> {
+    if snapshot_interval_ms <= 0 {
+        return Err(PyValueError::new_err("snapshot_interval_ms must be > 0"));
+    }
+    let depth_band_bps = parse_dec(depth_band_bps)
+        .ok_or_else(|| PyValueError::new_err(format!("depth_band_bps {depth_band_bps:?} is not a decimal")))?;
+    Ok(Rules {
+        top_n,
+        snapshot_interval_ms,
+        max_levels,
+        max_buffered,
+        nbbo_stale_after_ms,
+        bar_intervals_ms,
+        depth_band_bps,
+        trade_dedup_ms,
+    })
+}
+
 #[pymodule]
 fn tickflow_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativePartition>()?;
+    m.add_class::<NativeStream>()?;
     m.add("TABLES", TABLES.to_vec())?;
+    m.add("OUTPUTS", OUTPUTS.to_vec())?;
     Ok(())
 }

@@ -1,0 +1,421 @@
+//! The live job's core: what the streaming operator does with a bundle of raw frames of one
+//! instrument (an NBBO group), with its timers, and what it publishes. Pure, no I/O: the
+//! operator hands in bundles, watermarks and the clock, and takes out one sink blob per call
+//! (ClickHouse rows and Kafka records, already encoded), the conflated Redis writes and each
+//! instrument's state as bytes for Flink's keyed state.
+//!
+//! Frame bundle v1 (from the JVM bundler, little-endian): `u8 version = 1`, `u8 flags` (bit 0:
+//! a checkpoint barrier follows, so the state must be persisted), then per frame `i64
+//! timestamp_ms`, `u32 length`, the raw Kafka value.
+//!
+//! Sink blob v1 (to the JVM sinks): `u8 version = 1`, then sections `u8 kind`, `u16 name_len`,
+//! name, `u32 count`, `u32 payload_len`, payload. Kind 1: ClickHouse rows of table `name`
+//! (RowBinary); kind 2: Kafka records of output `name`, each `u32 len` + UTF-8 JSON.
+
+use std::collections::HashMap;
+
+use crate::envelope::decode_envelope;
+use crate::instrument::{BookView, InstrumentBooks, NbboUpdate, Outputs, Rules};
+use crate::nbbo::{group_quote, nbbo_group};
+use crate::publish;
+use crate::rows::{TableRows, TABLES};
+
+pub const BUNDLE_VERSION: u8 = 1;
+pub const BUNDLE_PERSIST: u8 = 1;
+pub const BLOB_VERSION: u8 = 1;
+const KIND_ROWS: u8 = 1;
+const KIND_RECORDS: u8 = 2;
+
+/// The Kafka outputs, in blob order: the exactly-once result topics, then dead letters and
+/// resync requests.
+pub const OUTPUTS: [&str; 6] = ["nbbo", "matched_trades", "bars", "top_of_book", "deadletter", "control"];
+const NBBO: usize = 0;
+const MATCHED: usize = 1;
+const BARS: usize = 2;
+const TOP: usize = 3;
+const DEADLETTER: usize = 4;
+const CONTROL: usize = 5;
+
+/// Settings beyond the core rules: processing-time housekeeping and Redis.
+#[derive(Clone, Debug)]
+pub struct LiveRules {
+    pub stale_after_ms: i64,
+    pub resync_retry_ms: i64,
+    pub redis_prefix: String,
+}
+
+/// Counts for the job's metrics since the last `take_counts`.
+#[derive(Default, Debug, Clone)]
+pub struct Counts {
+    pub frames: u64,
+    pub bundles: u64,
+    pub dead_letters: u64,
+    pub resync_requests: u64,
+    pub gaps: u64,
+    pub checksum_failures: u64,
+    pub trades: u64,
+    pub late: u64,
+    pub duplicate_trades: u64,
+    pub nbbo_updates: u64,
+    pub matched: u64,
+    pub bars: u64,
+    pub book_updates: u64,
+}
+
+/// A Redis write waiting to go out: the last view of a book or the last NBBO of an
+/// instrument (conflated: an older one queued for the same key is replaced).
+enum RedisWrite {
+    Book(BookView),
+    Nbbo(NbboUpdate),
+}
+
+#[derive(Default)]
+struct Records {
+    data: Vec<u8>,
+    count: u32,
+}
+
+impl Records {
+    fn push(&mut self, text: &str) {
+        self.data.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        self.data.extend_from_slice(text.as_bytes());
+        self.count += 1;
+    }
+}
+
+/// A bundle's frames: `(Kafka timestamp ms, raw value)`.
+pub type Frames<'a> = Vec<(i64, &'a [u8])>;
+
+/// A bundle that cannot be read (not what the bundler writes).
+#[derive(Debug)]
+pub struct BundleError(pub String);
+
+pub struct StreamBooks {
+    rules: Rules,
+    live: LiveRules,
+    equivalents: Vec<(String, String)>,
+    books: HashMap<String, InstrumentBooks>,
+    tables: Vec<TableRows>, // in TABLES order
+    records: Vec<Records>,  // in OUTPUTS order
+    redis: Vec<RedisWrite>,
+    redis_slot: HashMap<(bool, String, String), usize>,
+    pub counts: Counts,
+    out: Outputs,
+}
+
+fn section(blob: &mut Vec<u8>, kind: u8, name: &str, count: u64, payload: &[u8]) {
+    blob.push(kind);
+    blob.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    blob.extend_from_slice(name.as_bytes());
+    blob.extend_from_slice(&(count as u32).to_le_bytes());
+    blob.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    blob.extend_from_slice(payload);
+}
+
+/// The frames of a bundle: `(timestamp_ms, value)` each, and its flags.
+pub fn read_bundle(bundle: &[u8]) -> Result<(u8, Frames<'_>), BundleError> {
+    if bundle.len() < 2 || bundle[0] != BUNDLE_VERSION {
+        return Err(BundleError(format!(
+            "frame bundle version {:?}, this build reads {BUNDLE_VERSION}",
+            bundle.first()
+        )));
+    }
+    let flags = bundle[1];
+    let mut frames = Vec::new();
+    let mut pos = 2;
+    while pos < bundle.len() {
+        if pos + 12 > bundle.len() {
+            return Err(BundleError(format!("frame bundle truncated at byte {pos}")));
+        }
+        let timestamp = i64::from_le_bytes(bundle[pos..pos + 8].try_into().unwrap());
+        let len = u32::from_le_bytes(bundle[pos + 8..pos + 12].try_into().unwrap()) as usize;
+        pos += 12;
+        if pos + len > bundle.len() {
+            return Err(BundleError(format!("frame bundle truncated at byte {pos}")));
+        }
+        frames.push((timestamp, &bundle[pos..pos + len]));
+        pos += len;
+    }
+    Ok((flags, frames))
+}
+
+impl StreamBooks {
+    pub fn new(rules: Rules, live: LiveRules, equivalents: Vec<(String, String)>) -> Self {
+        StreamBooks {
+            rules,
+            live,
+            equivalents,
+            books: HashMap::new(),
+            tables: TABLES.iter().map(|_| TableRows::default()).collect(),
+            records: OUTPUTS.iter().map(|_| Records::default()).collect(),
+            redis: Vec::new(),
+            redis_slot: HashMap::new(),
+            counts: Counts::default(),
+            out: Outputs::default(),
+        }
+    }
+
+    fn group(&self, instrument: &str) -> String {
+        if self.equivalents.is_empty() {
+            instrument.to_string()
+        } else {
+            nbbo_group(instrument, &self.equivalents)
+        }
+    }
+
+    /// Whether the instrument's state is here (else restore it or start it empty).
+    pub fn has(&self, key: &str) -> bool {
+        self.books.contains_key(key)
+    }
+
+    fn books_of(&mut self, key: &str) -> &mut InstrumentBooks {
+        if !self.books.contains_key(key) {
+            let quote = group_quote(key, &self.equivalents);
+            self.books.insert(key.to_string(), InstrumentBooks::new(key, &quote, self.rules.clone()));
+        }
+        self.books.get_mut(key).unwrap()
+    }
+
+    /// The instrument's whole state as bytes (Flink keyed state).
+    pub fn snapshot(&self, key: &str) -> Option<Vec<u8>> {
+        self.books.get(key).map(InstrumentBooks::snapshot)
+    }
+
+    /// The instrument's state from `snapshot` bytes; its books' views are queued for Redis
+    /// again (writes queued before a checkpoint may not have reached Redis before a failure;
+    /// version-guarded, so a no-op where Redis has them).
+    pub fn restore(&mut self, key: &str, state: &[u8]) -> Result<(), String> {
+        let books = InstrumentBooks::restore(state)?;
+        for view in books.fresh_views() {
+            self.queue_book(view);
+        }
+        self.books.insert(key.to_string(), books);
+        Ok(())
+    }
+
+    /// Forget an instrument's state kept here (it lives on in Flink's state).
+    pub fn evict(&mut self, key: &str) {
+        self.books.remove(key);
+    }
+
+    /// One bundle of frames of instrument `key` at `watermark_ms` (event time) and `now_ms`
+    /// (processing time); whether the state must be persisted now (a barrier follows).
+    pub fn process_bundle(
+        &mut self,
+        key: &str,
+        bundle: &[u8],
+        watermark_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, BundleError> {
+        let (flags, frames) = read_bundle(bundle)?;
+        self.counts.bundles += 1;
+        for (_, value) in frames {
+            self.process_frame(key, value, watermark_ms, now_ms);
+        }
+        Ok(flags & BUNDLE_PERSIST != 0)
+    }
+
+    fn process_frame(&mut self, key: &str, value: &[u8], watermark_ms: i64, now_ms: i64) {
+        let env = match decode_envelope(value) {
+            Ok(env) => env,
+            Err(err) => {
+                self.dead_letter(&publish::dead_letter_json("job", &err.0, value, None));
+                return;
+            }
+        };
+        let group = self.group(env.instrument);
+        if group != key {
+            let reason = format!("frame of {} (group {group}) reached instrument {key:?}", env.instrument);
+            self.dead_letter(&publish::dead_letter_json("job", &reason, env.payload, Some(&env)));
+            return;
+        }
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        let books = self.books_of(key);
+        match books.process(&env, watermark_ms, &mut out) {
+            Ok(()) => {
+                for (book_id, _) in &out.resyncs {
+                    books.resync_requested(book_id, now_ms);
+                }
+                self.counts.frames += 1;
+                self.take(&out, Some(env.instrument), now_ms);
+            }
+            Err(err) => self.dead_letter(&publish::dead_letter_json("job", &err.0, env.payload, Some(&env))),
+        }
+        self.out = out;
+    }
+
+    fn dead_letter(&mut self, record: &str) {
+        self.counts.dead_letters += 1;
+        self.records[DEADLETTER].push(record);
+    }
+
+    /// The watermark passed the instrument's next event time (its event-time timer).
+    pub fn advance(&mut self, key: &str, watermark_ms: i64) {
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        self.books_of(key).advance(watermark_ms, &mut out);
+        self.take(&out, None, 0);
+        self.out = out;
+    }
+
+    /// The event time at which the instrument's `advance` has work.
+    pub fn next_event_time_ms(&self, key: &str) -> Option<i64> {
+        self.books.get(key).and_then(InstrumentBooks::next_event_time_ms)
+    }
+
+    /// By wall clock: LIVE books silent too long become STALE; resync requests that went
+    /// unanswered are sent again. The number of books not LIVE.
+    pub fn housekeeping(&mut self, key: &str, now_ms: i64) -> usize {
+        let (stale_after_ms, retry_ms) = (self.live.stale_after_ms, self.live.resync_retry_ms);
+        let books = self.books_of(key);
+        let views = if stale_after_ms > 0 { books.mark_stale(now_ms, stale_after_ms) } else { Vec::new() };
+        let due = books.due_resyncs(now_ms, retry_ms);
+        let not_live = books.books_not_live();
+        for view in views {
+            self.tables[2].top_of_book(&view);
+            self.records[TOP].push(&publish::top_of_book_json(&view));
+            self.queue_book(view);
+        }
+        for ((exchange, symbol), reason) in due {
+            self.resync(&exchange, &symbol, &reason, now_ms);
+        }
+        not_live
+    }
+
+    fn resync(&mut self, exchange: &str, symbol: &str, reason: &str, now_ms: i64) {
+        self.counts.resync_requests += 1;
+        self.records[CONTROL].push(&publish::resync_json(exchange, symbol, reason, now_ms));
+    }
+
+    fn queue_book(&mut self, view: BookView) {
+        let slot = (false, view.exchange.clone(), view.symbol.clone());
+        self.queue(slot, RedisWrite::Book(view));
+    }
+
+    fn queue(&mut self, slot: (bool, String, String), write: RedisWrite) {
+        match self.redis_slot.get(&slot) {
+            Some(&i) => self.redis[i] = write,
+            None => {
+                self.redis_slot.insert(slot, self.redis.len());
+                self.redis.push(write);
+            }
+        }
+    }
+
+    /// Rows, records and Redis writes of what a frame (its own instrument given) or a
+    /// watermark advance produced.
+    fn take(&mut self, out: &Outputs, instrument: Option<&str>, now_ms: i64) {
+        let [trades, snapshots, tops, nbbo, matched, bars, late] = &mut self.tables[..] else {
+            unreachable!("one TableRows per table")
+        };
+        if let Some(instrument) = instrument {
+            for trade in &out.trades {
+                trades.trade(trade, instrument, true);
+            }
+            for trade in &out.late_trades {
+                trades.trade(trade, instrument, false);
+            }
+            for view in &out.snapshots {
+                snapshots.snapshot(view);
+            }
+            for view in &out.top_changes {
+                tops.top_of_book(view);
+                self.records[TOP].push(&publish::top_of_book_json(view));
+            }
+        }
+        for update in &out.nbbo {
+            nbbo.nbbo(update);
+            self.records[NBBO].push(&publish::nbbo_json(update));
+        }
+        for m in &out.matched {
+            matched.matched(m);
+            self.records[MATCHED].push(&publish::matched_json(m));
+        }
+        for bar in &out.bars {
+            bars.bar(bar);
+            self.records[BARS].push(&publish::bar_json(bar));
+        }
+        for event in &out.late {
+            late.late(event);
+        }
+        let c = &mut self.counts;
+        c.trades += (out.trades.len() + out.late_trades.len()) as u64;
+        c.late += out.late.len() as u64;
+        c.duplicate_trades += out.duplicate_trades;
+        c.nbbo_updates += out.nbbo.len() as u64;
+        c.matched += out.matched.len() as u64;
+        c.bars += out.bars.len() as u64;
+        c.gaps += out.gaps;
+        c.checksum_failures += out.checksum_failures;
+        c.book_updates += out.book_views.len() as u64;
+        for ((exchange, symbol), reason) in &out.resyncs {
+            self.resync(exchange, symbol, reason, now_ms);
+        }
+        for view in &out.book_views {
+            self.queue_book(view.clone());
+        }
+        if let Some(update) = out.nbbo.last() {
+            let slot = (true, update.nbbo.instrument.clone(), String::new());
+            self.queue(slot, RedisWrite::Nbbo(update.clone()));
+        }
+    }
+
+    /// Everything produced since the last call as one sink blob (None when nothing was).
+    pub fn take_blob(&mut self) -> Option<Vec<u8>> {
+        let size: usize = self.tables.iter().map(|t| t.data.len()).sum::<usize>()
+            + self.records.iter().map(|r| r.data.len()).sum::<usize>();
+        if size == 0 {
+            return None;
+        }
+        let mut blob = Vec::with_capacity(size + 1 + 24 * (TABLES.len() + OUTPUTS.len()));
+        blob.push(BLOB_VERSION);
+        for (table, rows) in TABLES.iter().zip(self.tables.iter_mut()) {
+            if rows.rows > 0 {
+                section(&mut blob, KIND_ROWS, table, rows.rows, &rows.data);
+                rows.data.clear();
+                rows.rows = 0;
+            }
+        }
+        for (name, records) in OUTPUTS.iter().zip(self.records.iter_mut()) {
+            if records.count > 0 {
+                section(&mut blob, KIND_RECORDS, name, records.count as u64, &records.data);
+                records.data.clear();
+                records.count = 0;
+            }
+        }
+        Some(blob)
+    }
+
+    pub fn redis_pending(&self) -> usize {
+        self.redis.len()
+    }
+
+    /// The queued Redis writes, oldest first: `(is_nbbo, KEYS, ARGV)` of each guarded write.
+    pub fn take_redis(&mut self, publish_time_ns: i64) -> Vec<(bool, Vec<String>, Vec<Vec<u8>>)> {
+        self.redis_slot.clear();
+        let prefix = &self.live.redis_prefix;
+        self.redis
+            .drain(..)
+            .map(|write| match write {
+                RedisWrite::Book(view) => {
+                    let (keys, args) = publish::book_args(prefix, &view, publish_time_ns);
+                    (false, keys, args)
+                }
+                RedisWrite::Nbbo(update) => {
+                    let (keys, args) = publish::nbbo_args(prefix, &update, publish_time_ns);
+                    (true, keys, args)
+                }
+            })
+            .collect()
+    }
+
+    /// Books not LIVE, per instrument held here.
+    pub fn books_not_live(&self, key: &str) -> usize {
+        self.books.get(key).map_or(0, InstrumentBooks::books_not_live)
+    }
+
+    pub fn take_counts(&mut self) -> Counts {
+        std::mem::take(&mut self.counts)
+    }
+}
