@@ -27,7 +27,7 @@ import zipfile
 from pathlib import Path
 
 from stack.flink import JOB_CODE_PACKAGES
-from stack.jars import flink_connector_jars
+from stack.jars import kafka_connector_jars
 from stack.system import StackError
 from tickflow.config import Settings, load_settings
 
@@ -94,7 +94,7 @@ def stage(settings: Settings, staging: Path, python_version: str, platform: str)
     for name in ("__init__.py", "runtime.py"):
         shutil.copy2(root / "aws" / name, app / "aws" / name)
     shutil.copytree(root / "config", app / "config", ignore=IGNORED)
-    jars = flink_connector_jars(settings)
+    jars = kafka_connector_jars(settings)
     if len(jars) != 1:
         raise StackError(f"expected one shaded connector jar, found {[j.name for j in jars]}")
     (staging / LIB_DIR).mkdir()

@@ -16,6 +16,10 @@ from stack.system import StackError, ensure_packages
 from tickflow.config import Settings
 
 MAVEN_DIR = Path(__file__).resolve().parent / "maven"
+# the project's own JVM operators (jobs/jvm), built from source with Maven
+OPS_DIR = Path(__file__).resolve().parent.parent / "jobs" / "jvm"
+OPS_POM = OPS_DIR / "pom.xml"
+OPS_JAR_GLOB = "tickflow-flink-ops-*.jar"
 KAFKA_POM = MAVEN_DIR / "kafka-broker.pom.xml"
 FLINK_POM = MAVEN_DIR / "flink-jars.pom.xml"
 # log4j's JSON layout for the Flink daemons' logs, only when the wheel's lib/ lacks it
@@ -23,6 +27,8 @@ LOG4J_JSON_POM = MAVEN_DIR / "log4j-json.pom.xml"
 MARKER = ".resolved-from"
 # what a fresh CI image needs to run Maven and the JVM services
 JAVA_PACKAGES = {"java": ["openjdk-17-jre-headless"], "mvn": ["maven"]}
+# building jobs/jvm needs the compiler too
+JDK_PACKAGES = {"javac": ["openjdk-17-jdk-headless"], "mvn": ["maven"]}
 KAFKA_CONNECTOR_GLOB = "flink-sql-connector-kafka-*.jar"
 PROMETHEUS_REPORTER_GLOB = "flink-metrics-prometheus-*.jar"
 LOG4J_JSON_GLOB = "log4j-layout-template-json-*.jar"
@@ -78,16 +84,73 @@ def flink_jars_dir(settings: Settings) -> Path:
 
 
 def flink_connector_jars(settings: Settings) -> list[Path]:
-    """Jars a PyFlink job adds with ``env.add_jars(*(p.as_uri() for p in ...))``.
+    """Jars a PyFlink job adds with ``env.add_jars(*(p.as_uri() for p in ...))``: the Kafka
+    connector and the project's JVM operators (``tickflow_ops_jar``).
 
     The session cluster has them on its classpath already; jobs still add them so the same
     code runs on a local MiniCluster (duplicates are harmless: org.apache.flink classes load
-    parent-first).
+    parent-first, and the job's copy of the operators is the same build as the cluster's).
     """
+    return [*kafka_connector_jars(settings), tickflow_ops_jar(settings)]
+
+
+def kafka_connector_jars(settings: Settings) -> list[Path]:
+    """The shaded Kafka SQL connector (one jar)."""
     jars = sorted(flink_jars_dir(settings).glob(KAFKA_CONNECTOR_GLOB))
     if not jars:
         raise StackError(f"no {KAFKA_CONNECTOR_GLOB} in {jars_dir(settings, 'flink')}")
     return jars
+
+
+def ops_sources_digest(module: Path = OPS_DIR) -> str:
+    """Hash of the module's pom and main sources (tests do not change the jar)."""
+    digest = hashlib.sha256()
+    files = [module / "pom.xml", *sorted((module / "src" / "main").rglob("*"))]
+    for path in files:
+        if path.is_file():
+            digest.update(path.relative_to(module).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def tickflow_ops_jar(settings: Settings, module: Path = OPS_DIR, run_tests: bool = False) -> Path:
+    """The jar of the project's JVM operators (``jobs/jvm``), built with Maven into
+    ``<cache_dir>/jars/ops/`` when its sources changed since the last build (a marker holds
+    their hash). Maven's build directory is a temporary one: the source tree stays clean."""
+    out_dir = jars_dir(settings, "ops")
+    digest = ops_sources_digest(module) + f" tests={run_tests}"
+    marker = out_dir / MARKER
+    built = sorted(out_dir.glob(OPS_JAR_GLOB))
+    if marker.exists() and marker.read_text().strip() == digest and len(built) == 1:
+        return built[0]
+    ensure_packages(JDK_PACKAGES)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    build_dir = staging / "target"
+    argv = [
+        "mvn", "-q", "-B", "-f", str(module / "pom.xml"), "package",
+        f"-Dops.build.dir={build_dir}", f"-DskipTests={str(not run_tests).lower()}",
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(
+            argv, cwd=staging, capture_output=True, text=True, check=False, timeout=1800
+        )
+        jars = [j for j in build_dir.glob(OPS_JAR_GLOB) if not j.name.endswith("-tests.jar")]
+        if done.returncode != 0 or len(jars) != 1:
+            raise StackError(
+                f"Maven could not build {module.name}: `{' '.join(argv)}` exited "
+                f"{done.returncode}, jars {[j.name for j in jars]}\n"
+                f"{done.stdout[-3000:]}{done.stderr[-3000:]}"
+            )
+        result = staging / "out"
+        result.mkdir()
+        shutil.copy2(jars[0], result / jars[0].name)
+        (result / MARKER).write_text(digest + "\n")
+        shutil.rmtree(out_dir, ignore_errors=True)
+        result.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir / jars[0].name
 
 
 def prometheus_reporter_jars(settings: Settings) -> list[Path]:

@@ -132,8 +132,13 @@ def fake_maven(monkeypatch: pytest.MonkeyPatch, returncode: int = 0) -> list[lis
 
     def run(argv: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
         calls.append(argv)
-        out = Path(next(a for a in argv if a.startswith("-DoutputDirectory=")).split("=", 1)[1])
-        (out / "flink-sql-connector-kafka-9.9.jar").write_bytes(b"jar")
+        if "package" in argv:  # the project's operators, built from source
+            out = Path(next(a for a in argv if a.startswith("-Dops.build.dir=")).split("=", 1)[1])
+            out.mkdir(parents=True)
+            (out / "tickflow-flink-ops-1.jar").write_bytes(b"ops")
+        else:
+            out = Path(next(a for a in argv if a.startswith("-DoutputDirectory=")).split("=", 1)[1])
+            (out / "flink-sql-connector-kafka-9.9.jar").write_bytes(b"jar")
         return subprocess.CompletedProcess(argv, returncode, "", "maven says no")
 
     monkeypatch.setattr(jars.subprocess, "run", run)
@@ -147,9 +152,37 @@ def test_resolve_runs_maven_once_per_pom(
     calls = fake_maven(monkeypatch)
     first = jars.flink_connector_jars(settings)
     again = jars.flink_connector_jars(settings)
-    assert first == again == [settings.cache_dir / "jars/flink/flink-sql-connector-kafka-9.9.jar"]
-    assert len(calls) == 1
+    assert (
+        first
+        == again
+        == [
+            settings.cache_dir / "jars/flink/flink-sql-connector-kafka-9.9.jar",
+            settings.cache_dir / "jars/ops/tickflow-flink-ops-1.jar",
+        ]
+    )
+    assert len(calls) == 2  # resolve the connector, build the operators; then nothing
     assert "-DexcludeTransitive=true" in calls[0]
+    assert "package" in calls[1] and "-DskipTests=true" in calls[1]
+
+
+def test_ops_jar_is_rebuilt_when_its_sources_change(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings, tmp_path: Path
+) -> None:
+    calls = fake_maven(monkeypatch)
+    module = tmp_path / "jvm"
+    (module / "src/main/java").mkdir(parents=True)
+    (module / "src/test").mkdir(parents=True)
+    (module / "pom.xml").write_text("<project/>")
+    source = module / "src/main/java/A.java"
+    source.write_text("class A {}")
+    jar = jars.tickflow_ops_jar(settings, module)
+    (module / "src/test/T.java").write_text("class T {}")  # tests do not change the jar
+    assert jars.tickflow_ops_jar(settings, module) == jar
+    assert len(calls) == 1
+    source.write_text("class A { int x; }")
+    assert jars.tickflow_ops_jar(settings, module) == jar
+    assert len(calls) == 2
+    assert jar.read_bytes() == b"ops"
 
 
 def test_resolve_again_when_the_pom_changes(

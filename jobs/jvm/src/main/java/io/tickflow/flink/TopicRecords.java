@@ -1,0 +1,68 @@
+package io.tickflow.flink;
+
+import org.apache.flink.api.common.functions.FlatMapFunction;
+import org.apache.flink.util.Collector;
+
+import java.nio.charset.StandardCharsets;
+
+/**
+ * The Kafka records of one logical output ("nbbo", "deadletter", ...) in the Python operator's
+ * sink blobs, as JSON strings for a Kafka sink. Sections of other kinds or names are skipped; a
+ * malformed blob throws.
+ */
+public class TopicRecords implements FlatMapFunction<byte[], String> {
+
+    private static final long serialVersionUID = 1L;
+
+    private final String output;
+    private final byte[] outputName;
+
+    public TopicRecords(String output) {
+        this.output = output;
+        this.outputName = output.getBytes(StandardCharsets.UTF_8);
+    }
+
+    @Override
+    public void flatMap(byte[] blob, Collector<String> out) throws Exception {
+        SinkBlob.forEachSection(
+                blob,
+                (kind, b, nameOffset, nameLength, count, payloadOffset, payloadLength) -> {
+                    if (kind == SinkBlob.KAFKA_RECORDS
+                            && SinkBlob.nameEquals(b, nameOffset, nameLength, outputName)) {
+                        emitRecords(b, nameOffset, count, payloadOffset, payloadLength, out);
+                    }
+                });
+    }
+
+    private void emitRecords(
+            byte[] blob,
+            int sectionOffset,
+            long count,
+            int payloadOffset,
+            int payloadLength,
+            Collector<String> out) {
+        int pos = payloadOffset;
+        int end = payloadOffset + payloadLength;
+        for (long i = 0; i < count; i++) {
+            if (end - pos < 4) {
+                throw SinkBlob.malformed(
+                        blob, sectionOffset, output + " record " + i + " of " + count + ": truncated length");
+            }
+            long length = SinkBlob.u32(blob, pos);
+            pos += 4;
+            if (length > end - pos) {
+                throw SinkBlob.malformed(
+                        blob,
+                        sectionOffset,
+                        output + " record " + i + " of " + count + ": " + length + " bytes, "
+                                + (end - pos) + " left in the section");
+            }
+            out.collect(new String(blob, pos, (int) length, StandardCharsets.UTF_8));
+            pos += (int) length;
+        }
+        if (pos != end) {
+            throw SinkBlob.malformed(
+                    blob, sectionOffset, output + ": " + (end - pos) + " bytes after " + count + " records");
+        }
+    }
+}

@@ -1,0 +1,102 @@
+package io.tickflow.flink;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.net.URI;
+import java.net.URLDecoder;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import org.apache.flink.streaming.runtime.tasks.TestProcessingTimeService;
+import org.junit.jupiter.api.Test;
+
+class ClickHouseRowBinaryWriterTest {
+
+    private record Post(String query, byte[] body) {}
+
+    private final List<Post> posts = new ArrayList<>();
+    private final List<Object> answers = new ArrayList<>(); // Response or IOException, in order
+    private final TestProcessingTimeService time = new TestProcessingTimeService();
+
+    private ClickHouseRowBinaryWriter writer(int maxRows) {
+        ClickHouseHttp http = new ClickHouseHttp("http://ch:8123", (URI uri, byte[] body) -> {
+            String raw = uri.getRawQuery();
+            posts.add(new Post(URLDecoder.decode(raw.substring("query=".length()), StandardCharsets.UTF_8), body));
+            Object answer = answers.isEmpty() ? new ClickHouseHttp.Response(200, "") : answers.remove(0);
+            if (answer instanceof IOException e) {
+                throw e;
+            }
+            return (ClickHouseHttp.Response) answer;
+        });
+        return new ClickHouseRowBinaryWriter(
+                http, "tickflow", Map.of("trades", "date, price", "nbbo", "date, instrument"),
+                maxRows, 100, time, null);
+    }
+
+    @Test
+    void insertsATableWhenItHoldsMaxRows() throws Exception {
+        ClickHouseRowBinaryWriter w = writer(3);
+        w.write(new Blobs().rows("trades", 2, new byte[] {1, 2}).records("nbbo", "{}").bytes(), null);
+        assertTrue(posts.isEmpty());
+        w.write(new Blobs().rows("trades", 1, new byte[] {3}).rows("nbbo", 1, new byte[] {9}).bytes(), null);
+        assertEquals(1, posts.size());
+        assertEquals("INSERT INTO tickflow.trades (date, price) FORMAT RowBinary", posts.get(0).query());
+        assertArrayEquals(new byte[] {1, 2, 3}, posts.get(0).body());
+        assertEquals(1, w.bufferedRows());
+        w.flush(false);
+        assertEquals(2, posts.size());
+        assertEquals("INSERT INTO tickflow.nbbo (date, instrument) FORMAT RowBinary", posts.get(1).query());
+        w.flush(true); // nothing left
+        assertEquals(2, posts.size());
+    }
+
+    @Test
+    void flushesOnItsTimer() throws Exception {
+        ClickHouseRowBinaryWriter w = writer(1000);
+        time.setCurrentTime(0);
+        w.write(new Blobs().rows("trades", 1, new byte[] {1}).bytes(), null);
+        time.setCurrentTime(99);
+        assertTrue(posts.isEmpty());
+        time.setCurrentTime(100);
+        assertEquals(1, posts.size());
+        assertEquals(0, time.getNumActiveTimers());
+    }
+
+    @Test
+    void retriesOnceAfterAnIoError() throws Exception {
+        ClickHouseRowBinaryWriter w = writer(1);
+        answers.add(new IOException("closed by the server"));
+        w.write(new Blobs().rows("trades", 1, new byte[] {5}).bytes(), null);
+        assertEquals(2, posts.size());
+        assertEquals(0, w.bufferedRows());
+
+        answers.add(new IOException("first"));
+        answers.add(new IOException("second"));
+        IOException twice = assertThrows(IOException.class,
+                () -> w.write(new Blobs().rows("trades", 1, new byte[] {6}).bytes(), null));
+        assertTrue(twice.getMessage().contains("failed twice"), twice.getMessage());
+    }
+
+    @Test
+    void aRefusedInsertThrowsTheServersMessage() {
+        ClickHouseRowBinaryWriter w = writer(1);
+        answers.add(new ClickHouseHttp.Response(400, "Code: 33, e.displayText() = Cannot read all data\n"));
+        IOException e = assertThrows(IOException.class,
+                () -> w.write(new Blobs().rows("trades", 1, new byte[] {5}).bytes(), null));
+        assertTrue(e.getMessage().contains("HTTP 400"), e.getMessage());
+        assertTrue(e.getMessage().contains("Cannot read all data"), e.getMessage());
+    }
+
+    @Test
+    void rowsForAnUnknownTableAreAnError() {
+        ClickHouseRowBinaryWriter w = writer(10);
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                () -> w.write(new Blobs().rows("bogus", 1, new byte[] {5}).bytes(), null));
+        assertTrue(e.getMessage().contains("bogus"), e.getMessage());
+    }
+}
