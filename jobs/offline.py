@@ -14,53 +14,21 @@ ClickHouse, Kafka and Redis for an input, in one process, in seconds.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 
 from jobs.operators import native_stream
+from schemas.bundles import (
+    CLICKHOUSE_ROWS,
+    frame_bundle,
+    sink_blob_sections,
+    split_records,
+)
 from schemas.codec import EnvelopeError, envelope_instrument
 from tickflow.config import Settings
 from tickflow.instruments import nbbo_group
 
 NO_WATERMARK = -(2**63)
 END_OF_INPUT = 2**63 - 1
-BUNDLE_VERSION = 1
-PERSIST = 1
-
-
-def frame_bundle(frames: Iterable[tuple[bytes, int]], flags: int = 0) -> bytes:
-    """The JVM bundler's format (``jobs/native/src/stream.rs``)."""
-    parts = [bytes((BUNDLE_VERSION, flags))]
-    for value, timestamp_ms in frames:
-        parts.append(struct.pack("<qI", timestamp_ms, len(value)))
-        parts.append(value)
-    return b"".join(parts)
-
-
-def read_blob(blob: bytes) -> list[tuple[int, str, int, bytes]]:
-    """A sink blob's sections: ``(kind, name, count, payload)``."""
-    if not blob or blob[0] != 1:
-        raise ValueError(f"sink blob version {blob[:1]!r}, this build reads 1")
-    sections, pos = [], 1
-    while pos < len(blob):
-        kind, name_len = struct.unpack_from("<BH", blob, pos)
-        pos += 3
-        name = blob[pos : pos + name_len].decode()
-        pos += name_len
-        count, size = struct.unpack_from("<II", blob, pos)
-        pos += 8
-        sections.append((kind, name, count, blob[pos : pos + size]))
-        pos += size
-    return sections
-
-
-def split_records(payload: bytes) -> list[str]:
-    records, pos = [], 0
-    while pos < len(payload):
-        (size,) = struct.unpack_from("<I", payload, pos)
-        records.append(payload[pos + 4 : pos + 4 + size].decode())
-        pos += 4 + size
-    return records
 
 
 class CoreRun:
@@ -164,8 +132,8 @@ class CoreRun:
     def _collect(self) -> None:
         blob = self.core.take_blob()
         if blob is not None:
-            for kind, name, count, payload in read_blob(blob):
-                if kind == 1:
+            for kind, name, count, payload in sink_blob_sections(blob):
+                if kind == CLICKHOUSE_ROWS:
                     data, rows = self._tables.setdefault(name, (bytearray(), [0]))
                     data += payload
                     rows[0] += count

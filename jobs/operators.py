@@ -518,7 +518,7 @@ class BundleProcessor(KeyedProcessFunction):
     frame's work in the compiled core (decode, parse, book sync, NBBO, matching, bars, late
     events, the rows and records to publish).
 
-    Input: ``(key, frame bundle)`` from the JVM bundler. Output: one sink blob per call
+    Input: a frame bundle from the JVM bundler, keyed there. Output: one sink blob per call
     (ClickHouse RowBinary rows and Kafka records, split by the JVM sinks). Redis writes,
     conflated per book and NBBO, go out from here in one pipelined round trip.
 
@@ -576,12 +576,10 @@ class BundleProcessor(KeyedProcessFunction):
         if state is not None:
             self.state.update(state)
 
-    def process_element(
-        self, value: tuple[str, bytes], ctx: KeyedProcessFunction.Context
-    ) -> Iterator[bytes]:
+    def process_element(self, bundle: bytes, ctx: KeyedProcessFunction.Context) -> Iterator[bytes]:
         if self.fault is not None:
             self.fault.check()
-        key, bundle = value
+        key = ctx.get_current_key()
         self._load(key)
         timers = ctx.timer_service()
         now = timers.current_processing_time()
@@ -607,8 +605,10 @@ class BundleProcessor(KeyedProcessFunction):
         elif timestamp % self.book_config.timer_interval_ms == 0:
             # the housekeeping tick: STALE books, unanswered resync requests
             self._load(key)
-            self.metrics.books_not_live(key, self.core.housekeeping(key, timestamp))
-            self._persist(key)
+            not_live, changed = self.core.housekeeping(key, timestamp)
+            self.metrics.books_not_live(key, not_live)
+            if changed:
+                self._persist(key)
             self._next_tick.pop(key, None)
             self._schedule_tick(ctx, key, timestamp)
         # else: a Redis flush timer (maybe from before a restore: then nothing is queued)

@@ -36,15 +36,18 @@ from pyflink.datastream.connectors.kafka import (
 )
 
 from jobs.faults import PythonFault
+from jobs.jvm_ops import bundle_frames, clickhouse_sink, topic_records
 from jobs.nbbo import nbbo_group
 from jobs.operators import (
     DEAD_LETTERS,
     RESULTS,
     RESYNC_REQUESTS,
+    BundleProcessor,
     ClickHouseBatcher,
     InstrumentProcessor,
 )
 from jobs.replay import ReplayPacer
+from jobs.sinks.clickhouse import COLUMNS, ensure_schema
 from schemas.codec import envelope_instrument
 from tickflow.config import KafkaConfig, Settings, load_settings
 
@@ -112,6 +115,8 @@ def raw_source(settings: Settings) -> KafkaSource:
 def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> DataStream:
     """Wire the whole job graph onto ``env``. Every operator has a name and a stable uid.
     Returns the books operator's output (a later version of the job can hang more on it)."""
+    if settings.flink.core == "native":
+        return build_native_pipeline(env, settings)
     kafka = settings.kafka
     source = raw_source(settings)
     # event time = the Kafka record timestamp set by the connector; idle partitions must not
@@ -177,6 +182,98 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> DataS
         .uid("resync-request-sink")
     )
     return processed
+
+
+def raw_frames(env: StreamExecutionEnvironment, settings: Settings) -> DataStream:
+    """The raw topic with event time = the Kafka record timestamp (the connector's receive
+    time); idle partitions must not hold the watermark back. Paced when a replay asks."""
+    watermarks = WatermarkStrategy.for_bounded_out_of_orderness(
+        Duration.of_millis(settings.flink.watermark_out_of_orderness_ms)
+    )
+    if settings.flink.watermark_idle_timeout_ms > 0:  # 0: every partition always counts
+        watermarks = watermarks.with_idleness(
+            Duration.of_millis(settings.flink.watermark_idle_timeout_ms)
+        )
+    raw = env.from_source(raw_source(settings), watermarks, "raw-frames").uid("raw-frames-source")
+    if settings.replay.active and settings.replay.speed > 0:
+        raw = (
+            raw.map(
+                PacedFrames(settings.replay.speed), output_type=Types.PRIMITIVE_ARRAY(Types.BYTE())
+            )
+            .name("replay-pacer")
+            .uid("replay-pacer")
+        )
+    return raw
+
+
+class PacedFrames:
+    """A paced replay holds each frame until it is due (backpressure slows the source)."""
+
+    def __init__(self, speed: float) -> None:
+        self.pacer = ReplayPacer(speed)
+
+    def __call__(self, data: bytes) -> bytes:
+        self.pacer.hold(data)
+        return data
+
+
+def build_native_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> DataStream:
+    """The job on the compiled core: the JVM bundles each instrument's frames and keys them;
+    one Python call per bundle runs the core; its sink blobs are split in the JVM.
+
+        raw topic ──► frame-bundler (JVM, keyed by instrument) ──► books-per-instrument
+            (one call per bundle into jobs/native; Redis writes) ──► sink blobs
+            ──► ClickHouse (JVM, RowBinary over HTTP) and the Kafka topics (JVM splitters)
+    """
+    kafka = settings.kafka
+    ensure_schema(settings.clickhouse)
+    bundles = bundle_frames(
+        raw_frames(env, settings),
+        settings.analytics.quote_equivalents,
+        settings.flink.bundle_max_frames,
+        settings.flink.bundle_max_delay_ms,
+    )
+    blobs = (
+        bundles.process(
+            BundleProcessor(
+                settings.book,
+                settings.redis,
+                settings.analytics,
+                settings.monitoring,
+                settings.flink.python_fault_file,
+            ),
+            output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()),
+        )
+        .name("books-per-instrument")
+        .uid("core-per-instrument")
+    )
+    clickhouse_sink(blobs, settings.clickhouse, COLUMNS)
+    result_topics = kafka.result_topics()
+    outputs: list[tuple[str, str, bool]] = [
+        (table, result_topics[table], True) for table in RESULTS
+    ]
+    outputs += [
+        ("deadletter", kafka.deadletter_topic, False),
+        ("control", kafka.control_topic, False),
+    ]
+    for output, topic, exactly_once in outputs:
+        name = {
+            "deadletter": "dead-letter-sink",
+            "control": "resync-request-sink",
+        }.get(output, f"{output.replace('_', '-')}-results-sink")
+        sink = (
+            json_sink(
+                kafka,
+                topic,
+                # unique per job and sink: a restore aborts only its own open transactions
+                f"{settings.flink.consumer_group}-{name}",
+                kafka.transaction_timeout_ms,
+            )
+            if exactly_once
+            else json_sink(kafka, topic)
+        )
+        topic_records(blobs, output).sink_to(sink).name(name).uid(name)
+    return blobs
 
 
 def json_sink(

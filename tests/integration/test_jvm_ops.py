@@ -21,6 +21,7 @@ from pyflink.datastream.state import ValueStateDescriptor
 from pyflink.java_gateway import get_gateway
 
 from jobs import jvm_ops
+from schemas.bundles import NO_TIMESTAMP
 from schemas.codec import RawEnvelope, encode_envelope
 from stack.flink import venv_python, worker_pythonpath
 from stack.jars import flink_connector_jars
@@ -147,8 +148,8 @@ def test_bundles_reach_python_keyed_by_nbbo_group() -> None:
         ("ETH-USD", 0, True),
         ("", 0, True),
     ]
-    assert all(ts == jvm_ops.NO_TIMESTAMP for b in bundles for ts in b["frame_timestamps"])
-    assert all(b["timestamp"] == jvm_ops.NO_TIMESTAMP for b in bundles)  # ctx.timestamp()
+    assert all(ts == NO_TIMESTAMP for b in bundles for ts in b["frame_timestamps"])
+    assert all(b["timestamp"] == NO_TIMESTAMP for b in bundles)  # ctx.timestamp()
 
     frames = run(values, None, "frames")
     assert sorted(bytes.fromhex(f["raw"]) for f in frames) == sorted(values)

@@ -17,7 +17,8 @@ if ROOT not in sys.path:
 
 from bench.chaos import Dataset, make_dataset  # noqa: E402
 from jobs.backfill import native_partition  # noqa: E402
-from jobs.offline import CoreRun, frame_bundle, read_blob, split_records  # noqa: E402
+from jobs.offline import CoreRun  # noqa: E402
+from schemas.bundles import frame_bundle, sink_blob_sections, split_records  # noqa: E402
 from tickflow.config import Settings, load_settings  # noqa: E402
 
 pytestmark = pytest.mark.unit
@@ -108,7 +109,7 @@ def test_state_round_trips_through_bytes_mid_stream(settings: Settings, dataset:
 def test_bad_frames_are_dead_lettered_with_the_reason(settings: Settings) -> None:
     core = CoreRun(settings).core
     assert not core.process_bundle("BTC-USD", frame_bundle([(b"\xff\x01garbage", 1)]), 0, 1)
-    sections = read_blob(core.take_blob())
+    sections = list(sink_blob_sections(core.take_blob()))
     assert [(kind, name, count) for kind, name, count, _ in sections] == [(2, "deadletter", 1)]
     letter = json.loads(split_records(sections[0][3])[0])
     assert letter["stage"] == "job" and letter["error"]

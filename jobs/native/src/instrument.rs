@@ -506,9 +506,11 @@ impl InstrumentBooks {
         views
     }
 
-    /// Books still not LIVE `retry_ms` after their last resync request: ask again.
-    pub fn due_resyncs(&mut self, now_ms: i64, retry_ms: i64) -> Vec<(BookId, String)> {
+    /// Books still not LIVE `retry_ms` after their last resync request: ask again. Also
+    /// whether a book's retry clock started (state changed even with none due).
+    pub fn due_resyncs(&mut self, now_ms: i64, retry_ms: i64) -> (Vec<(BookId, String)>, bool) {
         let mut due = Vec::new();
+        let mut started = false;
         for (book_id, tracked) in self.books.iter_mut() {
             if tracked.engine.status == BookStatus::Live {
                 continue;
@@ -516,13 +518,14 @@ impl InstrumentBooks {
             if tracked.resync_requested_ms == 0 {
                 // first seen waiting (e.g. for its first snapshot): start the clock
                 tracked.resync_requested_ms = now_ms;
+                started = true;
             } else if now_ms - tracked.resync_requested_ms >= retry_ms {
                 tracked.resync_requested_ms = now_ms;
                 let engine = &tracked.engine;
                 due.push((book_id.clone(), format!("still {}: {}", engine.status.as_str(), engine.reason)));
             }
         }
-        due
+        (due, started)
     }
 
     /// A resync of the book was requested at `now_ms` (processing time).

@@ -182,8 +182,9 @@ impl NativeStream {
         self.inner.next_event_time_ms(key)
     }
 
-    /// Staleness and resync retries by wall clock; the number of books not LIVE.
-    fn housekeeping(&mut self, key: &str, now_ms: i64) -> usize {
+    /// Staleness and resync retries by wall clock; the number of books not LIVE and whether
+    /// the state changed.
+    fn housekeeping(&mut self, key: &str, now_ms: i64) -> (usize, bool) {
         self.inner.housekeeping(key, now_ms)
     }
 

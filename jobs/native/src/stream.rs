@@ -265,13 +265,14 @@ impl StreamBooks {
     }
 
     /// By wall clock: LIVE books silent too long become STALE; resync requests that went
-    /// unanswered are sent again. The number of books not LIVE.
-    pub fn housekeeping(&mut self, key: &str, now_ms: i64) -> usize {
+    /// unanswered are sent again. The number of books not LIVE, and whether the state changed.
+    pub fn housekeeping(&mut self, key: &str, now_ms: i64) -> (usize, bool) {
         let (stale_after_ms, retry_ms) = (self.live.stale_after_ms, self.live.resync_retry_ms);
         let books = self.books_of(key);
         let views = if stale_after_ms > 0 { books.mark_stale(now_ms, stale_after_ms) } else { Vec::new() };
-        let due = books.due_resyncs(now_ms, retry_ms);
+        let (due, started) = books.due_resyncs(now_ms, retry_ms);
         let not_live = books.books_not_live();
+        let changed = started || !views.is_empty() || !due.is_empty();
         for view in views {
             self.tables[2].top_of_book(&view);
             self.records[TOP].push(&publish::top_of_book_json(&view));
@@ -280,7 +281,7 @@ impl StreamBooks {
         for ((exchange, symbol), reason) in due {
             self.resync(&exchange, &symbol, &reason, now_ms);
         }
-        not_live
+        (not_live, changed)
     }
 
     fn resync(&mut self, exchange: &str, symbol: &str, reason: &str, now_ms: i64) {
