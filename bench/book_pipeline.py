@@ -73,7 +73,7 @@ from simulator.testing import pointed_at
 from simulator.venue import OutFrame, Subscription, Venue
 from stack import flink
 from stack.topics import ensure_topics
-from tickflow.config import FLINK_STATE_BACKENDS, Settings, load_settings
+from tickflow.config import FLINK_STATE_BACKENDS, LIVE_CORES, Settings, load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "book_pipeline.json"
 PIPELINE = "jobs/pipeline.py"
@@ -347,9 +347,10 @@ def environment(overrides: dict[str, str]) -> Iterator[Settings]:
                 os.environ[name] = value
 
 
-def run_overrides(tag: str, raw_topic: str, backend: str) -> dict[str, str]:
+def run_overrides(tag: str, raw_topic: str, backend: str, core: str = "native") -> dict[str, str]:
     """Unique names for one job run (as bench/slice.py does for a slice)."""
     return {
+        "TICKFLOW__FLINK__CORE": core,
         "TICKFLOW__KAFKA__RAW_TOPIC": raw_topic,
         "TICKFLOW__KAFKA__DEADLETTER_TOPIC": f"tickflow.bench.dead.{tag}",
         "TICKFLOW__KAFKA__CONTROL_TOPIC": f"tickflow.bench.control.{tag}",
@@ -563,9 +564,9 @@ def wait_consumed(
         time.sleep(DONE_POLL_S)
 
 
-def throughput_run(data: DataSet, backend: str) -> dict[str, Any]:
+def throughput_run(data: DataSet, backend: str, core: str = "native") -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
-    overrides = run_overrides(tag, data.topic, backend)
+    overrides = run_overrides(tag, data.topic, backend, core)
     job_id: str | None = None
     expected = data.expected
     with environment(overrides) as settings:
@@ -588,6 +589,7 @@ def throughput_run(data: DataSet, backend: str) -> dict[str, Any]:
     return {
         "mix": data.mix,
         "state_backend": backend,
+        "core": core,
         "books": len(expected.versions),
         "frames": frames,
         "book_updates": expected.book_writes,
@@ -843,7 +845,7 @@ def latency_runs(
 def print_throughput(run: dict[str, Any]) -> None:
     ckpt = run["checkpoints"]
     print(
-        f"  {run['mix']:>8} {run['state_backend']:>8}: {run['frames']} frames "
+        f"  {run['mix']:>8} {run['state_backend']:>8} {run['core']:>6}: {run['frames']} frames "
         f"({run['book_updates']} book updates, {run['books']} books) in "
         f"{run['seconds_running_to_last_write']:.1f} s -> {run['frames_per_s']} frames/s, "
         f"{run['book_updates_per_s']} book updates/s; checkpoints completed {ckpt['completed']} "
@@ -880,8 +882,16 @@ def main(argv: list[str] | None = None) -> int:
         "--backends", type=csv_list, default=list(FLINK_STATE_BACKENDS), help="hashmap,rocksdb"
     )
     parser.add_argument(
-        "--rates", type=csv_list, default=["500", "1000", "2000", "5000"],
-        help="live frames/s; none: skip"
+        "--cores",
+        type=csv_list,
+        default=["native"],
+        help="the job's core per throughput run, interleaved: native,python",
+    )
+    parser.add_argument(
+        "--rates",
+        type=csv_list,
+        default=["500", "1000", "2000", "5000"],
+        help="live frames/s; none: skip",
     )
     parser.add_argument(
         "--latency-writes", type=int, default=20_000, help="writes to sample per rate"
@@ -891,6 +901,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(raw_args)
     unknown = [m for m in args.mixes if m not in MIXES]
     unknown += [b for b in args.backends if b not in FLINK_STATE_BACKENDS]
+    unknown += [c for c in args.cores if c not in LIVE_CORES]
     if unknown:
         parser.error(f"unknown mix or backend: {unknown}")
     rates = [] if args.rates == ["none"] else [float(r) for r in args.rates]
@@ -928,8 +939,8 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         try:
-            for backend in args.backends:
-                run = throughput_run(data, backend)
+            for backend, core in [(b, c) for b in args.backends for c in args.cores]:
+                run = throughput_run(data, backend, core)
                 run["generated"] = {
                     "steps": gen.steps,
                     "per_exchange": Counter(e.exchange for e in gen.envelopes),
@@ -944,6 +955,13 @@ def main(argv: list[str] | None = None) -> int:
         b: [r["frames_per_s"] for r in result["throughput"] if r["state_backend"] == b]
         for b in args.backends
     }
+    by_core = {
+        c: [r["frames_per_s"] for r in result["throughput"] if r["core"] == c] for c in args.cores
+    }
+    if len(by_core) > 1 and all(by_core.values()):
+        mean = {c: sum(v) / len(v) for c, v in by_core.items()}
+        result["frames_per_s_by_core"] = mean
+        print(f"mean frames/s by core: {mean}")
     if all(by_backend.values()) and len(by_backend) > 1:
         mean = {b: sum(v) / len(v) for b, v in by_backend.items()}
         result["faster_state_backend"] = max(mean, key=lambda b: mean[b])

@@ -1,7 +1,7 @@
 """The pipeline after a code change that keeps every uid, as an upgrade would ship it.
 
 The books operator runs other code (a subclass that marks Redis with the version it runs) and
-a new operator with a new uid hangs on the dead letters. test_savepoint resumes a savepoint
+a new operator with a new uid hangs on its output. test_savepoint resumes a savepoint
 taken from the released pipeline with it: Flink maps the state by uid, not by code.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pyflink.datastream import RuntimeContext
 
 from jobs import pipeline
-from jobs.operators import DEAD_LETTERS, InstrumentProcessor
+from jobs.operators import BundleProcessor
 from tickflow.config import load_settings
 
 UPGRADE_KEY = "running-code"  # under the Redis key prefix
@@ -18,7 +18,7 @@ UPGRADE_VERSION = "upgraded"
 PROBE = "upgrade-probe"  # the new operator's name and uid
 
 
-class UpgradedInstrumentProcessor(InstrumentProcessor):
+class UpgradedBundleProcessor(BundleProcessor):
     def open(self, runtime_context: RuntimeContext) -> None:
         super().open(runtime_context)
         self.redis.client.set(f"{self.redis_config.key_prefix}:{UPGRADE_KEY}", UPGRADE_VERSION)
@@ -27,11 +27,10 @@ class UpgradedInstrumentProcessor(InstrumentProcessor):
 def main() -> None:
     settings = load_settings()
     env = pipeline.create_environment(settings)
-    pipeline.InstrumentProcessor = UpgradedInstrumentProcessor  # type: ignore[misc]
+    pipeline.BundleProcessor = UpgradedBundleProcessor  # type: ignore[misc]
     processed = pipeline.build_pipeline(env, settings)
     (
-        processed.get_side_output(DEAD_LETTERS)
-        .filter(lambda _: False)
+        processed.filter(lambda _: False)
         .name(PROBE)
         .uid(PROBE)
         .print()
