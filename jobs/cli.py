@@ -7,6 +7,14 @@
         a day, idempotently (batch: the job's logic in worker processes; flink: the job, bounded)
 (``TICKFLOW__FLINK__PARALLELISM=2 tickflow job submit --from-savepoint ...`` resumes with
 another parallelism: state is redistributed by key group; every operator has a stable uid.)
+
+Upgrading from a release whose job ran the Python operators (before the compiled core): their
+state does not map onto the core's, so drain the old job and start the new one from the
+savepoint without that state; the source resumes at the savepoint's offsets and the books
+resync from fresh snapshots (``book.resync_retry_ms``):
+
+    tickflow job stop --drain            # every pending trade matched, rows flushed
+    tickflow job submit --from-savepoint file:///... --allow-non-restored-state
 """
 
 from __future__ import annotations
@@ -27,9 +35,19 @@ def main(argv: list[str]) -> int:
     submit = sub.add_parser("submit", help="submit the pipeline (detached) and wait for RUNNING")
     submit.add_argument("--timeout", type=float, default=180.0)
     submit.add_argument("--from-savepoint", help="savepoint or retained checkpoint to resume")
+    submit.add_argument(
+        "--allow-non-restored-state",
+        action="store_true",
+        help="resume although the savepoint holds state no operator of this job takes",
+    )
     stop = sub.add_parser("stop", help="take a savepoint and stop (every running job if none)")
     stop.add_argument("job_id", nargs="?")
     stop.add_argument("--savepoint-dir", help="target directory URI (default: the stack's)")
+    stop.add_argument(
+        "--drain",
+        action="store_true",
+        help="let the last watermark pass first (an upgrade that cannot keep the state)",
+    )
     sub.add_parser("list", help="jobs on the cluster (REST /jobs/overview)")
     cancel = sub.add_parser("cancel", help="cancel a job, or every running tickflow job")
     cancel.add_argument("job_id", nargs="?")
@@ -40,13 +58,19 @@ def main(argv: list[str]) -> int:
     settings = load_settings()
     if args.command == "submit":
         job_id = flink.submit_python_job(
-            settings, str(settings.root / PIPELINE), [], from_savepoint=args.from_savepoint
+            settings,
+            str(settings.root / PIPELINE),
+            [],
+            from_savepoint=args.from_savepoint,
+            allow_non_restored_state=args.allow_non_restored_state,
         )
         flink.wait_job_running(settings, job_id, args.timeout)
         print(f"job {job_id} RUNNING; Flink web UI: http://127.0.0.1:{settings.flink.rest_port}")
     elif args.command == "stop":
         for job_id in _job_ids(settings, args.job_id):
-            path = flink.stop_with_savepoint(settings, job_id, args.savepoint_dir)
+            path = flink.stop_with_savepoint(
+                settings, job_id, args.savepoint_dir, drain=args.drain
+            )
             print(f"stopped {job_id}; savepoint {path}")
             print(f"resume: tickflow job submit --from-savepoint {path}")
     elif args.command == "list":

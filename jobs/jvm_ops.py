@@ -98,4 +98,6 @@ def clickhouse_sink(
         int(config.insert_interval_ms),
     )
     j_sink = blobs._j_data_stream.sinkTo(sink)
-    return DataStreamSink(j_sink).name("clickhouse-writer").uid("clickhouse-writer")
+    # not the Python writer's uid ("clickhouse-writer"): its keyed state of pending rows has
+    # no place in this stateless sink (an upgrade drains it first)
+    return DataStreamSink(j_sink).name("clickhouse-sink").uid("clickhouse-sink")

@@ -447,9 +447,11 @@ def submit_python_job(
     detached: bool = True,
     timeout: float = 600.0,
     from_savepoint: str | None = None,
+    allow_non_restored_state: bool = False,
 ) -> str:
     """Submit a PyFlink job (a .py file or a dotted module) to the session cluster, from a
-    savepoint or retained checkpoint if given (operators are matched by their uids).
+    savepoint or retained checkpoint if given (operators are matched by their uids; with
+    ``allow_non_restored_state``, state no operator takes is dropped).
 
     Returns the job id. Detached: returns once the job is submitted; attached: once it ends.
     """
@@ -461,6 +463,8 @@ def submit_python_job(
         argv.append("-d")
     if from_savepoint:
         argv += ["-s", from_savepoint]
+        if allow_non_restored_state:
+            argv.append("--allowNonRestoredState")
     argv += ["-pyexec", python, "-pyclientexec", python]
     is_file = py_module_or_file.endswith(".py") or Path(py_module_or_file).is_file()
     argv += ["-py" if is_file else "-pym", py_module_or_file, *args]

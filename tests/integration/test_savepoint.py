@@ -104,3 +104,32 @@ def test_savepoint_resume_with_parallelism_two_then_with_changed_code(
             assert_books_and_trades_exact(settings, "after the upgrade")
         finally:
             flink.cancel_job(settings, current)
+
+
+def test_a_drained_savepoint_of_the_python_operators_upgrades_to_the_compiled_core(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    """The documented upgrade from a release before the compiled core (``jobs/cli.py``): the
+    old job drained into a savepoint, the new one started from it without the old state."""
+    with (
+        patched_environ({"TICKFLOW__FLINK__CORE": "python"}),
+        start_slice(tmp_path, exchanges=("binance",), rate_per_symbol=20) as run,
+    ):
+        settings = run.settings
+        for s in SYMBOLS:
+            wait_for(f"{s} LIVE on the Python operators", lambda s=s: equals_truth(
+                settings, "binance", s), 180)  # fmt: skip
+        assert not any("frame-bundler" in v["name"] for v in vertices(settings, run.job_id))
+        path = flink.stop_with_savepoint(settings, run.job_id, drain=True)
+        time.sleep(3)  # the exchange keeps trading into Kafka while the job is down
+        with patched_environ({"TICKFLOW__FLINK__CORE": "native"}):
+            current = flink.submit_python_job(
+                load_settings(), str(settings.root / "jobs" / "pipeline.py"), [],
+                from_savepoint=path, allow_non_restored_state=True,
+            )  # fmt: skip
+        try:
+            flink.wait_job_running(settings, current, 240)
+            assert any("frame-bundler" in v["name"] for v in vertices(settings, current))
+            assert_books_and_trades_exact(settings, "after the upgrade to the compiled core")
+        finally:
+            flink.cancel_job(settings, current)
