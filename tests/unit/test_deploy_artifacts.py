@@ -99,6 +99,31 @@ def test_dockerfiles_pass_hadolint() -> None:
     run_linter([str(venv_tool("hadolint")), "--config", str(config), *map(str, DOCKERFILES)])
 
 
+def test_flink_image_runs_the_native_pipeline() -> None:
+    """The image builds the JVM operators (jobs/jvm) and the compiled core (jobs/native) from
+    source and puts them where the submitted job finds them without shipping jars: the
+    operators in Flink's lib/ beside the connector, the core's wheel in the venv; the compose
+    configuration selects the native pipeline."""
+    text = (ROOT / "docker" / "flink.Dockerfile").read_text()
+    assert re.search(r"^FROM maven:\S+ AS ops$", text, re.MULTILINE)
+    assert "COPY jobs/jvm/pom.xml /build/ops/pom.xml" in text
+    assert re.search(r"^RUN mvn .*-f /build/ops/pom.xml package", text, re.MULTILINE)
+    jar = "tickflow-flink-ops-1.jar"  # the pom's artifactId-version, no profile
+    assert f"COPY --from=ops /build/ops/target/{jar} /opt/flink/lib/" in text
+    pom = (ROOT / "jobs" / "jvm" / "pom.xml").read_text()
+    assert "<artifactId>tickflow-flink-ops</artifactId>\n  <version>1</version>" in pom
+    assert re.search(r"^COPY --from=native /build/wheels/ ", text, re.MULTILINE)
+    assert re.search(r"^RUN pip install .*/tmp/wheels/\*\.whl", text, re.MULTILINE)
+    submit = (ROOT / "docker" / "submit-job.sh").read_text()
+    assert "import tickflow_native" in submit and "/opt/flink/lib/tickflow-flink-ops-" in submit
+    assert "--python /opt/tickflow/jobs/pipeline.py" in submit
+    compose = yaml.safe_load(COMPOSE.read_text())
+    overlays = compose["x-tickflow-env"]["TICKFLOW_CONFIG"].split(":-", 1)[1].rstrip("}")
+    settings = load_settings(environ={"TICKFLOW_CONFIG": overlays})
+    assert settings.flink.core == "native"
+    assert settings.flink.ship_connector_jars is False
+
+
 def test_docker_prometheus_scrapes_the_local_stack_jobs() -> None:
     """Same job names as the generated local prometheus.yml: the rules and the Grafana
     dashboard select on them (the dashboard job is the local stack's alert receiver)."""
