@@ -107,7 +107,7 @@ deploy-check: venv ## validate docker/ and aws/ without Docker or AWS: compose c
 	$(BIN)/python -m stack.validators
 	$(BIN)/pytest -q tests/unit/test_deploy_artifacts.py
 
-aws-zip: venv ## the AWS Managed Flink application zip: dist/tickflow-aws.zip
+aws-zip: venv ## the AWS Managed Flink application zip (needs cargo, Maven, a JDK): dist/tickflow-aws.zip
 	$(BIN)/python -m aws.package --output dist/tickflow-aws.zip
 
 .PHONY: deploy-check aws-zip

@@ -4,10 +4,24 @@ Layout (what the ``kinesis.analytics.flink.run.options`` property group points a
 
     main.py                       python: the entry script (aws/main.py)
     application_properties.json   runtime properties for runs outside the service
-    lib/<connector>.jar           jarfile: the Kafka connector (one shaded jar)
-    app/                          pyFiles: jobs, schemas, tickflow, aws.runtime, config/
+    lib/tickflow-flink-ops-1-aws.jar
+                                  jarfile: the Kafka connector and the JVM operators (jobs/jvm)
+    app/                          pyFiles: jobs (Python only), schemas, tickflow, aws.runtime,
+                                  config/
     dep/                          pyFiles: the job's dependencies, wheels for the runtime's
-                                  Python and platform (pip --target --only-binary)
+                                  Python and platform (pip --target --only-binary), with the
+                                  compiled core (tickflow_native, jobs/native)
+
+One jar: the service adds the single jar that ``jarfile`` names to the job (the run options
+take no list, and the job does not ship jars itself there: flink.ship_connector_jars is false),
+so jobs/jvm's ``aws`` profile shades the Kafka SQL connector (already an uber jar) and the
+operators into one (stack/jars.py: tickflow_aws_jar; META-INF/services merged, so the
+connector's factories stay registered).
+
+The compiled core goes in as a wheel, installed into dep/ by the same pip --target as the
+other dependencies, so pip checks its tags against the runtime's: it is cp311-abi3 (CPython
+3.11 and later, so the runtime's 3.12) and manylinux2014 x86_64, linked against glibc 2.17
+whatever this machine's glibc (stack/wheels.py). The Rust and Java sources are not packed.
 
 PyFlink itself is the runtime's (never packed). Secrets are not in the zip: the properties
 name Secrets Manager ARNs (aws/runtime.py).
@@ -27,8 +41,9 @@ import zipfile
 from pathlib import Path
 
 from stack.flink import JOB_CODE_PACKAGES
-from stack.jars import kafka_connector_jars
+from stack.jars import tickflow_aws_jar
 from stack.system import StackError
+from stack.wheels import native_wheel
 from tickflow.config import Settings, load_settings
 
 # AWS Managed Service for Apache Flink 2.2 runs PyFlink jobs on Python 3.12, x86_64 Linux
@@ -46,6 +61,8 @@ NOT_PACKED = ("apache-flink", "confluent-kafka", "kafka-python", "websockets", "
 # what the entry adds: Secrets Manager (the runtime's boto3, if any, is not relied upon)
 EXTRA_REQUIREMENTS = ("boto3>=1.34,<2",)
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
+# not Python: built into dep/ (the core's wheel) and lib/ (the jar)
+COMPILED_SOURCES = ("jobs/native", "jobs/jvm")
 
 
 def requirements(root: Path) -> list[str]:
@@ -71,13 +88,16 @@ def run_options(jar_name: str) -> dict[str, str]:
     }
 
 
-def vendor(target: Path, reqs: list[str], python_version: str, platform: str) -> None:
-    """pip install --target for another interpreter: binary wheels of that Python/platform."""
+def vendor(
+    target: Path, reqs: list[str], python_version: str, platform: str, wheels: list[Path]
+) -> None:
+    """pip install --target for another interpreter: binary wheels of that Python/platform,
+    and the local ``wheels`` (pip refuses one whose tags that interpreter would not accept)."""
     argv = [
         sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
         "--no-compile", "--target", str(target), "--only-binary=:all:",
         "--implementation", "cp", "--python-version", python_version,
-        "--platform", platform, *reqs,
+        "--platform", platform, *reqs, *map(str, wheels),
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=1800)
     if done.returncode != 0:
@@ -88,20 +108,25 @@ def stage(settings: Settings, staging: Path, python_version: str, platform: str)
     root = settings.root
     shutil.copy2(root / "aws" / "main.py", staging / ENTRY)
     app = staging / APP_DIR
+    compiled = {root / path for path in COMPILED_SOURCES}
+
+    def ignored(directory: str, names: list[str]) -> set[str]:
+        here = Path(directory)
+        return set(IGNORED(directory, names)) | {n for n in names if here / n in compiled}
+
     for package in JOB_CODE_PACKAGES:
-        shutil.copytree(root / package, app / package, ignore=IGNORED)
+        shutil.copytree(root / package, app / package, ignore=ignored)
     (app / "aws").mkdir()
     for name in ("__init__.py", "runtime.py"):
         shutil.copy2(root / "aws" / name, app / "aws" / name)
     shutil.copytree(root / "config", app / "config", ignore=IGNORED)
-    jars = kafka_connector_jars(settings)
-    if len(jars) != 1:
-        raise StackError(f"expected one shaded connector jar, found {[j.name for j in jars]}")
+    jar = tickflow_aws_jar(settings)
     (staging / LIB_DIR).mkdir()
-    shutil.copy2(jars[0], staging / LIB_DIR / jars[0].name)
-    vendor(staging / DEP_DIR, requirements(root), python_version, platform)
+    shutil.copy2(jar, staging / LIB_DIR / jar.name)
+    wheels = [native_wheel(settings)]
+    vendor(staging / DEP_DIR, requirements(root), python_version, platform, wheels)
     local = json.loads((root / "aws" / PROPERTIES).read_text())
-    groups = [{"PropertyGroupId": RUN_OPTIONS_GROUP, "PropertyMap": run_options(jars[0].name)}]
+    groups = [{"PropertyGroupId": RUN_OPTIONS_GROUP, "PropertyMap": run_options(jar.name)}]
     (staging / PROPERTIES).write_text(json.dumps(groups + local, indent=2) + "\n")
 
 

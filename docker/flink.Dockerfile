@@ -11,7 +11,14 @@ COPY stack/maven/flink-jars.pom.xml /build/pom.xml
 RUN mvn -q -B -f /build/pom.xml dependency:copy-dependencies \
         -DoutputDirectory=/build/jars -DexcludeTransitive=true
 
-# -- the compiled batch engine (jobs/native): one abi3 wheel, any CPython >= 3.11 -------------
+# -- the project's JVM operators (jobs/jvm): the frame bundler, record splitter, ClickHouse sink -
+# Flink itself is provided (the image's); tests run with the repository's, not here
+FROM maven:3.9.11-eclipse-temurin-17 AS ops
+COPY jobs/jvm/pom.xml /build/ops/pom.xml
+COPY jobs/jvm/src/main/ /build/ops/src/main/
+RUN mvn -q -B -f /build/ops/pom.xml package -DskipTests=true -Dops.build.dir=/build/ops/target
+
+# -- the compiled core (jobs/native): one abi3 wheel, any CPython >= 3.11 ----------------------
 FROM rust:1.95-bookworm AS native
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3-venv \
@@ -49,14 +56,15 @@ COPY flink-conf/ flink-conf/
 # the project pins PyFlink (apache-flink==2.2.1, the image's Flink); it is developed on 3.11 and
 # runs on 3.12 as on AWS
 RUN pip install --no-cache-dir --ignore-requires-python -e /opt/tickflow
-# `tickflow job backfill` (replay.batch_engine: native)
+# the live job's core (flink.core: native) and `tickflow job backfill` (replay.batch_engine: native)
 COPY --from=native /build/wheels/ /tmp/wheels/
 RUN pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels
 
-# connector on the cluster classpath (jobs do not ship it: flink.ship_connector_jars=false);
-# flink-python in lib/ loads pemja once per TaskManager (see flink-conf/config.yaml);
-# the Prometheus reporter is the only plugin
+# the connector and the project's operators on the cluster classpath (jobs do not ship them:
+# flink.ship_connector_jars=false); flink-python in lib/ loads pemja once per TaskManager (see
+# flink-conf/config.yaml); the Prometheus reporter is the only plugin
 COPY --from=jars /build/jars/flink-sql-connector-kafka-*.jar /opt/flink/lib/
+COPY --from=ops /build/ops/target/tickflow-flink-ops-1.jar /opt/flink/lib/
 COPY --from=jars /build/jars/flink-metrics-prometheus-*.jar /opt/flink/plugins/metrics-prometheus/
 RUN cp /opt/flink/opt/flink-python-*.jar /opt/flink/lib/ \
     && mkdir -p /flink-data \

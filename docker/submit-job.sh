@@ -4,6 +4,11 @@
 # retained checkpoint under /flink-data.
 set -euo pipefail
 rest="http://${FLINK_JOBMANAGER:-jobmanager:8081}"
+# the live job runs on the compiled core and the JVM operators: both are in the image
+python -c 'import tickflow_native' \
+    || { echo "the compiled core (tickflow_native) is not installed" >&2; exit 1; }
+compgen -G "/opt/flink/lib/tickflow-flink-ops-*.jar" >/dev/null \
+    || { echo "the JVM operators' jar is not in /opt/flink/lib" >&2; exit 1; }
 if python - "${rest}" <<'PY'
 import json
 import sys

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from xml.etree import ElementTree
 
 from stack.system import StackError, ensure_packages
 from tickflow.config import Settings
@@ -20,6 +21,8 @@ MAVEN_DIR = Path(__file__).resolve().parent / "maven"
 OPS_DIR = Path(__file__).resolve().parent.parent / "jobs" / "jvm"
 OPS_POM = OPS_DIR / "pom.xml"
 OPS_JAR_GLOB = "tickflow-flink-ops-*.jar"
+# classified jars beside the plain one: the tests jar, the `aws` profile's shaded jar
+OPS_CLASSIFIED = ("-tests.jar", "-aws.jar")
 KAFKA_POM = MAVEN_DIR / "kafka-broker.pom.xml"
 FLINK_POM = MAVEN_DIR / "flink-jars.pom.xml"
 # log4j's JSON layout for the Flink daemons' logs, only when the wheel's lib/ lacks it
@@ -117,25 +120,68 @@ def tickflow_ops_jar(settings: Settings, module: Path = OPS_DIR, run_tests: bool
     """The jar of the project's JVM operators (``jobs/jvm``), built with Maven into
     ``<cache_dir>/jars/ops/`` when its sources changed since the last build (a marker holds
     their hash). Maven's build directory is a temporary one: the source tree stays clean."""
-    out_dir = jars_dir(settings, "ops")
-    digest = ops_sources_digest(module) + f" tests={run_tests}"
+    return build_ops(settings, "ops", module, run_tests=run_tests)
+
+
+def kafka_connector_version(pom: Path = FLINK_POM) -> str:
+    """The Kafka SQL connector's version that the local stack's pom pins."""
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    for dependency in ElementTree.parse(pom).getroot().iterfind("m:dependencies/m:dependency", ns):
+        if dependency.findtext("m:artifactId", namespaces=ns) == "flink-sql-connector-kafka":
+            version = dependency.findtext("m:version", namespaces=ns)
+            if version:
+                return version.strip()
+    raise StackError(f"{pom.name} pins no flink-sql-connector-kafka")
+
+
+def tickflow_aws_jar(settings: Settings, module: Path = OPS_DIR) -> Path:
+    """One jar holding the Kafka SQL connector and the project's JVM operators (the pom's
+    ``aws`` profile, maven-shade), into ``<cache_dir>/jars/ops-aws/``: AWS Managed Service for
+    Apache Flink adds the single jar its run options name (``jarfile``) to the job."""
+    version = kafka_connector_version()
+    return build_ops(
+        settings, "ops-aws", module, profile="aws", classifier="aws",
+        extra=[f"-Dkafka.connector.version={version}"],
+    )  # fmt: skip
+
+
+def build_ops(
+    settings: Settings,
+    name: str,
+    module: Path = OPS_DIR,
+    run_tests: bool = False,
+    profile: str | None = None,
+    classifier: str | None = None,
+    extra: list[str] | None = None,
+) -> Path:
+    """``mvn package`` of ``module`` (with ``profile``) into ``<cache_dir>/jars/<name>/``,
+    keeping the one jar of ``classifier`` (the plain jar when None); skipped when the marker
+    holds the same sources' hash and arguments."""
+    out_dir = jars_dir(settings, name)
+    extra = [*(extra or []), *([f"-P{profile}"] if profile else [])]
+    digest = ops_sources_digest(module) + f" tests={run_tests} " + " ".join(extra)
     marker = out_dir / MARKER
     built = sorted(out_dir.glob(OPS_JAR_GLOB))
-    if marker.exists() and marker.read_text().strip() == digest and len(built) == 1:
+    if marker.exists() and marker.read_text().strip() == digest.strip() and len(built) == 1:
         return built[0]
     ensure_packages(JDK_PACKAGES)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     build_dir = staging / "target"
     argv = [
-        "mvn", "-q", "-B", "-f", str(module / "pom.xml"), "package",
+        "mvn", "-q", "-B", "-f", str(module / "pom.xml"), "package", *extra,
         f"-Dops.build.dir={build_dir}", f"-DskipTests={str(not run_tests).lower()}",
     ]  # fmt: skip
+    suffix = f"-{classifier}.jar" if classifier else None
     try:
         done = subprocess.run(
             argv, cwd=staging, capture_output=True, text=True, check=False, timeout=1800
         )
-        jars = [j for j in build_dir.glob(OPS_JAR_GLOB) if not j.name.endswith("-tests.jar")]
+        jars = [
+            j
+            for j in build_dir.glob(OPS_JAR_GLOB)
+            if (j.name.endswith(suffix) if suffix else not j.name.endswith(OPS_CLASSIFIED))
+        ]
         if done.returncode != 0 or len(jars) != 1:
             raise StackError(
                 f"Maven could not build {module.name}: `{' '.join(argv)}` exited "
@@ -145,7 +191,7 @@ def tickflow_ops_jar(settings: Settings, module: Path = OPS_DIR, run_tests: bool
         result = staging / "out"
         result.mkdir()
         shutil.copy2(jars[0], result / jars[0].name)
-        (result / MARKER).write_text(digest + "\n")
+        (result / MARKER).write_text(digest.strip() + "\n")
         shutil.rmtree(out_dir, ignore_errors=True)
         result.rename(out_dir)
     finally:

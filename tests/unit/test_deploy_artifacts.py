@@ -7,15 +7,18 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging import tags as packaging_tags
 from packaging.requirements import Requirement
 
 from aws import package
@@ -96,6 +99,31 @@ def test_dockerfiles_pass_hadolint() -> None:
     run_linter([str(venv_tool("hadolint")), "--config", str(config), *map(str, DOCKERFILES)])
 
 
+def test_flink_image_runs_the_native_pipeline() -> None:
+    """The image builds the JVM operators (jobs/jvm) and the compiled core (jobs/native) from
+    source and puts them where the submitted job finds them without shipping jars: the
+    operators in Flink's lib/ beside the connector, the core's wheel in the venv; the compose
+    configuration selects the native pipeline."""
+    text = (ROOT / "docker" / "flink.Dockerfile").read_text()
+    assert re.search(r"^FROM maven:\S+ AS ops$", text, re.MULTILINE)
+    assert "COPY jobs/jvm/pom.xml /build/ops/pom.xml" in text
+    assert re.search(r"^RUN mvn .*-f /build/ops/pom.xml package", text, re.MULTILINE)
+    jar = "tickflow-flink-ops-1.jar"  # the pom's artifactId-version, no profile
+    assert f"COPY --from=ops /build/ops/target/{jar} /opt/flink/lib/" in text
+    pom = (ROOT / "jobs" / "jvm" / "pom.xml").read_text()
+    assert "<artifactId>tickflow-flink-ops</artifactId>\n  <version>1</version>" in pom
+    assert re.search(r"^COPY --from=native /build/wheels/ ", text, re.MULTILINE)
+    assert re.search(r"^RUN pip install .*/tmp/wheels/\*\.whl", text, re.MULTILINE)
+    submit = (ROOT / "docker" / "submit-job.sh").read_text()
+    assert "import tickflow_native" in submit and "/opt/flink/lib/tickflow-flink-ops-" in submit
+    assert "--python /opt/tickflow/jobs/pipeline.py" in submit
+    compose = yaml.safe_load(COMPOSE.read_text())
+    overlays = compose["x-tickflow-env"]["TICKFLOW_CONFIG"].split(":-", 1)[1].rstrip("}")
+    settings = load_settings(environ={"TICKFLOW_CONFIG": overlays})
+    assert settings.flink.core == "native"
+    assert settings.flink.ship_connector_jars is False
+
+
 def test_docker_prometheus_scrapes_the_local_stack_jobs() -> None:
     """Same job names as the generated local prometheus.yml: the rules and the Grafana
     dashboard select on them (the dashboard job is the local stack's alert receiver)."""
@@ -129,9 +157,9 @@ def test_cloudformation_run_options_match_the_zip_layout() -> None:
         group["PropertyGroupId"]: group["PropertyMap"]
         for group in app["ApplicationConfiguration"]["EnvironmentProperties"]["PropertyGroups"]
     }
-    jar = template["Parameters"]["ConnectorJar"]["Default"]
+    jar = template["Parameters"]["JobJar"]["Default"]
     expected = package.run_options(jar.removeprefix(f"{package.LIB_DIR}/"))
-    assert groups[package.RUN_OPTIONS_GROUP] == {**expected, "jarfile": {"Ref": "ConnectorJar"}}
+    assert groups[package.RUN_OPTIONS_GROUP] == {**expected, "jarfile": {"Ref": "JobJar"}}
     assert jar == expected["jarfile"]
     # every tickflow property names a real setting; secrets only by ARN
     settings = load_settings()
@@ -245,12 +273,21 @@ def flink_runtime_dir(target: Path) -> Path:
     return target
 
 
-@pytest.mark.slow
-def test_aws_zip_layout_and_entry_imports_with_vendored_dependencies(tmp_path: Path) -> None:
-    settings = load_settings()
+@dataclass(frozen=True)
+class AwsZip:
+    unpacked: Path
+    names: set[str]
+    options: dict[str, str]
+    properties: list[dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def aws_zip(tmp_path_factory: pytest.TempPathFactory) -> AwsZip:
+    """The real build (the core's wheel and the jar are cached by their sources' hash)."""
+    tmp_path = tmp_path_factory.mktemp("aws-zip")
     # the runtime's Python is 3.12; the import check needs wheels for the interpreter it runs on
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    archive = package.build(settings, tmp_path / "tickflow-aws.zip", python_version=version)
+    archive = package.build(load_settings(), tmp_path / "tickflow-aws.zip", python_version=version)
     unpacked = tmp_path / "unpacked"
     with zipfile.ZipFile(archive) as zipped:
         names = set(zipped.namelist())
@@ -258,6 +295,16 @@ def test_aws_zip_layout_and_entry_imports_with_vendored_dependencies(tmp_path: P
     properties = json.loads((unpacked / package.PROPERTIES).read_text())
     options = next(g["PropertyMap"] for g in properties
                    if g["PropertyGroupId"] == package.RUN_OPTIONS_GROUP)  # fmt: skip
+    return AwsZip(unpacked, names, options, properties)
+
+
+@pytest.mark.slow
+def test_aws_zip_layout_and_entry_imports_with_vendored_dependencies(
+    aws_zip: AwsZip, tmp_path: Path
+) -> None:
+    unpacked, names, options, properties = (
+        aws_zip.unpacked, aws_zip.names, aws_zip.options, aws_zip.properties,
+    )  # fmt: skip
     assert options["python"] in names and options["jarfile"] in names
     for directory in options["pyFiles"].split(","):
         assert any(name.startswith(directory) for name in names), directory
@@ -297,3 +344,83 @@ def test_aws_zip_layout_and_entry_imports_with_vendored_dependencies(tmp_path: P
     assert done.returncode == 0, done.stderr[-4000:]
     for vendored in ("msgspec", "orjson", "redis", "sortedcontainers", "yaml"):
         assert vendored in done.stdout, done.stdout
+
+
+def runtime_pythons() -> list[str]:
+    """This interpreter and, when installed, a CPython 3.12 (the runtime's)."""
+    found = [sys.executable]
+    pyenv = sorted(Path.home().glob(".pyenv/versions/3.12*/bin/python3.12"))
+    candidates = [shutil.which("python3.12"), *map(str, pyenv)]
+    for candidate in filter(None, candidates):
+        done = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2])"],
+                              capture_output=True, text=True, check=False, timeout=60)  # fmt: skip
+        if done.returncode == 0 and done.stdout.strip() == "(3, 12)":
+            return [*found, candidate]
+    return found
+
+
+@pytest.mark.slow
+def test_aws_zip_carries_the_compiled_core_and_one_jar(aws_zip: AwsZip, tmp_path: Path) -> None:
+    unpacked, names = aws_zip.unpacked, aws_zip.names
+    # the Rust and Java sources stay out: they are built into dep/ and lib/
+    sources = (".rs", ".java", "Cargo.toml", "Cargo.lock", "pom.xml")
+    compiled = ("app/jobs/native/", "app/jobs/jvm/")
+    assert not [n for n in names if n.endswith(sources) or n.startswith(compiled)]
+
+    # the core's wheel: cp311-abi3 (so 3.12 takes it), manylinux2014 x86_64, glibc <= 2.17
+    (wheel_file,) = unpacked.glob("dep/tickflow_native-*.dist-info/WHEEL")
+    tags = [line.split(":", 1)[1].strip() for line in wheel_file.read_text().splitlines()
+            if line.startswith("Tag:")]  # fmt: skip
+    assert tags, wheel_file.read_text()
+    for tag in tags:
+        interpreter, abi, platform = tag.split("-")
+        assert (interpreter, abi) == ("cp311", "abi3"), tag
+        assert platform in ("manylinux2014_x86_64", "manylinux_2_17_x86_64"), tag
+    runtime_tags = {str(t) for t in packaging_tags.cpython_tags(
+        (3, 12), platforms=["manylinux_2_17_x86_64", "manylinux2014_x86_64"])}  # fmt: skip
+    assert set(tags) <= runtime_tags
+    (library,) = unpacked.glob("dep/tickflow_native/*.abi3.so")
+    glibc = {tuple(map(int, m)) for m in re.findall(rb"GLIBC_(\d+)\.(\d+)", library.read_bytes())}
+    assert glibc and max(glibc) <= (2, 17), sorted(glibc)
+
+    # imported from dep/ alone by an isolated interpreter (no site-packages, no PYTHONPATH),
+    # and the core runs: a bad frame becomes a dead letter in its sink blob
+    dep, app = unpacked / package.DEP_DIR, unpacked / package.APP_DIR
+    probe = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(dep)!r}, {str(app)!r}]
+        import tickflow_native
+        from schemas.bundles import frame_bundle, sink_blob_sections
+        assert tickflow_native.__file__.startswith({str(dep)!r}), tickflow_native.__file__
+        core = tickflow_native.NativeStream(
+            top_n=5, snapshot_interval_ms=1000, max_levels=100, max_buffered=100,
+            nbbo_stale_after_ms=5000, bar_intervals_ms=[60000], depth_band_bps="10",
+            trade_dedup_ms=1000, quote_equivalents=[("USDT", "USD")], stale_after_ms=10000,
+            resync_retry_ms=1000, redis_prefix="t",
+        )
+        assert not core.process_bundle("BTC-USD", frame_bundle([(b"\\xff\\x01bad", 1)]), 0, 1)
+        sections = [(k, n, c) for k, n, c, _ in sink_blob_sections(core.take_blob())]
+        assert sections == [(2, "deadletter", 1)], sections
+        print("%d.%d" % sys.version_info[:2])
+    """)
+    versions: list[str] = []
+    for python in runtime_pythons():
+        done = subprocess.run([python, "-I", "-S", "-c", probe], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+        assert done.returncode == 0, f"{python}: {done.stderr[-3000:]}"
+        versions.append(done.stdout.strip())
+    assert versions[0] == f"{sys.version_info.major}.{sys.version_info.minor}", versions
+    print("the core imported from the zip by", versions)
+
+    # lib/: the one jar that jarfile names, with the connector and every operator jobs use
+    assert [n for n in names if n.startswith(f"{package.LIB_DIR}/")] == [aws_zip.options["jarfile"]]
+    with zipfile.ZipFile(unpacked / aws_zip.options["jarfile"]) as jar:
+        entries = set(jar.namelist())
+        factories = jar.read("META-INF/services/org.apache.flink.table.factories.Factory")
+    assert "org/apache/flink/connector/kafka/source/KafkaSource.class" in entries
+    assert b"KafkaDynamicTableFactory" in factories
+    jvm_ops = (ROOT / "jobs" / "jvm_ops.py").read_text()
+    classes = set(re.findall(r"(?:\b_ops\(\)|\bops)\.([A-Z]\w+)", jvm_ops))
+    assert {"FrameBundler", "BundleKey", "TopicRecords", "ClickHouseRowBinarySink"} <= classes
+    for name in classes:
+        assert f"io/tickflow/flink/{name}.class" in entries, name

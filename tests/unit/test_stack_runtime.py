@@ -342,3 +342,11 @@ def test_cli_status_table_and_exit_code(
 def test_cli_requires_a_command() -> None:
     with pytest.raises(SystemExit):
         cli.main([])
+
+
+def test_aws_jar_shades_the_connector_version_the_stack_pins() -> None:
+    """jobs/jvm's `aws` profile gets the version from stack/maven/flink-jars.pom.xml; its own
+    default (a manual `mvn -Paws package`) is the same."""
+    version = jars.kafka_connector_version()
+    pom = (jars.OPS_DIR / "pom.xml").read_text()
+    assert f"<kafka.connector.version>{version}</kafka.connector.version>" in pom
