@@ -73,12 +73,23 @@ enum RedisWrite {
 struct Records {
     data: Vec<u8>,
     count: u32,
+    /// the record being written (its allocation reused)
+    scratch: String,
 }
 
 impl Records {
     fn push(&mut self, text: &str) {
         self.data.extend_from_slice(&(text.len() as u32).to_le_bytes());
         self.data.extend_from_slice(text.as_bytes());
+        self.count += 1;
+    }
+
+    /// The record `write` appends to an empty string.
+    fn push_with(&mut self, write: impl FnOnce(&mut String)) {
+        self.scratch.clear();
+        write(&mut self.scratch);
+        self.data.extend_from_slice(&(self.scratch.len() as u32).to_le_bytes());
+        self.data.extend_from_slice(self.scratch.as_bytes());
         self.count += 1;
     }
 }
@@ -275,7 +286,7 @@ impl StreamBooks {
         let changed = started || !views.is_empty() || !due.is_empty();
         for view in views {
             self.tables[2].top_of_book(&view);
-            self.records[TOP].push(&publish::top_of_book_json(&view));
+            self.records[TOP].push_with(|s| publish::push_top_of_book_json(s, &view));
             self.queue_book(view);
         }
         for ((exchange, symbol), reason) in due {
@@ -322,20 +333,20 @@ impl StreamBooks {
             }
             for view in &out.top_changes {
                 tops.top_of_book(view);
-                self.records[TOP].push(&publish::top_of_book_json(view));
+                self.records[TOP].push_with(|s| publish::push_top_of_book_json(s, view));
             }
         }
         for update in &out.nbbo {
             nbbo.nbbo(update);
-            self.records[NBBO].push(&publish::nbbo_json(update));
+            self.records[NBBO].push_with(|s| publish::push_nbbo_json(s, update));
         }
         for m in &out.matched {
             matched.matched(m);
-            self.records[MATCHED].push(&publish::matched_json(m));
+            self.records[MATCHED].push_with(|s| publish::push_matched_json(s, m));
         }
         for bar in &out.bars {
             bars.bar(bar);
-            self.records[BARS].push(&publish::bar_json(bar));
+            self.records[BARS].push_with(|s| publish::push_bar_json(s, bar));
         }
         for event in &out.late {
             late.late(event);
