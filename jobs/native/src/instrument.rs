@@ -4,6 +4,7 @@
 //! state persistence, Redis views and processing-time staleness are not part of a backfill.
 
 use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
@@ -91,15 +92,16 @@ pub struct LateEvent {
 pub struct Outputs {
     pub trades: Vec<Trade>,
     pub late_trades: Vec<Trade>,
-    pub snapshots: Vec<BookView>,
-    pub top_changes: Vec<BookView>,
+    // shared: one view is often a top change, a snapshot and a Redis write at once
+    pub snapshots: Vec<Rc<BookView>>,
+    pub top_changes: Vec<Rc<BookView>>,
     pub nbbo: Vec<NbboUpdate>,
     pub matched: Vec<MatchedTrade>,
     pub bars: Vec<Bar>,
     pub late: Vec<LateEvent>,
     pub duplicate_trades: u64,
     /// every view a frame published (the live books: Redis)
-    pub book_views: Vec<BookView>,
+    pub book_views: Vec<Rc<BookView>>,
     /// books that need a fresh snapshot from their connector, and why
     pub resyncs: Vec<(BookId, String)>,
     /// gaps (and snapshots too old to bridge) and checksum mismatches
@@ -454,8 +456,8 @@ impl InstrumentBooks {
             return Ok(false);
         }
         tracked.stale = false;
-        let view = self.view(index, 0);
-        out.book_views.push(view.clone());
+        let view = Rc::new(self.view(index, 0));
+        out.book_views.push(Rc::clone(&view));
         out.views_time_ms = Some(out.views_time_ms.map_or(view.time_ms(), |t| t.max(view.time_ms())));
         self.record_state(&view, out, watermark_ms);
         let tracked = &mut self.books[index].1;
@@ -480,7 +482,7 @@ impl InstrumentBooks {
         }
         match (top_changed, snapshot_due) {
             (true, true) => {
-                out.top_changes.push(view.clone());
+                out.top_changes.push(Rc::clone(&view));
                 out.snapshots.push(view);
             }
             (true, false) => out.top_changes.push(view),
@@ -586,8 +588,7 @@ impl InstrumentBooks {
             }
             _ => None,
         };
-        let book_id = (view.exchange.clone(), view.symbol.clone());
-        self.bars.on_book(&book_id, time_ms, sample);
+        self.bars.on_book_of(&view.exchange, &view.symbol, time_ms, sample);
     }
 
     /// A book's view; `now_ms` (processing time) words a STALE book's reason.

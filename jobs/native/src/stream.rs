@@ -13,6 +13,7 @@
 //! (RowBinary); kind 2: Kafka records of output `name`, each `u32 len` + UTF-8 JSON.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use crate::envelope::decode_envelope;
 use crate::instrument::{BookView, InstrumentBooks, NbboUpdate, Outputs, Rules};
@@ -65,9 +66,30 @@ pub struct Counts {
 /// A Redis write waiting to go out: the last view of a book or the last NBBO of an
 /// instrument (conflated: an older one queued for the same key is replaced).
 enum RedisWrite {
-    Book(BookView),
+    Book(Rc<BookView>),
     Nbbo(NbboUpdate),
 }
+
+impl RedisWrite {
+    /// Whether this write goes to the key of the book `(exchange, symbol)`, or of the NBBO of
+    /// the instrument `exchange` when `nbbo`.
+    fn slot(&self) -> (bool, String, String) {
+        match self {
+            RedisWrite::Book(view) => (false, view.exchange.clone(), view.symbol.clone()),
+            RedisWrite::Nbbo(update) => (true, update.nbbo.instrument.clone(), String::new()),
+        }
+    }
+
+    fn same_key(&self, nbbo: bool, exchange: &str, symbol: &str) -> bool {
+        match self {
+            RedisWrite::Book(view) => !nbbo && view.exchange == exchange && view.symbol == symbol,
+            RedisWrite::Nbbo(update) => nbbo && update.nbbo.instrument == exchange,
+        }
+    }
+}
+
+/// Queued Redis writes up to which finding a key's slot scans them rather than hashing.
+const REDIS_SCAN: usize = 32;
 
 #[derive(Default)]
 struct Records {
@@ -198,7 +220,7 @@ impl StreamBooks {
     pub fn restore(&mut self, key: &str, state: &[u8]) -> Result<(), String> {
         let books = InstrumentBooks::restore(state)?;
         for view in books.fresh_views() {
-            self.queue_book(view);
+            self.queue_book(Rc::new(view));
         }
         self.books.insert(key.to_string(), books);
         Ok(())
@@ -287,7 +309,7 @@ impl StreamBooks {
         for view in views {
             self.tables[2].top_of_book(&view);
             self.records[TOP].push_with(|s| publish::push_top_of_book_json(s, &view));
-            self.queue_book(view);
+            self.queue_book(Rc::new(view));
         }
         for ((exchange, symbol), reason) in due {
             self.resync(&exchange, &symbol, &reason, now_ms);
@@ -300,16 +322,33 @@ impl StreamBooks {
         self.records[CONTROL].push(&publish::resync_json(exchange, symbol, reason, now_ms));
     }
 
-    fn queue_book(&mut self, view: BookView) {
-        let slot = (false, view.exchange.clone(), view.symbol.clone());
-        self.queue(slot, RedisWrite::Book(view));
+    fn queue_book(&mut self, view: Rc<BookView>) {
+        self.queue(false, RedisWrite::Book(view));
     }
 
-    fn queue(&mut self, slot: (bool, String, String), write: RedisWrite) {
-        match self.redis_slot.get(&slot) {
-            Some(&i) => self.redis[i] = write,
+    /// Conflated: replaces a queued write to the same key, else queued last.
+    fn queue(&mut self, nbbo: bool, write: RedisWrite) {
+        let (a, b) = match &write {
+            RedisWrite::Book(view) => (view.exchange.as_str(), view.symbol.as_str()),
+            RedisWrite::Nbbo(update) => (update.nbbo.instrument.as_str(), ""),
+        };
+        // few keys per bundle: a scan; an index once many are queued (e.g. after a restore)
+        let found = if self.redis.len() <= REDIS_SCAN {
+            self.redis.iter().position(|w| w.same_key(nbbo, a, b))
+        } else {
+            if self.redis_slot.is_empty() {
+                for (i, w) in self.redis.iter().enumerate() {
+                    self.redis_slot.insert(w.slot(), i);
+                }
+            }
+            self.redis_slot.get(&(nbbo, a.to_string(), b.to_string())).copied()
+        };
+        match found {
+            Some(i) => self.redis[i] = write,
             None => {
-                self.redis_slot.insert(slot, self.redis.len());
+                if !self.redis_slot.is_empty() {
+                    self.redis_slot.insert((nbbo, a.to_string(), b.to_string()), self.redis.len());
+                }
                 self.redis.push(write);
             }
         }
@@ -365,11 +404,10 @@ impl StreamBooks {
             self.resync(exchange, symbol, reason, now_ms);
         }
         for view in &out.book_views {
-            self.queue_book(view.clone());
+            self.queue_book(Rc::clone(view));
         }
         if let Some(update) = out.nbbo.last() {
-            let slot = (true, update.nbbo.instrument.clone(), String::new());
-            self.queue(slot, RedisWrite::Nbbo(update.clone()));
+            self.queue(true, RedisWrite::Nbbo(update.clone()));
         }
     }
 
