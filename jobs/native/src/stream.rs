@@ -67,7 +67,7 @@ pub struct Counts {
 /// instrument (conflated: an older one queued for the same key is replaced).
 enum RedisWrite {
     Book(Rc<BookView>),
-    Nbbo(NbboUpdate),
+    Nbbo(Box<NbboUpdate>),
 }
 
 impl RedisWrite {
@@ -407,7 +407,7 @@ impl StreamBooks {
             self.queue_book(Rc::clone(view));
         }
         if let Some(update) = out.nbbo.last() {
-            self.queue(true, RedisWrite::Nbbo(update.clone()));
+            self.queue(true, RedisWrite::Nbbo(Box::new(update.clone())));
         }
     }
 
