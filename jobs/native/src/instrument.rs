@@ -13,8 +13,8 @@ use crate::book::engine::{Outcome, SyncedBook};
 use crate::dec::Dec;
 use crate::envelope::RawEnvelope;
 use crate::events::{BookId, BookStatus, Level, MarketEvent, ParseError, Trade};
-use crate::matching::{match_trade, BookHistory, BookState, MatchedTrade};
-use crate::nbbo::{compute_nbbo, Nbbo, VenueTop};
+use crate::matching::{match_trade_owned, BookHistory, BookState, MatchedTrade};
+use crate::nbbo::{compute_nbbo, compute_nbbo_into, Nbbo, VenueTop};
 use crate::parse::parse_envelope;
 
 /// Flink's watermark before the first one.
@@ -164,6 +164,9 @@ pub struct InstrumentBooks {
     nbbo_version: i64,
     pub watermark_ms: i64,
     input_ended: bool,
+    /// the NBBO being computed (its allocations reused; not state)
+    #[serde(skip)]
+    next_nbbo: Option<Nbbo>,
 }
 
 fn position<T>(items: &[(BookId, T)], exchange: &str, symbol: &str) -> Option<usize> {
@@ -193,6 +196,7 @@ impl InstrumentBooks {
             nbbo_version: 0,
             watermark_ms: NO_WATERMARK,
             input_ended: false,
+            next_nbbo: None,
         }
     }
 
@@ -357,7 +361,7 @@ impl InstrumentBooks {
         }
         let nbbo = compute_nbbo(&self.instrument, &self.quote, &tops, self.rules.nbbo_stale_after_ms);
         let instrument = self.book_instrument(&trade.exchange, &trade.symbol);
-        match_trade(trade, instrument, own, Some(&nbbo))
+        match_trade_owned(trade, instrument, own, Some(nbbo))
     }
 
     /// The live NBBO (ages by receive time); emitted when what it shows changed.
@@ -376,16 +380,26 @@ impl InstrumentBooks {
                 ask: tracked.engine.book.best_ask(),
             })
             .collect();
-        let nbbo = compute_nbbo(&self.instrument, &self.quote, &tops, self.rules.nbbo_stale_after_ms);
+        let stale_after_ms = self.rules.nbbo_stale_after_ms;
+        let nbbo = match self.next_nbbo.as_mut() {
+            Some(next) => {
+                compute_nbbo_into(next, &self.instrument, &self.quote, &tops, stale_after_ms);
+                next
+            }
+            None => self.next_nbbo.insert(compute_nbbo(&self.instrument, &self.quote, &tops, stale_after_ms)),
+        };
         if let Some(last) = &self.nbbo {
             if nbbo.quote_key() == last.quote_key() {
                 return;
             }
         }
+        // the new one kept, the one it replaces written over next time
+        let new = std::mem::replace(&mut self.next_nbbo, None);
+        self.next_nbbo = std::mem::replace(&mut self.nbbo, new);
+        let nbbo = self.nbbo.clone().expect("just set");
         // monotonic, and the same on a replay of the same input
         self.nbbo_version = (self.nbbo_version + 1).max(receive_time_ns.div_euclid(1000));
         let time_ms = out.views_time_ms.unwrap_or(now_ms);
-        self.nbbo = Some(nbbo.clone());
         out.nbbo.push(NbboUpdate {
             nbbo,
             version: self.nbbo_version,
