@@ -394,7 +394,7 @@ impl InstrumentBooks {
             }
         }
         // the new one kept, the one it replaces written over next time
-        let new = std::mem::replace(&mut self.next_nbbo, None);
+        let new = self.next_nbbo.take();
         self.next_nbbo = std::mem::replace(&mut self.nbbo, new);
         let nbbo = self.nbbo.clone().expect("just set");
         // monotonic, and the same on a replay of the same input
