@@ -469,3 +469,82 @@ impl StreamBooks {
         std::mem::take(&mut self.counts)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dec::parse_dec;
+    use crate::events::BookStatus;
+
+    fn core() -> StreamBooks {
+        let rules = Rules {
+            top_n: 10,
+            snapshot_interval_ms: 1000,
+            max_levels: 5000,
+            max_buffered: 10000,
+            nbbo_stale_after_ms: 10000,
+            bar_intervals_ms: vec![1000],
+            depth_band_bps: parse_dec("10").unwrap(),
+            trade_dedup_ms: 60000,
+        };
+        let live = LiveRules { stale_after_ms: 30000, resync_retry_ms: 10000, redis_prefix: "tf".into() };
+        StreamBooks::new(rules, live, Vec::new())
+    }
+
+    fn view(exchange: &str, symbol: &str, seq: i64) -> Rc<BookView> {
+        Rc::new(BookView {
+            exchange: exchange.into(),
+            symbol: symbol.into(),
+            instrument: "BTC-USD".into(),
+            status: BookStatus::Live,
+            reason: String::new(),
+            seq,
+            version: seq,
+            bids: Vec::new(),
+            asks: Vec::new(),
+            event_time_ms: 0,
+            receive_time_ns: 0,
+            bid_depth: None,
+            ask_depth: None,
+        })
+    }
+
+    /// The last write per key, in the order the keys were first queued, whether the queue is
+    /// scanned (few writes) or indexed (many).
+    #[test]
+    fn redis_writes_conflate_per_key_with_few_and_many_queued() {
+        for books in [3, REDIS_SCAN + 20] {
+            let mut core = core();
+            for round in 0..3 {
+                for i in 0..books {
+                    core.queue_book(view("ex", &format!("S{i}"), round * 1000 + i as i64));
+                }
+                // an NBBO's key is not a book's, even with the same first part
+                let mut update = NbboUpdate {
+                    nbbo: crate::nbbo::compute_nbbo("ex", "USD", &[], 0),
+                    version: round,
+                    event_time_ms: 0,
+                    receive_time_ns: 0,
+                };
+                update.nbbo.instrument = "ex".into();
+                core.queue(true, RedisWrite::Nbbo(Box::new(update)));
+            }
+            assert_eq!(core.redis_pending(), books + 1);
+            let writes = core.take_redis(0);
+            for (i, (nbbo, keys, args)) in writes.iter().enumerate() {
+                if i < books {
+                    assert!(!nbbo);
+                    assert_eq!(keys[0], format!("tf:book:ex:S{i}"));
+                    assert_eq!(args[0], (2000 + i).to_string().into_bytes());
+                } else {
+                    assert!(nbbo);
+                    assert_eq!(keys[0], "tf:nbbo:ex");
+                    assert_eq!(args[1], b"ex:2".to_vec());
+                }
+            }
+            assert_eq!(core.redis_pending(), 0);
+            core.queue_book(view("ex", "S0", 1));
+            assert_eq!(core.redis_pending(), 1);
+        }
+    }
+}
