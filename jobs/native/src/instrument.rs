@@ -167,6 +167,9 @@ pub struct InstrumentBooks {
     /// the NBBO being computed (its allocations reused; not state)
     #[serde(skip)]
     next_nbbo: Option<Nbbo>,
+    /// the books' tops it is computed from (likewise)
+    #[serde(skip)]
+    tops: Vec<VenueTop>,
 }
 
 fn position<T>(items: &[(BookId, T)], exchange: &str, symbol: &str) -> Option<usize> {
@@ -197,6 +200,7 @@ impl InstrumentBooks {
             watermark_ms: NO_WATERMARK,
             input_ended: false,
             next_nbbo: None,
+            tops: Vec::new(),
         }
     }
 
@@ -367,26 +371,32 @@ impl InstrumentBooks {
     /// The live NBBO (ages by receive time); emitted when what it shows changed.
     fn update_nbbo(&mut self, receive_time_ns: i64, out: &mut Outputs) {
         let now_ms = receive_time_ns.div_euclid(1_000_000);
-        let tops: Vec<VenueTop> = self
-            .books
-            .iter()
-            .map(|((exchange, symbol), tracked)| VenueTop {
-                exchange: exchange.clone(),
-                symbol: symbol.clone(),
-                status: tracked.engine.status,
-                version: tracked.engine.version(),
-                age_ms: now_ms - tracked.last_receive_time_ns.div_euclid(1_000_000),
-                bid: tracked.engine.book.best_bid(),
-                ask: tracked.engine.book.best_ask(),
-            })
-            .collect();
-        let stale_after_ms = self.rules.nbbo_stale_after_ms;
+        // each book's top written over the last call's (the books only ever grow, in order)
+        let tops = &mut self.tops;
+        for (i, ((exchange, symbol), tracked)) in self.books.iter().enumerate() {
+            let (status, version) = (tracked.engine.status, tracked.engine.version());
+            let age_ms = now_ms - tracked.last_receive_time_ns.div_euclid(1_000_000);
+            let (bid, ask) = (tracked.engine.book.best_bid(), tracked.engine.book.best_ask());
+            match tops.get_mut(i) {
+                Some(top) if top.exchange == *exchange && top.symbol == *symbol => {
+                    (top.status, top.version, top.age_ms, top.bid, top.ask) =
+                        (status, version, age_ms, bid, ask);
+                }
+                _ => {
+                    tops.truncate(i);
+                    let (exchange, symbol) = (exchange.clone(), symbol.clone());
+                    tops.push(VenueTop { exchange, symbol, status, version, age_ms, bid, ask });
+                }
+            }
+        }
+        tops.truncate(self.books.len());
+        let (tops, stale_after_ms) = (&self.tops, self.rules.nbbo_stale_after_ms);
         let nbbo = match self.next_nbbo.as_mut() {
             Some(next) => {
-                compute_nbbo_into(next, &self.instrument, &self.quote, &tops, stale_after_ms);
+                compute_nbbo_into(next, &self.instrument, &self.quote, tops, stale_after_ms);
                 next
             }
-            None => self.next_nbbo.insert(compute_nbbo(&self.instrument, &self.quote, &tops, stale_after_ms)),
+            None => self.next_nbbo.insert(compute_nbbo(&self.instrument, &self.quote, tops, stale_after_ms)),
         };
         if let Some(last) = &self.nbbo {
             if nbbo.quote_key() == last.quote_key() {
