@@ -453,11 +453,12 @@ impl InstrumentBars {
 
     /// A new state of a book at `time_ms` (its exchange's event time).
     pub fn on_book(&mut self, book_id: &BookId, time_ms: i64, sample: Option<BookSample>) {
-        let bi = match self
-            .books
-            .iter()
-            .position(|c| c.book_id.0 == book_id.0 && c.book_id.1 == book_id.1)
-        {
+        self.on_book_of(&book_id.0, &book_id.1, time_ms, sample);
+    }
+
+    /// [`Self::on_book`] of the book `(exchange, symbol)`.
+    pub fn on_book_of(&mut self, exchange: &str, symbol: &str, time_ms: i64, sample: Option<BookSample>) {
+        let bi = match self.books.iter().position(|c| c.book_id.0 == exchange && c.book_id.1 == symbol) {
             Some(bi) => bi,
             None => {
                 // a book first seen after windows closed starts at the integrated point
@@ -465,9 +466,9 @@ impl InstrumentBars {
                     None => time_ms,
                     Some(closed) => time_ms.max(closed),
                 };
-                let venue = self.venue_idx(&book_id.0);
+                let venue = self.venue_idx(exchange);
                 self.books.push(Clock {
-                    book_id: book_id.clone(),
+                    book_id: (exchange.to_string(), symbol.to_string()),
                     venue,
                     since_ms: since,
                     sample: None,

@@ -4,6 +4,7 @@
 //! state persistence, Redis views and processing-time staleness are not part of a backfill.
 
 use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,8 +13,8 @@ use crate::book::engine::{Outcome, SyncedBook};
 use crate::dec::Dec;
 use crate::envelope::RawEnvelope;
 use crate::events::{BookId, BookStatus, Level, MarketEvent, ParseError, Trade};
-use crate::matching::{match_trade, BookHistory, BookState, MatchedTrade};
-use crate::nbbo::{compute_nbbo, Nbbo, VenueTop};
+use crate::matching::{match_trade_owned, BookHistory, BookState, MatchedTrade};
+use crate::nbbo::{compute_nbbo, compute_nbbo_into, Nbbo, VenueTop};
 use crate::parse::parse_envelope;
 
 /// Flink's watermark before the first one.
@@ -91,15 +92,16 @@ pub struct LateEvent {
 pub struct Outputs {
     pub trades: Vec<Trade>,
     pub late_trades: Vec<Trade>,
-    pub snapshots: Vec<BookView>,
-    pub top_changes: Vec<BookView>,
+    // shared: one view is often a top change, a snapshot and a Redis write at once
+    pub snapshots: Vec<Rc<BookView>>,
+    pub top_changes: Vec<Rc<BookView>>,
     pub nbbo: Vec<NbboUpdate>,
     pub matched: Vec<MatchedTrade>,
     pub bars: Vec<Bar>,
     pub late: Vec<LateEvent>,
     pub duplicate_trades: u64,
     /// every view a frame published (the live books: Redis)
-    pub book_views: Vec<BookView>,
+    pub book_views: Vec<Rc<BookView>>,
     /// books that need a fresh snapshot from their connector, and why
     pub resyncs: Vec<(BookId, String)>,
     /// gaps (and snapshots too old to bridge) and checksum mismatches
@@ -162,6 +164,12 @@ pub struct InstrumentBooks {
     nbbo_version: i64,
     pub watermark_ms: i64,
     input_ended: bool,
+    /// the NBBO being computed (its allocations reused; not state)
+    #[serde(skip)]
+    next_nbbo: Option<Nbbo>,
+    /// the books' tops it is computed from (likewise)
+    #[serde(skip)]
+    tops: Vec<VenueTop>,
 }
 
 fn position<T>(items: &[(BookId, T)], exchange: &str, symbol: &str) -> Option<usize> {
@@ -191,6 +199,8 @@ impl InstrumentBooks {
             nbbo_version: 0,
             watermark_ms: NO_WATERMARK,
             input_ended: false,
+            next_nbbo: None,
+            tops: Vec::new(),
         }
     }
 
@@ -355,35 +365,51 @@ impl InstrumentBooks {
         }
         let nbbo = compute_nbbo(&self.instrument, &self.quote, &tops, self.rules.nbbo_stale_after_ms);
         let instrument = self.book_instrument(&trade.exchange, &trade.symbol);
-        match_trade(trade, instrument, own, Some(&nbbo))
+        match_trade_owned(trade, instrument, own, Some(nbbo))
     }
 
     /// The live NBBO (ages by receive time); emitted when what it shows changed.
     fn update_nbbo(&mut self, receive_time_ns: i64, out: &mut Outputs) {
         let now_ms = receive_time_ns.div_euclid(1_000_000);
-        let tops: Vec<VenueTop> = self
-            .books
-            .iter()
-            .map(|((exchange, symbol), tracked)| VenueTop {
-                exchange: exchange.clone(),
-                symbol: symbol.clone(),
-                status: tracked.engine.status,
-                version: tracked.engine.version(),
-                age_ms: now_ms - tracked.last_receive_time_ns.div_euclid(1_000_000),
-                bid: tracked.engine.book.best_bid(),
-                ask: tracked.engine.book.best_ask(),
-            })
-            .collect();
-        let nbbo = compute_nbbo(&self.instrument, &self.quote, &tops, self.rules.nbbo_stale_after_ms);
+        // each book's top written over the last call's (the books only ever grow, in order)
+        let tops = &mut self.tops;
+        for (i, ((exchange, symbol), tracked)) in self.books.iter().enumerate() {
+            let (status, version) = (tracked.engine.status, tracked.engine.version());
+            let age_ms = now_ms - tracked.last_receive_time_ns.div_euclid(1_000_000);
+            let (bid, ask) = (tracked.engine.book.best_bid(), tracked.engine.book.best_ask());
+            match tops.get_mut(i) {
+                Some(top) if top.exchange == *exchange && top.symbol == *symbol => {
+                    (top.status, top.version, top.age_ms, top.bid, top.ask) =
+                        (status, version, age_ms, bid, ask);
+                }
+                _ => {
+                    tops.truncate(i);
+                    let (exchange, symbol) = (exchange.clone(), symbol.clone());
+                    tops.push(VenueTop { exchange, symbol, status, version, age_ms, bid, ask });
+                }
+            }
+        }
+        tops.truncate(self.books.len());
+        let (tops, stale_after_ms) = (&self.tops, self.rules.nbbo_stale_after_ms);
+        let nbbo = match self.next_nbbo.as_mut() {
+            Some(next) => {
+                compute_nbbo_into(next, &self.instrument, &self.quote, tops, stale_after_ms);
+                next
+            }
+            None => self.next_nbbo.insert(compute_nbbo(&self.instrument, &self.quote, tops, stale_after_ms)),
+        };
         if let Some(last) = &self.nbbo {
             if nbbo.quote_key() == last.quote_key() {
                 return;
             }
         }
+        // the new one kept, the one it replaces written over next time
+        let new = self.next_nbbo.take();
+        self.next_nbbo = std::mem::replace(&mut self.nbbo, new);
+        let nbbo = self.nbbo.clone().expect("just set");
         // monotonic, and the same on a replay of the same input
         self.nbbo_version = (self.nbbo_version + 1).max(receive_time_ns.div_euclid(1000));
         let time_ms = out.views_time_ms.unwrap_or(now_ms);
-        self.nbbo = Some(nbbo.clone());
         out.nbbo.push(NbboUpdate {
             nbbo,
             version: self.nbbo_version,
@@ -454,8 +480,8 @@ impl InstrumentBooks {
             return Ok(false);
         }
         tracked.stale = false;
-        let view = self.view(index, 0);
-        out.book_views.push(view.clone());
+        let view = Rc::new(self.view(index, 0));
+        out.book_views.push(Rc::clone(&view));
         out.views_time_ms = Some(out.views_time_ms.map_or(view.time_ms(), |t| t.max(view.time_ms())));
         self.record_state(&view, out, watermark_ms);
         let tracked = &mut self.books[index].1;
@@ -480,7 +506,7 @@ impl InstrumentBooks {
         }
         match (top_changed, snapshot_due) {
             (true, true) => {
-                out.top_changes.push(view.clone());
+                out.top_changes.push(Rc::clone(&view));
                 out.snapshots.push(view);
             }
             (true, false) => out.top_changes.push(view),
@@ -586,8 +612,7 @@ impl InstrumentBooks {
             }
             _ => None,
         };
-        let book_id = (view.exchange.clone(), view.symbol.clone());
-        self.bars.on_book(&book_id, time_ms, sample);
+        self.bars.on_book_of(&view.exchange, &view.symbol, time_ms, sample);
     }
 
     /// A book's view; `now_ms` (processing time) words a STALE book's reason.

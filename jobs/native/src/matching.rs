@@ -249,6 +249,16 @@ pub fn match_trade(
     own: Option<&BookState>,
     nbbo: Option<&Nbbo>,
 ) -> MatchedTrade {
+    match_trade_owned(trade, instrument, own, nbbo.cloned())
+}
+
+/// [`match_trade`] keeping the NBBO given (no copy).
+pub fn match_trade_owned(
+    trade: &Trade,
+    instrument: &str,
+    own: Option<&BookState>,
+    nbbo: Option<Nbbo>,
+) -> MatchedTrade {
     let side = trade.taker_side;
     let live_state = own.filter(|s| s.live());
     let (bids, asks): (&[Level], &[Level]) = match live_state {
@@ -278,7 +288,7 @@ pub fn match_trade(
     let opposite = if side == Side::Buy { asks } else { bids };
     let (levels, size) = consumed(side, trade, opposite);
     let mut slip_nbbo = None;
-    if let Some(n) = nbbo {
+    if let Some(n) = &nbbo {
         let best = if side == Side::Buy {
             n.ask_price
         } else {
@@ -308,7 +318,7 @@ pub fn match_trade(
         size_consumed: size,
         slippage_mid: slip,
         slippage_mid_bps: slip_bps,
-        nbbo: nbbo.cloned(),
+        nbbo,
         slippage_nbbo: slip_nbbo,
         trade_through: slip_nbbo.is_some_and(|s| s > Dec::ZERO),
     }

@@ -5,6 +5,8 @@
 //! every other book is listed with the reason it was left out. Only comparisons and sums of
 //! exchange decimals here: exact, as in Python.
 
+use std::fmt::Write as _;
+
 use serde::{Deserialize, Serialize};
 
 use crate::dec::{py_add, Dec};
@@ -147,6 +149,76 @@ impl Nbbo {
 
 /// Best bid/ask over the LIVE, fresh books; O(books log books) (the sort by venue).
 pub fn compute_nbbo(instrument: &str, quote: &str, tops: &[VenueTop], stale_after_ms: i64) -> Nbbo {
+    let mut nbbo = Nbbo {
+        instrument: String::new(),
+        quote: String::new(),
+        bid_price: None,
+        bid_size: None,
+        bid_venues: Vec::new(),
+        ask_price: None,
+        ask_size: None,
+        ask_venues: Vec::new(),
+        venues: Vec::with_capacity(tops.len()),
+        venue_versions: Vec::with_capacity(tops.len()),
+        excluded: Vec::new(),
+        excluded_reasons: Vec::new(),
+    };
+    compute_nbbo_into(&mut nbbo, instrument, quote, tops, stale_after_ms);
+    nbbo
+}
+
+/// Strings written over those of a reused list (their allocations kept), then the rest cut.
+struct Fill<'a> {
+    items: &'a mut Vec<String>,
+    len: usize,
+}
+
+impl<'a> Fill<'a> {
+    fn new(items: &'a mut Vec<String>) -> Self {
+        Fill { items, len: 0 }
+    }
+
+    fn next(&mut self) -> &mut String {
+        if self.len == self.items.len() {
+            self.items.push(String::new());
+        }
+        let s = &mut self.items[self.len];
+        s.clear();
+        self.len += 1;
+        s
+    }
+
+    fn push(&mut self, text: &str) {
+        self.next().push_str(text);
+    }
+
+    fn push_venue(&mut self, top: &VenueTop) {
+        let s = self.next();
+        s.push_str(&top.exchange);
+        s.push(':');
+        s.push_str(&top.symbol);
+    }
+
+    /// Back to none, the allocations kept (a new best price starts the list again).
+    fn restart(&mut self) {
+        self.len = 0;
+    }
+}
+
+impl Drop for Fill<'_> {
+    fn drop(&mut self) {
+        self.items.truncate(self.len);
+    }
+}
+
+/// [`compute_nbbo`] written over `nbbo` (what it held overwritten, its allocations reused).
+pub fn compute_nbbo_into(
+    nbbo: &mut Nbbo,
+    instrument: &str,
+    quote: &str,
+    tops: &[VenueTop],
+    stale_after_ms: i64,
+) {
     // sorted(tops, key=(exchange, symbol)): stable; str order = code point order = UTF-8 bytes
     let mut order: Vec<&VenueTop> = tops.iter().collect();
     order.sort_by(|a, b| {
@@ -157,40 +229,40 @@ pub fn compute_nbbo(instrument: &str, quote: &str, tops: &[VenueTop], stale_afte
     let mut ask_price: Option<Dec> = None;
     let mut bid_size = Dec::ZERO;
     let mut ask_size = Dec::ZERO;
-    let mut bid_venues: Vec<String> = Vec::new();
-    let mut ask_venues: Vec<String> = Vec::new();
-    let mut venues: Vec<String> = Vec::with_capacity(order.len());
-    let mut venue_versions: Vec<i64> = Vec::with_capacity(order.len());
-    let mut excluded: Vec<String> = Vec::new();
-    let mut excluded_reasons: Vec<String> = Vec::new();
+    nbbo.venue_versions.clear();
+    let mut bid_venues = Fill::new(&mut nbbo.bid_venues);
+    let mut ask_venues = Fill::new(&mut nbbo.ask_venues);
+    let mut venues = Fill::new(&mut nbbo.venues);
+    let mut excluded = Fill::new(&mut nbbo.excluded);
+    let mut excluded_reasons = Fill::new(&mut nbbo.excluded_reasons);
 
     for top in order {
         if top.status != BookStatus::Live {
-            excluded.push(top.venue());
-            excluded_reasons.push(top.status.as_str().to_string());
+            excluded.push_venue(top);
+            excluded_reasons.push(top.status.as_str());
             continue;
         }
         // `if stale_after_ms and top.age_ms > stale_after_ms`
         if stale_after_ms != 0 && top.age_ms > stale_after_ms {
-            excluded.push(top.venue());
-            excluded_reasons.push(format!("{STALE_REASON} {} ms", top.age_ms));
+            excluded.push_venue(top);
+            let _ = write!(excluded_reasons.next(), "{STALE_REASON} {} ms", top.age_ms);
             continue;
         }
-        venues.push(top.venue());
-        venue_versions.push(top.version);
+        venues.push_venue(top);
+        nbbo.venue_versions.push(top.version);
         if let Some((price, size)) = top.bid {
             match bid_price {
                 Some(best) if price <= best => {
                     if price == best {
                         bid_size = py_add(bid_size, size);
-                        bid_venues.push(top.exchange.clone());
+                        bid_venues.push(&top.exchange);
                     }
                 }
                 _ => {
                     bid_price = Some(price);
                     bid_size = size;
-                    bid_venues.clear();
-                    bid_venues.push(top.exchange.clone());
+                    bid_venues.restart();
+                    bid_venues.push(&top.exchange);
                 }
             }
         }
@@ -199,32 +271,27 @@ pub fn compute_nbbo(instrument: &str, quote: &str, tops: &[VenueTop], stale_afte
                 Some(best) if price >= best => {
                     if price == best {
                         ask_size = py_add(ask_size, size);
-                        ask_venues.push(top.exchange.clone());
+                        ask_venues.push(&top.exchange);
                     }
                 }
                 _ => {
                     ask_price = Some(price);
                     ask_size = size;
-                    ask_venues.clear();
-                    ask_venues.push(top.exchange.clone());
+                    ask_venues.restart();
+                    ask_venues.push(&top.exchange);
                 }
             }
         }
     }
-    Nbbo {
-        instrument: instrument.to_string(),
-        quote: quote.to_string(),
-        bid_price,
-        bid_size: bid_price.map(|_| bid_size),
-        bid_venues,
-        ask_price,
-        ask_size: ask_price.map(|_| ask_size),
-        ask_venues,
-        venues,
-        venue_versions,
-        excluded,
-        excluded_reasons,
-    }
+    drop((bid_venues, ask_venues, venues, excluded, excluded_reasons));
+    nbbo.instrument.clear();
+    nbbo.instrument.push_str(instrument);
+    nbbo.quote.clear();
+    nbbo.quote.push_str(quote);
+    nbbo.bid_price = bid_price;
+    nbbo.bid_size = bid_price.map(|_| bid_size);
+    nbbo.ask_price = ask_price;
+    nbbo.ask_size = ask_price.map(|_| ask_size);
 }
 
 /// Python's `str.rpartition(sep)` for a one-character separator.

@@ -28,12 +28,68 @@ pub const VERSION_WIDTH: usize = 24;
 
 // --- Python's text of values ----------------------------------------------------------------
 
+const PAIRS: &[u8; 200] = b"00010203040506070809101112131415161718192021222324252627282930313233343536373839\
+404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
+
+/// The decimal digits of `n` (ASCII) at the end of `buf`.
+fn digits_of(n: u128, buf: &mut [u8; 40]) -> &[u8] {
+    let mut i = buf.len();
+    let mut n = n;
+    // the common case (a coefficient below 2^64) without 128-bit divisions
+    while n > u128::from(u64::MAX) {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let mut n = n as u64;
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
+        i -= 1;
+        buf[i] = b'0' + n as u8;
+    }
+    &buf[i..]
+}
+
+/// ASCII bytes onto a string.
+fn push_ascii(out: &mut String, ascii: &[u8]) {
+    out.extend(ascii.iter().map(|&b| char::from(b)));
+}
+
+/// `str(int)`.
+pub fn push_i64(out: &mut String, value: i64) {
+    if value < 0 {
+        out.push('-');
+    }
+    let mut buf = [0u8; 40];
+    push_ascii(out, digits_of(u128::from(value.unsigned_abs()), &mut buf));
+}
+
+fn push_zeros(out: &mut String, n: usize) {
+    const ZEROS: &str = "0000000000000000000000000000000000000000";
+    let mut n = n;
+    while n > ZEROS.len() {
+        out.push_str(ZEROS);
+        n -= ZEROS.len();
+    }
+    out.push_str(&ZEROS[..n]);
+}
+
 /// `str(Decimal)`: Python's `to_sci_string` of the value with its scale.
 pub fn push_py_dec(out: &mut String, value: Dec) {
     if value.is_sign_negative() {
         out.push('-');
     }
-    let coeff = value.mantissa().unsigned_abs().to_string();
+    let mut buf = [0u8; 40];
+    let coeff = digits_of(value.mantissa().unsigned_abs(), &mut buf);
     let exp = -(value.scale() as i64); // never positive for a Dec
     let leftdigits = exp + coeff.len() as i64;
     let dotplace = if exp <= 0 && leftdigits > -6 {
@@ -43,16 +99,16 @@ pub fn push_py_dec(out: &mut String, value: Dec) {
     };
     if dotplace <= 0 {
         out.push_str("0.");
-        out.extend(std::iter::repeat_n('0', (-dotplace) as usize));
-        out.push_str(&coeff);
+        push_zeros(out, (-dotplace) as usize);
+        push_ascii(out, coeff);
     } else if dotplace as usize >= coeff.len() {
-        out.push_str(&coeff);
-        out.extend(std::iter::repeat_n('0', dotplace as usize - coeff.len()));
+        push_ascii(out, coeff);
+        push_zeros(out, dotplace as usize - coeff.len());
     } else {
         let (int, frac) = coeff.split_at(dotplace as usize);
-        out.push_str(int);
+        push_ascii(out, int);
         out.push('.');
-        out.push_str(frac);
+        push_ascii(out, frac);
     }
     if leftdigits != dotplace {
         let _ = write!(out, "E{:+}", leftdigits - dotplace);
@@ -78,7 +134,13 @@ pub fn push_utc_date(out: &mut String, ms: i64) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let _ = write!(out, "{year:04}-{month:02}-{day:02}");
+    if (0..10_000).contains(&year) {
+        let digit = |n: i64| char::from(b'0' + n as u8);
+        out.extend([digit(year / 1000), digit(year / 100 % 10), digit(year / 10 % 10), digit(year % 10)]);
+        out.extend(['-', digit(month / 10), digit(month % 10), '-', digit(day / 10), digit(day % 10)]);
+    } else {
+        let _ = write!(out, "{year:04}-{month:02}-{day:02}");
+    }
 }
 
 /// A float as orjson writes it: the shortest text that reads back to it, in fixed notation
@@ -192,6 +254,11 @@ fn even_tie(v: f64, digits: &str, exp: i64) -> Option<String> {
 /// A JSON string as orjson writes it: UTF-8 kept, `"` `\` and control characters escaped.
 pub fn push_orjson_str(out: &mut String, s: &str) {
     out.push('"');
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -214,6 +281,11 @@ pub fn push_orjson_str(out: &mut String, s: &str) {
 /// ASCII escaped as \uXXXX (lowercase hex; surrogate pairs beyond the BMP).
 pub fn push_ascii_json_str(out: &mut String, s: &str) {
     out.push('"');
+    if s.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -258,15 +330,14 @@ pub fn push_base64(out: &mut String, raw: &[u8]) {
 
 // --- result-topic records (orjson, compact) -------------------------------------------------
 
-/// One JSON object in orjson's compact form, keys in the order written.
-struct Obj {
-    out: String,
+/// One JSON object in orjson's compact form, keys in the order written, appended to `out`.
+struct Obj<'a> {
+    out: &'a mut String,
     first: bool,
 }
 
-impl Obj {
-    fn new() -> Self {
-        let mut out = String::with_capacity(512);
+impl<'a> Obj<'a> {
+    fn new(out: &'a mut String) -> Self {
         out.push('{');
         Obj { out, first: true }
     }
@@ -275,9 +346,12 @@ impl Obj {
             self.out.push(',');
         }
         self.first = false;
-        push_orjson_str(&mut self.out, name);
-        self.out.push(':');
-        &mut self.out
+        // the names are the columns': plain ASCII, nothing to escape
+        debug_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        self.out.push('"');
+        self.out.push_str(name);
+        self.out.push_str("\":");
+        self.out
     }
     fn date(&mut self, name: &str, ms: i64) {
         let out = self.key(name);
@@ -289,7 +363,7 @@ impl Obj {
         push_orjson_str(self.key(name), value);
     }
     fn int(&mut self, name: &str, value: i64) {
-        let _ = write!(self.key(name), "{value}");
+        push_i64(self.key(name), value);
     }
     fn dec(&mut self, name: &str, value: Dec) {
         let out = self.key(name);
@@ -320,11 +394,11 @@ impl Obj {
             if i > 0 {
                 out.push(',');
             }
-            let _ = write!(out, "{v}");
+            push_i64(out, *v);
         }
         out.push(']');
     }
-    fn decs<'a>(&mut self, name: &str, items: impl Iterator<Item = &'a Dec>) {
+    fn decs<'d>(&mut self, name: &str, items: impl Iterator<Item = &'d Dec>) {
         let out = self.key(name);
         out.push('[');
         for (i, v) in items.enumerate() {
@@ -337,9 +411,8 @@ impl Obj {
         }
         out.push(']');
     }
-    fn finish(mut self) -> String {
+    fn finish(self) {
         self.out.push('}');
-        self.out
     }
 }
 
@@ -356,7 +429,14 @@ fn push_orjson_strs<S: AsRef<str>>(out: &mut String, items: &[S]) {
 
 /// The `book_snapshots` record of a view (`snapshot_row`).
 pub fn snapshot_json(v: &BookView) -> String {
-    let mut o = Obj::new();
+    let mut out = String::with_capacity(512);
+    push_snapshot_json(&mut out, v);
+    out
+}
+
+/// [`snapshot_json`] appended to `out`.
+pub fn push_snapshot_json(out: &mut String, v: &BookView) {
+    let mut o = Obj::new(out);
     o.date("date", v.event_time_ms);
     o.str("exchange", &v.exchange);
     o.str("symbol", &v.symbol);
@@ -368,15 +448,22 @@ pub fn snapshot_json(v: &BookView) -> String {
     o.decs("ask_prices", v.asks.iter().map(|(p, _)| p));
     o.decs("ask_sizes", v.asks.iter().map(|(_, s)| s));
     o.int("receive_time_ns", v.receive_time_ns);
-    o.finish()
+    o.finish();
 }
 
 /// The `top_of_book` record of a view (`top_of_book_row` with the view's depths).
 pub fn top_of_book_json(v: &BookView) -> String {
+    let mut out = String::with_capacity(512);
+    push_top_of_book_json(&mut out, v);
+    out
+}
+
+/// [`top_of_book_json`] appended to `out`.
+pub fn push_top_of_book_json(out: &mut String, v: &BookView) {
     let time_ms = v.time_ms();
     let bid = v.bids.first();
     let ask = v.asks.first();
-    let mut o = Obj::new();
+    let mut o = Obj::new(out);
     o.date("date", time_ms);
     o.str("exchange", &v.exchange);
     o.str("symbol", &v.symbol);
@@ -392,13 +479,20 @@ pub fn top_of_book_json(v: &BookView) -> String {
     o.opt_dec("bid_depth_10bps", v.bid_depth);
     o.opt_dec("ask_depth_10bps", v.ask_depth);
     o.int("receive_time_ns", v.receive_time_ns);
-    o.finish()
+    o.finish();
 }
 
 /// The `nbbo` record of an update (`nbbo_to_row`).
 pub fn nbbo_json(u: &NbboUpdate) -> String {
+    let mut out = String::with_capacity(512);
+    push_nbbo_json(&mut out, u);
+    out
+}
+
+/// [`nbbo_json`] appended to `out`.
+pub fn push_nbbo_json(out: &mut String, u: &NbboUpdate) {
     let n = &u.nbbo;
-    let mut o = Obj::new();
+    let mut o = Obj::new(out);
     o.date("date", u.event_time_ms);
     o.str("instrument", &n.instrument);
     o.str("quote", &n.quote);
@@ -417,14 +511,21 @@ pub fn nbbo_json(u: &NbboUpdate) -> String {
     o.ints("venue_versions", &n.venue_versions);
     o.strs("excluded", &n.excluded);
     o.strs("excluded_reasons", &n.excluded_reasons);
-    o.finish()
+    o.finish();
 }
 
 /// The `matched_trades` record of a matched trade (`matched_to_row`).
 pub fn matched_json(m: &MatchedTrade) -> String {
+    let mut out = String::with_capacity(512);
+    push_matched_json(&mut out, m);
+    out
+}
+
+/// [`matched_json`] appended to `out`.
+pub fn push_matched_json(out: &mut String, m: &MatchedTrade) {
     let t = &m.trade;
     let nbbo = m.nbbo.as_ref();
-    let mut o = Obj::new();
+    let mut o = Obj::new(out);
     o.date("date", t.trade_time_ms);
     o.str("exchange", &t.exchange);
     o.str("symbol", &t.symbol);
@@ -457,12 +558,19 @@ pub fn matched_json(m: &MatchedTrade) -> String {
     o.opt_dec("slippage_nbbo", m.slippage_nbbo);
     o.int("trade_through", i64::from(m.trade_through));
     o.int("receive_time_ns", t.receive_time_ns);
-    o.finish()
+    o.finish();
 }
 
 /// The `bars` record of a bar (`bar_to_row`).
 pub fn bar_json(b: &Bar) -> String {
-    let mut o = Obj::new();
+    let mut out = String::with_capacity(512);
+    push_bar_json(&mut out, b);
+    out
+}
+
+/// [`bar_json`] appended to `out`.
+pub fn push_bar_json(out: &mut String, b: &Bar) {
+    let mut o = Obj::new(out);
     o.date("date", b.window_start_ms);
     o.str("instrument", &b.instrument);
     o.str("venue", &b.venue);
@@ -483,12 +591,19 @@ pub fn bar_json(b: &Bar) -> String {
     o.opt_f64("twa_bid_depth_10bps", b.twa_bid_depth);
     o.opt_f64("twa_ask_depth_10bps", b.twa_ask_depth);
     o.dec("ofi", b.ofi);
-    o.finish()
+    o.finish();
 }
 
 /// The `late_events` record of a late event (`late_to_row`).
 pub fn late_json(e: &LateEvent) -> String {
-    let mut o = Obj::new();
+    let mut out = String::with_capacity(512);
+    push_late_json(&mut out, e);
+    out
+}
+
+/// [`late_json`] appended to `out`.
+pub fn push_late_json(out: &mut String, e: &LateEvent) {
+    let mut o = Obj::new(out);
     o.date("date", e.event_time_ms);
     o.str("instrument", &e.instrument);
     o.str("exchange", &e.exchange);
@@ -499,7 +614,7 @@ pub fn late_json(e: &LateEvent) -> String {
     o.int("watermark_ms", e.watermark_ms);
     o.int("lateness_ms", e.watermark_ms - e.event_time_ms);
     o.int("receive_time_ns", e.receive_time_ns);
-    o.finish()
+    o.finish();
 }
 
 // --- dead letters and resync requests (json.dumps) -------------------------------------------

@@ -13,6 +13,7 @@
 //! (RowBinary); kind 2: Kafka records of output `name`, each `u32 len` + UTF-8 JSON.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use crate::envelope::decode_envelope;
 use crate::instrument::{BookView, InstrumentBooks, NbboUpdate, Outputs, Rules};
@@ -65,20 +66,52 @@ pub struct Counts {
 /// A Redis write waiting to go out: the last view of a book or the last NBBO of an
 /// instrument (conflated: an older one queued for the same key is replaced).
 enum RedisWrite {
-    Book(BookView),
-    Nbbo(NbboUpdate),
+    Book(Rc<BookView>),
+    Nbbo(Box<NbboUpdate>),
 }
+
+impl RedisWrite {
+    /// Whether this write goes to the key of the book `(exchange, symbol)`, or of the NBBO of
+    /// the instrument `exchange` when `nbbo`.
+    fn slot(&self) -> (bool, String, String) {
+        match self {
+            RedisWrite::Book(view) => (false, view.exchange.clone(), view.symbol.clone()),
+            RedisWrite::Nbbo(update) => (true, update.nbbo.instrument.clone(), String::new()),
+        }
+    }
+
+    fn same_key(&self, nbbo: bool, exchange: &str, symbol: &str) -> bool {
+        match self {
+            RedisWrite::Book(view) => !nbbo && view.exchange == exchange && view.symbol == symbol,
+            RedisWrite::Nbbo(update) => nbbo && update.nbbo.instrument == exchange,
+        }
+    }
+}
+
+/// Queued Redis writes up to which finding a key's slot scans them rather than hashing.
+const REDIS_SCAN: usize = 32;
 
 #[derive(Default)]
 struct Records {
     data: Vec<u8>,
     count: u32,
+    /// the record being written (its allocation reused)
+    scratch: String,
 }
 
 impl Records {
     fn push(&mut self, text: &str) {
         self.data.extend_from_slice(&(text.len() as u32).to_le_bytes());
         self.data.extend_from_slice(text.as_bytes());
+        self.count += 1;
+    }
+
+    /// The record `write` appends to an empty string.
+    fn push_with(&mut self, write: impl FnOnce(&mut String)) {
+        self.scratch.clear();
+        write(&mut self.scratch);
+        self.data.extend_from_slice(&(self.scratch.len() as u32).to_le_bytes());
+        self.data.extend_from_slice(self.scratch.as_bytes());
         self.count += 1;
     }
 }
@@ -187,7 +220,7 @@ impl StreamBooks {
     pub fn restore(&mut self, key: &str, state: &[u8]) -> Result<(), String> {
         let books = InstrumentBooks::restore(state)?;
         for view in books.fresh_views() {
-            self.queue_book(view);
+            self.queue_book(Rc::new(view));
         }
         self.books.insert(key.to_string(), books);
         Ok(())
@@ -275,8 +308,8 @@ impl StreamBooks {
         let changed = started || !views.is_empty() || !due.is_empty();
         for view in views {
             self.tables[2].top_of_book(&view);
-            self.records[TOP].push(&publish::top_of_book_json(&view));
-            self.queue_book(view);
+            self.records[TOP].push_with(|s| publish::push_top_of_book_json(s, &view));
+            self.queue_book(Rc::new(view));
         }
         for ((exchange, symbol), reason) in due {
             self.resync(&exchange, &symbol, &reason, now_ms);
@@ -289,16 +322,33 @@ impl StreamBooks {
         self.records[CONTROL].push(&publish::resync_json(exchange, symbol, reason, now_ms));
     }
 
-    fn queue_book(&mut self, view: BookView) {
-        let slot = (false, view.exchange.clone(), view.symbol.clone());
-        self.queue(slot, RedisWrite::Book(view));
+    fn queue_book(&mut self, view: Rc<BookView>) {
+        self.queue(false, RedisWrite::Book(view));
     }
 
-    fn queue(&mut self, slot: (bool, String, String), write: RedisWrite) {
-        match self.redis_slot.get(&slot) {
-            Some(&i) => self.redis[i] = write,
+    /// Conflated: replaces a queued write to the same key, else queued last.
+    fn queue(&mut self, nbbo: bool, write: RedisWrite) {
+        let (a, b) = match &write {
+            RedisWrite::Book(view) => (view.exchange.as_str(), view.symbol.as_str()),
+            RedisWrite::Nbbo(update) => (update.nbbo.instrument.as_str(), ""),
+        };
+        // few keys per bundle: a scan; an index once many are queued (e.g. after a restore)
+        let found = if self.redis.len() <= REDIS_SCAN {
+            self.redis.iter().position(|w| w.same_key(nbbo, a, b))
+        } else {
+            if self.redis_slot.is_empty() {
+                for (i, w) in self.redis.iter().enumerate() {
+                    self.redis_slot.insert(w.slot(), i);
+                }
+            }
+            self.redis_slot.get(&(nbbo, a.to_string(), b.to_string())).copied()
+        };
+        match found {
+            Some(i) => self.redis[i] = write,
             None => {
-                self.redis_slot.insert(slot, self.redis.len());
+                if !self.redis_slot.is_empty() {
+                    self.redis_slot.insert((nbbo, a.to_string(), b.to_string()), self.redis.len());
+                }
                 self.redis.push(write);
             }
         }
@@ -322,20 +372,20 @@ impl StreamBooks {
             }
             for view in &out.top_changes {
                 tops.top_of_book(view);
-                self.records[TOP].push(&publish::top_of_book_json(view));
+                self.records[TOP].push_with(|s| publish::push_top_of_book_json(s, view));
             }
         }
         for update in &out.nbbo {
             nbbo.nbbo(update);
-            self.records[NBBO].push(&publish::nbbo_json(update));
+            self.records[NBBO].push_with(|s| publish::push_nbbo_json(s, update));
         }
         for m in &out.matched {
             matched.matched(m);
-            self.records[MATCHED].push(&publish::matched_json(m));
+            self.records[MATCHED].push_with(|s| publish::push_matched_json(s, m));
         }
         for bar in &out.bars {
             bars.bar(bar);
-            self.records[BARS].push(&publish::bar_json(bar));
+            self.records[BARS].push_with(|s| publish::push_bar_json(s, bar));
         }
         for event in &out.late {
             late.late(event);
@@ -354,11 +404,10 @@ impl StreamBooks {
             self.resync(exchange, symbol, reason, now_ms);
         }
         for view in &out.book_views {
-            self.queue_book(view.clone());
+            self.queue_book(Rc::clone(view));
         }
         if let Some(update) = out.nbbo.last() {
-            let slot = (true, update.nbbo.instrument.clone(), String::new());
-            self.queue(slot, RedisWrite::Nbbo(update.clone()));
+            self.queue(true, RedisWrite::Nbbo(Box::new(update.clone())));
         }
     }
 
@@ -418,5 +467,84 @@ impl StreamBooks {
 
     pub fn take_counts(&mut self) -> Counts {
         std::mem::take(&mut self.counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dec::parse_dec;
+    use crate::events::BookStatus;
+
+    fn core() -> StreamBooks {
+        let rules = Rules {
+            top_n: 10,
+            snapshot_interval_ms: 1000,
+            max_levels: 5000,
+            max_buffered: 10000,
+            nbbo_stale_after_ms: 10000,
+            bar_intervals_ms: vec![1000],
+            depth_band_bps: parse_dec("10").unwrap(),
+            trade_dedup_ms: 60000,
+        };
+        let live = LiveRules { stale_after_ms: 30000, resync_retry_ms: 10000, redis_prefix: "tf".into() };
+        StreamBooks::new(rules, live, Vec::new())
+    }
+
+    fn view(exchange: &str, symbol: &str, seq: i64) -> Rc<BookView> {
+        Rc::new(BookView {
+            exchange: exchange.into(),
+            symbol: symbol.into(),
+            instrument: "BTC-USD".into(),
+            status: BookStatus::Live,
+            reason: String::new(),
+            seq,
+            version: seq,
+            bids: Vec::new(),
+            asks: Vec::new(),
+            event_time_ms: 0,
+            receive_time_ns: 0,
+            bid_depth: None,
+            ask_depth: None,
+        })
+    }
+
+    /// The last write per key, in the order the keys were first queued, whether the queue is
+    /// scanned (few writes) or indexed (many).
+    #[test]
+    fn redis_writes_conflate_per_key_with_few_and_many_queued() {
+        for books in [3, REDIS_SCAN + 20] {
+            let mut core = core();
+            for round in 0..3 {
+                for i in 0..books {
+                    core.queue_book(view("ex", &format!("S{i}"), round * 1000 + i as i64));
+                }
+                // an NBBO's key is not a book's, even with the same first part
+                let mut update = NbboUpdate {
+                    nbbo: crate::nbbo::compute_nbbo("ex", "USD", &[], 0),
+                    version: round,
+                    event_time_ms: 0,
+                    receive_time_ns: 0,
+                };
+                update.nbbo.instrument = "ex".into();
+                core.queue(true, RedisWrite::Nbbo(Box::new(update)));
+            }
+            assert_eq!(core.redis_pending(), books + 1);
+            let writes = core.take_redis(0);
+            for (i, (nbbo, keys, args)) in writes.iter().enumerate() {
+                if i < books {
+                    assert!(!nbbo);
+                    assert_eq!(keys[0], format!("tf:book:ex:S{i}"));
+                    assert_eq!(args[0], (2000 + i).to_string().into_bytes());
+                } else {
+                    assert!(nbbo);
+                    assert_eq!(keys[0], "tf:nbbo:ex");
+                    assert_eq!(args[1], b"ex:2".to_vec());
+                }
+            }
+            assert_eq!(core.redis_pending(), 0);
+            core.queue_book(view("ex", "S0", 1));
+            assert_eq!(core.redis_pending(), 1);
+        }
     }
 }

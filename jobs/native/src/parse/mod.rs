@@ -285,6 +285,20 @@ pub(crate) mod json {
             debug_assert_eq!(self.b[self.pos], b'"');
             self.pos += 1;
             let start = self.pos;
+            // eight bytes at a time while none is a quote, a backslash or a control character
+            const ONES: u64 = 0x0101_0101_0101_0101;
+            const HIGH: u64 = 0x8080_8080_8080_8080;
+            while let Some(chunk) = self.b.get(self.pos..self.pos + 8) {
+                let v = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+                let zero_in = |x: u64| x.wrapping_sub(ONES) & !x & HIGH != 0;
+                // below 0x20: v - 0x20 per byte borrows (exact as "any" for bytes < 0x80)
+                let control = v.wrapping_sub(0x20 * ONES) & !v & HIGH != 0;
+                let quote = zero_in(v ^ (u64::from(b'"') * ONES));
+                if control || quote || zero_in(v ^ (u64::from(b'\\') * ONES)) {
+                    break;
+                }
+                self.pos += 8;
+            }
             // fast path: no escapes
             loop {
                 match self.b.get(self.pos) {
@@ -1396,6 +1410,23 @@ mod tests {
     use super::pydec::{py_decimal, PyDec};
     use super::pyrepr::{float_repr, str_repr};
     use super::*;
+
+    /// A quote, backslash or control character found wherever it falls in the 8-byte steps
+    /// of the string scan, non-ASCII text passed through.
+    #[test]
+    fn strings_read_whatever_the_position_of_what_ends_them() {
+        for len in 0..24 {
+            let text = "é".repeat(len / 2) + &"a".repeat(len % 2);
+            let plain = format!("\"{text}\"");
+            assert_eq!(json::Json::new(plain.as_bytes()).string().unwrap(), text);
+            let escaped = format!("\"{text}\\n{text}\\\"\"");
+            assert_eq!(json::Json::new(escaped.as_bytes()).string().unwrap(), format!("{text}\n{text}\""));
+            let control = format!("\"{text}\u{1}{text}\"");
+            assert!(json::Json::new(control.as_bytes()).string().is_err());
+            let truncated = format!("\"{text}");
+            assert!(json::Json::new(truncated.as_bytes()).string().is_err());
+        }
+    }
 
     fn env<'a>(exchange: &'a str, channel: &'a str, symbol: &'a str, payload: &'a [u8])
                -> RawEnvelope<'a> {
