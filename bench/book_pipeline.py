@@ -564,6 +564,30 @@ def wait_consumed(
         time.sleep(DONE_POLL_S)
 
 
+# the stack's processes whose CPU a throughput run records (pid files under state_dir)
+PROCESS_PID_FILES = {
+    "kafka": "kafka/kafka.pid",
+    "clickhouse": "clickhouse/clickhouse.pid",
+    "redis": "redis/redis.pid",
+    "taskmanager": "flink/pid/flink-*-taskexecutor.pid",
+    "jobmanager": "flink/pid/flink-*-standalonesession.pid",
+}
+
+
+def process_cpu_seconds(settings: Settings) -> dict[str, float]:
+    """User + system CPU seconds so far of each stack process (the TaskManager's includes its
+    embedded Python interpreter: thread mode)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu: dict[str, float] = {}
+    for name, pattern in PROCESS_PID_FILES.items():
+        for pid_file in settings.state_dir.glob(pattern):
+            for pid in pid_file.read_text().split():
+                with contextlib.suppress(OSError, ValueError):
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    cpu[name] = cpu.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return cpu
+
+
 def throughput_run(data: DataSet, backend: str, core: str = "native") -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
     overrides = run_overrides(tag, data.topic, backend, core)
@@ -575,7 +599,9 @@ def throughput_run(data: DataSet, backend: str, core: str = "native") -> dict[st
             job_id = submit(settings)
             flink.wait_job_running(settings, job_id, FLINK_RUNNING_TIMEOUT_S)
             observed_running_ns = time.time_ns()
+            cpu_before = process_cpu_seconds(settings)
             last_write_ns, progress = wait_consumed(settings, job_id, expected)
+            cpu_after = process_cpu_seconds(settings)
             sharing.update(other_jobs(settings, job_id))
             running_ms = running_since_ms(settings, job_id)
             start_ns = running_ms * 1_000_000 if running_ms else observed_running_ns
@@ -598,6 +624,12 @@ def throughput_run(data: DataSet, backend: str, core: str = "native") -> dict[st
         "frames_per_s": round(frames / elapsed),
         "book_updates_per_s": round(expected.book_writes / elapsed),
         "dead_letters": dead,
+        # CPU per frame of each process from RUNNING to the last write (the source's start,
+        # before RUNNING was observed, is outside it)
+        "cpu_us_per_frame": {
+            name: round((cpu_after[name] - cpu_before.get(name, 0.0)) / frames * 1e6, 2)
+            for name in cpu_after
+        },
         "checkpoints": ckpt,
         "pure_logic_frames_per_s": round(frames / expected.seconds),
         # (seconds since the first poll, messages applied to the books so far)
@@ -850,7 +882,8 @@ def print_throughput(run: dict[str, Any]) -> None:
         f"{run['seconds_running_to_last_write']:.1f} s -> {run['frames_per_s']} frames/s, "
         f"{run['book_updates_per_s']} book updates/s; checkpoints completed {ckpt['completed']} "
         f"({ckpt['state_backend']}, {ckpt['latest_state_size_bytes']} B, "
-        f"{ckpt['latest_duration_ms']} ms); dead letters {run['dead_letters']}",
+        f"{ckpt['latest_duration_ms']} ms); dead letters {run['dead_letters']}; "
+        f"CPU us/frame {run.get('cpu_us_per_frame')}",
         flush=True,
     )
 

@@ -100,4 +100,8 @@ def clickhouse_sink(
     j_sink = blobs._j_data_stream.sinkTo(sink)
     # not the Python writer's uid ("clickhouse-writer"): its keyed state of pending rows has
     # no place in this stateless sink (an upgrade drains it first)
-    return DataStreamSink(j_sink).name("clickhouse-sink").uid("clickhouse-sink")
+    # its own task thread: an insert takes milliseconds to seconds (merges on the server), and
+    # chained it would stall the books operator for as long
+    return (
+        DataStreamSink(j_sink).name("clickhouse-sink").uid("clickhouse-sink").disable_chaining()
+    )

@@ -51,6 +51,9 @@ RESULTS = {
 }
 
 
+# a frame bundle's version and flags bytes: a longer bundle holds frames
+BUNDLE_HEADER_BYTES = 2
+
 # Redis writes are queued and sent together (one round trip) once this many are waiting or
 # the oldest has waited REDIS_FLUSH_MS (a processing-time timer flushes a quiet queue)
 REDIS_BATCH_WRITES = 128
@@ -171,6 +174,8 @@ class InstrumentProcessor(KeyedProcessFunction):
         self._cache = {}
         self._next_tick: dict[str, int] = {}
         self._next_event_timer: dict[str, int] = {}
+        self._bundled: set[str] = set()  # instruments a bundle came for since open
+        self._dirty: set[str] = set()  # changed since their state was last written
 
     def close(self) -> None:
         self._flush_redis()
@@ -522,10 +527,12 @@ class BundleProcessor(KeyedProcessFunction):
     (ClickHouse RowBinary rows and Kafka records, split by the JVM sinks). Redis writes,
     conflated per book and NBBO, go out from here in one pipelined round trip.
 
-    State: each instrument's whole core state, as bytes, in one value state, written when the
-    bundler says a checkpoint barrier follows (the last bundle of the instrument before it)
-    and after every timer; between those the core's memory is ahead of Flink's state, which a
-    restore replays up to from the checkpointed source offsets.
+    State: each instrument's whole core state, as bytes, in one value state, written only when
+    it changed and the bundler says a checkpoint barrier follows (before a barrier it flags a
+    bundle of every instrument it has seen since it started); between barriers the core's
+    memory is ahead of Flink's state, and a restore replays up to it from the checkpointed
+    source offsets. A timer of an instrument no bundle has come for since this operator started
+    (after a restore, a quiet one) writes its state at once: no flagged bundle may come for it.
     """
 
     def __init__(
@@ -559,6 +566,8 @@ class BundleProcessor(KeyedProcessFunction):
         self._redis_due_ms: int | None = None
         self._next_tick: dict[str, int] = {}
         self._next_event_timer: dict[str, int] = {}
+        self._bundled: set[str] = set()  # instruments a bundle came for since open
+        self._dirty: set[str] = set()  # changed since their state was last written
 
     def close(self) -> None:
         self._flush_redis()
@@ -572,9 +581,17 @@ class BundleProcessor(KeyedProcessFunction):
                 self.core.restore(key, state)
 
     def _persist(self, key: str) -> None:
+        self._dirty.discard(key)
         state = self.core.snapshot(key)
         if state is not None:
             self.state.update(state)
+
+    def _changed(self, key: str) -> None:
+        """A timer changed the instrument's state: written with its next flagged bundle."""
+        if key in self._bundled:
+            self._dirty.add(key)
+        else:
+            self._persist(key)
 
     def process_element(self, bundle: bytes, ctx: KeyedProcessFunction.Context) -> Iterator[bytes]:
         if self.fault is not None:
@@ -583,7 +600,12 @@ class BundleProcessor(KeyedProcessFunction):
         self._load(key)
         timers = ctx.timer_service()
         now = timers.current_processing_time()
-        if self.core.process_bundle(key, bundle, timers.current_watermark(), now):
+        if len(bundle) > BUNDLE_HEADER_BYTES:
+            self._dirty.add(key)
+        self._bundled.add(key)
+        if self.core.process_bundle(key, bundle, timers.current_watermark(), now) and (
+            key in self._dirty
+        ):
             self._persist(key)
         self.metrics.books_not_live(key, self.core.books_not_live(key))
         self._schedule_event_timer(ctx, key)
@@ -600,7 +622,7 @@ class BundleProcessor(KeyedProcessFunction):
             self._load(key)
             self._next_event_timer.pop(key, None)
             self.core.advance(key, ctx.timer_service().current_watermark())
-            self._persist(key)
+            self._changed(key)
             self._schedule_event_timer(ctx, key)
         elif timestamp % self.book_config.timer_interval_ms == 0:
             # the housekeeping tick: STALE books, unanswered resync requests
@@ -608,7 +630,7 @@ class BundleProcessor(KeyedProcessFunction):
             not_live, changed = self.core.housekeeping(key, timestamp)
             self.metrics.books_not_live(key, not_live)
             if changed:
-                self._persist(key)
+                self._changed(key)
             self._next_tick.pop(key, None)
             self._schedule_tick(ctx, key, timestamp)
         # else: a Redis flush timer (maybe from before a restore: then nothing is queued)

@@ -313,6 +313,9 @@ def create_environment(settings: Settings) -> StreamExecutionEnvironment:
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(settings.flink.parallelism)
     env.set_buffer_timeout(settings.flink.buffer_timeout_ms)
+    # chained operators get the same object instead of a copy: each sink blob feeds seven
+    # chained readers (the Kafka outputs and ClickHouse), and none of them changes its input
+    env.get_config().enable_object_reuse()
     env.enable_checkpointing(settings.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     if settings.flink.ship_connector_jars:
         from stack.jars import flink_connector_jars  # the stack resolves the pinned jars

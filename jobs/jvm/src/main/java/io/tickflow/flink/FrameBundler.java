@@ -28,10 +28,12 @@ import java.util.Map;
  *
  * <p>Stateless: every buffered frame is emitted before a watermark is forwarded, before a
  * checkpoint barrier, at the end of input and at most {@code maxDelayMs} after it arrived; a key
- * is also emitted as soon as it holds {@code maxFrames} frames. Before a barrier every key that
- * emitted anything since the previous barrier gets a bundle with the {@link FrameBundle#PERSIST}
- * flag (empty if nothing is buffered for it): the operator downstream writes its keyed state
- * only then. Exactly-once is unchanged since nothing is held across a checkpoint.
+ * is also emitted as soon as it holds {@code maxFrames} frames. Before a barrier every key this
+ * subtask has emitted since it started gets a bundle with the {@link FrameBundle#PERSIST} flag
+ * (empty if nothing is buffered for it): the operator downstream writes the keyed state that
+ * changed since the last barrier, by frames or by its timers, only then (a key quiet since the
+ * last barrier may still have had timers fire). Exactly-once is unchanged since nothing is held
+ * across a checkpoint.
  *
  * <p>The output is a {@link Row} whose field 0 is the key because PyFlink's keyed Python
  * operators take {@code Row(key, value)} records and hand the Python function field 1.
@@ -48,8 +50,11 @@ public class FrameBundler extends AbstractStreamOperator<Row>
     private transient InstrumentKeys keys;
     /** Buffers by key, in first-seen order (emission order of a flush); kept when empty. */
     private transient LinkedHashMap<String, FrameBundle> buffers;
-    /** Keys that emitted a bundle since the last barrier, with that bundle's timestamp. */
-    private transient LinkedHashMap<String, Long> touched;
+    /** Every key emitted since the operator started, with its last bundle's timestamp. */
+    private transient LinkedHashMap<String, Long> seen;
+    /** Keys whose bundle of the current pre-barrier flush already carried the flag. */
+    private transient HashMap<String, Boolean> flagged;
+    private transient boolean ended;
     private transient int bufferedFrames;
     private transient boolean timerPending;
 
@@ -90,7 +95,9 @@ public class FrameBundler extends AbstractStreamOperator<Row>
         super.open();
         keys = new InstrumentKeys(equivalents);
         buffers = new LinkedHashMap<>();
-        touched = new LinkedHashMap<>();
+        seen = new LinkedHashMap<>();
+        flagged = new HashMap<>();
+        ended = false;
         bufferedFrames = 0;
         timerPending = false;
         bundlesOut = getMetricGroup().counter("bundles");
@@ -141,24 +148,31 @@ public class FrameBundler extends AbstractStreamOperator<Row>
     @Override
     public void endInput() throws Exception {
         flushPersist();
+        ended = true;
     }
 
     @Override
     public void finish() throws Exception {
-        flushPersist();
+        if (!ended) {
+            flushPersist();
+            ended = true;
+        }
         super.finish();
     }
 
-    /** Every buffered frame and a persist flag for every key that emitted since the barrier. */
+    /** Every buffered frame, and a persist flag for every key emitted since the start. */
     private void flushPersist() {
         if (buffers == null) {
             return;
         }
+        flagged.clear();
         flushAll(FrameBundle.PERSIST);
-        for (Map.Entry<String, Long> entry : touched.entrySet()) {
-            output(entry.getKey(), FrameBundle.empty(FrameBundle.PERSIST), entry.getValue(), 0);
+        for (Map.Entry<String, Long> entry : seen.entrySet()) {
+            if (!flagged.containsKey(entry.getKey())) {
+                output(entry.getKey(), FrameBundle.empty(FrameBundle.PERSIST), entry.getValue(), 0);
+            }
         }
-        touched.clear();
+        flagged.clear();
     }
 
     private void flushAll(byte flags) {
@@ -177,10 +191,9 @@ public class FrameBundler extends AbstractStreamOperator<Row>
         long timestamp = bundle.maxTimestamp();
         bufferedFrames -= frames;
         output(key, bundle.drain(flags), timestamp, frames);
+        seen.put(key, timestamp);
         if ((flags & FrameBundle.PERSIST) != 0) {
-            touched.remove(key); // this bundle carries the flag
-        } else {
-            touched.put(key, timestamp);
+            flagged.put(key, Boolean.TRUE); // this bundle carries the flag
         }
     }
 

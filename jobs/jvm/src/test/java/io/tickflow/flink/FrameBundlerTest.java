@@ -135,7 +135,7 @@ class FrameBundlerTest {
     }
 
     @Test
-    void preBarrierFlushFlagsEveryTouchedKey() throws Exception {
+    void preBarrierFlushFlagsEverySeenKey() throws Exception {
         open(2, 1000, Map.of());
         harness.processElement(frame("BTC-USD", 1), 1);
         harness.processElement(frame("BTC-USD", 2), 2); // emitted (full), no flag
@@ -158,22 +158,27 @@ class FrameBundlerTest {
         assertEquals(0, out.get(2).bundle().frames().size());
         assertEquals(2L, out.get(2).timestamp()); // its last bundle's timestamp
 
-        // nothing touched since: the next barrier emits nothing
+        // nothing emitted since: the next barrier flags every key seen (timers may have changed
+        // their state downstream), each with an empty bundle and its last timestamp
         harness.prepareSnapshotPreBarrier(2);
-        assertTrue(drain().isEmpty());
+        out = drain();
+        // (in the order the keys were first emitted)
+        assertEquals(List.of("BTC-USD", "SOL-USD", "ETH-USD"), out.stream().map(Out::key).toList());
+        assertTrue(out.stream().allMatch(o -> o.bundle().persist() && o.bundle().frames().isEmpty()));
+        assertEquals(List.of(2L, 6L, 3L), out.stream().map(Out::timestamp).toList());
 
-        // a key flushed by a watermark is flagged at the next barrier
+        // a key flushed by a watermark is flagged at the next barrier, once
         harness.processElement(frame("ETH-USD", 7), 7);
         harness.processWatermark(new Watermark(7));
         List<Out> flushed = drain();
         assertEquals(1, flushed.size());
         assertFalse(flushed.get(0).bundle().persist());
+        harness.processElement(frame("ETH-USD", 8), 8);
         harness.prepareSnapshotPreBarrier(3);
         out = drain();
-        assertEquals(1, out.size());
-        assertEquals("ETH-USD", out.get(0).key());
-        assertTrue(out.get(0).bundle().persist());
-        assertEquals(0, out.get(0).bundle().frames().size());
+        assertEquals(List.of("ETH-USD", "BTC-USD", "SOL-USD"), out.stream().map(Out::key).toList());
+        assertTrue(out.stream().allMatch(o -> o.bundle().persist()));
+        assertEquals(1, out.get(0).bundle().frames().size());
     }
 
     @Test
