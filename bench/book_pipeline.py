@@ -57,6 +57,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from bench.soak import soak_settings
+from bench.stats import write_results
 from connectors.__main__ import CONNECTORS
 from connectors.base import Connection, WsConnector
 from connectors.coinbase import SUBSCRIBED, CoinbaseConnector, subscribe_message
@@ -1010,8 +1011,7 @@ def main(argv: list[str] | None = None) -> int:
         result["latency_state_backend"] = base.flink.state_backend
         result["latency"] = latency_runs(base, rates, args.latency_writes, frames_per_step)
     result["wall_seconds"] = round(time.monotonic() - wall, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results("book_pipeline", result, args.out)
     print(f"written to {args.out} ({result['wall_seconds']:.0f} s)")
     return 0
 

@@ -84,18 +84,28 @@ def pipeline_throughput(data: dict[str, Any]) -> Measurement | None:
     if not runs:
         return None
     best = max(runs, key=lambda r: (r.get("mix") == "all", r.get("frames_per_s", 0)))
-    return float(best["frames_per_s"]), "msg/s", {
-        "what": "Flink job (jobs/pipeline.py) frames/s consuming a preloaded raw topic, "
-                "Kafka -> book -> Redis + ClickHouse (bench.book_pipeline)",
-        "mix": best.get("mix"),
-        "books": best.get("books"),
-        "frames": best.get("frames"),
-        "state_backend": best.get("state_backend"),
-        "every_run_frames_per_s": {
-            f"{r.get('mix')}/{r.get('state_backend')}": r.get("frames_per_s") for r in runs
+    return (
+        float(best["frames_per_s"]),
+        "msg/s",
+        {
+            "what": "Flink job (jobs/pipeline.py) frames/s consuming a preloaded raw topic, "
+            "Kafka -> book -> Redis + ClickHouse (bench.book_pipeline)",
+            "mix": best.get("mix"),
+            "books": best.get("books"),
+            "frames": best.get("frames"),
+            "state_backend": best.get("state_backend"),
+            "core": best.get("core", "python"),
+            "every_run_frames_per_s": {
+                "/".join(
+                    str(r.get(k)) for k in ("mix", "state_backend", "core") if r.get(k)
+                ): r.get("frames_per_s")
+                for r in runs
+            },
+            "cpu_us_per_frame": best.get("cpu_us_per_frame"),
+            "revision": data.get("revision"),
+            **_pipeline_conditions(data),
         },
-        **_pipeline_conditions(data),
-    }
+    )
 
 
 def pipeline_latency(data: dict[str, Any]) -> Measurement | None:
@@ -104,18 +114,20 @@ def pipeline_latency(data: dict[str, Any]) -> Measurement | None:
     if not runs:
         return None
     low = min(runs, key=lambda r: r["target_frames_per_s"])
-    return float(low["p99_ms"]), "ms", {
-        "what": "connector receive time (Kafka record time) -> Redis book write, P99, live "
-                "simulator + connectors (bench.book_pipeline); not exchange -> ClickHouse",
-        "frames_per_s": low.get("frames_per_s_into_kafka"),
-        "books": low.get("books"),
-        "p50_ms": low.get("p50_ms"),
-        "every_rate_p99_ms": {
-            str(r["target_frames_per_s"]): r["p99_ms"] for r in runs
+    return (
+        float(low["p99_ms"]),
+        "ms",
+        {
+            "what": "connector receive time (Kafka record time) -> Redis book write, P99, live "
+            "simulator + connectors (bench.book_pipeline); not exchange -> ClickHouse",
+            "frames_per_s": low.get("frames_per_s_into_kafka"),
+            "books": low.get("books"),
+            "p50_ms": low.get("p50_ms"),
+            "every_rate_p99_ms": {str(r["target_frames_per_s"]): r["p99_ms"] for r in runs},
+            "state_backend": data.get("latency_state_backend"),
+            **_pipeline_conditions(data),
         },
-        "state_backend": data.get("latency_state_backend"),
-        **_pipeline_conditions(data),
-    }
+    )
 
 
 def pipeline_lag_at_peak(data: dict[str, Any]) -> Measurement | None:
@@ -127,18 +139,20 @@ def pipeline_lag_at_peak(data: dict[str, Any]) -> Measurement | None:
         return None
     peak = max(runs, key=lambda r: r["target_frames_per_s"])
     first, last = peak.get("p50_first_tenth_ms"), peak.get("p50_last_tenth_ms")
-    return float(peak["p99_ms"]) / 1000.0, "s", {
-        "what": "consumer lag as the P99 of Kafka record -> Redis book write at the highest "
-                "offered live rate (bench.book_pipeline)",
-        "frames_per_s_offered": peak.get("frames_per_s_into_kafka"),
-        "backlog_growing": first is not None and last is not None and last > 1.5 * first,
-        "p50_first_tenth_ms": first,
-        "p50_last_tenth_ms": last,
-        "every_rate_p99_s": {
-            str(r["target_frames_per_s"]): r["p99_ms"] / 1000.0 for r in runs
+    return (
+        float(peak["p99_ms"]) / 1000.0,
+        "s",
+        {
+            "what": "consumer lag as the P99 of Kafka record -> Redis book write at the highest "
+            "offered live rate (bench.book_pipeline)",
+            "frames_per_s_offered": peak.get("frames_per_s_into_kafka"),
+            "backlog_growing": first is not None and last is not None and last > 1.5 * first,
+            "p50_first_tenth_ms": first,
+            "p50_last_tenth_ms": last,
+            "every_rate_p99_s": {str(r["target_frames_per_s"]): r["p99_ms"] / 1000.0 for r in runs},
+            **_pipeline_conditions(data),
         },
-        **_pipeline_conditions(data),
-    }
+    )
 
 
 def keying_throughput(data: dict[str, Any]) -> Measurement | None:
@@ -146,14 +160,19 @@ def keying_throughput(data: dict[str, Any]) -> Measurement | None:
     inst = (data.get("summary") or {}).get("instrument") or {}
     if inst.get("median_frames_per_s") is None:
         return None
-    return float(inst["median_frames_per_s"]), "msg/s", {
-        "what": "the job's operator graph (keyed by instrument) on an in-process MiniCluster, "
-                "no Kafka/Redis/ClickHouse (bench.keying)",
-        "pure_python_frames_per_s": inst.get("pure_python_frames_per_s"),
-        "flink_overhead_us_per_frame": inst.get("flink_overhead_us_per_frame"),
-        "instrument_over_book_throughput": (data.get("summary") or {}).get(
-            "instrument_over_book_throughput"),
-    }
+    return (
+        float(inst["median_frames_per_s"]),
+        "msg/s",
+        {
+            "what": "the job's operator graph (keyed by instrument) on an in-process MiniCluster, "
+            "no Kafka/Redis/ClickHouse (bench.keying)",
+            "pure_python_frames_per_s": inst.get("pure_python_frames_per_s"),
+            "flink_overhead_us_per_frame": inst.get("flink_overhead_us_per_frame"),
+            "instrument_over_book_throughput": (data.get("summary") or {}).get(
+                "instrument_over_book_throughput"
+            ),
+        },
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,49 +209,117 @@ def _src(file: str, name: str, command: str) -> Source:
 
 # Issue 7's targets and where each is measured (first source that answers wins).
 TARGETS: tuple[Target, ...] = (
-    Target("sustained_throughput", "sustained messages/s through the pipeline", 100_000,
-           "msg/s", "higher", (
-               _src("throughput.json", "sustained_throughput", "python -m bench.throughput"),
-               Source("book_pipeline.json", pipeline_throughput, "python -m bench.book_pipeline"),
-           ), context=("kafka_consume_ceiling", "flink_graph_frames_per_s")),
-    Target("e2e_latency_p99", "end-to-end P99, exchange -> storage", 50, "ms", "lower", (
-        _src("latency.json", "e2e_latency_p99", "python -m bench.latency"),
-        Source("book_pipeline.json", pipeline_latency, "python -m bench.book_pipeline"),
-    )),
-    Target("book_update_p99", "order-book update P99 in Redis", 5, "ms", "lower", (
-        _src("redis_ops.json", "book_update_p99", "python -m bench.redis_ops"),
-    )),
-    Target("nbbo_p99", "NBBO update P99", 2, "ms", "lower", (
-        _src("redis_ops.json", "nbbo_p99", "python -m bench.redis_ops"),
-    )),
-    Target("clickhouse_day_query", "1-day ClickHouse query", 100, "ms", "lower", (
-        _src("clickhouse_queries.json", "clickhouse_day_query",
-             "python -m bench.clickhouse_queries"),
-    )),
-    Target("serialization_per_message", "serialization per message", 100, "us", "lower", (
-        _src("serialization.json", "serialization_per_message", "python -m bench.serialization"),
-    )),
-    Target("consumer_lag_at_peak", "consumer lag at peak", 1, "s", "lower", (
-        _src("throughput.json", "consumer_lag_at_peak", "python -m bench.throughput"),
-        _src("latency.json", "consumer_lag_at_peak", "python -m bench.latency"),
-        Source("book_pipeline.json", pipeline_lag_at_peak, "python -m bench.book_pipeline"),
-    )),
-    Target("batch_day", "1-day batch (backfill)", 10, "min", "lower", (
-        _src("backfill_day.json", "batch_day", "python -m bench.backfill_day run"),
-        _src("backfill.json", "batch_day", "python -m bench.backfill"),
-    )),
-    Target("chaos_records_lost", "records lost or duplicated across injected failures", 1,
-           "records", "lower", (
-               _src("chaos.json", "chaos_records_lost", "python -m bench.chaos"),
-           )),
+    Target(
+        "sustained_throughput",
+        "sustained messages/s through the pipeline",
+        100_000,
+        "msg/s",
+        "higher",
+        (
+            _src("throughput.json", "sustained_throughput", "python -m bench.throughput"),
+            # the job's cores side by side in one run (--cores native,python)
+            Source(
+                "book_pipeline_cores.json",
+                pipeline_throughput,
+                "python -m bench.book_pipeline --cores native,python --rates none "
+                "--out bench/results/book_pipeline_cores.json",
+            ),
+            Source("book_pipeline.json", pipeline_throughput, "python -m bench.book_pipeline"),
+        ),
+        context=("kafka_consume_ceiling", "flink_graph_frames_per_s"),
+    ),
+    Target(
+        "e2e_latency_p99",
+        "end-to-end P99, exchange -> storage",
+        50,
+        "ms",
+        "lower",
+        (
+            _src("latency.json", "e2e_latency_p99", "python -m bench.latency"),
+            Source("book_pipeline.json", pipeline_latency, "python -m bench.book_pipeline"),
+        ),
+    ),
+    Target(
+        "book_update_p99",
+        "order-book update P99 in Redis",
+        5,
+        "ms",
+        "lower",
+        (_src("redis_ops.json", "book_update_p99", "python -m bench.redis_ops"),),
+    ),
+    Target(
+        "nbbo_p99",
+        "NBBO update P99",
+        2,
+        "ms",
+        "lower",
+        (_src("redis_ops.json", "nbbo_p99", "python -m bench.redis_ops"),),
+    ),
+    Target(
+        "clickhouse_day_query",
+        "1-day ClickHouse query",
+        100,
+        "ms",
+        "lower",
+        (
+            _src(
+                "clickhouse_queries.json",
+                "clickhouse_day_query",
+                "python -m bench.clickhouse_queries",
+            ),
+        ),
+    ),
+    Target(
+        "serialization_per_message",
+        "serialization per message",
+        100,
+        "us",
+        "lower",
+        (_src("serialization.json", "serialization_per_message", "python -m bench.serialization"),),
+    ),
+    Target(
+        "consumer_lag_at_peak",
+        "consumer lag at peak",
+        1,
+        "s",
+        "lower",
+        (
+            _src("throughput.json", "consumer_lag_at_peak", "python -m bench.throughput"),
+            _src("latency.json", "consumer_lag_at_peak", "python -m bench.latency"),
+            Source("book_pipeline.json", pipeline_lag_at_peak, "python -m bench.book_pipeline"),
+        ),
+    ),
+    Target(
+        "batch_day",
+        "1-day batch (backfill)",
+        10,
+        "min",
+        "lower",
+        (
+            _src("backfill_day.json", "batch_day", "python -m bench.backfill_day run"),
+            _src("backfill.json", "batch_day", "python -m bench.backfill"),
+        ),
+    ),
+    Target(
+        "chaos_records_lost",
+        "records lost or duplicated across injected failures",
+        1,
+        "records",
+        "lower",
+        (_src("chaos.json", "chaos_records_lost", "python -m bench.chaos"),),
+    ),
 )
 
 # figures that are not targets but give them meaning: (name, where it is read from)
 CONTEXT: tuple[tuple[str, Source], ...] = (
-    ("kafka_consume_ceiling", _src("kafka_ceiling.json", "kafka_consume_ceiling",
-                                   "python -m bench.kafka_ceiling")),
-    ("flink_graph_frames_per_s", Source("keying.json", keying_throughput,
-                                        "python -m bench.keying")),
+    (
+        "kafka_consume_ceiling",
+        _src("kafka_ceiling.json", "kafka_consume_ceiling", "python -m bench.kafka_ceiling"),
+    ),
+    (
+        "flink_graph_frames_per_s",
+        Source("keying.json", keying_throughput, "python -m bench.keying"),
+    ),
 )
 
 
@@ -268,8 +355,11 @@ def entry(
         for name in target.context:
             if name in (context or {}) and name not in conditions:
                 c = (context or {})[name]
-                conditions[name] = {"measured": c["measured"], "unit": c["unit"],
-                                    "command": c["command"]}
+                conditions[name] = {
+                    "measured": c["measured"],
+                    "unit": c["unit"],
+                    "command": c["command"],
+                }
         measured = convert(value, unit, target.unit)
         digits = 3 if abs(measured) < 10 else 1
         return {
@@ -305,8 +395,12 @@ def summarize(files: dict[str, dict[str, Any]]) -> dict[str, Any]:
         found = resolve(source, files)
         if found is not None:
             value, unit, conditions = found
-            context[name] = {"measured": value, "unit": unit, "conditions": conditions,
-                             "command": files[source.file].get("command") or source.command}
+            context[name] = {
+                "measured": value,
+                "unit": unit,
+                "conditions": conditions,
+                "command": files[source.file].get("command") or source.command,
+            }
     return {
         "targets": [entry(t, files, context) for t in TARGETS],
         "context": context,
@@ -345,23 +439,32 @@ def svg_histogram(title: str, edges: Sequence[float], counts: Sequence[float]) -
     w, h = SVG_W - PAD_L - PAD_R, SVG_H - PAD_T - PAD_B
     top = max(counts) or 1.0
     bar = w / len(counts)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{SVG_W}" height="{SVG_H}" '
-             f'role="img"><title>{_esc(title)}</title>',
-             f'<text x="{PAD_L}" y="18" font-size="13">{_esc(title)}</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{SVG_W}" height="{SVG_H}" '
+        f'role="img"><title>{_esc(title)}</title>',
+        f'<text x="{PAD_L}" y="18" font-size="13">{_esc(title)}</text>',
+    ]
     for i, c in enumerate(counts):
         bh = h * c / top
-        parts.append(f'<rect x="{PAD_L + i * bar:.1f}" y="{PAD_T + h - bh:.1f}" '
-                     f'width="{max(bar - 1, 1):.1f}" height="{bh:.1f}" fill="#4a7bd0">'
-                     f'<title>{edges[i]:g}-{edges[i + 1]:g}: {c:g}</title></rect>')
+        parts.append(
+            f'<rect x="{PAD_L + i * bar:.1f}" y="{PAD_T + h - bh:.1f}" '
+            f'width="{max(bar - 1, 1):.1f}" height="{bh:.1f}" fill="#4a7bd0">'
+            f"<title>{edges[i]:g}-{edges[i + 1]:g}: {c:g}</title></rect>"
+        )
     step = max(1, len(edges) // 8)
     for i in range(0, len(edges), step):
         x = PAD_L + i * bar
-        parts.append(f'<text x="{x:.1f}" y="{SVG_H - 22}" font-size="10" '
-                     f'text-anchor="middle">{edges[i]:g}</text>')
-    parts.append(f'<text x="{PAD_L - 6}" y="{PAD_T + 8}" font-size="10" '
-                 f'text-anchor="end">{top:g}</text>')
-    parts.append(f'<line x1="{PAD_L}" y1="{PAD_T + h}" x2="{PAD_L + w}" y2="{PAD_T + h}" '
-                 'stroke="#333"/></svg>')
+        parts.append(
+            f'<text x="{x:.1f}" y="{SVG_H - 22}" font-size="10" '
+            f'text-anchor="middle">{edges[i]:g}</text>'
+        )
+    parts.append(
+        f'<text x="{PAD_L - 6}" y="{PAD_T + 8}" font-size="10" text-anchor="end">{top:g}</text>'
+    )
+    parts.append(
+        f'<line x1="{PAD_L}" y1="{PAD_T + h}" x2="{PAD_L + w}" y2="{PAD_T + h}" '
+        'stroke="#333"/></svg>'
+    )
     return "".join(parts)
 
 
@@ -380,11 +483,12 @@ def svg_line(title: str, points: Sequence[tuple[float, float]], xlabel: str, yla
     w, h = SVG_W - PAD_L - PAD_R, SVG_H - PAD_T - PAD_B
     xmax = max(p[0] for p in points) or 1.0
     ymax = max(p[1] for p in points) or 1.0
-    coords = " ".join(f"{PAD_L + w * x / xmax:.1f},{PAD_T + h - h * y / ymax:.1f}"
-                      for x, y in points)
+    coords = " ".join(
+        f"{PAD_L + w * x / xmax:.1f},{PAD_T + h - h * y / ymax:.1f}" for x, y in points
+    )
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{SVG_W}" height="{SVG_H}" role="img">'
-        f'<title>{_esc(title)}</title>'
+        f"<title>{_esc(title)}</title>"
         f'<text x="{PAD_L}" y="18" font-size="13">{_esc(title)}</text>'
         f'<polyline points="{coords}" fill="none" stroke="#d0554a" stroke-width="1.5"/>'
         f'<line x1="{PAD_L}" y1="{PAD_T + h}" x2="{PAD_L + w}" y2="{PAD_T + h}" stroke="#333"/>'
@@ -414,8 +518,10 @@ def charts(files: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
         for run in data.get("throughput") or []:  # book_pipeline.json's progress
             progress = run.get("progress") if isinstance(run, dict) else None
             if progress:
-                title = (f"Flink job: book messages applied/s, {run.get('mix')}/"
-                         f"{run.get('state_backend')} ({name})")
+                title = (
+                    f"Flink job: book messages applied/s, {run.get('mix')}/"
+                    f"{run.get('state_backend')} ({name})"
+                )
                 svg = svg_line(title, rates(progress), "seconds", "messages/s")
                 if svg:
                     out.append((f"Throughput over time: {name}", svg))
@@ -429,7 +535,7 @@ def report_html(summary: dict[str, Any], files: dict[str, dict[str, Any]]) -> st
         colour = "#dff0d8" if e["met"] else ("#eee" if e["measured"] is None else "#f2dede")
         rows.append(
             f'<tr style="background:{colour}"><td>{_esc(e["name"])}</td>'
-            f'<td>{_esc(e["description"])}</td><td>{_esc(e["target"])}</td>'
+            f"<td>{_esc(e['description'])}</td><td>{_esc(e['target'])}</td>"
             f"<td>{_esc(measured)}</td><td>{'yes' if e['met'] else 'no'}</td>"
             f"<td><code>{_esc(e['command'])}</code></td>"
             f"<td><details><summary>conditions</summary><pre>"
@@ -448,8 +554,10 @@ def report_html(summary: dict[str, Any], files: dict[str, dict[str, Any]]) -> st
         "border-bottom:1px solid #ccc;vertical-align:top}pre{font-size:11px}</style></head>"
         "<body><h1>tickflow: targets vs measured</h1><table><tr><th>target</th><th>what</th>"
         "<th>goal</th><th>measured</th><th>met</th><th>command</th><th></th></tr>"
-        + "".join(rows) + "</table>"
-        + f"<p>Files read: {_esc(', '.join(summary['files_read']))}</p>" + body
+        + "".join(rows)
+        + "</table>"
+        + f"<p>Files read: {_esc(', '.join(summary['files_read']))}</p>"
+        + body
         + "</body></html>\n"
     )
 
@@ -466,8 +574,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table(summary))
     met = sum(e["met"] for e in summary["targets"])
     unmeasured = sum(e["measured"] is None for e in summary["targets"])
-    print(f"{met}/{len(summary['targets'])} targets met, {unmeasured} not measured; "
-          f"{args.results / SUMMARY}, {args.results / REPORT}")
+    print(
+        f"{met}/{len(summary['targets'])} targets met, {unmeasured} not measured; "
+        f"{args.results / SUMMARY}, {args.results / REPORT}"
+    )
     return 0
 
 
