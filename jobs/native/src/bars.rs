@@ -235,11 +235,11 @@ impl Acc {
         }
         // max()/min() of Python keep the first of equal values
         self.high = Some(match self.high {
-            Some(h) if !(price > h) => h,
+            Some(h) if (price <= h) => h,
             _ => price,
         });
         self.low = Some(match self.low {
-            Some(l) if !(price < l) => l,
+            Some(l) if (price >= l) => l,
             _ => price,
         });
         self.volume = py_add(self.volume, size);
@@ -1240,7 +1240,7 @@ mod tests {
             assert_eq!(ends, sorted);
             assert!(bars.open_windows().iter().all(|(i, s, _)| s + i - 1 > WATERMARK));
             assert!(bars.close_until(WATERMARK).is_empty());
-            assert!(bars.next_close_ms().map_or(true, |due| due > WATERMARK));
+            assert!(bars.next_close_ms().is_none_or(|due| due > WATERMARK));
         }
     }
 

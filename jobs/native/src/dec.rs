@@ -285,9 +285,9 @@ impl U192 {
     fn mul_small(self, m: u64) -> Option<U192> {
         let mut out = [0u64; 3];
         let mut carry: u128 = 0;
-        for i in 0..3 {
-            let t = u128::from(self.0[i]) * u128::from(m) + carry;
-            out[i] = t as u64;
+        for (word, &limb) in out.iter_mut().zip(&self.0) {
+            let t = u128::from(limb) * u128::from(m) + carry;
+            *word = t as u64;
             carry = t >> 64;
         }
         (carry == 0).then_some(U192(out))
@@ -307,10 +307,10 @@ impl U192 {
     fn add(self, o: U192) -> Option<U192> {
         let mut out = [0u64; 3];
         let mut carry = 0u64;
-        for i in 0..3 {
-            let (t, c1) = self.0[i].overflowing_add(o.0[i]);
+        for ((word, &a), &b) in out.iter_mut().zip(&self.0).zip(&o.0) {
+            let (t, c1) = a.overflowing_add(b);
             let (t, c2) = t.overflowing_add(carry);
-            out[i] = t;
+            *word = t;
             carry = u64::from(c1 || c2);
         }
         (carry == 0).then_some(U192(out))
@@ -335,7 +335,7 @@ fn round28(negative: bool, magnitude: U192, scale: u32) -> Option<Dec> {
     let mut scale = i64::from(scale);
     let (mut last, mut sticky) = (0u64, false);
     let mut dropped = false;
-    while m.to_u128().map_or(true, |v| v >= TEN_POW_28) {
+    while m.to_u128().is_none_or(|v| v >= TEN_POW_28) {
         sticky |= last != 0;
         last = m.div_small(10);
         scale -= 1;

@@ -293,7 +293,7 @@ impl InstrumentBooks {
     /// history no later trade can need dropped.
     pub fn advance(&mut self, watermark_ms: i64, out: &mut Outputs) {
         let mut watermark_ms = watermark_ms;
-        if watermark_ms >= END_OF_INPUT {
+        if watermark_ms == END_OF_INPUT {
             // closing every window up to the end of time would never finish: what an ended
             // input makes final is what its events reached
             self.input_ended = true;

@@ -165,10 +165,6 @@ impl NativeStream {
         self.inner.restore(key, state).map_err(PyValueError::new_err)
     }
 
-    fn evict(&mut self, key: &str) {
-        self.inner.evict(key)
-    }
-
     /// One frame bundle of instrument `key`; True when the state must be persisted now.
     fn process_bundle(&mut self, key: &str, bundle: &[u8], watermark_ms: i64, now_ms: i64) -> PyResult<bool> {
         self.inner.process_bundle(key, bundle, watermark_ms, now_ms).map_err(|e| PyValueError::new_err(e.0))

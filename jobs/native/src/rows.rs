@@ -209,7 +209,7 @@ impl TableRows {
             "through" => 3,
             _ => 4,
         });
-        w.u16(m.levels_consumed as i64);
+        w.u16(m.levels_consumed);
         w.dec(m.size_consumed);
         w.opt_dec(m.slippage_mid);
         w.opt_f64(m.slippage_mid_bps);
@@ -241,7 +241,7 @@ impl TableRows {
         w.dec(b.volume);
         w.dec(b.notional);
         w.opt_f64(b.vwap);
-        w.u32(b.trade_count as i64);
+        w.u32(b.trade_count);
         w.dec(b.buy_volume);
         w.dec(b.sell_volume);
         w.u32(b.live_ms);

@@ -226,11 +226,6 @@ impl StreamBooks {
         Ok(())
     }
 
-    /// Forget an instrument's state kept here (it lives on in Flink's state).
-    pub fn evict(&mut self, key: &str) {
-        self.books.remove(key);
-    }
-
     /// One bundle of frames of instrument `key` at `watermark_ms` (event time) and `now_ms`
     /// (processing time); whether the state must be persisted now (a barrier follows).
     pub fn process_bundle(

@@ -62,10 +62,7 @@ pub fn parse_sync_lost(env: &RawEnvelope<'_>) -> Result<SyncLost, ParseError> {
     let mut marker = pyrepr::decode_marker(env.payload).map_err(|e| {
         ParseError(format!("{}: cannot parse sync_lost marker: {}", env.exchange, e.0))
     })?;
-    let reason = match marker.iter().position(|(k, _)| k == "reason") {
-        Some(i) => Some(marker.remove(i).1),
-        None => None,
-    };
+    let reason = marker.iter().position(|(k, _)| k == "reason").map(|i| marker.remove(i).1);
     let mut reason = match reason {
         Some(pyrepr::PyVal::Str(s)) => s,
         _ => {
@@ -1404,6 +1401,52 @@ pub(crate) mod pyrepr {
     }
 }
 
+/// Test helper: a scenario fixture's steps as (channel, compact frame text), the frames cut
+/// out of the file's bytes in key order (serde_json would sort keys and round numbers).
+#[cfg(test)]
+pub(crate) fn scenario_steps(text: &str) -> Vec<(String, String)> {
+    let scenario: serde_json::Value = serde_json::from_str(text).unwrap();
+    let mut rest = text;
+    let mut out = Vec::new();
+    for step in scenario["steps"].as_array().unwrap() {
+        let channel = step["channel"].as_str().unwrap().to_string();
+        let at = rest.find("\"frame\"").unwrap();
+        rest = &rest[at + 7..];
+        let start = rest.find('{').unwrap();
+        let (mut depth, mut in_str, mut esc) = (0, false, false);
+        let mut frame = String::new();
+        let mut end = start;
+        for (i, c) in rest[start..].char_indices() {
+            if in_str {
+                frame.push(c);
+                if esc {
+                    esc = false;
+                } else if c == '\\' {
+                    esc = true;
+                } else if c == '"' {
+                    in_str = false;
+                }
+                continue;
+            }
+            match c {
+                '"' => in_str = true,
+                '{' | '[' => depth += 1,
+                '}' | ']' => depth -= 1,
+                c if c.is_whitespace() => continue,
+                _ => {}
+            }
+            frame.push(c);
+            if depth == 0 {
+                end = start + i + 1;
+                break;
+            }
+        }
+        rest = &rest[end..];
+        out.push((channel, frame));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::isotime::{timestamp_ms, IsoError};
@@ -1563,50 +1606,4 @@ mod tests {
             assert_eq!(timestamp_ms(text), Err(IsoError::Invalid), "{text}");
         }
     }
-}
-
-/// Test helper: a scenario fixture's steps as (channel, compact frame text), the frames cut
-/// out of the file's bytes in key order (serde_json would sort keys and round numbers).
-#[cfg(test)]
-pub(crate) fn scenario_steps(text: &str) -> Vec<(String, String)> {
-    let scenario: serde_json::Value = serde_json::from_str(text).unwrap();
-    let mut rest = text;
-    let mut out = Vec::new();
-    for step in scenario["steps"].as_array().unwrap() {
-        let channel = step["channel"].as_str().unwrap().to_string();
-        let at = rest.find("\"frame\"").unwrap();
-        rest = &rest[at + 7..];
-        let start = rest.find('{').unwrap();
-        let (mut depth, mut in_str, mut esc) = (0, false, false);
-        let mut frame = String::new();
-        let mut end = start;
-        for (i, c) in rest[start..].char_indices() {
-            if in_str {
-                frame.push(c);
-                if esc {
-                    esc = false;
-                } else if c == '\\' {
-                    esc = true;
-                } else if c == '"' {
-                    in_str = false;
-                }
-                continue;
-            }
-            match c {
-                '"' => in_str = true,
-                '{' | '[' => depth += 1,
-                '}' | ']' => depth -= 1,
-                c if c.is_whitespace() => continue,
-                _ => {}
-            }
-            frame.push(c);
-            if depth == 0 {
-                end = start + i + 1;
-                break;
-            }
-        }
-        rest = &rest[end..];
-        out.push((channel, frame));
-    }
-    out
 }
