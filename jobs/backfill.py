@@ -32,7 +32,7 @@ from jobs.batch import PartitionBooks, Row
 from jobs.sinks.clickhouse import ClickHouseWriter, RowBinaryWriter, ensure_schema
 from schemas.codec import EnvelopeError, decode_envelope
 from schemas.deadletter import dead_letter_record
-from tickflow.config import Settings
+from tickflow.config import AnalyticsConfig, BookConfig, Settings
 from tickflow.instruments import nbbo_group
 
 IDLE_TIMEOUT_S = 60.0  # no record for this long before the range's end: the broker is gone
@@ -320,6 +320,22 @@ class PythonEngine:
         self.writer.close()
 
 
+def core_rules(book: BookConfig, analytics: AnalyticsConfig) -> dict[str, Any]:
+    """The compiled core's rules from the configuration: the keyword arguments its live
+    (``NativeStream``) and batch (``NativePartition``) drivers share."""
+    return {
+        "top_n": book.top_n,
+        "snapshot_interval_ms": book.snapshot_interval_ms,
+        "max_levels": book.max_levels,
+        "max_buffered": book.max_buffered_updates,
+        "nbbo_stale_after_ms": analytics.nbbo_stale_after_ms,
+        "bar_intervals_ms": list(analytics.bar_intervals_ms),
+        "depth_band_bps": str(analytics.depth_band_bps),
+        "trade_dedup_ms": analytics.trade_dedup_ms,
+        "quote_equivalents": sorted(analytics.quote_equivalents.items()),
+    }
+
+
 def native_partition(settings: Settings, part: PartitionRange) -> Any:
     """The compiled engine (``jobs/native``) configured as the job is."""
     try:
@@ -330,17 +346,8 @@ def native_partition(settings: Settings, part: PartitionRange) -> Any:
             "`make venv` builds it (jobs/native, needs cargo), or set "
             "TICKFLOW__REPLAY__BATCH_ENGINE=python"
         ) from exc
-    book, analytics = settings.book, settings.analytics
     return tickflow_native.NativePartition(
-        top_n=book.top_n,
-        snapshot_interval_ms=book.snapshot_interval_ms,
-        max_levels=book.max_levels,
-        max_buffered=book.max_buffered_updates,
-        nbbo_stale_after_ms=analytics.nbbo_stale_after_ms,
-        bar_intervals_ms=list(analytics.bar_intervals_ms),
-        depth_band_bps=str(analytics.depth_band_bps),
-        trade_dedup_ms=analytics.trade_dedup_ms,
-        quote_equivalents=sorted(analytics.quote_equivalents.items()),
+        **core_rules(settings.book, settings.analytics),
         out_of_orderness_ms=settings.flink.watermark_out_of_orderness_ms,
         only=sorted(part.only),
         others=sorted(part.others),

@@ -12,6 +12,7 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext, TimeDomain
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
+from jobs.backfill import core_rules
 from jobs.bars import WindowKey
 from jobs.book.levels import BookSide, LevelChange
 from jobs.faults import PythonFault
@@ -503,15 +504,7 @@ def native_stream(book: BookConfig, analytics: AnalyticsConfig, redis_prefix: st
             "needs cargo); images install its wheel"
         ) from exc
     return tickflow_native.NativeStream(
-        top_n=book.top_n,
-        snapshot_interval_ms=book.snapshot_interval_ms,
-        max_levels=book.max_levels,
-        max_buffered=book.max_buffered_updates,
-        nbbo_stale_after_ms=analytics.nbbo_stale_after_ms,
-        bar_intervals_ms=list(analytics.bar_intervals_ms),
-        depth_band_bps=str(analytics.depth_band_bps),
-        trade_dedup_ms=analytics.trade_dedup_ms,
-        quote_equivalents=sorted(analytics.quote_equivalents.items()),
+        **core_rules(book, analytics),
         stale_after_ms=book.stale_after_ms,
         resync_retry_ms=book.resync_retry_ms,
         redis_prefix=redis_prefix,
