@@ -1,6 +1,7 @@
 package io.tickflow.flink;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertDoesNotThrow;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -9,9 +10,11 @@ import java.io.IOException;
 import java.net.URI;
 import java.net.URLDecoder;
 import java.nio.charset.StandardCharsets;
+import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.Executor;
 import org.apache.flink.streaming.runtime.tasks.TestProcessingTimeService;
 import org.junit.jupiter.api.Test;
 
@@ -35,7 +38,17 @@ class ClickHouseRowBinaryWriterTest {
         });
         return new ClickHouseRowBinaryWriter(
                 http, "tickflow", Map.of("trades", "date, price", "nbbo", "date, instrument"),
-                maxRows, 100, time, null);
+                maxRows, 100, time, null, inserter);
+    }
+
+    // inserts run where the test says: at once by default, or when a test runs the queue
+    private final ArrayDeque<Runnable> queued = new ArrayDeque<>();
+    private Executor inserter = Runnable::run;
+
+    private void runQueued() {
+        while (!queued.isEmpty()) {
+            queued.removeFirst().run();
+        }
     }
 
     @Test
@@ -98,5 +111,65 @@ class ClickHouseRowBinaryWriterTest {
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
                 () -> w.write(new Blobs().rows("bogus", 1, new byte[] {5}).bytes(), null));
         assertTrue(e.getMessage().contains("bogus"), e.getMessage());
+    }
+
+    @Test
+    void keepsReadingWhileAnInsertRunsAndAFlushWaitsForIt() throws Exception {
+        inserter = queued::addLast;
+        ClickHouseRowBinaryWriter w = writer(1);
+        w.write(new Blobs().rows("trades", 1, new byte[] {1}).bytes(), null);
+        w.write(new Blobs().rows("trades", 1, new byte[] {2}).bytes(), null);
+        assertTrue(posts.isEmpty()); // handed over, not yet sent
+        assertEquals(2, w.insertsInFlight());
+        assertEquals(0, w.bufferedRows());
+        Thread flusher = new Thread(() -> {
+            try {
+                w.flush(false);
+            } catch (Exception e) {
+                throw new RuntimeException(e);
+            }
+        });
+        flusher.start();
+        Thread.sleep(50);
+        assertTrue(flusher.isAlive()); // a flush (before a barrier) waits for every insert
+        runQueued();
+        flusher.join(5000);
+        assertEquals(0, w.insertsInFlight());
+        assertEquals(2, posts.size());
+        assertArrayEquals(new byte[] {1}, posts.get(0).body());
+        assertArrayEquals(new byte[] {2}, posts.get(1).body());
+    }
+
+    @Test
+    void waitsForTheOldestInsertWhenTooManyAreQueued() throws Exception {
+        inserter = queued::addLast;
+        ClickHouseRowBinaryWriter w = writer(1);
+        for (int i = 0; i < ClickHouseRowBinaryWriter.MAX_IN_FLIGHT; i++) {
+            w.write(new Blobs().rows("trades", 1, new byte[] {(byte) i}).bytes(), null);
+        }
+        Thread writer = new Thread(() -> {
+            try {
+                w.write(new Blobs().rows("trades", 1, new byte[] {9}).bytes(), null);
+            } catch (Exception e) {
+                throw new RuntimeException(e);
+            }
+        });
+        writer.start();
+        Thread.sleep(50);
+        assertTrue(writer.isAlive());
+        queued.removeFirst().run();
+        writer.join(5000);
+        assertEquals(ClickHouseRowBinaryWriter.MAX_IN_FLIGHT, w.insertsInFlight());
+    }
+
+    @Test
+    void aFailedInsertFailsTheNextFlush() {
+        inserter = queued::addLast;
+        ClickHouseRowBinaryWriter w = writer(1);
+        answers.add(new ClickHouseHttp.Response(500, "Code: 241, Memory limit exceeded"));
+        assertDoesNotThrow(() -> w.write(new Blobs().rows("trades", 1, new byte[] {5}).bytes(), null));
+        runQueued();
+        IOException e = assertThrows(IOException.class, () -> w.flush(false));
+        assertTrue(e.getMessage().contains("Memory limit exceeded"), e.getMessage());
     }
 }
