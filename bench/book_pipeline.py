@@ -59,7 +59,7 @@ from confluent_kafka.admin import AdminClient
 from bench.soak import soak_settings
 from bench.stats import write_results
 from connectors.__main__ import CONNECTORS
-from connectors.base import Connection, WsConnector
+from connectors.base import Connection, Sink, WsConnector
 from connectors.coinbase import SUBSCRIBED, CoinbaseConnector, subscribe_message
 from connectors.kraken import KrakenConnector
 from connectors.producer import KafkaSink
@@ -181,7 +181,7 @@ class Wire:
 
 
 def open_wire(
-    exchange: str, settings: Settings, venue: Venue, sink: Collector, receive_time_ns: int
+    exchange: str, settings: Settings, venue: Venue, sink: Sink, receive_time_ns: int
 ) -> Wire:
     """Connect and subscribe as the exchange's connector does (``url``, ``on_open``)."""
     connector = CONNECTORS[exchange](settings, sink)
