@@ -12,7 +12,9 @@ Each FILE's exchange is told from its frames (the one connector that takes them)
 merged in receive-time order, as the raw topic would hold them, so instruments traded on
 several exchanges get a cross-exchange NBBO. The configuration is the usual one
 (``TICKFLOW_CONFIG``): the connectors take only the symbols it lists, so use the configuration
-the recording was made with (frames of other symbols become dead letters).
+the recording was made with (frames of other symbols become dead letters). At the end of
+input the core closes the bar windows its events reached: each instrument's last, unfinished
+window has no bar.
 
 ``--json`` writes one JSON object per line: first ``{"kind": "summary", ...}`` (envelopes per
 exchange and channel, ClickHouse rows per table, dead letters, resync requests), then one per
@@ -61,7 +63,8 @@ def sections(text: str) -> list[str]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tickflow core",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description=__doc__.split("\n\n", 1)[0] if __doc__ else None,
+        epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="connector recordings")
