@@ -26,7 +26,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
@@ -240,11 +240,13 @@ class WsConnector(ABC):
         """Symbols whose books this connector maintains (marked lost when a connection ends)."""
         return ()
 
-    def _books_lost(self, conn: Connection, reason: str) -> None:
+    def _books_lost(
+        self, conn: Connection, reason: str, receive_time_ns: int | None = None
+    ) -> None:
         """Updates stop with the connection: until the next connection's snapshot, the job must
         not serve these books as LIVE (a reconnect may also have missed updates)."""
         payload = sync_lost_payload(reason)
-        now = time.time_ns()
+        now = time.time_ns() if receive_time_ns is None else receive_time_ns
         for symbol in self.book_symbols():
             self.emit(conn, symbol, "sync_lost", payload, now)
 
@@ -344,7 +346,7 @@ class WsConnector(ABC):
             while True:
                 frame = await ws.recv(decode=False)
                 receive_time_ns = time.time_ns()  # as soon as the frame is ours
-                self._handle(conn, frame, receive_time_ns)
+                self.handle_frame(conn, frame, receive_time_ns)
         except ConnectionClosed as exc:
             if not conn.end_reason:
                 sent = exc.sent
@@ -352,7 +354,9 @@ class WsConnector(ABC):
                 conn.end_reason = "ping_timeout" if keepalive else "closed"
             log.info("%s: connection %s closed: %s", self.exchange, conn.id, exc)
 
-    def _handle(self, conn: Connection, frame: bytes, receive_time_ns: int) -> None:
+    def handle_frame(self, conn: Connection, frame: bytes, receive_time_ns: int) -> None:
+        """One received frame: recorded, dispatched, its envelopes (or dead letter) handed to
+        the sink. No network: recorded frames go through here too (``handle_recorded``)."""
         self.stats.frames += 1
         metrics = self.metrics
         metrics.bytes += len(frame)
@@ -401,6 +405,21 @@ class WsConnector(ABC):
             )
         )
         self.stats.envelopes += 1
+
+    # --- recordings (connectors/recorder.py), handled without a network ----------------------
+
+    def offline_connection(self) -> Connection:
+        """A connection without a socket, in the state ``on_open`` leaves a new one in but with
+        nothing sent: the one recorded frames are handled on (``handle_recorded``)."""
+        return Connection(cast(ClientConnection, None))  # handle_frame never touches the socket
+
+    def handle_recorded(self, conn: Connection, frame: bytes, receive_time_ns: int) -> Connection:
+        """One line of a recording, handled as the connector handled it when recording: a
+        received frame (an exchange that recorded REST responses produces them here). Returns
+        the connection of the next line: a recording does not mark reconnects, an exchange
+        whose frames show one starts a new connection."""
+        self.handle_frame(conn, frame, receive_time_ns)
+        return conn
 
     async def _stale_timer(self, conn: Connection) -> None:
         timeout = self.lifecycle.stale_timeout_s

@@ -17,11 +17,13 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
 from connectors.base import Connection, RestClient, Route, Sink, WsConnector
 from connectors.metrics import ConnectorMetrics
+from connectors.recorder import rest_response
 from tickflow.config import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,18 @@ def event_time_ms(frame: bytes) -> int | None:
         return int(frame[start + len(EVENT_TIME) : end])
     except ValueError:
         return None
+
+
+def depth_path(symbol: str, limit: int) -> str:
+    """Path and query of a depth snapshot request (under ``rest_url``)."""
+    return f"/api/v3/depth?symbol={symbol}&limit={limit}"
+
+
+def depth_path_symbol(path_and_query: str) -> str | None:
+    """The symbol of a depth snapshot request's path and query (``depth_path``), else None."""
+    url = urlsplit(path_and_query)
+    symbols = parse_qs(url.query).get("symbol") if url.path == "/api/v3/depth" else None
+    return symbols[0] if symbols else None
 
 
 def depth_weight(limit: int) -> int:
@@ -170,6 +184,27 @@ class BinanceConnector(WsConnector):
             symbol, first_update_id = await sync.jobs.get()
             await self._snapshot(sync.conn, symbol, first_update_id)
 
+    def produce_snapshot(
+        self, conn: Connection, symbol: str, body: bytes, receive_time_ns: int
+    ) -> None:
+        """A usable REST depth body as the ``snapshot`` envelope, behind the diffs so far."""
+        self.emit(conn, symbol, "snapshot", body, receive_time_ns)
+        self.metrics.frame("snapshot")
+        self.stats.snapshots += 1
+
+    def handle_recorded(self, conn: Connection, frame: bytes, receive_time_ns: int) -> Connection:
+        """A recorded frame, or a recorded snapshot response: only usable ones were produced
+        (and recorded), so each is produced again, under the symbol it was requested for."""
+        response = rest_response(frame)
+        if response is None:
+            return super().handle_recorded(conn, frame, receive_time_ns)
+        path, body = response
+        symbol = depth_path_symbol(path)
+        if symbol is None or symbol not in self.symbols:
+            raise ValueError(f"not a depth snapshot of a configured symbol: {path}")
+        self.produce_snapshot(conn, symbol, body, receive_time_ns)
+        return conn
+
     async def _pace_rest(self, weight: int) -> None:
         """One snapshot request at a time, spaced out, within the weight budget."""
         wait = self._next_rest_at - time.monotonic()
@@ -180,7 +215,8 @@ class BinanceConnector(WsConnector):
 
     async def _snapshot(self, conn: Connection, symbol: str, first_update_id: int | None) -> None:
         limit = self.config.snapshot_limit
-        url = f"{self.config.rest_url}/api/v3/depth?symbol={symbol}&limit={limit}"
+        path = depth_path(symbol, limit)
+        url = self.config.rest_url + path
         attempts = self.config.snapshot_max_attempts
         fields = {"symbol": symbol, "connection_id": conn.id}
         for attempt in range(1, attempts + 1):
@@ -230,13 +266,9 @@ class BinanceConnector(WsConnector):
                     extra=fields,
                 )
                 continue
-            self.emit(conn, symbol, "snapshot", result.body, result.receive_time_ns)
-            self.metrics.frame("snapshot")
+            self.produce_snapshot(conn, symbol, result.body, result.receive_time_ns)
             if self.recorder is not None:
-                self.recorder.rest(
-                    result.receive_time_ns, url[len(self.config.rest_url) :], result.body
-                )
-            self.stats.snapshots += 1
+                self.recorder.rest(result.receive_time_ns, path, result.body)
             log.info(
                 "binance: snapshot %s lastUpdateId %d produced", symbol, last_update_id,
                 extra=fields,

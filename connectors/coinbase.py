@@ -85,6 +85,15 @@ def subscribe_message(kind: str, channel: str, products: tuple[str, ...] = ()) -
     return orjson.dumps(message)
 
 
+def _sequence_num(frame: bytes) -> int | None:
+    try:
+        msg = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    seq = msg.get("sequence_num") if isinstance(msg, dict) else None
+    return seq if isinstance(seq, int) else None
+
+
 class CoinbaseConnector(WsConnector):
     exchange = "coinbase"
 
@@ -115,6 +124,10 @@ class CoinbaseConnector(WsConnector):
     # --- subscriptions --------------------------------------------------------------------
 
     async def on_open(self, conn: Connection) -> None:
+        conn.spawn(self._send_paced(self._open_session(conn)))
+
+    def _open_session(self, conn: Connection) -> _Session:
+        """The connection's sequence state, its subscriptions queued (``_send_paced`` sends)."""
         session = _Session(conn)
         self._state = session
         for channel in SUBSCRIBED:
@@ -124,7 +137,22 @@ class CoinbaseConnector(WsConnector):
             )
         # keeps quiet subscriptions open (Coinbase closes them after 60-90 s otherwise)
         session.outbox.put_nowait((subscribe_message("subscribe", "heartbeats"), ()))
-        conn.spawn(self._send_paced(session))
+        return session
+
+    def offline_connection(self) -> Connection:
+        """With a session: recorded frames have their ``sequence_num`` checked as live."""
+        conn = super().offline_connection()
+        self._open_session(conn)
+        return conn
+
+    def handle_recorded(self, conn: Connection, frame: bytes, receive_time_ns: int) -> Connection:
+        """``sequence_num`` 0 after others is the first message of a new connection (the
+        recording's connection ended there): the old one's books are lost, as live."""
+        session = self._state
+        if session is not None and session.expected > 0 and _sequence_num(frame) == 0:
+            self._books_lost(conn, f"connection {conn.id} ended", receive_time_ns)
+            conn = self.offline_connection()
+        return super().handle_recorded(conn, frame, receive_time_ns)
 
     async def _send_paced(self, session: _Session) -> None:
         interval = self.config.message_interval_ms / 1000.0

@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "job": ("jobs.cli", "submit / list / cancel the Flink pipeline job"),
     "demo": ("tickflow.demo", "whole pipeline on the simulator: demo up | down"),
+    "core": (
+        "jobs.core_cli",
+        "connector recordings through the job's core, no servers: books, NBBO, trades, bars",
+    ),
     "book": ("jobs.sinks.book_reader", "print a live order book from Redis"),
     "watch": ("jobs.sinks.book_reader", "live terminal view of every book in Redis"),
     "dashboard": (

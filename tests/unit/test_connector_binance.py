@@ -321,9 +321,9 @@ def test_stop_ends_run_without_reconnecting() -> None:
 def test_frames_that_cannot_be_routed_go_to_dead_letters() -> None:
     sink = ListSink()
     connector = BinanceConnector(base_settings(), sink)
-    conn = Connection(None)  # type: ignore[arg-type]  # _handle never touches the socket
-    connector._handle(conn, b"{not json", 123)
-    connector._handle(conn, b'{"stream":"dogeusdt@trade","data":{}}', 124)
+    conn = Connection(None)  # type: ignore[arg-type]  # handle_frame never touches the socket
+    connector.handle_frame(conn, b"{not json", 123)
+    connector.handle_frame(conn, b'{"stream":"dogeusdt@trade","data":{}}', 124)
     assert sink.envelopes == []
     assert [d["stage"] for d in sink.dead_letters] == ["connector", "connector"]
     assert base64.b64decode(sink.dead_letters[0]["value_b64"]) == b"{not json"

@@ -177,11 +177,11 @@ def test_heartbeats_acks_and_garbage_without_a_session() -> None:
     connector = CoinbaseConnector(base_settings(), sink)
     conn = Connection(FakeWs())  # type: ignore[arg-type]  # only send() is used
     for frame in ("doc_heartbeats.json", "doc_subscriptions.json"):
-        connector._handle(conn, fixture(frame), 1)
+        connector.handle_frame(conn, fixture(frame), 1)
     assert sink.envelopes == [] and sink.dead_letters == []
     assert (connector.cb_stats.heartbeats, connector.cb_stats.acks) == (1, 1)
-    connector._handle(conn, b'{"type":"error","message":"Failed to subscribe"}', 2)
-    connector._handle(conn, l2(5, "DOGE-USD"), 3)
+    connector.handle_frame(conn, b'{"type":"error","message":"Failed to subscribe"}', 2)
+    connector.handle_frame(conn, l2(5, "DOGE-USD"), 3)
     assert [d["stage"] for d in sink.dead_letters] == ["connector", "connector"]
     assert connector.stats.unroutable == 2
 
@@ -192,11 +192,11 @@ def test_a_frame_spanning_products_is_split_per_product() -> None:
     conn = Connection(FakeWs())  # type: ignore[arg-type]  # only send() is used
     frame = json.loads(l2(9))
     frame["events"].append({**frame["events"][0], "product_id": "ETH-USD"})
-    connector._handle(conn, json.dumps(frame).encode(), 5)
+    connector.handle_frame(conn, json.dumps(frame).encode(), 5)
     trades = json.loads(fixture("doc_market_trades.json"))
     first = trades["events"][0]["trades"][0]
     trades["events"][0]["trades"] = [first, {**first, "trade_id": "1", "product_id": "BTC-USD"}]
-    connector._handle(conn, json.dumps(trades).encode(), 6)
+    connector.handle_frame(conn, json.dumps(trades).encode(), 6)
     assert [(e.symbol, e.channel) for e in sink.envelopes] == [
         ("BTC-USD", "depth"), ("ETH-USD", "depth"), ("ETH-USD", "trade"), ("BTC-USD", "trade")
     ]
@@ -221,13 +221,13 @@ def test_sequence_gaps_duplicates_and_late_messages() -> None:
             ("subscribe", "level2"), ("subscribe", "market_trades"), ("subscribe", "heartbeats")
         ]
         for seq, product in ((0, "BTC-USD"), (1, "ETH-USD")):
-            connector._handle(conn, l2(seq, product, "snapshot"), seq)
-        connector._handle(conn, fixture("doc_subscriptions.json").replace(b":1,", b":2,"), 2)
-        connector._handle(conn, l2(3), 3)
-        connector._handle(conn, l2(3), 4)  # duplicate: dropped
-        connector._handle(conn, l2(6, "ETH-USD"), 5)  # 4 and 5 lost
-        connector._handle(conn, l2(5), 6)  # late: its data is kept
-        connector._handle(conn, l2(5), 7)  # now a duplicate
+            connector.handle_frame(conn, l2(seq, product, "snapshot"), seq)
+        connector.handle_frame(conn, fixture("doc_subscriptions.json").replace(b":1,", b":2,"), 2)
+        connector.handle_frame(conn, l2(3), 3)
+        connector.handle_frame(conn, l2(3), 4)  # duplicate: dropped
+        connector.handle_frame(conn, l2(6, "ETH-USD"), 5)  # 4 and 5 lost
+        connector.handle_frame(conn, l2(5), 6)  # late: its data is kept
+        connector.handle_frame(conn, l2(5), 7)  # now a duplicate
         assert [(e.symbol, e.channel, json.loads(e.payload).get("sequence_num"))
                 for e in sink.envelopes] == [
             ("BTC-USD", "depth", 0), ("ETH-USD", "depth", 1), ("BTC-USD", "depth", 3),
@@ -247,7 +247,7 @@ def test_sequence_gaps_duplicates_and_late_messages() -> None:
         ]
         # a resync while the fresh snapshot is on its way does not ask again
         await connector.resync("BTC-USD")
-        connector._handle(conn, l2(7, "BTC-USD", "snapshot"), 8)
+        connector.handle_frame(conn, l2(7, "BTC-USD", "snapshot"), 8)
         await connector.resync("BTC-USD")  # now it does
         await wait_until(lambda: len(ws.sent) == 9, what="resync")
         assert [m["type"] for m in ws.sent[7:]] == ["unsubscribe", "subscribe"]

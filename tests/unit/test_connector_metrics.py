@@ -231,7 +231,7 @@ def test_a_dropped_connection_is_a_reconnect_because_closed() -> None:
 def hand_fed(cls: type[WsConnector]) -> tuple[WsConnector, Connection]:
     factory: Any = cls
     connector: WsConnector = factory(settings_for(), ListSink())
-    return connector, Connection(None)  # type: ignore[arg-type]  # _handle never uses the socket
+    return connector, Connection(None)  # type: ignore[arg-type]  # handle_frame never uses the socket
 
 
 @pytest.mark.parametrize(
@@ -253,9 +253,9 @@ def test_latency_is_receive_time_minus_the_exchanges_event_time(
     frame = (FIXTURES / fixture).read_bytes().strip()
     frame = frame.replace(b"bnbbtc@", b"btcusdt@")  # a configured Binance stream
     m = connector.metrics
-    connector._handle(conn, frame, event_time_ns + 30_000_000)  # 30 ms later
-    connector._handle(conn, frame, event_time_ns + 7_000_000_000)  # 7 s: beyond the buckets
-    connector._handle(conn, frame, event_time_ns - 5_000_000)  # clock behind: counts as 0
+    connector.handle_frame(conn, frame, event_time_ns + 30_000_000)  # 30 ms later
+    connector.handle_frame(conn, frame, event_time_ns + 7_000_000_000)  # 7 s: beyond the buckets
+    connector.handle_frame(conn, frame, event_time_ns - 5_000_000)  # clock behind: counts as 0
     assert len(connector.sink.envelopes) == 3  # type: ignore[attr-defined]
     buckets = latency_buckets(m)
     assert [buckets[le] for le in ("0.001", "0.025", "0.05", "5.0", "+Inf")] == [1, 1, 2, 2, 3]
@@ -270,8 +270,8 @@ def test_frames_without_an_event_time_are_not_observed() -> None:
     trade_snapshot = (FIXTURES / "kraken" / "doc_trade.json").read_bytes().strip().replace(
         b'"type":"update"', b'"type":"snapshot"'  # a trade snapshot's times are old trades'
     )
-    connector._handle(conn, snapshot, RECEIVED_NS)
-    connector._handle(conn, trade_snapshot, RECEIVED_NS)
+    connector.handle_frame(conn, snapshot, RECEIVED_NS)
+    connector.handle_frame(conn, trade_snapshot, RECEIVED_NS)
     m = connector.metrics
     assert frames(m, "depth") == frames(m, "trade") == 1
     assert sample(m, "tickflow_connector_exchange_latency_seconds_count") == 0
@@ -279,7 +279,7 @@ def test_frames_without_an_event_time_are_not_observed() -> None:
 
 def test_unroutable_frames_count_as_dead_letters_not_frames() -> None:
     connector, conn = hand_fed(BinanceConnector)
-    connector._handle(conn, b"{not json", RECEIVED_NS)
+    connector.handle_frame(conn, b"{not json", RECEIVED_NS)
     m = connector.metrics
     assert sample(m, "tickflow_connector_dead_letters_total") == 1
     assert sample(m, "tickflow_connector_bytes_total") == len(b"{not json")
@@ -328,7 +328,7 @@ def test_resync_requests_served_are_counted_and_coalesced_ones_are_not() -> None
 def test_every_connector_has_its_own_registry() -> None:
     one, _ = hand_fed(BinanceConnector)
     two, conn = hand_fed(BinanceConnector)
-    two._handle(conn, b"{not json", RECEIVED_NS)
+    two.handle_frame(conn, b"{not json", RECEIVED_NS)
     assert sample(one.metrics, "tickflow_connector_dead_letters_total") == 0
     assert sample(two.metrics, "tickflow_connector_dead_letters_total") == 1
 
@@ -345,7 +345,7 @@ def scrape(url: str) -> str:
 def test_metrics_endpoint_serves_every_name_with_its_type() -> None:
     connector, conn = hand_fed(BinanceConnector)
     frame = (FIXTURES / "binance" / "combined_depth_update.json").read_bytes().strip()
-    connector._handle(conn, frame.replace(b"bnbbtc@", b"btcusdt@"), 1672515782136 * 10**6)
+    connector.handle_frame(conn, frame.replace(b"bnbbtc@", b"btcusdt@"), 1672515782136 * 10**6)
     server = MetricsServer(connector.metrics.registry, 0)  # any free port, on loopback
     try:
         assert server.host == "127.0.0.1" and server.port > 0
