@@ -103,6 +103,12 @@ bench: venv ## every benchmark, then bench/results/summary.json (targets vs meas
 
 .PHONY: bench
 
+offered-latency: venv ## latency at 20k/50k/100k frames/s offered by a paced producer, 5 min each (~25 min; a pool of frames is made once)
+	$(BIN)/tickflow stack up
+	$(BIN)/python -m bench.offered_latency $(OFFERED_ARGS)
+
+.PHONY: offered-latency
+
 deploy-check: venv ## validate docker/ and aws/ without Docker or AWS: compose config, hadolint, cfn-lint
 	$(BIN)/python -m stack.validators
 	$(BIN)/pytest -q tests/unit/test_deploy_artifacts.py

@@ -236,6 +236,8 @@ TARGETS: tuple[Target, ...] = (
         "lower",
         (
             _src("latency.json", "e2e_latency_p99", "python -m bench.latency"),
+            # offered by a paced producer at 20k/50k/100k frames/s: the figure at 50k
+            _src("offered_latency.json", "e2e_latency_p99", "python -m bench.offered_latency"),
             Source("book_pipeline.json", pipeline_latency, "python -m bench.book_pipeline"),
         ),
     ),
@@ -286,6 +288,9 @@ TARGETS: tuple[Target, ...] = (
         (
             _src("throughput.json", "consumer_lag_at_peak", "python -m bench.throughput"),
             _src("latency.json", "consumer_lag_at_peak", "python -m bench.latency"),
+            _src(
+                "offered_latency.json", "consumer_lag_at_peak", "python -m bench.offered_latency"
+            ),
             Source("book_pipeline.json", pipeline_lag_at_peak, "python -m bench.book_pipeline"),
         ),
     ),
