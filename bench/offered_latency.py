@@ -86,13 +86,14 @@ import re
 import sys
 import threading
 import time
+import traceback
 import uuid
 from array import array
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -138,6 +139,7 @@ from stack.topics import ensure_topics
 from tickflow.config import Settings, load_settings
 from tickflow.instruments import nbbo_group
 
+T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parent / "results" / "offered_latency.json"
 POOL_FORMAT = 3  # bump when the pool's layout or generation changes
 DEFAULT_RATES = ("20000", "50000", "100000")
@@ -512,9 +514,12 @@ class RedisSampler(threading.Thread):
 class Poller(threading.Thread):
     """Calls ``sample()`` every ``SAMPLE_EVERY_S`` until stopped; keeps (wall time, value)."""
 
-    def __init__(self, name: str, sample: Callable[[], Any]) -> None:
+    def __init__(
+        self, name: str, sample: Callable[[], Any], close: Callable[[], None] | None = None
+    ) -> None:
         super().__init__(name=name, daemon=True)
         self.sample = sample
+        self.close = close
         self.stopping = threading.Event()
         self.samples: list[tuple[float, Any]] = []
         self.errors: list[str] = []
@@ -526,6 +531,9 @@ class Poller(threading.Thread):
             except Exception as exc:  # a slow or failing poll is a gap, not the end
                 if len(self.errors) < 5:
                     self.errors.append(repr(exc))
+        if self.close is not None:
+            with contextlib.suppress(Exception):
+                self.close()
 
 
 def source_metrics(
@@ -572,7 +580,9 @@ def source_metrics(
     return sample
 
 
-def clickhouse_ages(settings: Settings) -> Callable[[], dict[str, float]]:
+def clickhouse_ages(
+    settings: Settings,
+) -> tuple[Callable[[], dict[str, float]], Callable[[], None]]:
     """A sampler of now - newest receive time visible, ms, per table (one book's rows)."""
     ex = settings.exchanges
     symbol = next(iter(ex.binance.symbols))
@@ -594,7 +604,7 @@ def clickhouse_ages(settings: Settings) -> Callable[[], dict[str, float]]:
                 out[table] = (time.time_ns() - int(newest)) / 1e6
         return out
 
-    return sample
+    return sample, client.disconnect
 
 
 class ResultConsumer(threading.Thread):
@@ -676,6 +686,19 @@ def table_counts(settings: Settings) -> dict[str, int]:
     return out
 
 
+def retried(call: Callable[[], T], attempts: int = 4, pause_s: float = 2.0) -> T:
+    """``call()``, again after a failure (the REST API of a loaded cluster times out now and
+    then); the last failure is raised."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(pause_s)
+    raise AssertionError("unreachable")
+
+
 def sleep_until(wall_time: float, check: Callable[[], None]) -> None:
     """Sleep until ``wall_time``, calling ``check`` every few seconds (raises to abort)."""
     while (left := wall_time - time.time()) > 0:
@@ -703,15 +726,15 @@ def offered_run(
     with environment(overrides) as settings:
         try:
             ensure_topics(settings, extra={raw_topic: settings.kafka.raw_partitions})
-            sharing = set(other_jobs(settings))
+            sharing = set(retried(lambda: other_jobs(settings)))
             job_id = submit(settings)
-            flink.wait_job_running(settings, job_id, FLINK_RUNNING_TIMEOUT_S)
+            retried(lambda: flink.wait_job_running(settings, str(job_id), FLINK_RUNNING_TIMEOUT_S))
             result["job_id"] = job_id
             result["checkpoint_interval_ms"] = settings.flink.checkpoint_interval_ms
             sampler = RedisSampler(settings)
             results_reader = ResultConsumer(settings, settings.kafka.nbbo_topic)
             lag = Poller("lag-poller", source_metrics(settings, job_id, raw_topic))
-            ages = Poller("clickhouse-poller", clickhouse_ages(settings))
+            ages = Poller("clickhouse-poller", *clickhouse_ages(settings))
             threads = [sampler, results_reader, lag, ages]
             for thread in threads:
                 thread.start()
@@ -723,7 +746,7 @@ def offered_run(
             producer.start()
 
             def check_job() -> None:
-                state = flink.job_state(settings, str(job_id))
+                state = retried(lambda: flink.job_state(settings, str(job_id)))
                 if state != "RUNNING":
                     raise RuntimeError(f"job {job_id} is {state}: {flink.root_exception(settings, str(job_id))}")  # noqa: E501
 
@@ -734,13 +757,13 @@ def offered_run(
             sampler.measuring.set()
             results_reader.measuring.set()
             cpu0 = {**process_cpu_seconds(settings), "bench": cpu_seconds()}
-            ckpt0 = checkpoint_counts(settings, job_id)
+            ckpt0 = retried(lambda: checkpoint_counts(settings, str(job_id)))
             sleep_until(window_end, check_job)
             sampler.measuring.clear()
             results_reader.measuring.clear()
             cpu1 = {**process_cpu_seconds(settings), "bench": cpu_seconds()}
-            ckpt1 = checkpoint_counts(settings, job_id)
-            sharing.update(other_jobs(settings, job_id))
+            ckpt1 = retried(lambda: checkpoint_counts(settings, str(job_id)))
+            sharing.update(retried(lambda: other_jobs(settings, job_id)))
             produced = producer.result()
             result["tables"] = table_counts(settings)
         finally:
@@ -951,8 +974,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run = measure(base, pool, path, rate, args)
         except Exception as exc:  # the next rate still runs; the failure is in the results
-            run = {"offered_frames_per_s": rate, "error": repr(exc), "producer": {}}
-            print(f"  FAILED: {exc!r}", flush=True)
+            where = traceback.extract_tb(exc.__traceback__)[-3:]
+            trace = " <- ".join(f"{f.name} ({Path(f.filename).name}:{f.lineno})"
+                                for f in reversed(where))  # fmt: skip
+            run = {"offered_frames_per_s": rate, "error": f"{exc!r} in {trace}", "producer": {}}
+            print(f"  FAILED: {run['error']}", flush=True)
             failed = True
         run["cycle_s"] = round(cycle_s, 1)
         result["runs"].append(run)
