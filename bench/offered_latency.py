@@ -52,12 +52,14 @@ Measured in the window:
   overwritten before they were read are not sampled: coverage = sampled / notices.
 - NBBO latency: the same over ``<p>:nbbo-updates`` (``<instrument>:<version>``) and the
   ``<p>:nbbo:<instrument>`` hashes.
-- consumer lag, every second from Flink REST: the source's ``currentEmitEventTimeLag``
-  (emit time - the record's timestamp, which is its offer time: the lag in time; the
-  headline), and the records behind: ``pendingRecords`` where the connector reports it (the
-  Kafka connector 5.0 here does not), else the log-end offsets (asked of the broker) minus
-  the source's per-partition ``currentOffset`` metrics, also as seconds at the offered rate.
-  Committed group offsets move only with checkpoints, so they are not used.
+- consumer lag, every second from the TaskManager's Prometheus reporter (read when asked;
+  Flink's REST API caches metrics for ``metrics.fetcher.update-interval``, 10 s, and is the
+  fallback for the first figure only): the source's ``currentEmitEventTimeLag`` (emit time -
+  the record's timestamp, which is its offer time: the lag in time; the headline), and the
+  records behind: ``pendingRecords`` where the connector reports it (the Kafka connector 5.0
+  here did not in the trial runs), else the log-end offsets (asked of the broker) minus the
+  source's per-partition ``currentOffset``, also as seconds at the offered rate. Committed
+  group offsets move only with checkpoints, so they are not used.
 - ClickHouse visibility: every second, now - max(receive_time_ns) of one book's rows in
   ``top_of_book`` and ``trades`` and one instrument's in ``nbbo`` (primary-key prefixes:
   cheap), i.e. the age of the newest visible row.
@@ -87,6 +89,7 @@ import sys
 import threading
 import time
 import traceback
+import urllib.request
 import uuid
 from array import array
 from collections.abc import Callable
@@ -104,7 +107,6 @@ from bench.book_pipeline import (
     MIXES,
     book_settings,
     check_stack,
-    cleanup_run,
     delete_kafka,
     environment,
     generate,
@@ -536,45 +538,69 @@ class Poller(threading.Thread):
                 self.close()
 
 
+def prometheus_lines(settings: Settings, job_id: str) -> list[tuple[str, float]]:
+    """(line without the value, value) of the job's metrics on the TaskManager's Prometheus
+    reporter (pull: gauges read when asked, unlike the REST API's cache, which
+    ``metrics.fetcher.update-interval`` refreshes only every 10 s by default)."""
+    out: list[tuple[str, float]] = []
+    for port in flink.flink_metrics_ports(settings):
+        with contextlib.suppress(OSError), urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/metrics", timeout=3
+        ) as resp:
+            for line in resp.read().decode().splitlines():
+                if job_id in line and not line.startswith("#"):
+                    name, _, value = line.rpartition(" ")
+                    with contextlib.suppress(ValueError):
+                        out.append((name, float(value)))
+    return out
+
+
 def source_metrics(
     settings: Settings, job_id: str, topic: str
 ) -> Callable[[], dict[str, float]]:
-    """A sampler of the Kafka source's lag (Flink REST): ``pendingRecords`` summed over
-    subtasks where the connector reports it, ``currentEmitEventTimeLag`` (ms; the worst
-    subtask) and the log-end offsets minus the source's ``currentOffset`` metrics."""
+    """A sampler of the Kafka source's lag: ``currentEmitEventTimeLag`` (ms, the worst
+    subtask), ``pendingRecords`` where the connector reports it, and the log-end offsets
+    minus the source's per-partition ``currentOffset``; from the TaskManager's Prometheus
+    reporter, else (emit lag only) from the REST API."""
     names: dict[str, Any] = {}
     consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap,
                          "group.id": f"tickflow-bench-offsets-{uuid.uuid4().hex[:8]}"})  # fmt: skip
-    partitions = [
-        TopicPartition(topic, p) for p in range(settings.kafka.raw_partitions)
-    ]
+    partitions = [TopicPartition(topic, p) for p in range(settings.kafka.raw_partitions)]
+    topic_label = topic.replace(".", "_")  # how the reporter spells it in a metric name
 
-    def sample() -> dict[str, float]:
+    def from_rest() -> dict[str, float]:
         if not names:
             job = flink.rest(settings, "GET", f"/jobs/{job_id}")
             source = next(v for v in job["vertices"] if "Source" in v["name"])
             listed = flink.rest(settings, "GET", f"/jobs/{job_id}/vertices/{source['id']}/metrics")
-            wanted = ("pendingRecords", "currentEmitEventTimeLag", "currentOffset")
             names["vertex"] = source["id"]
-            names["ids"] = [m["id"] for m in listed if m["id"].endswith(wanted)]
+            names["ids"] = [m["id"] for m in listed if m["id"].endswith("currentEmitEventTimeLag")]
             if not names["ids"]:
-                raise RuntimeError("the source reports none of " + ", ".join(wanted))
-        end = sum(consumer.get_watermark_offsets(tp, timeout=5)[1] for tp in partitions)
+                raise RuntimeError("the source reports no currentEmitEventTimeLag")
         values = flink.rest(
             settings, "GET",
             f"/jobs/{job_id}/vertices/{names['vertex']}/metrics?get={','.join(names['ids'])}",
         )
+        return {"currentEmitEventTimeLag": max(float(m["value"]) for m in values)}
+
+    def sample() -> dict[str, float]:
+        end = sum(consumer.get_watermark_offsets(tp, timeout=5)[1] for tp in partitions)
         out: dict[str, float] = {}
-        for m in values:
-            name = m["id"].rsplit(".", 1)[-1]
-            with contextlib.suppress(TypeError, ValueError):
-                value = float(m["value"])
-                if name == "currentEmitEventTimeLag":  # the worst subtask's
-                    out[name] = max(out.get(name, value), value)
-                else:  # records: they add up over subtasks and partitions
-                    out[name] = out.get(name, 0.0) + value
-        if "currentOffset" in out:  # the offset of the last record emitted, per partition
-            out["offset_lag_records"] = max(0.0, end - out["currentOffset"] - len(partitions))
+        offsets: list[float] = []
+        for name, value in prometheus_lines(settings, job_id):
+            metric = name.split("{", 1)[0]
+            if metric.endswith("currentEmitEventTimeLag"):
+                out["currentEmitEventTimeLag"] = max(out.get("currentEmitEventTimeLag", value),
+                                                     value)  # fmt: skip
+            elif metric.endswith("pendingRecords"):
+                out["pendingRecords"] = out.get("pendingRecords", 0.0) + value
+            elif metric.endswith("currentOffset") and (topic in name or topic_label in name):
+                offsets.append(value)
+        if len(offsets) == len(partitions):  # the offset of the last record emitted
+            out["offset_lag_records"] = max(0.0, end - sum(offsets) - len(partitions))
+        if "currentEmitEventTimeLag" not in out:
+            out.update(from_rest())
+            out["from_rest"] = 1.0
         return out
 
     return sample
@@ -613,11 +639,11 @@ class ResultConsumer(threading.Thread):
 
     RECEIVE_TIME = re.compile(rb'"receive_time_ns":(\d+)')
 
-    def __init__(self, settings: Settings, topic: str) -> None:
+    def __init__(self, settings: Settings, topic: str, group: str) -> None:
         super().__init__(name="result-consumer", daemon=True)
         self.consumer = Consumer({
             "bootstrap.servers": settings.kafka.bootstrap,
-            "group.id": f"tickflow-bench-offered-{uuid.uuid4().hex[:8]}",
+            "group.id": group,
             "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
@@ -699,6 +725,49 @@ def retried(call: Callable[[], T], attempts: int = 4, pause_s: float = 2.0) -> T
     raise AssertionError("unreachable")
 
 
+def cleanup(
+    settings: Settings, job_id: str | None, topics: list[str], groups: list[str]
+) -> list[str]:
+    """Cancel the job; drop its ClickHouse database, Redis keys, topics and consumer groups.
+    Each step on its own (one that fails or times out does not skip the others); what
+    failed, for the results."""
+    def cancel() -> None:
+        if job_id is not None:
+            flink.cancel_job(settings, job_id)
+
+    def drop_database() -> None:
+        client = connect(settings.clickhouse)
+        try:
+            client.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+        finally:
+            client.disconnect()
+
+    def redis_keys() -> None:
+        cfg = settings.redis
+        r = redis.Redis(host=cfg.host, port=cfg.port, db=cfg.db)
+        for key in r.scan_iter(f"{cfg.key_prefix}:*", count=1000):
+            r.delete(key)
+
+    kafka = settings.kafka
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("cancel the job", cancel),
+        ("drop the ClickHouse database", drop_database),
+        ("delete the Redis keys", redis_keys),
+        ("delete the topics and groups", lambda: delete_kafka(
+            settings, [*topics, kafka.deadletter_topic, kafka.control_topic],
+            [settings.flink.consumer_group, *groups],
+        )),
+    ]  # fmt: skip
+    failed = []
+    for name, step in steps:
+        try:
+            retried(step, attempts=2)
+        except Exception as exc:
+            failed.append(f"{name}: {exc!r}")
+            print(f"  cleanup: could not {name}: {exc!r}", flush=True)
+    return failed
+
+
 def sleep_until(wall_time: float, check: Callable[[], None]) -> None:
     """Sleep until ``wall_time``, calling ``check`` every few seconds (raises to abort)."""
     while (left := wall_time - time.time()) > 0:
@@ -721,6 +790,7 @@ def offered_run(
     result: dict[str, Any] = {"offered_frames_per_s": rate, "warmup_s": args.warmup,
                               "window_s": args.seconds}  # fmt: skip
     job_id: str | None = None
+    results_group = f"tickflow-bench-offered-{tag}"
     producer: ProducerProcess | None = None
     threads: list[Any] = []
     with environment(overrides) as settings:
@@ -732,7 +802,7 @@ def offered_run(
             result["job_id"] = job_id
             result["checkpoint_interval_ms"] = settings.flink.checkpoint_interval_ms
             sampler = RedisSampler(settings)
-            results_reader = ResultConsumer(settings, settings.kafka.nbbo_topic)
+            results_reader = ResultConsumer(settings, settings.kafka.nbbo_topic, results_group)
             lag = Poller("lag-poller", source_metrics(settings, job_id, raw_topic))
             ages = Poller("clickhouse-poller", *clickhouse_ages(settings))
             threads = [sampler, results_reader, lag, ages]
@@ -773,8 +843,10 @@ def offered_run(
                 thread.join(timeout=10)
             if producer is not None:
                 producer.stop()
-            cleanup_run(settings, job_id)
-            delete_kafka(settings, [raw_topic, *settings.kafka.result_topics().values()], [])
+            result["cleanup_failed"] = cleanup(
+                settings, job_id, [raw_topic, *settings.kafka.result_topics().values()],
+                [results_group],
+            )
     window_s = window_end - window_start
     wall0 = float(produced["wall_start"])
     progress = [(wall0 + t, c) for t, c in produced["progress"]]
@@ -788,6 +860,7 @@ def offered_run(
     pending = [p for p in pending if p is not None]
     emit_lag = [m["currentEmitEventTimeLag"] / 1000 for m in lag_samples
                 if "currentEmitEventTimeLag" in m]  # fmt: skip
+    emit_lag_from_rest = sum(1 for m in lag_samples if "from_rest" in m)
     pending_source = (
         "pendingRecords" if any("pendingRecords" in m for m in lag_samples)
         else "log-end offsets - source currentOffset"
@@ -825,6 +898,7 @@ def offered_run(
             "pending_seconds_at_offered_rate": lag_summary([p / rate for p in pending]),
             "pending_records_from": pending_source,
             "emit_event_time_lag_s": lag_summary(emit_lag),
+            "emit_lag_samples_from_rest": emit_lag_from_rest,
             "samples": len(lag_samples),
         },
         "clickhouse_visibility_ms": {
