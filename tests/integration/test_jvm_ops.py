@@ -1,6 +1,7 @@
 """The JVM operators of ``jobs/jvm`` in a local MiniCluster job in thread mode: bundles reach a
 Python KeyedProcessFunction as ``bytes`` keyed by NBBO group, and its sink blobs split into
-Kafka records. Needs Maven and a JDK (the operators' jar is built on demand), not the stack.
+Kafka records. Needs Maven and a JDK (the operators' jar is built on demand); only the
+ClickHouse sink's test needs the stack (its ClickHouse).
 Pins the private PyFlink API ``jobs.jvm_ops.bundle_frames`` relies on (KeyedStream's
 constructor, ``_j_data_stream``)."""
 
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +25,7 @@ from schemas.bundles import NO_TIMESTAMP
 from schemas.codec import RawEnvelope, encode_envelope
 from stack.flink import venv_python, worker_pythonpath
 from stack.jars import flink_connector_jars
-from tickflow.config import load_settings
+from tickflow.config import Settings, load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -183,21 +183,13 @@ def test_topic_records_skip_other_outputs() -> None:
         assert list(results) == ['{"a": 1}', '{"b": "€"}', '{"c": 3}']
 
 
-def clickhouse_answers() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 8123), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not clickhouse_answers(), reason="no ClickHouse on 127.0.0.1:8123")
-def test_clickhouse_sink_inserts_rowbinary() -> None:
+def test_clickhouse_sink_inserts_rowbinary(stack_settings: Settings) -> None:
+    """Through the stack's ClickHouse (the session fixture starts it when it is down)."""
     import uuid
 
     from clickhouse_driver import Client
 
-    config = load_settings().clickhouse
+    config = stack_settings.clickhouse
     client = Client(host=config.host, port=config.port, user=config.user, password=config.password)
     # a scratch table; in "default" when the server is not the stack's (no tickflow database)
     known = "SELECT count() FROM system.databases WHERE name = %(name)s"
