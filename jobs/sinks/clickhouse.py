@@ -14,8 +14,10 @@ from the row's own time in UTC. ``jobs/sinks/queries.py`` has the queries that r
 from __future__ import annotations
 
 import base64
+import re
+import struct
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
@@ -646,3 +648,75 @@ class RowBinaryWriter:
 
     def close(self) -> None:
         self.connection.close()
+
+
+def column_types(table: str) -> dict[str, str]:
+    """Each column of ``table`` and its ClickHouse type, from its DDL."""
+    types = {}
+    for line in TABLES[table].splitlines():
+        match = _COLUMN.match(line)
+        if match:
+            types[match["name"]] = match["type"]
+    return types
+
+
+_COLUMN = re.compile(r"^    (?P<name>\w+) (?P<type>.+?),?$")
+_ENUM_VALUE = re.compile(r"'([^']*)' = (-?\d+)")
+_DECIMAL_SCALE = Decimal(10) ** -18  # Decimal(38, 18)
+_FIXED = {"UInt8": "<B", "UInt16": "<H", "UInt32": "<I", "UInt64": "<Q", "Float64": "<d"}
+
+
+def decode_rows(table: str, data: bytes) -> list[dict[str, Any]]:
+    """RowBinary rows of ``table`` (in ``COLUMNS`` order, as the compiled core encodes them)
+    back into values: what the job would insert, for the offline driver and tests. Decimals
+    come back at the column's scale (18 places)."""
+    types = column_types(table)
+    columns = [(name, types[name]) for name in COLUMNS[table]]
+    rows, pos = [], 0
+    while pos < len(data):
+        row = {}
+        for name, kind in columns:
+            row[name], pos = _read_value(kind, data, pos)
+        rows.append(row)
+    return rows
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _read_value(kind: str, data: bytes, pos: int) -> tuple[Any, int]:
+    if kind in _FIXED:
+        fmt = _FIXED[kind]
+        return struct.unpack_from(fmt, data, pos)[0], pos + struct.calcsize(fmt)
+    if kind == DECIMAL:
+        raw = int.from_bytes(data[pos : pos + 16], "little", signed=True)
+        return Decimal(raw).scaleb(-18).quantize(_DECIMAL_SCALE), pos + 16
+    if kind == "String":
+        size, pos = _read_varint(data, pos)
+        return data[pos : pos + size].decode(), pos + size
+    if kind == "Date":
+        days = struct.unpack_from("<H", data, pos)[0]
+        return date(1970, 1, 1) + timedelta(days=days), pos + 2
+    if kind.startswith("Enum8("):
+        names = {int(v): n for n, v in _ENUM_VALUE.findall(kind)}
+        return names[struct.unpack_from("<b", data, pos)[0]], pos + 1
+    if kind.startswith("Nullable("):
+        if data[pos]:
+            return None, pos + 1
+        return _read_value(kind[len("Nullable(") : -1], data, pos + 1)
+    if kind.startswith("Array("):
+        size, pos = _read_varint(data, pos)
+        items = []
+        for _ in range(size):
+            item, pos = _read_value(kind[len("Array(") : -1], data, pos)
+            items.append(item)
+        return items, pos
+    raise ValueError(f"no RowBinary reader for {kind}")
