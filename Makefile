@@ -96,9 +96,7 @@ bench: venv ## every benchmark, then bench/results/summary.json (targets vs meas
 	$(BIN)/python -m bench.kafka_ceiling $(CEILING_ARGS)
 	$(BIN)/python -m bench.clickhouse_queries $(CLICKHOUSE_ARGS)
 	$(BIN)/python -m bench.book_pipeline $(BENCH_ARGS)
-	$(BIN)/python -m bench.keying $(KEYING_ARGS)
 	$(BIN)/python -m bench.backfill $(BACKFILL_ARGS)
-	$(BIN)/python -m bench.hot_path --baseline $${HOT_PATH_BASELINE:-d60da66} $(HOT_PATH_ARGS)
 	$(BIN)/python -m bench.summary
 
 .PHONY: bench

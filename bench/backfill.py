@@ -42,7 +42,7 @@ from jobs.sinks.clickhouse import connect
 from stack import flink, manager
 from stack.supervisor import SUPERVISED, pipeline_submitter
 from stack.topics import ensure_topics, pipeline_topics
-from tickflow.config import BATCH_ENGINES, Settings, load_settings
+from tickflow.config import Settings, load_settings
 
 DAY_MESSAGES = 50_000_000
 RUN_TIMEOUT_S = 3600.0
@@ -62,14 +62,10 @@ def flink_backfill(settings: Settings, day: Any, to_ms: int) -> tuple[float, Set
         return detail["duration"] / 1000.0, bf
 
 
-def batch_backfill(
-    settings: Settings, day: Any, to_ms: int | None = None, engine: str | None = None
-) -> dict[str, Any]:
+def batch_backfill(settings: Settings, day: Any, to_ms: int | None = None) -> dict[str, Any]:
     env = backfill_overrides(settings, day, 0)
     if to_ms is not None:
         env["TICKFLOW__REPLAY__TO_MS"] = str(to_ms)
-    if engine is not None:
-        env["TICKFLOW__REPLAY__BATCH_ENGINE"] = engine
     with patched_environ(env):
         bf = load_settings()
         return run_backfill(bf, bf.replay.from_ms, bf.replay.to_ms, log=lambda _: None)
@@ -77,24 +73,6 @@ def batch_backfill(
 
 def drop_database(settings: Settings) -> None:
     connect(settings.clickhouse).execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
-
-
-def compare_engines(settings: Settings, day: Any) -> dict[str, Any]:
-    """The batch backfill by each engine (python, then native) over the same records into the
-    same (emptied) database: their reports and, per table, the rows that differ."""
-    reports: dict[str, dict[str, Any]] = {}
-    rows: dict[str, dict[str, Counter[Any]]] = {}
-    for engine in BATCH_ENGINES:
-        drop_database(settings)
-        reports[engine] = batch_backfill(settings, day, engine=engine)
-        rows[engine] = clickhouse_rows(settings)
-    diff = differing(rows["python"], rows["native"])
-    return {
-        "reports": reports,
-        "rows": {e: sum(sum(c.values()) for c in r.values()) for e, r in rows.items()},
-        "rows_differing": diff,
-        "equal": not any(diff.values()),
-    }
 
 
 def differing(a: dict[str, Counter[Any]], b: dict[str, Counter[Any]]) -> dict[str, int]:

@@ -62,6 +62,8 @@ RATE_MARGIN = 1.03  # steps per second set for this many times the messages aske
 PROGRESS_EVERY_FRAMES = 2_000_000
 FLUSH_TIMEOUT_S = 300.0
 DAY_MS = 86_400_000
+# the batch engine that ran, as the results name it (earlier results compare by it)
+ENGINE = "native"
 
 
 def default_day() -> date:
@@ -313,13 +315,13 @@ def run_day(day: date, runs: int, workers: int) -> dict[str, Any]:
     minutes = min(r["seconds"] for r in reports) / 60
     conditions = {
         "frames": first["frames"], "books": generated["books"], "day": day.isoformat(),
-        "extrapolated": False, "engine": first["engine"], "workers": first["workers"],
+        "extrapolated": False, "engine": ENGINE, "workers": first["workers"],
         "raw_partitions": settings.kafka.raw_partitions,
         "load_avg_1m": os.getloadavg()[0], **machine(),
     }  # fmt: skip
     return {
         "day": day.isoformat(),
-        "engine": first["engine"],
+        "engine": ENGINE,
         "generated": {k: generated[k] for k in ("frames", "books", "seconds", "shares")},
         "runs": reports,
         "minutes": round(minutes, 1),
@@ -346,7 +348,8 @@ def compare_with_reference(report: dict[str, Any], reference: dict[str, Any]) ->
         t for t in ours.keys() | theirs.keys() if identity(ours, t) != identity(theirs, t)
     )
     return {
-        "engine": reference.get("engine", "python"),  # runs before the native engine: python
+        # results before the engine was named came from the Python engine, since deleted
+        "engine": reference.get("engine", "python"),
         "minutes": reference["minutes"],
         "revision": reference.get("revision"),
         "equal": not differing,

@@ -14,7 +14,7 @@ larger --frames lengthens each of the four throughput runs by ~0.6 s per 1000 fr
    the session cluster with unique topics, consumer group, Redis prefix and ClickHouse
    database) consumes them. Timed from every task RUNNING (Flink's subtask timestamps) to the
    last Redis write, detected when every book in Redis holds the final version the job's own
-   pure logic (``InstrumentBooks``, run over the same envelopes here) says it must end at.
+   core (``jobs.offline.CoreRun``, run over the same envelopes here) says it must end at.
    -> raw frames/s and book updates/s (Redis writes). A small unreported run first warms the
    TaskManager (the first job after its restart is slower), so no backend pays for it.
 2. The same for each state backend (``flink.state_backend``: hashmap, rocksdb); each run also
@@ -63,21 +63,23 @@ from connectors.base import Connection, Sink, WsConnector
 from connectors.coinbase import SUBSCRIBED, CoinbaseConnector, subscribe_message
 from connectors.kraken import KrakenConnector
 from connectors.producer import KafkaSink
-from jobs.book.engine import VERSION_EPOCH_FACTOR
-from jobs.book.levels import BookStatus
-from jobs.instrument import BookId, InstrumentBooks
+from jobs.offline import CoreRun
 from jobs.sinks.clickhouse import connect
-from jobs.sinks.redis_books import VERSION_WIDTH, book_key
-from schemas.codec import RawEnvelope
+from jobs.sinks.redis_books import book_key
+from schemas.codec import RawEnvelope, encode_envelope
 from simulator.server import SimulatorServer
 from simulator.testing import pointed_at
 from simulator.venue import OutFrame, Subscription, Venue
 from stack import flink
 from stack.topics import ensure_topics
-from tickflow.config import FLINK_STATE_BACKENDS, LIVE_CORES, Settings, load_settings
+from tickflow.config import FLINK_STATE_BACKENDS, Settings, load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "book_pipeline.json"
 PIPELINE = "jobs/pipeline.py"
+LIVE = "LIVE"  # a book's status in Redis when in sync
+# a book's version: the receive time (ms) of the snapshot that last rebuilt it times this,
+# plus the messages applied since (jobs/native/src/book/engine.rs)
+VERSION_EPOCH_FACTOR = 10**6
 
 # exchange mixes of the throughput runs: name -> exchanges whose books are in the data set
 MIXES: dict[str, tuple[str, ...]] = {
@@ -285,49 +287,47 @@ def generate(settings: Settings, exchanges: tuple[str, ...], frames: int) -> Gen
     )
 
 
+BookId = tuple[str, str]  # (exchange, symbol)
+
+
 @dataclasses.dataclass
 class Expected:
-    """What the job must end with, from its own pure logic over the same envelopes."""
+    """What the job must end with, from its own core over the same envelopes."""
 
     versions: dict[BookId, str]  # final version of each book as Redis stores it (zero-padded)
-    book_writes: int  # Redis writes (book views) the job makes
+    book_writes: int  # book states the core published (Redis writes before conflation)
     trades: int
     snapshots: int  # periodic ClickHouse book snapshots
-    seconds: float  # time the pure logic took here, in one Python process
+    seconds: float  # time the core took here, driven as the job drives it, in one process
 
 
 def expected_outcome(settings: Settings, envelopes: list[RawEnvelope]) -> Expected:
-    cfg = settings.book
     started = time.perf_counter()
-    books: dict[str, InstrumentBooks] = {}
-    versions: dict[BookId, str] = {}
-    writes = trades = snapshots = 0
-    for env in envelopes:
-        inst = books.get(env.instrument)
-        if inst is None:
-            inst = books[env.instrument] = InstrumentBooks(
-                env.instrument,
-                cfg.top_n,
-                cfg.snapshot_interval_ms,
-                cfg.max_levels,
-                cfg.max_buffered_updates,
-            )
-        out = inst.process(env)
-        for view in out.book_views:
-            versions[(view.exchange, view.symbol)] = f"{view.version:0{VERSION_WIDTH}d}"
-        writes += len(out.book_views)
-        trades += len(out.trades)
-        snapshots += len(out.snapshots)
+    run = CoreRun(settings)
+    # the Kafka record time is the receive time (connectors/producer.py)
+    run.feed((encode_envelope(env), env.receive_time_ns // 1_000_000) for env in envelopes)
+    run.finish()
     seconds = time.perf_counter() - started
-    not_live = [
-        book_id
-        for inst in books.values()
-        for book_id, tracked in inst.books.items()
-        if tracked.engine.status is not BookStatus.LIVE
-    ]
+    book_prefix = f"{settings.redis.key_prefix}:book:"
+    versions: dict[BookId, str] = {}
+    not_live = []
+    for key, args in run.redis.items():
+        if key.startswith(book_prefix):
+            exchange, symbol = key.removeprefix(book_prefix).split(":", 1)
+            # the guarded write's ARGV: status second, the zero-padded version last
+            versions[(exchange, symbol)] = args[10]
+            if args[1] != LIVE:
+                not_live.append((exchange, symbol))
     if not_live:
         raise RuntimeError(f"generated data leaves books not LIVE: {not_live}")
-    return Expected(versions, writes, trades, snapshots, seconds)
+    counts = run.core.take_counts()
+    return Expected(
+        versions,
+        counts.get("book_updates", 0),
+        counts.get("trades", 0),
+        run.tables.get("book_snapshots", (b"", 0))[1],
+        seconds,
+    )
 
 
 # -- stack helpers ----------------------------------------------------------------------------
@@ -348,10 +348,9 @@ def environment(overrides: dict[str, str]) -> Iterator[Settings]:
                 os.environ[name] = value
 
 
-def run_overrides(tag: str, raw_topic: str, backend: str, core: str = "native") -> dict[str, str]:
+def run_overrides(tag: str, raw_topic: str, backend: str) -> dict[str, str]:
     """Unique names for one job run (as bench/slice.py does for a slice)."""
     return {
-        "TICKFLOW__FLINK__CORE": core,
         "TICKFLOW__KAFKA__RAW_TOPIC": raw_topic,
         "TICKFLOW__KAFKA__DEADLETTER_TOPIC": f"tickflow.bench.dead.{tag}",
         "TICKFLOW__KAFKA__CONTROL_TOPIC": f"tickflow.bench.control.{tag}",
@@ -589,9 +588,9 @@ def process_cpu_seconds(settings: Settings) -> dict[str, float]:
     return cpu
 
 
-def throughput_run(data: DataSet, backend: str, core: str = "native") -> dict[str, Any]:
+def throughput_run(data: DataSet, backend: str) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
-    overrides = run_overrides(tag, data.topic, backend, core)
+    overrides = run_overrides(tag, data.topic, backend)
     job_id: str | None = None
     expected = data.expected
     with environment(overrides) as settings:
@@ -616,7 +615,7 @@ def throughput_run(data: DataSet, backend: str, core: str = "native") -> dict[st
     return {
         "mix": data.mix,
         "state_backend": backend,
-        "core": core,
+        "core": "native",  # bench/summary.py tells these runs from the earlier Python ones
         "books": len(expected.versions),
         "frames": frames,
         "book_updates": expected.book_writes,
@@ -632,7 +631,7 @@ def throughput_run(data: DataSet, backend: str, core: str = "native") -> dict[st
             for name in cpu_after
         },
         "checkpoints": ckpt,
-        "pure_logic_frames_per_s": round(frames / expected.seconds),
+        "offline_core_frames_per_s": round(frames / expected.seconds),
         # (seconds since the first poll, messages applied to the books so far)
         "progress": progress,
         "other_jobs_running": sorted(sharing),
@@ -685,7 +684,7 @@ class WriteSampler(threading.Thread):
             # <exchange>:<symbol>:<seq>:<status>:<version>
             exchange, rest = message["data"].decode().split(":", 1)
             symbol, _seq, status, _version = rest.rsplit(":", 3)
-            if status == BookStatus.LIVE.value:
+            if status == LIVE:
                 self.messages += 1
                 keys.add(book_key(self.prefix, exchange, symbol))
         pipe = self.client.pipeline(transaction=False)
@@ -695,7 +694,7 @@ class WriteSampler(threading.Thread):
         for key, (version, status, received, published) in zip(
             ordered, pipe.execute(), strict=True
         ):
-            if status == BookStatus.LIVE.value.encode() and received and published:
+            if status == LIVE.encode() and received and published:
                 sample = (int(published), int(published) - int(received))
                 self.samples.setdefault((key, version), sample)
 
@@ -775,7 +774,7 @@ def wait_all_live(r: redis.Redis, keys: list[str], since_ns: int, timeout_s: flo
         for key in keys:
             pipe.hmget(key, ["status", "publish_time_ns"])
         rows = pipe.execute()
-        if all(s == BookStatus.LIVE.value.encode() and p and int(p) > since_ns for s, p in rows):
+        if all(s == LIVE.encode() and p and int(p) > since_ns for s, p in rows):
             return
         time.sleep(0.25)
     raise RuntimeError(f"not every book LIVE within {timeout_s:.0f} s of starting the feed")
@@ -878,7 +877,7 @@ def latency_runs(
 def print_throughput(run: dict[str, Any]) -> None:
     ckpt = run["checkpoints"]
     print(
-        f"  {run['mix']:>8} {run['state_backend']:>8} {run['core']:>6}: {run['frames']} frames "
+        f"  {run['mix']:>8} {run['state_backend']:>8}: {run['frames']} frames "
         f"({run['book_updates']} book updates, {run['books']} books) in "
         f"{run['seconds_running_to_last_write']:.1f} s -> {run['frames_per_s']} frames/s, "
         f"{run['book_updates_per_s']} book updates/s; checkpoints completed {ckpt['completed']} "
@@ -916,12 +915,6 @@ def main(argv: list[str] | None = None) -> int:
         "--backends", type=csv_list, default=list(FLINK_STATE_BACKENDS), help="hashmap,rocksdb"
     )
     parser.add_argument(
-        "--cores",
-        type=csv_list,
-        default=["native"],
-        help="the job's core per throughput run, interleaved: native,python",
-    )
-    parser.add_argument(
         "--rates",
         type=csv_list,
         default=["500", "1000", "2000", "5000"],
@@ -935,7 +928,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(raw_args)
     unknown = [m for m in args.mixes if m not in MIXES]
     unknown += [b for b in args.backends if b not in FLINK_STATE_BACKENDS]
-    unknown += [c for c in args.cores if c not in LIVE_CORES]
     if unknown:
         parser.error(f"unknown mix or backend: {unknown}")
     rates = [] if args.rates == ["none"] else [float(r) for r in args.rates]
@@ -973,8 +965,8 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         try:
-            for backend, core in [(b, c) for b in args.backends for c in args.cores]:
-                run = throughput_run(data, backend, core)
+            for backend in args.backends:
+                run = throughput_run(data, backend)
                 run["generated"] = {
                     "steps": gen.steps,
                     "per_exchange": Counter(e.exchange for e in gen.envelopes),
@@ -989,13 +981,6 @@ def main(argv: list[str] | None = None) -> int:
         b: [r["frames_per_s"] for r in result["throughput"] if r["state_backend"] == b]
         for b in args.backends
     }
-    by_core = {
-        c: [r["frames_per_s"] for r in result["throughput"] if r["core"] == c] for c in args.cores
-    }
-    if len(by_core) > 1 and all(by_core.values()):
-        mean = {c: sum(v) / len(v) for c, v in by_core.items()}
-        result["frames_per_s_by_core"] = mean
-        print(f"mean frames/s by core: {mean}")
     if all(by_backend.values()) and len(by_backend) > 1:
         mean = {b: sum(v) / len(v) for b, v in by_backend.items()}
         result["faster_state_backend"] = max(mean, key=lambda b: mean[b])

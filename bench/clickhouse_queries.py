@@ -57,9 +57,8 @@ from clickhouse_driver import Client
 from clickhouse_driver.errors import Error as ClickHouseError
 
 from bench.stats import machine, median, target_entry, write_results
-from jobs.bars import ALL
 from jobs.sinks.clickhouse import COLUMNS, connect, ensure_schema
-from jobs.sinks.queries import DAILY_QUERIES
+from jobs.sinks.queries import ALL_VENUES, DAILY_QUERIES
 from tickflow.config import ClickHouseConfig, load_settings
 
 NAME = "clickhouse_queries"
@@ -110,9 +109,10 @@ def queries(exchange_symbol: str) -> list[Query]:
     day_params = {"from_date": DAY, "to_date": DAY}
     out = [
         Query("bars_1s_day", "bars",
-              {"instrument": QUERIED, "venue": ALL, "interval_ms": 1000, "date": DAY}, True),
+              {"instrument": QUERIED, "venue": ALL_VENUES, "interval_ms": 1000, "date": DAY}, True),
         Query("bars_1m_day", "bars",
-              {"instrument": QUERIED, "venue": ALL, "interval_ms": 60000, "date": DAY}, True),
+              {"instrument": QUERIED, "venue": ALL_VENUES, "interval_ms": 60000, "date": DAY},
+              True),
         Query("nbbo_history_day", "nbbo_history",
               {"instrument": QUERIED, "from_ms": T0_MS, "to_ms": T0_MS + DAY_MS}, True),
         Query("nbbo_history_hour", "nbbo_history",
@@ -275,7 +275,7 @@ def bar_columns(rng: np.random.Generator, inst: Instrument, mid: np.ndarray) -> 
         starts = T0_MS + np.arange(windows, dtype=np.int64) * interval
         per_s = max(1, interval // 1000)
         m = mid[::per_s][:windows]
-        for venue, share in (*zip(EXCHANGES, EXCHANGE_SHARE, strict=True), (ALL, 1.0)):
+        for venue, share in (*zip(EXCHANGES, EXCHANGE_SHARE, strict=True), (ALL_VENUES, 1.0)):
             rate = inst.trades * share / (DAY_MS / interval)
             count = rng.poisson(rate, windows)
             traded = count > 0

@@ -1,11 +1,10 @@
-"""Serialization benchmark: per-message cost of the raw envelope and of parsing its payload.
+"""Serialization benchmark: per-message cost of the raw envelope and of the job taking it.
 
     python -m bench.serialization [--messages 20000] [--repeats 3]
 
 Input: N raw envelopes of all three exchanges generated offline by
 ``bench.book_pipeline.generate`` (the simulator's venues wrapped by the connectors' own code:
-the real mix of depth, trade and snapshot frames), plus the recorded frames in
-tests/fixtures/<exchange>/ (the exchanges' documented examples).
+the real mix of depth, trade and snapshot frames).
 
 Timed per message (``perf_counter_ns`` around each call; the timer's own cost is reported):
 
@@ -14,14 +13,17 @@ Timed per message (``perf_counter_ns`` around each call; the timer's own cost is
    ``orjson`` (payload as base64: JSON has no bytes), ``msgspec`` JSON (typed struct, bytes as
    base64) and ``msgspec`` MessagePack (typed struct, bytes native); and the job's key
    selector, ``schemas.codec.envelope_instrument`` (the instrument without decoding);
-2. the payload: ``jobs.parse.parse_envelope`` (the job's msgspec parsers, exact decimals) on
-   each recorded frame and on the generated mix per exchange/channel, next to an untyped
-   ``json.loads`` / ``orjson.loads`` of the same bytes for scale;
-3. the whole serialization path a message pays: encode (connector) + decode + parse (job),
-   over the generated mix: the figure for the "serialization < 100 us/message" target.
+2. the job taking it: the compiled core (``jobs/native``, configured as the job is) given the
+   encoded envelope in a one-frame bundle (envelope decode, payload parse with exact decimals,
+   the book and the analytics it feeds), over the generated mix in stream order, per
+   exchange/channel, next to an untyped ``orjson.loads`` of the payload for scale;
+3. the whole path a message pays: encode (connector) + the core taking it, over the generated
+   mix: the figure for the "serialization < 100 us/message" target (an upper bound: the core's
+   figure includes the book work, not only decoding and parsing).
 
-Each case is run ``--repeats`` times over all messages after one unreported pass; P50 / P99 /
-P99.9 are over every timed call. Results: bench/results/serialization.json.
+The envelope cases are run ``--repeats`` times over all messages after one unreported pass;
+the core's once, in stream order, on a core that has seen nothing before (a frame applies
+once). P50 / P99 / P99.9 are over every timed call. Results: bench/results/serialization.json.
 """
 
 from __future__ import annotations
@@ -50,27 +52,15 @@ from bench.stats import (
     timer_overhead_ns,
     write_results,
 )
-from jobs.parse import parse_envelope
+from jobs.operators import native_stream
+from schemas.bundles import frame_bundle
 from schemas.codec import RawEnvelope, decode_envelope, encode_envelope, envelope_instrument
 from tickflow.config import Settings, load_settings
+from tickflow.instruments import nbbo_group
 
 NAME = "serialization"
-FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 DEFAULT_MESSAGES = 20_000
 DEFAULT_REPEATS = 3
-RECEIVE_TIME_NS = 1_795_996_800_000_000_000  # any fixed time: the parsers only copy it
-# recorded frames: (exchange, channel, symbol the frame is about, fixture file)
-FIXTURE_FRAMES: tuple[tuple[str, str, str, str], ...] = (
-    ("binance", "depth", "BNBBTC", "combined_depth_update.json"),
-    ("binance", "trade", "BNBBTC", "combined_trade.json"),
-    ("binance", "snapshot", "BNBBTC", "doc_depth_snapshot.json"),
-    ("coinbase", "depth", "BTC-USD", "doc_l2_update.json"),
-    ("coinbase", "depth", "BTC-USD", "doc_l2_snapshot.json"),
-    ("coinbase", "trade", "ETH-USD", "doc_market_trades.json"),
-    ("kraken", "depth", "MATIC/USD", "doc_book_update.json"),
-    ("kraken", "depth", "BTC/USD", "doc_book_snapshot.json"),
-    ("kraken", "trade", "MATIC/USD", "doc_trade.json"),
-)
 TARGET_US = 100.0  # issue 7: serialization < 100 us per message
 
 
@@ -167,11 +157,15 @@ CODECS: tuple[Codec, ...] = (
 # -- timing -------------------------------------------------------------------------------------
 
 
-def time_calls(fn: Callable[[Any], object], items: Sequence[Any], repeats: int) -> list[float]:
-    """Wall time of ``fn(item)`` for every item, ``repeats`` times (after one untimed pass),
-    in microseconds. The garbage collector is paused while timing (run between passes)."""
-    for item in items:
-        fn(item)
+def time_calls(
+    fn: Callable[[Any], object], items: Sequence[Any], repeats: int, warmup: bool = True
+) -> list[float]:
+    """Wall time of ``fn(item)`` for every item, ``repeats`` times (after one untimed pass
+    unless ``warmup`` is off), in microseconds. The garbage collector is paused while timing
+    (run between passes)."""
+    if warmup:
+        for item in items:
+            fn(item)
     clock = time.perf_counter_ns
     out: list[float] = []
     for _ in range(repeats):
@@ -198,23 +192,24 @@ def roundtrip(codec: Codec) -> Callable[[RawEnvelope], RawEnvelope]:
     return run
 
 
-def pipeline_path(env: RawEnvelope) -> object:
-    """What one message costs from connector to job: encode, decode, parse."""
-    return parse_envelope(decode_envelope(encode_envelope(env)))
+class JobCore:
+    """The compiled core as the job runs it, given one encoded envelope per call."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.core = native_stream(settings.book, settings.analytics, settings.redis.key_prefix)
+        self.equivalents = settings.analytics.quote_equivalents
+
+    def take(self, value: bytes) -> None:
+        key = nbbo_group(envelope_instrument(value), self.equivalents)
+        self.core.process_bundle(key, frame_bundle([(value, 0)]), 0, 0)
+        self.core.take_blob()
+        self.core.take_redis(0)
 
 
-def fixture_envelopes() -> list[tuple[str, RawEnvelope]]:
-    out = []
-    for exchange, channel, symbol, name in FIXTURE_FRAMES:
-        payload = (FIXTURES / exchange / name).read_bytes().strip()
-        env = RawEnvelope(
-            instrument="FIXTURE", exchange=exchange, symbol=symbol, channel=channel,
-            receive_time_ns=RECEIVE_TIME_NS, connection_id="fixture", connection_seq=0,
-            payload=payload,
-        )
-        parse_envelope(env)  # a fixture the parsers refuse is a bug here, not a figure
-        out.append((f"{exchange}/{name}", env))
-    return out
+def pipeline_path(settings: Settings, envelopes: list[RawEnvelope]) -> list[float]:
+    """Microseconds per message from connector to job: encode, then the core taking it."""
+    core = JobCore(settings)
+    return time_calls(lambda env: core.take(encode_envelope(env)), envelopes, 1, warmup=False)
 
 
 def generated_envelopes(settings: Settings, messages: int) -> tuple[list[RawEnvelope], float]:
@@ -256,7 +251,6 @@ def run(messages: int, repeats: int, command: str) -> dict[str, Any]:
             "machine": machine(),
         },
         "envelope": {},
-        "payload_fixtures": {},
         "payload_generated": {},
     }
 
@@ -281,33 +275,25 @@ def run(messages: int, repeats: int, command: str) -> dict[str, Any]:
     result["envelope"]["instrument_key_read"] = key
     print(f"  {'instrument_key_read':>20}: {fmt_summary(key['us'], 'us')}")
 
-    print("payload parse, recorded frames (jobs.parse.parse_envelope; json/orjson for scale):")
-    for name, env in fixture_envelopes():
-        payloads = [env.payload]
-        entry = case(
-            time_calls(parse_envelope, [env] * 2000, repeats),
-            bytes=len(env.payload),
-            json_loads=summarize(time_calls(json.loads, payloads * 2000, 1), 3),
-            orjson_loads=summarize(time_calls(orjson.loads, payloads * 2000, 1), 3),
-        )
-        result["payload_fixtures"][name] = entry
-        print(f"  {name:>42} ({len(env.payload)} B): {fmt_summary(entry['us'], 'us')}")
-
-    print("payload parse, generated mix:")
+    print("the job taking it: the compiled core, one-frame bundles, in stream order:")
+    core = JobCore(settings)
+    taken = {id(e): us for e, us in zip(
+        envelopes, time_calls(core.take, encoded, 1, warmup=False), strict=True
+    )}  # fmt: skip
     for kind, envs in sorted(by_kind.items()):
         entry = case(
-            time_calls(parse_envelope, envs, repeats),
+            [taken[id(e)] for e in envs],
             orjson_loads=summarize(time_calls(orjson.loads, [e.payload for e in envs], 1), 3),
         )
         result["payload_generated"][kind] = entry
         print(f"  {kind:>20}: {fmt_summary(entry['us'], 'us')}")
 
-    path = time_calls(pipeline_path, envelopes, repeats)
+    path = pipeline_path(settings, envelopes)
     result["pipeline_path"] = case(
-        path, note="encode_envelope + decode_envelope + parse_envelope per generated message"
+        path, note="encode_envelope + the compiled core taking the message, per generated message"
     )
     result["histograms"] = {
-        "pipeline path (encode+decode+parse), us": histogram(path),
+        "pipeline path (encode + core), us": histogram(path),
         "fastavro envelope encode+decode, us": histogram(
             time_calls(roundtrip(CODECS[0]), envelopes, 1)
         ),
@@ -318,7 +304,8 @@ def run(messages: int, repeats: int, command: str) -> dict[str, Any]:
         "serialization_per_message": target_entry(
             p99,
             "us",
-            what="P99 of encode + decode (fastavro schemaless) + parse per message",
+            what="P99 of encode (fastavro schemaless) + the compiled core taking the message "
+            "(decode, parse, book) per message",
             messages=len(envelopes),
             mix=result["conditions"]["per_kind"],
             p50_us=result["pipeline_path"]["us"]["p50"],

@@ -9,7 +9,8 @@ Counts (printed, and written to bench/results/soak.json):
 - lost: sent frames missing from Kafka; duplicated: frames in Kafka more often than sent;
 - gaps_injected: faults that break a book's continuity (drop, reorder, malformed on a book
   channel); gaps_flagged: those whose book the sync engines (the job's own pure logic, run
-  over the Kafka topic) flagged for a resync afterwards.
+  over the Kafka topic: the compiled core, as ``jobs.offline.CoreRun`` drives it) flagged for a
+  resync afterwards.
 The simulator runs in-process (its send log is read directly); the connectors run in-process
 with real Kafka producers. Needs Kafka: `tickflow stack up kafka`.
 """
@@ -33,9 +34,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from connectors.__main__ import CONNECTORS
 from connectors.producer import KafkaSink
-from jobs.instrument import InstrumentBooks
-from jobs.parse.events import ParseError
-from schemas.codec import RawEnvelope, decode_envelope
+from jobs.offline import CoreRun
+from schemas.codec import RawEnvelope, decode_envelope, encode_envelope
 from simulator.faults import FrameAction
 from simulator.server import SimulatorServer
 from simulator.testing import pointed_at, wait_until
@@ -174,27 +174,14 @@ def sent_frames(sim: SimulatorServer) -> Counter[bytes]:
 def flagged_books(
     envelopes: list[RawEnvelope], settings: Settings
 ) -> dict[tuple[str, str], list[float]]:
-    """Run the job's pure sync logic over the topic: the times (s) each book was flagged."""
-    books: dict[str, InstrumentBooks] = {}
+    """Run the job's core over the topic: the times (s) each book was flagged for a resync (a
+    malformed frame is dead-lettered; the next frame of its book shows the gap)."""
+    run = CoreRun(settings, bundle_frames=1)  # one frame a bundle: a request has its own time
+    run.feed((encode_envelope(env), env.receive_time_ns // 1_000_000) for env in envelopes)
     flags: dict[tuple[str, str], list[float]] = defaultdict(list)
-    cfg = settings.book
-    for env in envelopes:
-        inst = books.setdefault(
-            env.instrument,
-            InstrumentBooks(
-                env.instrument,
-                cfg.top_n,
-                cfg.snapshot_interval_ms,
-                cfg.max_levels,
-                cfg.max_buffered_updates,
-            ),
-        )
-        try:
-            out = inst.process(env)
-        except ParseError:
-            continue  # a malformed frame: dead-lettered by the job; the next frame shows the gap
-        for book_id, _reason in out.resyncs:
-            flags[book_id].append(env.receive_time_ns / 1e9)
+    for record in run.records.get("control", []):
+        request = json.loads(record)
+        flags[(request["exchange"], request["symbol"])].append(request["requested_at_ms"] / 1e3)
     return flags
 
 

@@ -16,7 +16,7 @@ results file and how to read the figure from it:
 
 A target no results file answers is reported with ``measured`` null, ``met`` false and a note
 naming the command that would measure it. Context figures that are not targets (the Kafka
-consume ceiling, the keying comparison) are listed under ``context``.
+consume ceiling) are listed under ``context``.
 """
 
 from __future__ import annotations
@@ -155,26 +155,6 @@ def pipeline_lag_at_peak(data: dict[str, Any]) -> Measurement | None:
     )
 
 
-def keying_throughput(data: dict[str, Any]) -> Measurement | None:
-    """keying.json: the instrument-keyed graph's median frames/s on a MiniCluster."""
-    inst = (data.get("summary") or {}).get("instrument") or {}
-    if inst.get("median_frames_per_s") is None:
-        return None
-    return (
-        float(inst["median_frames_per_s"]),
-        "msg/s",
-        {
-            "what": "the job's operator graph (keyed by instrument) on an in-process MiniCluster, "
-            "no Kafka/Redis/ClickHouse (bench.keying)",
-            "pure_python_frames_per_s": inst.get("pure_python_frames_per_s"),
-            "flink_overhead_us_per_frame": inst.get("flink_overhead_us_per_frame"),
-            "instrument_over_book_throughput": (data.get("summary") or {}).get(
-                "instrument_over_book_throughput"
-            ),
-        },
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class Source:
     file: str  # under bench/results/
@@ -217,16 +197,17 @@ TARGETS: tuple[Target, ...] = (
         "higher",
         (
             _src("throughput.json", "sustained_throughput", "python -m bench.throughput"),
-            # the job's cores side by side in one run (--cores native,python)
+            # the compiled core's longest preloaded run (its file also keeps the Python
+            # operators' run of the same data, measured before they were deleted)
             Source(
                 "book_pipeline_cores.json",
                 pipeline_throughput,
-                "python -m bench.book_pipeline --cores native,python --rates none "
-                "--out bench/results/book_pipeline_cores.json",
+                "python -m bench.book_pipeline --frames 200000 --mixes all --backends hashmap "
+                "--rates none --out bench/results/book_pipeline_cores.json",
             ),
             Source("book_pipeline.json", pipeline_throughput, "python -m bench.book_pipeline"),
         ),
-        context=("kafka_consume_ceiling", "flink_graph_frames_per_s"),
+        context=("kafka_consume_ceiling",),
     ),
     Target(
         "e2e_latency_p99",
@@ -320,10 +301,6 @@ CONTEXT: tuple[tuple[str, Source], ...] = (
     (
         "kafka_consume_ceiling",
         _src("kafka_ceiling.json", "kafka_consume_ceiling", "python -m bench.kafka_ceiling"),
-    ),
-    (
-        "flink_graph_frames_per_s",
-        Source("keying.json", keying_throughput, "python -m bench.keying"),
     ),
 )
 

@@ -11,15 +11,16 @@ pauses the simulator and checks:
   levels equal the simulator's true book, exact decimals (waiting up to --settle-timeout for
   the pipeline to drain);
 - backwards_versions: no book version on the Redis book-updates channel ever went backwards;
-- Kraken checksums: the job exports no counters, so the run's raw Kafka topic is replayed
-  through the job's own pure logic (jobs.instrument.InstrumentBooks, the code the Flink
-  operator calls per frame, deterministic in its input) with the Kraken engine's checksum
-  check counted. A mismatch on a frame whose checksum is the local one xor 1 is an injected
-  checksum fault (that is how the simulator corrupts it); one on a Kraken book after a drop or
-  reorder injected on it is explained by that fault (one mismatch per fault); any other is
-  unexpected. replay_books_equal_redis checks that the replay ends where the job did;
+- Kraken checksums: the run's raw Kafka topic is replayed through the job's own core
+  (``jobs.offline.CoreRun``: the compiled core the Flink operator calls, deterministic in its
+  input), and every checksum mismatch it reports (its resync request names the exchange's
+  checksum and the local one) is classified. A mismatch whose exchange checksum is the local
+  one xor 1 is an injected checksum fault (that is how the simulator corrupts it); one on a
+  Kraken book after a drop or reorder injected on it is explained by that fault (one mismatch
+  per fault); any other is unexpected. replay_books_equal_redis checks that the replay ends
+  where the job did;
 - optionally (--model-updates, default 1,000,000) the simulator's pure Kraken model through
-  jobs/book/kraken.py, the code path of tests/unit/test_kraken_book.py's million-update test.
+  the core, as tests/unit/test_kraken_checksums.py does on fewer updates.
 Then the analytics (bench/analytics_checks.py), after a phase of ``--analytics-seconds`` in
 which every trade frame is held back by up to ``--jitter-ms`` (so trades arrive after later
 book updates and out of order) and a few by more than the 5 s bound:
@@ -42,12 +43,12 @@ import functools
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +71,7 @@ from bench.slice import (
     wait_for,
     with_simulator_overlay,
 )
-from jobs.book.engine import Outcome, SyncedBook
-from jobs.book.kraken import KrakenBook
-from jobs.instrument import BookId, InstrumentBooks
-from jobs.parse.events import BookSnapshot, ParseError
+from jobs.offline import CoreRun
 from jobs.sinks.book_reader import read_book
 from schemas.codec import decode_envelope
 from stack import manager
@@ -197,87 +195,54 @@ def resyncs_seen(updates: BookUpdates) -> dict[str, int]:
     return {ex: seen[ex] for ex in EXCHANGES}
 
 
-# --- Kraken checksums, replayed through the job's logic -------------------------------------
+# --- Kraken checksums, replayed through the job's core -------------------------------------
+
+BookId = tuple[str, str]  # (exchange, symbol)
+# a resync request's reason on a checksum mismatch (jobs/native/src/book/kraken.rs)
+MISMATCH = re.compile(r"checksum mismatch.*exchange (\d+), local (\d+)")
+# the guarded book write's ARGV (jobs/sinks/redis_books.py): seq, status, reason, bids, asks
+SEQ, STATUS, BIDS, ASKS = 0, 1, 3, 4
 
 
 @dataclasses.dataclass
 class ChecksumAudit:
-    """Every Kraken checksum the engine verified, and the mismatches."""
+    """The Kraken book frames the core verified, and the mismatches it reported."""
 
-    frame: tuple[str, float] = ("", 0.0)  # (symbol, receive time s) of the frame in hand
-    checked: int = 0
+    checked: int = 0  # Kraken book frames replayed (each carries its book's checksum)
     snapshots_checked: int = 0
-    # (symbol, receive time s, exchange's checksum, local checksum)
+    # (symbol, request time s, exchange's checksum, local checksum)
     mismatches: list[tuple[str, float, int, int]] = dataclasses.field(default_factory=list)
 
 
-@dataclasses.dataclass
-class AuditedKrakenBook(KrakenBook):
-    """The job's Kraken engine, unchanged, with its checksum verifications counted."""
-
-    audit: ChecksumAudit | None = None
-    _in_snapshot: bool = dataclasses.field(default=False, init=False, repr=False)
-
-    def on_snapshot(self, snap: BookSnapshot) -> Outcome:
-        self._in_snapshot = True
-        try:
-            return super().on_snapshot(snap)
-        finally:
-            self._in_snapshot = False
-
-    def _verify(self, expected: int | None) -> str | None:
-        mismatch = super()._verify(expected)
-        if expected is not None and self.audit is not None:
-            self.audit.checked += 1
-            self.audit.snapshots_checked += self._in_snapshot
-            if mismatch is not None:
-                symbol, at = self.audit.frame
-                self.audit.mismatches.append((symbol, at, expected, self.checksum()))
-        return mismatch
-
-
-class AuditedBooks(InstrumentBooks):
-    def __init__(self, audit: ChecksumAudit, *args: Any) -> None:
-        super().__init__(*args)
-        self.audit = audit
-
-    def _engine(self, exchange: str) -> SyncedBook:
-        if exchange != "kraken":
-            return super()._engine(exchange)
-        return AuditedKrakenBook(
-            max_levels=self.max_levels, max_buffered=self.max_buffered, audit=self.audit
-        )
-
-
 def replay(settings: Settings) -> dict[str, Any]:
-    """The run's raw topic through the job's per-instrument logic."""
-    envelopes = [decode_envelope(v) for _, v in read_topic(settings, settings.kafka.raw_topic)]
+    """The run's raw topic through the job's core, each frame in its own bundle (a resync
+    request then carries its frame's time)."""
+    values = [v for _, v in read_topic(settings, settings.kafka.raw_topic)]
+    envelopes = [decode_envelope(v) for v in values]
+    run = CoreRun(settings, bundle_frames=1)
+    run.feed((v, e.receive_time_ns // 1_000_000) for v, e in zip(values, envelopes, strict=True))
     audit = ChecksumAudit()
-    books: dict[str, AuditedBooks] = {}
-    resyncs: Counter[str] = Counter()
-    parse_errors = 0
-    cfg = settings.book
     for env in envelopes:
-        inst = books.get(env.instrument)
-        if inst is None:
-            inst = books[env.instrument] = AuditedBooks(
-                audit, env.instrument, cfg.top_n, cfg.snapshot_interval_ms, cfg.max_levels,
-                cfg.max_buffered_updates,
-            )  # fmt: skip
-        audit.frame = (env.symbol, env.receive_time_ns / 1e9)
-        try:
-            out = inst.process(env)
-        except ParseError:
-            parse_errors += 1  # dead-lettered by the job too
-            continue
-        for (exchange, _symbol), _reason in out.resyncs:
-            resyncs[exchange] += 1
+        if env.exchange == "kraken" and env.channel == "depth":
+            audit.checked += 1
+            audit.snapshots_checked += b'"type":"snapshot"' in env.payload
+    resyncs: Counter[str] = Counter()
+    for record in run.records.get("control", []):
+        request = json.loads(record)
+        resyncs[request["exchange"]] += 1
+        mismatch = MISMATCH.search(request["reason"])
+        if request["exchange"] == "kraken" and mismatch:
+            audit.mismatches.append((request["symbol"], request["requested_at_ms"] / 1e3,
+                                     int(mismatch[1]), int(mismatch[2])))  # fmt: skip
+    book_prefix = f"{settings.redis.key_prefix}:book:"
     views = {
-        book_id: inst.view(book_id) for inst in books.values() for book_id in inst.books
+        tuple(key.removeprefix(book_prefix).split(":", 1)): args
+        for key, args in run.redis.items()
+        if key.startswith(book_prefix)
     }
     return {
         "envelopes": len(envelopes),
-        "parse_errors": parse_errors,
+        "parse_errors": len(run.records.get("deadletter", [])),  # dead-lettered by the job too
         "resync_requests": {ex: resyncs[ex] for ex in EXCHANGES},
         "audit": audit,
         "views": views,
@@ -306,7 +271,7 @@ def classify_mismatches(
     return {k: counts[k] for k in ("injected_checksum", "after_gap_fault", "unexpected")}
 
 
-def replay_equals_redis(settings: Settings, views: dict[BookId, Any]) -> int:
+def replay_equals_redis(settings: Settings, views: dict[BookId, list[str]]) -> int:
     """Books whose replayed end state (status, seq, top N) is what the job left in Redis."""
     equal = 0
     for exchange, symbol in all_books(settings):
@@ -316,27 +281,28 @@ def replay_equals_redis(settings: Settings, views: dict[BookId, Any]) -> int:
         status = "LIVE" if book.status == "STALE" else book.status  # stale: a timer's verdict
         n = settings.book.top_n
         equal += (
-            view.status.value == status
-            and view.seq == book.seq
-            and list(view.bids) == levels(book.bids, n)
-            and list(view.asks) == levels(book.asks, n)
+            view[STATUS] == status
+            and int(view[SEQ]) == book.seq
+            and levels(json.loads(view[BIDS]), n) == levels(book.bids, n)
+            and levels(json.loads(view[ASKS]), n) == levels(book.asks, n)
         )
     return equal
 
 
-# --- the simulator's Kraken model through the engine ----------------------------------------
+# --- the simulator's Kraken model through the core ------------------------------------------
 
 
 def kraken_model(updates: int) -> dict[str, Any]:
-    """``updates`` simulated Kraken updates through parser + engine, as the slow unit test
-    (tests/unit/test_kraken_book.py) does, on every core."""
-    from tests.unit.test_kraken_book import million_jobs
-    from tests.unit.test_kraken_book import replay as replay_model
+    """``updates`` simulated Kraken updates through the core, spread over 10 pairs (every
+    precision) at depths 10 and 25, as tests/unit/test_kraken_checksums.py does."""
+    from simulator.kraken import KRAKEN_PAIRS
+    from tests.unit.test_kraken_checksums import replay as replay_model
 
-    jobs = million_jobs(updates)
+    pairs = list(KRAKEN_PAIRS)[:10]
     started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
-        results = list(pool.map(replay_model, *zip(*jobs, strict=True)))
+    results = [
+        replay_model(pair, (10, 25)[i % 2], updates // len(pairs)) for i, pair in enumerate(pairs)
+    ]
     return {
         "kraken_model_updates_checked": sum(r[0] for r in results),
         "kraken_model_mismatches": sum(r[1] for r in results),

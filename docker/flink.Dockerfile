@@ -56,7 +56,7 @@ COPY flink-conf/ flink-conf/
 # the project pins PyFlink (apache-flink==2.2.1, the image's Flink); it is developed on 3.11 and
 # runs on 3.12 as on AWS
 RUN pip install --no-cache-dir --ignore-requires-python -e /opt/tickflow
-# the live job's core (flink.core: native) and `tickflow job backfill` (replay.batch_engine: native)
+# the compiled core: the live job's logic and `tickflow job backfill`'s
 COPY --from=native /build/wheels/ /tmp/wheels/
 RUN pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels
 

@@ -4,9 +4,8 @@
     tickflow job backfill --day 2026-11-24 --engine flink   # the streaming job, bounded
 
 Each raw-topic partition is read from the offset of the range's start to the offset of its
-end and run through the job's logic: by default its compiled twin (``jobs/native``, ~10x
-faster, rows encoded as RowBinary), or ``jobs.batch.PartitionBooks`` itself
-(``replay.batch_engine: python``); both give the same rows. The rows go to the live
+end and run through the job's logic, the compiled core (``jobs/native``,
+``tickflow_native.NativePartition``: rows encoded as RowBinary). The rows go to the live
 ClickHouse database in large inserts, the dead letters to the backfill's dead-letter topic.
 Partitions are independent (the connectors partition by instrument) and are spread over
 worker processes, largest first; a partition too large to share out evenly is split by
@@ -24,12 +23,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from typing import Any
 
-from jobs.batch import PartitionBooks, Row
-from jobs.sinks.clickhouse import ClickHouseWriter, RowBinaryWriter, ensure_schema
+from jobs.sinks.clickhouse import RowBinaryWriter, ensure_schema
 from schemas.codec import EnvelopeError, decode_envelope
 from schemas.deadletter import dead_letter_record
 from tickflow.config import AnalyticsConfig, BookConfig, Settings
@@ -67,28 +65,6 @@ class PartitionRange:
         if self.others:
             return f"partition {self.partition} (all but {', '.join(sorted(self.others))})"
         return f"partition {self.partition}"
-
-
-class InstrumentFilter:
-    """Whether a record belongs to a range's instruments, from its key (each key is one
-    book, so one instrument: the envelope is decoded once per key)."""
-
-    def __init__(self, part: PartitionRange, equivalents: dict[str, str]) -> None:
-        self.only, self.others = part.only, part.others
-        self.equivalents = equivalents
-        self._groups: dict[bytes, str] = {}
-
-    def __call__(self, key: bytes | None, value: bytes) -> bool:
-        group = self._groups.get(key) if key is not None else None
-        if group is None:
-            try:
-                env = decode_envelope(value)
-            except EnvelopeError:
-                return not self.only  # the remainder's worker dead-letters it
-            group = nbbo_group(env.instrument, self.equivalents)
-            if key is not None:
-                self._groups[key] = group
-        return group in self.only if self.only else group not in self.others
 
 
 def _consumer(settings: Settings) -> Any:
@@ -212,35 +188,6 @@ def split_range(part: PartitionRange, counts: Counter[str], pieces: int) -> list
     return out
 
 
-class RowWriter:
-    """Rows to ClickHouse in inserts of ``batch_rows`` per table (and the rest at the end)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.writer = ClickHouseWriter(settings.clickhouse)
-        self.batch_rows = settings.clickhouse.insert_batch_rows
-        self.pending: dict[str, list[Row]] = {}
-        self.inserted: dict[str, int] = {}
-
-    def add(self, rows: dict[str, list[Row]]) -> None:
-        for table, new in rows.items():
-            pending = self.pending.setdefault(table, [])
-            pending.extend(new)
-            if len(pending) >= self.batch_rows:
-                self._insert(table)
-
-    def _insert(self, table: str) -> None:
-        rows = self.pending.pop(table, [])
-        if rows:
-            self.inserted[table] = self.inserted.get(table, 0) + self.writer.insert(table, rows)
-
-    def flush(self) -> None:
-        for table in list(self.pending):
-            self._insert(table)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 def _read_range(
     consumer: Any, topic: str, part: PartitionRange, read_batch: int
 ) -> Iterator[list[Any]]:
@@ -283,43 +230,6 @@ def _read_range(
             yield batch
 
 
-class PythonEngine:
-    """``jobs.batch.PartitionBooks``: the job's own Python logic; rows through the driver."""
-
-    def __init__(self, settings: Settings, part: PartitionRange) -> None:
-        self.books = PartitionBooks(settings)
-        self.writer = RowWriter(settings)
-        self.selects = None
-        if part.only or part.others:
-            self.selects = InstrumentFilter(part, dict(settings.analytics.quote_equivalents))
-
-    def feed(self, messages: list[Any]) -> list[str]:
-        books, selects = self.books, self.selects
-        for message in messages:
-            value = message.value()
-            if selects is None or selects(message.key(), value):
-                books.feed(value, message.timestamp()[1])
-            else:
-                books.tick(message.timestamp()[1])
-        self.writer.add(books.take_rows())
-        return books.take_dead_letters()
-
-    def finish(self) -> list[str]:
-        self.books.finish()
-        self.writer.add(self.books.take_rows())
-        self.writer.flush()
-        return self.books.take_dead_letters()
-
-    def counts(self) -> dict[str, int]:
-        return asdict(self.books.counts)
-
-    def inserted(self) -> dict[str, int]:
-        return self.writer.inserted
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 def core_rules(book: BookConfig, analytics: AnalyticsConfig) -> dict[str, Any]:
     """The compiled core's rules from the configuration: the keyword arguments its live
     (``NativeStream``) and batch (``NativePartition``) drivers share."""
@@ -337,14 +247,13 @@ def core_rules(book: BookConfig, analytics: AnalyticsConfig) -> dict[str, Any]:
 
 
 def native_partition(settings: Settings, part: PartitionRange) -> Any:
-    """The compiled engine (``jobs/native``) configured as the job is."""
+    """The compiled core's batch driver (``jobs/native``) configured as the job is."""
     try:
         import tickflow_native
     except ImportError as exc:
         raise RuntimeError(
-            "replay.batch_engine is native but the compiled engine is not installed: "
-            "`make venv` builds it (jobs/native, needs cargo), or set "
-            "TICKFLOW__REPLAY__BATCH_ENGINE=python"
+            "the backfill's compiled core is not installed: `make venv` builds it "
+            "(jobs/native, needs cargo); images install its wheel"
         ) from exc
     return tickflow_native.NativePartition(
         **core_rules(settings.book, settings.analytics),
@@ -405,10 +314,7 @@ def backfill_partition(settings: Settings, part: PartitionRange) -> dict[str, An
     from connectors.producer import KafkaSink
 
     started = time.monotonic()
-    engine_name = settings.replay.batch_engine
-    engine: NativeEngine | PythonEngine = (
-        NativeEngine(settings, part) if engine_name == "native" else PythonEngine(settings, part)
-    )
+    engine = NativeEngine(settings, part)
     consumer = _consumer(settings)
     letters: list[str] = []
     try:
@@ -437,7 +343,6 @@ def backfill_partition(settings: Settings, part: PartitionRange) -> dict[str, An
     return {
         "partition": part.partition,
         "range": part.label(),
-        "engine": engine_name,
         **{k: counts[k] for k in ("frames", "dead_letters", "rows", "late")},
         "rows_by_table": engine.inserted(),
         "seconds": round(time.monotonic() - started, 2),
@@ -491,7 +396,6 @@ def run_backfill(
         "late": sum(r["late"] for r in results),
         "partitions": sorted(results, key=lambda r: (r["partition"], r["range"])),
         "workers": workers,
-        "engine": settings.replay.batch_engine,
         "seconds": round(seconds, 2),
         "frames_per_s": round(frames / seconds) if seconds > 0 else 0,
     }

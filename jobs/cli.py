@@ -15,6 +15,9 @@ resync from fresh snapshots (``book.resync_retry_ms``):
 
     tickflow job stop --drain            # every pending trade matched, rows flushed
     tickflow job submit --from-savepoint file:///... --allow-non-restored-state
+
+(``tests/integration/test_savepoint.py`` runs this path from a savepoint shaped as that
+release's: today's graph plus keyed state under the removed operators' uids.)
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ ClickHouse, Kafka and Redis for an input, in one process, in seconds.
     run.finish()
     run.records["nbbo"]        # the JSON records the result topic would get
     run.tables["trades"]       # the ClickHouse RowBinary rows (bytes) and their count
+    run.rows("trades")         # the same rows as values, one dict per row
     run.redis                  # the last guarded write's ARGV per Redis key
 
 Connector recordings (``tickflow connector <exchange> --record FILE``) go through it with
@@ -47,6 +48,7 @@ from typing import Any
 from connectors.base import Connection, WsConnector
 from connectors.recorder import iter_recording
 from jobs.operators import native_stream
+from jobs.sinks.clickhouse import decode_rows
 from schemas.bundles import (
     CLICKHOUSE_ROWS,
     frame_bundle,
@@ -161,6 +163,11 @@ class CoreRun:
     def tables(self) -> dict[str, tuple[bytes, int]]:
         """Per ClickHouse table: its RowBinary rows so far and how many."""
         return {name: (bytes(data), rows[0]) for name, (data, rows) in self._tables.items()}
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        """The rows of a ClickHouse table so far, as values by column."""
+        data, _ = self._tables.get(table, (bytearray(), [0]))
+        return decode_rows(table, bytes(data))
 
     def _collect(self) -> None:
         blob = self.core.take_blob()

@@ -2,10 +2,10 @@
 NBBO in Redis; trades, book snapshots, touches, NBBO history, matched trades, bars and late
 events in ClickHouse; bad input to the dead-letter topic; resync requests to the connectors.
 
-    raw topic ──► key by instrument ──► InstrumentProcessor ──► Redis (live books, NBBO)
-                                            │        ├──► dead letters ──► Kafka
-                                            │        └──► resync requests ──► Kafka (control)
-                                            └──► key by table ──► ClickHouseBatcher ──► ClickHouse
+    raw topic ──► frame-bundler (JVM, keyed by instrument) ──► books-per-instrument
+        (BundleProcessor: one call per bundle into the compiled core, jobs/native) ──► Redis
+        └──► sink blobs ──► ClickHouse (JVM, RowBinary over HTTP)
+                       └──► Kafka (JVM splitters): result topics, dead letters, resync requests
 
 Event time: the Kafka record timestamp (the connector's receive time) with a bounded
 out-of-orderness watermark (``flink.watermark_out_of_orderness_ms``, 5 s); idle partitions
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
-from typing import Any
 
 from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
 from pyflink.common.serialization import ByteArraySchema, SimpleStringSchema
@@ -35,48 +33,13 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSource,
 )
 
-from jobs.faults import PythonFault
 from jobs.jvm_ops import bundle_frames, clickhouse_sink, topic_records
-from jobs.nbbo import nbbo_group
-from jobs.operators import (
-    DEAD_LETTERS,
-    RESULTS,
-    RESYNC_REQUESTS,
-    BundleProcessor,
-    ClickHouseBatcher,
-    InstrumentProcessor,
-)
+from jobs.operators import RESULT_TABLES, BundleProcessor
 from jobs.replay import ReplayPacer
 from jobs.sinks.clickhouse import COLUMNS, ensure_schema
-from schemas.codec import envelope_instrument
 from tickflow.config import KafkaConfig, Settings, load_settings
 
 JOB_NAME = "tickflow-pipeline"
-
-
-def table_of(record: tuple[str, Any]) -> str:
-    return record[0]
-
-
-class InstrumentKey:
-    """Key of a raw frame: its canonical instrument, read without decoding the envelope, or
-    the instrument whose NBBO it joins when quotes are declared equivalent (e.g. BTC-USDT
-    joins BTC-USD's operator). Also where a failure drill makes the job's Python code fail."""
-
-    def __init__(
-        self, equivalents: Mapping[str, str], fault_file: str = "", replay_speed: float = 0
-    ) -> None:
-        self.equivalents = dict(equivalents)
-        self.fault = PythonFault(fault_file) if fault_file else None
-        self.pacer = ReplayPacer(replay_speed) if replay_speed > 0 else None
-
-    def __call__(self, data: bytes) -> str:
-        if self.fault is not None:
-            self.fault.check()
-        if self.pacer is not None:
-            self.pacer.hold(data)
-        instrument = envelope_instrument(data)
-        return nbbo_group(instrument, self.equivalents) if self.equivalents else instrument
 
 
 def raw_source(settings: Settings) -> KafkaSource:
@@ -112,78 +75,6 @@ def raw_source(settings: Settings) -> KafkaSource:
     )
 
 
-def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> DataStream:
-    """Wire the whole job graph onto ``env``. Every operator has a name and a stable uid.
-    Returns the books operator's output (a later version of the job can hang more on it)."""
-    if settings.flink.core == "native":
-        return build_native_pipeline(env, settings)
-    kafka = settings.kafka
-    source = raw_source(settings)
-    # event time = the Kafka record timestamp set by the connector; idle partitions must not
-    # hold the watermark back
-    watermarks = WatermarkStrategy.for_bounded_out_of_orderness(
-        Duration.of_millis(settings.flink.watermark_out_of_orderness_ms)
-    )
-    if settings.flink.watermark_idle_timeout_ms > 0:  # 0: every partition always counts
-        watermarks = watermarks.with_idleness(
-            Duration.of_millis(settings.flink.watermark_idle_timeout_ms)
-        )
-    raw = env.from_source(source, watermarks, "raw-frames").uid("raw-frames-source")
-
-    key = InstrumentKey(
-        settings.analytics.quote_equivalents,
-        settings.flink.python_fault_file,
-        settings.replay.speed if settings.replay.active else 0,
-    )
-    processed = (
-        raw.key_by(key, key_type=Types.STRING())
-        .process(
-            InstrumentProcessor(
-                settings.book, settings.redis, settings.analytics, settings.monitoring
-            ),
-            output_type=Types.PICKLED_BYTE_ARRAY(),
-        )
-        .name("books-per-instrument")
-        .uid("books-per-instrument")
-    )
-    (
-        processed.key_by(table_of, key_type=Types.STRING())
-        .process(ClickHouseBatcher(settings.clickhouse))
-        .name("clickhouse-writer")
-        .uid("clickhouse-writer")
-    )
-    (
-        processed.get_side_output(DEAD_LETTERS)
-        .sink_to(json_sink(kafka, kafka.deadletter_topic))
-        .name("dead-letter-sink")
-        .uid("dead-letter-sink")
-    )
-    result_topics = kafka.result_topics()
-    for table, tag in RESULTS.items():
-        name = f"{table.replace('_', '-')}-results-sink"
-        (
-            processed.get_side_output(tag)
-            .sink_to(
-                json_sink(
-                    kafka,
-                    result_topics[table],
-                    # unique per job and sink: a restore aborts only its own open transactions
-                    f"{settings.flink.consumer_group}-{name}",
-                    kafka.transaction_timeout_ms,
-                )
-            )
-            .name(name)
-            .uid(name)
-        )
-    (
-        processed.get_side_output(RESYNC_REQUESTS)
-        .sink_to(json_sink(kafka, kafka.control_topic))
-        .name("resync-request-sink")
-        .uid("resync-request-sink")
-    )
-    return processed
-
-
 def raw_frames(env: StreamExecutionEnvironment, settings: Settings) -> DataStream:
     """The raw topic with event time = the Kafka record timestamp (the connector's receive
     time); idle partitions must not hold the watermark back. Paced when a replay asks."""
@@ -217,14 +108,11 @@ class PacedFrames:
         return data
 
 
-def build_native_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> DataStream:
-    """The job on the compiled core: the JVM bundles each instrument's frames and keys them;
-    one Python call per bundle runs the core; its sink blobs are split in the JVM.
-
-        raw topic ──► frame-bundler (JVM, keyed by instrument) ──► books-per-instrument
-            (one call per bundle into jobs/native; Redis writes) ──► sink blobs
-            ──► ClickHouse (JVM, RowBinary over HTTP) and the Kafka topics (JVM splitters)
-    """
+def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> DataStream:
+    """Wire the whole job graph onto ``env``: the JVM bundles each instrument's frames and
+    keys them, one Python call per bundle runs the compiled core, its sink blobs are split in
+    the JVM. Every operator has a name and a stable uid. Returns the books operator's output
+    (a later version of the job can hang more on it)."""
     kafka = settings.kafka
     ensure_schema(settings.clickhouse)
     bundles = bundle_frames(
@@ -250,7 +138,7 @@ def build_native_pipeline(env: StreamExecutionEnvironment, settings: Settings) -
     clickhouse_sink(blobs, settings.clickhouse, COLUMNS)
     result_topics = kafka.result_topics()
     outputs: list[tuple[str, str, bool]] = [
-        (table, result_topics[table], True) for table in RESULTS
+        (table, result_topics[table], True) for table in RESULT_TABLES
     ]
     outputs += [
         ("deadletter", kafka.deadletter_topic, False),

@@ -93,7 +93,7 @@ def trade_entry(product: str, spec: InstrumentSpec, trade: Trade) -> dict[str, s
     ``side`` is the MAKER's side, as on Coinbase's Exchange ``match`` messages (and as
     Coinbase's public trades are read by NautilusTrader): "BUY" when the resting order was a
     bid, i.e. the taker sold. Coinbase's Advanced Trade docs do not say which side it is; the
-    parser (``jobs.parse.coinbase``) turns it into the taker's side.
+    job's parser (``jobs/native/src/parse/coinbase.rs``) turns it into the taker's side.
     """
     return {
         "trade_id": str(trade.trade_id),

@@ -14,8 +14,9 @@ true book into what a subscriber of a given depth receives: the changes within i
 the view; levels pushed out of the view get no delete, the client truncates.
 
 The checksum here is computed from the integers (``str(price_units) + str(qty_units)`` is the
-documented "text without '.' and leading zeros"), independently of ``jobs.book.kraken``,
-which works on the decimal text: tests check that both agree.
+documented "text without '.' and leading zeros"), independently of the job's compiled core
+(``jobs/native/src/book/kraken.rs``), which works on the decimal text: tests check that both
+agree.
 
 Docs: https://docs.kraken.com/api/docs/websocket-v2/book
 and https://docs.kraken.com/api/docs/guides/spot-ws-book-v2 (checksum)

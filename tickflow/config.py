@@ -125,22 +125,13 @@ class FlinkConfig:
     # what it holds after bundle_max_delay_ms (and always before a watermark or a checkpoint)
     bundle_max_frames: int = 64
     bundle_max_delay_ms: int = 5
-    # the live job's logic: "native" (the compiled core, jobs/native, called per bundle) or
-    # "python" (jobs/instrument.py per frame: the earlier job, kept for comparison)
-    core: str = "native"
 
     def __post_init__(self) -> None:
-        if self.core not in LIVE_CORES:
-            raise ConfigError(f"flink.core must be one of {LIVE_CORES}, got {self.core!r}")
         if self.state_backend not in FLINK_STATE_BACKENDS:
             raise ConfigError(
                 f"flink.state_backend must be one of {FLINK_STATE_BACKENDS}, "
                 f"got {self.state_backend!r}"
             )
-
-
-BATCH_ENGINES = ("native", "python")
-LIVE_CORES = BATCH_ENGINES
 
 
 @dataclass(frozen=True)
@@ -152,15 +143,6 @@ class ReplayConfig:
     speed: float  # 0: as fast as the job goes; N: N x real time (by record time)
     batch_workers: int  # the batch backfill's processes; 0: one per core
     batch_read_records: int  # records per Kafka read in the batch backfill
-    # the batch backfill's engine: "native" (the compiled engine, jobs/native) or "python"
-    # (jobs.batch, the job's own Python logic); both write the same rows
-    batch_engine: str = "native"
-
-    def __post_init__(self) -> None:
-        if self.batch_engine not in BATCH_ENGINES:
-            raise ConfigError(
-                f"replay.batch_engine must be one of {BATCH_ENGINES}, got {self.batch_engine!r}"
-            )
 
     @property
     def active(self) -> bool:

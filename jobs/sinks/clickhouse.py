@@ -1,29 +1,31 @@
-"""ClickHouse tables (raw history and analytics) and an idempotent batch writer.
+"""ClickHouse tables (raw history and analytics), their schema upgrades and a RowBinary writer.
 
-Writes from a Python operator are at-least-once (a restore replays frames since the last
-checkpoint), so every row has a deterministic identity (its sorting key) and the tables are
+The job's writes are at-least-once (a restore replays frames since the last checkpoint), so
+every row has a deterministic identity (its sorting key) and the tables are
 ``ReplacingMergeTree``: read them with ``FINAL`` (or let merges collapse duplicates).
 The DDL sticks to what ClickHouse 18.16 (the local server) and current releases both accept:
 no DateTime64, TTL or codecs; millisecond/nanosecond times as UInt64 columns.
 
-Each table has its DDL in ``TABLES`` and its insert column order in ``COLUMNS``; the
-``*_row`` helpers build a row tuple in that order, with ``date`` (the partition key) derived
-from the row's own time in UTC. ``jobs/sinks/queries.py`` has the queries that read them.
+Each table has its DDL in ``TABLES`` and its insert column order in ``COLUMNS`` (the compiled
+core, ``jobs/native/src/rows.rs``, encodes its rows in that order); the ``*_row`` helpers
+build an analytics row tuple in that order from named values (tests and tools that insert
+rows of their own), with ``date`` (the partition key) derived from the row's own time in UTC.
+``jobs/sinks/queries.py`` has the queries that read them.
 """
 
 from __future__ import annotations
 
 import base64
+import re
+import struct
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
 from clickhouse_driver import Client
 
-from jobs.instrument import BookView
-from jobs.parse.events import Trade
 from tickflow.config import ClickHouseConfig
 
 # Decimal(38, 18): exact for every price and size the exchanges quote (<= 18 decimals)
@@ -352,59 +354,6 @@ def utc_date(ms: int) -> date:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).date()
 
 
-def trade_row(trade: Trade, instrument: str, on_time: bool = True) -> tuple[Any, ...]:
-    """``on_time`` 0: arrived behind the watermark (not in bars nor matched). The table keeps
-    the on-time copy of a trade an exchange sent twice (ReplacingMergeTree(on_time))."""
-    return (
-        utc_date(trade.trade_time_ms),
-        trade.exchange,
-        trade.symbol,
-        instrument,
-        trade.trade_id,
-        trade.price,
-        trade.size,
-        trade.taker_side,
-        trade.trade_time_ms,
-        trade.event_time_ms,
-        trade.receive_time_ns,
-        int(on_time),
-    )
-
-
-def snapshot_row(view: BookView) -> tuple[Any, ...]:
-    return (
-        utc_date(view.event_time_ms),
-        view.exchange,
-        view.symbol,
-        view.instrument,
-        view.event_time_ms,
-        view.seq,
-        [p for p, _ in view.bids],
-        [s for _, s in view.bids],
-        [p for p, _ in view.asks],
-        [s for _, s in view.asks],
-        view.receive_time_ns,
-    )
-
-
-def top_of_book_row(
-    view: BookView, bid_depth: Decimal | None = None, ask_depth: Decimal | None = None
-) -> tuple[Any, ...]:
-    """Best bid and ask after a change (NULL on a side that is empty or not LIVE).
-
-    ``bid_depth`` / ``ask_depth``: total size within 10 bps of the mid (bids >= mid * 0.999,
-    asks <= mid * 1.001), computed by the caller from the full book; None when unknown.
-    """
-    bid = view.bids[0] if view.bids else (None, None)
-    ask = view.asks[0] if view.asks else (None, None)
-    time_ms = view.event_time_ms or view.receive_time_ns // 1_000_000
-    return (
-        utc_date(time_ms), view.exchange, view.symbol, view.instrument, time_ms,
-        view.version, max(view.seq, 0), view.status.value, bid[0], bid[1], ask[0], ask[1],
-        bid_depth, ask_depth, view.receive_time_ns,
-    )
-
-
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> str:
     # fail in the job with the offending value, not later in the driver with an Enum error
     if value not in allowed:
@@ -583,24 +532,6 @@ def ensure_schema(config: ClickHouseConfig) -> None:
         client.disconnect()
 
 
-class ClickHouseWriter:
-    """Inserts row batches; rows are passed as parameters (never inlined into SQL)."""
-
-    def __init__(self, config: ClickHouseConfig) -> None:
-        self.database = config.database
-        self.client = connect(config, config.database)
-
-    def insert(self, table: str, rows: Sequence[tuple[Any, ...]]) -> int:
-        if not rows:
-            return 0
-        columns = ", ".join(COLUMNS[table])
-        self.client.execute(f"INSERT INTO {self.database}.{table} ({columns}) VALUES", list(rows))
-        return len(rows)
-
-    def close(self) -> None:
-        self.client.disconnect()
-
-
 class RowBinaryWriter:
     """Inserts rows already encoded as RowBinary (by the compiled batch engine, in
     ``COLUMNS`` order) over ClickHouse's HTTP interface: no per-value work in Python."""
@@ -646,3 +577,75 @@ class RowBinaryWriter:
 
     def close(self) -> None:
         self.connection.close()
+
+
+def column_types(table: str) -> dict[str, str]:
+    """Each column of ``table`` and its ClickHouse type, from its DDL."""
+    types = {}
+    for line in TABLES[table].splitlines():
+        match = _COLUMN.match(line)
+        if match:
+            types[match["name"]] = match["type"]
+    return types
+
+
+_COLUMN = re.compile(r"^    (?P<name>\w+) (?P<type>.+?),?$")
+_ENUM_VALUE = re.compile(r"'([^']*)' = (-?\d+)")
+_DECIMAL_SCALE = Decimal(10) ** -18  # Decimal(38, 18)
+_FIXED = {"UInt8": "<B", "UInt16": "<H", "UInt32": "<I", "UInt64": "<Q", "Float64": "<d"}
+
+
+def decode_rows(table: str, data: bytes) -> list[dict[str, Any]]:
+    """RowBinary rows of ``table`` (in ``COLUMNS`` order, as the compiled core encodes them)
+    back into values: what the job would insert, for the offline driver and tests. Decimals
+    come back at the column's scale (18 places)."""
+    types = column_types(table)
+    columns = [(name, types[name]) for name in COLUMNS[table]]
+    rows, pos = [], 0
+    while pos < len(data):
+        row = {}
+        for name, kind in columns:
+            row[name], pos = _read_value(kind, data, pos)
+        rows.append(row)
+    return rows
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _read_value(kind: str, data: bytes, pos: int) -> tuple[Any, int]:
+    if kind in _FIXED:
+        fmt = _FIXED[kind]
+        return struct.unpack_from(fmt, data, pos)[0], pos + struct.calcsize(fmt)
+    if kind == DECIMAL:
+        raw = int.from_bytes(data[pos : pos + 16], "little", signed=True)
+        return Decimal(raw).scaleb(-18).quantize(_DECIMAL_SCALE), pos + 16
+    if kind == "String":
+        size, pos = _read_varint(data, pos)
+        return data[pos : pos + size].decode(), pos + size
+    if kind == "Date":
+        days = struct.unpack_from("<H", data, pos)[0]
+        return date(1970, 1, 1) + timedelta(days=days), pos + 2
+    if kind.startswith("Enum8("):
+        names = {int(v): n for n, v in _ENUM_VALUE.findall(kind)}
+        return names[struct.unpack_from("<b", data, pos)[0]], pos + 1
+    if kind.startswith("Nullable("):
+        if data[pos]:
+            return None, pos + 1
+        return _read_value(kind[len("Nullable(") : -1], data, pos + 1)
+    if kind.startswith("Array("):
+        size, pos = _read_varint(data, pos)
+        items = []
+        for _ in range(size):
+            item, pos = _read_value(kind[len("Array(") : -1], data, pos)
+            items.append(item)
+        return items, pos
+    raise ValueError(f"no RowBinary reader for {kind}")

@@ -27,11 +27,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from jobs.bars import ALL
 from jobs.sinks.clickhouse import COLUMNS, DECIMAL
 
 DEFAULT_DB = "tickflow"
-ALL_VENUES = ALL
+ALL_VENUES = "ALL"  # the bars' venue of every exchange's trades and books together
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

@@ -1,6 +1,6 @@
 """The live dashboard in a real browser: ``tickflow dashboard`` on an ephemeral port against the
 running Redis (and Prometheus, when it answers on ``monitoring.prometheus_port``), books and an
-NBBO written live under a key prefix of this test's own by the job's Redis writers, the page
+NBBO written live under a key prefix of this test's own as the job writes them, the page
 opened in headless Chromium: a screenshot (also saved as bench/results/dashboard.png) and the
 rendered DOM, whose ``data-testid`` figures must show the rates, books and NBBO written.
 
@@ -27,12 +27,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from jobs.book.levels import BookStatus
-from jobs.instrument import BookView, NbboUpdate
-from jobs.nbbo import Nbbo
-from jobs.sinks.redis_books import RedisBookWriter, RedisNbboWriter
 from monitoring.dashboard import Dashboard, DashboardConfig
 from stack.system import ensure_packages
+from tests.unit.redis_market import Book, Nbbo, publish
 from tickflow.config import RedisConfig, load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -42,10 +39,10 @@ RESULT = ROOT / "bench" / "results" / "dashboard.png"
 WRITES_PER_S = 4  # per book
 # (exchange, symbol, instrument, status, reason, best bid, best ask)
 BOOKS = [
-    ("binance", "BTCUSDT", "BTC-USDT", BookStatus.LIVE, "", "65010.1", "65010.2"),
-    ("coinbase", "BTC-USD", "BTC-USD", BookStatus.LIVE, "", "64999.5", "65000.25"),
-    ("kraken", "XBT/USD", "BTC-USD", BookStatus.LIVE, "", "64999.5", "65001"),
-    ("kraken", "ETH/USD", "ETH-USD", BookStatus.RESYNCING, "checksum mismatch", "", ""),
+    ("binance", "BTCUSDT", "BTC-USDT", "LIVE", "", "65010.1", "65010.2"),
+    ("coinbase", "BTC-USD", "BTC-USD", "LIVE", "", "64999.5", "65000.25"),
+    ("kraken", "XBT/USD", "BTC-USD", "LIVE", "", "64999.5", "65001"),
+    ("kraken", "ETH/USD", "ETH-USD", "RESYNCING", "checksum mismatch", "", ""),
 ]
 NBBO_BID, NBBO_ASK = "64999.5", "65000.25"
 
@@ -97,11 +94,11 @@ class _Pusher(threading.Thread):
         self.version = 0
         self.error: BaseException | None = None
 
-    def _view(self, book: tuple[str, str, str, BookStatus, str, str, str]) -> BookView:
+    def _book(self, book: tuple[str, str, str, str, str, str, str]) -> Book:
         exchange, symbol, instrument, status, reason, bid, ask = book
-        live = status is BookStatus.LIVE
-        size = Decimal(self.version % 7 + 1) / 4
-        return BookView(
+        live = status == "LIVE"
+        size = str(Decimal(self.version % 7 + 1) / 4)
+        return Book(
             exchange=exchange,
             symbol=symbol,
             instrument=instrument,
@@ -109,44 +106,38 @@ class _Pusher(threading.Thread):
             reason=reason,
             seq=1000 + self.version,
             version=self.version,
-            bids=((Decimal(bid), size), (Decimal(bid) - 1, Decimal(2))) if live else (),
-            asks=((Decimal(ask), size), (Decimal(ask) + 1, Decimal(3))) if live else (),
+            bids=((bid, size), (str(Decimal(bid) - 1), "2")) if live else (),
+            asks=((ask, size), (str(Decimal(ask) + 1), "3")) if live else (),
             event_time_ms=int(time.time() * 1000) - 5,
             # a frame received 30-60 ms before its book is written
             receive_time_ns=time.time_ns() - (30 + self.version % 30) * 1_000_000,
         )
 
-    def _nbbo(self) -> NbboUpdate:
-        nbbo = Nbbo(
+    def _nbbo(self) -> Nbbo:
+        return Nbbo(
             instrument="BTC-USD",
             quote="USD",
-            bid_price=Decimal(NBBO_BID),
-            bid_size=Decimal("3"),
+            version=self.version,
+            bid_price=NBBO_BID,
+            bid_size="3",
             bid_venues=("coinbase:BTC-USD", "kraken:XBT/USD"),
-            ask_price=Decimal(NBBO_ASK),
-            ask_size=Decimal("1.5"),
+            ask_price=NBBO_ASK,
+            ask_size="1.5",
             ask_venues=("coinbase:BTC-USD",),
             venues=("coinbase:BTC-USD", "kraken:XBT/USD"),
-            venue_versions=(self.version, self.version),
-            excluded=("binance:BTCUSDT",),
-            excluded_reasons=("quote USDT",),
+            excluded={"binance:BTCUSDT": "quote USDT"},
+            event_time_ms=int(time.time() * 1000),
+            receive_time_ns=time.time_ns() - 40_000_000,
         )
-        return NbboUpdate(nbbo, self.version, int(time.time() * 1000), time.time_ns() - 40_000_000)
 
     def run(self) -> None:
-        writer = RedisBookWriter(self.config)
-        nbbo = RedisNbboWriter(writer.client, self.config.key_prefix)
         try:
             while not self.stop.is_set():
                 self.version += 1
-                for book in BOOKS:
-                    writer.write(self._view(book))
-                nbbo.write(self._nbbo())
+                publish(self.config, *(self._book(book) for book in BOOKS), self._nbbo())
                 self.stop.wait(1 / WRITES_PER_S)
         except BaseException as e:  # surfaced by the test
             self.error = e
-        finally:
-            writer.close()
 
 
 class _TestIds(HTMLParser):
@@ -296,9 +287,9 @@ def test_dashboard_in_headless_chromium(redis_config: RedisConfig, tmp_path: Pat
     # the books as written
     for exchange, symbol, _, status, reason, bid, ask in BOOKS:
         book = f"book-{exchange}:{symbol}"
-        assert ids[f"{book}-status"] == status.value, book
+        assert ids[f"{book}-status"] == status, book
         assert int(ids[f"{book}-seq"]) > 1000
-        if status is BookStatus.LIVE:
+        if status == "LIVE":
             assert (ids[f"{book}-bid"], ids[f"{book}-ask"]) == (bid, ask), book
             assert Decimal(ids[f"{book}-spread"]) == Decimal(ask) - Decimal(bid)
             assert float(ids[f"{book}-writes"]) > 0

@@ -21,7 +21,7 @@ PROBE = "upgrade-probe"  # the new operator's name and uid
 class UpgradedBundleProcessor(BundleProcessor):
     def open(self, runtime_context: RuntimeContext) -> None:
         super().open(runtime_context)
-        self.redis.client.set(f"{self.redis_config.key_prefix}:{UPGRADE_KEY}", UPGRADE_VERSION)
+        self.redis.set(f"{self.redis_config.key_prefix}:{UPGRADE_KEY}", UPGRADE_VERSION)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""The batch backfill's engine (``jobs.batch.PartitionBooks``) on generated frames."""
+"""The batch backfill's engine, the compiled core's ``NativePartition`` as ``jobs.backfill``
+configures it, on generated frames; and how the backfill cuts its work."""
 
 from __future__ import annotations
 
@@ -17,12 +18,17 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from bench.chaos import Dataset, make_dataset  # noqa: E402
-from jobs.batch import PartitionBooks  # noqa: E402
+from jobs.backfill import NativeEngine, PartitionRange, native_partition  # noqa: E402
 from jobs.replay_cli import backfill_overrides  # noqa: E402
+from jobs.sinks.clickhouse import decode_rows  # noqa: E402
 from schemas.codec import decode_envelope, encode_envelope  # noqa: E402
 from tickflow.config import Settings, load_settings  # noqa: E402
 
 pytestmark = pytest.mark.unit
+
+pytest.importorskip("tickflow_native")
+
+WHOLE = PartitionRange(0, 0, 10**9)
 
 
 def base_settings() -> Settings:
@@ -34,48 +40,55 @@ def dataset() -> Dataset:
     return make_dataset(base_settings(), 10_000)  # ~13 s of trading
 
 
-def run(settings: Settings, records: list[tuple[bytes, bytes, int, str]]) -> PartitionBooks:
-    books = PartitionBooks(settings)
-    for _, value, timestamp_ms, _ in records:
-        books.feed(value, timestamp_ms)
-    books.finish()
-    return books
+def feed(engine: Any, records: list[tuple[bytes, bytes, int, str]]) -> None:
+    engine.feed_batch([r[1] for r in records], [r[2] for r in records])
 
 
-def counted(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, Counter[str]]:
-    return {table: Counter(repr(r) for r in rs) for table, rs in rows.items()}
+def take_rows(engine: Any) -> dict[str, list[dict[str, Any]]]:
+    return {table: decode_rows(table, data) for table, data, _ in engine.take_tables(0)}
+
+
+def run(settings: Settings, records: list[tuple[bytes, bytes, int, str]],
+        part: PartitionRange = WHOLE) -> tuple[Any, dict[str, list[dict[str, Any]]]]:
+    engine = native_partition(settings, part)
+    feed(engine, records)
+    engine.finish()
+    return engine, take_rows(engine)
+
+
+def counted(rows: dict[str, list[dict[str, Any]]]) -> dict[str, Counter[str]]:
+    return {table: Counter(repr(sorted(r.items())) for r in rs) for table, rs in rows.items()}
 
 
 def test_every_table_filled_and_every_trade_matched(dataset: Dataset) -> None:
-    books = run(base_settings(), dataset.records)
-    rows = books.take_rows()
+    engine, rows = run(base_settings(), dataset.records)
     assert {"trades", "book_snapshots", "top_of_book", "nbbo", "matched_trades", "bars"} <= set(
         rows
     )
-    assert books.counts.frames == len(dataset.records)
-    assert books.counts.dead_letters == 0 and books.counts.late == 0
+    counts = engine.counts()
+    assert counts["frames"] == len(dataset.records)
+    assert counts["dead_letters"] == 0 and counts["late"] == 0
     assert len(rows["matched_trades"]) == len(rows["trades"]) > 0
-    assert books.counts.rows == sum(len(r) for r in rows.values())
-    assert books.take_rows() == {}  # taken
+    assert counts["rows"] == sum(len(r) for r in rows.values())
+    assert engine.take_tables(0) == []  # taken
 
 
 def test_the_same_input_gives_the_same_rows(dataset: Dataset) -> None:
-    first = run(base_settings(), dataset.records).take_rows()
-    second = run(base_settings(), dataset.records).take_rows()
-    assert counted(first) == counted(second)
+    assert counted(run(base_settings(), dataset.records)[1]) == counted(
+        run(base_settings(), dataset.records)[1]
+    )
 
 
 def test_rows_come_out_as_the_watermark_passes_not_only_at_the_end(dataset: Dataset) -> None:
-    books = PartitionBooks(base_settings())
-    for _, value, timestamp_ms, _ in dataset.records:
-        books.feed(value, timestamp_ms)
+    engine = native_partition(base_settings(), WHOLE)
+    feed(engine, dataset.records)
     span_ms = dataset.records[-1][2] - dataset.records[0][2]
     assert span_ms > 10_000  # longer than the out-of-orderness
-    before_end = books.take_rows()
+    before_end = take_rows(engine)
     assert before_end.get("matched_trades") and before_end.get("bars")
-    assert books.watermark_ms == books._latest_ms - 5001
-    books.finish()
-    at_end = books.take_rows()
+    assert engine.watermark_ms == max(r[2] for r in dataset.records) - 5001
+    engine.finish()
+    at_end = take_rows(engine)
     total = len(before_end["matched_trades"]) + len(at_end.get("matched_trades", []))
     assert total == len(before_end["trades"]) + len(at_end.get("trades", []))
 
@@ -84,13 +97,15 @@ def test_bad_input_goes_to_dead_letters(dataset: Dataset) -> None:
     good = dataset.records[0][1]
     env = decode_envelope(good)
     unparsable = encode_envelope(dataclasses.replace(env, payload=b"{not json"))
-    books = PartitionBooks(base_settings())
-    books.feed(b"\x00garbage", dataset.records[0][2])
-    books.feed(unparsable, dataset.records[0][2])
-    books.finish()
-    letters = [json.loads(x) for x in books.take_dead_letters()]
-    assert books.counts.dead_letters == 2 and len(letters) == 2
-    assert all(x["stage"] == "job" and x["error"] for x in letters)
+    engine = native_partition(base_settings(), WHOLE)
+    engine.feed_batch([b"\x00garbage", unparsable], [dataset.records[0][2]] * 2)
+    engine.finish()
+    assert engine.counts()["dead_letters"] == 2
+    # as the backfill's driver turns them into dead-letter records
+    driver = NativeEngine.__new__(NativeEngine)
+    driver.books = engine
+    letters = [json.loads(x) for x in driver._letters()]
+    assert len(letters) == 2 and all(x["stage"] == "job" and x["error"] for x in letters)
     assert letters[1]["exchange"] == env.exchange and letters[1]["symbol"] == env.symbol
 
 
@@ -104,18 +119,19 @@ def test_a_trade_older_than_the_watermark_is_stored_late_not_matched(dataset: Da
     old_ms = records[-1][2] - 60_000
     frame["data"].update(t=1, T=old_ms, E=old_ms)
     late = encode_envelope(dataclasses.replace(env, payload=json.dumps(frame).encode()))
-    books = PartitionBooks(base_settings())
-    for _, value, timestamp_ms, _ in records:
-        books.feed(value, timestamp_ms)
-    before = books.take_rows()
-    books.feed(late, records[-1][2])
-    books.finish()
-    rows = books.take_rows()
-    assert books.counts.late == 1
-    assert [r for r in rows["late_events"] if "1" in r]
+    engine = native_partition(base_settings(), WHOLE)
+    feed(engine, records)
+    before = take_rows(engine)
+    engine.feed_batch([late], [records[-1][2]])
+    engine.finish()
+    rows = take_rows(engine)
+    assert engine.counts()["late"] == 1
+    [event] = rows["late_events"]
+    assert (event["kind"], event["event_id"], event["event_time_ms"]) == ("trade", "1", old_ms)
     matched = len(before["matched_trades"]) + len(rows.get("matched_trades", []))
     stored = len(before["trades"]) + len(rows["trades"])
     assert stored == matched + 1  # stored, not matched
+    assert [t["on_time"] for t in rows["trades"] if t["trade_id"] == "1"] == [0]
 
 
 def test_backfill_settings_write_the_live_database() -> None:
@@ -130,43 +146,30 @@ def test_backfill_settings_write_the_live_database() -> None:
 def test_a_partition_split_by_instrument_gives_the_whole_partitions_rows(
     dataset: Dataset,
 ) -> None:
-    from jobs.backfill import InstrumentFilter, PartitionRange
-
     settings = base_settings()
-    equivalents = dict(settings.analytics.quote_equivalents)
     groups = sorted({group for *_, group in dataset.records})
     assert len(groups) > 2
-    whole = run(settings, dataset.records).take_rows()
+    _, whole = run(settings, dataset.records)
     part = PartitionRange(0, 0, len(dataset.records))
     ranges = [dataclasses.replace(part, only=frozenset([g])) for g in groups[:2]]
     ranges.append(dataclasses.replace(part, others=frozenset(groups[:2])))
-    merged: dict[str, list[tuple[Any, ...]]] = {}
-    frames = 0
+    merged: dict[str, list[dict[str, Any]]] = {}
+    frames = dead_letters = 0
+    garbage = (b"k", b"\x00garbage", dataset.records[-1][2], "")
     for share in ranges:
-        selects = InstrumentFilter(share, equivalents)
-        books = PartitionBooks(settings)
-        for key, value, timestamp_ms, group in dataset.records:
-            if selects(key, value):
-                assert share.label() and (group in share.only or group not in share.others)
-                books.feed(value, timestamp_ms)
-            else:
-                books.tick(timestamp_ms)
-        books.finish()
-        frames += books.counts.frames
-        for table, rows in books.take_rows().items():
-            merged.setdefault(table, []).extend(rows)
-    assert frames == len(dataset.records)
+        assert share.label()
+        engine, rows = run(settings, [*dataset.records, garbage], share)
+        frames += engine.counts()["frames"]
+        dead_letters += engine.counts()["dead_letters"]
+        for table, table_rows in rows.items():
+            merged.setdefault(table, []).extend(table_rows)
+    assert frames == len(dataset.records) + 1
     assert counted(merged) == counted(whole)
-    # undecodable: only the remainder's worker takes it (and dead-letters it)
-    assert [InstrumentFilter(r, equivalents)(b"k", b"\x00garbage") for r in ranges] == [
-        False,
-        False,
-        True,
-    ]
+    assert dead_letters == 1  # undecodable: only the remainder's worker takes it
 
 
 def test_a_large_partition_is_cut_into_even_pieces_of_whole_instruments() -> None:
-    from jobs.backfill import PartitionRange, split_range
+    from jobs.backfill import split_range
 
     part = PartitionRange(3, 100, 1100)
     counts = Counter({"a": 5, "b": 3, "c": 2, "d": 2})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -26,10 +27,10 @@ from bench.stats import (  # noqa: E402
     target_entry,
     write_results,
 )
-from jobs.book.levels import BookStatus  # noqa: E402
 from jobs.sinks.clickhouse import COLUMNS  # noqa: E402
 from jobs.sinks.queries import DAILY_QUERIES  # noqa: E402
 from schemas.codec import RawEnvelope  # noqa: E402
+from tickflow.config import load_settings  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
@@ -180,21 +181,25 @@ def test_report_and_table(tmp_path: Path) -> None:
 # -- generators ----------------------------------------------------------------------------------
 
 
-def test_book_views_are_realistic_and_versioned() -> None:
-    views = redis_ops.book_views(books=6, count=60, top_n=10)
-    assert len(views) == 60
-    last: dict[tuple[str, str], int] = {}
-    for v in views:
-        assert v.status is BookStatus.LIVE and len(v.bids) == 10 and len(v.asks) == 10
-        assert v.bids[0][0] < v.asks[0][0]
-        assert [p for p, _ in v.bids] == sorted((p for p, _ in v.bids), reverse=True)
-        assert [p for p, _ in v.asks] == sorted(p for p, _ in v.asks)
-        assert v.bids[0][0].as_tuple().exponent == -2  # a 0.01 tick
-        assert v.version > last.get((v.exchange, v.symbol), 0)
-        last[(v.exchange, v.symbol)] = v.version
+def test_book_frames_are_realistic_and_the_core_writes_one_versioned_book_each() -> None:
+    settings = load_settings()
+    frames = redis_ops.book_frames(books=6, count=60, top_n=settings.book.top_n)
+    assert len(frames) == 60 and len({f.instrument for f in frames}) == 2  # 3 venues each
+    writes = redis_ops.book_writes(settings, "tfbench", frames)
+    last: dict[str, str] = {}
+    for keys, args in writes:
+        bids, asks = json.loads(args[3]), json.loads(args[4])
+        assert args[1] == b"LIVE" and len(bids) == len(asks) == settings.book.top_n
+        assert Decimal(bids[0][0]) < Decimal(asks[0][0])
+        assert [Decimal(p) for p, _ in bids] == sorted((Decimal(p) for p, _ in bids), reverse=True)
+        assert Decimal(bids[0][0]).as_tuple().exponent == -2  # a 0.01 tick
+        version = args[10].decode()
+        assert version > last.get(keys[0], "")
+        last[keys[0]] = version
     assert len(last) == 6
-    inputs = redis_ops.nbbo_inputs(views)
-    assert len(inputs) == 60 and max(len(tops) for _, tops, _, _ in inputs) == 3
+    core = redis_ops.Core(settings, "tfbench")
+    nbbos = [core.process(f)[1] for f in frames]
+    assert sum(map(len, nbbos)) > 30  # most frames move an instrument's NBBO
 
 
 def test_clickhouse_generators_fill_every_column() -> None:
@@ -237,7 +242,11 @@ def test_serialization_codecs_round_trip() -> None:
     env = RawEnvelope("BTC-USD", "coinbase", "BTC-USD", "depth", 1, "c", 2, b'{"a":"\xff"}')
     for codec in serialization.CODECS:
         assert codec.decode(codec.encode(env)) == env, codec.name
-    fixtures = serialization.fixture_envelopes()
-    assert len(fixtures) == len(serialization.FIXTURE_FRAMES)
+    settings = load_settings()
+    envelopes = [
+        RawEnvelope("BTC-USD", "coinbase", "BTC-USD", "depth", 1, "c", 2, b"{}"),
+        RawEnvelope("BTC-USD", "coinbase", "BTC-USD", "trade", 1, "c", 3, b"{}"),
+    ]
+    assert len(serialization.pipeline_path(settings, envelopes)) == 2
     samples = serialization.time_calls(len, [b"x", b"yy"], repeats=2)
     assert len(samples) == 4 and all(s >= 0 for s in samples)

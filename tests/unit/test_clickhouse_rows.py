@@ -1,4 +1,4 @@
-"""ClickHouse DDL, row helpers and query text, without a server."""
+"""ClickHouse DDL, row helpers, RowBinary decoding and query text, without a server."""
 
 from __future__ import annotations
 
@@ -8,17 +8,16 @@ from decimal import Decimal
 
 import pytest
 
-from jobs.book.levels import BookStatus
-from jobs.instrument import BookView
 from jobs.sinks.clickhouse import (
     COLUMNS,
     TABLES,
     UPGRADES,
     bar_row,
+    column_types,
+    decode_rows,
     late_event_row,
     matched_trade_row,
     nbbo_row,
-    top_of_book_row,
     upgrade_statements,
     utc_date,
 )
@@ -74,27 +73,40 @@ def test_ddl_avoids_what_18_16_lacks() -> None:
         assert not re.search(r"DateTime64|TTL|CODEC|LowCardinality", ddl)
 
 
-def view(**changes: object) -> BookView:
-    fields: dict[str, object] = {
-        "exchange": "binance", "symbol": "BTCUSDT", "instrument": "BTC-USDT",
-        "status": BookStatus.LIVE, "reason": "", "seq": 7, "version": 9,
-        "bids": ((D("100.1"), D("2")),), "asks": ((D("100.2"), D("3")),),
-        "event_time_ms": LAST_MS_OF_DAY, "receive_time_ns": 1,
+def test_rowbinary_rows_decode_back_into_their_values() -> None:
+    """The layout the compiled core writes (little-endian, varint lengths, Decimal(38, 18) as
+    a scaled 128-bit integer, Nullable as a flag byte, Enum8 as its code)."""
+    assert column_types("late_events")["date"] == "Date"
+    taker_side = column_types("trades")["taker_side"]
+
+    def varint_text(text: str) -> bytes:
+        return bytes([len(text)]) + text.encode()
+
+    row = (
+        (20786).to_bytes(2, "little")  # days since 1970-01-01: 2026-11-29
+        + varint_text("BTC-USD") + varint_text("binance") + varint_text("BTCUSDT")
+        + varint_text("trade")
+        + varint_text("42")
+        + (LAST_MS_OF_DAY).to_bytes(8, "little") + (LAST_MS_OF_DAY + 5).to_bytes(8, "little")
+        + (5).to_bytes(8, "little") + (7).to_bytes(8, "little")
+    )  # fmt: skip
+    [decoded] = decode_rows("late_events", row)
+    assert decoded == {
+        "date": date(2026, 11, 29), "instrument": "BTC-USD", "exchange": "binance",
+        "symbol": "BTCUSDT", "kind": "trade", "event_id": "42",
+        "event_time_ms": LAST_MS_OF_DAY, "watermark_ms": LAST_MS_OF_DAY + 5, "lateness_ms": 5,
+        "receive_time_ns": 7,
     }  # fmt: skip
-    fields.update(changes)
-    return BookView(**fields)  # type: ignore[arg-type]
+    price = (-1_250_000_000_000_000_000).to_bytes(16, "little", signed=True)
+    assert decode_rows("bars", b"") == []
+    from jobs.sinks.clickhouse import _read_value
 
-
-def test_top_of_book_row_depth_defaults_to_null() -> None:
-    row = dict(zip(COLUMNS["top_of_book"], top_of_book_row(view()), strict=True))
-    assert row["bid_depth_10bps"] is None and row["ask_depth_10bps"] is None
-    assert row["date"] == date(2026, 11, 29)
-    assert (row["bid_price"], row["ask_size"], row["receive_time_ns"]) == (D("100.1"), D("3"), 1)
-
-
-def test_top_of_book_row_with_depth() -> None:
-    row = dict(zip(COLUMNS["top_of_book"], top_of_book_row(view(), D("5.5"), D("0")), strict=True))
-    assert (row["bid_depth_10bps"], row["ask_depth_10bps"]) == (D("5.5"), D("0"))
+    assert _read_value("Nullable(Decimal(38, 18))", b"\x00" + price, 0) == (D("-1.25"), 17)
+    assert _read_value("Nullable(Float64)", b"\x01", 0) == (None, 1)
+    assert _read_value("Array(String)", b"\x02\x01a\x00", 0) == (["a", ""], 4)
+    assert _read_value(taker_side, b"\x02", 0) == ("sell", 1)
+    with pytest.raises(ValueError, match="no RowBinary reader"):
+        _read_value("Int256", b"", 0)
 
 
 def test_utc_date_at_midnight() -> None:

@@ -1,5 +1,5 @@
 """The Coinbase connector: routing and sequence checks on recorded frames, then against the
-in-process simulator with a list instead of Kafka."""
+in-process simulator with a list instead of Kafka and the job's compiled core on the other end."""
 
 from __future__ import annotations
 
@@ -15,14 +15,11 @@ import pytest
 
 from connectors.base import Connection, Route
 from connectors.coinbase import CoinbaseConnector, subscribe_message
-from jobs.book.coinbase import CoinbaseBook
-from jobs.book.levels import BookStatus
-from jobs.parse import parse_envelope as parse
-from jobs.parse.events import BookDelta, BookSnapshot, SyncLost
-from schemas.codec import RawEnvelope
+from schemas.codec import RawEnvelope, encode_envelope
 from simulator import testing
 from simulator.server import SimulatorServer
 from simulator.testing import http_json, running_simulator, wait_until
+from tests.unit.core_driver import Core, levels, published_books
 from tickflow.config import Settings, load_settings
 
 pytestmark = pytest.mark.unit
@@ -128,22 +125,12 @@ def l2(seq: int, product: str = "BTC-USD", kind: str = "update") -> bytes:
     return json.dumps(frame, separators=(",", ":")).encode()
 
 
-def rebuild(envelopes: list[RawEnvelope]) -> CoinbaseBook:
-    """The job's engine over one product's envelopes."""
-    book = CoinbaseBook(max_levels=100_000, max_buffered=100_000)
-    for env in envelopes:
-        for event in parse(env):
-            if isinstance(event, BookSnapshot):
-                book.on_snapshot(event)
-            elif isinstance(event, BookDelta):
-                book.on_delta(event)
-            elif isinstance(event, SyncLost):
-                book.on_sync_lost(event)
-    return book
-
-
-def text(levels: Any) -> list[list[str]]:
-    return [[str(p), str(s)] for p, s in levels]
+def rebuild(envelopes: list[RawEnvelope]) -> dict[str, str]:
+    """One product's book as the job's core publishes it from the product's envelopes."""
+    books, _ = published_books(envelopes)
+    ((exchange, _),) = books
+    assert exchange == "coinbase"
+    return next(iter(books.values()))
 
 
 # --- pure parts -----------------------------------------------------------------------------
@@ -203,8 +190,11 @@ def test_a_frame_spanning_products_is_split_per_product() -> None:
     for env in sink.envelopes:
         body = json.loads(env.payload)
         assert list(body) == ["channel", "client_id", "timestamp", "sequence_num", "events"]
-        parse(env)  # every part is a valid one-product frame
     assert [json.loads(e.payload)["sequence_num"] for e in sink.envelopes] == [9, 9, 0, 0]
+    # every part is a valid one-product frame: the job takes each without a dead letter
+    for env in sink.envelopes:
+        out = Core(env.instrument).process(encode_envelope(env))
+        assert out.of("deadletter") == [], out.of("deadletter")
     assert connector.cb_stats.split == 2
 
 
@@ -305,9 +295,9 @@ def test_frames_become_envelopes_per_product_and_rebuild_the_true_book() -> None
             depth = sink.of(product, "depth")
             assert b'"type":"snapshot"' in depth[0].payload  # the book starts with a snapshot
             book = rebuild(envs)
-            assert book.status is BookStatus.LIVE
-            assert text(book.book.bids.items()) == truths[product]["bids"]
-            assert text(book.book.asks.items()) == truths[product]["asks"]
+            assert book["status"] == "LIVE"
+            assert levels(book["bids"]) == truths[product]["bids"]
+            assert levels(book["asks"]) == truths[product]["asks"]
         # byte for byte what the simulator sent, minus heartbeats and acknowledgements
         market = [f.encode() for f in log["frames"]
                   if '"channel":"l2_data"' in f or '"channel":"market_trades"' in f]
@@ -339,9 +329,9 @@ def test_dropped_message_marks_every_book_and_resubscribes_level2() -> None:
                 assert envs.index(r.snapshots(product)[1]) > lost[0]
                 _, truth = await http_json(f"{sim.http_url}/_sim/coinbase/book?symbol={product}")
                 book = rebuild(envs)
-                assert book.status is BookStatus.LIVE
-                assert text(book.book.bids.items()) == truth["bids"]
-                assert text(book.book.asks.items()) == truth["asks"]
+                assert book["status"] == "LIVE"
+                assert levels(book["bids"]) == truth["bids"]
+                assert levels(book["asks"]) == truth["asks"]
 
     run(scenario)
 
@@ -461,9 +451,7 @@ def test_resync_rebuilds_one_product_only() -> None:
         assert len(r.snapshots("BTC-USD")) == 1
         assert r.sink.of("ETH-USD", "sync_lost") == []
         book = rebuild(r.sink.of("ETH-USD"))
-        assert book.status is BookStatus.LIVE
-        assert (text(book.book.bids.items()), text(book.book.asks.items())) == (
-            truth["bids"], truth["asks"]
-        )
+        assert book["status"] == "LIVE"
+        assert (levels(book["bids"]), levels(book["asks"])) == (truth["bids"], truth["asks"])
 
     run(scenario)

@@ -1,5 +1,5 @@
 """The Kraken connector: routing of recorded frames, and against the in-process simulator
-with a list instead of Kafka and the job's own book code on the other end."""
+with a list instead of Kafka and the job's compiled core on the other end."""
 
 from __future__ import annotations
 
@@ -16,14 +16,13 @@ import pytest
 
 from connectors.base import Route
 from connectors.kraken import KrakenConnector
-from jobs.book.levels import BookStatus
-from jobs.instrument import BookId, InstrumentBooks
-from jobs.parse.events import Trade
-from jobs.parse.kraken import parse_frame
-from schemas.codec import RawEnvelope
+from jobs.offline import CoreRun
+from jobs.sinks.redis_books import book_key
+from schemas.codec import RawEnvelope, encode_envelope
 from simulator import testing
 from simulator.server import SimulatorServer
 from simulator.testing import http_json, pointed_at, running_simulator, wait_until
+from tests.unit.core_driver import BOOK_FIELDS, PREFIX, Core, core_settings, envelope, levels
 from tickflow.config import Settings, load_settings
 
 pytestmark = pytest.mark.unit
@@ -97,25 +96,38 @@ class Running:
 
 
 class Job:
-    """The job's side of the pipeline, fed with the envelopes as they arrive."""
+    """The job's side of the pipeline, its compiled core, fed with the envelopes as they
+    arrive (one frame per bundle: each processed at once)."""
 
     def __init__(self, sink: ListSink) -> None:
         self.sink = sink
-        self.books: dict[str, InstrumentBooks] = {}
-        self.resyncs: list[tuple[BookId, str]] = []
+        self.run = CoreRun(core_settings(top_n=25), bundle_frames=1)
         self._done = 0
 
     def catch_up(self) -> None:
-        for env in self.sink.envelopes[self._done :]:
-            books = self.books.setdefault(
-                env.instrument, InstrumentBooks(env.instrument, 25, 1000, 5000, 1000)
-            )
-            self.resyncs += books.process(env).resyncs
-        self._done = len(self.sink.envelopes)
+        new = self.sink.envelopes[self._done :]
+        self.run.feed((encode_envelope(e), e.receive_time_ns // 1_000_000) for e in new)
+        self._done += len(new)
 
-    def status(self, instrument: str, symbol: str) -> BookStatus:
+    @property
+    def resyncs(self) -> list[tuple[tuple[str, str], str]]:
+        """The resync requests sent to the connectors: ((exchange, symbol), reason)."""
         self.catch_up()
-        return self.books[instrument].view(("kraken", symbol)).status
+        records = [json.loads(r) for r in self.run.records.get("control", [])]
+        return [((r["exchange"], r["symbol"]), r["reason"]) for r in records]
+
+    def book(self, symbol: str) -> dict[str, str]:
+        """The pair's book as the job last published it to Redis."""
+        self.catch_up()
+        args = self.run.redis.get(book_key(PREFIX, "kraken", symbol))
+        assert args is not None, f"no book of {symbol} published"
+        return dict(zip(BOOK_FIELDS, args, strict=True))
+
+    def status(self, symbol: str) -> str:
+        self.catch_up()
+        if book_key(PREFIX, "kraken", symbol) not in self.run.redis:
+            return "RESYNCING"  # never published: not (yet) LIVE
+        return self.book(symbol)["status"]
 
 
 # --- pure parts -----------------------------------------------------------------------------
@@ -172,9 +184,9 @@ def test_a_frame_with_several_pairs_is_split_with_each_element_byte_for_byte() -
     elements = json.loads(raw)["data"]
     assert json.loads(btc)["data"] == [elements[0], elements[2]]  # order kept
     assert json.loads(eth)["data"] == [elements[1]]
-    trades = parse_frame(btc, 0)
-    assert [t.trade_id for t in trades if isinstance(t, Trade)] == ["71283911", "71283912"]
-    assert str(trades[0].size) == "0.01000000"  # type: ignore[union-attr]
+    out = Core("BTC-USD").process(envelope("BTC-USD", "kraken", "BTC/USD", "trade", btc, 1_000))
+    assert [t["trade_id"] for t in out.of("trades")] == ["71283911", "71283912"]
+    assert out.of("trades")[0]["size"] == Decimal("0.01")
 
 
 # --- against the simulator ------------------------------------------------------------------
@@ -219,13 +231,13 @@ def test_envelopes_per_pair_rebuild_the_true_books_in_the_job() -> None:
         job = Job(sink)
         job.catch_up()
         assert job.resyncs == []
-        for pair, instrument in PAIRS.items():
+        for pair in PAIRS:
             first_book = next(e for e in sink.of(pair) if e.channel == "depth")
             assert first_book is sink.of(pair, "snapshot")[0]
-            view = job.books[instrument].view(("kraken", pair))
-            assert view.status is BookStatus.LIVE
-            assert [[str(p), str(q)] for p, q in view.bids] == truths[pair]["bids"][:25]
-            assert [[str(p), str(q)] for p, q in view.asks] == truths[pair]["asks"][:25]
+            book = job.book(pair)
+            assert book["status"] == "LIVE"
+            assert levels(book["bids"]) == truths[pair]["bids"][:25]
+            assert levels(book["asks"]) == truths[pair]["asks"][:25]
 
     run(scenario)
 
@@ -273,18 +285,18 @@ def test_checksum_mismatch_then_resync_brings_a_fresh_snapshot_on_the_same_conne
         ):
             job = Job(r.sink)
             await wait_until(r.synced, what="a snapshot per pair")
-            await wait_until(lambda: job.status("BTC-USD", "BTC/USD") is BookStatus.LIVE)
+            await wait_until(lambda: job.status("BTC/USD") == "LIVE")
             fault = "/_sim/faults/checksum?exchange=kraken&symbol=BTC/USD&count=1"
             assert (await http_json(f"{sim.http_url}{fault}", "POST"))[0] == 200
             await wait_until(
-                lambda: job.status("BTC-USD", "BTC/USD") is BookStatus.RESYNCING,
+                lambda: job.status("BTC/USD") == "RESYNCING",
                 what="the job sees the mismatch",
             )
             ((book_id, reason),) = job.resyncs
             assert book_id == ("kraken", "BTC/USD") and reason.startswith("checksum mismatch")
             await r.connector.resync(book_id[1])  # what the control-topic consumer does
             await wait_until(lambda: len(r.sink.of("BTC/USD", "snapshot")) == 2, what="resync")
-            await wait_until(lambda: job.status("BTC-USD", "BTC/USD") is BookStatus.LIVE)
+            await wait_until(lambda: job.status("BTC/USD") == "LIVE")
             await wait_until(lambda: r.connector.control["subscribe"] == 2 * len(PAIRS) + 1)
             _, status = await http_json(f"{sim.http_url}/_sim/status")
         assert r.connector.stats.connections == 1
@@ -338,6 +350,6 @@ def test_reconnect_resubscribes_every_pair_and_rebuilds_every_book() -> None:
         job.catch_up()
         # the ended connection marked every book; the new connection's snapshots rebuilt them
         assert {book for book, _ in job.resyncs} == {("kraken", p) for p in PAIRS}
-        assert all(job.status(i, p) is BookStatus.LIVE for p, i in PAIRS.items())
+        assert all(job.status(p) == "LIVE" for p in PAIRS)
 
     run(scenario)

@@ -29,10 +29,6 @@ import pytest
 import redis
 import yaml
 
-from jobs.book.levels import BookStatus
-from jobs.instrument import BookView, NbboUpdate
-from jobs.nbbo import Nbbo
-from jobs.sinks.redis_books import RedisBookWriter, RedisNbboWriter
 from monitoring import dashboard as dash
 from monitoring.alerts import (
     FIRING,
@@ -44,6 +40,7 @@ from monitoring.alerts import (
     parse_alerts,
     parse_time,
 )
+from tests.unit.redis_market import Book, Nbbo, publish
 from tickflow.config import RedisConfig, load_settings
 
 pytestmark = pytest.mark.unit
@@ -166,14 +163,14 @@ def _view(
     symbol: str,
     instrument: str,
     version: int,
-    status: BookStatus = BookStatus.LIVE,
+    status: str = "LIVE",
     reason: str = "",
     receive_time_ns: int | None = None,
     bid: str = "64999.5",
     ask: str = "65000.5",
-) -> BookView:
-    live = status is BookStatus.LIVE
-    return BookView(
+) -> Book:
+    live = status == "LIVE"
+    return Book(
         exchange=exchange,
         symbol=symbol,
         instrument=instrument,
@@ -181,42 +178,39 @@ def _view(
         reason=reason,
         seq=version * 10,
         version=version,
-        bids=((Decimal(bid), Decimal("1.5")), (Decimal(bid) - 1, Decimal("2"))) if live else (),
-        asks=((Decimal(ask), Decimal("0.25")), (Decimal(ask) + 1, Decimal("3"))) if live else (),
+        bids=((bid, "1.5"), (str(Decimal(bid) - 1), "2")) if live else (),
+        asks=((ask, "0.25"), (str(Decimal(ask) + 1), "3")) if live else (),
         event_time_ms=int(time.time() * 1000),
         receive_time_ns=receive_time_ns if receive_time_ns is not None else time.time_ns(),
     )
 
 
-def _nbbo(version: int) -> NbboUpdate:
-    nbbo = Nbbo(
+def _nbbo(version: int) -> Nbbo:
+    return Nbbo(
         instrument="BTC-USD",
         quote="USD",
-        bid_price=Decimal("64999.5"),
-        bid_size=Decimal("1.5"),
+        version=version,
+        bid_price="64999.5",
+        bid_size="1.5",
         bid_venues=("coinbase:BTC-USD",),
-        ask_price=Decimal("65000.5"),
-        ask_size=Decimal("0.25"),
+        ask_price="65000.5",
+        ask_size="0.25",
         ask_venues=("coinbase:BTC-USD", "kraken:XBT/USD"),
         venues=("coinbase:BTC-USD", "kraken:XBT/USD"),
-        venue_versions=(version, version),
-        excluded=("binance:BTCUSDT",),
-        excluded_reasons=("RESYNCING",),
+        excluded={"binance:BTCUSDT": "RESYNCING"},
+        event_time_ms=int(time.time() * 1000),
+        receive_time_ns=time.time_ns() - 20_000_000,
     )
-    return NbboUpdate(nbbo, version, int(time.time() * 1000), time.time_ns() - 20_000_000)
 
 
 def _write_market(config: RedisConfig, version: int = 1) -> None:
-    writer = RedisBookWriter(config)
-    try:
-        writer.write(_view("coinbase", "BTC-USD", "BTC-USD", version))
-        writer.write(_view("kraken", "XBT/USD", "BTC-USD", version, bid="64998", ask="65001"))
-        writer.write(
-            _view("binance", "BTCUSDT", "BTC-USDT", version, BookStatus.RESYNCING, "gap 10..12")
-        )
-        RedisNbboWriter(writer.client, config.key_prefix).write(_nbbo(version))
-    finally:
-        writer.close()
+    publish(
+        config,
+        _view("coinbase", "BTC-USD", "BTC-USD", version),
+        _view("kraken", "XBT/USD", "BTC-USD", version, bid="64998", ask="65001"),
+        _view("binance", "BTCUSDT", "BTC-USDT", version, "RESYNCING", "gap 10..12"),
+        _nbbo(version),
+    )
 
 
 # --- state from Redis ---
@@ -259,6 +253,46 @@ def test_read_books_and_nbbo_from_redis(redis_config: RedisConfig) -> None:
     client.close()
 
 
+def test_the_dashboard_reads_the_books_and_nbbo_the_jobs_core_writes(
+    redis_config: RedisConfig,
+) -> None:
+    import tickflow_native
+
+    from jobs.backfill import core_rules
+    from jobs.sinks.redis_books import RedisBatch, redis_client
+    from schemas.bundles import frame_bundle
+    from tests.unit.core_driver import binance, bn_depth, bn_snapshot
+
+    settings = load_settings()
+    core = tickflow_native.NativeStream(
+        **core_rules(settings.book, settings.analytics),
+        stale_after_ms=0,
+        resync_retry_ms=10_000,
+        redis_prefix=redis_config.key_prefix,
+    )
+    now_ms = int(time.time() * 1000)
+    frames = [
+        binance("snapshot", bn_snapshot(10, [["1.0", "2"], ["0.9", "1"]], [["1.1", "3"]]), now_ms),
+        binance("depth", bn_depth(11, 11, now_ms, [["1.05", "0.5"]], []), now_ms),
+    ]
+    core.process_bundle("BNB-BTC", frame_bundle([(f, now_ms) for f in frames]), 0, now_ms)
+    client = redis_client(redis_config, decode_responses=True)
+    batch = RedisBatch(client)
+    for is_nbbo, keys, args in core.take_redis(time.time_ns()):
+        batch.add_write(is_nbbo, keys, args)
+    assert batch.flush() == [True, True]
+    (book,) = dash.read_books(client, redis_config.key_prefix)
+    assert (book["exchange"], book["symbol"]) == ("binance", "BNBBTC")
+    assert book["instrument"] == "BNB-BTC"
+    assert (book["status"], book["seq"]) == ("LIVE", 11)
+    assert book["best_bid"] == ["1.05", "0.5"] and book["best_ask"] == ["1.1", "3"]
+    assert book["depth"] == [3, 1] and book["spread"] == "0.05"
+    (nbbo,) = dash.read_nbbos(client, redis_config.key_prefix)
+    assert (nbbo["instrument"], nbbo["bid_price"], nbbo["ask_price"]) == ("BNB-BTC", "1.05", "1.1")
+    assert nbbo["venues"] == ["binance:BNBBTC"] and nbbo["excluded"] == {}
+    client.close()
+
+
 def test_state_without_prometheus_is_na(
     redis_config: RedisConfig, make_dashboard: Callable[..., dash.Dashboard]
 ) -> None:
@@ -294,15 +328,11 @@ def test_dashboard_http_endpoints_and_sampled_latency(
     port = d.start("127.0.0.1", 0)
     base = f"http://127.0.0.1:{port}"
     _wait(d.sampler.subscribed.is_set)
-    writer = RedisBookWriter(redis_config)
-    try:
-        for version in range(1, 6):
-            received = time.time_ns() - 50_000_000  # 50 ms before the write
-            writer.write(_view("coinbase", "BTC-USD", "BTC-USD", version, receive_time_ns=received))
-            RedisNbboWriter(writer.client, redis_config.key_prefix).write(_nbbo(version))
-            time.sleep(0.25)  # > the sampler's poll: one sample per write
-    finally:
-        writer.close()
+    for version in range(1, 6):
+        received = time.time_ns() - 50_000_000  # 50 ms before the write
+        book = _view("coinbase", "BTC-USD", "BTC-USD", version, receive_time_ns=received)
+        publish(redis_config, book, _nbbo(version))
+        time.sleep(0.25)  # > the sampler's poll: one sample per write
     _wait(lambda: (d.latency.summary()["all"]["count"] or 0) >= 3)
     d.refresh()
 
@@ -365,7 +395,6 @@ def test_event_stream_pushes_snapshots(
 
 
 def test_sampler_takes_one_sample_per_version(redis_config: RedisConfig) -> None:
-    writer = RedisBookWriter(redis_config)
     client = redis.Redis(
         host=redis_config.host, port=redis_config.port, db=redis_config.db, decode_responses=True
     )
@@ -374,8 +403,9 @@ def test_sampler_takes_one_sample_per_version(redis_config: RedisConfig) -> None
         client, redis_config.key_prefix, latency, dash.RateWindow(), dash.RateWindow()
     )
     try:
-        writer.write(
-            _view("kraken", "XBT/USD", "BTC-USD", 7, receive_time_ns=time.time_ns() - 10**8)
+        publish(
+            redis_config,
+            _view("kraken", "XBT/USD", "BTC-USD", 7, receive_time_ns=time.time_ns() - 10**8),
         )
         channel = sampler.book_channel
         sampler.handle(channel, "kraken:XBT/USD:70:LIVE:7")
@@ -390,7 +420,6 @@ def test_sampler_takes_one_sample_per_version(redis_config: RedisConfig) -> None
         p50 = summary["kraken"]["p50"]
         assert p50 is not None and 100 <= p50 < 1000
     finally:
-        writer.close()
         client.close()
 
 

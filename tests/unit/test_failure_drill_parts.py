@@ -1,5 +1,5 @@
-"""The pure parts of the failure drill: the Python fault, the kill plan, the diff, and how the
-supervisor finds the checkpoint to resubmit from."""
+"""The pure parts of the failure drill: the Python fault (and the books operator raising it), the
+kill plan, the diff, and how the supervisor finds the checkpoint to resubmit from."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import pytest
 
 from bench.chaos import TARGETS, diff, kill_plan
 from jobs.faults import InjectedPythonFault, PythonFault
-from jobs.pipeline import InstrumentKey
-from schemas.codec import RawEnvelope, encode_envelope
+from jobs.operators import BundleProcessor
+from schemas.bundles import frame_bundle
 from stack.supervisor import latest_checkpoint
+from tests.unit.flink_fakes import FakeContext, FakeRuntimeContext, FakeTimerService
 from tickflow.config import load_settings
 
 pytestmark = pytest.mark.unit
@@ -32,19 +33,22 @@ def test_python_fault_raises_once_per_marker(tmp_path: Path) -> None:
     fault.check()  # claimed: the restored task does not fail again
 
 
-def test_instrument_key_reads_the_instrument_and_injects_the_fault(tmp_path: Path) -> None:
-    env = RawEnvelope("BTC-USDT", "binance", "BTCUSDT", "depth", 1, "c1", 0, b"{}")
-    data = encode_envelope(env)
-    assert InstrumentKey({})(data) == "BTC-USDT"
-    assert InstrumentKey({"USDT": "USD"})(data) == "BTC-USD"
+def test_the_books_operator_raises_the_fault_once(tmp_path: Path) -> None:
     marker = tmp_path / "fault"
-    key = InstrumentKey({}, str(marker))
-    assert key.fault is not None
-    key.fault.check_interval_s = 0
+    settings = load_settings()
+    operator = BundleProcessor(
+        settings.book, settings.redis, settings.analytics, settings.monitoring, str(marker)
+    )
+    runtime = FakeRuntimeContext()
+    operator.open(runtime)  # Redis is not asked anything until a flush
+    assert operator.fault is not None
+    operator.fault.check_interval_s = 0
+    runtime.keyed.key = "BTC-USD"
+    ctx = FakeContext(runtime.keyed, FakeTimerService())
     marker.touch()
     with pytest.raises(InjectedPythonFault):
-        key(data)
-    assert key(data) == "BTC-USDT"
+        list(operator.process_element(frame_bundle([]), ctx))
+    assert list(operator.process_element(frame_bundle([]), ctx)) == []  # claimed: no blob
 
 
 def test_kill_plan_hits_every_target_in_shuffled_rounds() -> None:

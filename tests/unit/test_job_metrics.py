@@ -1,12 +1,12 @@
-"""The job's counters move by what each frame produced; books_not_live goes up and down."""
+"""The job's counters move by what the compiled core counted; books_not_live goes up and down;
+every counter the core counts is one the job exports."""
 
 from __future__ import annotations
 
 import pytest
 
-from jobs.book.engine import Outcome
-from jobs.instrument import Outputs
 from jobs.metrics import COUNTERS, JobMetrics
+from tests.unit.core_driver import Core, binance, bn_depth, bn_snapshot
 
 pytestmark = pytest.mark.unit
 
@@ -33,15 +33,21 @@ class Group:
         return self.counters.setdefault(name, Counter())
 
 
-def test_counts_per_frame_and_no_call_for_zero() -> None:
+def test_the_cores_counts_are_the_exported_counters() -> None:
+    core = Core("BNB-BTC")
+    core.process(binance("snapshot", bn_snapshot(10, [["1.0", "2"]], [["1.1", "3"]]), 1_000))
+    core.process(binance("depth", bn_depth(20, 21, 1_001, [], []), 1_001))  # a gap
+    counts = core.stream.take_counts()
+    assert set(counts) <= set(COUNTERS)
+    assert counts["gaps"] == 1 and counts["resync_requests"] == 1 and counts["frames"] == 2
     root = Group()
     metrics = JobMetrics(root)
+    for name, n in counts.items():
+        metrics.inc(name, n)
+    metrics.flush()
     counters = root.groups["tickflow"].counters
     assert set(counters) == set(COUNTERS)
-    out = Outputs(sync_failures=[Outcome.GAP, Outcome.CHECKSUM_MISMATCH, Outcome.GAP])
-    metrics.record(out)
-    assert counters["gaps"].value == 2 and counters["checksum_failures"].value == 1
-    assert counters["trades"].calls == 0  # nothing to add: no call into the JVM
+    assert counters["gaps"].value == 1 and counters["checksum_failures"].calls == 0
 
 
 def test_books_not_live_follows_each_instruments_count() -> None:
@@ -52,20 +58,23 @@ def test_books_not_live_follows_each_instruments_count() -> None:
     metrics.books_not_live("ETH-USD", 1)
     metrics.books_not_live("BTC-USD", 0)
     metrics.books_not_live("BTC-USD", 0)
-    assert gauge.value == 1 and gauge.calls == 3
+    metrics.flush()
+    assert gauge.value == 1 and gauge.calls == 1
 
 
 def test_buffered_counts_reach_the_counters_on_flush_in_one_call_each() -> None:
     root = Group()
-    metrics = JobMetrics(root, buffered=True)
+    metrics = JobMetrics(root)
     counters = root.groups["tickflow"].counters
     for _ in range(3):
         metrics.inc("frames")
-        metrics.record(Outputs(sync_failures=[Outcome.GAP]))
+        metrics.inc("gaps")
+        metrics.inc("trades", 0)  # nothing to add: no call into the JVM
     metrics.books_not_live("BTC-USD", 2)
     assert counters["frames"].calls == 0 and counters["gaps"].value == 0
     metrics.flush()
     assert counters["frames"].value == 3 and counters["frames"].calls == 1
     assert counters["gaps"].value == 3 and counters["books_not_live"].value == 2
+    assert counters["trades"].calls == 0
     metrics.flush()
     assert counters["frames"].calls == 1  # nothing new: no call
