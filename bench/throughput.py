@@ -390,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=min(3, os.cpu_count() or 1))
     parser.add_argument("--backend", default="hashmap")
     parser.add_argument("--drop-dataset", action="store_true")
+    parser.add_argument(
+        "--prepare-only", action="store_true", help="build (or check) the data set, no run"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     base = load_settings()
@@ -400,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         note = build_dataset(base, args.frames, args.workers)
     else:
         print(f"  reusing {topic}: {note['records']} records", flush=True)
+    if args.prepare_only:
+        return 0
     try:
         run = throughput_run(base, topic, note["records"], args.backend, args.skip_s)
     finally:
