@@ -21,14 +21,18 @@ import java.util.concurrent.Executors;
  * The writer of {@link ClickHouseRowBinarySink}: one RowBinary buffer per table, inserted by a
  * thread of its own so that the task thread keeps reading while ClickHouse takes an insert
  * (on 18.16 an insert of a few thousand rows takes tens of milliseconds, and a blocked sink
- * backpressures the books operator). At most {@code MAX_IN_FLIGHT} inserts wait at a time;
- * a flush (before every checkpoint barrier, and at the end of input) waits for all of them,
+ * backpressures the books operator). At most {@code MAX_IN_FLIGHT} inserts and
+ * {@code MAX_QUEUED_BYTES} of rows wait at a time (the TaskManager's heap is shared with the
+ * Kafka producers' buffers: an unbounded queue behind a slow ClickHouse ran it out); a flush (before every checkpoint barrier, and at the end of input) waits for all of them,
  * so a completed checkpoint still means every row before it is in ClickHouse.
  */
 class ClickHouseRowBinaryWriter implements SinkWriter<byte[]> {
 
     /** Inserts queued or running before a new one waits for the oldest. */
     static final int MAX_IN_FLIGHT = 8;
+
+    /** Bytes of rows queued or being inserted before a new insert waits for the oldest. */
+    static final long MAX_QUEUED_BYTES = 32L << 20;
 
     private static final class TableBuffer {
         final String columns;
@@ -65,7 +69,7 @@ class ClickHouseRowBinaryWriter implements SinkWriter<byte[]> {
         }
     }
 
-    private record Insert(CompletableFuture<Void> done, long rows) {}
+    private record Insert(CompletableFuture<Void> done, long rows, int bytes) {}
 
     private final ClickHouseHttp http;
     private final String database;
@@ -80,6 +84,7 @@ class ClickHouseRowBinaryWriter implements SinkWriter<byte[]> {
     private final Counter rowsInserted;
     private final Counter inserts;
     private long bufferedRows;
+    private long queuedBytes;
     private boolean timerPending;
 
     ClickHouseRowBinaryWriter(
@@ -190,11 +195,12 @@ class ClickHouseRowBinaryWriter implements SinkWriter<byte[]> {
     /** Hands the table's rows to the inserter; waits first if too many inserts are queued. */
     private void insert(String table, TableBuffer buffer) throws IOException, InterruptedException {
         reapDone();
-        while (inFlight.size() >= MAX_IN_FLIGHT) {
+        int length = buffer.size;
+        while (!inFlight.isEmpty()
+                && (inFlight.size() >= MAX_IN_FLIGHT || queuedBytes + length > MAX_QUEUED_BYTES)) {
             awaitOldest();
         }
         long rows = buffer.rows;
-        int length = buffer.size;
         String cols = buffer.columns;
         byte[] data = buffer.take();
         bufferedRows -= rows;
@@ -208,7 +214,8 @@ class ClickHouseRowBinaryWriter implements SinkWriter<byte[]> {
                 throw new InsertFailed(new IOException("ClickHouse insert interrupted", e));
             }
         }, inserter);
-        inFlight.addLast(new Insert(done, rows));
+        inFlight.addLast(new Insert(done, rows, length));
+        queuedBytes += length;
         reapDone(); // an inserter that ran it at once (tests) reports its failure here
     }
 
@@ -224,6 +231,7 @@ class ClickHouseRowBinaryWriter implements SinkWriter<byte[]> {
             oldest.done().get();
         } catch (ExecutionException e) {
             inFlight.clear(); // the job fails and restarts from its checkpoint
+            queuedBytes = 0;
             Throwable cause = e.getCause();
             if (cause instanceof InsertFailed failed) {
                 throw failed.io;
@@ -231,6 +239,7 @@ class ClickHouseRowBinaryWriter implements SinkWriter<byte[]> {
             throw new IOException("ClickHouse insert failed: " + cause, cause);
         }
         inFlight.removeFirst();
+        queuedBytes -= oldest.bytes();
         if (rowsInserted != null) {
             rowsInserted.inc(oldest.rows());
             inserts.inc();

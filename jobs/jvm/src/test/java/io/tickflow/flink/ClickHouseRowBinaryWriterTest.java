@@ -172,4 +172,26 @@ class ClickHouseRowBinaryWriterTest {
         IOException e = assertThrows(IOException.class, () -> w.flush(false));
         assertTrue(e.getMessage().contains("Memory limit exceeded"), e.getMessage());
     }
+
+    @Test
+    void waitsWhenTheQueuedRowsAreTooLarge() throws Exception {
+        inserter = queued::addLast;
+        ClickHouseRowBinaryWriter w = writer(1);
+        int half = (int) (ClickHouseRowBinaryWriter.MAX_QUEUED_BYTES / 2) + 1;
+        w.write(new Blobs().rows("trades", 1, new byte[half]).bytes(), null);
+        assertEquals(1, w.insertsInFlight());
+        Thread writer = new Thread(() -> {
+            try {
+                w.write(new Blobs().rows("trades", 1, new byte[half]).bytes(), null);
+            } catch (Exception e) {
+                throw new RuntimeException(e);
+            }
+        });
+        writer.start();
+        Thread.sleep(50);
+        assertTrue(writer.isAlive()); // two halves are over the bound: it waits for the first
+        queued.removeFirst().run();
+        writer.join(5000);
+        assertEquals(1, w.insertsInFlight());
+    }
 }
