@@ -63,7 +63,7 @@ from connectors.base import Connection, Sink, WsConnector
 from connectors.coinbase import SUBSCRIBED, CoinbaseConnector, subscribe_message
 from connectors.kraken import KrakenConnector
 from connectors.producer import KafkaSink
-from jobs.offline import CoreRun
+from jobs.offline import CoreRun, EnvelopeCollector
 from jobs.sinks.clickhouse import connect
 from jobs.sinks.redis_books import book_key
 from schemas.codec import RawEnvelope, encode_envelope
@@ -129,20 +129,6 @@ class Clock:
 
     def __call__(self) -> int:
         return self.now_ms
-
-
-class Collector:
-    """A connector sink that keeps the envelopes (the ``connectors.base.Sink`` protocol)."""
-
-    def __init__(self) -> None:
-        self.envelopes: list[RawEnvelope] = []
-        self.dead_letters: list[str] = []
-
-    def send(self, envelope: RawEnvelope) -> None:
-        self.envelopes.append(envelope)
-
-    def dead_letter(self, record: str) -> None:
-        self.dead_letters.append(record)
 
 
 def reply_frames(reply: bytes | list[OutFrame] | None) -> list[bytes]:
@@ -259,7 +245,7 @@ def generate(settings: Settings, exchanges: tuple[str, ...], frames: int) -> Gen
     clock = Clock(time.time_ns() // 1_000_000 - int(est_seconds * 1000) - 60_000)
     server = SimulatorServer(settings, paused=True, clock_ms=clock)
     pointed = pointed_at(settings, server)
-    sink = Collector()
+    sink = EnvelopeCollector()
     wires = {
         ex: open_wire(ex, pointed, server.venues[ex], sink, clock.now_ms * 1_000_000)
         for ex in exchanges

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.stats import summarize, target_entry
+from schemas.codec import _read_long
 
 # patch kinds: what goes into the bytes at an offset of a template
 RECEIVE_TIME = 0  # the envelope's receive_time_ns: 9-byte zig-zag varint
@@ -62,25 +63,14 @@ def zigzag_varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _skip_long(data: bytes, pos: int) -> tuple[int, int]:
-    shift = acc = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        acc |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return (acc >> 1) ^ -(acc & 1), pos
-        shift += 7
-
-
 def receive_time_offset(value: bytes) -> int:
     """Where ``receive_time_ns`` starts in an encoded RawEnvelope (after four strings:
     instrument, exchange, symbol, channel); its encoding must be ``RECEIVE_TIME_WIDTH``."""
     pos = 0
     for _ in range(4):
-        length, pos = _skip_long(value, pos)
+        length, pos = _read_long(value, pos)
         pos += length
-    _, end = _skip_long(value, pos)
+    _, end = _read_long(value, pos)
     if end - pos != RECEIVE_TIME_WIDTH:
         raise ValueError(f"receive_time_ns takes {end - pos} bytes, not {RECEIVE_TIME_WIDTH}")
     return pos

@@ -237,7 +237,7 @@ class CoreResult:
         return {record["instrument"]: record for record in self.nbbo}
 
 
-class _Envelopes:
+class EnvelopeCollector:
     """A connector sink (``connectors.base.Sink``) that hands envelopes over as they come."""
 
     def __init__(self) -> None:
@@ -251,7 +251,7 @@ class _Envelopes:
         self.dead_letters.append(record)
 
 
-def _connector(exchange: str, settings: Settings, sink: _Envelopes) -> WsConnector:
+def _connector(exchange: str, settings: Settings, sink: EnvelopeCollector) -> WsConnector:
     from connectors.__main__ import CONNECTORS  # the connectors' registry (imports Kafka's client)
 
     if exchange not in CONNECTORS:
@@ -265,7 +265,7 @@ def recorded_envelopes(
     """The raw envelopes the exchange's connector produced while recording, in its order, by
     the connector's own code (``WsConnector.handle_recorded``) on one offline connection;
     frames it could not route are added to ``dead_letters``. Read lazily."""
-    sink = _Envelopes()
+    sink = EnvelopeCollector()
     connector = _connector(recording.exchange, settings, sink)
     conn = connector.offline_connection()
     try:
@@ -295,9 +295,9 @@ def recording_exchange(path: Path, settings: Settings) -> str:
     configuration) takes the first line that exactly one of them takes."""
     from connectors.__main__ import CONNECTORS
 
-    candidates: dict[str, tuple[WsConnector, _Envelopes, Connection]] = {}
+    candidates: dict[str, tuple[WsConnector, EnvelopeCollector, Connection]] = {}
     for exchange in CONNECTORS:
-        sink = _Envelopes()
+        sink = EnvelopeCollector()
         connector = _connector(exchange, settings, sink)
         candidates[exchange] = (connector, sink, connector.offline_connection())
     with _quiet("connectors"):  # the others' warnings about frames they do not know
@@ -305,7 +305,7 @@ def recording_exchange(path: Path, settings: Settings) -> str:
 
 
 def _first_taker(
-    path: Path, candidates: dict[str, tuple[WsConnector, _Envelopes, Connection]]
+    path: Path, candidates: dict[str, tuple[WsConnector, EnvelopeCollector, Connection]]
 ) -> str:
     try:
         for number, receive_time_ns, frame in iter_recording(path):
