@@ -92,7 +92,7 @@ import traceback
 import urllib.request
 import uuid
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
@@ -153,6 +153,7 @@ LINGER_MS = 5
 BEHIND_LIMIT = 0.98  # achieved / offered below this: the producer was the bottleneck
 MIN_CHECKPOINTS = 10
 
+STALL_MS = 500.0  # a receive second whose worst book latency is above this is part of a stall
 SAMPLE_EVERY_S = 1.0  # lag, ClickHouse and job state
 RESULT_STRIDE = 20  # every n-th result record's latency is kept (all are counted)
 SAMPLER_POLL_S = 0.05
@@ -339,6 +340,7 @@ def offer(
     produce, poll = producer.produce, producer.poll
     cycle = 0
     frames = pool.cycle(0)
+    cycle_starts = [time.time()]  # wall times: each cycle re-opens every book (snapshots)
     index = produced = 0
     progress: list[tuple[float, int]] = [(0.0, 0)]  # (seconds since start, produced)
     next_mark = 1.0
@@ -369,6 +371,7 @@ def offer(
         for _ in range(n):
             if index == len(frames):
                 cycle += 1
+                cycle_starts.append(time.time())
                 frames, index = pool.cycle(cycle), 0
                 shift = cycle * TRADE_ID_SHIFT
             t = frames[index]
@@ -389,6 +392,7 @@ def offer(
         "progress": progress,
         "produced": produced,
         "cycles_started": cycle + 1,
+        "cycle_starts": cycle_starts,
         "max_behind_frames": max_behind,
         "cpu_window_s": round(cpu_at["end"] - cpu_at.get("window_start", 0.0), 2),
     }
@@ -458,6 +462,7 @@ class RedisSampler(threading.Thread):
         self.notices = {"book": 0, "nbbo": 0}
         self.not_live = 0  # book notices of a RESYNCING/STALE write (resyncs per cycle)
         self.stamped: dict[str, array[float]] = {"book": array("f"), "nbbo": array("f")}
+        self.worst_by_second: dict[int, float] = {}  # receive second -> worst book publish lag
         self.seen: dict[str, array[float]] = {"book": array("f"), "nbbo": array("f")}
         self._last_version: dict[str, bytes] = {}
         self.error: str | None = None
@@ -509,7 +514,12 @@ class RedisSampler(threading.Thread):
                 continue
             self._last_version[key] = version
             kind = keys[key]
-            self.stamped[kind].append((int(published) - int(received)) / 1e6)
+            publish_ms = (int(published) - int(received)) / 1e6
+            self.stamped[kind].append(publish_ms)
+            if kind == "book":
+                second = int(received) // 1_000_000_000
+                if publish_ms > self.worst_by_second.get(second, 0.0):
+                    self.worst_by_second[second] = publish_ms
             self.seen[kind].append((seen_ns - int(received)) / 1e6)
 
 
@@ -701,6 +711,57 @@ def checkpoint_counts(settings: Settings, job_id: str) -> dict[str, Any]:
     }
 
 
+def checkpoint_history(settings: Settings, job_id: str) -> Callable[[], dict[int, list[int]]]:
+    """The recent checkpoints: id -> [trigger wall ms, end-to-end ms] (REST keeps the last few,
+    so it is polled)."""
+
+    def sample() -> dict[int, list[int]]:
+        stats = flink.rest(settings, "GET", f"/jobs/{job_id}/checkpoints")
+        return {
+            int(c["id"]): [int(c["trigger_timestamp"]), int(c.get("end_to_end_duration") or 0)]
+            for c in stats.get("history") or []
+            if c.get("status") == "COMPLETED"
+        }
+
+    return sample
+
+
+def stall_spells(
+    worst_by_second: dict[int, float],
+    cycle_starts: Sequence[float],
+    checkpoints: dict[int, list[int]],
+    start: float,
+    end: float,
+    threshold_ms: float = STALL_MS,
+) -> list[dict[str, Any]]:
+    """Runs of receive seconds whose worst book latency exceeds ``threshold_ms``, each with the
+    producer cycle that began last before it (a cycle re-opens every book) and the checkpoints
+    triggered from a second before it to its end: what a stall lines up with."""
+    slow = sorted(s for s, ms in worst_by_second.items() if ms > threshold_ms and start <= s < end)
+    spells: list[list[int]] = []
+    for second in slow:
+        if spells and second - spells[-1][-1] <= 1:
+            spells[-1].append(second)
+        else:
+            spells.append([second])
+    out = []
+    for spell in spells:
+        first, last = spell[0], spell[-1]
+        before = [c for c in cycle_starts if c <= first + 1]
+        out.append({
+            "at_s": round(first - start, 1),
+            "seconds": last - first + 1,
+            "worst_ms": round(max(worst_by_second[s] for s in spell), 1),
+            "since_cycle_start_s": round(first - before[-1], 1) if before else None,
+            "checkpoints": [
+                {"at_s": round(t / 1000 - start, 1), "ms": ms}
+                for t, ms in sorted(checkpoints.values())
+                if first - 1 <= t / 1000 <= last + 1
+            ],
+        })  # fmt: skip
+    return out
+
+
 def table_counts(settings: Settings) -> dict[str, int]:
     client = connect(settings.clickhouse)
     db = settings.clickhouse.database
@@ -805,7 +866,8 @@ def offered_run(
             results_reader = ResultConsumer(settings, settings.kafka.nbbo_topic, results_group)
             lag = Poller("lag-poller", source_metrics(settings, job_id, raw_topic))
             ages = Poller("clickhouse-poller", *clickhouse_ages(settings))
-            threads = [sampler, results_reader, lag, ages]
+            checkpoints = Poller("checkpoint-poller", checkpoint_history(settings, job_id))
+            threads = [sampler, results_reader, lag, ages, checkpoints]
             for thread in threads:
                 thread.start()
             if not sampler.subscribed.wait(SUBSCRIBE_TIMEOUT_S):
@@ -927,6 +989,13 @@ def offered_run(
             "book": histogram(sampler.stamped["book"]),
             "nbbo": histogram(sampler.stamped["nbbo"]),
         },
+        "stalls": stall_spells(
+            sampler.worst_by_second,
+            produced["cycle_starts"],
+            {k: v for _, history in checkpoints.samples for k, v in history.items()},
+            window_start,
+            window_end,
+        ),
     })  # fmt: skip
     return result
 
@@ -997,6 +1066,10 @@ def print_run(run: dict[str, Any]) -> None:
     print(f"    checkpoints in window {c['completed_in_window']} (failed {c['failed_in_window']},"
           f" interval {run['checkpoint_interval_ms']} ms){'' if c['enough'] else '  ** < 10 **'}"
           f"; tables {run.get('tables')}; CPU cores {run['cpu_cores']}", flush=True)
+    for spell in run.get("stalls", []):
+        print(f"    stall at {spell['at_s']} s for {spell['seconds']} s, worst "
+              f"{spell['worst_ms']} ms; {spell['since_cycle_start_s']} s after a pool cycle began;"
+              f" checkpoints {spell['checkpoints']}")
     if run["sampler_errors"]:
         print(f"    sampler errors: {run['sampler_errors']}")
 

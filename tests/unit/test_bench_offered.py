@@ -218,3 +218,21 @@ def test_headline_and_the_summary_read_it_first() -> None:
     assert by_name["e2e_latency_p99"]["met"] is True
     assert by_name["consumer_lag_at_peak"]["source"] == "offered_latency.json"
     assert headline([run_figures(100_000, 5.0, 0.1)]).keys() == {"consumer_lag_at_peak"}
+
+
+def test_stall_spells_join_adjacent_slow_seconds_and_name_what_they_line_up_with() -> None:
+    from bench.offered_latency import stall_spells
+
+    spells = stall_spells(
+        {100: 600.0, 101: 700.0, 102: 10.0, 105: 900.0, 300: 5000.0},
+        cycle_starts=[90.0, 104.5],
+        checkpoints={1: [100_500, 300], 2: [110_000, 20]},
+        start=95.0,
+        end=200.0,
+    )
+    assert spells == [
+        {"at_s": 5.0, "seconds": 2, "worst_ms": 700.0, "since_cycle_start_s": 10.0,
+         "checkpoints": [{"at_s": 5.5, "ms": 300}]},
+        {"at_s": 10.0, "seconds": 1, "worst_ms": 900.0, "since_cycle_start_s": 0.5,
+         "checkpoints": []},
+    ]  # fmt: skip
