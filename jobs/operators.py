@@ -79,6 +79,12 @@ class BundleProcessor(KeyedProcessFunction):
         self.fault_file = fault_file
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        lease, tick = self.redis_config.live_lease_ms, self.book_config.timer_interval_ms
+        if 0 < lease < 2 * tick:
+            raise ValueError(
+                f"redis.live_lease_ms ({lease}) must be at least twice book.timer_interval_ms"
+                f" ({tick}): leases are renewed on the housekeeping tick"
+            )
         self.state = runtime_context.get_state(
             ValueStateDescriptor("core-state", Types.PICKLED_BYTE_ARRAY())
         )
@@ -95,6 +101,8 @@ class BundleProcessor(KeyedProcessFunction):
         self._next_event_timer: dict[str, int] = {}
         self._bundled: set[str] = set()  # instruments a bundle came for since open
         self._dirty: set[str] = set()  # changed since their state was last written
+        self._leased: set[str] = set()  # the book and NBBO hashes this subtask has written
+        self._lease_due_ms = 0  # when every lease is renewed next
 
     def close(self) -> None:
         self._flush_redis()
@@ -201,9 +209,27 @@ class BundleProcessor(KeyedProcessFunction):
 
     def _flush_redis(self) -> None:
         self._redis_due_ms = None
-        for is_nbbo, keys, args in self.core.take_redis(time.time_ns()):
+        now_ns = time.time_ns()
+        new: list[str] = []
+        for is_nbbo, keys, args in self.core.take_redis(now_ns):
             self.redis_batch.add_write(is_nbbo, keys, args)
+            if keys[0] not in self._leased:
+                self._leased.add(keys[0])
+                new.append(keys[0])
+        self._renew_leases(now_ns // 1_000_000, new)
         self.redis_batch.flush()
         for name, n in self.core.take_counts().items():
             self.metrics.inc(name, n)
         self.metrics.flush()
+
+    def _renew_leases(self, now_ms: int, new: list[str]) -> None:
+        """The lease on every hash written here, every fifth of the lease (timers run this at
+        least every housekeeping tick); a hash written for the first time gets one at once."""
+        lease = self.redis_config.live_lease_ms
+        if lease <= 0:
+            return
+        if now_ms >= self._lease_due_ms:
+            self._lease_due_ms = now_ms + lease // 5
+            self.redis_batch.add_lease(sorted(self._leased), now_ms + lease)
+        elif new:
+            self.redis_batch.add_lease(new, now_ms + lease)

@@ -56,6 +56,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from jobs.sinks.redis_books import LEASE_FIELD, effective_status
 from monitoring.alerts import (
     AlertPayloadError,
     AlertReceiver,
@@ -436,6 +437,7 @@ BOOK_FIELDS = [
     "event_time_ms",
     "receive_time_ns",
     "publish_time_ns",
+    LEASE_FIELD,
 ]
 
 
@@ -494,7 +496,7 @@ def read_books(client: redis.Redis, prefix: str, now_ns: int | None = None) -> l
                 "exchange": exchange,
                 "symbol": symbol,
                 "instrument": data["instrument"] or "",
-                "status": data["status"],
+                "status": effective_status(data["status"], data[LEASE_FIELD], now_ns // 1_000_000),
                 "reason": data["reason"] or "",
                 "seq": _int(data["seq"], -1),
                 "version": (data["version"] or "").lstrip("0") or "0",
@@ -539,6 +541,9 @@ def read_nbbos(client: redis.Redis, prefix: str, now_ns: int | None = None) -> l
         out.append(
             {
                 "instrument": str(key)[len(head) :],
+                # an NBBO is live while its writer's lease holds (no lease: leases are off)
+                "live": effective_status("LIVE", data.get(LEASE_FIELD), now_ns // 1_000_000)
+                == "LIVE",
                 "quote": data.get("quote", ""),
                 "bid_price": data.get("bid_price") or None,
                 "bid_size": data.get("bid_size") or None,

@@ -85,6 +85,7 @@ class RedisConfig:
     key_prefix: str
     password: str = field(default="", repr=False)  # AUTH token (ElastiCache: with tls); "": none
     tls: bool = False
+    live_lease_ms: int = 5000  # books/NBBOs read EXPIRED this long after the job stops (0: off)
 
 
 @dataclass(frozen=True)

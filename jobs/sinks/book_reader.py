@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import orjson
 import redis
 
-from jobs.sinks.redis_books import book_key, redis_client
+from jobs.sinks.redis_books import LEASE_FIELD, book_key, effective_status, redis_client
 from tickflow.config import RedisConfig, Settings, load_settings
 
 
@@ -44,7 +44,9 @@ def _decode(exchange: str, symbol: str, data: dict[str, str]) -> StoredBook:
         exchange=exchange,
         symbol=symbol,
         instrument=data.get("instrument", ""),
-        status=data.get("status", ""),
+        status=effective_status(
+            data.get("status", ""), data.get(LEASE_FIELD), time.time_ns() // 1_000_000
+        ),
         reason=data.get("reason", ""),
         seq=int(data.get("seq", -1)),
         bids=[(p, s) for p, s in orjson.loads(data.get("bids", "[]"))],

@@ -12,6 +12,10 @@ Layout (``<p>`` is ``redis.key_prefix``):
 - ``<p>:nbbo:<instrument>`` hash: the live NBBO per instrument (fields below), ``<p>:nbbos``
   lists the keys; channel ``<p>:nbbo-updates`` carries ``<instrument>:<version>`` per
   accepted write.
+- ``live_until_ms`` on every book and NBBO hash: the job's lease on it, renewed about every
+  fifth of ``redis.live_lease_ms`` while the job runs. A reader takes a hash as live only while
+  the lease holds (``effective_status``): a job that stopped, crashed or fell far behind leaves
+  its books and NBBOs reading ``EXPIRED`` within the lease, in Redis itself, not only in our CLI.
 
 The compiled core (``jobs/native/src/publish.rs``) encodes each write's KEYS and ARGV; this
 module holds the Lua scripts that apply them and sends them. A script refuses a write whose
@@ -49,6 +53,33 @@ redis.call('SADD', KEYS[2], KEYS[1])
 redis.call('PUBLISH', KEYS[3], ARGV[10])
 return 1
 """
+
+
+# KEYS: book and NBBO hashes. ARGV: live_until_ms. A hash that is gone stays gone.
+_LEASE = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('HSET', KEYS[i], 'live_until_ms', ARGV[1])
+  end
+end
+return #KEYS
+"""
+
+LEASE_FIELD = "live_until_ms"
+EXPIRED = "EXPIRED"
+
+
+def effective_status(status: str, live_until_ms: str | int | None, now_ms: int) -> str:
+    """A stored status as a reader must take it: a LIVE hash whose writer's lease ran out is
+    ``EXPIRED`` (the pipeline stopped writing it). A hash with no lease (leases off) keeps its
+    status."""
+    if status != "LIVE" or live_until_ms in (None, ""):
+        return status
+    try:
+        until = int(live_until_ms)
+    except ValueError:
+        return EXPIRED
+    return status if now_ms <= until else EXPIRED
 
 
 def book_key(prefix: str, exchange: str, symbol: str) -> str:
@@ -100,7 +131,7 @@ class RedisBatch:
         # EVALSHA by the scripts' SHA1 (what SCRIPT LOAD returns), loaded on first NOSCRIPT
         self._scripts = {
             script: hashlib.sha1(script.encode()).hexdigest()
-            for script in (_GUARDED_WRITE, _GUARDED_NBBO)
+            for script in (_GUARDED_WRITE, _GUARDED_NBBO, _LEASE)
         }
         self._queue: list[tuple[str, list[str], list[Any]]] = []
 
@@ -110,6 +141,11 @@ class RedisBatch:
     def add_write(self, is_nbbo: bool, keys: list[str], args: list[Any]) -> None:
         """A guarded write of a book (or an NBBO) with its KEYS and ARGV (see the scripts)."""
         self._queue.append((_GUARDED_NBBO if is_nbbo else _GUARDED_WRITE, keys, args))
+
+    def add_lease(self, keys: list[str], live_until_ms: int) -> None:
+        """Renew the writer's lease on these hashes (those that exist)."""
+        if keys:
+            self._queue.append((_LEASE, keys, [live_until_ms]))
 
     def flush(self) -> list[bool]:
         """Send every queued write; whether each was accepted (False: Redis had a newer one)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -18,8 +19,10 @@ from bench.slice import (
     start_slice,
     wait_for,
 )
-from jobs.sinks.book_reader import read_book
+from jobs.sinks.book_reader import read_all_books, read_book
 from jobs.sinks.clickhouse import connect
+from jobs.sinks.redis_books import EXPIRED, redis_client
+from monitoring.dashboard import read_nbbos
 from stack import flink
 from tickflow.config import Settings
 
@@ -162,3 +165,37 @@ def test_gap_is_resynced_through_the_control_topic_and_bad_frames_are_dead_lette
     top_n = settings.book.top_n
     assert book.bids == [tuple(level) for level in truth["bids"][:top_n]]
     assert book.asks == [tuple(level) for level in truth["asks"][:top_n]]
+
+
+def test_a_stopped_job_leaves_every_book_and_nbbo_reading_expired_within_its_lease(
+    running_slice: Slice,
+) -> None:
+    """Runs last in this module: it stops the slice's job. A reader of Redis must be able to
+    tell a dead pipeline from a quiet market, from Redis alone, within the lease."""
+    settings = running_slice.settings
+    sim_post(settings, "resume")
+    client = redis_client(settings.redis, decode_responses=True)
+    lease_ms = settings.redis.live_lease_ms
+    assert lease_ms > 0
+    wait_for(
+        "every book LIVE and every NBBO live under a lease",
+        lambda: (
+            (books := read_all_books(settings.redis))
+            and all(b.status == "LIVE" for b in books)
+            and all(n["live"] for n in read_nbbos(client, settings.redis.key_prefix))
+        ),
+        120,
+    )
+    flink.cancel_job(settings, running_slice.job_id)
+    stopped = time.monotonic()
+    wait_for(
+        "every book EXPIRED and every NBBO not live",
+        lambda: (
+            all(b.status == EXPIRED for b in read_all_books(settings.redis))
+            and not any(n["live"] for n in read_nbbos(client, settings.redis.key_prefix))
+        ),
+        lease_ms / 1000 + 10,
+    )
+    # a lease is renewed every fifth of it, so it ends at most a lease after the last renewal
+    assert time.monotonic() - stopped <= lease_ms / 1000 + 2
+    assert read_nbbos(client, settings.redis.key_prefix), "the NBBOs were listed all along"

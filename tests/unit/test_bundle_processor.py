@@ -7,6 +7,7 @@ apply them, version guard included."""
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -14,7 +15,15 @@ import pytest
 import redis
 
 from jobs.operators import REDIS_FLUSH_MS, BundleProcessor
-from jobs.sinks.redis_books import RedisBatch, book_key, redis_client
+from jobs.sinks.book_reader import read_book
+from jobs.sinks.redis_books import (
+    EXPIRED,
+    LEASE_FIELD,
+    RedisBatch,
+    book_key,
+    effective_status,
+    redis_client,
+)
 from schemas.bundles import (
     BUNDLE_PERSIST,
     CLICKHOUSE_ROWS,
@@ -175,3 +184,41 @@ def test_a_batch_applies_writes_in_order_and_keeps_the_version_guard(
     assert client.hget(keys[0], "seq") == b"11"
     assert client.sismember(keys[1], keys[0])
     client.close()
+
+
+def test_every_hash_written_carries_a_lease_that_readers_honour(
+    redis_config: RedisConfig,
+) -> None:
+    client = redis_client(redis_config)
+    key = book_key(redis_config.key_prefix, "binance", "BNBBTC")
+    op = Operator(redis_config, FakeRuntimeContext())
+    op.bundle([binance("snapshot", bn_snapshot(10, [["1.0", "2"]], [["1.1", "3"]]), T0)], T0)
+    before_ms = time.time_ns() // 1_000_000
+    op.timer(T0 + REDIS_FLUSH_MS)
+    lease = redis_config.live_lease_ms
+    until = int(client.hget(key, LEASE_FIELD) or 0)
+    assert before_ms + lease <= until <= time.time_ns() // 1_000_000 + lease
+    assert read_book(redis_config, "binance", "BNBBTC").status == "LIVE"  # type: ignore[union-attr]
+    # the job stopped renewing: past its lease the same hash reads EXPIRED
+    client.hset(key, LEASE_FIELD, before_ms - 1)
+    assert read_book(redis_config, "binance", "BNBBTC").status == EXPIRED  # type: ignore[union-attr]
+    # the next renewal (due every fifth of the lease; made due here) covers every hash written
+    op.function._lease_due_ms = 0
+    op.timer(T0 + 1000)
+    assert int(client.hget(key, LEASE_FIELD) or 0) >= before_ms + lease
+    op.function.close()
+    client.close()
+
+
+def test_effective_status_is_the_stored_one_only_while_the_lease_holds() -> None:
+    assert effective_status("LIVE", "1000", 1000) == "LIVE"
+    assert effective_status("LIVE", "1000", 1001) == EXPIRED
+    assert effective_status("LIVE", None, 10**13) == "LIVE"  # no lease: leases are off
+    assert effective_status("RESYNCING", "1000", 5000) == "RESYNCING"
+    assert effective_status("LIVE", "not a number", 0) == EXPIRED
+
+
+def test_a_lease_shorter_than_two_ticks_is_refused(redis_config: RedisConfig) -> None:
+    config = dataclasses.replace(redis_config, live_lease_ms=1500)
+    with pytest.raises(ValueError, match="live_lease_ms"):
+        Operator(config, FakeRuntimeContext())
