@@ -442,6 +442,7 @@ def redis_state(settings: Settings) -> dict[str, Any]:
         if kind == "hash":
             fields = {k.decode(): v.decode() for k, v in r.hgetall(key).items()}
             fields.pop("publish_time_ns", None)  # when it was written: wall clock
+            fields.pop("live_until_ms", None)  # the writer's lease: wall clock too
             state[name] = fields
         elif kind == "set":
             state[name] = sorted(m.decode().removeprefix(prefix) for m in r.smembers(key))
