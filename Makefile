@@ -36,6 +36,7 @@ stop: venv ## stop the demo processes and the local stack
 	$(BIN)/tickflow stack down
 
 test: venv ## the test suite (the compiled engine's Rust tests, then unit + integration on the real local stack, with coverage)
+	$(BIN)/tickflow demo yield
 	cd jobs/native && cargo test --no-default-features -q
 	$(BIN)/pytest --cov --cov-report=term --cov-report=xml --cov-fail-under=80 $(PYTEST_ARGS)
 

@@ -349,6 +349,28 @@ def backfill_partition(settings: Settings, part: PartitionRange) -> dict[str, An
     }
 
 
+def parse_offset_ranges(spec: str) -> list[PartitionRange]:
+    """``"0:100-200,1:5-80"``: per partition, the first offset read and the first not read."""
+    ranges = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        partition, _, span = item.partition(":")
+        start, _, end = span.partition("-")
+        try:
+            part = PartitionRange(int(partition), int(start), int(end))
+        except ValueError:
+            raise ValueError(f"{item!r} is not partition:start-end") from None
+        if part.partition < 0 or part.start < 0 or part.end < part.start:
+            raise ValueError(f"{item!r}: want partition >= 0 and 0 <= start <= end")
+        ranges.append(part)
+    if len({r.partition for r in ranges}) != len(ranges):
+        raise ValueError(f"a partition is named twice in {spec!r}")
+    return ranges
+
+
+def format_offset_ranges(ranges: list[PartitionRange]) -> str:
+    return ",".join(f"{r.partition}:{r.start}-{r.end}" for r in ranges)
+
+
 def run_backfill(
     settings: Settings,
     from_ms: int,
@@ -359,11 +381,25 @@ def run_backfill(
     """Backfill [from_ms, to_ms) of the raw topic into ``settings.clickhouse.database``."""
     from stack.topics import ensure_topics
 
+    ensure_topics(settings)  # before its offsets are looked up
+    return run_backfill_ranges(settings, partition_ranges(settings, from_ms, to_ms), workers, log)
+
+
+def run_backfill_ranges(
+    settings: Settings,
+    ranges: list[PartitionRange],
+    workers: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Backfill these offset ranges of the raw topic into ``settings.clickhouse.database``,
+    each from empty state (as a live job starting at a range's start would)."""
+    from stack.topics import ensure_topics
+
     started = time.monotonic()
     workers = workers or settings.replay.batch_workers or os.cpu_count() or 1
     ensure_schema(settings.clickhouse)
     ensure_topics(settings)
-    ranges = [r for r in partition_ranges(settings, from_ms, to_ms) if r.records]
+    ranges = [r for r in ranges if r.records]
     total = sum(r.records for r in ranges)
     partitions = len(ranges)
     # largest first: the last to start are the shortest

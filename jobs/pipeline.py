@@ -31,6 +31,7 @@ from pyflink.datastream.connectors.kafka import (
     KafkaRecordSerializationSchema,
     KafkaSink,
     KafkaSource,
+    KafkaTopicPartition,
 )
 
 from jobs.jvm_ops import bundle_frames, clickhouse_sink, topic_records
@@ -43,9 +44,10 @@ JOB_NAME = "tickflow-pipeline"
 
 
 def raw_source(settings: Settings) -> KafkaSource:
-    """The raw topic. Live: from the committed offsets (committed on checkpoints; first start:
-    everything), unbounded. Replay: the records of [replay.from_ms, replay.to_ms), then the
-    job finishes (a restore resumes from the checkpointed offsets either way)."""
+    """The raw topic. Live: from ``flink.start_offsets`` if set, else the committed offsets
+    (committed on checkpoints; first start: everything), unbounded. Replay: the records of
+    [replay.from_ms, replay.to_ms), then the job finishes (a restore resumes from the
+    checkpointed offsets either way)."""
     kafka, replay = settings.kafka, settings.replay
     builder = (
         KafkaSource.builder()
@@ -56,9 +58,15 @@ def raw_source(settings: Settings) -> KafkaSource:
         .set_property("security.protocol", kafka.security_protocol)
     )
     if not replay.active:
+        explicit = settings.flink.start_offsets_by_partition()
         return (
             builder.set_starting_offsets(
-                KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
+                KafkaOffsetsInitializer.offsets(
+                    {KafkaTopicPartition(kafka.raw_topic, p): o for p, o in explicit.items()},
+                    KafkaOffsetResetStrategy.EARLIEST,
+                )
+                if explicit
+                else KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
             )
             .set_property("partition.discovery.interval.ms", "60000")
             .build()

@@ -126,6 +126,13 @@ class FlinkConfig:
     # what it holds after bundle_max_delay_ms (and always before a watermark or a checkpoint)
     bundle_max_frames: int = 64
     bundle_max_delay_ms: int = 5
+    # where a live job with no state to restore starts reading the raw topic:
+    # "partition:offset,..." (every partition named); "": from the group's committed offsets
+    # (none: the earliest). A restore resumes from its checkpointed offsets either way.
+    start_offsets: str = ""
+    # `tickflow demo up` with no state to restore: a backlog above this many records is not
+    # read by the live job (its books would stay dark behind it) but stored by a backfill
+    catch_up_max_records: int = 200_000
 
     def __post_init__(self) -> None:
         if self.state_backend not in FLINK_STATE_BACKENDS:
@@ -133,6 +140,22 @@ class FlinkConfig:
                 f"flink.state_backend must be one of {FLINK_STATE_BACKENDS}, "
                 f"got {self.state_backend!r}"
             )
+        self.start_offsets_by_partition()  # fails here, not at job submission
+
+    def start_offsets_by_partition(self) -> dict[int, int]:
+        """``start_offsets`` parsed: partition -> offset ({}: not set)."""
+        out: dict[int, int] = {}
+        for item in filter(None, (part.strip() for part in self.start_offsets.split(","))):
+            partition, sep, offset = item.partition(":")
+            try:
+                if not sep or int(partition) < 0 or int(offset) < 0:
+                    raise ValueError(item)
+                out[int(partition)] = int(offset)
+            except ValueError:
+                raise ConfigError(
+                    f"flink.start_offsets: {item!r} is not partition:offset (non-negative)"
+                ) from None
+        return out
 
 
 @dataclass(frozen=True)

@@ -4,20 +4,35 @@
 (background processes with pid files under ``<state_dir>/apps``), submits the Flink job unless
 it is already running, and prints where to look (Flink UI, dashboard, Prometheus, metrics).
 ``make run`` then shows the live books.
+
+Restarts. ``down`` stops the job with a savepoint. ``up`` resumes from the newest restore point
+it has: that savepoint, or the newest retained checkpoint of a job it started (after a crash or
+a cancel). With none, the job starts with empty state, and where it starts reading is decided
+and printed: from the consumer group's committed offsets when the backlog behind them is small
+(``flink.catch_up_max_records``), else at the end of the raw topic, so the books sync from fresh
+snapshots within seconds instead of staying dark behind a backlog that cannot make them live;
+the skipped backlog is then stored by a batch backfill of exactly those offsets
+(``tickflow job backfill --offsets``, in the background, log under ``<state_dir>/apps``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tickflow.config import Settings, load_settings
+
+LIVE_WAIT_S = 120.0  # `up` reports how long until every book is LIVE, waiting up to this
 
 # app name -> tickflow subcommand; started in this order, stopped in reverse
 APPS: dict[str, list[str]] = {
@@ -99,10 +114,153 @@ def stop_app(settings: Settings, app: str, timeout: float = 15.0) -> None:
     _pid_file(settings, app).unlink(missing_ok=True)
 
 
+def _history_file(settings: Settings) -> Path:
+    return settings.state_dir / "apps" / "pipeline.history.json"
+
+
+def _history(settings: Settings) -> dict[str, Any]:
+    """The job ids ``up`` started (newest last) and the savepoint ``down`` took, if any."""
+    path = _history_file(settings)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"job_ids": [], "savepoint": None}
+    return {"job_ids": list(data.get("job_ids", [])), "savepoint": data.get("savepoint")}
+
+
+def _save_history(settings: Settings, history: dict[str, Any]) -> None:
+    path = _history_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    history["job_ids"] = history["job_ids"][-20:]
+    path.write_text(json.dumps(history))
+
+
+def _metadata_mtime(uri: str | None) -> float | None:
+    if not uri:
+        return None
+    metadata = Path(uri.removeprefix("file://")) / "_metadata"
+    return metadata.stat().st_mtime if metadata.exists() else None
+
+
+def restore_point(settings: Settings, history: dict[str, Any]) -> str | None:
+    """The newest of the savepoint ``down`` took and the retained checkpoints of the jobs ``up``
+    started; None when there is neither."""
+    from stack.supervisor import latest_checkpoint
+
+    candidates = [history.get("savepoint"), latest_checkpoint(settings, history["job_ids"])]
+    dated = [(t, uri) for uri in candidates if uri and (t := _metadata_mtime(uri)) is not None]
+    return max(dated)[1] if dated else None
+
+
+def raw_backlog(settings: Settings) -> tuple[dict[int, int], dict[int, int]]:
+    """Per raw-topic partition: the consumer group's committed offset (none: the earliest
+    retained) and the end offset."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = settings.kafka.raw_topic
+    consumer = Consumer({
+        "bootstrap.servers": settings.kafka.bootstrap,
+        "group.id": settings.flink.consumer_group,
+        "security.protocol": settings.kafka.security_protocol,
+        "enable.auto.commit": False,
+    })  # fmt: skip
+    try:
+        meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return {}, {}
+        parts = [TopicPartition(topic, p) for p in sorted(meta.partitions)]
+        committed, end = {}, {}
+        for tp in consumer.committed(parts, timeout=30):
+            low, high = consumer.get_watermark_offsets(tp, timeout=30)
+            committed[tp.partition] = min(max(tp.offset, low), high) if tp.offset >= 0 else low
+            end[tp.partition] = high
+        return committed, end
+    finally:
+        consumer.close()
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def start_backlog_backfill(settings: Settings, spec: str) -> int:
+    """``tickflow job backfill --offsets SPEC`` in the background; its pid."""
+    log = settings.state_dir / "apps" / "backlog-backfill.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tickflow.cli", "job", "backfill", "--offsets", spec],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    print(f"backlog: stored by a backfill of {spec} (pid {proc.pid}, log {log})")
+    return proc.pid
+
+
+def submit_job(settings: Settings, history: dict[str, Any]) -> str:
+    """Resume from the newest restore point, else start with empty state where ``raw_backlog``
+    says (see the module's doc)."""
+    from jobs.backfill import PartitionRange, format_offset_ranges
+    from stack import flink
+
+    pipeline = str(settings.root / "jobs" / "pipeline.py")
+    restore = restore_point(settings, history)
+    if restore:
+        print(f"job: resuming from {restore}")
+        return flink.submit_python_job(settings, pipeline, [], from_savepoint=restore)
+    committed, end = raw_backlog(settings)
+    backlog = sum(end[p] - committed[p] for p in end)
+    if backlog <= settings.flink.catch_up_max_records:
+        at = ",".join(f"{p}:{o}" for p, o in sorted(committed.items())) or "(no topic yet)"
+        print(f"job: no state to restore; reading from the committed offsets {at} "
+              f"({backlog} records behind the end)")  # fmt: skip
+        return flink.submit_python_job(settings, pipeline, [])
+    start = ",".join(f"{p}:{o}" for p, o in sorted(end.items()))
+    print(f"job: no state to restore and {backlog} records behind the committed offsets (more "
+          f"than flink.catch_up_max_records = {settings.flink.catch_up_max_records}): starting "
+          f"at the end of the topic, {start}")  # fmt: skip
+    with _environ({"TICKFLOW__FLINK__START_OFFSETS": start}):
+        job_id = flink.submit_python_job(settings, pipeline, [])
+    skipped = [PartitionRange(p, committed[p], end[p]) for p in sorted(end)
+               if end[p] > committed[p]]
+    start_backlog_backfill(settings, format_offset_ranges(skipped))
+    return job_id
+
+
+def wait_books_live(settings: Settings, started: float) -> None:
+    """Print how long after the command every book in Redis read LIVE (books of instruments no
+    longer configured may never be: then say which are not)."""
+    from jobs.sinks.book_reader import read_all_books
+
+    deadline = time.monotonic() + LIVE_WAIT_S
+    books: list[Any] = []
+    while time.monotonic() < deadline:
+        books = read_all_books(settings.redis)
+        if books and all(b.status == "LIVE" for b in books):
+            print(f"books: all {len(books)} LIVE {time.monotonic() - started:.1f} s after the "
+                  "command")  # fmt: skip
+            return
+        time.sleep(0.2)
+    not_live = [f"{b.exchange}:{b.symbol} {b.status}" for b in books if b.status != "LIVE"]
+    print(f"books: not all LIVE after {LIVE_WAIT_S:.0f} s: {', '.join(not_live) or 'none yet'}")
+
+
 def up(settings: Settings) -> None:
     from stack import flink
     from stack.cli import main as stack_main
 
+    started = time.monotonic()
     if stack_main(["up"]) != 0:
         raise SystemExit("stack did not come up: see `tickflow stack status` and its logs")
     for app in APPS:
@@ -113,10 +271,14 @@ def up(settings: Settings) -> None:
     if known and states.get(known) == "RUNNING":
         print(f"job {known} already RUNNING")
     else:
-        job_id = flink.submit_python_job(settings, str(settings.root / "jobs" / "pipeline.py"), [])
+        history = _history(settings)
+        job_id = submit_job(settings, history)
+        history["job_ids"].append(job_id)
+        _save_history(settings, history)
         job_file.write_text(job_id)
         flink.wait_job_running(settings, job_id, 180)
         print(f"job {job_id} RUNNING")
+    wait_books_live(settings, started)
     mon = settings.monitoring
     print(f"Flink web UI: http://127.0.0.1:{settings.flink.rest_port}")
     print(f"dashboard:    http://127.0.0.1:{mon.dashboard_port}")
@@ -127,27 +289,64 @@ def up(settings: Settings) -> None:
     print(f"jobs:         curl -s localhost:{settings.flink.rest_port}/jobs/overview")
 
 
-def down(settings: Settings) -> None:
+def running_job(settings: Settings) -> str | None:
+    """The demo's job id if it is RUNNING."""
     from stack import flink
 
     job_file = settings.state_dir / "apps" / "pipeline.jobid"
-    if job_file.exists():
-        job_id = job_file.read_text().strip()
+    if not job_file.exists():
+        return None
+    job_id = job_file.read_text().strip()
+    try:
+        return job_id if flink.job_state(settings, job_id) == "RUNNING" else None
+    except (OSError, flink.StackError):
+        return None  # the cluster is down, or forgot the job
+
+
+def running(settings: Settings) -> bool:
+    """Whether any part of the demo runs (its job or one of its processes)."""
+    return running_job(settings) is not None or any(running_pid(settings, a) for a in APPS)
+
+
+def down(settings: Settings) -> None:
+    """Stop the job with a savepoint (``up`` resumes from it; if it cannot be taken, the job is
+    cancelled and ``up`` resumes from its newest retained checkpoint), then the processes."""
+    from stack import flink
+
+    job_file = settings.state_dir / "apps" / "pipeline.jobid"
+    job_id = running_job(settings)
+    if job_id is not None:
+        history = _history(settings)
         try:
-            if flink.job_state(settings, job_id) == "RUNNING":
-                flink.cancel_job(settings, job_id)
-                print(f"job {job_id} cancelled")
-        except OSError:
-            pass  # the cluster is already down: nothing to cancel
-        job_file.unlink()
+            history["savepoint"] = flink.stop_with_savepoint(settings, job_id)
+            print(f"job {job_id} stopped; savepoint {history['savepoint']} (make run resumes it)")
+        except (OSError, flink.StackError) as e:
+            flink.cancel_job(settings, job_id)
+            print(f"job {job_id} cancelled (no savepoint: {e}); make run resumes from its newest"
+                  " retained checkpoint")  # fmt: skip
+        if job_id not in history["job_ids"]:
+            history["job_ids"].append(job_id)
+        _save_history(settings, history)
+    job_file.unlink(missing_ok=True)
     for app in reversed(APPS):
         stop_app(settings, app)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tickflow demo", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["up", "down"])
+    parser.add_argument(
+        "command",
+        choices=["up", "down", "yield"],
+        help="yield: stop the demo if it runs, saying why (the test suite needs the stack alone)",
+    )
     args = parser.parse_args(argv)
     settings = load_settings()
-    up(settings) if args.command == "up" else down(settings)
+    if args.command == "up":
+        up(settings)
+    elif args.command == "down":
+        down(settings)
+    elif running(settings):
+        print("the demo (make run) is running: stopping it so the test suite has the stack to "
+              "itself (its job with a savepoint: make run resumes it)", flush=True)  # fmt: skip
+        down(settings)
     return 0

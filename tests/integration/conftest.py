@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from stack import manager
+from tickflow import demo
 from tickflow.config import Settings, load_settings
 
 SIMULATOR_OVERLAY = "config/simulator.yaml"
@@ -28,6 +29,9 @@ def stack_settings() -> Iterator[Settings]:
     patch = pytest.MonkeyPatch()
     patch.setenv("TICKFLOW_CONFIG", _with_simulator_overlay(os.environ.get("TICKFLOW_CONFIG", "")))
     settings = load_settings()
+    if demo.running(settings):
+        # the demo's job and connectors would compete with (and be disturbed by) the tests
+        demo.main(["yield"])
     started: list[str] = []
     try:
         if os.environ.get("TICKFLOW_STACK_RUNNING") != "1" and not manager.stack_answers(settings):
