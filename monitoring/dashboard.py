@@ -56,6 +56,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from jobs.sinks.book_reader import decode_nbbo
 from jobs.sinks.redis_books import LEASE_FIELD, effective_status
 from monitoring.alerts import (
     AlertPayloadError,
@@ -514,15 +515,6 @@ def read_books(client: redis.Redis, prefix: str, now_ns: int | None = None) -> l
     return books
 
 
-def _json_field(raw: str | None, default: Any) -> Any:
-    if not raw:
-        return default
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return default
-
-
 def read_nbbos(client: redis.Redis, prefix: str, now_ns: int | None = None) -> list[dict[str, Any]]:
     """Every NBBO in ``<p>:nbbos`` (hashes ``<p>:nbbo:<instrument>``)."""
     now_ns = time.time_ns() if now_ns is None else now_ns
@@ -535,32 +527,16 @@ def read_nbbos(client: redis.Redis, prefix: str, now_ns: int | None = None) -> l
     for key, data in zip(keys, pipe.execute() if keys else [], strict=True):
         if not data:
             continue
-        age, e2e = _ages(
-            now_ns, _int(data.get("receive_time_ns")), _int(data.get("publish_time_ns"))
-        )
-        out.append(
-            {
-                "instrument": str(key)[len(head) :],
-                # an NBBO is live while its writer's lease holds (no lease: leases are off)
-                "live": effective_status("LIVE", data.get(LEASE_FIELD), now_ns // 1_000_000)
-                == "LIVE",
-                "quote": data.get("quote", ""),
-                "bid_price": data.get("bid_price") or None,
-                "bid_size": data.get("bid_size") or None,
-                "bid_venues": [v for v in data.get("bid_venues", "").split(",") if v],
-                "ask_price": data.get("ask_price") or None,
-                "ask_size": data.get("ask_size") or None,
-                "ask_venues": [v for v in data.get("ask_venues", "").split(",") if v],
-                "spread": _spread(data.get("bid_price"), data.get("ask_price")),
-                "locked": data.get("locked") == "1",
-                "crossed": data.get("crossed") == "1",
-                "venues": _json_field(data.get("venues"), []),
-                "excluded": _json_field(data.get("excluded"), {}),
-                "event_time_ms": _int(data.get("event_time_ms")),
-                "age_ms": age,
-                "e2e_ms": e2e,
-            }
-        )
+        nbbo = decode_nbbo(str(key)[len(head) :], data, now_ns // 1_000_000)
+        age, e2e = _ages(now_ns, nbbo.receive_time_ns, nbbo.publish_time_ns)
+        out.append({
+            **dataclasses.asdict(nbbo),
+            "spread": _spread(nbbo.bid_price, nbbo.ask_price),
+            "age_ms": age,
+            "e2e_ms": e2e,
+        })  # fmt: skip
+        for field_name in ("receive_time_ns", "publish_time_ns"):
+            del out[-1][field_name]
     return out
 
 

@@ -29,6 +29,8 @@ import pytest
 import redis
 import yaml
 
+from jobs.sinks.book_reader import read_all_nbbos, render_nbbos
+from jobs.sinks.redis_books import LEASE_FIELD, nbbo_key, redis_client
 from monitoring import dashboard as dash
 from monitoring.alerts import (
     FIRING,
@@ -250,7 +252,25 @@ def test_read_books_and_nbbo_from_redis(redis_config: RedisConfig) -> None:
     assert nbbo["locked"] is False and nbbo["crossed"] is False
     assert nbbo["spread"] == "1.0"
     assert 19 <= nbbo["e2e_ms"] < 1000
+    assert nbbo["live"] is True  # no lease written: leases off
     client.close()
+
+
+def test_the_terminal_view_shows_the_nbbo_and_an_expired_lease(redis_config: RedisConfig) -> None:
+    _write_market(redis_config)
+    (nbbo,) = read_all_nbbos(redis_config)
+    assert (nbbo.instrument, nbbo.bid_price, nbbo.ask_price, nbbo.live) == (
+        "BTC-USD", "64999.5", "65000.5", True
+    )
+    line = render_nbbos([nbbo]).splitlines()[1]
+    assert "BTC-USD" in line and "64999.5" in line and "1.0" in line and "EXPIRED" not in line
+    client = redis_client(redis_config)
+    client.hset(nbbo_key(redis_config.key_prefix, "BTC-USD"), LEASE_FIELD, 1)  # long past
+    client.hset(nbbo_key(redis_config.key_prefix, "BTC-USD"), "crossed", 1)
+    client.close()
+    (expired,) = read_all_nbbos(redis_config)
+    assert not expired.live and expired.crossed
+    assert render_nbbos([expired]).splitlines()[1].endswith("CROSSED EXPIRED")
 
 
 def test_the_dashboard_reads_the_books_and_nbbo_the_jobs_core_writes(
