@@ -193,7 +193,7 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def start_backlog_backfill(settings: Settings, spec: str) -> int:
+def start_backlog_backfill(settings: Settings, spec: str) -> subprocess.Popen[bytes]:
     """``tickflow job backfill --offsets SPEC`` in the background; its pid."""
     log = settings.state_dir / "apps" / "backlog-backfill.log"
     with log.open("ab") as out:
@@ -205,12 +205,12 @@ def start_backlog_backfill(settings: Settings, spec: str) -> int:
             start_new_session=True,
         )
     print(f"backlog: stored by a backfill of {spec} (pid {proc.pid}, log {log})")
-    return proc.pid
+    return proc
 
 
-def submit_job(settings: Settings, history: dict[str, Any]) -> str:
+def submit_job(settings: Settings, history: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Resume from the newest restore point, else start with empty state where ``raw_backlog``
-    says (see the module's doc)."""
+    says (see the module's doc). The job id, and how it started."""
     from jobs.backfill import PartitionRange, format_offset_ranges
     from stack import flink
 
@@ -218,14 +218,16 @@ def submit_job(settings: Settings, history: dict[str, Any]) -> str:
     restore = restore_point(settings, history)
     if restore:
         print(f"job: resuming from {restore}")
-        return flink.submit_python_job(settings, pipeline, [], from_savepoint=restore)
+        job_id = flink.submit_python_job(settings, pipeline, [], from_savepoint=restore)
+        return job_id, {"restored_from": restore}
     committed, end = raw_backlog(settings)
     backlog = sum(end[p] - committed[p] for p in end)
+    how: dict[str, Any] = {"restored_from": None, "backlog_records": backlog}
     if backlog <= settings.flink.catch_up_max_records:
         at = ",".join(f"{p}:{o}" for p, o in sorted(committed.items())) or "(no topic yet)"
         print(f"job: no state to restore; reading from the committed offsets {at} "
               f"({backlog} records behind the end)")  # fmt: skip
-        return flink.submit_python_job(settings, pipeline, [])
+        return flink.submit_python_job(settings, pipeline, []), {**how, "start": "committed"}
     start = ",".join(f"{p}:{o}" for p, o in sorted(end.items()))
     print(f"job: no state to restore and {backlog} records behind the committed offsets (more "
           f"than flink.catch_up_max_records = {settings.flink.catch_up_max_records}): starting "
@@ -234,13 +236,13 @@ def submit_job(settings: Settings, history: dict[str, Any]) -> str:
         job_id = flink.submit_python_job(settings, pipeline, [])
     skipped = [PartitionRange(p, committed[p], end[p]) for p in sorted(end)
                if end[p] > committed[p]]
-    start_backlog_backfill(settings, format_offset_ranges(skipped))
-    return job_id
+    backfill = start_backlog_backfill(settings, format_offset_ranges(skipped))
+    return job_id, {**how, "start": start, "backfill": backfill}
 
 
-def wait_books_live(settings: Settings, started: float) -> None:
-    """Print how long after the command every book in Redis read LIVE (books of instruments no
-    longer configured may never be: then say which are not)."""
+def wait_books_live(settings: Settings, started: float) -> float | None:
+    """Print (and return) how long after the command every book in Redis read LIVE (books of
+    instruments no longer configured may never be: then say which are not)."""
     from jobs.sinks.book_reader import read_all_books
 
     deadline = time.monotonic() + LIVE_WAIT_S
@@ -248,15 +250,18 @@ def wait_books_live(settings: Settings, started: float) -> None:
     while time.monotonic() < deadline:
         books = read_all_books(settings.redis)
         if books and all(b.status == "LIVE" for b in books):
-            print(f"books: all {len(books)} LIVE {time.monotonic() - started:.1f} s after the "
-                  "command")  # fmt: skip
-            return
+            seconds = time.monotonic() - started
+            print(f"books: all {len(books)} LIVE {seconds:.1f} s after the command")
+            return seconds
         time.sleep(0.2)
     not_live = [f"{b.exchange}:{b.symbol} {b.status}" for b in books if b.status != "LIVE"]
     print(f"books: not all LIVE after {LIVE_WAIT_S:.0f} s: {', '.join(not_live) or 'none yet'}")
+    return None
 
 
-def up(settings: Settings) -> None:
+def up(settings: Settings) -> dict[str, Any]:
+    """Everything up; how the job started (``submit_job``'s account, if it did) and
+    ``live_after_s``."""
     from stack import flink
     from stack.cli import main as stack_main
 
@@ -268,17 +273,18 @@ def up(settings: Settings) -> None:
     job_file = settings.state_dir / "apps" / "pipeline.jobid"
     known = job_file.read_text().strip() if job_file.exists() else ""
     states = {j["jid"]: j.get("state") for j in flink.list_jobs(settings)}
+    how: dict[str, Any] = {}
     if known and states.get(known) == "RUNNING":
         print(f"job {known} already RUNNING")
     else:
         history = _history(settings)
-        job_id = submit_job(settings, history)
+        job_id, how = submit_job(settings, history)
         history["job_ids"].append(job_id)
         _save_history(settings, history)
         job_file.write_text(job_id)
         flink.wait_job_running(settings, job_id, 180)
         print(f"job {job_id} RUNNING")
-    wait_books_live(settings, started)
+    how["live_after_s"] = wait_books_live(settings, started)
     mon = settings.monitoring
     print(f"Flink web UI: http://127.0.0.1:{settings.flink.rest_port}")
     print(f"dashboard:    http://127.0.0.1:{mon.dashboard_port}")
@@ -287,6 +293,7 @@ def up(settings: Settings) -> None:
     print(f"metrics:      Flink :{mon.flink_metrics_ports}, connectors {ports}, dashboard"
           f" :{mon.dashboard_port}/metrics")  # fmt: skip
     print(f"jobs:         curl -s localhost:{settings.flink.rest_port}/jobs/overview")
+    return how
 
 
 def running_job(settings: Settings) -> str | None:
