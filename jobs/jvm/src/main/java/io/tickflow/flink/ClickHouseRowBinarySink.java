@@ -1,11 +1,15 @@
 package io.tickflow.flink;
 
 import org.apache.flink.api.connector.sink2.Sink;
-import org.apache.flink.api.connector.sink2.SinkWriter;
+import org.apache.flink.api.connector.sink2.StatefulSinkWriter;
+import org.apache.flink.api.connector.sink2.SupportsWriterState;
 import org.apache.flink.api.connector.sink2.WriterInitContext;
+import org.apache.flink.core.io.SimpleVersionedSerializer;
 
 import java.io.IOException;
+import java.util.Collection;
 import java.util.HashMap;
+import java.util.List;
 import java.util.Map;
 
 /**
@@ -13,11 +17,13 @@ import java.util.Map;
  * {@link SinkBlob}) over ClickHouse's HTTP interface, one buffer per table.
  *
  * <p>A table is inserted when it holds {@code maxRows} rows, every {@code flushIntervalMs} and
- * on every flush before a checkpoint barrier: at-least-once, and the tables are
- * ReplacingMergeTree with deterministic row identities, so a repeat after a restore is
- * harmless. A refused insert fails the job (it restarts from its checkpoint).
+ * before every checkpoint barrier; inserts still running at a checkpoint are in its state and
+ * sent again on restore: at-least-once, and the tables are ReplacingMergeTree with
+ * deterministic row identities, so a repeat after a restore is harmless. A refused insert fails
+ * the job (it restarts from its checkpoint).
  */
-public class ClickHouseRowBinarySink implements Sink<byte[]> {
+public class ClickHouseRowBinarySink
+        implements Sink<byte[]>, SupportsWriterState<byte[], PendingInsert> {
 
     private static final long serialVersionUID = 1L;
 
@@ -57,11 +63,30 @@ public class ClickHouseRowBinarySink implements Sink<byte[]> {
     }
 
     @Override
-    public SinkWriter<byte[]> createWriter(WriterInitContext context) throws IOException {
+    public StatefulSinkWriter<byte[], PendingInsert> createWriter(WriterInitContext context)
+            throws IOException {
+        return restoreWriter(context, List.of());
+    }
+
+    @Override
+    public StatefulSinkWriter<byte[], PendingInsert> restoreWriter(
+            WriterInitContext context, Collection<PendingInsert> pending) throws IOException {
         ClickHouseHttp http = new ClickHouseHttp(baseUrl, user, password);
-        return new ClickHouseRowBinaryWriter(
+        ClickHouseRowBinaryWriter writer = new ClickHouseRowBinaryWriter(
                 http, database, columns, maxRows, flushIntervalMs, context.getProcessingTimeService(),
                 context.metricGroup());
+        try {
+            writer.restore(pending);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IOException("interrupted while restoring ClickHouse inserts", e);
+        }
+        return writer;
+    }
+
+    @Override
+    public SimpleVersionedSerializer<PendingInsert> getWriterStateSerializer() {
+        return new PendingInsert.Serializer();
     }
 
     @Override

@@ -1,15 +1,18 @@
 package io.tickflow.flink;
 
 import org.apache.flink.api.common.operators.ProcessingTimeService;
-import org.apache.flink.api.connector.sink2.SinkWriter;
+import org.apache.flink.api.connector.sink2.StatefulSinkWriter;
 import org.apache.flink.metrics.Counter;
 import org.apache.flink.metrics.groups.SinkWriterMetricGroup;
 
 import java.io.IOException;
 import java.util.ArrayDeque;
+import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.Collection;
 import java.util.HashMap;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ExecutionException;
@@ -23,10 +26,17 @@ import java.util.concurrent.Executors;
  * (on 18.16 an insert of a few thousand rows takes tens of milliseconds, and a blocked sink
  * backpressures the books operator). At most {@code MAX_IN_FLIGHT} inserts and
  * {@code MAX_QUEUED_BYTES} of rows wait at a time (the TaskManager's heap is shared with the
- * Kafka producers' buffers: an unbounded queue behind a slow ClickHouse ran it out); a flush (before every checkpoint barrier, and at the end of input) waits for all of them,
- * so a completed checkpoint still means every row before it is in ClickHouse.
+ * Kafka producers' buffers: an unbounded queue behind a slow ClickHouse ran it out).
+ *
+ * <p>A checkpoint does not wait for ClickHouse: before the barrier every buffered row is handed
+ * to the inserter, and the inserts not yet known to be done are the writer's checkpointed state
+ * ({@link PendingInsert}), sent again by a writer restored from it. Waiting for them at the
+ * barrier instead held the whole job (the books operator behind it) for as long as ClickHouse
+ * took, seconds on a busy box. An insert done before the failure and sent again on restore is
+ * harmless: the rows keep their identities (ReplacingMergeTree; read with FINAL). At the end
+ * of input the flush waits for every insert.
  */
-class ClickHouseRowBinaryWriter implements SinkWriter<byte[]> {
+class ClickHouseRowBinaryWriter implements StatefulSinkWriter<byte[], PendingInsert> {
 
     /** Inserts queued or running before a new one waits for the oldest. */
     static final int MAX_IN_FLIGHT = 8;
@@ -69,7 +79,7 @@ class ClickHouseRowBinaryWriter implements SinkWriter<byte[]> {
         }
     }
 
-    private record Insert(CompletableFuture<Void> done, long rows, int bytes) {}
+    private record Insert(CompletableFuture<Void> done, PendingInsert rows) {}
 
     private final ClickHouseHttp http;
     private final String database;
@@ -129,6 +139,13 @@ class ClickHouseRowBinaryWriter implements SinkWriter<byte[]> {
         this.inserts = metrics == null ? null : metrics.counter("clickhouseInserts");
     }
 
+    /** Sends again the inserts a checkpoint held (in their order), before any new row. */
+    void restore(Collection<PendingInsert> pending) throws IOException, InterruptedException {
+        for (PendingInsert insert : pending) {
+            submit(insert);
+        }
+    }
+
     @Override
     public void write(byte[] blob, Context context) throws IOException, InterruptedException {
         try {
@@ -173,12 +190,35 @@ class ClickHouseRowBinaryWriter implements SinkWriter<byte[]> {
         insertAll();
     }
 
+    /**
+     * Before a barrier: every buffered row goes to the inserter, without waiting for it (the
+     * inserts still running are the checkpoint's state). At the end of input: waits for all.
+     */
     @Override
     public void flush(boolean endOfInput) throws IOException, InterruptedException {
         insertAll();
-        while (!inFlight.isEmpty()) {
-            awaitOldest();
+        reapDone(); // a failed insert fails the checkpoint, not a later one
+        if (endOfInput) {
+            while (!inFlight.isEmpty()) {
+                awaitOldest();
+            }
         }
+    }
+
+    /** The inserts not yet known to be done, oldest first (a failed one fails the snapshot). */
+    @Override
+    public List<PendingInsert> snapshotState(long checkpointId) throws IOException {
+        try {
+            reapDone();
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IOException("interrupted while checking ClickHouse inserts", e);
+        }
+        List<PendingInsert> pending = new ArrayList<>(inFlight.size());
+        for (Insert insert : inFlight) {
+            pending.add(insert.rows());
+        }
+        return pending;
     }
 
     private void insertAll() throws IOException, InterruptedException {
@@ -192,21 +232,26 @@ class ClickHouseRowBinaryWriter implements SinkWriter<byte[]> {
         }
     }
 
-    /** Hands the table's rows to the inserter; waits first if too many inserts are queued. */
+    /** Hands the table's rows to the inserter. */
     private void insert(String table, TableBuffer buffer) throws IOException, InterruptedException {
-        reapDone();
-        int length = buffer.size;
-        while (!inFlight.isEmpty()
-                && (inFlight.size() >= MAX_IN_FLIGHT || queuedBytes + length > MAX_QUEUED_BYTES)) {
-            awaitOldest();
-        }
         long rows = buffer.rows;
         String cols = buffer.columns;
         byte[] data = buffer.take();
         bufferedRows -= rows;
+        submit(new PendingInsert(table, cols, data, rows));
+    }
+
+    /** Queues an insert; waits first for the oldest while too many or too large are queued. */
+    private void submit(PendingInsert insert) throws IOException, InterruptedException {
+        reapDone();
+        int length = insert.data().length;
+        while (!inFlight.isEmpty()
+                && (inFlight.size() >= MAX_IN_FLIGHT || queuedBytes + length > MAX_QUEUED_BYTES)) {
+            awaitOldest();
+        }
         CompletableFuture<Void> done = CompletableFuture.runAsync(() -> {
             try {
-                http.insert(database, table, cols, data, length, rows);
+                http.insert(database, insert.table(), insert.columns(), insert.data(), length, insert.rows());
             } catch (IOException e) {
                 throw new InsertFailed(e);
             } catch (InterruptedException e) {
@@ -214,7 +259,7 @@ class ClickHouseRowBinaryWriter implements SinkWriter<byte[]> {
                 throw new InsertFailed(new IOException("ClickHouse insert interrupted", e));
             }
         }, inserter);
-        inFlight.addLast(new Insert(done, rows, length));
+        inFlight.addLast(new Insert(done, insert));
         queuedBytes += length;
         reapDone(); // an inserter that ran it at once (tests) reports its failure here
     }
@@ -239,9 +284,9 @@ class ClickHouseRowBinaryWriter implements SinkWriter<byte[]> {
             throw new IOException("ClickHouse insert failed: " + cause, cause);
         }
         inFlight.removeFirst();
-        queuedBytes -= oldest.bytes();
+        queuedBytes -= oldest.rows().data().length;
         if (rowsInserted != null) {
-            rowsInserted.inc(oldest.rows());
+            rowsInserted.inc(oldest.rows().rows());
             inserts.inc();
         }
     }

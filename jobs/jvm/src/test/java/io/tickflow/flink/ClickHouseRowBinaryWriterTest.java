@@ -114,7 +114,7 @@ class ClickHouseRowBinaryWriterTest {
     }
 
     @Test
-    void keepsReadingWhileAnInsertRunsAndAFlushWaitsForIt() throws Exception {
+    void aBarrierDoesNotWaitForInsertsTheyAreTheCheckpointsState() throws Exception {
         inserter = queued::addLast;
         ClickHouseRowBinaryWriter w = writer(1);
         w.write(new Blobs().rows("trades", 1, new byte[] {1}).bytes(), null);
@@ -122,22 +122,56 @@ class ClickHouseRowBinaryWriterTest {
         assertTrue(posts.isEmpty()); // handed over, not yet sent
         assertEquals(2, w.insertsInFlight());
         assertEquals(0, w.bufferedRows());
+        w.flush(false); // before a barrier: returns at once
+        List<PendingInsert> state = w.snapshotState(1);
+        assertEquals(2, state.size());
+        assertEquals("trades", state.get(0).table());
+        assertArrayEquals(new byte[] {1}, state.get(0).data());
+        assertArrayEquals(new byte[] {2}, state.get(1).data());
+        runQueued();
+        assertEquals(List.of(), w.snapshotState(2)); // done: nothing left to send again
+        assertEquals(2, posts.size());
+    }
+
+    @Test
+    void theEndOfInputWaitsForEveryInsert() throws Exception {
+        inserter = queued::addLast;
+        ClickHouseRowBinaryWriter w = writer(1);
+        w.write(new Blobs().rows("trades", 1, new byte[] {1}).bytes(), null);
         Thread flusher = new Thread(() -> {
             try {
-                w.flush(false);
+                w.flush(true);
             } catch (Exception e) {
                 throw new RuntimeException(e);
             }
         });
         flusher.start();
         Thread.sleep(50);
-        assertTrue(flusher.isAlive()); // a flush (before a barrier) waits for every insert
+        assertTrue(flusher.isAlive());
         runQueued();
         flusher.join(5000);
         assertEquals(0, w.insertsInFlight());
+        assertEquals(1, posts.size());
+    }
+
+    @Test
+    void aRestoredWriterSendsTheCheckpointedInsertsFirst() throws Exception {
+        PendingInsert.Serializer serializer = new PendingInsert.Serializer();
+        PendingInsert held = new PendingInsert("nbbo", "date, instrument", new byte[] {7, 8}, 2);
+        PendingInsert back = serializer.deserialize(
+                serializer.getVersion(), serializer.serialize(held));
+        assertEquals(held.table(), back.table());
+        assertEquals(held.columns(), back.columns());
+        assertEquals(held.rows(), back.rows());
+        assertArrayEquals(held.data(), back.data());
+        assertThrows(IOException.class, () -> serializer.deserialize(99, new byte[0]));
+
+        ClickHouseRowBinaryWriter w = writer(1);
+        w.restore(List.of(back));
+        w.write(new Blobs().rows("trades", 1, new byte[] {1}).bytes(), null);
         assertEquals(2, posts.size());
-        assertArrayEquals(new byte[] {1}, posts.get(0).body());
-        assertArrayEquals(new byte[] {2}, posts.get(1).body());
+        assertEquals("INSERT INTO tickflow.nbbo (date, instrument) FORMAT RowBinary", posts.get(0).query());
+        assertArrayEquals(new byte[] {7, 8}, posts.get(0).body());
     }
 
     @Test
@@ -163,7 +197,7 @@ class ClickHouseRowBinaryWriterTest {
     }
 
     @Test
-    void aFailedInsertFailsTheNextFlush() {
+    void aFailedInsertFailsTheNextBarrier() {
         inserter = queued::addLast;
         ClickHouseRowBinaryWriter w = writer(1);
         answers.add(new ClickHouseHttp.Response(500, "Code: 241, Memory limit exceeded"));
