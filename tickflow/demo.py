@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,7 +139,8 @@ def _save_history(settings: Settings, history: dict[str, Any]) -> None:
 def _metadata_mtime(uri: str | None) -> float | None:
     if not uri:
         return None
-    metadata = Path(uri.removeprefix("file://")) / "_metadata"
+    # Flink writes file:/path, Path.as_uri() file:///path
+    metadata = Path(urllib.parse.urlparse(uri).path) / "_metadata"
     return metadata.stat().st_mtime if metadata.exists() else None
 
 

@@ -37,7 +37,8 @@ def test_the_newest_of_the_savepoint_and_the_retained_checkpoints_is_resumed(
     checkpoints = flink.runtime_dir(settings) / "checkpoints"
     now = time.time()
     older = _retained(checkpoints / "job-a" / "chk-7", now - 300)
-    savepoint = _retained(tmp_path / "savepoints" / "savepoint-1", now - 200)
+    # as Flink names it: file:/path (one slash)
+    savepoint = "file:" + _retained(tmp_path / "savepoints" / "savepoint-1", now - 200)[7:]
     newer = _retained(checkpoints / "job-b" / "chk-3", now - 100)
     assert demo.restore_point(settings, {"job_ids": [], "savepoint": None}) is None
     assert demo.restore_point(settings, {"job_ids": ["job-a"], "savepoint": None}) == older
