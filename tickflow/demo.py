@@ -34,6 +34,9 @@ from typing import Any
 from tickflow.config import Settings, load_settings
 
 LIVE_WAIT_S = 120.0  # `up` reports how long until every book is LIVE, waiting up to this
+# ... and fresh: its last message received this recently (a book restored from a checkpoint
+# reads LIVE at once, with the data it had when the job stopped, until the job catches up)
+FRESH_NS = 5_000_000_000
 
 # app name -> tickflow subcommand; started in this order, stopped in reverse
 APPS: dict[str, list[str]] = {
@@ -243,21 +246,29 @@ def submit_job(settings: Settings, history: dict[str, Any]) -> tuple[str, dict[s
 
 
 def wait_books_live(settings: Settings, started: float) -> float | None:
-    """Print (and return) how long after the command every book in Redis read LIVE (books of
-    instruments no longer configured may never be: then say which are not)."""
+    """Print (and return) how long after the command every book in Redis read LIVE with a
+    message received in the last ``FRESH_NS`` (books of instruments no longer configured may
+    never be: then say which are not)."""
     from jobs.sinks.book_reader import read_all_books
 
     deadline = time.monotonic() + LIVE_WAIT_S
     books: list[Any] = []
+
+    def live(book: Any) -> bool:
+        return bool(book.status == "LIVE" and time.time_ns() - book.receive_time_ns < FRESH_NS)
+
     while time.monotonic() < deadline:
         books = read_all_books(settings.redis)
-        if books and all(b.status == "LIVE" for b in books):
+        if books and all(live(b) for b in books):
             seconds = time.monotonic() - started
-            print(f"books: all {len(books)} LIVE {seconds:.1f} s after the command")
+            print(f"books: all {len(books)} LIVE and fresh {seconds:.1f} s after the command")
             return seconds
         time.sleep(0.2)
-    not_live = [f"{b.exchange}:{b.symbol} {b.status}" for b in books if b.status != "LIVE"]
-    print(f"books: not all LIVE after {LIVE_WAIT_S:.0f} s: {', '.join(not_live) or 'none yet'}")
+    now = time.time_ns()
+    not_live = [f"{b.exchange}:{b.symbol} {b.status} {(now - b.receive_time_ns) / 1e9:.0f} s old"
+                for b in books if not live(b)]  # fmt: skip
+    print(f"books: not all LIVE and fresh after {LIVE_WAIT_S:.0f} s: "
+          f"{', '.join(not_live) or 'none yet'}")  # fmt: skip
     return None
 
 
