@@ -153,13 +153,19 @@ def test_rest_snapshot_plus_later_diffs_reproduce_the_true_book() -> None:
     run(scenario)
 
 
+T_FIXED = 1_700_000_000_000  # the one market depends on times: the model gets the server's
+
+
 def test_served_frames_are_the_seeded_models_frames() -> None:
     settings = base_settings()
 
     async def scenario() -> list[dict[str, Any]]:
         # rate 0: no pacing, frames only from explicit steps
         async with (
-            running_simulator(settings, rate_per_symbol=0, depth_levels=10, id_epoch_s=7) as sim,
+            running_simulator(
+                settings, clock_ms=lambda: T_FIXED, rate_per_symbol=0, depth_levels=10,
+                id_epoch_s=7,
+            ) as sim,
             client(sim, f"/binance/stream?streams={STREAMS}") as reader,
         ):
             await wait_until(
@@ -180,7 +186,7 @@ def test_served_frames_are_the_seeded_models_frames() -> None:
                           sim_cfg.trade_probability, id_offset=id_offset(7))
     expected = []
     for _ in range(30):
-        for event in model.step(0):
+        for event in model.step(T_FIXED):
             if isinstance(event, DepthDiff):
                 expected.append(depth_update_event("BTCUSDT", model.spec, event))
             else:
