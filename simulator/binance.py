@@ -1,9 +1,11 @@
 """Binance spot market model and frame builders. Pure, no I/O, no wall clock.
 
-``BinanceMarket`` evolves one symbol's true book from a seed: the sequence of events (ids,
-prices, quantities) depends only on the seed and the configuration, never on timing. Event
-times come from the caller's ``now_ms`` (made strictly increasing per symbol, see ``step``), so
-a test with a fake clock gets byte-identical frames on every run.
+``BinanceMarket`` evolves one symbol's true book from a seed, quoted around the one market's
+fair value (``simulator.market``): the events (ids, prices, quantities) depend only on the seed,
+the configuration and the event times relative to the first one (and the time of day, which
+sets the market's activity). Event times come from the caller's ``now_ms`` (made strictly
+increasing per symbol, see ``step``), so a test with a fake clock gets byte-identical frames
+on every run.
 
 Docs: https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams
 """

@@ -1,8 +1,8 @@
 """Kraken spot (WebSocket v2) market model and frame builders. Pure, no I/O, no wall clock.
 
 ``KrakenMarket`` evolves one pair's true book from a seed, like ``BinanceMarket``: the events
-depend only on the seed and the configuration, times come from the caller's (strictly
-increasing per pair, as ``BinanceMarket.step`` makes them). Prices
+depend only on the seed, the configuration and the times, which come from the caller's
+(strictly increasing per pair, as ``BinanceMarket.step`` makes them). Prices
 are integers in units of the pair's price precision (``pair_decimals``: BTC/USD 45283.5 is
 452835) and quantities integers in units of its lot precision (``lot_decimals``: 0.10000000 is
 10000000), so the JSON numbers are written as text with exactly the pair's precision, never
@@ -370,10 +370,14 @@ class KrakenMarket:
                 step_ms = trade_ms + 1
         self.maker.requote(quote, apply)
         self.maker.churn(quote, apply, max(0, rng.randint(1, self.max_changes) - len(changes)))
-        if not changes:
-            self.maker.modify(rng.choice((Side.BID, Side.ASK)), apply)
-        before, self._view = self._view, self._levels()
-        events.append(BookStep(step_ms, self.steps, tuple(changes), before, self._view))
+        before, after = self._view, self._levels()
+        if not self._visible(changes, before, after):
+            # every step changes the top levels, as busy books do: a subscriber of any depth
+            # from 2 x CHECKSUM_LEVELS up sees each step (its book time is the truth's)
+            self.maker.modify(rng.choice((Side.BID, Side.ASK)), apply, near_touch=True)
+            after = self._levels()
+        self._view = after
+        events.append(BookStep(step_ms, self.steps, tuple(changes), before, after))
         self.last_time_ms = step_ms
         return events
 
@@ -396,6 +400,22 @@ class KrakenMarket:
         return self.quoter.fair(time_ms)
 
     # --- model ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _visible(
+        changes: list[tuple[Side, int, int]],
+        before: tuple[Levels, Levels],
+        after: tuple[Levels, Levels],
+    ) -> bool:
+        """Whether a change falls in the top 2 x CHECKSUM_LEVELS before or after the step."""
+        top = 2 * CHECKSUM_LEVELS
+        seen = {
+            (side, p)
+            for side, i in ((Side.BID, 0), (Side.ASK, 1))
+            for view in (before, after)
+            for p, _ in view[i][:top]
+        }
+        return any((side, p) in seen for side, p, _ in changes)
 
     def _levels(self) -> tuple[Levels, Levels]:
         return self.book.levels(Side.BID), self.book.levels(Side.ASK)

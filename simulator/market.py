@@ -24,6 +24,7 @@ profile is in ``VENUE_PROFILES``.
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections import deque
@@ -471,7 +472,9 @@ class BookMaker:
         if len(levels) > 2 and rng.random() < quote.walk_probability:
             count = rng.randint(2, min(5, len(levels) - 1))
         fills: list[tuple[int, int]] = []
-        for ticks, resting in book.levels(maker_side, count):
+        pick = heapq.nsmallest if maker_side is Side.ASK else heapq.nlargest
+        for ticks in pick(count, levels):
+            resting = levels[ticks]
             if len(fills) < count - 1:
                 fills.append((ticks, resting))  # swept
                 continue
@@ -491,9 +494,11 @@ class BookMaker:
         book = self.book
         for side, top in ((Side.BID, quote.bid_top), (Side.ASK, quote.ask_top)):
             levels = book.side(side)
-            stale = [t for t in levels if (t > top if side is Side.BID else t < top)]
-            for ticks in sorted(stale):
-                apply(side, ticks, 0)
+            best = book.best(side)
+            if best is not None and (best > top if side is Side.BID else best < top):
+                stale = [t for t in levels if (t > top if side is Side.BID else t < top)]
+                for ticks in sorted(stale):
+                    apply(side, ticks, 0)
             if top not in levels:
                 apply(side, top, self.size(0))
             step = -1 if side is Side.BID else 1
@@ -552,12 +557,15 @@ class BookMaker:
         lots = self.size(level)
         return lots if lots != current else lots + 1
 
-    def modify(self, side: Side, apply: Apply) -> None:
+    def modify(self, side: Side, apply: Apply, near_touch: bool = False) -> None:
+        """Resize one level: one of the top ``top_levels`` (most of the time, or always when
+        ``near_touch``) or any."""
         levels = self.book.side(side)
         if not levels:
             return
-        if self.rng.random() < 0.7:  # most resizes are near the touch
-            candidates = [t for t, _ in self.book.levels(side, self.top_levels)]
+        if near_touch or self.rng.random() < 0.7:  # most resizes are near the touch
+            pick = heapq.nlargest if side is Side.BID else heapq.nsmallest
+            candidates = pick(self.top_levels, levels)
         else:
             candidates = list(levels)
         ticks = self.rng.choice(candidates)
@@ -567,7 +575,7 @@ class BookMaker:
         levels = self.book.side(side)
         if len(levels) <= self.min_levels:
             return
-        ticks = self.rng.choice(sorted(levels))
+        ticks = self.rng.choice(list(levels))
         apply(side, ticks, 0)
 
 
