@@ -289,7 +289,7 @@ DEFAULT_VENUE = VenueProfile(60, 1.0, 0.5, 0.2, 3_000, 0.04, 0.10)
 # a burst (arbitrageurs taking stale quotes)
 EXCITATION_KEEP = 0.95  # per step
 BRANCHING = 0.5  # share of trades that are triggered by earlier trades
-JUMP_BURST = 6.0  # excitation added when the fair value moves this many half spreads at once
+JUMP_BURST = 6.0  # excitation added when the fair value moves more than the spread in one step
 MAX_TRADE_PROBABILITY = 0.95
 
 
@@ -387,7 +387,9 @@ class VenueQuoter:
             self._excitation += JUMP_BURST
         self._last_fair = fair_now
         activity = daily_activity(time_ms)
-        p_trade = min(MAX_TRADE_PROBABILITY, self._base * activity * (1 + self._excitation))
+        # the cycle sets the arrivals from outside (the base); triggered ones follow them, so
+        # the mean is activity x trade_probability at every hour
+        p_trade = min(MAX_TRADE_PROBABILITY, self._base * (activity + self._excitation))
         if self.mean_trade_probability >= 1.0:
             p_trade = 1.0  # a taker every step, as configured
         return self._quote(self.reference, fair_now, p_trade)
