@@ -16,7 +16,7 @@ import orjson
 
 from simulator.binance import BinanceMarket, DepthDiff, depth_update_event, trade_event
 from simulator.book import Side, truth_rows
-from simulator.market import LatentMarket, fair_reply
+from simulator.market import LatentMarket, fair_of, fair_reply
 from simulator.venue import HttpError, HttpReply, OutFrame, Subscription, int_query
 
 INVALID_SYMBOL = {"code": -1121, "msg": "Invalid symbol."}
@@ -196,7 +196,7 @@ class BinanceVenue:
         if market is None:
             raise HttpError(400, INVALID_SYMBOL)
         if resource == "book":
-            return HttpReply.json(200, {"symbol": symbol, **market.snapshot()})
+            return HttpReply.json(200, {"symbol": symbol, **market.snapshot(), **fair_of(market)})
         if resource == "trades":
             from_id = int((query.get("from_id") or ["0"])[0])
             trades = [

@@ -43,7 +43,7 @@ from simulator.coinbase import (
     subscriptions_message,
     trade_entry,
 )
-from simulator.market import LatentMarket, fair_reply
+from simulator.market import LatentMarket, fair_of, fair_reply
 from simulator.venue import HttpError, HttpReply, OutFrame, Subscription, int_query
 
 # channel a client subscribes to -> OutFrame channel of its market data (the fault-injection
@@ -240,7 +240,8 @@ class CoinbaseVenue:
     # --- introspection --------------------------------------------------------------------
 
     def introspect(self, resource: str, query: Mapping[str, list[str]]) -> HttpReply:
-        """``book``: {"symbol", "bids", "asks", "sequence_num"} where sequence_num counts the
+        """``book``: {"symbol", "bids", "asks", "sequence_num", "fair_value", "fair_time_ms"}
+        where sequence_num counts the
         product's level2 updates (connections number their messages each their own way);
         ``trades``: {"symbol", "trades": [{"id", "price", "qty", "time", "taker_side"}]};
         ``truth``: {"symbol", "trades": [{"trade_id", "trade_time_ms", "book_time_ms",
@@ -255,6 +256,7 @@ class CoinbaseVenue:
                 "bids": market.levels_text(Side.BID),
                 "asks": market.levels_text(Side.ASK),
                 "sequence_num": market.updates,
+                **fair_of(market),
             })
         if resource == "trades":
             from_id = int((query.get("from_id") or ["0"])[0])

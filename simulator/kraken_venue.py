@@ -35,7 +35,7 @@ from simulator.kraken import (
     status_message,
     trade_message,
 )
-from simulator.market import LatentMarket, fair_reply
+from simulator.market import LatentMarket, fair_of, fair_reply
 from simulator.venue import HttpError, HttpReply, OutFrame, Subscription, int_query
 
 DEPTHS = (10, 25, 100, 500, 1000)
@@ -288,6 +288,7 @@ class KrakenVenue:
                 "bids": [[pair.price_text(p), pair.qty_text(q)] for p, q in bids],
                 "asks": [[pair.price_text(p), pair.qty_text(q)] for p, q in asks],
                 "checksum": market.checksum(),
+                **fair_of(market),
             })
         if resource == "trades":
             from_id = int((query.get("from_id") or ["0"])[0])

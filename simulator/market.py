@@ -9,9 +9,9 @@ BTC-USDT differ by USDT's small, slowly moving basis to the dollar (an Ornstein-
 process), ETH-BTC is the ratio of the two paths, so no venue can drift away from the others.
 
 The path depends only on the seed and the asset (each asset has its own RNG): querying it never
-changes it. Its time origin is the first time anybody asks (``origin_ms``), so a run with a fake
-clock gives the same frames wherever that clock starts, up to the daily cycle, which follows the
-time of day (UTC).
+changes it. Its time origin is the first market step of any venue (``origin_ms``; before it
+every price is its start), so a run with a fake clock gives the same frames wherever that clock
+starts, up to the daily cycle, which follows the time of day (UTC).
 
 ``VenueQuoter`` is one venue's view of one instrument: it follows the fair value ``lag_ms``
 late with a small idiosyncratic deviation of its own, quotes a spread of ``half_spread_bps``
@@ -161,7 +161,7 @@ class _JumpDiffusion(_Path):
     def advance(self, activity: float, steps: int = 1) -> None:
         rng = self.rng
         if steps > 1:  # a long pause: one aggregated move, no history worth keeping
-            sigma = self.step_sigma * activity * math.sqrt(steps)
+            sigma = self.step_sigma * activity * math.sqrt(min(steps, FAST_FORWARD_STEPS))
             self.skip(steps, self.log_price + rng.gauss(0.0, sigma))
             return
         if self.turbulent:
@@ -230,15 +230,22 @@ class LatentMarket:
             self._extend(path, self._newest)
         return path
 
-    def _index(self, time_ms: int) -> int:
+    def begin(self, time_ms: int) -> None:
+        """Start the paths at ``time_ms`` unless they have started: the first market step
+        does this (a query alone never does, so asking early cannot move the origin)."""
         if self.origin_ms is None:
             self.origin_ms = time_ms
+
+    def _index(self, time_ms: int) -> int:
+        if self.origin_ms is None:
+            return 0  # not started: every path is at its start
         return max(0, (time_ms - self.origin_ms) // GRID_MS)
 
     def _extend(self, path: _JumpDiffusion | _Peg, index: int) -> None:
         origin = self.origin_ms or 0
         gap = index - path.last_index
         if gap > FAST_FORWARD_STEPS:
+            # one aggregated move, as large as an hour's at most: a long pause is no crash
             path.advance(daily_activity(origin + index * GRID_MS), gap - 1)
         while path.last_index < index:
             path.advance(daily_activity(origin + (path.last_index + 1) * GRID_MS))
@@ -375,6 +382,7 @@ class VenueQuoter:
         profile, rng = self.profile, self.rng
         dt = 0 if self._last_ms is None else max(0, time_ms - self._last_ms)
         self._last_ms = time_ms
+        self.latent.begin(time_ms)
         keep = math.exp(-math.log(2) * dt / profile.deviation_half_life_ms)
         self._deviation = self._deviation * keep + rng.gauss(
             0.0, profile.deviation_bps * math.sqrt(1 - keep * keep)
@@ -596,6 +604,13 @@ class FairValued(Protocol):
     def last_time_ms(self) -> int: ...
 
     def fair_value(self, time_ms: int) -> float: ...
+
+
+def fair_of(market: FairValued) -> dict[str, Any]:
+    """What a venue's ``book`` introspection adds: the one market's fair value as of the
+    book's last event (``fair_time_ms``)."""
+    time_ms = market.last_time_ms
+    return {"fair_value": fair_text(market.fair_value(time_ms)), "fair_time_ms": time_ms}
 
 
 def fair_reply(symbol: str, market: FairValued, query: Mapping[str, list[str]]) -> dict[str, Any]:

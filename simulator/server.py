@@ -17,7 +17,8 @@ Control and introspection (JSON) under ``/_sim/``:
   GET  /_sim/connections?frames=1      the send log of every connection (frames if kept)
   POST /_sim/pause | /_sim/resume      stop / restart generating (sent frames still drain)
   POST /_sim/step?exchange=binance&symbol=BTCUSDT&n=1   generate n steps now (any state)
-  GET  /_sim/<exchange>/book?symbol=S  true full book; /trades?symbol=S[&from_id=N] the tape
+  GET  /_sim/<exchange>/book?symbol=S  true full book (with the fair value as of its last
+       event: "fair_value", "fair_time_ms"); /trades?symbol=S[&from_id=N] the tape
   GET  /_sim/<exchange>/truth?symbol=S[&from_time_ms=N]   per trade, the book it executed
        against: {"symbol", "trades": [{"trade_id", "trade_time_ms", "book_time_ms",
        "bid_price", "bid_size", "ask_price", "ask_size", "taker_side"}]}

@@ -120,11 +120,16 @@ def test_canonical_instruments_match_the_configured_ones() -> None:
 
 def test_usd_and_usdt_differ_by_a_small_basis_and_cross_rates_are_consistent() -> None:
     latent = LatentMarket(42)
-    for t in range(0, 600_000, 60_000):
+    assert latent.price("BTC-USDT", 5_000) == latent.price("BTC-USDT", 0)  # not started yet
+    latent.begin(0)
+    bases = []
+    for t in range(0, 1_200_000, 60_000):
         usd, usdt = latent.price("BTC-USD", t), latent.price("BTC-USDT", t)
-        assert 0 < abs(usdt / usd - 1) < 20e-4  # within 20 bps, never equal
+        bases.append(usdt / usd - 1)
+        assert 0 < abs(bases[-1]) < 20e-4  # within 20 bps, never equal
         cross = latent.price("ETH-BTC", t)
         assert cross == pytest.approx(latent.price("ETH-USD", t) / usd, rel=1e-12)
+    assert len(set(bases)) == len(bases)  # the basis moves
 
 
 @pytest.mark.slow

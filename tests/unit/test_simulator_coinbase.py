@@ -285,7 +285,9 @@ def test_snapshot_plus_updates_rebuild_the_true_book() -> None:
             await wait_until(lambda: len(reader.frames) == sent, what="every frame read")
             for product in PRODUCTS:
                 _, truth = await http_json(f"{sim.http_url}/_sim/coinbase/book?symbol={product}")
-                assert list(truth) == ["symbol", "bids", "asks", "sequence_num"]
+                assert list(truth) == [
+                    "symbol", "bids", "asks", "sequence_num", "fair_value", "fair_time_ms"
+                ]
                 book: dict[str, dict[str, str]] = {"bid": {}, "offer": {}}
                 frames = reader.of("l2_data", product)
                 for frame in frames:

@@ -408,6 +408,11 @@ def test_fair_values_are_served_for_every_instrument() -> None:
             assert abs(float(fair["BTC-USDT"]) / float(fair["BTC-USD"]) - 1) < 20e-4
             status, one = await http_json(f"{sim.http_url}/_sim/kraken/fair?symbol=BTC/USD")
             assert status == 200 and one["instrument"] == "BTC-USD"
+            # the true book carries the fair value as of its last event
+            _, book = await http_json(f"{sim.http_url}/_sim/kraken/book?symbol=BTC/USD")
+            assert (book["fair_value"], book["fair_time_ms"]) == (
+                one["fair_value"], one["time_ms"]
+            )
             kraken = sim.status()["exchanges"]["kraken"]["symbols"]["BTC/USD"]
             coinbase = sim.status()["exchanges"]["coinbase"]["symbols"]["BTC-USD"]
             for top in (kraken, coinbase):
