@@ -34,6 +34,7 @@ from jobs.offline import (
 from simulator.server import SimulatorServer
 from simulator.testing import ListSink, pointed_at, running_simulator, wait_until
 from tickflow.config import Settings, load_settings
+from tickflow.market_quality import Sample, quality
 
 pytestmark = pytest.mark.unit
 
@@ -359,3 +360,21 @@ def test_unroutable_frames_are_dead_letters_naming_their_line(
     (letter,) = result.dead_letters
     assert letter["stage"] == "connector"
     assert letter["recording"].endswith(f"kraken.tsv:{len(path.read_bytes().splitlines())}")
+
+
+def test_the_jobs_nbbo_is_one_market_rarely_crossed(session: Session) -> None:
+    """The simulator's venues quote one market: the NBBO the job computes from the recorded
+    frames (every change, held until the next by event time) is seldom crossed."""
+    samples = [
+        Sample(
+            int(r["event_time_ms"]), r["instrument"], (),
+            Decimal(r["bid_price"]) if r["bid_price"] else None,
+            Decimal(r["ask_price"]) if r["ask_price"] else None,
+        )
+        for r in session.result.nbbo
+    ]
+    measured = quality(samples)
+    assert {"BTC-USD", "BTC-USDT"} <= set(measured)
+    for instrument in ("BTC-USD", "BTC-USDT"):
+        assert measured[instrument]["two_sided_s"] > 0.5
+        assert measured[instrument]["crossed_fraction"] < 0.05, measured[instrument]
