@@ -1,9 +1,11 @@
 """Binance spot market model and frame builders. Pure, no I/O, no wall clock.
 
-``BinanceMarket`` evolves one symbol's true book from a seed: the sequence of events (ids,
-prices, quantities) depends only on the seed and the configuration, never on timing. Event
-times come from the caller's ``now_ms`` (made strictly increasing per symbol, see ``step``), so
-a test with a fake clock gets byte-identical frames on every run.
+``BinanceMarket`` evolves one symbol's true book from a seed, quoted around the one market's
+fair value (``simulator.market``): the events (ids, prices, quantities) depend only on the seed,
+the configuration and the event times relative to the first one (and the time of day, which
+sets the market's activity). Event times come from the caller's ``now_ms`` (made strictly
+increasing per symbol, see ``step``), so a test with a fake clock gets byte-identical frames
+on every run.
 
 Docs: https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams
 """
@@ -11,10 +13,19 @@ Docs: https://developers.binance.com/docs/binance-spot-api-docs/web-socket-strea
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from simulator.book import InstrumentSpec, Side, TradeTruth, TrueBook, instrument_spec
+from simulator.book import (
+    UNITS_PER_ONE,
+    InstrumentSpec,
+    Side,
+    TradeTruth,
+    TrueBook,
+    instrument_spec,
+)
+from simulator.market import BookMaker, LatentMarket, Quote, VenueQuoter, canonical_instrument
 
 DOCS_STREAMS = "https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams"
 DOCS_DEPTH = (
@@ -36,7 +47,7 @@ class DepthDiff:
 
 @dataclass(frozen=True, slots=True)
 class Trade:
-    """One trade: a taker consumed (part of) the best opposite level."""
+    """One trade: a taker consumed (part of) one opposite level (a sweep: several trades)."""
 
     trade_id: int
     price_ticks: int
@@ -106,13 +117,14 @@ def depth_snapshot(
 
 
 class BinanceMarket:
-    """The true book and trade tape of one Binance symbol, driven by a seeded RNG.
+    """The true book and trade tape of one Binance symbol, quoted around the one market.
 
-    Each ``step`` emits one depth event with 1..``max_changes`` level changes (add, modify,
-    remove), preceded with probability ``trade_probability`` by a trade whose level change is
-    the first change of that depth event. Update ids increase by one per level change, as on
-    Binance; trade and update ids start at seed-derived large numbers. ``truth`` records, per
-    trade, the book state it executed against.
+    The venue's quotes follow the shared fair value (``simulator.market``): each ``step`` may
+    start with a taker order (one trade per level it takes: a sweep walks the book), then the
+    book is requoted around the venue's lagging reference and makers change 1..``max_changes``
+    levels; the depth event carries every level change of the step. Update ids increase by one
+    per level change, as on Binance; trade and update ids start at seed-derived large numbers.
+    ``truth`` records, per trade, the book state the taker met.
     """
 
     def __init__(
@@ -124,6 +136,10 @@ class BinanceMarket:
         trade_probability: float,
         spec: InstrumentSpec | None = None,
         id_offset: int = 0,
+        *,
+        venue: str = "binance",
+        latent: LatentMarket | None = None,
+        sweep_scale: float = 1.0,
     ) -> None:
         if depth_levels < 2 or max_changes < 1:
             raise ValueError("depth_levels must be >= 2 and max_changes >= 1")
@@ -142,42 +158,53 @@ class BinanceMarket:
         self.truth: list[TradeTruth] = []
         self.steps = 0
         self.last_time_ms = 0  # event time of the last depth event (0: none yet)
-        start = self.spec.start_price_units // self.spec.tick_units
-        self._fair = start + self._rng.randint(-start // 100, start // 100)
-        self._min_levels = max(2, depth_levels // 2)
-        self._seed_book()
+        self.instrument = canonical_instrument(venue, symbol)
+        self.quoter = VenueQuoter(
+            latent or LatentMarket(seed),
+            self.instrument,
+            venue,
+            self.spec.tick_units / UNITS_PER_ONE,
+            self.spec.start_price_units / UNITS_PER_ONE,
+            trade_probability,
+            self._rng,
+            sweep_scale,
+        )
+        self.maker = BookMaker(self.book, self._rng, depth_levels, self._lots)
+        self.maker.seed(self.quoter.seed_quote())
 
     # --- public API -----------------------------------------------------------------------
 
     def step(self, now_ms: int) -> list[MarketEvent]:
-        """Advance the market by one step: [Trade?, DepthDiff].
+        """Advance the market by one step: [Trade..., DepthDiff] (trades of one taker).
 
-        Event times strictly increase per symbol, so "the book as of a trade's time" is
-        unambiguous: the depth event gets max(now_ms, last + 1), or with a trade (whose effect
-        it contains) max(now_ms, last + 2) and the trade one millisecond less. No time exceeds
-        ``now_ms`` while steps come at most one per 2 ms (the server's pacer keeps to that below
-        500 steps/s per symbol): no frame is stamped later than it is sent.
+        Event times strictly increase per symbol between steps, so "the book as of a trade's
+        time" is unambiguous: the depth event gets max(now_ms, last + 1), or with a taker
+        (whose effect it contains) max(now_ms, last + 2) and the taker's trades, which share
+        one time as on Binance, one millisecond less. No time exceeds ``now_ms`` while steps
+        come at most one per 2 ms (the server's pacer keeps to that below 500 steps/s per
+        symbol): no frame is stamped later than it is sent.
         """
         rng = self._rng
         self.steps += 1
         trade_ms = max(now_ms - 1, self.last_time_ms + 1)
         depth_ms = max(now_ms, self.last_time_ms + 1)
-        if rng.random() < 0.3:
-            self._fair = max(self.depth_levels * 4, self._fair + rng.choice((-2, -1, 1, 2)))
-        budget = rng.randint(1, self.max_changes)
+        quote = self.quoter.quote(trade_ms)
         changes: dict[tuple[Side, int], int] = {}  # insertion-ordered; last write per level
+
+        def apply(side: Side, ticks: int, lots: int) -> None:
+            self.book.set(side, ticks, lots)
+            changes[(side, ticks)] = lots
+
         events: list[MarketEvent] = []
-        if rng.random() < self.trade_probability:
-            trade = self._take(trade_ms, changes)
-            if trade is not None:
-                events.append(trade)
+        if rng.random() < quote.trade_probability:
+            trades = self._take(trade_ms, quote, apply)
+            if trades:
+                events.extend(trades)
                 depth_ms = trade_ms + 1
-        for _ in range(budget * 4):  # some attempts do nothing (e.g. an add deeper than the book)
-            if len(changes) >= budget:
-                break
-            self._maker_change(changes, budget - len(changes))
+        self.maker.requote(quote, apply)
+        self.maker.churn(quote, apply, max(0, rng.randint(1, self.max_changes) - len(changes)))
         if not changes:
-            self._modify(rng.choice((Side.BID, Side.ASK)), changes)
+            self.maker.modify(rng.choice((Side.BID, Side.ASK)), apply)
         events.append(self._diff(depth_ms, changes))
         self.last_time_ms = depth_ms
         return events
@@ -191,119 +218,37 @@ class BinanceMarket:
             self.book.levels(Side.ASK, limit),
         )
 
+    def fair_value(self, time_ms: int) -> float:
+        """The one market's fair value of this instrument (in its quote currency)."""
+        return self.quoter.fair(time_ms)
+
     # --- model ----------------------------------------------------------------------------
 
-    def _lots(self) -> int:
-        typical = self.spec.typical_level_lots
-        return max(1, min(int(self._rng.lognormvariate(0.0, 1.0) * typical), 20 * typical))
+    def _lots(self, level: int = 0) -> int:
+        return self.quoter.level_lots(self.spec.typical_level_lots, level)
 
-    def _seed_book(self) -> None:
-        tick = self._fair
-        for _ in range(self.depth_levels):
-            self.book.set(Side.BID, tick, self._lots())
-            tick -= self._rng.randint(1, 2)
-        tick = self._fair + 1
-        for _ in range(self.depth_levels):
-            self.book.set(Side.ASK, tick, self._lots())
-            tick += self._rng.randint(1, 2)
-
-    def _apply(
-        self, changes: dict[tuple[Side, int], int], side: Side, ticks: int, lots: int
-    ) -> None:
-        self.book.set(side, ticks, lots)
-        changes[(side, ticks)] = lots
-
-    def _take(self, now_ms: int, changes: dict[tuple[Side, int], int]) -> Trade | None:
-        """A taker order consumes (part of) the best level on the other side."""
-        rng = self._rng
-        bid, ask = self.book.best_bid(), self.book.best_ask()
-        mid2 = (bid or 0) + (ask or 0)
-        # takers lean towards the fair price, which is what drags the book along the walk
-        p_buy = 0.5 + (0.3 if 2 * self._fair > mid2 else -0.3 if 2 * self._fair < mid2 else 0.0)
-        taker_buys = rng.random() < p_buy
-        maker_side = Side.ASK if taker_buys else Side.BID
-        ticks = self.book.best(maker_side)
-        if ticks is None:
-            return None
-        resting = self.book.side(maker_side)[ticks]
-        can_empty = len(self.book.side(maker_side)) > 1
-        if can_empty and (resting == 1 or rng.random() < 0.35):
-            qty = resting
-        elif resting > 1:
-            qty = rng.randint(1, resting - 1)
-        else:
-            return None
-        self.truth.append(TradeTruth.before(
-            self.book, self.symbol, self.next_trade_id, now_ms, self.last_time_ms,
-            "buy" if taker_buys else "sell",
-        ))
-        self._apply(changes, maker_side, ticks, resting - qty)
-        trade = Trade(self.next_trade_id, ticks, qty, now_ms, is_buyer_maker=not taker_buys)
-        self.next_trade_id += 1
-        self.trades.append(trade)
-        return trade
-
-    def _maker_change(self, changes: dict[tuple[Side, int], int], room: int) -> None:
-        rng = self._rng
-        side = rng.choice((Side.BID, Side.ASK))
-        n = len(self.book.side(side))
-        if n < self.depth_levels:
-            weights = (0.6, 0.3, 0.1 if n > self._min_levels else 0.0)
-        else:
-            weights = (0.3, 0.5, 0.2)
-        op = rng.choices(("add", "modify", "remove"), weights=weights)[0]
-        if op == "add":
-            self._add(side, changes, room)
-        elif op == "modify":
-            self._modify(side, changes)
-        else:
-            self._remove(side, changes)
-
-    def _add(self, side: Side, changes: dict[tuple[Side, int], int], room: int) -> None:
-        levels = self.book.side(side)
-        offset = min(int(self._rng.expovariate(4.0 / self.depth_levels)), 2 * self.depth_levels)
-        if side is Side.BID:
-            ask = self.book.best_ask()
-            anchor = self._fair if ask is None else min(self._fair, ask - 1)
-            ticks = max(1, anchor - offset)
-        else:
-            bid = self.book.best_bid()
-            anchor = self._fair + 1 if bid is None else max(self._fair + 1, bid + 1)
-            ticks = anchor + offset
-        if ticks in levels:
-            self._apply(changes, side, ticks, self._new_lots(levels[ticks]))
-            return
-        if len(levels) < self.depth_levels:
-            self._apply(changes, side, ticks, self._lots())
-            return
-        # a full side makes room by dropping its deepest level (two changes)
-        worst = self.book.worst(side)
-        assert worst is not None
-        deeper = ticks < worst if side is Side.BID else ticks > worst
-        if deeper or room < 2:
-            return
-        self._apply(changes, side, worst, 0)
-        self._apply(changes, side, ticks, self._lots())
-
-    def _new_lots(self, current: int) -> int:
-        lots = self._lots()
-        return lots if lots != current else lots + 1
-
-    def _modify(self, side: Side, changes: dict[tuple[Side, int], int]) -> None:
-        levels = self.book.side(side)
-        if not levels:
-            return
-        ticks = self._rng.choice(sorted(levels))
-        self._apply(changes, side, ticks, self._new_lots(levels[ticks]))
-
-    def _remove(self, side: Side, changes: dict[tuple[Side, int], int]) -> None:
-        levels = self.book.side(side)
-        if len(levels) <= self._min_levels:
-            return
-        # levels on the wrong side of the fair price go first: the book follows the walk
-        stale = [t for t in levels if (t > self._fair if side is Side.BID else t <= self._fair)]
-        ticks = self._rng.choice(sorted(stale) if stale else sorted(levels))
-        self._apply(changes, side, ticks, 0)
+    def _take(
+        self, now_ms: int, quote: Quote, apply: Callable[[Side, int, int], None]
+    ) -> list[Trade]:
+        """A taker order: one trade per level it takes, each recorded with the book it met."""
+        take = self.maker.plan_take(quote)
+        if take is None:
+            return []
+        taker_side = "buy" if take.taker_buys else "sell"
+        trades = []
+        for ticks, lots in take.fills:
+            self.truth.append(TradeTruth.before(
+                self.book, self.symbol, self.next_trade_id, now_ms, self.last_time_ms,
+                taker_side,
+            ))
+            trades.append(
+                Trade(self.next_trade_id, ticks, lots, now_ms, is_buyer_maker=not take.taker_buys)
+            )
+            self.next_trade_id += 1
+        self.maker.execute(take, apply)
+        self.trades.extend(trades)
+        self.quoter.traded()
+        return trades
 
     def _diff(self, now_ms: int, changes: dict[tuple[Side, int], int]) -> DepthDiff:
         first = self.last_update_id + 1

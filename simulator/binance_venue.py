@@ -16,6 +16,7 @@ import orjson
 
 from simulator.binance import BinanceMarket, DepthDiff, depth_update_event, trade_event
 from simulator.book import Side, truth_rows
+from simulator.market import LatentMarket, fair_of, fair_reply
 from simulator.venue import HttpError, HttpReply, OutFrame, Subscription, int_query
 
 INVALID_SYMBOL = {"code": -1121, "msg": "Invalid symbol."}
@@ -52,10 +53,14 @@ class BinanceVenue:
         trade_probability: float,
         rest_weight_limit_1m: int,
         id_offset: int = 0,
+        latent: LatentMarket | None = None,
+        sweep_scale: float = 1.0,
     ) -> None:
+        self.latent = latent or LatentMarket(seed)  # the one market, shared by every venue
         self.markets = {
             s: BinanceMarket(
-                s, seed, depth_levels, max_changes, trade_probability, id_offset=id_offset
+                s, seed, depth_levels, max_changes, trade_probability, id_offset=id_offset,
+                latent=self.latent, sweep_scale=sweep_scale,
             )
             for s in symbols
         }
@@ -191,7 +196,7 @@ class BinanceVenue:
         if market is None:
             raise HttpError(400, INVALID_SYMBOL)
         if resource == "book":
-            return HttpReply.json(200, {"symbol": symbol, **market.snapshot()})
+            return HttpReply.json(200, {"symbol": symbol, **market.snapshot(), **fair_of(market)})
         if resource == "trades":
             from_id = int((query.get("from_id") or ["0"])[0])
             trades = [
@@ -206,6 +211,8 @@ class BinanceVenue:
                 if t.trade_id >= from_id
             ]
             return HttpReply.json(200, {"symbol": symbol, "trades": trades})
+        if resource == "fair":
+            return HttpReply.json(200, fair_reply(symbol, market, query))
         if resource == "truth":
             from_time = int_query(query, "from_time_ms")
             rows = truth_rows(

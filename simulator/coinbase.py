@@ -1,8 +1,9 @@
 """Coinbase Advanced Trade market model and message builders. Pure, no I/O, no wall clock.
 
 ``CoinbaseMarket`` evolves one product's true book from a seed. The price and size dynamics
-are the exchange-neutral random walk of ``simulator.binance.BinanceMarket`` (reused, not
-copied): this module only maps its events to Coinbase's messages. Times come from the caller's
+are those of ``simulator.binance.BinanceMarket`` (reused, not copied) with Coinbase's quoting
+profile around the one market's fair value: this module only maps its events to Coinbase's
+messages. Times come from the caller's
 ``now_ms`` (strictly increasing per product, see ``BinanceMarket.step``), so a fake clock gives
 byte-identical messages on every run.
 
@@ -27,6 +28,7 @@ from simulator.book import (
     instrument_spec,
     units_text,
 )
+from simulator.market import LatentMarket
 
 DOCS_CHANNELS = (
     "https://docs.cdp.coinbase.com/coinbase-app/advanced-trade-apis/websocket/websocket-channels"
@@ -166,8 +168,8 @@ def error_message(message: str, reason: str) -> dict[str, str]:
 class CoinbaseMarket:
     """The true book and trade tape of one Coinbase product, driven by a seeded RNG.
 
-    Each ``step`` emits one level2 update (1..``max_changes`` levels), preceded with
-    probability ``trade_probability`` by a trade that took (part of) the best level.
+    Each ``step`` emits one level2 update, preceded now and then by a taker's trades (see
+    ``BinanceMarket``, whose model of the one market it reuses with Coinbase's quoting profile).
     """
 
     def __init__(
@@ -179,11 +181,15 @@ class CoinbaseMarket:
         trade_probability: float,
         spec: InstrumentSpec | None = None,
         id_offset: int = 0,
+        *,
+        latent: LatentMarket | None = None,
+        sweep_scale: float = 1.0,
     ) -> None:
         self.product = product
         self.spec = spec or instrument_spec(product)
         self._model = BinanceMarket(
-            product, seed, depth_levels, max_changes, trade_probability, self.spec, id_offset
+            product, seed, depth_levels, max_changes, trade_probability, self.spec, id_offset,
+            venue="coinbase", latent=latent, sweep_scale=sweep_scale,
         )
         self.updates = 0  # level2 updates generated so far: the book's own sequence
 
@@ -212,8 +218,15 @@ class CoinbaseMarket:
     def last_trade_id(self) -> int:
         return self._model.next_trade_id - 1
 
+    @property
+    def instrument(self) -> str:
+        return self._model.instrument
+
+    def fair_value(self, time_ms: int) -> float:
+        return self._model.fair_value(time_ms)
+
     def step(self, now_ms: int) -> list[MarketEvent]:
-        """Advance the market by one step: [Trade?, DepthDiff]."""
+        """Advance the market by one step: [Trade..., DepthDiff]."""
         events = self._model.step(now_ms)
         self.updates += 1
         return events

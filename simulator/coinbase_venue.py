@@ -43,6 +43,7 @@ from simulator.coinbase import (
     subscriptions_message,
     trade_entry,
 )
+from simulator.market import LatentMarket, fair_of, fair_reply
 from simulator.venue import HttpError, HttpReply, OutFrame, Subscription, int_query
 
 # channel a client subscribes to -> OutFrame channel of its market data (the fault-injection
@@ -119,11 +120,15 @@ class CoinbaseVenue:
         trade_probability: float,
         heartbeat_interval_ms: int,
         id_offset: int = 0,
+        latent: LatentMarket | None = None,
+        sweep_scale: float = 1.0,
         clock_ms: Callable[[], int] = _wall_ms,
     ) -> None:
+        self.latent = latent or LatentMarket(seed)  # the one market, shared by every venue
         self.markets = {
             p: CoinbaseMarket(
-                p, seed, depth_levels, max_changes, trade_probability, id_offset=id_offset
+                p, seed, depth_levels, max_changes, trade_probability, id_offset=id_offset,
+                latent=self.latent, sweep_scale=sweep_scale,
             )
             for p in products
         }
@@ -235,7 +240,8 @@ class CoinbaseVenue:
     # --- introspection --------------------------------------------------------------------
 
     def introspect(self, resource: str, query: Mapping[str, list[str]]) -> HttpReply:
-        """``book``: {"symbol", "bids", "asks", "sequence_num"} where sequence_num counts the
+        """``book``: {"symbol", "bids", "asks", "sequence_num", "fair_value", "fair_time_ms"}
+        where sequence_num counts the
         product's level2 updates (connections number their messages each their own way);
         ``trades``: {"symbol", "trades": [{"id", "price", "qty", "time", "taker_side"}]};
         ``truth``: {"symbol", "trades": [{"trade_id", "trade_time_ms", "book_time_ms",
@@ -250,6 +256,7 @@ class CoinbaseVenue:
                 "bids": market.levels_text(Side.BID),
                 "asks": market.levels_text(Side.ASK),
                 "sequence_num": market.updates,
+                **fair_of(market),
             })
         if resource == "trades":
             from_id = int((query.get("from_id") or ["0"])[0])
@@ -265,6 +272,8 @@ class CoinbaseVenue:
                 if t.trade_id >= from_id
             ]
             return HttpReply.json(200, {"symbol": symbol, "trades": trades})
+        if resource == "fair":
+            return HttpReply.json(200, fair_reply(symbol, market, query))
         if resource == "truth":
             from_time = int_query(query, "from_time_ms")
             rows = truth_rows(market.truth, from_time, market.price, market.qty)

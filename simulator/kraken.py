@@ -1,8 +1,8 @@
 """Kraken spot (WebSocket v2) market model and frame builders. Pure, no I/O, no wall clock.
 
 ``KrakenMarket`` evolves one pair's true book from a seed, like ``BinanceMarket``: the events
-depend only on the seed and the configuration, times come from the caller's (strictly
-increasing per pair, as ``BinanceMarket.step`` makes them). Prices
+depend only on the seed, the configuration and the times, which come from the caller's
+(strictly increasing per pair, as ``BinanceMarket.step`` makes them). Prices
 are integers in units of the pair's price precision (``pair_decimals``: BTC/USD 45283.5 is
 452835) and quantities integers in units of its lot precision (``lot_decimals``: 0.10000000 is
 10000000), so the JSON numbers are written as text with exactly the pair's precision, never
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from simulator.book import Side, TradeTruth, TrueBook
+from simulator.market import BookMaker, LatentMarket, Quote, VenueQuoter, canonical_instrument
 
 CHECKSUM_LEVELS = 10
 TRADE_SNAPSHOT_SIZE = 50  # trades in the snapshot after subscribing to ``trade``
@@ -124,7 +125,7 @@ def book_checksum(bids: Levels, asks: Levels) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Trade:
-    """One trade: a taker consumed (part of) the best opposite level."""
+    """One trade: a taker consumed (part of) one opposite level (a sweep: several trades)."""
 
     trade_id: int
     price: int
@@ -289,13 +290,14 @@ Docs: https://docs.kraken.com/api/docs/websocket-v2/heartbeat"""
 
 
 class KrakenMarket:
-    """The true book and trade tape of one Kraken pair, driven by a seeded RNG.
+    """The true book and trade tape of one Kraken pair, quoted around the one market.
 
-    Each ``step`` makes 1..``max_changes`` level changes (add, modify, remove; a level may
-    change twice), preceded with probability ``trade_probability`` by a trade that takes
-    from the best opposite level. The book holds up to ``depth_levels`` levels per side, so
-    subscriptions shallower than that see levels come and go at the edge of their view.
-    ``truth`` records, per trade, the book state it executed against.
+    Each ``step`` may start with a taker order (one trade per level taken: a sweep walks the
+    book), then the book is requoted around the venue's lagging reference of the shared fair
+    value (``simulator.market``) and makers change 1..``max_changes`` levels (a level may
+    change twice). The book holds up to ``depth_levels`` levels per side, so subscriptions
+    shallower than that see levels come and go at the edge of their view. ``truth`` records,
+    per trade, the book state the taker met.
     """
 
     def __init__(
@@ -307,6 +309,9 @@ class KrakenMarket:
         trade_probability: float,
         pair: KrakenPair | None = None,
         id_offset: int = 0,
+        *,
+        latent: LatentMarket | None = None,
+        sweep_scale: float = 1.0,
     ) -> None:
         if depth_levels < 2 or max_changes < 1:
             raise ValueError("depth_levels must be >= 2 and max_changes >= 1")
@@ -324,40 +329,55 @@ class KrakenMarket:
         self.truth: list[TradeTruth] = []
         self.steps = 0
         self.last_time_ms = 0  # event time of the last book step (0: none yet)
-        start = self.pair.start_units
-        self._fair = start + self._rng.randint(-start // 200, start // 200)
-        self._min_levels = max(2, depth_levels // 2)
         self._typical = max(1, self.pair.typical_units)
-        self._seed_book()
+        self.instrument = canonical_instrument("kraken", symbol)
+        self.quoter = VenueQuoter(
+            latent or LatentMarket(seed),
+            self.instrument,
+            "kraken",
+            10.0 ** -self.pair.price_decimals,
+            float(self.pair.start_price),
+            trade_probability,
+            self._rng,
+            sweep_scale,
+        )
+        self.maker = BookMaker(self.book, self._rng, depth_levels, self._qty, 2 * CHECKSUM_LEVELS)
+        self.maker.seed(self.quoter.seed_quote())
         self._view = self._levels()
 
     # --- public API -----------------------------------------------------------------------
 
     def step(self, now_ms: int) -> list[Trade | BookStep]:
-        """Advance the market by one step: [Trade?, BookStep]. Times strictly increase as in
-        ``BinanceMarket.step``: a trade's book step (its effect) comes one ms after it."""
+        """Advance the market by one step: [Trade..., BookStep]. Times strictly increase
+        between steps as in ``BinanceMarket.step``: the trades of one taker share a time and
+        their book step (their effect) comes one ms after it."""
         rng = self._rng
         self.steps += 1
         trade_ms = max(now_ms - 1, self.last_time_ms + 1)
         step_ms = max(now_ms, self.last_time_ms + 1)
-        if rng.random() < 0.3:
-            self._fair = max(self.depth_levels * 4, self._fair + rng.choice((-2, -1, 1, 2)))
+        quote = self.quoter.quote(trade_ms)
         changes: list[tuple[Side, int, int]] = []
+
+        def apply(side: Side, price: int, qty: int) -> None:
+            self.book.set(side, price, qty)
+            changes.append((side, price, qty))
+
         events: list[Trade | BookStep] = []
-        if rng.random() < self.trade_probability:
-            trade = self._take(trade_ms, changes)
-            if trade is not None:
-                events.append(trade)
+        if rng.random() < quote.trade_probability:
+            trades = self._take(trade_ms, quote, apply)
+            if trades:
+                events.extend(trades)
                 step_ms = trade_ms + 1
-        budget = rng.randint(1, self.max_changes)
-        for _ in range(budget * 4):  # some attempts do nothing (e.g. an add beyond a full side)
-            if len(changes) >= budget:
-                break
-            self._maker_change(changes)
-        if not changes:
-            self._modify(rng.choice((Side.BID, Side.ASK)), changes)
-        before, self._view = self._view, self._levels()
-        events.append(BookStep(step_ms, self.steps, tuple(changes), before, self._view))
+        self.maker.requote(quote, apply)
+        self.maker.churn(quote, apply, max(0, rng.randint(1, self.max_changes) - len(changes)))
+        before, after = self._view, self._levels()
+        if not self._visible(changes, before, after):
+            # every step changes the top levels, as busy books do: a subscriber of any depth
+            # from 2 x CHECKSUM_LEVELS up sees each step (its book time is the truth's)
+            self.maker.modify(rng.choice((Side.BID, Side.ASK)), apply, near_touch=True)
+            after = self._levels()
+        self._view = after
+        events.append(BookStep(step_ms, self.steps, tuple(changes), before, after))
         self.last_time_ms = step_ms
         return events
 
@@ -375,128 +395,56 @@ class KrakenMarket:
         return book_message("snapshot", self.symbol, self.pair, bids, asks,
                             self.checksum(), time_ms)
 
+    def fair_value(self, time_ms: int) -> float:
+        """The one market's fair value of this pair (in its quote currency)."""
+        return self.quoter.fair(time_ms)
+
     # --- model ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _visible(
+        changes: list[tuple[Side, int, int]],
+        before: tuple[Levels, Levels],
+        after: tuple[Levels, Levels],
+    ) -> bool:
+        """Whether a change falls in the top 2 x CHECKSUM_LEVELS before or after the step."""
+        top = 2 * CHECKSUM_LEVELS
+        seen = {
+            (side, p)
+            for side, i in ((Side.BID, 0), (Side.ASK, 1))
+            for view in (before, after)
+            for p, _ in view[i][:top]
+        }
+        return any((side, p) in seen for side, p, _ in changes)
 
     def _levels(self) -> tuple[Levels, Levels]:
         return self.book.levels(Side.BID), self.book.levels(Side.ASK)
 
-    def _qty(self) -> int:
-        typical = self._typical
+    def _qty(self, level: int = 0) -> int:
+        qty = self.quoter.level_lots(self._typical, level)
         # sizes with a random number of significant digits: 0.10000000 and 1.54582015 alike
-        qty = max(1, min(int(self._rng.lognormvariate(0.0, 1.0) * typical), 20 * typical))
         if self._rng.random() < 0.4:
             unit = 10 ** self._rng.randint(0, max(0, len(str(qty)) - 1))
             qty = max(unit, qty // unit * unit)
         return qty
 
-    def _seed_book(self) -> None:
-        price = self._fair
-        for _ in range(self.depth_levels):
-            self.book.set(Side.BID, price, self._qty())
-            price -= self._rng.randint(1, 2)
-        price = self._fair + 1
-        for _ in range(self.depth_levels):
-            self.book.set(Side.ASK, price, self._qty())
-            price += self._rng.randint(1, 2)
-
-    def _set(self, changes: list[tuple[Side, int, int]], side: Side, price: int, qty: int) -> None:
-        self.book.set(side, price, qty)
-        changes.append((side, price, qty))
-
-    def _take(self, now_ms: int, changes: list[tuple[Side, int, int]]) -> Trade | None:
-        rng = self._rng
-        bid, ask = self.book.best_bid(), self.book.best_ask()
-        mid2 = (bid or 0) + (ask or 0)
-        # takers lean towards the fair price, which drags the book along the walk
-        p_buy = 0.5 + (0.3 if 2 * self._fair > mid2 else -0.3 if 2 * self._fair < mid2 else 0.0)
-        taker_buys = rng.random() < p_buy
-        maker_side = Side.ASK if taker_buys else Side.BID
-        price = self.book.best(maker_side)
-        if price is None:
-            return None
-        resting = self.book.side(maker_side)[price]
-        if len(self.book.side(maker_side)) > 1 and (resting == 1 or rng.random() < 0.35):
-            qty = resting
-        elif resting > 1:
-            qty = rng.randint(1, resting - 1)
-        else:
-            return None
-        self.truth.append(TradeTruth.before(
-            self.book, self.symbol, self.next_trade_id, now_ms, self.last_time_ms,
-            "buy" if taker_buys else "sell",
-        ))
-        self._set(changes, maker_side, price, resting - qty)
-        ord_type = "limit" if rng.random() < 0.2 else "market"
-        trade = Trade(self.next_trade_id, price, qty, now_ms,
-                      "buy" if taker_buys else "sell", ord_type)
-        self.next_trade_id += 1
-        self.trades.append(trade)
-        return trade
-
-    def _maker_change(self, changes: list[tuple[Side, int, int]]) -> None:
-        rng = self._rng
-        side = rng.choice((Side.BID, Side.ASK))
-        n = len(self.book.side(side))
-        # (add, modify) thresholds; the rest removes: a thin side grows, a full one churns
-        add, modify = (0.6, 0.9) if n < self.depth_levels else (0.35, 0.8)
-        if n <= self._min_levels:
-            modify = 1.0
-        r = rng.random()
-        if r < add:
-            self._add(side, changes)
-        elif r < modify:
-            self._modify(side, changes)
-        else:
-            self._remove(side, changes)
-
-    def _add(self, side: Side, changes: list[tuple[Side, int, int]]) -> None:
-        levels = self.book.side(side)
-        # most new orders land near the top: that is what pushes levels out of shallow views
-        offset = min(int(self._rng.expovariate(8.0 / self.depth_levels)), 2 * self.depth_levels)
-        if side is Side.BID:
-            ask = self.book.best_ask()
-            anchor = self._fair if ask is None else min(self._fair, ask - 1)
-            price = max(1, anchor - offset)
-        else:
-            bid = self.book.best_bid()
-            anchor = self._fair + 1 if bid is None else max(self._fair + 1, bid + 1)
-            price = anchor + offset
-        if price in levels:
-            self._set(changes, side, price, self._new_qty(levels[price]))
-            return
-        if len(levels) >= self.depth_levels:
-            worst = self.book.worst(side)
-            assert worst is not None
-            if (price < worst) if side is Side.BID else (price > worst):
-                return
-            self._set(changes, side, worst, 0)  # a full side makes room at its far end
-        self._set(changes, side, price, self._qty())
-
-    def _new_qty(self, current: int) -> int:
-        qty = self._qty()
-        return qty if qty != current else qty + 1
-
-    def _modify(self, side: Side, changes: list[tuple[Side, int, int]]) -> None:
-        levels = self.book.side(side)
-        # the top of the book is where most of the activity is; the view of the step's start
-        # is sorted already (a level removed since then is skipped)
-        top = self._view[0 if side is Side.BID else 1][: 2 * CHECKSUM_LEVELS]
-        if not top:
-            return
-        price = self._rng.choice(top)[0]
-        if price in levels:
-            self._set(changes, side, price, self._new_qty(levels[price]))
-
-    def _remove(self, side: Side, changes: list[tuple[Side, int, int]]) -> None:
-        levels = self.book.side(side)
-        if len(levels) <= self._min_levels:
-            return
-        # levels on the wrong side of the fair price go first: the book follows the walk
-        stale = [p for p in levels if (p > self._fair if side is Side.BID else p <= self._fair)]
-        if stale:
-            price = self._rng.choice(sorted(stale))
-        else:
-            top = self._view[0 if side is Side.BID else 1][: 2 * CHECKSUM_LEVELS]
-            price = self._rng.choice(top)[0]
-        if price in levels:
-            self._set(changes, side, price, 0)
+    def _take(
+        self, now_ms: int, quote: Quote, apply: Callable[[Side, int, int], None]
+    ) -> list[Trade]:
+        """A taker order: one trade per level it takes, each recorded with the book it met."""
+        take = self.maker.plan_take(quote)
+        if take is None:
+            return []
+        side = "buy" if take.taker_buys else "sell"
+        ord_type = "limit" if self._rng.random() < 0.2 else "market"
+        trades = []
+        for price, qty in take.fills:
+            self.truth.append(TradeTruth.before(
+                self.book, self.symbol, self.next_trade_id, now_ms, self.last_time_ms, side,
+            ))
+            trades.append(Trade(self.next_trade_id, price, qty, now_ms, side, ord_type))
+            self.next_trade_id += 1
+        self.maker.execute(take, apply)
+        self.trades.extend(trades)
+        self.quoter.traded()
+        return trades

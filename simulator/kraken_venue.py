@@ -35,6 +35,7 @@ from simulator.kraken import (
     status_message,
     trade_message,
 )
+from simulator.market import LatentMarket, fair_of, fair_reply
 from simulator.venue import HttpError, HttpReply, OutFrame, Subscription, int_query
 
 DEPTHS = (10, 25, 100, 500, 1000)
@@ -107,11 +108,15 @@ class KrakenVenue:
         max_changes: int,
         trade_probability: float,
         id_offset: int = 0,
+        latent: LatentMarket | None = None,
+        sweep_scale: float = 1.0,
         clock_ms: Callable[[], int] = lambda: 0,
     ) -> None:
+        self.latent = latent or LatentMarket(seed)  # the one market, shared by every venue
         self.markets = {
             s: KrakenMarket(
-                s, seed, depth_levels, max_changes, trade_probability, id_offset=id_offset
+                s, seed, depth_levels, max_changes, trade_probability, id_offset=id_offset,
+                latent=self.latent, sweep_scale=sweep_scale,
             )
             for s in symbols
         }
@@ -283,6 +288,7 @@ class KrakenVenue:
                 "bids": [[pair.price_text(p), pair.qty_text(q)] for p, q in bids],
                 "asks": [[pair.price_text(p), pair.qty_text(q)] for p, q in asks],
                 "checksum": market.checksum(),
+                **fair_of(market),
             })
         if resource == "trades":
             from_id = int((query.get("from_id") or ["0"])[0])
@@ -298,6 +304,8 @@ class KrakenVenue:
                 if t.trade_id >= from_id
             ]
             return HttpReply.json(200, {"symbol": symbol, "trades": trades})
+        if resource == "fair":
+            return HttpReply.json(200, fair_reply(symbol, market, query))
         if resource == "truth":
             from_time = int_query(query, "from_time_ms")
             rows = truth_rows(market.truth, from_time, pair.price_text, pair.qty_text)

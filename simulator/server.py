@@ -2,17 +2,23 @@
 
 HTTP is answered from websockets' ``process_request`` hook (no web framework): a request that
 is not a WebSocket upgrade gets its response there and the connection closes. Each market
-symbol is stepped by its own pacing task at ``rate_per_symbol`` steps/s and the frames are
+symbol is stepped by its own pacing task at its venue's rate (``SimulatorConfig.rate``) in
+steps/s and the frames are
 broadcast to every subscribed connection through a bounded per-connection queue, so one slow
 client never holds back the others (it is disconnected when its queue is full).
 
 Control and introspection (JSON) under ``/_sim/``:
   GET  /_sim/health                    {"ok": true}
+  GET  /_sim/fair                      the one market's fair value of every instrument now:
+       {"time_ms", "instruments": {"BTC-USD": "62001.1234567890", ...}}; per symbol with
+       GET /_sim/<exchange>/fair?symbol=S[&time_ms=T] {"symbol", "instrument", "time_ms",
+       "fair_value"}
   GET  /_sim/status                    paused, per venue/symbol ids and counts, connections
   GET  /_sim/connections?frames=1      the send log of every connection (frames if kept)
   POST /_sim/pause | /_sim/resume      stop / restart generating (sent frames still drain)
   POST /_sim/step?exchange=binance&symbol=BTCUSDT&n=1   generate n steps now (any state)
-  GET  /_sim/<exchange>/book?symbol=S  true full book; /trades?symbol=S[&from_id=N] the tape
+  GET  /_sim/<exchange>/book?symbol=S  true full book (with the fair value as of its last
+       event: "fair_value", "fair_time_ms"); /trades?symbol=S[&from_id=N] the tape
   GET  /_sim/<exchange>/truth?symbol=S[&from_time_ms=N]   per trade, the book it executed
        against: {"symbol", "trades": [{"trade_id", "trade_time_ms", "book_time_ms",
        "bid_price", "bid_size", "ask_price", "ask_size", "taker_side"}]}
@@ -52,6 +58,7 @@ from simulator.binance_venue import BinanceVenue
 from simulator.coinbase_venue import CoinbaseVenue
 from simulator.faults import FRAME_FAULTS, FaultInjector, FrameAction, corrupt_checksum
 from simulator.kraken_venue import KrakenVenue
+from simulator.market import LatentMarket, canonical_instrument, fair_text
 from simulator.sendlog import ConnectionLog
 from simulator.venue import HttpError, HttpReply, OutFrame, Subscription, Venue
 from tickflow.config import Settings
@@ -130,8 +137,8 @@ def _int_arg(query: Mapping[str, list[str]], name: str, default: int) -> int:
 class SimulatorServer:
     """All simulated venues on one host/port; ``async with`` or ``start()``/``stop()``.
 
-    ``settings.simulator.port`` 0 binds a free port (see ``port``). ``rate_per_symbol`` <= 0
-    disables pacing: frames are then generated only by ``step()`` / ``POST /_sim/step``.
+    ``settings.simulator.port`` 0 binds a free port (see ``port``). A venue rate <= 0
+    disables its pacing: frames are then generated only by ``step()`` / ``POST /_sim/step``.
     """
 
     def __init__(
@@ -143,6 +150,8 @@ class SimulatorServer:
         clock_ms: Callable[[], int] = wall_ms,
     ) -> None:
         self.config = settings.simulator
+        # the one market every venue quotes around (simulator/market.py)
+        self.latent = LatentMarket(settings.simulator.seed)
         if venues is None:
             sim = settings.simulator
             venues = [
@@ -154,6 +163,8 @@ class SimulatorServer:
                     sim.trade_probability,
                     settings.exchanges.binance.rest_weight_limit_1m,
                     id_offset=id_offset(sim.id_epoch_s),
+                    latent=self.latent,
+                    sweep_scale=sim.sweep_scale,
                 ),
                 CoinbaseVenue(
                     sim.coinbase_products,
@@ -163,6 +174,8 @@ class SimulatorServer:
                     sim.trade_probability,
                     sim.coinbase_heartbeat_ms,
                     id_offset=id_offset(sim.id_epoch_s),
+                    latent=self.latent,
+                    sweep_scale=sim.sweep_scale,
                     clock_ms=clock_ms,
                 ),
                 KrakenVenue(
@@ -172,10 +185,17 @@ class SimulatorServer:
                     sim.max_changes_per_event,
                     sim.trade_probability,
                     id_offset=id_offset(sim.id_epoch_s),
+                    latent=self.latent,
+                    sweep_scale=sim.sweep_scale,
                     clock_ms=clock_ms,
                 ),
             ]
         self.venues: dict[str, Venue] = {v.name: v for v in venues}
+        # venues built elsewhere bring their own market: report that one's fair values
+        self.latent = next(
+            (m for v in venues if isinstance(m := getattr(v, "latent", None), LatentMarket)),
+            self.latent,
+        )
         self.faults = FaultInjector(settings.simulator.seed)
         self._clock_ms = clock_ms
         self._running = asyncio.Event()
@@ -200,12 +220,14 @@ class SimulatorServer:
             logger=logging.getLogger("simulator.websockets"),
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        if self.config.rate_per_symbol > 0:
-            pairs = [(v, s) for v in self.venues.values() for s in v.symbols]
-            for i, (venue, symbol) in enumerate(pairs):
-                # spread symbols over the interval so their frames interleave
-                phase = i / len(pairs)
-                self._pacers.append(asyncio.create_task(self._pace(venue, symbol, phase)))
+        pairs = [
+            (v, s) for v in self.venues.values() if self.config.rate(v.name) > 0 for s in v.symbols
+        ]
+        for i, (venue, symbol) in enumerate(pairs):
+            # spread symbols over the interval so their frames interleave
+            phase = i / len(pairs)
+            rate = self.config.rate(venue.name)
+            self._pacers.append(asyncio.create_task(self._pace(venue, symbol, rate, phase)))
         log.info("simulator listening on %s (venues: %s)", self.http_url, ", ".join(self.venues))
 
     async def stop(self) -> None:
@@ -257,9 +279,9 @@ class SimulatorServer:
         for _ in range(n):
             self._broadcast(venue, venue.step(symbol, self._clock_ms()))
 
-    async def _pace(self, venue: Venue, symbol: str, phase: float) -> None:
+    async def _pace(self, venue: Venue, symbol: str, rate: float, phase: float) -> None:
         loop = asyncio.get_running_loop()
-        interval = 1.0 / self.config.rate_per_symbol
+        interval = 1.0 / rate
         # A step uses up to 2 ms of event time (trade, then its depth event): catching up after
         # a stall faster than that would stamp frames ahead of the clock. Only a configured
         # pace above 500 steps/s per symbol lets event times run ahead.
@@ -461,6 +483,7 @@ class SimulatorServer:
     def _control(self, method: str, path: str, query: Mapping[str, list[str]]) -> HttpReply:
         gets: dict[str, Callable[[], HttpReply]] = {
             "health": lambda: HttpReply.json(200, {"ok": True}),
+            "fair": lambda: HttpReply.json(200, self.fair_values()),
             "status": lambda: HttpReply.json(200, self.status()),
             "connections": lambda: HttpReply.json(
                 200, self.connections(with_frames=_arg(query, "frames") == "1")
@@ -578,6 +601,19 @@ class SimulatorServer:
         live = [c.log.to_json(c.pending, with_frames) for c in self._conns.values()]
         return closed + live
 
+    def fair_values(self, time_ms: int | None = None) -> dict[str, Any]:
+        """The one market's fair value of every instrument a venue lists, at ``time_ms``
+        (default: now)."""
+        now = self._clock_ms() if time_ms is None else time_ms
+        instruments = sorted({
+            canonical_instrument(name, symbol)
+            for name, venue in self.venues.items() for symbol in venue.symbols
+        })
+        return {
+            "time_ms": now,
+            "instruments": {i: fair_text(self.latent.price(i, now)) for i in instruments},
+        }
+
     def status(self) -> dict[str, Any]:
         exchanges: dict[str, Any] = {}
         for name, venue in self.venues.items():
@@ -593,6 +629,7 @@ class SimulatorServer:
             "faults_injected": dict(self.faults.injected),
             "seed": self.config.seed,
             "rate_per_symbol": self.config.rate_per_symbol,
+            "rates": {name: self.config.rate(name) for name in self.venues},
             "exchanges": exchanges,
             "connections": [c.log.to_json(c.pending) for c in self._conns.values()],
         }

@@ -209,6 +209,10 @@ class MonitoringConfig:
 
 @dataclass(frozen=True)
 class SimulatorConfig:
+    """The exchange simulator (``simulator/``). Environment:
+    ``TICKFLOW__SIMULATOR__<KEY>``, e.g. ``TICKFLOW__SIMULATOR__KRAKEN_RATE_PER_SYMBOL=200``.
+    """
+
     host: str
     port: int
     seed: int
@@ -225,6 +229,19 @@ class SimulatorConfig:
     coinbase_depth_levels: int  # true book depth per side (in-band snapshots are whole books)
     coinbase_heartbeat_ms: int  # heartbeats interval (Coinbase: 1 s); 0: none
     kraken_symbols: tuple[str, ...]  # pairs of the simulated Kraken venue (simulator/kraken.py)
+    # market steps/s per symbol of each venue (one book update each, and its taker's trades);
+    # 0: rate_per_symbol. Ceiling of this machine: bench/results/simulator_rates.json
+    binance_rate_per_symbol: float = 0.0
+    coinbase_rate_per_symbol: float = 0.0
+    kraken_rate_per_symbol: float = 0.0
+    # times each venue's chance that a taker sweeps several levels (one trade per level,
+    # sharing one time); 0: every taker takes from the touch only
+    sweep_scale: float = 1.0
+
+    def rate(self, venue: str) -> float:
+        """Steps/s per symbol of one venue (``<venue>_rate_per_symbol``, else the default)."""
+        own = getattr(self, f"{venue}_rate_per_symbol", 0.0)
+        return float(own) if own > 0 else self.rate_per_symbol
 
 
 @dataclass(frozen=True)

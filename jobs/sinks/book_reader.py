@@ -21,7 +21,8 @@ from jobs.sinks.redis_books import (
     nbbo_key,
     redis_client,
 )
-from tickflow.config import RedisConfig, Settings, load_settings
+from tickflow.config import RedisConfig, load_settings
+from tickflow.instruments import UnknownInstrument, exchange_symbols, resolve_symbol
 
 
 @dataclass(frozen=True)
@@ -191,18 +192,12 @@ def render(book: StoredBook, depth: int) -> str:
     return "\n".join(lines)
 
 
-def _resolve(settings: Settings, instrument: str, exchange: str) -> str:
-    """Accept a canonical instrument (BTC-USDT) or the exchange's own symbol (BTCUSDT)."""
-    if exchange == "binance":
-        for symbol, canonical in settings.exchanges.binance.symbols.items():
-            if instrument in (canonical, symbol):
-                return symbol
-    return instrument
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tickflow book", description=__doc__.split("\n")[0])
-    parser.add_argument("instrument", nargs="?", help="BTC-USDT or the exchange symbol")
+    parser.add_argument(
+        "instrument", nargs="?",
+        help="a canonical instrument (BTC-USD) or the exchange's own symbol (BTC/USD, BTCUSDT)",
+    )
     parser.add_argument("--exchange", default="binance")
     parser.add_argument("--depth", type=int, default=10)
     parser.add_argument("--watch", action="store_true", help="refresh every book in place")
@@ -213,7 +208,13 @@ def main(argv: list[str]) -> int:
     if not args.watch:
         if not args.instrument:
             parser.error("name an instrument, or use --watch")
-        symbol = _resolve(settings, args.instrument, args.exchange)
+        try:
+            symbol = resolve_symbol(
+                exchange_symbols(settings.exchanges, args.exchange), args.instrument
+            )
+        except UnknownInstrument as exc:
+            print(f"tickflow book: {exc}", file=sys.stderr)
+            return 2
         book = read_book(settings.redis, args.exchange, symbol)
         if book is None:
             print(f"no book for {args.exchange}:{symbol} in Redis", file=sys.stderr)

@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from simulator.binance import DepthDiff
 from simulator.book import Side, instrument_spec
 from simulator.coinbase import CoinbaseMarket, decimal_text, rfc3339
+from simulator.market import DAY_MS
 from simulator.server import SimulatorServer
 from simulator.testing import http_json, http_raw, running_simulator, wait_until
 from tickflow.config import Settings, load_settings
@@ -111,9 +112,11 @@ def market(product: str = "BTC-USD", seed: int = 7) -> CoinbaseMarket:
 def test_same_seed_same_events_whatever_the_clock() -> None:
     a, b = market(), market()
     assert [a.step(1000 + i) for i in range(50)] == [b.step(1000 + i) for i in range(50)]
+    # the one market's fair value starts at the first step and its daily cycle follows the
+    # time of day: the same frames whole days later
     c, d = market(), market()
-    assert [type(e) for i in range(20) for e in c.step(i)] == [
-        type(e) for i in range(20) for e in d.step(10**12 + i)
+    assert [type(e) for i in range(20) for e in c.step(1000 + i)] == [
+        type(e) for i in range(20) for e in d.step(1000 + 30 * DAY_MS + i)
     ]
     assert market(seed=8).snapshot_updates() != market().snapshot_updates()
 
@@ -282,7 +285,9 @@ def test_snapshot_plus_updates_rebuild_the_true_book() -> None:
             await wait_until(lambda: len(reader.frames) == sent, what="every frame read")
             for product in PRODUCTS:
                 _, truth = await http_json(f"{sim.http_url}/_sim/coinbase/book?symbol={product}")
-                assert list(truth) == ["symbol", "bids", "asks", "sequence_num"]
+                assert list(truth) == [
+                    "symbol", "bids", "asks", "sequence_num", "fair_value", "fair_time_ms"
+                ]
                 book: dict[str, dict[str, str]] = {"bid": {}, "offer": {}}
                 frames = reader.of("l2_data", product)
                 for frame in frames:

@@ -265,7 +265,9 @@ def test_frames_have_krakens_shape_and_each_pairs_precision() -> None:
                 decimals = pair.price_decimals if field == "price" else pair.qty_decimals
                 assert len(number.split(".")[1]) == decimals, (field, number, symbol)
         # the introspection book is the truth, in strings with the same precision
-        assert list(truth) == ["symbol", "bids", "asks", "checksum"]
+        assert list(truth) == [
+            "symbol", "bids", "asks", "checksum", "fair_value", "fair_time_ms"
+        ]
         assert all(re.fullmatch(r"\d+\.\d{7}", p) and re.fullmatch(r"\d+\.\d{8}", q)
                    for p, q in truth["bids"] + truth["asks"])
         assert truth["checksum"] == sim_checksum(

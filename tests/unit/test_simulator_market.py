@@ -18,6 +18,7 @@ from simulator.binance import (
     trade_event,
 )
 from simulator.book import Side, units_text
+from simulator.market import DAY_MS
 
 pytestmark = pytest.mark.unit
 
@@ -52,10 +53,12 @@ def test_same_seed_same_frames() -> None:
     assert run(a, 300) == run(b, 300)
 
 
-def test_frames_do_not_depend_on_the_clock() -> None:
-    slow = run(market(), 200, t0=1)
-    fast = run(market(), 200, t0=1_800_000_000_000)
-    assert without_times(slow) == without_times(fast)
+def test_frames_depend_on_time_since_the_start_and_time_of_day_only() -> None:
+    """The one market's fair value starts where the first step is; its daily cycle follows the
+    time of day: whole days later, the same frames."""
+    today = run(market(), 200, t0=1_700_000_000_000)
+    later = run(market(), 200, t0=1_700_000_000_000 + 40 * DAY_MS)
+    assert without_times(today) == without_times(later)
 
 
 def test_seed_and_symbol_change_the_market() -> None:
@@ -77,8 +80,9 @@ def test_update_ids_are_continuous_one_per_level_change() -> None:
     last = m.last_update_id
     for event in run(m, 500):
         if isinstance(event, DepthDiff):
+            # the maker changes, plus the requote when the quote moved (cancels, a new touch)
             changes = len(event.bids) + len(event.asks)
-            assert 1 <= changes <= m.max_changes
+            assert changes >= 1
             assert event.first_update_id == last + 1
             assert event.final_update_id == event.first_update_id + changes - 1
             # one entry per price level and side within an event
@@ -95,26 +99,33 @@ def test_trade_ids_are_consecutive() -> None:
     assert ids == list(range(ids[0], ids[0] + len(ids)))
 
 
-def test_trades_consume_the_touch_and_the_next_depth_event_shows_it() -> None:
+def test_takers_take_from_the_touch_and_sweeps_walk_the_book() -> None:
     m = market()
-    for i in range(500):
-        bid, ask = m.book.best(Side.BID), m.book.best(Side.ASK)
+    sweeps = 0
+    for i in range(2000):
         resting = {Side.BID: dict(m.book.bids), Side.ASK: dict(m.book.asks)}
-        events = m.step(i)
-        if not isinstance(events[0], Trade):
+        events = m.step(1_700_000_000_000 + 20 * i)
+        trades = [e for e in events if isinstance(e, Trade)]
+        diff = events[-1]
+        assert isinstance(diff, DepthDiff) and events[: len(trades)] == trades
+        if not trades:
             continue
-        trade, diff = events
-        assert isinstance(trade, Trade) and isinstance(diff, DepthDiff)
-        # buyer is maker -> the taker sold into the best bid; otherwise bought the best ask
-        side = Side.BID if trade.is_buyer_maker else Side.ASK
-        assert trade.price_ticks == (bid if side is Side.BID else ask)
-        before = resting[side][trade.price_ticks]
-        assert 1 <= trade.qty_lots <= before
-        first_change = (diff.bids if side is Side.BID else diff.asks)[0]
-        assert first_change[0] == trade.price_ticks
-        # the level's final quantity in this event (a later maker change may touch it again)
-        final = dict(diff.bids if side is Side.BID else diff.asks)[trade.price_ticks]
-        assert final == m.book.side(side).get(trade.price_ticks, 0)
+        # one taker per step: one side, one time, consecutive ids
+        (side,) = {Side.BID if t.is_buyer_maker else Side.ASK for t in trades}
+        assert len({t.time_ms for t in trades}) == 1 and diff.event_time_ms == trades[0].time_ms + 1
+        # the levels it took, best first, each but the last emptied
+        book_side = sorted(resting[side], reverse=side is Side.BID)
+        assert [t.price_ticks for t in trades] == book_side[: len(trades)]
+        for t in trades[:-1]:
+            assert t.qty_lots == resting[side][t.price_ticks]
+        assert 1 <= trades[-1].qty_lots <= resting[side][trades[-1].price_ticks]
+        sweeps += len(trades) > 1
+        # the depth event's first changes are the taker's; the level ends as the book has it
+        taken = (diff.bids if side is Side.BID else diff.asks)[: len(trades)]
+        assert [p for p, _ in taken] == [t.price_ticks for t in trades]
+        final = dict(diff.bids if side is Side.BID else diff.asks)
+        assert all(final[t.price_ticks] == m.book.side(side).get(t.price_ticks, 0) for t in trades)
+    assert sweeps > 10
 
 
 def test_diffs_replayed_on_the_initial_snapshot_give_the_true_book() -> None:

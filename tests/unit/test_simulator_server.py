@@ -153,13 +153,19 @@ def test_rest_snapshot_plus_later_diffs_reproduce_the_true_book() -> None:
     run(scenario)
 
 
+T_FIXED = 1_700_000_000_000  # the one market depends on times: the model gets the server's
+
+
 def test_served_frames_are_the_seeded_models_frames() -> None:
     settings = base_settings()
 
     async def scenario() -> list[dict[str, Any]]:
         # rate 0: no pacing, frames only from explicit steps
         async with (
-            running_simulator(settings, rate_per_symbol=0, depth_levels=10, id_epoch_s=7) as sim,
+            running_simulator(
+                settings, clock_ms=lambda: T_FIXED, rate_per_symbol=0, depth_levels=10,
+                id_epoch_s=7,
+            ) as sim,
             client(sim, f"/binance/stream?streams={STREAMS}") as reader,
         ):
             await wait_until(
@@ -180,7 +186,7 @@ def test_served_frames_are_the_seeded_models_frames() -> None:
                           sim_cfg.trade_probability, id_offset=id_offset(7))
     expected = []
     for _ in range(30):
-        for event in model.step(0):
+        for event in model.step(T_FIXED):
             if isinstance(event, DepthDiff):
                 expected.append(depth_update_event("BTCUSDT", model.spec, event))
             else:
@@ -358,3 +364,59 @@ def test_ids_keep_growing_across_restarts() -> None:
     restarted = BinanceMarket("BTCUSDT", 42, 10, 3, 0.2, id_offset=id_offset(1_001))
     assert restarted.last_update_id > first.last_update_id
     assert restarted.next_trade_id > first.next_trade_id
+
+
+def test_per_venue_rates_from_the_configuration_and_the_environment() -> None:
+    root = Path(__file__).resolve().parents[2]
+    sim = load_settings(
+        overlays=[root / "config" / "simulator.yaml"],
+        environ={
+            "TICKFLOW__SIMULATOR__RATE_PER_SYMBOL": "0",
+            "TICKFLOW__SIMULATOR__KRAKEN_RATE_PER_SYMBOL": "200",
+        },
+    ).simulator
+    assert (sim.rate("binance"), sim.rate("coinbase"), sim.rate("kraken")) == (0, 0, 200)
+    default = load_settings(environ={}).simulator
+    assert {default.rate(v) for v in ("binance", "coinbase", "kraken")} == {
+        default.rate_per_symbol
+    }
+
+    async def scenario() -> None:
+        # only Kraken is paced: the other venues generate nothing by themselves
+        async with running_simulator(
+            base_settings(), rate_per_symbol=0, kraken_rate_per_symbol=200,
+            kraken_symbols=("BTC/USD",),
+        ) as server:
+            steps = lambda v, s: server.status()["exchanges"][v]["symbols"][s]["steps"]  # noqa: E731
+            await wait_until(lambda: steps("kraken", "BTC/USD") >= 20, what="kraken steps")
+            assert steps("binance", "BTCUSDT") == steps("coinbase", "BTC-USD") == 0
+            assert server.status()["rates"] == {"binance": 0, "coinbase": 0, "kraken": 200}
+
+    run(scenario)
+
+
+def test_fair_values_are_served_for_every_instrument() -> None:
+    async def scenario() -> None:
+        clock = lambda: 1_700_000_000_000  # noqa: E731
+        async with running_simulator(base_settings(), clock_ms=clock, rate_per_symbol=0) as sim:
+            sim.step("kraken", "BTC/USD", 5)
+            status, body = await http_json(f"{sim.http_url}/_sim/fair")
+            assert status == 200 and body["time_ms"] == clock()
+            fair = body["instruments"]
+            assert {"BTC-USD", "BTC-USDT", "ETH-USD", "SOL-USD"} <= set(fair)
+            # one market: USD and USDT within a few bps, the venues' tops around the fair value
+            assert abs(float(fair["BTC-USDT"]) / float(fair["BTC-USD"]) - 1) < 20e-4
+            status, one = await http_json(f"{sim.http_url}/_sim/kraken/fair?symbol=BTC/USD")
+            assert status == 200 and one["instrument"] == "BTC-USD"
+            # the true book carries the fair value as of its last event
+            _, book = await http_json(f"{sim.http_url}/_sim/kraken/book?symbol=BTC/USD")
+            assert (book["fair_value"], book["fair_time_ms"]) == (
+                one["fair_value"], one["time_ms"]
+            )
+            kraken = sim.status()["exchanges"]["kraken"]["symbols"]["BTC/USD"]
+            coinbase = sim.status()["exchanges"]["coinbase"]["symbols"]["BTC-USD"]
+            for top in (kraken, coinbase):
+                mid = (float(top["best_bid"]) + float(top["best_ask"])) / 2
+                assert abs(mid / float(one["fair_value"]) - 1) < 10e-4
+
+    run(scenario)

@@ -164,18 +164,24 @@ def introspect(venue: Venue, resource: str, **query: str) -> Any:
 def test_event_times_strictly_increase_and_a_trade_precedes_its_effect(exchange: str) -> None:
     case = CASES[exchange]
     steps = generate(case, case.venue(), 400)
-    times = [e.time_ms for step in steps for e in step]
+    # one time per step's taker (its trades share it, as one order's fills do) and per depth
+    times = [e.time_ms for step in steps for e in step if e.kind == "depth" or e is step[0]]
     assert all(a < b for a, b in itertools.pairwise(times))
     assert T0 - 1 <= times[0] <= T0 and times[-1] > T0 + 200  # the stalled clock stalls none
     with_trade = [s for s in steps if s[0].kind == "trade"]
     assert len(with_trade) > 100
+    assert any(len(s) > 2 for s in with_trade)  # some takers walk the book
     for step in steps:
-        assert [e.kind for e in step] in (["depth"], ["trade", "depth"])
-    for trade, depth in with_trade:
-        # the depth event after the trade carries its effect, one ms later
-        assert depth.time_ms == trade.time_ms + 1
-        side = "ask" if trade.taker_side == "buy" else "bid"
-        assert any(s == side and Decimal(p) == Decimal(trade.price) for s, p, _ in depth.levels)
+        *trades, depth = step
+        assert depth.kind == "depth" and all(t.kind == "trade" for t in trades)
+        assert all(t.time_ms == step[0].time_ms for t in trades)
+        if not trades:
+            continue
+        # the depth event after the trades carries their effect, one ms later
+        assert depth.time_ms == trades[0].time_ms + 1
+        side = "ask" if trades[0].taker_side == "buy" else "bid"
+        for trade in trades:
+            assert any(s == side and Decimal(p) == Decimal(trade.price) for s, p, _ in depth.levels)
 
 
 @pytest.mark.parametrize("exchange", list(CASES))
@@ -206,6 +212,7 @@ def test_truth_is_the_touch_of_the_rebuilt_book_before_each_trade(exchange: str)
     rows = iter(truth["trades"])
     book_time = 0
     trades = 0
+    last_trade_time = -1
     for event in (e for step in steps for e in step):
         if event.kind == "depth":
             for side, price, qty in event.levels:
@@ -229,15 +236,22 @@ def test_truth_is_the_touch_of_the_rebuilt_book_before_each_trade(exchange: str)
             "ask_size": ask[1],
             "taker_side": event.taker_side,
         }
-        # the taker traded at the touch it hit
-        assert event.price == (ask[0] if event.taker_side == "buy" else bid[0])
+        # a taker trades at the touch it met first, then (a sweep) further from it
+        touch = Decimal(ask[0] if event.taker_side == "buy" else bid[0])
+        if event.time_ms != last_trade_time:
+            assert Decimal(event.price) == touch
+        else:
+            assert (Decimal(event.price) - touch) * (1 if event.taker_side == "buy" else -1) > 0
+        last_trade_time = event.time_ms
     assert next(rows, None) is None and trades > 100
     # from_time_ms: the trades at or after that time
     middle = truth["trades"][trades // 2]
     later = introspect(
         venue, "truth", symbol=case.symbol, from_time_ms=str(middle["trade_time_ms"])
     )
-    assert later["trades"] == truth["trades"][trades // 2 :]
+    assert later["trades"] == [
+        t for t in truth["trades"] if t["trade_time_ms"] >= middle["trade_time_ms"]
+    ]
 
 
 # --- over HTTP ------------------------------------------------------------------------------
@@ -262,7 +276,11 @@ def test_truth_endpoint_and_delay_fault_requests() -> None:
                 assert all(list(t) == TRUTH_KEYS for t in body["trades"])
                 last = body["trades"][-1]
                 status, tail = await http_json(f"{url}&from_time_ms={last['trade_time_ms']}")
-                assert (status, tail["trades"]) == (200, [last])
+                # the last taker's trades (a sweep's share one time)
+                same_time = [
+                    t for t in body["trades"] if t["trade_time_ms"] == last["trade_time_ms"]
+                ]
+                assert (status, tail["trades"]) == (200, same_time)
                 status, _ = await http_json(f"{url}&from_time_ms=soon")
                 assert status == 400
             status, _ = await http_json(f"{sim.http_url}/_sim/kraken/truth?symbol=NOPE/USD")
@@ -351,6 +369,7 @@ def test_delayed_binance_trades_arrive_late_and_all_of_them_even_while_paused() 
                 paused=True,
                 rate_per_symbol=0,
                 trade_probability=1.0,
+                sweep_scale=0.0,  # one trade per taker: trades are told apart by their time
                 depth_levels=10,
             ) as sim,
             reader(sim, path) as first,
@@ -404,6 +423,7 @@ def test_coinbase_sequence_num_stays_contiguous_with_delayed_trades() -> None:
                 base_settings(),
                 rate_per_symbol=0,
                 trade_probability=1.0,
+                sweep_scale=0.0,  # one trade per taker: trades are told apart by their time
                 coinbase_products=("BTC-USD",),
                 coinbase_depth_levels=20,
                 coinbase_heartbeat_ms=0,
