@@ -18,6 +18,7 @@ the backlog's backfill (if any) has finished. Writes bench/results/demo_restart.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any
 
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paths", default="resume,fresh")
     parser.add_argument("--keep", action="store_true", help="leave the demo running")
     args = parser.parse_args(argv)
+    # what `make run` runs: the demo against the simulator (the Makefile sets this too)
+    os.environ.setdefault("TICKFLOW_CONFIG", "config/simulator.yaml")
     settings = load_settings()
     first = demo.up(settings)
     runs = [restart(settings, p, args.stopped_minutes * 60) for p in args.paths.split(",")]
