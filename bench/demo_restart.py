@@ -35,7 +35,8 @@ def trades_per_minute(settings: Settings, from_ms: int, to_ms: int) -> dict[str,
     first, last = from_ms // 60_000 + 1, to_ms // 60_000  # whole minutes only
     client = connect(settings.clickhouse)
     rows = client.execute(
-        "SELECT exchange, intDiv(trade_time_ms, 60000) AS minute, count() FROM trades FINAL"
+        "SELECT exchange, intDiv(trade_time_ms, 60000) AS minute, count()"
+        f" FROM {settings.clickhouse.database}.trades FINAL"
         " WHERE trade_time_ms >= %(a)s AND trade_time_ms < %(b)s GROUP BY exchange, minute",
         {"a": first * 60_000, "b": last * 60_000},
     )
