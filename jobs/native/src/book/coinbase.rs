@@ -16,6 +16,10 @@ impl SyncedBook {
             return self.buffer_delta(delta);
         }
         // equal: more update events of the message that carried the snapshot
+        if let Some(reason) = self.implausible_jump(delta.last_id) {
+            self.lose_sync(reason);
+            return Outcome::Gap;
+        }
         if delta.last_id < self.last_id {
             return Outcome::Ignored;
         }

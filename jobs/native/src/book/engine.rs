@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::book::kraken::DEPTHS;
 use crate::book::levels::{BookSide, OrderBook};
+use crate::validate::MAX_SEQUENCE_JUMP;
 use crate::events::{BookDelta, BookSnapshot, BookStatus, SyncLost};
 
 /// `jobs.book.engine.Outcome`.
@@ -182,6 +183,17 @@ impl SyncedBook {
         for &(price, size) in &delta.asks {
             self.book.set_level(BookSide::Ask, price, size);
         }
+    }
+
+    /// Why `id` cannot follow the LIVE book's last id: a jump of more than
+    /// `MAX_SEQUENCE_JUMP` either way is corrupt data, not a sequence. Taken as continuous, a
+    /// huge id would make every later update and snapshot look old (ignored: the book frozen
+    /// but LIVE); as a gap, the book resyncs.
+    pub(crate) fn implausible_jump(&self, id: i64) -> Option<String> {
+        if self.last_id < 0 || (id as i128 - self.last_id as i128).abs() <= MAX_SEQUENCE_JUMP as i128 {
+            return None;
+        }
+        Some(format!("implausible sequence jump: local update id {}, got {id}", self.last_id))
     }
 
     /// The RESYNCING state gets its own version; the book is discarded.
