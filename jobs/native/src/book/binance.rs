@@ -368,7 +368,8 @@ mod tests {
                 let (mut bids, mut asks) = (vec![], vec![]);
                 for _ in 0..n {
                     let side = rng.below(2);
-                    let (price, size) = (*rng.pick(&prices), *rng.pick(&sizes));
+                    // an exchange's book never crosses: bids below 100.20, asks from it
+                    let (price, size) = (prices[side * 20 + rng.below(20)], *rng.pick(&sizes));
                     if size.is_zero() {
                         truth[side].remove(&price);
                     } else {

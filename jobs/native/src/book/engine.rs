@@ -139,19 +139,34 @@ impl SyncedBook {
     }
 
     pub fn on_delta(&mut self, delta: BookDelta) -> Outcome {
-        match self.exchange {
+        let outcome = match self.exchange {
             Exchange::Binance => self.binance_on_delta(delta),
             Exchange::Coinbase => self.coinbase_on_delta(delta),
             Exchange::Kraken => self.kraken_on_delta(&delta),
-        }
+        };
+        self.uncrossed(outcome)
     }
 
     pub fn on_snapshot(&mut self, snap: &BookSnapshot) -> Outcome {
-        match self.exchange {
+        let outcome = match self.exchange {
             Exchange::Binance => self.binance_on_snapshot(snap),
             Exchange::Coinbase => self.coinbase_on_snapshot(snap),
             Exchange::Kraken => self.kraken_on_snapshot(snap),
+        };
+        self.uncrossed(outcome)
+    }
+
+    /// A LIVE book whose best bid is at or above its best ask is out of sync with the
+    /// exchange (no exchange's own book crosses): never published LIVE, resynced instead.
+    fn uncrossed(&mut self, outcome: Outcome) -> Outcome {
+        if self.status != BookStatus::Live || !self.book.is_crossed() {
+            return outcome;
         }
+        let (bid, ask) = (self.book.best_bid(), self.book.best_ask());
+        let text = |l: Option<crate::events::Level>| l.map(|(p, _)| p.to_string()).unwrap_or_default();
+        self.lose_sync(format!("crossed book: best bid {} >= best ask {}", text(bid), text(ask)));
+        self.buffer.clear();
+        Outcome::Gap
     }
 
     /// The connector saw continuity break: distrust the book until the next snapshot.
