@@ -9,7 +9,7 @@
 //!   prices are > 0, sizes >= 0 (0 removes a level);
 //! - times are stored as `UInt64` milliseconds and `Date` (`UInt16` days since 1970): an event
 //!   time is in [1970, 2149) and, when configured, within a window around the receive time;
-//!   the receive time is >= 0;
+//!   the receive time is in the same range;
 //! - sequence ids are >= 0 and one message spans at most `MAX_SEQUENCE_JUMP` ids.
 
 use crate::dec::Dec;
@@ -149,10 +149,11 @@ impl Limits {
     /// Every event of one frame, or the first reason to reject the frame.
     pub fn check(&self, env: &RawEnvelope<'_>, events: &[MarketEvent]) -> Result<(), ParseError> {
         let exchange = env.exchange;
-        if env.receive_time_ns < 0 {
+        // the receive time is stored (UInt64 ns, Date) and makes the books' versions
+        if !(0..MAX_TIME_MS * 1_000_000).contains(&env.receive_time_ns) {
             return Err(reject(
                 exchange,
-                format!("negative receive time {} ns", env.receive_time_ns),
+                format!("receive time {} ns is outside 1970..2149", env.receive_time_ns),
             ));
         }
         for event in events {
