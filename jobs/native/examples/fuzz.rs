@@ -11,7 +11,9 @@ mod campaign;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let executions: u64 = args.first().map_or(1_000_000, |a| a.parse().expect("EXECUTIONS"));
+    let executions: u64 = args
+        .first()
+        .map_or(1_000_000, |a| a.parse().expect("EXECUTIONS"));
     let seed: u64 = args.get(1).map_or(1, |a| a.parse().expect("SEED"));
     let mut targets: Vec<&str> = args.iter().skip(2).map(String::as_str).collect();
     if targets.is_empty() {

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tickflow_native::dec::{parse_dec, Dec};
-use tickflow_native::envelope::{decode_envelope, encode_envelope, envelope_instrument, RawEnvelope};
+use tickflow_native::envelope::{
+    decode_envelope, encode_envelope, envelope_instrument, RawEnvelope,
+};
 use tickflow_native::events::MarketEvent;
 use tickflow_native::instrument::Rules;
 use tickflow_native::parse::parse_envelope;
@@ -121,7 +123,11 @@ fn frame(exchange: &str, channel: &str, value: &Value, symbol: Option<&str>) -> 
         .map(str::to_string)
         .or_else(|| symbol_of(exchange, value))
         .unwrap_or_else(|| default_symbol(exchange).to_string());
-    Frame { channel: channel.to_string(), symbol, payload: serde_json::to_vec(value).unwrap() }
+    Frame {
+        channel: channel.to_string(),
+        symbol,
+        payload: serde_json::to_vec(value).unwrap(),
+    }
 }
 
 /// The seeds of one exchange: every fixture (scenarios in order) and the campaign's corpus.
@@ -142,25 +148,44 @@ pub fn seeds(exchange: &str) -> Vec<Seed> {
             out.push(
                 steps
                     .iter()
-                    .map(|s| frame(exchange, s["channel"].as_str().unwrap(), &s["frame"], symbol.as_deref()))
+                    .map(|s| {
+                        frame(
+                            exchange,
+                            s["channel"].as_str().unwrap(),
+                            &s["frame"],
+                            symbol.as_deref(),
+                        )
+                    })
                     .collect(),
             );
         } else {
-            out.push(vec![frame(exchange, &doc_channel(exchange, &name, &value), &value, None)]);
+            out.push(vec![frame(
+                exchange,
+                &doc_channel(exchange, &name, &value),
+                &value,
+                None,
+            )]);
         }
     }
-    out.extend(corpus(&manifest().join("fuzz/corpus").join(format!("{exchange}.jsonl"))));
+    out.extend(corpus(
+        &manifest()
+            .join("fuzz/corpus")
+            .join(format!("{exchange}.jsonl")),
+    ));
     out
 }
 
 /// `fuzz/corpus/<exchange>.jsonl`: one seed per line, `{"frames": [{"channel", "symbol",
 /// "frame" (JSON) or "raw" (text)}]}`.
 fn corpus(path: &Path) -> Vec<Seed> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
     text.lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .map(|line| {
-            let seed: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display()));
+            let seed: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display()));
             seed["frames"]
                 .as_array()
                 .unwrap()
@@ -182,18 +207,63 @@ fn corpus(path: &Path) -> Vec<Seed> {
 
 /// Values the issue and the column types make interesting, as raw JSON text.
 const INTERESTING: &[&str] = &[
-    r#"" 1""#, r#""１２""#, r#""NaN""#, r#""sNaN""#, r#""Infinity""#, r#""-Infinity""#,
-    r#""1e999999999""#, r#""1e-999999999""#, r#""-1""#, r#""0""#, r#""-0""#, r#""0.0""#,
-    r#""1_0""#, r#""+1""#, r#""""#, r#""99999999999999999999999""#, r#""100000000000000000000""#,
-    r#""0.0000000000000000000000000001""#, r#""0.0000000000000000001""#, r#""1e20""#,
-    r#""79228162514264337593543950335""#, r#""1.5e3""#, r#""\u0000""#,
-    r#""1970-01-01T00:00:00Z""#, r#""1969-12-31T23:59:59.999Z""#, r#""0001-01-01T00:00:00Z""#,
-    r#""9999-12-31T23:59:59Z""#, r#""2150-01-01T00:00:00Z""#, r#""2023-12-31T23:59:59Z""#,
-    r#""2024-01-02T00:00:00Z""#, r#""2023-02-09T20:19:35.396251Z""#,
-    "0", "-1", "1", "9223372036854775807", "9223372036854775808", "-9223372036854775808",
-    "100000000000000000", "4611686018427387904", "18446744073709551616", "1e999999999",
-    "1e-999999999", "1.5", "-0", "0.0", "1E+2", "-0.0", "1704067200000", "1704153600000",
-    "1704067500001", "null", "true", "false", "[]", "{}", r#"[["1","1"]]"#, r#"[{"price":1,"qty":1}]"#,
+    r#"" 1""#,
+    r#""１２""#,
+    r#""NaN""#,
+    r#""sNaN""#,
+    r#""Infinity""#,
+    r#""-Infinity""#,
+    r#""1e999999999""#,
+    r#""1e-999999999""#,
+    r#""-1""#,
+    r#""0""#,
+    r#""-0""#,
+    r#""0.0""#,
+    r#""1_0""#,
+    r#""+1""#,
+    r#""""#,
+    r#""99999999999999999999999""#,
+    r#""100000000000000000000""#,
+    r#""0.0000000000000000000000000001""#,
+    r#""0.0000000000000000001""#,
+    r#""1e20""#,
+    r#""79228162514264337593543950335""#,
+    r#""1.5e3""#,
+    r#""\u0000""#,
+    r#""1970-01-01T00:00:00Z""#,
+    r#""1969-12-31T23:59:59.999Z""#,
+    r#""0001-01-01T00:00:00Z""#,
+    r#""9999-12-31T23:59:59Z""#,
+    r#""2150-01-01T00:00:00Z""#,
+    r#""2023-12-31T23:59:59Z""#,
+    r#""2024-01-02T00:00:00Z""#,
+    r#""2023-02-09T20:19:35.396251Z""#,
+    "0",
+    "-1",
+    "1",
+    "9223372036854775807",
+    "9223372036854775808",
+    "-9223372036854775808",
+    "100000000000000000",
+    "4611686018427387904",
+    "18446744073709551616",
+    "1e999999999",
+    "1e-999999999",
+    "1.5",
+    "-0",
+    "0.0",
+    "1E+2",
+    "-0.0",
+    "1704067200000",
+    "1704153600000",
+    "1704067500001",
+    "null",
+    "true",
+    "false",
+    "[]",
+    "{}",
+    r#"[["1","1"]]"#,
+    r#"[{"price":1,"qty":1}]"#,
 ];
 
 /// A JSON value with some leaves replaced by placeholders for raw texts (numbers serde_json
@@ -260,7 +330,8 @@ fn nudge_number(text: &str, rng: &mut Rng) -> String {
         2 => format!("-{text}"),
         3 => {
             let n: i128 = text.parse().unwrap_or(0);
-            (n + [1i128, -1, 1000, 86_400_000, 2_592_000_000, 1 << 40, 1 << 62][rng.below(7)]).to_string()
+            (n + [1i128, -1, 1000, 86_400_000, 2_592_000_000, 1 << 40, 1 << 62][rng.below(7)])
+                .to_string()
         }
         4 => format!("{text}.{}", "0".repeat(rng.below(30)) + "1"),
         5 => format!("0.{}{text}", "0".repeat(rng.below(30))),
@@ -270,7 +341,10 @@ fn nudge_number(text: &str, rng: &mut Rng) -> String {
 }
 
 fn mutate_json(value: &Value, rng: &mut Rng) -> Vec<u8> {
-    let mut draft = Draft { value: value.clone(), raw: Vec::new() };
+    let mut draft = Draft {
+        value: value.clone(),
+        raw: Vec::new(),
+    };
     for _ in 0..1 + rng.below(3) {
         let mut all = Vec::new();
         paths(&draft.value, &mut Vec::new(), &mut all);
@@ -338,7 +412,17 @@ fn mutate_bytes(bytes: &mut Vec<u8>, rng: &mut Rng) {
             }
             2 => {
                 let i = rng.below(n + 1);
-                let junk: &[&[u8]] = &[b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x00", b"\"", b"[", b"{", b",", b"9"];
+                let junk: &[&[u8]] = &[
+                    b"\xff",
+                    b"\xc3",
+                    b"\xed\xa0\x80",
+                    b"\x00",
+                    b"\"",
+                    b"[",
+                    b"{",
+                    b",",
+                    b"9",
+                ];
                 let piece = rng.pick(junk).to_vec();
                 bytes.splice(i..i, piece);
             }
@@ -367,8 +451,12 @@ fn envelope_of(
     mutate: bool,
 ) -> Vec<u8> {
     let mut payload = frame.payload.clone();
-    let (mut channel, mut symbol, mut exchange_name, mut receive) =
-        (frame.channel.clone(), frame.symbol.clone(), exchange.to_string(), receive_ns);
+    let (mut channel, mut symbol, mut exchange_name, mut receive) = (
+        frame.channel.clone(),
+        frame.symbol.clone(),
+        exchange.to_string(),
+        receive_ns,
+    );
     if mutate {
         match rng.below(10) {
             0..=5 => {
@@ -378,10 +466,25 @@ fn envelope_of(
             }
             6..=7 => mutate_bytes(&mut payload, rng),
             _ => match rng.below(5) {
-                0 => channel = rng.pick(&["depth", "trade", "snapshot", "sync_lost", "book", ""]).to_string(),
-                1 => symbol = rng.pick(&["BNBBTC", "BTC-USD", "BTC/USD", "X", ""]).to_string(),
-                2 => exchange_name = rng.pick(&["binance", "coinbase", "kraken", "nope"]).to_string(),
-                3 => receive = *rng.pick(&[-1, 0, i64::MAX, i64::MIN, receive_ns + 86_400_000_000_000]),
+                0 => {
+                    channel = rng
+                        .pick(&["depth", "trade", "snapshot", "sync_lost", "book", ""])
+                        .to_string()
+                }
+                1 => {
+                    symbol = rng
+                        .pick(&["BNBBTC", "BTC-USD", "BTC/USD", "X", ""])
+                        .to_string()
+                }
+                2 => {
+                    exchange_name = rng
+                        .pick(&["binance", "coinbase", "kraken", "nope"])
+                        .to_string()
+                }
+                3 => {
+                    receive =
+                        *rng.pick(&[-1, 0, i64::MAX, i64::MIN, receive_ns + 86_400_000_000_000])
+                }
                 _ => {}
             },
         }
@@ -431,7 +534,8 @@ impl Report {
     fn finding(&mut self, what: String, input: &[u8]) {
         if self.findings.len() < 20 {
             let hex: String = input.iter().map(|b| format!("{b:02x}")).collect();
-            self.findings.push(format!("{what}\n  input (envelope, hex): {hex}"));
+            self.findings
+                .push(format!("{what}\n  input (envelope, hex): {hex}"));
         }
     }
 }
@@ -456,15 +560,22 @@ struct Reference {
 
 impl Reference {
     fn accept(&mut self, value: &[u8]) {
-        let Ok(env) = decode_envelope(value) else { return };
-        let Ok(events) = parse_envelope(&env) else { return };
+        let Ok(env) = decode_envelope(value) else {
+            return;
+        };
+        let Ok(events) = parse_envelope(&env) else {
+            return;
+        };
         for event in events {
             let (exchange, symbol, bids, asks) = match &event {
                 MarketEvent::Delta(d) => (&d.exchange, &d.symbol, &d.bids, &d.asks),
                 MarketEvent::Snapshot(s) => (&s.exchange, &s.symbol, &s.bids, &s.asks),
                 _ => continue,
             };
-            let book = self.levels.entry((env.instrument.to_string(), exchange.clone(), symbol.clone())).or_default();
+            let book = self
+                .levels
+                .entry((env.instrument.to_string(), exchange.clone(), symbol.clone()))
+                .or_default();
             for (side, levels) in [bids, asks].into_iter().enumerate() {
                 for &(price, size) in levels {
                     book[side].entry(price).or_default().insert(size);
@@ -488,15 +599,26 @@ fn levels_of(text: &[u8]) -> Result<Vec<(Dec, Dec)>, String> {
         .ok_or("levels not an array")?
         .iter()
         .map(|l| {
-            let p = l[0].as_str().and_then(parse_dec).ok_or(format!("bad price {l}"))?;
-            let s = l[1].as_str().and_then(parse_dec).ok_or(format!("bad size {l}"))?;
+            let p = l[0]
+                .as_str()
+                .and_then(parse_dec)
+                .ok_or(format!("bad price {l}"))?;
+            let s = l[1]
+                .as_str()
+                .and_then(parse_dec)
+                .ok_or(format!("bad size {l}"))?;
             Ok((p, s))
         })
         .collect()
 }
 
 /// Why a published LIVE book is wrong, if it is.
-fn check_live_book(book: &Book, bids: &[(Dec, Dec)], asks: &[(Dec, Dec)], reference: &Reference) -> Option<String> {
+fn check_live_book(
+    book: &Book,
+    bids: &[(Dec, Dec)],
+    asks: &[(Dec, Dec)],
+    reference: &Reference,
+) -> Option<String> {
     for (side, levels) in [bids, asks].into_iter().enumerate() {
         for (i, &(price, size)) in levels.iter().enumerate() {
             if price <= Dec::ZERO || size <= Dec::ZERO {
@@ -504,19 +626,28 @@ fn check_live_book(book: &Book, bids: &[(Dec, Dec)], asks: &[(Dec, Dec)], refere
             }
             if i > 0 {
                 let prev = levels[i - 1].0;
-                let ordered = if side == 0 { prev > price } else { prev < price };
+                let ordered = if side == 0 {
+                    prev > price
+                } else {
+                    prev < price
+                };
                 if !ordered {
                     return Some(format!("{book:?}: side {side} out of order at {price}"));
                 }
             }
             if !reference.has(book, side, price, size) {
-                return Some(format!("{book:?}: level {price} x {size} (side {side}) not in any accepted frame"));
+                return Some(format!(
+                    "{book:?}: level {price} x {size} (side {side}) not in any accepted frame"
+                ));
             }
         }
     }
     if let (Some(bid), Some(ask)) = (bids.first(), asks.first()) {
         if bid.0 >= ask.0 {
-            return Some(format!("{book:?}: crossed LIVE book: bid {} >= ask {}", bid.0, ask.0));
+            return Some(format!(
+                "{book:?}: crossed LIVE book: bid {} >= ask {}",
+                bid.0, ask.0
+            ));
         }
     }
     None
@@ -560,9 +691,16 @@ fn core() -> StreamBooks {
         depth_band_bps: parse_dec("10").unwrap(),
         trade_dedup_ms: 60_000,
     };
-    let live = LiveRules { stale_after_ms: 30_000, resync_retry_ms: 10_000, redis_prefix: "tf".into() };
+    let live = LiveRules {
+        stale_after_ms: 30_000,
+        resync_retry_ms: 10_000,
+        redis_prefix: "tf".into(),
+    };
     let mut core = StreamBooks::new(rules, live, Vec::new());
-    core.set_limits(Limits { max_event_ahead_ms: Some(300_000), max_event_behind_ms: None });
+    core.set_limits(Limits {
+        max_event_ahead_ms: Some(300_000),
+        max_event_behind_ms: None,
+    });
     core
 }
 
@@ -580,7 +718,10 @@ pub fn run_frames(exchange: &str, executions: u64, seed: u64) -> Report {
     let seeds = seeds(exchange);
     assert!(!seeds.is_empty(), "no seeds for {exchange}");
     let mut rng = Rng::new(seed ^ exchange.len() as u64);
-    let mut report = Report { target: exchange.to_string(), ..Report::default() };
+    let mut report = Report {
+        target: exchange.to_string(),
+        ..Report::default()
+    };
     let started = Instant::now();
     let (mut core, mut reference) = (core(), Reference::default());
     let mut watermark = i64::MIN;
@@ -605,18 +746,30 @@ pub fn run_frames(exchange: &str, executions: u64, seed: u64) -> Report {
         step += 1;
         clock_ms += rng.below(200) as i64;
         let mutate = rng.chance(mutate_percent);
-        let value =
-            envelope_of(&instrument, exchange, frame, clock_ms * 1_000_000, report.executions as i64, &mut rng, mutate);
+        let value = envelope_of(
+            &instrument,
+            exchange,
+            frame,
+            clock_ms * 1_000_000,
+            report.executions as i64,
+            &mut rng,
+            mutate,
+        );
         let panics_before = PANICS.load(Ordering::Relaxed);
         let t0 = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| {
             // keyed as the JVM bundler keys it ("" when the instrument cannot be read)
             let key = envelope_instrument(&value).unwrap_or("").to_string();
-            core.process_bundle(&key, &bundle_of(clock_ms, &value), watermark, clock_ms).unwrap();
+            core.process_bundle(&key, &bundle_of(clock_ms, &value), watermark, clock_ms)
+                .unwrap();
             match rng.below(20) {
                 0 => {
                     // the watermark: mostly with the clock, sometimes a jump far ahead
-                    watermark = if rng.chance(2) { clock_ms + 30 * 86_400_000 } else { clock_ms - 5000 };
+                    watermark = if rng.chance(2) {
+                        clock_ms + 30 * 86_400_000
+                    } else {
+                        clock_ms - 5000
+                    };
                     core.advance(&key, watermark);
                 }
                 1 => {
@@ -638,17 +791,27 @@ pub fn run_frames(exchange: &str, executions: u64, seed: u64) -> Report {
         let panicked = PANICS.load(Ordering::Relaxed) != panics_before;
         let Ok((blob, redis)) = result else {
             report.crashes += 1;
-            report.finding(format!("{exchange}: panic outside the core's guard"), &value);
+            report.finding(
+                format!("{exchange}: panic outside the core's guard"),
+                &value,
+            );
             continue;
         };
         let reasons = blob.as_deref().map(dead_letter_reasons).unwrap_or_default();
         report.dead_letters += reasons.len() as u64;
         for r in &reasons {
-            *report.reasons.entry(r.chars().take(90).collect()).or_default() += 1;
+            *report
+                .reasons
+                .entry(r.chars().take(90).collect())
+                .or_default() += 1;
         }
         if panicked || reasons.iter().any(|r| r.contains("internal error")) {
             report.crashes += 1;
-            let why = reasons.iter().find(|r| r.contains("internal error")).cloned().unwrap_or_default();
+            let why = reasons
+                .iter()
+                .find(|r| r.contains("internal error"))
+                .cloned()
+                .unwrap_or_default();
             report.finding(format!("{exchange}: panic in the core: {why}"), &value);
         }
         if !reasons.iter().any(|r| !r.starts_with("row of")) {
@@ -683,10 +846,15 @@ pub fn run_frames(exchange: &str, executions: u64, seed: u64) -> Report {
 /// key reader and the core.
 pub fn run_envelopes(executions: u64, seed: u64) -> Report {
     count_panics();
-    let all: Vec<(String, Seed)> =
-        EXCHANGES.iter().flat_map(|e| seeds(e).into_iter().map(move |s| (e.to_string(), s))).collect();
+    let all: Vec<(String, Seed)> = EXCHANGES
+        .iter()
+        .flat_map(|e| seeds(e).into_iter().map(move |s| (e.to_string(), s)))
+        .collect();
     let mut rng = Rng::new(seed);
-    let mut report = Report { target: "envelope".to_string(), ..Report::default() };
+    let mut report = Report {
+        target: "envelope".to_string(),
+        ..Report::default()
+    };
     let started = Instant::now();
     let mut core = core();
     while report.executions < executions {
@@ -695,11 +863,24 @@ pub fn run_envelopes(executions: u64, seed: u64) -> Report {
         }
         let (exchange, seed_frames) = rng.pick(&all);
         let frame = rng.pick(seed_frames);
-        let mut value = envelope_of(INSTRUMENT, exchange, frame, RECEIVE_MS * 1_000_000, 1, &mut rng, false);
+        let mut value = envelope_of(
+            INSTRUMENT,
+            exchange,
+            frame,
+            RECEIVE_MS * 1_000_000,
+            1,
+            &mut rng,
+            false,
+        );
         mutate_bytes(&mut value, &mut rng);
         if rng.chance(20) {
             // an over-long varint or a huge length where the instrument's length is
-            let varint: &[&[u8]] = &[&[0xff; 11], &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01], &[0xfe, 0xff, 0xff, 0xff, 0x0f], &[0x01]];
+            let varint: &[&[u8]] = &[
+                &[0xff; 11],
+                &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01],
+                &[0xfe, 0xff, 0xff, 0xff, 0x0f],
+                &[0x01],
+            ];
             let piece = rng.pick(varint).to_vec();
             value.splice(0..1.min(value.len()), piece);
         }
@@ -715,7 +896,8 @@ pub fn run_envelopes(executions: u64, seed: u64) -> Report {
             let _ = decode_envelope(&value);
             let key = envelope_instrument(&value).ok().map(str::to_string);
             let _ = read_bundle(&bundle);
-            let _ = core.process_bundle(key.as_deref().unwrap_or(""), &bundle, i64::MIN, RECEIVE_MS);
+            let _ =
+                core.process_bundle(key.as_deref().unwrap_or(""), &bundle, i64::MIN, RECEIVE_MS);
             core.take_blob()
         }));
         let took = t0.elapsed();
@@ -733,7 +915,9 @@ pub fn run_envelopes(executions: u64, seed: u64) -> Report {
             Ok(blob) => {
                 let reasons = blob.as_deref().map(dead_letter_reasons).unwrap_or_default();
                 report.dead_letters += reasons.len() as u64;
-                if PANICS.load(Ordering::Relaxed) != panics_before || reasons.iter().any(|r| r.contains("internal error")) {
+                if PANICS.load(Ordering::Relaxed) != panics_before
+                    || reasons.iter().any(|r| r.contains("internal error"))
+                {
                     report.crashes += 1;
                     report.finding("envelope: panic in the core".to_string(), &value);
                 }

@@ -153,7 +153,10 @@ impl Limits {
         if !(0..MAX_TIME_MS * 1_000_000).contains(&env.receive_time_ns) {
             return Err(reject(
                 exchange,
-                format!("receive time {} ns is outside 1970..2149", env.receive_time_ns),
+                format!(
+                    "receive time {} ns is outside 1970..2149",
+                    env.receive_time_ns
+                ),
             ));
         }
         for event in events {

@@ -16,21 +16,30 @@ fn assert_clean(report: &campaign::Report) {
 fn binance_frames() {
     let report = campaign::run_frames("binance", SHORT, 7);
     assert_clean(&report);
-    assert!(report.live_books_checked > 0, "no LIVE book was published: {report:#?}");
+    assert!(
+        report.live_books_checked > 0,
+        "no LIVE book was published: {report:#?}"
+    );
 }
 
 #[test]
 fn coinbase_frames() {
     let report = campaign::run_frames("coinbase", SHORT, 7);
     assert_clean(&report);
-    assert!(report.live_books_checked > 0, "no LIVE book was published: {report:#?}");
+    assert!(
+        report.live_books_checked > 0,
+        "no LIVE book was published: {report:#?}"
+    );
 }
 
 #[test]
 fn kraken_frames() {
     let report = campaign::run_frames("kraken", SHORT, 7);
     assert_clean(&report);
-    assert!(report.live_books_checked > 0, "no LIVE book was published: {report:#?}");
+    assert!(
+        report.live_books_checked > 0,
+        "no LIVE book was published: {report:#?}"
+    );
 }
 
 #[test]
