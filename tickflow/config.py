@@ -1,10 +1,11 @@
 """Typed, frozen configuration for every tickflow component.
 
 Values come from ``config/tickflow.yaml``, then each overlay file named in ``TICKFLOW_CONFIG``
-(colon-separated), then environment variables ``TICKFLOW__<SECTION>__<KEY>`` (kept as typed for a text
-setting, so a password ``0123`` stays ``0123``; converted by the setting's type otherwise:
-``true``/``false`` for a flag, YAML for a list or a mapping). ``TICKFLOW_HOME`` names the project root when the code is not run from a checkout.
-Unknown keys and missing required values fail fast with the offending key in the message.
+(colon-separated), then environment variables ``TICKFLOW__<SECTION>__<KEY>``: kept as typed
+for a text setting (a password ``0123`` stays ``0123``), converted by the setting's type
+otherwise (``true``/``false`` for a flag, YAML for a list or a mapping). ``TICKFLOW_HOME``
+names the project root when the code is not run from a checkout. Unknown keys and missing
+required values fail fast with the offending key in the message.
 """
 
 from __future__ import annotations

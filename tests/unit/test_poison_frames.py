@@ -61,7 +61,7 @@ def raw(frame: Any) -> bytes:
         (["1.0", "1e-999999999"], "bad decimal"),
         (["1.0", "-1"], "is negative"),
         (["1.0", " 1"], "bad decimal"),
-        (["1.0", "１２"], "bad decimal"),
+        (["1.0", "\uff11\uff12"], "bad decimal"),  # full-width digits
         (["0", "1"], "is not > 0"),
         (["123456789012345678901", "1"], "does not fit Decimal(38, 18)"),
     ],

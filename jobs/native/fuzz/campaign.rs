@@ -736,7 +736,7 @@ pub fn run_frames(exchange: &str, executions: u64, seed: u64) -> Report {
     let mut instrument = INSTRUMENT.to_string();
     let mutate_percent = 5 + rng.below(30) as u64;
     while report.executions < executions {
-        if report.executions % SESSION == 0 {
+        if report.executions.is_multiple_of(SESSION) {
             core = self::core();
             reference = Reference::default();
             watermark = i64::MIN;
@@ -880,7 +880,7 @@ pub fn run_envelopes(executions: u64, seed: u64) -> Report {
     let started = Instant::now();
     let mut core = core();
     while report.executions < executions {
-        if report.executions % SESSION == 0 {
+        if report.executions.is_multiple_of(SESSION) {
             core = self::core();
         }
         let (exchange, seed_frames) = rng.pick(&all);

@@ -20,5 +20,5 @@ fn short_campaign_finds_nothing() {
         );
     }
     let report = campaign::run_envelopes(SHORT, 7);
-    assert!(report.clean(), "{report:#?}");
+    assert!(report.clean(), "{}: {report:#?}", report.target);
 }
