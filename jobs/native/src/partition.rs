@@ -178,7 +178,8 @@ impl PartitionBooks {
         self.out = out;
         for reason in refused {
             self.counts.dead_letters += 1;
-            self.dead_letters.push(DeadLetter { reason: format!("{key}: {reason}"), value: Vec::new(), envelope_ok: true });
+            // no frame to name: the letter carries the reason alone
+            self.dead_letters.push(DeadLetter { reason: format!("{key}: {reason}"), value: Vec::new(), envelope_ok: false });
         }
     }
 
