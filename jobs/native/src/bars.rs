@@ -317,6 +317,24 @@ struct Clock {
     sample: Option<BookSample>,
     #[serde(with = "crate::dec::wire")]
     spread: Dec, // the sample's ask - bid (what Python computes per segment)
+    /// when the sample was taken (None after a restore: `since_ms` stands in, which can only
+    /// extend the hold); not in the state, whose format stays as it was
+    #[serde(skip)]
+    sample_ms: Option<i64>,
+}
+
+/// How long an unchanged book state counts as live time in the bars: this many windows of
+/// the shortest interval, and at least two of the longest (10 minutes with 1 s and 1 min
+/// bars). Beyond it the book's quiet windows are stepped over, not walked: a watermark far
+/// ahead of a quiet LIVE book (a replay after a long pause, a clock jump) costs at most this
+/// many windows, not one per interval of the jump.
+pub const HELD_WINDOWS: i64 = 600;
+
+impl Clock {
+    /// Where the book's held state stops counting.
+    fn held_until(&self, hold_ms: i64) -> i64 {
+        self.sample_ms.unwrap_or(self.since_ms).saturating_add(hold_ms)
+    }
 }
 
 /// Python's `floor(t / interval) * interval`.
@@ -326,9 +344,11 @@ fn floor_to(t: i64, interval: i64) -> i64 {
 }
 
 /// `_integrate` of Python: add the held state over [since, until) to every window it overlaps.
-fn integrate(slots: &mut [Slot], slot_of: &[usize], clock: &mut Clock, until_ms: i64) {
+fn integrate(slots: &mut [Slot], slot_of: &[usize], clock: &mut Clock, until_ms: i64, hold_ms: i64) {
     let start_ms = clock.since_ms;
+    let held_until = until_ms.min(clock.held_until(hold_ms));
     if let Some(sample) = &clock.sample {
+        let until_ms = held_until;
         if until_ms > start_ms {
             for &s in slot_of {
                 let slot = &mut slots[s];
@@ -357,6 +377,15 @@ pub struct InstrumentBars {
     live_books: usize,  // books whose sample is not None
     /// interval -> end of the last window closed
     pub closed_until: BTreeMap<i64, i64>,
+}
+
+impl InstrumentBars {
+    /// How long a book's unchanged state counts (`HELD_WINDOWS`).
+    fn hold_ms(&self) -> i64 {
+        let shortest = self.intervals.iter().copied().min().unwrap_or(0);
+        let longest = self.intervals.iter().copied().max().unwrap_or(0);
+        shortest.saturating_mul(HELD_WINDOWS).max(longest.saturating_mul(2))
+    }
 }
 
 impl InstrumentBars {
@@ -473,14 +502,16 @@ impl InstrumentBars {
                     since_ms: since,
                     sample: None,
                     spread: Dec::ZERO,
+                    sample_ms: None,
                 });
                 self.books.len() - 1
             }
         };
+        let hold_ms = self.hold_ms();
         let clock = &mut self.books[bi];
         // a state stamped before what is already integrated takes effect from there
         let time_ms = time_ms.max(clock.since_ms);
-        integrate(&mut self.slots, &self.slot_of, clock, time_ms);
+        integrate(&mut self.slots, &self.slot_of, clock, time_ms, hold_ms);
         let venue = clock.venue;
         if let (Some(prev), Some(cur)) = (&clock.sample, &sample) {
             let term = ofi_term(&prev.touch, &cur.touch);
@@ -496,6 +527,7 @@ impl InstrumentBars {
             Some(s) => {
                 clock.spread = py_sub(s.touch.2, s.touch.0);
                 clock.sample = Some(s);
+                clock.sample_ms = Some(time_ms);
                 if !was_live {
                     self.live_books += 1;
                 }
@@ -529,10 +561,18 @@ impl InstrumentBars {
             }
         }
         if self.live_books > 0 {
-            // a LIVE book keeps bars coming even when nothing happens
+            // a LIVE book keeps bars coming even when nothing happens, while its state holds
+            // (per book: from its integration point, as long as its state holds; windows no
+            // book holds and without a group of their own are empty: stepped over)
+            let hold_ms = self.hold_ms();
             for &interval in &self.intervals {
                 if let Some(&last) = self.closed_until.get(&interval) {
-                    consider(last + interval - 1);
+                    for clock in self.books.iter().filter(|c| c.sample.is_some()) {
+                        let start = last.max(floor_to(clock.since_ms, interval));
+                        if start < clock.held_until(hold_ms) {
+                            consider(start.saturating_add(interval - 1));
+                        }
+                    }
                 }
             }
         }
@@ -548,8 +588,9 @@ impl InstrumentBars {
                 _ => return bars,
             };
             let end = due + 1;
+            let hold_ms = self.hold_ms();
             for clock in &mut self.books {
-                integrate(&mut self.slots, &self.slot_of, clock, end);
+                integrate(&mut self.slots, &self.slot_of, clock, end, hold_ms);
             }
             for pos in 0..self.intervals.len() {
                 let interval = self.intervals[pos];

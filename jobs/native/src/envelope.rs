@@ -118,6 +118,32 @@ pub fn decode_envelope(data: &[u8]) -> Result<RawEnvelope<'_>, EnvelopeError> {
     })
 }
 
+/// A RawEnvelope as Avro binary (what the connectors' `schemas.codec.encode_envelope` writes):
+/// for tests and the fuzz campaign, which build frames the way the raw topic holds them.
+pub fn encode_envelope(env: &RawEnvelope<'_>) -> Vec<u8> {
+    fn long(out: &mut Vec<u8>, v: i64) {
+        let mut n = ((v << 1) ^ (v >> 63)) as u64;
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+        long(out, b.len() as i64);
+        out.extend_from_slice(b);
+    }
+    let mut out = Vec::with_capacity(64 + env.payload.len());
+    for s in [env.instrument, env.exchange, env.symbol, env.channel] {
+        bytes(&mut out, s.as_bytes());
+    }
+    long(&mut out, env.receive_time_ns);
+    bytes(&mut out, env.connection_id.as_bytes());
+    long(&mut out, env.connection_seq);
+    bytes(&mut out, env.payload);
+    out
+}
+
 /// The `instrument` field (the first) without decoding the whole record: `codec.envelope_instrument`
 /// (its own varint reader: at most 10 bytes, arbitrary-precision accumulator).
 pub fn envelope_instrument(data: &[u8]) -> Result<&str, EnvelopeError> {

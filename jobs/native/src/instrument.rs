@@ -16,6 +16,7 @@ use crate::events::{BookId, BookStatus, Level, MarketEvent, ParseError, Trade};
 use crate::matching::{match_trade_owned, BookHistory, BookState, MatchedTrade};
 use crate::nbbo::{compute_nbbo, compute_nbbo_into, Nbbo, VenueTop};
 use crate::parse::parse_envelope;
+use crate::validate::Limits;
 
 /// Flink's watermark before the first one.
 pub const NO_WATERMARK: i64 = i64::MIN;
@@ -170,6 +171,9 @@ pub struct InstrumentBooks {
     /// the books' tops it is computed from (likewise)
     #[serde(skip)]
     tops: Vec<VenueTop>,
+    /// what a frame must satisfy to be applied: configuration, set again after a restore
+    #[serde(skip)]
+    limits: Limits,
 }
 
 fn position<T>(items: &[(BookId, T)], exchange: &str, symbol: &str) -> Option<usize> {
@@ -201,7 +205,13 @@ impl InstrumentBooks {
             input_ended: false,
             next_nbbo: None,
             tops: Vec::new(),
+            limits: Limits::default(),
         }
+    }
+
+    /// The limits frames are checked against (`validate`); not part of the state.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     fn book_instrument(&self, exchange: &str, symbol: &str) -> &str {
@@ -226,6 +236,7 @@ impl InstrumentBooks {
             ));
         }
         let events = parse_envelope(env)?;
+        self.limits.check(env, &events)?;
         let mut book_changed = false;
         for event in events {
             match event {

@@ -10,6 +10,7 @@ use crate::instrument::Rules;
 use crate::partition::{PartitionBooks, Selection};
 use crate::rows::TABLES;
 use crate::stream::{LiveRules, StreamBooks, OUTPUTS};
+use crate::validate::Limits;
 
 #[pyclass(module = "tickflow_native", unsendable)]
 struct NativePartition {
@@ -21,7 +22,8 @@ impl NativePartition {
     #[new]
     #[pyo3(signature = (*, top_n, snapshot_interval_ms, max_levels, max_buffered,
         nbbo_stale_after_ms, bar_intervals_ms, depth_band_bps, trade_dedup_ms,
-        quote_equivalents, out_of_orderness_ms, only, others))]
+        quote_equivalents, out_of_orderness_ms, only, others,
+        max_event_ahead_ms=None, max_event_behind_ms=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         top_n: usize,
@@ -36,6 +38,8 @@ impl NativePartition {
         out_of_orderness_ms: i64,
         only: Vec<String>,
         others: Vec<String>,
+        max_event_ahead_ms: Option<i64>,
+        max_event_behind_ms: Option<i64>,
     ) -> PyResult<Self> {
         let rules = rules(
             top_n,
@@ -48,9 +52,9 @@ impl NativePartition {
             trade_dedup_ms,
         )?;
         let selection = Selection { only, others };
-        Ok(NativePartition {
-            inner: PartitionBooks::new(rules, quote_equivalents, out_of_orderness_ms, selection),
-        })
+        let mut inner = PartitionBooks::new(rules, quote_equivalents, out_of_orderness_ms, selection);
+        inner.limits = Limits { max_event_ahead_ms, max_event_behind_ms };
+        Ok(NativePartition { inner })
     }
 
     /// Records in offset order: their values (bytes) and Kafka timestamps (ms).
@@ -123,7 +127,8 @@ impl NativeStream {
     #[new]
     #[pyo3(signature = (*, top_n, snapshot_interval_ms, max_levels, max_buffered,
         nbbo_stale_after_ms, bar_intervals_ms, depth_band_bps, trade_dedup_ms,
-        quote_equivalents, stale_after_ms, resync_retry_ms, redis_prefix))]
+        quote_equivalents, stale_after_ms, resync_retry_ms, redis_prefix,
+        max_event_ahead_ms=None, max_event_behind_ms=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         top_n: usize,
@@ -138,6 +143,8 @@ impl NativeStream {
         stale_after_ms: i64,
         resync_retry_ms: i64,
         redis_prefix: String,
+        max_event_ahead_ms: Option<i64>,
+        max_event_behind_ms: Option<i64>,
     ) -> PyResult<Self> {
         let rules = rules(
             top_n,
@@ -150,7 +157,9 @@ impl NativeStream {
             trade_dedup_ms,
         )?;
         let live = LiveRules { stale_after_ms, resync_retry_ms, redis_prefix };
-        Ok(NativeStream { inner: StreamBooks::new(rules, live, quote_equivalents) })
+        let mut inner = StreamBooks::new(rules, live, quote_equivalents);
+        inner.set_limits(Limits { max_event_ahead_ms, max_event_behind_ms });
+        Ok(NativeStream { inner })
     }
 
     fn has(&self, key: &str) -> bool {

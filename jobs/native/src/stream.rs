@@ -13,13 +13,16 @@
 //! (RowBinary); kind 2: Kafka records of output `name`, each `u32 len` + UTF-8 JSON.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
 use crate::envelope::decode_envelope;
+use crate::events::ParseError;
 use crate::instrument::{BookView, InstrumentBooks, NbboUpdate, Outputs, Rules};
 use crate::nbbo::{group_quote, nbbo_group};
 use crate::publish;
-use crate::rows::{TableRows, TABLES};
+use crate::rows::{RowError, TableRows, TABLES};
+use crate::validate::Limits;
 
 pub const BUNDLE_VERSION: u8 = 1;
 pub const BUNDLE_PERSIST: u8 = 1;
@@ -134,6 +137,18 @@ pub struct StreamBooks {
     redis_slot: HashMap<(bool, String, String), usize>,
     pub counts: Counts,
     out: Outputs,
+    limits: Limits,
+}
+
+/// A panic's message, for its dead letter.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_string()
+    }
 }
 
 fn section(blob: &mut Vec<u8>, kind: u8, name: &str, count: u64, payload: &[u8]) {
@@ -185,6 +200,15 @@ impl StreamBooks {
             redis_slot: HashMap::new(),
             counts: Counts::default(),
             out: Outputs::default(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// What every frame must satisfy (`validate`), for the instruments held and to come.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+        for books in self.books.values_mut() {
+            books.set_limits(limits);
         }
     }
 
@@ -204,7 +228,9 @@ impl StreamBooks {
     fn books_of(&mut self, key: &str) -> &mut InstrumentBooks {
         if !self.books.contains_key(key) {
             let quote = group_quote(key, &self.equivalents);
-            self.books.insert(key.to_string(), InstrumentBooks::new(key, &quote, self.rules.clone()));
+            let mut books = InstrumentBooks::new(key, &quote, self.rules.clone());
+            books.set_limits(self.limits);
+            self.books.insert(key.to_string(), books);
         }
         self.books.get_mut(key).unwrap()
     }
@@ -218,7 +244,8 @@ impl StreamBooks {
     /// again (writes queued before a checkpoint may not have reached Redis before a failure;
     /// version-guarded, so a no-op where Redis has them).
     pub fn restore(&mut self, key: &str, state: &[u8]) -> Result<(), String> {
-        let books = InstrumentBooks::restore(state)?;
+        let mut books = InstrumentBooks::restore(state)?;
+        books.set_limits(self.limits);
         for view in books.fresh_views() {
             self.queue_book(Rc::new(view));
         }
@@ -260,13 +287,19 @@ impl StreamBooks {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         let books = self.books_of(key);
-        match books.process(&env, watermark_ms, &mut out) {
+        // a bug must not stop the job on one frame: it leaves as a dead letter like a bad frame
+        let processed = catch_unwind(AssertUnwindSafe(|| books.process(&env, watermark_ms, &mut out)))
+            .unwrap_or_else(|panic| Err(ParseError(format!("internal error: {}", panic_text(&*panic)))));
+        match processed {
             Ok(()) => {
+                let books = self.books_of(key);
                 for (book_id, _) in &out.resyncs {
                     books.resync_requested(book_id, now_ms);
                 }
                 self.counts.frames += 1;
-                self.take(&out, Some(env.instrument), now_ms);
+                for reason in self.take(&out, Some(env.instrument), now_ms) {
+                    self.dead_letter(&publish::dead_letter_json("job", &reason, env.payload, Some(&env)));
+                }
             }
             Err(err) => self.dead_letter(&publish::dead_letter_json("job", &err.0, env.payload, Some(&env))),
         }
@@ -282,8 +315,16 @@ impl StreamBooks {
     pub fn advance(&mut self, key: &str, watermark_ms: i64) {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        self.books_of(key).advance(watermark_ms, &mut out);
-        self.take(&out, None, 0);
+        let books = self.books_of(key);
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| books.advance(watermark_ms, &mut out))) {
+            let reason = format!("internal error advancing {key:?} to {watermark_ms}: {}", panic_text(&*panic));
+            self.dead_letter(&publish::dead_letter_json("job", &reason, b"", None));
+            out.clear();
+        }
+        for reason in self.take(&out, None, 0) {
+            let reason = format!("{key}: {reason}");
+            self.dead_letter(&publish::dead_letter_json("job", &reason, b"", None));
+        }
         self.out = out;
     }
 
@@ -302,8 +343,13 @@ impl StreamBooks {
         let not_live = books.books_not_live();
         let changed = started || !views.is_empty() || !due.is_empty();
         for view in views {
-            self.tables[2].top_of_book(&view);
-            self.records[TOP].push_with(|s| publish::push_top_of_book_json(s, &view));
+            match self.tables[2].top_of_book(&view) {
+                Ok(()) => self.records[TOP].push_with(|s| publish::push_top_of_book_json(s, &view)),
+                Err(err) => {
+                    let reason = format!("row of top_of_book refused: {}", err.0);
+                    self.dead_letter(&publish::dead_letter_json("job", &reason, b"", None));
+                }
+            }
             self.queue_book(Rc::new(view));
         }
         for ((exchange, symbol), reason) in due {
@@ -351,39 +397,53 @@ impl StreamBooks {
 
     /// Rows, records and Redis writes of what a frame (its own instrument given) or a
     /// watermark advance produced.
-    fn take(&mut self, out: &Outputs, instrument: Option<&str>, now_ms: i64) {
+    /// A row that cannot be stored is left out with its record; why, for a dead letter, is
+    /// in the returned list.
+    fn take(&mut self, out: &Outputs, instrument: Option<&str>, now_ms: i64) -> Vec<String> {
         let [trades, snapshots, tops, nbbo, matched, bars, late] = &mut self.tables[..] else {
             unreachable!("one TableRows per table")
         };
+        let mut refused: Vec<String> = Vec::new();
+        let mut row = |table: &str, result: Result<(), RowError>| match result {
+            Ok(()) => true,
+            Err(err) => {
+                refused.push(format!("row of {table} refused: {}", err.0));
+                false
+            }
+        };
         if let Some(instrument) = instrument {
             for trade in &out.trades {
-                trades.trade(trade, instrument, true);
+                row("trades", trades.trade(trade, instrument, true));
             }
             for trade in &out.late_trades {
-                trades.trade(trade, instrument, false);
+                row("trades", trades.trade(trade, instrument, false));
             }
             for view in &out.snapshots {
-                snapshots.snapshot(view);
+                row("book_snapshots", snapshots.snapshot(view));
             }
             for view in &out.top_changes {
-                tops.top_of_book(view);
-                self.records[TOP].push_with(|s| publish::push_top_of_book_json(s, view));
+                if row("top_of_book", tops.top_of_book(view)) {
+                    self.records[TOP].push_with(|s| publish::push_top_of_book_json(s, view));
+                }
             }
         }
         for update in &out.nbbo {
-            nbbo.nbbo(update);
-            self.records[NBBO].push_with(|s| publish::push_nbbo_json(s, update));
+            if row("nbbo", nbbo.nbbo(update)) {
+                self.records[NBBO].push_with(|s| publish::push_nbbo_json(s, update));
+            }
         }
         for m in &out.matched {
-            matched.matched(m);
-            self.records[MATCHED].push_with(|s| publish::push_matched_json(s, m));
+            if row("matched_trades", matched.matched(m)) {
+                self.records[MATCHED].push_with(|s| publish::push_matched_json(s, m));
+            }
         }
         for bar in &out.bars {
-            bars.bar(bar);
-            self.records[BARS].push_with(|s| publish::push_bar_json(s, bar));
+            if row("bars", bars.bar(bar)) {
+                self.records[BARS].push_with(|s| publish::push_bar_json(s, bar));
+            }
         }
         for event in &out.late {
-            late.late(event);
+            row("late_events", late.late(event));
         }
         let c = &mut self.counts;
         c.trades += (out.trades.len() + out.late_trades.len()) as u64;
@@ -404,6 +464,7 @@ impl StreamBooks {
         if let Some(update) = out.nbbo.last() {
             self.queue(true, RedisWrite::Nbbo(Box::new(update.clone())));
         }
+        refused
     }
 
     /// Everything produced since the last call as one sink blob (None when nothing was).

@@ -11,6 +11,7 @@ use super::pydec::{py_decimal, PyDec};
 use super::{perr, pyrepr};
 use crate::dec::Dec;
 use crate::envelope::RawEnvelope;
+use crate::validate::plain_number;
 use crate::events::{BookDelta, BookSnapshot, Level, MarketEvent, ParseError, Side, Trade};
 
 pub const EXCHANGE: &str = "binance";
@@ -32,6 +33,9 @@ pub fn parse(env: &RawEnvelope<'_>) -> Result<Vec<MarketEvent>, ParseError> {
 /// Infinity and values `Dec` cannot hold: those are errors here).
 #[inline]
 fn decimal(text: &str) -> Result<Dec, &'static str> {
+    if !plain_number(text) {
+        return Err("bad decimal");
+    }
     match py_decimal(text) {
         PyDec::Finite(d) => Ok(d),
         PyDec::Invalid => Err("bad decimal"),
@@ -402,13 +406,20 @@ mod tests {
     fn accepted_like_msgspec() {
         // the tag anywhere, a duplicated field (last wins), escapes, unknown fields
         let MarketEvent::Delta(dl) = parse_frame(
-            br#" {"E":1,"E":2,"s":"X\u0041","U":1,"u":2,"b":[],"a":[["1_0"," 2.50 "]],"z":{"y":[null,true,-1.5e-3,"\u00e9"]},"e":"depthUpdate"} "#,
+            br#" {"E":1,"E":2,"s":"X\u0041","U":1,"u":2,"b":[],"a":[["10","2.50"]],"z":{"y":[null,true,-1.5e-3,"\u00e9"]},"e":"depthUpdate"} "#,
             0,
         )
         .unwrap() else { panic!() };
         assert_eq!((dl.event_time_ms, dl.symbol.as_str()), (2, "XA"));
         assert_eq!(dl.asks[0].0.to_string(), "10");
         assert_eq!(dl.asks[0].1.to_string(), "2.50");
+        // issue 16: what Decimal() is lenient about is not a price or size here
+        for level in [r#"["1_0","1"]"#, r#"[" 1","1"]"#, r#"["1","１２"]"#, r#"["NaN","1"]"#,
+                      r#"["sNaN","1"]"#, r#"["Infinity","1"]"#, r#"["1e999999999","1"]"#,
+                      r#"["1","1e-999999999"]"#, r#"["+1","1"]"#] {
+            let frame = format!(r#"{{"e":"depthUpdate","E":1,"s":"X","U":1,"u":2,"b":[{level}],"a":[]}}"#);
+            assert!(parse_frame(frame.as_bytes(), 0).is_err(), "{level}");
+        }
         // a bad decimal in a value overwritten by a later duplicate is never converted
         let ok = parse_frame(
             br#"{"e":"depthUpdate","E":1,"s":"X","U":1,"u":2,"b":[["abc","1"]],"b":[],"a":[]}"#,

@@ -12,6 +12,7 @@ use super::pydec::{py_decimal, PyDec};
 use super::{perr, pyrepr};
 use crate::dec::Dec;
 use crate::envelope::RawEnvelope;
+use crate::validate::plain_number;
 use crate::events::{BookDelta, BookSnapshot, Level, MarketEvent, ParseError, Side, Trade};
 
 pub const EXCHANGE: &str = "coinbase";
@@ -41,6 +42,9 @@ pub fn timestamp_ms(text: &str) -> Result<i64, ParseError> {
 
 /// `_decimal`: `Decimal(text)`, finite and not negative.
 fn decimal(text: &str, what: &str) -> Result<Dec, ParseError> {
+    if !plain_number(text) {
+        return Err(perr(format!("coinbase: bad decimal {what} {}", pyrepr::str_repr(text))));
+    }
     match py_decimal(text) {
         PyDec::Finite(d) if !d.is_sign_negative() || d.is_zero() => Ok(d),
         PyDec::Unrepresentable => Err(perr(format!(

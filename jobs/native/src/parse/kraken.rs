@@ -10,6 +10,7 @@ use super::pydec::{py_decimal, PyDec};
 use super::{perr, pyrepr};
 use crate::dec::Dec;
 use crate::envelope::RawEnvelope;
+use crate::validate::plain_number;
 use crate::events::{BookDelta, BookSnapshot, Level, MarketEvent, ParseError, Side, Trade};
 
 pub const EXCHANGE: &str = "kraken";
@@ -64,7 +65,13 @@ impl KDec {
 
 fn decimal_field(j: &mut Json<'_>) -> R<KDec> {
     let parsed = match j.peek()? {
-        b'"' => py_decimal(&j.string()?),
+        b'"' => {
+            let text = j.string()?;
+            if !plain_number(&text) {
+                return Err(perr("Invalid decimal string"));
+            }
+            py_decimal(&text)
+        }
         b'-' | b'0'..=b'9' => {
             // msgspec builds a JSON integer's Decimal from the int: "-0" loses its sign
             let n = j.number()?;
@@ -484,7 +491,7 @@ mod tests {
     fn accepted_like_msgspec() {
         // tag last, duplicated type (last wins), strings as decimals, null timestamp, -0 qty
         let out = parse_frame(
-            br#"{"type":"update","data":[{"symbol":"X","bids":[{"price":"1_0","qty":-0.0},{"price":1,"qty":-0},{"qty":1E+2,"price":0.1e1}],"asks":[],"checksum":0,"timestamp":null}],"type":"snapshot","channel":"book"}"#,
+            br#"{"type":"update","data":[{"symbol":"X","bids":[{"price":"10","qty":-0.0},{"price":1,"qty":-0},{"qty":1E+2,"price":0.1e1}],"asks":[],"checksum":0,"timestamp":null}],"type":"snapshot","channel":"book"}"#,
             0,
         )
         .unwrap();
@@ -496,7 +503,7 @@ mod tests {
         assert_eq!(s.bids[2], (d("1"), d("100")));
         // a bad level in a list overwritten by a duplicate key is never checked
         assert!(parse_frame(
-            br#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[{"price":"NaN","qty":1}],"bids":[],"asks":[],"checksum":1}]}"#,
+            br#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[{"price":-1,"qty":1}],"bids":[],"asks":[],"checksum":1}]}"#,
             0
         )
         .is_ok());
