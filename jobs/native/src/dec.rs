@@ -16,7 +16,9 @@ pub use rust_decimal::Decimal as Dec;
 /// Parse an exchange's decimal text exactly ("0.00100000" keeps its scale).
 pub fn parse_dec(text: &str) -> Option<Dec> {
     // Python's Decimal accepts exponents ("1e-8"); exchanges send plain text, but be as lenient
-    text.parse::<Dec>().ok().or_else(|| Dec::from_scientific(text).ok())
+    text.parse::<Dec>()
+        .ok()
+        .or_else(|| Dec::from_scientific(text).ok())
 }
 
 /// A decimal as a Decimal(38, 18) column holds it: the value times 10^18, truncated toward
@@ -371,7 +373,10 @@ fn round28(negative: bool, magnitude: U192, scale: u32) -> Option<Dec> {
         return None;
     }
     let v = q as i128;
-    Some(Dec::from_i128_with_scale(if negative { -v } else { v }, scale as u32))
+    Some(Dec::from_i128_with_scale(
+        if negative { -v } else { v },
+        scale as u32,
+    ))
 }
 
 #[cold]
@@ -597,7 +602,11 @@ mod tests {
                 Dec::from_i128_with_scale(m, (next() % 29) as u32)
             };
             let (a, b) = (operand(), operand());
-            let (lo, hi) = if a.scale() <= b.scale() { (a, b) } else { (b, a) };
+            let (lo, hi) = if a.scale() <= b.scale() {
+                (a, b)
+            } else {
+                (b, a)
+            };
             let (got, want) = (py_add(a, b), py_add_general(lo, hi));
             assert!(
                 got == want
@@ -613,7 +622,10 @@ mod tests {
         let d = parse_dec("0.00100000").unwrap();
         assert_eq!(d.to_string(), "0.00100000");
         assert_eq!(to_scaled_i128(d), Some(1_000_000_000_000_000));
-        assert_eq!(to_scaled_i128(parse_dec("-1.5").unwrap()), Some(-1_500_000_000_000_000_000));
+        assert_eq!(
+            to_scaled_i128(parse_dec("-1.5").unwrap()),
+            Some(-1_500_000_000_000_000_000)
+        );
         assert_eq!(parse_dec("1e-8").unwrap().to_string(), "0.00000001");
     }
 }

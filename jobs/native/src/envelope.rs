@@ -163,7 +163,9 @@ pub fn envelope_instrument(data: &[u8]) -> Result<&str, EnvelopeError> {
         shift += 7;
     };
     if length < 0 || pos as i128 + length > data.len() as i128 {
-        return Err(EnvelopeError("RawEnvelope too short for its instrument field".into()));
+        return Err(EnvelopeError(
+            "RawEnvelope too short for its instrument field".into(),
+        ));
     }
     let bytes = &data[pos..pos + length as usize];
     std::str::from_utf8(bytes)
@@ -221,7 +223,11 @@ mod tests {
         assert_eq!(encode(&ENV), FASTAVRO);
         assert_eq!(decode_envelope(FASTAVRO).unwrap(), ENV);
         assert_eq!(envelope_instrument(FASTAVRO).unwrap(), "BTC-USD");
-        let neg = RawEnvelope { receive_time_ns: -3, connection_seq: i64::MIN, ..ENV };
+        let neg = RawEnvelope {
+            receive_time_ns: -3,
+            connection_seq: i64::MIN,
+            ..ENV
+        };
         assert_eq!(decode_envelope(&encode(&neg)).unwrap(), neg);
     }
 
@@ -255,10 +261,26 @@ mod tests {
         let head = b"\x0eBTC-USD\x10coinbase\x0eBTC-USD\ndepth".to_vec();
         let tail = b"\x04c1\n\x0e{\"a\":1}";
         let cases: [(&[u8], i64); 4] = [
-            (&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], i64::MIN),
-            (&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02], 0),
-            (&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02], 64),
-            (&[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], i64::MAX),
+            (
+                &[
+                    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+                ],
+                i64::MIN,
+            ),
+            (
+                &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02],
+                0,
+            ),
+            (
+                &[
+                    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02,
+                ],
+                64,
+            ),
+            (
+                &[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+                i64::MAX,
+            ),
         ];
         for (varint, want) in cases {
             let mut data = head.clone();

@@ -9,9 +9,9 @@ use std::collections::{BinaryHeap, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::envelope::{decode_envelope, envelope_instrument};
+use crate::events::ParseError;
 use crate::instrument::{InstrumentBooks, Outputs, Rules, END_OF_INPUT, NO_WATERMARK};
 use crate::nbbo::{group_quote, nbbo_group};
-use crate::events::ParseError;
 use crate::rows::{RowError, TableRows, TABLES};
 use crate::stream::panic_text;
 use crate::validate::Limits;
@@ -141,7 +141,9 @@ impl PartitionBooks {
     }
 
     fn schedule(&mut self, key: &str) {
-        let Some(books) = self.books.get(key) else { return };
+        let Some(books) = self.books.get(key) else {
+            return;
+        };
         if let Some(due) = books.next_event_time_ms() {
             if due < *self.timer_of.get(key).unwrap_or(&END_OF_INPUT) {
                 self.timer_of.insert(key.to_string(), due);
@@ -170,16 +172,27 @@ impl PartitionBooks {
     fn advance(&mut self, key: &str, watermark_ms: i64) {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        let books = self.books.get_mut(key).expect("an advanced instrument has books");
-        let refused = match catch_unwind(AssertUnwindSafe(|| books.advance(watermark_ms, &mut out))) {
+        let books = self
+            .books
+            .get_mut(key)
+            .expect("an advanced instrument has books");
+        let refused = match catch_unwind(AssertUnwindSafe(|| books.advance(watermark_ms, &mut out)))
+        {
             Ok(()) => self.take(&out, None),
-            Err(panic) => vec![format!("internal error advancing to {watermark_ms}: {}", panic_text(&*panic))],
+            Err(panic) => vec![format!(
+                "internal error advancing to {watermark_ms}: {}",
+                panic_text(&*panic)
+            )],
         };
         self.out = out;
         for reason in refused {
             self.counts.dead_letters += 1;
             // no frame to name: the letter carries the reason alone
-            self.dead_letters.push(DeadLetter { reason: format!("{key}: {reason}"), value: Vec::new(), envelope_ok: false });
+            self.dead_letters.push(DeadLetter {
+                reason: format!("{key}: {reason}"),
+                value: Vec::new(),
+                envelope_ok: false,
+            });
         }
     }
 
@@ -207,8 +220,15 @@ impl PartitionBooks {
         out.clear();
         let books = self.books.get_mut(&key).unwrap();
         let watermark_ms = self.watermark_ms;
-        let processed = catch_unwind(AssertUnwindSafe(|| books.process(&env, watermark_ms, &mut out)))
-            .unwrap_or_else(|panic| Err(ParseError(format!("internal error: {}", panic_text(&*panic)))));
+        let processed = catch_unwind(AssertUnwindSafe(|| {
+            books.process(&env, watermark_ms, &mut out)
+        }))
+        .unwrap_or_else(|panic| {
+            Err(ParseError(format!(
+                "internal error: {}",
+                panic_text(&*panic)
+            )))
+        });
         match processed {
             Ok(()) => {
                 let refused = self.take(&out, Some(env.instrument));
@@ -216,7 +236,11 @@ impl PartitionBooks {
                 self.schedule(&key);
                 for reason in refused {
                     self.counts.dead_letters += 1;
-                    self.dead_letters.push(DeadLetter { reason, value: value.to_vec(), envelope_ok: true });
+                    self.dead_letters.push(DeadLetter {
+                        reason,
+                        value: value.to_vec(),
+                        envelope_ok: true,
+                    });
                 }
             }
             Err(err) => {
@@ -242,7 +266,13 @@ impl PartitionBooks {
                 refused.push(format!("row of {table} refused: {}", err.0));
             }
         };
-        let before = trades.rows + snapshots.rows + tops.rows + nbbo.rows + matched.rows + bars.rows + late.rows;
+        let before = trades.rows
+            + snapshots.rows
+            + tops.rows
+            + nbbo.rows
+            + matched.rows
+            + bars.rows
+            + late.rows;
         if let Some(instrument) = instrument {
             for trade in &out.trades {
                 row("trades", trades.trade(trade, instrument, true));
@@ -269,7 +299,13 @@ impl PartitionBooks {
         for event in &out.late {
             row("late_events", late.late(event));
         }
-        let after = trades.rows + snapshots.rows + tops.rows + nbbo.rows + matched.rows + bars.rows + late.rows;
+        let after = trades.rows
+            + snapshots.rows
+            + tops.rows
+            + nbbo.rows
+            + matched.rows
+            + bars.rows
+            + late.rows;
         self.counts.rows += after - before;
         self.counts.late += out.late.len() as u64;
         self.counts.duplicate_trades += out.duplicate_trades;

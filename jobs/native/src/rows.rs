@@ -12,8 +12,15 @@ use crate::events::{Side, Trade};
 use crate::instrument::{BookView, LateEvent, NbboUpdate};
 use crate::matching::MatchedTrade;
 
-pub const TABLES: [&str; 7] =
-    ["trades", "book_snapshots", "top_of_book", "nbbo", "matched_trades", "bars", "late_events"];
+pub const TABLES: [&str; 7] = [
+    "trades",
+    "book_snapshots",
+    "top_of_book",
+    "nbbo",
+    "matched_trades",
+    "bars",
+    "late_events",
+];
 
 /// One table's rows not yet inserted.
 #[derive(Default)]
@@ -131,7 +138,9 @@ impl TableRows {
             }
             Some(column_type) => {
                 self.data.truncate(start);
-                Err(RowError(format!("a value does not fit its {column_type} column")))
+                Err(RowError(format!(
+                    "a value does not fit its {column_type} column"
+                )))
             }
         }
     }

@@ -32,7 +32,14 @@ const KIND_RECORDS: u8 = 2;
 
 /// The Kafka outputs, in blob order: the exactly-once result topics, then dead letters and
 /// resync requests.
-pub const OUTPUTS: [&str; 6] = ["nbbo", "matched_trades", "bars", "top_of_book", "deadletter", "control"];
+pub const OUTPUTS: [&str; 6] = [
+    "nbbo",
+    "matched_trades",
+    "bars",
+    "top_of_book",
+    "deadletter",
+    "control",
+];
 const NBBO: usize = 0;
 const MATCHED: usize = 1;
 const BARS: usize = 2;
@@ -104,7 +111,8 @@ struct Records {
 
 impl Records {
     fn push(&mut self, text: &str) {
-        self.data.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        self.data
+            .extend_from_slice(&(text.len() as u32).to_le_bytes());
         self.data.extend_from_slice(text.as_bytes());
         self.count += 1;
     }
@@ -113,7 +121,8 @@ impl Records {
     fn push_with(&mut self, write: impl FnOnce(&mut String)) {
         self.scratch.clear();
         write(&mut self.scratch);
-        self.data.extend_from_slice(&(self.scratch.len() as u32).to_le_bytes());
+        self.data
+            .extend_from_slice(&(self.scratch.len() as u32).to_le_bytes());
         self.data.extend_from_slice(self.scratch.as_bytes());
         self.count += 1;
     }
@@ -280,16 +289,31 @@ impl StreamBooks {
         };
         let group = self.group(env.instrument);
         if group != key {
-            let reason = format!("frame of {} (group {group}) reached instrument {key:?}", env.instrument);
-            self.dead_letter(&publish::dead_letter_json("job", &reason, env.payload, Some(&env)));
+            let reason = format!(
+                "frame of {} (group {group}) reached instrument {key:?}",
+                env.instrument
+            );
+            self.dead_letter(&publish::dead_letter_json(
+                "job",
+                &reason,
+                env.payload,
+                Some(&env),
+            ));
             return;
         }
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         let books = self.books_of(key);
         // a bug must not stop the job on one frame: it leaves as a dead letter like a bad frame
-        let processed = catch_unwind(AssertUnwindSafe(|| books.process(&env, watermark_ms, &mut out)))
-            .unwrap_or_else(|panic| Err(ParseError(format!("internal error: {}", panic_text(&*panic)))));
+        let processed = catch_unwind(AssertUnwindSafe(|| {
+            books.process(&env, watermark_ms, &mut out)
+        }))
+        .unwrap_or_else(|panic| {
+            Err(ParseError(format!(
+                "internal error: {}",
+                panic_text(&*panic)
+            )))
+        });
         match processed {
             Ok(()) => {
                 let books = self.books_of(key);
@@ -298,10 +322,20 @@ impl StreamBooks {
                 }
                 self.counts.frames += 1;
                 for reason in self.take(&out, Some(env.instrument), now_ms) {
-                    self.dead_letter(&publish::dead_letter_json("job", &reason, env.payload, Some(&env)));
+                    self.dead_letter(&publish::dead_letter_json(
+                        "job",
+                        &reason,
+                        env.payload,
+                        Some(&env),
+                    ));
                 }
             }
-            Err(err) => self.dead_letter(&publish::dead_letter_json("job", &err.0, env.payload, Some(&env))),
+            Err(err) => self.dead_letter(&publish::dead_letter_json(
+                "job",
+                &err.0,
+                env.payload,
+                Some(&env),
+            )),
         }
         self.out = out;
     }
@@ -316,8 +350,12 @@ impl StreamBooks {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         let books = self.books_of(key);
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| books.advance(watermark_ms, &mut out))) {
-            let reason = format!("internal error advancing {key:?} to {watermark_ms}: {}", panic_text(&*panic));
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| books.advance(watermark_ms, &mut out)))
+        {
+            let reason = format!(
+                "internal error advancing {key:?} to {watermark_ms}: {}",
+                panic_text(&*panic)
+            );
             self.dead_letter(&publish::dead_letter_json("job", &reason, b"", None));
             out.clear();
         }
@@ -330,7 +368,9 @@ impl StreamBooks {
 
     /// The event time at which the instrument's `advance` has work.
     pub fn next_event_time_ms(&self, key: &str) -> Option<i64> {
-        self.books.get(key).and_then(InstrumentBooks::next_event_time_ms)
+        self.books
+            .get(key)
+            .and_then(InstrumentBooks::next_event_time_ms)
     }
 
     /// By wall clock: LIVE books silent too long become STALE; resync requests that went
@@ -338,7 +378,11 @@ impl StreamBooks {
     pub fn housekeeping(&mut self, key: &str, now_ms: i64) -> (usize, bool) {
         let (stale_after_ms, retry_ms) = (self.live.stale_after_ms, self.live.resync_retry_ms);
         let books = self.books_of(key);
-        let views = if stale_after_ms > 0 { books.mark_stale(now_ms, stale_after_ms) } else { Vec::new() };
+        let views = if stale_after_ms > 0 {
+            books.mark_stale(now_ms, stale_after_ms)
+        } else {
+            Vec::new()
+        };
         let (due, started) = books.due_resyncs(now_ms, retry_ms);
         let not_live = books.books_not_live();
         let changed = started || !views.is_empty() || !due.is_empty();
@@ -382,13 +426,16 @@ impl StreamBooks {
                     self.redis_slot.insert(w.slot(), i);
                 }
             }
-            self.redis_slot.get(&(nbbo, a.to_string(), b.to_string())).copied()
+            self.redis_slot
+                .get(&(nbbo, a.to_string(), b.to_string()))
+                .copied()
         };
         match found {
             Some(i) => self.redis[i] = write,
             None => {
                 if !self.redis_slot.is_empty() {
-                    self.redis_slot.insert((nbbo, a.to_string(), b.to_string()), self.redis.len());
+                    self.redis_slot
+                        .insert((nbbo, a.to_string(), b.to_string()), self.redis.len());
                 }
                 self.redis.push(write);
             }
@@ -485,7 +532,13 @@ impl StreamBooks {
         }
         for (name, records) in OUTPUTS.iter().zip(self.records.iter_mut()) {
             if records.count > 0 {
-                section(&mut blob, KIND_RECORDS, name, records.count as u64, &records.data);
+                section(
+                    &mut blob,
+                    KIND_RECORDS,
+                    name,
+                    records.count as u64,
+                    &records.data,
+                );
                 records.data.clear();
                 records.count = 0;
             }
@@ -518,7 +571,9 @@ impl StreamBooks {
 
     /// Books not LIVE, per instrument held here.
     pub fn books_not_live(&self, key: &str) -> usize {
-        self.books.get(key).map_or(0, InstrumentBooks::books_not_live)
+        self.books
+            .get(key)
+            .map_or(0, InstrumentBooks::books_not_live)
     }
 
     pub fn take_counts(&mut self) -> Counts {
@@ -543,7 +598,11 @@ mod tests {
             depth_band_bps: parse_dec("10").unwrap(),
             trade_dedup_ms: 60000,
         };
-        let live = LiveRules { stale_after_ms: 30000, resync_retry_ms: 10000, redis_prefix: "tf".into() };
+        let live = LiveRules {
+            stale_after_ms: 30000,
+            resync_retry_ms: 10000,
+            redis_prefix: "tf".into(),
+        };
         StreamBooks::new(rules, live, Vec::new())
     }
 

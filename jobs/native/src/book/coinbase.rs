@@ -339,7 +339,8 @@ mod tests {
                         for _ in 0..1 + rng.below(4) {
                             let side = rng.below(2);
                             // an exchange's book never crosses: bids below 100.20, asks from it
-                            let (price, size) = (prices[side * 20 + rng.below(20)], *rng.pick(&sizes));
+                            let (price, size) =
+                                (prices[side * 20 + rng.below(20)], *rng.pick(&sizes));
                             if size.is_zero() {
                                 truth[side].remove(&price);
                             } else {

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::book::kraken::DEPTHS;
 use crate::book::levels::{BookSide, OrderBook};
-use crate::validate::MAX_SEQUENCE_JUMP;
 use crate::events::{BookDelta, BookSnapshot, BookStatus, SyncLost};
+use crate::validate::MAX_SEQUENCE_JUMP;
 
 /// `jobs.book.engine.Outcome`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -163,8 +163,13 @@ impl SyncedBook {
             return outcome;
         }
         let (bid, ask) = (self.book.best_bid(), self.book.best_ask());
-        let text = |l: Option<crate::events::Level>| l.map(|(p, _)| p.to_string()).unwrap_or_default();
-        self.lose_sync(format!("crossed book: best bid {} >= best ask {}", text(bid), text(ask)));
+        let text =
+            |l: Option<crate::events::Level>| l.map(|(p, _)| p.to_string()).unwrap_or_default();
+        self.lose_sync(format!(
+            "crossed book: best bid {} >= best ask {}",
+            text(bid),
+            text(ask)
+        ));
         self.buffer.clear();
         Outcome::Gap
     }
@@ -205,10 +210,15 @@ impl SyncedBook {
     /// huge id would make every later update and snapshot look old (ignored: the book frozen
     /// but LIVE); as a gap, the book resyncs.
     pub(crate) fn implausible_jump(&self, id: i64) -> Option<String> {
-        if self.last_id < 0 || (id as i128 - self.last_id as i128).abs() <= MAX_SEQUENCE_JUMP as i128 {
+        if self.last_id < 0
+            || (id as i128 - self.last_id as i128).abs() <= MAX_SEQUENCE_JUMP as i128
+        {
             return None;
         }
-        Some(format!("implausible sequence jump: local update id {}, got {id}", self.last_id))
+        Some(format!(
+            "implausible sequence jump: local update id {}, got {id}",
+            self.last_id
+        ))
     }
 
     /// The RESYNCING state gets its own version; the book is discarded.
