@@ -40,6 +40,9 @@ test: venv ## the test suite (the compiled engine's Rust tests, then unit + inte
 	cd jobs/native && cargo test --no-default-features -q
 	$(BIN)/pytest --cov --cov-report=term --cov-report=xml --cov-fail-under=80 $(PYTEST_ARGS)
 
+fuzz: ## the compiled core's fuzz campaign: FUZZ_EXECS (1,000,000) frames per exchange and envelopes, FUZZ_SEED (docs/robustness.md)
+	cd jobs/native && nice -n 10 cargo run --release --no-default-features --example fuzz -- $${FUZZ_EXECS:-1000000} $${FUZZ_SEED:-20261205}
+
 unit: venv ## unit tests only (no servers)
 	$(BIN)/pytest -m unit -q
 
@@ -57,7 +60,7 @@ stack-up: venv ## start Kafka, Redis, ClickHouse and Flink on loopback
 stack-status: venv ## each component, its port and whether it answers
 	$(BIN)/tickflow stack status
 
-.PHONY: help venv run stop test unit lint types check stack-up stack-status
+.PHONY: help venv run stop test fuzz unit lint types check stack-up stack-status
 
 soak: venv ## 60 s, every exchange x 10 symbols, faults on: connectors -> Kafka vs the send log
 	$(BIN)/tickflow stack up kafka

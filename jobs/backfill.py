@@ -243,6 +243,8 @@ def core_rules(book: BookConfig, analytics: AnalyticsConfig) -> dict[str, Any]:
         "depth_band_bps": str(analytics.depth_band_bps),
         "trade_dedup_ms": analytics.trade_dedup_ms,
         "quote_equivalents": sorted(analytics.quote_equivalents.items()),
+        "max_event_ahead_ms": book.max_event_ahead_ms or None,
+        "max_event_behind_ms": book.max_event_behind_ms or None,
     }
 
 

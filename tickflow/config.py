@@ -1,9 +1,11 @@
 """Typed, frozen configuration for every tickflow component.
 
 Values come from ``config/tickflow.yaml``, then each overlay file named in ``TICKFLOW_CONFIG``
-(colon-separated), then environment variables ``TICKFLOW__<SECTION>__<KEY>`` (YAML-parsed
-scalars). ``TICKFLOW_HOME`` names the project root when the code is not run from a checkout.
-Unknown keys and missing required values fail fast with the offending key in the message.
+(colon-separated), then environment variables ``TICKFLOW__<SECTION>__<KEY>``: kept as typed
+for a text setting (a password ``0123`` stays ``0123``), converted by the setting's type
+otherwise (``true``/``false`` for a flag, YAML for a list or a mapping). ``TICKFLOW_HOME``
+names the project root when the code is not run from a checkout. Unknown keys and missing
+required values fail fast with the offending key in the message.
 """
 
 from __future__ import annotations
@@ -182,6 +184,9 @@ class BookConfig:
     resync_retry_ms: int
     stale_after_ms: int
     timer_interval_ms: int
+    # frames whose event time is further from their receive time are rejected (0: no limit)
+    max_event_ahead_ms: int = 300_000
+    max_event_behind_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -387,6 +392,16 @@ def _deep_merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, A
     return out
 
 
+class EnvText(str):
+    """A value from an environment variable, as typed: converted by the setting's type in
+    `_coerce`, never parsed as YAML for a text setting (YAML would turn ``0123`` into 83 and
+    ``yes`` into True, and its errors quote the value, which may be a secret)."""
+
+
+_ENV_TRUE = {"true", "yes", "on", "1"}
+_ENV_FALSE = {"false", "no", "off", "0"}
+
+
 def _env_overlay(environ: Mapping[str, str]) -> dict[str, Any]:
     overlay: dict[str, Any] = {}
     for name, raw in environ.items():
@@ -398,8 +413,26 @@ def _env_overlay(environ: Mapping[str, str]) -> dict[str, Any]:
         node = overlay
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        node[path[-1]] = EnvText(raw)
     return overlay
+
+
+def _from_env(hint_name: str, value: EnvText, key: str) -> Any:
+    """An environment variable's text as the value a setting of this type takes."""
+    if hint_name == "bool":
+        word = value.strip().lower()
+        if word in _ENV_TRUE | _ENV_FALSE:
+            return word in _ENV_TRUE
+        raise ConfigError(f"{key}: expected true or false")
+    if hint_name.startswith(("tuple", "Mapping", "dict")):
+        if value == "" and "None" in hint_name:
+            return None
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            # the value itself is left out of the message: it may be a secret
+            raise ConfigError(f"{key}: not a YAML list or mapping") from None
+    return str(value)
 
 
 def _build(cls: type[T], data: Any, where: str) -> T:
@@ -444,6 +477,15 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     hint_name = hint if isinstance(hint, str) else getattr(hint, "__name__", str(hint))
     if hint_name in _NESTED:
         return _build(_NESTED[hint_name], value, key)
+    if isinstance(value, EnvText):
+        value = _from_env(hint_name, value, key)
+        if hint_name == "str":
+            return value
+        if hint_name in ("int", "float"):
+            try:
+                return int(value) if hint_name == "int" else float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number") from None
     try:
         if hint_name == "int":
             if isinstance(value, bool):

@@ -82,10 +82,15 @@ class Core:
         self.redis: dict[str, dict[str, str]] = {}  # the last write per Redis key
 
     def process(
-        self, value: bytes, watermark: int = NO_WATERMARK, now_ms: int | None = None
+        self,
+        value: bytes,
+        watermark: int = NO_WATERMARK,
+        now_ms: int | None = None,
+        timestamp_ms: int | None = None,
     ) -> Published:
-        """One frame (an encoded envelope; its Kafka timestamp = its receive time)."""
-        timestamp = _receive_ms(value)
+        """One frame (an encoded envelope; its Kafka timestamp = its receive time unless
+        ``timestamp_ms`` is given, as it must be for a value that is not an envelope)."""
+        timestamp = _receive_ms(value) if timestamp_ms is None else timestamp_ms
         now = timestamp if now_ms is None else now_ms
         self.stream.process_bundle(self.key, frame_bundle([(value, timestamp)]), watermark, now)
         return self._collect()

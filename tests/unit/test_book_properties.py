@@ -24,7 +24,11 @@ SIZES = ["0", "0.5", "1.25", "3"]
 TOP_N = 10  # levels published per side: fewer than a side can hold, so the cut is checked
 T0 = 1_700_000_000_000
 
-change = st.tuples(st.sampled_from(["b", "a"]), st.sampled_from(PRICES), st.sampled_from(SIZES))
+# an exchange's book never crosses (a crossed LIVE book resyncs): bids below 100.20, asks from it
+change = st.one_of(
+    st.tuples(st.just("b"), st.sampled_from(PRICES[:20]), st.sampled_from(SIZES)),
+    st.tuples(st.just("a"), st.sampled_from(PRICES[20:]), st.sampled_from(SIZES)),
+)
 Truth = dict[str, dict[str, str]]
 Levels = list[list[str]]
 

@@ -179,11 +179,14 @@ def test_a_frame_spanning_products_is_split_per_product() -> None:
     conn = Connection(FakeWs())  # type: ignore[arg-type]  # only send() is used
     frame = json.loads(l2(9))
     frame["events"].append({**frame["events"][0], "product_id": "ETH-USD"})
-    connector.handle_frame(conn, json.dumps(frame).encode(), 5)
+    # received just after the documented frames' times (the job rejects event times from the
+    # future: 2023 frames received at 1970 would be)
+    rx_ns = 1_675_974_800_000_000_000
+    connector.handle_frame(conn, json.dumps(frame).encode(), rx_ns)
     trades = json.loads(fixture("doc_market_trades.json"))
     first = trades["events"][0]["trades"][0]
     trades["events"][0]["trades"] = [first, {**first, "trade_id": "1", "product_id": "BTC-USD"}]
-    connector.handle_frame(conn, json.dumps(trades).encode(), 6)
+    connector.handle_frame(conn, json.dumps(trades).encode(), rx_ns + 1)
     assert [(e.symbol, e.channel) for e in sink.envelopes] == [
         ("BTC-USD", "depth"), ("ETH-USD", "depth"), ("ETH-USD", "trade"), ("BTC-USD", "trade")
     ]

@@ -184,7 +184,9 @@ def test_a_frame_with_several_pairs_is_split_with_each_element_byte_for_byte() -
     elements = json.loads(raw)["data"]
     assert json.loads(btc)["data"] == [elements[0], elements[2]]  # order kept
     assert json.loads(eth)["data"] == [elements[1]]
-    out = Core("BTC-USD").process(envelope("BTC-USD", "kraken", "BTC/USD", "trade", btc, 1_000))
+    # received after the trades' times (the job rejects event times from the future)
+    rx_ms = 1_800_000_000_000
+    out = Core("BTC-USD").process(envelope("BTC-USD", "kraken", "BTC/USD", "trade", btc, rx_ms))
     assert [t["trade_id"] for t in out.of("trades")] == ["71283911", "71283912"]
     assert out.of("trades")[0]["size"] == Decimal("0.01")
 

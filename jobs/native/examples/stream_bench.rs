@@ -69,7 +69,11 @@ fn bundles(frames: &[(String, i64, Vec<u8>)], size: usize) -> Vec<Bundle> {
             key: key.to_string(),
             data,
             frames,
-            watermark_ms: if latest == i64::MIN { latest } else { latest - LAG_MS },
+            watermark_ms: if latest == i64::MIN {
+                latest
+            } else {
+                latest - LAG_MS
+            },
             now_ms: latest,
         });
     };
@@ -80,7 +84,9 @@ fn bundles(frames: &[(String, i64, Vec<u8>)], size: usize) -> Vec<Bundle> {
             (vec![1, 0], 0)
         });
         entry.0.extend_from_slice(&ts.to_le_bytes());
-        entry.0.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        entry
+            .0
+            .extend_from_slice(&(value.len() as u32).to_le_bytes());
         entry.0.extend_from_slice(value);
         entry.1 += 1;
         if entry.1 >= size {
@@ -108,17 +114,32 @@ fn core() -> StreamBooks {
         depth_band_bps: parse_dec("10").unwrap(),
         trade_dedup_ms: 60000,
     };
-    let live = LiveRules { stale_after_ms: 30000, resync_retry_ms: 10000, redis_prefix: "tf".to_string() };
+    let live = LiveRules {
+        stale_after_ms: 30000,
+        resync_retry_ms: 10000,
+        redis_prefix: "tf".to_string(),
+    };
     StreamBooks::new(rules, live, Vec::new())
 }
 
 /// CPU seconds this thread ran so far (Linux, 10 ms ticks; 0 elsewhere): on a loaded machine
 /// steadier than the wall clock.
 fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else {
+        return 0.0;
+    };
     // after the command name in parentheses: state is field 3, utime and stime 14 and 15
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(14) + ticks(15)) / 100.0
 }
 
@@ -130,7 +151,8 @@ fn run(bundles: &[Bundle], digest: bool) -> (f64, f64, u32, usize) {
     let mut bytes = 0;
     let (start, cpu_start) = (Instant::now(), cpu_seconds());
     for b in bundles {
-        core.process_bundle(&b.key, &b.data, b.watermark_ms, b.now_ms).unwrap();
+        core.process_bundle(&b.key, &b.data, b.watermark_ms, b.now_ms)
+            .unwrap();
         let blob = core.take_blob();
         let redis = core.take_redis(b.now_ms * 1_000_000);
         if digest {
@@ -151,7 +173,12 @@ fn run(bundles: &[Bundle], digest: bool) -> (f64, f64, u32, usize) {
         }
         std::hint::black_box((blob, redis));
     }
-    (start.elapsed().as_secs_f64(), cpu_seconds() - cpu_start, hasher.finalize(), bytes)
+    (
+        start.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu_start,
+        hasher.finalize(),
+        bytes,
+    )
 }
 
 fn main() {
@@ -163,7 +190,10 @@ fn main() {
     let bundles = bundles(&frames, size);
     let n: usize = bundles.iter().map(|b| b.frames).sum();
     let (_, _, digest, bytes) = run(&bundles, true);
-    println!("{n} frames in {} bundles; output digest {digest:08x} ({bytes} bytes)", bundles.len());
+    println!(
+        "{n} frames in {} bundles; output digest {digest:08x} ({bytes} bytes)",
+        bundles.len()
+    );
     let (mut wall, mut cpu) = (Vec::new(), Vec::new());
     for i in 0..runs {
         let (secs, cpu_secs, _, _) = run(&bundles, false);

@@ -110,9 +110,10 @@ impl Ord for TradeIdNum {
             (TradeIdNum::Small(a), TradeIdNum::Small(b)) => a.cmp(b),
             (TradeIdNum::Small(_), TradeIdNum::Big(_)) => Ordering::Less,
             (TradeIdNum::Big(_), TradeIdNum::Small(_)) => Ordering::Greater,
-            (TradeIdNum::Big(a), TradeIdNum::Big(b)) => {
-                a.len().cmp(&b.len()).then_with(|| a.as_bytes().cmp(b.as_bytes()))
-            }
+            (TradeIdNum::Big(a), TradeIdNum::Big(b)) => a
+                .len()
+                .cmp(&b.len())
+                .then_with(|| a.as_bytes().cmp(b.as_bytes())),
         }
     }
 }
@@ -126,7 +127,11 @@ impl PartialOrd for TradeIdNum {
 /// `trade_order` of Python: (trade time, exchange, numeric trade id or 0); tuples compare as
 /// Python's do (`str` by code point = UTF-8 bytes).
 pub fn trade_order(trade: &Trade) -> (i64, &str, TradeIdNum) {
-    (trade.trade_time_ms, trade.exchange.as_str(), TradeIdNum::of(&trade.trade_id))
+    (
+        trade.trade_time_ms,
+        trade.exchange.as_str(),
+        TradeIdNum::of(&trade.trade_id),
+    )
 }
 
 /// e_n of Cont, Kukanov & Stoikov: bid-side inflow minus ask-side inflow at the touch.
@@ -291,7 +296,14 @@ impl Slot {
             pos -= 1;
         }
         if pos == 0 || self.groups[pos - 1].start != start {
-            self.groups.insert(pos, Group { start, venues: Vec::new(), all: None });
+            self.groups.insert(
+                pos,
+                Group {
+                    start,
+                    venues: Vec::new(),
+                    all: None,
+                },
+            );
             pos += 1;
         }
         let group = &mut self.groups[pos - 1];
@@ -317,6 +329,26 @@ struct Clock {
     sample: Option<BookSample>,
     #[serde(with = "crate::dec::wire")]
     spread: Dec, // the sample's ask - bid (what Python computes per segment)
+    /// when the sample was taken (None after a restore: `since_ms` stands in, which can only
+    /// extend the hold); not in the state, whose format stays as it was
+    #[serde(skip)]
+    sample_ms: Option<i64>,
+}
+
+/// How long an unchanged book state counts as live time in the bars: this many windows of
+/// the shortest interval, and at least two of the longest (10 minutes with 1 s and 1 min
+/// bars). Beyond it the book's quiet windows are stepped over, not walked: a watermark far
+/// ahead of a quiet LIVE book (a replay after a long pause, a clock jump) costs at most this
+/// many windows, not one per interval of the jump.
+pub const HELD_WINDOWS: i64 = 600;
+
+impl Clock {
+    /// Where the book's held state stops counting.
+    fn held_until(&self, hold_ms: i64) -> i64 {
+        self.sample_ms
+            .unwrap_or(self.since_ms)
+            .saturating_add(hold_ms)
+    }
 }
 
 /// Python's `floor(t / interval) * interval`.
@@ -326,9 +358,17 @@ fn floor_to(t: i64, interval: i64) -> i64 {
 }
 
 /// `_integrate` of Python: add the held state over [since, until) to every window it overlaps.
-fn integrate(slots: &mut [Slot], slot_of: &[usize], clock: &mut Clock, until_ms: i64) {
+fn integrate(
+    slots: &mut [Slot],
+    slot_of: &[usize],
+    clock: &mut Clock,
+    until_ms: i64,
+    hold_ms: i64,
+) {
     let start_ms = clock.since_ms;
+    let held_until = until_ms.min(clock.held_until(hold_ms));
     if let Some(sample) = &clock.sample {
+        let until_ms = held_until;
         if until_ms > start_ms {
             for &s in slot_of {
                 let slot = &mut slots[s];
@@ -336,7 +376,8 @@ fn integrate(slots: &mut [Slot], slot_of: &[usize], clock: &mut Clock, until_ms:
                 let mut window = floor_to(start_ms, interval);
                 while window < until_ms {
                     let overlap = until_ms.min(window + interval) - start_ms.max(window);
-                    slot.acc(window, clock.venue).add_segment(sample, clock.spread, overlap);
+                    slot.acc(window, clock.venue)
+                        .add_segment(sample, clock.spread, overlap);
                     window += interval;
                 }
             }
@@ -352,11 +393,22 @@ pub struct InstrumentBars {
     /// per position in `intervals`, its slot (equal intervals share one, as Python's keys do)
     slot_of: Vec<usize>,
     slots: Vec<Slot>,
-    books: Vec<Clock>, // in order of first sight (Python's dict order)
+    books: Vec<Clock>,  // in order of first sight (Python's dict order)
     names: Vec<String>, // interned exchange names
     live_books: usize,  // books whose sample is not None
     /// interval -> end of the last window closed
     pub closed_until: BTreeMap<i64, i64>,
+}
+
+impl InstrumentBars {
+    /// How long a book's unchanged state counts (`HELD_WINDOWS`).
+    fn hold_ms(&self) -> i64 {
+        let shortest = self.intervals.iter().copied().min().unwrap_or(0);
+        let longest = self.intervals.iter().copied().max().unwrap_or(0);
+        shortest
+            .saturating_mul(HELD_WINDOWS)
+            .max(longest.saturating_mul(2))
+    }
 }
 
 impl InstrumentBars {
@@ -368,7 +420,10 @@ impl InstrumentBars {
             let s = match slots.iter().position(|s| s.interval == interval) {
                 Some(s) => s,
                 None => {
-                    slots.push(Slot { interval, groups: VecDeque::new() });
+                    slots.push(Slot {
+                        interval,
+                        groups: VecDeque::new(),
+                    });
                     slots.len() - 1
                 }
             };
@@ -446,8 +501,10 @@ impl InstrumentBars {
                 }
             }
             let slot = &mut self.slots[s];
-            slot.acc(start, venue).add_trade(trade, product, &key, &self.names);
-            slot.acc(start, ALL_IDX).add_trade(trade, product, &key, &self.names);
+            slot.acc(start, venue)
+                .add_trade(trade, product, &key, &self.names);
+            slot.acc(start, ALL_IDX)
+                .add_trade(trade, product, &key, &self.names);
         }
     }
 
@@ -457,8 +514,18 @@ impl InstrumentBars {
     }
 
     /// [`Self::on_book`] of the book `(exchange, symbol)`.
-    pub fn on_book_of(&mut self, exchange: &str, symbol: &str, time_ms: i64, sample: Option<BookSample>) {
-        let bi = match self.books.iter().position(|c| c.book_id.0 == exchange && c.book_id.1 == symbol) {
+    pub fn on_book_of(
+        &mut self,
+        exchange: &str,
+        symbol: &str,
+        time_ms: i64,
+        sample: Option<BookSample>,
+    ) {
+        let bi = match self
+            .books
+            .iter()
+            .position(|c| c.book_id.0 == exchange && c.book_id.1 == symbol)
+        {
             Some(bi) => bi,
             None => {
                 // a book first seen after windows closed starts at the integrated point
@@ -473,14 +540,16 @@ impl InstrumentBars {
                     since_ms: since,
                     sample: None,
                     spread: Dec::ZERO,
+                    sample_ms: None,
                 });
                 self.books.len() - 1
             }
         };
+        let hold_ms = self.hold_ms();
         let clock = &mut self.books[bi];
         // a state stamped before what is already integrated takes effect from there
         let time_ms = time_ms.max(clock.since_ms);
-        integrate(&mut self.slots, &self.slot_of, clock, time_ms);
+        integrate(&mut self.slots, &self.slot_of, clock, time_ms, hold_ms);
         let venue = clock.venue;
         if let (Some(prev), Some(cur)) = (&clock.sample, &sample) {
             let term = ofi_term(&prev.touch, &cur.touch);
@@ -496,6 +565,7 @@ impl InstrumentBars {
             Some(s) => {
                 clock.spread = py_sub(s.touch.2, s.touch.0);
                 clock.sample = Some(s);
+                clock.sample_ms = Some(time_ms);
                 if !was_live {
                     self.live_books += 1;
                 }
@@ -529,10 +599,18 @@ impl InstrumentBars {
             }
         }
         if self.live_books > 0 {
-            // a LIVE book keeps bars coming even when nothing happens
+            // a LIVE book keeps bars coming even when nothing happens, while its state holds
+            // (per book: from its integration point, as long as its state holds; windows no
+            // book holds and without a group of their own are empty: stepped over)
+            let hold_ms = self.hold_ms();
             for &interval in &self.intervals {
                 if let Some(&last) = self.closed_until.get(&interval) {
-                    consider(last + interval - 1);
+                    for clock in self.books.iter().filter(|c| c.sample.is_some()) {
+                        let start = last.max(floor_to(clock.since_ms, interval));
+                        if start < clock.held_until(hold_ms) {
+                            consider(start.saturating_add(interval - 1));
+                        }
+                    }
                 }
             }
         }
@@ -548,8 +626,9 @@ impl InstrumentBars {
                 _ => return bars,
             };
             let end = due + 1;
+            let hold_ms = self.hold_ms();
             for clock in &mut self.books {
-                integrate(&mut self.slots, &self.slot_of, clock, end);
+                integrate(&mut self.slots, &self.slot_of, clock, end, hold_ms);
             }
             for pos in 0..self.intervals.len() {
                 let interval = self.intervals[pos];
@@ -666,7 +745,11 @@ mod tests {
     }
 
     fn sample6(bid: &str, bs: &str, ask: &str, as_: &str, bd: &str, ad: &str) -> BookSample {
-        BookSample { touch: (d(bid), d(bs), d(ask), d(as_)), bid_depth: d(bd), ask_depth: d(ad) }
+        BookSample {
+            touch: (d(bid), d(bs), d(ask), d(as_)),
+            bid_depth: d(bd),
+            ask_depth: d(ad),
+        }
     }
 
     fn sample(bid: &str, bs: &str, ask: &str, as_: &str) -> BookSample {
@@ -712,14 +795,28 @@ mod tests {
         assert_eq!(bars.next_close_ms(), Some(BASE + 999));
         assert!(bars.close_until(BASE + 998).is_empty());
         let out = bars.close_until(BASE + 999);
-        let keys: Vec<_> = out.iter().map(|b| (b.venue.as_str(), b.window_start_ms)).collect();
-        assert_eq!(keys, vec![("binance", BASE), ("coinbase", BASE), (ALL, BASE)]);
+        let keys: Vec<_> = out
+            .iter()
+            .map(|b| (b.venue.as_str(), b.window_start_ms))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![("binance", BASE), ("coinbase", BASE), (ALL, BASE)]
+        );
         let total = out.last().unwrap();
         assert_eq!(
             (total.open, total.close, total.high, total.low),
-            (Some(d("100")), Some(d("101")), Some(d("101")), Some(d("100")))
+            (
+                Some(d("100")),
+                Some(d("101")),
+                Some(d("101")),
+                Some(d("100"))
+            )
         );
-        assert_eq!((total.volume, total.buy_volume, total.sell_volume), (d("3"), d("2"), d("1")));
+        assert_eq!(
+            (total.volume, total.buy_volume, total.sell_volume),
+            (d("3"), d("2"), d("1"))
+        );
         assert!(approx(total.vwap.unwrap(), 301.0 / 3.0));
         assert!(total.live_ms == 0 && total.twa_spread.is_none() && total.twa_bid_depth.is_none());
         assert_eq!(bars.next_close_ms(), None);
@@ -734,17 +831,35 @@ mod tests {
         bars.on_trade(&t1("binance", BASE + 5, "1", "9"));
         bars.on_trade(&t1("binance", BASE + 6, "4", "1"));
         bars.on_trade(&t1("binance", BASE + 4, "5", "100"));
-        let out: BTreeMap<String, Bar> =
-            bars.close_until(BASE + 999).into_iter().map(|b| (b.venue.clone(), b)).collect();
-        assert_eq!((out[ALL].open, out[ALL].close), (Some(d("5")), Some(d("4"))));
-        assert_eq!((out["coinbase"].open, out["coinbase"].close), (Some(d("3")), Some(d("3"))));
+        let out: BTreeMap<String, Bar> = bars
+            .close_until(BASE + 999)
+            .into_iter()
+            .map(|b| (b.venue.clone(), b))
+            .collect();
+        assert_eq!(
+            (out[ALL].open, out[ALL].close),
+            (Some(d("5")), Some(d("4")))
+        );
+        assert_eq!(
+            (out["coinbase"].open, out["coinbase"].close),
+            (Some(d("3")), Some(d("3")))
+        );
         bars.on_trade(&t1("coinbase", BASE + 1005, "8", "1"));
         bars.on_trade(&t1("binance", BASE + 1005, "6", "10"));
         bars.on_trade(&t1("binance", BASE + 1005, "7", "9"));
-        let out: BTreeMap<String, Bar> =
-            bars.close_until(BASE + 1999).into_iter().map(|b| (b.venue.clone(), b)).collect();
-        assert_eq!((out[ALL].open, out[ALL].close), (Some(d("7")), Some(d("8"))));
-        assert_eq!((out["binance"].open, out["binance"].close), (Some(d("7")), Some(d("6"))));
+        let out: BTreeMap<String, Bar> = bars
+            .close_until(BASE + 1999)
+            .into_iter()
+            .map(|b| (b.venue.clone(), b))
+            .collect();
+        assert_eq!(
+            (out[ALL].open, out[ALL].close),
+            (Some(d("7")), Some(d("8")))
+        );
+        assert_eq!(
+            (out["binance"].open, out["binance"].close),
+            (Some(d("7")), Some(d("6")))
+        );
         bars.on_trade(&t1("binance", BASE + 2005, "1", "abc"));
         bars.on_trade(&t1("binance", BASE + 2005, "2", "xyz"));
         bars.on_trade(&t1("binance", BASE + 2005, "3", "def"));
@@ -760,20 +875,31 @@ mod tests {
         bars.on_book(&bid("binance"), BASE + 200, Some(s));
         assert_eq!(bars.next_close_ms(), Some(BASE + 999));
         let out = bars.close_until(BASE + 4999);
-        let keys: Vec<_> =
-            out.iter().map(|b| (b.venue.clone(), b.window_start_ms - BASE)).collect();
+        let keys: Vec<_> = out
+            .iter()
+            .map(|b| (b.venue.clone(), b.window_start_ms - BASE))
+            .collect();
         let want: Vec<_> = [0, 1000, 2000, 3000, 4000]
             .iter()
             .flat_map(|&w| [("binance".to_string(), w), (ALL.to_string(), w)])
             .collect();
         assert_eq!(keys, want);
         let venue: Vec<&Bar> = out.iter().filter(|b| b.venue == "binance").collect();
-        assert_eq!(venue.iter().map(|b| b.live_ms).collect::<Vec<_>>(), [800, 1000, 1000, 1000, 1000]);
+        assert_eq!(
+            venue.iter().map(|b| b.live_ms).collect::<Vec<_>>(),
+            [800, 1000, 1000, 1000, 1000]
+        );
         assert!(venue.iter().all(|b| b.twa_spread == Some(0.5)
             && b.twa_bid_depth == Some(4.0)
             && b.twa_ask_depth == Some(6.0)));
-        assert!(out.iter().all(|b| b.trade_count == 0 && b.open.is_none() && b.ofi.is_zero()));
-        let all: Vec<_> = out.iter().filter(|b| b.venue == ALL).map(|b| b.twa_bid_depth).collect();
+        assert!(out
+            .iter()
+            .all(|b| b.trade_count == 0 && b.open.is_none() && b.ofi.is_zero()));
+        let all: Vec<_> = out
+            .iter()
+            .filter(|b| b.venue == ALL)
+            .map(|b| b.twa_bid_depth)
+            .collect();
         assert_eq!(all, vec![Some(4.0); 5]);
         assert_eq!(bars.next_close_ms(), Some(BASE + 5999));
         bars.on_book(&bid("binance"), BASE + 5250, None);
@@ -790,13 +916,28 @@ mod tests {
         let (a, b) = (bid("binance"), bid("coinbase"));
         bars.on_book(&a, BASE + 100, Some(sample("100", "1", "101", "1")));
         bars.on_book(&a, BASE + 300, Some(sample("100.5", "2", "101", "3")));
-        bars.on_book(&a, BASE + 600, Some(sample6("100", "5", "100.9", "4", "2", "1")));
+        bars.on_book(
+            &a,
+            BASE + 600,
+            Some(sample6("100", "5", "100.9", "4", "2", "1")),
+        );
         bars.on_book(&a, BASE + 700, None);
         bars.on_book(&a, BASE + 800, Some(sample("99", "1", "102", "1")));
-        bars.on_book(&b, BASE + 500, Some(sample6("100", "1", "100.2", "1", "3", "5")));
-        bars.on_book(&b, BASE + 500, Some(sample6("100", "4", "100.2", "1", "3", "5")));
-        let out: BTreeMap<String, Bar> =
-            bars.close_until(BASE + 999).into_iter().map(|b| (b.venue.clone(), b)).collect();
+        bars.on_book(
+            &b,
+            BASE + 500,
+            Some(sample6("100", "1", "100.2", "1", "3", "5")),
+        );
+        bars.on_book(
+            &b,
+            BASE + 500,
+            Some(sample6("100", "4", "100.2", "1", "3", "5")),
+        );
+        let out: BTreeMap<String, Bar> = bars
+            .close_until(BASE + 999)
+            .into_iter()
+            .map(|b| (b.venue.clone(), b))
+            .collect();
         assert_eq!(out["binance"].ofi, d("-6"));
         assert_eq!(out["coinbase"].ofi, d("3"));
         assert_eq!(out[ALL].ofi, d("-3"));
@@ -811,17 +952,33 @@ mod tests {
     #[test]
     fn a_window_with_only_an_ofi_term_has_a_row_without_averages() {
         let mut bars = InstrumentBars::new("BTC-USD", &[1000]);
-        bars.on_book(&bid("binance"), BASE + 999, Some(sample("100", "1", "101", "1")));
-        bars.on_book(&bid("binance"), BASE + 999, Some(sample("100", "3", "101", "1")));
+        bars.on_book(
+            &bid("binance"),
+            BASE + 999,
+            Some(sample("100", "1", "101", "1")),
+        );
+        bars.on_book(
+            &bid("binance"),
+            BASE + 999,
+            Some(sample("100", "3", "101", "1")),
+        );
         bars.on_book(&bid("binance"), BASE + 999, None);
         let out = bars.close_until(BASE + 999);
         assert_eq!(out.len(), 2);
         let (venue, total) = (&out[0], &out[1]);
         assert_eq!(
-            (venue.live_ms, venue.ofi, venue.twa_spread, venue.twa_bid_depth),
+            (
+                venue.live_ms,
+                venue.ofi,
+                venue.twa_spread,
+                venue.twa_bid_depth
+            ),
             (0, d("2"), None, None)
         );
-        assert_eq!((total.venue.as_str(), total.ofi, total.twa_bid_depth), (ALL, d("2"), None));
+        assert_eq!(
+            (total.venue.as_str(), total.ofi, total.twa_bid_depth),
+            (ALL, d("2"), None)
+        );
     }
 
     #[test]
@@ -829,37 +986,62 @@ mod tests {
         let mut bars = InstrumentBars::new("BTC-USD", &[1000]);
         bars.on_book(&bid("binance"), BASE + 10, None);
         bars.on_trade(&t1("coinbase", BASE + 20, "100", "1"));
-        let venues: Vec<_> = bars.close_until(BASE + 999).into_iter().map(|b| b.venue).collect();
+        let venues: Vec<_> = bars
+            .close_until(BASE + 999)
+            .into_iter()
+            .map(|b| b.venue)
+            .collect();
         assert_eq!(venues, ["coinbase", ALL]);
     }
 
     #[test]
     fn a_late_state_is_clamped_to_the_integrated_point() {
         let mut bars = InstrumentBars::new("BTC-USD", &[1000]);
-        bars.on_book(&bid("binance"), BASE + 500, Some(sample("100", "1", "101", "1")));
+        bars.on_book(
+            &bid("binance"),
+            BASE + 500,
+            Some(sample("100", "1", "101", "1")),
+        );
         assert_eq!(bars.close_until(BASE + 1999).len(), 4);
         bars.on_book(
             &bid("binance"),
             BASE + 1500,
             Some(sample6("100", "2", "100.5", "3", "9", "1")),
         );
-        assert!(bars.open_windows().iter().all(|(_, start, _)| *start >= BASE + 2000));
+        assert!(bars
+            .open_windows()
+            .iter()
+            .all(|(_, start, _)| *start >= BASE + 2000));
         let out = bars.close_until(BASE + 2999);
         assert_eq!(out.len(), 2);
         let venue = &out[0];
         assert_eq!((venue.window_start_ms, venue.live_ms), (BASE + 2000, 1000));
-        assert_eq!((venue.twa_spread, venue.twa_bid_depth), (Some(0.5), Some(9.0)));
+        assert_eq!(
+            (venue.twa_spread, venue.twa_bid_depth),
+            (Some(0.5), Some(9.0))
+        );
         assert_eq!(venue.ofi, d("-2"));
     }
 
     #[test]
     fn a_book_first_seen_with_a_state_before_the_closed_windows_does_not_reopen_them() {
         let mut bars = InstrumentBars::new("BTC-USD", &[1000, 60_000]);
-        bars.on_book(&bid("binance"), BASE + 100, Some(sample("100", "1", "101", "1")));
+        bars.on_book(
+            &bid("binance"),
+            BASE + 100,
+            Some(sample("100", "1", "101", "1")),
+        );
         bars.close_until(BASE + 2999);
         assert_eq!(bars.closed_through_ms(), Some(BASE + 3000));
-        bars.on_book(&bid("coinbase"), BASE + 1200, Some(sample("100", "1", "100.2", "1")));
-        assert!(bars.open_windows().iter().all(|(i, start, _)| start + i > BASE + 2999));
+        bars.on_book(
+            &bid("coinbase"),
+            BASE + 1200,
+            Some(sample("100", "1", "100.2", "1")),
+        );
+        assert!(bars
+            .open_windows()
+            .iter()
+            .all(|(i, start, _)| start + i > BASE + 2999));
         let out = bars.close_until(BASE + 3999);
         let coinbase: Vec<_> = out
             .iter()
@@ -911,7 +1093,10 @@ mod tests {
         // values checked against Python: float(Decimal(a) / Decimal(b))
         assert_eq!(py_div_to_f64(d("301"), d("3")), 100.33333333333333);
         assert_eq!(py_div_to_f64(d("1"), d("3")), 1.0 / 3.0);
-        assert_eq!(py_div_to_f64(d("0"), d("-5")).to_bits(), (-0.0f64).to_bits());
+        assert_eq!(
+            py_div_to_f64(d("0"), d("-5")).to_bits(),
+            (-0.0f64).to_bits()
+        );
         assert_eq!(py_div_to_f64(d("0.0"), d("5")).to_bits(), 0.0f64.to_bits());
         assert_eq!(py_div_to_f64(d("-2"), d("8")), -0.25);
         assert_eq!(py_div_to_f64(d("2"), d("3")), 0.6666666666666666);
@@ -924,14 +1109,33 @@ mod tests {
             ("add", "0.0", "1", "1.0"),
             ("add", "0", "0.000", "0.000"),
             ("add", "5", "-5.00", "0.00"),
-            ("add", "1234567890.123456789012345678", "0.0000000005", "1234567890.123456789512345678"),
+            (
+                "add",
+                "1234567890.123456789012345678",
+                "0.0000000005",
+                "1234567890.123456789512345678",
+            ),
             ("mul", "0", "1.5", "0.0"),
             ("mul", "0.00", "-1.5", "0.000"), // Python: -0.000 (equal)
-            ("mul", "123456789012345.6789", "98765432109876.54321", "12193263113702179522374638010"), // 1.219326311370217952237463801E+28
-            ("mul", "1.2345678901234", "1.2345678901234567", "1.524157875323813455266597557"),
+            (
+                "mul",
+                "123456789012345.6789",
+                "98765432109876.54321",
+                "12193263113702179522374638010",
+            ), // 1.219326311370217952237463801E+28
+            (
+                "mul",
+                "1.2345678901234",
+                "1.2345678901234567",
+                "1.524157875323813455266597557",
+            ),
         ];
         for (op, a, b, want) in cases {
-            let got = if op == "add" { py_add(d(a), d(b)) } else { py_mul(d(a), d(b)) };
+            let got = if op == "add" {
+                py_add(d(a), d(b))
+            } else {
+                py_mul(d(a), d(b))
+            };
             assert_eq!(got.to_string(), want, "{a} {op} {b}");
         }
         assert_eq!(py_sub(d("5"), d("0.000")).to_string(), "5.000");
@@ -943,15 +1147,34 @@ mod tests {
     fn timing() {
         let mut rng = Rng(1);
         let mut bars = InstrumentBars::new("BTC-USDT", &[1000, 60_000]);
-        let books: Vec<BookId> = ["binance", "coinbase", "kraken"].iter().map(|e| bid(e)).collect();
+        let books: Vec<BookId> = ["binance", "coinbase", "kraken"]
+            .iter()
+            .map(|e| bid(e))
+            .collect();
         let samples: Vec<BookSample> = (0..64)
             .map(|i| {
                 let b = Dec::new(6_500_000 + i, 2);
-                sample6(&b.to_string(), "0.51200000", &(b + Dec::new(1, 2)).to_string(), "1.20000000", "12.34500000", "9.87600000")
+                sample6(
+                    &b.to_string(),
+                    "0.51200000",
+                    &(b + Dec::new(1, 2)).to_string(),
+                    "1.20000000",
+                    "12.34500000",
+                    "9.87600000",
+                )
             })
             .collect();
         let trades: Vec<Trade> = (0..64)
-            .map(|i| trade("binance", 0, &Dec::new(6_500_000 + i, 2).to_string(), "0.00123000", Side::Buy, "1"))
+            .map(|i| {
+                trade(
+                    "binance",
+                    0,
+                    &Dec::new(6_500_000 + i, 2).to_string(),
+                    "0.00123000",
+                    Side::Buy,
+                    "1",
+                )
+            })
             .collect();
         let n = 5_000_000;
         let mut now = 1_700_000_000_000i64;
@@ -1039,7 +1262,10 @@ mod tests {
         if !times.is_empty() && rng.below(2) == 0 {
             times.push(*times.last().unwrap());
         }
-        times.into_iter().map(|t| (BASE + t, random_sample(rng))).collect()
+        times
+            .into_iter()
+            .map(|t| (BASE + t, random_sample(rng)))
+            .collect()
     }
 
     fn random_trades(rng: &mut Rng) -> Vec<Trade> {
@@ -1051,11 +1277,21 @@ mod tests {
                     1 => (100 + i).to_string(),
                     _ => format!("x{i}"),
                 };
-                let t = BASE
-                    + 100 * rng.below((SPAN_MS / 100) as u64) as i64
-                    + rng.pick(&[0, 0, 99]);
-                let side = if rng.below(2) == 0 { Side::Buy } else { Side::Sell };
-                trade(rng.pick(&EXCHANGES), t, rng.pick(&PRICES), rng.pick(&SIZES), side, &tid)
+                let t =
+                    BASE + 100 * rng.below((SPAN_MS / 100) as u64) as i64 + rng.pick(&[0, 0, 99]);
+                let side = if rng.below(2) == 0 {
+                    Side::Buy
+                } else {
+                    Side::Sell
+                };
+                trade(
+                    rng.pick(&EXCHANGES),
+                    t,
+                    rng.pick(&PRICES),
+                    rng.pick(&SIZES),
+                    side,
+                    &tid,
+                )
             })
             .collect()
     }
@@ -1094,9 +1330,16 @@ mod tests {
         r.notional = trades.iter().map(|t| t.price * t.size).sum();
         r.vwap = Some(py_div_to_f64(r.notional, r.volume));
         r.trade_count = trades.len() as i64;
-        r.buy_volume = trades.iter().filter(|t| t.taker_side == Side::Buy).map(|t| t.size).sum();
-        r.sell_volume =
-            trades.iter().filter(|t| t.taker_side == Side::Sell).map(|t| t.size).sum();
+        r.buy_volume = trades
+            .iter()
+            .filter(|t| t.taker_side == Side::Buy)
+            .map(|t| t.size)
+            .sum();
+        r.sell_volume = trades
+            .iter()
+            .filter(|t| t.taker_side == Side::Sell)
+            .map(|t| t.size)
+            .sum();
     }
 
     fn reference(
@@ -1116,7 +1359,11 @@ mod tests {
                     let mut r = Ref::default();
                     let ts: Vec<&Trade> = trades
                         .iter()
-                        .filter(|t| t.exchange == *exchange && start <= t.trade_time_ms && t.trade_time_ms < end)
+                        .filter(|t| {
+                            t.exchange == *exchange
+                                && start <= t.trade_time_ms
+                                && t.trade_time_ms < end
+                        })
                         .collect();
                     trade_figures(&mut r, &ts);
                     let states = &books[e];
@@ -1160,11 +1407,16 @@ mod tests {
                         .filter(|t| start <= t.trade_time_ms && t.trade_time_ms < end)
                         .collect();
                     trade_figures(&mut total, &ts);
-                    let depths: Vec<&Ref> =
-                        venue_rows.iter().map(|(_, r)| r).filter(|r| r.twa_bid_depth.is_some()).collect();
+                    let depths: Vec<&Ref> = venue_rows
+                        .iter()
+                        .map(|(_, r)| r)
+                        .filter(|r| r.twa_bid_depth.is_some())
+                        .collect();
                     if !depths.is_empty() {
-                        total.twa_bid_depth = Some(depths.iter().map(|r| r.twa_bid_depth.unwrap()).sum());
-                        total.twa_ask_depth = Some(depths.iter().map(|r| r.twa_ask_depth.unwrap()).sum());
+                        total.twa_bid_depth =
+                            Some(depths.iter().map(|r| r.twa_bid_depth.unwrap()).sum());
+                        total.twa_ask_depth =
+                            Some(depths.iter().map(|r| r.twa_ask_depth.unwrap()).sum());
                     }
                     total.ofi = venue_rows.iter().map(|(_, r)| r.ofi).sum();
                     for (v, r) in venue_rows {
@@ -1187,16 +1439,37 @@ mod tests {
     }
 
     fn assert_bars_equal(bars: &[Bar], want: &BTreeMap<(i64, i64, String), Ref>) {
-        let have: BTreeMap<(i64, i64, String), &Bar> =
-            bars.iter().map(|b| ((b.interval_ms, b.window_start_ms, b.venue.clone()), b)).collect();
+        let have: BTreeMap<(i64, i64, String), &Bar> = bars
+            .iter()
+            .map(|b| ((b.interval_ms, b.window_start_ms, b.venue.clone()), b))
+            .collect();
         assert_eq!(have.len(), bars.len(), "a window closed twice");
-        assert_eq!(have.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+        assert_eq!(
+            have.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>()
+        );
         for (key, b) in &have {
             let r = &want[key];
             assert_eq!(b.instrument, "BTC-USD");
             assert_eq!(
-                (b.open, b.high, b.low, b.close, b.volume, b.notional, b.trade_count),
-                (r.open, r.high, r.low, r.close, r.volume, r.notional, r.trade_count),
+                (
+                    b.open,
+                    b.high,
+                    b.low,
+                    b.close,
+                    b.volume,
+                    b.notional,
+                    b.trade_count
+                ),
+                (
+                    r.open,
+                    r.high,
+                    r.low,
+                    r.close,
+                    r.volume,
+                    r.notional,
+                    r.trade_count
+                ),
                 "{key:?}"
             );
             assert_eq!(
@@ -1206,8 +1479,14 @@ mod tests {
             );
             assert!(float_eq(b.vwap, r.vwap), "{key:?} vwap");
             assert!(float_eq(b.twa_spread, r.twa_spread), "{key:?} spread");
-            assert!(float_eq(b.twa_bid_depth, r.twa_bid_depth), "{key:?} bid depth");
-            assert!(float_eq(b.twa_ask_depth, r.twa_ask_depth), "{key:?} ask depth");
+            assert!(
+                float_eq(b.twa_bid_depth, r.twa_bid_depth),
+                "{key:?} bid depth"
+            );
+            assert!(
+                float_eq(b.twa_ask_depth, r.twa_ask_depth),
+                "{key:?} ask depth"
+            );
         }
     }
 
@@ -1222,23 +1501,48 @@ mod tests {
             let (mut ia, mut ib, mut it) = (0, 0, 0);
             loop {
                 let mut open = Vec::new();
-                if ia < books[0].len() { open.push(0) }
-                if ib < books[1].len() { open.push(1) }
-                if it < trades.len() { open.push(2) }
-                if open.is_empty() { break }
+                if ia < books[0].len() {
+                    open.push(0)
+                }
+                if ib < books[1].len() {
+                    open.push(1)
+                }
+                if it < trades.len() {
+                    open.push(2)
+                }
+                if open.is_empty() {
+                    break;
+                }
                 match rng.pick(&open) {
-                    0 => { let (t, s) = &books[0][ia]; bars.on_book(&bid(EXCHANGES[0]), *t, s.clone()); ia += 1 }
-                    1 => { let (t, s) = &books[1][ib]; bars.on_book(&bid(EXCHANGES[1]), *t, s.clone()); ib += 1 }
-                    _ => { bars.on_trade(&trades[it]); it += 1 }
+                    0 => {
+                        let (t, s) = &books[0][ia];
+                        bars.on_book(&bid(EXCHANGES[0]), *t, s.clone());
+                        ia += 1
+                    }
+                    1 => {
+                        let (t, s) = &books[1][ib];
+                        bars.on_book(&bid(EXCHANGES[1]), *t, s.clone());
+                        ib += 1
+                    }
+                    _ => {
+                        bars.on_trade(&trades[it]);
+                        it += 1
+                    }
                 }
             }
             let out = bars.close_until(WATERMARK);
             assert_bars_equal(&out, &reference(&trades, &books, &INTERVALS, WATERMARK));
-            let ends: Vec<i64> = out.iter().map(|b| b.window_start_ms + b.interval_ms).collect();
+            let ends: Vec<i64> = out
+                .iter()
+                .map(|b| b.window_start_ms + b.interval_ms)
+                .collect();
             let mut sorted = ends.clone();
             sorted.sort();
             assert_eq!(ends, sorted);
-            assert!(bars.open_windows().iter().all(|(i, s, _)| s + i - 1 > WATERMARK));
+            assert!(bars
+                .open_windows()
+                .iter()
+                .all(|(i, s, _)| s + i - 1 > WATERMARK));
             assert!(bars.close_until(WATERMARK).is_empty());
             assert!(bars.next_close_ms().is_none_or(|due| due > WATERMARK));
         }
@@ -1304,12 +1608,20 @@ mod tests {
             let op = v["op"].as_str().unwrap();
             match op {
                 "new" => {
-                    let iv: Vec<i64> =
-                        v["intervals"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+                    let iv: Vec<i64> = v["intervals"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_i64().unwrap())
+                        .collect();
                     bars = Some(InstrumentBars::new(v["instrument"].as_str().unwrap(), &iv));
                 }
                 "trade" => {
-                    let side = if v["side"] == "buy" { Side::Buy } else { Side::Sell };
+                    let side = if v["side"] == "buy" {
+                        Side::Buy
+                    } else {
+                        Side::Sell
+                    };
                     let t = trade(
                         v["ex"].as_str().unwrap(),
                         v["t"].as_i64().unwrap(),
@@ -1323,16 +1635,28 @@ mod tests {
                 "book" => {
                     let s = v["s"].as_array().map(|a| {
                         let x: Vec<Dec> = a.iter().map(|x| d(x.as_str().unwrap())).collect();
-                        BookSample { touch: (x[0], x[1], x[2], x[3]), bid_depth: x[4], ask_depth: x[5] }
+                        BookSample {
+                            touch: (x[0], x[1], x[2], x[3]),
+                            bid_depth: x[4],
+                            ask_depth: x[5],
+                        }
                     });
-                    let id = (v["ex"].as_str().unwrap().to_string(), v["sym"].as_str().unwrap().to_string());
-                    bars.as_mut().unwrap().on_book(&id, v["t"].as_i64().unwrap(), s);
+                    let id = (
+                        v["ex"].as_str().unwrap().to_string(),
+                        v["sym"].as_str().unwrap().to_string(),
+                    );
+                    bars.as_mut()
+                        .unwrap()
+                        .on_book(&id, v["t"].as_i64().unwrap(), s);
                 }
                 "next" => {
                     let got = bars.as_ref().unwrap().next_close_ms();
                     if got != v["r"].as_i64() {
                         other_diff += 1;
-                        note(&mut examples, format!("line {lineno}: next_close_ms {got:?} != {}", v["r"]));
+                        note(
+                            &mut examples,
+                            format!("line {lineno}: next_close_ms {got:?} != {}", v["r"]),
+                        );
                     }
                 }
                 "close" => {
@@ -1345,14 +1669,21 @@ mod tests {
                         .iter()
                         .map(|p| (p[0].as_i64().unwrap(), p[1].as_i64().unwrap()))
                         .collect();
-                    let got_cu: Vec<(i64, i64)> = b.closed_until.iter().map(|(k, v)| (*k, *v)).collect();
+                    let got_cu: Vec<(i64, i64)> =
+                        b.closed_until.iter().map(|(k, v)| (*k, *v)).collect();
                     if cu != got_cu {
                         other_diff += 1;
-                        note(&mut examples, format!("line {lineno}: closed_until {got_cu:?} != {cu:?}"));
+                        note(
+                            &mut examples,
+                            format!("line {lineno}: closed_until {got_cu:?} != {cu:?}"),
+                        );
                     }
                     if got.len() != want.len() {
                         other_diff += 1;
-                        note(&mut examples, format!("line {lineno}: {} bars != {}", got.len(), want.len()));
+                        note(
+                            &mut examples,
+                            format!("line {lineno}: {} bars != {}", got.len(), want.len()),
+                        );
                         continue;
                     }
                     for (g, w) in got.iter().zip(want) {
@@ -1366,9 +1697,20 @@ mod tests {
                             w[11].as_i64().unwrap(),
                             w[14].as_i64().unwrap(),
                         );
-                        if (g.instrument.as_str(), g.venue.as_str(), g.interval_ms, g.window_start_ms, g.trade_count, g.live_ms) != ids {
+                        if (
+                            g.instrument.as_str(),
+                            g.venue.as_str(),
+                            g.interval_ms,
+                            g.window_start_ms,
+                            g.trade_count,
+                            g.live_ms,
+                        ) != ids
+                        {
                             other_diff += 1;
-                            note(&mut examples, format!("line {lineno}: bar identity {g:?} != {w:?}"));
+                            note(
+                                &mut examples,
+                                format!("line {lineno}: bar identity {g:?} != {w:?}"),
+                            );
                             continue;
                         }
                         let decs: [(&str, Option<Dec>, &Value); 10] = [
@@ -1388,17 +1730,29 @@ mod tests {
                                 continue;
                             }
                             ndec += 1;
-                            let Ok(want) = want.as_str().map(|t| parse_dec(t).or_else(|| {
-                                // Python's zero beyond 28 decimals ("0E-30"): equal to a Dec zero
-                                let (m, e) = t.split_once('E')?;
-                                (m.trim_start_matches('-') == "0" && e.parse::<i32>().ok()? < -28).then(|| {
-                                    scale_diff += 1;
-                                    Dec::from_i128_with_scale(0, 28)
+                            let Ok(want) = want
+                                .as_str()
+                                .map(|t| {
+                                    parse_dec(t)
+                                        .or_else(|| {
+                                            // Python's zero beyond 28 decimals ("0E-30"): equal to a Dec zero
+                                            let (m, e) = t.split_once('E')?;
+                                            (m.trim_start_matches('-') == "0"
+                                                && e.parse::<i32>().ok()? < -28)
+                                                .then(|| {
+                                                    scale_diff += 1;
+                                                    Dec::from_i128_with_scale(0, 28)
+                                                })
+                                        })
+                                        .ok_or(t)
                                 })
-                            }).ok_or(t)).transpose()
+                                .transpose()
                             else {
                                 trunc_diff += 1;
-                                note(&mut examples, format!("line {lineno}: {name} {got:?} != {want} (not a Dec)"));
+                                note(
+                                    &mut examples,
+                                    format!("line {lineno}: {name} {got:?} != {want} (not a Dec)"),
+                                );
                                 continue;
                             };
                             match (got, want) {
@@ -1406,19 +1760,31 @@ mod tests {
                                 (Some(g), Some(w)) => {
                                     if to_scaled_i128(g) != to_scaled_i128(w) {
                                         trunc_diff += 1;
-                                        note(&mut examples, format!("line {lineno}: {name} {g} != {w} (truncated)"));
+                                        note(
+                                            &mut examples,
+                                            format!("line {lineno}: {name} {g} != {w} (truncated)"),
+                                        );
                                     }
                                     if g != w {
                                         value_diff += 1;
-                                        note(&mut examples, format!("line {lineno}: {name} {g} != {w} (value)"));
+                                        note(
+                                            &mut examples,
+                                            format!("line {lineno}: {name} {g} != {w} (value)"),
+                                        );
                                     } else if g.scale() != w.scale() {
                                         scale_diff += 1;
-                                        note(&mut examples, format!("line {lineno}: {name} {g} != {w} (scale)"));
+                                        note(
+                                            &mut examples,
+                                            format!("line {lineno}: {name} {g} != {w} (scale)"),
+                                        );
                                     }
                                 }
                                 _ => {
                                     trunc_diff += 1;
-                                    note(&mut examples, format!("line {lineno}: {name} {got:?} != {want:?}"));
+                                    note(
+                                        &mut examples,
+                                        format!("line {lineno}: {name} {got:?} != {want:?}"),
+                                    );
                                 }
                             }
                         }
@@ -1433,7 +1799,10 @@ mod tests {
                             let want = want.as_str().map(|s| s.parse::<f64>().unwrap());
                             if got.map(f64::to_bits) != want.map(f64::to_bits) {
                                 float_diff += 1;
-                                note(&mut examples, format!("line {lineno}: {name} {got:?} != {want:?}"));
+                                note(
+                                    &mut examples,
+                                    format!("line {lineno}: {name} {got:?} != {want:?}"),
+                                );
                             }
                         }
                     }
@@ -1441,10 +1810,13 @@ mod tests {
                 "div" => {
                     // float(Decimal(a) / Decimal(b)) for operands Dec holds exactly
                     let (ta, tb) = (v["a"].as_str().unwrap(), v["b"].as_str().unwrap());
-                    let (Some(a), Some(b)) = (parse_dec(ta), parse_dec(tb)) else { continue };
+                    let (Some(a), Some(b)) = (parse_dec(ta), parse_dec(tb)) else {
+                        continue;
+                    };
                     let sig = |t: &str| {
                         let mantissa = t.split(['e', 'E']).next().unwrap();
-                        let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+                        let digits: String =
+                            mantissa.chars().filter(char::is_ascii_digit).collect();
                         digits.trim_start_matches('0').len()
                     };
                     if sig(ta) > 28 || sig(tb) > 28 {
@@ -1455,7 +1827,10 @@ mod tests {
                     let got = py_div_to_f64(a, b);
                     if got.to_bits() != want.to_bits() {
                         float_diff += 1;
-                        note(&mut examples, format!("line {lineno}: {ta} / {tb}: {got:?} != {want:?}"));
+                        note(
+                            &mut examples,
+                            format!("line {lineno}: {ta} / {tb}: {got:?} != {want:?}"),
+                        );
                     }
                 }
                 _ => panic!("unknown op {op}"),
@@ -1470,7 +1845,10 @@ mod tests {
             eprintln!("  {e}");
         }
         if std::env::var_os("BARS_DIFF_REPORT_ONLY").is_none() {
-            assert_eq!((trunc_diff, value_diff, scale_diff, float_diff, other_diff), (0, 0, 0, 0, 0));
+            assert_eq!(
+                (trunc_diff, value_diff, scale_diff, float_diff, other_diff),
+                (0, 0, 0, 0, 0)
+            );
         }
     }
 }

@@ -16,18 +16,31 @@ pub use rust_decimal::Decimal as Dec;
 /// Parse an exchange's decimal text exactly ("0.00100000" keeps its scale).
 pub fn parse_dec(text: &str) -> Option<Dec> {
     // Python's Decimal accepts exponents ("1e-8"); exchanges send plain text, but be as lenient
-    text.parse::<Dec>().ok().or_else(|| Dec::from_scientific(text).ok())
+    text.parse::<Dec>()
+        .ok()
+        .or_else(|| Dec::from_scientific(text).ok())
 }
 
 /// A decimal as a Decimal(38, 18) column holds it: the value times 10^18, truncated toward
 /// zero (what the Python ClickHouse driver does with a Decimal).
-pub fn to_scaled_i128(value: Dec) -> i128 {
+/// None when it does not fit an i128 (never wrapped).
+pub fn to_scaled_i128(value: Dec) -> Option<i128> {
     let scale = value.scale();
     let mantissa = value.mantissa(); // value = mantissa / 10^scale
     if scale <= 18 {
-        mantissa * 10i128.pow(18 - scale)
+        mantissa.checked_mul(10i128.pow(18 - scale))
     } else {
-        mantissa / 10i128.pow(scale - 18)
+        Some(mantissa / 10i128.pow(scale - 18))
+    }
+}
+
+/// The largest decimal of this sign: where an exact result would overflow `Dec`, the
+/// analytics carry this instead of panicking, and its row is refused (`rows::RowError`).
+fn saturated(negative: bool) -> Dec {
+    if negative {
+        Dec::MIN
+    } else {
+        Dec::MAX
     }
 }
 
@@ -241,7 +254,7 @@ fn py_add_general(a: Dec, b: Dec) -> Dec {
             .filter(|&v| v < (1u128 << 96))
         {
             Some(v) => Dec::from_i128_with_scale(v as i128, 0),
-            None => return a + b,
+            None => return a.checked_add(b).unwrap_or_else(|| saturated(sum < 0)),
         }
     };
     d.set_sign_negative(sum < 0);
@@ -360,7 +373,10 @@ fn round28(negative: bool, magnitude: U192, scale: u32) -> Option<Dec> {
         return None;
     }
     let v = q as i128;
-    Some(Dec::from_i128_with_scale(if negative { -v } else { v }, scale as u32))
+    Some(Dec::from_i128_with_scale(
+        if negative { -v } else { v },
+        scale as u32,
+    ))
 }
 
 #[cold]
@@ -378,7 +394,9 @@ fn py_mul_slow(a: Dec, b: Dec, r: Dec) -> Dec {
 /// Python's `a * b`.
 #[inline]
 pub fn py_mul(a: Dec, b: Dec) -> Dec {
-    let r = a * b;
+    let Some(r) = a.checked_mul(b) else {
+        return saturated(a.is_sign_negative() != b.is_sign_negative());
+    };
     if fits_python(r, a.scale() + b.scale()) {
         r
     } else {
@@ -584,7 +602,11 @@ mod tests {
                 Dec::from_i128_with_scale(m, (next() % 29) as u32)
             };
             let (a, b) = (operand(), operand());
-            let (lo, hi) = if a.scale() <= b.scale() { (a, b) } else { (b, a) };
+            let (lo, hi) = if a.scale() <= b.scale() {
+                (a, b)
+            } else {
+                (b, a)
+            };
             let (got, want) = (py_add(a, b), py_add_general(lo, hi));
             assert!(
                 got == want
@@ -599,8 +621,11 @@ mod tests {
     fn keeps_scale_and_scales_for_clickhouse() {
         let d = parse_dec("0.00100000").unwrap();
         assert_eq!(d.to_string(), "0.00100000");
-        assert_eq!(to_scaled_i128(d), 1_000_000_000_000_000);
-        assert_eq!(to_scaled_i128(parse_dec("-1.5").unwrap()), -1_500_000_000_000_000_000);
+        assert_eq!(to_scaled_i128(d), Some(1_000_000_000_000_000));
+        assert_eq!(
+            to_scaled_i128(parse_dec("-1.5").unwrap()),
+            Some(-1_500_000_000_000_000_000)
+        );
         assert_eq!(parse_dec("1e-8").unwrap().to_string(), "0.00000001");
     }
 }

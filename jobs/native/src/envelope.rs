@@ -118,6 +118,32 @@ pub fn decode_envelope(data: &[u8]) -> Result<RawEnvelope<'_>, EnvelopeError> {
     })
 }
 
+/// A RawEnvelope as Avro binary (what the connectors' `schemas.codec.encode_envelope` writes):
+/// for tests and the fuzz campaign, which build frames the way the raw topic holds them.
+pub fn encode_envelope(env: &RawEnvelope<'_>) -> Vec<u8> {
+    fn long(out: &mut Vec<u8>, v: i64) {
+        let mut n = ((v << 1) ^ (v >> 63)) as u64;
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+        long(out, b.len() as i64);
+        out.extend_from_slice(b);
+    }
+    let mut out = Vec::with_capacity(64 + env.payload.len());
+    for s in [env.instrument, env.exchange, env.symbol, env.channel] {
+        bytes(&mut out, s.as_bytes());
+    }
+    long(&mut out, env.receive_time_ns);
+    bytes(&mut out, env.connection_id.as_bytes());
+    long(&mut out, env.connection_seq);
+    bytes(&mut out, env.payload);
+    out
+}
+
 /// The `instrument` field (the first) without decoding the whole record: `codec.envelope_instrument`
 /// (its own varint reader: at most 10 bytes, arbitrary-precision accumulator).
 pub fn envelope_instrument(data: &[u8]) -> Result<&str, EnvelopeError> {
@@ -137,7 +163,9 @@ pub fn envelope_instrument(data: &[u8]) -> Result<&str, EnvelopeError> {
         shift += 7;
     };
     if length < 0 || pos as i128 + length > data.len() as i128 {
-        return Err(EnvelopeError("RawEnvelope too short for its instrument field".into()));
+        return Err(EnvelopeError(
+            "RawEnvelope too short for its instrument field".into(),
+        ));
     }
     let bytes = &data[pos..pos + length as usize];
     std::str::from_utf8(bytes)
@@ -195,7 +223,11 @@ mod tests {
         assert_eq!(encode(&ENV), FASTAVRO);
         assert_eq!(decode_envelope(FASTAVRO).unwrap(), ENV);
         assert_eq!(envelope_instrument(FASTAVRO).unwrap(), "BTC-USD");
-        let neg = RawEnvelope { receive_time_ns: -3, connection_seq: i64::MIN, ..ENV };
+        let neg = RawEnvelope {
+            receive_time_ns: -3,
+            connection_seq: i64::MIN,
+            ..ENV
+        };
         assert_eq!(decode_envelope(&encode(&neg)).unwrap(), neg);
     }
 
@@ -229,10 +261,26 @@ mod tests {
         let head = b"\x0eBTC-USD\x10coinbase\x0eBTC-USD\ndepth".to_vec();
         let tail = b"\x04c1\n\x0e{\"a\":1}";
         let cases: [(&[u8], i64); 4] = [
-            (&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], i64::MIN),
-            (&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02], 0),
-            (&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02], 64),
-            (&[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], i64::MAX),
+            (
+                &[
+                    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+                ],
+                i64::MIN,
+            ),
+            (
+                &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02],
+                0,
+            ),
+            (
+                &[
+                    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02,
+                ],
+                64,
+            ),
+            (
+                &[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+                i64::MAX,
+            ),
         ];
         for (varint, want) in cases {
             let mut data = head.clone();

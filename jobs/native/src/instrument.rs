@@ -16,6 +16,7 @@ use crate::events::{BookId, BookStatus, Level, MarketEvent, ParseError, Trade};
 use crate::matching::{match_trade_owned, BookHistory, BookState, MatchedTrade};
 use crate::nbbo::{compute_nbbo, compute_nbbo_into, Nbbo, VenueTop};
 use crate::parse::parse_envelope;
+use crate::validate::Limits;
 
 /// Flink's watermark before the first one.
 pub const NO_WATERMARK: i64 = i64::MIN;
@@ -130,7 +131,13 @@ impl Outputs {
     }
 }
 
-type Top = (BookStatus, Option<Level>, Option<Level>, Option<Dec>, Option<Dec>);
+type Top = (
+    BookStatus,
+    Option<Level>,
+    Option<Level>,
+    Option<Dec>,
+    Option<Dec>,
+);
 
 #[derive(Serialize, Deserialize)]
 struct TrackedBook {
@@ -170,16 +177,25 @@ pub struct InstrumentBooks {
     /// the books' tops it is computed from (likewise)
     #[serde(skip)]
     tops: Vec<VenueTop>,
+    /// what a frame must satisfy to be applied: configuration, set again after a restore
+    #[serde(skip)]
+    limits: Limits,
 }
 
 fn position<T>(items: &[(BookId, T)], exchange: &str, symbol: &str) -> Option<usize> {
-    items.iter().position(|((e, s), _)| e == exchange && s == symbol)
+    items
+        .iter()
+        .position(|((e, s), _)| e == exchange && s == symbol)
 }
 
 impl InstrumentBooks {
     pub fn new(instrument: &str, quote: &str, rules: Rules) -> Self {
         let quote = if quote.is_empty() {
-            instrument.rsplit('-').next().unwrap_or(instrument).to_string()
+            instrument
+                .rsplit('-')
+                .next()
+                .unwrap_or(instrument)
+                .to_string()
         } else {
             quote.to_string()
         };
@@ -201,7 +217,13 @@ impl InstrumentBooks {
             input_ended: false,
             next_nbbo: None,
             tops: Vec::new(),
+            limits: Limits::default(),
         }
+    }
+
+    /// The limits frames are checked against (`validate`); not part of the state.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     fn book_instrument(&self, exchange: &str, symbol: &str) -> &str {
@@ -226,12 +248,16 @@ impl InstrumentBooks {
             ));
         }
         let events = parse_envelope(env)?;
+        self.limits.check(env, &events)?;
         let mut book_changed = false;
         for event in events {
             match event {
-                MarketEvent::Trade(trade) => self.on_trade(trade, env.instrument, watermark_ms, out),
+                MarketEvent::Trade(trade) => {
+                    self.on_trade(trade, env.instrument, watermark_ms, out)
+                }
                 other => {
-                    book_changed |= self.on_book_event(env.exchange, env.symbol, other, out, watermark_ms)?
+                    book_changed |=
+                        self.on_book_event(env.exchange, env.symbol, other, out, watermark_ms)?
                 }
             }
         }
@@ -245,7 +271,11 @@ impl InstrumentBooks {
     // --- trades, matching, bars ---------------------------------------------------------
 
     fn on_trade(&mut self, trade: Trade, instrument: &str, watermark_ms: i64, out: &mut Outputs) {
-        let key = (trade.exchange.clone(), trade.symbol.clone(), trade.trade_id.clone());
+        let key = (
+            trade.exchange.clone(),
+            trade.symbol.clone(),
+            trade.trade_id.clone(),
+        );
         if self.seen.contains_key(&key) {
             out.duplicate_trades += 1;
             return;
@@ -304,7 +334,11 @@ impl InstrumentBooks {
             return;
         }
         self.watermark_ms = watermark_ms;
-        while self.pending.front().is_some_and(|t| t.trade_time_ms <= watermark_ms) {
+        while self
+            .pending
+            .front()
+            .is_some_and(|t| t.trade_time_ms <= watermark_ms)
+        {
             let trade = self.pending.pop_front().unwrap();
             let matched = self.match_trade(&trade);
             out.matched.push(matched);
@@ -319,7 +353,10 @@ impl InstrumentBooks {
 
     /// The latest event time seen: a book message or a trade.
     fn latest_event_ms(&self) -> i64 {
-        let books = self.books.iter().map(|(_, t)| t.last_receive_time_ns.div_euclid(1_000_000));
+        let books = self
+            .books
+            .iter()
+            .map(|(_, t)| t.last_receive_time_ns.div_euclid(1_000_000));
         let trades = self.pending.iter().map(|t| t.trade_time_ms);
         books.chain(trades).max().unwrap_or(NO_WATERMARK)
     }
@@ -363,7 +400,12 @@ impl InstrumentBooks {
                 });
             }
         }
-        let nbbo = compute_nbbo(&self.instrument, &self.quote, &tops, self.rules.nbbo_stale_after_ms);
+        let nbbo = compute_nbbo(
+            &self.instrument,
+            &self.quote,
+            &tops,
+            self.rules.nbbo_stale_after_ms,
+        );
         let instrument = self.book_instrument(&trade.exchange, &trade.symbol);
         match_trade_owned(trade, instrument, own, Some(nbbo))
     }
@@ -376,7 +418,10 @@ impl InstrumentBooks {
         for (i, ((exchange, symbol), tracked)) in self.books.iter().enumerate() {
             let (status, version) = (tracked.engine.status, tracked.engine.version());
             let age_ms = now_ms - tracked.last_receive_time_ns.div_euclid(1_000_000);
-            let (bid, ask) = (tracked.engine.book.best_bid(), tracked.engine.book.best_ask());
+            let (bid, ask) = (
+                tracked.engine.book.best_bid(),
+                tracked.engine.book.best_ask(),
+            );
             match tops.get_mut(i) {
                 Some(top) if top.exchange == *exchange && top.symbol == *symbol => {
                     (top.status, top.version, top.age_ms, top.bid, top.ask) =
@@ -385,7 +430,15 @@ impl InstrumentBooks {
                 _ => {
                     tops.truncate(i);
                     let (exchange, symbol) = (exchange.clone(), symbol.clone());
-                    tops.push(VenueTop { exchange, symbol, status, version, age_ms, bid, ask });
+                    tops.push(VenueTop {
+                        exchange,
+                        symbol,
+                        status,
+                        version,
+                        age_ms,
+                        bid,
+                        ask,
+                    });
                 }
             }
         }
@@ -396,7 +449,12 @@ impl InstrumentBooks {
                 compute_nbbo_into(next, &self.instrument, &self.quote, tops, stale_after_ms);
                 next
             }
-            None => self.next_nbbo.insert(compute_nbbo(&self.instrument, &self.quote, tops, stale_after_ms)),
+            None => self.next_nbbo.insert(compute_nbbo(
+                &self.instrument,
+                &self.quote,
+                tops,
+                stale_after_ms,
+            )),
         };
         if let Some(last) = &self.nbbo {
             if nbbo.quote_key() == last.quote_key() {
@@ -432,8 +490,11 @@ impl InstrumentBooks {
         let index = match position(&self.books, exchange, symbol) {
             Some(i) => i,
             None => {
-                let engine = SyncedBook::new(exchange, self.rules.max_levels, self.rules.max_buffered)
-                    .ok_or_else(|| ParseError(format!("no book engine for exchange '{exchange}'")))?;
+                let engine =
+                    SyncedBook::new(exchange, self.rules.max_levels, self.rules.max_buffered)
+                        .ok_or_else(|| {
+                            ParseError(format!("no book engine for exchange '{exchange}'"))
+                        })?;
                 self.books.push((
                     (exchange.to_string(), symbol.to_string()),
                     TrackedBook {
@@ -452,10 +513,16 @@ impl InstrumentBooks {
         let tracked = &mut self.books[index].1;
         let was = tracked.engine.status;
         let (outcome, event_time_ms, receive_time_ns) = match event {
-            MarketEvent::Snapshot(snap) => {
-                (tracked.engine.on_snapshot(&snap), Some(snap.event_time_ms), snap.receive_time_ns)
-            }
-            MarketEvent::SyncLost(lost) => (tracked.engine.on_sync_lost(&lost), None, lost.receive_time_ns),
+            MarketEvent::Snapshot(snap) => (
+                tracked.engine.on_snapshot(&snap),
+                Some(snap.event_time_ms),
+                snap.receive_time_ns,
+            ),
+            MarketEvent::SyncLost(lost) => (
+                tracked.engine.on_sync_lost(&lost),
+                None,
+                lost.receive_time_ns,
+            ),
             MarketEvent::Delta(delta) => {
                 let (t, r) = (delta.event_time_ms, delta.receive_time_ns);
                 (tracked.engine.on_delta(delta), Some(t), r)
@@ -467,22 +534,30 @@ impl InstrumentBooks {
         }
         tracked.last_receive_time_ns = receive_time_ns;
         if outcome.needs_resync() {
-            out.resyncs.push(((exchange.to_string(), symbol.to_string()), tracked.engine.reason.clone()));
+            out.resyncs.push((
+                (exchange.to_string(), symbol.to_string()),
+                tracked.engine.reason.clone(),
+            ));
             if outcome == Outcome::ChecksumMismatch {
                 out.checksum_failures += 1;
             } else {
                 out.gaps += 1;
             }
         }
-        if matches!(outcome, Outcome::Ignored | Outcome::Buffered | Outcome::SnapshotTooOld)
-            && tracked.engine.status == was
+        if matches!(
+            outcome,
+            Outcome::Ignored | Outcome::Buffered | Outcome::SnapshotTooOld
+        ) && tracked.engine.status == was
         {
             return Ok(false);
         }
         tracked.stale = false;
         let view = Rc::new(self.view(index, 0));
         out.book_views.push(Rc::clone(&view));
-        out.views_time_ms = Some(out.views_time_ms.map_or(view.time_ms(), |t| t.max(view.time_ms())));
+        out.views_time_ms = Some(
+            out.views_time_ms
+                .map_or(view.time_ms(), |t| t.max(view.time_ms())),
+        );
         self.record_state(&view, out, watermark_ms);
         let tracked = &mut self.books[index].1;
         let top: Top = (
@@ -493,7 +568,9 @@ impl InstrumentBooks {
             view.ask_depth,
         );
         let snapshot_due = if view.status == BookStatus::Live && tracked.last_event_time_ms != 0 {
-            let bucket = tracked.last_event_time_ms.div_euclid(self.rules.snapshot_interval_ms);
+            let bucket = tracked
+                .last_event_time_ms
+                .div_euclid(self.rules.snapshot_interval_ms);
             let due = bucket != tracked.snapshot_bucket;
             tracked.snapshot_bucket = bucket;
             due
@@ -524,7 +601,10 @@ impl InstrumentBooks {
         for index in 0..self.books.len() {
             let tracked = &mut self.books[index].1;
             let silent_ms = now_ms - tracked.last_receive_time_ns.div_euclid(1_000_000);
-            if tracked.engine.status == BookStatus::Live && !tracked.stale && silent_ms > stale_after_ms {
+            if tracked.engine.status == BookStatus::Live
+                && !tracked.stale
+                && silent_ms > stale_after_ms
+            {
                 tracked.stale = true;
                 views.push(self.view(index, now_ms));
             }
@@ -548,7 +628,10 @@ impl InstrumentBooks {
             } else if now_ms - tracked.resync_requested_ms >= retry_ms {
                 tracked.resync_requested_ms = now_ms;
                 let engine = &tracked.engine;
-                due.push((book_id.clone(), format!("still {}: {}", engine.status.as_str(), engine.reason)));
+                due.push((
+                    book_id.clone(),
+                    format!("still {}: {}", engine.status.as_str(), engine.reason),
+                ));
             }
         }
         (due, started)
@@ -563,13 +646,19 @@ impl InstrumentBooks {
 
     /// Books not LIVE or STALE.
     pub fn books_not_live(&self) -> usize {
-        self.books.iter().filter(|(_, t)| t.engine.status != BookStatus::Live || t.stale).count()
+        self.books
+            .iter()
+            .filter(|(_, t)| t.engine.status != BookStatus::Live || t.stale)
+            .count()
     }
 
     /// The views of the books that are not STALE (published again after a restore: the
     /// writes queued before a checkpoint may not have reached Redis).
     pub fn fresh_views(&self) -> Vec<BookView> {
-        (0..self.books.len()).filter(|&i| !self.books[i].1.stale).map(|i| self.view(i, 0)).collect()
+        (0..self.books.len())
+            .filter(|&i| !self.books[i].1.stale)
+            .map(|i| self.view(i, 0))
+            .collect()
     }
 
     /// A new state of a book: into its history (for matching) and the bars.
@@ -599,7 +688,10 @@ impl InstrumentBooks {
         let index = match position(&self.history, &view.exchange, &view.symbol) {
             Some(i) => i,
             None => {
-                self.history.push(((view.exchange.clone(), view.symbol.clone()), BookHistory::new()));
+                self.history.push((
+                    (view.exchange.clone(), view.symbol.clone()),
+                    BookHistory::new(),
+                ));
                 self.history.len() - 1
             }
         };
@@ -608,11 +700,16 @@ impl InstrumentBooks {
             (Some(bid_depth), Some(ask_depth)) => {
                 let (bid, bid_size) = view.bids[0];
                 let (ask, ask_size) = view.asks[0];
-                Some(BookSample { touch: (bid, bid_size, ask, ask_size), bid_depth, ask_depth })
+                Some(BookSample {
+                    touch: (bid, bid_size, ask, ask_size),
+                    bid_depth,
+                    ask_depth,
+                })
             }
             _ => None,
         };
-        self.bars.on_book_of(&view.exchange, &view.symbol, time_ms, sample);
+        self.bars
+            .on_book_of(&view.exchange, &view.symbol, time_ms, sample);
     }
 
     /// A book's view; `now_ms` (processing time) words a STALE book's reason.
@@ -630,7 +727,11 @@ impl InstrumentBooks {
         } else {
             (engine.status, engine.reason.clone())
         };
-        let (bids, asks) = if live { engine.book.top(self.rules.top_n) } else { (Vec::new(), Vec::new()) };
+        let (bids, asks) = if live {
+            engine.book.top(self.rules.top_n)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let (bid_depth, ask_depth) = if !bids.is_empty() && !asks.is_empty() {
             let (b, a) = engine.book.depth_within_bps(self.rules.depth_band_bps);
             (Some(b), Some(a))

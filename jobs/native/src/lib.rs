@@ -18,3 +18,4 @@ mod python;
 pub mod rows;
 pub mod state;
 pub mod stream;
+pub mod validate;

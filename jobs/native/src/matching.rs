@@ -13,7 +13,6 @@
 //! division rounds them (`py_div`), and the float is the correctly rounded value of that
 //! rounded quotient times 10 000, as Python's `float(Decimal)` gives it.
 
-
 use serde::{Deserialize, Serialize};
 
 use crate::dec::{py_add, py_div, py_sub, Dec};
@@ -1023,7 +1022,10 @@ mod tests {
             );
             if let (Some(slip), Some(mid), Some(want)) = (m.slippage_mid, m.mid, want_bps) {
                 // what plain rust_decimal arithmetic would give
-                let naive: f64 = (slip / mid * Dec::from(10_000)).to_string().parse().unwrap();
+                let naive: f64 = (slip / mid * Dec::from(10_000))
+                    .to_string()
+                    .parse()
+                    .unwrap();
                 if naive.to_bits() != want.to_bits() {
                     self.naive_bps_diff += 1;
                 }

@@ -6,11 +6,15 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::envelope::{decode_envelope, envelope_instrument};
+use crate::events::ParseError;
 use crate::instrument::{InstrumentBooks, Outputs, Rules, END_OF_INPUT, NO_WATERMARK};
 use crate::nbbo::{group_quote, nbbo_group};
-use crate::rows::{TableRows, TABLES};
+use crate::rows::{RowError, TableRows, TABLES};
+use crate::stream::panic_text;
+use crate::validate::Limits;
 
 /// A record that goes to the dead-letter topic: why, its bytes, and whether its envelope
 /// decoded (the caller then adds the envelope's fields to the letter).
@@ -55,6 +59,8 @@ pub struct PartitionBooks {
     pub dead_letters: Vec<DeadLetter>,
     pub counts: Counts,
     out: Outputs,
+    /// what every frame must satisfy (`validate`)
+    pub limits: Limits,
 }
 
 impl PartitionBooks {
@@ -78,6 +84,7 @@ impl PartitionBooks {
             tables: TABLES.iter().map(|_| TableRows::default()).collect(),
             dead_letters: Vec::new(),
             counts: Counts::default(),
+            limits: Limits::default(),
             out: Outputs::default(),
         }
     }
@@ -134,7 +141,9 @@ impl PartitionBooks {
     }
 
     fn schedule(&mut self, key: &str) {
-        let Some(books) = self.books.get(key) else { return };
+        let Some(books) = self.books.get(key) else {
+            return;
+        };
         if let Some(due) = books.next_event_time_ms() {
             if due < *self.timer_of.get(key).unwrap_or(&END_OF_INPUT) {
                 self.timer_of.insert(key.to_string(), due);
@@ -163,10 +172,28 @@ impl PartitionBooks {
     fn advance(&mut self, key: &str, watermark_ms: i64) {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        let books = self.books.get_mut(key).expect("an advanced instrument has books");
-        books.advance(watermark_ms, &mut out);
-        self.take(&out, None);
+        let books = self
+            .books
+            .get_mut(key)
+            .expect("an advanced instrument has books");
+        let refused = match catch_unwind(AssertUnwindSafe(|| books.advance(watermark_ms, &mut out)))
+        {
+            Ok(()) => self.take(&out, None),
+            Err(panic) => vec![format!(
+                "internal error advancing to {watermark_ms}: {}",
+                panic_text(&*panic)
+            )],
+        };
         self.out = out;
+        for reason in refused {
+            self.counts.dead_letters += 1;
+            // no frame to name: the letter carries the reason alone
+            self.dead_letters.push(DeadLetter {
+                reason: format!("{key}: {reason}"),
+                value: Vec::new(),
+                envelope_ok: false,
+            });
+        }
     }
 
     fn process(&mut self, value: &[u8]) {
@@ -185,16 +212,36 @@ impl PartitionBooks {
         let key = self.group(env.instrument);
         if !self.books.contains_key(&key) {
             let quote = group_quote(&key, &self.equivalents);
-            self.books.insert(key.clone(), InstrumentBooks::new(&key, &quote, self.rules.clone()));
+            let mut books = InstrumentBooks::new(&key, &quote, self.rules.clone());
+            books.set_limits(self.limits);
+            self.books.insert(key.clone(), books);
         }
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         let books = self.books.get_mut(&key).unwrap();
-        match books.process(&env, self.watermark_ms, &mut out) {
+        let watermark_ms = self.watermark_ms;
+        let processed = catch_unwind(AssertUnwindSafe(|| {
+            books.process(&env, watermark_ms, &mut out)
+        }))
+        .unwrap_or_else(|panic| {
+            Err(ParseError(format!(
+                "internal error: {}",
+                panic_text(&*panic)
+            )))
+        });
+        match processed {
             Ok(()) => {
-                self.take(&out, Some(env.instrument));
+                let refused = self.take(&out, Some(env.instrument));
                 self.out = out;
                 self.schedule(&key);
+                for reason in refused {
+                    self.counts.dead_letters += 1;
+                    self.dead_letters.push(DeadLetter {
+                        reason,
+                        value: value.to_vec(),
+                        envelope_ok: true,
+                    });
+                }
             }
             Err(err) => {
                 self.out = out;
@@ -209,41 +256,60 @@ impl PartitionBooks {
     }
 
     /// Rows of what a frame (its own instrument given) or a watermark advance produced.
-    fn take(&mut self, out: &Outputs, instrument: Option<&str>) {
+    fn take(&mut self, out: &Outputs, instrument: Option<&str>) -> Vec<String> {
         let [trades, snapshots, tops, nbbo, matched, bars, late] = &mut self.tables[..] else {
             unreachable!("one TableRows per table")
         };
-        let before = trades.rows + snapshots.rows + tops.rows + nbbo.rows + matched.rows + bars.rows + late.rows;
+        let mut refused: Vec<String> = Vec::new();
+        let mut row = |table: &str, result: Result<(), RowError>| {
+            if let Err(err) = result {
+                refused.push(format!("row of {table} refused: {}", err.0));
+            }
+        };
+        let before = trades.rows
+            + snapshots.rows
+            + tops.rows
+            + nbbo.rows
+            + matched.rows
+            + bars.rows
+            + late.rows;
         if let Some(instrument) = instrument {
             for trade in &out.trades {
-                trades.trade(trade, instrument, true);
+                row("trades", trades.trade(trade, instrument, true));
             }
             for trade in &out.late_trades {
-                trades.trade(trade, instrument, false);
+                row("trades", trades.trade(trade, instrument, false));
             }
             for view in &out.snapshots {
-                snapshots.snapshot(view);
+                row("book_snapshots", snapshots.snapshot(view));
             }
             for view in &out.top_changes {
-                tops.top_of_book(view);
+                row("top_of_book", tops.top_of_book(view));
             }
         }
         for update in &out.nbbo {
-            nbbo.nbbo(update);
+            row("nbbo", nbbo.nbbo(update));
         }
         for m in &out.matched {
-            matched.matched(m);
+            row("matched_trades", matched.matched(m));
         }
         for bar in &out.bars {
-            bars.bar(bar);
+            row("bars", bars.bar(bar));
         }
         for event in &out.late {
-            late.late(event);
+            row("late_events", late.late(event));
         }
-        let after = trades.rows + snapshots.rows + tops.rows + nbbo.rows + matched.rows + bars.rows + late.rows;
+        let after = trades.rows
+            + snapshots.rows
+            + tops.rows
+            + nbbo.rows
+            + matched.rows
+            + bars.rows
+            + late.rows;
         self.counts.rows += after - before;
         self.counts.late += out.late.len() as u64;
         self.counts.duplicate_trades += out.duplicate_trades;
+        refused
     }
 
     /// The input ended: what the job's last watermark makes final.

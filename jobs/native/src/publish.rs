@@ -136,8 +136,20 @@ pub fn push_utc_date(out: &mut String, ms: i64) {
     let year = yoe + era * 400 + i64::from(month <= 2);
     if (0..10_000).contains(&year) {
         let digit = |n: i64| char::from(b'0' + n as u8);
-        out.extend([digit(year / 1000), digit(year / 100 % 10), digit(year / 10 % 10), digit(year % 10)]);
-        out.extend(['-', digit(month / 10), digit(month % 10), '-', digit(day / 10), digit(day % 10)]);
+        out.extend([
+            digit(year / 1000),
+            digit(year / 100 % 10),
+            digit(year / 10 % 10),
+            digit(year % 10),
+        ]);
+        out.extend([
+            '-',
+            digit(month / 10),
+            digit(month % 10),
+            '-',
+            digit(day / 10),
+            digit(day % 10),
+        ]);
     } else {
         let _ = write!(out, "{year:04}-{month:02}-{day:02}");
     }
@@ -281,7 +293,9 @@ pub fn push_orjson_str(out: &mut String, s: &str) {
 /// ASCII escaped as \uXXXX (lowercase hex; surrogate pairs beyond the BMP).
 pub fn push_ascii_json_str(out: &mut String, s: &str) {
     out.push('"');
-    if s.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\') {
+    if s.bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    {
         out.push_str(s);
         out.push('"');
         return;

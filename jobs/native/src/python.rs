@@ -10,6 +10,7 @@ use crate::instrument::Rules;
 use crate::partition::{PartitionBooks, Selection};
 use crate::rows::TABLES;
 use crate::stream::{LiveRules, StreamBooks, OUTPUTS};
+use crate::validate::Limits;
 
 #[pyclass(module = "tickflow_native", unsendable)]
 struct NativePartition {
@@ -21,7 +22,8 @@ impl NativePartition {
     #[new]
     #[pyo3(signature = (*, top_n, snapshot_interval_ms, max_levels, max_buffered,
         nbbo_stale_after_ms, bar_intervals_ms, depth_band_bps, trade_dedup_ms,
-        quote_equivalents, out_of_orderness_ms, only, others))]
+        quote_equivalents, out_of_orderness_ms, only, others,
+        max_event_ahead_ms=None, max_event_behind_ms=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         top_n: usize,
@@ -36,6 +38,8 @@ impl NativePartition {
         out_of_orderness_ms: i64,
         only: Vec<String>,
         others: Vec<String>,
+        max_event_ahead_ms: Option<i64>,
+        max_event_behind_ms: Option<i64>,
     ) -> PyResult<Self> {
         let rules = rules(
             top_n,
@@ -48,15 +52,21 @@ impl NativePartition {
             trade_dedup_ms,
         )?;
         let selection = Selection { only, others };
-        Ok(NativePartition {
-            inner: PartitionBooks::new(rules, quote_equivalents, out_of_orderness_ms, selection),
-        })
+        let mut inner =
+            PartitionBooks::new(rules, quote_equivalents, out_of_orderness_ms, selection);
+        inner.limits = Limits {
+            max_event_ahead_ms,
+            max_event_behind_ms,
+        };
+        Ok(NativePartition { inner })
     }
 
     /// Records in offset order: their values (bytes) and Kafka timestamps (ms).
     fn feed_batch(&mut self, values: &Bound<'_, PyList>, timestamps: Vec<i64>) -> PyResult<()> {
         if values.len() != timestamps.len() {
-            return Err(PyValueError::new_err("values and timestamps must be parallel"));
+            return Err(PyValueError::new_err(
+                "values and timestamps must be parallel",
+            ));
         }
         for (value, timestamp) in values.iter().zip(timestamps) {
             let value = value.downcast::<PyBytes>()?;
@@ -72,7 +82,11 @@ impl NativePartition {
 
     /// `(table, RowBinary bytes, rows)` of each table holding at least `min_rows` rows (all
     /// non-empty ones with 0); taken, so the next call returns only newer rows.
-    fn take_tables<'py>(&mut self, py: Python<'py>, min_rows: u64) -> Vec<(&'static str, Bound<'py, PyBytes>, u64)> {
+    fn take_tables<'py>(
+        &mut self,
+        py: Python<'py>,
+        min_rows: u64,
+    ) -> Vec<(&'static str, Bound<'py, PyBytes>, u64)> {
         let mut taken = Vec::new();
         for (table, rows) in TABLES.iter().zip(self.inner.tables.iter_mut()) {
             if rows.rows > 0 && rows.rows >= min_rows {
@@ -85,7 +99,10 @@ impl NativePartition {
     }
 
     /// `(reason, record bytes, envelope decoded)` of each record to dead-letter; taken.
-    fn take_dead_letters<'py>(&mut self, py: Python<'py>) -> Vec<(String, Bound<'py, PyBytes>, bool)> {
+    fn take_dead_letters<'py>(
+        &mut self,
+        py: Python<'py>,
+    ) -> Vec<(String, Bound<'py, PyBytes>, bool)> {
         self.inner
             .dead_letters
             .drain(..)
@@ -123,7 +140,8 @@ impl NativeStream {
     #[new]
     #[pyo3(signature = (*, top_n, snapshot_interval_ms, max_levels, max_buffered,
         nbbo_stale_after_ms, bar_intervals_ms, depth_band_bps, trade_dedup_ms,
-        quote_equivalents, stale_after_ms, resync_retry_ms, redis_prefix))]
+        quote_equivalents, stale_after_ms, resync_retry_ms, redis_prefix,
+        max_event_ahead_ms=None, max_event_behind_ms=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         top_n: usize,
@@ -138,6 +156,8 @@ impl NativeStream {
         stale_after_ms: i64,
         resync_retry_ms: i64,
         redis_prefix: String,
+        max_event_ahead_ms: Option<i64>,
+        max_event_behind_ms: Option<i64>,
     ) -> PyResult<Self> {
         let rules = rules(
             top_n,
@@ -149,8 +169,17 @@ impl NativeStream {
             depth_band_bps,
             trade_dedup_ms,
         )?;
-        let live = LiveRules { stale_after_ms, resync_retry_ms, redis_prefix };
-        Ok(NativeStream { inner: StreamBooks::new(rules, live, quote_equivalents) })
+        let live = LiveRules {
+            stale_after_ms,
+            resync_retry_ms,
+            redis_prefix,
+        };
+        let mut inner = StreamBooks::new(rules, live, quote_equivalents);
+        inner.set_limits(Limits {
+            max_event_ahead_ms,
+            max_event_behind_ms,
+        });
+        Ok(NativeStream { inner })
     }
 
     fn has(&self, key: &str) -> bool {
@@ -158,16 +187,28 @@ impl NativeStream {
     }
 
     fn snapshot<'py>(&self, py: Python<'py>, key: &str) -> Option<Bound<'py, PyBytes>> {
-        self.inner.snapshot(key).map(|state| PyBytes::new(py, &state))
+        self.inner
+            .snapshot(key)
+            .map(|state| PyBytes::new(py, &state))
     }
 
     fn restore(&mut self, key: &str, state: &[u8]) -> PyResult<()> {
-        self.inner.restore(key, state).map_err(PyValueError::new_err)
+        self.inner
+            .restore(key, state)
+            .map_err(PyValueError::new_err)
     }
 
     /// One frame bundle of instrument `key`; True when the state must be persisted now.
-    fn process_bundle(&mut self, key: &str, bundle: &[u8], watermark_ms: i64, now_ms: i64) -> PyResult<bool> {
-        self.inner.process_bundle(key, bundle, watermark_ms, now_ms).map_err(|e| PyValueError::new_err(e.0))
+    fn process_bundle(
+        &mut self,
+        key: &str,
+        bundle: &[u8],
+        watermark_ms: i64,
+        now_ms: i64,
+    ) -> PyResult<bool> {
+        self.inner
+            .process_bundle(key, bundle, watermark_ms, now_ms)
+            .map_err(|e| PyValueError::new_err(e.0))
     }
 
     fn advance(&mut self, key: &str, watermark_ms: i64) {
@@ -207,7 +248,13 @@ impl NativeStream {
         self.inner
             .take_redis(publish_time_ns)
             .into_iter()
-            .map(|(nbbo, keys, args)| (nbbo, keys, args.iter().map(|a| PyBytes::new(py, a)).collect()))
+            .map(|(nbbo, keys, args)| {
+                (
+                    nbbo,
+                    keys,
+                    args.iter().map(|a| PyBytes::new(py, a)).collect(),
+                )
+            })
             .collect()
     }
 
@@ -250,8 +297,11 @@ fn rules(
     if snapshot_interval_ms <= 0 {
         return Err(PyValueError::new_err("snapshot_interval_ms must be > 0"));
     }
-    let depth_band_bps = parse_dec(depth_band_bps)
-        .ok_or_else(|| PyValueError::new_err(format!("depth_band_bps {depth_band_bps:?} is not a decimal")))?;
+    let depth_band_bps = parse_dec(depth_band_bps).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "depth_band_bps {depth_band_bps:?} is not a decimal"
+        ))
+    })?;
     Ok(Rules {
         top_n,
         snapshot_interval_ms,

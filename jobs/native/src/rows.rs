@@ -12,8 +12,15 @@ use crate::events::{Side, Trade};
 use crate::instrument::{BookView, LateEvent, NbboUpdate};
 use crate::matching::MatchedTrade;
 
-pub const TABLES: [&str; 7] =
-    ["trades", "book_snapshots", "top_of_book", "nbbo", "matched_trades", "bars", "late_events"];
+pub const TABLES: [&str; 7] = [
+    "trades",
+    "book_snapshots",
+    "top_of_book",
+    "nbbo",
+    "matched_trades",
+    "bars",
+    "late_events",
+];
 
 /// One table's rows not yet inserted.
 #[derive(Default)]
@@ -22,11 +29,26 @@ pub struct TableRows {
     pub rows: u64,
 }
 
-struct W<'a>(&'a mut Vec<u8>);
+/// A row that cannot be stored: a value outside its column's type (the row is not written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError(pub String);
+
+/// The largest |value * 10^18| a Decimal(38, 18) column holds.
+const MAX_SCALED: i128 = 10i128.pow(38) - 1;
+
+/// A row being written; `.1` names the type of the first column whose value does not fit.
+struct W<'a>(&'a mut Vec<u8>, Option<&'static str>);
 
 impl W<'_> {
+    fn fail(&mut self, column_type: &'static str) {
+        self.1.get_or_insert(column_type);
+    }
     fn date(&mut self, ms: i64) {
-        self.0.extend_from_slice(&(ms.div_euclid(86_400_000) as u16).to_le_bytes());
+        let days = ms.div_euclid(86_400_000);
+        if !(0..=i64::from(u16::MAX)).contains(&days) {
+            self.fail("Date");
+        }
+        self.0.extend_from_slice(&(days as u16).to_le_bytes());
     }
     fn u8(&mut self, v: u8) {
         self.0.push(v);
@@ -38,6 +60,9 @@ impl W<'_> {
         self.0.extend_from_slice(&(v as u32).to_le_bytes());
     }
     fn u64(&mut self, v: i64) {
+        if v < 0 {
+            self.fail("UInt64");
+        }
         self.0.extend_from_slice(&(v as u64).to_le_bytes());
     }
     fn len(&mut self, mut n: usize) {
@@ -56,7 +81,14 @@ impl W<'_> {
         self.0.extend_from_slice(s.as_bytes());
     }
     fn dec(&mut self, v: Dec) {
-        self.0.extend_from_slice(&to_scaled_i128(v).to_le_bytes());
+        let scaled = match to_scaled_i128(v) {
+            Some(x) if x.abs() <= MAX_SCALED => x,
+            _ => {
+                self.fail("Decimal(38, 18)");
+                0
+            }
+        };
+        self.0.extend_from_slice(&scaled.to_le_bytes());
     }
     fn opt_dec(&mut self, v: Option<Dec>) {
         match v {
@@ -97,8 +129,25 @@ impl W<'_> {
 }
 
 impl TableRows {
-    pub fn trade(&mut self, t: &Trade, instrument: &str, on_time: bool) {
-        let mut w = W(&mut self.data);
+    /// Count the row written from `start`, or take it back if a value did not fit.
+    fn finish(&mut self, start: usize, bad: Option<&'static str>) -> Result<(), RowError> {
+        match bad {
+            None => {
+                self.rows += 1;
+                Ok(())
+            }
+            Some(column_type) => {
+                self.data.truncate(start);
+                Err(RowError(format!(
+                    "a value does not fit its {column_type} column"
+                )))
+            }
+        }
+    }
+
+    pub fn trade(&mut self, t: &Trade, instrument: &str, on_time: bool) -> Result<(), RowError> {
+        let start = self.data.len();
+        let mut w = W(&mut self.data, None);
         w.date(t.trade_time_ms);
         w.str(&t.exchange);
         w.str(&t.symbol);
@@ -111,11 +160,13 @@ impl TableRows {
         w.u64(t.event_time_ms);
         w.u64(t.receive_time_ns);
         w.u8(on_time as u8);
-        self.rows += 1;
+        let bad = w.1;
+        self.finish(start, bad)
     }
 
-    pub fn snapshot(&mut self, v: &BookView) {
-        let mut w = W(&mut self.data);
+    pub fn snapshot(&mut self, v: &BookView) -> Result<(), RowError> {
+        let start = self.data.len();
+        let mut w = W(&mut self.data, None);
         w.date(v.event_time_ms);
         w.str(&v.exchange);
         w.str(&v.symbol);
@@ -127,11 +178,13 @@ impl TableRows {
         w.decs(v.asks.len(), v.asks.iter().map(|(p, _)| p));
         w.decs(v.asks.len(), v.asks.iter().map(|(_, s)| s));
         w.u64(v.receive_time_ns);
-        self.rows += 1;
+        let bad = w.1;
+        self.finish(start, bad)
     }
 
-    pub fn top_of_book(&mut self, v: &BookView) {
-        let mut w = W(&mut self.data);
+    pub fn top_of_book(&mut self, v: &BookView) -> Result<(), RowError> {
+        let start = self.data.len();
+        let mut w = W(&mut self.data, None);
         let time_ms = v.time_ms();
         w.date(time_ms);
         w.str(&v.exchange);
@@ -150,12 +203,14 @@ impl TableRows {
         w.opt_dec(v.bid_depth);
         w.opt_dec(v.ask_depth);
         w.u64(v.receive_time_ns);
-        self.rows += 1;
+        let bad = w.1;
+        self.finish(start, bad)
     }
 
-    pub fn nbbo(&mut self, u: &NbboUpdate) {
+    pub fn nbbo(&mut self, u: &NbboUpdate) -> Result<(), RowError> {
         let n = &u.nbbo;
-        let mut w = W(&mut self.data);
+        let start = self.data.len();
+        let mut w = W(&mut self.data, None);
         w.date(u.event_time_ms);
         w.str(&n.instrument);
         w.str(&n.quote);
@@ -177,13 +232,15 @@ impl TableRows {
         }
         w.strs(&n.excluded);
         w.strs(&n.excluded_reasons);
-        self.rows += 1;
+        let bad = w.1;
+        self.finish(start, bad)
     }
 
-    pub fn matched(&mut self, m: &MatchedTrade) {
+    pub fn matched(&mut self, m: &MatchedTrade) -> Result<(), RowError> {
         let t = &m.trade;
         let nbbo = m.nbbo.as_ref();
-        let mut w = W(&mut self.data);
+        let start = self.data.len();
+        let mut w = W(&mut self.data, None);
         w.date(t.trade_time_ms);
         w.str(&t.exchange);
         w.str(&t.symbol);
@@ -224,11 +281,13 @@ impl TableRows {
         w.opt_dec(m.slippage_nbbo);
         w.u8(m.trade_through as u8);
         w.u64(t.receive_time_ns);
-        self.rows += 1;
+        let bad = w.1;
+        self.finish(start, bad)
     }
 
-    pub fn bar(&mut self, b: &Bar) {
-        let mut w = W(&mut self.data);
+    pub fn bar(&mut self, b: &Bar) -> Result<(), RowError> {
+        let start = self.data.len();
+        let mut w = W(&mut self.data, None);
         w.date(b.window_start_ms);
         w.str(&b.instrument);
         w.str(&b.venue);
@@ -249,11 +308,13 @@ impl TableRows {
         w.opt_f64(b.twa_bid_depth);
         w.opt_f64(b.twa_ask_depth);
         w.dec(b.ofi);
-        self.rows += 1;
+        let bad = w.1;
+        self.finish(start, bad)
     }
 
-    pub fn late(&mut self, e: &LateEvent) {
-        let mut w = W(&mut self.data);
+    pub fn late(&mut self, e: &LateEvent) -> Result<(), RowError> {
+        let start = self.data.len();
+        let mut w = W(&mut self.data, None);
         w.date(e.event_time_ms);
         w.str(&e.instrument);
         w.str(&e.exchange);
@@ -264,7 +325,8 @@ impl TableRows {
         w.u64(e.watermark_ms);
         w.u64(e.watermark_ms - e.event_time_ms);
         w.u64(e.receive_time_ns);
-        self.rows += 1;
+        let bad = w.1;
+        self.finish(start, bad)
     }
 }
 
@@ -288,7 +350,7 @@ mod tests {
             sequence: -1,
         };
         let mut rows = TableRows::default();
-        rows.trade(&trade, "BTC-USDT", true);
+        rows.trade(&trade, "BTC-USDT", true).unwrap();
         let d = &rows.data;
         assert_eq!(&d[..2], &2u16.to_le_bytes());
         assert_eq!(d[2], 7);

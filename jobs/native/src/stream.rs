@@ -13,13 +13,16 @@
 //! (RowBinary); kind 2: Kafka records of output `name`, each `u32 len` + UTF-8 JSON.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
 use crate::envelope::decode_envelope;
+use crate::events::ParseError;
 use crate::instrument::{BookView, InstrumentBooks, NbboUpdate, Outputs, Rules};
 use crate::nbbo::{group_quote, nbbo_group};
 use crate::publish;
-use crate::rows::{TableRows, TABLES};
+use crate::rows::{RowError, TableRows, TABLES};
+use crate::validate::Limits;
 
 pub const BUNDLE_VERSION: u8 = 1;
 pub const BUNDLE_PERSIST: u8 = 1;
@@ -29,7 +32,14 @@ const KIND_RECORDS: u8 = 2;
 
 /// The Kafka outputs, in blob order: the exactly-once result topics, then dead letters and
 /// resync requests.
-pub const OUTPUTS: [&str; 6] = ["nbbo", "matched_trades", "bars", "top_of_book", "deadletter", "control"];
+pub const OUTPUTS: [&str; 6] = [
+    "nbbo",
+    "matched_trades",
+    "bars",
+    "top_of_book",
+    "deadletter",
+    "control",
+];
 const NBBO: usize = 0;
 const MATCHED: usize = 1;
 const BARS: usize = 2;
@@ -101,7 +111,8 @@ struct Records {
 
 impl Records {
     fn push(&mut self, text: &str) {
-        self.data.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        self.data
+            .extend_from_slice(&(text.len() as u32).to_le_bytes());
         self.data.extend_from_slice(text.as_bytes());
         self.count += 1;
     }
@@ -110,7 +121,8 @@ impl Records {
     fn push_with(&mut self, write: impl FnOnce(&mut String)) {
         self.scratch.clear();
         write(&mut self.scratch);
-        self.data.extend_from_slice(&(self.scratch.len() as u32).to_le_bytes());
+        self.data
+            .extend_from_slice(&(self.scratch.len() as u32).to_le_bytes());
         self.data.extend_from_slice(self.scratch.as_bytes());
         self.count += 1;
     }
@@ -134,6 +146,18 @@ pub struct StreamBooks {
     redis_slot: HashMap<(bool, String, String), usize>,
     pub counts: Counts,
     out: Outputs,
+    limits: Limits,
+}
+
+/// A panic's message, for its dead letter.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_string()
+    }
 }
 
 fn section(blob: &mut Vec<u8>, kind: u8, name: &str, count: u64, payload: &[u8]) {
@@ -185,6 +209,15 @@ impl StreamBooks {
             redis_slot: HashMap::new(),
             counts: Counts::default(),
             out: Outputs::default(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// What every frame must satisfy (`validate`), for the instruments held and to come.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+        for books in self.books.values_mut() {
+            books.set_limits(limits);
         }
     }
 
@@ -204,7 +237,9 @@ impl StreamBooks {
     fn books_of(&mut self, key: &str) -> &mut InstrumentBooks {
         if !self.books.contains_key(key) {
             let quote = group_quote(key, &self.equivalents);
-            self.books.insert(key.to_string(), InstrumentBooks::new(key, &quote, self.rules.clone()));
+            let mut books = InstrumentBooks::new(key, &quote, self.rules.clone());
+            books.set_limits(self.limits);
+            self.books.insert(key.to_string(), books);
         }
         self.books.get_mut(key).unwrap()
     }
@@ -218,7 +253,8 @@ impl StreamBooks {
     /// again (writes queued before a checkpoint may not have reached Redis before a failure;
     /// version-guarded, so a no-op where Redis has them).
     pub fn restore(&mut self, key: &str, state: &[u8]) -> Result<(), String> {
-        let books = InstrumentBooks::restore(state)?;
+        let mut books = InstrumentBooks::restore(state)?;
+        books.set_limits(self.limits);
         for view in books.fresh_views() {
             self.queue_book(Rc::new(view));
         }
@@ -253,22 +289,53 @@ impl StreamBooks {
         };
         let group = self.group(env.instrument);
         if group != key {
-            let reason = format!("frame of {} (group {group}) reached instrument {key:?}", env.instrument);
-            self.dead_letter(&publish::dead_letter_json("job", &reason, env.payload, Some(&env)));
+            let reason = format!(
+                "frame of {} (group {group}) reached instrument {key:?}",
+                env.instrument
+            );
+            self.dead_letter(&publish::dead_letter_json(
+                "job",
+                &reason,
+                env.payload,
+                Some(&env),
+            ));
             return;
         }
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         let books = self.books_of(key);
-        match books.process(&env, watermark_ms, &mut out) {
+        // a bug must not stop the job on one frame: it leaves as a dead letter like a bad frame
+        let processed = catch_unwind(AssertUnwindSafe(|| {
+            books.process(&env, watermark_ms, &mut out)
+        }))
+        .unwrap_or_else(|panic| {
+            Err(ParseError(format!(
+                "internal error: {}",
+                panic_text(&*panic)
+            )))
+        });
+        match processed {
             Ok(()) => {
+                let books = self.books_of(key);
                 for (book_id, _) in &out.resyncs {
                     books.resync_requested(book_id, now_ms);
                 }
                 self.counts.frames += 1;
-                self.take(&out, Some(env.instrument), now_ms);
+                for reason in self.take(&out, Some(env.instrument), now_ms) {
+                    self.dead_letter(&publish::dead_letter_json(
+                        "job",
+                        &reason,
+                        env.payload,
+                        Some(&env),
+                    ));
+                }
             }
-            Err(err) => self.dead_letter(&publish::dead_letter_json("job", &err.0, env.payload, Some(&env))),
+            Err(err) => self.dead_letter(&publish::dead_letter_json(
+                "job",
+                &err.0,
+                env.payload,
+                Some(&env),
+            )),
         }
         self.out = out;
     }
@@ -282,14 +349,28 @@ impl StreamBooks {
     pub fn advance(&mut self, key: &str, watermark_ms: i64) {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        self.books_of(key).advance(watermark_ms, &mut out);
-        self.take(&out, None, 0);
+        let books = self.books_of(key);
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| books.advance(watermark_ms, &mut out)))
+        {
+            let reason = format!(
+                "internal error advancing {key:?} to {watermark_ms}: {}",
+                panic_text(&*panic)
+            );
+            self.dead_letter(&publish::dead_letter_json("job", &reason, b"", None));
+            out.clear();
+        }
+        for reason in self.take(&out, None, 0) {
+            let reason = format!("{key}: {reason}");
+            self.dead_letter(&publish::dead_letter_json("job", &reason, b"", None));
+        }
         self.out = out;
     }
 
     /// The event time at which the instrument's `advance` has work.
     pub fn next_event_time_ms(&self, key: &str) -> Option<i64> {
-        self.books.get(key).and_then(InstrumentBooks::next_event_time_ms)
+        self.books
+            .get(key)
+            .and_then(InstrumentBooks::next_event_time_ms)
     }
 
     /// By wall clock: LIVE books silent too long become STALE; resync requests that went
@@ -297,13 +378,22 @@ impl StreamBooks {
     pub fn housekeeping(&mut self, key: &str, now_ms: i64) -> (usize, bool) {
         let (stale_after_ms, retry_ms) = (self.live.stale_after_ms, self.live.resync_retry_ms);
         let books = self.books_of(key);
-        let views = if stale_after_ms > 0 { books.mark_stale(now_ms, stale_after_ms) } else { Vec::new() };
+        let views = if stale_after_ms > 0 {
+            books.mark_stale(now_ms, stale_after_ms)
+        } else {
+            Vec::new()
+        };
         let (due, started) = books.due_resyncs(now_ms, retry_ms);
         let not_live = books.books_not_live();
         let changed = started || !views.is_empty() || !due.is_empty();
         for view in views {
-            self.tables[2].top_of_book(&view);
-            self.records[TOP].push_with(|s| publish::push_top_of_book_json(s, &view));
+            match self.tables[2].top_of_book(&view) {
+                Ok(()) => self.records[TOP].push_with(|s| publish::push_top_of_book_json(s, &view)),
+                Err(err) => {
+                    let reason = format!("row of top_of_book refused: {}", err.0);
+                    self.dead_letter(&publish::dead_letter_json("job", &reason, b"", None));
+                }
+            }
             self.queue_book(Rc::new(view));
         }
         for ((exchange, symbol), reason) in due {
@@ -336,13 +426,16 @@ impl StreamBooks {
                     self.redis_slot.insert(w.slot(), i);
                 }
             }
-            self.redis_slot.get(&(nbbo, a.to_string(), b.to_string())).copied()
+            self.redis_slot
+                .get(&(nbbo, a.to_string(), b.to_string()))
+                .copied()
         };
         match found {
             Some(i) => self.redis[i] = write,
             None => {
                 if !self.redis_slot.is_empty() {
-                    self.redis_slot.insert((nbbo, a.to_string(), b.to_string()), self.redis.len());
+                    self.redis_slot
+                        .insert((nbbo, a.to_string(), b.to_string()), self.redis.len());
                 }
                 self.redis.push(write);
             }
@@ -351,39 +444,53 @@ impl StreamBooks {
 
     /// Rows, records and Redis writes of what a frame (its own instrument given) or a
     /// watermark advance produced.
-    fn take(&mut self, out: &Outputs, instrument: Option<&str>, now_ms: i64) {
+    /// A row that cannot be stored is left out with its record; why, for a dead letter, is
+    /// in the returned list.
+    fn take(&mut self, out: &Outputs, instrument: Option<&str>, now_ms: i64) -> Vec<String> {
         let [trades, snapshots, tops, nbbo, matched, bars, late] = &mut self.tables[..] else {
             unreachable!("one TableRows per table")
         };
+        let mut refused: Vec<String> = Vec::new();
+        let mut row = |table: &str, result: Result<(), RowError>| match result {
+            Ok(()) => true,
+            Err(err) => {
+                refused.push(format!("row of {table} refused: {}", err.0));
+                false
+            }
+        };
         if let Some(instrument) = instrument {
             for trade in &out.trades {
-                trades.trade(trade, instrument, true);
+                row("trades", trades.trade(trade, instrument, true));
             }
             for trade in &out.late_trades {
-                trades.trade(trade, instrument, false);
+                row("trades", trades.trade(trade, instrument, false));
             }
             for view in &out.snapshots {
-                snapshots.snapshot(view);
+                row("book_snapshots", snapshots.snapshot(view));
             }
             for view in &out.top_changes {
-                tops.top_of_book(view);
-                self.records[TOP].push_with(|s| publish::push_top_of_book_json(s, view));
+                if row("top_of_book", tops.top_of_book(view)) {
+                    self.records[TOP].push_with(|s| publish::push_top_of_book_json(s, view));
+                }
             }
         }
         for update in &out.nbbo {
-            nbbo.nbbo(update);
-            self.records[NBBO].push_with(|s| publish::push_nbbo_json(s, update));
+            if row("nbbo", nbbo.nbbo(update)) {
+                self.records[NBBO].push_with(|s| publish::push_nbbo_json(s, update));
+            }
         }
         for m in &out.matched {
-            matched.matched(m);
-            self.records[MATCHED].push_with(|s| publish::push_matched_json(s, m));
+            if row("matched_trades", matched.matched(m)) {
+                self.records[MATCHED].push_with(|s| publish::push_matched_json(s, m));
+            }
         }
         for bar in &out.bars {
-            bars.bar(bar);
-            self.records[BARS].push_with(|s| publish::push_bar_json(s, bar));
+            if row("bars", bars.bar(bar)) {
+                self.records[BARS].push_with(|s| publish::push_bar_json(s, bar));
+            }
         }
         for event in &out.late {
-            late.late(event);
+            row("late_events", late.late(event));
         }
         let c = &mut self.counts;
         c.trades += (out.trades.len() + out.late_trades.len()) as u64;
@@ -404,6 +511,7 @@ impl StreamBooks {
         if let Some(update) = out.nbbo.last() {
             self.queue(true, RedisWrite::Nbbo(Box::new(update.clone())));
         }
+        refused
     }
 
     /// Everything produced since the last call as one sink blob (None when nothing was).
@@ -424,7 +532,13 @@ impl StreamBooks {
         }
         for (name, records) in OUTPUTS.iter().zip(self.records.iter_mut()) {
             if records.count > 0 {
-                section(&mut blob, KIND_RECORDS, name, records.count as u64, &records.data);
+                section(
+                    &mut blob,
+                    KIND_RECORDS,
+                    name,
+                    records.count as u64,
+                    &records.data,
+                );
                 records.data.clear();
                 records.count = 0;
             }
@@ -457,7 +571,9 @@ impl StreamBooks {
 
     /// Books not LIVE, per instrument held here.
     pub fn books_not_live(&self, key: &str) -> usize {
-        self.books.get(key).map_or(0, InstrumentBooks::books_not_live)
+        self.books
+            .get(key)
+            .map_or(0, InstrumentBooks::books_not_live)
     }
 
     pub fn take_counts(&mut self) -> Counts {
@@ -482,7 +598,11 @@ mod tests {
             depth_band_bps: parse_dec("10").unwrap(),
             trade_dedup_ms: 60000,
         };
-        let live = LiveRules { stale_after_ms: 30000, resync_retry_ms: 10000, redis_prefix: "tf".into() };
+        let live = LiveRules {
+            stale_after_ms: 30000,
+            resync_retry_ms: 10000,
+            redis_prefix: "tf".into(),
+        };
         StreamBooks::new(rules, live, Vec::new())
     }
 

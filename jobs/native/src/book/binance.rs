@@ -16,6 +16,8 @@ enum Step {
     Applied,
     Ignored,
     Gap,
+    /// an update id no sequence reaches (`implausible_jump`): a gap, and the update dropped
+    Implausible,
 }
 
 impl SyncedBook {
@@ -31,10 +33,18 @@ impl SyncedBook {
                 self.buffer.push_back(delta);
                 Outcome::Gap
             }
+            Step::Implausible => {
+                self.buffer.clear();
+                Outcome::Gap
+            }
         }
     }
 
     fn binance_apply(&mut self, delta: &BookDelta) -> Step {
+        if let Some(reason) = self.implausible_jump(delta.last_id) {
+            self.lose_sync(reason);
+            return Step::Implausible;
+        }
         if delta.last_id <= self.last_id {
             return Step::Ignored;
         }
@@ -81,11 +91,19 @@ impl SyncedBook {
         self.status = BookStatus::Live;
         self.reason.clear();
         for i in 0..pending.len() {
-            if let Step::Gap = self.binance_apply(&pending[i]) {
-                // the gap's delta and everything after it wait for the next snapshot
-                pending.drain(..i);
-                self.buffer = pending;
-                return Outcome::Gap;
+            match self.binance_apply(&pending[i]) {
+                Step::Gap => {
+                    // the gap's delta and everything after it wait for the next snapshot
+                    pending.drain(..i);
+                    self.buffer = pending;
+                    return Outcome::Gap;
+                }
+                Step::Implausible => {
+                    pending.drain(..=i);
+                    self.buffer = pending;
+                    return Outcome::Gap;
+                }
+                Step::Applied | Step::Ignored => {}
             }
         }
         Outcome::Resynced
@@ -350,7 +368,8 @@ mod tests {
                 let (mut bids, mut asks) = (vec![], vec![]);
                 for _ in 0..n {
                     let side = rng.below(2);
-                    let (price, size) = (*rng.pick(&prices), *rng.pick(&sizes));
+                    // an exchange's book never crosses: bids below 100.20, asks from it
+                    let (price, size) = (prices[side * 20 + rng.below(20)], *rng.pick(&sizes));
                     if size.is_zero() {
                         truth[side].remove(&price);
                     } else {

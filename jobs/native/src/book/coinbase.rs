@@ -16,6 +16,10 @@ impl SyncedBook {
             return self.buffer_delta(delta);
         }
         // equal: more update events of the message that carried the snapshot
+        if let Some(reason) = self.implausible_jump(delta.last_id) {
+            self.lose_sync(reason);
+            return Outcome::Gap;
+        }
         if delta.last_id < self.last_id {
             return Outcome::Ignored;
         }
@@ -225,6 +229,7 @@ mod tests {
     fn engine_outcomes() {
         let mut engine = SyncedBook::new("coinbase", 100, 2).unwrap();
         let level = vec![(d("1"), d("2"))];
+        let ask_level = vec![(d("1.5"), d("2"))];
         let delta = |id: i64| BookDelta {
             exchange: "coinbase".into(),
             symbol: "X".into(),
@@ -252,7 +257,7 @@ mod tests {
         }
         assert!(engine.buffer.len() == 2 && engine.reason.contains("overflow"));
         assert_eq!(
-            engine.on_snapshot(&snap(7, 1_000_000, level.clone())),
+            engine.on_snapshot(&snap(7, 1_000_000, ask_level.clone())),
             Outcome::Resynced
         );
         assert!(engine.buffer.is_empty() && engine.status == BookStatus::Live);
@@ -333,7 +338,9 @@ mod tests {
                         let (mut bids, mut asks) = (vec![], vec![]);
                         for _ in 0..1 + rng.below(4) {
                             let side = rng.below(2);
-                            let (price, size) = (*rng.pick(&prices), *rng.pick(&sizes));
+                            // an exchange's book never crosses: bids below 100.20, asks from it
+                            let (price, size) =
+                                (prices[side * 20 + rng.below(20)], *rng.pick(&sizes));
                             if size.is_zero() {
                                 truth[side].remove(&price);
                             } else {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::book::kraken::DEPTHS;
 use crate::book::levels::{BookSide, OrderBook};
 use crate::events::{BookDelta, BookSnapshot, BookStatus, SyncLost};
+use crate::validate::MAX_SEQUENCE_JUMP;
 
 /// `jobs.book.engine.Outcome`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -138,19 +139,39 @@ impl SyncedBook {
     }
 
     pub fn on_delta(&mut self, delta: BookDelta) -> Outcome {
-        match self.exchange {
+        let outcome = match self.exchange {
             Exchange::Binance => self.binance_on_delta(delta),
             Exchange::Coinbase => self.coinbase_on_delta(delta),
             Exchange::Kraken => self.kraken_on_delta(&delta),
-        }
+        };
+        self.uncrossed(outcome)
     }
 
     pub fn on_snapshot(&mut self, snap: &BookSnapshot) -> Outcome {
-        match self.exchange {
+        let outcome = match self.exchange {
             Exchange::Binance => self.binance_on_snapshot(snap),
             Exchange::Coinbase => self.coinbase_on_snapshot(snap),
             Exchange::Kraken => self.kraken_on_snapshot(snap),
+        };
+        self.uncrossed(outcome)
+    }
+
+    /// A LIVE book whose best bid is at or above its best ask is out of sync with the
+    /// exchange (no exchange's own book crosses): never published LIVE, resynced instead.
+    fn uncrossed(&mut self, outcome: Outcome) -> Outcome {
+        if self.status != BookStatus::Live || !self.book.is_crossed() {
+            return outcome;
         }
+        let (bid, ask) = (self.book.best_bid(), self.book.best_ask());
+        let text =
+            |l: Option<crate::events::Level>| l.map(|(p, _)| p.to_string()).unwrap_or_default();
+        self.lose_sync(format!(
+            "crossed book: best bid {} >= best ask {}",
+            text(bid),
+            text(ask)
+        ));
+        self.buffer.clear();
+        Outcome::Gap
     }
 
     /// The connector saw continuity break: distrust the book until the next snapshot.
@@ -182,6 +203,22 @@ impl SyncedBook {
         for &(price, size) in &delta.asks {
             self.book.set_level(BookSide::Ask, price, size);
         }
+    }
+
+    /// Why `id` cannot follow the LIVE book's last id: a jump of more than
+    /// `MAX_SEQUENCE_JUMP` either way is corrupt data, not a sequence. Taken as continuous, a
+    /// huge id would make every later update and snapshot look old (ignored: the book frozen
+    /// but LIVE); as a gap, the book resyncs.
+    pub(crate) fn implausible_jump(&self, id: i64) -> Option<String> {
+        if self.last_id < 0
+            || (id as i128 - self.last_id as i128).abs() <= MAX_SEQUENCE_JUMP as i128
+        {
+            return None;
+        }
+        Some(format!(
+            "implausible sequence jump: local update id {}, got {id}",
+            self.last_id
+        ))
     }
 
     /// The RESYNCING state gets its own version; the book is discarded.

@@ -12,6 +12,7 @@ use super::{perr, pyrepr};
 use crate::dec::Dec;
 use crate::envelope::RawEnvelope;
 use crate::events::{BookDelta, BookSnapshot, Level, MarketEvent, ParseError, Side, Trade};
+use crate::validate::plain_number;
 
 pub const EXCHANGE: &str = "binance";
 
@@ -24,7 +25,10 @@ pub fn parse(env: &RawEnvelope<'_>) -> Result<Vec<MarketEvent>, ParseError> {
             env.receive_time_ns,
         )?)]),
         "depth" | "trade" => Ok(vec![parse_frame(env.payload, env.receive_time_ns)?]),
-        other => Err(perr(format!("binance: unknown channel {}", pyrepr::str_repr(other)))),
+        other => Err(perr(format!(
+            "binance: unknown channel {}",
+            pyrepr::str_repr(other)
+        ))),
     }
 }
 
@@ -32,6 +36,9 @@ pub fn parse(env: &RawEnvelope<'_>) -> Result<Vec<MarketEvent>, ParseError> {
 /// Infinity and values `Dec` cannot hold: those are errors here).
 #[inline]
 fn decimal(text: &str) -> Result<Dec, &'static str> {
+    if !plain_number(text) {
+        return Err("bad decimal");
+    }
     match py_decimal(text) {
         PyDec::Finite(d) => Ok(d),
         PyDec::Invalid => Err("bad decimal"),
@@ -70,8 +77,11 @@ fn levels(j: &mut Json<'_>) -> R<Result<Vec<Level>, String>> {
             match (decimal(p), decimal(q)) {
                 (Ok(p), Ok(q)) => out.push((p, q)),
                 (Err(e), _) | (_, Err(e)) => {
-                    bad = Some(format!("binance: {e} in levels [{}, {}]", pyrepr::str_repr(p),
-                                       pyrepr::str_repr(q)));
+                    bad = Some(format!(
+                        "binance: {e} in levels [{}, {}]",
+                        pyrepr::str_repr(p),
+                        pyrepr::str_repr(q)
+                    ));
                 }
             }
         }
@@ -115,7 +125,10 @@ fn event<'a>(j: &mut Json<'a>) -> R<Event<'a>> {
     match &*tag {
         "depthUpdate" => depth(j).map(Event::Depth),
         "trade" => trade(j).map(Event::Trade),
-        other => Err(perr(format!("Invalid value {} - at `$.e`", pyrepr::str_repr(other)))),
+        other => Err(perr(format!(
+            "Invalid value {} - at `$.e`",
+            pyrepr::str_repr(other)
+        ))),
     }
 }
 
@@ -338,10 +351,16 @@ mod tests {
             let MarketEvent::Delta(delta) = parse_frame(&fixture(name), 7).unwrap() else {
                 panic!()
             };
-            assert_eq!((delta.symbol.as_str(), delta.first_id, delta.last_id), ("BNBBTC", 157, 160));
+            assert_eq!(
+                (delta.symbol.as_str(), delta.first_id, delta.last_id),
+                ("BNBBTC", 157, 160)
+            );
             assert_eq!(delta.bids, vec![(d("0.0024"), d("10"))]);
             assert_eq!(delta.asks, vec![(d("0.0026"), d("100"))]);
-            assert_eq!((delta.event_time_ms, delta.receive_time_ns), (1672515782136, 7));
+            assert_eq!(
+                (delta.event_time_ms, delta.receive_time_ns),
+                (1672515782136, 7)
+            );
             assert_eq!((delta.exchange.as_str(), delta.checksum), ("binance", None));
         }
     }
@@ -349,11 +368,19 @@ mod tests {
     #[test]
     fn documentation_trade_taker_side() {
         for name in ["doc_trade.json", "combined_trade.json"] {
-            let MarketEvent::Trade(t) = parse_frame(&fixture(name), 7).unwrap() else { panic!() };
-            assert_eq!((t.trade_id.as_str(), t.price, t.size), ("12345", d("0.001"), d("100")));
+            let MarketEvent::Trade(t) = parse_frame(&fixture(name), 7).unwrap() else {
+                panic!()
+            };
+            assert_eq!(
+                (t.trade_id.as_str(), t.price, t.size),
+                ("12345", d("0.001"), d("100"))
+            );
             // "m": true -> the buyer was the maker, so the aggressor sold
             assert_eq!(t.taker_side, Side::Sell);
-            assert_eq!((t.trade_time_ms, t.event_time_ms, t.sequence), (1672515782136, 1672515782136, -1));
+            assert_eq!(
+                (t.trade_time_ms, t.event_time_ms, t.sequence),
+                (1672515782136, 1672515782136, -1)
+            );
         }
     }
 
@@ -365,7 +392,10 @@ mod tests {
         assert_eq!(asks, ["4.00000200"]);
         let bids: Vec<String> = snap.bids.iter().map(|(_, s)| s.to_string()).collect();
         assert_eq!(bids, ["431.00000000"]);
-        assert_eq!((snap.event_time_ms, snap.checksum, snap.symbol.as_str()), (0, None, "BNBBTC"));
+        assert_eq!(
+            (snap.event_time_ms, snap.checksum, snap.symbol.as_str()),
+            (0, None, "BNBBTC")
+        );
     }
 
     #[test]
@@ -402,13 +432,29 @@ mod tests {
     fn accepted_like_msgspec() {
         // the tag anywhere, a duplicated field (last wins), escapes, unknown fields
         let MarketEvent::Delta(dl) = parse_frame(
-            br#" {"E":1,"E":2,"s":"X\u0041","U":1,"u":2,"b":[],"a":[["1_0"," 2.50 "]],"z":{"y":[null,true,-1.5e-3,"\u00e9"]},"e":"depthUpdate"} "#,
+            br#" {"E":1,"E":2,"s":"X\u0041","U":1,"u":2,"b":[],"a":[["10","2.50"]],"z":{"y":[null,true,-1.5e-3,"\u00e9"]},"e":"depthUpdate"} "#,
             0,
         )
         .unwrap() else { panic!() };
         assert_eq!((dl.event_time_ms, dl.symbol.as_str()), (2, "XA"));
         assert_eq!(dl.asks[0].0.to_string(), "10");
         assert_eq!(dl.asks[0].1.to_string(), "2.50");
+        // issue 16: what Decimal() is lenient about is not a price or size here
+        for level in [
+            r#"["1_0","1"]"#,
+            r#"[" 1","1"]"#,
+            r#"["1","１２"]"#,
+            r#"["NaN","1"]"#,
+            r#"["sNaN","1"]"#,
+            r#"["Infinity","1"]"#,
+            r#"["1e999999999","1"]"#,
+            r#"["1","1e-999999999"]"#,
+            r#"["+1","1"]"#,
+        ] {
+            let frame =
+                format!(r#"{{"e":"depthUpdate","E":1,"s":"X","U":1,"u":2,"b":[{level}],"a":[]}}"#);
+            assert!(parse_frame(frame.as_bytes(), 0).is_err(), "{level}");
+        }
         // a bad decimal in a value overwritten by a later duplicate is never converted
         let ok = parse_frame(
             br#"{"e":"depthUpdate","E":1,"s":"X","U":1,"u":2,"b":[["abc","1"]],"b":[],"a":[]}"#,
@@ -421,11 +467,17 @@ mod tests {
             0,
         )
         .unwrap() else { panic!() };
-        assert_eq!((t.trade_id.as_str(), t.taker_side), ("123456789012345678901234567890", Side::Buy));
+        assert_eq!(
+            (t.trade_id.as_str(), t.taker_side),
+            ("123456789012345678901234567890", Side::Buy)
+        );
         let MarketEvent::Trade(t) = parse_frame(
-            br#"{"e":"trade","E":1,"s":"X","t":-0,"p":"1","q":"1","T":1,"m":false}"#, 0,
+            br#"{"e":"trade","E":1,"s":"X","t":-0,"p":"1","q":"1","T":1,"m":false}"#,
+            0,
         )
-        .unwrap() else { panic!() };
+        .unwrap() else {
+            panic!()
+        };
         assert_eq!(t.trade_id, "0");
         // "stream" beyond the first 16 bytes: parsed as a raw event (and fails)
         assert!(parse_frame(
@@ -443,9 +495,14 @@ mod tests {
         let frame = frame.replace("\"BNBBTC\"", "\"ETHBTC\"");
         let e = parse_envelope(&env("depth", frame.as_bytes())).unwrap_err();
         assert!(e.0.contains("keyed as"), "{e}");
-        let snap = parse_envelope(&env("snapshot", br#"{"lastUpdateId":158,"bids":[],"asks":[]}"#))
-            .unwrap();
-        assert!(matches!(&snap[..], [MarketEvent::Snapshot(s)] if s.last_id == 158 && s.symbol == "BNBBTC"));
+        let snap = parse_envelope(&env(
+            "snapshot",
+            br#"{"lastUpdateId":158,"bids":[],"asks":[]}"#,
+        ))
+        .unwrap();
+        assert!(
+            matches!(&snap[..], [MarketEvent::Snapshot(s)] if s.last_id == 158 && s.symbol == "BNBBTC")
+        );
     }
 
     /// The sync scenarios' frames all parse (their book outcomes are the engine's tests).

@@ -13,6 +13,7 @@ use super::{perr, pyrepr};
 use crate::dec::Dec;
 use crate::envelope::RawEnvelope;
 use crate::events::{BookDelta, BookSnapshot, Level, MarketEvent, ParseError, Side, Trade};
+use crate::validate::plain_number;
 
 pub const EXCHANGE: &str = "coinbase";
 
@@ -24,14 +25,20 @@ pub fn parse(env: &RawEnvelope<'_>) -> Result<Vec<MarketEvent>, ParseError> {
     match env.channel {
         "depth" => parse_depth(env.payload, env.symbol, env.receive_time_ns),
         "trade" => parse_trades(env.payload, env.symbol, env.receive_time_ns),
-        other => Err(perr(format!("coinbase: unknown channel {}", pyrepr::str_repr(other)))),
+        other => Err(perr(format!(
+            "coinbase: unknown channel {}",
+            pyrepr::str_repr(other)
+        ))),
     }
 }
 
 /// RFC 3339 text -> Unix milliseconds (`datetime.fromisoformat`, aware only).
 pub fn timestamp_ms(text: &str) -> Result<i64, ParseError> {
     isotime::timestamp_ms(text).map_err(|e| match e {
-        IsoError::Invalid => perr(format!("coinbase: bad timestamp {}", pyrepr::str_repr(text))),
+        IsoError::Invalid => perr(format!(
+            "coinbase: bad timestamp {}",
+            pyrepr::str_repr(text)
+        )),
         IsoError::Naive => perr(format!(
             "coinbase: timestamp without a time zone {}",
             pyrepr::str_repr(text)
@@ -41,13 +48,22 @@ pub fn timestamp_ms(text: &str) -> Result<i64, ParseError> {
 
 /// `_decimal`: `Decimal(text)`, finite and not negative.
 fn decimal(text: &str, what: &str) -> Result<Dec, ParseError> {
+    if !plain_number(text) {
+        return Err(perr(format!(
+            "coinbase: bad decimal {what} {}",
+            pyrepr::str_repr(text)
+        )));
+    }
     match py_decimal(text) {
         PyDec::Finite(d) if !d.is_sign_negative() || d.is_zero() => Ok(d),
         PyDec::Unrepresentable => Err(perr(format!(
             "coinbase: decimal {what} {} out of the Rust parser's range",
             pyrepr::str_repr(text)
         ))),
-        _ => Err(perr(format!("coinbase: bad decimal {what} {}", pyrepr::str_repr(text)))),
+        _ => Err(perr(format!(
+            "coinbase: bad decimal {what} {}",
+            pyrepr::str_repr(text)
+        ))),
     }
 }
 
@@ -71,18 +87,28 @@ struct Sides {
 }
 
 fn updates(j: &mut Json<'_>) -> R<Sides> {
-    let mut out = Sides { bids: Vec::new(), asks: Vec::new(), bad: None };
+    let mut out = Sides {
+        bids: Vec::new(),
+        asks: Vec::new(),
+        bad: None,
+    };
     j.begin_array()?;
     let mut first = true;
     while j.next_item(&mut first)? {
         // L2Level {side, event_time, price_level, new_quantity}
         j.begin_object()?;
-        let (mut side, mut event_time, mut price, mut qty): (_, _, Option<Cow<'_, str>>, Option<Cow<'_, str>>) =
-            (None, false, None, None);
+        let (mut side, mut event_time, mut price, mut qty): (
+            _,
+            _,
+            Option<Cow<'_, str>>,
+            Option<Cow<'_, str>>,
+        ) = (None, false, None, None);
         let mut f = true;
         while let Some(key) = j.next_key(&mut f)? {
             match &*key {
-                b"side" => side = Some(j.enum_value(&["bid", "offer"], "$.events[...].updates[...].side")?),
+                b"side" => {
+                    side = Some(j.enum_value(&["bid", "offer"], "$.events[...].updates[...].side")?)
+                }
                 b"event_time" => {
                     j.string()?;
                     event_time = true;
@@ -101,10 +127,16 @@ fn updates(j: &mut Json<'_>) -> R<Sides> {
         if out.bad.is_some() {
             continue;
         }
-        match (decimal(&price, "price_level"), decimal(&qty, "new_quantity")) {
-            (Ok(p), Ok(q)) => {
-                if side == "bid" { &mut out.bids } else { &mut out.asks }.push((p, q))
+        match (
+            decimal(&price, "price_level"),
+            decimal(&qty, "new_quantity"),
+        ) {
+            (Ok(p), Ok(q)) => if side == "bid" {
+                &mut out.bids
+            } else {
+                &mut out.asks
             }
+            .push((p, q)),
             (Err(e), _) | (_, Err(e)) => out.bad = Some(e),
         }
     }
@@ -209,7 +241,9 @@ pub fn parse_depth(
     };
     for event in events {
         if let Some(product) = event.mismatch {
-            return Err(perr(format!("coinbase: l2_data event for {product} keyed as {symbol}")));
+            return Err(perr(format!(
+                "coinbase: l2_data event for {product} keyed as {symbol}"
+            )));
         }
         if let Some(e) = event.sides.bad {
             return Err(e);
@@ -229,7 +263,10 @@ pub fn parse_depth(
             continue;
         }
         if !pending_bids.is_empty() || !pending_asks.is_empty() {
-            out.push(delta(std::mem::take(&mut pending_bids), std::mem::take(&mut pending_asks)));
+            out.push(delta(
+                std::mem::take(&mut pending_bids),
+                std::mem::take(&mut pending_asks),
+            ));
         }
         out.push(MarketEvent::Snapshot(BookSnapshot {
             exchange: EXCHANGE.to_string(),
@@ -255,7 +292,11 @@ pub fn parse_depth(
 pub fn taker_side(side: &str) -> Side {
     let buy = side == "BUY";
     if SIDE_IS_MAKER {
-        if buy { Side::Sell } else { Side::Buy } // a resting bid was hit: the taker sold
+        if buy {
+            Side::Sell
+        } else {
+            Side::Buy
+        } // a resting bid was hit: the taker sold
     } else if buy {
         Side::Buy
     } else {
@@ -284,7 +325,9 @@ fn market_trade<'a>(j: &mut Json<'a>) -> R<RawTrade<'a>> {
             b"product_id" => product_id = Some(j.string()?),
             b"price" => price = Some(j.string()?),
             b"size" => size = Some(j.string()?),
-            b"side" => side = Some(j.enum_value(&["BUY", "SELL"], "$.events[...].trades[...].side")?),
+            b"side" => {
+                side = Some(j.enum_value(&["BUY", "SELL"], "$.events[...].trades[...].side")?)
+            }
             b"time" => time = Some(j.string()?),
             _ => j.skip()?,
         }
@@ -340,12 +383,20 @@ pub fn parse_trades(
         }
         Ok(trades)
     })
-    .map_err(|e| perr(format!("coinbase: cannot parse market_trades message: {}", e.0)))?;
+    .map_err(|e| {
+        perr(format!(
+            "coinbase: cannot parse market_trades message: {}",
+            e.0
+        ))
+    })?;
     let event_time_ms = timestamp_ms(&timestamp)?;
     let mut out = Vec::with_capacity(events.len());
     for t in events {
         if t.product_id != symbol {
-            return Err(perr(format!("coinbase: trade of {} keyed as {symbol}", t.product_id)));
+            return Err(perr(format!(
+                "coinbase: trade of {} keyed as {symbol}",
+                t.product_id
+            )));
         }
         let price = decimal(&t.price, "price")?;
         let size = decimal(&t.size, "size")?;
@@ -371,7 +422,10 @@ mod tests {
     use super::*;
     use crate::parse::parse_envelope;
 
-    const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/coinbase/");
+    const FIX: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/coinbase/"
+    );
 
     fn fixture(name: &str) -> Vec<u8> {
         std::fs::read(format!("{FIX}{name}")).expect(name)
@@ -399,18 +453,29 @@ mod tests {
     }
 
     fn texts(levels: &[Level]) -> Vec<(String, String)> {
-        levels.iter().map(|(p, s)| (p.to_string(), s.to_string())).collect()
+        levels
+            .iter()
+            .map(|(p, s)| (p.to_string(), s.to_string()))
+            .collect()
     }
 
     #[test]
     fn documentation_l2_snapshot() {
         let payload = fixture("doc_l2_snapshot.json");
         let out = parse(&env("depth", &payload, "BTC-USD", 7)).unwrap();
-        let [MarketEvent::Snapshot(snap)] = &out[..] else { panic!("{out:?}") };
-        assert_eq!((snap.exchange.as_str(), snap.symbol.as_str(), snap.last_id), ("coinbase", "BTC-USD", 0));
+        let [MarketEvent::Snapshot(snap)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (snap.exchange.as_str(), snap.symbol.as_str(), snap.last_id),
+            ("coinbase", "BTC-USD", 0)
+        );
         assert_eq!(
             texts(&snap.bids),
-            [("21921.73".into(), "0.06317902".into()), ("21921.3".into(), "0.02".into())]
+            [
+                ("21921.73".into(), "0.06317902".into()),
+                ("21921.3".into(), "0.02".into())
+            ]
         );
         assert!(snap.asks.is_empty());
         assert_eq!(snap.event_time_ms, 1675974770714);
@@ -421,7 +486,9 @@ mod tests {
     fn documentation_l2_update() {
         let payload = fixture("doc_l2_update.json");
         let out = parse(&env("depth", &payload, "BTC-USD", 0)).unwrap();
-        let [MarketEvent::Delta(delta)] = &out[..] else { panic!("{out:?}") };
+        let [MarketEvent::Delta(delta)] = &out[..] else {
+            panic!("{out:?}")
+        };
         assert_eq!((delta.first_id, delta.last_id), (2, 2));
         assert_eq!(delta.bids, vec![(d("21921.3"), d("0"))]);
         assert_eq!(delta.asks, vec![(d("21923.85"), d("0.1488"))]);
@@ -432,8 +499,13 @@ mod tests {
     fn documentation_market_trades_taker_side() {
         let payload = fixture("doc_market_trades.json");
         let out = parse(&env("trade", &payload, "ETH-USD", 0)).unwrap();
-        let [MarketEvent::Trade(t)] = &out[..] else { panic!("{out:?}") };
-        assert_eq!((t.symbol.as_str(), t.trade_id.as_str()), ("ETH-USD", "000000000"));
+        let [MarketEvent::Trade(t)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (t.symbol.as_str(), t.trade_id.as_str()),
+            ("ETH-USD", "000000000")
+        );
         assert_eq!((t.price, t.size), (d("1260.01"), d("0.3")));
         assert_eq!(t.taker_side, Side::Sell);
         assert_eq!(t.trade_time_ms, 1565815347265);
@@ -445,7 +517,9 @@ mod tests {
     fn sync_lost_marker() {
         let payload = br#"{"reason":"sequence_num gap","expected":41,"got":43}"#;
         let out = parse_envelope(&env("sync_lost", payload, "BTC-USD", 0)).unwrap();
-        let [MarketEvent::SyncLost(lost)] = &out[..] else { panic!() };
+        let [MarketEvent::SyncLost(lost)] = &out[..] else {
+            panic!()
+        };
         assert_eq!(lost.symbol, "BTC-USD");
         assert_eq!(lost.reason, "sequence_num gap (expected 41, got 43)");
         let e = parse_envelope(&env("sync_lost", br#"{"expected": 1}"#, "BTC-USD", 0)).unwrap_err();
@@ -495,9 +569,13 @@ mod tests {
             ("depth", r#"{"channel":"l2_data","timestamp":"2023-02-09T20:32:50Z","sequence_num":1,"events":[{"type":"update","product_id":"BTC-USD","updates":[]}]}"#.into(), "without events"),
         ];
         for (channel, payload, message) in cases {
-            let symbol = if payload.contains("ETH-USD") { "ETH-USD" } else { "BTC-USD" };
-            let e = parse_envelope(&env(channel, payload.as_bytes(), symbol, 0))
-                .expect_err(&payload);
+            let symbol = if payload.contains("ETH-USD") {
+                "ETH-USD"
+            } else {
+                "BTC-USD"
+            };
+            let e =
+                parse_envelope(&env(channel, payload.as_bytes(), symbol, 0)).expect_err(&payload);
             assert!(e.0.contains(message), "{payload}: {e}");
         }
     }
@@ -514,24 +592,44 @@ mod tests {
 
     #[test]
     fn update_events_of_one_message_become_one_delta() {
-        let mut frame: serde_json::Value = serde_json::from_slice(&fixture("doc_l2_update.json")).unwrap();
+        let mut frame: serde_json::Value =
+            serde_json::from_slice(&fixture("doc_l2_update.json")).unwrap();
         let mut extra = frame["events"][0].clone();
         extra["updates"] = serde_json::json!([{"side": "bid", "event_time": "2023-02-09T20:32:51Z",
                                                "price_level": "21921.3", "new_quantity": "0.5"}]);
         frame["events"].as_array_mut().unwrap().push(extra);
         let payload = serde_json::to_vec(&frame).unwrap();
         let out = parse(&env("depth", &payload, "BTC-USD", 0)).unwrap();
-        let [MarketEvent::Delta(delta)] = &out[..] else { panic!("{out:?}") };
-        assert_eq!(texts(&delta.bids), [("21921.3".into(), "0".into()), ("21921.3".into(), "0.5".into())]);
+        let [MarketEvent::Delta(delta)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            texts(&delta.bids),
+            [
+                ("21921.3".into(), "0".into()),
+                ("21921.3".into(), "0.5".into())
+            ]
+        );
     }
 
     #[test]
     fn snapshots_split_update_runs() {
-        let lvl = |p: &str| format!(r#"{{"side":"bid","event_time":"x","price_level":"{p}","new_quantity":"1"}}"#);
-        let ev = |ty: &str, p: &str| format!(r#"{{"type":"{ty}","product_id":"BTC-USD","updates":[{}]}}"#, lvl(p));
+        let lvl = |p: &str| {
+            format!(r#"{{"side":"bid","event_time":"x","price_level":"{p}","new_quantity":"1"}}"#)
+        };
+        let ev = |ty: &str, p: &str| {
+            format!(
+                r#"{{"type":"{ty}","product_id":"BTC-USD","updates":[{}]}}"#,
+                lvl(p)
+            )
+        };
         let payload = format!(
             r#"{{"timestamp":"2023-02-09T20:32:50Z","sequence_num":9,"events":[{},{},{},{},{}]}}"#,
-            ev("update", "1"), ev("update", "2"), ev("snapshot", "3"), ev("update", "4"), ev("snapshot", "5")
+            ev("update", "1"),
+            ev("update", "2"),
+            ev("snapshot", "3"),
+            ev("update", "4"),
+            ev("snapshot", "5")
         );
         let out = parse(&env("depth", payload.as_bytes(), "BTC-USD", 0)).unwrap();
         let kinds: Vec<String> = out

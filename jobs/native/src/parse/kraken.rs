@@ -11,6 +11,7 @@ use super::{perr, pyrepr};
 use crate::dec::Dec;
 use crate::envelope::RawEnvelope;
 use crate::events::{BookDelta, BookSnapshot, Level, MarketEvent, ParseError, Side, Trade};
+use crate::validate::plain_number;
 
 pub const EXCHANGE: &str = "kraken";
 
@@ -20,7 +21,10 @@ pub fn parse(env: &RawEnvelope<'_>) -> Result<Vec<MarketEvent>, ParseError> {
     if env.channel == "depth" || env.channel == "trade" {
         let events = parse_frame(env.payload, env.receive_time_ns)?;
         let want_trade = env.channel == "trade";
-        if events.iter().any(|e| matches!(e, MarketEvent::Trade(_)) != want_trade) {
+        if events
+            .iter()
+            .any(|e| matches!(e, MarketEvent::Trade(_)) != want_trade)
+        {
             return Err(perr(format!(
                 "kraken: a {} envelope holds another channel's frame",
                 env.channel
@@ -28,7 +32,10 @@ pub fn parse(env: &RawEnvelope<'_>) -> Result<Vec<MarketEvent>, ParseError> {
         }
         return Ok(events);
     }
-    Err(perr(format!("kraken: unknown channel {}", pyrepr::str_repr(env.channel))))
+    Err(perr(format!(
+        "kraken: unknown channel {}",
+        pyrepr::str_repr(env.channel)
+    )))
 }
 
 /// RFC 3339 -> ms since the epoch (`datetime.fromisoformat`, aware only).
@@ -64,11 +71,21 @@ impl KDec {
 
 fn decimal_field(j: &mut Json<'_>) -> R<KDec> {
     let parsed = match j.peek()? {
-        b'"' => py_decimal(&j.string()?),
+        b'"' => {
+            let text = j.string()?;
+            if !plain_number(&text) {
+                return Err(perr("Invalid decimal string"));
+            }
+            py_decimal(&text)
+        }
         b'-' | b'0'..=b'9' => {
             // msgspec builds a JSON integer's Decimal from the int: "-0" loses its sign
             let n = j.number()?;
-            py_decimal(if n.is_int && n.text == "-0" { "0" } else { n.text })
+            py_decimal(if n.is_int && n.text == "-0" {
+                "0"
+            } else {
+                n.text
+            })
         }
         _ => return j.type_err("decimal"),
     };
@@ -109,7 +126,13 @@ fn levels(j: &mut Json<'_>) -> R<Result<Vec<Level>, String>> {
             {
                 out.push((p, q))
             }
-            _ => bad = Some(format!("kraken: bad level price={} qty={}", price.text(), qty.text())),
+            _ => {
+                bad = Some(format!(
+                    "kraken: bad level price={} qty={}",
+                    price.text(),
+                    qty.text()
+                ))
+            }
         }
     }
     Ok(match bad {
@@ -140,7 +163,11 @@ fn book_data(j: &mut Json<'_>) -> R<Book> {
             b"asks" => asks = Some(levels(j)?),
             b"checksum" => {
                 let text = j.int_text()?;
-                let v = if text == "-0" { Some(0) } else { text.parse::<u32>().ok() };
+                let v = if text == "-0" {
+                    Some(0)
+                } else {
+                    text.parse::<u32>().ok()
+                };
                 checksum = Some(v.ok_or_else(|| {
                     perr(format!("Expected `int` >= 0 and <= 4294967295, got {text} - at `$.data[...].checksum`"))
                 })?);
@@ -197,7 +224,11 @@ fn trade_data(j: &mut Json<'_>) -> R<RawTrade> {
             }
             b"trade_id" => {
                 let t = j.int_text()?;
-                trade_id = Some(if t == "-0" { "0".to_string() } else { t.to_string() });
+                trade_id = Some(if t == "-0" {
+                    "0".to_string()
+                } else {
+                    t.to_string()
+                });
             }
             b"timestamp" => timestamp = Some(j.string()?.into_owned()),
             _ => j.skip()?,
@@ -235,7 +266,12 @@ fn decode(payload: &[u8]) -> R<Message> {
     let is_book = match &*tag {
         "book" => true,
         "trade" => false,
-        other => return Err(perr(format!("Invalid value {} - at `$.channel`", pyrepr::str_repr(other)))),
+        other => {
+            return Err(perr(format!(
+                "Invalid value {} - at `$.channel`",
+                pyrepr::str_repr(other)
+            )))
+        }
     };
     j.begin_object()?;
     let mut ty: Option<bool> = None;
@@ -280,7 +316,10 @@ pub fn parse_frame(payload: &[u8], receive_time_ns: i64) -> Result<Vec<MarketEve
     let message =
         decode(payload).map_err(|e| perr(format!("kraken: cannot parse frame: {}", e.0)))?;
     match message {
-        Message::Trade(data) => data.into_iter().map(|t| trade(t, receive_time_ns)).collect(),
+        Message::Trade(data) => data
+            .into_iter()
+            .map(|t| trade(t, receive_time_ns))
+            .collect(),
         Message::Book(is_snapshot, data) => {
             let mut events = Vec::with_capacity(data.len());
             for book in data {
@@ -380,7 +419,9 @@ mod tests {
     #[test]
     fn documented_snapshot_checksum_matches_the_documented_value() {
         let out = parse_frame(&fixture("doc_book_snapshot.json"), 7).unwrap();
-        let [MarketEvent::Snapshot(snap)] = &out[..] else { panic!("{out:?}") };
+        let [MarketEvent::Snapshot(snap)] = &out[..] else {
+            panic!("{out:?}")
+        };
         assert_eq!(snap.checksum, Some(3310070434));
         assert_eq!(book_checksum(&snap.bids, &snap.asks), 3310070434);
     }
@@ -388,36 +429,66 @@ mod tests {
     #[test]
     fn documented_snapshot_keeps_the_exact_number_text() {
         let out = parse_frame(&fixture("doc_book_snapshot.json"), 7).unwrap();
-        let [MarketEvent::Snapshot(snap)] = &out[..] else { panic!() };
-        assert_eq!((snap.symbol.as_str(), snap.last_id, snap.event_time_ms), ("BTC/USD", 0, 0));
+        let [MarketEvent::Snapshot(snap)] = &out[..] else {
+            panic!()
+        };
+        assert_eq!(
+            (snap.symbol.as_str(), snap.last_id, snap.event_time_ms),
+            ("BTC/USD", 0, 0)
+        );
         assert_eq!(snap.bids[0], (d("45283.5"), d("0.10000000")));
         assert_eq!(snap.bids[0].1.to_string(), "0.10000000");
         assert_eq!(snap.bids[3].0.to_string(), "45281.0");
         assert_eq!(snap.asks[0].1.to_string(), "0.00100000");
         let asks: Vec<String> = snap.asks[..3].iter().map(|(p, _)| p.to_string()).collect();
         assert_eq!(asks, ["45285.2", "45286.4", "45286.6"]);
-        assert_eq!(checksum_text(snap.asks[0].0) + &checksum_text(snap.asks[0].1), "452852100000");
+        assert_eq!(
+            checksum_text(snap.asks[0].0) + &checksum_text(snap.asks[0].1),
+            "452852100000"
+        );
     }
 
     #[test]
     fn documented_update() {
         let out = parse_frame(&fixture("doc_book_update.json"), 7).unwrap();
-        let [MarketEvent::Delta(delta)] = &out[..] else { panic!() };
-        assert_eq!((delta.symbol.as_str(), delta.first_id, delta.last_id), ("MATIC/USD", 0, 0));
+        let [MarketEvent::Delta(delta)] = &out[..] else {
+            panic!()
+        };
+        assert_eq!(
+            (delta.symbol.as_str(), delta.first_id, delta.last_id),
+            ("MATIC/USD", 0, 0)
+        );
         assert_eq!(delta.bids, vec![(d("0.5657"), d("1098.3947558"))]);
         assert!(delta.asks.is_empty());
-        assert_eq!((delta.checksum, delta.receive_time_ns), (Some(2114181697), 7));
+        assert_eq!(
+            (delta.checksum, delta.receive_time_ns),
+            (Some(2114181697), 7)
+        );
         assert_eq!(delta.event_time_ms, 1696613755440);
-        assert_eq!(timestamp_ms("2023-10-06T17:35:55.440295Z").unwrap(), 1696613755440);
+        assert_eq!(
+            timestamp_ms("2023-10-06T17:35:55.440295Z").unwrap(),
+            1696613755440
+        );
     }
 
     #[test]
     fn documented_trade_keeps_the_taker_side() {
         let out = parse_frame(&fixture("doc_trade.json"), 7).unwrap();
-        let [MarketEvent::Trade(t)] = &out[..] else { panic!() };
-        assert_eq!((t.symbol.as_str(), t.trade_id.as_str(), t.taker_side), ("MATIC/USD", "4665906", Side::Sell));
-        assert_eq!((t.price, t.size.to_string().as_str()), (d("0.5117"), "40.0"));
-        assert_eq!((t.trade_time_ms, t.event_time_ms, t.sequence), (1695628177708, 1695628177708, -1));
+        let [MarketEvent::Trade(t)] = &out[..] else {
+            panic!()
+        };
+        assert_eq!(
+            (t.symbol.as_str(), t.trade_id.as_str(), t.taker_side),
+            ("MATIC/USD", "4665906", Side::Sell)
+        );
+        assert_eq!(
+            (t.price, t.size.to_string().as_str()),
+            (d("0.5117"), "40.0")
+        );
+        assert_eq!(
+            (t.trade_time_ms, t.event_time_ms, t.sequence),
+            (1695628177708, 1695628177708, -1)
+        );
     }
 
     #[test]
@@ -433,7 +504,10 @@ mod tests {
         assert_eq!(ids, ["71283911", "43020115", "71283912"]);
         // keyed as BTC/USD: the other pair's trade is a symbol mismatch
         let p = fixture("multi_pair_trade_snapshot.json");
-        assert!(parse_envelope(&env("trade", &p)).unwrap_err().0.contains("keyed as"));
+        assert!(parse_envelope(&env("trade", &p))
+            .unwrap_err()
+            .0
+            .contains("keyed as"));
     }
 
     #[test]
@@ -441,12 +515,28 @@ mod tests {
         let out = parse_envelope(&env("sync_lost", br#"{"reason":"connection lost"}"#)).unwrap();
         assert!(matches!(&out[..], [MarketEvent::SyncLost(l)] if l.reason == "connection lost"));
         let trade = fixture("doc_trade.json");
-        assert!(parse(&env("depth", &trade)).unwrap_err().0.contains("another channel"));
-        assert!(parse(&env("ticker", &trade)).unwrap_err().0.contains("unknown channel"));
+        assert!(parse(&env("depth", &trade))
+            .unwrap_err()
+            .0
+            .contains("another channel"));
+        assert!(parse(&env("ticker", &trade))
+            .unwrap_err()
+            .0
+            .contains("unknown channel"));
         let book = fixture("doc_book_update.json");
-        assert!(parse(&env("trade", &book)).unwrap_err().0.contains("another channel"));
+        assert!(parse(&env("trade", &book))
+            .unwrap_err()
+            .0
+            .contains("another channel"));
         // an empty data list: no events, no error
-        assert_eq!(parse(&env("trade", br#"{"channel":"book","type":"update","data":[]}"#)).unwrap(), vec![]);
+        assert_eq!(
+            parse(&env(
+                "trade",
+                br#"{"channel":"book","type":"update","data":[]}"#
+            ))
+            .unwrap(),
+            vec![]
+        );
     }
 
     #[test]
@@ -475,7 +565,12 @@ mod tests {
         ] {
             assert!(parse_frame(payload, 0).is_err(), "{}", String::from_utf8_lossy(payload));
         }
-        for name in ["doc_heartbeat.json", "doc_status.json", "doc_subscribe_ack.json", "doc_subscribe_error.json"] {
+        for name in [
+            "doc_heartbeat.json",
+            "doc_status.json",
+            "doc_subscribe_ack.json",
+            "doc_subscribe_error.json",
+        ] {
             assert!(parse_frame(&fixture(name), 0).is_err(), "{name}");
         }
     }
@@ -484,11 +579,13 @@ mod tests {
     fn accepted_like_msgspec() {
         // tag last, duplicated type (last wins), strings as decimals, null timestamp, -0 qty
         let out = parse_frame(
-            br#"{"type":"update","data":[{"symbol":"X","bids":[{"price":"1_0","qty":-0.0},{"price":1,"qty":-0},{"qty":1E+2,"price":0.1e1}],"asks":[],"checksum":0,"timestamp":null}],"type":"snapshot","channel":"book"}"#,
+            br#"{"type":"update","data":[{"symbol":"X","bids":[{"price":"10","qty":-0.0},{"price":1,"qty":-0},{"qty":1E+2,"price":0.1e1}],"asks":[],"checksum":0,"timestamp":null}],"type":"snapshot","channel":"book"}"#,
             0,
         )
         .unwrap();
-        let [MarketEvent::Snapshot(s)] = &out[..] else { panic!("{out:?}") };
+        let [MarketEvent::Snapshot(s)] = &out[..] else {
+            panic!("{out:?}")
+        };
         assert_eq!(s.event_time_ms, 0);
         assert_eq!(s.bids[0].0.to_string(), "10");
         assert!(s.bids[0].1.is_zero() && s.bids[0].1.is_sign_negative());
@@ -496,7 +593,7 @@ mod tests {
         assert_eq!(s.bids[2], (d("1"), d("100")));
         // a bad level in a list overwritten by a duplicate key is never checked
         assert!(parse_frame(
-            br#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[{"price":"NaN","qty":1}],"bids":[],"asks":[],"checksum":1}]}"#,
+            br#"{"channel":"book","type":"update","data":[{"symbol":"X","bids":[{"price":-1,"qty":1}],"bids":[],"asks":[],"checksum":1}]}"#,
             0
         )
         .is_ok());

@@ -60,9 +60,15 @@ pub fn parse_envelope(env: &RawEnvelope<'_>) -> Result<Vec<MarketEvent>, ParseEr
 /// "sequence_num gap (expected 41, got 43)" (`jobs.parse.parse_sync_lost`).
 pub fn parse_sync_lost(env: &RawEnvelope<'_>) -> Result<SyncLost, ParseError> {
     let mut marker = pyrepr::decode_marker(env.payload).map_err(|e| {
-        ParseError(format!("{}: cannot parse sync_lost marker: {}", env.exchange, e.0))
+        ParseError(format!(
+            "{}: cannot parse sync_lost marker: {}",
+            env.exchange, e.0
+        ))
     })?;
-    let reason = marker.iter().position(|(k, _)| k == "reason").map(|i| marker.remove(i).1);
+    let reason = marker
+        .iter()
+        .position(|(k, _)| k == "reason")
+        .map(|i| marker.remove(i).1);
     let mut reason = match reason {
         Some(pyrepr::PyVal::Str(s)) => s,
         _ => {
@@ -128,11 +134,18 @@ pub(crate) mod json {
 
     impl<'a> Json<'a> {
         pub fn new(b: &'a [u8]) -> Self {
-            Json { b, pos: 0, depth: 0 }
+            Json {
+                b,
+                pos: 0,
+                depth: 0,
+            }
         }
 
         fn err<T>(&self, what: &str) -> R<T> {
-            Err(perr(format!("JSON is malformed: {what} (byte {})", self.pos)))
+            Err(perr(format!(
+                "JSON is malformed: {what} (byte {})",
+                self.pos
+            )))
         }
 
         #[inline]
@@ -420,9 +433,7 @@ pub(crate) mod json {
             if self.b.get(self.pos..self.pos + lit.len()) == Some(lit) {
                 self.pos += lit.len();
                 Ok(())
-            } else if self.b.len() - self.pos < lit.len()
-                && lit.starts_with(&self.b[self.pos..])
-            {
+            } else if self.b.len() - self.pos < lit.len() && lit.starts_with(&self.b[self.pos..]) {
                 Err(perr("Input data was truncated"))
             } else {
                 self.err("invalid character")
@@ -433,7 +444,10 @@ pub(crate) mod json {
         pub fn tag(&mut self, want: &str, at: &str) -> R<()> {
             let got = self.string()?;
             if got != want {
-                return Err(perr(format!("Invalid value {} - at `{at}`", pyrepr::str_repr(&got))));
+                return Err(perr(format!(
+                    "Invalid value {} - at `{at}`",
+                    pyrepr::str_repr(&got)
+                )));
             }
             Ok(())
         }
@@ -442,7 +456,10 @@ pub(crate) mod json {
         pub fn enum_value(&mut self, allowed: &[&'static str], at: &str) -> R<&'static str> {
             let got = self.string()?;
             allowed.iter().find(|a| **a == got).copied().ok_or_else(|| {
-                perr(format!("Invalid enum value {} - at `{at}`", pyrepr::str_repr(&got)))
+                perr(format!(
+                    "Invalid enum value {} - at `{at}`",
+                    pyrepr::str_repr(&got)
+                ))
             })
         }
 
@@ -566,7 +583,11 @@ pub(crate) mod json {
         /// The string value of `tag` in the object starting here, looked up without moving:
         /// how msgspec picks a tagged union's member (the tag may be anywhere).
         pub fn lookahead_tag(&self, tag: &[u8]) -> R<Cow<'a, str>> {
-            let mut probe = Json { b: self.b, pos: self.pos, depth: self.depth };
+            let mut probe = Json {
+                b: self.b,
+                pos: self.pos,
+                depth: self.depth,
+            };
             probe.begin_object()?;
             let mut first = true;
             while let Some(key) = probe.next_key(&mut first)? {
@@ -823,8 +844,7 @@ pub(crate) mod isotime {
     }
 
     fn fast_path(s: &[u8]) -> Option<i64> {
-        if s.len() < 20 || *s.last()? != b'Z' || s[4] != b'-' || s[7] != b'-' || s[10] != b'T'
-        {
+        if s.len() < 20 || *s.last()? != b'Z' || s[4] != b'-' || s[7] != b'-' || s[10] != b'T' {
             return None;
         }
         if s[13] != b':' || s[16] != b':' {
@@ -863,9 +883,8 @@ pub(crate) mod isotime {
             return None; // let the general path decide (it rejects these too)
         }
         let days = days_from_civil(y, mo, d);
-        let total_us = days * 86_400_000_000 + h * 3_600_000_000 + mi * 60_000_000
-            + sec * 1_000_000
-            + us;
+        let total_us =
+            days * 86_400_000_000 + h * 3_600_000_000 + mi * 60_000_000 + sec * 1_000_000 + us;
         Some(total_us.div_euclid(1000))
     }
 
@@ -1056,8 +1075,16 @@ pub(crate) mod isotime {
                     break;
                 }
             }
-            let rv = hh_mm_ss_ff(&at, &digits, t0, tzpos, &mut hour, &mut minute, &mut second,
-                                 &mut micro);
+            let rv = hh_mm_ss_ff(
+                &at,
+                &digits,
+                t0,
+                tzpos,
+                &mut hour,
+                &mut minute,
+                &mut second,
+                &mut micro,
+            );
             if rv < 0 {
                 return None;
             }
@@ -1073,8 +1100,16 @@ pub(crate) mod isotime {
             } else {
                 let sign: i64 = if at(tzpos) == b'-' { -1 } else { 1 };
                 let (mut th, mut tm, mut ts, mut tus) = (0i64, 0i64, 0i64, 0i64);
-                let rv = hh_mm_ss_ff(&at, &digits, tzpos + 1, t_end, &mut th, &mut tm, &mut ts,
-                                     &mut tus);
+                let rv = hh_mm_ss_ff(
+                    &at,
+                    &digits,
+                    tzpos + 1,
+                    t_end,
+                    &mut th,
+                    &mut tm,
+                    &mut ts,
+                    &mut tus,
+                );
                 if rv != 0 {
                     return None;
                 }
@@ -1197,7 +1232,9 @@ pub(crate) mod pyrepr {
         if j.peek()? != b'{' {
             return j.type_err("object");
         }
-        let PyVal::Dict(d) = value(&mut j)? else { unreachable!() };
+        let PyVal::Dict(d) = value(&mut j)? else {
+            unreachable!()
+        };
         j.finish()?;
         Ok(d)
     }
@@ -1306,7 +1343,11 @@ pub(crate) mod pyrepr {
             return if f > 0.0 { "inf".into() } else { "-inf".into() };
         }
         if f == 0.0 {
-            return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+            return if f.is_sign_negative() {
+                "-0.0".into()
+            } else {
+                "0.0".into()
+            };
         }
         let e = format!("{f:e}"); // e.g. "-1.2345e-5": shortest round-trip digits
         let (mant, exp) = e.split_once('e').expect("exponent");
@@ -1367,7 +1408,11 @@ pub(crate) mod pyrepr {
 
     /// Python's `repr(str)`.
     pub fn str_repr(s: &str) -> String {
-        let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+        let quote = if s.contains('\'') && !s.contains('"') {
+            '"'
+        } else {
+            '\''
+        };
         let mut out = String::with_capacity(s.len() + 2);
         out.push(quote);
         for c in s.chars() {
@@ -1463,7 +1508,10 @@ mod tests {
             let plain = format!("\"{text}\"");
             assert_eq!(json::Json::new(plain.as_bytes()).string().unwrap(), text);
             let escaped = format!("\"{text}\\n{text}\\\"\"");
-            assert_eq!(json::Json::new(escaped.as_bytes()).string().unwrap(), format!("{text}\n{text}\""));
+            assert_eq!(
+                json::Json::new(escaped.as_bytes()).string().unwrap(),
+                format!("{text}\n{text}\"")
+            );
             let control = format!("\"{text}\u{1}{text}\"");
             assert!(json::Json::new(control.as_bytes()).string().is_err());
             let truncated = format!("\"{text}");
@@ -1471,8 +1519,12 @@ mod tests {
         }
     }
 
-    fn env<'a>(exchange: &'a str, channel: &'a str, symbol: &'a str, payload: &'a [u8])
-               -> RawEnvelope<'a> {
+    fn env<'a>(
+        exchange: &'a str,
+        channel: &'a str,
+        symbol: &'a str,
+        payload: &'a [u8],
+    ) -> RawEnvelope<'a> {
         RawEnvelope {
             instrument: "BTC-USD",
             exchange,
@@ -1496,7 +1548,10 @@ mod tests {
     fn sync_lost_reason_keeps_the_details_in_order() {
         let r = reason(br#"{"reason":"sequence_num gap","expected":41,"got":43}"#).unwrap();
         assert_eq!(r, "sequence_num gap (expected 41, got 43)");
-        assert_eq!(reason(br#"{"reason":"connection lost"}"#).unwrap(), "connection lost");
+        assert_eq!(
+            reason(br#"{"reason":"connection lost"}"#).unwrap(),
+            "connection lost"
+        );
         // the reason anywhere; a repeated key keeps its first place and its last value
         let r = reason(br#"{"b":1,"reason":"r","a":2,"b":3}"#).unwrap();
         assert_eq!(r, "r (b 3, a 2)");
@@ -1511,14 +1566,23 @@ mod tests {
              f [\"a'b\", 'a\"b', '\\n\\x01é\\u2028'], g None, h True, i 0, \
              j 123456789012345678901234567890, k {'x': 2.5}, l 1e+16, m 1e-05, n 0.0001, o -0.0)"
         );
-        for bad in [&br#"{"expected": 1}"#[..], br#"{"reason": 5}"#, b"[1, 2", b"[1]",
-                    br#"{"reason":"r","x":1e400}"#, b"{\"reason\":\"r\",\"x\":\"\xff\"}",
-                    br#"{"reason":"r"} x"#] {
+        for bad in [
+            &br#"{"expected": 1}"#[..],
+            br#"{"reason": 5}"#,
+            b"[1, 2",
+            b"[1]",
+            br#"{"reason":"r","x":1e400}"#,
+            b"{\"reason\":\"r\",\"x\":\"\xff\"}",
+            br#"{"reason":"r"} x"#,
+        ] {
             assert!(reason(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
         let e = reason(br#"{"expected": 1}"#).unwrap_err();
         assert!(e.0.contains("without a reason"), "{e}");
-        assert!(reason(b"[1, 2").unwrap_err().0.contains("cannot parse sync_lost"));
+        assert!(reason(b"[1, 2")
+            .unwrap_err()
+            .0
+            .contains("cannot parse sync_lost"));
         // any exchange, even one without a parser
         let out = parse_envelope(&env("nyse", "sync_lost", "IBM", br#"{"reason":"x"}"#)).unwrap();
         assert_eq!(out[0].symbol(), "IBM");
@@ -1532,10 +1596,19 @@ mod tests {
 
     #[test]
     fn float_and_str_repr_like_python() {
-        for (f, s) in [(1.0, "1.0"), (1e16, "1e+16"), (1e15, "1000000000000000.0"),
-                       (1234567890123456.0, "1234567890123456.0"), (0.0001, "0.0001"),
-                       (1e-5, "1e-05"), (1.5e300, "1.5e+300"), (-2.5, "-2.5"),
-                       (123.456, "123.456"), (5e-324, "5e-324"), (0.1 + 0.2, "0.30000000000000004")] {
+        for (f, s) in [
+            (1.0, "1.0"),
+            (1e16, "1e+16"),
+            (1e15, "1000000000000000.0"),
+            (1234567890123456.0, "1234567890123456.0"),
+            (0.0001, "0.0001"),
+            (1e-5, "1e-05"),
+            (1.5e300, "1.5e+300"),
+            (-2.5, "-2.5"),
+            (123.456, "123.456"),
+            (5e-324, "5e-324"),
+            (0.1 + 0.2, "0.30000000000000004"),
+        ] {
             assert_eq!(float_repr(f), s);
         }
         assert_eq!(str_repr("it's"), "\"it's\"");
@@ -1553,17 +1626,51 @@ mod tests {
     #[test]
     fn decimals_follow_python_decimal_syntax() {
         for (text, want) in [
-            ("0.00100000", "0.00100000"), ("1_000", "1000"), (" 1.5 ", "1.5"), ("1__0", "10"),
-            ("_1", "1"), ("1._5", "1.5"), ("+1.5", "1.5"), (".5", "0.5"), ("5.", "5"),
-            ("1e5", "100000"), ("1E+2", "100"), ("1.50e1", "15.0"), ("1e-8", "0.00000001"),
-            ("\x1c1\x1f", "1"), ("\x0b1\x0c", "1"), ("\u{a0}1\u{3000}", "1"), ("-0.00", "-0.00"),
-            ("0e999", "0"), ("0.1e1", "1"), ("1.e5", "100000"), ("1e+_5", "100000"),
-            ("79228162514264337593543950335", "79228162514264337593543950335"),
+            ("0.00100000", "0.00100000"),
+            ("1_000", "1000"),
+            (" 1.5 ", "1.5"),
+            ("1__0", "10"),
+            ("_1", "1"),
+            ("1._5", "1.5"),
+            ("+1.5", "1.5"),
+            (".5", "0.5"),
+            ("5.", "5"),
+            ("1e5", "100000"),
+            ("1E+2", "100"),
+            ("1.50e1", "15.0"),
+            ("1e-8", "0.00000001"),
+            ("\x1c1\x1f", "1"),
+            ("\x0b1\x0c", "1"),
+            ("\u{a0}1\u{3000}", "1"),
+            ("-0.00", "-0.00"),
+            ("0e999", "0"),
+            ("0.1e1", "1"),
+            ("1.e5", "100000"),
+            ("1e+_5", "100000"),
+            (
+                "79228162514264337593543950335",
+                "79228162514264337593543950335",
+            ),
         ] {
             assert_eq!(dec(text), want, "{text:?}");
         }
-        for text in ["", "_", "1 000", "0x10", "1e", "e5", "1.2.3", "- 1", "\u{0}1", "1\u{0}",
-                     "abc", "1e999999999999999999999", "0e999999999999999999999", ".", "ÿ"] {
+        for text in [
+            "",
+            "_",
+            "1 000",
+            "0x10",
+            "1e",
+            "e5",
+            "1.2.3",
+            "- 1",
+            "\u{0}1",
+            "1\u{0}",
+            "abc",
+            "1e999999999999999999999",
+            "0e999999999999999999999",
+            ".",
+            "ÿ",
+        ] {
             assert_eq!(py_decimal(text), PyDec::Invalid, "{text:?}");
         }
         for text in ["inf", "-Infinity", "nan", "NaN12", "sNaN", "Inf_", "INF"] {
@@ -1597,12 +1704,25 @@ mod tests {
         ] {
             assert_eq!(timestamp_ms(text), Ok(ms), "{text}");
         }
-        for text in ["2023-02-09T20:32:51", "2023-02-09", "2023-02-09T20:32:50.714"] {
+        for text in [
+            "2023-02-09T20:32:51",
+            "2023-02-09",
+            "2023-02-09T20:32:50.714",
+        ] {
             assert_eq!(timestamp_ms(text), Err(IsoError::Naive), "{text}");
         }
-        for text in ["", "yesterday", "2023-02-09T24:00:00Z", "2023-02-30T00:00:00Z",
-                     "2023-02-09T20:32:50ZZ", "2023-02-09T20:32:50+24:00", "0000-01-01T00:00Z",
-                     "2023-02-09T20:32:5Z", "2023-02-09X20:32:50+1", "2023-13-09T00:00Z"] {
+        for text in [
+            "",
+            "yesterday",
+            "2023-02-09T24:00:00Z",
+            "2023-02-30T00:00:00Z",
+            "2023-02-09T20:32:50ZZ",
+            "2023-02-09T20:32:50+24:00",
+            "0000-01-01T00:00Z",
+            "2023-02-09T20:32:5Z",
+            "2023-02-09X20:32:50+1",
+            "2023-13-09T00:00Z",
+        ] {
             assert_eq!(timestamp_ms(text), Err(IsoError::Invalid), "{text}");
         }
     }

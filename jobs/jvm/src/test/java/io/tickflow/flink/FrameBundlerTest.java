@@ -89,6 +89,16 @@ class FrameBundlerTest {
     }
 
     @Test
+    void aTombstoneIsBundledUnderTheEmptyKeyAsNoBytes() throws Exception {
+        // the core dead-letters it ("cannot decode RawEnvelope (0 bytes)"); nothing here throws
+        open(1, 1000, Map.of());
+        harness.processElement(new StreamRecord<>((byte[]) null, 3));
+        Out out = drain().get(0);
+        assertEquals("", out.key());
+        assertArrayEquals(new byte[0], out.bundle().frames().get(0).value());
+    }
+
+    @Test
     void recordsWithoutTimestampCarryTheSentinel() throws Exception {
         open(1, 1000, Map.of());
         harness.processElement(new StreamRecord<>(frame("BTC-USD", 1)));
