@@ -4,6 +4,7 @@
 //! state persistence, Redis views and processing-time staleness are not part of a backfill.
 
 use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
@@ -231,6 +232,30 @@ impl InstrumentBooks {
             Some(i) => &self.book_instruments[i].1,
             None => &self.instrument,
         }
+    }
+
+    /// `process` with a panic caught: a bug must not stop the job on one frame, it leaves as
+    /// a dead letter like a bad frame (`internal error: ...`).
+    pub fn process_guarded(
+        &mut self,
+        env: &RawEnvelope<'_>,
+        watermark_ms: i64,
+        out: &mut Outputs,
+    ) -> Result<(), ParseError> {
+        catch_unwind(AssertUnwindSafe(|| self.process(env, watermark_ms, out))).unwrap_or_else(
+            |panic| {
+                Err(ParseError(format!(
+                    "internal error: {}",
+                    panic_text(&*panic)
+                )))
+            },
+        )
+    }
+
+    /// `advance` with a panic caught: Err(the panic's message).
+    pub fn advance_guarded(&mut self, watermark_ms: i64, out: &mut Outputs) -> Result<(), String> {
+        catch_unwind(AssertUnwindSafe(|| self.advance(watermark_ms, out)))
+            .map_err(|panic| panic_text(&*panic))
     }
 
     /// Apply one raw frame; Err for a frame that cannot be understood (nothing applied).
@@ -753,5 +778,16 @@ impl InstrumentBooks {
             bid_depth,
             ask_depth,
         }
+    }
+}
+
+/// A panic's message, for its dead letter.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_string()
     }
 }

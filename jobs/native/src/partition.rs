@@ -6,14 +6,11 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::envelope::{decode_envelope, envelope_instrument};
-use crate::events::ParseError;
 use crate::instrument::{InstrumentBooks, Outputs, Rules, END_OF_INPUT, NO_WATERMARK};
 use crate::nbbo::{group_quote, nbbo_group};
 use crate::rows::{RowError, TableRows, TABLES};
-use crate::stream::panic_text;
 use crate::validate::Limits;
 
 /// A record that goes to the dead-letter topic: why, its bytes, and whether its envelope
@@ -176,12 +173,10 @@ impl PartitionBooks {
             .books
             .get_mut(key)
             .expect("an advanced instrument has books");
-        let refused = match catch_unwind(AssertUnwindSafe(|| books.advance(watermark_ms, &mut out)))
-        {
+        let refused = match books.advance_guarded(watermark_ms, &mut out) {
             Ok(()) => self.take(&out, None),
             Err(panic) => vec![format!(
-                "internal error advancing to {watermark_ms}: {}",
-                panic_text(&*panic)
+                "internal error advancing to {watermark_ms}: {panic}"
             )],
         };
         self.out = out;
@@ -220,16 +215,7 @@ impl PartitionBooks {
         out.clear();
         let books = self.books.get_mut(&key).unwrap();
         let watermark_ms = self.watermark_ms;
-        let processed = catch_unwind(AssertUnwindSafe(|| {
-            books.process(&env, watermark_ms, &mut out)
-        }))
-        .unwrap_or_else(|panic| {
-            Err(ParseError(format!(
-                "internal error: {}",
-                panic_text(&*panic)
-            )))
-        });
-        match processed {
+        match books.process_guarded(&env, watermark_ms, &mut out) {
             Ok(()) => {
                 let refused = self.take(&out, Some(env.instrument));
                 self.out = out;

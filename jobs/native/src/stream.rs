@@ -13,11 +13,9 @@
 //! (RowBinary); kind 2: Kafka records of output `name`, each `u32 len` + UTF-8 JSON.
 
 use std::collections::HashMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
 use crate::envelope::decode_envelope;
-use crate::events::ParseError;
 use crate::instrument::{BookView, InstrumentBooks, NbboUpdate, Outputs, Rules};
 use crate::nbbo::{group_quote, nbbo_group};
 use crate::publish;
@@ -147,17 +145,6 @@ pub struct StreamBooks {
     pub counts: Counts,
     out: Outputs,
     limits: Limits,
-}
-
-/// A panic's message, for its dead letter.
-pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic".to_string()
-    }
 }
 
 fn section(blob: &mut Vec<u8>, kind: u8, name: &str, count: u64, payload: &[u8]) {
@@ -304,17 +291,7 @@ impl StreamBooks {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         let books = self.books_of(key);
-        // a bug must not stop the job on one frame: it leaves as a dead letter like a bad frame
-        let processed = catch_unwind(AssertUnwindSafe(|| {
-            books.process(&env, watermark_ms, &mut out)
-        }))
-        .unwrap_or_else(|panic| {
-            Err(ParseError(format!(
-                "internal error: {}",
-                panic_text(&*panic)
-            )))
-        });
-        match processed {
+        match books.process_guarded(&env, watermark_ms, &mut out) {
             Ok(()) => {
                 let books = self.books_of(key);
                 for (book_id, _) in &out.resyncs {
@@ -350,12 +327,8 @@ impl StreamBooks {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         let books = self.books_of(key);
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| books.advance(watermark_ms, &mut out)))
-        {
-            let reason = format!(
-                "internal error advancing {key:?} to {watermark_ms}: {}",
-                panic_text(&*panic)
-            );
+        if let Err(panic) = books.advance_guarded(watermark_ms, &mut out) {
+            let reason = format!("internal error advancing {key:?} to {watermark_ms}: {panic}");
             self.dead_letter(&publish::dead_letter_json("job", &reason, b"", None));
             out.clear();
         }
