@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use tickflow_native::dec::parse_dec;
 use tickflow_native::instrument::Rules;
-use tickflow_native::stream::{LiveRules, StreamBooks};
+use tickflow_native::stream::{push_frame, write_bundle, LiveRules, StreamBooks};
 
 /// `config/tickflow.yaml`'s `flink.watermark_out_of_orderness_ms`, plus one.
 const LAG_MS: i64 = 5001;
@@ -81,16 +81,12 @@ fn bundles(frames: &[(String, i64, Vec<u8>)], size: usize) -> Vec<Bundle> {
         latest = latest.max(*ts);
         let entry = pending.entry(key.as_str()).or_insert_with(|| {
             order.push(key.as_str());
-            (vec![1, 0], 0)
+            (write_bundle(0, &[]), 0)
         });
-        entry.0.extend_from_slice(&ts.to_le_bytes());
-        entry
-            .0
-            .extend_from_slice(&(value.len() as u32).to_le_bytes());
-        entry.0.extend_from_slice(value);
+        push_frame(&mut entry.0, *ts, value);
         entry.1 += 1;
         if entry.1 >= size {
-            let (data, n) = std::mem::replace(entry, (vec![1, 0], 0));
+            let (data, n) = std::mem::replace(entry, (write_bundle(0, &[]), 0));
             send(key, data, n, latest, &mut out);
         }
     }

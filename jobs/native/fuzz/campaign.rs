@@ -25,7 +25,7 @@ use tickflow_native::envelope::{
 use tickflow_native::events::MarketEvent;
 use tickflow_native::instrument::Rules;
 use tickflow_native::parse::parse_envelope;
-use tickflow_native::stream::{read_bundle, LiveRules, StreamBooks};
+use tickflow_native::stream::{read_bundle, write_bundle, LiveRules, StreamBooks};
 use tickflow_native::validate::Limits;
 
 pub const EXCHANGES: [&str; 3] = ["binance", "coinbase", "kraken"];
@@ -711,11 +711,7 @@ fn core() -> StreamBooks {
 }
 
 fn bundle_of(timestamp_ms: i64, value: &[u8]) -> Vec<u8> {
-    let mut bundle = vec![1u8, 0];
-    bundle.extend_from_slice(&timestamp_ms.to_le_bytes());
-    bundle.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    bundle.extend_from_slice(value);
-    bundle
+    write_bundle(0, &[(timestamp_ms, value)])
 }
 
 /// The frame campaign of one exchange: `executions` frames, reproducible from `seed`.

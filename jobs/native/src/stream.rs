@@ -156,6 +156,23 @@ fn section(blob: &mut Vec<u8>, kind: u8, name: &str, count: u64, payload: &[u8])
     blob.extend_from_slice(payload);
 }
 
+/// A frame bundle of `(timestamp_ms, value)` frames, as the JVM bundler writes it (tests and
+/// benchmarks; `read_bundle` reads it).
+pub fn write_bundle(flags: u8, frames: &[(i64, &[u8])]) -> Vec<u8> {
+    let mut bundle = vec![BUNDLE_VERSION, flags];
+    for (timestamp_ms, value) in frames {
+        push_frame(&mut bundle, *timestamp_ms, value);
+    }
+    bundle
+}
+
+/// One more frame at the end of a bundle that `write_bundle` began.
+pub fn push_frame(bundle: &mut Vec<u8>, timestamp_ms: i64, value: &[u8]) {
+    bundle.extend_from_slice(&timestamp_ms.to_le_bytes());
+    bundle.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    bundle.extend_from_slice(value);
+}
+
 /// The frames of a bundle: `(timestamp_ms, value)` each, and its flags.
 pub fn read_bundle(bundle: &[u8]) -> Result<(u8, Frames<'_>), BundleError> {
     if bundle.len() < 2 || bundle[0] != BUNDLE_VERSION {

@@ -8,7 +8,7 @@ use serde_json::Value;
 use tickflow_native::dec::parse_dec;
 use tickflow_native::envelope::{encode_envelope, RawEnvelope};
 use tickflow_native::instrument::Rules;
-use tickflow_native::stream::{LiveRules, StreamBooks};
+use tickflow_native::stream::{write_bundle, LiveRules, StreamBooks};
 use tickflow_native::validate::Limits;
 
 const KEY: &str = "BNB-BTC";
@@ -52,13 +52,8 @@ fn envelope(exchange: &str, symbol: &str, channel: &str, payload: &[u8]) -> Vec<
 }
 
 fn bundle(values: &[&[u8]]) -> Vec<u8> {
-    let mut b = vec![1u8, 0];
-    for v in values {
-        b.extend_from_slice(&RX_MS.to_le_bytes());
-        b.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        b.extend_from_slice(v);
-    }
-    b
+    let frames: Vec<(i64, &[u8])> = values.iter().map(|v| (RX_MS, *v)).collect();
+    write_bundle(0, &frames)
 }
 
 /// What one call produced: dead letters (JSON), rows per table, resync requests, the LIVE
