@@ -34,7 +34,7 @@ from bench.chaos import (
     physical_rows,
     topics_of,
 )
-from bench.slice import _delete_kafka_topics, _delete_redis_keys, patched_environ
+from bench.slice import _delete_kafka_topics, _delete_redis_keys
 from bench.stats import machine, target_entry, write_results
 from jobs.backfill import run_backfill
 from jobs.replay_cli import backfill_overrides, submit_replay
@@ -42,7 +42,7 @@ from jobs.sinks.clickhouse import connect
 from stack import flink, manager
 from stack.supervisor import SUPERVISED, pipeline_submitter
 from stack.topics import ensure_topics, pipeline_topics
-from tickflow.config import Settings, load_settings
+from tickflow.config import Settings, load_settings, patched_environ
 
 DAY_MESSAGES = 50_000_000
 RUN_TIMEOUT_S = 3600.0

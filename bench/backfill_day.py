@@ -44,7 +44,6 @@ from bench.book_pipeline import (
     generate,
     open_wire,
 )
-from bench.slice import patched_environ
 from bench.stats import machine, target_entry, write_results
 from connectors.producer import KafkaSink, partition_of
 from jobs.backfill import run_backfill
@@ -54,7 +53,7 @@ from simulator.testing import pointed_at
 from stack import manager
 from stack.supervisor import SUPERVISED
 from stack.topics import ensure_topics
-from tickflow.config import Settings, load_settings
+from tickflow.config import Settings, load_settings, patched_environ
 from tickflow.instruments import nbbo_group
 
 DAY_MESSAGES = 50_000_000

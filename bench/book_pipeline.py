@@ -72,7 +72,7 @@ from simulator.testing import pointed_at
 from simulator.venue import OutFrame, Subscription, Venue
 from stack import flink
 from stack.topics import ensure_topics
-from tickflow.config import FLINK_STATE_BACKENDS, Settings, load_settings
+from tickflow.config import FLINK_STATE_BACKENDS, Settings, load_settings, patched_environ
 
 RESULTS = Path(__file__).resolve().parent / "results" / "book_pipeline.json"
 PIPELINE = "jobs/pipeline.py"
@@ -322,16 +322,8 @@ def expected_outcome(settings: Settings, envelopes: list[RawEnvelope]) -> Expect
 @contextlib.contextmanager
 def environment(overrides: dict[str, str]) -> Iterator[Settings]:
     """``os.environ`` with ``overrides`` (bin/flink and the job read them) and its settings."""
-    saved = {name: os.environ.get(name) for name in overrides}
-    os.environ.update(overrides)
-    try:
+    with patched_environ(overrides):
         yield load_settings()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def run_overrides(tag: str, raw_topic: str, backend: str) -> dict[str, str]:

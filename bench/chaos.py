@@ -59,7 +59,7 @@ from typing import Any
 import redis
 
 from bench.analytics_checks import read_committed
-from bench.slice import _delete_kafka_topics, _delete_redis_keys, patched_environ
+from bench.slice import _delete_kafka_topics, _delete_redis_keys
 from bench.stats import target_entry
 from connectors.producer import partition_of
 from jobs.sinks.clickhouse import COLUMNS, connect
@@ -68,7 +68,7 @@ from stack import flink, manager
 from stack.supervisor import SUPERVISED, SupervisedJob, Supervisor, pipeline_submitter
 from stack.system import pid_alive, read_pids
 from stack.topics import ensure_topics, pipeline_topics
-from tickflow.config import Settings, load_settings
+from tickflow.config import Settings, load_settings, patched_environ
 from tickflow.instruments import nbbo_group
 
 RESULTS = Path(__file__).parent / "results" / "chaos.json"

@@ -52,13 +52,13 @@ from bench.chaos import (
     topics_of,
     wait,
 )
-from bench.slice import _delete_redis_keys, patched_environ
+from bench.slice import _delete_redis_keys
 from jobs.replay_cli import replay_overrides, submit_replay
 from jobs.sinks.clickhouse import connect
 from stack import flink, manager
 from stack.supervisor import SUPERVISED, pipeline_submitter
 from stack.topics import ensure_topics, pipeline_topics
-from tickflow.config import Settings, load_settings
+from tickflow.config import Settings, load_settings, patched_environ
 
 RESULTS = Path(__file__).parent / "results" / "dr_drill.json"
 RECOVERY_TIMEOUT_S = 900.0

@@ -25,7 +25,7 @@ import time
 import urllib.request
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -37,7 +37,7 @@ from jobs.sinks.book_reader import StoredBook, read_book
 from jobs.sinks.clickhouse import connect
 from stack import flink
 from stack.topics import ensure_topics, output_topics
-from tickflow.config import Settings, load_settings
+from tickflow.config import Settings, load_settings, patched_environ
 
 T = TypeVar("T")
 
@@ -91,21 +91,6 @@ def sim_post(settings: Settings, path: str) -> Any:
     req = urllib.request.Request(url, data=b"", method="POST")
     with urllib.request.urlopen(req, timeout=5) as resp:
         return json.loads(resp.read())
-
-
-@contextlib.contextmanager
-def patched_environ(values: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the block (the CLIs and the PyFlink client read them)."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, old in saved.items():
-            if old is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = old
 
 
 @dataclass

@@ -10,9 +10,10 @@ required values fail fast with the offending key in the message.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -540,3 +541,19 @@ def load_settings(
         state_dir=(root / settings.state_dir).resolve(),
         cache_dir=(root / settings.cache_dir).resolve(),
     )
+
+
+@contextlib.contextmanager
+def patched_environ(values: Mapping[str, str]) -> Iterator[None]:
+    """Environment variables set for the block, as they were after it (overrides that
+    ``load_settings``, the CLIs and the PyFlink client started in the block read)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old

@@ -18,7 +18,6 @@ the skipped backlog is then stored by a batch backfill of exactly those offsets
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -27,11 +26,10 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tickflow.config import Settings, load_settings
+from tickflow.config import Settings, load_settings, patched_environ
 
 LIVE_WAIT_S = 120.0  # `up` reports how long until every book is LIVE, waiting up to this
 # ... and fresh: its last message received this recently (a book restored from a checkpoint
@@ -184,20 +182,6 @@ def raw_backlog(settings: Settings) -> tuple[dict[int, int], dict[int, int]]:
         consumer.close()
 
 
-@contextlib.contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def start_backlog_backfill(settings: Settings, spec: str) -> subprocess.Popen[bytes]:
     """``tickflow job backfill --offsets SPEC`` in the background; its pid."""
     log = settings.state_dir / "apps" / "backlog-backfill.log"
@@ -237,7 +221,7 @@ def submit_job(settings: Settings, history: dict[str, Any]) -> tuple[str, dict[s
     print(f"job: no state to restore and {backlog} records behind the committed offsets (more "
           f"than flink.catch_up_max_records = {settings.flink.catch_up_max_records}): starting "
           f"at the end of the topic, {start}")  # fmt: skip
-    with _environ({"TICKFLOW__FLINK__START_OFFSETS": start}):
+    with patched_environ({"TICKFLOW__FLINK__START_OFFSETS": start}):
         job_id = flink.submit_python_job(settings, pipeline, [])
     skipped = [PartitionRange(p, committed[p], end[p]) for p in sorted(end)
                if end[p] > committed[p]]

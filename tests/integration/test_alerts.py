@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from bench.slice import free_port, patched_environ, sim_post, start_slice, wait_for
+from bench.slice import free_port, sim_post, start_slice, wait_for
 from stack.system import port_open
-from tickflow.config import Settings
+from tickflow.config import Settings, patched_environ
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

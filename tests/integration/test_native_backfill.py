@@ -16,7 +16,7 @@ import pytest
 
 from bench.backfill import batch_backfill, differing, drop_database
 from bench.chaos import Feeder, clickhouse_rows, make_dataset
-from bench.slice import _delete_kafka_topics, patched_environ
+from bench.slice import _delete_kafka_topics
 from jobs.backfill import (
     PartitionRange,
     backfill_partition,
@@ -27,7 +27,7 @@ from jobs.backfill import (
 from jobs.replay_cli import backfill_overrides
 from schemas.codec import decode_envelope, encode_envelope
 from stack.topics import ensure_topics
-from tickflow.config import Settings, load_settings
+from tickflow.config import Settings, load_settings, patched_environ
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

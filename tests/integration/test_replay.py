@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from bench.chaos import caught_up
-from bench.slice import patched_environ, sim_post, start_slice, wait_for
+from bench.slice import sim_post, start_slice, wait_for
 from jobs.replay_cli import replay_overrides, submit_replay
 from jobs.sinks.book_reader import read_book
 from jobs.sinks.clickhouse import COLUMNS, connect
 from stack import flink
 from stack.supervisor import SupervisedJob, pipeline_submitter
-from tickflow.config import Settings, load_settings
+from tickflow.config import Settings, load_settings, patched_environ
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -17,7 +17,6 @@ import redis
 from bench.slice import (
     clickhouse_trades,
     equals_truth,
-    patched_environ,
     sim_get,
     sim_post,
     start_slice,
@@ -26,7 +25,7 @@ from bench.slice import (
 from stack import flink
 from tests.integration.previous_release_pipeline import NAME_PREFIX, OLD_UIDS
 from tests.integration.upgraded_pipeline import PROBE, UPGRADE_KEY, UPGRADE_VERSION
-from tickflow.config import Settings, load_settings
+from tickflow.config import Settings, load_settings, patched_environ
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
