@@ -241,8 +241,14 @@ impl PartitionBooks {
         }
     }
 
+    /// Rows in the tables' buffers so far, all tables.
+    fn rows_written(&self) -> u64 {
+        self.tables.iter().map(|t| t.rows).sum()
+    }
+
     /// Rows of what a frame (its own instrument given) or a watermark advance produced.
     fn take(&mut self, out: &Outputs, instrument: Option<&str>) -> Vec<String> {
+        let before = self.rows_written();
         let [trades, snapshots, tops, nbbo, matched, bars, late] = &mut self.tables[..] else {
             unreachable!("one TableRows per table")
         };
@@ -252,13 +258,6 @@ impl PartitionBooks {
                 refused.push(format!("row of {table} refused: {}", err.0));
             }
         };
-        let before = trades.rows
-            + snapshots.rows
-            + tops.rows
-            + nbbo.rows
-            + matched.rows
-            + bars.rows
-            + late.rows;
         if let Some(instrument) = instrument {
             for trade in &out.trades {
                 row("trades", trades.trade(trade, instrument, true));
@@ -285,14 +284,7 @@ impl PartitionBooks {
         for event in &out.late {
             row("late_events", late.late(event));
         }
-        let after = trades.rows
-            + snapshots.rows
-            + tops.rows
-            + nbbo.rows
-            + matched.rows
-            + bars.rows
-            + late.rows;
-        self.counts.rows += after - before;
+        self.counts.rows += self.rows_written() - before;
         self.counts.late += out.late.len() as u64;
         self.counts.duplicate_trades += out.duplicate_trades;
         refused
