@@ -183,7 +183,7 @@ def raw_backlog(settings: Settings) -> tuple[dict[int, int], dict[int, int]]:
 
 
 def start_backlog_backfill(settings: Settings, spec: str) -> subprocess.Popen[bytes]:
-    """``tickflow job backfill --offsets SPEC`` in the background; its pid."""
+    """``tickflow job backfill --offsets SPEC`` in the background (its process)."""
     log = settings.state_dir / "apps" / "backlog-backfill.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
