@@ -22,6 +22,7 @@ from jobs.sinks.redis_books import (
     RedisBatch,
     book_key,
     effective_status,
+    nbbo_key,
     redis_client,
 )
 from schemas.bundles import (
@@ -132,6 +133,11 @@ def test_state_is_written_before_a_barrier_and_a_restored_operator_publishes_its
     restored.timer(T0 + 1000)
     assert client.hget(key, "asks") == b'[["1.05","1"],["1.1","3"]]'
     assert client.hget(key, "seq") == b"11"
+    # and its NBBO, whose hash is leased by this run: it reads live, not EXPIRED
+    nbbo = nbbo_key(redis_config.key_prefix, KEY)
+    assert client.hget(nbbo, "bid_price") == b"1.0"
+    lease = client.hget(nbbo, LEASE_FIELD)
+    assert lease is not None and int(lease) > time.time() * 1000
     restored.function.close()
     client.close()
 

@@ -686,6 +686,21 @@ impl InstrumentBooks {
             .collect()
     }
 
+    /// The last NBBO published, to publish again after a restore (with the books' views).
+    /// Its times are not state: they are taken from its version, which is its receive time
+    /// in us unless two came within one us; the write is version-guarded, so where Redis has
+    /// this NBBO it only takes the hash back into this run's leases.
+    pub fn last_nbbo(&self) -> Option<NbboUpdate> {
+        let nbbo = self.nbbo.clone()?;
+        let receive_time_ns = self.nbbo_version.saturating_mul(1000);
+        Some(NbboUpdate {
+            nbbo,
+            version: self.nbbo_version,
+            event_time_ms: receive_time_ns.div_euclid(1_000_000),
+            receive_time_ns,
+        })
+    }
+
     /// A new state of a book: into its history (for matching) and the bars.
     fn record_state(&mut self, view: &BookView, out: &mut Outputs, watermark_ms: i64) {
         let time_ms = view.time_ms();

@@ -253,14 +253,18 @@ impl StreamBooks {
         self.books.get(key).map(InstrumentBooks::snapshot)
     }
 
-    /// The instrument's state from `snapshot` bytes; its books' views are queued for Redis
-    /// again (writes queued before a checkpoint may not have reached Redis before a failure;
-    /// version-guarded, so a no-op where Redis has them).
+    /// The instrument's state from `snapshot` bytes; its books' views and its NBBO are
+    /// queued for Redis again (writes queued before a checkpoint may not have reached Redis
+    /// before a failure; version-guarded, so a no-op where Redis has them, but the hashes
+    /// are this run's again, and their liveness leases renewed).
     pub fn restore(&mut self, key: &str, state: &[u8]) -> Result<(), String> {
         let mut books = InstrumentBooks::restore(state)?;
         books.set_limits(self.limits);
         for view in books.fresh_views() {
             self.queue_book(Rc::new(view));
+        }
+        if let Some(update) = books.last_nbbo() {
+            self.queue(true, RedisWrite::Nbbo(Box::new(update)));
         }
         self.books.insert(key.to_string(), books);
         Ok(())
