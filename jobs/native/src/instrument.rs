@@ -244,12 +244,48 @@ impl InstrumentBooks {
     ) -> Result<(), ParseError> {
         catch_unwind(AssertUnwindSafe(|| self.process(env, watermark_ms, out))).unwrap_or_else(
             |panic| {
-                Err(ParseError(format!(
-                    "internal error: {}",
-                    panic_text(&*panic)
-                )))
+                // the frame's book may be half-updated: what the frame produced is dropped and
+                // the book discarded and resynced, never published from a broken state
+                let text = panic_text(&*panic);
+                out.clear();
+                let discarded = catch_unwind(AssertUnwindSafe(|| {
+                    self.discard_book(env.exchange, env.symbol, &text, watermark_ms, out)
+                }))
+                .unwrap_or(false);
+                let then = if discarded { "; its book resyncs" } else { "" };
+                Err(ParseError(format!("internal error: {text}{then}")))
             },
         )
+    }
+
+    /// After a caught panic while applying a frame of the book: it is discarded (RESYNCING)
+    /// and a snapshot is asked for, as after a gap; false when there is no such book.
+    fn discard_book(
+        &mut self,
+        exchange: &str,
+        symbol: &str,
+        panic: &str,
+        watermark_ms: i64,
+        out: &mut Outputs,
+    ) -> bool {
+        let Some(index) = position(&self.books, exchange, symbol) else {
+            return false;
+        };
+        let tracked = &mut self.books[index].1;
+        tracked.engine.lose_sync(format!("internal error: {panic}"));
+        tracked.engine.buffer.clear();
+        tracked.stale = false;
+        out.resyncs.push((
+            (exchange.to_string(), symbol.to_string()),
+            tracked.engine.reason.clone(),
+        ));
+        out.gaps += 1;
+        let view = Rc::new(self.view(index, 0));
+        out.book_views.push(Rc::clone(&view));
+        // matching and the bars see the book gone, not its last LIVE state
+        self.record_state(&view, out, watermark_ms);
+        self.update_nbbo(view.receive_time_ns, out);
+        true
     }
 
     /// `advance` with a panic caught: Err(the panic's message).
@@ -288,6 +324,10 @@ impl InstrumentBooks {
         }
         if book_changed {
             self.update_nbbo(env.receive_time_ns, out);
+        }
+        #[cfg(test)]
+        if env.connection_id == PANIC_AFTER_APPLYING {
+            panic!("injected after the frame was applied");
         }
         self.advance(watermark_ms, out);
         Ok(())
@@ -795,6 +835,10 @@ impl InstrumentBooks {
         }
     }
 }
+
+/// A frame from this connection panics once applied (tests of the recovery only).
+#[cfg(test)]
+pub(crate) const PANIC_AFTER_APPLYING: &str = "test:panic-after-applying";
 
 /// A panic's message, for its dead letter.
 fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {

@@ -215,29 +215,21 @@ impl PartitionBooks {
         out.clear();
         let books = self.books.get_mut(&key).unwrap();
         let watermark_ms = self.watermark_ms;
-        match books.process_guarded(&env, watermark_ms, &mut out) {
-            Ok(()) => {
-                let refused = self.take(&out, Some(env.instrument));
-                self.out = out;
-                self.schedule(&key);
-                for reason in refused {
-                    self.counts.dead_letters += 1;
-                    self.dead_letters.push(DeadLetter {
-                        reason,
-                        value: value.to_vec(),
-                        envelope_ok: true,
-                    });
-                }
-            }
-            Err(err) => {
-                self.out = out;
-                self.counts.dead_letters += 1;
-                self.dead_letters.push(DeadLetter {
-                    reason: err.0,
-                    value: value.to_vec(),
-                    envelope_ok: true,
-                });
-            }
+        let result = books.process_guarded(&env, watermark_ms, &mut out);
+        // a refused frame produced nothing, unless a caught panic discarded its book
+        let mut refused = self.take(&out, Some(env.instrument));
+        self.out = out;
+        self.schedule(&key);
+        if let Err(err) = result {
+            refused.insert(0, err.0);
+        }
+        for reason in refused {
+            self.counts.dead_letters += 1;
+            self.dead_letters.push(DeadLetter {
+                reason,
+                value: value.to_vec(),
+                envelope_ok: true,
+            });
         }
     }
 

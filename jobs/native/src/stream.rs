@@ -312,28 +312,29 @@ impl StreamBooks {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         let books = self.books_of(key);
-        match books.process_guarded(&env, watermark_ms, &mut out) {
-            Ok(()) => {
-                let books = self.books_of(key);
-                for (book_id, _) in &out.resyncs {
-                    books.resync_requested(book_id, now_ms);
-                }
-                self.counts.frames += 1;
-                for reason in self.take(&out, Some(env.instrument), now_ms) {
-                    self.dead_letter(&publish::dead_letter_json(
-                        "job",
-                        &reason,
-                        env.payload,
-                        Some(&env),
-                    ));
-                }
-            }
+        let result = books.process_guarded(&env, watermark_ms, &mut out);
+        match &result {
+            Ok(()) => self.counts.frames += 1,
             Err(err) => self.dead_letter(&publish::dead_letter_json(
                 "job",
                 &err.0,
                 env.payload,
                 Some(&env),
             )),
+        }
+        // a refused frame produced nothing, unless a caught panic discarded its book: then
+        // its RESYNCING view and resync request go out
+        let books = self.books_of(key);
+        for (book_id, _) in &out.resyncs {
+            books.resync_requested(book_id, now_ms);
+        }
+        for reason in self.take(&out, Some(env.instrument), now_ms) {
+            self.dead_letter(&publish::dead_letter_json(
+                "job",
+                &reason,
+                env.payload,
+                Some(&env),
+            ));
         }
         self.out = out;
     }
@@ -616,6 +617,61 @@ mod tests {
             bid_depth: None,
             ask_depth: None,
         })
+    }
+
+    fn binance(channel: &str, connection: &str, payload: &str) -> Vec<u8> {
+        crate::envelope::encode_envelope(&crate::envelope::RawEnvelope {
+            instrument: "BNB-BTC",
+            exchange: "binance",
+            symbol: "BNBBTC",
+            channel,
+            receive_time_ns: 1_672_515_782_200_000_000,
+            connection_id: connection,
+            connection_seq: 1,
+            payload: payload.as_bytes(),
+        })
+    }
+
+    /// The statuses of the queued book writes, oldest first (the queue emptied).
+    fn book_statuses(core: &mut StreamBooks) -> Vec<BookStatus> {
+        let statuses = core
+            .redis
+            .iter()
+            .filter_map(|w| match w {
+                RedisWrite::Book(view) => Some(view.status),
+                RedisWrite::Nbbo(_) => None,
+            })
+            .collect();
+        core.redis.clear();
+        statuses
+    }
+
+    /// A panic while a frame is applied is caught: the frame is a dead letter, and its book,
+    /// maybe half-updated, is discarded and resynced instead of published as it is.
+    #[test]
+    fn a_caught_panic_discards_and_resyncs_the_frames_book() {
+        let mut core = core();
+        let snapshot = r#"{"lastUpdateId":100,"bids":[["0.0024","10"]],"asks":[["0.0026","5"]]}"#;
+        let frames = [(0, binance("snapshot", "c1", snapshot))];
+        let frames: Vec<(i64, &[u8])> = frames.iter().map(|(t, v)| (*t, v.as_slice())).collect();
+        core.process_bundle("BNB-BTC", &write_bundle(0, &frames), i64::MIN, 0)
+            .unwrap();
+        assert_eq!(book_statuses(&mut core), vec![BookStatus::Live]);
+        let depth = r#"{"e":"depthUpdate","E":1672515782136,"s":"BNBBTC","U":101,"u":101,"b":[["0.0025","1"]],"a":[]}"#;
+        let value = binance("depth", crate::instrument::PANIC_AFTER_APPLYING, depth);
+        let frames: Vec<(i64, &[u8])> = vec![(0, value.as_slice())];
+        core.process_bundle("BNB-BTC", &write_bundle(0, &frames), i64::MIN, 5)
+            .unwrap();
+        assert_eq!(core.records[DEADLETTER].count, 1);
+        let letter = String::from_utf8_lossy(&core.records[DEADLETTER].data).into_owned();
+        assert!(
+            letter
+                .contains("internal error: injected after the frame was applied; its book resyncs"),
+            "{letter}"
+        );
+        assert_eq!(core.records[CONTROL].count, 1, "a resync request");
+        assert_eq!(book_statuses(&mut core), vec![BookStatus::Resyncing]);
+        assert_eq!(core.books_not_live("BNB-BTC"), 1);
     }
 
     /// The last write per key, in the order the keys were first queued, whether the queue is
