@@ -356,6 +356,12 @@ def job_state(settings: Settings, job_id: str) -> str:
     return str(rest(settings, "GET", f"/jobs/{job_id}")["state"])
 
 
+def job_restarts(settings: Settings, job_id: str) -> int:
+    """How many times the job restarted since it was submitted (its numRestarts metric)."""
+    metrics = rest(settings, "GET", f"/jobs/{job_id}/metrics?get=numRestarts")
+    return int(metrics[0]["value"]) if metrics else 0
+
+
 def _wait_free_slots(settings: Settings, needed: int, timeout: float) -> None:
     def enough() -> bool:
         return int(rest(settings, "GET", "/overview")["slots-available"]) >= needed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 
 from bench.slice import (
     Slice,
@@ -19,10 +21,12 @@ from bench.slice import (
     start_slice,
     wait_for,
 )
+from connectors.producer import partition_of
 from jobs.sinks.book_reader import read_all_books, read_book
 from jobs.sinks.clickhouse import connect
 from jobs.sinks.redis_books import EXPIRED, redis_client
 from monitoring.dashboard import read_nbbos
+from schemas.codec import RawEnvelope, encode_envelope
 from stack import flink
 from tickflow.config import Settings
 
@@ -165,6 +169,150 @@ def test_gap_is_resynced_through_the_control_topic_and_bad_frames_are_dead_lette
     top_n = settings.book.top_n
     assert book.bids == [tuple(level) for level in truth["bids"][:top_n]]
     assert book.asks == [tuple(level) for level in truth["asks"][:top_n]]
+
+
+def poison_frames(seq: int, now_ms: int) -> list[tuple[str, bytes, bytes, str]]:
+    """Issue 16's reproducers as the connectors would have sent them: (what, Kafka value,
+    the bytes its dead letter must carry, a reason the letter must give). Depth frames
+    continue the live BTCUSDT book from update ``seq``: rejected whole, they leave no hole."""
+
+    def value(exchange: str, symbol: str, channel: str, instrument: str, payload: str) -> bytes:
+        return encode_envelope(
+            RawEnvelope(
+                instrument, exchange, symbol, channel, now_ms * 10**6, "poison", 0,
+                payload.encode(),
+            )
+        )  # fmt: skip
+
+    def depth(bids: str, first: int = seq + 1, last: int = seq + 1, event_ms: int = now_ms) -> str:
+        return (
+            f'{{"e":"depthUpdate","E":{event_ms},"s":"BTCUSDT","U":{first},"u":{last},'
+            f'"b":{bids},"a":[]}}'
+        )
+
+    def trade(t: int, price: str = "60000.01", qty: str = "0.5") -> str:
+        return (
+            f'{{"e":"trade","E":{now_ms},"s":"BTCUSDT","t":{10**15 + abs(t) % 10**6},'
+            f'"p":"{price}","q":"{qty}","T":{t},"m":true,"M":true}}'
+        )
+
+    day_ms = 86_400_000
+    frames: list[tuple[str, str, str, str, str, str, str]] = [
+        # (what, exchange, symbol, channel, instrument, payload, reason)
+        ("NaN price", "binance", "BTCUSDT", "depth", "BTC-USDT", depth('[["NaN","1"]]'),
+         "bad decimal"),
+        ("sNaN price", "binance", "BTCUSDT", "depth", "BTC-USDT", depth('[["sNaN","1"]]'),
+         "bad decimal"),
+        ("price 1e999999999", "binance", "BTCUSDT", "depth", "BTC-USDT",
+         depth('[["1e999999999","1"]]'), "bad decimal"),
+        ("negative size", "binance", "BTCUSDT", "depth", "BTC-USDT",
+         depth('[["60000","-1"]]'), "is negative"),
+        ("size with a space", "binance", "BTCUSDT", "depth", "BTC-USDT",
+         depth('[["60000"," 1"]]'), "bad decimal"),
+        ("full-width digits", "binance", "BTCUSDT", "depth", "BTC-USDT",
+         depth('[["60000","\uff11\uff12"]]'), "bad decimal"),
+        ("price 0", "binance", "BTCUSDT", "depth", "BTC-USDT", depth('[["0","1"]]'),
+         "is not > 0"),
+        ("price wider than Decimal(38, 18)", "binance", "BTCUSDT", "depth", "BTC-USDT",
+         depth('[["123456789012345678901","1"]]'), "does not fit Decimal(38, 18)"),
+        ("u = 2**63", "binance", "BTCUSDT", "depth", "BTC-USDT",
+         depth("[]", last=2**63), "does not fit 64 bits"),
+        ("event time a day ahead", "binance", "BTCUSDT", "depth", "BTC-USDT",
+         depth('[["60000","1"]]', event_ms=now_ms + day_ms), "after the receive time"),
+        ("trade time 10**17", "binance", "BTCUSDT", "trade", "BTC-USDT", trade(10**17),
+         "outside 1970..2149"),
+        ("trade time -1", "binance", "BTCUSDT", "trade", "BTC-USDT", trade(-1),
+         "outside 1970..2149"),
+        ("coinbase trade before 1970", "coinbase", "BTC-USD", "trade", "BTC-USD",
+         '{"channel":"market_trades","timestamp":"2026-01-01T00:00:00Z","sequence_num":2,'
+         '"events":[{"type":"update","trades":[{"trade_id":"1","product_id":"BTC-USD",'
+         '"price":"100.5","size":"1","side":"BUY","time":"1969-12-31T23:59:59Z"}]}]}',
+         "outside 1970..2149"),
+        ("kraken qty 1e-999999999", "kraken", "BTC/USD", "depth", "BTC-USD",
+         '{"channel":"book","type":"update","data":[{"symbol":"BTC/USD","bids":'
+         '[{"price":45283.4,"qty":1e-999999999}],"asks":[],"checksum":1,'
+         '"timestamp":"2026-01-01T00:00:00Z"}]}', "kraken"),
+    ]  # fmt: skip
+    poisons = [
+        (what, value(exchange, symbol, channel, instrument, payload), payload.encode(), reason)
+        for what, exchange, symbol, channel, instrument, payload, reason in frames
+    ]
+    # an instrument that is not UTF-8: keyed as unreadable in the JVM, the whole value kept
+    good = value("binance", "BTCUSDT", "depth", "BTC-USDT", depth("[]"))
+    assert good[1:9] == b"BTC-USDT"
+    unreadable = good[:1] + b"\xff" + good[2:]
+    poisons.append(("instrument not UTF-8", unreadable, unreadable, "invalid UTF-8"))
+    return poisons
+
+
+def test_poison_frames_are_dead_letters_and_the_job_never_restarts(
+    running_slice: Slice,
+) -> None:
+    """Each poison frame of issue 16, written into the raw topic of the running job: each lands
+    in the dead letters with its reason and its exact bytes, the job never fails or restarts,
+    and the books go on to equal the truth."""
+    settings = running_slice.settings
+    sim_post(settings, "resume")
+    for symbol in SYMBOLS:
+        wait_for(
+            f"{symbol} LIVE in Redis",
+            lambda s=symbol: (b := read_book(settings.redis, "binance", s)) and b.status == "LIVE",
+            120,
+        )
+    # a quiet moment, so that the depth poisons continue the book exactly where it is
+    sim_post(settings, "pause")
+    seq = sim_get(settings, "binance/book?symbol=BTCUSDT")["lastUpdateId"]
+    wait_for(
+        f"BTCUSDT at update {seq}",
+        lambda: (b := read_book(settings.redis, "binance", "BTCUSDT")) and b.seq == seq,
+        60,
+    )
+    letters_before = len(consume_all(settings, settings.kafka.deadletter_topic))
+    poisons = poison_frames(seq, int(time.time() * 1000))
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
+    partition = partition_of("BTC-USDT", settings.kafka.raw_partitions)
+    for _, value, _, _ in poisons:
+        # as the connector would send them: the BTC-USDT partition, the book's key
+        producer.produce(
+            settings.kafka.raw_topic, value=value, key=b"binance:BTCUSDT", partition=partition
+        )
+    assert producer.flush(30) == 0
+
+    def letters() -> list[dict[str, Any]] | None:
+        values = consume_all(settings, settings.kafka.deadletter_topic)[letters_before:]
+        found = [json.loads(v) for v in values]
+        return found if len(found) >= len(poisons) else None
+
+    found = wait_for("a dead letter for every poison frame", letters, 90)
+    by_bytes = {base64.b64decode(letter["value_b64"]): letter for letter in found}
+    for what, _, carried, reason in poisons:
+        letter = by_bytes.get(carried)
+        assert letter is not None, f"{what}: no dead letter carries its bytes"
+        assert letter["stage"] == "job", (what, letter)
+        assert reason in letter["error"], (what, letter["error"])
+
+    # the market goes on: the books take the next real updates and end equal to the truth
+    sim_post(settings, "resume")
+    time.sleep(3)
+    sim_post(settings, "pause")
+    top_n = settings.book.top_n
+    for symbol in SYMBOLS:
+        truth = sim_get(settings, f"binance/book?symbol={symbol}")
+        book = wait_for(
+            f"{symbol} at the simulator's last update",
+            lambda s=symbol, w=truth["lastUpdateId"]: (
+                b if (b := read_book(settings.redis, "binance", s)) and b.seq == w else None
+            ),
+            60,
+        )
+        assert book.status == "LIVE"
+        assert book.bids == [tuple(level) for level in truth["bids"][:top_n]]
+        assert book.asks == [tuple(level) for level in truth["asks"][:top_n]]
+    # and the job never failed: no restart, nothing in its exception history
+    assert flink.job_state(settings, running_slice.job_id) == "RUNNING"
+    assert flink.job_restarts(settings, running_slice.job_id) == 0
+    history = flink.rest(settings, "GET", f"/jobs/{running_slice.job_id}/exceptions")
+    assert history["exceptionHistory"]["entries"] == []
 
 
 def test_a_stopped_job_leaves_every_book_and_nbbo_reading_expired_within_its_lease(
