@@ -38,7 +38,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import pyarrow as pa
@@ -47,8 +47,6 @@ import pyarrow.parquet as pq
 
 from jobs.sinks.clickhouse import COLUMNS, DECIMAL, TABLES, column_types, connect
 from tickflow.config import ClickHouseConfig, ConfigError, load_settings
-
-log = logging.getLogger("tickflow.export")
 
 FORMAT_VERSION = 1
 PART_FILE = "part-0.parquet"
@@ -196,6 +194,33 @@ class Partition:
         return "/".join(f"{key}={quote(value, safe='-_.:')}" for key, value in self.values)
 
 
+def partitions_sql(db: str, table: str) -> str:
+    """The day's partitions of ``table`` (params: day). No FINAL: the copies of a row share
+    its partition."""
+    cols = ", ".join(partition_keys(table))
+    return f"SELECT DISTINCT {cols} FROM {db}.{table} WHERE date = %(day)s ORDER BY {cols}"
+
+
+def rows_sql(db: str, table: str) -> str:
+    """One partition's FINAL rows of ``table``, every column, in the sorting key's order
+    (params: day and the table's partition keys)."""
+    where = " AND ".join(["date = %(day)s", *(f"{k} = %({k})s" for k in partition_keys(table))])
+    return (
+        f"SELECT {', '.join(COLUMNS[table])} FROM {db}.{table} FINAL "
+        f"WHERE {where} ORDER BY {', '.join(sorting_key(table))}"
+    )
+
+
+class RowSource(Protocol):
+    """Where ``export_table`` reads a day's rows (``Source``: ClickHouse)."""
+
+    database: str
+
+    def partitions(self, table: str, day: date) -> list[Partition]: ...
+
+    def rows(self, table: str, day: date, partition: Partition) -> pa.Table: ...
+
+
 class Source:
     """The FINAL rows of one day, partition by partition, from a ClickHouse database."""
 
@@ -233,25 +258,14 @@ class Source:
 
     def partitions(self, table: str, day: date) -> list[Partition]:
         keys = partition_keys(table)
-        if not keys:
-            raise ValueError(f"{table} has no partition key")
-        cols = ", ".join(keys)
-        rows = self._execute(
-            f"SELECT DISTINCT {cols} FROM {self.database}.{table} "
-            f"WHERE date = %(day)s ORDER BY {cols}",
-            {"day": day},
-        )
+        rows = self._execute(partitions_sql(self.database, table), {"day": day})
         return [Partition(tuple(zip(keys, row, strict=True))) for row in rows]
 
     def rows(self, table: str, day: date, partition: Partition) -> pa.Table:
         """The partition's FINAL rows, sorted by the table's sorting key, as Arrow."""
         schema = arrow_schema(table)
-        where = " AND ".join(["date = %(day)s", *(f"{k} = %({k})s" for k, _ in partition.values)])
-        sql = (
-            f"SELECT {', '.join(COLUMNS[table])} FROM {self.database}.{table} FINAL "
-            f"WHERE {where} ORDER BY {', '.join(sorting_key(table))}"
-        )
-        columns = self._execute(sql, {"day": day, **dict(partition.values)}, columnar=True)
+        params = {"day": day, **dict(partition.values)}
+        columns = self._execute(rows_sql(self.database, table), params, columnar=True)
         if not columns:
             return schema.empty_table()
         arrays = [
@@ -371,12 +385,13 @@ def _remove_stale(day_dir: Path, keep: set[Path]) -> list[str]:
     for directory in sorted((p for p in day_dir.rglob("*") if p.is_dir()), reverse=True):
         with contextlib.suppress(OSError):
             directory.rmdir()  # only when empty
-    with contextlib.suppress(OSError):
-        day_dir.rmdir()
+    for directory in (day_dir, day_dir.parent):  # the table's directory too, when empty
+        with contextlib.suppress(OSError):
+            directory.rmdir()
     return removed
 
 
-def export_table(source: Source, table: str, day: date, root: Path) -> TableResult:
+def export_table(source: RowSource, table: str, day: date, root: Path) -> TableResult:
     """One table's day: each partition's file written unless its rows are unchanged, files of
     partitions without rows removed, the manifest written when it differs."""
     result = TableResult(table)
@@ -476,7 +491,11 @@ def verify(root: Path, table: str, day: date) -> list[str]:
             continue
         if file_sha256(path) != entry["sha256"] or path.stat().st_size != entry["bytes"]:
             problems.append(f"{path}: bytes differ from the manifest")
-        rows = pq.read_table(path)
+        try:
+            rows = pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            problems.append(f"{path}: not readable as Parquet: {exc}")
+            continue
         if rows.num_rows != entry["rows"]:
             problems.append(f"{path}: {rows.num_rows} rows, manifest {entry['rows']}")
         if content_digest(rows) != entry["content_sha256"]:
@@ -554,6 +573,8 @@ def main(argv: list[str]) -> int:
             print(problem, file=sys.stderr)
         print(f"{len(tables)} tables of {args.day}: " + ("OK" if not problems else "MISMATCH"))
         return 1 if problems else 0
+    # the driver logs each failed connection attempt with its traceback: the error says it
+    logging.getLogger("clickhouse_driver.connection").setLevel(logging.ERROR)
     try:
         settings = load_settings()
         results = export_day(settings.clickhouse, args.day, args.to, tables, args.database)
