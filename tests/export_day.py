@@ -79,11 +79,18 @@ class _Binance:
         return self._env("snapshot", frame, rx_ms)
 
     def depth(self, rng: random.Random, event_ms: int) -> tuple[bytes, int]:
+        """The levels around a new mid; the old ones that are not among them at size 0."""
+        old = {side: self.levels(side) for side in (-1, 1)}
         self.mid += self.tick * rng.choice((-1, 0, 1))
+        sides = {}
+        for side in (-1, 1):
+            new = self.levels(side)
+            prices = {price for price, _ in new}
+            sides[side] = [[p, "0"] for p, _ in old[side] if p not in prices] + new
         first = self.update_id + 1
         self.update_id += rng.randint(1, 3)
         frame = {"e": "depthUpdate", "E": event_ms, "s": self.symbol, "U": first,
-                 "u": self.update_id, "b": self.levels(-1), "a": self.levels(1)}  # fmt: skip
+                 "u": self.update_id, "b": sides[-1], "a": sides[1]}  # fmt: skip
         return self._env("depth", frame, event_ms + 3)
 
     def trade(self, rng: random.Random, trade_ms: int, rx_ms: int) -> tuple[bytes, int]:

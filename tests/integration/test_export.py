@@ -158,6 +158,10 @@ def test_parquet_rows_equal_the_final_rows_per_table(
         manifest = read_manifest(manifest_path(exported, table, DAY))
         assert manifest is not None
         assert manifest["rows"] == len(expected), table
+        # every book's partition: (binance, coinbase) x BNB-BTC and binance x ETH-BTC
+        partitions = {tuple(f["partition"].values()) for f in manifest["files"]}
+        if table != "late_events":  # the late trades are all binance BNB-BTC ones
+            assert len(partitions) == (2 if table in ("nbbo", "bars") else 3), table
         got: list[tuple[Any, ...]] = []
         for entry in manifest["files"]:  # in partition order
             path = date_dir(exported, table, DAY) / entry["path"]
