@@ -264,6 +264,8 @@ class Source:
         present: dict[str, set[str]] = {}
         for table, name in rows:
             present.setdefault(table, set()).add(name)
+        if not present:
+            raise ExportError(f"ClickHouse has no database {self.database} (or no table in it)")
         for table in tables:
             if table not in present:
                 raise ExportError(

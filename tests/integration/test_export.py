@@ -341,3 +341,26 @@ def test_a_changed_partition_is_rewritten_alone_and_an_empty_one_removed(
         for row in file_rows(date_dir(exported, "trades", DAY) / entry["path"])
     ]
     assert got == expected
+
+
+def test_a_missing_database_or_table_is_one_line_and_exit_1(
+    config: ClickHouseConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = f"nosuchdb_{uuid.uuid4().hex[:8]}"
+    with patched_environ({"TICKFLOW__CLICKHOUSE__PORT": str(config.port)}):
+        assert main(["--day", DAY.isoformat(), "--to", str(tmp_path), "--database", missing]) == 1
+        assert f"ClickHouse has no database {missing}" in capsys.readouterr().err
+        client = connect(config)
+        try:
+            client.execute(f"CREATE DATABASE {missing}")
+            client.execute(TABLES["trades"].format(db=missing))
+            args = ["--day", DAY.isoformat(), "--to", str(tmp_path), "--database", missing]
+            assert main([*args, "--tables", "trades,nbbo"]) == 1
+            assert f"ClickHouse has no table {missing}.nbbo" in capsys.readouterr().err
+            assert main([*args, "--tables", "trades"]) == 0  # a table without rows that day
+        finally:
+            client.execute(f"DROP DATABASE IF EXISTS {missing}")
+            client.disconnect()
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()] == [
+        f"{MANIFESTS}/trades/date={DAY}.json"
+    ]
