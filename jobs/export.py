@@ -202,8 +202,8 @@ def partitions_sql(db: str, table: str) -> str:
 
 
 def _selected(name: str, kind: str) -> str:
-    """How a column is read: decimals as their exact text (the driver would make a Python
-    Decimal of each, ten times slower than Arrow parsing the text), the rest as they are."""
+    """How a column is read: decimals as their exact text, which Arrow parses (the driver
+    would build a Python Decimal of each value), the rest as they are."""
     if DECIMAL not in kind:
         return name
     if kind.startswith("Array("):

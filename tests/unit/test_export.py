@@ -246,7 +246,22 @@ def test_the_sql_runs_on_a_current_clickhouse_and_reads_final_rows() -> None:
             .replace("%(instrument)s", "'BTC-USDT'")
         )
         rows = json.loads(session.query(sql, "JSONCompact").bytes())["data"]
-        assert len(rows) == 1 and rows[0][5] in ("1.5", "1.500000000000000000", 1.5)
+        assert len(rows) == 1 and rows[0][5] in ("1.5", "1.500000000000000000")
+        # book levels: arrays of decimals, read as arrays of text
+        session.query(TABLES["book_snapshots"].format(db="x"))
+        session.query(
+            "INSERT INTO x.book_snapshots VALUES ('2026-11-30','binance','BTCUSDT','BTC-USDT',"
+            "1,1,[2.5,2.25],[1,0.000000000000000001],[3],[4],1)"
+        )
+        sql = (
+            rows_sql("x", "book_snapshots")
+            .replace("%(day)s", day)
+            .replace("%(exchange)s", "'binance'")
+            .replace("%(instrument)s", "'BTC-USDT'")
+        )
+        (row,) = json.loads(session.query(sql, "JSONCompact").bytes())["data"]
+        sizes = pa.array([row[7]], pa.list_(pa.string())).cast(pa.list_(pa.decimal128(38, 18)))
+        assert sizes.to_pylist() == [[D(1), D("0.000000000000000001")]]
     finally:
         session.cleanup()
 
