@@ -15,10 +15,12 @@ partition values are also columns in it.
 The manifest lists each file with its row count, its size, the SHA-256 of its bytes and a
 content digest of its rows that does not depend on the Parquet encoding (``content_digest``:
 the SHA-256 of the rows as tab-separated text), so a reader can verify a file, and a re-run
-can tell whether a partition changed without comparing Parquet bytes. A re-run writes nothing
-when the rows are the same (not the files, not the manifest); a changed partition's file is
-replaced atomically (written beside it, then renamed over it); a partition that no longer has
-rows is removed. The manifests sit outside the table directories, so a directory read (polars,
+can tell whether a partition changed without comparing Parquet bytes. A re-run digests each
+partition's rows first and writes nothing when they are the same (not the files, not the
+manifest); a changed partition's file is replaced atomically (written beside it, then renamed
+over it); a partition that no longer has rows is removed. Rows are read, digested and written
+``BATCH_ROWS`` at a time (a Parquet row group each), so memory does not grow with a
+partition. The manifests sit outside the table directories, so a directory read (polars,
 pyarrow datasets) sees Parquet files only.
 
 docs/export.md has the layout, the types, the manifest and how to read the files.
@@ -54,6 +56,7 @@ MANIFESTS = "_manifests"
 TMP_SUFFIX = ".tmp"  # temporary files are hidden (leading dot) and end with this
 COMPRESSION = "zstd"
 DIGEST_CHUNK_ROWS = 65_536
+BATCH_ROWS = 100_000  # rows read, digested and written at a time: a Parquet row group each
 
 # the Hive partition keys after the date, in path order: the ones a table has
 PARTITION_KEYS = ("exchange", "instrument")
@@ -151,6 +154,29 @@ def _type_name(kind: pa.DataType) -> str:
     return str(kind)
 
 
+class ContentDigest:
+    """``content_digest`` fed batch by batch: the same digest however the rows are cut."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.sha = hashlib.sha256()
+        header = "\t".join(f"{f.name}:{_type_name(f.type)}" for f in schema)
+        self.sha.update(header.encode() + b"\n")
+
+    def update(self, rows: pa.Table | pa.RecordBatch) -> None:
+        table = rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows])
+        for batch in table.to_batches(max_chunksize=DIGEST_CHUNK_ROWS):
+            if not batch.num_rows:
+                continue
+            texts = [_as_text(column) for column in batch.columns]
+            joined = pc.binary_join_element_wise(*texts, "\t") if len(texts) > 1 else texts[0]
+            lines = pc.binary_join_element_wise(joined, "\n", "")
+            text = pc.binary_join(pa.ListArray.from_arrays([0, len(lines)], lines), "")[0]
+            self.sha.update(text.as_buffer())
+
+    def hexdigest(self) -> str:
+        return self.sha.hexdigest()
+
+
 def content_digest(table: pa.Table) -> str:
     """SHA-256 (hex) of the rows as text, independent of how they are stored: a header line
     of the column names and Arrow types, then one line per row in order, values separated by
@@ -158,17 +184,8 @@ def content_digest(table: pa.Table) -> str:
     their full scale, dates ISO, floats in their shortest exact form, null ``\\N``, lists as
     ``[a,b]`` (commas inside their text escaped as ``\\,``); a list's type is written
     ``list<type>``, without its item's name."""
-    digest = hashlib.sha256()
-    header = "\t".join(f"{f.name}:{_type_name(f.type)}" for f in table.schema)
-    digest.update(header.encode() + b"\n")
-    for batch in table.to_batches(max_chunksize=DIGEST_CHUNK_ROWS):
-        if not batch.num_rows:
-            continue
-        texts = [_as_text(column) for column in batch.columns]
-        rows = pc.binary_join_element_wise(*texts, "\t") if len(texts) > 1 else texts[0]
-        lines = pc.binary_join_element_wise(rows, "\n", "")
-        text = pc.binary_join(pa.ListArray.from_arrays([0, len(lines)], lines), "")[0]
-        digest.update(text.as_buffer())
+    digest = ContentDigest(table.schema)
+    digest.update(table)
     return digest.hexdigest()
 
 
@@ -239,7 +256,9 @@ class RowSource(Protocol):
 
     def partitions(self, table: str, day: date) -> list[Partition]: ...
 
-    def rows(self, table: str, day: date, partition: Partition) -> pa.Table: ...
+    def batches(self, table: str, day: date, partition: Partition) -> Iterator[pa.RecordBatch]:
+        """The partition's rows in order, a batch at a time."""
+        ...
 
 
 class Source:
@@ -284,24 +303,44 @@ class Source:
         rows = self._execute(partitions_sql(self.database, table), {"day": day})
         return [Partition(tuple(zip(keys, row, strict=True))) for row in rows]
 
-    def rows(self, table: str, day: date, partition: Partition) -> pa.Table:
-        """The partition's FINAL rows, sorted by the table's sorting key, as Arrow."""
+    def batches(
+        self, table: str, day: date, partition: Partition, rows: int | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """The partition's FINAL rows, sorted by the table's sorting key, ``rows`` at a time
+        (default ``BATCH_ROWS``)."""
+        rows = rows or BATCH_ROWS
         schema = arrow_schema(table)
+        wire = [_wire_type(f.type) for f in schema]
         params = {"day": day, **dict(partition.values)}
-        columns = self._execute(rows_sql(self.database, table), params, columnar=True)
-        if not columns:
-            return schema.empty_table()
-        arrays = [  # text to decimal128(38, 18): exact (an error, never a rounding)
-            pa.array(values, type=_wire_type(f.type), from_pandas=False).cast(f.type)
-            for f, values in zip(schema, columns, strict=True)
-        ]
-        return pa.Table.from_arrays(arrays, schema=schema)
+        chunks = self._execute_iter(rows_sql(self.database, table), params, rows)
+        for chunk in chunks:
+            arrays = [  # text to decimal128(38, 18): exact (an error, never a rounding)
+                pa.array(values, type=kind, from_pandas=False).cast(f.type)
+                for f, kind, values in zip(schema, wire, zip(*chunk, strict=True), strict=True)
+            ]
+            yield pa.RecordBatch.from_arrays(arrays, schema=schema)
 
-    def _execute(self, sql: str, params: dict[str, Any], columnar: bool = False) -> Any:
+    def _execute_iter(self, sql: str, params: dict[str, Any], rows: int) -> Iterator[Any]:
+        settings = {"max_block_size": rows}
+        chunks = self.client.execute_iter(sql, params, settings=settings, chunk_size=rows)
+        while True:
+            with self._errors():
+                chunk = next(chunks, None)
+            if chunk is None:
+                return
+            yield chunk
+
+    def _execute(self, sql: str, params: dict[str, Any]) -> Any:
+        with self._errors():
+            return self.client.execute(sql, params)
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """The driver's errors as ExportError, one line."""
         from clickhouse_driver import errors
 
         try:
-            return self.client.execute(sql, params, columnar=columnar)
+            yield
         except errors.ServerException as exc:
             message = str(exc).split("\n", 1)[0]
             raise ExportError(f"ClickHouse refused the export's query: {message}") from None
@@ -361,15 +400,38 @@ def _replace(tmp: Path, path: Path) -> None:
             os.close(fd)
 
 
-def write_parquet(rows: pa.Table, path: Path) -> None:
-    """``rows`` to ``path`` atomically: a reader sees the old file or the new one, never half."""
+@dataclass
+class Staged:
+    """A partition's rows written to a temporary file beside its final name."""
+
+    tmp: Path
+    rows: int
+    content_sha256: str
+
+
+def stage_parquet(
+    schema: pa.Schema, batches: Iterable[pa.RecordBatch], path: Path
+) -> Staged | None:
+    """Stream ``batches`` into a hidden temporary file beside ``path`` (one row group each),
+    digesting them on the way; None (and no file) when there are no rows."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
+    digest = ContentDigest(schema)
+    rows = 0
     try:
-        pq.write_table(rows, tmp, compression=COMPRESSION)
-        _replace(tmp, path)
-    finally:
+        with pq.ParquetWriter(tmp, schema, compression=COMPRESSION) as writer:
+            for batch in batches:
+                if batch.num_rows:
+                    writer.write_batch(batch)
+                    digest.update(batch)
+                    rows += batch.num_rows
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    if not rows:
+        tmp.unlink(missing_ok=True)
+        return None
+    return Staged(tmp, rows, digest.hexdigest())
 
 
 def write_text(text: str, path: Path) -> None:
@@ -424,33 +486,48 @@ def export_table(source: RowSource, table: str, day: date, root: Path) -> TableR
     old_files = {f.get("path"): f for f in previous.get("files", []) if isinstance(f, dict)}
     files = []
     keep: set[Path] = set()
+    schema = arrow_schema(table)
     for partition in source.partitions(table, day):
-        rows = source.rows(table, day, partition)
-        if not rows.num_rows:  # merged away since the partitions were listed
-            continue
         relative = f"{partition.path()}/{PART_FILE}"
         path = day_dir / relative
-        digest = content_digest(rows)
         entry = old_files.get(relative)
-        if _unchanged(entry, digest, path):
-            assert entry is not None
-            result.unchanged.append(partition.path())
-        else:
-            write_parquet(rows, path)
-            entry = {
+        if entry is not None and path.is_file():
+            # a file from before: digest the rows first, write only if they differ from it
+            digest = ContentDigest(schema)
+            rows = 0
+            for batch in source.batches(table, day, partition):
+                digest.update(batch)
+                rows += batch.num_rows
+            if not rows:  # merged away since the partitions were listed
+                continue
+            if _unchanged(entry, digest.hexdigest(), path):
+                files.append(entry)
+                keep.add(path)
+                result.unchanged.append(partition.path())
+                result.rows += rows
+                continue
+        # the rows are read again: what is written is digested as it is written
+        staged = stage_parquet(schema, source.batches(table, day, partition), path)
+        if staged is None:
+            continue
+        try:
+            _replace(staged.tmp, path)
+        finally:
+            staged.tmp.unlink(missing_ok=True)
+        files.append(
+            {
                 "path": relative,
                 "partition": dict(partition.values),
-                "rows": rows.num_rows,
+                "rows": staged.rows,
                 "bytes": path.stat().st_size,
                 "sha256": file_sha256(path),
-                "content_sha256": digest,
+                "content_sha256": staged.content_sha256,
             }
-            result.written.append(partition.path())
-        files.append(entry)
+        )
         keep.add(path)
-        result.rows += rows.num_rows
+        result.written.append(partition.path())
+        result.rows += staged.rows
     result.removed = _remove_stale(day_dir, keep)
-    schema = arrow_schema(table)
     types = column_types(table)
     manifest = {
         "format": FORMAT_VERSION,

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import jobs.export as export
 from jobs.export import (
     MANIFESTS,
     PART_FILE,
@@ -229,6 +230,25 @@ def test_a_second_export_changes_nothing(config: ClickHouseConfig, exported: Pat
     assert all(not r.written and not r.removed and r.unchanged for r in results)
     assert tree(exported) == before  # same files, bytes and mtimes; nothing stray
     assert {t: manifest_path(exported, t, DAY).read_bytes() for t in TABLES} == manifests
+
+
+def test_rows_read_in_small_batches_give_the_same_rows_and_digests(
+    config: ClickHouseConfig, exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export, "BATCH_ROWS", 100)  # a row group per 100 rows
+    export_day(config, DAY, tmp_path, ["book_snapshots", "bars"])
+    for table in ("book_snapshots", "bars"):
+        whole = read_manifest(manifest_path(exported, table, DAY))
+        batched = read_manifest(manifest_path(tmp_path, table, DAY))
+        assert whole is not None and batched is not None
+        digests = [(f["path"], f["rows"], f["content_sha256"]) for f in whole["files"]]
+        assert [(f["path"], f["rows"], f["content_sha256"]) for f in batched["files"]] == digests
+        for entry in batched["files"]:
+            path = date_dir(tmp_path, table, DAY) / entry["path"]
+            groups = pq.ParquetFile(path).metadata.num_row_groups
+            assert groups == -(-entry["rows"] // 100)
+            assert file_rows(path) == file_rows(date_dir(exported, table, DAY) / entry["path"])
+        assert verify(tmp_path, table, DAY) == []
 
 
 def test_duckdb_polars_and_pandas_read_the_files_as_they_are(
