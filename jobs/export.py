@@ -631,10 +631,15 @@ def parse_tables(text: str) -> list[str]:
 
 def parser() -> argparse.ArgumentParser:
     doc = __doc__ or ""
+    layout = doc.split("\n\n")[1] if doc.count("\n\n") else ""
     p = argparse.ArgumentParser(
         prog="tickflow export",
-        description=doc.split("\n\n", 1)[0],
-        epilog="docs/export.md: the layout, the types, the manifest, reading the files",
+        description="A day of the ClickHouse result tables (their FINAL rows) as Hive-partitioned\n"
+        "Parquet with exact decimal types, and a manifest of row counts and checksums per\n"
+        "file. A re-run writes only the partitions whose rows changed.",
+        epilog=f"{layout}\n\ndocs/export.md: the layout, the types, the manifest, reading "
+        "the files from DuckDB, polars and pandas",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--day", required=True, type=parse_day, help="UTC day, YYYY-MM-DD")
     p.add_argument("--to", required=True, type=Path, metavar="DIR", help="output directory")
