@@ -55,11 +55,12 @@ APP_DIR = "app"
 DEP_DIR = "dep"
 LIB_DIR = "lib"
 PROPERTIES = "application_properties.json"
-# of setup.cfg's install_requires, not packed: PyFlink is the runtime's, the rest only the
-# connectors and the local stack use (the import check of the zip proves the job needs none)
+# of setup.cfg's install_requires, not packed: PyFlink is the runtime's (pyarrow comes with
+# it), the rest only the connectors, the local stack and `tickflow export` use (the import
+# check of the zip proves the job needs none)
 NOT_PACKED = (
     "apache-flink", "confluent-kafka", "kafka-python", "websockets", "prometheus-client",
-    "msgspec",
+    "msgspec", "pyarrow",
 )  # fmt: skip
 # what the entry adds: Secrets Manager (the runtime's boto3, if any, is not relied upon)
 EXTRA_REQUIREMENTS = ("boto3>=1.34,<2",)

@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "jobs.core_cli",
         "connector recordings through the job's core, no servers: books, NBBO, trades, bars",
     ),
+    "export": (
+        "jobs.export",
+        "a day of the ClickHouse tables as Hive-partitioned Parquet with a manifest",
+    ),
     "book": ("jobs.sinks.book_reader", "print a live order book from Redis"),
     "watch": ("jobs.sinks.book_reader", "live terminal view of every book in Redis"),
     "dashboard": (
