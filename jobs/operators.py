@@ -93,7 +93,13 @@ class BundleProcessor(KeyedProcessFunction):
         self.core = native_stream(
             self.book_config, self.analytics_config, self.redis_config.key_prefix
         )
-        self.redis = redis_client(self.redis_config)
+        # a Redis that does not answer fails the job (it restores from its checkpoint and
+        # replays into Redis, version-guarded); without timeouts one call could hang forever
+        self.redis = redis_client(
+            self.redis_config,
+            socket_connect_timeout=self.redis_config.socket_connect_timeout_ms / 1000,
+            socket_timeout=self.redis_config.socket_timeout_ms / 1000,
+        )
         self.redis_batch = RedisBatch(self.redis)
         self.fault = PythonFault(self.fault_file) if self.fault_file else None
         self._redis_due_ms: int | None = None
