@@ -63,11 +63,14 @@ def test_an_instruments_frames_share_a_partition_whatever_the_exchange() -> None
     assert spread == {0, 1, 2, 3}
 
 
-def unreachable(**kafka_overrides: object) -> KafkaSink:
+def unreachable(queue_max: int = 100_000, delivery_timeout_ms: int = 600_000) -> KafkaSink:
     """A sink whose broker nobody listens on: nothing is ever delivered."""
     settings = load_settings(environ={})
     kafka = dataclasses.replace(
-        settings.kafka, bootstrap=f"127.0.0.1:{unused_port()}", **kafka_overrides
+        settings.kafka,
+        bootstrap=f"127.0.0.1:{unused_port()}",
+        producer_queue_max_messages=queue_max,
+        delivery_timeout_ms=delivery_timeout_ms,
     )
     return KafkaSink(kafka, topic="tickflow.test", partitions=1)
 
@@ -80,7 +83,7 @@ def frame(symbol: str, n: int = 0) -> RawEnvelope:
 
 def test_a_full_queue_drops_the_frame_and_reports_its_book_without_waiting() -> None:
     # the delivery timeout is far away: only the queue bound can refuse frames
-    sink = unreachable(producer_queue_max_messages=3, delivery_timeout_ms=600_000)
+    sink = unreachable(queue_max=3)
     lost: list[tuple[str, str]] = []
     sink.on_lost = lambda symbol, reason: lost.append((symbol, reason))
     accepted = [sink.send(frame("BTCUSDT" if i % 2 else "ETHUSDT", i)) for i in range(10)]
