@@ -171,11 +171,17 @@ class KafkaSink:
 
     def dead_letter(self, record: str) -> None:
         """Rejected input goes to the dead-letter topic: counted and kept, never dropped."""
-        self._producer.produce(
-            self.deadletter_topic, value=record.encode(), on_delivery=self._on_delivery
-        )
+        try:
+            self._producer.produce(
+                self.deadletter_topic, value=record.encode(), on_delivery=self._on_delivery
+            )
+        except BufferError:  # the queue is full: counted and logged, never waited for
+            self.dropped += 1
+            self.failed += 1
+            log.error("kafka: queue full, a dead letter was dropped", extra=_NOT_A_CONNECTION)
+            return
         self.dead_letters += 1
-        self._producer.poll(0)
+        self.poll(0)
 
     def poll(self, timeout_s: float = 0.0) -> int:
         served = int(self._producer.poll(timeout_s))
