@@ -121,6 +121,7 @@ class KafkaSink:
         # the connector's: a raw frame of (symbol) was not delivered, for (reason)
         self.on_lost: Callable[[str, str], None] | None = None
         self._last_full_warning = 0.0
+        self._last_failure_log = float("-inf")
         self._purge_due = False
 
     def send(self, envelope: RawEnvelope) -> bool:
@@ -170,7 +171,8 @@ class KafkaSink:
         return self._partitions
 
     def dead_letter(self, record: str) -> None:
-        """Rejected input goes to the dead-letter topic: counted and kept, never dropped."""
+        """Rejected input goes to the dead-letter topic: counted and kept (dropped, counted and
+        logged, only when the producer's queue is full)."""
         try:
             self._producer.produce(
                 self.deadletter_topic, value=record.encode(), on_delivery=self._on_delivery
@@ -231,9 +233,11 @@ class KafkaSink:
         purged = err.code() == KafkaError._PURGE_QUEUE
         if purged:
             self.purged += 1
-        elif self.failed <= 10 or self.failed % 1000 == 0:  # an outage fails thousands
+        elif time.monotonic() - self._last_failure_log > 5.0:  # an outage fails thousands
+            self._last_failure_log = time.monotonic()
             log.error(
-                "kafka: DELIVERY FAILED topic=%s key=%r: %s (failed so far: %d)",
+                "kafka: DELIVERY FAILED topic=%s key=%r: %s (failed so far: %d; logged at "
+                "most every 5 s)",
                 msg.topic(), msg.key(), err, self.failed,
                 extra=_NOT_A_CONNECTION,
             )
