@@ -42,16 +42,19 @@ async def _poll_and_report(connector: WsConnector, sink: KafkaSink) -> None:
     while True:
         await asyncio.sleep(0.1)
         sink.poll(0)
+        connector.flush_lost()  # sync_lost + resync for books whose frames were not delivered
         next_report -= 0.1
         if next_report <= 0:
             next_report = STATS_INTERVAL_S
             log.info(
-                "%s: %s | kafka sent %d delivered %d failed %d",
+                "%s: %s | kafka sent %d delivered %d failed %d (purged %d, dropped %d)",
                 connector.exchange,
                 connector.stats,
                 sink.sent,
                 sink.delivered,
                 sink.failed,
+                sink.purged,
+                sink.dropped,
             )
 
 
@@ -91,6 +94,7 @@ async def _run(
     port = metrics_port(settings, exchange)  # a missing port fails before anything starts
     metrics = ConnectorMetrics(exchange)
     connector = CONNECTORS[exchange](settings, sink, metrics=metrics)
+    sink.on_lost = connector.frames_lost
     if record is not None:
         connector.recorder = Recorder(record)
     loop = asyncio.get_running_loop()

@@ -44,7 +44,10 @@ log = logging.getLogger(__name__)
 class Sink(Protocol):
     """Where envelopes go: the Kafka producer, or a list in tests."""
 
-    def send(self, envelope: RawEnvelope) -> None: ...
+    def send(self, envelope: RawEnvelope) -> bool | None:
+        """Hand over one envelope; False when it was dropped (the sink then reports the book
+        lost through the connector's ``frames_lost``)."""
+        ...
 
     def dead_letter(self, record: str) -> None:
         """A dead-letter record (``schemas.deadletter``) for input that cannot be routed."""
@@ -203,6 +206,8 @@ class WsConnector(ABC):
         self._stopping = asyncio.Event()
         self._unroutable_logged = 0
         self.recorder: Recorder | None = None  # every received frame, for replay
+        # books with a frame the sink did not deliver (symbol -> why), not yet marked sync_lost
+        self._lost: dict[str, str] = {}
 
     # --- what an exchange supplies --------------------------------------------------------
 
@@ -249,6 +254,58 @@ class WsConnector(ABC):
         now = time.time_ns() if receive_time_ns is None else receive_time_ns
         for symbol in self.book_symbols():
             self.emit(conn, symbol, "sync_lost", payload, now)
+
+    # --- frames the sink did not deliver ---------------------------------------------------
+
+    def frames_lost(self, symbol: str, reason: str) -> None:
+        """The sink did not deliver a frame of ``symbol`` (its delivery timed out, it was purged
+        behind one that did, or the producer's queue was full): the job has a hole in that book.
+        Before the book's next frame goes out, a ``sync_lost`` envelope does, and the book is
+        resynced (``flush_lost``). Called from the sink's delivery reports."""
+        self.metrics.delivery_failures += 1
+        if symbol not in self._lost:
+            self._lost[symbol] = reason
+            self.metrics.books_lost += 1
+            log.warning(
+                "%s: a frame of %s was not delivered (%s): marking the book sync_lost",
+                self.exchange, symbol, reason, extra={"symbol": symbol},
+            )
+
+    def flush_lost(self) -> None:
+        """``sync_lost`` for every book marked lost that has not had its next frame yet (the
+        connector's main loop calls this a few times a second). Without a connection the books
+        wait: the next connection marks and snapshots every book anyway."""
+        conn = self.connection
+        if not self._lost or conn is None:
+            return
+        now = time.time_ns()
+        for symbol in list(self._lost):
+            if not self._mark_lost(conn, symbol, now):
+                return  # the sink is full: the rest wait for room
+
+    def _mark_lost(self, conn: Connection, symbol: str, receive_time_ns: int) -> bool:
+        """The ``sync_lost`` of a lost book, then its resync; False if the sink dropped it
+        (the book stays lost and its frames wait behind it)."""
+        reason = self._lost.get(symbol)
+        if reason is None:
+            return True
+        payload = sync_lost_payload(f"kafka delivery failed: {reason}")
+        if self.emit(conn, symbol, "sync_lost", payload, receive_time_ns) is False:
+            return False
+        del self._lost[symbol]
+        if symbol in self.book_symbols():
+            self.metrics.delivery_resyncs += 1
+            conn.spawn(self._resync_lost(symbol))
+        return True
+
+    async def _resync_lost(self, symbol: str) -> None:
+        with log_fields(exchange=self.exchange, symbol=symbol):
+            try:
+                await self.resync(symbol)
+            except ConnectionClosed:
+                pass  # the next connection brings fresh snapshots anyway
+            except Exception:  # one failed resync must not end the connection
+                log.exception("%s: resync of %s after a lost frame failed", self.exchange, symbol)
 
     async def on_open(self, conn: Connection) -> None:
         """Called once per connection after subscribing, before the first frame."""
@@ -391,8 +448,18 @@ class WsConnector(ABC):
 
     def emit(
         self, conn: Connection, symbol: str, channel: str, payload: bytes, receive_time_ns: int
-    ) -> None:
-        self.sink.send(
+    ) -> bool:
+        """One envelope to the sink; False when it was dropped. A book marked lost gets its
+        ``sync_lost`` first; if the sink cannot take that either, the frame is dropped too."""
+        if (
+            self._lost
+            and channel != "sync_lost"
+            and symbol in self._lost
+            and not self._mark_lost(conn, symbol, receive_time_ns)
+        ):
+            self.metrics.delivery_failures += 1  # this frame is not sent either
+            return False
+        accepted = self.sink.send(
             RawEnvelope(
                 instrument=self.instrument(symbol),
                 exchange=self.exchange,
@@ -404,7 +471,10 @@ class WsConnector(ABC):
                 payload=payload,
             )
         )
+        if accepted is False:
+            return False
         self.stats.envelopes += 1
+        return True
 
     # --- recordings (connectors/recorder.py), handled without a network ----------------------
 

@@ -14,6 +14,13 @@ The names are a contract: the alert rules and the dashboard under ``monitoring/`
   dead letters
 - ``tickflow_connector_resyncs_total{exchange}`` counter: resync requests from the job served
   (repeats coalesced by ``connectors.resync_min_interval_s`` are not)
+- ``tickflow_connector_delivery_failures_total{exchange}`` counter: envelopes Kafka did not
+  take: delivery timed out, purged from the queue behind one that did, or dropped on a full
+  producer queue
+- ``tickflow_connector_books_lost_total{exchange}`` counter: books marked ``sync_lost`` because
+  a frame of theirs was not delivered (once per book until its ``sync_lost`` is produced)
+- ``tickflow_connector_delivery_resyncs_total{exchange}`` counter: resyncs of such books (a
+  fresh snapshot or resubscribe after the ``sync_lost``)
 - ``tickflow_connector_connected{exchange}`` gauge: 1 while a connection is open and subscribed
 - ``tickflow_connector_last_frame_timestamp_seconds{exchange}`` gauge: wall time of the last
   data frame (heartbeats and control frames excluded)
@@ -77,6 +84,9 @@ class ConnectorMetrics:
         self.stale_timeouts = 0
         self.dead_letters = 0
         self.resyncs = 0
+        self.delivery_failures = 0
+        self.books_lost = 0
+        self.delivery_resyncs = 0
         self.connected = 0  # 1 while a connection is open and subscribed
         self._iso_minute = ""  # "2023-02-09T20:32" of the last ISO timestamp seen
         self._iso_minute_ns = 0  # ... as epoch nanoseconds
@@ -192,6 +202,22 @@ class _Collector(Collector):
             "resyncs",
             "Resync requests from the job served (repeats within the minimum interval are not).",
             m.resyncs, exchange,
+        )
+        yield _counter(
+            "delivery_failures",
+            "Envelopes Kafka did not take: delivery timed out (kafka.delivery_timeout_ms), "
+            "purged behind one that did, or dropped on a full producer queue.",
+            m.delivery_failures, exchange,
+        )
+        yield _counter(
+            "books_lost",
+            "Books marked sync_lost because a frame of theirs was not delivered to Kafka.",
+            m.books_lost, exchange,
+        )
+        yield _counter(
+            "delivery_resyncs",
+            "Resyncs of books whose frames were not delivered (after their sync_lost).",
+            m.delivery_resyncs, exchange,
         )
         yield _gauge(
             "connected", "1 while the connector has an open, subscribed connection.",

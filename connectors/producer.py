@@ -1,10 +1,11 @@
-"""Kafka producer for raw envelopes: idempotent, acks=all, every failed delivery counted."""
+"""Kafka producer for raw envelopes: idempotent, acks=all, every failed delivery counted and
+reported to the connector, which marks the frame's book ``sync_lost`` and resyncs it."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -69,6 +70,17 @@ class KafkaSink:
 
     Delivery reports are served by ``poll()`` (called on every send and periodically by the
     connector's main loop); a failed delivery is logged as an error and counted in ``failed``.
+
+    Nothing is lost silently, and nothing waits for the broker:
+    - a raw frame the broker has not acknowledged within ``kafka.delivery_timeout_ms`` fails;
+      the first such failure purges every frame still queued behind it (they waited through
+      the same outage, and frames of the same books delivered after the hole would be applied
+      as if continuous), and every book with a failed or purged frame is handed to ``on_lost``;
+    - ``send`` never blocks: a frame that finds the local queue full
+      (``kafka.producer_queue_max_messages``) is dropped, counted in ``dropped``, its book
+      handed to ``on_lost``, and ``send`` returns False.
+    ``on_lost(symbol, reason)`` is the connector's (``WsConnector.frames_lost``): it produces a
+    ``sync_lost`` envelope for the book ahead of the book's next frame and resyncs the book.
     """
 
     def __init__(
@@ -91,6 +103,9 @@ class KafkaSink:
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": kafka.producer_linger_ms,
+            # chosen, not librdkafka's 300 s default: see kafka.delivery_timeout_ms
+            "delivery.timeout.ms": kafka.delivery_timeout_ms,
+            "queue.buffering.max.messages": kafka.producer_queue_max_messages,
             "error_cb": self._on_error,
             "logger": librdkafka_log,
         }
@@ -99,41 +114,51 @@ class KafkaSink:
         self.sent = 0
         self.delivered = 0
         self.failed = 0
+        self.dropped = 0  # frames not produced: the local queue was full
+        self.purged = 0  # frames purged from the queue after a delivery timed out
         self.dead_letters = 0
         self.fatal: KafkaError | None = None
+        # the connector's: a raw frame of (symbol) was not delivered, for (reason)
+        self.on_lost: Callable[[str, str], None] | None = None
         self._last_full_warning = 0.0
+        self._last_failure_log = float("-inf")
+        self._purge_due = False
 
-    def send(self, envelope: RawEnvelope) -> None:
+    def send(self, envelope: RawEnvelope) -> bool:
+        """Produce one envelope; False when it was dropped (queue full: its book is lost)."""
         if self.fatal is not None:
             raise ProducerFatalError(str(self.fatal))
         value = encode_envelope(envelope)
         partition = partition_of(
             nbbo_group(envelope.instrument, self.quote_equivalents), self.partitions()
         )
-        while True:
-            try:
-                self._producer.produce(
-                    self.topic,
-                    value=value,
-                    key=envelope.kafka_key,
-                    partition=partition,
-                    # record time = receive time, so Kafka timestamps mean "when we got it"
-                    timestamp=envelope.receive_time_ns // 1_000_000,
-                    on_delivery=self._on_delivery,
+        try:
+            self._producer.produce(
+                self.topic,
+                value=value,
+                key=envelope.kafka_key,
+                partition=partition,
+                # record time = receive time, so Kafka timestamps mean "when we got it"
+                timestamp=envelope.receive_time_ns // 1_000_000,
+                on_delivery=self._on_delivery,
+            )
+        except BufferError:
+            # local queue full (broker slow or down): never wait in the event loop; the frame
+            # is dropped and its book marked lost, resynced once the queue has room again
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._last_full_warning > 5.0:
+                self._last_full_warning = now
+                log.warning(
+                    "kafka producer queue full: frames dropped (%d so far), their books "
+                    "marked sync_lost", self.dropped, extra=_NOT_A_CONNECTION,
                 )
-                break
-            except BufferError:
-                # local queue full (broker slow or down): block briefly rather than drop
-                now = time.monotonic()
-                if now - self._last_full_warning > 5.0:
-                    self._last_full_warning = now
-                    log.warning(
-                        "kafka producer queue full: waiting for the broker",
-                        extra=_NOT_A_CONNECTION,
-                    )
-                self._producer.poll(0.1)
+            self._lost(envelope.kafka_key, "kafka producer queue full")
+            self.poll(0)
+            return False
         self.sent += 1
-        self._producer.poll(0)
+        self.poll(0)
+        return True
 
     def partitions(self) -> int:
         """Partitions of the raw topic (asked once: topics are never repartitioned here)."""
@@ -146,15 +171,34 @@ class KafkaSink:
         return self._partitions
 
     def dead_letter(self, record: str) -> None:
-        """Rejected input goes to the dead-letter topic: counted and kept, never dropped."""
-        self._producer.produce(
-            self.deadletter_topic, value=record.encode(), on_delivery=self._on_delivery
-        )
+        """Rejected input goes to the dead-letter topic: counted and kept (dropped, counted and
+        logged, only when the producer's queue is full)."""
+        try:
+            self._producer.produce(
+                self.deadletter_topic, value=record.encode(), on_delivery=self._on_delivery
+            )
+        except BufferError:  # the queue is full: counted and logged, never waited for
+            self.dropped += 1
+            self.failed += 1
+            log.error("kafka: queue full, a dead letter was dropped", extra=_NOT_A_CONNECTION)
+            return
         self.dead_letters += 1
-        self._producer.poll(0)
+        self.poll(0)
 
     def poll(self, timeout_s: float = 0.0) -> int:
-        return int(self._producer.poll(timeout_s))
+        served = int(self._producer.poll(timeout_s))
+        if self._purge_due:
+            # outside the delivery callback that asked for it
+            self._purge_due = False
+            before = self.purged
+            self._producer.purge(in_queue=True, in_flight=False, blocking=False)
+            served += int(self._producer.poll(0))  # the purged frames' reports: lost books
+            log.error(
+                "kafka: a frame was not delivered within delivery.timeout.ms: %d queued frames "
+                "purged, their books marked sync_lost and resynced", self.purged - before,
+                extra=_NOT_A_CONNECTION,
+            )
+        return served
 
     def flush(self, timeout_s: float) -> int:
         """Wait for outstanding deliveries; the number still undelivered."""
@@ -174,18 +218,38 @@ class KafkaSink:
         )
         return remaining
 
+    def _lost(self, key: bytes | str | None, reason: str) -> None:
+        """A raw frame of this ``exchange:symbol`` key was not delivered: tell the connector."""
+        if self.on_lost is None or key is None:
+            return
+        text = key.decode(errors="replace") if isinstance(key, bytes) else key
+        self.on_lost(text.partition(":")[2], reason)
+
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             self.delivered += 1
             return
         self.failed += 1
-        log.error(
-            "kafka: DELIVERY FAILED topic=%s key=%r: %s (failed so far: %d)",
-            msg.topic(), msg.key(), err, self.failed,
-            extra=_NOT_A_CONNECTION,
-        )
+        purged = err.code() == KafkaError._PURGE_QUEUE
+        if purged:
+            self.purged += 1
+        elif time.monotonic() - self._last_failure_log > 5.0:  # an outage fails thousands
+            self._last_failure_log = time.monotonic()
+            log.error(
+                "kafka: DELIVERY FAILED topic=%s key=%r: %s (failed so far: %d; logged at "
+                "most every 5 s)",
+                msg.topic(), msg.key(), err, self.failed,
+                extra=_NOT_A_CONNECTION,
+            )
         if err.fatal():
             self.fatal = err
+        if msg.topic() != self.topic:
+            return  # a dead letter: counted and logged; no book depends on it
+        if err.code() == KafkaError._MSG_TIMED_OUT:
+            # what waited behind it waited through the same outage: out of the queue, so the
+            # sync_lost envelopes go ahead of those books' next frames
+            self._purge_due = True
+        self._lost(msg.key(), "purged after a delivery timeout" if purged else str(err))
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():

@@ -87,7 +87,8 @@ def clickhouse_sink(
 ) -> DataStreamSink:
     """Inserts the RowBinary rows of the sink blobs into ClickHouse (HTTP): per table at
     ``insert_batch_rows`` rows, every ``insert_interval_ms`` and before each checkpoint barrier
-    (at-least-once into ReplacingMergeTree tables)."""
+    (at-least-once into ReplacingMergeTree tables). An insert ClickHouse cannot take now is
+    retried while rows wait, up to ``max_pending_mb``, in the sink's checkpointed state."""
     sink = _ops().ClickHouseRowBinarySink(
         clickhouse_url(config),
         config.database,
@@ -96,6 +97,10 @@ def clickhouse_sink(
         _java_map({table: ", ".join(cols) for table, cols in columns.items()}),
         int(config.insert_batch_rows),
         int(config.insert_interval_ms),
+        int(config.connect_timeout_ms),
+        int(config.insert_timeout_ms),
+        int(config.max_pending_mb) << 20,
+        int(config.retry_max_backoff_ms),
     )
     j_sink = blobs._j_data_stream.sinkTo(sink)
     # not the Python writer's uid ("clickhouse-writer"): its keyed state of pending rows has

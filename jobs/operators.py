@@ -14,7 +14,7 @@ from pyflink.datastream.state import ValueStateDescriptor
 from jobs.backfill import core_rules
 from jobs.faults import PythonFault
 from jobs.metrics import JobMetrics
-from jobs.sinks.redis_books import RedisBatch, redis_client
+from jobs.sinks.redis_books import RedisBatch, job_redis_client
 from tickflow.config import AnalyticsConfig, BookConfig, MonitoringConfig, RedisConfig
 from tickflow.logs import setup_logging
 
@@ -93,7 +93,9 @@ class BundleProcessor(KeyedProcessFunction):
         self.core = native_stream(
             self.book_config, self.analytics_config, self.redis_config.key_prefix
         )
-        self.redis = redis_client(self.redis_config)
+        # a Redis that does not answer fails the job (it restores from its checkpoint and
+        # replays into Redis, version-guarded) instead of holding it forever
+        self.redis = job_redis_client(self.redis_config)
         self.redis_batch = RedisBatch(self.redis)
         self.fault = PythonFault(self.fault_file) if self.fault_file else None
         self._redis_due_ms: int | None = None

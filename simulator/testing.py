@@ -25,8 +25,9 @@ class ListSink:
         self.envelopes: list[RawEnvelope] = []
         self.dead_letters: list[dict[str, Any]] = []
 
-    def send(self, envelope: RawEnvelope) -> None:
+    def send(self, envelope: RawEnvelope) -> bool:
         self.envelopes.append(decode_envelope(encode_envelope(envelope)))
+        return True
 
     def dead_letter(self, record: str) -> None:
         self.dead_letters.append(json.loads(record))

@@ -46,6 +46,12 @@ class KafkaConfig:
     deadletter_topic: str
     control_topic: str
     producer_linger_ms: int
+    # the connectors' librdkafka delivery timeout: a raw frame not acknowledged by then fails,
+    # and its book is marked sync_lost and resynced (connectors/producer.py)
+    delivery_timeout_ms: int
+    # frames the connectors' producer may hold waiting for the broker; beyond it a frame is
+    # dropped and its book marked sync_lost, the event loop never blocks
+    producer_queue_max_messages: int
     # the job's results, written exactly-once (Kafka transactions committed at checkpoints)
     nbbo_topic: str
     matched_trades_topic: str
@@ -86,6 +92,10 @@ class RedisConfig:
     port: int
     db: int
     key_prefix: str
+    # the job's client: a Redis that does not answer within these fails the job, which restores
+    # from its checkpoint (version-guarded writes make the replay harmless)
+    socket_connect_timeout_ms: int = 2000
+    socket_timeout_ms: int = 5000
     password: str = field(default="", repr=False)  # AUTH token (ElastiCache: with tls); "": none
     tls: bool = False
     live_lease_ms: int = 5000  # books/NBBOs read EXPIRED this long after the job stops (0: off)
@@ -101,6 +111,13 @@ class ClickHouseConfig:
     password: str = field(repr=False)  # never in logs or error messages
     insert_batch_rows: int
     insert_interval_ms: int
+    # the job's sink (jobs/jvm ClickHouseRowBinaryWriter): an insert not answered within
+    # insert_timeout_ms is retried (backoff up to retry_max_backoff_ms) while rows wait, up to
+    # max_pending_mb, in the sink's checkpointed state; then the sink backpressures the job
+    connect_timeout_ms: int
+    insert_timeout_ms: int
+    retry_max_backoff_ms: int
+    max_pending_mb: int
     secure: bool = False  # TLS on the native protocol (e.g. port 9440)
 
 

@@ -98,6 +98,18 @@ def redis_client(config: RedisConfig, **options: Any) -> redis.Redis:
     )
 
 
+def job_redis_client(config: RedisConfig) -> redis.Redis:
+    """The job's client: a Redis that does not answer within ``redis.socket_connect_timeout_ms``
+    / ``redis.socket_timeout_ms`` (down, paused, blackholed) raises instead of holding the
+    books operator, and with it the job, forever. The job then fails and restores from its
+    checkpoint; the version-guarded writes make the replay harmless."""
+    return redis_client(
+        config,
+        socket_connect_timeout=config.socket_connect_timeout_ms / 1000,
+        socket_timeout=config.socket_timeout_ms / 1000,
+    )
+
+
 # KEYS: the NBBO's hash, the set of NBBO keys, the updates channel. ARGV: version
 # (zero-padded), the channel's message, then field name and value pairs: quote, bid_price,
 # bid_size, bid_venues and the same for the ask (venues comma-separated; prices empty when no

@@ -61,3 +61,61 @@ def test_an_instruments_frames_share_a_partition_whatever_the_exchange() -> None
     assert partition_of("BTC-USD", 4) == (murmur2(b"BTC-USD") & 0x7FFFFFFF) % 4
     spread = {partition_of(f"COIN{i}-USD", 4) for i in range(40)}
     assert spread == {0, 1, 2, 3}
+
+
+def unreachable(queue_max: int = 100_000, delivery_timeout_ms: int = 600_000) -> KafkaSink:
+    """A sink whose broker nobody listens on: nothing is ever delivered."""
+    settings = load_settings(environ={})
+    kafka = dataclasses.replace(
+        settings.kafka,
+        bootstrap=f"127.0.0.1:{unused_port()}",
+        producer_queue_max_messages=queue_max,
+        delivery_timeout_ms=delivery_timeout_ms,
+    )
+    return KafkaSink(kafka, topic="tickflow.test", partitions=1)
+
+
+def frame(symbol: str, n: int = 0) -> RawEnvelope:
+    return RawEnvelope(
+        "BTC-USDT", "binance", symbol, "depth", 1 + n, "c0ffee", n, b'{"stream":"x"}'
+    )
+
+
+def test_a_full_queue_drops_the_frame_and_reports_its_book_without_waiting() -> None:
+    # the delivery timeout is far away: only the queue bound can refuse frames
+    sink = unreachable(queue_max=3)
+    lost: list[tuple[str, str]] = []
+    sink.on_lost = lambda symbol, reason: lost.append((symbol, reason))
+    accepted = [sink.send(frame("BTCUSDT" if i % 2 else "ETHUSDT", i)) for i in range(10)]
+    # send() returned for every frame (the old producer spun poll(0.1) here until the broker
+    # came back, i.e. forever)
+    assert accepted == [True] * 3 + [False] * 7
+    assert (sink.sent, sink.dropped) == (3, 7)
+    assert {symbol for symbol, _ in lost} == {"BTCUSDT", "ETHUSDT"}
+    assert all(reason == "kafka producer queue full" for _, reason in lost)
+    assert len(lost) == 7
+    assert sink.close(timeout_s=0.5) == 3  # still queued: counted as failed at shutdown
+
+
+def test_a_timed_out_delivery_reports_its_book_and_purges_the_frames_queued_behind_it() -> None:
+    sink = unreachable(delivery_timeout_ms=500)
+    lost: list[tuple[str, str]] = []
+
+    def on_lost(symbol: str, reason: str) -> None:
+        lost.append((symbol, reason))
+        if symbol == "BTCUSDT":
+            # queued after the frame that timed out, its own timeout far ahead: the purge
+            # that follows the timeout takes it out of the queue at once
+            assert sink.send(frame("ETHUSDT", 1))
+
+    sink.on_lost = on_lost
+    assert sink.send(frame("BTCUSDT"))
+    for _ in range(200):  # each poll waits at most 0.1 s for a report
+        if len(lost) >= 2:
+            break
+        sink.poll(0.1)
+    assert lost[0][0] == "BTCUSDT"
+    assert "timed out" in lost[0][1].lower(), lost
+    assert lost[1] == ("ETHUSDT", "purged after a delivery timeout")
+    assert (sink.failed, sink.purged) == (2, 1)
+    assert sink.flush(1.0) == 0

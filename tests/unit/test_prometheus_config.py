@@ -49,6 +49,9 @@ ALERTS = {
     "BookNotLive",
     "CheckpointFailures",
     "DeadLettersRising",
+    "KafkaDeliveryFailures",
+    "ClickHouseUnavailable",
+    "ClickHouseBudgetFull",
 }
 needs_promtool = pytest.mark.skipif(promtool() is None, reason="promtool is not installed")
 

@@ -9,9 +9,46 @@ import java.net.http.HttpResponse;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.Base64;
+import java.util.Set;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
 
-/** RowBinary inserts over ClickHouse's HTTP interface (the twin of the Python RowBinaryWriter). */
+/**
+ * RowBinary inserts over ClickHouse's HTTP interface (the twin of the Python RowBinaryWriter).
+ *
+ * <p>A failed insert is one of two kinds. {@link Unavailable}: ClickHouse could not take it now
+ * (no connection, a reset, no answer within the request timeout, or an HTTP 5xx whose error
+ * code is not a data or schema error: memory limit, too many parts, a server shutting down);
+ * the same insert may succeed later and the writer retries it. Any other answer than 200 is a
+ * refusal (bad data, an unknown table or column, no access): sending it again cannot help, and
+ * it fails the job loudly.
+ */
 class ClickHouseHttp {
+
+    /** Default request timeout: well above an insert's usual milliseconds to seconds. */
+    static final Duration DEFAULT_REQUEST_TIMEOUT = Duration.ofSeconds(30);
+
+    /** Default connect timeout (a refused connection fails at once; this is for lost packets). */
+    static final Duration DEFAULT_CONNECT_TIMEOUT = Duration.ofSeconds(5);
+
+    /**
+     * ClickHouse error codes that mean "these rows or this query will never be accepted": the
+     * data (6, 27, 33, 38, 41, 53, 69, 70, 72, 117, 321), the schema (16, 47, 60, 62, 81) or
+     * access (192, 193, 194, 497, 516). ClickHouse 18.16 answers most of them with HTTP 500.
+     */
+    static final Set<Integer> REFUSAL_CODES = Set.of(
+            6, 27, 33, 38, 41, 53, 69, 70, 72, 117, 321, 16, 47, 60, 62, 81, 192, 193, 194, 497, 516);
+
+    private static final Pattern ERROR_CODE = Pattern.compile("^Code: (\\d+)");
+
+    /** ClickHouse could not take an insert now; the same insert may succeed later. */
+    static final class Unavailable extends IOException {
+        private static final long serialVersionUID = 1L;
+
+        Unavailable(String message, Throwable cause) {
+            super(message, cause);
+        }
+    }
 
     /** What an insert sends: the query and its body. */
     interface Transport {
@@ -25,7 +62,12 @@ class ClickHouseHttp {
     private final Transport transport;
 
     ClickHouseHttp(String baseUrl, String user, String password) {
-        this(baseUrl, httpTransport(user, password));
+        this(baseUrl, user, password, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT);
+    }
+
+    ClickHouseHttp(
+            String baseUrl, String user, String password, Duration connectTimeout, Duration requestTimeout) {
+        this(baseUrl, httpTransport(user, password, connectTimeout, requestTimeout));
     }
 
     ClickHouseHttp(String baseUrl, Transport transport) {
@@ -34,9 +76,11 @@ class ClickHouseHttp {
     }
 
     /**
-     * Inserts {@code rows} rows of RowBinary {@code data}; throws with ClickHouse's message if
-     * refused. An I/O error is retried once: ClickHouse closes idle keep-alive connections (after
-     * 3 s on 18.16) and the rows are idempotent, so a repeat is harmless.
+     * Inserts {@code rows} rows of RowBinary {@code data}. Throws {@link Unavailable} when
+     * ClickHouse could not take them now (the caller retries), an IOException with ClickHouse's
+     * message when it refused them. One I/O error is retried at once: ClickHouse closes idle
+     * keep-alive connections (after 3 s on 18.16) and the rows are idempotent, so a repeat is
+     * harmless.
      */
     void insert(String database, String table, String columns, byte[] data, int length, long rows)
             throws IOException, InterruptedException {
@@ -51,7 +95,7 @@ class ClickHouseHttp {
                 response = transport.post(uri, body);
             } catch (IOException second) {
                 second.addSuppressed(first);
-                throw new IOException(
+                throw new Unavailable(
                         "ClickHouse insert of " + rows + " " + table + " rows failed twice: " + second, second);
             }
         }
@@ -60,17 +104,33 @@ class ClickHouseHttp {
             if (message.length() > 500) {
                 message = message.substring(0, 500);
             }
-            throw new IOException(
-                    "ClickHouse refused " + rows + " " + table + " rows (" + length + " bytes, HTTP "
-                            + response.status() + "): " + message);
+            String text = rows + " " + table + " rows (" + length + " bytes, HTTP " + response.status() + "): "
+                    + message;
+            if (mayPassLater(response.status(), message)) {
+                throw new Unavailable("ClickHouse could not take " + text, null);
+            }
+            throw new IOException("ClickHouse refused " + text);
         }
     }
 
-    private static Transport httpTransport(String user, String password) {
+    /** Whether an answer other than 200 may turn into a 200 if the same insert is sent later. */
+    static boolean mayPassLater(int status, String body) {
+        if (status == 408 || status == 429) {
+            return true;
+        }
+        if (status < 500) {
+            return false;
+        }
+        Matcher code = ERROR_CODE.matcher(body);
+        return !(code.find() && REFUSAL_CODES.contains(Integer.parseInt(code.group(1))));
+    }
+
+    private static Transport httpTransport(
+            String user, String password, Duration connectTimeout, Duration requestTimeout) {
         HttpClient client =
                 HttpClient.newBuilder()
                         .version(HttpClient.Version.HTTP_1_1) // no h2c upgrade on a plain port
-                        .connectTimeout(Duration.ofSeconds(10))
+                        .connectTimeout(connectTimeout)
                         .build();
         // Basic authentication like the Python writer: ClickHouse 18.16 has no X-ClickHouse-Key
         String token =
@@ -79,7 +139,7 @@ class ClickHouseHttp {
         return (uri, body) -> {
             HttpRequest request =
                     HttpRequest.newBuilder(uri)
-                            .timeout(Duration.ofSeconds(300))
+                            .timeout(requestTimeout)
                             .header("Authorization", "Basic " + token)
                             .header("Content-Type", "application/octet-stream")
                             .POST(HttpRequest.BodyPublishers.ofByteArray(body))

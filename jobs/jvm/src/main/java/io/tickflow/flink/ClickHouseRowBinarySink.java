@@ -7,6 +7,7 @@ import org.apache.flink.api.connector.sink2.WriterInitContext;
 import org.apache.flink.core.io.SimpleVersionedSerializer;
 
 import java.io.IOException;
+import java.time.Duration;
 import java.util.Collection;
 import java.util.HashMap;
 import java.util.List;
@@ -19,8 +20,11 @@ import java.util.Map;
  * <p>A table is inserted when it holds {@code maxRows} rows, every {@code flushIntervalMs} and
  * before every checkpoint barrier; inserts still running at a checkpoint are in its state and
  * sent again on restore: at-least-once, and the tables are ReplacingMergeTree with
- * deterministic row identities, so a repeat after a restore is harmless. A refused insert fails
- * the job (it restarts from its checkpoint).
+ * deterministic row identities, so a repeat after a restore is harmless. An insert ClickHouse
+ * cannot take now (down, paused, timing out, a transient 5xx) is retried with backoff while new
+ * rows queue behind it, up to a byte budget, and the job goes on; only a full budget
+ * backpressures it. A refused insert (bad data, unknown table) fails the job (it restarts from
+ * its checkpoint). See {@link ClickHouseRowBinaryWriter}.
  */
 public class ClickHouseRowBinarySink
         implements Sink<byte[]>, SupportsWriterState<byte[], PendingInsert> {
@@ -34,6 +38,10 @@ public class ClickHouseRowBinarySink
     private final HashMap<String, String> columns;
     private final int maxRows;
     private final long flushIntervalMs;
+    private final long connectTimeoutMs;
+    private final long requestTimeoutMs;
+    private final long maxPendingBytes;
+    private final long retryMaxMs;
 
     /**
      * @param baseUrl the HTTP interface, e.g. {@code http://127.0.0.1:8123}
@@ -49,6 +57,37 @@ public class ClickHouseRowBinarySink
             Map<String, String> columns,
             int maxRows,
             long flushIntervalMs) {
+        this(baseUrl, database, user, password, columns, maxRows, flushIntervalMs,
+                ClickHouseHttp.DEFAULT_CONNECT_TIMEOUT.toMillis(), ClickHouseHttp.DEFAULT_REQUEST_TIMEOUT.toMillis(),
+                ClickHouseRowBinaryWriter.DEFAULT_MAX_PENDING_BYTES, 10_000);
+    }
+
+    /**
+     * @param connectTimeoutMs longest a connection to ClickHouse may take to open
+     * @param requestTimeoutMs longest an insert may wait for its answer (then it is retried)
+     * @param maxPendingBytes rows waiting for ClickHouse before the sink backpressures the job
+     * @param retryMaxMs longest wait between two attempts of an insert ClickHouse could not take
+     */
+    public ClickHouseRowBinarySink(
+            String baseUrl,
+            String database,
+            String user,
+            String password,
+            Map<String, String> columns,
+            int maxRows,
+            long flushIntervalMs,
+            long connectTimeoutMs,
+            long requestTimeoutMs,
+            long maxPendingBytes,
+            long retryMaxMs) {
+        if (connectTimeoutMs < 1 || requestTimeoutMs < 1 || maxPendingBytes < 1 || retryMaxMs < 1) {
+            throw new IllegalArgumentException("ClickHouse timeouts, budget and backoff must be positive: "
+                    + connectTimeoutMs + ", " + requestTimeoutMs + ", " + maxPendingBytes + ", " + retryMaxMs);
+        }
+        this.connectTimeoutMs = connectTimeoutMs;
+        this.requestTimeoutMs = requestTimeoutMs;
+        this.maxPendingBytes = maxPendingBytes;
+        this.retryMaxMs = retryMaxMs;
         if (maxRows < 1 || flushIntervalMs < 1) {
             throw new IllegalArgumentException(
                     "maxRows and flushIntervalMs must be positive: " + maxRows + ", " + flushIntervalMs);
@@ -71,10 +110,11 @@ public class ClickHouseRowBinarySink
     @Override
     public StatefulSinkWriter<byte[], PendingInsert> restoreWriter(
             WriterInitContext context, Collection<PendingInsert> pending) throws IOException {
-        ClickHouseHttp http = new ClickHouseHttp(baseUrl, user, password);
+        ClickHouseHttp http = new ClickHouseHttp(baseUrl, user, password,
+                Duration.ofMillis(connectTimeoutMs), Duration.ofMillis(requestTimeoutMs));
         ClickHouseRowBinaryWriter writer = new ClickHouseRowBinaryWriter(
                 http, database, columns, maxRows, flushIntervalMs, context.getProcessingTimeService(),
-                context.metricGroup());
+                context.metricGroup(), null, maxPendingBytes, Math.min(200, retryMaxMs), retryMaxMs);
         try {
             writer.restore(pending);
         } catch (InterruptedException e) {

@@ -3,7 +3,10 @@ package io.tickflow.flink;
 import org.apache.flink.api.common.operators.ProcessingTimeService;
 import org.apache.flink.api.connector.sink2.StatefulSinkWriter;
 import org.apache.flink.metrics.Counter;
+import org.apache.flink.metrics.Gauge;
 import org.apache.flink.metrics.groups.SinkWriterMetricGroup;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 import java.io.IOException;
 import java.util.ArrayDeque;
@@ -19,14 +22,13 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Executor;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
+import java.util.concurrent.atomic.AtomicLong;
 
 /**
  * The writer of {@link ClickHouseRowBinarySink}: one RowBinary buffer per table, inserted by a
  * thread of its own so that the task thread keeps reading while ClickHouse takes an insert
  * (on 18.16 an insert of a few thousand rows takes tens of milliseconds, and a blocked sink
- * backpressures the books operator). At most {@code MAX_IN_FLIGHT} inserts and
- * {@code MAX_QUEUED_BYTES} of rows wait at a time (the TaskManager's heap is shared with the
- * Kafka producers' buffers: an unbounded queue behind a slow ClickHouse ran it out).
+ * backpressures the books operator).
  *
  * <p>A checkpoint does not wait for ClickHouse: before the barrier every buffered row is handed
  * to the inserter, and the inserts not yet known to be done are the writer's checkpointed state
@@ -35,14 +37,32 @@ import java.util.concurrent.Executors;
  * took, seconds on a busy box. An insert done before the failure and sent again on restore is
  * harmless: the rows keep their identities (ReplacingMergeTree; read with FINAL). At the end
  * of input the flush waits for every insert.
+ *
+ * <p>A ClickHouse outage does not stop the job: an insert ClickHouse cannot take now
+ * ({@link ClickHouseHttp.Unavailable}: refused or reset connections, no answer within the
+ * request timeout, a transient HTTP 5xx) is sent again, in order, with a backoff doubling from
+ * {@code retryInitialMs} to {@code retryMaxMs}, for as long as it takes. Meanwhile new rows
+ * queue behind it, in the checkpointed state, and the books operator goes on (Redis keeps
+ * live books). Only when the queued rows reach {@code maxPendingBytes} does the writer wait
+ * for the oldest insert, which backpressures the job (logged; metric
+ * {@code clickhouseBudgetWaits}). A timed-out insert that ClickHouse did apply is applied
+ * twice, harmlessly, like a replay. An insert ClickHouse refuses (bad data, unknown table or
+ * column, no access) still fails the job: sending it again cannot help, and the core keeps
+ * rows that do not fit their columns out of the sink (dead letters).
  */
 class ClickHouseRowBinaryWriter implements StatefulSinkWriter<byte[], PendingInsert> {
 
-    /** Inserts queued or running before a new one waits for the oldest. */
-    static final int MAX_IN_FLIGHT = 8;
+    private static final Logger LOG = LoggerFactory.getLogger(ClickHouseRowBinaryWriter.class);
 
-    /** Bytes of rows queued or being inserted before a new insert waits for the oldest. */
-    static final long MAX_QUEUED_BYTES = 32L << 20;
+    /** Inserts queued or running before a new one waits for the oldest (a safety bound: the
+     *  byte budget is the one that matters; a two-minute outage queues ~400 inserts). */
+    static final int MAX_IN_FLIGHT = 4096;
+
+    /** Default budget of rows queued or being inserted before a new insert waits. */
+    static final long DEFAULT_MAX_PENDING_BYTES = 128L << 20;
+
+    /** While ClickHouse stays unavailable, one log line per this many milliseconds. */
+    static final long LOG_EVERY_MS = 30_000;
 
     private static final class TableBuffer {
         final String columns;
@@ -93,8 +113,16 @@ class ClickHouseRowBinaryWriter implements StatefulSinkWriter<byte[], PendingIns
     private final ArrayDeque<Insert> inFlight = new ArrayDeque<>();
     private final Counter rowsInserted;
     private final Counter inserts;
+    private final Counter budgetWaits;
+    private final long maxPendingBytes;
+    private final long retryInitialMs;
+    private final long retryMaxMs;
+    private final AtomicLong retries = new AtomicLong();
+    private volatile long unavailableSinceMs; // 0: the last insert went through
+    private long lastUnavailableLogMs;
+    private long lastBudgetLogMs;
     private long bufferedRows;
-    private long queuedBytes;
+    private volatile long queuedBytes;
     private boolean timerPending;
 
     ClickHouseRowBinaryWriter(
@@ -105,10 +133,16 @@ class ClickHouseRowBinaryWriter implements StatefulSinkWriter<byte[], PendingIns
             long flushIntervalMs,
             ProcessingTimeService timers,
             SinkWriterMetricGroup metrics) {
-        this(http, database, columns, maxRows, flushIntervalMs, timers, metrics, null);
+        this(http, database, columns, maxRows, flushIntervalMs, timers, metrics, null,
+                DEFAULT_MAX_PENDING_BYTES, 200, 10_000);
     }
 
-    /** {@code inserter}: where inserts run; null: a daemon thread of this writer's own. */
+    /**
+     * {@code inserter}: where inserts run; null: a daemon thread of this writer's own.
+     * {@code maxPendingBytes}: rows queued or being inserted before the writer waits (and the
+     * job with it); {@code retryInitialMs}, {@code retryMaxMs}: the backoff between attempts
+     * of an insert ClickHouse could not take.
+     */
     ClickHouseRowBinaryWriter(
             ClickHouseHttp http,
             String database,
@@ -117,7 +151,17 @@ class ClickHouseRowBinaryWriter implements StatefulSinkWriter<byte[], PendingIns
             long flushIntervalMs,
             ProcessingTimeService timers,
             SinkWriterMetricGroup metrics,
-            Executor inserter) {
+            Executor inserter,
+            long maxPendingBytes,
+            long retryInitialMs,
+            long retryMaxMs) {
+        if (maxPendingBytes < 1 || retryInitialMs < 0 || retryMaxMs < retryInitialMs) {
+            throw new IllegalArgumentException("bad ClickHouse writer bounds: " + maxPendingBytes + " bytes, "
+                    + retryInitialMs + ".." + retryMaxMs + " ms");
+        }
+        this.maxPendingBytes = maxPendingBytes;
+        this.retryInitialMs = retryInitialMs;
+        this.retryMaxMs = retryMaxMs;
         this.http = http;
         this.database = database;
         this.columns = new HashMap<>(columns);
@@ -137,6 +181,12 @@ class ClickHouseRowBinaryWriter implements StatefulSinkWriter<byte[], PendingIns
         }
         this.rowsInserted = metrics == null ? null : metrics.counter("clickhouseRows");
         this.inserts = metrics == null ? null : metrics.counter("clickhouseInserts");
+        this.budgetWaits = metrics == null ? null : metrics.counter("clickhouseBudgetWaits");
+        if (metrics != null) {
+            metrics.gauge("clickhouseInsertRetries", (Gauge<Long>) retries::get);
+            metrics.gauge("clickhousePendingBytes", (Gauge<Long>) () -> queuedBytes);
+            metrics.gauge("clickhouseUnavailable", (Gauge<Integer>) () -> unavailableSinceMs == 0 ? 0 : 1);
+        }
     }
 
     /** Sends again the inserts a checkpoint held (in their order), before any new row. */
@@ -241,17 +291,34 @@ class ClickHouseRowBinaryWriter implements StatefulSinkWriter<byte[], PendingIns
         submit(new PendingInsert(table, cols, data, rows));
     }
 
-    /** Queues an insert; waits first for the oldest while too many or too large are queued. */
+    /**
+     * Queues an insert; waits first for the oldest while too many are queued or the queued
+     * rows would exceed the budget (the job is then backpressured: logged and counted).
+     */
     private void submit(PendingInsert insert) throws IOException, InterruptedException {
         reapDone();
         int length = insert.data().length;
+        boolean counted = false;
         while (!inFlight.isEmpty()
-                && (inFlight.size() >= MAX_IN_FLIGHT || queuedBytes + length > MAX_QUEUED_BYTES)) {
+                && (inFlight.size() >= MAX_IN_FLIGHT || queuedBytes + length > maxPendingBytes)) {
+            if (!counted) {
+                counted = true;
+                if (budgetWaits != null) {
+                    budgetWaits.inc();
+                }
+                long now = System.currentTimeMillis();
+                if (now - lastBudgetLogMs >= LOG_EVERY_MS) {
+                    lastBudgetLogMs = now;
+                    LOG.warn("{} bytes of ClickHouse rows ({} inserts) waiting, the budget of {} bytes "
+                            + "is full: the job waits for ClickHouse (unavailable: {})", queuedBytes,
+                            inFlight.size(), maxPendingBytes, unavailableSinceMs != 0);
+                }
+            }
             awaitOldest();
         }
         CompletableFuture<Void> done = CompletableFuture.runAsync(() -> {
             try {
-                http.insert(database, insert.table(), insert.columns(), insert.data(), length, insert.rows());
+                send(insert, length);
             } catch (IOException e) {
                 throw new InsertFailed(e);
             } catch (InterruptedException e) {
@@ -262,6 +329,38 @@ class ClickHouseRowBinaryWriter implements StatefulSinkWriter<byte[], PendingIns
         inFlight.addLast(new Insert(done, insert));
         queuedBytes += length;
         reapDone(); // an inserter that ran it at once (tests) reports its failure here
+    }
+
+    /** One insert, sent until ClickHouse takes it (or refuses it); runs on the inserter. */
+    private void send(PendingInsert insert, int length) throws IOException, InterruptedException {
+        long delay = retryInitialMs;
+        while (true) {
+            try {
+                http.insert(database, insert.table(), insert.columns(), insert.data(), length, insert.rows());
+            } catch (ClickHouseHttp.Unavailable e) {
+                retries.incrementAndGet();
+                long now = System.currentTimeMillis();
+                if (unavailableSinceMs == 0) {
+                    unavailableSinceMs = now;
+                }
+                if (now - lastUnavailableLogMs >= LOG_EVERY_MS) {
+                    lastUnavailableLogMs = now;
+                    LOG.warn("ClickHouse unavailable for {} ms, {} bytes of rows waiting (budget {}), "
+                            + "retrying every {} ms at most: {}", now - unavailableSinceMs, queuedBytes,
+                            maxPendingBytes, retryMaxMs, e.getMessage());
+                }
+                Thread.sleep(delay);
+                delay = Math.min(retryMaxMs, Math.max(1, delay * 2));
+                continue;
+            }
+            if (unavailableSinceMs != 0) {
+                LOG.info("ClickHouse takes inserts again after {} ms unavailable ({} retries so far)",
+                        System.currentTimeMillis() - unavailableSinceMs, retries.get());
+                unavailableSinceMs = 0;
+                lastUnavailableLogMs = 0;
+            }
+            return;
+        }
     }
 
     private void reapDone() throws IOException, InterruptedException {
@@ -305,6 +404,11 @@ class ClickHouseRowBinaryWriter implements StatefulSinkWriter<byte[], PendingIns
     /** Rows waiting for an insert (tests). */
     long bufferedRows() {
         return bufferedRows;
+    }
+
+    /** Attempts of inserts that ClickHouse could not take (tests). */
+    long retries() {
+        return retries.get();
     }
 
     /** Inserts handed to the inserter and not yet known to be done (tests). */

@@ -26,6 +26,8 @@ class ClickHouseRowBinaryWriterTest {
     private final List<Object> answers = new ArrayList<>(); // Response or IOException, in order
     private final TestProcessingTimeService time = new TestProcessingTimeService();
 
+    private long budget = ClickHouseRowBinaryWriter.DEFAULT_MAX_PENDING_BYTES;
+
     private ClickHouseRowBinaryWriter writer(int maxRows) {
         ClickHouseHttp http = new ClickHouseHttp("http://ch:8123", (URI uri, byte[] body) -> {
             String raw = uri.getRawQuery();
@@ -38,7 +40,7 @@ class ClickHouseRowBinaryWriterTest {
         });
         return new ClickHouseRowBinaryWriter(
                 http, "tickflow", Map.of("trades", "date, price", "nbbo", "date, instrument"),
-                maxRows, 100, time, null, inserter);
+                maxRows, 100, time, null, inserter, budget, 0, 1);
     }
 
     // inserts run where the test says: at once by default, or when a test runs the queue
@@ -81,18 +83,37 @@ class ClickHouseRowBinaryWriterTest {
     }
 
     @Test
-    void retriesOnceAfterAnIoError() throws Exception {
+    void anUnreachableClickHouseIsRetriedUntilItTakesTheRows() throws Exception {
         ClickHouseRowBinaryWriter w = writer(1);
         answers.add(new IOException("closed by the server"));
         w.write(new Blobs().rows("trades", 1, new byte[] {5}).bytes(), null);
-        assertEquals(2, posts.size());
-        assertEquals(0, w.bufferedRows());
+        assertEquals(2, posts.size()); // one I/O error is retried at once, not counted
+        assertEquals(0, w.retries());
 
-        answers.add(new IOException("first"));
-        answers.add(new IOException("second"));
-        IOException twice = assertThrows(IOException.class,
-                () -> w.write(new Blobs().rows("trades", 1, new byte[] {6}).bytes(), null));
-        assertTrue(twice.getMessage().contains("failed twice"), twice.getMessage());
+        for (int i = 0; i < 6; i++) {
+            answers.add(new IOException("connection refused " + i));
+        }
+        answers.add(new ClickHouseHttp.Response(503, "shutting down"));
+        answers.add(new ClickHouseHttp.Response(500, "Code: 252, e.displayText() = DB::Exception: Too many parts"));
+        answers.add(new ClickHouseHttp.Response(500, "Code: 241, Memory limit exceeded"));
+        w.write(new Blobs().rows("trades", 1, new byte[] {6}).bytes(), null);
+        assertEquals(2 + 6 + 3 + 1, posts.size());
+        assertEquals(6, w.retries()); // 3 pairs of I/O errors, then three transient answers
+        assertArrayEquals(new byte[] {6}, posts.get(posts.size() - 1).body());
+        assertEquals(0, w.insertsInFlight());
+    }
+
+    @Test
+    void dataAndSchemaErrorsAreRefusalsNotOutages() {
+        assertTrue(ClickHouseHttp.mayPassLater(500, "Code: 241, e.displayText() = Memory limit (total) exceeded"));
+        assertTrue(ClickHouseHttp.mayPassLater(503, ""));
+        assertTrue(ClickHouseHttp.mayPassLater(500, "<html>proxy error</html>"));
+        assertTrue(ClickHouseHttp.mayPassLater(429, ""));
+        assertTrue(!ClickHouseHttp.mayPassLater(500, "Code: 33, e.displayText() = DB::Exception: Cannot read all data."));
+        assertTrue(!ClickHouseHttp.mayPassLater(500, "Code: 16, e.displayText() = DB::Exception: No such column zz"));
+        assertTrue(!ClickHouseHttp.mayPassLater(404, "Code: 60, Table tickflow.nope doesn't exist."));
+        assertTrue(!ClickHouseHttp.mayPassLater(401, "Code: 192, Unknown user nobody"));
+        assertTrue(!ClickHouseHttp.mayPassLater(400, ""));
     }
 
     @Test
@@ -200,18 +221,20 @@ class ClickHouseRowBinaryWriterTest {
     void aFailedInsertFailsTheNextBarrier() {
         inserter = queued::addLast;
         ClickHouseRowBinaryWriter w = writer(1);
-        answers.add(new ClickHouseHttp.Response(500, "Code: 241, Memory limit exceeded"));
+        answers.add(new ClickHouseHttp.Response(500, "Code: 33, e.displayText() = Cannot read all data"));
         assertDoesNotThrow(() -> w.write(new Blobs().rows("trades", 1, new byte[] {5}).bytes(), null));
         runQueued();
         IOException e = assertThrows(IOException.class, () -> w.flush(false));
-        assertTrue(e.getMessage().contains("Memory limit exceeded"), e.getMessage());
+        assertTrue(e.getMessage().contains("Cannot read all data"), e.getMessage());
+        assertTrue(!(e instanceof ClickHouseHttp.Unavailable), e.toString());
     }
 
     @Test
     void waitsWhenTheQueuedRowsAreTooLarge() throws Exception {
         inserter = queued::addLast;
+        budget = 1000;
         ClickHouseRowBinaryWriter w = writer(1);
-        int half = (int) (ClickHouseRowBinaryWriter.MAX_QUEUED_BYTES / 2) + 1;
+        int half = (int) (budget / 2) + 1;
         w.write(new Blobs().rows("trades", 1, new byte[half]).bytes(), null);
         assertEquals(1, w.insertsInFlight());
         Thread writer = new Thread(() -> {
