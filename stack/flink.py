@@ -169,6 +169,8 @@ def runtime_overrides(settings: Settings, runtime: Path, python: Path) -> dict[s
         "env.pid.dir": str(runtime / "pid"),
         "io.tmp.dirs": str(runtime / "tmp"),
         "web.tmpdir": str(runtime / "tmp" / "web"),
+        # whatever flink-conf/ says: no jar upload through the web UI (REST /jars)
+        "web.submit.enable": False,
         "execution.checkpointing.dir": (runtime / "checkpoints").as_uri(),
         "execution.checkpointing.savepoint-dir": (runtime / "savepoints").as_uri(),
         "python.executable": str(python),

@@ -20,6 +20,7 @@ from jobs.sinks.clickhouse import COLUMNS, connect
 from stack import flink
 from stack.supervisor import SupervisedJob, pipeline_submitter
 from tickflow.config import Settings, load_settings, patched_environ
+from tickflow.kafka_security import client_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,7 +34,7 @@ def raw_records(settings: Settings) -> int:
     """Records in the raw topic, all partitions."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": "probe"})
+    consumer = Consumer({**client_config(settings.kafka), "group.id": "probe"})
     try:
         topic = settings.kafka.raw_topic
         return sum(
@@ -53,7 +54,7 @@ def replay_cut_ms(settings: Settings, to_ms: int) -> int:
     from confluent_kafka import Consumer, TopicPartition
 
     topic = settings.kafka.raw_topic
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": "probe",
+    consumer = Consumer({**client_config(settings.kafka), "group.id": "probe",
                          "enable.auto.commit": False})  # fmt: skip
     cut = to_ms
     try:

@@ -130,7 +130,7 @@ def redis_config() -> Iterator[RedisConfig]:
     """The configured Redis under a prefix of this test's own; its keys are removed after."""
     base = load_settings().redis
     config = dataclasses.replace(base, key_prefix=f"tftest-dash-{uuid.uuid4().hex[:10]}")
-    client = redis.Redis(host=config.host, port=config.port, db=config.db)
+    client = redis_client(config)
     try:
         client.ping()
     except redis.RedisError as e:
@@ -220,9 +220,7 @@ def _write_market(config: RedisConfig, version: int = 1) -> None:
 
 def test_read_books_and_nbbo_from_redis(redis_config: RedisConfig) -> None:
     _write_market(redis_config)
-    client = redis.Redis(
-        host=redis_config.host, port=redis_config.port, db=redis_config.db, decode_responses=True
-    )
+    client = redis_client(redis_config, decode_responses=True)
     books = {
         (b["exchange"], b["symbol"]): b for b in dash.read_books(client, redis_config.key_prefix)
     }
@@ -415,9 +413,7 @@ def test_event_stream_pushes_snapshots(
 
 
 def test_sampler_takes_one_sample_per_version(redis_config: RedisConfig) -> None:
-    client = redis.Redis(
-        host=redis_config.host, port=redis_config.port, db=redis_config.db, decode_responses=True
-    )
+    client = redis_client(redis_config, decode_responses=True)
     latency = dash.LatencyWindow()
     sampler = dash.BookSampler(
         client, redis_config.key_prefix, latency, dash.RateWindow(), dash.RateWindow()
