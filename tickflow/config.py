@@ -254,7 +254,7 @@ class MonitoringConfig:
     # the bearer token the dashboard's write endpoints (POST /api/v2/alerts) require; "":
     # read from dashboard_token_file (the local stack generates it). Neither: writes refused
     dashboard_token: str = field(default="", repr=False)
-    dashboard_token_file: str = ""
+    dashboard_token_file: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
