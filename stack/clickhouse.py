@@ -3,6 +3,7 @@ packaged config rewritten to keep data, logs and every listening socket local to
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import shutil
@@ -206,6 +207,13 @@ class ClickHouse(Component):
         self.pid_file.write_text(f"{pid}\n")
 
     def answers(self) -> bool:
-        url = f"http://{self.settings.clickhouse.host}:{self.settings.clickhouse.http_port}/ping"
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.read().decode().strip() == "Ok.")
+        """A query with the configured credentials (a server still running with another
+        users.xml, e.g. from before its password, does not count as answering)."""
+        ch = self.settings.clickhouse
+        token = base64.b64encode(f"{ch.user}:{ch.password}".encode()).decode()
+        request = urllib.request.Request(
+            f"http://{ch.host}:{ch.http_port}/?query=SELECT%201",
+            headers={"Authorization": f"Basic {token}"},
+        )
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return bool(response.read().decode().strip() == "1")

@@ -15,6 +15,7 @@ import os
 import secrets as random_secrets
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from stack.system import StackError
@@ -131,7 +132,7 @@ def _make_certificates(settings: Settings, directory: Path) -> None:
     (directory / "ca.srl").unlink(missing_ok=True)
 
 
-def ensure_secrets(settings: Settings, log: object = None) -> Settings:
+def ensure_secrets(settings: Settings, log: Callable[[str], None] | None = None) -> Settings:
     """Generate whatever is missing under ``<state_dir>/secrets``; return ``settings`` with the
     secrets read from their files (those set in the configuration win)."""
     directory = secrets_dir(settings)
@@ -147,7 +148,7 @@ def ensure_secrets(settings: Settings, log: object = None) -> Settings:
         made.append("certificates")
     for path in directory.iterdir():
         path.chmod(0o600)
-    if made and callable(log):
+    if made and log is not None:
         log(f"secrets: generated {', '.join(made)} in {directory} (0600)")
     return with_secret_files(settings)
 
