@@ -23,6 +23,7 @@ from bench.slice import sim_get
 from jobs.sinks.clickhouse import connect
 from jobs.sinks.queries import BAR_OUTPUT_COLUMNS, recompute_bars_sql
 from tickflow.config import Settings
+from tickflow.kafka_security import client_config
 
 EXCHANGES = ("binance", "coinbase", "kraken")
 FLOAT_TOLERANCE = 1e-9  # relative: averages are float in both implementations
@@ -291,7 +292,7 @@ def read_committed(settings: Settings, topic: str, idle_s: float = 3.0) -> list[
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer({
-        "bootstrap.servers": settings.kafka.bootstrap,
+        **client_config(settings.kafka),
         "group.id": f"results-reader-{time.time_ns()}",
         "enable.auto.commit": False,
         "isolation.level": "read_committed",

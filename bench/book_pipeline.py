@@ -65,7 +65,7 @@ from connectors.kraken import KrakenConnector
 from connectors.producer import KafkaSink
 from jobs.offline import CoreRun, EnvelopeCollector
 from jobs.sinks.clickhouse import connect
-from jobs.sinks.redis_books import book_key
+from jobs.sinks.redis_books import book_key, redis_client
 from schemas.codec import RawEnvelope, encode_envelope
 from simulator.server import SimulatorServer
 from simulator.testing import pointed_at
@@ -73,6 +73,7 @@ from simulator.venue import OutFrame, Subscription, Venue
 from stack import flink
 from stack.topics import ensure_topics
 from tickflow.config import FLINK_STATE_BACKENDS, Settings, load_settings, patched_environ
+from tickflow.kafka_security import client_config
 
 RESULTS = Path(__file__).resolve().parent / "results" / "book_pipeline.json"
 PIPELINE = "jobs/pipeline.py"
@@ -355,9 +356,9 @@ def symbol_overrides(settings: Settings) -> dict[str, str]:
 def check_stack(settings: Settings) -> None:
     try:
         flink.rest(settings, "GET", "/overview")
-        redis.Redis(host=settings.redis.host, port=settings.redis.port).ping()
+        redis_client(settings.redis).ping()
         connect(settings.clickhouse).execute("SELECT 1")
-        AdminClient({"bootstrap.servers": settings.kafka.bootstrap}).list_topics(timeout=10)
+        AdminClient(client_config(settings.kafka)).list_topics(timeout=10)
     except Exception as exc:  # any component down: say what to do
         raise SystemExit(
             f"bench.book_pipeline: the local stack does not answer ({exc!r}); "
@@ -403,7 +404,7 @@ def produce(settings: Settings, topic: str, envelopes: list[RawEnvelope]) -> flo
 def topic_end_offsets(settings: Settings, topic: str) -> int:
     """Records ever written to ``topic`` (sum of the partitions' high watermarks)."""
     consumer = Consumer(
-        {"bootstrap.servers": settings.kafka.bootstrap, "group.id": f"bench-{uuid.uuid4().hex}"}
+        {**client_config(settings.kafka), "group.id": f"bench-{uuid.uuid4().hex}"}
     )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
@@ -416,7 +417,7 @@ def topic_end_offsets(settings: Settings, topic: str) -> int:
 
 
 def delete_kafka(settings: Settings, topics: list[str], groups: list[str]) -> None:
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
+    admin = AdminClient(client_config(settings.kafka))
     futures = list(admin.delete_topics(topics, operation_timeout=30).values()) if topics else []
     if groups:
         futures += list(admin.delete_consumer_groups(groups, request_timeout=30).values())
@@ -433,7 +434,7 @@ def cleanup_run(settings: Settings, job_id: str | None) -> None:
     client = connect(settings.clickhouse)
     client.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
     client.disconnect()
-    r = redis.Redis(host=settings.redis.host, port=settings.redis.port, db=settings.redis.db)
+    r = redis_client(settings.redis)
     for key in r.scan_iter(f"{settings.redis.key_prefix}:*"):
         r.delete(key)
     kafka = settings.kafka
@@ -505,7 +506,7 @@ def wait_consumed(
     """Poll until every book holds its final version; the last write's publish time (ns) and
     the progress: (seconds, messages applied over all books) every ``PROGRESS_EVERY_S``."""
     cfg = settings.redis
-    r = redis.Redis(host=cfg.host, port=cfg.port, db=cfg.db)
+    r = redis_client(cfg)
     books = sorted(expected.versions)
     keys = [book_key(cfg.key_prefix, exchange, symbol) for exchange, symbol in books]
     started = time.monotonic()
@@ -627,7 +628,7 @@ class WriteSampler(threading.Thread):
     def __init__(self, settings: Settings) -> None:
         super().__init__(name="write-sampler", daemon=True)
         cfg = settings.redis
-        self.client = redis.Redis(host=cfg.host, port=cfg.port, db=cfg.db)
+        self.client = redis_client(cfg)
         self.prefix = cfg.key_prefix
         self.measuring = threading.Event()
         self.stopping = threading.Event()
@@ -775,9 +776,7 @@ def latency_runs(
     logs = base.state_dir / "bench" / f"book_pipeline-{tag}"
     logs.mkdir(parents=True, exist_ok=True)
     with environment(env) as job_settings:
-        r = redis.Redis(
-            host=job_settings.redis.host, port=job_settings.redis.port, db=job_settings.redis.db
-        )
+        r = redis_client(job_settings.redis)
         keys = [book_key(job_settings.redis.key_prefix, ex, s) for ex, s in books]
         sampler = WriteSampler(job_settings)
         try:

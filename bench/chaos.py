@@ -56,20 +56,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from bench.analytics_checks import read_committed
 from bench.slice import _delete_kafka_topics, _delete_redis_keys
 from bench.stats import target_entry
 from connectors.producer import partition_of
 from jobs.sinks.clickhouse import COLUMNS, connect
 from jobs.sinks.queries import DAILY_QUERIES
+from jobs.sinks.redis_books import redis_client
 from stack import flink, manager
 from stack.supervisor import SUPERVISED, SupervisedJob, Supervisor, pipeline_submitter
 from stack.system import pid_alive, read_pids
 from stack.topics import ensure_topics, pipeline_topics
 from tickflow.config import Settings, load_settings, patched_environ
 from tickflow.instruments import nbbo_group
+from tickflow.kafka_security import client_config
 
 RESULTS = Path(__file__).parent / "results" / "chaos.json"
 TARGETS = ("taskmanager", "python", "jobmanager", "kafka", "clickhouse", "redis")
@@ -185,7 +185,7 @@ class Feeder:
         self.records = records
         self.producer = Producer(
             {
-                "bootstrap.servers": settings.kafka.bootstrap,
+                **client_config(settings.kafka),
                 "enable.idempotence": True,
                 "message.timeout.ms": 0,  # never give up on a record: the broker comes back
                 "linger.ms": 5,
@@ -247,7 +247,7 @@ def committed_offset(settings: Settings) -> int:
 
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka.bootstrap,
+            **client_config(settings.kafka),
             "group.id": settings.flink.consumer_group,
             "enable.auto.commit": False,
         }
@@ -433,7 +433,7 @@ def query_results(settings: Settings, rows: dict[str, Counter[tuple[Any, ...]]])
 
 
 def redis_state(settings: Settings) -> dict[str, Any]:
-    r = redis.Redis(host=settings.redis.host, port=settings.redis.port, db=settings.redis.db)
+    r = redis_client(settings.redis)
     prefix = settings.redis.key_prefix
     state: dict[str, Any] = {}
     for key in r.scan_iter(f"{prefix}:*"):

@@ -40,6 +40,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from bench.stats import machine, median, target_entry, write_results
 from schemas.codec import decode_envelope, encode_envelope
 from tickflow.config import Settings, load_settings
+from tickflow.kafka_security import client_config
 
 NAME = "kafka_ceiling"
 DEFAULT_MESSAGES = 500_000
@@ -67,7 +68,7 @@ def envelopes(settings: Settings, unique: int) -> tuple[list[tuple[bytes, bytes]
 
 
 def create_topic(settings: Settings, topic: str, partitions: int) -> None:
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
+    admin = AdminClient(client_config(settings.kafka))
     future = admin.create_topics([NewTopic(topic, partitions, 1)])[topic]
     future.result(timeout=TOPIC_TIMEOUT_S)
     deadline = time.monotonic() + TOPIC_TIMEOUT_S
@@ -78,7 +79,7 @@ def create_topic(settings: Settings, topic: str, partitions: int) -> None:
 
 
 def delete(settings: Settings, topic: str, groups: list[str]) -> None:
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
+    admin = AdminClient(client_config(settings.kafka))
     futures = list(admin.delete_topics([topic], operation_timeout=30).values())
     if groups:
         futures += list(admin.delete_consumer_groups(groups, request_timeout=30).values())
@@ -97,7 +98,7 @@ def produce(settings: Settings, topic: str, records: list[tuple[bytes, bytes]], 
             failed.append(str(err))
 
     producer = Producer({
-        "bootstrap.servers": settings.kafka.bootstrap,
+        **client_config(settings.kafka),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": PRODUCE_LINGER_MS,
@@ -134,7 +135,7 @@ def consume(
     settings: Settings, topic: str, n: int, group: str, work: Callable[[bytes], object] | None
 ) -> dict[str, Any]:
     consumer = Consumer({
-        "bootstrap.servers": settings.kafka.bootstrap,
+        **client_config(settings.kafka),
         "group.id": group,
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,

@@ -98,7 +98,6 @@ from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 from typing import Any, TypeVar
 
-import redis
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from bench.backfill_day import books_by_partition, only_books, split_partitions
@@ -134,12 +133,13 @@ from bench.offered import (
 from bench.stats import fmt_summary, histogram, machine, summarize, write_results
 from connectors.producer import partition_of
 from jobs.sinks.clickhouse import connect
-from jobs.sinks.redis_books import book_key, nbbo_key
+from jobs.sinks.redis_books import book_key, nbbo_key, redis_client
 from schemas.codec import RawEnvelope, decode_envelope, encode_envelope, sync_lost_payload
 from stack import flink
 from stack.topics import ensure_topics
-from tickflow.config import Settings, load_settings
+from tickflow.config import KafkaConfig, Settings, load_settings
 from tickflow.instruments import nbbo_group
+from tickflow.kafka_security import client_config
 
 T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parent / "results" / "offered_latency.json"
@@ -288,13 +288,13 @@ def verify_pool(pool: Pool, samples: int = 2_000) -> None:
 # -- the producer (its own process) -------------------------------------------------------------
 
 
-def producer_config(bootstrap: str, linger_ms: float, errors: list[str]) -> dict[str, Any]:
+def producer_config(kafka: KafkaConfig, linger_ms: float, errors: list[str]) -> dict[str, Any]:
     def on_delivery(err: KafkaError | None, _msg: Any) -> None:
         if err is not None:
             errors.append(str(err))
 
     return {
-        "bootstrap.servers": bootstrap,
+        **client_config(kafka),
         "client.id": "tickflow-bench-offered",
         "enable.idempotence": True,  # as the connectors' KafkaSink
         "acks": "all",
@@ -313,14 +313,14 @@ def cpu_seconds(pid: int | str = "self") -> float:
 
 
 def producer_main(
-    pipe: Pipe, path: str, bootstrap: str, topic: str, rate: float, seconds: float,
+    pipe: Pipe, path: str, kafka: KafkaConfig, topic: str, rate: float, seconds: float,
     linger_ms: float, warmup_s: float,
 ) -> None:
     """Load the pool, say ready, wait for go, offer ``rate`` for ``seconds``; send the stats."""
     try:
         pool = read_pool(Path(path))
         errors: list[str] = []
-        producer = Producer(producer_config(bootstrap, linger_ms, errors))
+        producer = Producer(producer_config(kafka, linger_ms, errors))
         producer.list_topics(topic, timeout=30)  # metadata before the clock starts
         pipe.send({"ready": True, "pid": os.getpid()})
         pipe.recv()  # go
@@ -411,7 +411,7 @@ class ProducerProcess:
         self.process = ctx.Process(
             target=producer_main,
             args=(
-                child, str(path), settings.kafka.bootstrap, topic, rate, seconds, linger_ms,
+                child, str(path), settings.kafka, topic, rate, seconds, linger_ms,
                 warmup_s,
             ),
             name="offered-producer",
@@ -454,7 +454,7 @@ class RedisSampler(threading.Thread):
     def __init__(self, settings: Settings) -> None:
         super().__init__(name="redis-sampler", daemon=True)
         cfg = settings.redis
-        self.client = redis.Redis(host=cfg.host, port=cfg.port, db=cfg.db)
+        self.client = redis_client(cfg)
         self.prefix = cfg.key_prefix
         self.measuring = threading.Event()
         self.stopping = threading.Event()
@@ -573,7 +573,7 @@ def source_metrics(
     minus the source's per-partition ``currentOffset``; from the TaskManager's Prometheus
     reporter, else (emit lag only) from the REST API."""
     names: dict[str, Any] = {}
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap,
+    consumer = Consumer({**client_config(settings.kafka),
                          "group.id": f"tickflow-bench-offsets-{uuid.uuid4().hex[:8]}"})  # fmt: skip
     partitions = [TopicPartition(topic, p) for p in range(settings.kafka.raw_partitions)]
     topic_label = topic.replace(".", "_")  # how the reporter spells it in a metric name
@@ -652,7 +652,7 @@ class ResultConsumer(threading.Thread):
     def __init__(self, settings: Settings, topic: str, group: str) -> None:
         super().__init__(name="result-consumer", daemon=True)
         self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka.bootstrap,
+            **client_config(settings.kafka),
             "group.id": group,
             "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
@@ -805,7 +805,7 @@ def cleanup(
 
     def redis_keys() -> None:
         cfg = settings.redis
-        r = redis.Redis(host=cfg.host, port=cfg.port, db=cfg.db)
+        r = redis_client(cfg)
         for key in r.scan_iter(f"{cfg.key_prefix}:*", count=1000):
             r.delete(key)
 

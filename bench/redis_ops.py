@@ -179,7 +179,7 @@ def retrying(what: str, fn: Callable[[], T]) -> T:
 
 
 def delete_prefix(config: RedisConfig) -> int:
-    r = redis.Redis(host=config.host, port=config.port, db=config.db)
+    r = redis_client(config)
     try:
         keys = list(r.scan_iter(f"{config.key_prefix}:*", count=1000))
         for i in range(0, len(keys), 1000):
@@ -197,7 +197,7 @@ def run(settings: Settings, writes: int, books: int, reads: int, command: str) -
     frames = book_frames(books, writes, top_n)
     book_updates = book_writes(settings, config.key_prefix, frames)
     _, first_args = book_updates[0]
-    info = redis.Redis(host=config.host, port=config.port, db=config.db).info("server")
+    info = redis_client(config).info("server")
     result: dict[str, Any] = {
         "command": command,
         "conditions": {
@@ -241,9 +241,7 @@ def run(settings: Settings, writes: int, books: int, reads: int, command: str) -
             "reads",
             lambda: timed(lambda t: book_reader.read_book(config, t[0], t[1]), reads_list),
         )
-        reader = redis.Redis(
-            host=config.host, port=config.port, db=config.db, decode_responses=True
-        )
+        reader = redis_client(config, decode_responses=True)
         keys = [(ex, sym, book_key(config.key_prefix, ex, sym)) for ex, sym in reads_list]
 
         def read_long_lived(item: tuple[str, str, str]) -> book_reader.StoredBook:

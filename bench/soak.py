@@ -41,6 +41,7 @@ from simulator.server import SimulatorServer
 from simulator.testing import pointed_at, wait_until
 from stack.topics import ensure_topics
 from tickflow.config import Settings, load_settings
+from tickflow.kafka_security import client_config
 
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.json"
 GAP_FAULTS = (FrameAction.DROP, FrameAction.REORDER, FrameAction.MALFORMED)
@@ -135,7 +136,7 @@ async def inject_faults(
 def read_topic(settings: Settings, topic: str) -> list[tuple[bytes | None, bytes]]:
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka.bootstrap,
+            **client_config(settings.kafka),
             "group.id": f"soak-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
         }

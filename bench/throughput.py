@@ -78,6 +78,7 @@ from stack import flink
 from stack.topics import ensure_topics
 from tickflow.config import Settings, load_settings
 from tickflow.instruments import nbbo_group
+from tickflow.kafka_security import client_config
 
 DATASET_VERSION = 1  # bump when the generator's output changes: an old topic is not reused
 MIX = "all"
@@ -167,7 +168,7 @@ def existing_dataset(settings: Settings, topic: str) -> dict[str, Any] | None:
     if not note.exists():
         return None
     data: dict[str, Any] = json.loads(note.read_text())
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
+    admin = AdminClient(client_config(settings.kafka))
     if topic not in admin.list_topics(timeout=10).topics:
         return None
     if topic_end_offsets(settings, topic) != data["records"]:
@@ -235,8 +236,7 @@ def produce_merged(settings: Settings, topic: str, paths: list[Path]) -> int:
 
     producer = Producer(
         {
-            "bootstrap.servers": settings.kafka.bootstrap,
-            "security.protocol": settings.kafka.security_protocol,
+            **client_config(settings.kafka),
             "enable.idempotence": True,  # one book's frames stay in order
             "acks": "all",
             "linger.ms": PRODUCE_LINGER_MS,

@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, KafkaError
 
 from schemas.control import ResyncRequest, parse_request
 from tickflow.config import KafkaConfig
+from tickflow.kafka_security import client_config
 from tickflow.logs import log_fields
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,7 @@ class ControlListener:
         self.topic = kafka.control_topic
         self._consumer = Consumer(
             {
-                "bootstrap.servers": kafka.bootstrap,
-                "security.protocol": kafka.security_protocol,
+                **client_config(kafka),
                 "group.id": f"tickflow-connector-{exchange}-{uuid.uuid4().hex[:8]}",
                 "auto.offset.reset": "latest",
                 "enable.auto.commit": False,

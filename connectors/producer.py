@@ -13,6 +13,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from schemas.codec import RawEnvelope, encode_envelope
 from tickflow.config import KafkaConfig
 from tickflow.instruments import nbbo_group
+from tickflow.kafka_security import client_config
 
 log = logging.getLogger(__name__)
 # librdkafka's own log lines, through Python logging (served by poll()) instead of raw stderr
@@ -96,8 +97,7 @@ class KafkaSink:
         self._partitions = partitions  # of the topic; 0: from the broker on the first send
         self.deadletter_topic = kafka.deadletter_topic
         conf: dict[str, Any] = {
-            "bootstrap.servers": kafka.bootstrap,
-            "security.protocol": kafka.security_protocol,
+            **client_config(kafka),
             "client.id": "tickflow-connector",
             # no duplicates or reordering on retries: one book's frames stay in order
             "enable.idempotence": True,

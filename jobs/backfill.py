@@ -32,6 +32,7 @@ from schemas.codec import EnvelopeError, decode_envelope
 from schemas.deadletter import dead_letter_record
 from tickflow.config import AnalyticsConfig, BookConfig, Settings
 from tickflow.instruments import nbbo_group
+from tickflow.kafka_security import client_config
 
 IDLE_TIMEOUT_S = 60.0  # no record for this long before the range's end: the broker is gone
 OFFSET_TIMEOUT_S = 30.0
@@ -72,8 +73,7 @@ def _consumer(settings: Settings) -> Any:
 
     kafka = settings.kafka
     return Consumer({
-        "bootstrap.servers": kafka.bootstrap,
-        "security.protocol": kafka.security_protocol,
+        **client_config(kafka),
         "group.id": f"{settings.flink.consumer_group}-batch-backfill",
         "enable.auto.commit": False,
         "enable.partition.eof": False,

@@ -39,6 +39,7 @@ from jobs.operators import RESULT_TABLES, BundleProcessor
 from jobs.replay import ReplayPacer
 from jobs.sinks.clickhouse import COLUMNS, ensure_schema
 from tickflow.config import KafkaConfig, Settings, load_settings
+from tickflow.kafka_security import java_properties
 
 JOB_NAME = "tickflow-pipeline"
 
@@ -55,8 +56,9 @@ def raw_source(settings: Settings) -> KafkaSource:
         .set_topics(kafka.raw_topic)
         .set_group_id(settings.flink.consumer_group)
         .set_value_only_deserializer(ByteArraySchema())
-        .set_property("security.protocol", kafka.security_protocol)
     )
+    for key, value in java_properties(kafka).items():
+        builder = builder.set_property(key, value)
     if not replay.active:
         explicit = settings.flink.start_offsets_by_partition()
         return (
@@ -184,7 +186,6 @@ def json_sink(
     builder = (
         KafkaSink.builder()
         .set_bootstrap_servers(kafka.bootstrap)
-        .set_property("security.protocol", kafka.security_protocol)
         .set_record_serializer(
             KafkaRecordSerializationSchema.builder()
             .set_topic(topic)
@@ -192,6 +193,8 @@ def json_sink(
             .build()
         )
     )
+    for key, value in java_properties(kafka).items():
+        builder = builder.set_property(key, value)
     if transactional_id_prefix is None:
         return builder.set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE).build()
     return (

@@ -12,7 +12,9 @@ One process, stdlib HTTP server (threads), on ``127.0.0.1:<monitoring.dashboard_
   of the books, ``tickflow_book_e2e_latency_seconds{exchange}``, and the dashboard's health.
 - ``GET /healthz``: ``{"status": "ok", ...}``.
 - ``POST /api/v2/alerts`` (``GET`` lists them): the Alertmanager-compatible receiver
-  (:mod:`monitoring.alerts`); point Prometheus' ``alerting.alertmanagers`` here.
+  (:mod:`monitoring.alerts`); point Prometheus' `alerting.alertmanagers` here. It takes
+  only `Authorization: Bearer <monitoring.dashboard_token>`, `Content-Type: application/json`
+  and no `Origin` but its own (401, 415, 403 otherwise); the read endpoints are open.
 
 The snapshot, refreshed every ``interval_s``:
 
@@ -33,6 +35,7 @@ import argparse
 import collections
 import contextlib
 import dataclasses
+import hmac
 import logging
 import math
 import signal
@@ -563,6 +566,8 @@ class DashboardConfig:
     rate_window_s: float = 10.0
     webhook_timeout_s: float = 5.0
     queries: Queries = field(default_factory=Queries)
+    # the bearer token of the write endpoints (POST /api/v2/alerts); "": writes refused
+    write_token: str = field(default="", repr=False)
 
 
 class _HealthCollector(Collector):
@@ -879,10 +884,47 @@ class DashboardHandler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
+    def _write_refusal(self) -> tuple[int, str] | None:
+        """Why a write request is refused, or None. A browser page of another site may send
+        a POST here (no preflight for some content types): a foreign ``Origin`` is refused,
+        only ``application/json`` is read, and the bearer token is required."""
+        origin = self.headers.get("Origin")
+        if origin is not None:
+            parts = urllib.parse.urlsplit(origin)
+            if parts.scheme not in ("http", "https") or parts.netloc != self.headers.get("Host"):
+                return HTTPStatus.FORBIDDEN, "cross-origin writes are refused"
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "expected Content-Type: application/json"
+        token = self.dashboard.config.write_token
+        if not token:
+            return HTTPStatus.FORBIDDEN, "writes are off: no monitoring.dashboard_token"
+        scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            return HTTPStatus.UNAUTHORIZED, "a valid bearer token is required"
+        return None
+
     def do_POST(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
         if path != "/api/v2/alerts":
             self._json(404, {"error": f"cannot POST {path}"})
+            return
+        refusal = self._write_refusal()
+        if refusal is not None:
+            status, reason = refusal
+            self.close_connection = True  # the body is not read
+            if status == HTTPStatus.UNAUTHORIZED:
+                body = orjson.dumps({"error": reason})
+                self.send_response(status)
+                self.send_header("WWW-Authenticate", 'Bearer realm="tickflow"')
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                self._json(status, {"error": reason})
             return
         length = _int(self.headers.get("Content-Length"), -1)
         if length < 0 or length > MAX_BODY:
@@ -989,6 +1031,7 @@ def main(argv: list[str]) -> int:
         alert_webhook=monitoring.alert_webhook,
         interval_s=args.interval,
         queries=queries,
+        write_token=monitoring.dashboard_token,
     )
     dashboard = Dashboard(config)
     port = monitoring.dashboard_port if args.port is None else args.port

@@ -3,6 +3,9 @@ packaged config rewritten to keep data, logs and every listening socket local to
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
 import shutil
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -123,7 +126,9 @@ def rewrite_server_config(xml_text: str, settings: Settings, paths: ClickHousePa
 
 
 def rewrite_users_config(xml_text: str, user: str, password: str) -> str:
-    """The packaged users.xml with `user` (password from settings) reachable from loopback only."""
+    """The packaged users.xml with `user` reachable from loopback only, its password (from
+    settings) stored as its SHA-256 (``password_sha256_hex``), never as text; every other
+    user's password is a random one nobody knows (the packaged ones have none)."""
     root = ET.fromstring(xml_text)
     users = root.find("users")
     if users is None:
@@ -141,9 +146,16 @@ def rewrite_users_config(xml_text: str, user: str, password: str) -> str:
         networks = ET.SubElement(account, "networks")
         for address in (LOOPBACK, "::1"):
             ET.SubElement(networks, "ip").text = address
-    for hashed in account.findall("password_sha256_hex"):
-        account.remove(hashed)
-    _set(account, "password", password)
+    for entry in users:
+        for element in entry.findall("password") + entry.findall("password_sha256_hex"):
+            entry.remove(element)
+        if entry is not account:
+            unknown = hashlib.sha256(os.urandom(32)).hexdigest()
+            _set(entry, "password_sha256_hex", hashlib.sha256(unknown.encode()).hexdigest())
+    if password:
+        _set(account, "password_sha256_hex", hashlib.sha256(password.encode()).hexdigest())
+    else:
+        _set(account, "password", "")
     _set(account, "profile", "default")
     _set(account, "quota", "default")
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
@@ -183,6 +195,8 @@ class ClickHouse(Component):
         paths.config.write_text(rewrite_server_config(packaged.read_text(), self.settings, paths))
         users = (PACKAGED_CONFIG_DIR / "users.xml").read_text()
         paths.users.write_text(rewrite_users_config(users, ch.user, ch.password))
+        for private in (paths.users, paths.config):
+            private.chmod(0o600)
 
     def launch(self) -> None:
         binary = (
@@ -193,6 +207,13 @@ class ClickHouse(Component):
         self.pid_file.write_text(f"{pid}\n")
 
     def answers(self) -> bool:
-        url = f"http://{self.settings.clickhouse.host}:{self.settings.clickhouse.http_port}/ping"
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.read().decode().strip() == "Ok.")
+        """A query with the configured credentials (a server still running with another
+        users.xml, e.g. from before its password, does not count as answering)."""
+        ch = self.settings.clickhouse
+        token = base64.b64encode(f"{ch.user}:{ch.password}".encode()).decode()
+        request = urllib.request.Request(
+            f"http://{ch.host}:{ch.http_port}/?query=SELECT%201",
+            headers={"Authorization": f"Basic {token}"},
+        )
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return bool(response.read().decode().strip() == "1")

@@ -169,6 +169,8 @@ def runtime_overrides(settings: Settings, runtime: Path, python: Path) -> dict[s
         "env.pid.dir": str(runtime / "pid"),
         "io.tmp.dirs": str(runtime / "tmp"),
         "web.tmpdir": str(runtime / "tmp" / "web"),
+        # whatever flink-conf/ says: no jar upload through the web UI (REST /jars)
+        "web.submit.enable": False,
         "execution.checkpointing.dir": (runtime / "checkpoints").as_uri(),
         "execution.checkpointing.savepoint-dir": (runtime / "savepoints").as_uri(),
         "python.executable": str(python),
@@ -359,7 +361,7 @@ def job_state(settings: Settings, job_id: str) -> str:
 def job_restarts(settings: Settings, job_id: str) -> int:
     """How many times the job restarted since it was submitted (its numRestarts metric)."""
     metrics = rest(settings, "GET", f"/jobs/{job_id}/metrics?get=numRestarts")
-    return int(metrics[0]["value"]) if metrics else 0
+    return int(float(metrics[0]["value"])) if metrics else 0
 
 
 def _wait_free_slots(settings: Settings, needed: int, timeout: float) -> None:

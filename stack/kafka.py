@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import os
+import secrets as random_secrets
 import subprocess
 import uuid
 from pathlib import Path
 
 from stack.jars import JAVA_PACKAGES, kafka_jars_dir
+from stack.secrets import BROKER_CN, BROKER_USER, secrets_dir
 from stack.services import Component
 from stack.system import StackError, ensure_packages, port_open, spawn_daemon
-from tickflow.config import Settings
+from tickflow.config import ConfigError, Settings, read_secret
 
 NODE_ID = 1
+# what the local broker can run: open, or SCRAM over TLS with client certificates required
+LOCAL_PROTOCOLS = ("PLAINTEXT", "SASL_SSL")
+SCRAM_ITERATIONS = 8192
+# written after the storage was formatted with the SCRAM users (a data dir without it was
+# formatted by an earlier release, without them)
+SCRAM_MARKER = "scram-users"
 
 
 def new_cluster_id() -> str:
@@ -20,18 +30,75 @@ def new_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-def render_server_properties(settings: Settings, data_dir: Path) -> str:
+def local_protocol(settings: Settings) -> str:
+    protocol = settings.kafka.security_protocol
+    if protocol not in LOCAL_PROTOCOLS:
+        raise StackError(
+            f"kafka: the local stack runs {' or '.join(LOCAL_PROTOCOLS)}, "
+            f"not kafka.security_protocol {protocol}"
+        )
+    return protocol
+
+
+def security_properties(settings: Settings) -> dict[str, object]:
+    """The broker's listeners and their security: PLAINTEXT, or clients on SASL_SSL
+    (SCRAM-SHA-512, client certificates required, the stack's CA) and the controller on TLS
+    with the broker's own certificate both ways."""
     kafka = settings.kafka
     host, port, controller = kafka.host, kafka.port, kafka.controller_port
+    if local_protocol(settings) == "PLAINTEXT":
+        return {
+            "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller}",
+            "advertised.listeners": f"PLAINTEXT://{host}:{port}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+        }
+    directory = secrets_dir(settings)
+    store_password = read_secret(str(directory / "stores.password"))
+    broker_password = read_secret(str(directory / "kafka-broker.password"))
+    if not store_password or not broker_password:
+        raise StackError(f"kafka: the broker's secrets are missing from {directory}")
+    mechanism = kafka.sasl_mechanism
+    return {
+        "listeners": f"CLIENT://{host}:{port},CONTROLLER://{host}:{controller}",
+        "advertised.listeners": f"CLIENT://{host}:{port}",
+        "listener.security.protocol.map": "CLIENT:SASL_SSL,CONTROLLER:SSL",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "CLIENT",
+        "sasl.enabled.mechanisms": mechanism,
+        "sasl.mechanism.inter.broker.protocol": mechanism,
+        f"listener.name.client.{mechanism.lower()}.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{BROKER_USER}" password="{broker_password}";'
+        ),
+        # every connection presents a certificate of the stack's CA, then (clients) SCRAM.
+        # A SASL_SSL listener ignores the broker-wide ssl.client.auth (KIP-684): per listener
+        "ssl.client.auth": "required",
+        "listener.name.client.ssl.client.auth": "required",
+        "listener.name.controller.ssl.client.auth": "required",
+        "ssl.keystore.type": "PKCS12",
+        "ssl.keystore.location": str(directory / "broker.p12"),
+        "ssl.keystore.password": store_password,
+        "ssl.key.password": store_password,
+        "ssl.truststore.type": "PKCS12",
+        "ssl.truststore.location": str(directory / "truststore.p12"),
+        "ssl.truststore.password": store_password,
+        "ssl.endpoint.identification.algorithm": "https",
+        # the broker's own identities (SCRAM on the client listener, its certificate on the
+        # controller's); they matter once an authorizer is configured
+        "super.users": f"User:{BROKER_USER};User:CN={BROKER_CN},O=tickflow",
+    }
+
+
+def render_server_properties(settings: Settings, data_dir: Path) -> str:
+    kafka = settings.kafka
+    host, controller = kafka.host, kafka.controller_port
     props = {
         "process.roles": "broker,controller",
         "node.id": NODE_ID,
         "controller.quorum.voters": f"{NODE_ID}@{host}:{controller}",
-        "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller}",
-        "advertised.listeners": f"PLAINTEXT://{host}:{port}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
+        **security_properties(settings),
         "log.dirs": str(data_dir),
         # one broker: every internal topic has a single replica
         "offsets.topic.replication.factor": 1,
@@ -55,6 +122,19 @@ def render_server_properties(settings: Settings, data_dir: Path) -> str:
     lines = ["# rendered by `tickflow stack up` from config/tickflow.yaml; edits are overwritten"]
     lines += [f"{key}={value}" for key, value in props.items()]
     return "\n".join(lines) + "\n"
+
+
+def scram_credential(mechanism: str, name: str, password: str) -> str:
+    """StorageTool's ``--add-scram`` argument with a salted password, not the password: the
+    command line is visible to every local user while it runs."""
+    digest = {"SCRAM-SHA-512": "sha512", "SCRAM-SHA-256": "sha256"}[mechanism]
+    salt = random_secrets.token_bytes(32)
+    salted = hashlib.pbkdf2_hmac(digest, password.encode(), salt, SCRAM_ITERATIONS)
+    return (
+        f"{mechanism}=[name={name},iterations={SCRAM_ITERATIONS},"
+        f'salt="{base64.b64encode(salt).decode()}",'
+        f'saltedpassword="{base64.b64encode(salted).decode()}"]'
+    )
 
 
 def render_log4j2(log_dir: Path) -> str:
@@ -134,27 +214,62 @@ class Kafka(Component):
     def configure(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.home / "server.properties").write_text(
-            render_server_properties(self.settings, self.data_dir)
-        )
+        properties = self.home / "server.properties"
+        # it holds the broker's store and SCRAM passwords: the owner's alone
+        properties.unlink(missing_ok=True)
+        fd = os.open(properties, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(render_server_properties(self.settings, self.data_dir))
         (self.home / "log4j2.properties").write_text(render_log4j2(self.log_dir))
         if not (self.data_dir / "meta.properties").exists():
             self._format_storage()
+        elif local_protocol(self.settings) == "SASL_SSL" and not self.scram_formatted():
+            raise StackError(
+                f"kafka: {self.data_dir} was formatted by an earlier release, without SCRAM "
+                "users, so no client could log in to it. Start it afresh (its topics are "
+                f"lost): `tickflow stack down kafka && rm -rf {self.data_dir}`, then "
+                "`tickflow stack up`; or keep it open with "
+                "TICKFLOW__KAFKA__SECURITY_PROTOCOL=PLAINTEXT (docs/security.md)"
+            )
+
+    def scram_formatted(self) -> bool:
+        return (self.home / SCRAM_MARKER).exists()
+
+    def _scram_arguments(self) -> list[str]:
+        kafka = self.settings.kafka
+        if local_protocol(self.settings) != "SASL_SSL":
+            return []
+        directory = secrets_dir(self.settings)
+        users = {
+            BROKER_USER: read_secret(str(directory / "kafka-broker.password")),
+            kafka.sasl_username: kafka.sasl_password,
+        }
+        if not all(users.values()):
+            raise ConfigError(f"kafka: SCRAM passwords missing from {directory}")
+        return [
+            f"--add-scram={scram_credential(kafka.sasl_mechanism, name, password)}"
+            for name, password in users.items()
+        ]
 
     def _format_storage(self) -> None:
-        """KRaft needs its log directory formatted with a cluster id once, before first start."""
+        """KRaft needs its log directory formatted with a cluster id once, before first start;
+        with SASL the SCRAM users are written into its first metadata then."""
         id_file = self.home / "cluster.id"
         if not id_file.exists():
             id_file.write_text(new_cluster_id() + "\n")
         cluster_id = id_file.read_text().strip()
+        scram = self._scram_arguments()
         argv = self._java(
             # one argument: an id that starts with "-" would otherwise read as an option
             "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-            "--config", str(self.home / "server.properties"), "--ignore-formatted",
+            "--config", str(self.home / "server.properties"), "--ignore-formatted", *scram,
         )  # fmt: skip
         done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
         if done.returncode != 0:
             raise StackError(f"kafka: StorageTool format failed:\n{done.stdout}{done.stderr}")
+        if scram:
+            names = [BROKER_USER, self.settings.kafka.sasl_username]
+            (self.home / SCRAM_MARKER).write_text("\n".join(names) + "\n")
 
     def _java(self, main: str, *args: str) -> list[str]:
         jars = kafka_jars_dir(self.settings)  # cheap once resolved: a marker check
@@ -170,15 +285,10 @@ class Kafka(Component):
         kafka = self.settings.kafka
         if not port_open(kafka.host, kafka.port):
             return False
-        from kafka import KafkaAdminClient  # slow import, only when probing
+        from confluent_kafka.admin import AdminClient
 
-        admin = KafkaAdminClient(
-            bootstrap_servers=kafka.bootstrap,
-            client_id="tickflow-stack-health",
-            request_timeout_ms=5000,
-        )
-        try:
-            admin.list_topics()
-            return True
-        finally:
-            admin.close()
+        from tickflow.kafka_security import client_config
+
+        admin = AdminClient(client_config(kafka, **{"client.id": "tickflow-stack-health"}))
+        admin.list_topics(timeout=5)
+        return True

@@ -11,6 +11,7 @@ from stack.flink import Flink
 from stack.kafka import Kafka
 from stack.prometheus import Prometheus
 from stack.redis_server import Redis
+from stack.secrets import ensure_secrets
 from stack.services import Component
 from stack.system import StackError
 from stack.topics import ensure_topics
@@ -68,8 +69,10 @@ def _needs_start(component: Component, log: Log) -> bool:
 def up(settings: Settings, names: Iterable[str] | None = None, log: Log = print) -> list[str]:
     """Start the components that are not running, wait until all answer, create topics.
 
-    Returns the names of the components this call started. Idempotent.
+    Returns the names of the components this call started. Idempotent. The stack's
+    credentials are generated first when missing (``stack.secrets``).
     """
+    settings = ensure_secrets(settings, log)
     selected = components(settings, names)
     to_start = [c for c in selected if _needs_start(c, log)]
     for component in to_start:

@@ -66,6 +66,13 @@ def prometheus_config(settings: Settings, rules: Path) -> dict[str, Any]:
                     # the dashboard receives POST /api/v2/alerts and forwards to the webhook
                     "api_version": "v2",
                     "static_configs": [{"targets": [_target(monitoring.dashboard_port)]}],
+                    # the dashboard's write endpoint takes only its bearer token
+                    **(
+                        {"authorization": {"credentials_file": monitoring.dashboard_token_file}}
+                        if monitoring.dashboard_token_file
+                        and Path(monitoring.dashboard_token_file).is_file()
+                        else {}
+                    ),
                 }
             ]
         },

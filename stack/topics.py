@@ -30,31 +30,40 @@ def ensure_topics(
     Idempotent and safe against concurrent creators. Returns the names it created, after the
     broker lists all of them. Existing topics are not repartitioned.
     """
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from tickflow.kafka_security import client_config
 
     wanted = {**pipeline_topics(settings), **(extra or {})}
-    admin = KafkaAdminClient(
-        bootstrap_servers=settings.kafka.bootstrap,
-        client_id="tickflow-stack-topics",
-        request_timeout_ms=int(timeout_s * 1000),
+    admin = AdminClient(
+        client_config(
+            settings.kafka,
+            **{"client.id": "tickflow-stack-topics", "socket.timeout.ms": int(timeout_s * 1000)},
+        )
     )
-    try:
-        missing = sorted(set(wanted) - set(admin.list_topics()))
-        created: list[str] = []
-        for name in missing:
+
+    def listed() -> set[str]:
+        return set(admin.list_topics(timeout=timeout_s).topics)
+
+    missing = sorted(set(wanted) - listed())
+    created: list[str] = []
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(name, wanted[name], replication_factor=1) for name in missing],
+            request_timeout=timeout_s,
+        )
+        for name, future in futures.items():
             try:
-                admin.create_topics([NewTopic(name, wanted[name], replication_factor=1)])
+                future.result()
                 created.append(name)
-            except TopicAlreadyExistsError:
-                pass  # another creator won the race: fine
-        if not wait_until(lambda: set(wanted) <= set(admin.list_topics()), timeout_s):
-            absent = sorted(set(wanted) - set(admin.list_topics()))
-            raise StackError(f"kafka: topics {absent} not listed {timeout_s:.0f} s after creation")
-        return created
-    finally:
-        admin.close()
+            except KafkaException as error:
+                if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise  # another creator winning the race is fine, anything else is not
+    if not wait_until(lambda: set(wanted) <= listed(), timeout_s):
+        absent = sorted(set(wanted) - listed())
+        raise StackError(f"kafka: topics {absent} not listed {timeout_s:.0f} s after creation")
+    return sorted(created)
 
 
 def main() -> int:

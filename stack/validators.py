@@ -126,9 +126,13 @@ def ensure_compose(settings: Settings) -> Path:
     return target
 
 
-def compose_config(settings: Settings, compose_file: Path) -> str:
-    """``docker compose -f FILE config``: the resolved model, or StackError with the reason."""
+def compose_config(
+    settings: Settings, compose_file: Path, variables: dict[str, str] | None = None
+) -> str:
+    """``docker compose -f FILE config`` with ``variables`` (e.g. the required passwords) as
+    the only TICKFLOW* variables: the resolved model, or StackError with the reason."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TICKFLOW", "COMPOSE_"))}
+    env.update(variables or {})
     done = subprocess.run(
         [str(ensure_compose(settings)), "-f", str(compose_file), "config"],
         capture_output=True, text=True, check=False, env=env, timeout=120,

@@ -33,7 +33,10 @@ def project_root() -> Path:
     return Path(home).resolve() if home else Path(__file__).resolve().parents[1]
 
 
-KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL")
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+# a file setting may name the state directory: "{state_dir}/secrets/redis.password"
+STATE_DIR_PLACEHOLDER = "{state_dir}"
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,26 @@ class KafkaConfig:
     bars_topic: str
     touches_topic: str
     transaction_timeout_ms: int
-    # PLAINTEXT (local stack, compose) | SSL (TLS listeners, e.g. Amazon MSK's port 9094)
+    # SASL_SSL (the local stack: SCRAM over TLS with client certificates) | SSL (TLS
+    # listeners, e.g. Amazon MSK's port 9094) | SASL_PLAINTEXT | PLAINTEXT (compose network).
+    # Clients are configured from these by tickflow.kafka_security, in one place.
     security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)  # "": read from sasl_password_file
+    sasl_password_file: str = ""
+    # TLS: the CA that signed the brokers' certificates ("": the system's), and the client's
+    # own certificate and key (PEM, mutual TLS; "": none). librdkafka reads the PEM files;
+    # the JVM clients (the Flink job) read the same in PKCS12 stores. A file setting whose
+    # file does not exist is left out (the local stack's defaults before `stack up`, or a
+    # deployment that does not use them).
+    ssl_ca_file: str = ""
+    ssl_cert_file: str = ""
+    ssl_key_file: str = ""
+    ssl_keystore_file: str = ""  # PKCS12: the client's key and certificate (JVM clients)
+    ssl_truststore_file: str = ""  # PKCS12: the CA (JVM clients)
+    ssl_store_password: str = field(default="", repr=False)  # "": from ssl_store_password_file
+    ssl_store_password_file: str = ""
 
     def __post_init__(self) -> None:
         if self.security_protocol not in KAFKA_SECURITY_PROTOCOLS:
@@ -67,6 +88,19 @@ class KafkaConfig:
                 f"kafka.security_protocol must be one of {KAFKA_SECURITY_PROTOCOLS}, "
                 f"got {self.security_protocol!r}"
             )
+        if self.sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+            raise ConfigError(
+                f"kafka.sasl_mechanism must be one of {KAFKA_SASL_MECHANISMS}, "
+                f"got {self.sasl_mechanism!r}"
+            )
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
 
     def result_topics(self) -> dict[str, str]:
         """ClickHouse table of a result -> the exactly-once topic it is also written to."""
@@ -98,6 +132,9 @@ class RedisConfig:
     socket_timeout_ms: int = 5000
     password: str = field(default="", repr=False)  # AUTH token (ElastiCache: with tls); "": none
     tls: bool = False
+    # where the password is read from when `password` is "" (the local stack generates it);
+    # a file that does not exist: no password
+    password_file: str = ""
     live_lease_ms: int = 5000  # books/NBBOs read EXPIRED this long after the job stops (0: off)
 
 
@@ -119,6 +156,9 @@ class ClickHouseConfig:
     retry_max_backoff_ms: int
     max_pending_mb: int
     secure: bool = False  # TLS on the native protocol (e.g. port 9440)
+    # where the password is read from when `password` is "" (the local stack generates it);
+    # a file that does not exist: no password
+    password_file: str = ""
 
 
 FLINK_STATE_BACKENDS = ("hashmap", "rocksdb")  # Flink's state.backend.type values
@@ -228,6 +268,10 @@ class MonitoringConfig:
     log_format: str  # json | text
     # where connectors serve /metrics: loopback, or every interface in a container (0.0.0.0)
     connector_metrics_host: str = "127.0.0.1"
+    # the bearer token the dashboard's write endpoints (POST /api/v2/alerts) require; "":
+    # read from dashboard_token_file (the local stack generates it). Neither: writes refused
+    dashboard_token: str = field(default="", repr=False)
+    dashboard_token_file: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -552,11 +596,78 @@ def load_settings(
         data = _deep_merge(data, yaml.safe_load(path.read_text()) or {})
     data = _deep_merge(data, _env_overlay(environ))
     settings = _build(Settings, data, "")
-    return dataclasses.replace(
+    settings = dataclasses.replace(
         settings,
         root=root,
         state_dir=(root / settings.state_dir).resolve(),
         cache_dir=(root / settings.cache_dir).resolve(),
+    )
+    return with_secret_files(settings)
+
+
+# (section, file setting): every setting that names a file, resolved against the project
+# root with {state_dir} replaced
+_FILE_SETTINGS = (
+    ("kafka", "sasl_password_file"),
+    ("kafka", "ssl_ca_file"),
+    ("kafka", "ssl_cert_file"),
+    ("kafka", "ssl_key_file"),
+    ("kafka", "ssl_keystore_file"),
+    ("kafka", "ssl_truststore_file"),
+    ("kafka", "ssl_store_password_file"),
+    ("redis", "password_file"),
+    ("clickhouse", "password_file"),
+    ("monitoring", "dashboard_token_file"),
+)
+# (section, secret, the file it is read from when empty)
+_SECRET_FILES = (
+    ("kafka", "sasl_password", "sasl_password_file"),
+    ("kafka", "ssl_store_password", "ssl_store_password_file"),
+    ("redis", "password", "password_file"),
+    ("clickhouse", "password", "password_file"),
+    ("monitoring", "dashboard_token", "dashboard_token_file"),
+)
+
+
+def resolve_path(settings: Settings, value: str) -> str:
+    """A file setting as an absolute path: ``{state_dir}`` replaced, relative to the root."""
+    if not value:
+        return ""
+    path = Path(value.replace(STATE_DIR_PLACEHOLDER, str(settings.state_dir)))
+    return str(path if path.is_absolute() else (settings.root / path).resolve())
+
+
+def read_secret(path: str) -> str:
+    """The secret in a file (one line; surrounding whitespace dropped); "" if there is none."""
+    try:
+        return Path(path).read_text().strip() if path else ""
+    except FileNotFoundError:
+        return ""
+    except OSError as error:
+        # the error names the file, never its content
+        raise ConfigError(f"cannot read secret file {path}: {error.strerror}") from None
+
+
+def with_secret_files(settings: Settings) -> Settings:
+    """``settings`` with every file setting made absolute and every empty secret read from its
+    file (a secret set in the configuration or the environment wins). Loading calls it; the
+    local stack calls it again after generating the files."""
+    sections: dict[str, dict[str, str]] = {}
+    for section, name in _FILE_SETTINGS:
+        config = getattr(settings, section)
+        sections.setdefault(section, {})[name] = resolve_path(settings, getattr(config, name))
+    for section, secret, file_name in _SECRET_FILES:
+        config = getattr(settings, section)
+        if not getattr(config, secret):
+            value = read_secret(sections[section][file_name])
+            if value:
+                sections[section][secret] = value
+    return dataclasses.replace(
+        settings,
+        **{
+            section: dataclasses.replace(getattr(settings, section), **values)
+            for section, values in sections.items()
+        },
     )
 
 

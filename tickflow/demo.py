@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tickflow.config import Settings, load_settings, patched_environ
+from tickflow.kafka_security import client_config
 
 LIVE_WAIT_S = 120.0  # `up` reports how long until every book is LIVE, waiting up to this
 # ... and fresh: its last message received this recently (a book restored from a checkpoint
@@ -161,12 +162,9 @@ def raw_backlog(settings: Settings) -> tuple[dict[int, int], dict[int, int]]:
     from confluent_kafka import Consumer, TopicPartition
 
     topic = settings.kafka.raw_topic
-    consumer = Consumer({
-        "bootstrap.servers": settings.kafka.bootstrap,
-        "group.id": settings.flink.consumer_group,
-        "security.protocol": settings.kafka.security_protocol,
-        "enable.auto.commit": False,
-    })  # fmt: skip
+    consumer = Consumer(client_config(
+        settings.kafka, **{"group.id": settings.flink.consumer_group, "enable.auto.commit": False}
+    ))  # fmt: skip
     try:
         meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
         if meta is None or meta.error is not None:

@@ -31,13 +31,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-import redis
-
 from jobs.sinks.book_reader import StoredBook, read_book
 from jobs.sinks.clickhouse import connect
+from jobs.sinks.redis_books import redis_client
 from stack import flink
 from stack.topics import ensure_topics, output_topics
 from tickflow.config import Settings, load_settings, patched_environ
+from tickflow.kafka_security import client_config
 
 T = TypeVar("T")
 
@@ -221,7 +221,7 @@ def _teardown(
 
 
 def _delete_redis_keys(settings: Settings) -> None:
-    r = redis.Redis(host=settings.redis.host, port=settings.redis.port, db=settings.redis.db)
+    r = redis_client(settings.redis)
     for key in r.scan_iter(f"{settings.redis.key_prefix}:*"):
         r.delete(key)
 
@@ -231,7 +231,7 @@ def _delete_kafka_topics(settings: Settings, topics: list[str]) -> None:
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
+    admin = AdminClient(client_config(settings.kafka))
     existing = set(admin.list_topics(timeout=10).topics)
     doomed = [t for t in topics if t in existing]
     if doomed:
@@ -272,7 +272,7 @@ class BookUpdates:
 
     def __init__(self, settings: Settings) -> None:
         # kept: a collected client closes its pool, and the subscription's socket with it
-        self.client = redis.Redis(host=settings.redis.host, port=settings.redis.port)
+        self.client = redis_client(settings.redis)
         self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         self.pubsub.subscribe(f"{settings.redis.key_prefix}:book-updates")
         self.writes = 0
@@ -347,7 +347,7 @@ def consume_all(settings: Settings, topic: str, timeout: float = 5.0) -> list[by
 
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka.bootstrap,
+            **client_config(settings.kafka),
             "group.id": f"e2e-reader-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
         }
@@ -375,7 +375,7 @@ def read_topic(
 
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka.bootstrap,
+            **client_config(settings.kafka),
             "group.id": f"e2e-reader-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
         }

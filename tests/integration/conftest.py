@@ -45,7 +45,8 @@ def stack_settings() -> Iterator[Settings]:
                 ours_now = {c.name for c in manager.components(settings) if c.pids()}
                 manager.down(settings, sorted(ours_now - ours_before))
                 raise
-        yield settings
+        # with the credentials `up` generated on a first start
+        yield load_settings()
     finally:
         if started:
             manager.down(settings, started)

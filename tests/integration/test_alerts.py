@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from bench.slice import free_port, sim_post, start_slice, wait_for
 from stack.system import port_open
 from tickflow.config import Settings, patched_environ
+from tickflow.slice import free_port, sim_post, start_slice, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

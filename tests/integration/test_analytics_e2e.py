@@ -18,9 +18,9 @@ from bench.analytics_checks import (
     wait_stored,
     windows_check,
 )
-from bench.slice import Slice, sim_post, start_slice, wait_for
 from jobs.sinks.book_reader import read_book
 from tickflow.config import Settings
+from tickflow.slice import Slice, sim_post, start_slice, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from confluent_kafka.admin import AdminClient
 
 from bench import clickhouse_queries, kafka_ceiling, redis_ops, summary
 from jobs.sinks.clickhouse import connect
+from jobs.sinks.redis_books import redis_client
 from tickflow.config import Settings
+from tickflow.kafka_security import client_config
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,7 @@ def test_redis_ops_tiny(stack_settings: Settings, tmp_path: Path) -> None:
     # the version guard refused the replay of older versions
     assert data["book_write"]["older_replayed_accepted"] == 0
     prefix = data["conditions"]["key_prefix"]
-    r = redis.Redis(host=stack_settings.redis.host, port=stack_settings.redis.port)
+    r = redis_client(stack_settings.redis)
     assert data["keys_deleted"] > 0
     assert not list(r.scan_iter(f"{prefix}:*"))
 
@@ -64,7 +65,7 @@ def test_kafka_ceiling_tiny(stack_settings: Settings, tmp_path: Path) -> None:
     data = _target(out, "kafka_consume_ceiling")
     assert data["consume"]["runs"][0]["messages"] == 3000
     topic = data["conditions"]["topic"]
-    admin = AdminClient({"bootstrap.servers": stack_settings.kafka.bootstrap})
+    admin = AdminClient(client_config(stack_settings.kafka))
     deadline = time.monotonic() + 30  # topic deletion completes asynchronously
     while topic in admin.list_topics(timeout=10).topics and time.monotonic() < deadline:
         time.sleep(0.5)

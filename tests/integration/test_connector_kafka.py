@@ -21,6 +21,7 @@ from schemas.codec import RawEnvelope, decode_envelope
 from simulator.testing import pointed_at, running_simulator, wait_until
 from stack.topics import ensure_topics
 from tickflow.config import Settings
+from tickflow.kafka_security import client_config
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +43,7 @@ async def produce(settings: Settings, topic: str) -> KafkaSink:
 def consume(settings: Settings, topic: str, count: int) -> list[tuple[bytes, int, RawEnvelope]]:
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka.bootstrap,
+            **client_config(settings.kafka),
             "group.id": f"test-connector-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

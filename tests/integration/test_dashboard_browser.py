@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from jobs.sinks.redis_books import redis_client
 from monitoring.dashboard import Dashboard, DashboardConfig
 from stack.system import ensure_packages
 from tests.unit.redis_market import Book, Nbbo, publish
@@ -70,7 +71,7 @@ def _prometheus_answers(url: str) -> bool:
 def redis_config() -> Iterator[RedisConfig]:
     base = load_settings().redis
     config = dataclasses.replace(base, key_prefix=f"tftest-dashui-{uuid.uuid4().hex[:10]}")
-    client = redis.Redis(host=config.host, port=config.port, db=config.db)
+    client = redis_client(config)
     try:
         client.ping()
     except redis.RedisError as e:

@@ -7,7 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.slice import (
+from jobs.sinks.book_reader import read_book
+from tickflow.config import Settings
+from tickflow.slice import (
     BookUpdates,
     Slice,
     equals_truth,
@@ -16,8 +18,6 @@ from bench.slice import (
     start_slice,
     wait_for,
 )
-from jobs.sinks.book_reader import read_book
-from tickflow.config import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

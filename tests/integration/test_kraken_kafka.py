@@ -24,6 +24,7 @@ from schemas.codec import RawEnvelope, decode_envelope
 from simulator.testing import http_json, pointed_at, running_simulator, wait_until
 from stack.topics import ensure_topics
 from tickflow.config import Settings
+from tickflow.kafka_security import client_config
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +68,7 @@ async def produce(settings: Settings, topic: str) -> tuple[KafkaSink, list[str]]
 def consume(settings: Settings, topic: str, count: int) -> list[tuple[bytes, RawEnvelope]]:
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka.bootstrap,
+            **client_config(settings.kafka),
             "group.id": f"test-kraken-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

@@ -143,22 +143,20 @@ def test_taskmanager_reporter_serves_flink_metrics(stack_settings: Any) -> None:
 
 @pytest.mark.slow
 def test_kafka_source_exports_lag_and_pending_records(stack_settings: Any) -> None:
-    from kafka import KafkaProducer
+    from confluent_kafka import Producer
 
     from stack import flink
     from stack.topics import ensure_topics
+    from tickflow.kafka_security import client_config
 
     tag = uuid.uuid4().hex[:8]
     topic = f"tickflow.test.metrics-{tag}"
     job_name = f"metrics-probe-{tag}"
     ensure_topics(stack_settings, extra={topic: 1})
-    producer = KafkaProducer(bootstrap_servers=stack_settings.kafka.bootstrap)
-    try:
-        for i in range(100):
-            producer.send(topic, f"frame {i}".encode())
-        producer.flush(30)
-    finally:
-        producer.close()
+    producer = Producer(client_config(stack_settings.kafka))
+    for i in range(100):
+        producer.produce(topic, f"frame {i}".encode())
+    assert producer.flush(30) == 0
 
     job_id = flink.submit_python_job(
         stack_settings, str(THIS_FILE), [stack_settings.kafka.bootstrap, topic, job_name]
@@ -197,17 +195,22 @@ def kafka_probe_job(bootstrap: str, topic: str, job_name: str) -> None:
     from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
     from pyflink.java_gateway import get_gateway
 
+    from tickflow.config import load_settings
+    from tickflow.kafka_security import java_properties
+
     env = StreamExecutionEnvironment.get_execution_environment()
     env.set_parallelism(1)
-    source = (
+    builder = (
         KafkaSource.builder()
         .set_bootstrap_servers(bootstrap)
         .set_topics(topic)
         .set_group_id(job_name)
         .set_starting_offsets(KafkaOffsetsInitializer.earliest())
         .set_value_only_deserializer(SimpleStringSchema())
-        .build()
     )
+    for key, value in java_properties(load_settings().kafka).items():
+        builder = builder.set_property(key, value)
+    source = builder.build()
     stream = env.from_source(source, WatermarkStrategy.for_monotonous_timestamps(), "probe")
     discarding = get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2
     stream.sink_to(Sink(discarding.DiscardingSink()))

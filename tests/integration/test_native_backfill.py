@@ -16,7 +16,6 @@ import pytest
 
 from bench.backfill import batch_backfill, differing, drop_database
 from bench.chaos import Feeder, clickhouse_rows, make_dataset
-from bench.slice import _delete_kafka_topics
 from jobs.backfill import (
     PartitionRange,
     backfill_partition,
@@ -28,6 +27,8 @@ from jobs.replay_cli import backfill_overrides
 from schemas.codec import decode_envelope, encode_envelope
 from stack.topics import ensure_topics
 from tickflow.config import Settings, load_settings, patched_environ
+from tickflow.kafka_security import client_config
+from tickflow.slice import _delete_kafka_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -113,7 +114,7 @@ def dead_letters(topic: str) -> list[dict[str, Any]]:
     from confluent_kafka import Consumer
 
     consumer = Consumer({
-        "bootstrap.servers": load_settings().kafka.bootstrap,
+        **client_config(load_settings().kafka),
         "group.id": f"dl-{uuid.uuid4().hex[:6]}",
         "auto.offset.reset": "earliest",
     })  # fmt: skip

@@ -25,13 +25,14 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-import redis
 
 from jobs.sinks.clickhouse import connect
+from jobs.sinks.redis_books import redis_client
 from schemas.codec import decode_envelope
 from stack import flink
 from tickflow.config import Settings
 from tickflow.faults import TcpProxy, paused, stopped
+from tickflow.kafka_security import client_config
 from tickflow.slice import (
     BookUpdates,
     Slice,
@@ -95,21 +96,13 @@ def books(settings: Settings) -> list[tuple[str, str]]:
 
 def hashes(settings: Settings) -> dict[tuple[str, str], dict[str, str]]:
     """Every book's Redis hash (status, version, live_until_ms, ...)."""
-    r = redis.Redis(
-        host=settings.redis.host, port=settings.redis.port, db=settings.redis.db,
-        decode_responses=True, socket_timeout=10,
-    )
+    r = redis_client(settings.redis, decode_responses=True, socket_timeout=10)
     prefix = settings.redis.key_prefix
     return {(ex, s): r.hgetall(f"{prefix}:book:{ex}:{s}") for ex, s in books(settings)}
 
 
 def all_live(settings: Settings) -> bool:
     return all(h.get("status") == "LIVE" for h in hashes(settings).values())
-
-
-def restarts(settings: Settings, job_id: str) -> int:
-    metrics = flink.rest(settings, "GET", f"/jobs/{job_id}/metrics?get=numRestarts")
-    return int(float(metrics[0]["value"])) if metrics else 0
 
 
 def start_market(running: Slice) -> None:
@@ -149,7 +142,7 @@ def read_committed(settings: Settings, topic: str) -> list[dict[str, Any]]:
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer({
-        "bootstrap.servers": settings.kafka.bootstrap,
+        **client_config(settings.kafka),
         "group.id": f"outage-results-{time.time_ns()}",
         "enable.auto.commit": False,
         "isolation.level": "read_committed",
@@ -226,13 +219,13 @@ def test_clickhouse_paused_books_stay_live_and_every_row_arrives_once(
 ) -> None:
     settings, job_id = running_slice.settings, running_slice.job_id
     start_market(running_slice)
-    restarts_before = restarts(settings, job_id)
+    restarts_before = flink.job_restarts(settings, job_id)
     with paused(settings, "clickhouse"):
         check_books_live_while(settings, PAUSE_S, "clickhouse_paused")
     settle_and_check_books(settings)
     check_rows_once(settings, "clickhouse_paused")
     assert flink.job_state(settings, job_id) == "RUNNING"
-    assert restarts(settings, job_id) == restarts_before  # the job never restarted
+    assert flink.job_restarts(settings, job_id) == restarts_before  # the job never restarted
 
 
 def test_clickhouse_blackholed_books_stay_live_and_every_row_arrives_once(
@@ -240,7 +233,7 @@ def test_clickhouse_blackholed_books_stay_live_and_every_row_arrives_once(
 ) -> None:
     settings, job_id = running_slice.settings, running_slice.job_id
     start_market(running_slice)
-    restarts_before = restarts(settings, job_id)
+    restarts_before = flink.job_restarts(settings, job_id)
     proxy.blackhole()
     try:
         check_books_live_while(settings, PAUSE_S, "clickhouse_blackholed")
@@ -250,13 +243,13 @@ def test_clickhouse_blackholed_books_stay_live_and_every_row_arrives_once(
     settle_and_check_books(settings)
     check_rows_once(settings, "clickhouse_blackholed")
     assert flink.job_state(settings, job_id) == "RUNNING"
-    assert restarts(settings, job_id) == restarts_before
+    assert flink.job_restarts(settings, job_id) == restarts_before
 
 
 def test_redis_paused_the_job_recovers_without_loss(running_slice: Slice) -> None:
     settings, job_id = running_slice.settings, running_slice.job_id
     start_market(running_slice)
-    restarts_before = restarts(settings, job_id)
+    restarts_before = flink.job_restarts(settings, job_id)
     with BookUpdates(settings) as updates:
         with paused(settings, "redis"):
             time.sleep(REDIS_PAUSE_S)
@@ -266,7 +259,7 @@ def test_redis_paused_the_job_recovers_without_loss(running_slice: Slice) -> Non
         check_rows_once(settings, "redis_paused")
         assert updates.error is None
         assert updates.backwards == []  # no book ever went back to an older version
-    FIGURES["redis_paused"]["job_restarts"] = restarts(settings, job_id) - restarts_before
+    FIGURES["redis_paused"]["job_restarts"] = flink.job_restarts(settings, job_id) - restarts_before
 
 
 def connector_counter(settings: Settings, exchange: str, name: str) -> float:
@@ -302,7 +295,7 @@ def test_kafka_down_longer_than_the_delivery_timeout_marks_and_resyncs_every_boo
 ) -> None:
     settings, job_id = running_slice.settings, running_slice.job_id
     start_market(running_slice)
-    restarts_before = restarts(settings, job_id)
+    restarts_before = flink.job_restarts(settings, job_id)
     with BookUpdates(settings) as updates:
         with stopped(settings, "kafka"):
             down_ns = time.time_ns()  # the broker is gone: nothing received since got in
@@ -345,5 +338,5 @@ def test_kafka_down_longer_than_the_delivery_timeout_marks_and_resyncs_every_boo
         "delivery_failures_metric": {
             ex: connector_counter(settings, ex, "delivery_failures") for ex in EXCHANGES
         },
-        "job_restarts": restarts(settings, job_id) - restarts_before,
+        "job_restarts": flink.job_restarts(settings, job_id) - restarts_before,
     }

@@ -12,15 +12,6 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from bench.slice import (
-    Slice,
-    clickhouse_trades,
-    consume_all,
-    sim_get,
-    sim_post,
-    start_slice,
-    wait_for,
-)
 from connectors.producer import partition_of
 from jobs.sinks.book_reader import read_all_books, read_book
 from jobs.sinks.clickhouse import connect
@@ -29,6 +20,16 @@ from monitoring.dashboard import read_nbbos
 from schemas.codec import RawEnvelope, encode_envelope
 from stack import flink
 from tickflow.config import Settings
+from tickflow.kafka_security import client_config
+from tickflow.slice import (
+    Slice,
+    clickhouse_trades,
+    consume_all,
+    sim_get,
+    sim_post,
+    start_slice,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -269,7 +270,7 @@ def test_poison_frames_are_dead_letters_and_the_job_never_restarts(
     )
     letters_before = len(consume_all(settings, settings.kafka.deadletter_topic))
     poisons = poison_frames(seq, int(time.time() * 1000))
-    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
+    producer = Producer(client_config(settings.kafka))
     partition = partition_of("BTC-USDT", settings.kafka.raw_partitions)
     for _, value, _, _ in poisons:
         # as the connector would send them: the BTC-USDT partition, the book's key

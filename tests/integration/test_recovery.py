@@ -9,7 +9,10 @@ from decimal import Decimal
 
 import pytest
 
-from bench.slice import (
+from jobs.sinks.book_reader import read_book
+from stack import flink
+from tickflow.config import Settings
+from tickflow.slice import (
     BookUpdates,
     Slice,
     clickhouse_trades,
@@ -18,9 +21,6 @@ from bench.slice import (
     start_slice,
     wait_for,
 )
-from jobs.sinks.book_reader import read_book
-from stack import flink
-from tickflow.config import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

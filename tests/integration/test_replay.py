@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 
 from bench.chaos import caught_up
-from bench.slice import sim_post, start_slice, wait_for
 from jobs.replay_cli import replay_overrides, submit_replay
 from jobs.sinks.book_reader import read_book
 from jobs.sinks.clickhouse import COLUMNS, connect
 from stack import flink
 from stack.supervisor import SupervisedJob, pipeline_submitter
 from tickflow.config import Settings, load_settings, patched_environ
+from tickflow.kafka_security import client_config
+from tickflow.slice import sim_post, start_slice, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,7 +34,7 @@ def raw_records(settings: Settings) -> int:
     """Records in the raw topic, all partitions."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": "probe"})
+    consumer = Consumer({**client_config(settings.kafka), "group.id": "probe"})
     try:
         topic = settings.kafka.raw_topic
         return sum(
@@ -53,7 +54,7 @@ def replay_cut_ms(settings: Settings, to_ms: int) -> int:
     from confluent_kafka import Consumer, TopicPartition
 
     topic = settings.kafka.raw_topic
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": "probe",
+    consumer = Consumer({**client_config(settings.kafka), "group.id": "probe",
                          "enable.auto.commit": False})  # fmt: skip
     cut = to_ms
     try:
@@ -149,8 +150,8 @@ def test_replayed_range_gives_the_live_nbbo_and_matched_trades(
 
 
 def with_cleanup(settings: Settings, job_id: str) -> None:
-    from bench.slice import _delete_kafka_topics, _delete_redis_keys
     from stack.topics import pipeline_topics
+    from tickflow.slice import _delete_kafka_topics, _delete_redis_keys
 
     if flink.job_state(settings, job_id) not in flink.TERMINAL_STATES:
         flink.cancel_job(settings, job_id)

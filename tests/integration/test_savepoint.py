@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
-from bench.slice import (
+from jobs.sinks.redis_books import redis_client
+from stack import flink
+from tests.integration.previous_release_pipeline import NAME_PREFIX, OLD_UIDS
+from tests.integration.upgraded_pipeline import PROBE, UPGRADE_KEY, UPGRADE_VERSION
+from tickflow.config import Settings, load_settings, patched_environ
+from tickflow.slice import (
     clickhouse_trades,
     equals_truth,
     sim_get,
@@ -22,10 +26,6 @@ from bench.slice import (
     start_slice,
     wait_for,
 )
-from stack import flink
-from tests.integration.previous_release_pipeline import NAME_PREFIX, OLD_UIDS
-from tests.integration.upgraded_pipeline import PROBE, UPGRADE_KEY, UPGRADE_VERSION
-from tickflow.config import Settings, load_settings, patched_environ
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -98,7 +98,7 @@ def test_savepoint_resume_with_parallelism_two_then_with_changed_code(
             )  # fmt: skip
             flink.wait_job_running(settings, current, 240)
             assert any(PROBE in v["name"] for v in vertices(settings, current))
-            client = redis.Redis(host=settings.redis.host, port=settings.redis.port)
+            client = redis_client(settings.redis)
             mark = f"{settings.redis.key_prefix}:{UPGRADE_KEY}"
             wait_for("the upgraded code running", lambda: client.get(mark)
                      == UPGRADE_VERSION.encode(), 60)  # fmt: skip

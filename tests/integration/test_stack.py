@@ -45,16 +45,14 @@ def test_up_again_leaves_running_components_alone(stack_settings: Settings) -> N
 
 
 def test_pipeline_topics_exist_with_their_partitions(stack_settings: Settings) -> None:
-    from kafka import KafkaAdminClient
+    from confluent_kafka.admin import AdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=stack_settings.kafka.bootstrap)
-    try:
-        wanted = pipeline_topics(stack_settings)
-        topics = admin.describe_topics(list(wanted))
-    finally:
-        admin.close()
-    # kafka-python 3 names the field "name", 2.x "topic"
-    described = {t.get("name", t.get("topic")): len(t["partitions"]) for t in topics}
+    from tickflow.kafka_security import client_config
+
+    admin = AdminClient(client_config(stack_settings.kafka))
+    wanted = pipeline_topics(stack_settings)
+    topics = admin.list_topics(timeout=30).topics
+    described = {name: len(topics[name].partitions) for name in wanted if name in topics}
     assert described == wanted
 
 

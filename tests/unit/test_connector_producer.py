@@ -26,7 +26,9 @@ def unused_port() -> int:
 
 def test_failed_delivery_is_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     settings = load_settings(environ={})
-    kafka = dataclasses.replace(settings.kafka, bootstrap=f"127.0.0.1:{unused_port()}")
+    kafka = dataclasses.replace(
+        settings.kafka, bootstrap=f"127.0.0.1:{unused_port()}", security_protocol="PLAINTEXT"
+    )
     # nothing listens there: the message times out in librdkafka and reports failure
     sink = KafkaSink(
         kafka, topic="tickflow.test", overrides={"message.timeout.ms": 300}, partitions=1

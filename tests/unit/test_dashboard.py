@@ -76,10 +76,22 @@ def _get(url: str) -> tuple[int, bytes, str]:
         return e.code, e.read(), e.headers.get("Content-Type", "")
 
 
-def _post(url: str, body: bytes) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json"}
-    )
+WRITE_TOKEN = "test-write-token"
+
+
+def _post(
+    url: str,
+    body: bytes,
+    token: str | None = WRITE_TOKEN,
+    content_type: str = "application/json",
+    origin: str | None = None,
+) -> tuple[int, Any]:
+    headers = {"Content-Type": content_type}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    if origin is not None:
+        headers["Origin"] = origin
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=5) as r:
             return r.status, json.loads(r.read())
@@ -130,7 +142,7 @@ def redis_config() -> Iterator[RedisConfig]:
     """The configured Redis under a prefix of this test's own; its keys are removed after."""
     base = load_settings().redis
     config = dataclasses.replace(base, key_prefix=f"tftest-dash-{uuid.uuid4().hex[:10]}")
-    client = redis.Redis(host=config.host, port=config.port, db=config.db)
+    client = redis_client(config)
     try:
         client.ping()
     except redis.RedisError as e:
@@ -220,9 +232,7 @@ def _write_market(config: RedisConfig, version: int = 1) -> None:
 
 def test_read_books_and_nbbo_from_redis(redis_config: RedisConfig) -> None:
     _write_market(redis_config)
-    client = redis.Redis(
-        host=redis_config.host, port=redis_config.port, db=redis_config.db, decode_responses=True
-    )
+    client = redis_client(redis_config, decode_responses=True)
     books = {
         (b["exchange"], b["symbol"]): b for b in dash.read_books(client, redis_config.key_prefix)
     }
@@ -415,9 +425,7 @@ def test_event_stream_pushes_snapshots(
 
 
 def test_sampler_takes_one_sample_per_version(redis_config: RedisConfig) -> None:
-    client = redis.Redis(
-        host=redis_config.host, port=redis_config.port, db=redis_config.db, decode_responses=True
-    )
+    client = redis_client(redis_config, decode_responses=True)
     latency = dash.LatencyWindow()
     sampler = dash.BookSampler(
         client, redis_config.key_prefix, latency, dash.RateWindow(), dash.RateWindow()
@@ -675,12 +683,45 @@ def test_alert_store_keeps_latest_per_label_set() -> None:
     assert store.received == 5
 
 
+def test_write_endpoint_refuses_without_token_json_or_own_origin(
+    redis_config: RedisConfig, make_dashboard: Callable[..., dash.Dashboard]
+) -> None:
+    d = make_dashboard(redis_config, write_token=WRITE_TOKEN)
+    port = d.start("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{port}/api/v2/alerts"
+    batch = json.dumps([_alert("ConnectorDown", exchange="kraken")]).encode()
+    assert _post(url, batch, token=None)[0] == 401
+    assert _post(url, batch, token="wrong")[0] == 401
+    assert _post(url, batch, content_type="text/plain")[0] == 415
+    assert _post(url, batch, content_type="application/x-www-form-urlencoded")[0] == 415
+    assert _post(url, batch, origin="https://evil.example")[0] == 403
+    assert _post(url, batch, origin="null")[0] == 403
+    assert d.alert_store.received == 0
+    # its own page's origin, the token and JSON: accepted
+    assert _post(url, batch, origin=f"http://127.0.0.1:{port}")[0] == 200
+    assert d.alert_store.received == 1
+    # reads stay open
+    assert _get(url)[0] == 200
+
+
+def test_writes_are_off_without_a_configured_token(
+    redis_config: RedisConfig, make_dashboard: Callable[..., dash.Dashboard]
+) -> None:
+    d = make_dashboard(redis_config)
+    port = d.start("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{port}/api/v2/alerts"
+    assert _post(url, b"[]", token="")[0] == 403
+    assert _post(url, b"[]")[0] == 403
+
+
 def test_receiver_over_http_and_webhook_forwarding(
     redis_config: RedisConfig, make_dashboard: Callable[..., dash.Dashboard]
 ) -> None:
     webhook = _Server(lambda *_: (200, {"ok": True}))
     try:
-        d = make_dashboard(redis_config, alert_webhook=f"{webhook.url}/hook")
+        d = make_dashboard(
+            redis_config, alert_webhook=f"{webhook.url}/hook", write_token=WRITE_TOKEN
+        )
         port = d.start("127.0.0.1", 0)
         base = f"http://127.0.0.1:{port}"
         now = time.time()

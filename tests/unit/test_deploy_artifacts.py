@@ -32,6 +32,7 @@ from aws.runtime import (
     settings_environ,
 )
 from stack.prometheus import prometheus_config
+from stack.system import StackError
 from stack.validators import compose_config, run_linter, venv_tool
 from tickflow.config import ConfigError, load_settings
 
@@ -62,9 +63,34 @@ CloudFormationLoader.add_multi_constructor("!", _any_tag)
 # -- docker ------------------------------------------------------------------------------------
 
 
+COMPOSE_PASSWORDS = {
+    f"TICKFLOW_{name}_PASSWORD": f"test-{name.lower()}"
+    for name in ("CLICKHOUSE", "REDIS", "GRAFANA")
+}
+
+
+@pytest.mark.slow
+def test_compose_requires_every_password() -> None:
+    for missing in COMPOSE_PASSWORDS:
+        given = {k: v for k, v in COMPOSE_PASSWORDS.items() if k != missing}
+        with pytest.raises(StackError, match=missing):
+            compose_config(load_settings(), COMPOSE, given)
+
+
+def test_compose_has_no_default_passwords() -> None:
+    text = COMPOSE.read_text()
+    for name in COMPOSE_PASSWORDS:
+        assert f"${{{name}:-" not in text and f"${{{name}}}" not in text, name
+        assert f"${{{name}:?" in text, name
+
+
 @pytest.mark.slow
 def test_compose_file_parses_and_every_service_is_checked() -> None:
-    model = yaml.safe_load(compose_config(load_settings(), COMPOSE))
+    model = yaml.safe_load(compose_config(load_settings(), COMPOSE, COMPOSE_PASSWORDS))
+    assert model["services"]["redis"]["command"][-1] == "test-redis"
+    assert model["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == (
+        "test-grafana"
+    )
     services = model["services"]
     assert {"kafka", "jobmanager", "taskmanager", "clickhouse", "redis", "prometheus",
             "grafana", "simulator", "connector-binance"} <= set(services)  # fmt: skip

@@ -12,7 +12,12 @@ import yaml
 
 from stack.clickhouse import ClickHousePaths, rewrite_server_config, rewrite_users_config
 from stack.flink import flatten, render_flink_config, runtime_overrides, unflatten
-from stack.kafka import new_cluster_id, render_log4j2, render_server_properties
+from stack.kafka import (
+    new_cluster_id,
+    render_log4j2,
+    render_server_properties,
+    scram_credential,
+)
 from stack.topics import pipeline_topics
 from tickflow.config import Settings, load_settings
 
@@ -21,7 +26,19 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return dataclasses.replace(load_settings(environ={}), state_dir=tmp_path / "state")
+    """The default settings with an open (PLAINTEXT) broker, as before SASL."""
+    base = load_settings(environ={"TICKFLOW__KAFKA__SECURITY_PROTOCOL": "PLAINTEXT"})
+    return dataclasses.replace(base, state_dir=tmp_path / "state")
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Settings:
+    """The default settings (SASL_SSL) with the broker's secret files in place."""
+    state = tmp_path / "state"
+    (state / "secrets").mkdir(parents=True)
+    (state / "secrets" / "stores.password").write_text("store-pw\n")
+    (state / "secrets" / "kafka-broker.password").write_text("broker-pw\n")
+    return dataclasses.replace(load_settings(environ={}), state_dir=state)
 
 
 def parse_properties(text: str) -> dict[str, str]:
@@ -65,9 +82,73 @@ def test_server_properties_follow_port_overrides(tmp_path: Path) -> None:
     environ = {
         "TICKFLOW__KAFKA__BOOTSTRAP": "127.0.0.1:19092",
         "TICKFLOW__KAFKA__CONTROLLER_PORT": "19093",
+        "TICKFLOW__KAFKA__SECURITY_PROTOCOL": "PLAINTEXT",
     }
     props = parse_properties(render_server_properties(load_settings(environ=environ), tmp_path))
     assert props["listeners"] == "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
+
+
+def test_server_properties_by_default_sasl_ssl_with_client_certificates(secured: Settings) -> None:
+    props = parse_properties(render_server_properties(secured, Path("/d")))
+    kafka, secrets = secured.kafka, secured.state_dir / "secrets"
+    assert props["listeners"] == (
+        f"CLIENT://{kafka.host}:{kafka.port},CONTROLLER://{kafka.host}:{kafka.controller_port}"
+    )
+    assert props["listener.security.protocol.map"] == "CLIENT:SASL_SSL,CONTROLLER:SSL"
+    assert props["inter.broker.listener.name"] == "CLIENT"
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    # the SASL_SSL listener needs its own ssl.client.auth (the broker-wide one is ignored)
+    assert props["listener.name.client.ssl.client.auth"] == "required"
+    assert props["listener.name.controller.ssl.client.auth"] == "required"
+    assert props["ssl.keystore.location"] == str(secrets / "broker.p12")
+    assert props["ssl.truststore.location"] == str(secrets / "truststore.p12")
+    assert props["ssl.keystore.password"] == "store-pw"
+    assert 'username="broker" password="broker-pw"' in (
+        props["listener.name.client.scram-sha-512.sasl.jaas.config"]
+    )
+    assert "User:broker" in props["super.users"]
+
+
+def test_server_properties_refuse_protocols_the_local_broker_does_not_run(
+    secured: Settings,
+) -> None:
+    from stack.system import StackError
+
+    for protocol in ("SSL", "SASL_PLAINTEXT"):
+        kafka = dataclasses.replace(secured.kafka, security_protocol=protocol)
+        with pytest.raises(StackError, match=protocol):
+            render_server_properties(dataclasses.replace(secured, kafka=kafka), Path("/d"))
+
+
+def test_scram_credential_is_salted_not_the_password() -> None:
+    import hashlib
+    import re
+
+    text = scram_credential("SCRAM-SHA-512", "tickflow", "pa55word")
+    assert "pa55word" not in text
+    found = re.fullmatch(
+        r'SCRAM-SHA-512=\[name=tickflow,iterations=(\d+),salt="([^"]+)",saltedpassword="([^"]+)"\]',
+        text,
+    )
+    assert found is not None
+    salt = base64.b64decode(found.group(2))
+    salted = hashlib.pbkdf2_hmac("sha512", b"pa55word", salt, int(found.group(1)))
+    assert base64.b64decode(found.group(3)) == salted
+
+
+def test_redis_conf_holds_the_password_hash_only(secured: Settings) -> None:
+    import hashlib
+
+    from stack.redis_server import render_redis_conf
+
+    with_password = dataclasses.replace(
+        secured, redis=dataclasses.replace(secured.redis, password="r3dis-secret")
+    )
+    text = render_redis_conf(with_password)
+    assert "r3dis-secret" not in text
+    assert f"#{hashlib.sha256(b'r3dis-secret').hexdigest()}" in text
+    without = dataclasses.replace(secured, redis=dataclasses.replace(secured.redis, password=""))
+    assert "user default" not in render_redis_conf(without)
 
 
 def test_cluster_id_is_base64url_of_16_bytes() -> None:
@@ -192,12 +273,24 @@ def test_clickhouse_rewrite_of_the_installed_package_config(
     assert "/var/lib/clickhouse" not in text and "/var/log/" not in text
 
 
-def test_users_restricted_to_loopback_with_configured_password() -> None:
-    root = ET.fromstring(rewrite_users_config(PACKAGED_USERS, "default", "secret"))
+def test_users_restricted_to_loopback_with_configured_password_as_its_hash() -> None:
+    import hashlib
+
+    text = rewrite_users_config(PACKAGED_USERS, "default", "secret")
+    assert "secret" not in text
+    root = ET.fromstring(text)
     default = root.find("users/default")
     assert default is not None
     assert [ip.text for ip in default.findall("networks/ip")] == ["127.0.0.1", "::1"]
-    assert default.findtext("password") == "secret"
+    assert default.find("password") is None
+    assert default.findtext("password_sha256_hex") == hashlib.sha256(b"secret").hexdigest()
+
+
+def test_users_other_than_ours_get_a_password_nobody_knows() -> None:
+    root = ET.fromstring(rewrite_users_config(PACKAGED_USERS, "tickflow", "secret"))
+    default = root.find("users/default")
+    assert default is not None and default.find("password") is None
+    assert len(default.findtext("password_sha256_hex") or "") == 64
 
 
 def test_users_adds_a_missing_user() -> None:
