@@ -71,6 +71,7 @@ def unreachable(queue_max: int = 100_000, delivery_timeout_ms: int = 600_000) ->
     kafka = dataclasses.replace(
         settings.kafka,
         bootstrap=f"127.0.0.1:{unused_port()}",
+        security_protocol="PLAINTEXT",  # no broker, no credentials: the queue alone matters
         producer_queue_max_messages=queue_max,
         delivery_timeout_ms=delivery_timeout_ms,
     )
