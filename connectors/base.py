@@ -40,6 +40,10 @@ from tickflow.logs import log_fields
 
 log = logging.getLogger(__name__)
 
+# frames held, all books together, while their books' delivery-failure markers are on their
+# way (at most a delivery timeout's worth; beyond it a held book is marked lost once more)
+HELD_FRAMES_MAX = 100_000
+
 
 class Sink(Protocol):
     """Where envelopes go: the Kafka producer, or a list in tests."""
@@ -208,6 +212,13 @@ class WsConnector(ABC):
         self.recorder: Recorder | None = None  # every received frame, for replay
         # books with a frame the sink did not deliver (symbol -> why), not yet marked sync_lost
         self._lost: dict[str, str] = {}
+        # books whose delivery-failure sync_lost is on its way: their frames wait here until the
+        # broker has acknowledged it (a frame sent beside it could land while it times out,
+        # and be applied as if continuous); symbol -> (marker number, frames)
+        self._held: dict[str, tuple[int, list[tuple[Connection, str, bytes, int]]]] = {}
+        self._held_frames = 0
+        self._markers = 0
+        self._acked: set[tuple[str, int]] = set()  # acknowledged markers: release their frames
 
     # --- what an exchange supplies --------------------------------------------------------
 
@@ -275,6 +286,8 @@ class WsConnector(ABC):
         """``sync_lost`` for every book marked lost that has not had its next frame yet (the
         connector's main loop calls this a few times a second). Without a connection the books
         wait: the next connection marks and snapshots every book anyway."""
+        if self._acked:
+            self._release_held()
         conn = self.connection
         if not self._lost or conn is None:
             return
@@ -285,18 +298,65 @@ class WsConnector(ABC):
 
     def _mark_lost(self, conn: Connection, symbol: str, receive_time_ns: int) -> bool:
         """The ``sync_lost`` of a lost book, then its resync; False if the sink dropped it
-        (the book stays lost and its frames wait behind it)."""
+        (the book stays lost and its frames wait behind it). With a sink that reports the
+        marker's delivery (``send_marker``), the book's next frames are held until the broker
+        has acknowledged it."""
         reason = self._lost.get(symbol)
         if reason is None:
             return True
         payload = sync_lost_payload(f"kafka delivery failed: {reason}")
-        if self.emit(conn, symbol, "sync_lost", payload, receive_time_ns) is False:
-            return False
+        send_marker = getattr(self.sink, "send_marker", None)
+        if send_marker is None:
+            if self.emit(conn, symbol, "sync_lost", payload, receive_time_ns) is False:
+                return False
+        else:
+            self._markers += 1
+            marker = self._markers
+            self._drop_held(symbol)
+            self._held[symbol] = (marker, [])
+
+            def acked(ok: bool, symbol: str = symbol, marker: int = marker) -> None:
+                if ok:
+                    self._acked.add((symbol, marker))
+                elif self._held.get(symbol, (0, []))[0] == marker:
+                    # the marker itself was lost (the sink marked the book lost again): what
+                    # waited behind it goes with it, and a new marker comes first
+                    self._drop_held(symbol)
+
+            envelope = self._envelope(conn, symbol, "sync_lost", payload, receive_time_ns)
+            if not send_marker(envelope, acked):
+                self._drop_held(symbol)
+                return False
+            self.stats.envelopes += 1
         del self._lost[symbol]
         if symbol in self.book_symbols():
             self.metrics.delivery_resyncs += 1
             conn.spawn(self._resync_lost(symbol))
         return True
+
+    def _drop_held(self, symbol: str) -> None:
+        """The frames held behind a book's marker are lost (counted): a new marker follows."""
+        _, frames = self._held.pop(symbol, (0, []))
+        self._held_frames -= len(frames)
+        self.metrics.delivery_failures += len(frames)
+
+    def _release_held(self) -> None:
+        """The frames of the books whose marker the broker acknowledged, in their order."""
+        acked, self._acked = self._acked, set()
+        for symbol, marker in sorted(acked, key=lambda a: a[1]):
+            held = self._held.get(symbol)
+            if held is None or held[0] != marker:
+                continue  # a newer marker replaced it
+            del self._held[symbol]
+            frames = held[1]
+            self._held_frames -= len(frames)
+            for i, (conn, channel, payload, receive_time_ns) in enumerate(frames):
+                envelope = self._envelope(conn, symbol, channel, payload, receive_time_ns)
+                if self.sink.send(envelope) is False:
+                    # the sink marked the book lost: the rest would follow a hole
+                    self.metrics.delivery_failures += len(frames) - i - 1
+                    break
+                self.stats.envelopes += 1
 
     async def _resync_lost(self, symbol: str) -> None:
         with log_fields(exchange=self.exchange, symbol=symbol):
@@ -451,6 +511,8 @@ class WsConnector(ABC):
     ) -> bool:
         """One envelope to the sink; False when it was dropped. A book marked lost gets its
         ``sync_lost`` first; if the sink cannot take that either, the frame is dropped too."""
+        if self._acked:
+            self._release_held()
         if (
             self._lost
             and channel != "sync_lost"
@@ -459,22 +521,36 @@ class WsConnector(ABC):
         ):
             self.metrics.delivery_failures += 1  # this frame is not sent either
             return False
-        accepted = self.sink.send(
-            RawEnvelope(
-                instrument=self.instrument(symbol),
-                exchange=self.exchange,
-                symbol=symbol,
-                channel=channel,
-                receive_time_ns=receive_time_ns,
-                connection_id=conn.id,
-                connection_seq=conn.next_seq(),
-                payload=payload,
-            )
-        )
+        held = self._held.get(symbol)
+        if held is not None:
+            if self._held_frames >= HELD_FRAMES_MAX:
+                # a hole behind the marker: the book is marked (and resynced) once more
+                self._drop_held(symbol)
+                self._lost[symbol] = "frames dropped while waiting for the broker"
+                self.metrics.delivery_failures += 1
+                return False
+            held[1].append((conn, channel, payload, receive_time_ns))
+            self._held_frames += 1
+            return True
+        accepted = self.sink.send(self._envelope(conn, symbol, channel, payload, receive_time_ns))
         if accepted is False:
             return False
         self.stats.envelopes += 1
         return True
+
+    def _envelope(
+        self, conn: Connection, symbol: str, channel: str, payload: bytes, receive_time_ns: int
+    ) -> RawEnvelope:
+        return RawEnvelope(
+            instrument=self.instrument(symbol),
+            exchange=self.exchange,
+            symbol=symbol,
+            channel=channel,
+            receive_time_ns=receive_time_ns,
+            connection_id=conn.id,
+            connection_seq=conn.next_seq(),
+            payload=payload,
+        )
 
     # --- recordings (connectors/recorder.py), handled without a network ----------------------
 

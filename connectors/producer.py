@@ -124,7 +124,7 @@ class KafkaSink:
         self._last_failure_log = float("-inf")
         self._purge_due = False
 
-    def send(self, envelope: RawEnvelope) -> bool:
+    def send(self, envelope: RawEnvelope, acked: Callable[[bool], None] | None = None) -> bool:
         """Produce one envelope; False when it was dropped (queue full: its book is lost)."""
         if self.fatal is not None:
             raise ProducerFatalError(str(self.fatal))
@@ -140,7 +140,7 @@ class KafkaSink:
                 partition=partition,
                 # record time = receive time, so Kafka timestamps mean "when we got it"
                 timestamp=envelope.receive_time_ns // 1_000_000,
-                on_delivery=self._on_delivery,
+                on_delivery=self._on_delivery if acked is None else self._reporting(acked),
             )
         except BufferError:
             # local queue full (broker slow or down): never wait in the event loop; the frame
@@ -159,6 +159,13 @@ class KafkaSink:
         self.sent += 1
         self.poll(0)
         return True
+
+    def send_marker(self, envelope: RawEnvelope, acked: Callable[[bool], None]) -> bool:
+        """``send`` for a book's ``sync_lost`` after a failed delivery: ``acked(ok)`` is called
+        (from ``poll``) once the broker has acknowledged it or it failed. The connector holds
+        the book's next frames until then: sent beside it, a frame could be delivered while
+        the marker itself times out, and be applied as if continuous."""
+        return self.send(envelope, acked)
 
     def partitions(self) -> int:
         """Partitions of the raw topic (asked once: topics are never repartitioned here)."""
@@ -217,6 +224,15 @@ class KafkaSink:
             "kafka: sent %d, delivered %d, failed %d", self.sent, self.delivered, self.failed
         )
         return remaining
+
+    def _reporting(
+        self, acked: Callable[[bool], None]
+    ) -> Callable[[KafkaError | None, Message], None]:
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            self._on_delivery(err, msg)
+            acked(err is None)
+
+        return on_delivery
 
     def _lost(self, key: bytes | str | None, reason: str) -> None:
         """A raw frame of this ``exchange:symbol`` key was not delivered: tell the connector."""

@@ -112,12 +112,17 @@ def port_owner(port: int) -> str | None:
         if not proc.name.isdigit():
             continue
         try:
-            for fd in (proc / "fd").iterdir():
+            fds = list((proc / "fd").iterdir())
+        except OSError:
+            continue  # gone, or not ours to read
+        for fd in fds:
+            try:
+                # an fd closed meanwhile (a busy process) must not hide the rest of its fds
                 if os.readlink(fd) in targets:
                     name = (proc / "comm").read_text().strip()
                     return f"pid {proc.name} ({name})"
-        except OSError:
-            continue
+            except OSError:
+                continue
     return "an unknown process"
 
 

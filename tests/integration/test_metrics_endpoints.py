@@ -32,6 +32,9 @@ ALERTS = {
     "BookNotLive",
     "CheckpointFailures",
     "DeadLettersRising",
+    "KafkaDeliveryFailures",
+    "ClickHouseUnavailable",
+    "ClickHouseBudgetFull",
 }
 JOBMANAGER_METRIC = "flink_jobmanager_numRegisteredTaskManagers"
 # what the Kafka source of a running job exports (used by monitoring/rules.yml)

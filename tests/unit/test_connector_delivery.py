@@ -99,3 +99,62 @@ def test_a_quiet_lost_book_is_marked_by_the_main_loop_and_waits_without_a_connec
         await conn.cancel_tasks()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+class MarkerSink(ListSink):
+    """The test sink with KafkaSink's ``send_marker``: a marker's acknowledgement is the
+    test's to give (``ack``), as the broker's arrives later through ``poll``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[Any] = []
+
+    def send_marker(self, envelope: RawEnvelope, acked: Any) -> bool:
+        super().send(envelope)
+        self.pending.append(acked)
+        return True
+
+    def ack(self, ok: bool) -> None:
+        self.pending.pop(0)(ok)
+
+
+def test_a_lost_books_frames_wait_until_its_sync_lost_is_acknowledged() -> None:
+    """Sent beside its marker, a frame could be delivered while the marker times out (the
+    broker back between the two), and be applied as if continuous: so the book's frames wait
+    for the marker's acknowledgement; a marker that fails takes them with it."""
+
+    async def scenario() -> None:
+        sink = MarkerSink()
+        connector = CoinbaseConnector(base_settings(), sink)
+        ws = FakeWs()
+        conn = Connection(ws)  # type: ignore[arg-type]  # only send() is used
+        connector.connection = conn
+        await connector.on_open(conn)
+        connector.handle_frame(conn, l2(0, "BTC-USD", "snapshot"), 1)
+        connector.frames_lost("BTC-USD", "timed out")
+        connector.handle_frame(conn, l2(1, "BTC-USD"), 2)  # the marker goes, this one waits
+        connector.handle_frame(conn, l2(2, "ETH-USD", "snapshot"), 3)  # another book: goes
+
+        def sent() -> list[tuple[str, str, Any]]:
+            return [(e.symbol, e.channel, json.loads(e.payload).get("sequence_num"))
+                    for e in sink.envelopes]  # fmt: skip
+
+        assert sent() == [("BTC-USD", "depth", 0), ("BTC-USD", "sync_lost", None),
+                          ("ETH-USD", "depth", 2)]  # fmt: skip
+        # the marker fails (the sink reports the book lost again): the waiting frame is lost
+        # too, and the next frame brings a new marker
+        connector.frames_lost("BTC-USD", "timed out")
+        sink.ack(False)
+        connector.handle_frame(conn, l2(3, "BTC-USD"), 4)
+        connector.handle_frame(conn, l2(4, "BTC-USD"), 5)
+        assert sent()[3:] == [("BTC-USD", "sync_lost", None)]
+        # acknowledged: the frames that waited go, in order, before any later one
+        sink.ack(True)
+        connector.flush_lost()
+        connector.handle_frame(conn, l2(5, "BTC-USD"), 6)
+        assert sent()[4:] == [("BTC-USD", "depth", 3), ("BTC-USD", "depth", 4),
+                              ("BTC-USD", "depth", 5)]  # fmt: skip
+        assert connector.metrics.delivery_failures == 3  # two lost frames reported, one held
+        await conn.cancel_tasks()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
