@@ -1,0 +1,199 @@
+"""Faults injected by the simulator become the intervals of the ``gaps`` table: the
+connectors run against the in-process simulator, their envelopes go through the job's core
+(the offline driver, as the job drives it), its resync requests are answered as the control
+topic's consumer does, and the gap rows the core writes are compared with the faults."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.base import WsConnector
+from connectors.binance import BinanceConnector
+from connectors.kraken import KrakenConnector
+from jobs.offline import CoreRun
+from schemas.codec import encode_envelope
+from simulator import testing
+from simulator.server import SimulatorServer
+from simulator.testing import http_json, pointed_at, running_simulator, wait_until
+from tests.unit.core_driver import core_settings
+from tickflow.config import Settings, load_settings
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+KRAKEN_PAIRS = {"BTC/USD": "BTC-USD", "ETH/USD": "ETH-USD"}
+
+
+def base_settings() -> Settings:
+    settings = load_settings(overlays=[ROOT / "config" / "simulator.yaml"], environ={})
+    lifecycle = dataclasses.replace(
+        settings.connectors, backoff_initial_s=0.02, backoff_max_s=0.2
+    )
+    binance = dataclasses.replace(settings.exchanges.binance, snapshot_stagger_ms=20)
+    kraken = dataclasses.replace(
+        settings.exchanges.kraken, symbols=KRAKEN_PAIRS, message_interval_ms=10
+    )
+    sim = dataclasses.replace(settings.simulator, kraken_symbols=tuple(KRAKEN_PAIRS))
+    return dataclasses.replace(
+        settings,
+        connectors=lifecycle,
+        simulator=sim,
+        exchanges=dataclasses.replace(settings.exchanges, binance=binance, kraken=kraken),
+    )
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), 90))
+
+
+class Pipeline:
+    """A connector against the simulator, its envelopes through the core as they arrive (a
+    frame per bundle), and the core's resync requests sent back to the connector."""
+
+    def __init__(self, sim: SimulatorServer, settings: Settings, exchange: str) -> None:
+        self.sink = testing.ListSink()
+        pointed = pointed_at(settings, sim)
+        kinds: dict[str, type[WsConnector]] = {
+            "binance": BinanceConnector,
+            "kraken": KrakenConnector,
+        }
+        self.connector: Any = kinds[exchange](pointed, self.sink, random.Random(1))
+        self.exchange = exchange
+        self.core = CoreRun(core_settings(top_n=10), bundle_frames=1)
+        self._fed = 0
+        self._answered = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Pipeline:
+        self._tasks = [
+            asyncio.create_task(self.connector.run()),
+            asyncio.create_task(self._answer_resyncs()),
+        ]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.connector.stop()
+        self._tasks[1].cancel()
+        await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 10)
+
+    def catch_up(self) -> None:
+        new = self.sink.envelopes[self._fed :]
+        self.core.feed((encode_envelope(e), e.receive_time_ns // 1_000_000) for e in new)
+        self._fed += len(new)
+
+    async def _answer_resyncs(self) -> None:
+        """What the control topic's consumer does with the job's resync requests."""
+        while True:
+            self.catch_up()
+            control = self.core.records.get("control", [])
+            for record in control[self._answered :]:
+                await self.connector.resync(json.loads(record)["symbol"])
+            self._answered = len(control)
+            await asyncio.sleep(0.01)
+
+    def gaps(self) -> list[dict[str, Any]]:
+        """The gap rows as ``FINAL`` reads them: per interval, its closed row if written."""
+        self.catch_up()
+        final: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for row in self.core.rows("gaps"):
+            key = (row["exchange"], row["symbol"], row["start_ms"], row["start_version"])
+            if key not in final or row["closed"] >= final[key]["closed"]:
+                final[key] = row
+        return sorted(final.values(), key=lambda r: (r["start_ms"], r["symbol"]))
+
+    def in_sync(self) -> bool:
+        """Every book LIVE: each has had an interval and none is open."""
+        gaps = self.gaps()
+        symbols = set(self.connector.book_symbols())
+        return {g["symbol"] for g in gaps} >= symbols and all(g["closed"] for g in gaps)
+
+    def injected(self) -> list[tuple[str, str]]:
+        """(symbol, kind) of every interval but the books' first sync."""
+        return [(g["symbol"], g["kind"]) for g in self.gaps() if g["kind"] != "startup"]
+
+
+async def fault(sim: SimulatorServer, path: str) -> dict[str, Any]:
+    status, body = await http_json(f"{sim.http_url}/_sim/faults/{path}", "POST")
+    assert status == 200, body
+    result: dict[str, Any] = body
+    return result
+
+
+def check_intervals(p: Pipeline) -> None:
+    """Every interval closed, its bounds the receive times of the frames that took its book
+    out of sync and back, and a connector's loss starting at its ``sync_lost`` envelope."""
+    lost = {
+        (e.symbol, e.receive_time_ns // 1_000_000)
+        for e in p.sink.envelopes
+        if e.channel == "sync_lost"
+    }
+    received = {e.receive_time_ns // 1_000_000 for e in p.sink.envelopes}
+    for g in p.gaps():
+        assert g["closed"] == 1 and g["exchange"] == p.exchange, g
+        assert g["start_ms"] <= g["end_ms"] and {g["start_ms"], g["end_ms"]} <= received, g
+        assert g["seq_after"] is not None
+        if g["kind"] == "sync_lost":
+            assert (g["symbol"], g["start_ms"]) in lost, g
+            assert g["reason"].startswith("connector: connection"), g
+
+
+def test_binance_drop_and_disconnect_are_the_gaps_recorded() -> None:
+    settings = base_settings()
+
+    async def scenario() -> None:
+        async with (
+            running_simulator(settings, rate_per_symbol=50) as sim,
+            Pipeline(sim, settings, "binance") as p,
+        ):
+            await wait_until(p.in_sync, what="every book LIVE")
+            assert p.injected() == []
+            await fault(sim, "drop?exchange=binance&symbol=BTCUSDT&channel=depth&count=1")
+            await wait_until(lambda: len(p.gaps()) == 3 and p.in_sync(), what="the drop healed")
+            assert p.injected() == [("BTCUSDT", "gap")]
+            body = await fault(sim, "disconnect?exchange=binance")
+            assert len(body["disconnected"]) == 1
+            await wait_until(lambda: len(p.gaps()) == 5 and p.in_sync(), what="reconnected")
+            injected = dict(sim.faults.injected)
+        assert injected.get("drop") == 1
+        check_intervals(p)
+        assert p.injected()[0] == ("BTCUSDT", "gap")
+        assert sorted(p.injected()[1:]) == [("BTCUSDT", "sync_lost"), ("ETHUSDT", "sync_lost")]
+        [gap] = [g for g in p.gaps() if g["kind"] == "gap"]
+        assert gap["seq_before"] is not None and gap["seq_after"] > gap["seq_before"]
+
+    run(scenario)
+
+
+def test_kraken_checksum_and_disconnect_are_the_gaps_recorded() -> None:
+    settings = base_settings()
+
+    async def scenario() -> None:
+        async with (
+            running_simulator(settings, rate_per_symbol=50, depth_levels=40) as sim,
+            Pipeline(sim, settings, "kraken") as p,
+        ):
+            await wait_until(p.in_sync, what="every book LIVE")
+            assert p.injected() == []
+            await fault(sim, "checksum?exchange=kraken&symbol=BTC/USD&count=1")
+            await wait_until(lambda: len(p.gaps()) == 3 and p.in_sync(), what="the resync")
+            assert p.injected() == [("BTC/USD", "checksum")]
+            body = await fault(sim, "disconnect?exchange=kraken")
+            assert len(body["disconnected"]) == 1
+            await wait_until(lambda: len(p.gaps()) == 5 and p.in_sync(), what="reconnected")
+            injected = dict(sim.faults.injected)
+        assert injected.get("checksum") == 1
+        check_intervals(p)
+        assert p.injected()[0] == ("BTC/USD", "checksum")
+        assert sorted(p.injected()[1:]) == [("BTC/USD", "sync_lost"), ("ETH/USD", "sync_lost")]
+        [mismatch] = [g for g in p.gaps() if g["kind"] == "checksum"]
+        assert mismatch["reason"].startswith("checksum mismatch"), mismatch
+
+    run(scenario)
