@@ -61,7 +61,7 @@ class Pipeline:
     def __init__(self, sim: SimulatorServer, settings: Settings, exchange: str) -> None:
         self.sink = testing.ListSink()
         pointed = pointed_at(settings, sim)
-        kinds: dict[str, type[WsConnector]] = {
+        kinds: dict[str, Callable[..., WsConnector]] = {
             "binance": BinanceConnector,
             "kraken": KrakenConnector,
         }
