@@ -18,8 +18,9 @@ import pytest
 from connectors.base import WsConnector
 from connectors.binance import BinanceConnector
 from connectors.kraken import KrakenConnector
+from jobs.backfill import PartitionRange, native_partition
 from jobs.offline import CoreRun
-from schemas.codec import encode_envelope
+from schemas.codec import RawEnvelope, encode_envelope
 from simulator import testing
 from simulator.server import SimulatorServer
 from simulator.testing import http_json, pointed_at, running_simulator, wait_until
@@ -197,3 +198,102 @@ def test_kraken_checksum_and_disconnect_are_the_gaps_recorded() -> None:
         assert mismatch["reason"].startswith("checksum mismatch"), mismatch
 
     run(scenario)
+
+
+# --- a faulted day, by hand: the live job's core and the batch backfill's agree ---------------
+
+DAY_START_MS = 1795996800000  # 2026-11-30 00:00:00 UTC
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+
+
+def _binance(symbol: str, channel: str, payload: str, at_ms: int, connection: str) -> bytes:
+    return encode_envelope(
+        RawEnvelope(
+            instrument={"BTCUSDT": "BTC-USDT", "ETHUSDT": "ETH-USDT"}[symbol],
+            exchange="binance",
+            symbol=symbol,
+            channel=channel,
+            receive_time_ns=at_ms * 1_000_000,
+            connection_id=connection,
+            connection_seq=0,
+            payload=payload.encode(),
+        )
+    )
+
+
+def faulted_day() -> tuple[list[tuple[bytes, int]], dict[tuple[str, str], tuple[int, int, int]]]:
+    """Raw records (value, timestamp) of two Binance books over a day with faults in it, and
+    per (symbol, kind) what the day's completeness report must say: intervals, ms out of sync
+    within the day, how many are still open at its end."""
+    t = DAY_START_MS
+    frames: list[tuple[str, str, str, int, str]] = []
+
+    def snapshot(symbol: str, last: int, at: int, conn: str = "c1") -> None:
+        body = {"lastUpdateId": last, "bids": [["100.0", "1"]], "asks": [["101.0", "1"]]}
+        frames.append((symbol, "snapshot", json.dumps(body), at, conn))
+
+    def depth(symbol: str, first: int, last: int, at: int, conn: str = "c1") -> None:
+        body = {"stream": f"{symbol.lower()}@depth@100ms", "data": {
+            "e": "depthUpdate", "E": at, "s": symbol, "U": first, "u": last,
+            "b": [["100.5", "1"]], "a": []}}  # fmt: skip
+        frames.append((symbol, "depth", json.dumps(body), at, conn))
+
+    def lost(symbol: str, at: int, why: str) -> None:
+        frames.append((symbol, "sync_lost", json.dumps({"reason": why}), at, "c1"))
+
+    snapshot("BTCUSDT", 100, t + 10_000)  # in sync from its first frame: a 0 ms startup
+    snapshot("ETHUSDT", 500, t + 20_000)
+    depth("BTCUSDT", 101, 101, t + HOUR_MS)
+    depth("BTCUSDT", 105, 105, t + 2 * HOUR_MS)  # a dropped update: out of sync
+    depth("BTCUSDT", 106, 106, t + 2 * HOUR_MS + 1_000)  # buffered
+    snapshot("BTCUSDT", 110, t + 2 * HOUR_MS + 600_000)  # the resync: 600 s
+    lost("BTCUSDT", t + 5 * HOUR_MS, "connection c1 ended")  # a lost connection
+    snapshot("BTCUSDT", 200, t + 5 * HOUR_MS + 30_000, "c2")  # 30 s
+    lost("ETHUSDT", t + 12 * HOUR_MS, "kafka delivery failed: timed out")  # never heals
+    lost("BTCUSDT", t + DAY_MS - 60_000, "connection c2 ended")  # across midnight
+    snapshot("BTCUSDT", 300, t + DAY_MS + 60_000, "c3")
+    records = [(_binance(*f), f[3]) for f in frames]
+    expected = {
+        ("BTCUSDT", "startup"): (1, 0, 0),
+        ("BTCUSDT", "gap"): (1, 600_000, 0),
+        ("BTCUSDT", "sync_lost"): (2, 30_000 + 60_000, 0),
+        ("ETHUSDT", "startup"): (1, 0, 0),
+        ("ETHUSDT", "sync_lost"): (1, 12 * HOUR_MS, 1),  # open: until the day's end
+    }
+    return records, expected
+
+
+def backfill_tables(settings: Settings, records: list[tuple[bytes, int]]) -> dict[str, Any]:
+    """The batch backfill's core over the records: (RowBinary, rows) per table."""
+    part = PartitionRange(partition=0, start=0, end=len(records))
+    books = native_partition(settings, part)
+    books.feed_batch([value for value, _ in records], [ts for _, ts in records])
+    books.finish()
+    return {table: (data, rows) for table, data, rows in books.take_tables(0)}
+
+
+def test_the_live_core_and_the_backfill_write_the_same_gap_rows() -> None:
+    settings = core_settings()
+    records, _ = faulted_day()
+    live = CoreRun(settings)
+    live.feed(records)
+    live.finish()
+    tables = backfill_tables(settings, records)
+    assert tables["gaps"] == live.tables["gaps"]
+    rows = live.rows("gaps")
+    # an open row when each interval opened, a closed one when it closed (ETHUSDT's loss never)
+    assert [(r["symbol"], r["kind"], r["closed"]) for r in rows] == [
+        ("BTCUSDT", "startup", 0), ("BTCUSDT", "startup", 1),
+        ("ETHUSDT", "startup", 0), ("ETHUSDT", "startup", 1),
+        ("BTCUSDT", "gap", 0), ("BTCUSDT", "gap", 1),
+        ("BTCUSDT", "sync_lost", 0), ("BTCUSDT", "sync_lost", 1),
+        ("ETHUSDT", "sync_lost", 0),
+        ("BTCUSDT", "sync_lost", 0), ("BTCUSDT", "sync_lost", 1),
+    ]  # fmt: skip
+    gap = rows[5]
+    assert (gap["start_ms"] - DAY_START_MS, gap["end_ms"] - gap["start_ms"]) == (
+        2 * HOUR_MS, 600_000)  # fmt: skip
+    assert (gap["seq_before"], gap["seq_after"], gap["messages"]) == (101, 110, 2)
+    assert rows[8]["reason"] == "connector: kafka delivery failed: timed out"
+    assert rows[-1]["date"].isoformat() == "2026-11-30"  # the date it started

@@ -1,0 +1,120 @@
+"""A faulted day through the batch backfill's core into ClickHouse: its ``gaps`` rows are
+stored (once, though inserted twice as a replay would), and the completeness report, as a
+function and as ``tickflow completeness``, says what the faults were.
+
+Uses a private database on the configured ClickHouse (dropped afterwards); starts only
+ClickHouse, and only when it does not answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import date
+
+import pytest
+
+from jobs import completeness as report
+from jobs.sinks.clickhouse import RowBinaryWriter, connect, ensure_schema
+from stack import manager
+from tests.unit.core_driver import core_settings
+from tests.unit.test_gaps import DAY_MS, DAY_START_MS, backfill_tables, faulted_day
+from tickflow.config import ClickHouseConfig, load_settings
+
+pytestmark = pytest.mark.integration
+
+DAY = date(2026, 11, 30)
+
+
+@pytest.fixture(scope="module")
+def clickhouse() -> Iterator[ClickHouseConfig]:
+    """A private database on the configured server, the faulted day's tables in it."""
+    settings = load_settings()
+    component = manager.components(settings, ["clickhouse"])[0]
+    try:
+        answers = component.answers()
+    except Exception:
+        answers = False
+    started = [] if answers else manager.up(settings, ["clickhouse"])
+    config = dataclasses.replace(settings.clickhouse, database=f"gapstest_{uuid.uuid4().hex[:10]}")
+    try:
+        ensure_schema(config)
+        records, _ = faulted_day()
+        tables = backfill_tables(core_settings(), records)
+        writer = RowBinaryWriter(config)
+        try:
+            for _ in range(2):  # the second time as an at-least-once replay
+                for table, (data, rows) in tables.items():
+                    writer.insert(table, data, rows)
+        finally:
+            writer.close()
+        yield config
+    finally:
+        client = connect(config)
+        try:
+            client.execute(f"DROP DATABASE IF EXISTS {config.database}")
+        finally:
+            client.disconnect()
+        if started:
+            manager.down(settings, started)
+
+
+def test_the_gaps_rows_are_stored_once(clickhouse: ClickHouseConfig) -> None:
+    client = connect(clickhouse)
+    try:
+        db = clickhouse.database
+        kinds = client.execute(
+            f"SELECT symbol, kind, closed, count() FROM {db}.gaps FINAL "
+            "GROUP BY symbol, kind, closed ORDER BY symbol, kind, closed"
+        )
+    finally:
+        client.disconnect()
+    assert kinds == [
+        ("BTCUSDT", "gap", 1, 1),
+        ("BTCUSDT", "startup", 1, 1),
+        ("BTCUSDT", "sync_lost", 1, 2),
+        ("ETHUSDT", "startup", 1, 1),
+        ("ETHUSDT", "sync_lost", 0, 1),
+    ]
+
+
+def test_the_completeness_report_is_the_faults(clickhouse: ClickHouseConfig) -> None:
+    _, expected = faulted_day()
+    books = report.completeness(clickhouse, DAY, now_ms=DAY_START_MS + 3 * DAY_MS)
+    assert [(b.exchange, b.symbol) for b in books] == [
+        ("binance", "BTCUSDT"),
+        ("binance", "ETHUSDT"),
+    ]
+    got = {
+        (b.symbol, kind): (v["gaps"], v["ms"], 0) for b in books for kind, v in b.by_kind.items()
+    }
+    assert got == {key: (n, ms, 0) for key, (n, ms, _) in expected.items()}
+    btc, eth = books
+    assert btc.out_of_sync_ms == 600_000 + 90_000 and btc.still_open == 0
+    assert btc.covered == pytest.approx(1 - 690_000 / DAY_MS)
+    assert eth.still_open == 1 and eth.covered == pytest.approx(0.5)
+    # the day after: the interval across midnight and the one still open
+    after = report.completeness(clickhouse, date(2026, 12, 1), now_ms=DAY_START_MS + 3 * DAY_MS)
+    assert [(b.symbol, b.out_of_sync_ms) for b in after] == [
+        ("BTCUSDT", 60_000),
+        ("ETHUSDT", DAY_MS),
+    ]
+    only = report.completeness(clickhouse, DAY, "binance", "ETHUSDT", now_ms=DAY_START_MS)
+    assert [(b.symbol, b.out_of_sync_ms) for b in only] == [("ETHUSDT", 0)]  # nothing yet
+
+
+def test_the_command_prints_the_report(
+    clickhouse: ClickHouseConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--day", DAY.isoformat(), "--database", clickhouse.database]
+    assert report.main([*args, "--json", "--gaps"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [b["symbol"] for b in out["books"]] == ["BTCUSDT", "ETHUSDT"]
+    assert out["books"][0]["out_of_sync_ms"] == 690_000
+    assert len(out["gaps"]) == 5
+    assert report.main([*args, "--symbol", "BTCUSDT"]) == 0
+    text = capsys.readouterr().out
+    assert "BTCUSDT" in text and "ETHUSDT" not in text
+    assert "gap 1 (600.0 s)" in text and "sync_lost 2 (90.0 s)" in text
