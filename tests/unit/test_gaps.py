@@ -17,6 +17,7 @@ import pytest
 
 from connectors.base import WsConnector
 from connectors.binance import BinanceConnector
+from connectors.coinbase import CoinbaseConnector
 from connectors.kraken import KrakenConnector
 from jobs.backfill import PartitionRange, native_partition
 from jobs.offline import CoreRun
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 KRAKEN_PAIRS = {"BTC/USD": "BTC-USD", "ETH/USD": "ETH-USD"}
+COINBASE_PRODUCTS = ("BTC-USD", "ETH-USD")
 
 
 def base_settings() -> Settings:
@@ -42,13 +44,21 @@ def base_settings() -> Settings:
     kraken = dataclasses.replace(
         settings.exchanges.kraken, symbols=KRAKEN_PAIRS, message_interval_ms=10
     )
-    sim = dataclasses.replace(settings.simulator, kraken_symbols=tuple(KRAKEN_PAIRS))
-    return dataclasses.replace(
-        settings,
-        connectors=lifecycle,
-        simulator=sim,
-        exchanges=dataclasses.replace(settings.exchanges, binance=binance, kraken=kraken),
+    coinbase = dataclasses.replace(
+        settings.exchanges.coinbase,
+        message_interval_ms=5,
+        symbols={p: p for p in COINBASE_PRODUCTS},
     )
+    sim = dataclasses.replace(
+        settings.simulator,
+        kraken_symbols=tuple(KRAKEN_PAIRS),
+        coinbase_products=COINBASE_PRODUCTS,
+        coinbase_depth_levels=20,
+    )
+    exchanges = dataclasses.replace(
+        settings.exchanges, binance=binance, coinbase=coinbase, kraken=kraken
+    )
+    return dataclasses.replace(settings, connectors=lifecycle, simulator=sim, exchanges=exchanges)
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
@@ -64,6 +74,7 @@ class Pipeline:
         pointed = pointed_at(settings, sim)
         kinds: dict[str, Callable[..., WsConnector]] = {
             "binance": BinanceConnector,
+            "coinbase": CoinbaseConnector,
             "kraken": KrakenConnector,
         }
         self.connector: Any = kinds[exchange](pointed, self.sink, random.Random(1))
@@ -196,6 +207,30 @@ def test_kraken_checksum_and_disconnect_are_the_gaps_recorded() -> None:
         assert sorted(p.injected()[1:]) == [("BTC/USD", "sync_lost"), ("ETH/USD", "sync_lost")]
         [mismatch] = [g for g in p.gaps() if g["kind"] == "checksum"]
         assert mismatch["reason"].startswith("checksum mismatch"), mismatch
+
+    run(scenario)
+
+
+def test_coinbase_drop_is_a_connector_loss_of_every_book_of_the_connection() -> None:
+    settings = base_settings()
+
+    async def scenario() -> None:
+        async with (
+            running_simulator(settings, rate_per_symbol=100) as sim,
+            Pipeline(sim, settings, "coinbase") as p,
+        ):
+            await wait_until(p.in_sync, what="every book LIVE")
+            assert p.injected() == []
+            await fault(sim, "drop?exchange=coinbase&symbol=ETH-USD&channel=depth&count=1")
+            await wait_until(lambda: len(p.gaps()) == 4 and p.in_sync(), what="resubscribed")
+            injected = dict(sim.faults.injected)
+        assert injected.get("drop") == 1
+        # the connector finds the hole in its sequence numbers and marks every level2 book
+        assert sorted(p.injected()) == [("BTC-USD", "sync_lost"), ("ETH-USD", "sync_lost")]
+        for g in p.gaps():
+            assert g["closed"] == 1, g
+            if g["kind"] == "sync_lost":
+                assert g["reason"].startswith("connector: sequence_num gap"), g
 
     run(scenario)
 
