@@ -1182,6 +1182,22 @@ mod gap_tests {
     }
 
     #[test]
+    fn a_crossed_book_opens_an_interval() {
+        let mut books = books();
+        live_binance(&mut books);
+        let crossing =
+            r#"{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":101,"u":101,"b":[["102.0","1"]],"a":[]}"#;
+        let rows = feed(&mut books, BINANCE, "depth", crossing, 1500, "c1");
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!((rows[0].kind.as_str(), rows[0].start_ms), ("crossed", 1500));
+        assert!(
+            rows[0].reason.starts_with("crossed book"),
+            "{}",
+            rows[0].reason
+        );
+    }
+
+    #[test]
     fn a_caught_panic_opens_an_interval_and_drops_the_frames_rows() {
         let mut books = books();
         live_binance(&mut books);
