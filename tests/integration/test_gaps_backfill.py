@@ -18,9 +18,19 @@ import pytest
 
 from jobs import completeness as report
 from jobs.sinks.clickhouse import RowBinaryWriter, connect, ensure_schema
+from simulator.testing import running_simulator, wait_until
 from stack import manager
 from tests.unit.core_driver import core_settings
-from tests.unit.test_gaps import DAY_MS, DAY_START_MS, backfill_tables, faulted_day
+from tests.unit.test_gaps import (
+    DAY_MS,
+    DAY_START_MS,
+    Pipeline,
+    backfill_tables,
+    base_settings,
+    fault,
+    faulted_day,
+    run,
+)
 from tickflow.config import ClickHouseConfig, load_settings
 
 pytestmark = pytest.mark.integration
@@ -118,3 +128,64 @@ def test_the_command_prints_the_report(
     text = capsys.readouterr().out
     assert "BTCUSDT" in text and "ETHUSDT" not in text
     assert "gap 1 (600.0 s)" in text and "sync_lost 2 (90.0 s)" in text
+
+
+def test_a_simulated_day_with_faults_reports_the_faults(clickhouse: ClickHouseConfig) -> None:
+    """The simulator's faults (a dropped Binance update, a bad Kraken checksum, a Binance
+    disconnect) through the connectors and the job's core into ClickHouse: the report of the
+    day has one interval per fault and book it hit, of that fault's kind, and no other (the
+    books' first sync aside)."""
+    settings = base_settings()
+    config = dataclasses.replace(clickhouse, database=f"{clickhouse.database}_sim")
+    ensure_schema(config)
+    pipelines: list[Pipeline] = []
+
+    async def scenario() -> None:
+        async with (
+            running_simulator(settings, rate_per_symbol=50, depth_levels=40) as sim,
+            Pipeline(sim, settings, "binance") as binance,
+            Pipeline(sim, settings, "kraken") as kraken,
+        ):
+            pipelines.extend([binance, kraken])
+            await wait_until(lambda: binance.in_sync() and kraken.in_sync(), what="LIVE")
+            await fault(sim, "drop?exchange=binance&symbol=BTCUSDT&channel=depth&count=1")
+            await fault(sim, "checksum?exchange=kraken&symbol=BTC/USD&count=1")
+            await wait_until(
+                lambda: len(binance.gaps()) == 3 and len(kraken.gaps()) == 3, what="both faults"
+            )
+            await wait_until(lambda: binance.in_sync() and kraken.in_sync(), what="resynced")
+            await fault(sim, "disconnect?exchange=binance")
+            await wait_until(lambda: len(binance.gaps()) == 5 and binance.in_sync(), what="back")
+
+    run(scenario)
+    writer = RowBinaryWriter(config)
+    try:
+        for p in pipelines:
+            p.catch_up()
+            p.core.finish()
+            for table in ("gaps", "top_of_book"):
+                data, rows = p.core.tables[table]
+                writer.insert(table, data, rows)
+    finally:
+        writer.close()
+    try:
+        days = sorted({g["date"] for p in pipelines for g in p.gaps()})
+        got: dict[tuple[str, str, str], int] = {}
+        for day in days:  # one, unless the run crossed midnight
+            for book in report.completeness(config, day):
+                for kind, v in book.by_kind.items():
+                    if kind != "startup":
+                        key = (book.exchange, book.symbol, kind)
+                        got[key] = got.get(key, 0) + v["gaps"]
+        assert got == {
+            ("binance", "BTCUSDT", "gap"): 1,  # the drop
+            ("binance", "BTCUSDT", "sync_lost"): 1,  # the disconnect, every book of it
+            ("binance", "ETHUSDT", "sync_lost"): 1,
+            ("kraken", "BTC/USD", "checksum"): 1,  # the bad checksum
+        }
+    finally:
+        client = connect(config)
+        try:
+            client.execute(f"DROP DATABASE IF EXISTS {config.database}")
+        finally:
+            client.disconnect()
