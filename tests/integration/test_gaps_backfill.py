@@ -1,6 +1,7 @@
 """A faulted day through the batch backfill's core into ClickHouse: its ``gaps`` rows are
 stored (once, though inserted twice as a replay would), and the completeness report, as a
-function and as ``tickflow completeness``, says what the faults were.
+function and as ``tickflow completeness``, says what the faults were. And the simulator's faults,
+through the connectors and the job's core, give a report of exactly those faults.
 
 Uses a private database on the configured ClickHouse (dropped afterwards); starts only
 ClickHouse, and only when it does not answer.
