@@ -214,7 +214,7 @@ pub struct InstrumentBooks {
     #[serde(skip)]
     limits: Limits,
     /// each book's not-in-sync interval still open (state: written after the rest by
-    /// `state::encode_books`, format version 2)
+    /// `snapshot` in state.rs, format version 2)
     #[serde(skip)]
     pub(crate) open_gaps: Vec<(BookId, Gap)>,
 }
