@@ -136,7 +136,7 @@ def format_report(day: date, books: list[BookCompleteness]) -> list[str]:
         if b.still_open:
             reasons += f"; {b.still_open} still open"
         lines.append(
-            f"{b.exchange:<10} {b.symbol:<12} {b.covered:>8.4%} "
+            f"{b.exchange:<10} {b.symbol:<12} {b.covered:>9.4%} "
             f"{b.out_of_sync_ms / 1000:>10.1f} s {b.gaps:>5}  {reasons or '-'}"
         )
     if not books:
@@ -178,7 +178,8 @@ def main(argv: list[str]) -> int:
         print(f"tickflow completeness: configuration: {exc}", file=sys.stderr)
         return 2
     except (ClickHouseError, OSError) as exc:
-        print(f"tickflow completeness: {type(exc).__name__}: {exc}", file=sys.stderr)
+        text = " ".join(str(exc).split("Stack trace:")[0].split())  # the server's, not its trace
+        print(f"tickflow completeness: {type(exc).__name__}: {text}", file=sys.stderr)
         return 1
     if args.json:
         out = [{**asdict(b), "covered": b.covered} for b in books]
