@@ -1,8 +1,8 @@
 """A generated trading day through the live job's compiled core (``jobs.offline.CoreRun``):
 Binance and Coinbase frames of two instruments (one on both exchanges, so the NBBO has two
 venues) from the evening before the day to just after its end, with bursts of activity, a
-late trade and prices that use all 18 decimals, giving rows for every ClickHouse table as the job
-writes them (RowBinary, ``CoreRun.tables``).
+late trade, a lost connection of every book and prices that use all 18 decimals, giving rows
+for every ClickHouse table as the job writes them (RowBinary, ``CoreRun.tables``).
 
     day = generated_day(settings)      # GeneratedDay: .tables (RowBinary, rows) and .day
 """
@@ -33,6 +33,7 @@ BURSTS = [
     (24 * HOUR_MS - 45_000, 180_000),
 ]
 STEP_MS = 700
+LOST_AT_MS = 17 * HOUR_MS  # the burst before which every book loses its connection
 
 
 def day_settings(settings: Settings) -> Settings:
@@ -135,6 +136,13 @@ class _Coinbase:
     def snapshot(self, ts_ms: int) -> tuple[bytes, int]:
         return self.l2(ts_ms, "snapshot", self._levels(self.mid, ts_ms, None))
 
+    def lost(self, rx_ms: int) -> tuple[bytes, int]:
+        """The connector's ``sync_lost`` marker (not an exchange message: no sequence_num)."""
+        self.seq += 1
+        frame = {"reason": "connection c1 ended"}
+        product = self.product
+        return _envelope(product, "coinbase", product, "sync_lost", frame, rx_ms, self.seq)
+
     def move(self, rng: random.Random, ts_ms: int) -> tuple[bytes, int]:
         """The levels around a new mid (the old ones that are not among them removed)."""
         old = self.mid
@@ -177,6 +185,14 @@ def generated_day(settings: Settings, seed: int = 20261130) -> GeneratedDay:
     frames: list[tuple[bytes, int]] = [book.snapshot(start) for book in binance]
     frames.append(coinbase.snapshot(start))
     for offset, length in BURSTS:
+        if offset == LOST_AT_MS:
+            # every connection lost and back: each book out of sync for 10 ms (gaps rows)
+            lost_ms = DAY_MS + offset + 10
+            for book in binance:
+                frames.append(book._env("sync_lost", {"reason": "connection c1 ended"}, lost_ms))
+                frames.append(book.snapshot(lost_ms + 10))
+            frames.append(coinbase.lost(lost_ms))
+            frames.append(coinbase.snapshot(lost_ms + 5))
         for t in range(DAY_MS + offset + 50, DAY_MS + offset + length, STEP_MS):
             for book in binance:
                 frames.append(book.depth(rng, t))

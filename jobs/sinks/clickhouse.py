@@ -34,6 +34,8 @@ DECIMAL = "Decimal(38, 18)"
 TAKER_SIDES = ("buy", "sell")
 TOUCHES = ("at", "inside", "through", "none")
 LATE_KINDS = ("trade", "book")
+# why a book was out of sync (docs/queries.md, "Gaps and completeness")
+GAP_KINDS = ("startup", "gap", "checksum", "sync_lost", "crossed", "internal_error", "restored")
 
 TABLES: dict[str, str] = {
     "trades": f"""
@@ -200,6 +202,28 @@ CREATE TABLE IF NOT EXISTS {db}.late_events (
 PARTITION BY (date, exchange)
 ORDER BY (exchange, symbol, kind, event_time_ms, event_id)
 """,
+    # every interval in which a book was not in sync (receive time): a row when it opens
+    # (closed = 0, end_ms = start_ms), replaced by the row written when it closes
+    "gaps": """
+CREATE TABLE IF NOT EXISTS {db}.gaps (
+    date Date,
+    exchange String,
+    symbol String,
+    instrument String,
+    start_ms UInt64,
+    start_version UInt64,
+    end_ms UInt64,
+    closed UInt8,
+    kind String,
+    reason String,
+    seq_before Nullable(UInt64),
+    seq_after Nullable(UInt64),
+    messages UInt64,
+    dropped UInt64
+) ENGINE = ReplacingMergeTree(closed)
+PARTITION BY (date, exchange)
+ORDER BY (exchange, symbol, start_ms, start_version)
+""",
 }
 
 # Columns added after a table was first released: (column, type, the column it follows).
@@ -347,6 +371,22 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "lateness_ms",
         "receive_time_ns",
     ),
+    "gaps": (
+        "date",
+        "exchange",
+        "symbol",
+        "instrument",
+        "start_ms",
+        "start_version",
+        "end_ms",
+        "closed",
+        "kind",
+        "reason",
+        "seq_before",
+        "seq_after",
+        "messages",
+        "dropped",
+    ),
 }
 
 
@@ -487,6 +527,30 @@ def late_event_row(
     return (
         utc_date(event_time_ms), instrument, exchange, symbol, _check("kind", kind, LATE_KINDS),
         event_id, event_time_ms, watermark_ms, lateness_ms, receive_time_ns,
+    )
+
+
+def gap_row(
+    *,
+    exchange: str,
+    symbol: str,
+    instrument: str,
+    start_ms: int,
+    end_ms: int,
+    kind: str,
+    reason: str = "",
+    start_version: int = 0,
+    closed: int = 1,
+    seq_before: int | None = None,
+    seq_after: int | None = None,
+    messages: int = 0,
+    dropped: int = 0,
+) -> tuple[Any, ...]:
+    """An interval in which a book was not in sync (``closed`` 0: still open at ``end_ms``)."""
+    return (
+        utc_date(start_ms), exchange, symbol, instrument, start_ms, start_version, end_ms,
+        int(closed), _check("kind", kind, GAP_KINDS), reason, seq_before, seq_after, messages,
+        dropped,
     )
 
 

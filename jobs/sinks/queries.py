@@ -329,3 +329,64 @@ DAILY_QUERIES: dict[str, tuple[Callable[[str], str], tuple[str, ...]]] = {
     "late_event_counts": (late_event_counts_sql, ("from_date", "to_date")),
     "matched_trades": (matched_trades_sql, ("exchange", "symbol", "date")),
 }
+
+
+def gaps_sql(db: str = DEFAULT_DB) -> str:
+    """The intervals out of sync of the books that overlap one UTC day, in start order: each
+    book's ``gaps`` rows (the closed row where both are stored); an empty exchange or symbol
+    matches every one.
+
+    Params: day_start_ms, day_end_ms (the day is [day_start_ms, day_end_ms)), date (its
+    datetime.date), exchange, symbol.
+    """
+    return f"""
+SELECT exchange, symbol, instrument, start_ms, start_version, end_ms, closed, kind, reason,
+       seq_before, seq_after, messages, dropped
+FROM {_db(db)}.gaps FINAL
+WHERE date <= %(date)s
+  AND start_ms < %(day_end_ms)s
+  AND (closed = 0 OR end_ms > %(day_start_ms)s OR start_ms >= %(day_start_ms)s)
+  AND (%(exchange)s = '' OR exchange = %(exchange)s)
+  AND (%(symbol)s = '' OR symbol = %(symbol)s)
+ORDER BY exchange, symbol, start_ms, start_version
+"""
+
+
+def completeness_sql(db: str = DEFAULT_DB) -> str:
+    """Per book and reason kind, over one UTC day: the intervals out of sync, their time in
+    the day (each clipped to the day; one still open counts until ``open_until_ms``) and how
+    many are still open. ``jobs/completeness.py`` sums them per book into the day's report.
+
+    Params: as ``gaps_sql``, and open_until_ms (now, or the day's end for a past day).
+    """
+    end = "least(if(closed = 1, end_ms, %(open_until_ms)s), %(day_end_ms)s)"
+    start = "greatest(start_ms, %(day_start_ms)s)"
+    return f"""
+SELECT exchange, symbol, any(instrument) AS instrument, kind, count() AS gaps,
+       sum(greatest(toInt64({end}) - toInt64({start}), 0)) AS out_of_sync_ms,
+       sum(1 - closed) AS still_open
+FROM {_db(db)}.gaps FINAL
+WHERE date <= %(date)s
+  AND start_ms < %(day_end_ms)s
+  AND (closed = 0 OR end_ms > %(day_start_ms)s OR start_ms >= %(day_start_ms)s)
+  AND (%(exchange)s = '' OR exchange = %(exchange)s)
+  AND (%(symbol)s = '' OR symbol = %(symbol)s)
+GROUP BY exchange, symbol, kind
+ORDER BY exchange, symbol, kind
+"""
+
+
+def books_of_day_sql(db: str = DEFAULT_DB) -> str:
+    """The books with a top-of-book row on one UTC day (those in sync all day included).
+
+    Params: date, exchange, symbol (empty: every one).
+    """
+    return f"""
+SELECT exchange, symbol, any(instrument) AS instrument
+FROM {_db(db)}.top_of_book
+WHERE date = %(date)s
+  AND (%(exchange)s = '' OR exchange = %(exchange)s)
+  AND (%(symbol)s = '' OR symbol = %(symbol)s)
+GROUP BY exchange, symbol
+ORDER BY exchange, symbol
+"""

@@ -30,6 +30,7 @@ from jobs.sinks.clickhouse import (
     bar_row,
     connect,
     ensure_schema,
+    gap_row,
     late_event_row,
     matched_trade_row,
     nbbo_row,
@@ -40,6 +41,9 @@ from jobs.sinks.queries import (
     ALL_VENUES,
     BAR_OUTPUT_COLUMNS,
     DAILY_QUERIES,
+    books_of_day_sql,
+    completeness_sql,
+    gaps_sql,
     recompute_bars_sql,
 )
 from stack import manager
@@ -561,6 +565,11 @@ SAMPLE_ROWS = {
         ofi=D("-1.000000000000000001"),
     ),
     "late_events": LATE[0],
+    "gaps": gap_row(
+        exchange="binance", symbol="BTCUSDT", instrument=INSTRUMENT, start_ms=T0 + 5,
+        end_ms=T0 + 900, kind="gap", reason="gap: expected 102, got 105", start_version=7,
+        seq_before=101, seq_after=None, messages=3, dropped=1,
+    ),
 }  # fmt: skip
 
 
@@ -631,3 +640,67 @@ def test_upgrade_statements_run_on_a_current_release() -> None:
         session.query(f"DROP DATABASE IF EXISTS {db}")
         session.cleanup()
 
+
+
+# ------------------------------------------------------------------------ gaps, completeness
+
+DAY = 86_400_000
+
+
+def _gap(symbol: str, start: int, end: int, kind: str, closed: int = 1) -> tuple[Any, ...]:
+    return gap_row(
+        exchange="binance", symbol=symbol, instrument=INSTRUMENT, start_ms=start, end_ms=end,
+        kind=kind, start_version=start, closed=closed, seq_before=1,
+        seq_after=2 if closed else None,
+    )  # fmt: skip
+
+
+# each closed interval also as its open row (written when it opened), and twice (a replay)
+GAPS = [
+    _gap("BTCUSDT", T0 - 60_000, T0 - 60_000, "sync_lost", closed=0),
+    _gap("BTCUSDT", T0 - 60_000, T0 + 30_000, "sync_lost"),  # from the day before: 30 s
+    _gap("BTCUSDT", T0 + 3_600_000, T0 + 3_600_000, "gap", closed=0),
+    _gap("BTCUSDT", T0 + 3_600_000, T0 + 4_200_000, "gap"),  # 600 s
+    _gap("BTCUSDT", T0 + 7_200_000, T0 + 7_210_000, "checksum"),  # 10 s
+    _gap("BTCUSDT", T0 + DAY - 5_000, T0 + DAY + 5_000, "sync_lost"),  # 5 s of it today
+    _gap("ETHUSDT", T0 + DAY - 20_000, T0 + DAY - 20_000, "gap", closed=0),  # still open
+    _gap("ETHUSDT", T0 + 2 * DAY, T0 + 2 * DAY + 1, "gap"),  # another day
+]
+
+
+def test_completeness_of_a_day(server: Server) -> None:
+    db = _private_db()
+    try:
+        _create_tables(server, db)
+        server.insert("gaps", GAPS + GAPS, db)
+        params = {
+            "date": utc_date(T0), "day_start_ms": T0, "day_end_ms": T0 + DAY,
+            "open_until_ms": T0 + DAY, "exchange": "", "symbol": "",
+        }  # fmt: skip
+        rows = server.execute(completeness_sql(db), params)
+        got = {
+            (r["symbol"], r["kind"]): (r["gaps"], r["out_of_sync_ms"], r["still_open"])
+            for r in rows
+        }
+        assert got == {
+            ("BTCUSDT", "checksum"): (1, 10_000, 0),
+            ("BTCUSDT", "gap"): (1, 600_000, 0),
+            ("BTCUSDT", "sync_lost"): (2, 35_000, 0),
+            ("ETHUSDT", "gap"): (1, 20_000, 1),
+        }
+        # an open interval counts until now on the day itself
+        today = server.execute(completeness_sql(db), {
+            **params, "open_until_ms": T0 + DAY - 15_000, "symbol": "ETHUSDT"})  # fmt: skip
+        assert [(r["symbol"], r["out_of_sync_ms"]) for r in today] == [("ETHUSDT", 5_000)]
+        intervals = server.execute(gaps_sql(db), {**params, "symbol": "BTCUSDT"})
+        assert [(r["start_ms"] - T0, r["closed"]) for r in intervals] == [
+            (-60_000, 1), (3_600_000, 1), (7_200_000, 1), (DAY - 5_000, 1)]  # fmt: skip
+        # the day after: the rest of the interval across midnight and the open one
+        after = server.execute(completeness_sql(db), {
+            **params, "date": utc_date(T0 + DAY), "day_start_ms": T0 + DAY,
+            "day_end_ms": T0 + 2 * DAY, "open_until_ms": T0 + 2 * DAY})  # fmt: skip
+        assert {(r["symbol"], r["kind"]): r["out_of_sync_ms"] for r in after} == {
+            ("BTCUSDT", "sync_lost"): 5_000, ("ETHUSDT", "gap"): DAY}  # fmt: skip
+        assert server.execute(books_of_day_sql(db), params) == []  # no top-of-book rows
+    finally:
+        server.execute(f"DROP DATABASE IF EXISTS {db}")

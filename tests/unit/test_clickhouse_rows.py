@@ -47,8 +47,12 @@ def ddl_clause(table: str, clause: str) -> str:
 @pytest.mark.parametrize("table", sorted(TABLES))
 def test_ddl_columns_are_the_insert_columns(table: str) -> None:
     assert ddl_columns(table) == COLUMNS[table]
-    # trades keep the on-time copy of a trade sent twice; the rest any copy (all equal)
-    engine = "ReplacingMergeTree(on_time)" if table == "trades" else "ReplacingMergeTree()"
+    # trades keep the on-time copy of a trade sent twice, gaps the row of a closed interval
+    # over that of the same interval still open; the rest any copy (all equal)
+    engine = {
+        "trades": "ReplacingMergeTree(on_time)",
+        "gaps": "ReplacingMergeTree(closed)",
+    }.get(table, "ReplacingMergeTree()")
     assert f"ENGINE = {engine}" in TABLES[table]
     assert TABLES[table].lstrip().startswith(f"CREATE TABLE IF NOT EXISTS {{db}}.{table} (")
 
@@ -61,6 +65,7 @@ def test_ddl_columns_are_the_insert_columns(table: str) -> None:
         ("bars", "date", "(instrument, interval_ms, venue, window_start_ms)"),
         ("late_events", "(date, exchange)", "(exchange, symbol, kind, event_time_ms, event_id)"),
         ("top_of_book", "(date, exchange)", "(exchange, symbol, event_time_ms, version)"),
+        ("gaps", "(date, exchange)", "(exchange, symbol, start_ms, start_version)"),
     ],
 )
 def test_partition_and_identity(table: str, partition: str, order: str) -> None:

@@ -89,6 +89,35 @@ pub struct LateEvent {
     pub receive_time_ns: i64,
 }
 
+/// A span in which a book was not in sync: from the frame that took it out of LIVE (or its
+/// first frame, before its first snapshot) to the frame that made it LIVE again, in receive
+/// time. A row of the `gaps` table when it opens (`closed` false, `end_ms` = `start_ms`) and
+/// again when it closes; (exchange, symbol, start_ms, start_version) is its identity, the same
+/// on a replay of the same input.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Gap {
+    pub exchange: String,
+    pub symbol: String,
+    pub instrument: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// the book's version once out of sync (monotonic per book)
+    pub start_version: i64,
+    pub closed: bool,
+    /// startup | gap | checksum | sync_lost | crossed | internal_error | restored
+    pub kind: String,
+    /// why, as the book's status reason gave it when it left LIVE
+    pub reason: String,
+    /// the last update id applied in sync before it (-1: none or not known)
+    pub seq_before: i64,
+    /// the update id the book was in sync at again (-1: not yet)
+    pub seq_after: i64,
+    /// book messages received while out of sync
+    pub messages: i64,
+    /// updates dropped from the full buffer awaiting a snapshot
+    pub dropped: i64,
+}
+
 /// What one frame (or one watermark advance) produced, for the ClickHouse rows.
 #[derive(Default, Debug)]
 pub struct Outputs {
@@ -109,6 +138,8 @@ pub struct Outputs {
     /// gaps (and snapshots too old to bridge) and checksum mismatches
     pub gaps: u64,
     pub checksum_failures: u64,
+    /// not-in-sync intervals opened or closed: rows of the `gaps` table
+    pub gap_rows: Vec<Gap>,
     /// the latest view's time of this frame's book changes (the NBBO's event time)
     views_time_ms: Option<i64>,
 }
@@ -128,6 +159,7 @@ impl Outputs {
         self.resyncs.clear();
         self.gaps = 0;
         self.checksum_failures = 0;
+        self.gap_rows.clear();
         self.views_time_ms = None;
     }
 }
@@ -181,6 +213,10 @@ pub struct InstrumentBooks {
     /// what a frame must satisfy to be applied: configuration, set again after a restore
     #[serde(skip)]
     limits: Limits,
+    /// each book's not-in-sync interval still open (state: written after the rest by
+    /// `snapshot` in state.rs, format version 2)
+    #[serde(skip)]
+    pub(crate) open_gaps: Vec<(BookId, Gap)>,
 }
 
 fn position<T>(items: &[(BookId, T)], exchange: &str, symbol: &str) -> Option<usize> {
@@ -219,6 +255,7 @@ impl InstrumentBooks {
             next_nbbo: None,
             tops: Vec::new(),
             limits: Limits::default(),
+            open_gaps: Vec::new(),
         }
     }
 
@@ -242,12 +279,16 @@ impl InstrumentBooks {
         watermark_ms: i64,
         out: &mut Outputs,
     ) -> Result<(), ParseError> {
+        // usually empty: no allocation
+        let gaps_before = self.open_gaps.clone();
         catch_unwind(AssertUnwindSafe(|| self.process(env, watermark_ms, out))).unwrap_or_else(
             |panic| {
                 // the frame's book may be half-updated: what the frame produced is dropped and
-                // the book discarded and resynced, never published from a broken state
+                // the book discarded and resynced, never published from a broken state (its
+                // gap rows too: the open intervals are as before the frame)
                 let text = panic_text(&*panic);
                 out.clear();
+                self.open_gaps = gaps_before;
                 let discarded = catch_unwind(AssertUnwindSafe(|| {
                     self.discard_book(env.exchange, env.symbol, &text, watermark_ms, out)
                 }))
@@ -272,13 +313,20 @@ impl InstrumentBooks {
             return false;
         };
         let tracked = &mut self.books[index].1;
+        let seq_before = tracked.engine.last_id;
         tracked.engine.lose_sync(format!("internal error: {panic}"));
         tracked.engine.buffer.clear();
         tracked.stale = false;
+        let time_ms = tracked.last_receive_time_ns.div_euclid(1_000_000);
         out.resyncs.push((
             (exchange.to_string(), symbol.to_string()),
             tracked.engine.reason.clone(),
         ));
+        // the open intervals are as before the frame: one opens unless the book was out of
+        // sync already
+        if position(&self.open_gaps, exchange, symbol).is_none() {
+            self.open_gap(index, "internal_error", time_ms, seq_before, out);
+        }
         out.gaps += 1;
         let view = Rc::new(self.view(index, 0));
         out.book_views.push(Rc::clone(&view));
@@ -572,11 +620,18 @@ impl InstrumentBooks {
                         resync_requested_ms: 0,
                     },
                 ));
-                self.books.len() - 1
+                let index = self.books.len() - 1;
+                // not in sync from its first message until its first snapshot
+                let time_ms = event_receive_ns(&event).div_euclid(1_000_000);
+                self.open_gap(index, "startup", time_ms, -1, out);
+                index
             }
         };
         let tracked = &mut self.books[index].1;
         let was = tracked.engine.status;
+        let (seq_before, buffered_before) = (tracked.engine.last_id, tracked.engine.buffer.len());
+        let is_delta = matches!(event, MarketEvent::Delta(_));
+        let sync_lost = matches!(event, MarketEvent::SyncLost(_));
         let (outcome, event_time_ms, receive_time_ns) = match event {
             MarketEvent::Snapshot(snap) => (
                 tracked.engine.on_snapshot(&snap),
@@ -598,6 +653,33 @@ impl InstrumentBooks {
             tracked.last_event_time_ms = tracked.last_event_time_ms.max(t);
         }
         tracked.last_receive_time_ns = receive_time_ns;
+        let now = tracked.engine.status;
+        let time_ms = receive_time_ns.div_euclid(1_000_000);
+        if was == BookStatus::Live && now != BookStatus::Live {
+            let kind = if sync_lost {
+                "sync_lost"
+            } else if outcome == Outcome::ChecksumMismatch {
+                "checksum"
+            } else if tracked.engine.reason.starts_with("crossed book") {
+                "crossed"
+            } else {
+                "gap"
+            };
+            self.open_gap(index, kind, time_ms, seq_before, out);
+        } else if was != BookStatus::Live {
+            let engine = &self.books[index].1.engine;
+            let dropped = if is_delta && outcome == Outcome::Buffered {
+                (buffered_before + 1).saturating_sub(engine.buffer.len()) as i64
+            } else {
+                0
+            };
+            let last_id = engine.last_id;
+            self.gap_message(index, dropped);
+            if now == BookStatus::Live {
+                self.close_gap(index, time_ms, last_id, out);
+            }
+        }
+        let tracked = &mut self.books[index].1;
         if outcome.needs_resync() {
             out.resyncs.push((
                 (exchange.to_string(), symbol.to_string()),
@@ -656,6 +738,91 @@ impl InstrumentBooks {
             (false, false) => {}
         }
         Ok(true)
+    }
+
+    // --- not-in-sync intervals (the gaps table) --------------------------------------------
+
+    /// The book at `index` is out of sync from `time_ms` on (it was LIVE, or had no snapshot
+    /// yet): its interval opens, and its open row goes out.
+    fn open_gap(
+        &mut self,
+        index: usize,
+        kind: &str,
+        time_ms: i64,
+        seq_before: i64,
+        out: &mut Outputs,
+    ) {
+        let view_instrument = {
+            let ((exchange, symbol), _) = &self.books[index];
+            self.book_instrument(exchange, symbol).to_string()
+        };
+        let ((exchange, symbol), tracked) = &self.books[index];
+        let gap = Gap {
+            exchange: exchange.clone(),
+            symbol: symbol.clone(),
+            instrument: view_instrument,
+            start_ms: time_ms,
+            end_ms: time_ms,
+            start_version: tracked.engine.version(),
+            closed: false,
+            kind: kind.to_string(),
+            reason: tracked.engine.reason.clone(),
+            seq_before,
+            seq_after: -1,
+            messages: 0,
+            dropped: 0,
+        };
+        out.gap_rows.push(gap.clone());
+        let id = (exchange.clone(), symbol.clone());
+        match position(&self.open_gaps, exchange, symbol) {
+            Some(i) => self.open_gaps[i] = (id, gap),
+            None => self.open_gaps.push((id, gap)),
+        }
+    }
+
+    /// A book message while out of sync (and updates it pushed out of the full buffer).
+    fn gap_message(&mut self, index: usize, dropped: i64) {
+        let ((exchange, symbol), _) = &self.books[index];
+        if let Some(i) = position(&self.open_gaps, exchange, symbol) {
+            let gap = &mut self.open_gaps[i].1;
+            gap.messages += 1;
+            gap.dropped += dropped;
+        }
+    }
+
+    /// The book is LIVE again at `time_ms`, in sync at update id `seq_after`: its interval
+    /// closes, and its closed row goes out.
+    fn close_gap(&mut self, index: usize, time_ms: i64, seq_after: i64, out: &mut Outputs) {
+        let ((exchange, symbol), _) = &self.books[index];
+        if let Some(i) = position(&self.open_gaps, exchange, symbol) {
+            let (_, mut gap) = self.open_gaps.remove(i);
+            gap.end_ms = time_ms.max(gap.start_ms);
+            gap.seq_after = seq_after;
+            gap.closed = true;
+            out.gap_rows.push(gap);
+        }
+    }
+
+    /// A state from before open intervals were kept (format version 1): each book not LIVE
+    /// has one from its last message on (kind `restored`); no open row goes out for it.
+    pub(crate) fn open_restored_gaps(&mut self) {
+        for index in 0..self.books.len() {
+            let ((exchange, symbol), tracked) = &self.books[index];
+            if tracked.engine.status == BookStatus::Live
+                || position(&self.open_gaps, exchange, symbol).is_some()
+            {
+                continue;
+            }
+            let mut out = Outputs::default();
+            let time_ms = tracked.last_receive_time_ns.div_euclid(1_000_000);
+            let seq_before = tracked.engine.last_id;
+            self.open_gap(index, "restored", time_ms, seq_before, &mut out);
+        }
+    }
+
+    /// The intervals still open, per book (tests, tools).
+    pub fn open_gaps(&self) -> Vec<Gap> {
+        self.open_gaps.iter().map(|(_, g)| g.clone()).collect()
     }
 
     // --- processing time: staleness and resync retries (the live job only) ---------------
@@ -836,6 +1003,16 @@ impl InstrumentBooks {
     }
 }
 
+/// A book event's receive time.
+fn event_receive_ns(event: &MarketEvent) -> i64 {
+    match event {
+        MarketEvent::Delta(e) => e.receive_time_ns,
+        MarketEvent::Snapshot(e) => e.receive_time_ns,
+        MarketEvent::Trade(e) => e.receive_time_ns,
+        MarketEvent::SyncLost(e) => e.receive_time_ns,
+    }
+}
+
 /// A frame from this connection panics once applied (tests of the recovery only).
 #[cfg(test)]
 pub(crate) const PANIC_AFTER_APPLYING: &str = "test:panic-after-applying";
@@ -848,5 +1025,254 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "panic".to_string()
+    }
+}
+
+#[cfg(test)]
+mod gap_tests {
+    use super::*;
+    use crate::book::test_util::FIXTURES;
+    use crate::dec::parse_dec;
+    use crate::parse::scenario_steps;
+
+    fn books() -> InstrumentBooks {
+        let rules = Rules {
+            top_n: 10,
+            snapshot_interval_ms: 1000,
+            max_levels: 1000,
+            max_buffered: 3,
+            nbbo_stale_after_ms: 0,
+            bar_intervals_ms: vec![60_000],
+            depth_band_bps: parse_dec("10").unwrap(),
+            trade_dedup_ms: 1000,
+        };
+        InstrumentBooks::new("BTC-USD", "USD", rules)
+    }
+
+    /// One frame of `exchange`'s `symbol` received at `at_ms`; the gap rows it produced.
+    fn feed(
+        books: &mut InstrumentBooks,
+        (exchange, symbol): (&str, &str),
+        channel: &str,
+        payload: &str,
+        at_ms: i64,
+        connection: &str,
+    ) -> Vec<Gap> {
+        let env = RawEnvelope {
+            instrument: "BTC-USD",
+            exchange,
+            symbol,
+            channel,
+            receive_time_ns: at_ms * 1_000_000,
+            connection_id: connection,
+            connection_seq: 1,
+            payload: payload.as_bytes(),
+        };
+        let mut out = Outputs::default();
+        let _ = books.process_guarded(&env, NO_WATERMARK, &mut out);
+        out.gap_rows
+    }
+
+    const BINANCE: (&str, &str) = ("binance", "BTCUSDT");
+
+    fn snapshot(last: i64) -> String {
+        format!(r#"{{"lastUpdateId":{last},"bids":[["100.0","1"]],"asks":[["101.0","1"]]}}"#)
+    }
+
+    fn depth(first: i64, last: i64) -> String {
+        format!(
+            r#"{{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":{first},"u":{last},"b":[["100.5","1"]],"a":[]}}"#
+        )
+    }
+
+    /// A book's first snapshot, at 1000 ms: its startup interval opens and closes.
+    fn live_binance(books: &mut InstrumentBooks) {
+        let rows = feed(books, BINANCE, "snapshot", &snapshot(100), 1000, "c1");
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!((rows[0].kind.as_str(), rows[0].closed), ("startup", false));
+        let closed = &rows[1];
+        assert_eq!((closed.kind.as_str(), closed.closed), ("startup", true));
+        assert_eq!((closed.start_ms, closed.end_ms), (1000, 1000));
+        assert_eq!((closed.seq_before, closed.seq_after), (-1, 100));
+        assert!(books.open_gaps().is_empty());
+    }
+
+    #[test]
+    fn a_sequence_gap_opens_an_interval_its_resync_closes() {
+        let mut books = books();
+        live_binance(&mut books);
+        assert!(feed(&mut books, BINANCE, "depth", &depth(101, 101), 1100, "c1").is_empty());
+        // 102..104 missing
+        let rows = feed(&mut books, BINANCE, "depth", &depth(105, 105), 1200, "c1");
+        assert_eq!(rows.len(), 1);
+        let open = &rows[0];
+        assert_eq!((open.kind.as_str(), open.closed), ("gap", false));
+        assert_eq!(
+            (open.start_ms, open.end_ms, open.seq_before),
+            (1200, 1200, 101)
+        );
+        assert_eq!(
+            (open.exchange.as_str(), open.symbol.as_str()),
+            ("binance", "BTCUSDT")
+        );
+        assert_eq!(open.instrument, "BTC-USD");
+        // buffered while out of sync: 105 and 5 more updates into a buffer of 3, 3 pushed out
+        for (i, id) in (106..111).enumerate() {
+            let at = 1300 + i as i64;
+            assert!(feed(&mut books, BINANCE, "depth", &depth(id, id), at, "c1").is_empty());
+        }
+        let rows = feed(&mut books, BINANCE, "snapshot", &snapshot(107), 2500, "c1");
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        let closed = &rows[0];
+        assert!(closed.closed);
+        assert_eq!((closed.start_ms, closed.end_ms), (1200, 2500));
+        assert_eq!((closed.seq_before, closed.seq_after), (101, 110));
+        // the 5 updates and the snapshot
+        assert_eq!((closed.messages, closed.dropped), (6, 3));
+        assert_eq!(closed.start_version, open.start_version);
+    }
+
+    #[test]
+    fn a_connector_sync_lost_opens_an_interval() {
+        let mut books = books();
+        live_binance(&mut books);
+        let lost = r#"{"reason":"connection lost"}"#;
+        let rows = feed(&mut books, BINANCE, "sync_lost", lost, 3000, "c1");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].kind, "sync_lost");
+        assert_eq!(rows[0].reason, "connector: connection lost");
+        assert_eq!(rows[0].seq_before, 100);
+        // a second loss while out of sync: the same interval
+        assert!(feed(&mut books, BINANCE, "sync_lost", lost, 3100, "c2").is_empty());
+        let rows = feed(&mut books, BINANCE, "snapshot", &snapshot(200), 4000, "c2");
+        assert_eq!((rows[0].start_ms, rows[0].end_ms), (3000, 4000));
+        assert_eq!((rows[0].kind.as_str(), rows[0].messages), ("sync_lost", 2));
+    }
+
+    #[test]
+    fn a_checksum_mismatch_opens_an_interval_the_new_snapshot_closes() {
+        let path = format!("{FIXTURES}/kraken/sync_resubscribe_snapshot_heals_mismatch.json");
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut books = books();
+        let mut rows = Vec::new();
+        for (i, (channel, frame)) in scenario_steps(&text).into_iter().enumerate() {
+            let at = 1000 * (i as i64 + 1);
+            rows.extend(feed(
+                &mut books,
+                ("kraken", "BTC/USD"),
+                &channel,
+                &frame,
+                at,
+                "c1",
+            ));
+        }
+        let kinds: Vec<(&str, bool)> = rows.iter().map(|g| (g.kind.as_str(), g.closed)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("startup", false),
+                ("startup", true),
+                ("checksum", false),
+                ("checksum", true)
+            ]
+        );
+        assert!(rows[2].reason.contains("checksum"), "{}", rows[2].reason);
+        assert!(rows[3].end_ms > rows[3].start_ms);
+        assert!(books.open_gaps().is_empty());
+    }
+
+    #[test]
+    fn a_crossed_book_opens_an_interval() {
+        let mut books = books();
+        live_binance(&mut books);
+        let crossing =
+            r#"{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":101,"u":101,"b":[["102.0","1"]],"a":[]}"#;
+        let rows = feed(&mut books, BINANCE, "depth", crossing, 1500, "c1");
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!((rows[0].kind.as_str(), rows[0].start_ms), ("crossed", 1500));
+        assert!(
+            rows[0].reason.starts_with("crossed book"),
+            "{}",
+            rows[0].reason
+        );
+    }
+
+    #[test]
+    fn a_caught_panic_opens_an_interval_and_drops_the_frames_rows() {
+        let mut books = books();
+        live_binance(&mut books);
+        let rows = feed(
+            &mut books,
+            BINANCE,
+            "depth",
+            &depth(101, 101),
+            1500,
+            PANIC_AFTER_APPLYING,
+        );
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].kind.as_str(), rows[0].closed),
+            ("internal_error", false)
+        );
+        assert!(rows[0].reason.starts_with("internal error"));
+        // out of sync already: a panic there opens none
+        let rows = feed(
+            &mut books,
+            BINANCE,
+            "depth",
+            &depth(102, 102),
+            1600,
+            PANIC_AFTER_APPLYING,
+        );
+        assert!(rows.is_empty(), "{rows:?}");
+        assert_eq!(books.open_gaps().len(), 1);
+    }
+
+    #[test]
+    fn the_same_input_gives_the_same_rows_and_open_intervals_survive_a_restore() {
+        let steps: Vec<(&str, String, i64)> = vec![
+            ("snapshot", snapshot(100), 1000),
+            ("depth", depth(101, 101), 1100),
+            ("depth", depth(105, 105), 1200),
+            ("depth", depth(106, 106), 1300),
+            ("snapshot", snapshot(106), 2000),
+        ];
+        let run = |restore_after: Option<usize>| {
+            let mut books = books();
+            let mut rows = Vec::new();
+            for (i, (channel, payload, at)) in steps.iter().enumerate() {
+                rows.extend(feed(&mut books, BINANCE, channel, payload, *at, "c1"));
+                if restore_after == Some(i) {
+                    books = InstrumentBooks::restore(&books.snapshot()).unwrap();
+                }
+            }
+            rows
+        };
+        let once = run(None);
+        assert_eq!(once.len(), 4);
+        assert_eq!(once, run(None));
+        // restored while the gap is open: its closing row is the same
+        assert_eq!(once, run(Some(2)));
+        // a version 1 state (no open intervals kept): one from the book's last message on
+        let mut books = books();
+        for (channel, payload, at) in &steps[..3] {
+            feed(&mut books, BINANCE, channel, payload, *at, "c1");
+        }
+        let mut v1 = crate::state::encode(&books);
+        v1[0] = crate::state::STATE_VERSION_1;
+        let mut restored = InstrumentBooks::restore(&v1).unwrap();
+        let [gap] = &restored.open_gaps()[..] else {
+            panic!("one open interval")
+        };
+        assert_eq!((gap.kind.as_str(), gap.start_ms), ("restored", 1200));
+        let rows = feed(
+            &mut restored,
+            BINANCE,
+            "snapshot",
+            &snapshot(106),
+            2000,
+            "c1",
+        );
+        assert_eq!((rows[0].kind.as_str(), rows[0].end_ms), ("restored", 2000));
     }
 }

@@ -241,7 +241,8 @@ impl PartitionBooks {
     /// Rows of what a frame (its own instrument given) or a watermark advance produced.
     fn take(&mut self, out: &Outputs, instrument: Option<&str>) -> Vec<String> {
         let before = self.rows_written();
-        let [trades, snapshots, tops, nbbo, matched, bars, late] = &mut self.tables[..] else {
+        let [trades, snapshots, tops, nbbo, matched, bars, late, gaps] = &mut self.tables[..]
+        else {
             unreachable!("one TableRows per table")
         };
         let mut refused: Vec<String> = Vec::new();
@@ -275,6 +276,9 @@ impl PartitionBooks {
         }
         for event in &out.late {
             row("late_events", late.late(event));
+        }
+        for gap in &out.gap_rows {
+            row("gaps", gaps.gap(gap));
         }
         self.counts.rows += self.rows_written() - before;
         self.counts.late += out.late.len() as u64;

@@ -9,10 +9,10 @@
 use crate::bars::Bar;
 use crate::dec::{to_scaled_i128, Dec};
 use crate::events::{Side, Trade};
-use crate::instrument::{BookView, LateEvent, NbboUpdate};
+use crate::instrument::{BookView, Gap, LateEvent, NbboUpdate};
 use crate::matching::MatchedTrade;
 
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 8] = [
     "trades",
     "book_snapshots",
     "top_of_book",
@@ -20,6 +20,7 @@ pub const TABLES: [&str; 7] = [
     "matched_trades",
     "bars",
     "late_events",
+    "gaps",
 ];
 
 /// One table's rows not yet inserted.
@@ -106,6 +107,14 @@ impl W<'_> {
                 self.0.extend_from_slice(&v.to_le_bytes());
             }
             None => self.u8(1),
+        }
+    }
+    fn opt_u64(&mut self, v: i64) {
+        if v < 0 {
+            self.u8(1);
+        } else {
+            self.u8(0);
+            self.u64(v);
         }
     }
     fn strs<S: AsRef<str>>(&mut self, items: &[S]) {
@@ -325,6 +334,30 @@ impl TableRows {
         w.u64(e.watermark_ms);
         w.u64(e.watermark_ms - e.event_time_ms);
         w.u64(e.receive_time_ns);
+        let bad = w.1;
+        self.finish(start, bad)
+    }
+}
+
+impl TableRows {
+    /// A not-in-sync interval of a book (`gaps`): unknown sequence numbers are NULL.
+    pub fn gap(&mut self, g: &Gap) -> Result<(), RowError> {
+        let start = self.data.len();
+        let mut w = W(&mut self.data, None);
+        w.date(g.start_ms);
+        w.str(&g.exchange);
+        w.str(&g.symbol);
+        w.str(&g.instrument);
+        w.u64(g.start_ms);
+        w.u64(g.start_version);
+        w.u64(g.end_ms);
+        w.u8(g.closed as u8);
+        w.str(&g.kind);
+        w.str(&g.reason);
+        w.opt_u64(g.seq_before);
+        w.opt_u64(g.seq_after);
+        w.u64(g.messages);
+        w.u64(g.dropped);
         let bad = w.1;
         self.finish(start, bad)
     }

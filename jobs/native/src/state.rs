@@ -12,6 +12,10 @@
 //! A change of any state type's fields or their order changes the format: bump
 //! `STATE_VERSION`; a state written by another version is refused, never misread.
 //!
+//! Version 2 (the `gaps` table): an instrument's state is followed by its books' intervals
+//! out of sync still open (`InstrumentBooks::open_gaps`). A version 1 state is still read:
+//! each of its books not LIVE gets an interval from its last message on (kind `restored`).
+//!
 //! The bytes are a function of the state but for the order of the trade dedup map (a
 //! `HashMap`, in its iteration order): two equal states may give different bytes, which
 //! restore to equal states. `sorted_map` writes such a map in key order, for a field that
@@ -22,10 +26,13 @@ use std::collections::HashMap;
 use serde::de::DeserializeOwned;
 use serde::{Serialize, Serializer};
 
-use crate::instrument::InstrumentBooks;
+use crate::events::BookId;
+use crate::instrument::{Gap, InstrumentBooks};
 
 /// The format of the bytes `encode` writes and `decode` reads.
-pub const STATE_VERSION: u8 = 1;
+pub const STATE_VERSION: u8 = 2;
+/// The format before the open gaps were kept: read, never written.
+pub const STATE_VERSION_1: u8 = 1;
 
 /// `value` as state bytes: the version byte, then the value.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -65,14 +72,23 @@ where
 }
 
 impl InstrumentBooks {
-    /// The whole state, for `restore`.
+    /// The whole state, for `restore`: the books, then their open gaps.
     pub fn snapshot(&self) -> Vec<u8> {
-        encode(self)
+        encode(&(self, &self.open_gaps))
     }
 
-    /// The instrument as `snapshot` saw it.
+    /// The instrument as `snapshot` saw it (or a version 1 state, see the module's doc).
     pub fn restore(bytes: &[u8]) -> Result<InstrumentBooks, String> {
-        decode(bytes)
+        if bytes.first() == Some(&STATE_VERSION_1) {
+            let mut v2 = bytes.to_vec();
+            v2[0] = STATE_VERSION;
+            let mut books: InstrumentBooks = decode(&v2)?;
+            books.open_restored_gaps();
+            return Ok(books);
+        }
+        let (mut books, open_gaps): (InstrumentBooks, Vec<(BookId, Gap)>) = decode(bytes)?;
+        books.open_gaps = open_gaps;
+        Ok(books)
     }
 }
 
@@ -404,9 +420,9 @@ mod tests {
         let mut bytes = books.snapshot();
         assert_eq!(bytes[0], STATE_VERSION);
         assert!(InstrumentBooks::restore(&bytes).is_ok());
-        bytes[0] = 2;
+        bytes[0] = 3;
         let err = InstrumentBooks::restore(&bytes).err().unwrap();
-        assert_eq!(err, "core state version 2, this build reads 1");
+        assert_eq!(err, "core state version 3, this build reads 2");
         assert_eq!(
             InstrumentBooks::restore(&[]).err().unwrap(),
             "core state is empty"

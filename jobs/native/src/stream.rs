@@ -442,7 +442,8 @@ impl StreamBooks {
     /// A row that cannot be stored is left out with its record; why, for a dead letter, is
     /// in the returned list.
     fn take(&mut self, out: &Outputs, instrument: Option<&str>, now_ms: i64) -> Vec<String> {
-        let [trades, snapshots, tops, nbbo, matched, bars, late] = &mut self.tables[..] else {
+        let [trades, snapshots, tops, nbbo, matched, bars, late, gaps] = &mut self.tables[..]
+        else {
             unreachable!("one TableRows per table")
         };
         let mut refused: Vec<String> = Vec::new();
@@ -486,6 +487,9 @@ impl StreamBooks {
         }
         for event in &out.late {
             row("late_events", late.late(event));
+        }
+        for gap in &out.gap_rows {
+            row("gaps", gaps.gap(gap));
         }
         let c = &mut self.counts;
         c.trades += (out.trades.len() + out.late_trades.len()) as u64;
