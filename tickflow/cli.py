@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "jobs.export",
         "a day of the ClickHouse tables as Hive-partitioned Parquet with a manifest",
     ),
+    "api": (
+        "api.cli",
+        "research query API (history, live books, SSE) with API keys: serve | keys",
+    ),
     "book": ("jobs.sinks.book_reader", "print a live order book from Redis"),
     "watch": ("jobs.sinks.book_reader", "live terminal view of every book in Redis"),
     "dashboard": (
