@@ -8,6 +8,7 @@ key store and limiter (tests pass their own). docs/api.md describes every endpoi
 import asyncio
 import base64
 import dataclasses
+import functools
 import io
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -28,7 +29,7 @@ from api.keys import ApiKey, KeyRefused, KeyStore, RateLimiter, retry_after_head
 from jobs.export import arrow_schema, record_batch
 from jobs.sinks.clickhouse import COLUMNS
 from jobs.sinks.queries import ALL_VENUES, history_order
-from tickflow.config import Settings
+from tickflow.config import RedisConfig, Settings
 from tickflow.instruments import UnknownInstrument, exchange_symbols, resolve_symbol
 
 log = logging.getLogger("tickflow.api")
@@ -289,7 +290,10 @@ def build_app(
     live: Live | None,
     keys: KeyStore,
     limiter: RateLimiter,
+    stream: Callable[[int | None], AsyncIterator[bytes]] | None = None,
 ) -> FastAPI:
+    """The app on these readers (None: the endpoints that need one answer 503); ``stream``
+    yields the server-sent events of the live channels (``redis_events``)."""
     app = FastAPI(
         title="tickflow query API",
         version="1",
@@ -560,7 +564,18 @@ def build_app(
         responses={
             200: {
                 "description": "Server-sent events: `book` and `nbbo`, as the job publishes",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "content": {
+                    "text/event-stream": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "event": {"type": "string", "enum": ["book", "nbbo"]},
+                                "data": {"type": "string"},
+                            },
+                            "required": ["event", "data"],
+                        }
+                    }
+                },
             },
             **live_responses,
         },
@@ -577,18 +592,21 @@ def build_app(
         `<p>:book-updates`, data `<exchange>:<symbol>:<seq>:<status>:<version>`, and
         `<p>:nbbo-updates`, data `<instrument>:<version>`); read the state from the live
         endpoints. A comment line every 15 s keeps the connection open."""
+        if stream is None:
+            raise ApiError(503, "unavailable", "no Redis configured")
         return StreamingResponse(
-            _sse(settings, events), media_type="text/event-stream",
+            stream(events), media_type="text/event-stream",
             headers={"Cache-Control": "no-store"},
         )  # fmt: skip
 
     return app
 
 
-async def _sse(settings: Settings, limit: int | None) -> AsyncIterator[bytes]:
+async def redis_events(config: RedisConfig, limit: int | None) -> AsyncIterator[bytes]:
+    """Server-sent events from the job's update channels: ``event: book`` / ``event: nbbo``
+    with the channel's message as data, until ``limit`` events (None: until the client goes)."""
     import redis.asyncio as aioredis
 
-    config = settings.redis
     client = aioredis.Redis(
         host=config.host, port=config.port, db=config.db,
         password=config.password or None, ssl=config.tls, decode_responses=True,
@@ -623,4 +641,5 @@ def create_app(settings: Settings) -> FastAPI:
         live=RedisLive(settings.redis),
         keys=KeyStore(settings.api.keys_file),
         limiter=RateLimiter(settings.api.rate_per_s, settings.api.burst),
+        stream=functools.partial(redis_events, settings.redis),
     )
