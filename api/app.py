@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import io
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict
 from enum import StrEnum
@@ -38,6 +39,7 @@ ARROW = "application/vnd.apache.arrow.stream"
 PARQUET = "application/vnd.apache.parquet"
 JSON = "application/json"
 NEXT_CURSOR = "X-Next-Cursor"
+_CANONICAL = re.compile(r"[A-Z0-9]{1,20}-[A-Z0-9]{1,20}")  # BASE-QUOTE
 
 
 class Format(StrEnum):
@@ -329,14 +331,20 @@ def build_app(
             raise ApiError(400, "unknown_exchange", str(exc)) from None
 
     def _canonical(instrument: str) -> str:
-        """A canonical instrument, also from any exchange's own symbol."""
+        """A canonical instrument, also from any exchange's own symbol; a canonical name that
+        is no longer configured still names its stored history."""
         for exchange in (f.name for f in dataclasses.fields(settings.exchanges)):
             symbols = _symbols(exchange)
             try:
                 return symbols[resolve_symbol(symbols, instrument)]
             except UnknownInstrument:
                 continue
-        raise ApiError(400, "unknown_instrument", f"{instrument!r} is not configured")
+        if _CANONICAL.fullmatch(instrument.upper()):
+            return instrument.upper()
+        raise ApiError(
+            400, "unknown_instrument",
+            f"{instrument!r} is neither a configured symbol nor an instrument (BASE-QUOTE)",
+        )  # fmt: skip
 
     def _book_filters(exchange: str | None, instrument: str | None) -> dict[str, Any]:
         if exchange is None and instrument is None:
@@ -349,6 +357,8 @@ def build_app(
         try:
             return {"exchange": exchange, "symbol": resolve_symbol(symbols, instrument)}
         except UnknownInstrument as exc:
+            if _CANONICAL.fullmatch(instrument.upper()):  # history of an unconfigured one
+                return {"exchange": exchange, "instrument": instrument.upper()}
             raise ApiError(400, "unknown_instrument", str(exc)) from None
 
     def _page(

@@ -265,6 +265,9 @@ def test_json_rows_are_exact_and_resolve_exchange_symbols(env: dict[str, Any]) -
     r = client.get("/v1/trades?instrument=BTC/USDT&from_ms=0&to_ms=9999", headers=auth(env["hist"]))
     assert history.calls[-1]["filters"] == {"instrument": "BTC-USDT"}
     assert len(r.json()["rows"]) == 11
+    # an instrument no longer configured still names its history
+    client.get(TRADES_Q.replace("BTC-USDT", "bnb-btc"), headers=auth(env["hist"]))
+    assert history.calls[-1]["filters"] == {"exchange": "binance", "instrument": "BNB-BTC"}
 
 
 def test_paging_returns_every_row_once_in_order(env: dict[str, Any]) -> None:
@@ -331,12 +334,13 @@ def test_unacceptable_accept_is_406(env: dict[str, Any]) -> None:
         ("/v1/trades?from_ms=0&to_ms=10", "bad_request"),
         ("/v1/trades?exchange=okx&from_ms=0&to_ms=10", "unknown_exchange"),
         (
-            "/v1/trades?exchange=binance&instrument=DOGE-EUR&from_ms=0&to_ms=10",
+            "/v1/trades?exchange=binance&instrument=DOGE/EUR&from_ms=0&to_ms=10",
             "unknown_instrument",
         ),
         ("/v1/trades?exchange=binance&from_ms=10&to_ms=10", "bad_range"),
         ("/v1/trades?exchange=binance&from_ms=0&to_ms=10&cursor=xyz", "bad_cursor"),
         ("/v1/nbbo?instrument=NOPE&from_ms=0&to_ms=10", "unknown_instrument"),
+        ("/v1/live/nbbo/BTC_USD", "unknown_instrument"),
         ("/v1/bars?instrument=BTC-USDT&venue=okx&from_ms=0&to_ms=10", "unknown_exchange"),
         ("/v1/live/books/binance/NOPE", "unknown_instrument"),
     ],
