@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from api.data import ClickHouseHistory, History, Live, RedisLive, Unavailable
 from api.keys import ApiKey, KeyRefused, KeyStore, RateLimiter, retry_after_header
 from jobs.export import arrow_schema, record_batch
-from jobs.sinks.clickhouse import COLUMNS
+from jobs.sinks.clickhouse import COLUMNS, column_types
 from jobs.sinks.queries import ALL_VENUES, history_order
 from tickflow.config import RedisConfig, Settings
 from tickflow.instruments import UnknownInstrument, exchange_symbols, resolve_symbol
@@ -169,18 +169,32 @@ def encode_cursor(values: Sequence[Any]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(list(values))).decode().rstrip("=")
 
 
-def decode_cursor(text: str, order: Sequence[str]) -> list[Any]:
+def _fits(value: Any, kind: str) -> bool:
+    """Whether a cursor value can be compared with a column of this ClickHouse type."""
+    if kind.startswith("UInt"):
+        bits = int(kind[4:])
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**bits
+    if not isinstance(value, str):
+        return False
+    if kind.startswith("Enum8("):
+        return value in re.findall(r"'([^']*)' = ", kind)
+    return kind == "String"
+
+
+def decode_cursor(text: str, order: Sequence[str], table: str = "") -> list[Any]:
+    """The values of a cursor; 400 unless they fit ``order``'s columns (of ``table``)."""
     try:
         values = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
     except (ValueError, orjson.JSONDecodeError):
         values = None
+    types = column_types(table) if table else {}
     if (
         not isinstance(values, list)
         or len(values) != len(order)
-        or not all(isinstance(v, int | str) and not isinstance(v, bool) for v in values)
         or not isinstance(values[0], int)
-        or not 0 <= values[0] < 2**64
-    ):
+        or not all(_fits(v, types.get(c, "UInt64" if i == 0 else "String"))
+                   for i, (c, v) in enumerate(zip(order, values, strict=True)))
+    ):  # fmt: skip
         raise ApiError(400, "bad_cursor", "the cursor is not one this query returned")
     return values
 
@@ -243,8 +257,10 @@ class Health(BaseModel):
 
 # --- the app ----------------------------------------------------------------------------------
 
-TIME_FROM = Annotated[int, Query(ge=0, lt=2**63, description="range start, epoch ms, inclusive")]
-TIME_TO = Annotated[int, Query(ge=0, lt=2**63, description="range end, epoch ms, exclusive")]
+# ClickHouse's DateTime (the partition date of a time) ends in 2106: so do the ranges
+MAX_MS = 4_294_967_295_999
+TIME_FROM = Annotated[int, Query(ge=0, le=MAX_MS, description="range start, epoch ms, inclusive")]
+TIME_TO = Annotated[int, Query(ge=0, le=MAX_MS, description="range end, epoch ms, exclusive")]
 FMT = Annotated[Format | None, Query(alias="format", description="overrides the Accept header")]
 CURSOR = Annotated[
     str | None, Query(max_length=4096, description="`next_cursor` of the previous page")
@@ -378,7 +394,7 @@ def build_app(
         if limit > api.max_page_rows:
             raise ApiError(400, "bad_limit", f"limit is at most {api.max_page_rows}")
         order = history_order(table, list(filters))
-        after = decode_cursor(cursor, order) if cursor else None
+        after = decode_cursor(cursor, order, table) if cursor else None
         try:
             rows = _history().rows(table, filters, from_ms, to_ms, after, limit)
         except Unavailable as exc:

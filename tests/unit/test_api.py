@@ -5,6 +5,7 @@ errors (every one a documented 4xx with the JSON error body), and the key CLI.""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import stat
@@ -358,9 +359,17 @@ def test_cursor_round_trip_and_refusals() -> None:
     order = history_order("trades", ["exchange", "symbol"])
     assert order == ("trade_time_ms", "trade_id")
     assert decode_cursor(encode_cursor([5, "a"]), order) == [5, "a"]
-    for bad in (encode_cursor([5]), encode_cursor(["a", "b"]), encode_cursor([True, "a"]), "%%"):
+    assert decode_cursor(encode_cursor([5, "a"]), order, "trades") == [5, "a"]
+    bad_values: list[list[Any]] = [[5], ["a", "b"], [True, "a"], [5, 6], [-1, "a"]]
+    too_big = base64.urlsafe_b64encode(json.dumps([2**64, "a"]).encode()).decode()
+    for bad in [*(encode_cursor(v) for v in bad_values), "%%", too_big]:
         with pytest.raises(Exception, match="cursor"):
-            decode_cursor(bad, order)
+            decode_cursor(bad, order, "trades")
+    late = history_order("late_events", ["exchange"])
+    assert late == ("event_time_ms", "symbol", "kind", "event_id")
+    assert decode_cursor(encode_cursor([1, "s", "trade", "9"]), late, "late_events")
+    with pytest.raises(Exception, match="cursor"):
+        decode_cursor(encode_cursor([1, "s", 3, "9"]), late, "late_events")
 
 
 # --- live -------------------------------------------------------------------------------------
