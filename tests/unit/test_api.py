@@ -428,3 +428,14 @@ def test_cli_creates_lists_and_revokes_keys(
     assert cli.main(["keys", "revoke", record.id]) == 0
     assert cli.main(["keys", "revoke", record.id]) == 1
     assert json.loads(keys_file.read_text()) == {"keys": []}
+
+
+def test_no_key_reaches_the_logs(env: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    client, good = env["client"], env["hist"]
+    wrong = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
+    for key in (good, wrong, env["live"]):
+        client.get(TRADES_Q, headers=auth(key))
+    assert "refused" in caplog.text
+    for key in (good, wrong, env["live"]):
+        assert key[17:] not in caplog.text
