@@ -439,3 +439,46 @@ def test_no_key_reaches_the_logs(env: dict[str, Any], caplog: pytest.LogCaptureF
     assert "refused" in caplog.text
     for key in (good, wrong, env["live"]):
         assert key[17:] not in caplog.text
+
+
+def test_history_sql_pages_on_a_current_clickhouse() -> None:
+    """The page query (FINAL, filters, keyset cursor, LIMIT) on chdb: pages of two rows give
+    every FINAL row once, in order."""
+    chdb_session = pytest.importorskip("chdb.session")
+    from jobs.sinks.clickhouse import TABLES
+    from jobs.sinks.queries import history_sql
+
+    session = chdb_session.Session()
+    try:
+        session.query("CREATE DATABASE IF NOT EXISTS apitest")
+        session.query(TABLES["trades"].format(db="apitest"))
+        rows = [
+            f"('2026-11-30','binance','BTCUSDT','BTC-USDT','{i}',1.{i}00000000000000001,2,'buy',"
+            f"{1795996800000 + i // 2},1,1,1)"
+            for i in range(7)
+        ]
+        session.query(f"INSERT INTO apitest.trades VALUES {','.join(rows + rows)}")
+
+        def page(after: list[Any] | None) -> list[list[Any]]:
+            sql = history_sql("trades", ["exchange", "symbol"], after is not None, "apitest")
+            params = {"exchange": "'binance'", "symbol": "'BTCUSDT'", "from_ms": "1795996800000",
+                      "to_ms": "1795996900000", "limit": "2"}  # fmt: skip
+            for i, v in enumerate(after or []):
+                params[f"after_{i}"] = str(v) if isinstance(v, int) else f"'{v}'"
+            for name, value in params.items():
+                sql = sql.replace(f"%({name})s", value)
+            return list(json.loads(session.query(sql, "JSONCompact").bytes())["data"])
+
+        seen: list[list[Any]] = []
+        after = None
+        while True:
+            got = page(after)
+            seen += got
+            if len(got) < 2:
+                break
+            last = dict(zip(COLUMNS["trades"], got[-1], strict=True))
+            after = [int(last["trade_time_ms"]), last["trade_id"]]
+        assert [r[4] for r in seen] == [str(i) for i in range(7)]
+        assert seen[3][5] == "1.300000000000000001"
+    finally:
+        session.cleanup()
