@@ -78,7 +78,8 @@ def database(settings: Settings) -> Iterator[str]:
         day = generated_day(settings)
         for _ in range(2):  # at-least-once: FINAL must show each row once
             for table, (data, rows) in day.tables.items():
-                writer.insert(table, data, rows)
+                if table in COLUMNS:  # (a newer compiled core may write tables this code lacks)
+                    writer.insert(table, data, rows)
         yield config.database
     finally:
         writer.close()
@@ -288,5 +289,20 @@ def test_the_stream_carries_what_the_channels_publish(env: dict[str, Any]) -> No
 
 
 def test_generated_requests_get_documented_answers(env: dict[str, Any]) -> None:
-    counts = run_all(env["app"], env["key"])
+    # the stream's requests end at their first event: keep the channel busy meanwhile
+    prefix = env["redis"].key_prefix
+    publisher = redis_client(env["redis"])
+    done = threading.Event()
+
+    def publish() -> None:
+        while not done.wait(0.02):
+            publisher.publish(f"{prefix}:book-updates", "binance:BTCUSDT:7:LIVE:1")
+
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    try:
+        counts = run_all(env["app"], env["key"])
+    finally:
+        done.set()
+        thread.join()
     assert [name for name, n in counts.items() if not n] == ["GET /v1/health negative"]
