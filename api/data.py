@@ -78,7 +78,7 @@ class ClickHouseHistory:
             try:
                 return [tuple(r) for r in self._client.execute(sql, params)]
             except errors.ServerException as exc:
-                if exc.code == 60:  # UNKNOWN_TABLE: nothing written yet
+                if exc.code in (60, 81):  # UNKNOWN_TABLE / UNKNOWN_DATABASE: nothing written yet
                     return []
                 raise Unavailable(f"ClickHouse refused the query: code {exc.code}") from None
             except (errors.Error, OSError, EOFError) as exc:
