@@ -50,7 +50,7 @@ lint: venv ## ruff
 	$(BIN)/ruff check .
 
 types: venv ## mypy
-	$(BIN)/mypy tickflow connectors jobs schemas simulator stack monitoring bench aws
+	$(BIN)/mypy tickflow connectors jobs schemas simulator stack monitoring bench aws api
 
 check: lint types test ## lint, types and tests
 

@@ -23,6 +23,7 @@ COPY schemas/ schemas/
 COPY simulator/ simulator/
 COPY stack/ stack/
 COPY monitoring/ monitoring/
+COPY api/ api/
 COPY config/ config/
 COPY --chmod=0755 docker/healthcheck.py /usr/local/bin/tickflow-healthcheck
 RUN pip install --no-cache-dir --no-deps -e /opt/tickflow \

@@ -48,6 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.sinks.clickhouse import COLUMNS, DECIMAL, TABLES, column_types, connect
+from jobs.sinks.queries import exact_text_column
 from tickflow.config import ClickHouseConfig, ConfigError, load_settings
 
 FORMAT_VERSION = 1
@@ -218,14 +219,8 @@ def partitions_sql(db: str, table: str) -> str:
     return f"SELECT DISTINCT {cols} FROM {db}.{table} WHERE date = %(day)s ORDER BY {cols}"
 
 
-def _selected(name: str, kind: str) -> str:
-    """How a column is read: decimals as their exact text, which Arrow parses (the driver
-    would build a Python Decimal of each value), the rest as they are."""
-    if DECIMAL not in kind:
-        return name
-    if kind.startswith("Array("):
-        return f"arrayMap(x -> toString(x), {name})"
-    return f"toString({name})"  # NULL stays NULL
+# how a column is read: decimals as their exact text, which Arrow parses
+_selected = exact_text_column
 
 
 def _wire_type(kind: pa.DataType) -> pa.DataType:
@@ -235,6 +230,18 @@ def _wire_type(kind: pa.DataType) -> pa.DataType:
     if pa.types.is_list(kind):
         return pa.list_(pa.field("element", _wire_type(kind.value_type)))
     return kind
+
+
+def record_batch(schema: pa.Schema, rows: Sequence[Sequence[Any]]) -> pa.RecordBatch:
+    """Rows as read with decimals as text (``exact_text_column``), one tuple per row in the
+    schema's column order, as an Arrow batch of ``schema``: text to decimal128(38, 18) exactly
+    (an error, never a rounding)."""
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in schema]
+    arrays = [
+        pa.array(values, type=_wire_type(f.type), from_pandas=False).cast(f.type)
+        for f, values in zip(schema, columns, strict=True)
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def rows_sql(db: str, table: str) -> str:
@@ -310,15 +317,10 @@ class Source:
         (default ``BATCH_ROWS``)."""
         rows = rows or BATCH_ROWS
         schema = arrow_schema(table)
-        wire = [_wire_type(f.type) for f in schema]
         params = {"day": day, **dict(partition.values)}
         chunks = self._execute_iter(rows_sql(self.database, table), params, rows)
         for chunk in chunks:
-            arrays = [  # text to decimal128(38, 18): exact (an error, never a rounding)
-                pa.array(values, type=kind, from_pandas=False).cast(f.type)
-                for f, kind, values in zip(schema, wire, zip(*chunk, strict=True), strict=True)
-            ]
-            yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+            yield record_batch(schema, chunk)
 
     def _execute_iter(self, sql: str, params: dict[str, Any], rows: int) -> Iterator[Any]:
         settings = {"max_block_size": rows}

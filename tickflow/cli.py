@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "jobs.completeness",
         "per book, the time of a day it was not in sync, by reason, from the gaps table",
     ),
+    "api": (
+        "api.cli",
+        "research query API (history, live books, SSE) with API keys: serve | keys",
+    ),
     "book": ("jobs.sinks.book_reader", "print a live order book from Redis"),
     "watch": ("jobs.sinks.book_reader", "live terminal view of every book in Redis"),
     "dashboard": (

@@ -234,6 +234,21 @@ class ReplayConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """The research query API (``tickflow api``, ``api/``). Environment:
+    ``TICKFLOW__API__<KEY>``, e.g. ``TICKFLOW__API__PORT=8400``."""
+
+    host: str = "127.0.0.1"  # loopback unless deliberately exposed
+    port: int = 8300
+    # API keys, hashed (SHA-256), with scopes, expiry and limits; 0600 in a 0700 directory
+    keys_file: str = "{state_dir}/secrets/api-keys.json"
+    rate_per_s: float = 20.0  # per key: requests per second, refilled continuously...
+    burst: int = 40  # ...up to this many at once (a key created with --rate/--burst overrides)
+    default_page_rows: int = 1000  # rows per page when a request names no limit
+    max_page_rows: int = 100000  # the largest limit a request may ask for
+
+
+@dataclass(frozen=True)
 class BookConfig:
     top_n: int
     max_levels: int
@@ -438,6 +453,7 @@ class Settings:
     connectors: ConnectorConfig
     exchanges: ExchangesConfig
     replay: ReplayConfig
+    api: ApiConfig = field(default_factory=ApiConfig)
     root: Path = field(default_factory=project_root)
 
 
@@ -532,6 +548,7 @@ _NESTED: dict[str, type] = {
     "KrakenConfig": KrakenConfig,
     "ExchangesConfig": ExchangesConfig,
     "ReplayConfig": ReplayConfig,
+    "ApiConfig": ApiConfig,
 }
 
 
@@ -618,6 +635,7 @@ _FILE_SETTINGS = (
     ("redis", "password_file"),
     ("clickhouse", "password_file"),
     ("monitoring", "dashboard_token_file"),
+    ("api", "keys_file"),
 )
 # (section, secret, the file it is read from when empty)
 _SECRET_FILES = (

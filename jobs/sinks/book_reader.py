@@ -138,6 +138,12 @@ def decode_nbbo(instrument: str, data: dict[str, str], now_ms: int) -> StoredNbb
     )
 
 
+def read_nbbo(config: RedisConfig, instrument: str) -> StoredNbbo | None:
+    """One instrument's NBBO (``live`` while the job's lease holds); None if Redis has none."""
+    data = _client(config).hgetall(nbbo_key(config.key_prefix, instrument))
+    return decode_nbbo(instrument, data, time.time_ns() // 1_000_000) if data else None
+
+
 def read_all_nbbos(config: RedisConfig) -> list[StoredNbbo]:
     client = _client(config)
     head = nbbo_key(config.key_prefix, "")

@@ -25,9 +25,9 @@ lacks, and how the bar recomputation gets around it:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from jobs.sinks.clickhouse import COLUMNS, DECIMAL
+from jobs.sinks.clickhouse import COLUMNS, DECIMAL, column_types
 
 DEFAULT_DB = "tickflow"
 ALL_VENUES = "ALL"  # the bars' venue of every exchange's trades and books together
@@ -319,6 +319,83 @@ FROM (
 GROUP BY target, window_start_ms
 ORDER BY venue, window_start_ms
 """
+
+
+def exact_text_column(name: str, kind: str) -> str:
+    """How a column is read for research clients: a decimal (or an array of them) as its exact
+    text, which Arrow parses into decimal128(38, 18) and JSON carries as a string (the driver
+    would build a Python Decimal of each value); anything else as it is."""
+    if DECIMAL not in kind:
+        return name
+    if kind.startswith("Array("):
+        return f"arrayMap(x -> toString(x), {name})"
+    return f"toString({name})"  # NULL stays NULL
+
+
+# table -> its time column: the tables the query API reads by time range
+HISTORY_TIME_COLUMNS: dict[str, str] = {
+    "trades": "trade_time_ms",
+    "matched_trades": "trade_time_ms",
+    "top_of_book": "event_time_ms",
+    "nbbo": "event_time_ms",
+    "bars": "window_start_ms",
+    "late_events": "event_time_ms",
+}
+
+
+def history_order(table: str, filters: Sequence[str]) -> tuple[str, ...]:
+    """The order of ``history_sql``'s rows: the time column, then the rest of the table's
+    identity (its sorting key) that the equality filters leave open. Unique per row, so the
+    last row's values are a cursor (keyset paging)."""
+    from jobs.sinks.clickhouse import TABLES
+
+    match = re.search(r"^ORDER BY \((?P<cols>[^)]*)\)", TABLES[table], re.MULTILINE)
+    if not match:
+        raise ValueError(f"no ORDER BY in the DDL of {table}")
+    key = [c.strip() for c in match["cols"].split(",")]
+    time_col = HISTORY_TIME_COLUMNS[table]
+    return (time_col, *(c for c in key if c != time_col and c not in filters))
+
+
+def history_sql(
+    table: str, filters: Sequence[str], after: bool = False, db: str = DEFAULT_DB
+) -> str:
+    """One page of a table's FINAL rows with ``from_ms <= <time column> < to_ms`` and
+    ``<column> = %(<column>)s`` for each of ``filters``, every column (``COLUMNS`` order,
+    decimals as exact text), in ``history_order``, at most ``%(limit)s`` rows.
+
+    With ``after``: only rows after the cursor, params ``after_0 .. after_<n-1>`` (the
+    ``history_order`` values of the previous page's last row).
+    Params: from_ms, to_ms, limit, each filter (and the cursor's values).
+    """
+    if table not in HISTORY_TIME_COLUMNS:
+        raise ValueError(f"not a history table: {table!r}")
+    types = column_types(table)
+    for name in filters:
+        if name not in types:
+            raise ValueError(f"{table} has no column {name!r}")
+    time_col = HISTORY_TIME_COLUMNS[table]
+    order = history_order(table, filters)
+    where = [
+        f"date >= {_utc_date('%(from_ms)s')}",
+        f"date <= {_utc_date('%(to_ms)s')}",
+        *(f"{name} = %({name})s" for name in filters),
+        f"{time_col} >= %(from_ms)s",
+        f"{time_col} < %(to_ms)s",
+    ]
+    if after:
+        # (c1, .., cn) > (v1, .., vn), spelled out (no tuple comparison needed)
+        terms = []
+        for i, col in enumerate(order):
+            equal = [f"{c} = %(after_{j})s" for j, c in enumerate(order[:i])]
+            terms.append("(" + " AND ".join([*equal, f"{col} > %(after_{i})s"]) + ")")
+        where.append("(" + " OR ".join(terms) + ")")
+    selected = ", ".join(exact_text_column(name, types[name]) for name in COLUMNS[table])
+    return (
+        f"SELECT {selected}\nFROM {_db(db)}.{table} FINAL\n"
+        f"WHERE {' AND '.join(where)}\n"
+        f"ORDER BY {', '.join(order)}\nLIMIT %(limit)s"
+    )
 
 
 # name -> (SQL builder, what its parameters are); docs/queries.md shows each with an example

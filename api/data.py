@@ -1,0 +1,123 @@
+"""Where the API reads: ClickHouse through ``jobs.sinks.queries`` (history) and Redis through
+``jobs.sinks.book_reader`` (live books and NBBOs, with the job's lease: EXPIRED as every reader
+takes it). The app takes these as protocols, so its tests can stand in for the servers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from jobs.sinks.book_reader import (
+    StoredBook,
+    StoredNbbo,
+    read_all_books,
+    read_all_nbbos,
+    read_book,
+    read_nbbo,
+)
+from jobs.sinks.clickhouse import connect
+from jobs.sinks.queries import history_order, history_sql
+from tickflow.config import ClickHouseConfig, RedisConfig
+
+
+class Unavailable(Exception):
+    """A server the request needs does not answer (the API answers 503)."""
+
+
+class History(Protocol):
+    def rows(
+        self,
+        table: str,
+        filters: Mapping[str, Any],
+        from_ms: int,
+        to_ms: int,
+        after: Sequence[Any] | None,
+        limit: int,
+    ) -> list[tuple[Any, ...]]:
+        """A page of ``table``'s FINAL rows (``COLUMNS`` order, decimals as text) in
+        ``history_order``; ``after``: the order values of the previous page's last row."""
+        ...
+
+
+class Live(Protocol):
+    def books(self) -> list[StoredBook]: ...
+
+    def book(self, exchange: str, symbol: str) -> StoredBook | None: ...
+
+    def nbbos(self) -> list[StoredNbbo]: ...
+
+    def nbbo(self, instrument: str) -> StoredNbbo | None: ...
+
+
+class ClickHouseHistory:
+    """One connection, one query at a time (clickhouse-driver clients are not thread-safe)."""
+
+    def __init__(self, config: ClickHouseConfig, database: str | None = None) -> None:
+        self.config = config
+        self.database = database or config.database
+        self._lock = threading.Lock()
+        self._client = connect(config)
+
+    def rows(
+        self,
+        table: str,
+        filters: Mapping[str, Any],
+        from_ms: int,
+        to_ms: int,
+        after: Sequence[Any] | None,
+        limit: int,
+    ) -> list[tuple[Any, ...]]:
+        from clickhouse_driver import errors
+
+        sql = history_sql(table, list(filters), after is not None, self.database)
+        params: dict[str, Any] = {**filters, "from_ms": from_ms, "to_ms": to_ms, "limit": limit}
+        for i, value in enumerate(after or ()):
+            params[f"after_{i}"] = value
+        with self._lock:
+            try:
+                return [tuple(r) for r in self._client.execute(sql, params)]
+            except errors.ServerException as exc:
+                if exc.code in (60, 81):  # UNKNOWN_TABLE / UNKNOWN_DATABASE: nothing written yet
+                    return []
+                raise Unavailable(f"ClickHouse refused the query: code {exc.code}") from None
+            except (errors.Error, OSError, EOFError) as exc:
+                self._client.disconnect()
+                raise Unavailable(
+                    f"ClickHouse does not answer at {self.config.host}:{self.config.port}: "
+                    f"{exc.__class__.__name__}"
+                ) from None
+
+    @staticmethod
+    def order(table: str, filters: Sequence[str]) -> tuple[str, ...]:
+        return history_order(table, filters)
+
+
+class RedisLive:
+    def __init__(self, config: RedisConfig) -> None:
+        self.config = config
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        import redis
+
+        try:
+            return fn(self.config, *args)
+        except redis.RedisError as exc:
+            raise Unavailable(
+                f"Redis does not answer at {self.config.host}:{self.config.port}: "
+                f"{exc.__class__.__name__}"
+            ) from None
+
+    def books(self) -> list[StoredBook]:
+        return list(self._call(read_all_books))
+
+    def book(self, exchange: str, symbol: str) -> StoredBook | None:
+        result: StoredBook | None = self._call(read_book, exchange, symbol)
+        return result
+
+    def nbbos(self) -> list[StoredNbbo]:
+        return list(self._call(read_all_nbbos))
+
+    def nbbo(self, instrument: str) -> StoredNbbo | None:
+        result: StoredNbbo | None = self._call(read_nbbo, instrument)
+        return result
