@@ -24,25 +24,24 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.chaos import (
-    Feeder,
-    SupervisedJob,
+from bench.slice import _delete_kafka_topics, _delete_redis_keys
+from bench.stats import machine, target_entry, write_results
+from jobs.replay_cli import backfill_overrides, submit_replay
+from stack import flink, manager
+from stack.supervisor import SUPERVISED, SupervisedJob, pipeline_submitter
+from stack.topics import ensure_topics, pipeline_topics
+from tickflow.config import Settings, load_settings, patched_environ
+from tickflow.generated import Feeder, make_dataset
+from tickflow.runs import (
+    batch_backfill,
     cleanup,
     clickhouse_rows,
-    make_dataset,
+    differing,
+    drop_database,
     namespace,
     physical_rows,
     topics_of,
 )
-from bench.slice import _delete_kafka_topics, _delete_redis_keys
-from bench.stats import machine, target_entry, write_results
-from jobs.backfill import run_backfill
-from jobs.replay_cli import backfill_overrides, submit_replay
-from jobs.sinks.clickhouse import connect
-from stack import flink, manager
-from stack.supervisor import SUPERVISED, pipeline_submitter
-from stack.topics import ensure_topics, pipeline_topics
-from tickflow.config import Settings, load_settings, patched_environ
 
 DAY_MESSAGES = 50_000_000
 RUN_TIMEOUT_S = 3600.0
@@ -60,24 +59,6 @@ def flink_backfill(settings: Settings, day: Any, to_ms: int) -> tuple[float, Set
             raise RuntimeError(f"backfill job {job_id} {state}: {flink.root_exception(bf, job_id)}")
         detail = flink.rest(bf, "GET", f"/jobs/{job_id}")
         return detail["duration"] / 1000.0, bf
-
-
-def batch_backfill(settings: Settings, day: Any, to_ms: int | None = None) -> dict[str, Any]:
-    env = backfill_overrides(settings, day, 0)
-    if to_ms is not None:
-        env["TICKFLOW__REPLAY__TO_MS"] = str(to_ms)
-    with patched_environ(env):
-        bf = load_settings()
-        return run_backfill(bf, bf.replay.from_ms, bf.replay.to_ms, log=lambda _: None)
-
-
-def drop_database(settings: Settings) -> None:
-    connect(settings.clickhouse).execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
-
-
-def differing(a: dict[str, Counter[Any]], b: dict[str, Counter[Any]]) -> dict[str, int]:
-    """Per table, the rows in one and not the other (0 everywhere: equal)."""
-    return {t: sum(((a[t] - b[t]) + (b[t] - a[t])).values()) for t in sorted(a)}
 
 
 def run(

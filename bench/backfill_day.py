@@ -36,14 +36,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, cast
 
-from bench.book_pipeline import (
-    MIXES,
-    RATE_SAMPLE_FRAMES,
-    Clock,
-    book_settings,
-    generate,
-    open_wire,
-)
+from bench.book_pipeline import RATE_SAMPLE_FRAMES
 from bench.stats import machine, target_entry, write_results
 from connectors.producer import KafkaSink, partition_of
 from jobs.backfill import run_backfill
@@ -54,6 +47,7 @@ from stack import manager
 from stack.supervisor import SUPERVISED
 from stack.topics import ensure_topics
 from tickflow.config import Settings, load_settings, patched_environ
+from tickflow.generated import MIXES, Clock, book_settings, generate, open_wire
 from tickflow.instruments import nbbo_group
 
 DAY_MESSAGES = 50_000_000

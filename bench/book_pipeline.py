@@ -49,30 +49,27 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
 
 import redis
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from bench.soak import soak_settings
 from bench.stats import write_results
-from connectors.__main__ import CONNECTORS
-from connectors.base import Connection, Sink, WsConnector
-from connectors.coinbase import SUBSCRIBED, CoinbaseConnector, subscribe_message
-from connectors.kraken import KrakenConnector
 from connectors.producer import KafkaSink
-from jobs.offline import CoreRun, EnvelopeCollector
+from jobs.offline import CoreRun
 from jobs.sinks.clickhouse import connect
 from jobs.sinks.redis_books import book_key, redis_client
 from schemas.codec import RawEnvelope, encode_envelope
-from simulator.server import SimulatorServer
-from simulator.testing import pointed_at
-from simulator.venue import OutFrame, Subscription, Venue
 from stack import flink
 from stack.topics import ensure_topics
 from tickflow.config import FLINK_STATE_BACKENDS, Settings, load_settings, patched_environ
+from tickflow.generated import (
+    MIXES,
+    Generated,
+    book_settings,
+    generate,
+)
 from tickflow.kafka_security import client_config
 
 RESULTS = Path(__file__).resolve().parent / "results" / "book_pipeline.json"
@@ -82,18 +79,6 @@ LIVE = "LIVE"  # a book's status in Redis when in sync
 # plus the messages applied since (jobs/native/src/book/engine.rs)
 VERSION_EPOCH_FACTOR = 10**6
 
-# exchange mixes of the throughput runs: name -> exchanges whose books are in the data set
-MIXES: dict[str, tuple[str, ...]] = {
-    "binance": ("binance",),
-    "all": ("binance", "coinbase", "kraken"),
-}
-# books per exchange, as in the soak run: the configured Coinbase and Kraken sets have 10;
-# Binance gets 10 too (the configuration lists 2)
-SYMBOLS_PER_EXCHANGE = 10
-# market steps/s per symbol in the generated data: sets the event-time spacing, hence how many
-# periodic ClickHouse snapshots the job writes (one per book per event-time second)
-GENERATED_STEPS_PER_S = 20.0
-FRAME_SPACING_NS = 1_000  # receive times of successive generated frames: distinct, increasing
 PRELOAD_LINGER_MS = 50  # producer batching for the preload (not measured): fewer requests
 WARMUP_FRAMES = 10_000  # the unreported warm-up run: a few seconds of the job
 
@@ -117,161 +102,6 @@ SAMPLER_MAX_BATCH = 2_000  # messages read before their hashes are fetched (one 
 PROCESS_STOP_TIMEOUT_S = 30.0
 RATE_SAMPLE_FRAMES = 20_000  # generated to learn frames per step when "all" was not run
 PERCENTILES = (50.0, 99.0)
-
-
-# -- offline generation: the frames of each venue, wrapped by each connector ----------------
-
-
-class Clock:
-    """The simulated wall clock the venues and the generator share (ms)."""
-
-    def __init__(self, now_ms: int) -> None:
-        self.now_ms = now_ms
-
-    def __call__(self) -> int:
-        return self.now_ms
-
-
-def reply_frames(reply: bytes | list[OutFrame] | None) -> list[bytes]:
-    """What the simulator server sends for a venue's answer to a client message."""
-    if reply is None:
-        return []
-    return [reply] if isinstance(reply, bytes) else [r.data for r in reply]
-
-
-@dataclasses.dataclass
-class Wire:
-    """One exchange as its connector sees it, without sockets: the venue renders each market
-    frame for the connector's subscription, the connector dispatches and emits it."""
-
-    venue: Venue
-    sub: Subscription
-    connector: WsConnector
-    conn: Connection
-
-    def deliver(self, frame: bytes, receive_time_ns: int) -> None:
-        frame = self.sub.stamp(frame)  # per-connection numbering, as the server sends it
-        parts = self.connector.dispatch(self.conn, frame, receive_time_ns)
-        if parts is None:
-            self.connector.sink.dead_letter(frame.decode(errors="replace"))
-            return
-        for route, payload in parts:
-            self.connector.emit(self.conn, route.symbol, route.channel, payload, receive_time_ns)
-
-    def step(self, symbol: str, now_ms: int, receive_time_ns: int) -> int:
-        """One market step of ``symbol``; the number of frames sent to the connector."""
-        sent = 0
-        for frame in self.venue.step(symbol, now_ms):
-            payload = self.sub.render(frame)
-            if payload is not None:
-                self.deliver(payload, receive_time_ns + sent * FRAME_SPACING_NS)
-                sent += 1
-        return sent
-
-
-def open_wire(
-    exchange: str, settings: Settings, venue: Venue, sink: Sink, receive_time_ns: int
-) -> Wire:
-    """Connect and subscribe as the exchange's connector does (``url``, ``on_open``)."""
-    connector = CONNECTORS[exchange](settings, sink)
-    conn = Connection(cast(Any, None))  # no socket: frames are handed over directly
-    url = urlsplit(connector.url())
-    _, _, path = url.path.lstrip("/").partition("/")  # path under the venue's prefix
-    sub = venue.ws_subscription("/" + path, parse_qs(url.query))
-    wire = Wire(venue, sub, connector, conn)
-    frames: list[bytes] = []
-    greeting = getattr(venue, "greeting", None)  # Kraken's status message
-    if greeting is not None:
-        frames.append(greeting())
-    if isinstance(connector, CoinbaseConnector):  # CoinbaseConnector.on_open
-        products = tuple(settings.exchanges.coinbase.symbols)
-        messages = [subscribe_message("subscribe", ch, products) for ch in SUBSCRIBED]
-        messages.append(subscribe_message("subscribe", "heartbeats"))
-    elif isinstance(connector, KrakenConnector):  # KrakenConnector._subscribe_all
-        batch = settings.exchanges.kraken.subscribe_batch
-        symbols = list(settings.exchanges.kraken.symbols)
-        messages = [
-            connector.request("subscribe", channel, symbols[i : i + batch]).encode()
-            for i in range(0, len(symbols), batch)
-            for channel in ("book", "trade")
-        ]
-    else:  # Binance subscribes in the URL
-        messages = []
-    for message in messages:
-        frames += reply_frames(venue.ws_message(sub, message))
-    for i, frame in enumerate(frames):
-        wire.deliver(frame, receive_time_ns + i * FRAME_SPACING_NS)
-    if exchange == "binance":
-        # BinanceConnector._snapshot: the REST depth body as a "snapshot" envelope; taken
-        # before the first step, so the first diff continues it (U = lastUpdateId + 1)
-        limit = settings.exchanges.binance.snapshot_limit
-        for symbol in settings.exchanges.binance.symbols:
-            query = {"symbol": [symbol], "limit": [str(limit)]}
-            reply = venue.http("GET", "/api/v3/depth", query, receive_time_ns / 1e9)
-            connector.emit(conn, symbol, "snapshot", reply.body, receive_time_ns)
-    return wire
-
-
-def book_settings(base: Settings, exchanges: tuple[str, ...]) -> Settings:
-    """``SYMBOLS_PER_EXCHANGE`` books on each exchange of the mix (the soak run's symbols)."""
-    settings = soak_settings(base, SYMBOLS_PER_EXCHANGE, GENERATED_STEPS_PER_S)
-    sim = settings.simulator
-    return dataclasses.replace(
-        settings,
-        simulator=dataclasses.replace(
-            sim,
-            symbols=sim.symbols if "binance" in exchanges else (),
-            coinbase_products=sim.coinbase_products if "coinbase" in exchanges else (),
-            kraken_symbols=sim.kraken_symbols if "kraken" in exchanges else (),
-        ),
-    )
-
-
-@dataclasses.dataclass
-class Generated:
-    envelopes: list[RawEnvelope]
-    steps: int  # market steps over all books
-    market_frames: int  # frames of those steps that reached Kafka (no snapshots)
-    dead_letters: int
-    seconds: float
-
-
-def generate(settings: Settings, exchanges: tuple[str, ...], frames: int) -> Generated:
-    """At least ``frames`` envelopes: subscriptions and snapshots, then market steps of every
-    book in turn, ``GENERATED_STEPS_PER_S`` per book per simulated second, ending about now."""
-    started = time.perf_counter()
-    books = [(ex, s) for ex in exchanges for s in getattr(settings.exchanges, ex).symbols]
-    # steps needed, estimated with ~1.3 frames per step (a trade on 30% of them)
-    est_seconds = frames / (len(books) * GENERATED_STEPS_PER_S * 1.3)
-    clock = Clock(time.time_ns() // 1_000_000 - int(est_seconds * 1000) - 60_000)
-    server = SimulatorServer(settings, paused=True, clock_ms=clock)
-    pointed = pointed_at(settings, server)
-    sink = EnvelopeCollector()
-    wires = {
-        ex: open_wire(ex, pointed, server.venues[ex], sink, clock.now_ms * 1_000_000)
-        for ex in exchanges
-    }
-    opening = len(sink.envelopes)
-    step_ms = 1000.0 / GENERATED_STEPS_PER_S
-    start_ms = clock.now_ms + 1
-    steps = 0
-    tick = 0
-    while len(sink.envelopes) < frames:
-        tick_ms = start_ms + tick * step_ms
-        for i, (exchange, symbol) in enumerate(books):
-            # books spread over the step interval, as the simulator's pacers are
-            now_ms = int(tick_ms + i * step_ms / len(books))
-            clock.now_ms = now_ms
-            wires[exchange].step(symbol, now_ms, now_ms * 1_000_000)
-            steps += 1
-        tick += 1
-    return Generated(
-        envelopes=sink.envelopes,
-        steps=steps,
-        market_frames=len(sink.envelopes) - opening,
-        dead_letters=len(sink.dead_letters),
-        seconds=time.perf_counter() - started,
-    )
 
 
 BookId = tuple[str, str]  # (exchange, symbol)

@@ -39,19 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.chaos import (
-    Feeder,
-    SupervisedJob,
-    caught_up,
-    cleanup,
-    collect,
-    compare,
-    make_dataset,
-    namespace,
-    output_counts,
-    topics_of,
-    wait,
-)
+from bench.chaos import SupervisedJob
 from bench.slice import _delete_redis_keys
 from jobs.replay_cli import replay_overrides, submit_replay
 from jobs.sinks.clickhouse import connect
@@ -59,6 +47,17 @@ from stack import flink, manager
 from stack.supervisor import SUPERVISED, pipeline_submitter
 from stack.topics import ensure_topics, pipeline_topics
 from tickflow.config import Settings, load_settings, patched_environ
+from tickflow.generated import Feeder, make_dataset
+from tickflow.runs import (
+    caught_up,
+    cleanup,
+    collect,
+    compare,
+    namespace,
+    output_counts,
+    topics_of,
+    wait,
+)
 
 RESULTS = Path(__file__).parent / "results" / "dr_drill.json"
 RECOVERY_TIMEOUT_S = 900.0

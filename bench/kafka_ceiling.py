@@ -58,7 +58,7 @@ RETRY_WAIT_S = 10.0
 
 def envelopes(settings: Settings, unique: int) -> tuple[list[tuple[bytes, bytes]], dict[str, int]]:
     """(key, value) of ``unique`` generated envelopes; records per exchange."""
-    from bench.book_pipeline import MIXES, book_settings, generate
+    from tickflow.generated import MIXES, book_settings, generate
 
     gen = generate(book_settings(settings, MIXES["all"]), MIXES["all"], unique)
     per_exchange: dict[str, int] = {}

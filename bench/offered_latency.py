@@ -103,12 +103,9 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from bench.backfill_day import books_by_partition, only_books, split_partitions
 from bench.book_pipeline import (
     FLINK_RUNNING_TIMEOUT_S,
-    MIXES,
-    book_settings,
     check_stack,
     delete_kafka,
     environment,
-    generate,
     other_jobs,
     process_cpu_seconds,
     run_overrides,
@@ -138,6 +135,7 @@ from schemas.codec import RawEnvelope, decode_envelope, encode_envelope, sync_lo
 from stack import flink
 from stack.topics import ensure_topics
 from tickflow.config import KafkaConfig, Settings, load_settings
+from tickflow.generated import MIXES, book_settings, generate
 from tickflow.instruments import nbbo_group
 from tickflow.kafka_security import client_config
 

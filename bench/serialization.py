@@ -214,7 +214,7 @@ def pipeline_path(settings: Settings, envelopes: list[RawEnvelope]) -> list[floa
 
 def generated_envelopes(settings: Settings, messages: int) -> tuple[list[RawEnvelope], float]:
     # imported here: the generator pulls in the simulator and connectors
-    from bench.book_pipeline import MIXES, book_settings, generate
+    from tickflow.generated import MIXES, book_settings, generate
 
     gen = generate(book_settings(settings, MIXES["all"]), MIXES["all"], messages)
     return gen.envelopes, gen.seconds

@@ -41,6 +41,7 @@ from simulator.server import SimulatorServer
 from simulator.testing import pointed_at, wait_until
 from stack.topics import ensure_topics
 from tickflow.config import Settings, load_settings
+from tickflow.generated import soak_settings
 from tickflow.kafka_security import client_config
 
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.json"
@@ -55,53 +56,6 @@ class Fault:
     kind: str
     exchange: str
     symbol: str | None
-
-
-def soak_settings(base: Settings, symbols: int, rate: float) -> Settings:
-    """The base settings with ``symbols`` symbols on every exchange the simulator serves."""
-    sim = dataclasses.replace(base.simulator, port=0, send_log_frames=10**8, rate_per_symbol=rate)
-    exchanges = {}
-    for f in dataclasses.fields(base.exchanges):
-        config = getattr(base.exchanges, f.name)
-        known = dict(config.symbols)
-        extra = [s for s in soak_symbol_names(f.name, symbols) if s not in known]
-        wanted = dict(list(known.items()) + [(s, canonical(f.name, s)) for s in extra])
-        exchanges[f.name] = dataclasses.replace(
-            config, symbols=dict(list(wanted.items())[:symbols])
-        )
-    # the simulator serves exactly the symbols the connectors subscribe to
-    served = dataclasses.replace(
-        sim,
-        symbols=tuple(exchanges["binance"].symbols),
-        coinbase_products=tuple(exchanges["coinbase"].symbols),
-        kraken_symbols=tuple(exchanges["kraken"].symbols),
-    )
-    return dataclasses.replace(
-        base,
-        simulator=served,
-        exchanges=dataclasses.replace(base.exchanges, **exchanges),
-        # short stale timer: a silent socket is replaced within the run
-        connectors=dataclasses.replace(base.connectors, stale_timeout_s=3.0),
-    )
-
-
-BASES = ["BTC", "ETH", "SOL", "XRP", "ADA", "DOGE", "AVAX", "LINK", "DOT", "LTC", "BCH", "ATOM"]
-
-
-def soak_symbol_names(exchange: str, n: int) -> list[str]:
-    if exchange == "binance":
-        return [f"{b}USDT" for b in BASES[:n]]
-    if exchange == "coinbase":
-        return [f"{b}-USD" for b in BASES[:n]]
-    if exchange == "kraken":
-        return [f"{b}/USD" for b in BASES[:n]]
-    raise ValueError(f"no soak symbols for {exchange}")
-
-
-def canonical(exchange: str, symbol: str) -> str:
-    if exchange == "binance":
-        return f"{symbol[:-4]}-{symbol[-4:]}"
-    return symbol.replace("/", "-")
 
 
 async def inject_faults(

@@ -53,16 +53,10 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from bench.book_pipeline import (
-    GENERATED_STEPS_PER_S,
-    MIXES,
-    Clock,
-    book_settings,
     check_stack,
     cleanup_run,
     delete_kafka,
     environment,
-    generate,
-    open_wire,
     process_cpu_seconds,
     run_overrides,
     submit,
@@ -77,6 +71,14 @@ from simulator.testing import pointed_at
 from stack import flink
 from stack.topics import ensure_topics
 from tickflow.config import Settings, load_settings
+from tickflow.generated import (
+    GENERATED_STEPS_PER_S,
+    MIXES,
+    Clock,
+    book_settings,
+    generate,
+    open_wire,
+)
 from tickflow.instruments import nbbo_group
 from tickflow.kafka_security import client_config
 

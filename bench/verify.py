@@ -21,7 +21,7 @@ pauses the simulator and checks:
   where the job did;
 - optionally (--model-updates, default 1,000,000) the simulator's pure Kraken model through
   the core, as tests/unit/test_kraken_checksums.py does on fewer updates.
-Then the analytics (bench/analytics_checks.py), after a phase of ``--analytics-seconds`` in
+Then the analytics (tickflow/analytics_checks.py), after a phase of ``--analytics-seconds`` in
 which every trade frame is held back by up to ``--jitter-ms`` (so trades arrive after later
 book updates and out of order) and a few by more than the 5 s bound:
 - trades_matched / matching_errors / matching_missing: every trade of that phase against the
@@ -52,14 +52,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.analytics_checks import (
-    instruments,
-    late_events,
-    matching_check,
-    nbbo_check,
-    wait_stored,
-    windows_check,
-)
 from bench.slice import (
     BookUpdates,
     equals_truth,
@@ -75,6 +67,14 @@ from jobs.offline import CoreRun
 from jobs.sinks.book_reader import read_book
 from schemas.codec import decode_envelope
 from stack import manager
+from tickflow.analytics_checks import (
+    instruments,
+    late_events,
+    matching_check,
+    nbbo_check,
+    wait_stored,
+    windows_check,
+)
 from tickflow.config import Settings, load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "verify.json"

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from bench.analytics_checks import (
+from jobs.sinks.book_reader import read_book
+from tickflow.analytics_checks import (
     instruments,
     late_events,
     matching_check,
@@ -18,7 +19,6 @@ from bench.analytics_checks import (
     wait_stored,
     windows_check,
 )
-from jobs.sinks.book_reader import read_book
 from tickflow.config import Settings
 from tickflow.slice import Slice, sim_post, start_slice, wait_for
 

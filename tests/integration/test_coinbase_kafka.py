@@ -2,7 +2,7 @@
 connection is in Kafka exactly once and in order per key (heartbeats and acknowledgements
 aside), including across a dropped message (sync_lost + resubscription) and a reconnect.
 
-Uses the session fixture ``stack_settings`` (tests/integration/conftest.py: settings with the
+Uses the session fixture ``stack_settings`` (tests/conftest.py: settings with the
 simulator overlay, Kafka up) and a topic of its own.
 """
 

@@ -1,6 +1,6 @@
 """The Binance connector produces to a real Kafka broker: keys, order, snapshots, timestamps.
 
-Uses the session fixture ``stack_settings`` (tests/integration/conftest.py: settings with the
+Uses the session fixture ``stack_settings`` (tests/conftest.py: settings with the
 simulator overlay, Kafka up) and a topic of its own.
 """
 

@@ -1,7 +1,7 @@
 """The Kraken connector produces to a real Kafka broker: every market frame the simulator
 sent on the connection is in Kafka exactly once, byte for byte, in order per key.
 
-Uses the session fixture ``stack_settings`` (tests/integration/conftest.py: settings with the
+Uses the session fixture ``stack_settings`` (tests/conftest.py: settings with the
 simulator overlay, Kafka up) and a topic of its own.
 """
 

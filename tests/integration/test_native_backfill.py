@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 
-from bench.backfill import batch_backfill, differing, drop_database
-from bench.chaos import Feeder, clickhouse_rows, make_dataset
 from jobs.backfill import (
     PartitionRange,
     backfill_partition,
@@ -27,7 +25,9 @@ from jobs.replay_cli import backfill_overrides
 from schemas.codec import decode_envelope, encode_envelope
 from stack.topics import ensure_topics
 from tickflow.config import Settings, load_settings, patched_environ
+from tickflow.generated import Feeder, make_dataset
 from tickflow.kafka_security import client_config
+from tickflow.runs import batch_backfill, clickhouse_rows, differing, drop_database
 from tickflow.slice import _delete_kafka_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

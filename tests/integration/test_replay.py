@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from bench.chaos import caught_up
 from jobs.replay_cli import replay_overrides, submit_replay
 from jobs.sinks.book_reader import read_book
 from jobs.sinks.clickhouse import COLUMNS, connect
@@ -20,6 +19,7 @@ from stack import flink
 from stack.supervisor import SupervisedJob, pipeline_submitter
 from tickflow.config import Settings, load_settings, patched_environ
 from tickflow.kafka_security import client_config
+from tickflow.runs import caught_up
 from tickflow.slice import sim_post, start_slice, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -17,12 +17,12 @@ ROOT = str(Path(__file__).resolve().parents[2])
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from bench.chaos import Dataset, make_dataset  # noqa: E402
 from jobs.backfill import NativeEngine, PartitionRange, native_partition  # noqa: E402
 from jobs.replay_cli import backfill_overrides  # noqa: E402
 from jobs.sinks.clickhouse import decode_rows  # noqa: E402
 from schemas.codec import decode_envelope, encode_envelope  # noqa: E402
 from tickflow.config import Settings, load_settings  # noqa: E402
+from tickflow.generated import Dataset, make_dataset  # noqa: E402
 
 pytestmark = pytest.mark.unit
 

@@ -15,11 +15,11 @@ ROOT = str(Path(__file__).resolve().parents[2])
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from bench.chaos import Dataset, make_dataset  # noqa: E402
 from jobs.backfill import native_partition  # noqa: E402
 from jobs.offline import CoreRun  # noqa: E402
 from schemas.bundles import frame_bundle, sink_blob_sections, split_records  # noqa: E402
 from tickflow.config import Settings, load_settings  # noqa: E402
+from tickflow.generated import Dataset, make_dataset  # noqa: E402
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,7 @@
 //! ```text
 //! PYTHONPATH=. python - 100000 /tmp/frames.bin <<'EOF'
 //! import struct, sys
-//! from bench.chaos import make_dataset
+//! from tickflow.generated import make_dataset
 //! from tickflow.config import load_settings
 //! with open(sys.argv[2], "wb") as f:
 //!     for _, value, ts, group in make_dataset(load_settings(), int(sys.argv[1])).records:

@@ -1,4 +1,5 @@
-"""Session fixture for integration tests: the local stack (Kafka, Redis, ClickHouse, Flink).
+"""Session fixture for the tests that need servers: the local stack (Kafka, Redis, ClickHouse,
+Flink).
 
 Uses a stack that already answers (or trust ``TICKFLOW_STACK_RUNNING=1``); otherwise runs
 ``tickflow stack up`` and, at the end of the session, stops only what it started.

@@ -18,8 +18,8 @@ from bench.backfill_day import (  # noqa: E402
     only_books,
     split_partitions,
 )
-from bench.book_pipeline import MIXES, book_settings  # noqa: E402
 from tickflow.config import load_settings  # noqa: E402
+from tickflow.generated import MIXES, book_settings  # noqa: E402
 
 pytestmark = pytest.mark.unit
 

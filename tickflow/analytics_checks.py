@@ -19,11 +19,11 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from bench.slice import sim_get
 from jobs.sinks.clickhouse import connect
 from jobs.sinks.queries import BAR_OUTPUT_COLUMNS, recompute_bars_sql
 from tickflow.config import Settings
-from tickflow.kafka_security import client_config
+from tickflow.runs import read_committed
+from tickflow.slice import sim_get
 
 EXCHANGES = ("binance", "coinbase", "kraken")
 FLOAT_TOLERANCE = 1e-9  # relative: averages are float in both implementations
@@ -283,31 +283,6 @@ def late_events(settings: Settings) -> dict[str, Any]:
         client.disconnect()
     counts = {kind: n for kind, n in rows}
     return {"late_events": sum(counts.values()), "late_events_by_kind": counts}
-
-
-def read_committed(settings: Settings, topic: str, idle_s: float = 3.0) -> list[dict[str, Any]]:
-    """Every committed record of a single-partition JSON topic (isolation.level
-    read_committed: what a consumer of the exactly-once results sees)."""
-    import orjson
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({
-        **client_config(settings.kafka),
-        "group.id": f"results-reader-{time.time_ns()}",
-        "enable.auto.commit": False,
-        "isolation.level": "read_committed",
-    })  # fmt: skip
-    out: list[dict[str, Any]] = []
-    try:
-        consumer.assign([TopicPartition(topic, 0, 0)])
-        while True:
-            msg = consumer.poll(idle_s)
-            if msg is None:
-                return out
-            if msg.error() is None:
-                out.append(orjson.loads(msg.value() or b"{}"))
-    finally:
-        consumer.close()
 
 
 def results_check(settings: Settings) -> dict[str, Any]:

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.chaos import TARGETS, diff, kill_plan
+from bench.chaos import TARGETS, kill_plan
 from jobs.faults import InjectedPythonFault, PythonFault
 from jobs.operators import BundleProcessor
 from schemas.bundles import frame_bundle
 from stack.supervisor import latest_checkpoint
 from tests.unit.flink_fakes import FakeContext, FakeRuntimeContext, FakeTimerService
 from tickflow.config import load_settings
+from tickflow.runs import diff
 
 pytestmark = pytest.mark.unit
 
