@@ -432,6 +432,44 @@ def start_taskmanager(settings: Settings, timeout: float = 120.0) -> None:
     _wait_taskmanagers(settings, 1, timeout)
 
 
+def taskmanager_count(settings: Settings) -> int:
+    return int(rest(settings, "GET", "/overview").get("taskmanagers", 0))
+
+
+def add_taskmanager(settings: Settings, timeout: float = 120.0) -> int:
+    """Start one more TaskManager on this machine (scale-out); the number registered after."""
+    before = taskmanager_count(settings)
+    _taskmanager_script(settings, "start", timeout)
+    _wait_taskmanagers(settings, before + 1, timeout)
+    return before + 1
+
+
+def remove_taskmanager(settings: Settings, timeout: float = 120.0) -> int:
+    """Stop the newest TaskManager (its slots must be free); the number registered after."""
+    before = taskmanager_count(settings)
+    _taskmanager_script(settings, "stop", timeout)
+    _wait_taskmanagers(settings, before - 1, timeout)
+    return before - 1
+
+
+def subtask_records_in(settings: Settings, job_id: str, operator: str) -> list[int]:
+    """Records each subtask of the vertex named after ``operator`` has taken in so far."""
+    for vertex in rest(settings, "GET", f"/jobs/{job_id}")["vertices"]:
+        if operator in vertex["name"]:
+            detail = rest(settings, "GET", f"/jobs/{job_id}/vertices/{vertex['id']}")
+            return [int(s["metrics"]["read-records"]) for s in detail["subtasks"]]
+    raise StackError(f"flink: job {job_id} has no vertex {operator!r}")
+
+
+def job_taskmanagers(settings: Settings, job_id: str) -> dict[str, set[str]]:
+    """Per vertex name of a running job, the TaskManagers its subtasks run on."""
+    out: dict[str, set[str]] = {}
+    for vertex in rest(settings, "GET", f"/jobs/{job_id}")["vertices"]:
+        detail = rest(settings, "GET", f"/jobs/{job_id}/vertices/{vertex['id']}/taskmanagers")
+        out[vertex["name"]] = {tm["taskmanager-id"] for tm in detail["taskmanagers"]}
+    return out
+
+
 def ensure_current_job_code(settings: Settings) -> None:
     """Restart the TaskManager when the job code changed since it started.
 
