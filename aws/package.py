@@ -13,7 +13,7 @@ Layout (what the ``kinesis.analytics.flink.run.options`` property group points a
                                   compiled core (tickflow_native, jobs/native)
 
 One jar: the service adds the single jar that ``jarfile`` names to the job (the run options
-take no list, and the job does not ship jars itself there: flink.ship_connector_jars is false),
+take no list, and the job does not ship jars itself there: flink.job_jars is empty),
 so jobs/jvm's ``aws`` profile shades the Kafka SQL connector (already an uber jar) and the
 operators into one (stack/jars.py: tickflow_aws_jar; META-INF/services merged, so the
 connector's factories stay registered).

@@ -29,7 +29,7 @@ APPLICATION_PROPERTIES = Path("/etc/flink/application_properties.json")
 SETTINGS_GROUP = "tickflow"
 SECRETS_GROUP = "tickflow.secrets"
 # what the zip's runtime always has: the connector comes from the application's jarfile
-FIXED_OVERRIDES = {f"{ENV_PREFIX}FLINK__SHIP_CONNECTOR_JARS": "false"}
+FIXED_OVERRIDES = {f"{ENV_PREFIX}FLINK__JOB_JARS": ""}
 SETTING_KEY = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
 PropertyGroups = dict[str, dict[str, str]]

@@ -61,7 +61,7 @@ COPY --from=native /build/wheels/ /tmp/wheels/
 RUN pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels
 
 # the connector and the project's operators on the cluster classpath (jobs do not ship them:
-# flink.ship_connector_jars=false); flink-python in lib/ loads pemja once per TaskManager (see
+# flink.job_jars is empty); flink-python in lib/ loads pemja once per TaskManager (see
 # flink-conf/config.yaml); the Prometheus reporter is the only plugin
 COPY --from=jars /build/jars/flink-sql-connector-kafka-*.jar /opt/flink/lib/
 COPY --from=ops /build/ops/target/tickflow-flink-ops-1.jar /opt/flink/lib/

@@ -13,13 +13,16 @@ stop holding it back after ``flink.watermark_idle_timeout_ms``. Trades are match
 windows closed as it passes.
 
 Submit to a cluster with ``flink run -py jobs/pipeline.py`` (``tickflow job submit`` does it);
-run it in-process (Flink MiniCluster) with ``python -m jobs.pipeline``.
+run it in-process (Flink MiniCluster) with ``python -m jobs.pipeline``, naming the Kafka
+connector and JVM operator jars it needs in ``TICKFLOW__FLINK__JOB_JARS`` (``path;path``; a
+cluster has them on its classpath).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
 from pyflink.common.serialization import ByteArraySchema, SimpleStringSchema
@@ -216,10 +219,9 @@ def create_environment(settings: Settings) -> StreamExecutionEnvironment:
     # chained readers (the Kafka outputs and ClickHouse), and none of them changes its input
     env.get_config().enable_object_reuse()
     env.enable_checkpointing(settings.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
-    if settings.flink.ship_connector_jars:
-        from stack.jars import flink_connector_jars  # the stack resolves the pinned jars
-
-        env.add_jars(*(jar.as_uri() for jar in flink_connector_jars(settings)))
+    jars = [Path(jar).resolve().as_uri() for jar in settings.flink.job_jars.split(";") if jar]
+    if jars:
+        env.add_jars(*jars)
     return env
 
 

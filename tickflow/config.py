@@ -179,9 +179,10 @@ class FlinkConfig:
     state_backend: str  # the job's state.backend.type: hashmap | rocksdb
     # failure drills only: when this file appears, the job's Python code raises once
     python_fault_file: str
-    # the job adds the Kafka connector jar resolved by Maven; false where the cluster has it
-    # already (docker images, AWS Managed Flink's jarfile)
-    ship_connector_jars: bool = True
+    # jars the job adds itself ("path;path"): only a run outside a cluster (a local
+    # MiniCluster) needs them; every cluster we run has the Kafka connector and the JVM
+    # operators on its classpath (the local stack's lib/, the docker image, AWS's jarfile)
+    job_jars: str = ""
     # the JVM bundler hands the compiled core this many frames of an instrument per call, or
     # what it holds after bundle_max_delay_ms (and always before a watermark or a checkpoint)
     bundle_max_frames: int = 64

@@ -146,7 +146,7 @@ def test_flink_image_runs_the_native_pipeline() -> None:
     compose = yaml.safe_load(COMPOSE.read_text())
     overlays = compose["x-tickflow-env"]["TICKFLOW_CONFIG"].split(":-", 1)[1].rstrip("}")
     settings = load_settings(environ={"TICKFLOW_CONFIG": overlays})
-    assert settings.flink.ship_connector_jars is False
+    assert settings.flink.job_jars == ""
 
 
 def test_docker_prometheus_scrapes_the_local_stack_jobs() -> None:
@@ -223,7 +223,7 @@ def test_runtime_properties_become_settings_overrides(tmp_path: Path) -> None:
     settings = load_settings(environ=environ)
     assert settings.kafka.bootstrap == "b-1:9094"
     assert settings.redis.tls is True and settings.redis.password == "token"
-    assert settings.flink.ship_connector_jars is False
+    assert settings.flink.job_jars == ""
     assert "token" not in repr(settings) and "plain-secret" not in repr(settings)
 
 
@@ -350,7 +350,7 @@ def test_aws_zip_layout_and_entry_imports_with_vendored_dependencies(
                                            main.LOCAL_PROPERTIES)
         settings = load_settings(environ=main.settings_environ(groups))
         assert settings.root == main.HERE / "app", settings.root
-        assert settings.flink.ship_connector_jars is False
+        assert settings.flink.job_jars == ""
         allowed = ({str(unpacked)!r}, {str(runtime)!r}, sys.base_prefix)
         outside = sorted(
             name for name, module in list(sys.modules.items())
