@@ -30,6 +30,7 @@ from api.keys import ApiKey, KeyRefused, KeyStore, RateLimiter, retry_after_head
 from jobs.export import arrow_schema, record_batch
 from jobs.sinks.clickhouse import COLUMNS, column_types
 from jobs.sinks.queries import ALL_VENUES, history_order
+from jobs.sinks.redis_books import async_redis_client
 from tickflow.config import RedisConfig, Settings
 from tickflow.instruments import UnknownInstrument, exchange_symbols, resolve_symbol
 
@@ -631,12 +632,7 @@ def build_app(
 async def redis_events(config: RedisConfig, limit: int | None) -> AsyncIterator[bytes]:
     """Server-sent events from the job's update channels: ``event: book`` / ``event: nbbo``
     with the channel's message as data, until ``limit`` events (None: until the client goes)."""
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis(
-        host=config.host, port=config.port, db=config.db,
-        password=config.password or None, ssl=config.tls, decode_responses=True,
-    )  # fmt: skip
+    client = async_redis_client(config, decode_responses=True)
     channels = {f"{config.key_prefix}:book-updates": "book",
                 f"{config.key_prefix}:nbbo-updates": "nbbo"}  # fmt: skip
     pubsub = client.pubsub()
@@ -655,8 +651,8 @@ async def redis_events(config: RedisConfig, limit: int | None) -> AsyncIterator[
     except asyncio.CancelledError:
         raise
     finally:
-        await pubsub.aclose()  # type: ignore[attr-defined]  # (the stubs predate it)
-        await client.aclose()  # type: ignore[attr-defined]
+        await pubsub.aclose()
+        await client.aclose()
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -96,7 +96,10 @@ class BundleProcessor(KeyedProcessFunction):
         # a Redis that does not answer fails the job (it restores from its checkpoint and
         # replays into Redis, version-guarded) instead of holding it forever
         self.redis = job_redis_client(self.redis_config)
-        self.redis_batch = RedisBatch(self.redis)
+        failover_wait_s = (
+            self.redis_config.failover_wait_ms / 1000 if self.redis_config.sentinels() else 0.0
+        )
+        self.redis_batch = RedisBatch(self.redis, failover_wait_s)
         self.fault = PythonFault(self.fault_file) if self.fault_file else None
         self._redis_due_ms: int | None = None
         self._next_tick: dict[str, int] = {}

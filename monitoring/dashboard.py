@@ -60,7 +60,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from jobs.sinks.book_reader import decode_nbbo
-from jobs.sinks.redis_books import LEASE_FIELD, effective_status
+from jobs.sinks.redis_books import LEASE_FIELD, effective_status, redis_client
 from monitoring.alerts import (
     AlertPayloadError,
     AlertReceiver,
@@ -602,15 +602,8 @@ class Dashboard:
     def __init__(self, config: DashboardConfig) -> None:
         self.config = config
         self.prefix = config.redis.key_prefix
-        self.redis = redis.Redis(
-            host=config.redis.host,
-            port=config.redis.port,
-            db=config.redis.db,
-            password=config.redis.password or None,
-            ssl=config.redis.tls,
-            decode_responses=True,
-            socket_timeout=2.0,
-            socket_connect_timeout=2.0,
+        self.redis = redis_client(
+            config.redis, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0
         )
         self.registry = CollectorRegistry()
         self.e2e_histogram = Histogram(

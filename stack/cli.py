@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 
@@ -11,6 +12,14 @@ from stack import manager
 from stack.supervisor import SupervisedJob, Supervisor, pipeline_submitter
 from stack.system import StackError, tail
 from tickflow.config import ConfigError, Settings, load_settings
+
+HA_OVERLAY = "config/ha.yaml"
+
+
+def with_overlay(value: str, overlay: str = HA_OVERLAY) -> str:
+    """A TICKFLOW_CONFIG value with ``overlay`` last (once)."""
+    overlays = [p for p in value.split(":") if p and p != overlay]
+    return ":".join([*overlays, overlay])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,17 +30,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     names = manager.COMPONENT_NAMES
-    up = commands.add_parser("up", help="start what is not running, wait until it answers")
+    profile = argparse.ArgumentParser(add_help=False)
+    profile.add_argument(
+        "--ha",
+        action="store_true",
+        help=f"the high-availability profile: adds the {HA_OVERLAY} overlay (a Redis replica "
+        "and Sentinels); give the job and every client the same TICKFLOW_CONFIG",
+    )
+    up = commands.add_parser(
+        "up", parents=[profile], help="start what is not running, wait until it answers"
+    )
     only = f"only these ({', '.join(names)}); default all"
     up.add_argument("components", nargs="*", metavar="component", help=only)
-    down = commands.add_parser("down", help="stop the processes `up` started")
+    down = commands.add_parser("down", parents=[profile], help="stop the processes `up` started")
     down.add_argument("components", nargs="*", metavar="component", help=only)
-    commands.add_parser("status", help="table of components; exit 0 only if all answer")
-    logs = commands.add_parser("logs", help="print log file paths and their last lines")
+    commands.add_parser(
+        "status", parents=[profile], help="table of components; exit 0 only if all answer"
+    )
+    logs = commands.add_parser(
+        "logs", parents=[profile], help="print log file paths and their last lines"
+    )
     logs.add_argument("component", nargs="?", choices=names)
     logs.add_argument("-n", "--lines", type=int, default=40, help="lines per log (default 40)")
     supervise = commands.add_parser(
-        "supervise", help="restart components that die, and resubmit the pipeline job if lost"
+        "supervise",
+        parents=[profile],
+        help="restart components that die, and resubmit the pipeline job if lost",
     )
     supervise.add_argument(
         "--job",
@@ -78,6 +102,8 @@ def supervise(settings: Settings, job_id: str | None, interval_s: float) -> int:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.ha:  # in the environment: the processes the stack starts read it too
+        os.environ["TICKFLOW_CONFIG"] = with_overlay(os.environ.get("TICKFLOW_CONFIG", ""))
     try:
         settings = load_settings()
         if args.command == "up":

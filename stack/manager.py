@@ -10,7 +10,7 @@ from stack.clickhouse import ClickHouse
 from stack.flink import Flink
 from stack.kafka import Kafka
 from stack.prometheus import Prometheus
-from stack.redis_server import Redis
+from stack.redis_server import Redis, RedisReplica, RedisSentinels
 from stack.secrets import ensure_secrets
 from stack.services import Component
 from stack.system import StackError
@@ -18,7 +18,15 @@ from stack.topics import ensure_topics
 from tickflow.config import Settings
 
 # start order; stop runs in reverse
-COMPONENT_TYPES: tuple[type[Component], ...] = (Kafka, Redis, ClickHouse, Flink, Prometheus)
+COMPONENT_TYPES: tuple[type[Component], ...] = (
+    Kafka,
+    Redis,
+    RedisReplica,
+    RedisSentinels,
+    ClickHouse,
+    Flink,
+    Prometheus,
+)
 COMPONENT_NAMES = tuple(c.name for c in COMPONENT_TYPES)
 # how long an already-running but silent component gets before it is restarted
 SILENT_GRACE_S = 30.0
@@ -26,13 +34,23 @@ SILENT_GRACE_S = 30.0
 Log = Callable[[str], None]
 
 
-def components(settings: Settings, names: Iterable[str] | None = None) -> list[Component]:
-    """Component objects in start order, optionally only the named ones."""
-    selected = set(names or COMPONENT_NAMES)
-    unknown = selected - set(COMPONENT_NAMES)
+def components(
+    settings: Settings, names: Iterable[str] | None = None, running_too: bool = False
+) -> list[Component]:
+    """Component objects in start order, optionally only the named ones: those this
+    configuration runs (the HA-only ones with the HA profile), and with ``running_too`` any
+    other of ours still running (``down`` stops them whatever the profile now says)."""
+    wanted = set(names or COMPONENT_NAMES)
+    unknown = wanted - set(COMPONENT_NAMES)
     if unknown:
         raise StackError(f"unknown component(s) {sorted(unknown)}; known: {list(COMPONENT_NAMES)}")
-    return [cls(settings) for cls in COMPONENT_TYPES if cls.name in selected]
+    selected = [cls(settings) for cls in COMPONENT_TYPES if cls.name in wanted]
+    out = [c for c in selected if c.enabled(settings) or (running_too and c.pids())]
+    if names is not None and not running_too:
+        off = sorted(c.name for c in selected if c not in out)
+        if off:
+            raise StackError(f"{', '.join(off)}: not in this configuration (HA profile: --ha)")
+    return out
 
 
 def _safe_answers(component: Component) -> bool:
@@ -99,7 +117,7 @@ def up(settings: Settings, names: Iterable[str] | None = None, log: Log = print)
 
 def down(settings: Settings, names: Iterable[str] | None = None, log: Log = print) -> None:
     """Stop exactly the processes the stack started, in reverse start order."""
-    for component in reversed(components(settings, names)):
+    for component in reversed(components(settings, names, running_too=True)):
         stopped = component.stop()
         if stopped:
             log(f"{component.name}: stopped pid {', '.join(map(str, stopped))}")

@@ -15,24 +15,63 @@ REDIS_PACKAGES = {"redis-server": ["redis-server"]}
 
 def render_redis_conf(settings: Settings) -> str:
     """The default user: with a password, only its SHA-256 (``#<hex>``), never the text;
-    without one, Redis' own default (no AUTH)."""
+    without one, Redis' own default (no AUTH). With Sentinels (HA) either instance can become
+    the other's replica, which needs the password itself to authenticate (``masterauth``)."""
     lines = ["# rendered by `tickflow stack up`; edits are overwritten"]
     password = settings.redis.password
     if password:
         digest = hashlib.sha256(password.encode()).hexdigest()
         lines.append(f"user default reset on #{digest} ~* &* +@all")
+        if settings.redis.sentinels():
+            lines.append(f"masterauth {_quoted(password)}")
+    return "\n".join(lines) + "\n"
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_sentinel_conf(settings: Settings, port: int, data_dir: Path) -> str:
+    """One Sentinel of ``redis.sentinel_service``: a majority of the Sentinels must miss the
+    primary for ``sentinel_down_after_ms`` before the replica is promoted. The password (when
+    set) guards the Sentinel itself and lets it command both Redis instances."""
+    redis = settings.redis
+    quorum = len(redis.sentinels()) // 2 + 1
+    service = redis.sentinel_service
+    lines = [
+        "# rendered by `tickflow stack up`; the Sentinel rewrites it as it learns the topology",
+        f"port {port}",
+        f"bind {LOOPBACK}",
+        f"dir {data_dir}",
+        "daemonize no",
+        f"sentinel monitor {service} {redis.host} {redis.port} {quorum}",
+        f"sentinel down-after-milliseconds {service} {redis.sentinel_down_after_ms}",
+        f"sentinel failover-timeout {service} {max(3 * redis.sentinel_down_after_ms, 3000)}",
+        f"sentinel parallel-syncs {service} 1",
+        "sentinel resolve-hostnames no",
+    ]
+    if redis.password:
+        lines += [
+            f"requirepass {_quoted(redis.password)}",
+            f"sentinel auth-pass {service} {_quoted(redis.password)}",
+            f"sentinel sentinel-pass {_quoted(redis.password)}",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def redis_command(
-    settings: Settings, data_dir: Path, log_file: Path, conf: Path | None = None
+    settings: Settings,
+    data_dir: Path,
+    log_file: Path,
+    conf: Path | None = None,
+    port: int | None = None,
 ) -> list[str]:
     binary = shutil.which("redis-server") or "redis-server"
     return [
         binary,
         *([str(conf)] if conf else []),
         "--bind", LOOPBACK,
-        "--port", str(settings.redis.port),
+        "--port", str(port or settings.redis.port),
         "--dir", str(data_dir),
         "--appendonly", "yes",
         "--daemonize", "no",
@@ -78,16 +117,105 @@ class Redis(Component):
         self.pid_file.write_text(f"{pid}\n")
 
     def answers(self) -> bool:
-        import redis
+        return _pings(self.settings, self.settings.redis.port)
 
-        client = redis.Redis(
-            host=self.settings.redis.host,
-            port=self.settings.redis.port,
-            password=self.settings.redis.password or None,
-            socket_timeout=2,
-            socket_connect_timeout=2,
-        )
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
+
+def _pings(settings: Settings, port: int) -> bool:
+    import redis
+
+    client = redis.Redis(
+        host=settings.redis.host,
+        port=port,
+        password=settings.redis.password or None,
+        socket_timeout=2,
+        socket_connect_timeout=2,
+    )
+    try:
+        return bool(client.ping())
+    finally:
+        client.close()
+
+
+class RedisReplica(Redis):
+    """HA: a replica of the primary (``redis.replica_port``). Either instance may be the
+    primary after a failover: the Sentinels decide, and reconfigure the other as its replica."""
+
+    name = "redis-replica"
+
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        return settings.redis.replica_port > 0
+
+    def ports(self) -> dict[str, int]:
+        return {"replica": self.settings.redis.replica_port}
+
+    def configure(self) -> None:
+        super().configure()
+        redis = self.settings.redis
+        with self.conf_file.open("a") as conf:
+            conf.write(f"replicaof {redis.host} {redis.port}\n")
+
+    def launch(self) -> None:
+        port = self.settings.redis.replica_port
+        argv = redis_command(self.settings, self.data_dir, self.log_file, self.conf_file, port)
+        pid = spawn_daemon(argv, self.home / "redis.out", cwd=self.home)
+        self.pid_file.write_text(f"{pid}\n")
+
+    def answers(self) -> bool:
+        return _pings(self.settings, self.settings.redis.replica_port)
+
+
+class RedisSentinels(Component):
+    """HA: the Sentinels (``redis.sentinel_ports``) that watch the primary, promote the replica
+    when a majority of them misses it, and tell every client where the primary is."""
+
+    name = "redis-sentinel"
+    start_timeout_s = 60.0
+
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        return bool(settings.redis.sentinels())
+
+    @property
+    def process_count(self) -> int:  # type: ignore[override]
+        return len(self.settings.redis.sentinels())
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "sentinel.out"
+
+    def ports(self) -> dict[str, int]:
+        sentinels = self.settings.redis.sentinels()
+        return {f"sentinel-{i + 1}": port for i, (_, port) in enumerate(sentinels)}
+
+    def install(self) -> None:
+        Redis(self.settings).install()
+
+    def _dir(self, port: int) -> Path:
+        return self.home / str(port)
+
+    def pid_files(self) -> list[Path]:
+        return [self._dir(port) / "sentinel.pid" for _, port in self.settings.redis.sentinels()]
+
+    def log_files(self) -> list[Path]:
+        return [self._dir(port) / "sentinel.out" for _, port in self.settings.redis.sentinels()]
+
+    def configure(self) -> None:
+        for _, port in self.settings.redis.sentinels():
+            directory = self._dir(port)
+            directory.mkdir(parents=True, exist_ok=True)
+            conf = directory / "sentinel.conf"
+            # a fresh topology each start: the primary is the configured one again
+            conf.write_text(render_sentinel_conf(self.settings, port, directory))
+            conf.chmod(0o600)
+
+    def launch(self) -> None:
+        binary = shutil.which("redis-server") or "redis-server"
+        for _, port in self.settings.redis.sentinels():
+            directory = self._dir(port)
+            argv = [binary, str(directory / "sentinel.conf"), "--sentinel"]
+            pid = spawn_daemon(argv, directory / "sentinel.out", cwd=directory)
+            (directory / "sentinel.pid").write_text(f"{pid}\n")
+
+    def answers(self) -> bool:
+        return all(_pings(self.settings, port) for _, port in self.settings.redis.sentinels())

@@ -38,6 +38,11 @@ class Component(ABC):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        """Whether this configuration runs the component at all (HA-only ones: not by default)."""
+        return True
+
     @property
     def home(self) -> Path:
         return self.settings.state_dir / self.name

@@ -136,6 +136,18 @@ class RedisConfig:
     # a file that does not exist: no password
     password_file: str = ""
     live_lease_ms: int = 5000  # books/NBBOs read EXPIRED this long after the job stops (0: off)
+    # high availability (config/ha.yaml): a replica of the primary on this port (0: none), and
+    # Sentinels on these ports ("26379,26380,26381"; "": none) that every client asks for the
+    # current primary of `sentinel_service`; a write that finds the primary gone waits up to
+    # failover_wait_ms for the Sentinels to promote the replica before the job fails
+    replica_port: int = 0
+    sentinel_ports: str = ""
+    sentinel_service: str = "tickflow"
+    sentinel_down_after_ms: int = 1000
+    failover_wait_ms: int = 10_000
+
+    def sentinels(self) -> list[tuple[str, int]]:
+        return [(self.host, int(p)) for p in self.sentinel_ports.split(",") if p.strip()]
 
 
 @dataclass(frozen=True)

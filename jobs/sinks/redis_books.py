@@ -29,6 +29,7 @@ against a few us to encode a write).
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
 import redis
@@ -39,6 +40,7 @@ from tickflow.config import RedisConfig
 # versions are compared as zero-padded decimal strings: Lua numbers are doubles, exact only
 # to 2^53, and versions are larger
 VERSION_WIDTH = 24
+FAILOVER_POLL_S = 0.1  # a batch waiting for a new primary tries again this often
 
 # KEYS: the book's hash, the set of book keys, the updates channel. ARGV: seq, status, reason,
 # bids, asks, event_time_ms, receive_time_ns, instrument, publish_time_ns, the channel's
@@ -87,7 +89,22 @@ def book_key(prefix: str, exchange: str, symbol: str) -> str:
 
 
 def redis_client(config: RedisConfig, **options: Any) -> redis.Redis:
-    """A client of the configured Redis: address, database, AUTH token and TLS."""
+    """A client of the configured Redis: address, database, AUTH token and TLS. With Sentinels
+    (``redis.sentinel_ports``, the HA profile) a client of whichever instance is the primary
+    now: each new connection asks the Sentinels, and a connection to a primary that went away
+    or was demoted fails, so the next one finds the promoted replica."""
+    if config.sentinels():
+        from redis.sentinel import Sentinel
+
+        sentinel = Sentinel(
+            config.sentinels(),
+            sentinel_kwargs=_sentinel_kwargs(config),
+            db=config.db,
+            password=config.password or None,
+            ssl=config.tls,
+            **options,
+        )
+        return sentinel.master_for(config.sentinel_service)
     return redis.Redis(
         host=config.host,
         port=config.port,
@@ -98,11 +115,48 @@ def redis_client(config: RedisConfig, **options: Any) -> redis.Redis:
     )
 
 
+def async_redis_client(config: RedisConfig, **options: Any) -> Any:
+    """``redis_client`` for asyncio (``redis.asyncio``)."""
+    import redis.asyncio as aioredis
+
+    if config.sentinels():
+        from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+        sentinel = AsyncSentinel(
+            config.sentinels(),
+            sentinel_kwargs=_sentinel_kwargs(config),
+            db=config.db,
+            password=config.password or None,
+            ssl=config.tls,
+            **options,
+        )
+        return sentinel.master_for(config.sentinel_service)
+    return aioredis.Redis(
+        host=config.host,
+        port=config.port,
+        db=config.db,
+        password=config.password or None,
+        ssl=config.tls,
+        **options,
+    )
+
+
+def _sentinel_kwargs(config: RedisConfig) -> dict[str, Any]:
+    # the Sentinels require the same password as Redis (stack.redis_server); a Sentinel that
+    # does not answer within these is skipped for the next one
+    return {
+        "password": config.password or None,
+        "socket_timeout": 1.0,
+        "socket_connect_timeout": 1.0,
+    }
+
+
 def job_redis_client(config: RedisConfig) -> redis.Redis:
     """The job's client: a Redis that does not answer within ``redis.socket_connect_timeout_ms``
     / ``redis.socket_timeout_ms`` (down, paused, blackholed) raises instead of holding the
     books operator, and with it the job, forever. The job then fails and restores from its
-    checkpoint; the version-guarded writes make the replay harmless."""
+    checkpoint; the version-guarded writes make the replay harmless. With Sentinels, a batch
+    first waits up to ``redis.failover_wait_ms`` for a new primary (``RedisBatch``)."""
     return redis_client(
         config,
         socket_connect_timeout=config.socket_connect_timeout_ms / 1000,
@@ -135,11 +189,16 @@ class RedisBatch:
     """Guarded book and NBBO writes queued in order and sent in one pipelined round trip.
 
     Redis applies them in the order queued (one connection); only the round trips are shared.
-    ``flush`` raises on any error (the job then restarts from a checkpoint).
+    ``flush`` raises on any error (the job then restarts from a checkpoint), except that with
+    ``failover_wait_s`` (Sentinels) a lost connection to the primary is retried that long: the
+    Sentinels promote the replica meanwhile, and the whole batch is sent again to it (a write
+    that reached the old primary too is refused or repeated by its version guard).
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, failover_wait_s: float = 0.0) -> None:
         self.client = client
+        self.failover_wait_s = failover_wait_s
+        self.failovers = 0  # batches that waited for a new primary
         # EVALSHA by the scripts' SHA1 (what SCRIPT LOAD returns), loaded on first NOSCRIPT
         self._scripts = {
             script: hashlib.sha1(script.encode()).hexdigest()
@@ -164,7 +223,7 @@ class RedisBatch:
         queue, self._queue = self._queue, []
         if not queue:
             return []
-        results = self._send(queue)
+        results = self._send_through_failover(queue)
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
             # Redis lost its script cache (a restart): load the scripts, send those again
@@ -176,6 +235,21 @@ class RedisBatch:
             if isinstance(result, Exception):
                 raise result
         return [bool(r) for r in results]
+
+    def _send_through_failover(self, queue: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        deadline = time.monotonic() + self.failover_wait_s
+        waited = False
+        while True:
+            try:
+                results = self._send(queue)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() >= deadline:
+                    raise
+                waited = True
+                time.sleep(FAILOVER_POLL_S)
+                continue
+            self.failovers += waited
+            return results
 
     def _send(self, queue: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)

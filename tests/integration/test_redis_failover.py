@@ -1,0 +1,191 @@
+"""Redis high availability (the HA profile, config/ha.yaml): a replica and three Sentinels
+beside the primary. The primary is killed while the job writes live books: the Sentinels
+promote the replica, the job's writes wait for it (``redis.failover_wait_ms``) instead of
+failing the job, and the books keep advancing, LIVE, with no version going backwards.
+
+The stack's own Redis is the primary here; the test fails back to it at the end and stops
+the replica and the Sentinels, so the default stack is as it was."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobs.sinks.book_reader import read_book
+from jobs.sinks.redis_books import book_key, redis_client
+from stack import flink, manager
+from stack.cli import with_overlay
+from stack.redis_server import Redis
+from tickflow.config import Settings, load_settings, patched_environ
+from tickflow.slice import start_slice, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BOOKS = (("binance", "BTCUSDT"), ("binance", "ETHUSDT"))
+PROBE_S = 0.1
+
+
+def primary_port(settings: Settings) -> int:
+    """The primary's port as the Sentinels see it."""
+    import redis
+
+    host, port = settings.redis.sentinels()[0]
+    sentinel = redis.Redis(host=host, port=port, password=settings.redis.password or None)
+    try:
+        address = sentinel.execute_command(
+            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", settings.redis.sentinel_service
+        )
+        return int(address[1])
+    finally:
+        sentinel.close()
+
+
+def replica_in_sync(settings: Settings) -> bool:
+    info = redis_client(settings.redis).info("replication")
+    return info.get("role") == "master" and int(info.get("connected_slaves", 0)) >= 1
+
+
+@pytest.fixture
+def ha_redis(stack_settings: Settings) -> Iterator[Settings]:
+    """The HA overlay on, its replica and Sentinels started; afterwards the stack's Redis is
+    the primary again and the replica and Sentinels are stopped."""
+    environ = {"TICKFLOW_CONFIG": with_overlay(os.environ.get("TICKFLOW_CONFIG", ""))}
+    with patched_environ(environ):
+        settings = load_settings()
+        manager.up(settings, ["redis-replica", "redis-sentinel"])
+        try:
+            wait_for("the replica in sync", lambda: replica_in_sync(settings), 60)
+            yield settings
+        finally:
+            manager.up(settings, ["redis"])  # back if the test killed it
+            if primary_port(settings) != settings.redis.port:
+                _fail_back(settings)
+            manager.down(settings, ["redis-sentinel", "redis-replica"])
+
+
+def _fail_back(settings: Settings) -> None:
+    import redis
+
+    wait_for("the old primary as a replica", lambda: _is_replica(settings), 60)
+    host, port = settings.redis.sentinels()[0]
+    sentinel = redis.Redis(host=host, port=port, password=settings.redis.password or None)
+
+    def failover() -> bool:
+        try:
+            return bool(sentinel.execute_command(
+                "SENTINEL", "FAILOVER", settings.redis.sentinel_service
+            ))
+        except redis.ResponseError as error:  # NOGOODSLAVE until it has synced and been seen
+            if "NOGOODSLAVE" in str(error) or "INPROG" in str(error):
+                return False
+            raise
+
+    try:
+        wait_for("a failover back to the stack's Redis", failover, 60)
+    finally:
+        sentinel.close()
+    wait_for("the stack's Redis primary again",
+             lambda: primary_port(settings) == settings.redis.port
+             and _role(settings, settings.redis.port) == "master", 60)  # fmt: skip
+
+
+def _role(settings: Settings, port: int) -> str:
+    import redis
+
+    client = redis.Redis(
+        host=settings.redis.host, port=port, password=settings.redis.password or None
+    )
+    try:
+        return str(client.info("replication").get("role"))
+    finally:
+        client.close()
+
+
+def _is_replica(settings: Settings) -> bool:
+    return _role(settings, settings.redis.port) == "slave"
+
+
+class VersionProbe:
+    """Every ``PROBE_S``: each book's version, read through the Sentinels as any reader would;
+    the longest stretch with no book advancing, and whether any version went backwards."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.versions: dict[tuple[str, str], int] = {}
+        self.backwards: list[str] = []
+        self.longest_still_s = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        config = self.settings.redis
+        client = redis_client(config, socket_timeout=1.0, socket_connect_timeout=1.0)
+        last_advance = time.monotonic()
+        while not self._stop.wait(PROBE_S):
+            try:
+                versions = {
+                    b: client.hget(book_key(config.key_prefix, *b), "version") for b in BOOKS
+                }
+            except Exception:  # the primary is gone and not yet replaced: no answer
+                versions = {}
+            advanced = False
+            for book, stored in versions.items():
+                if stored is None:
+                    continue
+                version, before = int(stored), self.versions.get(book, 0)
+                if version < before:
+                    self.backwards.append(f"{book}: {before} -> {version}")
+                elif version > before:
+                    advanced = True
+                    self.versions[book] = version
+            now = time.monotonic()
+            if advanced:
+                self.longest_still_s = max(self.longest_still_s, now - last_advance)
+                last_advance = now
+
+    def __enter__(self) -> VersionProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_the_job_writes_through_a_redis_failover_without_failing(
+    ha_redis: Settings, tmp_path: Path
+) -> None:
+    with start_slice(tmp_path, exchanges=("binance",), rate_per_symbol=20) as run:
+        settings = run.settings
+        for book in BOOKS:
+            wait_for(f"{book} LIVE", lambda b=book: _live(settings, b), 180)
+        with VersionProbe(settings) as probe:
+            wait_for("the probe reading every book", lambda: len(probe.versions) == len(BOOKS), 30)
+            time.sleep(2)
+            before = dict(probe.versions)
+            (pid,) = Redis(settings).pids()
+            os.kill(pid, signal.SIGKILL)
+            killed = time.monotonic()
+            wait_for("the replica promoted",
+                     lambda: primary_port(settings) == settings.redis.replica_port, 60)  # fmt: skip
+            promoted_s = time.monotonic() - killed
+            advanced = lambda: all(probe.versions.get(b, 0) > before[b] for b in BOOKS)  # noqa: E731
+            wait_for("every book advanced past the failover", advanced, 60)
+            time.sleep(3)
+        print(f"replica promoted {promoted_s:.1f} s after the kill; longest stretch with no "
+              f"book advancing {probe.longest_still_s:.1f} s")  # fmt: skip
+        assert not probe.backwards, probe.backwards
+        assert all(_live(settings, b) for b in BOOKS)
+        # the writes waited for the new primary: the job never failed over to a restore
+        assert flink.job_restarts(settings, run.job_id) == 0
+
+
+def _live(settings: Settings, book: tuple[str, str]) -> bool:
+    stored = read_book(settings.redis, *book)
+    return stored is not None and stored.status == "LIVE"

@@ -1,0 +1,70 @@
+"""The HA profile's pieces that need no server: the overlay, which components a configuration
+runs, and the Sentinel and Redis configuration files."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from stack import manager
+from stack.cli import HA_OVERLAY, with_overlay
+from stack.redis_server import render_redis_conf, render_sentinel_conf
+from stack.system import StackError
+from tickflow.config import Settings, load_settings
+
+pytestmark = pytest.mark.unit
+
+
+def ha_settings(tmp_path: Path, password: str = "pw") -> Settings:
+    base = load_settings(overlays=[Path(HA_OVERLAY)], environ={})
+    return dataclasses.replace(
+        base,
+        state_dir=tmp_path,
+        redis=dataclasses.replace(base.redis, password=password),
+    )
+
+
+def test_the_overlay_comes_last_and_once() -> None:
+    assert with_overlay("") == HA_OVERLAY
+    assert with_overlay("config/simulator.yaml") == f"config/simulator.yaml:{HA_OVERLAY}"
+    assert with_overlay(f"{HA_OVERLAY}:x.yaml") == f"x.yaml:{HA_OVERLAY}"
+
+
+def test_the_default_profile_runs_no_replica_and_no_sentinel(tmp_path: Path) -> None:
+    settings = dataclasses.replace(load_settings(environ={}), state_dir=tmp_path)
+    names = [c.name for c in manager.components(settings)]
+    assert "redis-replica" not in names and "redis-sentinel" not in names
+    with pytest.raises(StackError, match="--ha"):
+        manager.components(settings, ["redis-sentinel"])
+
+
+def test_the_ha_profile_runs_a_replica_and_three_sentinels(tmp_path: Path) -> None:
+    settings = ha_settings(tmp_path)
+    by_name = {c.name: c for c in manager.components(settings)}
+    assert by_name["redis-replica"].ports() == {"replica": 6380}
+    sentinels = by_name["redis-sentinel"]
+    assert sentinels.process_count == 3
+    assert list(sentinels.ports().values()) == [26379, 26380, 26381]
+    assert settings.redis.sentinels() == [("127.0.0.1", p) for p in (26379, 26380, 26381)]
+
+
+def test_a_sentinel_watches_the_primary_with_a_majority_and_the_password(tmp_path: Path) -> None:
+    settings = ha_settings(tmp_path, password='p"w')
+    conf = render_sentinel_conf(settings, 26380, tmp_path)
+    assert "port 26380" in conf
+    assert "sentinel monitor tickflow 127.0.0.1 6379 2" in conf  # 2 of 3
+    assert "sentinel down-after-milliseconds tickflow 1000" in conf
+    assert 'requirepass "p\\"w"' in conf and 'sentinel auth-pass tickflow "p\\"w"' in conf
+
+
+def test_with_sentinels_either_redis_can_authenticate_to_the_other(tmp_path: Path) -> None:
+    ha = render_redis_conf(ha_settings(tmp_path))
+    assert 'masterauth "pw"' in ha
+    assert "pw" not in ha.replace('masterauth "pw"', "")  # otherwise only the digest
+    plain = dataclasses.replace(load_settings(environ={}), state_dir=tmp_path)
+    single = render_redis_conf(
+        dataclasses.replace(plain, redis=dataclasses.replace(plain.redis, password="pw"))
+    )
+    assert "masterauth" not in single
