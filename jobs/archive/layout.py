@@ -24,10 +24,12 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from jobs.export import replace_durably
-from schemas.codec import EnvelopeError, decode_envelope, encode_envelope
+from schemas.codec import EnvelopeError, decode_envelope
 
 FORMAT_VERSION = 1
 COMPRESSION = "zstd"
@@ -214,26 +216,61 @@ class Columns:
             return False
         for name in ENVELOPE_FIELDS:
             data[name].append(getattr(env, name))
-        # Avro has one encoding per value, but a reader ignores bytes after the record, and
-        # a future writer could differ: keep the value whenever re-encoding does not give it
-        data["value"].append(None if encode_envelope(env) == value else value)
+        data["value"].append(value)  # dropped in ``batch`` where the columns give it back
         data["decode_error"].append(None)
         return True
 
     def batch(self) -> pa.RecordBatch:
-        return pa.RecordBatch.from_pydict(self.data, schema=SCHEMA)
+        """The records as a batch of ``SCHEMA``: ``value`` kept only where re-encoding the
+        envelope columns does not give it back byte for byte (Avro has one encoding per
+        value, but a reader ignores bytes after the record, and another writer could
+        differ)."""
+        batch = pa.RecordBatch.from_pydict(self.data, schema=SCHEMA)
+        value = batch.column("value")
+        same = pc.fill_null(pc.equal(envelope_values(batch), value), False)
+        index = SCHEMA.get_field_index("value")
+        kept = pc.if_else(same, pa.scalar(None, pa.binary()), value)
+        return batch.set_column(index, SCHEMA.field(index), kept)
+
+
+def _varints(numbers: pa.Array) -> pa.Array:
+    """Each integer as an Avro long (zig-zag, then base-128 little-endian, shortest form), a
+    binary array; nulls as empty values (the row is null in the joined result anyway)."""
+    v = pc.fill_null(numbers.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+    rest = ((v << 1) ^ (v >> 63)).view(np.uint64)
+    groups = np.empty((len(v), 10), dtype=np.uint8)  # 64 bits: at most 10 groups of 7
+    lengths = np.ones(len(v), dtype=np.int64)
+    for i in range(10):
+        groups[:, i] = (rest & np.uint64(0x7F)).astype(np.uint8)
+        rest = rest >> np.uint64(7)
+        more = rest != 0
+        groups[more, i] |= 0x80
+        lengths += more
+    data = groups[np.arange(10) < lengths[:, None]]  # row by row, each its own groups
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.Array.from_buffers(
+        pa.binary(), len(v), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+
+
+def envelope_values(batch: pa.RecordBatch) -> pa.Array:
+    """The RawEnvelope of each row's envelope columns, Avro-encoded as ``encode_envelope``
+    does (null where the row has none), for a whole batch at once."""
+    parts: list[pa.Array] = []
+    for name in ENVELOPE_FIELDS:
+        column = batch.column(name)
+        if name in ("receive_time_ns", "connection_seq"):
+            parts.append(_varints(column))
+            continue
+        raw = column.cast(pa.binary())
+        parts += (_varints(pc.binary_length(raw)), raw)
+    return pc.binary_join_element_wise(*parts, b"")
 
 
 def record_values(batch: pa.RecordBatch) -> list[bytes]:
     """The Kafka values of a batch of archived rows (``VALUE_COLUMNS`` at least), exactly as
     they were in the topic."""
-    from schemas.codec import RawEnvelope
-
-    kept = batch.column("value").to_pylist()
-    if all(v is not None for v in kept):
-        return kept
-    fields = [batch.column(name).to_pylist() for name in ENVELOPE_FIELDS]
-    return [
-        v if v is not None else encode_envelope(RawEnvelope(*row))
-        for v, *row in zip(kept, *fields, strict=True)
-    ]
+    value = batch.column("value")
+    if not value.null_count:
+        return value.to_pylist()
+    return pc.if_else(pc.is_null(value), envelope_values(batch), value).to_pylist()

@@ -66,6 +66,7 @@ def test_every_fixtures_envelope_comes_back_byte_for_byte_from_its_columns() -> 
     for offset, value in enumerate(values):
         assert rows.append(0, offset, DAY_MS + offset, b"k", value)
     batch = rows.batch()
+    assert layout.envelope_values(batch).to_pylist() == values  # what encode_envelope gives
     assert batch.column("value").null_count == len(values)  # rebuilt, not stored twice
     assert batch.column("decode_error").null_count == len(values)
     assert layout.record_values(batch) == values
