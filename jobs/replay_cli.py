@@ -182,6 +182,15 @@ def backfill_offsets(settings: Settings, spec: str, workers: int, source: str = 
 
 def run(args: argparse.Namespace) -> int:
     """``replay`` or ``backfill``."""
+    from jobs.archive.layout import ArchiveError
+
+    try:
+        return _run(args)
+    except ArchiveError as exc:  # nothing archived, overlapping files: the message says
+        raise SystemExit(f"tickflow job {args.command} --source archive: {exc}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
     import os
 
     base = load_settings()

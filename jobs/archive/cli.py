@@ -20,7 +20,10 @@ from tickflow.config import ConfigError, load_settings
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tickflow archive", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="tickflow archive",
+        description="The raw topic as Parquet beyond Kafka's retention (docs/archive.md).",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="consume the raw topic into the archive's Parquet files")
     run.add_argument(
