@@ -21,7 +21,6 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from bench.chaos import Feeder, clickhouse_rows, make_dataset
 from jobs.archive import layout
 from jobs.backfill import run_backfill
 from jobs.frames import opened_source
@@ -30,7 +29,9 @@ from jobs.sinks.clickhouse import connect
 from stack import flink
 from stack.topics import ensure_topics, pipeline_topics
 from tickflow.config import Settings, load_settings, patched_environ
+from tickflow.generated import Feeder, make_dataset
 from tickflow.kafka_security import client_config
+from tickflow.runs import clickhouse_rows, differing, drop_database
 from tickflow.slice import _delete_kafka_topics, _delete_redis_keys
 
 pytestmark = pytest.mark.integration
@@ -134,14 +135,6 @@ def frames_of(settings: Settings, kind: str) -> dict[int, list[tuple[int, bytes,
                 for record in zip(batch.offsets, batch.values, batch.timestamps, strict=True)
             ]
     return out
-
-
-def differing(a: dict[str, Counter[Any]], b: dict[str, Counter[Any]]) -> dict[str, int]:
-    return {t: sum(((a[t] - b[t]) + (b[t] - a[t])).values()) for t in sorted(a)}
-
-
-def drop_database(settings: Settings) -> None:
-    connect(settings.clickhouse).execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
 
 
 def test_the_backfill_from_the_archive_equals_the_backfill_from_kafka_before_its_deletion(
