@@ -242,6 +242,7 @@ def test_the_replay_from_the_archive_equals_the_replay_from_kafka(
         print(archive_until_end())
         delete_kafkas_copy(settings)
         from_archive = replay_rows(settings, f"a{tag}", "archive")
+        print(f"replayed rows per table: {({t: sum(c.values()) for t, c in from_kafka.items()})}")
         assert not any(differing(from_kafka, from_archive).values()), differing(
             from_kafka, from_archive
         )
