@@ -267,13 +267,19 @@ class Archiver:
         return archived
 
     def ends(self) -> dict[int, int]:
-        """Per partition, the offset after its last record now (the high watermark)."""
+        """Per partition holding records, the offset after its last one now (the high
+        watermark). A partition Kafka holds nothing of has nothing to archive (a gap before
+        its next record is recorded with that record)."""
         from confluent_kafka import TopicPartition
 
-        return {
-            p: self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=30)[1]
-            for p in self.next_offset
-        }
+        ends = {}
+        for p in self.next_offset:
+            low, high = self.consumer.get_watermark_offsets(
+                TopicPartition(self.topic, p), timeout=30
+            )
+            if high > low:
+                ends[p] = high
+        return ends
 
     def poll(self) -> int:
         """One read from Kafka into the open files; files due are closed. Returns records."""

@@ -204,6 +204,33 @@ def test_an_archiver_killed_while_writing_leaves_every_offset_archived_once(
         assert all(not layout.read_gaps(root, topic, p) for p in ends)
 
 
+def test_records_gone_from_kafka_before_they_were_archived_are_a_recorded_gap(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    with raw_namespace(tmp_path, "archgap", 2_000) as (settings, data):
+        Feeder(settings, data.records).run(rate=0)
+        topic = settings.kafka.raw_topic
+        ends = kafka_ends(settings)
+        # retention took the first 100 records of partition 0 and all of partition 1
+        admin = AdminClient(client_config(settings.kafka))
+        gone = [TopicPartition(topic, 0, 100), TopicPartition(topic, 1, ends[1][1])]
+        for future in admin.delete_records(gone, request_timeout=30).values():
+            future.result()
+        archive_until_end()
+        root = Path(settings.archive.dir)
+        gaps = layout.read_gaps(root, topic, 0)
+        assert [(g["from"], g["to"]) for g in gaps] == [(0, 100)]
+        assert not layout.read_gaps(root, topic, 1)  # recorded with its next record
+        files = layout.archived_files(root, topic)
+        assert files[0][0].first == 100 and 1 not in files
+        assert frames_of(settings, "archive") == {
+            p: records for p, records in frames_of(settings, "kafka").items() if records
+        }
+
+
 def replay_rows(settings: Settings, namespace: str, source: str) -> dict[str, Counter[Any]]:
     """The Flink replay of the whole raw topic, from Kafka or the archive: its tables' rows."""
     env = replay_overrides(settings, namespace, 0, 2**62, 0)
