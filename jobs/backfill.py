@@ -2,9 +2,11 @@
 
     tickflow job backfill --day 2026-11-24            # batch engine, one process per core
     tickflow job backfill --day 2026-11-24 --engine flink   # the streaming job, bounded
+    tickflow job backfill --day 2026-11-24 --source archive # read the raw archive, not Kafka
 
 Each raw-topic partition is read from the offset of the range's start to the offset of its
-end and run through the job's logic, the compiled core (``jobs/native``,
+end, from Kafka or from the raw archive (``jobs.frames``: the same offsets and records), and
+run through the job's logic, the compiled core (``jobs/native``,
 ``tickflow_native.NativePartition``: rows encoded as RowBinary). The rows go to the live
 ClickHouse database in large inserts, the dead letters to the backfill's dead-letter topic.
 Partitions are independent (the connectors partition by instrument) and are spread over
@@ -21,20 +23,19 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from typing import Any
 
+from jobs.frames import FrameBatch, frame_source, opened_source
 from jobs.sinks.clickhouse import RowBinaryWriter, ensure_schema
 from schemas.codec import EnvelopeError, decode_envelope
 from schemas.deadletter import dead_letter_record
 from tickflow.config import AnalyticsConfig, BookConfig, Settings
 from tickflow.instruments import nbbo_group
-from tickflow.kafka_security import client_config
 
-IDLE_TIMEOUT_S = 60.0  # no record for this long before the range's end: the broker is gone
 OFFSET_TIMEOUT_S = 30.0
 GROUP_SAMPLE_RECORDS = 20_000  # read from a partition's start to learn its instruments' shares
 
@@ -68,79 +69,38 @@ class PartitionRange:
         return f"partition {self.partition}"
 
 
-def _consumer(settings: Settings) -> Any:
-    from confluent_kafka import Consumer
-
-    kafka = settings.kafka
-    return Consumer({
-        **client_config(kafka),
-        "group.id": f"{settings.flink.consumer_group}-batch-backfill",
-        "enable.auto.commit": False,
-        "enable.partition.eof": False,
-        "fetch.max.bytes": 64 * 1024 * 1024,
-        "max.partition.fetch.bytes": 16 * 1024 * 1024,
-    })  # fmt: skip
+def partition_ranges(
+    settings: Settings, from_ms: int, to_ms: int, source: str = "kafka"
+) -> list[PartitionRange]:
+    """Per partition of the raw topic, the offsets of the records in [from_ms, to_ms), in
+    Kafka or in the archive (``source``: ``jobs.frames.frame_source``)."""
+    with opened_source(settings, source) as frames:
+        return [
+            PartitionRange(partition, *frames.offset_range(partition, from_ms, to_ms))
+            for partition in frames.partitions()
+        ]
 
 
-def partition_ranges(settings: Settings, from_ms: int, to_ms: int) -> list[PartitionRange]:
-    """Per partition of the raw topic, the offsets of the records in [from_ms, to_ms)."""
-    from confluent_kafka import TopicPartition
-
-    topic = settings.kafka.raw_topic
-    consumer = _consumer(settings)
-    try:
-        meta = consumer.list_topics(topic, timeout=OFFSET_TIMEOUT_S).topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            raise RuntimeError(f"raw topic {topic!r} not found on {settings.kafka.bootstrap}")
-        ranges = []
-        for partition in sorted(meta.partitions):
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=OFFSET_TIMEOUT_S
-            )
-
-            def offset_at(time_ms: int, partition: int = partition, high: int = high) -> int:
-                found = consumer.offsets_for_times(
-                    [TopicPartition(topic, partition, time_ms)], timeout=OFFSET_TIMEOUT_S
-                )[0].offset
-                return high if found < 0 else found  # no record at or after it: the end
-
-            start = offset_at(from_ms) if from_ms > 0 else low
-            ranges.append(PartitionRange(partition, start, offset_at(to_ms)))
-        return ranges
-    finally:
-        consumer.close()
-
-
-def sample_groups(settings: Settings, part: PartitionRange) -> Counter[str]:
+def sample_groups(settings: Settings, part: PartitionRange, source: str = "kafka") -> Counter[str]:
     """Records per instrument (NBBO group) among the first ``GROUP_SAMPLE_RECORDS`` of a
     range."""
-    from confluent_kafka import TopicPartition
-
     equivalents = dict(settings.analytics.quote_equivalents)
     counts: Counter[str] = Counter()
     wanted = min(part.records, GROUP_SAMPLE_RECORDS)
-    consumer = _consumer(settings)
-    try:
-        consumer.assign([TopicPartition(settings.kafka.raw_topic, part.partition, part.start)])
-        seen = 0
-        deadline = time.monotonic() + IDLE_TIMEOUT_S
-        while seen < wanted and time.monotonic() < deadline:
-            for message in consumer.consume(num_messages=wanted - seen, timeout=1.0):
-                if message.error() is not None:
-                    continue
-                seen += 1
-                try:
-                    instrument = decode_envelope(message.value()).instrument
-                except EnvelopeError:
-                    continue  # the worker that meets it dead-letters it
-                counts[nbbo_group(instrument, equivalents)] += 1
-    finally:
-        consumer.close()
+    frames = frame_source(settings, source)
+    sample_end = part.start + wanted
+    for batch in frames.read(part.partition, part.start, sample_end):
+        for value in batch.values:
+            try:
+                instrument = decode_envelope(value).instrument
+            except EnvelopeError:
+                continue  # the worker that meets it dead-letters it
+            counts[nbbo_group(instrument, equivalents)] += 1
     return counts
 
 
 def split_by_instrument(
-    settings: Settings, ranges: list[PartitionRange], workers: int
+    settings: Settings, ranges: list[PartitionRange], workers: int, source: str = "kafka"
 ) -> list[PartitionRange]:
     """Partitions too large for the workers to share evenly, split by instrument.
 
@@ -162,7 +122,7 @@ def split_by_instrument(
         if pieces < 2:
             out.append(part)
             continue
-        out.extend(split_range(part, sample_groups(settings, part), pieces))
+        out.extend(split_range(part, sample_groups(settings, part, source), pieces))
     return out
 
 
@@ -186,48 +146,6 @@ def split_range(part: PartitionRange, counts: Counter[str], pieces: int) -> list
     listed = frozenset(g for piece in groups[:-1] for g in piece)
     out.append(replace(part, others=listed, share=loads[-1] / sampled))
     return out
-
-
-def _read_range(
-    consumer: Any, topic: str, part: PartitionRange, read_batch: int
-) -> Iterator[list[Any]]:
-    """The range's records in offset order, in batches of Kafka messages (the consumer is
-    assigned to the range's start)."""
-    from confluent_kafka import KafkaError, TopicPartition
-
-    last = part.end - 1
-    idle_since = time.monotonic()
-    done = False
-    while not done:
-        messages = consumer.consume(num_messages=read_batch, timeout=1.0)
-        if not messages:
-            (position,) = consumer.position([TopicPartition(topic, part.partition)])
-            if position.offset >= part.end:
-                return  # the range ends with offsets that hold no record
-            if time.monotonic() - idle_since > IDLE_TIMEOUT_S:
-                raise RuntimeError(
-                    f"partition {part.partition}: no record for {IDLE_TIMEOUT_S:.0f} s "
-                    f"at offset {position.offset} of [{part.start}, {part.end})"
-                )
-            continue
-        idle_since = time.monotonic()
-        batch = []
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise RuntimeError(f"partition {part.partition}: {error}")
-            offset = message.offset()
-            if offset >= part.end:
-                done = True
-                break
-            batch.append(message)
-            if offset >= last:
-                done = True
-                break
-        if batch:
-            yield batch
 
 
 def core_rules(book: BookConfig, analytics: AnalyticsConfig) -> dict[str, Any]:
@@ -289,8 +207,8 @@ class NativeEngine:
                 letters.append(dead_letter_record("job", reason, value))
         return letters
 
-    def feed(self, messages: list[Any]) -> list[str]:
-        self.books.feed_batch([m.value() for m in messages], [m.timestamp()[1] for m in messages])
+    def feed(self, batch: FrameBatch) -> list[str]:
+        self.books.feed_batch(batch.values, batch.timestamps)
         self._insert(self.batch_rows)
         return self._letters()
 
@@ -309,23 +227,21 @@ class NativeEngine:
         self.writer.close()
 
 
-def backfill_partition(settings: Settings, part: PartitionRange) -> dict[str, Any]:
-    """Read one partition's range, run it through the job's logic, write its rows."""
-    from confluent_kafka import TopicPartition
-
+def backfill_partition(
+    settings: Settings, part: PartitionRange, source: str = "kafka"
+) -> dict[str, Any]:
+    """Read one partition's range (from Kafka or the archive), run it through the job's
+    logic, write its rows."""
     from connectors.producer import KafkaSink
 
     started = time.monotonic()
     engine = NativeEngine(settings, part)
-    consumer = _consumer(settings)
     letters: list[str] = []
     try:
         if part.records:
-            topic = settings.kafka.raw_topic
-            consumer.assign([TopicPartition(topic, part.partition, part.start)])
-            read_batch = settings.replay.batch_read_records
-            for messages in _read_range(consumer, topic, part, read_batch):
-                letters.extend(engine.feed(messages))
+            frames = frame_source(settings, source)
+            for batch in frames.read(part.partition, part.start, part.end):
+                letters.extend(engine.feed(batch))
         letters.extend(engine.finish())
         if letters:
             # the connectors' producer: it also counts deliveries the broker refused
@@ -339,7 +255,6 @@ def backfill_partition(settings: Settings, part: PartitionRange) -> dict[str, An
                     f"{settings.kafka.deadletter_topic}"
                 )
     finally:
-        consumer.close()
         engine.close()
     counts = engine.counts()
     return {
@@ -379,12 +294,15 @@ def run_backfill(
     to_ms: int,
     workers: int = 0,
     log: Callable[[str], None] = print,
+    source: str = "kafka",
 ) -> dict[str, Any]:
-    """Backfill [from_ms, to_ms) of the raw topic into ``settings.clickhouse.database``."""
+    """Backfill [from_ms, to_ms) of the raw topic (in Kafka or in the archive: ``source``)
+    into ``settings.clickhouse.database``."""
     from stack.topics import ensure_topics
 
     ensure_topics(settings)  # before its offsets are looked up
-    return run_backfill_ranges(settings, partition_ranges(settings, from_ms, to_ms), workers, log)
+    ranges = partition_ranges(settings, from_ms, to_ms, source)
+    return run_backfill_ranges(settings, ranges, workers, log, source)
 
 
 def run_backfill_ranges(
@@ -392,9 +310,11 @@ def run_backfill_ranges(
     ranges: list[PartitionRange],
     workers: int = 0,
     log: Callable[[str], None] = print,
+    source: str = "kafka",
 ) -> dict[str, Any]:
-    """Backfill these offset ranges of the raw topic into ``settings.clickhouse.database``,
-    each from empty state (as a live job starting at a range's start would)."""
+    """Backfill these offset ranges of the raw topic (in Kafka or in the archive:
+    ``source``) into ``settings.clickhouse.database``, each from empty state (as a live job
+    starting at a range's start would)."""
     from stack.topics import ensure_topics
 
     started = time.monotonic()
@@ -405,16 +325,16 @@ def run_backfill_ranges(
     total = sum(r.records for r in ranges)
     partitions = len(ranges)
     # largest first: the last to start are the shortest
-    ranges = sorted(split_by_instrument(settings, ranges, workers), key=lambda r: -r.work)
+    ranges = sorted(split_by_instrument(settings, ranges, workers, source), key=lambda r: -r.work)
     log(f"backfill: {total} records in {partitions} partitions ({len(ranges)} ranges), "
         f"{workers} worker processes")  # fmt: skip
     results: list[dict[str, Any]] = []
     if workers == 1:
-        results = [backfill_partition(settings, r) for r in ranges]
+        results = [backfill_partition(settings, r, source) for r in ranges]
     else:
         # spawned, not forked: each worker opens its own Kafka and ClickHouse clients
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(backfill_partition, settings, r) for r in ranges]
+            futures = [pool.submit(backfill_partition, settings, r, source) for r in ranges]
             for future in as_completed(futures):
                 result = future.result()
                 results.append(result)

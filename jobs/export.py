@@ -390,7 +390,9 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
 
 
-def _replace(tmp: Path, path: Path) -> None:
+def replace_durably(tmp: Path, path: Path) -> None:
+    """``tmp`` (closed) fsynced and renamed over ``path``, the rename fsynced too: after a
+    crash, ``path`` is either the old file or the whole new one."""
     with tmp.open("rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
@@ -441,7 +443,7 @@ def write_text(text: str, path: Path) -> None:
     tmp = _tmp_path(path)
     try:
         tmp.write_text(text)
-        _replace(tmp, path)
+        replace_durably(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -513,7 +515,7 @@ def export_table(source: RowSource, table: str, day: date, root: Path) -> TableR
         if staged is None:
             continue
         try:
-            _replace(staged.tmp, path)
+            replace_durably(staged.tmp, path)
         finally:
             staged.tmp.unlink(missing_ok=True)
         files.append(

@@ -2,7 +2,9 @@
 its own, for backtests that must see exactly what the live job saw.
 
     tickflow job replay --namespace bt1 --to 2026-11-25T10:00:00Z [--from ...] [--speed 10]
+                        [--source kafka|archive]
     tickflow job backfill --day 2026-11-24 [--from ...] [--engine batch|flink] [--workers N]
+                          [--source kafka|archive]
 
 The replay reads the live raw topic (nothing else of the live job is touched) and writes its
 books, NBBO, matched trades and bars to the namespace: Redis prefix ``<prefix>-replay-<ns>``,
@@ -15,6 +17,12 @@ moment the connectors (re)connected; a book whose snapshot is before ``--from`` 
 its next one. A book published as STALE after ``book.stale_after_ms`` of wall-clock silence is
 decided live by the wall clock and is not replayed: the replay turns it off (the NBBO's own
 staleness is decided by event time and is replayed).
+
+``--source archive`` reads the range from the raw archive (``jobs/archive``) instead, for a
+range Kafka no longer holds: the batch backfill reads the files directly; the replay first
+produces the range again into the namespace's own raw topic ``<raw topic>.replay-<ns>`` (each
+record into its partition, with its key, value and timestamp) and runs the same bounded job
+over that topic.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import argparse
 import re
 from datetime import UTC, date, datetime, timedelta
 
+from jobs.frames import SOURCES
 from stack import flink
 from stack.topics import ensure_topics, pipeline_topics
 from tickflow.config import Settings, load_settings
@@ -70,6 +79,21 @@ def replay_overrides(
     return env
 
 
+def archive_overrides(settings: Settings, namespace: str) -> dict[str, str]:
+    """A replay from the archive reads the namespace's own copy of the raw topic."""
+    return {"TICKFLOW__KAFKA__RAW_TOPIC": f"{settings.kafka.raw_topic}.replay-{namespace}"}
+
+
+def republish_range(base: Settings, replay: Settings) -> dict[int, tuple[int, int, int]]:
+    """The archived range of ``replay.replay`` (of ``base``'s raw topic) produced into the
+    replay's own raw topic."""
+    from jobs.archive.republish import republish
+    from jobs.frames import archive_frames
+
+    span = replay.replay
+    return republish(base, archive_frames(base), replay.kafka.raw_topic, span.from_ms, span.to_ms)
+
+
 def submit_replay(settings: Settings) -> str:
     """Create the namespace's topics and submit the replay job (settings from the overrides)."""
     topics = pipeline_topics(settings)
@@ -108,6 +132,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     replay.add_argument("--into-live-database", action="store_true",
                         help="write the live ClickHouse database (a rebuild)")  # fmt: skip
+    replay.add_argument("--source", choices=SOURCES, default="kafka",
+                        help="read the range from Kafka (default) or the raw archive")
     replay.add_argument("--wait", action="store_true", help="wait until the replay finished")
     replay.add_argument("--timeout", type=float, default=3600.0)  # fmt: skip
     backfill = sub.add_parser(
@@ -127,6 +153,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="batch: the job's logic in worker processes, no Flink (fast; the default); "
         "flink: the streaming job over the bounded range",
     )
+    backfill.add_argument("--source", choices=SOURCES, default="kafka",
+                          help="read the range from Kafka (default) or the raw archive "
+                               "(batch engine)")  # fmt: skip
     backfill.add_argument("--workers", type=int, default=0,
                           help="batch engine: processes (default: replay.batch_workers, "
                                "0 = one per core)")  # fmt: skip
@@ -135,7 +164,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     backfill.add_argument("--timeout", type=float, default=3600.0)  # fmt: skip
 
 
-def backfill_offsets(settings: Settings, spec: str, workers: int) -> int:
+def backfill_offsets(settings: Settings, spec: str, workers: int, source: str = "kafka") -> int:
     """The batch backfill of explicit offset ranges into the live database."""
     from jobs.backfill import parse_offset_ranges, run_backfill_ranges
 
@@ -143,7 +172,7 @@ def backfill_offsets(settings: Settings, spec: str, workers: int) -> int:
         ranges = parse_offset_ranges(spec)
     except ValueError as e:
         raise SystemExit(f"tickflow job backfill --offsets: {e}") from None
-    report = run_backfill_ranges(settings, ranges, workers)
+    report = run_backfill_ranges(settings, ranges, workers, source=source)
     print(f"backfill {spec}: {report['frames']} frames -> {report['rows']} rows "
           f"{report['rows_by_table']} in ClickHouse {settings.clickhouse.database}, "
           f"{report['dead_letters']} dead letters, {report['late']} late; "
@@ -153,11 +182,24 @@ def backfill_offsets(settings: Settings, spec: str, workers: int) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """``replay`` or ``backfill``."""
+    from jobs.archive.layout import ArchiveError
+
+    try:
+        return _run(args)
+    except ArchiveError as exc:  # nothing archived, overlapping files: the message says
+        raise SystemExit(f"tickflow job {args.command} --source archive: {exc}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
     import os
 
     base = load_settings()
+    if args.command == "backfill" and args.source == "archive" and args.engine == "flink":
+        raise SystemExit("tickflow job backfill --source archive: the batch engine reads the "
+                         "archive; for the streaming job use `tickflow job replay --source "
+                         "archive --into-live-database`")  # fmt: skip
     if args.command == "backfill" and args.offsets:
-        return backfill_offsets(base, args.offsets, args.workers)
+        return backfill_offsets(base, args.offsets, args.workers, args.source)
     if args.command == "backfill":
         env = backfill_overrides(base, args.day, parse_time_ms(args.from_))
         args.namespace = f"backfill_{args.day:%Y%m%d}"
@@ -167,19 +209,29 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.into_live_database:
             env["TICKFLOW__CLICKHOUSE__DATABASE"] = base.clickhouse.database
+        if args.source == "archive":
+            env.update(archive_overrides(base, args.namespace))
     os.environ.update(env)  # the Flink client and the job read the same settings
     settings = load_settings()
     if args.command == "backfill" and args.engine == "batch":
         from jobs.backfill import run_backfill
 
         replay = settings.replay
-        report = run_backfill(settings, replay.from_ms, replay.to_ms, args.workers)
-        print(f"backfill {args.day}: {report['frames']} frames -> {report['rows']} rows "
+        report = run_backfill(
+            settings, replay.from_ms, replay.to_ms, args.workers, source=args.source
+        )
+        print(f"backfill {args.day} from {args.source}: {report['frames']} frames -> "
+              f"{report['rows']} rows "
               f"{report['rows_by_table']} in ClickHouse {settings.clickhouse.database}, "
               f"{report['dead_letters']} dead letters ({settings.kafka.deadletter_topic}), "
               f"{report['late']} late; {report['seconds']} s, {report['frames_per_s']} "
               f"frames/s with {report['workers']} workers")  # fmt: skip
         return 0
+    if args.command == "replay" and args.source == "archive":
+        copied = republish_range(base, settings)
+        print(f"archive -> {settings.kafka.raw_topic}: "
+              + ", ".join(f"partition {p} offsets {a}-{b} ({n} records)"
+                          for p, (a, b, n) in copied.items()))  # fmt: skip
     job_id = submit_replay(settings)
     print(f"{args.command} job {job_id}: Redis {settings.redis.key_prefix}:*, ClickHouse "
           f"{settings.clickhouse.database}, topics *.replay-{args.namespace}")  # fmt: skip

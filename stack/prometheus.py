@@ -95,6 +95,16 @@ def prometheus_config(settings: Settings, rules: Path) -> dict[str, Any]:
                 "metrics_path": "/metrics",
                 "static_configs": [{"targets": [_target(monitoring.dashboard_port)]}],
             },
+            *(
+                [
+                    {
+                        "job_name": "archive",
+                        "static_configs": [{"targets": [_target(settings.archive.metrics_port)]}],
+                    }
+                ]
+                if settings.archive.metrics_port
+                else []
+            ),
         ],
     }
 

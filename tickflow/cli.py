@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "jobs.export",
         "a day of the ClickHouse tables as Hive-partitioned Parquet with a manifest",
     ),
+    "archive": (
+        "jobs.archive.cli",
+        "the raw topic as Parquet beyond Kafka's retention: run | status",
+    ),
     "completeness": (
         "jobs.completeness",
         "per book, the time of a day it was not in sync, by reason, from the gaps table",

@@ -262,6 +262,22 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class ArchiveConfig:
+    """The raw archive (``tickflow archive run``, ``jobs/archive.py``, docs/archive.md): the raw
+    topic as Parquet files beyond Kafka's retention. Environment:
+    ``TICKFLOW__ARCHIVE__<KEY>``, e.g. ``TICKFLOW__ARCHIVE__DIR=/data/archive``."""
+
+    dir: str = "{state_dir}/archive"  # files under <dir>/<topic>/date=.../partition=P/
+    roll_records: int = 2_000_000  # a file is closed at this many records...
+    roll_seconds: float = 900.0  # ...or this long after its first record (wall clock)
+    row_group_records: int = 100_000  # written to the open file at a time (bounds memory)
+    read_batch_records: int = 10_000  # records per FrameBatch read back from the files
+    consumer_group: str = "tickflow-archive"  # offsets committed for lag monitoring only
+    metrics_port: int = 0  # Prometheus /metrics of the archiver; 0: not served
+    metrics_host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
 class BookConfig:
     top_n: int
     max_levels: int
@@ -467,6 +483,7 @@ class Settings:
     exchanges: ExchangesConfig
     replay: ReplayConfig
     api: ApiConfig = field(default_factory=ApiConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     root: Path = field(default_factory=project_root)
 
 
@@ -562,6 +579,7 @@ _NESTED: dict[str, type] = {
     "ExchangesConfig": ExchangesConfig,
     "ReplayConfig": ReplayConfig,
     "ApiConfig": ApiConfig,
+    "ArchiveConfig": ArchiveConfig,
 }
 
 
@@ -649,6 +667,7 @@ _FILE_SETTINGS = (
     ("clickhouse", "password_file"),
     ("monitoring", "dashboard_token_file"),
     ("api", "keys_file"),
+    ("archive", "dir"),
 )
 # (section, secret, the file it is read from when empty)
 _SECRET_FILES = (

@@ -1,9 +1,9 @@
 """``tickflow demo up|down``: the whole pipeline on one box against the simulator.
 
-``up`` starts the local stack, the exchange simulator, the three connectors and the dashboard
-(background processes with pid files under ``<state_dir>/apps``), submits the Flink job unless
-it is already running, and prints where to look (Flink UI, dashboard, Prometheus, metrics).
-``make run`` then shows the live books.
+``up`` starts the local stack, the exchange simulator, the three connectors, the raw archiver
+(``tickflow archive run``) and the dashboard (background processes with pid files under
+``<state_dir>/apps``), submits the Flink job unless it is already running, and prints where to
+look (Flink UI, dashboard, Prometheus, metrics). ``make run`` then shows the live books.
 
 Restarts. ``down`` stops the job with a savepoint. ``up`` resumes from the newest restore point
 it has: that savepoint, or the newest retained checkpoint of a job it started (after a crash or
@@ -43,6 +43,7 @@ APPS: dict[str, list[str]] = {
     "connector-binance": ["connector", "binance"],
     "connector-coinbase": ["connector", "coinbase"],
     "connector-kraken": ["connector", "kraken"],
+    "archiver": ["archive", "run"],  # the raw topic into Parquet (docs/archive.md)
     "dashboard": ["dashboard"],
 }
 
