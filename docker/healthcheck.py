@@ -3,6 +3,7 @@
 
     tickflow-healthcheck connector binance   the connector's /metrics answers
     tickflow-healthcheck simulator           the simulator's /_sim/health answers
+    tickflow-healthcheck archive             the archiver's /metrics answers
     tickflow-healthcheck url http://...      any URL answers 2xx
 Exit 0 when healthy, 1 otherwise (Docker's HEALTHCHECK contract).
 """
@@ -27,6 +28,8 @@ def target(argv: list[str]) -> str:
         return f"http://127.0.0.1:{port}/metrics"
     if kind == "simulator":
         return f"http://127.0.0.1:{settings.simulator.port}/_sim/health"
+    if kind == "archive":
+        return f"http://127.0.0.1:{settings.archive.metrics_port}/metrics"
     raise SystemExit(f"usage: {__doc__}")
 
 

@@ -1,4 +1,6 @@
-"""Kafka as a single KRaft node (broker + controller) run from the Maven jars."""
+"""Kafka in KRaft mode (every node broker + controller) run from the Maven jars: one node by
+default, one per ``kafka.bootstrap`` address in the HA profile (three: a quorum of controllers,
+every topic replicated ``kafka.replication_factor`` times)."""
 
 from __future__ import annotations
 
@@ -8,15 +10,24 @@ import os
 import secrets as random_secrets
 import subprocess
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from stack.jars import JAVA_PACKAGES, kafka_jars_dir
 from stack.secrets import BROKER_CN, BROKER_USER, secrets_dir
-from stack.services import Component
-from stack.system import StackError, ensure_packages, port_open, spawn_daemon
+from stack.services import LOOPBACK, Component
+from stack.system import (
+    StackError,
+    ensure_packages,
+    pid_alive,
+    port_open,
+    port_owner,
+    process_belongs_to,
+    read_pids,
+    spawn_daemon,
+)
 from tickflow.config import ConfigError, Settings, read_secret
 
-NODE_ID = 1
 # what the local broker can run: open, or SCRAM over TLS with client certificates required
 LOCAL_PROTOCOLS = ("PLAINTEXT", "SASL_SSL")
 SCRAM_ITERATIONS = 8192
@@ -40,12 +51,32 @@ def local_protocol(settings: Settings) -> str:
     return protocol
 
 
-def security_properties(settings: Settings) -> dict[str, object]:
+@dataclass(frozen=True)
+class KafkaNode:
+    """One KRaft node: broker ``port`` (its bootstrap address) and controller port."""
+
+    node_id: int
+    host: str
+    port: int
+    controller_port: int
+
+
+def kafka_nodes(settings: Settings) -> list[KafkaNode]:
+    """A node per bootstrap address; node i's controller listens on controller_port + 2i."""
+    kafka = settings.kafka
+    return [
+        KafkaNode(i + 1, host, port, kafka.controller_port + 2 * i)
+        for i, (host, port) in enumerate(kafka.addresses())
+    ]
+
+
+def security_properties(settings: Settings, node: KafkaNode | None = None) -> dict[str, object]:
     """The broker's listeners and their security: PLAINTEXT, or clients on SASL_SSL
     (SCRAM-SHA-512, client certificates required, the stack's CA) and the controller on TLS
     with the broker's own certificate both ways."""
     kafka = settings.kafka
-    host, port, controller = kafka.host, kafka.port, kafka.controller_port
+    node = node or kafka_nodes(settings)[0]
+    host, port, controller = node.host, node.port, node.controller_port
     if local_protocol(settings) == "PLAINTEXT":
         return {
             "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller}",
@@ -91,23 +122,30 @@ def security_properties(settings: Settings) -> dict[str, object]:
     }
 
 
-def render_server_properties(settings: Settings, data_dir: Path) -> str:
+def render_server_properties(
+    settings: Settings, data_dir: Path, node: KafkaNode | None = None
+) -> str:
     kafka = settings.kafka
-    host, controller = kafka.host, kafka.controller_port
+    nodes = kafka_nodes(settings)
+    node = node or nodes[0]
+    # one node: every internal topic has a single replica; a cluster: as many as the topics
+    replicas = min(len(nodes), max(kafka.replication_factor, 1))
+    in_sync = min(kafka.min_insync_replicas, replicas)
     props = {
         "process.roles": "broker,controller",
-        "node.id": NODE_ID,
-        "controller.quorum.voters": f"{NODE_ID}@{host}:{controller}",
-        **security_properties(settings),
+        "node.id": node.node_id,
+        "controller.quorum.voters": ",".join(
+            f"{n.node_id}@{n.host}:{n.controller_port}" for n in nodes
+        ),
+        **security_properties(settings, node),
         "log.dirs": str(data_dir),
-        # one broker: every internal topic has a single replica
-        "offsets.topic.replication.factor": 1,
-        "transaction.state.log.replication.factor": 1,
-        "transaction.state.log.min.isr": 1,
-        "share.coordinator.state.topic.replication.factor": 1,
-        "share.coordinator.state.topic.min.isr": 1,
-        "min.insync.replicas": 1,
-        "default.replication.factor": 1,
+        "offsets.topic.replication.factor": replicas,
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": in_sync,
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "share.coordinator.state.topic.min.isr": in_sync,
+        "min.insync.replicas": in_sync,
+        "default.replication.factor": replicas,
         # fewer internal partitions: faster first start on a small machine
         "offsets.topic.num.partitions": 8,
         "transaction.state.log.num.partitions": 8,
@@ -181,14 +219,33 @@ def java_command(jars: Path, log4j2: Path, heap_mb: int, main: str, *args: str) 
 
 class Kafka(Component):
     name = "kafka"
+    completes_partially = True  # a node that died is started alone, the others keep running
+
+    @property
+    def nodes(self) -> list[KafkaNode]:
+        return kafka_nodes(self.settings)
+
+    @property
+    def process_count(self) -> int:  # type: ignore[override]
+        return len(self.nodes)
+
+    def node_home(self, node: KafkaNode) -> Path:
+        """Node 1 keeps the single node's layout; the others live beside it."""
+        return self.home if node.node_id == 1 else self.home / f"node-{node.node_id}"
+
+    def node_data_dir(self, node: KafkaNode) -> Path:
+        return self.node_home(node) / "data"
 
     @property
     def data_dir(self) -> Path:
-        return self.home / "data"
+        return self.node_data_dir(self.nodes[0])
 
     @property
     def log_dir(self) -> Path:
         return self.home / "logs"
+
+    def node_log_dir(self, node: KafkaNode) -> Path:
+        return self.node_home(node) / "logs"
 
     @property
     def log_file(self) -> Path:
@@ -199,35 +256,51 @@ class Kafka(Component):
         return self.log_dir / "kafka.out"
 
     def log_files(self) -> list[Path]:
-        return [self.log_file, self.stdout_file]
+        logs = [self.node_log_dir(node) for node in self.nodes]
+        return [path for d in logs for path in (d / "server.log", d / "kafka.out")]
+
+    def pid_files(self) -> list[Path]:
+        return [self.node_home(n) / "kafka.pid" for n in self.nodes]
+
+    def node_pid_file(self, node: KafkaNode) -> Path:
+        return self.node_home(node) / "kafka.pid"
 
     def ports(self) -> dict[str, int]:
-        return {
-            "broker": self.settings.kafka.port,
-            "controller": self.settings.kafka.controller_port,
-        }
+        nodes = self.nodes
+        if len(nodes) == 1:
+            return {"broker": nodes[0].port, "controller": nodes[0].controller_port}
+        ports: dict[str, int] = {}
+        for n in nodes:
+            ports[f"broker-{n.node_id}"] = n.port
+            ports[f"controller-{n.node_id}"] = n.controller_port
+        return ports
 
     def install(self) -> None:
         ensure_packages(JAVA_PACKAGES)
         kafka_jars_dir(self.settings)
 
     def configure(self) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        properties = self.home / "server.properties"
+        for node in self.nodes:
+            self._configure_node(node)
+
+    def _configure_node(self, node: KafkaNode) -> None:
+        home, data_dir = self.node_home(node), self.node_data_dir(node)
+        self.node_log_dir(node).mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        properties = home / "server.properties"
         # it holds the broker's store and SCRAM passwords: the owner's alone
         properties.unlink(missing_ok=True)
         fd = os.open(properties, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write(render_server_properties(self.settings, self.data_dir))
-        (self.home / "log4j2.properties").write_text(render_log4j2(self.log_dir))
-        if not (self.data_dir / "meta.properties").exists():
-            self._format_storage()
+            out.write(render_server_properties(self.settings, data_dir, node))
+        (home / "log4j2.properties").write_text(render_log4j2(self.node_log_dir(node)))
+        if not (data_dir / "meta.properties").exists():
+            self._format_storage(node)
         elif local_protocol(self.settings) == "SASL_SSL" and not self.scram_formatted():
             raise StackError(
-                f"kafka: {self.data_dir} was formatted by an earlier release, without SCRAM "
+                f"kafka: {data_dir} was formatted by an earlier release, without SCRAM "
                 "users, so no client could log in to it. Start it afresh (its topics are "
-                f"lost): `tickflow stack down kafka && rm -rf {self.data_dir}`, then "
+                f"lost): `tickflow stack down kafka && rm -rf {data_dir}`, then "
                 "`tickflow stack up`; or keep it open with "
                 "TICKFLOW__KAFKA__SECURITY_PROTOCOL=PLAINTEXT (docs/security.md)"
             )
@@ -251,18 +324,21 @@ class Kafka(Component):
             for name, password in users.items()
         ]
 
-    def _format_storage(self) -> None:
+    def _format_storage(self, node: KafkaNode) -> None:
         """KRaft needs its log directory formatted with a cluster id once, before first start;
-        with SASL the SCRAM users are written into its first metadata then."""
+        with SASL the SCRAM users are written into its first metadata then (every node the
+        same: whichever controller leads first writes them)."""
         id_file = self.home / "cluster.id"
         if not id_file.exists():
             id_file.write_text(new_cluster_id() + "\n")
         cluster_id = id_file.read_text().strip()
         scram = self._scram_arguments()
+        home = self.node_home(node)
         argv = self._java(
+            node,
             # one argument: an id that starts with "-" would otherwise read as an option
             "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-            "--config", str(self.home / "server.properties"), "--ignore-formatted", *scram,
+            "--config", str(home / "server.properties"), "--ignore-formatted", *scram,
         )  # fmt: skip
         done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
         if done.returncode != 0:
@@ -271,24 +347,51 @@ class Kafka(Component):
             names = [BROKER_USER, self.settings.kafka.sasl_username]
             (self.home / SCRAM_MARKER).write_text("\n".join(names) + "\n")
 
-    def _java(self, main: str, *args: str) -> list[str]:
+    def _java(self, node: KafkaNode, main: str, *args: str) -> list[str]:
         jars = kafka_jars_dir(self.settings)  # cheap once resolved: a marker check
         heap_mb = self.settings.kafka.heap_mb
-        return java_command(jars, self.home / "log4j2.properties", heap_mb, main, *args)
+        log4j2 = self.node_home(node) / "log4j2.properties"
+        return java_command(jars, log4j2, heap_mb, main, *args)
+
+    def node_running(self, node: KafkaNode) -> bool:
+        return any(
+            pid_alive(pid) and process_belongs_to(pid, self.home)
+            for pid in read_pids(self.node_pid_file(node))
+        )
+
+    def ensure_ports_free(self) -> None:
+        for node in self.nodes:
+            if not self.node_running(node):
+                self._ensure_free(node)
+
+    def _ensure_free(self, node: KafkaNode) -> None:
+        for label, port in (("broker", node.port), ("controller", node.controller_port)):
+            if port_open(LOOPBACK, port):
+                raise StackError(
+                    f"kafka: node {node.node_id}'s {label} port {port} is already in use by "
+                    f"{port_owner(port) or 'another process'}, which `tickflow stack` did not "
+                    "start. Stop it, or change kafka.bootstrap / kafka.controller_port."
+                )
 
     def launch(self) -> None:
-        argv = self._java("kafka.Kafka", str(self.home / "server.properties"))
-        pid = spawn_daemon(argv, self.stdout_file, cwd=self.home)
-        self.pid_file.write_text(f"{pid}\n")
+        for node in self.nodes:
+            if not self.node_running(node):
+                self.launch_node(node)
+
+    def launch_node(self, node: KafkaNode) -> None:
+        home = self.node_home(node)
+        argv = self._java(node, "kafka.Kafka", str(home / "server.properties"))
+        pid = spawn_daemon(argv, self.node_log_dir(node) / "kafka.out", cwd=home)
+        self.node_pid_file(node).write_text(f"{pid}\n")
 
     def answers(self) -> bool:
         kafka = self.settings.kafka
-        if not port_open(kafka.host, kafka.port):
+        if not all(port_open(n.host, n.port) for n in self.nodes):
             return False
         from confluent_kafka.admin import AdminClient
 
         from tickflow.kafka_security import client_config
 
         admin = AdminClient(client_config(kafka, **{"client.id": "tickflow-stack-health"}))
-        admin.list_topics(timeout=5)
-        return True
+        # every node registered as a broker: a cluster short of one is not up yet
+        return len(admin.list_topics(timeout=5).brokers) >= len(self.nodes)

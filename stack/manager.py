@@ -68,6 +68,9 @@ def _needs_start(component: Component, log: Log) -> bool:
     if len(pids) < component.process_count:
         # e.g. a TaskManager died: the JobManager still lists it until a heartbeat times out
         running = f"{len(pids)} of {component.process_count}"
+        if component.completes_partially:  # a cluster: start the missing nodes alone
+            log(f"{component.name}: only {running} processes are running; starting the rest")
+            return True
         log(f"{component.name}: only {running} processes are running; restarting")
         component.stop()
         return True

@@ -34,6 +34,9 @@ class Component(ABC):
     stop_timeout_s: ClassVar[float] = 30.0
     # processes a healthy instance runs (Flink: JobManager + TaskManager)
     process_count: ClassVar[int] = 1
+    # whether `launch` starts only the processes that are not running (a cluster of nodes),
+    # so a partly running instance is completed instead of restarted whole
+    completes_partially: ClassVar[bool] = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -47,10 +47,11 @@ def ensure_topics(
         return set(admin.list_topics(timeout=timeout_s).topics)
 
     missing = sorted(set(wanted) - listed())
+    replicas = settings.kafka.replication_factor
     created: list[str] = []
     if missing:
         futures = admin.create_topics(
-            [NewTopic(name, wanted[name], replication_factor=1) for name in missing],
+            [NewTopic(name, wanted[name], replication_factor=replicas) for name in missing],
             request_timeout=timeout_s,
         )
         for name, future in futures.items():

@@ -81,6 +81,10 @@ class KafkaConfig:
     ssl_truststore_file: str = ""  # PKCS12: the CA (JVM clients)
     ssl_store_password: str = field(default="", repr=False)  # "": from ssl_store_password_file
     ssl_store_password_file: str = ""
+    # replicas of every topic the stack creates, and how many must have a write before it is
+    # acknowledged (acks=all); the HA profile runs a broker per bootstrap address, 3 and 2
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
 
     def __post_init__(self) -> None:
         if self.security_protocol not in KAFKA_SECURITY_PROTOCOLS:
@@ -97,6 +101,14 @@ class KafkaConfig:
     @property
     def uses_sasl(self) -> bool:
         return self.security_protocol.startswith("SASL_")
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of every bootstrap address: the local stack runs a broker on each."""
+        out = []
+        for address in filter(None, (a.strip() for a in self.bootstrap.split(","))):
+            host, _, port = address.rpartition(":")
+            out.append((host, int(port)))
+        return out
 
     @property
     def uses_tls(self) -> bool:
