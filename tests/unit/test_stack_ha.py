@@ -68,3 +68,31 @@ def test_with_sentinels_either_redis_can_authenticate_to_the_other(tmp_path: Pat
         dataclasses.replace(plain, redis=dataclasses.replace(plain.redis, password="pw"))
     )
     assert "masterauth" not in single
+
+
+def test_the_ha_profile_runs_three_kafka_nodes_in_one_quorum(tmp_path: Path) -> None:
+    from stack.kafka import Kafka, kafka_nodes, render_server_properties
+
+    base = load_settings(overlays=[Path(HA_OVERLAY)], environ={})
+    settings = dataclasses.replace(
+        base,
+        state_dir=tmp_path,
+        kafka=dataclasses.replace(base.kafka, security_protocol="PLAINTEXT"),
+    )
+    nodes = kafka_nodes(settings)
+    assert [(n.node_id, n.port, n.controller_port) for n in nodes] == [
+        (1, 9092, 9093), (2, 9094, 9095), (3, 9096, 9097)
+    ]
+    text = render_server_properties(settings, tmp_path / "d2", nodes[1])
+    props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#")
+    assert props["node.id"] == "2"
+    assert props["controller.quorum.voters"] == (
+        "1@127.0.0.1:9093,2@127.0.0.1:9095,3@127.0.0.1:9097"
+    )
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:9094,CONTROLLER://127.0.0.1:9095"
+    assert props["default.replication.factor"] == "3" and props["min.insync.replicas"] == "2"
+    assert props["transaction.state.log.min.isr"] == "2"
+    kafka = Kafka(settings)
+    assert kafka.process_count == 3 and kafka.completes_partially
+    assert kafka.node_home(nodes[0]) == kafka.home  # node 1 keeps the single node's layout
+    assert kafka.node_home(nodes[2]) == kafka.home / "node-3"
