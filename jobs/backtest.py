@@ -56,7 +56,7 @@ import importlib.util
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import astuple, dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -701,18 +701,26 @@ class Backtest:
         self.chunk = max(1, settings.backtest.chunk_records)
         self.reorder_ms = settings.backtest.reorder_ms
         self.result = BacktestResult()
+        self._ranges: list[PartitionRange] | None = None
 
-    def events(self) -> Iterator[tuple[int, Event]]:
+    def prepare(self) -> list[PartitionRange]:
+        """Each partition's offsets of the range (looked up once, before the first event)."""
+        if self._ranges is None:
+            ranges = []
+            for partition in self.source.partitions():
+                start, end = self.source.offset_range(partition, self.from_ms, self.to_ms)
+                if end > start:
+                    ranges.append(PartitionRange(partition, start, end, only=self.groups))
+            self._ranges = ranges
+        return self._ranges
+
+    def events(self) -> Generator[tuple[int, Event], None, None]:
         """(delivery time ms, event) in delivery order, paced if a speed is given; the
         result's counts, digests and rates are complete once it is exhausted."""
         result = self.result = BacktestResult()
         started = time.monotonic()
-        ranges = []
-        for partition in self.source.partitions():
-            start, end = self.source.offset_range(partition, self.from_ms, self.to_ms)
-            if end > start:
-                ranges.append(PartitionRange(partition, start, end, only=self.groups))
-        streams = [self._partition(part) for part in ranges]
+        streams = [self._partition(part) for part in self.prepare()]
+        self._ranges = None  # a second run looks the offsets up again
         pacer = ReplayPacer(self.speed, self.clock, self.sleep) if self.speed else None
         sums: Counter[str] = Counter()
         events: Counter[str] = Counter()
