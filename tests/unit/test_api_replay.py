@@ -131,7 +131,8 @@ def test_a_source_that_does_not_answer_is_503(tmp_path: Path) -> None:
     store = KeyStore(tmp_path / "api-keys.json")
     _, key = store.create(["replay"])
     settings = load_settings(environ={})
-    for frames in (None, Down):
+    sources: list[Any] = [None, Down]
+    for frames in sources:
         app = build_app(settings, None, None, store, RateLimiter(100, 100), frames=frames)
         response = TestClient(app).post("/v1/replay", json=BODY, headers=auth(key))
         assert_error(response, 503, "unavailable")

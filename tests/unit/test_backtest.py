@@ -19,6 +19,7 @@ from jobs.backtest import (
     KIND_NAMES,
     KINDS,
     Backtest,
+    Bar,
     Context,
     Event,
     FillSimulator,
@@ -125,7 +126,7 @@ def test_events_come_in_event_time_order_with_the_documented_tie_break(
     late = Counter(e.kind for at, e in recorder.seen if at > e.time_ms)
     assert dict(late) == result.late_deliveries
     assert late["trade"] >= 1 and late["late_event"] == 1  # the trade a minute late
-    bars = [(at, e) for at, e in recorder.seen if e.kind == "bar"]
+    bars = [(at, e) for at, e in recorder.seen if isinstance(e, Bar)]
     assert bars and all(at == e.time_ms == e.window_start_ms + e.interval_ms for at, e in bars[:5])
 
 
@@ -245,7 +246,7 @@ def test_the_fill_model_takes_the_touch_then_the_band_and_rests_without_queue_po
     pnl = sim.pnl()["BTC-USDT"]
     cash = -sum((f.price * f.size if f.side == "buy" else -f.price * f.size) + f.fee
                 for f in sim.fills)  # fmt: skip
-    assert D(pnl["cash"]) == cash and D(pnl["pnl"]) == cash + position * D("100.01")
+    assert D(str(pnl["cash"])) == cash and D(str(pnl["pnl"])) == cash + position * D("100.01")
 
 
 def test_orders_are_checked() -> None:
@@ -262,7 +263,7 @@ def test_the_documented_example_strategy_runs(frames: list[tuple[bytes, int]]) -
     assert strategy.crossings > 0 and strategy.traded > 0
     assert len(result.fills) >= 2 * strategy.traded - len(result.cancelled)
     pnl = result.pnl["BNB-BTC"]
-    assert D(pnl["position"]) == 0 and D(pnl["pnl"]) > 0
+    assert D(str(pnl["position"])) == 0 and D(str(pnl["pnl"])) > 0
 
 
 def test_bad_arguments_are_refused() -> None:
