@@ -21,13 +21,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.chaos import Feeder, make_dataset
 from bench.stats import machine, write_results
 from jobs.backtest import Backtest, Context, Event
 from jobs.frames import FrameBatch, frame_source
 from stack import manager
 from stack.topics import ensure_topics
 from tickflow.config import Settings, load_settings, patched_environ
+from tickflow.generated import Feeder, make_dataset
 from tickflow.slice import _delete_kafka_topics
 
 READ_BATCH = 10_000
