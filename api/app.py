@@ -12,7 +12,8 @@ import functools
 import io
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from enum import StrEnum
 from typing import Annotated, Any
@@ -24,10 +25,13 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.data import ClickHouseHistory, History, Live, RedisLive, Unavailable
 from api.keys import ApiKey, KeyRefused, KeyStore, RateLimiter, retry_after_header
+from jobs.backtest import KIND_NAMES, Backtest, event_record
 from jobs.export import arrow_schema, record_batch
+from jobs.frames import FrameSource, frame_source
 from jobs.sinks.clickhouse import COLUMNS, column_types
 from jobs.sinks.queries import ALL_VENUES, history_order
 from jobs.sinks.redis_books import async_redis_client
@@ -39,6 +43,7 @@ log = logging.getLogger("tickflow.api")
 ARROW = "application/vnd.apache.arrow.stream"
 PARQUET = "application/vnd.apache.parquet"
 JSON = "application/json"
+NDJSON = "application/x-ndjson"
 NEXT_CURSOR = "X-Next-Cursor"
 _CANONICAL = re.compile(r"[A-Z0-9]{1,20}-[A-Z0-9]{1,20}")  # BASE-QUOTE
 
@@ -202,6 +207,9 @@ def decode_cursor(text: str, order: Sequence[str], table: str = "") -> list[Any]
 
 # --- response models --------------------------------------------------------------------------
 
+# ClickHouse's DateTime (the partition date of a time) ends in 2106: so do the ranges
+MAX_MS = 4_294_967_295_999
+
 
 class Page(BaseModel):
     table: str = Field(description="the ClickHouse table read")
@@ -256,10 +264,25 @@ class Health(BaseModel):
     status: str
 
 
+EventKind = StrEnum("EventKind", {name: name for name in KIND_NAMES})  # type: ignore[misc]
+
+
+class ReplayRequest(BaseModel):
+    from_ms: int = Field(ge=0, le=MAX_MS, description="range start, epoch ms")
+    to_ms: int = Field(ge=0, le=MAX_MS, description="range end, epoch ms, exclusive")
+    instruments: list[Annotated[str, Field(max_length=64)]] = Field(
+        min_length=1, max_length=64, description="canonical names or exchange symbols"
+    )
+    kinds: list[EventKind] | None = Field(
+        default=None, max_length=len(KIND_NAMES), description="event kinds (default: all)"
+    )
+    max_events: int | None = Field(
+        default=None, ge=1, description="stop after this many (at most api.replay_max_events)"
+    )
+
+
 # --- the app ----------------------------------------------------------------------------------
 
-# ClickHouse's DateTime (the partition date of a time) ends in 2106: so do the ranges
-MAX_MS = 4_294_967_295_999
 TIME_FROM = Annotated[int, Query(ge=0, le=MAX_MS, description="range start, epoch ms, inclusive")]
 TIME_TO = Annotated[int, Query(ge=0, le=MAX_MS, description="range end, epoch ms, exclusive")]
 FMT = Annotated[Format | None, Query(alias="format", description="overrides the Accept header")]
@@ -310,9 +333,11 @@ def build_app(
     keys: KeyStore,
     limiter: RateLimiter,
     stream: Callable[[int | None], AsyncIterator[bytes]] | None = None,
+    frames: Callable[[], FrameSource] | None = None,
 ) -> FastAPI:
     """The app on these readers (None: the endpoints that need one answer 503); ``stream``
-    yields the server-sent events of the live channels (``redis_events``)."""
+    yields the server-sent events of the live channels (``redis_events``); ``frames`` opens
+    the raw frames the replay endpoint runs through the core."""
     app = FastAPI(
         title="tickflow query API",
         version="1",
@@ -330,6 +355,14 @@ def build_app(
         log.info("refused %s %s: %d %s", request.method, request.url.path, exc.status, exc.code)
         body = {"error": {"status": exc.status, "error": exc.code, "message": exc.message}}
         return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body that is not JSON: 400) in the API's error body
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+        body = {"error": {"status": exc.status_code, "error": code.get(exc.status_code, "http"),
+                          "message": str(exc.detail)}}  # fmt: skip
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     def _history() -> History:
         if history is None:
@@ -626,7 +659,98 @@ def build_app(
             headers={"Cache-Control": "no-store"},
         )  # fmt: skip
 
+    # --- replay -------------------------------------------------------------------------------
+
+    replay_scope = Depends(_require("replay"))
+
+    @app.post(
+        "/v1/replay",
+        summary="Replay a range through the job's core (the backtest's event stream)",
+        operation_id="replay",
+        responses={
+            200: {
+                "description": (
+                    "NDJSON, one event a line in delivery order: `{\"time_ms\", \"kind\", "
+                    "\"event\"}`, then `{\"kind\": \"end\", ...}` with the counts and digests "
+                    "per kind and whether `max_events` cut the stream (`truncated`), or "
+                    "`{\"kind\": \"error\", \"message\"}` if reading failed part-way"
+                ),
+                "content": {NDJSON: {"schema": {"type": "string"}}},
+            },
+            **QUERY_RESPONSES,
+        },
+        response_class=StreamingResponse,
+        tags=["replay"],
+    )
+    def replay(
+        body: ReplayRequest, key: Annotated[ApiKey, replay_scope]
+    ) -> StreamingResponse:
+        """The raw frames of `[from_ms, to_ms)` (Kafka record time) of the instruments' NBBO
+        groups through the live job's compiled core, as `tickflow backtest` delivers them to a
+        strategy: every top-of-book change, book snapshot, NBBO, trade, matched trade, bar,
+        late event and gap row, in event-time order (docs/backtest.md). At most
+        `api.replay_max_range_ms` of range and `api.replay_max_events` events."""
+        if body.to_ms <= body.from_ms:
+            raise ApiError(400, "bad_range", "to_ms must be after from_ms")
+        if body.to_ms - body.from_ms > api.replay_max_range_ms:
+            raise ApiError(
+                400, "bad_range",
+                f"a replay covers at most {api.replay_max_range_ms} ms; split the range",
+            )  # fmt: skip
+        limit = body.max_events or api.replay_max_events
+        if limit > api.replay_max_events:
+            raise ApiError(400, "bad_limit", f"max_events is at most {api.replay_max_events}")
+        instruments = sorted({_canonical(i) for i in body.instruments})
+        kinds = [k.value for k in body.kinds] if body.kinds else None
+        if frames is None:
+            raise ApiError(503, "unavailable", "no frame source configured")
+        try:
+            backtest = Backtest(
+                settings, frames(), body.from_ms, body.to_ms, instruments, kinds=kinds
+            )
+            backtest.prepare()  # the source's offsets now: a broker that is down is a 503
+        except Exception as exc:
+            log.warning("replay source unavailable: %s", exc)
+            raise ApiError(
+                503, "unavailable", f"the raw frames cannot be read: {exc.__class__.__name__}"
+            ) from None
+        return StreamingResponse(
+            _replay_lines(backtest, limit), media_type=NDJSON,
+            headers={"Cache-Control": "no-store"},
+        )  # fmt: skip
+
     return app
+
+
+def _replay_lines(backtest: Backtest, limit: int) -> Iterator[bytes]:
+    """The replay's NDJSON lines: the events, then the end (or an error) line."""
+    sent: Counter[str] = Counter()
+    truncated = False
+    events = backtest.events()
+    try:
+        for at_ms, event in events:
+            if sent.total() >= limit:
+                truncated = True
+                break
+            line = {"time_ms": at_ms, "kind": event.kind, "event": event_record(event)}
+            yield orjson.dumps(line) + b"\n"
+            sent[event.kind] += 1
+    except Exception as exc:  # the status is sent: the stream says what went wrong
+        log.warning("replay failed part-way: %s", exc)
+        yield orjson.dumps({"kind": "error", "message": f"{exc.__class__.__name__}: {exc}"})
+        yield b"\n"
+        return
+    finally:
+        events.close()
+    result = backtest.result
+    # a cut stream's digests would cover events it did not send: only a whole one has them
+    end = {
+        "kind": "end", "events": sent.total(), "truncated": truncated,
+        "counts": dict(sent), "digests": {} if truncated else result.digests,
+        "frames": result.frames, "late_deliveries": result.late_deliveries,
+        "dead_letters": result.dead_letters,
+    }  # fmt: skip
+    yield orjson.dumps(end) + b"\n"
 
 
 async def redis_events(config: RedisConfig, limit: int | None) -> AsyncIterator[bytes]:
@@ -664,4 +788,5 @@ def create_app(settings: Settings) -> FastAPI:
         keys=KeyStore(settings.api.keys_file),
         limiter=RateLimiter(settings.api.rate_per_s, settings.api.burst),
         stream=functools.partial(redis_events, settings.redis),
+        frames=functools.partial(frame_source, settings, settings.api.replay_source),
     )

@@ -1,4 +1,5 @@
-"""Replay pacing: a bounded replay of the raw topic at N x real time, by record time.
+"""Replay pacing: a bounded replay of the raw topic at N x real time, by record time (and the
+backtest's delivery of events, by event time: ``hold_until``).
 
 The Kafka source reads as fast as it can; the key function (which sees every record first)
 holds each record back until ``(record time - first record time) / speed`` has passed on the
@@ -42,7 +43,10 @@ class ReplayPacer:
 
     def hold(self, data: bytes) -> None:
         """Wait until this record is due."""
-        record_ns = envelope_receive_time_ns(data)
+        self.hold_until(envelope_receive_time_ns(data))
+
+    def hold_until(self, record_ns: int) -> None:
+        """Wait until a record of this time (ns) is due; the first one sets the origin."""
         if self._origin is None:
             self._origin = (record_ns, self.clock())
             return

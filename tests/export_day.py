@@ -174,6 +174,15 @@ class GeneratedDay:
 
 def generated_day(settings: Settings, seed: int = 20261130) -> GeneratedDay:
     """The core's rows for the generated frames (``day_settings``), in one process."""
+    frames = generated_frames(seed)
+    run = CoreRun(day_settings(settings))
+    run.feed(frames)
+    run.finish()
+    return GeneratedDay(DAY, run.tables, len(frames))
+
+
+def generated_frames(seed: int = 20261130) -> list[tuple[bytes, int]]:
+    """The day's raw records (envelope, Kafka timestamp ms) in receive-time order."""
     rng = random.Random(seed)
     binance = [
         _Binance("BNB-BTC", "BNBBTC", Decimal("0.008123"), Decimal("0.000001")),
@@ -205,7 +214,4 @@ def generated_day(settings: Settings, seed: int = 20261130) -> GeneratedDay:
         late_ms = DAY_MS + offset + length // 2
         frames.append(binance[0].trade(rng, late_ms - 60_000, late_ms + 10))
     frames.sort(key=lambda frame: frame[1])  # receive-time order, as the raw topic holds them
-    run = CoreRun(day_settings(settings))
-    run.feed(frames)
-    run.finish()
-    return GeneratedDay(DAY, run.tables, len(frames))
+    return frames

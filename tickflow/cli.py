@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "jobs.core_cli",
         "connector recordings through the job's core, no servers: books, NBBO, trades, bars",
     ),
+    "backtest": (
+        "jobs.backtest",
+        "a range of raw frames through the job's core to a strategy, with simulated fills",
+    ),
     "export": (
         "jobs.export",
         "a day of the ClickHouse tables as Hive-partitioned Parquet with a manifest",

@@ -271,6 +271,26 @@ class ApiConfig:
     burst: int = 40  # ...up to this many at once (a key created with --rate/--burst overrides)
     default_page_rows: int = 1000  # rows per page when a request names no limit
     max_page_rows: int = 100000  # the largest limit a request may ask for
+    # POST /v1/replay (the backtest's event stream): the longest range and the most events
+    replay_max_range_ms: int = 3_600_000
+    replay_max_events: int = 1_000_000
+    replay_source: str = "kafka"  # where its frames are read: kafka | archive
+
+
+@dataclass(frozen=True)
+class BacktestConfig:
+    """Raw frames through the compiled core for a strategy (``jobs/backtest.py``,
+    ``tickflow backtest``). Environment: ``TICKFLOW__BACKTEST__<KEY>``."""
+
+    # frames fed to the core at a time: fixed, so the order of delivery does not depend on
+    # how the source happens to batch its reads
+    chunk_records: int = 1000
+    # a partition's rows are held until the core's watermark is this far past their event
+    # time, then delivered in event-time order; a row the core emits later than that is
+    # delivered at once (counted as a late delivery)
+    reorder_ms: int = 1000
+    taker_fee_bps: float = 5.0  # the fill model's fees, bps of the notional
+    maker_fee_bps: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -496,6 +516,7 @@ class Settings:
     replay: ReplayConfig
     api: ApiConfig = field(default_factory=ApiConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    backtest: BacktestConfig = field(default_factory=BacktestConfig)
     root: Path = field(default_factory=project_root)
 
 
@@ -592,6 +613,7 @@ _NESTED: dict[str, type] = {
     "ReplayConfig": ReplayConfig,
     "ApiConfig": ApiConfig,
     "ArchiveConfig": ArchiveConfig,
+    "BacktestConfig": BacktestConfig,
 }
 
 

@@ -16,9 +16,10 @@ rows of their own), with ``date`` (the partition key) derived from the row's own
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -663,15 +664,38 @@ def decode_rows(table: str, data: bytes) -> list[dict[str, Any]]:
     """RowBinary rows of ``table`` (in ``COLUMNS`` order, as the compiled core encodes them)
     back into values: what the job would insert, for the offline driver and tests. Decimals
     come back at the column's scale (18 places)."""
-    types = column_types(table)
-    columns = [(name, types[name]) for name in COLUMNS[table]]
-    rows, pos = [], 0
-    while pos < len(data):
-        row = {}
-        for name, kind in columns:
-            row[name], pos = _read_value(kind, data, pos)
+    columns = COLUMNS[table]
+    return [dict(zip(columns, row, strict=True)) for row in row_tuples(table, data)]
+
+
+def row_tuples(table: str, data: bytes) -> list[tuple[Any, ...]]:
+    """``decode_rows`` as tuples in ``COLUMNS`` order (as clickhouse-driver returns rows)."""
+    read = row_reader(table)
+    rows, pos, end = [], 0, len(data)
+    while pos < end:
+        row, pos = read(data, pos)
         rows.append(row)
     return rows
+
+
+Reader = Callable[[bytes, int], tuple[Any, int]]
+
+
+@functools.cache
+def row_reader(table: str) -> Reader:
+    """One row of ``table`` from a position: (values in ``COLUMNS`` order, the next position).
+    Each column's reader is built once from its type, not re-read from the type per value."""
+    types = column_types(table)
+    readers = [value_reader(types[name]) for name in COLUMNS[table]]
+
+    def read(data: bytes, pos: int) -> tuple[tuple[Any, ...], int]:
+        values = []
+        for reader in readers:
+            value, pos = reader(data, pos)
+            values.append(value)
+        return tuple(values), pos
+
+    return read
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -686,30 +710,90 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def _read_value(kind: str, data: bytes, pos: int) -> tuple[Any, int]:
+    return value_reader(kind)(data, pos)
+
+
+_EPOCH = date(1970, 1, 1)
+
+
+@functools.cache
+def value_reader(kind: str) -> Reader:
+    """The RowBinary reader of one value of a ClickHouse type."""
     if kind in _FIXED:
-        fmt = _FIXED[kind]
-        return struct.unpack_from(fmt, data, pos)[0], pos + struct.calcsize(fmt)
+        unpack = struct.Struct(_FIXED[kind]).unpack_from
+        size = struct.calcsize(_FIXED[kind])
+        return lambda data, pos: (unpack(data, pos)[0], pos + size)
     if kind == DECIMAL:
-        raw = int.from_bytes(data[pos : pos + 16], "little", signed=True)
-        return Decimal(raw).scaleb(-18).quantize(_DECIMAL_SCALE), pos + 16
+
+        def decimal(data: bytes, pos: int) -> tuple[Any, int]:
+            raw = int.from_bytes(data[pos : pos + 16], "little", signed=True)
+            return Decimal(raw).scaleb(-18).quantize(_DECIMAL_SCALE), pos + 16
+
+        return decimal
     if kind == "String":
-        size, pos = _read_varint(data, pos)
-        return data[pos : pos + size].decode(), pos + size
+
+        def string(data: bytes, pos: int) -> tuple[Any, int]:
+            size = data[pos]
+            if size < 0x80:
+                pos += 1
+            else:
+                size, pos = _read_varint(data, pos)
+            return data[pos : pos + size].decode(), pos + size
+
+        return string
     if kind == "Date":
-        days = struct.unpack_from("<H", data, pos)[0]
-        return date(1970, 1, 1) + timedelta(days=days), pos + 2
+        days = struct.Struct("<H").unpack_from
+        return lambda data, pos: (_EPOCH + timedelta(days=days(data, pos)[0]), pos + 2)
     if kind.startswith("Enum8("):
         names = {int(v): n for n, v in _ENUM_VALUE.findall(kind)}
-        return names[struct.unpack_from("<b", data, pos)[0]], pos + 1
+        code = struct.Struct("<b").unpack_from
+        return lambda data, pos: (names[code(data, pos)[0]], pos + 1)
     if kind.startswith("Nullable("):
-        if data[pos]:
-            return None, pos + 1
-        return _read_value(kind[len("Nullable(") : -1], data, pos + 1)
+        inner = value_reader(kind[len("Nullable(") : -1])
+        return lambda data, pos: (None, pos + 1) if data[pos] else inner(data, pos + 1)
     if kind.startswith("Array("):
-        size, pos = _read_varint(data, pos)
-        items = []
-        for _ in range(size):
-            item, pos = _read_value(kind[len("Array(") : -1], data, pos)
-            items.append(item)
-        return items, pos
+        item = value_reader(kind[len("Array(") : -1])
+
+        def array(data: bytes, pos: int) -> tuple[Any, int]:
+            size, pos = _read_varint(data, pos)
+            items = []
+            for _ in range(size):
+                value, pos = item(data, pos)
+                items.append(value)
+            return items, pos
+
+        return array
     raise ValueError(f"no RowBinary reader for {kind}")
+
+
+_ORDER_BY = re.compile(r"ORDER BY \((?P<columns>[^)]*)\)")
+_REPLACING = re.compile(r"ReplacingMergeTree\((?P<version>\w*)\)")
+
+
+def identity_columns(table: str) -> tuple[str, ...]:
+    """The columns of a row's identity: the table's sorting key (``ORDER BY``)."""
+    match = _ORDER_BY.search(TABLES[table])
+    if match is None:
+        raise ValueError(f"no ORDER BY in the DDL of {table}")
+    return tuple(c.strip() for c in match["columns"].split(","))
+
+
+def final_rows(table: str, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """What ``SELECT ... FINAL`` shows once ``rows`` (``COLUMNS`` order, in insert order) are
+    in ``table``: per identity, the row with the highest version column (the engine's
+    parameter, e.g. ``closed`` in ``gaps``), the last inserted among equals."""
+    columns = COLUMNS[table]
+    key = [columns.index(c) for c in identity_columns(table)]
+    match = _REPLACING.search(TABLES[table])
+    version = columns.index(match["version"]) if match and match["version"] else None
+    kept: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for row in rows:
+        identity = tuple(_hashable(row[i]) for i in key)
+        held = kept.get(identity)
+        if held is None or version is None or row[version] >= held[version]:
+            kept[identity] = row
+    return list(kept.values())
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value

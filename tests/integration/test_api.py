@@ -29,7 +29,8 @@ from jobs.sinks.queries import history_order
 from jobs.sinks.redis_books import VERSION_WIDTH, RedisBatch, book_key, nbbo_key, redis_client
 from stack import manager
 from tests.api_schema import run_all
-from tests.export_day import DAY_MS, generated_day
+from tests.export_day import DAY_MS, generated_day, generated_frames
+from tests.memory_frames import MemoryFrames
 from tickflow.config import Settings, load_settings
 
 pytestmark = pytest.mark.integration
@@ -104,7 +105,8 @@ def env(
 ) -> dict[str, Any]:
     redis_config = dataclasses.replace(settings.redis, key_prefix=prefix)
     store = KeyStore(Path(tmp_path_factory.mktemp("keys")) / "api-keys.json")
-    _, key = store.create(["read-live", "read-history"], rate_per_s=1e9, burst=10**9)
+    _, key = store.create(["read-live", "read-history", "replay"], rate_per_s=1e9, burst=10**9)
+    frames = [f for f in generated_frames() if f[1] < DAY_MS + 60_000]
 
     async def stream(limit: int | None) -> Any:
         async for event in redis_events(redis_config, limit):
@@ -117,6 +119,9 @@ def env(
         store,
         RateLimiter(1, 1),
         stream=stream,
+        # the replay endpoint's frames: the generated day's first minutes (Kafka is not needed
+        # here; tests/integration/test_backtest.py replays from the real raw topic)
+        frames=lambda: MemoryFrames(frames),
     )
     return {
         "client": TestClient(app), "app": app, "key": key, "redis": redis_config,

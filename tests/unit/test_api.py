@@ -396,9 +396,10 @@ def test_openapi_documents_every_error_status(env: dict[str, Any]) -> None:
     spec = env["client"].get("/openapi.json").json()
     assert set(spec["components"]["securitySchemes"]) == {"HTTPBearer", "APIKeyHeader"}
     for path, methods in spec["paths"].items():
-        responses = methods["get"]["responses"]
-        if path != "/v1/health":
-            assert {"401", "403", "429", "503"} <= set(responses), path
+        for method in methods.values():
+            if path != "/v1/health":
+                assert {"401", "403", "429", "503"} <= set(method["responses"]), path
+    assert set(spec["paths"]["/v1/replay"]) == {"post"}
     trades = spec["paths"]["/v1/trades"]["get"]["responses"]["200"]["content"]
     assert {"application/json", ARROW, PARQUET} <= set(trades)
     assert env["client"].get("/docs").status_code == 200

@@ -11,6 +11,8 @@ import pytest
 from api.app import build_app
 from api.keys import KeyStore, RateLimiter
 from tests.api_schema import run_all
+from tests.export_day import DAY_MS, generated_frames
+from tests.memory_frames import MemoryFrames
 from tests.unit.test_api import TRADES, FakeHistory, FakeLive
 from tickflow.config import load_settings
 
@@ -25,6 +27,8 @@ async def one_event(limit: int | None) -> AsyncIterator[bytes]:
 def test_generated_requests_get_documented_answers(tmp_path: Path) -> None:
     store = KeyStore(tmp_path / "api-keys.json")
     _, key = store.create(["admin"], rate_per_s=1e9, burst=10**9)
+    # the replay endpoint's frames: the first minutes of the generated day
+    frames = [f for f in generated_frames() if f[1] < DAY_MS + 60_000]
     app = build_app(
         load_settings(environ={}),
         FakeHistory({"trades": TRADES}),
@@ -32,7 +36,8 @@ def test_generated_requests_get_documented_answers(tmp_path: Path) -> None:
         store,
         RateLimiter(1, 1),
         stream=one_event,
+        frames=lambda: MemoryFrames(frames),
     )
     counts = run_all(app, key)
-    assert len(counts) == 2 * 12, counts
+    assert len(counts) == 2 * 13, counts
     assert [name for name, n in counts.items() if not n] == ["GET /v1/health negative"]
