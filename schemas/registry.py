@@ -236,8 +236,23 @@ def incompatibilities(reader: str, writer: str) -> list[str]:
     if result.compatibility is SchemaCompatibilityType.compatible:
         return []
     messages = sorted(result.messages) or ["incompatible"]
-    locations = sorted(result.locations)
-    return [f"{m} (at {', '.join(locations)})" if locations else m for m in messages]
+    where = [_named(json.loads(reader), p) for p in sorted(result.locations) if p != "/"]
+    return [f"{m} (at {', '.join(where)})" if where else m for m in messages]
+
+
+def _named(schema: Any, location: str) -> str:
+    """A checker location (``/fields/6/type``) with the fields' names (``/fields/6
+    (connection_seq)/type``), found in the reader schema's JSON."""
+    node, out = schema, []
+    for part in location.strip("/").split("/"):
+        out.append(part)
+        try:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            node = None
+        if isinstance(node, dict) and "name" in node and out[-2:-1] == ["fields"]:
+            out[-1] = f"{part} ({node['name']})"
+    return "/" + "/".join(out)
 
 
 _why = incompatibilities
