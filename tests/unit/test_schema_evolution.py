@@ -95,6 +95,13 @@ def test_the_committed_schemas_keep_the_rule_against_their_git_history(settings:
     assert results == {subject: [] for subject in schema_files(settings)}
 
 
+def test_the_envelope_keeps_the_instrument_first() -> None:
+    """The Flink key selectors read the instrument without decoding the record
+    (``envelope_instrument``, InstrumentKeys.java): it stays the first field, a string."""
+    first = json.loads(RAW)["fields"][0]
+    assert (first["name"], first["type"]) == ("instrument", "string")
+
+
 def test_an_optional_field_with_a_default_keeps_every_rule() -> None:
     new = evolved(RAW, add_field(OPTIONAL))
     for level in ("BACKWARD", "FORWARD", "FULL", "FULL_TRANSITIVE"):
