@@ -54,7 +54,7 @@ types: venv ## mypy
 
 check: lint types test ## lint, types and tests
 
-stack-up: venv ## start Kafka, Redis, ClickHouse and Flink on loopback
+stack-up: venv ## start Kafka, Redis, ClickHouse, Flink, Prometheus and the schema registry on loopback
 	$(BIN)/tickflow stack up
 
 stack-status: venv ## each component, its port and whether it answers

@@ -1,4 +1,5 @@
-"""``tickflow stack up|down|status|logs|supervise``: the local Kafka, Redis, ClickHouse, Flink."""
+"""``tickflow stack up|down|status|logs|supervise``: the local Kafka, Redis, ClickHouse, Flink,
+Prometheus and schema registry."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from pathlib import Path
 from xml.etree import ElementTree
@@ -25,6 +26,12 @@ OPS_JAR_GLOB = "tickflow-flink-ops-*.jar"
 OPS_CLASSIFIED = ("-tests.jar", "-aws.jar")
 KAFKA_POM = MAVEN_DIR / "kafka-broker.pom.xml"
 FLINK_POM = MAVEN_DIR / "flink-jars.pom.xml"
+# Apicurio Registry's own distribution (the schema registry): the app's `all` tar.gz, a Quarkus
+# runner jar and its lib/. 3.0.x's parent pom is not on Maven Central, so it cannot be a
+# resolved dependency: the dependency plugin's `get` of 2.8 (which reads no descriptor when
+# not transitive) fetches the file alone. 3.0.x runs on Java 17; 3.1 and later need Java 21
+REGISTRY_ARTIFACT = "io.apicurio:apicurio-registry-app:{version}:tar.gz:all"
+DEPENDENCY_GET = "org.apache.maven.plugins:maven-dependency-plugin:2.8:get"
 # log4j's JSON layout for the Flink daemons' logs, only when the wheel's lib/ lacks it
 LOG4J_JSON_POM = MAVEN_DIR / "log4j-json.pom.xml"
 MARKER = ".resolved-from"
@@ -216,3 +223,49 @@ def log4j_json_layout_jars(settings: Settings) -> list[Path]:
     if not jars:
         raise StackError(f"no {LOG4J_JSON_GLOB} in {out_dir}")
     return jars
+
+
+def registry_app_dir(settings: Settings) -> Path:
+    """Apicurio Registry ``registry.version`` unpacked into ``<cache_dir>/registry/<version>/``
+    (its runner jar and lib/) from the distribution on Maven Central; a marker makes repeated
+    calls free."""
+    version = settings.registry.version
+    out_dir = settings.cache_dir / "registry" / version
+    artifact = REGISTRY_ARTIFACT.format(version=version)
+    if (out_dir / MARKER).exists() and (out_dir / MARKER).read_text().strip() == artifact:
+        return out_dir
+    ensure_packages(JAVA_PACKAGES)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=out_dir.parent))
+    dist = staging / "dist.tar.gz"
+    argv = [
+        "mvn", "-q", "-B", DEPENDENCY_GET, f"-Dartifact={artifact}", "-Dtransitive=false",
+        f"-Ddest={dist}",
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(
+            argv, cwd=staging, capture_output=True, text=True, check=False, timeout=1800
+        )
+        if done.returncode != 0 or not dist.is_file():
+            raise StackError(
+                f"Maven could not fetch {artifact}: `{' '.join(argv)}` exited "
+                f"{done.returncode}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+            )
+        app = staging / "app"
+        with tarfile.open(dist) as archive:
+            archive.extractall(app, filter="data")
+        (app / MARKER).write_text(artifact + "\n")
+        shutil.rmtree(out_dir, ignore_errors=True)
+        app.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def registry_runner_jar(app_dir: Path) -> Path:
+    """The Quarkus application's entry jar: ``*-runner.jar`` (3.0.x, legacy layout) or
+    ``quarkus-run.jar`` (3.1+, fast-jar layout)."""
+    jars = sorted(app_dir.glob("*-runner.jar")) or sorted(app_dir.glob("quarkus-run.jar"))
+    if not jars:
+        raise StackError(f"no Apicurio Registry runner jar in {app_dir}")
+    return jars[0]

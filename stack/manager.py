@@ -11,6 +11,7 @@ from stack.flink import Flink
 from stack.kafka import Kafka
 from stack.prometheus import Prometheus
 from stack.redis_server import Redis, RedisReplica, RedisSentinels
+from stack.registry import SchemaRegistry
 from stack.secrets import ensure_secrets
 from stack.services import Component
 from stack.system import StackError
@@ -26,6 +27,7 @@ COMPONENT_TYPES: tuple[type[Component], ...] = (
     ClickHouse,
     Flink,
     Prometheus,
+    SchemaRegistry,
 )
 COMPONENT_NAMES = tuple(c.name for c in COMPONENT_TYPES)
 # how long an already-running but silent component gets before it is restarted
@@ -115,7 +117,23 @@ def up(settings: Settings, names: Iterable[str] | None = None, log: Log = print)
         created = ensure_topics(settings)
         if created:
             log(f"kafka: created topics {', '.join(created)}")
+    if any(c.name == SchemaRegistry.name for c in selected):
+        registered = register_schemas(settings)
+        if registered:
+            log(f"registry: registered {', '.join(registered)}")
     return [c.name for c in to_start]
+
+
+def register_schemas(settings: Settings) -> list[str]:
+    """Each topic's subject with its rule and committed schema (``tickflow schemas register``);
+    the subjects that got a new version."""
+    from schemas.registry import RegistryClient, RegistryError, register_all
+
+    try:
+        done = register_all(RegistryClient(settings.registry), settings)
+    except RegistryError as error:
+        raise StackError(f"registry: {error}") from None
+    return [f"{r.subject} (id {r.schema_id})" for r in done if r.new]
 
 
 def down(settings: Settings, names: Iterable[str] | None = None, log: Log = print) -> None:

@@ -35,6 +35,7 @@ PASSWORD_FILES = {
     "redis.password": "Redis default user",
     "clickhouse.password": "ClickHouse user (clickhouse.user)",
     "dashboard.token": "dashboard write endpoints (bearer token)",
+    "registry.password": "schema registry user (registry.username)",
 }
 CERT_FILES = (
     "ca.pem", "ca.key", "broker.pem", "broker.key", "broker.p12",

@@ -12,7 +12,11 @@ from tickflow.logs import setup_logging
 COMMANDS: dict[str, tuple[str, str]] = {
     "stack": (
         "stack.cli",
-        "local stack: up | down | status | logs (Kafka, Redis, ClickHouse, Flink)",
+        "local stack: up | down | status | logs (Kafka, Redis, ClickHouse, Flink, registry)",
+    ),
+    "schemas": (
+        "schemas.cli",
+        "topics' Avro schemas in the schema registry: register | check | list",
     ),
     "simulator": ("simulator.__main__", "run the exchange simulator on loopback"),
     "connector": (

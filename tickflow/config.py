@@ -293,6 +293,44 @@ class BacktestConfig:
     maker_fee_bps: float = 1.0
 
 
+REGISTRY_COMPATIBILITY = (
+    "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE",
+    "FULL", "FULL_TRANSITIVE", "NONE",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """The schema registry (Apicurio Registry, its Confluent-compatible API; ``schemas/
+    registry.py``, docs/schemas.md). Environment: ``TICKFLOW__REGISTRY__<KEY>``."""
+
+    host: str = "127.0.0.1"
+    port: int = 8085
+    # the Apicurio Registry release the local stack resolves from Maven Central; the compose
+    # file runs the image of the same version
+    version: str = "3.0.9"
+    heap_mb: int = 256
+    # every subject's compatibility level (docs/schemas.md says why FULL_TRANSITIVE)
+    compatibility: str = "FULL_TRANSITIVE"
+    # HTTP basic auth; "" password: read from password_file (the local stack generates it);
+    # neither: no Authorization header (a registry without auth)
+    username: str = "tickflow"
+    password: str = field(default="", repr=False)
+    password_file: str = "{state_dir}/secrets/registry.password"
+    timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.compatibility not in REGISTRY_COMPATIBILITY:
+            raise ConfigError(
+                f"registry.compatibility must be one of {REGISTRY_COMPATIBILITY}, "
+                f"got {self.compatibility!r}"
+            )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
 @dataclass(frozen=True)
 class ArchiveConfig:
     """The raw archive (``tickflow archive run``, ``jobs/archive.py``, docs/archive.md): the raw
@@ -517,6 +555,7 @@ class Settings:
     api: ApiConfig = field(default_factory=ApiConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     backtest: BacktestConfig = field(default_factory=BacktestConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
     root: Path = field(default_factory=project_root)
 
 
@@ -614,6 +653,7 @@ _NESTED: dict[str, type] = {
     "ApiConfig": ApiConfig,
     "ArchiveConfig": ArchiveConfig,
     "BacktestConfig": BacktestConfig,
+    "RegistryConfig": RegistryConfig,
 }
 
 
@@ -702,6 +742,7 @@ _FILE_SETTINGS = (
     ("monitoring", "dashboard_token_file"),
     ("api", "keys_file"),
     ("archive", "dir"),
+    ("registry", "password_file"),
 )
 # (section, secret, the file it is read from when empty)
 _SECRET_FILES = (
@@ -710,6 +751,7 @@ _SECRET_FILES = (
     ("redis", "password", "password_file"),
     ("clickhouse", "password", "password_file"),
     ("monitoring", "dashboard_token", "dashboard_token_file"),
+    ("registry", "password", "password_file"),
 )
 
 

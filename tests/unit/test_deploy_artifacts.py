@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker" / "compose.yaml"
 DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
 TEMPLATE = ROOT / "aws" / "cloudformation.yaml"
-ONE_SHOT_SERVICES = {"kafka-topics", "job-submit"}  # run to completion: nothing to probe
+# run to completion: nothing to probe
+ONE_SHOT_SERVICES = {"kafka-topics", "job-submit", "schemas-register"}
 
 
 class CloudFormationLoader(yaml.SafeLoader):
@@ -65,7 +66,7 @@ CloudFormationLoader.add_multi_constructor("!", _any_tag)
 
 COMPOSE_PASSWORDS = {
     f"TICKFLOW_{name}_PASSWORD": f"test-{name.lower()}"
-    for name in ("CLICKHOUSE", "REDIS", "GRAFANA")
+    for name in ("CLICKHOUSE", "REDIS", "REGISTRY", "GRAFANA")
 }
 
 
@@ -93,7 +94,13 @@ def test_compose_file_parses_and_every_service_is_checked() -> None:
     )
     services = model["services"]
     assert {"kafka", "jobmanager", "taskmanager", "clickhouse", "redis", "prometheus",
-            "grafana", "simulator", "connector-binance"} <= set(services)  # fmt: skip
+            "grafana", "simulator", "connector-binance", "registry"} <= set(services)  # fmt: skip
+    registry = services["registry"]
+    assert registry["environment"]["QUARKUS_SECURITY_USERS_EMBEDDED_USERS_TICKFLOW"] == (
+        "test-registry"
+    )
+    # the image of the release the local stack runs
+    assert registry["image"] == f"apicurio/apicurio-registry:{load_settings().registry.version}"
     for name, service in services.items():
         check = service.get("healthcheck", {})
         if name in ONE_SHOT_SERVICES:

@@ -351,3 +351,24 @@ def test_flink_conf_overrides_win_over_the_base() -> None:
     rendered = render_flink_config("rest:\n  port: 1\n", {"rest.port": 2, "a.b": "x"})
     assert rendered.startswith("# rendered by")
     assert yaml.safe_load(rendered) == {"rest": {"port": 2}, "a": {"b": "x"}}
+
+
+def test_registry_properties_hold_the_password_digest_not_the_password(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from stack.registry import password_digest, render_application_properties
+
+    registry = dataclasses.replace(settings.registry, port=18085, password="s3cret-Pass")
+    text = render_application_properties(dataclasses.replace(settings, registry=registry), tmp_path)
+    props = dict(line.split("=", 1) for line in text.splitlines() if not line.startswith("#"))
+    assert "s3cret-Pass" not in text
+    assert props["quarkus.http.host"] == "127.0.0.1" and props["quarkus.http.port"] == "18085"
+    assert props["quarkus.http.auth.basic"] == "true"
+    digest = password_digest("tickflow", "s3cret-Pass")
+    assert props["quarkus.security.users.embedded.users.tickflow"] == digest
+    assert props["apicurio.datasource.url"] == f"jdbc:h2:file:{tmp_path}/data/registry"
+    # no password configured: no auth settings at all
+    open_registry = dataclasses.replace(settings.registry, password="")
+    open_settings = dataclasses.replace(settings, registry=open_registry)
+    text = render_application_properties(open_settings, tmp_path)
+    assert "quarkus.http.auth.basic" not in text
