@@ -93,52 +93,30 @@ def redis_client(config: RedisConfig, **options: Any) -> redis.Redis:
     (``redis.sentinel_ports``, the HA profile) a client of whichever instance is the primary
     now: each new connection asks the Sentinels, and a connection to a primary that went away
     or was demoted fails, so the next one finds the promoted replica."""
+    kwargs = _client_kwargs(config, options)
     if config.sentinels():
         from redis.sentinel import Sentinel
 
-        sentinel = Sentinel(
-            config.sentinels(),
-            sentinel_kwargs=_sentinel_kwargs(config),
-            db=config.db,
-            password=config.password or None,
-            ssl=config.tls,
-            **options,
-        )
+        sentinel = Sentinel(config.sentinels(), sentinel_kwargs=_sentinel_kwargs(config), **kwargs)
         return sentinel.master_for(config.sentinel_service)
-    return redis.Redis(
-        host=config.host,
-        port=config.port,
-        db=config.db,
-        password=config.password or None,
-        ssl=config.tls,
-        **options,
-    )
+    return redis.Redis(host=config.host, port=config.port, **kwargs)
 
 
 def async_redis_client(config: RedisConfig, **options: Any) -> Any:
     """``redis_client`` for asyncio (``redis.asyncio``)."""
     import redis.asyncio as aioredis
 
+    kwargs = _client_kwargs(config, options)
     if config.sentinels():
-        from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+        from redis.asyncio.sentinel import Sentinel
 
-        sentinel = AsyncSentinel(
-            config.sentinels(),
-            sentinel_kwargs=_sentinel_kwargs(config),
-            db=config.db,
-            password=config.password or None,
-            ssl=config.tls,
-            **options,
-        )
+        sentinel = Sentinel(config.sentinels(), sentinel_kwargs=_sentinel_kwargs(config), **kwargs)
         return sentinel.master_for(config.sentinel_service)
-    return aioredis.Redis(
-        host=config.host,
-        port=config.port,
-        db=config.db,
-        password=config.password or None,
-        ssl=config.tls,
-        **options,
-    )
+    return aioredis.Redis(host=config.host, port=config.port, **kwargs)
+
+
+def _client_kwargs(config: RedisConfig, options: dict[str, Any]) -> dict[str, Any]:
+    return {"db": config.db, "password": config.password or None, "ssl": config.tls, **options}
 
 
 def _sentinel_kwargs(config: RedisConfig) -> dict[str, Any]:
