@@ -32,7 +32,7 @@ from schemas.codec import decode_envelope
 from stack import flink
 from tickflow.config import Settings
 from tickflow.faults import TcpProxy, paused, stopped
-from tickflow.kafka_security import client_config
+from tickflow.runs import read_committed
 from tickflow.slice import (
     BookUpdates,
     Slice,
@@ -135,27 +135,6 @@ def binance_tape(settings: Settings) -> list[tuple[str, str, Decimal, Decimal, s
 def binance_trades(settings: Settings, final: bool = True) -> list[Any]:
     symbols = set(settings.exchanges.binance.symbols)
     return [t for t in clickhouse_trades(settings, final) if t[0] in symbols]
-
-
-def read_committed(settings: Settings, topic: str) -> list[dict[str, Any]]:
-    """Every committed record of a single-partition JSON result topic."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({
-        **client_config(settings.kafka),
-        "group.id": f"outage-results-{time.time_ns()}",
-        "enable.auto.commit": False,
-        "isolation.level": "read_committed",
-    })  # fmt: skip
-    out: list[dict[str, Any]] = []
-    try:
-        consumer.assign([TopicPartition(topic, 0, 0)])
-        while (msg := consumer.poll(3.0)) is not None:
-            if msg.error() is None:
-                out.append(json.loads(msg.value() or b"{}"))
-    finally:
-        consumer.close()
-    return out
 
 
 def results_equal(settings: Settings) -> dict[str, int] | None:
