@@ -111,7 +111,8 @@ def main(argv: list[str]) -> int:
             started = time.monotonic()
             manager.up(settings, args.components or None)
             print(f"stack up ({time.monotonic() - started:.1f} s)")
-            return print_status(settings)
+            # with the credentials a first `up` generated (the settings above have none)
+            return print_status(load_settings())
         if args.command == "down":
             manager.down(settings, args.components or None)
             return 0

@@ -172,13 +172,35 @@ def raw_backlog(settings: Settings) -> tuple[dict[int, int], dict[int, int]]:
             return {}, {}
         parts = [TopicPartition(topic, p) for p in sorted(meta.partitions)]
         committed, end = {}, {}
-        for tp in consumer.committed(parts, timeout=30):
+        for tp in _committed(consumer, parts):
             low, high = consumer.get_watermark_offsets(tp, timeout=30)
             committed[tp.partition] = min(max(tp.offset, low), high) if tp.offset >= 0 else low
             end[tp.partition] = high
         return committed, end
     finally:
         consumer.close()
+
+
+def _committed(consumer: Any, parts: list[Any], timeout_s: float = 60.0) -> list[Any]:
+    """The group's committed offsets; a broker still electing the group's coordinator (a
+    fresh cluster creates its offsets topic on first use) answers retriably: ask again."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    electing = {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return list(consumer.committed(parts, timeout=30))
+        except KafkaException as exc:
+            error = exc.args[0]
+            retriable = error.retriable() or error.code() in electing
+            if not retriable or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def start_backlog_backfill(settings: Settings, spec: str) -> subprocess.Popen[bytes]:
@@ -264,6 +286,7 @@ def up(settings: Settings) -> dict[str, Any]:
     started = time.monotonic()
     if stack_main(["up"]) != 0:
         raise SystemExit("stack did not come up: see `tickflow stack status` and its logs")
+    settings = load_settings()  # with the credentials a first `up` generated
     for app in APPS:
         print(f"{app}: pid {start_app(settings, app)} (log {settings.state_dir / 'apps'})")
     job_file = settings.state_dir / "apps" / "pipeline.jobid"
