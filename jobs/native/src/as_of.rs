@@ -8,6 +8,12 @@
 //! that book's events after it, even one stamped <= T: in the exchange's sequence that one
 //! comes after the later one, so a state including it includes the later one's changes too.
 //!
+//! A snapshot without an exchange time (Binance's REST snapshot, Kraken's WS snapshot) was
+//! taken at the latest when it was received: it counts as stamped with its receive time, so
+//! one received after T stops the book (the book at T never comes from a later snapshot).
+//! This assumes our receive clock is not behind the exchange's; where it is, the next update
+//! still shows it for Binance (the snapshot already contains it, below).
+//!
 //! The event that stops the book (the "next" event) is also what shows that nothing was
 //! missed before T: applied to a copy of the book, it must follow it (`Outcome::Applied`). If
 //! it does not (a sequence gap, a checksum mismatch: an update at or before T may be
@@ -281,12 +287,33 @@ mod tests {
         let mut books = engine(10);
         books.hold_book("binance", SYMBOL, 1250);
         depth(&mut books, 101, 1100, 1101); // buffered, awaiting the snapshot
-        snapshot(&mut books, 102, 1310); // REST: no exchange time; it contains update 102
-        depth(&mut books, 102, 1300, 1320); // stamped after the cutoff, already in the book
+                                            // REST, no exchange time; received before the cutoff by our clock, yet it contains
+                                            // update 102, stamped after it (the exchange's clock ahead of ours)
+        snapshot(&mut books, 102, 1240);
+        depth(&mut books, 102, 1300, 1320); // already in the book
         let book = books.book_at("binance", SYMBOL).unwrap();
         assert_eq!(book.status, BookStatus::Resyncing);
         assert!(book.reason.contains("already contains"), "{}", book.reason);
         assert!(book.bids.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_received_after_the_cutoff_stops_the_book() {
+        let mut books = engine(10);
+        books.hold_book("binance", SYMBOL, 1250);
+        depth(&mut books, 101, 1100, 1101); // buffered, awaiting the snapshot
+        snapshot(&mut books, 100, 1260); // would bridge to 101, but taken after the cutoff
+        assert!(books.halted());
+        let book = books.book_at("binance", SYMBOL).unwrap();
+        assert_eq!(book.status, BookStatus::Resyncing);
+        assert_eq!(book.reason, "awaiting snapshot");
+        assert_eq!(book.gap.unwrap().kind, "startup");
+        let halt = book.halt.unwrap();
+        assert!(halt.snapshot);
+        assert_eq!(
+            (halt.event_time_ms, halt.outcome),
+            (1260, Some(Outcome::Resynced))
+        );
     }
 
     #[test]

@@ -415,7 +415,6 @@ impl InstrumentBooks {
         if cutoff.halt.is_some() {
             return true;
         }
-        // 0: no exchange time (a Binance REST snapshot): taken where it arrived
         let (event_time_ms, receive_time_ns, snapshot, first_id, last_id) = match event {
             MarketEvent::Delta(d) => (
                 d.event_time_ms,
@@ -432,6 +431,14 @@ impl InstrumentBooks {
                 s.last_id,
             ),
             MarketEvent::Trade(_) | MarketEvent::SyncLost(_) => return false,
+        };
+        // a snapshot without an exchange time (Binance's REST snapshot, Kraken's) was taken
+        // at the latest when it arrived: one that arrived after the cutoff may hold later
+        // changes, so it counts as stamped with its receive time
+        let event_time_ms = if event_time_ms == 0 && snapshot {
+            receive_time_ns.div_euclid(1_000_000)
+        } else {
+            event_time_ms
         };
         if event_time_ms <= cutoff.at_ms {
             return false;
