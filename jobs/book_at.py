@@ -33,6 +33,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -178,12 +179,22 @@ def _core(settings: Settings, group: str) -> Any:
     )
 
 
+Locate = Callable[[str, str, int], "Interval | None"]
+
+
 def book_at(
-    settings: Settings, source: FrameSource, exchange: str, symbol: str, at_ms: int
+    settings: Settings,
+    source: FrameSource,
+    exchange: str,
+    symbol: str,
+    at_ms: int,
+    locate: Locate | None = None,
 ) -> BookAt:
     """``exchange``'s book of ``symbol`` (its own symbol or the canonical instrument) as of
-    ``at_ms`` (exchange time, epoch ms). UnknownInstrument for a book that is not configured,
-    NoFrames when the raw frames hold nothing of it at that time."""
+    ``at_ms`` (exchange time, epoch ms). ``locate(exchange, symbol, at_ms)`` gives the book's
+    latest not-in-sync interval begun by then (default: ``last_interval`` in ClickHouse).
+    UnknownInstrument for a book that is not configured, NoFrames when the raw frames hold
+    nothing of it at that time."""
     symbols = exchange_symbols(settings.exchanges, exchange)
     symbol = resolve_symbol(symbols, symbol)
     instrument = symbols[symbol]
@@ -191,7 +202,10 @@ def book_at(
     partitions = source.partitions()
     partition = partitions[partition_of(group, len(partitions))]
     replay = settings.replay
-    interval = last_interval(settings.clickhouse, exchange, symbol, at_ms)
+    if locate is None:
+        interval = last_interval(settings.clickhouse, exchange, symbol, at_ms)
+    else:
+        interval = locate(exchange, symbol, at_ms)
     bound_ms = max(at_ms - replay.book_at_max_scan_ms, 0)
     if interval is not None and interval.start_ms - ORDER_MARGIN_MS >= bound_ms:
         scan_from_ms, sync_point = interval.start_ms - ORDER_MARGIN_MS, "gaps"
