@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from jobs.book_at import Interval, Locate, NoFrames, book_at, parse_time
+from jobs.book_at import Interval, Locate, NoFrames, book_at, main, parse_time, render
 from jobs.frames import FrameBatch
 from tests.unit.core_driver import core_settings
 from tests.unit.test_gaps import DAY_MS, DAY_START_MS, HOUR_MS, faulted_day
@@ -158,3 +158,21 @@ def test_times_are_epoch_ms_or_iso_8601_utc() -> None:
     for bad in ("yesterday", "0", "-5", "1e3", "99999999999999999"):
         with pytest.raises(ValueError):
             parse_time(bad)
+
+
+def test_the_command_prints_the_book_or_why_not(
+    settings: Settings, frames: MemoryFrames, capsys: pytest.CaptureFixture[str]
+) -> None:
+    live = book_at(settings, frames, "binance", "BTCUSDT", T0 + 3 * HOUR_MS, stored(STARTUP, GAP))
+    text = render(live, 5)
+    assert "binance BTCUSDT (BTC-USDT) as of 2026-11-30T03:00:00.000+00:00: LIVE" in text
+    assert "update 110" in text and "100.0 | 101.0" in text
+    gap = book_at(settings, frames, "binance", "BTCUSDT", GAP.start_ms + 1, stored(STARTUP, GAP))
+    text = render(gap, 5)
+    assert "RESYNCING" in text and "interval 2026-11-30T02:00:00.000+00:00 - " in text
+    # refused before any server is asked
+    assert main(["--exchange", "binance", "--symbol", "BTCUSDT", "--time", "noon"]) == 2
+    assert "is not a time" in capsys.readouterr().err
+    args = ["--exchange", "binance", "--symbol", "BTCUSDT", "--time", "1", "--source", "archive"]
+    assert main(args) == 2
+    assert "archive" in capsys.readouterr().err
