@@ -179,7 +179,7 @@ def _core(settings: Settings, group: str) -> Any:
     )
 
 
-Locate = Callable[[str, str, int], "Interval | None"]
+Locate = Callable[[str, str, int], Interval | None]
 
 
 def book_at(
