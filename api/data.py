@@ -76,7 +76,7 @@ class RawFrameBooks:
 
         try:
             frames = frame_source(self.settings, source)
-        except ValueError as exc:
+        except Exception as exc:  # an unknown kind, or a source not set up here
             raise Refused(str(exc)) from None
         try:
             return book_at(self.settings, frames, exchange, symbol, at_ms)
@@ -86,6 +86,10 @@ class RawFrameBooks:
             if "not found" in str(exc):
                 raise NoFrames(str(exc)) from None
             raise Unavailable(str(exc)) from None
+        finally:
+            close = getattr(frames, "close", None)  # a source's own connections, if it keeps any
+            if close is not None:
+                close()
 
 
 class ClickHouseHistory:

@@ -25,7 +25,7 @@ from bench.book_pipeline import MIXES, book_settings, generate, produce
 from bench.stats import machine, target_entry, write_results
 from jobs.backfill import partition_ranges, run_backfill_ranges
 from jobs.book_at import book_at, last_interval
-from jobs.frames import FrameBatch, frame_source
+from jobs.frames import FrameBatch, KafkaFrames
 from jobs.sinks.clickhouse import connect
 from stack.topics import ensure_topics
 from tickflow.config import Settings, load_settings, patched_environ
@@ -69,6 +69,7 @@ def run(minutes: float, runs: int, mix: str) -> dict[str, Any]:
     books = [(ex, s) for ex in exchanges for s in getattr(settings.exchanges, ex).symbols]
     seconds = minutes * 60 + 120  # and a margin: the frames per step vary
     frames = int(len(books) * STEPS_PER_S * FRAMES_PER_STEP * seconds)
+    source: KafkaFrames | None = None
     try:
         started = time.perf_counter()
         generated = generate(settings, exchanges, frames)
@@ -90,7 +91,7 @@ def run(minutes: float, runs: int, mix: str) -> dict[str, Any]:
         at_ms = startup.end_ms + int(minutes * 60_000)
         if at_ms + settings.replay.book_at_lookahead_ms >= end_ms:
             raise RuntimeError("the generated frames end before the time and its lookahead")
-        source = frame_source(settings, "kafka")
+        source = KafkaFrames(settings)
         timings: list[float] = []
         book = None
         for _ in range(runs):
@@ -141,6 +142,8 @@ def run(minutes: float, runs: int, mix: str) -> dict[str, Any]:
             },
         }
     finally:
+        if source is not None:
+            source.close()
         _delete_kafka_topics(settings, [settings.kafka.raw_topic, settings.kafka.deadletter_topic])
         client = connect(settings.clickhouse)
         try:

@@ -335,15 +335,22 @@ def main(argv: list[str]) -> int:
     settings = load_settings()
     started = time.perf_counter()
     try:
-        book = book_at(
-            settings, frame_source(settings, args.source), args.exchange, args.symbol, at_ms
-        )
-    except (UnknownInstrument, ValueError) as exc:
+        source = frame_source(settings, args.source)
+    except ValueError as exc:
+        print(f"tickflow book-at: {exc}", file=sys.stderr)
+        return 2
+    try:
+        book = book_at(settings, source, args.exchange, args.symbol, at_ms)
+    except UnknownInstrument as exc:
         print(f"tickflow book-at: {exc}", file=sys.stderr)
         return 2
     except NoFrames as exc:
         print(f"tickflow book-at: {exc}", file=sys.stderr)
         return 1
+    finally:
+        close = getattr(source, "close", None)  # a source's own connections, if it keeps any
+        if close is not None:
+            close()
     if args.json:
         print(json.dumps(book.as_json(), indent=1))
     else:
