@@ -4,7 +4,7 @@ sync point in ClickHouse to its levels, as the API and ``tickflow book-at`` run 
 
     python -m bench.book_at [--minutes 10] [--runs 5] [--mix binance|all]
 
-The frames are generated as ``bench.book_pipeline`` does (10 books per exchange of the mix, 20
+The frames are generated as ``tickflow.generated`` does (10 books per exchange of the mix, 20
 market steps per book per simulated second), preloaded into a private raw topic of the
 namespace's Kafka and backfilled into a private ClickHouse database (its ``gaps`` rows place
 each book's snapshot). Each run rebuilds the first book as of ``--minutes`` after its
@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from bench.book_pipeline import MIXES, book_settings, generate, produce
+from bench.book_pipeline import produce
 from bench.stats import machine, target_entry, write_results
 from jobs.backfill import partition_ranges, run_backfill_ranges
 from jobs.book_at import book_at, last_interval
@@ -29,6 +29,7 @@ from jobs.frames import FrameBatch, KafkaFrames
 from jobs.sinks.clickhouse import connect
 from stack.topics import ensure_topics
 from tickflow.config import Settings, load_settings, patched_environ
+from tickflow.generated import GENERATED_STEPS_PER_S, MIXES, book_settings, generate
 from tickflow.slice import _delete_kafka_topics
 
 
@@ -50,7 +51,6 @@ class Preloaded:
         yield from self.batches
 
 
-STEPS_PER_S = 20  # bench.book_pipeline.GENERATED_STEPS_PER_S
 FRAMES_PER_STEP = 1.8  # measured: depth updates and trades
 
 
@@ -68,7 +68,7 @@ def run(minutes: float, runs: int, mix: str) -> dict[str, Any]:
     settings = book_settings(private_settings(uuid.uuid4().hex[:8]), exchanges)
     books = [(ex, s) for ex in exchanges for s in getattr(settings.exchanges, ex).symbols]
     seconds = minutes * 60 + 120  # and a margin: the frames per step vary
-    frames = int(len(books) * STEPS_PER_S * FRAMES_PER_STEP * seconds)
+    frames = int(len(books) * GENERATED_STEPS_PER_S * FRAMES_PER_STEP * seconds)
     source: KafkaFrames | None = None
     try:
         started = time.perf_counter()
