@@ -8,6 +8,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from jobs.archive.layout import ArchiveError
 from jobs.book_at import BookAt, NoFrames, book_at
 from jobs.frames import frame_source
 from jobs.sinks.book_reader import (
@@ -80,6 +81,8 @@ class RawFrameBooks:
             raise Refused(str(exc)) from None
         try:
             return book_at(self.settings, frames, exchange, symbol, at_ms)
+        except ArchiveError as exc:  # none there, or files that do not add up
+            raise NoFrames(f"the raw archive: {exc}") from None
         except KafkaException as exc:
             raise Unavailable(f"Kafka does not answer: {exc}") from None
         except RuntimeError as exc:  # no raw topic, or the broker went quiet mid-read

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from connectors.producer import partition_of
+from jobs.archive.layout import ArchiveError
 from jobs.backfill import core_rules
 from jobs.frames import FrameSource, frame_source
 from tickflow.config import ClickHouseConfig, Settings, load_settings
@@ -344,7 +345,7 @@ def main(argv: list[str]) -> int:
     except UnknownInstrument as exc:
         print(f"tickflow book-at: {exc}", file=sys.stderr)
         return 2
-    except NoFrames as exc:
+    except (NoFrames, ArchiveError) as exc:
         print(f"tickflow book-at: {exc}", file=sys.stderr)
         return 1
     finally:

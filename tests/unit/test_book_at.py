@@ -173,6 +173,5 @@ def test_the_command_prints_the_book_or_why_not(
     # refused before any server is asked
     assert main(["--exchange", "binance", "--symbol", "BTCUSDT", "--time", "noon"]) == 2
     assert "is not a time" in capsys.readouterr().err
-    args = ["--exchange", "binance", "--symbol", "BTCUSDT", "--time", "1", "--source", "archive"]
-    assert main(args) == 2
-    assert "archive" in capsys.readouterr().err
+    assert main(["--exchange", "okx", "--symbol", "BTCUSDT", "--time", "1"]) == 2
+    assert "unknown exchange 'okx'" in capsys.readouterr().err
