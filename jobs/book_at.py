@@ -204,9 +204,11 @@ def book_at(
     partition = partitions[partition_of(group, len(partitions))]
     replay = settings.replay
     if locate is None:
-        interval = last_interval(settings.clickhouse, exchange, symbol, at_ms)
-    else:
-        interval = locate(exchange, symbol, at_ms)
+
+        def locate(exchange: str, symbol: str, at_ms: int) -> Interval | None:
+            return last_interval(settings.clickhouse, exchange, symbol, at_ms)
+
+    interval = locate(exchange, symbol, at_ms)
     bound_ms = max(at_ms - replay.book_at_max_scan_ms, 0)
     if interval is not None and interval.start_ms - ORDER_MARGIN_MS >= bound_ms:
         scan_from_ms, sync_point = interval.start_ms - ORDER_MARGIN_MS, "gaps"
@@ -244,6 +246,7 @@ def book_at(
                 f"{replay.book_at_lookahead_ms} ms after it are stored"
             )
     status, reason = state["status"], state["reason"]
+    halt = state["halt"]
     gap: Interval | None = None
     if status != "LIVE":
         if interval is not None and (interval.end_ms is None or interval.end_ms > at_ms):
@@ -251,13 +254,17 @@ def book_at(
         elif state["gap"] is not None:
             core_gap = state["gap"]
             gap = Interval(core_gap["start_ms"], None, core_gap["kind"], core_gap["reason"])
+        elif halt is not None:
+            # in sync until the update after the time showed one missing: the interval that
+            # update began, if stored
+            after = locate(exchange, symbol, halt["receive_time_ns"] // 1_000_000)
+            gap = after if after != interval else None
         if sync_point == "bounded" and state["synced_ms"] == 0:
             known = f"; its last resync began {iso(interval.start_ms)}" if interval else ""
             reason = (
                 f"no snapshot of the book in the {replay.book_at_max_scan_ms / 1000:.0f} s of "
                 f"frames read before the time (book_at_max_scan_ms){known}"
             )
-    halt = state["halt"]
     return BookAt(
         exchange=exchange,
         symbol=symbol,

@@ -217,19 +217,21 @@ def test_the_book_as_of_snapshot_times_is_the_stored_snapshot(stored: dict[str, 
 
 
 def test_inside_an_interval_the_book_is_not_in_sync(stored: dict[str, Any]) -> None:
-    """Binance's and Kraken's resync snapshots carry no exchange time: as of the start of the
-    interval (the frame that took the book out of sync) the book is not known. Coinbase's
-    snapshot is stamped by the exchange: the book Coinbase lost a message of is not known
-    until then; its other book lost nothing, and as of the interval's start it is what the
-    live job stored for that instant."""
+    """Exchange time: just before the update that showed a loss (Binance's gap, Kraken's bad
+    checksum) the book is not known, an update may be missing; nor between Coinbase's lost
+    message and its resync's snapshot. As of the frame that took the book out of sync, Binance's
+    book is not known (its REST snapshot has no exchange time: it counts from its receipt);
+    Kraken's and Coinbase's snapshots may be stamped before it and then give the book the live
+    job stored for that instant. From the interval's start or the sync point before it: the
+    same book."""
     settings: Settings = stored["settings"]
     source = frame_source(settings, "kafka")
     faults = {
-        (exchange, symbol, g["kind"]): (g, earlier)
+        (exchange, symbol): (g, earlier)
         for (exchange, symbol), book_gaps in intervals(settings).items()
         for earlier, g in itertools.pairwise(book_gaps)
     }
-    assert sorted(faults) == [
+    assert sorted((*book, g["kind"]) for book, (g, _) in faults.items()) == [
         ("binance", "BTCUSDT", "gap"),
         ("coinbase", "BTC-USD", "sync_lost"),
         ("coinbase", "ETH-USD", "sync_lost"),
@@ -241,39 +243,52 @@ def test_inside_an_interval_the_book_is_not_in_sync(stored: dict[str, Any]) -> N
         "ask_price, ask_size, intDiv(receive_time_ns, 1000000) FROM {db}.top_of_book FINAL "
         "ORDER BY exchange, symbol, version",
     )
-    for (exchange, symbol, kind), (g, earlier) in sorted(faults.items()):
-        at_ms = g["start_ms"]
-        book_tops = [t for t in tops if t[:2] == (exchange, symbol)]
-        if (exchange, symbol) == ("coinbase", "ETH-USD"):
-            # just before the resync's snapshot (exchange time), after the last update applied
-            out = next(t for t in book_tops if t[4] == "RESYNCING" and t[9] >= g["start_ms"])
-            back = next(t for t in book_tops if t[4] == "LIVE" and t[3] > out[3])
+
+    def stored_top(book: tuple[str, str], at_ms: int) -> tuple[Any, ...]:
+        return [t for t in tops if t[:2] == book and t[2] <= at_ms][-1]
+
+    not_in_sync = []
+    for book_id, (g, earlier) in sorted(faults.items()):
+        book_tops = [t for t in tops if t[:2] == book_id]
+        out = next(t for t in book_tops if t[4] == "RESYNCING" and t[9] >= g["start_ms"])
+        back = next(t for t in book_tops if t[4] == "LIVE" and t[3] > out[3])
+        times = {"start": g["start_ms"]}
+        if book_id[0] in ("binance", "kraken"):
+            times["before the update that showed it"] = out[2] - 1
+        if book_id == ("coinbase", "ETH-USD"):
             assert back[2] > out[2], (out, back)  # the lost message moved the book on
-            at_ms = back[2] - 1
+            times["before the snapshot"] = back[2] - 1
 
         def before(ex: str, sym: str, t: int, interval: dict[str, Any] = earlier) -> Interval:
             return Interval(interval["start_ms"], interval["end_ms"], "startup", "")
 
-        what = f"{exchange} {symbol} {kind} at {at_ms}"
-        book = book_at(settings, source, exchange, symbol, at_ms)
-        rebuilt = book_at(settings, source, exchange, symbol, at_ms, before)
-        # from the sync point before, or from the interval's start: the same book
-        assert (rebuilt.status, rebuilt.bids, rebuilt.asks) == (
-            book.status, book.bids, book.asks
-        ), what  # fmt: skip
-        if (exchange, symbol) == ("coinbase", "BTC-USD"):
-            if book.status == "LIVE":  # the live job's book of that instant
-                [top] = [t for t in book_tops if t[2] <= at_ms][-1:]
+        for when, at_ms in times.items():
+            what = f"{book_id} {g['kind']} {when} ({at_ms})"
+            book = book_at(settings, source, *book_id, at_ms)
+            rebuilt = book_at(settings, source, *book_id, at_ms, before)
+            assert (rebuilt.status, rebuilt.bids, rebuilt.asks) == (
+                book.status, book.bids, book.asks
+            ), what  # fmt: skip
+            if book.status == "LIVE":
+                assert when == "start" and book_id[0] != "binance", what
+                top = stored_top(book_id, at_ms)  # the live job's book of that instant
                 assert book.version == rebuilt.version == top[3], what
                 assert exact(book.bids[:1] + book.asks[:1]) == [top[5:7], top[7:9]], what
-            continue
-        assert book.status == "RESYNCING" and book.bids == [] and book.asks == [], what
-        assert book.gap is not None and (book.gap.start_ms, book.gap.kind) == (
-            g["start_ms"], kind
-        ), what  # fmt: skip
-        # the core itself took the book out of sync there, for the stored reason
-        assert rebuilt.reason == g["reason"], what
-        assert rebuilt.scan_from_ms == earlier["start_ms"] - 1_000
+                continue
+            not_in_sync.append((book_id, when))
+            assert book.bids == [] and book.asks == [], what
+            assert book.gap is not None, what
+            assert (book.gap.start_ms, book.gap.kind) == (g["start_ms"], g["kind"]), what
+            if when.startswith("before the update"):
+                assert "is missing" in book.reason and "is missing" in rebuilt.reason, what
+            else:  # the core itself took the book out of sync, for the stored reason
+                assert rebuilt.reason == g["reason"], what
+    assert {(book, when) for book, when in not_in_sync} >= {
+        (("binance", "BTCUSDT"), "start"),
+        (("binance", "BTCUSDT"), "before the update that showed it"),
+        (("kraken", "BTC/USD"), "before the update that showed it"),
+        (("coinbase", "ETH-USD"), "before the snapshot"),
+    }, not_in_sync
 
 
 def test_the_api_serves_the_same_book(stored: dict[str, Any], tmp_path: Path) -> None:

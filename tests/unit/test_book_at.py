@@ -90,9 +90,12 @@ def test_right_before_a_dropped_update_the_book_is_not_known(
     settings: Settings, frames: MemoryFrames
 ) -> None:
     # update 101 at 1 h, then 105 at 2 h: 102-104 are lost, stamped at some time in between
-    book = book_at(settings, frames, "binance", "BTCUSDT", T0 + 90 * 60_000, stored(STARTUP))
+    at_ms = T0 + 90 * 60_000
+    book = book_at(settings, frames, "binance", "BTCUSDT", at_ms, stored(STARTUP, GAP))
     assert book.status == "RESYNCING" and "missing" in book.reason, book.reason
     assert book.bids == [] and book.asks == []
+    assert book.gap == GAP  # the interval update 105 began
+    assert book.next_event_time_ms == GAP.start_ms
 
 
 def test_inside_a_gap_the_book_is_not_in_sync_with_the_stored_interval(
