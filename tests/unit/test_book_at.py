@@ -5,14 +5,12 @@ do not cover."""
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
-from collections.abc import Iterator
 
 import pytest
 
 from jobs.book_at import Interval, Locate, NoFrames, book_at, main, parse_time, render
-from jobs.frames import FrameBatch
+from tests.memory_frames import MemoryFrames
 from tests.unit.core_driver import core_settings
 from tests.unit.test_gaps import DAY_MS, DAY_START_MS, HOUR_MS, faulted_day
 from tickflow.config import Settings
@@ -22,28 +20,6 @@ pytestmark = pytest.mark.unit
 
 T0 = DAY_START_MS
 GAP = Interval(T0 + 2 * HOUR_MS, T0 + 2 * HOUR_MS + 600_000, "gap", "gap: expected update 102")
-
-
-class MemoryFrames:
-    """Records of one partition, in offset order (their timestamps ascending)."""
-
-    def __init__(self, records: list[tuple[bytes, int]]) -> None:
-        self.values = [v for v, _ in records]
-        self.timestamps = [t for _, t in records]
-        self.read_ranges: list[tuple[int, int]] = []
-
-    def partitions(self) -> list[int]:
-        return [0]
-
-    def offset_range(self, partition: int, from_ms: int, to_ms: int) -> tuple[int, int]:
-        start = bisect.bisect_left(self.timestamps, from_ms)
-        return start, max(start, bisect.bisect_left(self.timestamps, to_ms))
-
-    def read(self, partition: int, start: int, end: int) -> Iterator[FrameBatch]:
-        self.read_ranges.append((start, end))
-        for i in range(start, end, 2):  # small batches: reading stops at the book's halt
-            j = min(i + 2, end)
-            yield FrameBatch(0, list(range(i, j)), self.values[i:j], self.timestamps[i:j])
 
 
 @pytest.fixture
@@ -59,7 +35,8 @@ def settings() -> Settings:
 @pytest.fixture
 def frames() -> MemoryFrames:
     records, _ = faulted_day()
-    return MemoryFrames(sorted(records, key=lambda r: r[1]))
+    # small batches: reading stops at the book's first event after the time
+    return MemoryFrames(sorted(records, key=lambda r: r[1]), read_batch=2)
 
 
 def stored(*intervals: Interval) -> Locate:
@@ -119,7 +96,8 @@ def test_after_a_resync_the_book_is_the_new_snapshot(
     # quiet after the time: no event of the book within the lookahead, the frames go on
     assert book.next_event_time_ms is None
     # only the frames from the gap's start to the time and its lookahead were read
-    assert frames.read_ranges == [frames.offset_range(0, GAP.start_ms - 1_000, at_ms + HOUR_MS)]
+    read = frames.offset_range(book.partition, GAP.start_ms - 1_000, at_ms + HOUR_MS)
+    assert (book.start_offset, book.end_offset) == read and book.frames == read[1] - read[0]
 
 
 def test_without_stored_intervals_the_scan_is_bounded(
@@ -134,9 +112,12 @@ def test_without_stored_intervals_the_scan_is_bounded(
     # 5.5 h: from 2.5 h, after the resync at 2 h 10 min: the next one (200, at 5 h 30 s)
     book = book_at(settings, frames, "binance", "BTCUSDT", T0 + 5 * HOUR_MS + HOUR_MS // 2, nothing)
     assert (book.status, book.seq) == ("LIVE", 200)
-    # 12 h 30 min, ETHUSDT: lost at 12 h, never resynced: no snapshot within the bound
-    book = book_at(settings, frames, "binance", "ETHUSDT", T0 + 12 * HOUR_MS + 1_800_000, nothing)
+    # 5 h 10 s with a bound of 1 h: lost at 5 h, its last snapshot (2 h 10 min) out of reach
+    replay = dataclasses.replace(settings.replay, book_at_max_scan_ms=HOUR_MS)
+    short = dataclasses.replace(settings, replay=replay)
+    book = book_at(short, frames, "binance", "BTCUSDT", T0 + 5 * HOUR_MS + 10_000, nothing)
     assert book.status == "RESYNCING" and "no snapshot" in book.reason, book.reason
+    assert book.bids == [] and book.asks == []
 
 
 def test_times_the_frames_do_not_cover_are_refused(
