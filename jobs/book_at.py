@@ -180,6 +180,40 @@ def _core(settings: Settings, group: str) -> Any:
     )
 
 
+def _rebuild(
+    settings: Settings,
+    source: FrameSource,
+    group: str,
+    cutoff: tuple[str, str, int],
+    offsets: tuple[int, int, int],
+) -> tuple[BookState | None, bool, int]:
+    """The book's state after the records at ``offsets`` (partition, start, end) with its
+    ``cutoff`` (exchange, symbol, time), whether the cutoff was met, and the records read."""
+    exchange, symbol, at_ms = cutoff
+    partition, start, end = offsets
+    core = _core(settings, group)
+    try:
+        core.hold_book(exchange, symbol, at_ms)
+        frames = 0
+        batches = source.read(partition, start, end)
+        try:
+            for batch in batches:
+                core.feed_batch(batch.values, batch.timestamps)
+                core.take_dead_letters()  # refused as the live job refused them
+                frames += len(batch.values)
+                if core.halted:
+                    break
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+        return core.book(exchange, symbol), core.halted, frames
+    finally:
+        # the core may be used by one thread only (the API runs this in a worker thread): it
+        # goes here, not with a traceback that another thread drops
+        del core
+
+
 Locate = Callable[[str, str, int], Interval | None]
 
 
@@ -216,28 +250,15 @@ def book_at(
         scan_from_ms, sync_point = bound_ms, "bounded"
     to_ms = at_ms + replay.book_at_lookahead_ms
     start, end = source.offset_range(partition, scan_from_ms, to_ms)
-    core = _core(settings, group)
-    core.hold_book(exchange, symbol, at_ms)
-    frames = 0
-    batches = source.read(partition, start, end)
-    try:
-        for batch in batches:
-            core.feed_batch(batch.values, batch.timestamps)
-            core.take_dead_letters()  # refused as the live job refused them
-            frames += len(batch.values)
-            if core.halted:
-                break
-    finally:
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()
-    state: BookState | None = core.book(exchange, symbol)
+    state, halted, frames = _rebuild(
+        settings, source, group, (exchange, symbol, at_ms), (partition, start, end)
+    )
     where = f"{exchange}:{symbol} (partition {partition})"
     if state is None:
         raise NoFrames(
             f"no frames of {where} received between {iso(scan_from_ms)} and {iso(to_ms)}"
         )
-    if not core.halted:
+    if not halted:
         later, end_of_data = source.offset_range(partition, to_ms, END_OF_TIME_MS)
         if later >= end_of_data:
             raise NoFrames(
