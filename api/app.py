@@ -27,9 +27,19 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.data import ClickHouseHistory, History, Live, RedisLive, Unavailable
+from api.data import (
+    BooksAt,
+    ClickHouseHistory,
+    History,
+    Live,
+    RawFrameBooks,
+    RedisLive,
+    Refused,
+    Unavailable,
+)
 from api.keys import ApiKey, KeyRefused, KeyStore, RateLimiter, retry_after_header
 from jobs.backtest import KIND_NAMES, Backtest, event_record
+from jobs.book_at import NoFrames, parse_time
 from jobs.export import arrow_schema, record_batch
 from jobs.frames import FrameSource, frame_source
 from jobs.sinks.clickhouse import COLUMNS, column_types
@@ -55,6 +65,13 @@ class Format(StrEnum):
 
 
 _MEDIA = {Format.json: JSON, Format.arrow: ARROW, Format.parquet: PARQUET}
+
+
+class FrameKind(StrEnum):
+    """Where the raw frames are read (``jobs.frames``)."""
+
+    kafka = "kafka"
+    archive = "archive"
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -241,6 +258,45 @@ class Book(BaseModel):
     publish_time_ns: int
 
 
+class Interval(BaseModel):
+    start_ms: int = Field(description="receive time of the frame that took the book out of sync")
+    end_ms: int | None = Field(description="receive time it was in sync again; null: open")
+    kind: str = Field(description="startup, gap, checksum, sync_lost, crossed, ... (gaps table)")
+    reason: str
+
+
+class BookAtTime(BaseModel):
+    exchange: str
+    symbol: str
+    instrument: str
+    at_ms: int = Field(description="the time asked for: exchange time, epoch ms")
+    status: str = Field(
+        description="LIVE: in sync at that time, the levels exact; RESYNCING: not in sync then "
+        "(or not known exactly): no levels, `reason` and `gap` say why"
+    )
+    reason: str
+    version: int = Field(description="the book's version, as in Redis and top_of_book")
+    seq: int = Field(description="the last update id applied (-1: none; Kraken: 0)")
+    event_time_ms: int = Field(description="exchange time of the last book event applied")
+    receive_time_ns: int
+    synced_ms: int = Field(description="receive time of the snapshot the book was rebuilt from")
+    bids: list[BookLevel] = Field(description="every level the core keeps, best first")
+    asks: list[BookLevel]
+    gap: Interval | None = Field(description="the not-in-sync interval the time falls in")
+    next_event_time_ms: int | None = Field(
+        description="exchange time of the book's first event after the time (null: none came "
+        "within the lookahead)"
+    )
+    partition: int = Field(description="the raw-topic partition read")
+    start_offset: int
+    end_offset: int
+    frames: int = Field(description="records read to rebuild it")
+    scan_from_ms: int = Field(description="receive time the read started at")
+    sync_point: str = Field(
+        description="gaps: the start located from the gaps table; bounded: a bounded scan"
+    )
+
+
 class Nbbo(BaseModel):
     instrument: str
     quote: str
@@ -334,10 +390,12 @@ def build_app(
     limiter: RateLimiter,
     stream: Callable[[int | None], AsyncIterator[bytes]] | None = None,
     frames: Callable[[], FrameSource] | None = None,
+    books_at: BooksAt | None = None,
 ) -> FastAPI:
     """The app on these readers (None: the endpoints that need one answer 503); ``stream``
     yields the server-sent events of the live channels (``redis_events``); ``frames`` opens
-    the raw frames the replay endpoint runs through the core."""
+    the raw frames the replay endpoint runs through the core; ``books_at`` rebuilds books as
+    of a time from the raw frames."""
     app = FastAPI(
         title="tickflow query API",
         version="1",
@@ -530,6 +588,60 @@ def build_app(
         return _page(request, "bars", filters, from_ms, to_ms, limit, cursor, fmt)
 
     bars.__doc__ = f"{bars.__doc__} {HISTORY_DOC}"
+
+    @app.get(
+        "/v1/books/{exchange}/{instrument}/at",
+        response_model=BookAtTime,
+        responses={
+            **AUTH_RESPONSES,
+            400: _error_response(400, "an unknown exchange or instrument, a bad time or source"),
+            404: _error_response(404, "the raw frames hold nothing of the book at that time"),
+            503: _error_response(503, "Kafka does not answer"),
+        },
+        tags=["history"],
+        summary="A book as of a time, rebuilt from the raw frames",
+    )
+    def book_at_time(
+        exchange: str,
+        instrument: str,
+        key: Annotated[ApiKey, read_history],
+        time: Annotated[
+            str,
+            Query(
+                max_length=64,
+                description="exchange time: epoch ms or ISO 8601 (2026-12-05T12:03:07.250Z)",
+            ),
+        ],
+        source: Annotated[
+            FrameKind, Query(description="where the raw frames are read")
+        ] = FrameKind.kafka,
+    ) -> BookAtTime:
+        """One exchange's full book of an instrument (canonical, or the exchange's symbol) as
+        of a time, the exchange's: the book after every update stamped at or before it, rebuilt
+        exactly from the book's last snapshot before it and the updates after, through the
+        compiled core (docs/api.md). A time at which the book was not in sync reads RESYNCING,
+        without levels, with the interval. JSON only."""
+        try:
+            at_ms = parse_time(time)
+        except ValueError as exc:
+            raise ApiError(400, "bad_time", str(exc)) from None
+        try:
+            symbol = resolve_symbol(_symbols(exchange), instrument)
+        except UnknownInstrument as exc:
+            raise ApiError(400, "unknown_instrument", str(exc)) from None
+        if books_at is None:
+            raise ApiError(503, "unavailable", "no raw frames configured")
+        try:
+            book = books_at.at(exchange, symbol, at_ms, source.value)
+        except UnknownInstrument as exc:
+            raise ApiError(400, "unknown_instrument", str(exc)) from None
+        except Refused as exc:
+            raise ApiError(400, "bad_source", str(exc)) from None
+        except NoFrames as exc:
+            raise ApiError(404, "not_found", str(exc)) from None
+        except Unavailable as exc:
+            raise ApiError(503, "unavailable", str(exc)) from None
+        return BookAtTime(**book.as_json())
 
     # --- live ---------------------------------------------------------------------------------
 
@@ -789,4 +901,5 @@ def create_app(settings: Settings) -> FastAPI:
         limiter=RateLimiter(settings.api.rate_per_s, settings.api.burst),
         stream=functools.partial(redis_events, settings.redis),
         frames=functools.partial(frame_source, settings, settings.api.replay_source),
+        books_at=RawFrameBooks(settings),
     )

@@ -8,6 +8,9 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from jobs.archive.layout import ArchiveError
+from jobs.book_at import BookAt, NoFrames, book_at
+from jobs.frames import frame_source
 from jobs.sinks.book_reader import (
     StoredBook,
     StoredNbbo,
@@ -18,11 +21,15 @@ from jobs.sinks.book_reader import (
 )
 from jobs.sinks.clickhouse import connect
 from jobs.sinks.queries import history_order, history_sql
-from tickflow.config import ClickHouseConfig, RedisConfig
+from tickflow.config import ClickHouseConfig, RedisConfig, Settings
 
 
 class Unavailable(Exception):
     """A server the request needs does not answer (the API answers 503)."""
+
+
+class Refused(Exception):
+    """The request names something this server cannot serve (the API answers 400)."""
 
 
 class History(Protocol):
@@ -48,6 +55,44 @@ class Live(Protocol):
     def nbbos(self) -> list[StoredNbbo]: ...
 
     def nbbo(self, instrument: str) -> StoredNbbo | None: ...
+
+
+class BooksAt(Protocol):
+    def at(self, exchange: str, symbol: str, at_ms: int, source: str) -> BookAt:
+        """The book as of ``at_ms`` (``jobs.book_at``) from the frames of ``source`` (kafka,
+        archive): UnknownInstrument for an unknown book, NoFrames when the raw frames hold
+        nothing of it then, Refused for a source not available, Unavailable when Kafka does
+        not answer."""
+        ...
+
+
+class RawFrameBooks:
+    """Books rebuilt from the raw frames through the compiled core (``jobs.book_at``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def at(self, exchange: str, symbol: str, at_ms: int, source: str) -> BookAt:
+        from confluent_kafka import KafkaException
+
+        try:
+            frames = frame_source(self.settings, source)
+        except Exception as exc:  # an unknown kind, or a source not set up here
+            raise Refused(str(exc)) from None
+        try:
+            return book_at(self.settings, frames, exchange, symbol, at_ms)
+        except ArchiveError as exc:  # none there, or files that do not add up
+            raise NoFrames(f"the raw archive: {exc}") from None
+        except KafkaException as exc:
+            raise Unavailable(f"Kafka does not answer: {exc}") from None
+        except RuntimeError as exc:  # no raw topic, or the broker went quiet mid-read
+            if "not found" in str(exc):
+                raise NoFrames(str(exc)) from None
+            raise Unavailable(str(exc)) from None
+        finally:
+            close = getattr(frames, "close", None)  # a source's own connections, if it keeps any
+            if close is not None:
+                close()
 
 
 class ClickHouseHistory:

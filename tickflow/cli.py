@@ -45,6 +45,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "jobs.completeness",
         "per book, the time of a day it was not in sync, by reason, from the gaps table",
     ),
+    "book-at": (
+        "jobs.book_at",
+        "one exchange's full book as of a time, rebuilt exactly from the raw frames",
+    ),
     "api": (
         "api.cli",
         "research query API (history, live books, SSE) with API keys: serve | keys",

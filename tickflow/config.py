@@ -252,6 +252,11 @@ class ReplayConfig:
     speed: float  # 0: as fast as the job goes; N: N x real time (by record time)
     batch_workers: int  # the batch backfill's processes; 0: one per core
     batch_read_records: int  # records per Kafka read in the batch backfill
+    # a book as of a time (jobs/book_at.py): frames received up to this long after the time
+    # are read for the book's first event after it (which shows nothing before it was missed)
+    book_at_lookahead_ms: int = 5_000
+    # the longest stretch of frames read from the book's last sync point to the time
+    book_at_max_scan_ms: int = 3_600_000
 
     @property
     def active(self) -> bool:

@@ -1,7 +1,45 @@
 """tickflow's compiled core (jobs/native): the books operator's logic, per bundle of frames for
 the live job (NativeStream) and per raw-topic partition for the backfill (NativePartition)."""
 
+from typing import TypedDict
+
 TABLES: list[str]
+
+class OpenGap(TypedDict):
+    """A book's not-in-sync interval still open (the `gaps` table's columns)."""
+
+    start_ms: int  # receive time of the frame that took the book out of sync
+    start_version: int
+    kind: str  # startup | gap | checksum | sync_lost | crossed | internal_error
+    reason: str
+    seq_before: int  # -1: none
+    messages: int
+    dropped: int
+
+class Halt(TypedDict):
+    """The held book's first book event stamped later than its cutoff (not applied)."""
+
+    event_time_ms: int
+    receive_time_ns: int
+    snapshot: bool
+    first_id: int
+    last_id: int
+    outcome: str | None  # what it would have done to the book: applied, gap, ignored, ...
+
+class BookState(TypedDict):
+    """One book's full state out of the batch engine (as of its cutoff, when held)."""
+
+    status: str  # LIVE | RESYNCING
+    reason: str
+    version: int
+    seq: int  # last update id applied, -1: none
+    event_time_ms: int  # latest exchange time applied, 0: none
+    receive_time_ns: int
+    synced_ms: int  # receive time of the snapshot that last rebuilt it
+    bids: list[tuple[str, str]]  # every level kept, best first; none unless LIVE
+    asks: list[tuple[str, str]]
+    gap: OpenGap | None
+    halt: Halt | None
 
 class NativePartition:
     def __init__(
@@ -21,7 +59,12 @@ class NativePartition:
         others: list[str],
         max_event_ahead_ms: int | None = None,
         max_event_behind_ms: int | None = None,
+        write_rows: bool = True,
     ) -> None: ...
+    def hold_book(self, exchange: str, symbol: str, at_ms: int) -> None: ...
+    @property
+    def halted(self) -> bool: ...
+    def book(self, exchange: str, symbol: str) -> BookState | None: ...
     def feed_batch(self, values: list[bytes], timestamps: list[int]) -> None: ...
     def finish(self) -> None: ...
     def take_tables(self, min_rows: int) -> list[tuple[str, bytes, int]]: ...

@@ -22,7 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import ARROW, NEXT_CURSOR, build_app, redis_events
-from api.data import ClickHouseHistory, RedisLive
+from api.data import ClickHouseHistory, RawFrameBooks, RedisLive
 from api.keys import KeyStore, RateLimiter
 from jobs.sinks.clickhouse import COLUMNS, RowBinaryWriter, connect, ensure_schema
 from jobs.sinks.queries import history_order
@@ -50,9 +50,10 @@ ENDPOINTS = [
 
 @pytest.fixture(scope="module")
 def settings() -> Iterator[Settings]:
-    """Redis and ClickHouse of the configured stack (started alone if they do not answer)."""
+    """Redis, ClickHouse and Kafka of the configured stack (started alone if they do not
+    answer)."""
     settings = load_settings()
-    wanted = ["redis", "clickhouse"]
+    wanted = ["redis", "clickhouse", "kafka"]
     started: list[str] = []
     if not all(_answers(c) for c in manager.components(settings, wanted)):
         started = manager.up(settings, wanted)
@@ -122,6 +123,12 @@ def env(
         # the replay endpoint's frames: the generated day's first minutes (Kafka is not needed
         # here; tests/integration/test_backtest.py replays from the real raw topic)
         frames=lambda: MemoryFrames(frames),
+        # books as of a time: from the stack's raw topic (none of the generated day's frames)
+        books_at=RawFrameBooks(
+            dataclasses.replace(
+                settings, clickhouse=dataclasses.replace(settings.clickhouse, database=database)
+            )
+        ),
     )
     return {
         "client": TestClient(app), "app": app, "key": key, "redis": redis_config,
@@ -291,6 +298,16 @@ def test_the_stream_carries_what_the_channels_publish(env: dict[str, Any]) -> No
         done.set()
         thread.join()
     assert text.count("event: nbbo\ndata: BTC-USDT:000000000000000000000009\n\n") == 2
+
+
+def test_a_book_at_a_time_without_frames_is_404(env: dict[str, Any]) -> None:
+    r = env["client"].get(
+        "/v1/books/binance/BTCUSDT/at",
+        params={"time": "2026-11-30T12:00:00Z"},
+        headers={"Authorization": f"Bearer {env['key']}"},
+    )
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["error"] == "not_found"
 
 
 def test_generated_requests_get_documented_answers(env: dict[str, Any]) -> None:

@@ -21,12 +21,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import ARROW, NEXT_CURSOR, PARQUET, build_app, decode_cursor, encode_cursor
-from api.data import Unavailable
+from api.data import Refused, Unavailable
 from api.keys import KeyRefused, KeyStore, RateLimiter, digest, parse_expiry, parse_scopes
+from jobs.book_at import BookAt, Interval, NoFrames
 from jobs.sinks.book_reader import StoredBook, StoredNbbo
 from jobs.sinks.clickhouse import COLUMNS
 from jobs.sinks.queries import history_order
 from tickflow.config import load_settings
+from tickflow.instruments import UnknownInstrument
 
 pytestmark = pytest.mark.unit
 
@@ -107,6 +109,33 @@ class FakeLive:
         return self.nbbo_ if instrument == "BTC-USDT" else None
 
 
+class FakeBooksAt:
+    """binance BTCUSDT: LIVE at time 1000, in a gap at 2000, no frames before 500."""
+
+    def __init__(self) -> None:
+        self.down = False
+
+    def at(self, exchange: str, symbol: str, at_ms: int, source: str) -> BookAt:
+        if self.down:
+            raise Unavailable("Kafka does not answer")
+        if source == "archive":
+            raise Refused("the raw archive is not available in this build")
+        if (exchange, symbol) != ("binance", "BTCUSDT"):
+            raise UnknownInstrument(f"{symbol!r} is not configured")
+        if at_ms < 500:
+            raise NoFrames("no frames of binance:BTCUSDT received then")
+        live = at_ms < 2000
+        return BookAt(
+            "binance", "BTCUSDT", "BTC-USDT", at_ms, "LIVE" if live else "RESYNCING",
+            "" if live else "gap: expected update 102, got U=105", 1_000_000_007, 101,
+            990, 991_000_000, 900,
+            [("100.10", "1.5"), ("100.00", "0.000000000000000001")] if live else [],
+            [("100.20", "2")] if live else [],
+            None if live else Interval(1990, None, "gap", "gap: expected update 102, got U=105"),
+            1010, 0, 0, 10, 3, 0, "gaps",
+        )  # fmt: skip
+
+
 TRADES = [
     trade("binance", "BTCUSDT", "BTC-USDT", str(i), 1_000 + i // 2, f"100.{i:02d}0000000000000001")
     for i in range(10)
@@ -120,13 +149,17 @@ def env(tmp_path: Path) -> dict[str, Any]:
     store = KeyStore(tmp_path / "secrets" / "api-keys.json", clock=wall)
     limiter = RateLimiter(rate_per_s=2, burst=3, clock=mono)
     history = FakeHistory({"trades": TRADES})
-    app = build_app(load_settings(environ={}), history, FakeLive(), store, limiter)
+    books_at = FakeBooksAt()
+    app = build_app(
+        load_settings(environ={}), history, FakeLive(), store, limiter, books_at=books_at
+    )
     _, hist = store.create(["read-history"], rate_per_s=1000, burst=1000)
     _, live = store.create(["read-live"], rate_per_s=1000, burst=1000)
     _, admin = store.create(["admin"], rate_per_s=1000, burst=1000)
     return {
         "client": TestClient(app), "store": store, "wall": wall, "mono": mono,
-        "history": history, "hist": hist, "live": live, "admin": admin, "app": app,
+        "history": history, "books_at": books_at, "hist": hist, "live": live, "admin": admin,
+        "app": app,
     }  # fmt: skip
 
 
@@ -387,6 +420,48 @@ def test_live_books_and_nbbo_show_the_lease(env: dict[str, Any]) -> None:
     assert_error(client.get("/v1/live/books/kraken/BTC-USD", headers=key), 404, "not_found")
     nbbo = client.get("/v1/live/nbbo/BTCUSDT", headers=key).json()
     assert nbbo["status"] == "EXPIRED" and nbbo["bid_price"] == "100.10"
+
+
+# --- a book as of a time ----------------------------------------------------------------------
+
+
+def test_a_book_as_of_a_time_has_every_level_exact(env: dict[str, Any]) -> None:
+    client, key = env["client"], auth(env["hist"])
+    for when in ("1000", "1970-01-01T00:00:01Z", "1970-01-01T00:00:01.000"):
+        r = client.get(f"/v1/books/binance/BTC-USDT/at?time={when}", headers=key)
+        assert r.status_code == 200, r.text
+        book = r.json()
+        assert (book["symbol"], book["status"], book["at_ms"]) == ("BTCUSDT", "LIVE", 1000)
+        assert book["bids"] == [
+            {"price": "100.10", "size": "1.5"},
+            {"price": "100.00", "size": "0.000000000000000001"},
+        ]
+        assert (book["version"], book["seq"], book["gap"]) == (1_000_000_007, 101, None)
+    gap = client.get("/v1/books/binance/BTCUSDT/at?time=2000", headers=key).json()
+    assert gap["status"] == "RESYNCING" and gap["bids"] == [] and gap["asks"] == []
+    assert gap["gap"] == {
+        "start_ms": 1990, "end_ms": None, "kind": "gap",
+        "reason": "gap: expected update 102, got U=105",
+    }  # fmt: skip
+
+
+def test_a_book_as_of_a_time_refuses_clearly(env: dict[str, Any]) -> None:
+    client, key = env["client"], auth(env["admin"])
+    path = "/v1/books/binance/BTCUSDT/at"
+    assert_error(client.get(f"{path}?time=yesterday", headers=key), 400, "bad_time")
+    assert_error(client.get(f"{path}?time=0", headers=key), 400, "bad_time")
+    assert_error(client.get("/v1/books/okx/BTCUSDT/at?time=1000", headers=key), 400,
+                 "unknown_exchange")  # fmt: skip
+    assert_error(client.get("/v1/books/binance/NOPE/at?time=1000", headers=key), 400,
+                 "unknown_instrument")  # fmt: skip
+    assert_error(client.get(f"{path}?time=1000&source=archive", headers=key), 400, "bad_source")
+    assert client.get(f"{path}?time=1000&source=s3", headers=key).status_code == 422
+    assert client.get(path, headers=key).status_code == 422  # no time
+    body = assert_error(client.get(f"{path}?time=100", headers=key), 404, "not_found")
+    assert "no frames of binance:BTCUSDT" in body["message"]
+    assert_error(client.get(f"{path}?time=1000", headers=auth(env["live"])), 403, "out_of_scope")
+    env["books_at"].down = True
+    assert_error(client.get(f"{path}?time=1000", headers=key), 503, "unavailable")
 
 
 # --- OpenAPI ----------------------------------------------------------------------------------

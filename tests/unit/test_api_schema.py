@@ -13,7 +13,7 @@ from api.keys import KeyStore, RateLimiter
 from tests.api_schema import run_all
 from tests.export_day import DAY_MS, generated_frames
 from tests.memory_frames import MemoryFrames
-from tests.unit.test_api import TRADES, FakeHistory, FakeLive
+from tests.unit.test_api import TRADES, FakeBooksAt, FakeHistory, FakeLive
 from tickflow.config import load_settings
 
 pytestmark = pytest.mark.unit
@@ -37,7 +37,8 @@ def test_generated_requests_get_documented_answers(tmp_path: Path) -> None:
         RateLimiter(1, 1),
         stream=one_event,
         frames=lambda: MemoryFrames(frames),
+        books_at=FakeBooksAt(),
     )
     counts = run_all(app, key)
-    assert len(counts) == 2 * 13, counts
+    assert len(counts) == 2 * 14, counts
     assert [name for name, n in counts.items() if not n] == ["GET /v1/health negative"]

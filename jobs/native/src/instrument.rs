@@ -9,6 +9,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::as_of::{BookAt, Cutoff, Halt};
 use crate::bars::{Bar, BookSample, InstrumentBars};
 use crate::book::engine::{Outcome, SyncedBook};
 use crate::dec::Dec;
@@ -217,6 +218,9 @@ pub struct InstrumentBooks {
     /// `snapshot` in state.rs, format version 2)
     #[serde(skip)]
     pub(crate) open_gaps: Vec<(BookId, Gap)>,
+    /// a reconstruction's stopping point for one book (`as_of`; not state)
+    #[serde(skip)]
+    cutoff: Option<Cutoff>,
 }
 
 fn position<T>(items: &[(BookId, T)], exchange: &str, symbol: &str) -> Option<usize> {
@@ -256,6 +260,7 @@ impl InstrumentBooks {
             tops: Vec::new(),
             limits: Limits::default(),
             open_gaps: Vec::new(),
+            cutoff: None,
         }
     }
 
@@ -360,6 +365,9 @@ impl InstrumentBooks {
         self.limits.check(env, &events)?;
         let mut book_changed = false;
         for event in events {
+            if self.cut_off(env.exchange, &event) {
+                continue;
+            }
             match event {
                 MarketEvent::Trade(trade) => {
                     self.on_trade(trade, env.instrument, watermark_ms, out)
@@ -379,6 +387,123 @@ impl InstrumentBooks {
         }
         self.advance(watermark_ms, out);
         Ok(())
+    }
+
+    // --- a book as of a time (as_of.rs) ----------------------------------------------------
+
+    /// Stop applying `exchange`'s `symbol` book at its first book event stamped later than
+    /// `at_ms` (exchange time).
+    pub fn set_cutoff(&mut self, exchange: &str, symbol: &str, at_ms: i64) {
+        self.cutoff = Some(Cutoff {
+            exchange: exchange.to_string(),
+            symbol: symbol.to_string(),
+            at_ms,
+            halt: None,
+        });
+    }
+
+    /// Whether the cutoff holds this event back: the book's first book event stamped later
+    /// than it (tried on a copy of the book, to see whether it follows) and every event of
+    /// the book after that one, whatever its time.
+    fn cut_off(&mut self, exchange: &str, event: &MarketEvent) -> bool {
+        let Some(cutoff) = self.cutoff.as_mut() else {
+            return false;
+        };
+        if cutoff.exchange != exchange || cutoff.symbol != event.symbol() {
+            return false;
+        }
+        if cutoff.halt.is_some() {
+            return true;
+        }
+        let (event_time_ms, receive_time_ns, snapshot, first_id, last_id) = match event {
+            MarketEvent::Delta(d) => (
+                d.event_time_ms,
+                d.receive_time_ns,
+                false,
+                d.first_id,
+                d.last_id,
+            ),
+            MarketEvent::Snapshot(s) => (
+                s.event_time_ms,
+                s.receive_time_ns,
+                true,
+                s.last_id,
+                s.last_id,
+            ),
+            MarketEvent::Trade(_) | MarketEvent::SyncLost(_) => return false,
+        };
+        // a snapshot without an exchange time (Binance's REST snapshot, Kraken's) was taken
+        // at the latest when it arrived: one that arrived after the cutoff may hold later
+        // changes, so it counts as stamped with its receive time
+        let event_time_ms = if event_time_ms == 0 && snapshot {
+            receive_time_ns.div_euclid(1_000_000)
+        } else {
+            event_time_ms
+        };
+        if event_time_ms <= cutoff.at_ms {
+            return false;
+        }
+        let (outcome, reason) = match position(&self.books, exchange, &cutoff.symbol) {
+            Some(i) => {
+                let mut copy = self.books[i].1.engine.clone();
+                let outcome = match event {
+                    MarketEvent::Delta(d) => copy.on_delta(d.clone()),
+                    MarketEvent::Snapshot(s) => copy.on_snapshot(s),
+                    _ => unreachable!("book events only"),
+                };
+                (Some(outcome), copy.reason)
+            }
+            None => (None, String::new()),
+        };
+        cutoff.halt = Some(Halt {
+            event_time_ms,
+            receive_time_ns,
+            snapshot,
+            first_id,
+            last_id,
+            outcome,
+            reason,
+        });
+        true
+    }
+
+    /// Whether the cutoff's book met its first event later than the cutoff.
+    pub fn halted(&self) -> bool {
+        self.cutoff.as_ref().is_some_and(|c| c.halt.is_some())
+    }
+
+    /// A book's full state: every level kept, best first, its open interval and where a
+    /// cutoff stopped it (as is: `BookAt::settled` gives the state as of the cutoff).
+    pub fn book_at(&self, exchange: &str, symbol: &str) -> Option<BookAt> {
+        let index = position(&self.books, exchange, symbol)?;
+        let tracked = &self.books[index].1;
+        let engine = &tracked.engine;
+        let halt = self
+            .cutoff
+            .as_ref()
+            .filter(|c| c.exchange == exchange && c.symbol == symbol)
+            .and_then(|c| c.halt.clone());
+        Some(BookAt {
+            status: engine.status,
+            reason: engine.reason.clone(),
+            version: engine.version(),
+            seq: engine.last_id,
+            event_time_ms: tracked.last_event_time_ms,
+            receive_time_ns: tracked.last_receive_time_ns,
+            synced_ms: engine.epoch_ms,
+            bids: engine
+                .book
+                .bids_best_first()
+                .map(|(&p, &s)| (p, s))
+                .collect(),
+            asks: engine
+                .book
+                .asks_best_first()
+                .map(|(&p, &s)| (p, s))
+                .collect(),
+            gap: position(&self.open_gaps, exchange, symbol).map(|i| self.open_gaps[i].1.clone()),
+            halt,
+        })
     }
 
     // --- trades, matching, bars ---------------------------------------------------------

@@ -2,6 +2,7 @@
 //! served to the live job per bundle of frames (`stream`) and to the batch backfill per
 //! raw-topic partition (`partition`).
 
+pub mod as_of;
 pub mod bars;
 pub mod book;
 pub mod dec;

@@ -7,6 +7,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
+use crate::as_of::BookAt;
 use crate::envelope::{decode_envelope, envelope_instrument};
 use crate::instrument::{InstrumentBooks, Outputs, Rules, END_OF_INPUT, NO_WATERMARK};
 use crate::nbbo::{group_quote, nbbo_group};
@@ -58,6 +59,10 @@ pub struct PartitionBooks {
     out: Outputs,
     /// what every frame must satisfy (`validate`)
     pub limits: Limits,
+    /// false: no rows are written (a reconstruction reads a book's state, not rows)
+    pub write_rows: bool,
+    /// a reconstruction's stopping point: (exchange, symbol, exchange time ms)
+    cutoff: Option<(String, String, i64)>,
 }
 
 impl PartitionBooks {
@@ -83,7 +88,32 @@ impl PartitionBooks {
             counts: Counts::default(),
             limits: Limits::default(),
             out: Outputs::default(),
+            write_rows: true,
+            cutoff: None,
         }
+    }
+
+    /// Stop applying one book at its first book event stamped later than `at_ms` (exchange
+    /// time; see as_of.rs). Set before the first record.
+    pub fn hold_book(&mut self, exchange: &str, symbol: &str, at_ms: i64) {
+        self.cutoff = Some((exchange.to_string(), symbol.to_string(), at_ms));
+        for books in self.books.values_mut() {
+            books.set_cutoff(exchange, symbol, at_ms);
+        }
+    }
+
+    /// Whether the held book met its first event later than its cutoff: later records
+    /// cannot change it.
+    pub fn halted(&self) -> bool {
+        self.books.values().any(|b| b.halted())
+    }
+
+    /// A book's full state (every level kept), as of the cutoff when one was set.
+    pub fn book_at(&self, exchange: &str, symbol: &str) -> Option<BookAt> {
+        self.books
+            .values()
+            .find_map(|b| b.book_at(exchange, symbol))
+            .map(BookAt::settled)
     }
 
     fn group(&self, instrument: &str) -> String {
@@ -209,6 +239,9 @@ impl PartitionBooks {
             let quote = group_quote(&key, &self.equivalents);
             let mut books = InstrumentBooks::new(&key, &quote, self.rules.clone());
             books.set_limits(self.limits);
+            if let Some((exchange, symbol, at_ms)) = &self.cutoff {
+                books.set_cutoff(exchange, symbol, *at_ms);
+            }
             self.books.insert(key.clone(), books);
         }
         let mut out = std::mem::take(&mut self.out);
@@ -240,6 +273,9 @@ impl PartitionBooks {
 
     /// Rows of what a frame (its own instrument given) or a watermark advance produced.
     fn take(&mut self, out: &Outputs, instrument: Option<&str>) -> Vec<String> {
+        if !self.write_rows {
+            return Vec::new();
+        }
         let before = self.rows_written();
         let [trades, snapshots, tops, nbbo, matched, bars, late, gaps] = &mut self.tables[..]
         else {

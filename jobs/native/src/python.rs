@@ -23,7 +23,7 @@ impl NativePartition {
     #[pyo3(signature = (*, top_n, snapshot_interval_ms, max_levels, max_buffered,
         nbbo_stale_after_ms, bar_intervals_ms, depth_band_bps, trade_dedup_ms,
         quote_equivalents, out_of_orderness_ms, only, others,
-        max_event_ahead_ms=None, max_event_behind_ms=None))]
+        max_event_ahead_ms=None, max_event_behind_ms=None, write_rows=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         top_n: usize,
@@ -40,6 +40,7 @@ impl NativePartition {
         others: Vec<String>,
         max_event_ahead_ms: Option<i64>,
         max_event_behind_ms: Option<i64>,
+        write_rows: bool,
     ) -> PyResult<Self> {
         let rules = rules(
             top_n,
@@ -58,7 +59,80 @@ impl NativePartition {
             max_event_ahead_ms,
             max_event_behind_ms,
         };
+        inner.write_rows = write_rows;
         Ok(NativePartition { inner })
+    }
+
+    /// Stop applying one book at its first book event stamped later than `at_ms` (exchange
+    /// time, epoch ms); call before feeding.
+    fn hold_book(&mut self, exchange: &str, symbol: &str, at_ms: i64) {
+        self.inner.hold_book(exchange, symbol, at_ms);
+    }
+
+    /// Whether the held book met its first event later than its cutoff (stop feeding).
+    #[getter]
+    fn halted(&self) -> bool {
+        self.inner.halted()
+    }
+
+    /// One book's full state (as of the cutoff when one is set), or None before any of its
+    /// book frames: a dict with status, reason, version, seq, event_time_ms,
+    /// receive_time_ns, synced_ms, bids and asks (every level kept, best first, exact
+    /// decimal strings; none unless LIVE), gap (its open interval) and halt (the first
+    /// event after the cutoff).
+    fn book<'py>(
+        &self,
+        py: Python<'py>,
+        exchange: &str,
+        symbol: &str,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(book) = self.inner.book_at(exchange, symbol) else {
+            return Ok(None);
+        };
+        let levels = |levels: &[crate::events::Level]| -> Vec<(String, String)> {
+            levels
+                .iter()
+                .map(|(p, s)| (p.to_string(), s.to_string()))
+                .collect()
+        };
+        let d = PyDict::new(py);
+        d.set_item("status", book.status.as_str())?;
+        d.set_item("reason", &book.reason)?;
+        d.set_item("version", book.version)?;
+        d.set_item("seq", book.seq)?;
+        d.set_item("event_time_ms", book.event_time_ms)?;
+        d.set_item("receive_time_ns", book.receive_time_ns)?;
+        d.set_item("synced_ms", book.synced_ms)?;
+        d.set_item("bids", levels(&book.bids))?;
+        d.set_item("asks", levels(&book.asks))?;
+        match &book.gap {
+            Some(gap) => {
+                let g = PyDict::new(py);
+                g.set_item("start_ms", gap.start_ms)?;
+                g.set_item("start_version", gap.start_version)?;
+                g.set_item("kind", &gap.kind)?;
+                g.set_item("reason", &gap.reason)?;
+                g.set_item("seq_before", gap.seq_before)?;
+                g.set_item("messages", gap.messages)?;
+                g.set_item("dropped", gap.dropped)?;
+                d.set_item("gap", g)?;
+            }
+            None => d.set_item("gap", py.None())?,
+        }
+        match &book.halt {
+            Some(halt) => {
+                let h = PyDict::new(py);
+                h.set_item("event_time_ms", halt.event_time_ms)?;
+                h.set_item("receive_time_ns", halt.receive_time_ns)?;
+                h.set_item("snapshot", halt.snapshot)?;
+                h.set_item("first_id", halt.first_id)?;
+                h.set_item("last_id", halt.last_id)?;
+                h.set_item("outcome", halt.outcome.map(|o| o.as_str()))?;
+                d.set_item("halt", h)?;
+            }
+            None => d.set_item("halt", py.None())?,
+        }
+        Ok(Some(d))
     }
 
     /// Records in offset order: their values (bytes) and Kafka timestamps (ms).
