@@ -40,10 +40,10 @@ from api.data import (
 from api.keys import ApiKey, KeyRefused, KeyStore, RateLimiter, retry_after_header
 from jobs.backtest import KIND_NAMES, Backtest, event_record
 from jobs.book_at import NoFrames, parse_time
-from jobs.export import arrow_schema, record_batch
+from jobs.export import arrow_from_json_rows, arrow_schema, arrow_type
 from jobs.frames import FrameSource, frame_source
 from jobs.sinks.clickhouse import COLUMNS, column_types
-from jobs.sinks.queries import ALL_VENUES, history_order
+from jobs.sinks.queries import ALL_VENUES, NBBO_SUMMARY_TYPES, history_order
 from jobs.sinks.redis_books import async_redis_client
 from tickflow.config import RedisConfig, Settings
 from tickflow.instruments import UnknownInstrument, exchange_symbols, resolve_symbol
@@ -65,6 +65,13 @@ class Format(StrEnum):
 
 
 _MEDIA = {Format.json: JSON, Format.arrow: ARROW, Format.parquet: PARQUET}
+
+NBBO_SUMMARY_SCHEMA = pa.schema(
+    [
+        pa.field(name, arrow_type(kind), nullable=kind.startswith("Nullable("))
+        for name, kind in NBBO_SUMMARY_TYPES.items()
+    ]
+)
 
 
 class FrameKind(StrEnum):
@@ -488,24 +495,34 @@ def build_app(
         order = history_order(table, list(filters))
         after = decode_cursor(cursor, order, table) if cursor else None
         try:
-            rows = _history().rows(table, filters, from_ms, to_ms, after, limit)
+            body = _history().rows(table, filters, from_ms, to_ms, after, limit)
         except Unavailable as exc:
             raise ApiError(503, "unavailable", str(exc)) from None
-        columns = COLUMNS[table]
+        return _respond(chosen, table, COLUMNS[table], arrow_schema(table), body, order, limit)
+
+    def _respond(
+        chosen: Format,
+        table: str,
+        columns: Sequence[str],
+        schema: pa.Schema,
+        body: bytes,
+        order: Sequence[str],
+        limit: int,
+    ) -> Response:
+        """A page from its JSONEachRow rows: passed on as JSON, or parsed into Arrow."""
+        lines = body.splitlines()  # a row a line (JSON escapes newlines in strings)
         next_cursor = None
-        if len(rows) == limit:
-            last = dict(zip(columns, rows[-1], strict=True))
+        if len(lines) == limit:
+            last = orjson.loads(lines[-1])
             next_cursor = encode_cursor([last[c] for c in order])
         if chosen is Format.json:
-            body = {
-                "table": table,
-                "columns": list(columns),
-                "rows": [dict(zip(columns, r, strict=True)) for r in rows],
-                "next_cursor": next_cursor,
-            }
-            return Response(orjson.dumps(body), media_type=JSON)
-        schema = arrow_schema(table)
-        data = pa.Table.from_batches([record_batch(schema, rows)], schema=schema)
+            content = b"".join([
+                b'{"table":', orjson.dumps(table), b',"columns":', orjson.dumps(list(columns)),
+                b',"rows":[', b",".join(lines), b'],"next_cursor":', orjson.dumps(next_cursor),
+                b"}",
+            ])  # fmt: skip
+            return Response(content, media_type=JSON)
+        data = arrow_from_json_rows(body, schema)
         headers = {NEXT_CURSOR: next_cursor} if next_cursor else {}
         return Response(_table_bytes(data, chosen), media_type=_MEDIA[chosen], headers=headers)
 
@@ -563,6 +580,52 @@ def build_app(
         return _page(request, "nbbo", filters, from_ms, to_ms, limit, cursor, fmt)
 
     nbbo_history.__doc__ = f"{nbbo_history.__doc__} {HISTORY_DOC}"
+
+    @app.get(
+        "/v1/nbbo-summary",
+        summary="NBBO per second or coarser (`nbbo_1s`)",
+        operation_id="nbbo_summary",
+        **history_args,
+    )
+    def nbbo_summary(
+        request: Request,
+        instrument: Annotated[str, Query(max_length=64, description="canonical or a symbol")],
+        from_ms: TIME_FROM,
+        to_ms: TIME_TO,
+        key: Annotated[ApiKey, read_history],
+        interval_ms: Annotated[
+            int, Query(ge=1000, le=86_400_000, multiple_of=1000, description="window length")
+        ] = 1000,
+        limit: LIMIT = None,
+        cursor: CURSOR = None,
+        fmt: FMT = None,
+    ) -> Response:
+        """The NBBO of an instrument per window (by window start): the change that ended it,
+        i.e. the state it was in at the window's end; a window without a change has no row.
+        A day at 1 s is at most 86,400 rows (every change: `/v1/nbbo`, an hour at a time)."""
+        chosen = _negotiate(request, fmt)
+        if to_ms <= from_ms:
+            raise ApiError(400, "bad_range", "to_ms must be after from_ms")
+        limit = limit or api.default_page_rows
+        if limit > api.max_page_rows:
+            raise ApiError(400, "bad_limit", f"limit is at most {api.max_page_rows}")
+        start = from_ms
+        if cursor:  # the last window of the previous page: go on after it
+            start = decode_cursor(cursor, ("window_start_ms",))[0] + interval_ms
+        name = _canonical(instrument)
+        try:
+            body = (
+                _history().nbbo_summary(name, interval_ms, start, to_ms, limit)
+                if start < to_ms else b""
+            )  # fmt: skip
+        except Unavailable as exc:
+            raise ApiError(503, "unavailable", str(exc)) from None
+        columns = tuple(NBBO_SUMMARY_TYPES)
+        return _respond(
+            chosen, "nbbo_1s", columns, NBBO_SUMMARY_SCHEMA, body, ("window_start_ms",), limit
+        )
+
+    nbbo_summary.__doc__ = f"{nbbo_summary.__doc__} {HISTORY_DOC}"
 
     @app.get("/v1/bars", summary="Bars (`bars`)", operation_id="bars", **history_args)
     def bars(

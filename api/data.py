@@ -4,12 +4,12 @@ takes it). The app takes these as protocols, so its tests can stand in for the s
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from jobs.archive.layout import ArchiveError
 from jobs.book_at import BookAt, NoFrames, book_at
+from jobs.export import HttpQueryError, json_rows_from_http
 from jobs.frames import frame_source
 from jobs.sinks.book_reader import (
     StoredBook,
@@ -19,8 +19,7 @@ from jobs.sinks.book_reader import (
     read_book,
     read_nbbo,
 )
-from jobs.sinks.clickhouse import connect
-from jobs.sinks.queries import history_order, history_sql
+from jobs.sinks.queries import history_order, history_sql, nbbo_summary_page_sql
 from tickflow.config import ClickHouseConfig, RedisConfig, Settings
 
 
@@ -41,9 +40,17 @@ class History(Protocol):
         to_ms: int,
         after: Sequence[Any] | None,
         limit: int,
-    ) -> list[tuple[Any, ...]]:
-        """A page of ``table``'s FINAL rows (``COLUMNS`` order, decimals as text) in
-        ``history_order``; ``after``: the order values of the previous page's last row."""
+    ) -> bytes:
+        """A page of ``table``'s FINAL rows as JSONEachRow (``COLUMNS`` order, decimals as
+        text) in ``history_order``; ``after``: the order values of the previous page's last
+        row."""
+        ...
+
+    def nbbo_summary(
+        self, instrument: str, interval_ms: int, from_ms: int, to_ms: int, limit: int
+    ) -> bytes:
+        """The NBBO per window of ``interval_ms`` as JSONEachRow (``NBBO_SUMMARY_TYPES``,
+        decimals as text) with from_ms <= window start < to_ms, at most ``limit`` windows."""
         ...
 
 
@@ -96,13 +103,13 @@ class RawFrameBooks:
 
 
 class ClickHouseHistory:
-    """One connection, one query at a time (clickhouse-driver clients are not thread-safe)."""
+    """Pages over ClickHouse's HTTP interface as JSONEachRow: the app passes them on as JSON
+    or parses them into Arrow (``jobs.export.arrow_from_json_rows``) without a Python object
+    per value."""
 
     def __init__(self, config: ClickHouseConfig, database: str | None = None) -> None:
         self.config = config
         self.database = database or config.database
-        self._lock = threading.Lock()
-        self._client = connect(config)
 
     def rows(
         self,
@@ -112,26 +119,32 @@ class ClickHouseHistory:
         to_ms: int,
         after: Sequence[Any] | None,
         limit: int,
-    ) -> list[tuple[Any, ...]]:
-        from clickhouse_driver import errors
-
+    ) -> bytes:
         sql = history_sql(table, list(filters), after is not None, self.database)
         params: dict[str, Any] = {**filters, "from_ms": from_ms, "to_ms": to_ms, "limit": limit}
         for i, value in enumerate(after or ()):
             params[f"after_{i}"] = value
-        with self._lock:
-            try:
-                return [tuple(r) for r in self._client.execute(sql, params)]
-            except errors.ServerException as exc:
-                if exc.code in (60, 81):  # UNKNOWN_TABLE / UNKNOWN_DATABASE: nothing written yet
-                    return []
-                raise Unavailable(f"ClickHouse refused the query: code {exc.code}") from None
-            except (errors.Error, OSError, EOFError) as exc:
-                self._client.disconnect()
-                raise Unavailable(
-                    f"ClickHouse does not answer at {self.config.host}:{self.config.port}: "
-                    f"{exc.__class__.__name__}"
-                ) from None
+        return self._execute(sql, params)
+
+    def nbbo_summary(
+        self, instrument: str, interval_ms: int, from_ms: int, to_ms: int, limit: int
+    ) -> bytes:
+        params = {"instrument": instrument, "interval_ms": interval_ms, "from_ms": from_ms,
+                  "to_ms": to_ms, "limit": limit}  # fmt: skip
+        return self._execute(nbbo_summary_page_sql(self.database), params)
+
+    def _execute(self, sql: str, params: dict[str, Any]) -> bytes:
+        try:
+            return json_rows_from_http(self.config, sql, params)
+        except HttpQueryError as exc:
+            if exc.code in (60, 81):  # UNKNOWN_TABLE / UNKNOWN_DATABASE: nothing written yet
+                return b""
+            raise Unavailable(f"ClickHouse refused the query: code {exc.code}") from None
+        except OSError as exc:
+            raise Unavailable(
+                f"ClickHouse does not answer at {self.config.host}:{self.config.http_port}: "
+                f"{exc.__class__.__name__}"
+            ) from None
 
     @staticmethod
     def order(table: str, filters: Sequence[str]) -> tuple[str, ...]:

@@ -1,12 +1,12 @@
 """ClickHouse benchmark: the documented 1-day queries on one simulated day at realistic volume.
 
     python -m bench.clickhouse_queries [--instruments 20] [--scale 1.0] [--runs 5]
-                                       [--client-runs 2] [--keep]
+                                       [--client-runs 2] [--keep] [--database DB] [--api]
 
 Data: one UTC day (``DAY``) in a unique database created by the project's own DDL
-(``ensure_schema`` with the bench database in a ``ClickHouseConfig``). ``--instruments``
-instruments (the first, ``BTC-USD``, is the one queried) on three exchanges; per day, at
-``--scale`` 1:
+(``ensure_schema`` with the bench database in a ``ClickHouseConfig``: the tables, the
+summaries and their materialized views). ``--instruments`` instruments (the first,
+``BTC-USD``, is the one queried) on three exchanges; per day, at ``--scale`` 1:
 
 - queried instrument: 500,000 trades (binance 60%, coinbase 30%, kraken 10%), as many matched
   trades, 1,500,000 NBBO changes (what BTC-USD sees across venues on an active day);
@@ -19,23 +19,30 @@ instruments (the first, ``BTC-USD``, is the one queried) on three exchanges; per
 
 ``top_of_book`` and ``book_snapshots`` are left empty: no documented query reads them. Columns
 are generated with numpy from one random-walk mid price per instrument, inserted with
-clickhouse-driver in columnar batches of ``LOAD_BATCH_ROWS`` (rows as parameters), then each
-table is merged (``OPTIMIZE ... FINAL``: a settled day, one part per partition).
+clickhouse-driver in columnar batches of ``LOAD_BATCH_ROWS`` (rows as parameters; the views
+fill the summaries as they go), then the views' SELECT alone is timed over the day's rows
+(``view_select_s``: what they add to the inserts), and each table is merged (``OPTIMIZE ...
+FINAL``: a settled day, one part per partition).
 
-Queries: every entry of ``jobs.sinks.queries.DAILY_QUERIES`` for that day (bars at 1 s and
-1 min, NBBO history over the whole day and over one hour as documented, trade-through counts,
-late-event counts, matched trades of binance's BTC-USD), each timed three ways:
+Queries: every entry of ``jobs.sinks.queries.DAILY_QUERIES`` for that day (``queries``: the
+1-day ones, and the hourly NBBO history and matched-trade detail; the whole day of NBBO
+changes for comparison), each timed four ways:
 
 - cold: after ``SYSTEM DROP MARK CACHE`` and ``SYSTEM DROP UNCOMPRESSED CACHE`` (the OS page
   cache is not dropped: shared machine), over HTTP with ``FORMAT Null`` (server work without
   the transfer), median of ``--runs``;
 - warm: the same right after an untimed run, median of ``--runs``;
 - client: ``clickhouse-driver`` ``execute`` with the rows decoded into Python (decimals
-  included), warm, median of ``--client-runs``: what a researcher's script waits for.
+  included), and ClickHouse's ``JSONCompact`` over HTTP parsed with orjson, warm, median of
+  ``--client-runs``: what a researcher's script waits for.
+
+With ``--api``, each query's endpoint of the query API as well, in JSON, Arrow and Parquet
+(``bench.clickhouse_queries_api``): bench/results/clickhouse_queries_api.json.
 
 The server's own ``query_duration_ms``, rows and bytes read come from ``system.query_log``
 (``log_queries=1`` on these queries only). The database is dropped at the end unless
-``--keep``. Results: bench/results/clickhouse_queries.json.
+``--keep``; ``--database`` reuses one kept before (no load). Results:
+bench/results/clickhouse_queries.json.
 """
 
 from __future__ import annotations
@@ -54,11 +61,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 from clickhouse_driver import Client
 from clickhouse_driver.errors import Error as ClickHouseError
 
 from bench.stats import machine, median, target_entry, write_results
-from jobs.sinks.clickhouse import COLUMNS, connect, ensure_schema
+from jobs.sinks.clickhouse import COLUMNS, SUMMARIES, connect, ensure_schema, summary_backfill
 from jobs.sinks.queries import ALL_VENUES, DAILY_QUERIES
 from tickflow.config import ClickHouseConfig, load_settings
 
@@ -108,21 +116,27 @@ class Query:
 
 def queries(exchange_symbol: str) -> list[Query]:
     day_params = {"from_date": DAY, "to_date": DAY}
+    day = {"from_ms": T0_MS, "to_ms": T0_MS + DAY_MS}
+    hour = {"from_ms": T0_MS + 12 * HOUR_MS, "to_ms": T0_MS + 13 * HOUR_MS}
+    book = {"exchange": EXCHANGES[0], "symbol": exchange_symbol}
     out = [
         Query("bars_1s_day", "bars",
               {"instrument": QUERIED, "venue": ALL_VENUES, "interval_ms": 1000, "date": DAY}, True),
         Query("bars_1m_day", "bars",
               {"instrument": QUERIED, "venue": ALL_VENUES, "interval_ms": 60000, "date": DAY},
               True),
-        Query("nbbo_history_day", "nbbo_history",
-              {"instrument": QUERIED, "from_ms": T0_MS, "to_ms": T0_MS + DAY_MS}, True),
-        Query("nbbo_history_hour", "nbbo_history",
-              {"instrument": QUERIED, "from_ms": T0_MS + 12 * HOUR_MS,
-               "to_ms": T0_MS + 13 * HOUR_MS}, False),
-        Query("trade_through_counts_day", "trade_through_counts", day_params, True),
+        Query("nbbo_summary_1s_day", "nbbo_summary",
+              {"instrument": QUERIED, "interval_ms": 1000, **day}, True),
+        Query("nbbo_summary_1m_day", "nbbo_summary",
+              {"instrument": QUERIED, "interval_ms": 60000, **day}, True),
+        Query("nbbo_history_hour", "nbbo_history", {"instrument": QUERIED, **hour}, False),
+        # every change of the day: for comparison, not a documented 1-day query
+        Query("nbbo_history_full_day", "nbbo_history", {"instrument": QUERIED, **day}, False),
+        Query("trade_through_counts_day", "trade_through_counts",
+              {"instrument": QUERIED, **day_params}, True),
         Query("late_event_counts_day", "late_event_counts", day_params, True),
-        Query("matched_trades_day", "matched_trades",
-              {"exchange": EXCHANGES[0], "symbol": exchange_symbol, "date": DAY}, True),
+        Query("matched_trades_day", "matched_trades", {**book, "date": DAY}, True),
+        Query("matched_trades_detail_hour", "matched_trades_detail", {**book, **hour}, False),
     ]
     for q in out:  # the parameters each documented query takes, no more, no less
         if set(q.params) != set(DAILY_QUERIES[q.documented][1]):
@@ -367,8 +381,15 @@ def load_day(client: Client, db: str, insts: list[Instrument]) -> dict[str, Any]
         print(f"  {inst.name}: loaded ({sum(loader.rows.values()):,} rows so far, "
               f"{time.perf_counter() - started:.0f} s)", flush=True)
     load_s = time.perf_counter() - started
+    # what the views add to the inserts above: their SELECT over the same day of base rows,
+    # inserted again (harmless: FINAL collapses the rows into the same answer)
+    view_s: dict[str, float] = {}
+    for name in SUMMARIES:
+        t0 = time.perf_counter()
+        client.execute(summary_backfill(db, name), {"date": DAY})
+        view_s[name] = round(time.perf_counter() - t0, 1)
     optimize_s: dict[str, float] = {}
-    for table in loader.rows:
+    for table in [*loader.rows, *SUMMARIES]:
         t0 = time.perf_counter()
         client.execute(f"OPTIMIZE TABLE {db}.{table} FINAL")
         optimize_s[table] = round(time.perf_counter() - t0, 1)
@@ -381,6 +402,9 @@ def load_day(client: Client, db: str, insts: list[Instrument]) -> dict[str, Any]
         "rows": loader.rows,
         "insert_s": {k: round(v, 1) for k, v in loader.insert_s.items()},
         "load_s_including_generation": round(load_s, 1),
+        "views": "insert_s includes the materialized views (nbbo -> nbbo_1s, matched_trades "
+                 "-> trade_throughs); view_select_s is their SELECT alone over the day's rows",
+        "view_select_s": view_s,
         "optimize_final_s": optimize_s,
         "parts": {t: {"parts": p, "rows": r, "bytes_on_disk": b} for t, p, r, b in parts},
     }
@@ -435,6 +459,20 @@ class Timer:
         self.query_ids.setdefault(f"{q.name}/{label}", []).append(query_id)
         return ms
 
+    def json_ms(self, q: Query, db: str) -> tuple[float, int]:
+        """Wall time of the query over HTTP in ClickHouse's JSON format, parsed, ms; rows."""
+        args = urllib.parse.urlencode({"database": db})
+        url = f"http://{self.config.host}:{self.config.http_port}/?{args}"
+        body = (self.sql(q, db).rstrip() + "\nFORMAT JSONCompact").encode()
+        token = base64.b64encode(f"{self.config.user}:{self.config.password}".encode()).decode()
+        request = urllib.request.Request(
+            url, data=body, headers={"Authorization": f"Basic {token}"}
+        )
+        started = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as resp:
+            rows = orjson.loads(resp.read())["data"]
+        return (time.perf_counter() - started) * 1000, len(rows)
+
     def client_ms(self, q: Query, db: str) -> tuple[float, int]:
         """Wall time of clickhouse-driver's execute with the rows decoded, ms; rows."""
         builder = DAILY_QUERIES[q.documented][0]
@@ -472,6 +510,7 @@ def time_queries(
     cold: dict[str, list[float]] = {q.name: [] for q in qs}
     warm: dict[str, list[float]] = {q.name: [] for q in qs}
     via_client: dict[str, list[float]] = {q.name: [] for q in qs}
+    via_json: dict[str, list[float]] = {q.name: [] for q in qs}
     returned: dict[str, int] = {}
     for r in range(runs):  # interleaved: a disturbance spreads over every query
         for q in qs:
@@ -490,6 +529,10 @@ def time_queries(
             ms, n = retrying(q.name, lambda q=q: timer.client_ms(q, db))  # type: ignore[misc]
             via_client[q.name].append(ms)
             returned[q.name] = n
+            ms, n = retrying(q.name, lambda q=q: timer.json_ms(q, db))  # type: ignore[misc]
+            via_json[q.name].append(ms)
+            if n != returned[q.name]:
+                raise RuntimeError(f"{q.name}: {n} rows as JSON, {returned[q.name]} natively")
     stats = timer.server_stats()
     out = {}
     for q in qs:
@@ -503,6 +546,9 @@ def time_queries(
             "warm_ms": [round(x, 1) for x in warm[q.name]],
             "client_ms_median": round(median(via_client[q.name]), 1) if client_runs else None,
             "client_ms": [round(x, 1) for x in via_client[q.name]],
+            "client_json_ms_median": (
+                round(median(via_json[q.name]), 1) if client_runs else None
+            ),
             "rows_returned": returned.get(q.name),
             "server_cold": stats.get(f"{q.name}/cold"),
             "server_warm": stats.get(f"{q.name}/warm"),
@@ -511,9 +557,12 @@ def time_queries(
 
 
 def run(instruments_n: int, scale: float, runs: int, client_runs: int, keep: bool,
-        command: str) -> dict[str, Any]:
+        command: str, database: str | None = None, api: bool = False) -> dict[str, Any]:
+    """Load the day (or reuse ``database``, loaded by an earlier ``--keep`` run), time the
+    queries; with ``api`` also their API endpoints (``result["api"]``)."""
     settings = load_settings()
-    db = f"tickflow_bench_q{uuid.uuid4().hex[:8]}"
+    db = database or f"tickflow_bench_q{uuid.uuid4().hex[:8]}"
+    keep = keep or database is not None
     config = dataclasses.replace(settings.clickhouse, database=db)
     insts = instruments(instruments_n, scale)
     client = connect(config)
@@ -547,25 +596,34 @@ def run(instruments_n: int, scale: float, runs: int, client_runs: int, keep: boo
           f"scale {scale:g})", flush=True)
     try:
         ensure_schema(config)
-        result["load"] = load_day(client, db, insts)
-        load = result["load"]
-        print(f"loaded {sum(load['rows'].values()):,} rows in "
-              f"{load['load_s_including_generation']} s ({load['rows']}); "
-              f"OPTIMIZE FINAL {load['optimize_final_s']}", flush=True)
+        if database is None:
+            result["load"] = load_day(client, db, insts)
+            load = result["load"]
+            print(f"loaded {sum(load['rows'].values()):,} rows in "
+                  f"{load['load_s_including_generation']} s ({load['rows']}); views "
+                  f"{load['view_select_s']}; OPTIMIZE FINAL {load['optimize_final_s']}",
+                  flush=True)
+        else:
+            result["load"] = {"reused_database": db}
         qs = queries(insts[0].symbol(EXCHANGES[0]))
         result["queries"] = time_queries(settings.clickhouse, client, db, qs, runs, client_runs)
+        if api:
+            from bench.clickhouse_queries_api import time_api
+
+            result["api"] = time_api(settings, db, max(1, client_runs))
     finally:
         if not keep:
             client.execute(f"DROP DATABASE IF EXISTS {db}")
         client.disconnect()
     result["kept_database"] = keep
-    print(f"{'query':>26} {'rows':>9} {'cold ms':>9} {'warm ms':>9} {'server ms':>9} "
-          f"{'client ms':>10}")
+    print(f"{'query':>28} {'rows':>9} {'cold ms':>9} {'warm ms':>9} {'server ms':>9} "
+          f"{'native ms':>10} {'JSON ms':>9}")
     for name, q in result["queries"].items():
         server = (q["server_warm"] or {}).get("server_ms_median")
-        print(f"{name:>26} {q['rows_returned'] or '':>9} {q['cold_ms_median']:>9} "
+        print(f"{name:>28} {q['rows_returned'] or '':>9} {q['cold_ms_median']:>9} "
               f"{q['warm_ms_median']:>9} {server if server is not None else '':>9} "
-              f"{q['client_ms_median'] if q['client_ms_median'] is not None else '':>10}")
+              f"{q['client_ms_median'] if q['client_ms_median'] is not None else '':>10} "
+              f"{q['client_json_ms_median'] if q['client_json_ms_median'] is not None else '':>9}")
     day_queries = {n: q for n, q in result["queries"].items() if q["one_day"]}
     slowest = max(day_queries, key=lambda n: day_queries[n]["cold_ms_median"])
     m = result["conditions"]["machine"]
@@ -577,12 +635,14 @@ def run(instruments_n: int, scale: float, runs: int, client_runs: int, keep: boo
             slowest=slowest,
             per_query={
                 n: {"cold_ms": q["cold_ms_median"], "warm_ms": q["warm_ms_median"],
-                    "client_ms": q["client_ms_median"], "rows": q["rows_returned"]}
+                    "client_ms": q["client_ms_median"],
+                    "client_json_ms": q["client_json_ms_median"], "rows": q["rows_returned"],
+                    "one_day": q["one_day"]}
                 for n, q in result["queries"].items()
             },
             queried=result["conditions"]["queried"],
             instruments=len(insts),
-            rows_loaded=result["load"]["rows"],
+            rows_loaded=result["load"].get("rows"),
             clickhouse=version, runs=runs, cpus=m["cpus"], load_1m=m["load_1m"],
         )
     }
@@ -597,12 +657,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="cold and warm runs per query")
     parser.add_argument("--client-runs", type=int, default=2, help="runs decoding the rows")
     parser.add_argument("--keep", action="store_true", help="keep the bench database")
+    parser.add_argument("--database", help="reuse this database of a --keep run (no load)")
+    parser.add_argument("--api", action="store_true",
+                        help="also time the query API's endpoints (JSON, Arrow, Parquet); "
+                             "written to bench/results/clickhouse_queries_api.json")
     parser.add_argument("--out", default=None)
     raw = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(raw)
+    command = " ".join(["python -m bench.clickhouse_queries", *raw])
     result = run(args.instruments, args.scale, args.runs, args.client_runs, args.keep,
-                 " ".join(["python -m bench.clickhouse_queries", *raw]))
-    print(f"written to {write_results(NAME, result, Path(args.out) if args.out else None)}")
+                 command, args.database, args.api)
+    api = result.pop("api", None)
+    out = Path(args.out) if args.out else None
+    print(f"written to {write_results(NAME, result, out)}")
+    if api is not None:
+        api = {"command": command, "conditions": result["conditions"], **api}
+        api_out = out.with_name(f"{out.stem}_api.json") if out else None
+        print(f"written to {write_results(f'{NAME}_api', api, api_out)}")
     return 0
 
 

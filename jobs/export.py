@@ -58,6 +58,7 @@ TMP_SUFFIX = ".tmp"  # temporary files are hidden (leading dot) and end with thi
 COMPRESSION = "zstd"
 DIGEST_CHUNK_ROWS = 65_536
 BATCH_ROWS = 100_000  # rows read, digested and written at a time: a Parquet row group each
+HTTP_TIMEOUT_S = 300
 
 # the Hive partition keys after the date, in path order: the ones a table has
 PARTITION_KEYS = ("exchange", "instrument")
@@ -223,12 +224,13 @@ def partitions_sql(db: str, table: str) -> str:
 _selected = exact_text_column
 
 
-def _wire_type(kind: pa.DataType) -> pa.DataType:
-    """The Arrow type of a column as ``rows_sql`` reads it (decimals as text)."""
-    if pa.types.is_decimal(kind):
+def _wire_type(kind: pa.DataType, json: bool = False) -> pa.DataType:
+    """The Arrow type of a column as ``rows_sql`` reads it (decimals as text; in JSON, dates
+    as text too)."""
+    if pa.types.is_decimal(kind) or (json and pa.types.is_date(kind)):
         return pa.string()
     if pa.types.is_list(kind):
-        return pa.list_(pa.field("element", _wire_type(kind.value_type)))
+        return pa.list_(pa.field("element", _wire_type(kind.value_type, json)))
     return kind
 
 
@@ -242,6 +244,63 @@ def record_batch(schema: pa.Schema, rows: Sequence[Sequence[Any]]) -> pa.RecordB
         for f, values in zip(schema, columns, strict=True)
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+class HttpQueryError(Exception):
+    """ClickHouse refused a query over HTTP: its error ``code`` (0 if none) and message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def json_rows_from_http(config: ClickHouseConfig, sql: str, params: dict[str, Any]) -> bytes:
+    """``sql``'s rows as ClickHouse's JSONEachRow (one JSON object a line; 64-bit integers as
+    numbers, NaN and infinities as null), over its HTTP interface. ``params`` fill the
+    ``%(name)s`` placeholders as clickhouse-driver does. Raises HttpQueryError if ClickHouse
+    refuses the query, OSError if it does not answer."""
+    import base64
+    import http.client
+    from urllib.parse import urlencode
+
+    from clickhouse_driver.util.escape import escape_params
+
+    query = (sql % escape_params(params, None)).rstrip() + "\nFORMAT JSONEachRow"
+    url = "/?" + urlencode({"output_format_json_quote_64bit_integers": 0,
+                            "output_format_json_quote_denormals": 0})  # fmt: skip
+    token = base64.b64encode(f"{config.user}:{config.password}".encode()).decode()
+    connection = http.client.HTTPSConnection if config.secure else http.client.HTTPConnection
+    conn = connection(config.host, config.http_port, timeout=HTTP_TIMEOUT_S)
+    try:
+        conn.request("POST", url, body=query.encode(), headers={"Authorization": f"Basic {token}"})
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    if response.status != 200:
+        text = body.decode(errors="replace").strip()
+        match = re.match(r"Code: (\d+)", text)
+        raise HttpQueryError(int(match[1]) if match else 0, text[:500])
+    return body
+
+
+def arrow_from_json_rows(body: bytes, schema: pa.Schema) -> pa.Table:
+    """JSONEachRow rows (the columns of ``schema``, decimals as their exact text, dates as
+    text) as a table of ``schema``, parsed by pyarrow: no Python object per value, decimals
+    exact (an error, never a rounding)."""
+    import io
+
+    import pyarrow.json as pa_json
+
+    if not body.strip():
+        return schema.empty_table()
+    wire = pa.schema([pa.field(f.name, _wire_type(f.type, json=True)) for f in schema])
+    parsed = pa_json.read_json(
+        io.BytesIO(body),
+        parse_options=pa_json.ParseOptions(explicit_schema=wire, unexpected_field_behavior="error"),
+    )
+    columns = [parsed.column(f.name).cast(f.type) for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def rows_sql(db: str, table: str) -> str:

@@ -234,10 +234,20 @@ def query_results(settings: Settings, rows: dict[str, Counter[tuple[Any, ...]]])
                     {"instrument": i, "venue": "ALL", "interval_ms": 60000, "date": day}
                     for i in instruments
                 ]
-            elif name == "nbbo_history":
-                calls += [{"instrument": i, "from_ms": 0, "to_ms": 2**63 - 1} for i in instruments]
+            elif name in ("nbbo_history", "nbbo_summary"):
+                every = {"from_ms": 0, "to_ms": 2**63 - 1}
+                if name == "nbbo_summary":
+                    every["interval_ms"] = 1000
+                calls += [{"instrument": i, **every} for i in instruments]
             elif name == "matched_trades":
                 calls += [{"exchange": e, "symbol": s, "date": day} for e, s in books]
+            elif name == "matched_trades_detail":
+                calls += [
+                    {"exchange": e, "symbol": s, "from_ms": 0, "to_ms": 2**63 - 1}
+                    for e, s in books
+                ]
+            elif name == "trade_through_counts":
+                calls += [{"instrument": i, "from_date": day, "to_date": day} for i in instruments]
             else:
                 calls.append({"from_date": day, "to_date": day})
         assert all(set(c) == set(params) for c in calls), name

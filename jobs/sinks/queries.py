@@ -67,7 +67,9 @@ ORDER BY window_start_ms
 
 
 def nbbo_history_sql(db: str = DEFAULT_DB) -> str:
-    """NBBO changes of one instrument with from_ms <= event_time_ms < to_ms.
+    """NBBO changes of one instrument with from_ms <= event_time_ms < to_ms, every column:
+    read it an hour at a time (a busy instrument changes its NBBO over a million times a day;
+    ``nbbo_summary_sql`` has the day per second).
 
     Params: instrument, from_ms, to_ms.
     """
@@ -82,16 +84,39 @@ ORDER BY event_time_ms, version
 """
 
 
-def trade_through_counts_sql(db: str = DEFAULT_DB) -> str:
-    """Per UTC day and exchange: matched trades, how many traded through the NBBO, and share.
+def nbbo_summary_sql(db: str = DEFAULT_DB) -> str:
+    """The NBBO of one instrument per window of ``interval_ms`` (a multiple of 1000) with
+    from_ms <= window start < to_ms, from ``nbbo_1s``: the change that ended the window (the
+    last by (event_time_ms, version)), i.e. the state the NBBO was in at the window's end. A
+    window without a change has no row (the state carried on).
 
-    Params: from_date, to_date (datetime.date, inclusive).
+    Params: instrument, interval_ms, from_ms, to_ms (from_ms and to_ms multiples of
+    interval_ms for whole windows).
+    """
+    return f"""
+SELECT intDiv(second_ms, %(interval_ms)s) * %(interval_ms)s AS window_start_ms, event_time_ms,
+       version, bid_price, bid_size, bid_venues, ask_price, ask_size, ask_venues, locked,
+       crossed
+FROM {_db(db)}.nbbo_1s FINAL
+WHERE date >= {_utc_date("%(from_ms)s")} AND date <= {_utc_date("%(to_ms)s")}
+  AND instrument = %(instrument)s
+  AND second_ms >= %(from_ms)s AND second_ms < %(to_ms)s
+ORDER BY window_start_ms, event_time_ms DESC, version DESC
+LIMIT 1 BY window_start_ms
+"""
+
+
+def trade_through_counts_sql(db: str = DEFAULT_DB) -> str:
+    """Per UTC day and exchange, one instrument's matched trades, how many traded through the
+    NBBO, and the share (from ``trade_throughs``, the matched trades narrowed).
+
+    Params: instrument, from_date, to_date (datetime.date, inclusive).
     """
     return f"""
 SELECT date, exchange, count() AS trades, sum(trade_through) AS trade_throughs,
        trade_throughs / trades AS trade_through_share
-FROM {_db(db)}.matched_trades FINAL
-WHERE date >= %(from_date)s AND date <= %(to_date)s
+FROM {_db(db)}.trade_throughs FINAL
+WHERE date >= %(from_date)s AND date <= %(to_date)s AND instrument = %(instrument)s
 GROUP BY date, exchange
 ORDER BY date, exchange
 """
@@ -113,9 +138,26 @@ ORDER BY date, exchange, kind
 
 
 def matched_trades_sql(db: str = DEFAULT_DB) -> str:
-    """Matched trades of one exchange symbol over one UTC day, in trade order.
+    """Matched trades of one exchange symbol over one UTC day, in trade order: the trade and
+    how it executed (touch, levels, slippage in bps, trade-through); the book and NBBO it met
+    are in ``matched_trades_detail_sql`` (an hour at a time).
 
     Params: exchange, symbol, date (datetime.date).
+    """
+    return f"""
+SELECT trade_time_ms, trade_id, price, size, taker_side, touch, levels_consumed,
+       slippage_mid_bps, trade_through
+FROM {_db(db)}.matched_trades FINAL
+WHERE date = %(date)s AND exchange = %(exchange)s AND symbol = %(symbol)s
+ORDER BY trade_time_ms, trade_id
+"""
+
+
+def matched_trades_detail_sql(db: str = DEFAULT_DB) -> str:
+    """Matched trades of one exchange symbol with from_ms <= trade_time_ms < to_ms, every
+    column: the book (own exchange) and the NBBO each trade executed against.
+
+    Params: exchange, symbol, from_ms, to_ms.
     """
     return f"""
 SELECT trade_time_ms, trade_id, price, size, taker_side, book_status, book_time_ms,
@@ -124,7 +166,9 @@ SELECT trade_time_ms, trade_id, price, size, taker_side, book_status, book_time_
        nbbo_bid_size, nbbo_ask_price, nbbo_ask_size, nbbo_venues, slippage_nbbo,
        trade_through, receive_time_ns
 FROM {_db(db)}.matched_trades FINAL
-WHERE date = %(date)s AND exchange = %(exchange)s AND symbol = %(symbol)s
+WHERE date >= {_utc_date("%(from_ms)s")} AND date <= {_utc_date("%(to_ms)s")}
+  AND exchange = %(exchange)s AND symbol = %(symbol)s
+  AND trade_time_ms >= %(from_ms)s AND trade_time_ms < %(to_ms)s
 ORDER BY trade_time_ms, trade_id
 """
 
@@ -327,9 +371,34 @@ def exact_text_column(name: str, kind: str) -> str:
     would build a Python Decimal of each value); anything else as it is."""
     if DECIMAL not in kind:
         return name
+    # named as the column (read by name as JSON); no query filters or sorts on a decimal
     if kind.startswith("Array("):
-        return f"arrayMap(x -> toString(x), {name})"
-    return f"toString({name})"  # NULL stays NULL
+        return f"arrayMap(x -> toString(x), {name}) AS {name}"
+    return f"toString({name}) AS {name}"  # NULL stays NULL
+
+
+# what nbbo_summary_sql returns: each column and its ClickHouse type
+NBBO_SUMMARY_TYPES: dict[str, str] = {
+    "window_start_ms": "UInt64",
+    "event_time_ms": "UInt64",
+    "version": "UInt64",
+    "bid_price": f"Nullable({DECIMAL})",
+    "bid_size": f"Nullable({DECIMAL})",
+    "bid_venues": "Array(String)",
+    "ask_price": f"Nullable({DECIMAL})",
+    "ask_size": f"Nullable({DECIMAL})",
+    "ask_venues": "Array(String)",
+    "locked": "UInt8",
+    "crossed": "UInt8",
+}
+
+
+def nbbo_summary_page_sql(db: str = DEFAULT_DB) -> str:
+    """``nbbo_summary_sql`` for the query API: decimals as exact text, at most ``%(limit)s``
+    windows (the next page starts after the last one). Params: as nbbo_summary_sql, limit."""
+    selected = ", ".join(exact_text_column(n, t) for n, t in NBBO_SUMMARY_TYPES.items())
+    inner = nbbo_summary_sql(db).strip()
+    return f"SELECT {selected}\nFROM ({inner})\nORDER BY window_start_ms\nLIMIT %(limit)s"
 
 
 # table -> its time column: the tables the query API reads by time range
@@ -401,10 +470,14 @@ def history_sql(
 # name -> (SQL builder, what its parameters are); docs/queries.md shows each with an example
 DAILY_QUERIES: dict[str, tuple[Callable[[str], str], tuple[str, ...]]] = {
     "bars": (bars_sql, ("instrument", "venue", "interval_ms", "date")),
-    "nbbo_history": (nbbo_history_sql, ("instrument", "from_ms", "to_ms")),
-    "trade_through_counts": (trade_through_counts_sql, ("from_date", "to_date")),
+    "nbbo_summary": (nbbo_summary_sql, ("instrument", "interval_ms", "from_ms", "to_ms")),
+    "nbbo_history": (nbbo_history_sql, ("instrument", "from_ms", "to_ms")),  # an hour
+    "trade_through_counts": (trade_through_counts_sql, ("instrument", "from_date", "to_date")),
     "late_event_counts": (late_event_counts_sql, ("from_date", "to_date")),
     "matched_trades": (matched_trades_sql, ("exchange", "symbol", "date")),
+    "matched_trades_detail": (
+        matched_trades_detail_sql, ("exchange", "symbol", "from_ms", "to_ms")  # an hour
+    ),
 }
 
 

@@ -17,6 +17,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from bench import clickhouse_queries as chq  # noqa: E402
+from bench import clickhouse_queries_api as chqa  # noqa: E402
 from bench import redis_ops, serialization, summary  # noqa: E402
 from bench.stats import (  # noqa: E402
     histogram,
@@ -235,7 +236,9 @@ def test_clickhouse_generators_fill_every_column() -> None:
 def test_clickhouse_queries_cover_the_documented_ones() -> None:
     qs = chq.queries("BTCUSD")
     assert {q.documented for q in qs} == set(DAILY_QUERIES)
-    assert all(q.one_day for q in qs if q.name != "nbbo_history_hour")
+    not_day = {"nbbo_history_hour", "nbbo_history_full_day", "matched_trades_detail_hour"}
+    assert {q.name for q in qs if not q.one_day} == not_day
+    assert set(chqa.ENDPOINTS) | set(chqa.NO_ENDPOINT) == {q.name for q in qs}
 
 
 def test_serialization_codecs_round_trip() -> None:

@@ -44,11 +44,19 @@ def test_redis_ops_tiny(stack_settings: Settings, tmp_path: Path) -> None:
 
 def test_clickhouse_queries_tiny(stack_settings: Settings, tmp_path: Path) -> None:
     out = tmp_path / "clickhouse_queries.json"
-    args = ["--scale", "0.0005", "--instruments", "2", "--runs", "1", "--client-runs", "1"]
+    args = ["--scale", "0.0005", "--instruments", "2", "--runs", "1", "--client-runs", "1",
+            "--api"]  # fmt: skip
     assert clickhouse_queries.main([*args, "--out", str(out)]) == 0
     data = _target(out, "clickhouse_day_query")
     assert set(data["queries"]) == {q.name for q in clickhouse_queries.queries("BTCUSD")}
     assert data["queries"]["matched_trades_day"]["rows_returned"] > 0
+    # the API variant: each endpoint in its formats, the rows the SQL returns
+    api = json.loads((tmp_path / "clickhouse_queries_api.json").read_text())
+    for name, entry in api["endpoints"].items():
+        rows = {entry[f]["rows"] for f in ("json", "arrow", "parquet") if f in entry}
+        assert len(rows) == 1, name
+        if name in ("nbbo_summary_1s_day", "bars_1m_day", "nbbo_history_hour"):
+            assert rows == {data["queries"][name]["rows_returned"]}, name
     db = data["conditions"]["database"]
     client = connect(stack_settings.clickhouse)
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
+import random
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,7 @@ from clickhouse_driver.util.escape import escape_params
 
 from jobs.sinks.clickhouse import (
     COLUMNS,
+    SUMMARIES,
     TABLES,
     UPGRADES,
     bar_row,
@@ -34,6 +36,9 @@ from jobs.sinks.clickhouse import (
     late_event_row,
     matched_trade_row,
     nbbo_row,
+    schema_statements,
+    summary_backfill,
+    summary_view,
     upgrade_statements,
     utc_date,
 )
@@ -44,7 +49,12 @@ from jobs.sinks.queries import (
     books_of_day_sql,
     completeness_sql,
     gaps_sql,
+    matched_trades_detail_sql,
+    matched_trades_sql,
+    nbbo_history_sql,
+    nbbo_summary_sql,
     recompute_bars_sql,
+    trade_through_counts_sql,
 )
 from stack import manager
 from tickflow.config import ClickHouseConfig, Settings, load_settings
@@ -395,8 +405,8 @@ def _private_db() -> str:
 
 def _create_tables(server: Server, db: str) -> None:
     server.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
-    for ddl in TABLES.values():
-        server.execute(ddl.format(db=db))
+    for statement in schema_statements(db):  # the summaries and their views too
+        server.execute(statement)
 
 
 def _create(server: Server, db: str) -> None:
@@ -454,6 +464,9 @@ EXAMPLE_PARAMS: dict[str, Any] = {
     "to_date": utc_date(T0),
     "exchange": "binance",
     "symbol": "BTCUSDT",
+}
+EXAMPLE_PARAMS_BY_QUERY: dict[str, dict[str, Any]] = {  # a whole number of windows
+    "nbbo_summary": {"interval_ms": 60000, "from_ms": T0, "to_ms": T0 + 120_000},
 }
 
 
@@ -522,7 +535,8 @@ def test_recomputation_ignores_windows_outside_the_range(server: Server) -> None
 def test_daily_queries_run(server: Server) -> None:
     db = server.db
     for name, (build, names) in DAILY_QUERIES.items():
-        rows = server.execute(build(db), {n: EXAMPLE_PARAMS[n] for n in names})
+        params = {**EXAMPLE_PARAMS, **EXAMPLE_PARAMS_BY_QUERY.get(name, {})}
+        rows = server.execute(build(db), {n: params[n] for n in names})
         assert isinstance(rows, list), name
     bars_of_day = server.execute(DAILY_QUERIES["bars"][0](db), {
         n: EXAMPLE_PARAMS[n] for n in DAILY_QUERIES["bars"][1]})  # fmt: skip
@@ -614,7 +628,7 @@ def test_ensure_schema_adds_the_depth_columns(clickhouse_config: ClickHouseConfi
         )
         assert tuple(name for (name,) in columns) == COLUMNS["top_of_book"]
         tables = {name for (name,) in client.execute(f"SHOW TABLES FROM {db}")}
-        assert tables == set(TABLES)
+        assert tables == set(TABLES) | set(SUMMARIES) | {f"{n}_mv" for n in SUMMARIES}
         got = client.execute(f"SELECT bid_depth_10bps, ask_depth_10bps FROM {db}.top_of_book")
         assert got == [(None, None)]  # old rows read the new columns as NULL
     finally:
@@ -702,5 +716,226 @@ def test_completeness_of_a_day(server: Server) -> None:
         assert {(r["symbol"], r["kind"]): r["out_of_sync_ms"] for r in after} == {
             ("BTCUSDT", "sync_lost"): 5_000, ("ETHUSDT", "gap"): DAY}  # fmt: skip
         assert server.execute(books_of_day_sql(db), params) == []  # no top-of-book rows
+    finally:
+        server.execute(f"DROP DATABASE IF EXISTS {db}")
+
+
+# ------------------------------------------------- summaries kept by materialized views
+
+SUMMARY_INSTRUMENTS = ("BTC-USDT", "ETH-USDT")
+SUMMARY_BOOKS = (("binance", "BTCUSDT", "BTC-USDT"), ("kraken", "BTC/USDT", "BTC-USDT"),
+                 ("binance", "ETHUSDT", "ETH-USDT"))  # fmt: skip
+
+
+def _price(rng: random.Random, low: int) -> Decimal:
+    return D(rng.randrange(low * 100, low * 100 + 300)) / 100
+
+
+def generated_nbbo(seed: int = 7) -> list[tuple[Any, ...]]:
+    """NBBO changes of two instruments over 12 s (and two just after midnight): several per
+    second, some at the same ms, sides missing, locked and crossed ones."""
+    rng = random.Random(seed)
+    rows = []
+    for instrument in SUMMARY_INSTRUMENTS:
+        times = sorted(T0 + rng.randrange(0, 12_000) for _ in range(240))
+        times += [T0 + DAY + 5, T0 + DAY + 5]  # the next day, the same ms twice
+        for version, ms in enumerate(times, start=1):
+            bid = None if rng.random() < 0.1 else _price(rng, 100)
+            ask = None if rng.random() < 0.1 else _price(rng, 102)
+            rows.append(nbbo_row(
+                instrument=instrument, quote="USDT", event_time_ms=ms, version=version,
+                receive_time_ns=ms * 1_000_000 + 7, bid_price=bid,
+                bid_size=None if bid is None else D(rng.randrange(1, 10**8)) / 10**8,
+                bid_venues=[] if bid is None else rng.choice([["binance:X"], ["kraken:Y"]]),
+                ask_price=ask,
+                ask_size=None if ask is None else D(rng.randrange(1, 10**8)) / 10**8,
+                ask_venues=[] if ask is None else ["binance:X", "kraken:Y"][: rng.randint(1, 2)],
+                locked=rng.random() < 0.05, crossed=rng.random() < 0.05,
+                venues=["binance:X", "kraken:Y"], venue_versions=[version, version + 1],
+            ))  # fmt: skip
+    return rows
+
+
+def generated_matched_trades(seed: int = 8) -> list[tuple[Any, ...]]:
+    """Matched trades of three books over two hours (and a few the next day), some trading
+    through, the same trade id on two books at the same ms."""
+    rng = random.Random(seed)
+    rows = []
+    for exchange, symbol, instrument in SUMMARY_BOOKS:
+        times = sorted(T0 + 3_000_000 + rng.randrange(0, 1_200_000) for _ in range(150))
+        times += [T0 + DAY + 1_000] * 3
+        for k, ms in enumerate(times):
+            price = _price(rng, 100)
+            rows.append(matched_trade_row(
+                exchange=exchange, symbol=symbol, instrument=instrument, trade_id=str(1000 + k),
+                trade_time_ms=ms, price=price, size=D("0.5"), taker_side="buy",
+                book_status="LIVE", book_time_ms=ms - 1, book_version=k, book_seq=k,
+                bid_price=price, bid_size=D(1), ask_price=price + 1, ask_size=D(1), mid=price,
+                spread=D(1), touch="at", levels_consumed=1, size_consumed=D("0.5"),
+                slippage_mid=D(0), slippage_mid_bps=0.0, nbbo_bid_price=price,
+                nbbo_bid_size=D(1), nbbo_ask_price=price + 1, nbbo_ask_size=D(1),
+                nbbo_venues=[f"{exchange}:{symbol}"], slippage_nbbo=D(0),
+                trade_through=rng.random() < 0.2, receive_time_ns=ms * 1_000_000,
+            ))  # fmt: skip
+    return rows
+
+
+SUMMARY_NBBO = generated_nbbo()
+SUMMARY_TRADES = generated_matched_trades()
+
+
+def _insert_replayed(server: Server, table: str, rows: list[tuple[Any, ...]], db: str) -> None:
+    """Every row in blocks of 100, then a replay of a stretch of them in other blocks."""
+    for lo in range(0, len(rows), 100):
+        server.insert(table, rows[lo : lo + 100], db)
+    replay = rows[70:330]
+    server.insert(table, replay[:33], db)
+    server.insert(table, list(reversed(replay[33:])), db)
+
+
+def reference_nbbo_summary(
+    rows: list[tuple[Any, ...]], instrument: str, interval: int, from_ms: int, to_ms: int
+) -> list[dict[str, Any]]:
+    """docs/queries.md's definition of ``nbbo_summary_sql`` over the distinct rows."""
+    windows: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in dicts("nbbo", rows):
+        w = r["event_time_ms"] // interval * interval
+        if r["instrument"] == instrument and from_ms <= w < to_ms:
+            windows[w].append(r)
+
+    out = []
+    for w, changes in sorted(windows.items()):
+        last = max(changes, key=lambda r: (r["event_time_ms"], r["version"]))
+        out.append({
+            "window_start_ms": w,
+            **{k: last[k] for k in ("event_time_ms", "version", "bid_price", "bid_size",
+                                    "bid_venues", "ask_price", "ask_size", "ask_venues",
+                                    "locked", "crossed")},
+        })  # fmt: skip
+    return out
+
+
+def reference_trade_throughs(
+    rows: list[tuple[Any, ...]], instrument: str
+) -> list[tuple[date, str, int, int]]:
+    counts: dict[tuple[date, str], list[int]] = defaultdict(lambda: [0, 0])
+    for r in {row[:6]: row for row in rows}.values():  # one per identity
+        t = dict(zip(COLUMNS["matched_trades"], r, strict=True))
+        if t["instrument"] == instrument:
+            counts[(t["date"], t["exchange"])][0] += 1
+            counts[(t["date"], t["exchange"])][1] += t["trade_through"]
+    return [(d, e, n, tt) for (d, e), (n, tt) in sorted(counts.items())]
+
+
+def _check_summaries(server: Server, db: str) -> None:
+    """Each summary query equals its definition over the distinct base rows and what the
+    base table gives with FINAL."""
+    for instrument in SUMMARY_INSTRUMENTS:
+        for interval, lo, hi in [(1000, T0, T0 + 2 * DAY), (5000, T0, T0 + 2 * DAY),
+                                 (1000, T0 + 3000, T0 + 9000), (60000, T0, T0 + DAY)]:
+            params = {"instrument": instrument, "interval_ms": interval, "from_ms": lo,
+                      "to_ms": hi}  # fmt: skip
+            got = server.execute(nbbo_summary_sql(db), params)
+            expected = reference_nbbo_summary(SUMMARY_NBBO, instrument, interval, lo, hi)
+            assert got == expected, (instrument, interval, lo)
+        # the last row of each second from the full history: the same state
+        history = server.execute(nbbo_history_sql(db), {
+            "instrument": instrument, "from_ms": T0, "to_ms": T0 + DAY})  # fmt: skip
+        last = {r["event_time_ms"] // 1000: r for r in history}
+        summary = server.execute(nbbo_summary_sql(db), {
+            "instrument": instrument, "interval_ms": 1000, "from_ms": T0,
+            "to_ms": T0 + DAY})  # fmt: skip
+        assert [(r["event_time_ms"], r["version"], r["bid_price"], r["ask_size"])
+                for r in summary] == [(r["event_time_ms"], r["version"], r["bid_price"],
+                                       r["ask_size"]) for _, r in sorted(last.items())]  # fmt: skip
+
+        params = {"instrument": instrument, "from_date": utc_date(T0),
+                  "to_date": utc_date(T0 + DAY)}  # fmt: skip
+        got_tt = server.execute(trade_through_counts_sql(db), params)
+        expected_tt = reference_trade_throughs(SUMMARY_TRADES, instrument)
+        assert [(r["date"], r["exchange"], r["trades"], r["trade_throughs"]) for r in got_tt] \
+            == expected_tt  # fmt: skip
+        assert all(r["trade_through_share"] == r["trade_throughs"] / r["trades"] for r in got_tt)
+        final = server.execute(
+            f"SELECT date, exchange, count() AS n, sum(trade_through) AS tt FROM "
+            f"{db}.matched_trades FINAL WHERE instrument = %(instrument)s "
+            "GROUP BY date, exchange ORDER BY date, exchange", {"instrument": instrument})
+        assert [(r["date"], r["exchange"], r["n"], r["tt"]) for r in final] == expected_tt
+
+
+def test_summaries_equal_the_base_rows_after_replays(server: Server) -> None:
+    """The views fill the summaries as the base rows arrive; a replay (the same rows again,
+    in other blocks) changes no answer."""
+    db = _private_db()
+    try:
+        _create_tables(server, db)
+        _insert_replayed(server, "nbbo", SUMMARY_NBBO, db)
+        _insert_replayed(server, "matched_trades", SUMMARY_TRADES, db)
+        _check_summaries(server, db)
+        # a whole second replay, then the parts merged: still the same
+        server.insert("nbbo", SUMMARY_NBBO, db)
+        server.insert("matched_trades", SUMMARY_TRADES[::-1], db)
+        _check_summaries(server, db)
+        for name in SUMMARIES:
+            server.execute(f"OPTIMIZE TABLE {db}.{name} FINAL")
+        _check_summaries(server, db)
+    finally:
+        server.execute(f"DROP DATABASE IF EXISTS {db}")
+
+
+def test_summary_backfill_of_an_existing_database(server: Server) -> None:
+    """A database from before the summaries: its base rows fill them (what ensure_schema
+    runs), on both releases; filling twice, or beside the view, changes nothing."""
+    db = _private_db()
+    try:
+        server.execute(f"CREATE DATABASE {db}")
+        for ddl in TABLES.values():
+            server.execute(ddl.format(db=db))
+        _insert_replayed(server, "nbbo", SUMMARY_NBBO, db)
+        _insert_replayed(server, "matched_trades", SUMMARY_TRADES, db)
+        for name, (_, ddl, _) in SUMMARIES.items():
+            server.execute(ddl.format(db=db))
+            server.execute(summary_view(db, name))
+            for _ in range(2):
+                for day in (utc_date(T0), utc_date(T0 + DAY)):
+                    server.execute(summary_backfill(db, name), {"date": day})
+        _check_summaries(server, db)
+    finally:
+        server.execute(f"DROP DATABASE IF EXISTS {db}")
+
+
+def test_ensure_schema_fills_new_summaries(clickhouse_config: ClickHouseConfig) -> None:
+    db = _private_db()
+    config = dataclasses.replace(clickhouse_config, database=db)
+    client = connect(clickhouse_config)
+    server = Native(client, db)
+    try:
+        client.execute(f"CREATE DATABASE {db}")
+        for ddl in TABLES.values():
+            client.execute(ddl.format(db=db))
+        _insert_replayed(server, "nbbo", SUMMARY_NBBO, db)
+        _insert_replayed(server, "matched_trades", SUMMARY_TRADES, db)
+        ensure_schema(config)
+        _check_summaries(server, db)
+        ensure_schema(config)  # the views exist: nothing filled again
+        server.insert("nbbo", SUMMARY_NBBO[:50], db)  # the view sees a replay
+        _check_summaries(server, db)
+    finally:
+        client.execute(f"DROP DATABASE IF EXISTS {db}")
+        client.disconnect()
+
+
+def test_matched_trades_day_and_detail(server: Server) -> None:
+    db = _private_db()
+    try:
+        _create_tables(server, db)
+        _insert_replayed(server, "matched_trades", SUMMARY_TRADES, db)
+        day = server.execute(matched_trades_sql(db), {
+            "exchange": "binance", "symbol": "BTCUSDT", "date": utc_date(T0)})  # fmt: skip
+        detail = server.execute(matched_trades_detail_sql(db), {
+            "exchange": "binance", "symbol": "BTCUSDT", "from_ms": T0,
+            "to_ms": T0 + DAY})  # fmt: skip
+        assert len(day) == len(detail) == 150
+        assert [{k: r[k] for k in day[0]} for r in detail] == day
     finally:
         server.execute(f"DROP DATABASE IF EXISTS {db}")

@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -26,7 +27,7 @@ from api.keys import KeyRefused, KeyStore, RateLimiter, digest, parse_expiry, pa
 from jobs.book_at import BookAt, Interval, NoFrames
 from jobs.sinks.book_reader import StoredBook, StoredNbbo
 from jobs.sinks.clickhouse import COLUMNS
-from jobs.sinks.queries import history_order
+from jobs.sinks.queries import NBBO_SUMMARY_TYPES, history_order
 from tickflow.config import load_settings
 from tickflow.instruments import UnknownInstrument
 
@@ -48,6 +49,11 @@ def trade(exchange: str, symbol: str, instrument: str, trade_id: str, t: int, pr
     )  # fmt: skip
 
 
+def json_each_row(columns: Sequence[str], rows: list[tuple]) -> bytes:
+    """Rows as ClickHouse's JSONEachRow gives them to the API (decimals already text)."""
+    return b"".join(orjson.dumps(dict(zip(columns, r, strict=True))) + b"\n" for r in rows)
+
+
 class FakeHistory:
     """Rows per table, filtered and ordered as history_sql does, for the paging tests."""
 
@@ -64,7 +70,7 @@ class FakeHistory:
         to_ms: int,
         after: Sequence[Any] | None,
         limit: int,
-    ) -> list[tuple]:
+    ) -> bytes:
         if self.down:
             raise Unavailable("ClickHouse does not answer")
         self.calls.append({"table": table, "filters": dict(filters), "after": after})
@@ -82,7 +88,16 @@ class FakeHistory:
                 row for row in out
                 if [dict(zip(cols, row, strict=True))[c] for c in order] > list(after)
             ]  # fmt: skip
-        return out[:limit]
+        return json_each_row(cols, out[:limit])
+
+    def nbbo_summary(
+        self, instrument: str, interval_ms: int, from_ms: int, to_ms: int, limit: int
+    ) -> bytes:
+        if self.down:
+            raise Unavailable("ClickHouse does not answer")
+        self.calls.append({"table": "nbbo_1s", "instrument": instrument, "from_ms": from_ms})
+        rows = [r for r in self.tables.get("nbbo_1s", []) if from_ms <= r[0] < to_ms]
+        return json_each_row(tuple(NBBO_SUMMARY_TYPES), rows[:limit])
 
 
 class FakeLive:
@@ -355,6 +370,36 @@ def test_an_empty_page_in_arrow_has_the_schema(env: dict[str, Any]) -> None:
     )
     table = pa.ipc.open_stream(r.content).read_all()
     assert table.num_rows == 0 and table.schema.field("bid_price").type == pa.decimal128(38, 18)
+
+
+def _summary_row(w: int) -> tuple:
+    # NBBO_SUMMARY_TYPES order, decimals as text (as the reader returns them)
+    return (w, w + 999, 7, "100.1", "2", ["binance:BTCUSDT"], None, None, [], 0, 0)
+
+
+def test_nbbo_summary_pages_in_every_format(env: dict[str, Any]) -> None:
+    env["history"].tables = {**env["history"].tables,
+                             "nbbo_1s": [_summary_row(w * 1000) for w in range(5)]}  # fmt: skip
+    q = "/v1/nbbo-summary?instrument=btcusdt&from_ms=0&to_ms=86400000"
+    client = env["client"]
+    r = client.get(f"{q}&limit=3", headers=auth(env["hist"]))
+    body = r.json()
+    assert r.status_code == 200 and body["table"] == "nbbo_1s"
+    assert [row["window_start_ms"] for row in body["rows"]] == [0, 1000, 2000]
+    assert body["rows"][0]["bid_price"] == "100.1" and body["rows"][0]["ask_price"] is None
+    assert env["history"].calls[-1]["instrument"] == "BTC-USDT"  # the symbol resolved
+    nxt = client.get(f"{q}&limit=3&cursor={body['next_cursor']}", headers=auth(env["hist"]))
+    assert [row["window_start_ms"] for row in nxt.json()["rows"]] == [3000, 4000]
+    assert nxt.json()["next_cursor"] is None
+    arrow = client.get(f"{q}&format=arrow", headers=auth(env["hist"]))
+    table = pa.ipc.open_stream(arrow.content).read_all()
+    assert table.num_rows == 5 and table.schema.field("ask_price").type == pa.decimal128(38, 18)
+    assert table.column("bid_price").to_pylist()[0] == Decimal("100.1")
+    parquet = client.get(f"{q}&format=parquet", headers=auth(env["hist"]))
+    assert pq.read_table(io.BytesIO(parquet.content)).num_rows == 5
+    bad = client.get(f"{q}&interval_ms=1500", headers=auth(env["hist"]))
+    assert bad.status_code == 422
+    assert_error(client.get(f"{q}&cursor=xyz", headers=auth(env["hist"])), 400, "bad_cursor")
 
 
 def test_unacceptable_accept_is_406(env: dict[str, Any]) -> None:

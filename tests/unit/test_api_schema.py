@@ -40,5 +40,5 @@ def test_generated_requests_get_documented_answers(tmp_path: Path) -> None:
         books_at=FakeBooksAt(),
     )
     counts = run_all(app, key)
-    assert len(counts) == 2 * 14, counts
+    assert len(counts) == 2 * 15, counts
     assert [name for name, n in counts.items() if not n] == ["GET /v1/health negative"]
