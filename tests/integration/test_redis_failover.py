@@ -1,4 +1,4 @@
-"""Redis high availability (the HA profile, config/ha.yaml): a replica and three Sentinels
+"""Redis high availability (the HA profile's Redis, config/ha.yaml): a replica and three Sentinels
 beside the primary. The primary is killed while the job writes live books: the Sentinels
 promote the replica, the job's writes wait for it (``redis.failover_wait_ms``) instead of
 failing the job, and the books keep advancing, LIVE, with no version going backwards.
@@ -16,11 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from jobs.sinks.book_reader import read_book
 from jobs.sinks.redis_books import book_key, redis_client
 from stack import flink, manager
-from stack.cli import with_overlay
+from stack.cli import HA_OVERLAY
 from stack.redis_server import Redis
 from tickflow.config import Settings, load_settings, patched_environ
 from tickflow.slice import start_slice, wait_for
@@ -55,7 +56,10 @@ def replica_in_sync(settings: Settings) -> bool:
 def ha_redis(stack_settings: Settings) -> Iterator[Settings]:
     """The HA overlay on, its replica and Sentinels started; afterwards the stack's Redis is
     the primary again and the replica and Sentinels are stopped."""
-    environ = {"TICKFLOW_CONFIG": with_overlay(os.environ.get("TICKFLOW_CONFIG", ""))}
+    # the HA profile's Redis settings (config/ha.yaml) over the running stack: its Redis,
+    # credentials and state directory stay the ones of the stack
+    ha = yaml.safe_load((stack_settings.root / HA_OVERLAY).read_text())["redis"]
+    environ = {f"TICKFLOW__REDIS__{key.upper()}": str(value) for key, value in ha.items()}
     with patched_environ(environ):
         settings = load_settings()
         manager.up(settings, ["redis-replica", "redis-sentinel"])
