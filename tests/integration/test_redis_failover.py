@@ -1,10 +1,10 @@
-"""Redis high availability (the HA profile's Redis, config/ha.yaml): a replica and three Sentinels
-beside the primary. The primary is killed while the job writes live books: the Sentinels
-promote the replica, the job's writes wait for it (``redis.failover_wait_ms``) instead of
-failing the job, and the books keep advancing, LIVE, with no version going backwards.
+"""Redis high availability (the HA profile's topology, config/ha.yaml): a replica and three
+Sentinels beside the primary. The primary is killed while the job writes live books: the
+Sentinels promote the replica, the job's writes wait for it (``redis.failover_wait_ms``) instead
+of failing the job, and the books keep advancing, LIVE, with no version going backwards.
 
-The stack's own Redis is the primary here; the test fails back to it at the end and stops
-the replica and the Sentinels, so the default stack is as it was."""
+The topology is the test's own (its own ports and state directory, a password generated there
+as ``stack up`` does): the stack's Redis, which every other test writes to, is never demoted."""
 
 from __future__ import annotations
 
@@ -13,15 +13,14 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from jobs.sinks.book_reader import read_book
 from jobs.sinks.redis_books import book_key, redis_client
 from stack import flink, manager
-from stack.cli import HA_OVERLAY
 from stack.redis_server import Redis
 from tickflow.config import Settings, load_settings, patched_environ
 from tickflow.slice import start_slice, wait_for
@@ -30,6 +29,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BOOKS = (("binance", "BTCUSDT"), ("binance", "ETHUSDT"))
 PROBE_S = 0.1
+PRIMARY_PORT, REPLICA_PORT = 16379, 16380
+SENTINEL_PORTS = "36379,36380,36381"
+COMPONENTS = ["redis", "redis-replica", "redis-sentinel"]
+
+
+@dataclass(frozen=True)
+class RedisTopology:
+    """The test's Redis (``settings``: its state directory, where its processes live) and the
+    environment that points the job and every client at it."""
+
+    settings: Settings
+    environ: dict[str, str]
 
 
 def primary_port(settings: Settings) -> int:
@@ -53,66 +64,26 @@ def replica_in_sync(settings: Settings) -> bool:
 
 
 @pytest.fixture
-def ha_redis(stack_settings: Settings) -> Iterator[Settings]:
-    """The HA overlay on, its replica and Sentinels started; afterwards the stack's Redis is
-    the primary again and the replica and Sentinels are stopped."""
-    # the HA profile's Redis settings (config/ha.yaml) over the running stack: its Redis,
-    # credentials and state directory stay the ones of the stack
-    ha = yaml.safe_load((stack_settings.root / HA_OVERLAY).read_text())["redis"]
-    environ = {f"TICKFLOW__REDIS__{key.upper()}": str(value) for key, value in ha.items()}
-    with patched_environ(environ):
+def ha_redis(stack_settings: Settings, tmp_path: Path) -> Iterator[RedisTopology]:
+    """A primary, its replica and three Sentinels of the test's own, stopped afterwards."""
+    state_dir = tmp_path / "redis-ha"
+    redis_environ = {
+        "TICKFLOW__REDIS__PORT": str(PRIMARY_PORT),
+        "TICKFLOW__REDIS__REPLICA_PORT": str(REPLICA_PORT),
+        "TICKFLOW__REDIS__SENTINEL_PORTS": SENTINEL_PORTS,
+        "TICKFLOW__REDIS__PASSWORD_FILE": str(state_dir / "secrets" / "redis.password"),
+    }
+    own = {**redis_environ, "TICKFLOW__STATE_DIR": str(state_dir)}
+    with patched_environ(own):
         settings = load_settings()
-        manager.up(settings, ["redis-replica", "redis-sentinel"])
-        try:
-            wait_for("the replica in sync", lambda: replica_in_sync(settings), 60)
-            yield settings
-        finally:
-            manager.up(settings, ["redis"])  # back if the test killed it
-            if primary_port(settings) != settings.redis.port:
-                _fail_back(settings)
-            manager.down(settings, ["redis-sentinel", "redis-replica"])
-
-
-def _fail_back(settings: Settings) -> None:
-    import redis
-
-    wait_for("the old primary as a replica", lambda: _is_replica(settings), 60)
-    host, port = settings.redis.sentinels()[0]
-    sentinel = redis.Redis(host=host, port=port, password=settings.redis.password or None)
-
-    def failover() -> bool:
-        try:
-            return bool(sentinel.execute_command(
-                "SENTINEL", "FAILOVER", settings.redis.sentinel_service
-            ))
-        except redis.ResponseError as error:  # NOGOODSLAVE until it has synced and been seen
-            if "NOGOODSLAVE" in str(error) or "INPROG" in str(error):
-                return False
-            raise
-
     try:
-        wait_for("a failover back to the stack's Redis", failover, 60)
+        with patched_environ(own):
+            manager.up(settings, COMPONENTS)
+            settings = load_settings()  # with the password `up` generated
+        wait_for("the replica in sync", lambda: replica_in_sync(settings), 60)
+        yield RedisTopology(settings, redis_environ)
     finally:
-        sentinel.close()
-    wait_for("the stack's Redis primary again",
-             lambda: primary_port(settings) == settings.redis.port
-             and _role(settings, settings.redis.port) == "master", 60)  # fmt: skip
-
-
-def _role(settings: Settings, port: int) -> str:
-    import redis
-
-    client = redis.Redis(
-        host=settings.redis.host, port=port, password=settings.redis.password or None
-    )
-    try:
-        return str(client.info("replication").get("role"))
-    finally:
-        client.close()
-
-
-def _is_replica(settings: Settings) -> bool:
-    return _role(settings, settings.redis.port) == "slave"
+        manager.down(settings, COMPONENTS)
 
 
 class VersionProbe:
@@ -163,21 +134,25 @@ class VersionProbe:
 
 
 def test_the_job_writes_through_a_redis_failover_without_failing(
-    ha_redis: Settings, tmp_path: Path
+    ha_redis: RedisTopology, tmp_path: Path
 ) -> None:
-    with start_slice(tmp_path, exchanges=("binance",), rate_per_symbol=20) as run:
+    with (
+        patched_environ(ha_redis.environ),
+        start_slice(tmp_path, exchanges=("binance",), rate_per_symbol=20) as run,
+    ):
         settings = run.settings
+        assert settings.redis.port == PRIMARY_PORT and settings.redis.sentinels()
         for book in BOOKS:
             wait_for(f"{book} LIVE", lambda b=book: _live(settings, b), 180)
         with VersionProbe(settings) as probe:
             wait_for("the probe reading every book", lambda: len(probe.versions) == len(BOOKS), 30)
             time.sleep(2)
             before = dict(probe.versions)
-            (pid,) = Redis(settings).pids()
+            (pid,) = Redis(ha_redis.settings).pids()
             os.kill(pid, signal.SIGKILL)
             killed = time.monotonic()
             wait_for("the replica promoted",
-                     lambda: primary_port(settings) == settings.redis.replica_port, 60)  # fmt: skip
+                     lambda: primary_port(settings) == REPLICA_PORT, 60)  # fmt: skip
             promoted_s = time.monotonic() - killed
             advanced = lambda: all(probe.versions.get(b, 0) > before[b] for b in BOOKS)  # noqa: E731
             wait_for("every book advanced past the failover", advanced, 60)
