@@ -67,7 +67,7 @@ from clickhouse_driver.errors import Error as ClickHouseError
 
 from bench.stats import machine, median, target_entry, write_results
 from jobs.sinks.clickhouse import COLUMNS, SUMMARIES, connect, ensure_schema, summary_backfill
-from jobs.sinks.queries import ALL_VENUES, DAILY_QUERIES
+from jobs.sinks.queries import ALL_VENUES, DAILY_QUERIES, final_keeps_key_order
 from tickflow.config import ClickHouseConfig, load_settings
 
 NAME = "clickhouse_queries"
@@ -431,11 +431,17 @@ class Timer:
         self.config = config
         self.client = client
         self.query_ids: dict[str, list[str]] = {}
+        # the queries as a researcher runs them on this server: no ORDER BY FINAL already met
+        version = str(client.execute("SELECT version()")[0][0])
+        self.key_ordered_final = final_keeps_key_order(version)
+
+    def text(self, q: Query, db: str) -> str:
+        builder = DAILY_QUERIES[q.documented][0]
+        return builder(db, key_ordered_final=self.key_ordered_final)
 
     def sql(self, q: Query, db: str) -> str:
-        builder = DAILY_QUERIES[q.documented][0]
         context = self.client.connection.context
-        return str(self.client.substitute_params(builder(db), q.params, context))
+        return str(self.client.substitute_params(self.text(q, db), q.params, context))
 
     def drop_caches(self) -> None:
         self.client.execute("SYSTEM DROP MARK CACHE")
@@ -475,9 +481,8 @@ class Timer:
 
     def client_ms(self, q: Query, db: str) -> tuple[float, int]:
         """Wall time of clickhouse-driver's execute with the rows decoded, ms; rows."""
-        builder = DAILY_QUERIES[q.documented][0]
         started = time.perf_counter()
-        rows = self.client.execute(builder(db), q.params)
+        rows = self.client.execute(self.text(q, db), q.params)
         return (time.perf_counter() - started) * 1000, len(rows)
 
     def server_stats(self) -> dict[str, dict[str, Any]]:
@@ -586,6 +591,7 @@ def run(instruments_n: int, scale: float, runs: int, client_runs: int, keep: boo
             "cold": "SYSTEM DROP MARK CACHE + DROP UNCOMPRESSED CACHE before each run; "
                     "OS page cache not dropped (shared machine)",
             "server_timing": "HTTP, FORMAT Null, wall time on loopback",
+            "key_ordered_final": final_keeps_key_order(version),
             "clickhouse": version,
             "max_threads": client.execute(
                 "SELECT value FROM system.settings WHERE name = 'max_threads'")[0][0],

@@ -24,6 +24,7 @@ from jobs.sinks.clickhouse import (
 from jobs.sinks.queries import (
     BAR_OUTPUT_COLUMNS,
     DAILY_QUERIES,
+    final_keeps_key_order,
     recompute_bars_sql,
 )
 
@@ -241,3 +242,10 @@ def test_database_names_are_identifiers() -> None:
         recompute_bars_sql(1000, "a.b")
     with pytest.raises(ValueError, match="interval"):
         recompute_bars_sql(0)
+
+
+def test_final_keeps_key_order_by_version() -> None:
+    assert final_keeps_key_order("18.16.1")
+    assert not final_keeps_key_order("19.1.6")
+    assert not final_keeps_key_order("25.8.1.1")
+    assert not final_keeps_key_order("")
