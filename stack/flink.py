@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,13 @@ from stack.jars import (
     prometheus_reporter_jars,
 )
 from stack.services import Component
-from stack.system import StackError, ensure_packages, wait_until
+from stack.system import (
+    StackError,
+    ensure_packages,
+    listening_pid,
+    process_belongs_to,
+    wait_until,
+)
 from tickflow.config import Settings
 
 JOB_ID_PATTERN = re.compile(r"JobID ([0-9a-f]{32})")
@@ -114,8 +121,19 @@ def reporter_port_args(settings: Settings, daemon: str) -> list[str]:
     reporter takes the range's first port, TaskManagers the rest, so each daemon's port is
     known whichever starts first."""
     ports = flink_metrics_ports(settings)
-    mine = ports[:1] if daemon == "jobmanager" else ports[1:]
+    if settings.flink.standby_rest_port:
+        # two JobManagers: the first takes the range's first port, the standby its last
+        jobmanagers, taskmanagers = [ports[0], ports[-1]], ports[1:-1]
+    else:
+        jobmanagers, taskmanagers = ports[:1], ports[1:]
+    mine = jobmanagers if daemon == "jobmanager" else taskmanagers
     return ["-D", f"{REPORTER_PORT_KEY}={format_ports(mine)}"]
+
+
+def jobmanager_args(settings: Settings, rest_port: int) -> list[str]:
+    """Dynamic properties for ``jobmanager.sh start``: its metrics and REST ports (with HA
+    the JobManagers share one configuration and differ in their REST port)."""
+    return [*reporter_port_args(settings, "jobmanager"), "-D", f"rest.port={rest_port}"]
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -178,6 +196,27 @@ def runtime_overrides(settings: Settings, runtime: Path, python: Path) -> dict[s
         "python.pythonpath": worker_pythonpath(settings),
         # the whole range; the daemons get their share with reporter_port_args
         REPORTER_PORT_KEY: format_ports(flink_metrics_ports(settings)),
+        **ha_overrides(settings, runtime),
+    }
+
+
+def ha_overrides(settings: Settings, runtime: Path) -> dict[str, Any]:
+    """Flink's ZooKeeper HA services (the HA profile): the leader, the jobs and their latest
+    checkpoints in ZooKeeper and ``<runtime>/ha``, so a standby JobManager resumes the jobs."""
+    flink = settings.flink
+    if not flink.ha:
+        return {}
+    timeout = f"{flink.ha_session_timeout_ms} ms"
+    return {
+        "high-availability.type": "zookeeper",
+        "high-availability.zookeeper.quorum": f"127.0.0.1:{flink.ha_zookeeper_port}",
+        "high-availability.zookeeper.path.root": "/flink",
+        "high-availability.cluster-id": "/tickflow",
+        "high-availability.storageDir": (runtime / "ha").as_uri(),
+        "high-availability.zookeeper.client.session-timeout": timeout,
+        "high-availability.zookeeper.client.connection-timeout": timeout,
+        # with HA the JobManagers' RPC ports come from this range, one each
+        "high-availability.jobmanager.port": f"{flink.rpc_port}-{flink.rpc_port + 1}",
     }
 
 
@@ -190,7 +229,11 @@ def runtime_dir(settings: Settings) -> Path:
 
 class Flink(Component):
     name = "flink"
-    process_count = 2
+
+    @property
+    def process_count(self) -> int:  # type: ignore[override]
+        """JobManager(s) and the TaskManager."""
+        return len(self.settings.flink.rest_ports()) + 1
 
     @property
     def conf_dir(self) -> Path:
@@ -229,12 +272,15 @@ class Flink(Component):
     def ports(self) -> dict[str, int]:
         flink = self.settings.flink
         metrics = flink_metrics_ports(self.settings)
-        return {
+        ports = {
             "rest": flink.rest_port,
             "jobmanager-rpc": flink.rpc_port,
             "jm-metrics": metrics[0],
             "tm-metrics": metrics[1],
         }
+        if flink.standby_rest_port:
+            ports["standby-rest"] = flink.standby_rest_port
+        return ports
 
     def install(self) -> None:
         ensure_packages(JAVA_PACKAGES)
@@ -282,10 +328,15 @@ class Flink(Component):
     def launch(self) -> None:
         env = flink_env(self.settings)
         bin_dir = flink_home() / "bin"
-        names = ("jobmanager.sh", "taskmanager.sh")
+        daemons = [
+            ("jobmanager.sh", jobmanager_args(self.settings, port))
+            for port in self.settings.flink.rest_ports()
+        ]
+        daemons.append(("taskmanager.sh", reporter_port_args(self.settings, "taskmanager")))
+        names = [script for script, _ in daemons]
         scripts = [
             subprocess.Popen(
-                [str(bin_dir / script), "start", *reporter_port_args(self.settings, daemon)],
+                [str(bin_dir / script), "start", *args],
                 cwd=self.home,
                 env=env,
                 stdout=subprocess.PIPE,
@@ -293,7 +344,7 @@ class Flink(Component):
                 text=True,
                 start_new_session=True,
             )
-            for script, daemon in zip(names, ("jobmanager", "taskmanager"), strict=True)
+            for script, args in daemons
         ]
         for name, script in zip(names, scripts, strict=True):
             output, _ = script.communicate(timeout=120)
@@ -340,12 +391,22 @@ def flink_env(settings: Settings) -> dict[str, str]:
 
 
 def rest(settings: Settings, method: str, path: str, timeout: float = 5.0) -> Any:
-    """Call the Flink REST API on loopback and return the decoded JSON body."""
-    url = f"http://127.0.0.1:{settings.flink.rest_port}{path}"
-    request = urllib.request.Request(url, method=method)
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        body = response.read()
-    return json.loads(body) if body else {}
+    """Call the Flink REST API on loopback and return the decoded JSON body: the first
+    JobManager that answers (with HA, either serves the leader's view)."""
+    ports = settings.flink.rest_ports()
+    for port in ports:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                body = response.read()
+        except urllib.error.HTTPError:
+            raise  # it answered: a real error of the request
+        except OSError:
+            if port == ports[-1]:
+                raise
+            continue  # this JobManager is gone: ask the next
+        return json.loads(body) if body else {}
+    raise AssertionError("unreachable")
 
 
 def list_jobs(settings: Settings) -> list[dict[str, Any]]:
@@ -425,6 +486,56 @@ def kill_taskmanager(settings: Settings) -> int:
     os.kill(pid, signal.SIGKILL)
     pid_file.unlink()  # the daemon scripts would otherwise count a dead instance
     return pid
+
+
+LEADERSHIP = re.compile(r"http://[0-9.a-z]+:(\d+) was granted leadership")
+
+
+def leading_rest_port(settings: Settings) -> int | None:
+    """With HA: the REST port of the JobManager that leads, i.e. the last to log that its
+    endpoint was granted leadership (a dead leader logs nothing more); None before any."""
+    latest: tuple[str, int] | None = None
+    for log in sorted((runtime_dir(settings) / "log").glob("flink-*-standalonesession-*.log")):
+        with log.open(errors="replace") as lines:
+            for line in lines:
+                if "granted leadership" not in line:
+                    continue
+                found = LEADERSHIP.search(line)
+                if found:
+                    stamp = json.loads(line).get("ts", "")
+                    if latest is None or stamp >= latest[0]:
+                        latest = (stamp, int(found.group(1)))
+    return latest[1] if latest else None
+
+
+def kill_jobmanager(settings: Settings, rest_port: int) -> int:
+    """SIGKILL the JobManager serving REST on ``rest_port``, as a crash would; its pid."""
+    pid = listening_pid(rest_port)
+    if pid is None or not process_belongs_to(pid, runtime_dir(settings)):
+        raise StackError(f"flink: no JobManager of this stack on REST port {rest_port}")
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def silent_rest_ports(settings: Settings) -> list[int]:
+    """The JobManagers' REST ports nothing listens on (with HA: a JobManager that died)."""
+    return [p for p in settings.flink.rest_ports() if listening_pid(p) is None]
+
+
+def start_jobmanager(settings: Settings, rest_port: int, timeout: float = 120.0) -> None:
+    """Start a JobManager serving REST on ``rest_port`` (with HA: a standby beside the
+    leader, which takes over when the leader's ZooKeeper session expires)."""
+    subprocess.run(
+        [str(flink_home() / "bin" / "jobmanager.sh"), "start",
+         *jobmanager_args(settings, rest_port)],
+        cwd=runtime_dir(settings),
+        env=flink_env(settings),
+        capture_output=True,
+        check=True,
+        timeout=timeout,
+    )  # fmt: skip
+    if not wait_until(lambda: listening_pid(rest_port) is not None, timeout, 0.5):
+        raise StackError(f"flink: no JobManager on REST port {rest_port} after {timeout:.0f} s")
 
 
 def start_taskmanager(settings: Settings, timeout: float = 120.0) -> None:

@@ -16,6 +16,7 @@ from stack.secrets import ensure_secrets
 from stack.services import Component
 from stack.system import StackError
 from stack.topics import ensure_topics
+from stack.zookeeper import ZooKeeper
 from tickflow.config import Settings
 
 # start order; stop runs in reverse
@@ -25,6 +26,7 @@ COMPONENT_TYPES: tuple[type[Component], ...] = (
     RedisReplica,
     RedisSentinels,
     ClickHouse,
+    ZooKeeper,
     Flink,
     Prometheus,
     SchemaRegistry,

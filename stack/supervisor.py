@@ -11,6 +11,11 @@ cluster is started again. The supervised job is resubmitted when the cluster no 
 it: from the newest retained checkpoint of any job it ran as (``execution.checkpointing.
 externalized-checkpoint-retention: RETAIN_ON_CANCELLATION`` keeps them), else from where it
 was first started. A job stopped on purpose (FINISHED or CANCELED) is left alone.
+
+With Flink HA (the HA profile: ZooKeeper and a standby JobManager) the standby takes the jobs
+over by itself: a dead JobManager is started again alone, as the new standby, and a job the
+cluster does not list is given ``HA_RECOVERY_GRACE_S`` to be recovered from ZooKeeper before
+it is resubmitted (a resubmission beside the recovered job would run it twice).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ SUPERVISED = ("kafka", "redis", "clickhouse", "flink")
 ALIVE_STATES = {"CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "RECONCILING", "FAILING",
                 "CANCELLING", "SUSPENDED"}  # fmt: skip
 STOPPED_ON_PURPOSE = {"FINISHED", "CANCELED"}
+# with Flink HA: how long a job the cluster does not list may take to be recovered
+HA_RECOVERY_GRACE_S = 60.0
 
 Log = Callable[[str], None]
 Submit = Callable[[str | None], str]  # restore path (or None) -> new job id
@@ -65,6 +72,7 @@ class SupervisedJob:
     first_restore: str | None = None
     stopped: bool = False
     restores: list[str | None] = field(default_factory=list)
+    unknown_since: float | None = None  # monotonic time the cluster stopped listing it
 
     @property
     def current(self) -> str:
@@ -108,14 +116,21 @@ class Supervisor:
         pid_dir = flink.runtime_dir(self.settings) / "pid"
         jobmanager = pid_dir / "flink--standalonesession.pid"
         taskmanager = pid_dir / "flink--taskexecutor.pid"
-        jm_alive = any(pid_alive(p) for p in read_pids(jobmanager))
+        jm_alive = [p for p in read_pids(jobmanager) if pid_alive(p)]
         tm_alive = any(pid_alive(p) for p in read_pids(taskmanager))
         if not jm_alive:
             # without an HA store a new JobManager knows no jobs: restart the whole cluster
+            # (with HA the new leader recovers them from ZooKeeper)
             self._did("the Flink JobManager is not running: restarting the cluster")
             components(self.settings, ["flink"])[0].stop()
             up(self.settings, ["flink"], log=self.log)
             self._did("the Flink cluster answers again")
+        elif len(jm_alive) < len(self.settings.flink.rest_ports()):
+            # HA: one JobManager died, the other leads (or is taking over): a new standby
+            for port in flink.silent_rest_ports(self.settings):
+                self._did(f"the Flink JobManager of REST port {port} is not running: starting "
+                          "it as the standby")  # fmt: skip
+                flink.start_jobmanager(self.settings, port)
         elif not tm_alive:
             self._did("the Flink TaskManager is not running: starting it")
             taskmanager.unlink(missing_ok=True)  # the daemon script would count the dead one
@@ -129,7 +144,13 @@ class Supervisor:
             return  # the JobManager is starting: next round
         state = known.get(job.current)
         if state in ALIVE_STATES:
+            job.unknown_since = None
             return
+        if state is None and self.settings.flink.ha:
+            now = time.monotonic()
+            job.unknown_since = job.unknown_since or now
+            if now - job.unknown_since < HA_RECOVERY_GRACE_S:
+                return  # the leader may still be recovering it from ZooKeeper
         if state in STOPPED_ON_PURPOSE:
             job.stopped = True
             self._did(f"job {job.current} {state}: no longer supervised")
@@ -139,6 +160,7 @@ class Supervisor:
         self._did(f"job {job.current} {why}: resubmitting from {restore or 'the start'}")
         job.job_ids.append(job.submit(restore))
         job.restores.append(restore)
+        job.unknown_since = None
         self._did(f"job resubmitted as {job.current}")
 
     # -- in the background -------------------------------------------------------------------

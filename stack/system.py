@@ -102,8 +102,8 @@ def _listening_inodes(port: int) -> set[str]:
     return inodes
 
 
-def port_owner(port: int) -> str | None:
-    """'pid N (name)' of the process listening on a TCP port, when /proc lets us see it."""
+def listening_pid(port: int) -> int | None:
+    """The pid of the process listening on a TCP port, when /proc lets us see it."""
     inodes = _listening_inodes(port)
     if not inodes:
         return None
@@ -119,11 +119,24 @@ def port_owner(port: int) -> str | None:
             try:
                 # an fd closed meanwhile (a busy process) must not hide the rest of its fds
                 if os.readlink(fd) in targets:
-                    name = (proc / "comm").read_text().strip()
-                    return f"pid {proc.name} ({name})"
+                    return int(proc.name)
             except OSError:
                 continue
-    return "an unknown process"
+    return None
+
+
+def port_owner(port: int) -> str | None:
+    """'pid N (name)' of the process listening on a TCP port, when /proc lets us see it."""
+    if not _listening_inodes(port):
+        return None
+    pid = listening_pid(port)
+    if pid is None:
+        return "an unknown process"
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        name = "gone"
+    return f"pid {pid} ({name})"
 
 
 def pid_alive(pid: int) -> bool:

@@ -218,6 +218,21 @@ class FlinkConfig:
     # `tickflow demo up` with no state to restore: a backlog above this many records is not
     # read by the live job (its books would stay dark behind it) but stored by a backfill
     catch_up_max_records: int = 200_000
+    # high availability (config/ha.yaml): ZooKeeper on this port holds the leading JobManager
+    # and the running jobs with their latest checkpoints (0: no HA, one JobManager, which
+    # forgets its jobs when it dies); a standby JobManager serves REST on standby_rest_port and
+    # takes the jobs over once the leader's ZooKeeper session (ha_session_timeout_ms) expires
+    ha_zookeeper_port: int = 0
+    standby_rest_port: int = 0
+    ha_session_timeout_ms: int = 4000
+
+    @property
+    def ha(self) -> bool:
+        return self.ha_zookeeper_port > 0
+
+    def rest_ports(self) -> list[int]:
+        """The JobManagers' REST ports: the first started, then the standby (HA)."""
+        return [self.rest_port, *([self.standby_rest_port] if self.standby_rest_port else [])]
 
     def __post_init__(self) -> None:
         if self.state_backend not in FLINK_STATE_BACKENDS:

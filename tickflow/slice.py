@@ -25,7 +25,7 @@ import time
 import urllib.request
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -33,7 +33,7 @@ from typing import IO, Any, TypeVar
 
 from jobs.sinks.book_reader import StoredBook, read_book
 from jobs.sinks.clickhouse import connect
-from jobs.sinks.redis_books import redis_client
+from jobs.sinks.redis_books import book_key, redis_client
 from stack import flink
 from stack.topics import ensure_topics, output_topics
 from tickflow.config import Settings, load_settings, patched_environ
@@ -323,6 +323,58 @@ class BookUpdates:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class VersionProbe:
+    """Every ``interval_s``: each book's version in Redis, read as any reader would (through
+    the Sentinels with HA); the longest stretch with no book advancing (how long the books
+    were stale through a failure), and whether any version went backwards."""
+
+    def __init__(
+        self, settings: Settings, books: Sequence[tuple[str, str]], interval_s: float = 0.1
+    ) -> None:
+        self.settings = settings
+        self.books = tuple(books)
+        self.interval_s = interval_s
+        self.versions: dict[tuple[str, str], int] = {}
+        self.backwards: list[str] = []
+        self.longest_still_s = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        config = self.settings.redis
+        client = redis_client(config, socket_timeout=1.0, socket_connect_timeout=1.0)
+        last_advance = time.monotonic()
+        while not self._stop.wait(self.interval_s):
+            try:
+                versions = {
+                    b: client.hget(book_key(config.key_prefix, *b), "version") for b in self.books
+                }
+            except Exception:  # the primary is gone and not yet replaced: no answer
+                versions = {}
+            advanced = False
+            for book, stored in versions.items():
+                if stored is None:
+                    continue
+                version, before = int(stored), self.versions.get(book, 0)
+                if version < before:
+                    self.backwards.append(f"{book}: {before} -> {version}")
+                elif version > before:
+                    advanced = True
+                    self.versions[book] = version
+            now = time.monotonic()
+            if advanced:
+                self.longest_still_s = max(self.longest_still_s, now - last_advance)
+                last_advance = now
+
+    def __enter__(self) -> VersionProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 def clickhouse_trades(

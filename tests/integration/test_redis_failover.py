@@ -8,9 +8,9 @@ as ``stack up`` does): the stack's Redis, which every other test writes to, is n
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,16 +19,15 @@ from pathlib import Path
 import pytest
 
 from jobs.sinks.book_reader import read_book
-from jobs.sinks.redis_books import book_key, redis_client
+from jobs.sinks.redis_books import redis_client
 from stack import flink, manager
 from stack.redis_server import Redis
 from tickflow.config import Settings, load_settings, patched_environ
-from tickflow.slice import start_slice, wait_for
+from tickflow.slice import VersionProbe, start_slice, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BOOKS = (("binance", "BTCUSDT"), ("binance", "ETHUSDT"))
-PROBE_S = 0.1
 PRIMARY_PORT, REPLICA_PORT = 16379, 16380
 SENTINEL_PORTS = "36379,36380,36381"
 COMPONENTS = ["redis", "redis-replica", "redis-sentinel"]
@@ -86,53 +85,6 @@ def ha_redis(stack_settings: Settings, tmp_path: Path) -> Iterator[RedisTopology
         manager.down(settings, COMPONENTS)
 
 
-class VersionProbe:
-    """Every ``PROBE_S``: each book's version, read through the Sentinels as any reader would;
-    the longest stretch with no book advancing, and whether any version went backwards."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.versions: dict[tuple[str, str], int] = {}
-        self.backwards: list[str] = []
-        self.longest_still_s = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        config = self.settings.redis
-        client = redis_client(config, socket_timeout=1.0, socket_connect_timeout=1.0)
-        last_advance = time.monotonic()
-        while not self._stop.wait(PROBE_S):
-            try:
-                versions = {
-                    b: client.hget(book_key(config.key_prefix, *b), "version") for b in BOOKS
-                }
-            except Exception:  # the primary is gone and not yet replaced: no answer
-                versions = {}
-            advanced = False
-            for book, stored in versions.items():
-                if stored is None:
-                    continue
-                version, before = int(stored), self.versions.get(book, 0)
-                if version < before:
-                    self.backwards.append(f"{book}: {before} -> {version}")
-                elif version > before:
-                    advanced = True
-                    self.versions[book] = version
-            now = time.monotonic()
-            if advanced:
-                self.longest_still_s = max(self.longest_still_s, now - last_advance)
-                last_advance = now
-
-    def __enter__(self) -> VersionProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
 def test_the_job_writes_through_a_redis_failover_without_failing(
     ha_redis: RedisTopology, tmp_path: Path
 ) -> None:
@@ -143,8 +95,8 @@ def test_the_job_writes_through_a_redis_failover_without_failing(
         settings = run.settings
         assert settings.redis.port == PRIMARY_PORT and settings.redis.sentinels()
         for book in BOOKS:
-            wait_for(f"{book} LIVE", lambda b=book: _live(settings, b), 180)
-        with VersionProbe(settings) as probe:
+            wait_for(f"{book} LIVE", functools.partial(_live, settings, book), 180)
+        with VersionProbe(settings, BOOKS) as probe:
             wait_for("the probe reading every book", lambda: len(probe.versions) == len(BOOKS), 30)
             time.sleep(2)
             before = dict(probe.versions)

@@ -10,8 +10,10 @@ import pytest
 
 from stack import manager
 from stack.cli import HA_OVERLAY, with_overlay
+from stack.flink import REPORTER_PORT_KEY, ha_overrides, reporter_port_args
 from stack.redis_server import render_redis_conf, render_sentinel_conf
 from stack.system import StackError
+from stack.zookeeper import render_zoo_cfg
 from tickflow.config import Settings, load_settings
 
 pytestmark = pytest.mark.unit
@@ -96,3 +98,37 @@ def test_the_ha_profile_runs_three_kafka_nodes_in_one_quorum(tmp_path: Path) -> 
     assert kafka.process_count == 3 and kafka.completes_partially
     assert kafka.node_home(nodes[0]) == kafka.home  # node 1 keeps the single node's layout
     assert kafka.node_home(nodes[2]) == kafka.home / "node-3"
+
+
+def test_the_ha_profile_runs_zookeeper_and_a_standby_jobmanager(tmp_path: Path) -> None:
+    settings = ha_settings(tmp_path)
+    by_name = {c.name: c for c in manager.components(settings)}
+    names = list(by_name)
+    assert names.index("zookeeper") < names.index("flink")  # Flink's leader election needs it
+    assert by_name["zookeeper"].ports() == {"client": 2181}
+    flink_component = by_name["flink"]
+    assert flink_component.process_count == 3  # two JobManagers and a TaskManager
+    assert flink_component.ports()["standby-rest"] == 8082
+    assert settings.flink.rest_ports() == [8081, 8082]
+    # the JobManagers take the metrics range's ends, the TaskManagers what lies between
+    assert reporter_port_args(settings, "jobmanager") == ["-D", f"{REPORTER_PORT_KEY}=9249,9252"]
+    assert reporter_port_args(settings, "taskmanager") == ["-D", f"{REPORTER_PORT_KEY}=9250-9251"]
+    overrides = ha_overrides(settings, tmp_path)
+    assert overrides["high-availability.type"] == "zookeeper"
+    assert overrides["high-availability.zookeeper.quorum"] == "127.0.0.1:2181"
+    assert overrides["high-availability.storageDir"] == (tmp_path / "ha").as_uri()
+    assert overrides["high-availability.zookeeper.client.session-timeout"] == "4000 ms"
+    assert overrides["high-availability.jobmanager.port"] == "6123-6124"
+    conf = render_zoo_cfg(settings, tmp_path / "data")
+    assert "clientPort=2181\n" in conf and "clientPortAddress=127.0.0.1\n" in conf
+    assert "minSessionTimeout=1000\n" in conf  # Flink's 4 s session is within the bounds
+
+
+def test_the_default_profile_runs_one_jobmanager_without_zookeeper(tmp_path: Path) -> None:
+    settings = dataclasses.replace(load_settings(environ={}), state_dir=tmp_path)
+    by_name = {c.name: c for c in manager.components(settings)}
+    assert "zookeeper" not in by_name
+    assert by_name["flink"].process_count == 2
+    assert "standby-rest" not in by_name["flink"].ports()
+    assert ha_overrides(settings, tmp_path) == {}
+    assert reporter_port_args(settings, "jobmanager") == ["-D", f"{REPORTER_PORT_KEY}=9249"]

@@ -307,7 +307,7 @@ def test_port_taken_by_someone_else(
 
 def test_unknown_component_name(settings: Settings) -> None:
     with pytest.raises(StackError, match="unknown component"):
-        manager.components(settings, ["kafka", "zookeeper"])
+        manager.components(settings, ["kafka", "etcd"])
     assert [c.name for c in manager.components(settings, ["flink", "kafka"])] == ["kafka", "flink"]
 
 
