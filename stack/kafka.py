@@ -8,6 +8,7 @@ import base64
 import hashlib
 import os
 import secrets as random_secrets
+import signal
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -395,3 +396,25 @@ class Kafka(Component):
         admin = AdminClient(client_config(kafka, **{"client.id": "tickflow-stack-health"}))
         # every node registered as a broker: a cluster short of one is not up yet
         return len(admin.list_topics(timeout=5).brokers) >= len(self.nodes)
+
+
+def partition_leader(settings: Settings, topic: str, partition: int = 0) -> int:
+    """The node id that leads a partition now (the HA profile's drills kill it)."""
+    from confluent_kafka.admin import AdminClient
+
+    from tickflow.kafka_security import client_config
+
+    metadata = AdminClient(client_config(settings.kafka)).list_topics(topic, timeout=10)
+    return int(metadata.topics[topic].partitions[partition].leader)
+
+
+def kill_node(settings: Settings, node_id: int) -> int:
+    """SIGKILL one Kafka node of this stack, as a crash would; its pid."""
+    kafka = Kafka(settings)
+    node = next(n for n in kafka.nodes if n.node_id == node_id)
+    pids = [p for p in read_pids(kafka.node_pid_file(node)) if pid_alive(p)]
+    if not pids:
+        raise StackError(f"kafka: node {node_id} is not running")
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return pids[0]

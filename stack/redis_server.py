@@ -219,3 +219,18 @@ class RedisSentinels(Component):
 
     def answers(self) -> bool:
         return all(_pings(self.settings, port) for _, port in self.settings.redis.sentinels())
+
+
+def sentinel_primary_port(settings: Settings) -> int:
+    """The primary's port as the first Sentinel sees it (the HA profile)."""
+    import redis
+
+    host, port = settings.redis.sentinels()[0]
+    sentinel = redis.Redis(host=host, port=port, password=settings.redis.password or None)
+    try:
+        address = sentinel.execute_command(
+            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", settings.redis.sentinel_service
+        )
+        return int(address[1])
+    finally:
+        sentinel.close()

@@ -105,8 +105,16 @@ class Supervisor:
         for component in components(self.settings, self.names):
             if component.name == "flink":
                 self._check_flink()
-            elif not component.pids():
-                self._did(f"{component.name} is not running: starting it")
+            elif len(component.pids()) < component.process_count:
+                # a node of a cluster (a Kafka node, a Sentinel) is started alone where the
+                # component can (``completes_partially``), else the component is restarted
+                alive = len(component.pids())
+                what = (
+                    "is not running"
+                    if not alive
+                    else (f"runs {alive} of its {component.process_count} processes")
+                )
+                self._did(f"{component.name} {what}: starting it")
                 up(self.settings, [component.name], log=self.log)
                 self._did(f"{component.name} answers again")
         if self.job is not None and not self.job.stopped:

@@ -1,5 +1,6 @@
-"""The pure parts of the failure drill: the Python fault (and the books operator raising it), the
-kill plan, the diff, and how the supervisor finds the checkpoint to resubmit from."""
+"""The pure parts of the failure drills: the Python fault (and the books operator raising it), the
+kill plan, the diff, how the supervisor finds the checkpoint to resubmit from; the HA drill's
+fault plan and per-kind report, and the availability probe's stall accounting."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from bench.chaos import TARGETS, kill_plan
+from bench.ha_drill import KINDS, Fault, fault_plan, per_kind
 from jobs.faults import InjectedPythonFault, PythonFault
 from jobs.operators import BundleProcessor
+from monitoring.availability import AvailabilityProbe, Stall
 from schemas.bundles import frame_bundle
 from stack.supervisor import latest_checkpoint
 from tests.unit.flink_fakes import FakeContext, FakeRuntimeContext, FakeTimerService
@@ -83,3 +86,37 @@ def test_latest_checkpoint_is_the_newest_complete_one_of_any_run(tmp_path: Path)
             os.utime(path / "_metadata", (mtime, mtime))
     assert latest_checkpoint(settings, ["job1", "job2"]) == (base / "job2" / "chk-1").as_uri()
     assert latest_checkpoint(settings, ["job1"]) == (base / "job1" / "chk-3").as_uri()
+
+
+def test_the_ha_drill_plan_hits_every_kind_in_shuffled_rounds() -> None:
+    plan = fault_plan(random.Random(3), 2 * len(KINDS))
+    assert Counter(plan) == Counter(KINDS * 2)
+    assert plan[: len(KINDS)] != list(KINDS) or plan[len(KINDS) :] != list(KINDS)
+
+
+def test_the_ha_drill_reports_each_kind_against_its_bound() -> None:
+    faults = [
+        Fault("redis-primary", 10.0, failover_s=4.0, stale_s=1.5, detected_s=None),
+        Fault("redis-primary", 250.0, failover_s=6.0, stale_s=3.0, detected_s=None),
+        Fault("jobmanager", 130.0, failover_s=12.0, stale_s=8.0, detected_s=20.0,
+              detected_by="BookNotLive"),
+    ]  # fmt: skip
+    kinds = per_kind(faults)
+    assert kinds["redis-primary"]["stale_target_s"] == 2.0  # replication must hide it
+    assert kinds["redis-primary"]["stale_s_max"] == 3.0 and not kinds["redis-primary"]["stale_met"]
+    assert kinds["redis-primary"]["detected"] == "0 of 2"
+    assert kinds["jobmanager"]["stale_met"] and kinds["jobmanager"]["alerts"] == ["BookNotLive"]
+    assert set(kinds) == {"redis-primary", "jobmanager"}
+
+
+def test_stalls_count_only_within_a_fault_window() -> None:
+    probe = AvailabilityProbe(load_settings(), stall_s=1.0)
+    probe.started = 100.0
+    probe.last_advance = 100.0
+    probe._close_stall(100.5)  # shorter than a stall: the books were fresh
+    probe.last_advance = 110.0
+    probe._close_stall(114.0)
+    assert probe.stalls == [Stall(110.0, 114.0)]
+    assert probe.stale_seconds(100.0, 112.0) == 2.0
+    assert probe.stale_seconds(112.0, 200.0) == 2.0
+    assert probe.stale_seconds(120.0, 200.0) == 0.0

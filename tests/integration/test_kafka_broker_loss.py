@@ -8,8 +8,6 @@ there as ``stack up`` does), so the stack's single broker is not disturbed."""
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ import pytest
 from connectors.producer import KafkaSink
 from schemas.codec import RawEnvelope, decode_envelope
 from stack import manager
-from stack.kafka import Kafka
+from stack.kafka import Kafka, kill_node, partition_leader
 from tickflow.config import Settings, load_settings, patched_environ
 from tickflow.slice import read_topic
 
@@ -54,15 +52,6 @@ def kafka_cluster(
             manager.down(settings, ["kafka"])
 
 
-def raw_partition_leader(settings: Settings) -> int:
-    from confluent_kafka.admin import AdminClient
-
-    from tickflow.kafka_security import client_config
-
-    metadata = AdminClient(client_config(settings.kafka)).list_topics(timeout=10)
-    return int(metadata.topics[settings.kafka.raw_topic].partitions[0].leader)
-
-
 def test_a_killed_broker_loses_no_frame_and_reorders_none(kafka_cluster: Settings) -> None:
     settings = kafka_cluster
     kafka = Kafka(settings)
@@ -70,13 +59,11 @@ def test_a_killed_broker_loses_no_frame_and_reorders_none(kafka_cluster: Setting
     sink = KafkaSink(settings.kafka)
     lost: list[tuple[str, str]] = []
     sink.on_lost = lambda symbol, reason: lost.append((symbol, reason))
-    victim = raw_partition_leader(settings)
+    victim = partition_leader(settings, settings.kafka.raw_topic)
     killed_at = FRAMES_PER_BOOK // 3
     for seq in range(FRAMES_PER_BOOK):
         if seq == killed_at:
-            node = next(n for n in kafka.nodes if n.node_id == victim)
-            (pid,) = [int(p) for p in kafka.node_pid_file(node).read_text().split()]
-            os.kill(pid, signal.SIGKILL)
+            kill_node(settings, victim)
         for exchange, symbol, instrument in BOOKS:
             sink.send(RawEnvelope(instrument, exchange, symbol, "depth", time.time_ns(),
                                   f"conn-{symbol}", seq, b'{"seq": %d}' % seq))  # fmt: skip

@@ -21,7 +21,7 @@ import pytest
 from jobs.sinks.book_reader import read_book
 from jobs.sinks.redis_books import redis_client
 from stack import flink, manager
-from stack.redis_server import Redis
+from stack.redis_server import Redis, sentinel_primary_port
 from tickflow.config import Settings, load_settings, patched_environ
 from tickflow.slice import VersionProbe, start_slice, wait_for
 
@@ -40,21 +40,6 @@ class RedisTopology:
 
     settings: Settings
     environ: dict[str, str]
-
-
-def primary_port(settings: Settings) -> int:
-    """The primary's port as the Sentinels see it."""
-    import redis
-
-    host, port = settings.redis.sentinels()[0]
-    sentinel = redis.Redis(host=host, port=port, password=settings.redis.password or None)
-    try:
-        address = sentinel.execute_command(
-            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", settings.redis.sentinel_service
-        )
-        return int(address[1])
-    finally:
-        sentinel.close()
 
 
 def replica_in_sync(settings: Settings) -> bool:
@@ -104,7 +89,7 @@ def test_the_job_writes_through_a_redis_failover_without_failing(
             os.kill(pid, signal.SIGKILL)
             killed = time.monotonic()
             wait_for("the replica promoted",
-                     lambda: primary_port(settings) == REPLICA_PORT, 60)  # fmt: skip
+                     lambda: sentinel_primary_port(settings) == REPLICA_PORT, 60)  # fmt: skip
             promoted_s = time.monotonic() - killed
             advanced = lambda: all(probe.versions.get(b, 0) > before[b] for b in BOOKS)  # noqa: E731
             wait_for("every book advanced past the failover", advanced, 60)

@@ -1,0 +1,355 @@
+"""Availability drill of the HA profile: a fault every ~2 minutes for half an hour, the books
+watched from outside, and the results compared with a fault-free run.
+
+    python -m bench.ha_drill [--minutes 30] [--every 120] [--frames 90000] [--seed 7]
+                                                                           (make ha-drill)
+
+Runs on the HA profile (``config/ha.yaml``: three Kafka nodes, Redis with a replica and
+Sentinels, ZooKeeper and a standby JobManager), started if down; the default profile's stack
+must be down (the same ports). As ``bench.chaos`` does: a deterministic dataset of every
+exchange (``tickflow.generated``), a fault-free reference run of the job over it, then the
+drill run, fed at a steady rate for ``--minutes`` while, every ``--every`` seconds (+-20%,
+seeded), one fault of the next kind in shuffled rounds:
+
+- ``jobmanager``: SIGKILL of the leading JobManager (the standby takes the job over);
+- ``kafka-broker``: SIGKILL of the node leading the raw topic's first partition;
+- ``redis-primary``: SIGKILL of the Redis primary (the Sentinels promote the replica);
+- ``taskmanager``: SIGKILL of the TaskManager (the job restarts from its checkpoint);
+- ``python``: the job's Python code raises once (a crashed Python worker);
+- ``clickhouse``: SIGKILL of ClickHouse (one server still: its rows wait in the sink);
+- ``zookeeper``: SIGKILL of ZooKeeper (nothing may stall: leadership holds meanwhile);
+- ``paused-taskmanager``: SIGSTOP of the TaskManager for ``PAUSE_S``, then SIGCONT.
+
+``stack.supervisor`` starts whatever died, as a service manager would. Per fault: *failover*
+is from the fault to the job RUNNING with a checkpoint completed after it and every component
+answering; *stale* is how long the books stood still from a reader's side within the fault's
+window (``monitoring.availability``: a stall is > 1 s in which no book or NBBO in Redis
+advanced, sampled every 100 ms); *detection* is the first Prometheus alert that fired after the
+fault, if any. Then every ClickHouse table (FINAL), Redis key and committed result record is
+compared with the reference run: lost and duplicated.
+
+The availability stated is at one fault of each kind per day: 1 - (the sum over kinds of the
+mean stale seconds) / 86,400. Writes bench/results/ha_drill.json. Not covered yet: network
+partitions (network namespaces), ClickHouse replicas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import signal
+import statistics
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.chaos import job_recovered, kill
+from bench.stats import target_entry
+from monitoring.availability import AvailabilityProbe
+from stack import flink, manager
+from stack.cli import with_overlay
+from stack.kafka import kill_node, partition_leader
+from stack.redis_server import sentinel_primary_port
+from stack.supervisor import SupervisedJob, Supervisor, pipeline_submitter
+from stack.system import listening_pid, pid_alive, read_pids
+from stack.topics import ensure_topics
+from tickflow.config import Settings, load_settings
+from tickflow.generated import Dataset, Feeder, make_dataset
+from tickflow.runs import (
+    CATCH_UP_TIMEOUT_S,
+    Namespace,
+    caught_up,
+    cleanup,
+    collect,
+    compare,
+    namespace,
+    reference_run,
+    topics_of,
+    wait,
+)
+
+RESULTS = Path(__file__).parent / "results" / "ha_drill.json"
+KINDS = ("jobmanager", "kafka-broker", "redis-primary", "taskmanager", "python", "clickhouse",
+         "zookeeper", "paused-taskmanager")  # fmt: skip
+HA_COMPONENTS = ("kafka", "redis", "redis-replica", "redis-sentinel", "clickhouse", "zookeeper",
+                 "flink")  # fmt: skip
+# the issue's bounds on stale books: every kind, and the losses replication must hide
+STALE_TARGET_S = 10.0
+STALE_TARGET_REPLICATED_S = 2.0
+REPLICATED_KINDS = ("kafka-broker", "redis-primary")
+AVAILABILITY_TARGET = 0.9995
+PAUSE_S = 15.0
+RECOVERY_TIMEOUT_S = 300.0
+SECONDS_PER_DAY = 86_400
+
+
+@dataclass
+class Fault:
+    kind: str
+    at_s: float  # since the drill run began
+    detail: str = ""
+    failover_s: float = 0.0
+    stale_s: float = 0.0
+    detected_s: float | None = None
+    detected_by: str = ""
+
+
+def inflict(settings: Settings, kind: str, fault_file: Path) -> str:
+    """One fault of ``kind``, done the way it happens for real; what was done."""
+    if kind == "jobmanager":
+        leader = flink.leading_rest_port(settings)
+        if leader is None:
+            raise RuntimeError("no leading JobManager found in the logs")
+        pid = flink.kill_jobmanager(settings, leader)
+        return f"SIGKILL leading JobManager (REST {leader}) pid {pid}"
+    if kind == "kafka-broker":
+        node = partition_leader(settings, settings.kafka.raw_topic)
+        return f"SIGKILL Kafka node {node} (raw partition 0 leader) pid {kill_node(settings, node)}"
+    if kind == "redis-primary":
+        port = sentinel_primary_port(settings)
+        primary = listening_pid(port)
+        if primary is None:
+            raise RuntimeError(f"no Redis primary on port {port}")
+        os.kill(primary, signal.SIGKILL)
+        return f"SIGKILL Redis primary (port {port}) pid {primary}"
+    if kind == "paused-taskmanager":
+        pid_file = flink.runtime_dir(settings) / "pid" / "flink--taskexecutor.pid"
+        pids = [p for p in read_pids(pid_file) if pid_alive(p)]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(PAUSE_S)
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+        return f"SIGSTOP TaskManager pid {', '.join(map(str, pids))} for {PAUSE_S:.0f} s"
+    return kill(settings, kind, fault_file)  # taskmanager, python, clickhouse, zookeeper
+
+
+def firing_alerts(settings: Settings) -> dict[str, str]:
+    """Alert name -> activeAt of every alert firing now (Prometheus API)."""
+    url = f"http://127.0.0.1:{settings.monitoring.prometheus_port}/api/v1/alerts"
+    with urllib.request.urlopen(url, timeout=3) as response:
+        alerts = json.loads(response.read())["data"]["alerts"]
+    return {a["labels"]["alertname"]: a["activeAt"] for a in alerts if a["state"] == "firing"}
+
+
+def recovered(settings: Settings, job: SupervisedJob, since_ms: int) -> bool:
+    return manager.stack_answers(settings, HA_COMPONENTS) and job_recovered(
+        settings, job, since_ms
+    )
+
+
+def fault_plan(rng: random.Random, count: int) -> list[str]:
+    plan: list[str] = []
+    while len(plan) < count:
+        round_ = list(KINDS)
+        rng.shuffle(round_)
+        plan += round_
+    return plan[:count]
+
+
+def drill_run(
+    ns: Namespace,
+    data: Dataset,
+    job: SupervisedJob,
+    minutes: float,
+    every_s: float,
+    rng: random.Random,
+    fault_file: Path,
+    log: Any,
+) -> tuple[Any, list[Fault], AvailabilityProbe, Supervisor, Feeder]:
+    with ns.active() as settings:
+        ensure_topics(settings, extra=topics_of(settings))
+        job.job_ids.append(job.submit(None))
+        flink.wait_job_running(settings, job.current, 240)
+        span_s = minutes * 60
+        feeder = Feeder(settings, data.records).start(len(data.records) / span_s)
+        supervisor = Supervisor(settings, job, HA_COMPONENTS, log=log).start()
+        probe = AvailabilityProbe(settings).start()
+        started = time.monotonic()
+        faults: list[Fault] = []
+        plan = fault_plan(rng, max(1, int(span_s // every_s)))
+        try:
+            for kind in plan:
+                due = started + (len(faults) + 1) * every_s + rng.uniform(-0.2, 0.2) * every_s
+                if due > started + span_s:
+                    break
+                time.sleep(max(0.0, due - time.monotonic()))
+                before = set(firing_alerts(settings))
+                since_ms = time.time_ns() // 1_000_000
+                at = time.monotonic()
+                fault = Fault(kind, round(at - started, 1), inflict(settings, kind, fault_file))
+                log(f"fault {len(faults) + 1}/{len(plan)}: {kind} ({fault.detail}); "
+                    f"fed {feeder.sent}/{len(data.records)}")  # fmt: skip
+
+                def settled(
+                    at: float = at, fault: Fault = fault, before: set[str] = before,
+                    since_ms: int = since_ms,
+                ) -> bool:
+                    if fault.detected_s is None:
+                        new = set(firing_alerts(settings)) - before
+                        if new:
+                            fault.detected_s = round(time.monotonic() - at, 1)
+                            fault.detected_by = ", ".join(sorted(new))
+                    return recovered(settings, job, since_ms)
+
+                wait(f"recovery from the {kind} fault", settled, RECOVERY_TIMEOUT_S)
+                fault.failover_s = round(time.monotonic() - at, 1)
+                faults.append(fault)
+                log(f"  recovered in {fault.failover_s} s"
+                    + (f"; alert {fault.detected_by} after {fault.detected_s} s"
+                       if fault.detected_s is not None else ""))  # fmt: skip
+            log(f"faults done; feeding the rest ({feeder.sent}/{len(data.records)} so far)")
+            feeder.join(CATCH_UP_TIMEOUT_S)
+            ends = [started + f.at_s for f in faults[1:]] + [time.monotonic()]
+            for fault, end in zip(faults, ends, strict=True):
+                fault.stale_s = round(probe.stale_seconds(started + fault.at_s, end), 1)
+            caught_up(settings, len(data.records), job, log)
+        finally:
+            probe.stop()
+            supervisor.stop()
+        for job_id in job.job_ids:
+            with contextlib.suppress(Exception):
+                flink.cancel_job(settings, job_id)
+        return collect(settings), faults, probe, supervisor, feeder
+
+
+def per_kind(faults: list[Fault]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for kind in KINDS:
+        mine = [f for f in faults if f.kind == kind]
+        if not mine:
+            continue
+        detected = [f.detected_s for f in mine if f.detected_s is not None]
+        bound = STALE_TARGET_REPLICATED_S if kind in REPLICATED_KINDS else STALE_TARGET_S
+        stale_max = max(f.stale_s for f in mine)
+        out[kind] = {
+            "faults": len(mine),
+            "failover_s_mean": round(statistics.mean(f.failover_s for f in mine), 1),
+            "failover_s_max": max(f.failover_s for f in mine),
+            "stale_s_mean": round(statistics.mean(f.stale_s for f in mine), 1),
+            "stale_s_max": stale_max,
+            "stale_target_s": bound,
+            "stale_met": stale_max <= bound,
+            "detected": f"{len(detected)} of {len(mine)}",
+            "detection_s_mean": round(statistics.mean(detected), 1) if detected else None,
+            "alerts": sorted({f.detected_by for f in mine if f.detected_by}),
+        }
+    return out
+
+
+def run(minutes: float, every_s: float, frames: int, seed: int, log: Any = print) -> dict[str, Any]:
+    os.environ["TICKFLOW_CONFIG"] = with_overlay(os.environ.get("TICKFLOW_CONFIG", ""))
+    base = load_settings()
+    if not (base.flink.ha and base.redis.sentinels()):
+        raise SystemExit("bench.ha_drill: the HA profile did not load (config/ha.yaml)")
+    manager.up(base, HA_COMPONENTS, log=log)
+    rng = random.Random(seed)
+    tag = uuid.uuid4().hex[:6]
+    fault_file = base.state_dir / "chaos" / f"python-fault-{tag}"
+    fault_file.parent.mkdir(parents=True, exist_ok=True)
+    ref_ns = namespace("haref", tag, fault_file.with_name(f"unused-{tag}"))
+    drill_ns = namespace("hadrill", tag, fault_file)
+    started = time.monotonic()
+    data = make_dataset(base, frames)
+    log(f"dataset: {len(data.records)} records, {data.books} books, {data.instruments} "
+        f"instruments ({time.monotonic() - started:.0f} s)")  # fmt: skip
+    ref_job = SupervisedJob([], pipeline_submitter(ref_ns.settings))
+    drill_job = SupervisedJob([], pipeline_submitter(drill_ns.settings))
+    try:
+        reference = reference_run(ref_ns, data, ref_job, log)
+        got, faults, probe, supervisor, feeder = drill_run(
+            drill_ns, data, drill_job, minutes, every_s, rng, fault_file, log
+        )
+        result = compare(reference, got)
+    finally:
+        cleanup(ref_ns.settings, ref_job)
+        cleanup(drill_ns.settings, drill_job)
+    kinds = per_kind(faults)
+    stale_per_day = sum(k["stale_s_mean"] for k in kinds.values())
+    availability = 1 - stale_per_day / SECONDS_PER_DAY
+    result.update({
+        "faults": [f.__dict__ for f in faults],
+        "per_kind": kinds,
+        "availability_one_fault_of_each_kind_per_day": round(availability, 6),
+        "stale_s_per_day_at_that_rate": round(stale_per_day, 1),
+        "probe": {"samples": probe.samples, "failed_reads": probe.failed_reads,
+                  "stalls": len(probe.stalls), "backwards": probe.backwards[:10],
+                  "whole_run_availability": round(probe.availability(), 6)},
+        "supervisor_actions": [a.what for a in supervisor.actions],
+        "job_submissions": len(drill_job.job_ids),
+    })  # fmt: skip
+    result["passed"] = (
+        result["lost"] == 0
+        and result["duplicated"] == 0
+        and result["redis_state_equal"]
+        and result["kafka_output_equal"]
+        and not probe.backwards
+        and not feeder.failed
+    )
+    result["targets"] = {
+        "ha_availability": target_entry(
+            round(availability * 100, 4), "%", faults=len(faults), kinds=len(kinds)
+        ),
+        "ha_records_lost": target_entry(
+            result["lost"] + result["duplicated"], "records", faults=len(faults)
+        ),
+    }
+    result["conditions"] = {
+        "minutes": minutes,
+        "every_s": every_s,
+        "frames": len(data.records),
+        "books": data.books,
+        "instruments": data.instruments,
+        "seed": seed,
+        "profile": "config/ha.yaml",
+        "flink_ha_session_timeout_ms": base.flink.ha_session_timeout_ms,
+        "redis_sentinel_down_after_ms": base.redis.sentinel_down_after_ms,
+        "kafka_replication": [base.kafka.replication_factor, base.kafka.min_insync_replicas],
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    return result
+
+
+def print_report(report: dict[str, Any]) -> None:
+    print(f"\n{'kind':<20} {'faults':>6} {'failover s':>10} {'stale s max':>11} {'bound':>6} "
+          f"{'detected':>9}  alerts")  # fmt: skip
+    for kind, k in report["per_kind"].items():
+        print(f"{kind:<20} {k['faults']:>6} {k['failover_s_max']:>10} {k['stale_s_max']:>11} "
+              f"{k['stale_target_s']:>6} {k['detected']:>9}  {', '.join(k['alerts'])}")  # fmt: skip
+    print(f"\nrows lost {report['lost']}, duplicated {report['duplicated']}; redis equal "
+          f"{report['redis_state_equal']}; kafka equal {report['kafka_output_equal']}; "
+          f"availability at one fault of each kind a day "
+          f"{report['availability_one_fault_of_each_kind_per_day']:.4%} "
+          f"(target {AVAILABILITY_TARGET:.2%})")  # fmt: skip
+    print("PASSED" if report["passed"] else "FAILED")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.ha_drill", description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--every", type=float, default=120.0, help="seconds between faults")
+    parser.add_argument("--frames", type=int, default=90_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    report = run(args.minutes, args.every, args.frames, args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print_report(report)
+    print(f"written to {args.out}")
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
