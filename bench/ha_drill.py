@@ -132,18 +132,26 @@ def inflict(settings: Settings, kind: str, fault_file: Path) -> str:
     return kill(settings, kind, fault_file)  # taskmanager, python, clickhouse, zookeeper
 
 
-def firing_alerts(settings: Settings) -> dict[str, str]:
-    """Alert name -> activeAt of every alert firing now (Prometheus API)."""
+def firing_alerts(settings: Settings) -> set[str]:
+    """The alerts firing now (Prometheus API); none while Prometheus does not answer."""
     url = f"http://127.0.0.1:{settings.monitoring.prometheus_port}/api/v1/alerts"
-    with urllib.request.urlopen(url, timeout=3) as response:
-        alerts = json.loads(response.read())["data"]["alerts"]
-    return {a["labels"]["alertname"]: a["activeAt"] for a in alerts if a["state"] == "firing"}
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            alerts = json.loads(response.read())["data"]["alerts"]
+    except OSError:
+        return set()
+    return {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
 
 
 def recovered(settings: Settings, job: SupervisedJob, since_ms: int) -> bool:
     return manager.stack_answers(settings, HA_COMPONENTS) and job_recovered(
         settings, job, since_ms
     )
+
+
+def is_ha(settings: Settings) -> bool:
+    replicated = settings.kafka.replication_factor > 1
+    return settings.flink.ha and bool(settings.redis.sentinels()) and replicated
 
 
 def fault_plan(rng: random.Random, count: int) -> list[str]:
@@ -182,7 +190,7 @@ def drill_run(
                 if due > started + span_s:
                     break
                 time.sleep(max(0.0, due - time.monotonic()))
-                before = set(firing_alerts(settings))
+                before = firing_alerts(settings)
                 since_ms = time.time_ns() // 1_000_000
                 at = time.monotonic()
                 fault = Fault(kind, round(at - started, 1), inflict(settings, kind, fault_file))
@@ -194,7 +202,7 @@ def drill_run(
                     since_ms: int = since_ms,
                 ) -> bool:
                     if fault.detected_s is None:
-                        new = set(firing_alerts(settings)) - before
+                        new = firing_alerts(settings) - before
                         if new:
                             fault.detected_s = round(time.monotonic() - at, 1)
                             fault.detected_by = ", ".join(sorted(new))
@@ -246,11 +254,12 @@ def per_kind(faults: list[Fault]) -> dict[str, dict[str, Any]]:
 
 
 def run(minutes: float, every_s: float, frames: int, seed: int, log: Any = print) -> dict[str, Any]:
-    os.environ["TICKFLOW_CONFIG"] = with_overlay(os.environ.get("TICKFLOW_CONFIG", ""))
+    if not is_ha(load_settings()):  # else a configuration of HA ports of its own
+        os.environ["TICKFLOW_CONFIG"] = with_overlay(os.environ.get("TICKFLOW_CONFIG", ""))
     base = load_settings()
-    if not (base.flink.ha and base.redis.sentinels()):
+    if not is_ha(base):
         raise SystemExit("bench.ha_drill: the HA profile did not load (config/ha.yaml)")
-    manager.up(base, HA_COMPONENTS, log=log)
+    manager.up(base, [*HA_COMPONENTS, "prometheus"], log=log)  # Prometheus: the alerts
     rng = random.Random(seed)
     tag = uuid.uuid4().hex[:6]
     fault_file = base.state_dir / "chaos" / f"python-fault-{tag}"

@@ -215,9 +215,6 @@ def ha_overrides(settings: Settings, runtime: Path) -> dict[str, Any]:
         "high-availability.storageDir": (runtime / "ha").as_uri(),
         "high-availability.zookeeper.client.session-timeout": timeout,
         "high-availability.zookeeper.client.connection-timeout": timeout,
-        # a ZooKeeper that restarts within the session keeps the leader leading (by default a
-        # suspended connection revokes leadership, and the job restarts)
-        "high-availability.zookeeper.client.tolerate-suspended-connections": True,
         # with HA the JobManagers' RPC ports come from this range, one each
         "high-availability.jobmanager.port": f"{flink.rpc_port}-{flink.rpc_port + 1}",
     }

@@ -44,6 +44,8 @@ SYMBOLS_PER_EXCHANGE = 10
 # periodic ClickHouse snapshots the job writes (one per book per event-time second)
 GENERATED_STEPS_PER_S = 20.0
 FRAME_SPACING_NS = 1_000  # receive times of successive generated frames: distinct, increasing
+# how long the feeder waits for a topic just created to reach its producer's metadata
+METADATA_WAIT_S = 60.0
 
 def soak_settings(base: Settings, symbols: int, rate: float) -> Settings:
     """The base settings with ``symbols`` symbols on every exchange the simulator serves."""
@@ -306,6 +308,9 @@ class Feeder:
             self.failed.append(str(err))
 
     def run(self, rate: float) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
+        unknown_yet = (KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION)
         started = time.monotonic()
         for i, (key, value, ts, group) in enumerate(self.records):
             if rate and not self.full_speed.is_set():
@@ -325,6 +330,13 @@ class Feeder:
                     break
                 except BufferError:
                     self.producer.poll(0.1)
+                except KafkaException as error:
+                    # a topic just created may not be in this producer's metadata yet (a
+                    # cluster of several nodes takes a moment to agree on it)
+                    code = error.args[0].code()
+                    if code not in unknown_yet or time.monotonic() - started > METADATA_WAIT_S:
+                        raise
+                    self.producer.poll(0.5)
             self.producer.poll(0)
             self.sent += 1
         while self.producer.flush(10):
