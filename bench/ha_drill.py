@@ -2,7 +2,7 @@
 watched from outside, and the results compared with a fault-free run.
 
     python -m bench.ha_drill [--minutes 30] [--every 120] [--frames 90000] [--seed 7]
-                                                                           (make ha-drill)
+                             [--kinds jobmanager,kafka-broker,...]         (make ha-drill)
 
 Runs on the HA profile (``config/ha.yaml``: three Kafka nodes, Redis with a replica and
 Sentinels, ZooKeeper and a standby JobManager), started if down; the default profile's stack
@@ -154,10 +154,10 @@ def is_ha(settings: Settings) -> bool:
     return settings.flink.ha and bool(settings.redis.sentinels()) and replicated
 
 
-def fault_plan(rng: random.Random, count: int) -> list[str]:
+def fault_plan(rng: random.Random, count: int, kinds: tuple[str, ...] = KINDS) -> list[str]:
     plan: list[str] = []
     while len(plan) < count:
-        round_ = list(KINDS)
+        round_ = list(kinds)
         rng.shuffle(round_)
         plan += round_
     return plan[:count]
@@ -172,6 +172,7 @@ def drill_run(
     rng: random.Random,
     fault_file: Path,
     log: Any,
+    kinds: tuple[str, ...] = KINDS,
 ) -> tuple[Any, list[Fault], AvailabilityProbe, Supervisor, Feeder]:
     with ns.active() as settings:
         ensure_topics(settings, extra=topics_of(settings))
@@ -183,7 +184,7 @@ def drill_run(
         probe = AvailabilityProbe(settings).start()
         started = time.monotonic()
         faults: list[Fault] = []
-        plan = fault_plan(rng, max(1, int(span_s // every_s)))
+        plan = fault_plan(rng, max(1, int(span_s // every_s)), kinds)
         try:
             for kind in plan:
                 due = started + (len(faults) + 1) * every_s + rng.uniform(-0.2, 0.2) * every_s
@@ -253,7 +254,14 @@ def per_kind(faults: list[Fault]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def run(minutes: float, every_s: float, frames: int, seed: int, log: Any = print) -> dict[str, Any]:
+def run(
+    minutes: float,
+    every_s: float,
+    frames: int,
+    seed: int,
+    kinds: tuple[str, ...] = KINDS,
+    log: Any = print,
+) -> dict[str, Any]:
     if not is_ha(load_settings()):  # else a configuration of HA ports of its own
         os.environ["TICKFLOW_CONFIG"] = with_overlay(os.environ.get("TICKFLOW_CONFIG", ""))
     base = load_settings()
@@ -275,18 +283,18 @@ def run(minutes: float, every_s: float, frames: int, seed: int, log: Any = print
     try:
         reference = reference_run(ref_ns, data, ref_job, log)
         got, faults, probe, supervisor, feeder = drill_run(
-            drill_ns, data, drill_job, minutes, every_s, rng, fault_file, log
+            drill_ns, data, drill_job, minutes, every_s, rng, fault_file, log, kinds
         )
         result = compare(reference, got)
     finally:
         cleanup(ref_ns.settings, ref_job)
         cleanup(drill_ns.settings, drill_job)
-    kinds = per_kind(faults)
-    stale_per_day = sum(k["stale_s_mean"] for k in kinds.values())
+    by_kind = per_kind(faults)
+    stale_per_day = sum(k["stale_s_mean"] for k in by_kind.values())
     availability = 1 - stale_per_day / SECONDS_PER_DAY
     result.update({
         "faults": [f.__dict__ for f in faults],
-        "per_kind": kinds,
+        "per_kind": by_kind,
         "availability_one_fault_of_each_kind_per_day": round(availability, 6),
         "stale_s_per_day_at_that_rate": round(stale_per_day, 1),
         "probe": {"samples": probe.samples, "failed_reads": probe.failed_reads,
@@ -305,7 +313,7 @@ def run(minutes: float, every_s: float, frames: int, seed: int, log: Any = print
     )
     result["targets"] = {
         "ha_availability": target_entry(
-            round(availability * 100, 4), "%", faults=len(faults), kinds=len(kinds)
+            round(availability * 100, 4), "%", faults=len(faults), kinds=len(by_kind)
         ),
         "ha_records_lost": target_entry(
             result["lost"] + result["duplicated"], "records", faults=len(faults)
@@ -318,6 +326,7 @@ def run(minutes: float, every_s: float, frames: int, seed: int, log: Any = print
         "books": data.books,
         "instruments": data.instruments,
         "seed": seed,
+        "kinds": list(kinds),
         "profile": "config/ha.yaml",
         "flink_ha_session_timeout_ms": base.flink.ha_session_timeout_ms,
         "redis_sentinel_down_after_ms": base.redis.sentinel_down_after_ms,
@@ -350,9 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=120.0, help="seconds between faults")
     parser.add_argument("--frames", type=int, default=90_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--kinds", default=",".join(KINDS), help="the fault kinds to inflict")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    report = run(args.minutes, args.every, args.frames, args.seed)
+    kinds = tuple(k for k in args.kinds.split(",") if k)
+    if unknown := set(kinds) - set(KINDS):
+        parser.error(f"unknown fault kind(s) {sorted(unknown)}; known: {', '.join(KINDS)}")
+    report = run(args.minutes, args.every, args.frames, args.seed, kinds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print_report(report)

@@ -94,6 +94,15 @@ def test_the_ha_profile_runs_three_kafka_nodes_in_one_quorum(tmp_path: Path) -> 
     assert props["listeners"] == "PLAINTEXT://127.0.0.1:9094,CONTROLLER://127.0.0.1:9095"
     assert props["default.replication.factor"] == "3" and props["min.insync.replicas"] == "2"
     assert props["transaction.state.log.min.isr"] == "2"
+    # a dead node is fenced within 2 s, not Kafka's default 9
+    assert props["broker.session.timeout.ms"] == "2000"
+    single = dataclasses.replace(
+        settings.kafka, bootstrap="127.0.0.1:9092", replication_factor=1, min_insync_replicas=1
+    )
+    single_props = render_server_properties(
+        dataclasses.replace(settings, kafka=single), tmp_path / "single"
+    )
+    assert "broker.session.timeout.ms" not in single_props
     kafka = Kafka(settings)
     assert kafka.process_count == 3 and kafka.completes_partially
     assert kafka.node_home(nodes[0]) == kafka.home  # node 1 keeps the single node's layout
