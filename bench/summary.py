@@ -46,6 +46,7 @@ UNITS: dict[str, tuple[str, float]] = {
     "min": ("time", 60.0),
     "msg/s": ("rate", 1.0),
     "records": ("count", 1.0),
+    "%": ("share", 1.0),
 }
 
 
@@ -293,6 +294,14 @@ TARGETS: tuple[Target, ...] = (
         "records",
         "lower",
         (_src("chaos.json", "chaos_records_lost", "python -m bench.chaos"),),
+    ),
+    Target(
+        "ha_availability",
+        "availability at one fault of each kind a day (HA profile drill)",
+        99.95,
+        "%",
+        "higher",
+        (_src("ha_drill.json", "ha_availability", "python -m bench.ha_drill"),),
     ),
 )
 
