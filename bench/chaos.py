@@ -127,7 +127,10 @@ def kill(settings: Settings, target: str, fault_file: Path) -> str:
     """Crash one part of the pipeline the way it crashes for real; what was done."""
     pid_dir = flink.runtime_dir(settings) / "pid"
     if target == "taskmanager":
-        return _sigkill_pid_file(pid_dir / "flink--taskexecutor.pid", "TaskManager")
+        pids = [flink.kill_taskmanager(settings, pid) for pid in flink.taskmanager_pids(settings)]
+        if not pids:
+            raise RuntimeError("TaskManager: not running")
+        return f"SIGKILL TaskManager pid {', '.join(map(str, pids))}"
     if target == "jobmanager":
         return _sigkill_pid_file(pid_dir / "flink--standalonesession.pid", "JobManager")
     if target == "python":
@@ -145,11 +148,11 @@ def kill(settings: Settings, target: str, fault_file: Path) -> str:
     return f"SIGKILL {target} pid {', '.join(map(str, pids))}"
 
 
-def kill_plan(kills: int, rng: random.Random) -> list[str]:
+def kill_plan(kills: int, rng: random.Random, targets: tuple[str, ...] = TARGETS) -> list[str]:
     """Shuffled rounds of every target, so each is hit and the order is random."""
     plan: list[str] = []
     while len(plan) < kills:
-        rnd = list(TARGETS)
+        rnd = list(targets)
         rng.shuffle(rnd)
         plan += rnd
     return plan[:kills]

@@ -44,7 +44,9 @@ from stack.system import (
     StackError,
     ensure_packages,
     listening_pid,
+    pid_alive,
     process_belongs_to,
+    read_pids,
     wait_until,
 )
 from tickflow.config import Settings
@@ -196,8 +198,21 @@ def runtime_overrides(settings: Settings, runtime: Path, python: Path) -> dict[s
         "python.pythonpath": worker_pythonpath(settings),
         # the whole range; the daemons get their share with reporter_port_args
         REPORTER_PORT_KEY: format_ports(flink_metrics_ports(settings)),
+        **heartbeat_overrides(settings),
         **ha_overrides(settings, runtime),
     }
+
+
+def heartbeat_overrides(settings: Settings) -> dict[str, Any]:
+    """Faster heartbeats where configured (the HA profile): a lost TaskManager's tasks restart
+    on the spare seconds after, not after Flink's default 50 s of silence."""
+    flink = settings.flink
+    out: dict[str, Any] = {}
+    if flink.heartbeat_interval_ms:
+        out["heartbeat.interval"] = f"{flink.heartbeat_interval_ms} ms"
+    if flink.heartbeat_timeout_ms:
+        out["heartbeat.timeout"] = f"{flink.heartbeat_timeout_ms} ms"
+    return out
 
 
 def ha_overrides(settings: Settings, runtime: Path) -> dict[str, Any]:
@@ -209,7 +224,9 @@ def ha_overrides(settings: Settings, runtime: Path) -> dict[str, Any]:
     timeout = f"{flink.ha_session_timeout_ms} ms"
     return {
         "high-availability.type": "zookeeper",
-        "high-availability.zookeeper.quorum": f"127.0.0.1:{flink.ha_zookeeper_port}",
+        "high-availability.zookeeper.quorum": ",".join(
+            f"127.0.0.1:{port}" for port in flink.zookeeper_client_ports()
+        ),
         "high-availability.zookeeper.path.root": "/flink",
         "high-availability.cluster-id": "/tickflow",
         "high-availability.storageDir": (runtime / "ha").as_uri(),
@@ -217,6 +234,13 @@ def ha_overrides(settings: Settings, runtime: Path) -> dict[str, Any]:
         "high-availability.zookeeper.client.connection-timeout": timeout,
         # with HA the JobManagers' RPC ports come from this range, one each
         "high-availability.jobmanager.port": f"{flink.rpc_port}-{flink.rpc_port + 1}",
+        # an ensemble's node lost (its leader too) only suspends the connection: the client
+        # moves to a node left and keeps its session, so the leader keeps its leadership and
+        # the job runs on. With one node a suspension is the whole ZooKeeper gone: revoke then
+        # (tolerating it there left two JobManagers leading after ZooKeeper's restart)
+        "high-availability.zookeeper.client.tolerate-suspended-connections": (
+            flink.ha_zookeeper_nodes > 1
+        ),
     }
 
 
@@ -232,8 +256,8 @@ class Flink(Component):
 
     @property
     def process_count(self) -> int:  # type: ignore[override]
-        """JobManager(s) and the TaskManager."""
-        return len(self.settings.flink.rest_ports()) + 1
+        """JobManager(s) and TaskManager(s)."""
+        return len(self.settings.flink.rest_ports()) + self.settings.flink.taskmanagers
 
     @property
     def conf_dir(self) -> Path:
@@ -328,14 +352,9 @@ class Flink(Component):
     def launch(self) -> None:
         env = flink_env(self.settings)
         bin_dir = flink_home() / "bin"
-        daemons = [
-            ("jobmanager.sh", jobmanager_args(self.settings, port))
-            for port in self.settings.flink.rest_ports()
-        ]
-        daemons.append(("taskmanager.sh", reporter_port_args(self.settings, "taskmanager")))
-        names = [script for script, _ in daemons]
-        scripts = [
-            subprocess.Popen(
+
+        def start(script: str, args: list[str]) -> subprocess.Popen[str]:
+            return subprocess.Popen(
                 [str(bin_dir / script), "start", *args],
                 cwd=self.home,
                 env=env,
@@ -344,12 +363,21 @@ class Flink(Component):
                 text=True,
                 start_new_session=True,
             )
-            for script, args in daemons
-        ]
-        for name, script in zip(names, scripts, strict=True):
+
+        def finish(name: str, script: subprocess.Popen[str]) -> None:
             output, _ = script.communicate(timeout=120)
             if script.returncode != 0:
                 raise self.failure(f"{name} start failed: {output.strip()}")
+
+        jobmanagers = [
+            start("jobmanager.sh", jobmanager_args(self.settings, port))
+            for port in self.settings.flink.rest_ports()
+        ]
+        # TaskManagers one after another: each daemon script appends to one pid file
+        for _ in range(self.settings.flink.taskmanagers):
+            finish("taskmanager.sh", start("taskmanager.sh", taskmanager_args(self.settings)))
+        for script in jobmanagers:
+            finish("jobmanager.sh", script)
         # a fresh TaskManager imports the job code as it is now
         (self.home / "taskmanager.code").write_text(job_code_digest(self.settings))
 
@@ -358,7 +386,9 @@ class Flink(Component):
 
     def answers(self) -> bool:
         overview = self.overview()
-        return overview.get("taskmanagers", 0) >= 1 and overview.get("slots-total", 0) >= 1
+        return overview.get("taskmanagers", 0) >= self.settings.flink.taskmanagers and (
+            overview.get("slots-total", 0) >= 1
+        )
 
     def details(self) -> str:
         try:
@@ -452,8 +482,13 @@ def job_code_digest(settings: Settings) -> str:
     return digest.hexdigest()
 
 
+def taskmanager_args(settings: Settings) -> list[str]:
+    """Dynamic properties for ``taskmanager.sh start``: its metrics port range."""
+    return reporter_port_args(settings, "taskmanager")
+
+
 def _taskmanager_script(settings: Settings, action: str, timeout: float) -> None:
-    args = reporter_port_args(settings, "taskmanager") if action == "start" else []
+    args = taskmanager_args(settings) if action == "start" else []
     subprocess.run(
         [str(flink_home() / "bin" / "taskmanager.sh"), action, *args],
         cwd=runtime_dir(settings),
@@ -473,18 +508,57 @@ def _wait_taskmanagers(settings: Settings, count: int, timeout: float) -> None:
 
 
 def restart_taskmanager(settings: Settings, timeout: float = 120.0) -> None:
-    """Stop and start the TaskManager (running jobs restart from their last checkpoint)."""
-    _taskmanager_script(settings, "stop", timeout)
-    _taskmanager_script(settings, "start", timeout)
-    _wait_taskmanagers(settings, 1, timeout)
+    """Stop and start the TaskManagers (running jobs restart from their last checkpoint)."""
+    count = len(taskmanager_pids(settings))
+    for _ in range(count):
+        _taskmanager_script(settings, "stop", timeout)
+    for _ in range(max(count, 1)):
+        _taskmanager_script(settings, "start", timeout)
+    _wait_taskmanagers(settings, max(count, 1), timeout)
 
 
-def kill_taskmanager(settings: Settings) -> int:
-    """SIGKILL the TaskManager, as a crash would (for recovery tests); its pid."""
-    pid_file = runtime_dir(settings) / "pid" / "flink--taskexecutor.pid"
-    pid = int(pid_file.read_text().split()[-1])
+def taskmanager_pid_file(settings: Settings) -> Path:
+    return runtime_dir(settings) / "pid" / "flink--taskexecutor.pid"
+
+
+def taskmanager_pids(settings: Settings) -> list[int]:
+    """The live TaskManagers of this stack, oldest first."""
+    return [p for p in read_pids(taskmanager_pid_file(settings)) if pid_alive(p)]
+
+
+def forget_dead_taskmanagers(settings: Settings) -> None:
+    """Keep only live pids in the TaskManagers' pid file: the daemon scripts count every
+    line as a running instance (and ``stop`` signals the last one)."""
+    pid_file = taskmanager_pid_file(settings)
+    if pid_file.exists():
+        pid_file.write_text("".join(f"{pid}\n" for pid in taskmanager_pids(settings)))
+
+
+def job_taskmanager_pids(settings: Settings, job_id: str) -> list[int]:
+    """The pids of the TaskManagers that run a subtask of the job (through each TaskManager's
+    data port, which its process listens on)."""
+    ids = set().union(*job_taskmanagers(settings, job_id).values())
+    pids = []
+    for tm in rest(settings, "GET", "/taskmanagers")["taskmanagers"]:
+        pid = listening_pid(int(tm["dataPort"])) if tm["id"] in ids else None
+        if pid is not None and process_belongs_to(pid, runtime_dir(settings)):
+            pids.append(pid)
+    return pids
+
+
+def kill_taskmanager(settings: Settings, pid: int | None = None) -> int:
+    """SIGKILL a TaskManager (the newest, unless ``pid`` says which), as a crash would; its
+    pid."""
+    live = taskmanager_pids(settings)
+    if pid is None:
+        if not live:
+            raise StackError("flink: no TaskManager running")
+        pid = live[-1]
+    elif pid not in live:
+        raise StackError(f"flink: pid {pid} is not a TaskManager of this stack")
     os.kill(pid, signal.SIGKILL)
-    pid_file.unlink()  # the daemon scripts would otherwise count a dead instance
+    wait_until(lambda: not pid_alive(pid), 10.0, 0.05)
+    forget_dead_taskmanagers(settings)
     return pid
 
 
@@ -539,8 +613,11 @@ def start_jobmanager(settings: Settings, rest_port: int, timeout: float = 120.0)
 
 
 def start_taskmanager(settings: Settings, timeout: float = 120.0) -> None:
+    """Start a TaskManager beside the live ones and wait until the JobManager lists exactly
+    them (a dead one it still lists goes once its heartbeats fail)."""
+    forget_dead_taskmanagers(settings)
     _taskmanager_script(settings, "start", timeout)
-    _wait_taskmanagers(settings, 1, timeout)
+    _wait_taskmanagers(settings, len(taskmanager_pids(settings)), timeout)
 
 
 def taskmanager_count(settings: Settings) -> int:

@@ -16,13 +16,12 @@ from pathlib import Path
 
 from stack.jars import JAVA_PACKAGES, kafka_jars_dir
 from stack.secrets import BROKER_CN, BROKER_USER, secrets_dir
-from stack.services import LOOPBACK, Component
+from stack.services import Component
 from stack.system import (
     StackError,
     ensure_packages,
     pid_alive,
     port_open,
-    port_owner,
     process_belongs_to,
     read_pids,
     spawn_daemon,
@@ -368,20 +367,6 @@ class Kafka(Component):
             pid_alive(pid) and process_belongs_to(pid, self.home)
             for pid in read_pids(self.node_pid_file(node))
         )
-
-    def ensure_ports_free(self) -> None:
-        for node in self.nodes:
-            if not self.node_running(node):
-                self._ensure_free(node)
-
-    def _ensure_free(self, node: KafkaNode) -> None:
-        for label, port in (("broker", node.port), ("controller", node.controller_port)):
-            if port_open(LOOPBACK, port):
-                raise StackError(
-                    f"kafka: node {node.node_id}'s {label} port {port} is already in use by "
-                    f"{port_owner(port) or 'another process'}, which `tickflow stack` did not "
-                    "start. Stop it, or change kafka.bootstrap / kafka.controller_port."
-                )
 
     def launch(self) -> None:
         for node in self.nodes:

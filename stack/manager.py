@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from stack.blackbox import Blackbox
 from stack.clickhouse import ClickHouse
 from stack.flink import Flink
 from stack.kafka import Kafka
@@ -28,6 +29,7 @@ COMPONENT_TYPES: tuple[type[Component], ...] = (
     ClickHouse,
     ZooKeeper,
     Flink,
+    Blackbox,
     Prometheus,
     SchemaRegistry,
 )
@@ -55,6 +57,24 @@ def components(
         if off:
             raise StackError(f"{', '.join(off)}: not in this configuration (HA profile: --ha)")
     return out
+
+
+# ports a probe does not try: metrics endpoints (scraped anyway), and ports only one node of
+# a cluster listens on at a time (ZooKeeper's peer port: the leader's; Flink's RPC with HA)
+UNPROBED_PORT_LABELS = ("metrics", "peer", "election", "rpc")
+
+
+def probe_targets(settings: Settings) -> dict[str, list[int]]:
+    """Per component, the ports the blackbox exporter tries (``ComponentDown``)."""
+    return {
+        c.name: [
+            port
+            for label, port in c.ports().items()
+            if not any(word in label for word in UNPROBED_PORT_LABELS)
+        ]
+        for c in components(settings)
+        if c.name not in (Blackbox.name, Prometheus.name)
+    }
 
 
 def _safe_answers(component: Component) -> bool:

@@ -44,8 +44,39 @@ def _target(port: int | str) -> str:
     return f"{LOOPBACK}:{int(port)}"
 
 
-def prometheus_config(settings: Settings, rules: Path) -> dict[str, Any]:
-    """prometheus.yml as a mapping: the targets, intervals and alerting come from settings."""
+def probe_config(settings: Settings, probes: dict[str, list[int]]) -> list[dict[str, Any]]:
+    """The scrape job that has the blackbox exporter connect to every component's ports (each
+    target labelled with its component); none without the exporter."""
+    monitoring = settings.monitoring
+    if not monitoring.blackbox_port:
+        return []
+    interval = f"{monitoring.probe_interval_s}s"
+    return [
+        {
+            "job_name": "components",
+            "scrape_interval": interval,
+            "scrape_timeout": interval,
+            "metrics_path": "/probe",
+            "params": {"module": ["tcp_connect"]},
+            "static_configs": [
+                {"targets": [_target(p) for p in ports], "labels": {"component": name}}
+                for name, ports in probes.items()
+                if ports
+            ],
+            "relabel_configs": [
+                {"source_labels": ["__address__"], "target_label": "__param_target"},
+                {"source_labels": ["__param_target"], "target_label": "instance"},
+                {"target_label": "__address__", "replacement": _target(monitoring.blackbox_port)},
+            ],
+        }
+    ]
+
+
+def prometheus_config(
+    settings: Settings, rules: Path, probes: dict[str, list[int]] | None = None
+) -> dict[str, Any]:
+    """prometheus.yml as a mapping: the targets, intervals and alerting come from settings;
+    ``probes``: per component, the ports the blackbox exporter tries."""
     monitoring = settings.monitoring
     interval = f"{monitoring.scrape_interval_s}s"
     timeout = f"{min(monitoring.scrape_interval_s, MAX_SCRAPE_TIMEOUT_S)}s"
@@ -105,13 +136,16 @@ def prometheus_config(settings: Settings, rules: Path) -> dict[str, Any]:
                 if settings.archive.metrics_port
                 else []
             ),
+            *probe_config(settings, probes or {}),
         ],
     }
 
 
-def render_prometheus_config(settings: Settings, rules: Path) -> str:
+def render_prometheus_config(
+    settings: Settings, rules: Path, probes: dict[str, list[int]] | None = None
+) -> str:
     header = "# rendered by `tickflow stack up` from config/tickflow.yaml; edits are overwritten\n"
-    return header + yaml.safe_dump(prometheus_config(settings, rules), sort_keys=False)
+    return header + yaml.safe_dump(prometheus_config(settings, rules, probes), sort_keys=False)
 
 
 def promtool() -> str | None:
@@ -178,8 +212,11 @@ class Prometheus(Component):
 
     def configure(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        from stack.manager import probe_targets  # the manager knows every component
+
         rules = rules_file(self.settings)
-        self.config_file.write_text(render_prometheus_config(self.settings, rules))
+        probes = probe_targets(self.settings)
+        self.config_file.write_text(render_prometheus_config(self.settings, rules, probes))
         promtool_check("rules", rules)
         promtool_check("config", self.config_file)
 

@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from stack.system import (
     StackError,
+    listening_pid,
     pid_alive,
     port_open,
     port_owner,
@@ -101,9 +102,11 @@ class Component(ABC):
         return pids
 
     def ensure_ports_free(self) -> None:
-        """Fail with a clear message when a port is taken by something we did not start."""
+        """Fail with a clear message when a port is taken by something we did not start (a
+        node of this component that still runs, in a cluster short of one, keeps its ports)."""
+        own = set(self.pids())
         for label, port in self.ports().items():
-            if port_open(LOOPBACK, port):
+            if port_open(LOOPBACK, port) and not (own and listening_pid(port) in own):
                 owner = port_owner(port) or "another process"
                 raise StackError(
                     f"{self.name}: {label} port {port} on {LOOPBACK} is already in use by "

@@ -123,9 +123,8 @@ class Supervisor:
     def _check_flink(self) -> None:
         pid_dir = flink.runtime_dir(self.settings) / "pid"
         jobmanager = pid_dir / "flink--standalonesession.pid"
-        taskmanager = pid_dir / "flink--taskexecutor.pid"
         jm_alive = [p for p in read_pids(jobmanager) if pid_alive(p)]
-        tm_alive = any(pid_alive(p) for p in read_pids(taskmanager))
+        tm_alive = len(flink.taskmanager_pids(self.settings))
         if not jm_alive:
             # without an HA store a new JobManager knows no jobs: restart the whole cluster
             # (with HA the new leader recovers them from ZooKeeper)
@@ -139,11 +138,11 @@ class Supervisor:
                 self._did(f"the Flink JobManager of REST port {port} is not running: starting "
                           "it as the standby")  # fmt: skip
                 flink.start_jobmanager(self.settings, port)
-        elif not tm_alive:
-            self._did("the Flink TaskManager is not running: starting it")
-            taskmanager.unlink(missing_ok=True)  # the daemon script would count the dead one
+        elif tm_alive < self.settings.flink.taskmanagers:
+            wanted = self.settings.flink.taskmanagers
+            self._did(f"{tm_alive} of {wanted} Flink TaskManager(s) running: starting one")
             flink.start_taskmanager(self.settings)
-            self._did("the Flink TaskManager registered again")
+            self._did("the Flink TaskManager registered")
 
     def _check_job(self, job: SupervisedJob) -> None:
         try:

@@ -3,19 +3,26 @@ which JobManager leads and where the running jobs and their latest checkpoints a
 standby JobManager takes them over when the leader dies.
 
 The server is the ZooKeeper that Flink's own distribution carries (shaded into flink-dist, the
-version Flink's HA client is built against), run standalone from pyflink's ``lib/``: nothing
-more to download."""
+version Flink's HA client is built against), run from pyflink's ``lib/``: nothing more to
+download. One node runs standalone; with ``flink.ha_zookeeper_nodes`` = 3 (the HA profile) the
+nodes form an ensemble on loopback, which serves while two of three are up: the loss of one
+node (the leader included) does not revoke the JobManager's leadership. A single node's loss
+does, and in one drill of two its restart left both JobManagers leading.
+
+Node *i* (from 0) listens for clients on ``ha_zookeeper_port + i``, for its peers on
+``+ 10 + i`` and for leader election on ``+ 20 + i`` (2181-2183, 2191-2193, 2201-2203)."""
 
 from __future__ import annotations
 
 import shutil
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 from stack.flink import flink_home
 from stack.jars import JAVA_PACKAGES
 from stack.services import LOOPBACK, Component
-from stack.system import ensure_packages, spawn_daemon
+from stack.system import ensure_packages, read_pids, spawn_daemon
 from tickflow.config import Settings
 
 MAIN = "org.apache.flink.shaded.zookeeper3.org.apache.zookeeper.server.quorum.QuorumPeerMain"
@@ -35,12 +42,36 @@ appender.file.layout.pattern = %d{{ISO8601}} %-5p %c{{1}} - %m%n
 """
 
 
-def render_zoo_cfg(settings: Settings, data_dir: Path) -> str:
+PEER_PORT_OFFSET = 10
+ELECTION_PORT_OFFSET = 20
+# ticks a follower may take to connect and sync to a new leader, and to stay in sync after
+INIT_LIMIT_TICKS = 10
+SYNC_LIMIT_TICKS = 4
+
+
+@dataclass(frozen=True)
+class ZooKeeperNode:
+    node_id: int  # ZooKeeper's myid, from 1
+    client_port: int
+    peer_port: int
+    election_port: int
+
+
+def zookeeper_nodes(settings: Settings) -> list[ZooKeeperNode]:
+    return [
+        ZooKeeperNode(i + 1, port, port + PEER_PORT_OFFSET, port + ELECTION_PORT_OFFSET)
+        for i, port in enumerate(settings.flink.zookeeper_client_ports())
+    ]
+
+
+def render_zoo_cfg(settings: Settings, data_dir: Path, node: ZooKeeperNode | None = None) -> str:
+    nodes = zookeeper_nodes(settings)
+    node = node or nodes[0]
     session_ms = settings.flink.ha_session_timeout_ms
-    return (
+    conf = (
         f"tickTime={TICK_MS}\n"
         f"dataDir={data_dir}\n"
-        f"clientPort={settings.flink.ha_zookeeper_port}\n"
+        f"clientPort={node.client_port}\n"
         f"clientPortAddress={LOOPBACK}\n"
         f"minSessionTimeout={2 * TICK_MS}\n"
         f"maxSessionTimeout={max(20 * TICK_MS, 2 * session_ms)}\n"
@@ -50,32 +81,88 @@ def render_zoo_cfg(settings: Settings, data_dir: Path) -> str:
         "autopurge.snapRetainCount=3\n"
         "autopurge.purgeInterval=1\n"
     )
+    if len(nodes) > 1:
+        conf += f"initLimit={INIT_LIMIT_TICKS}\nsyncLimit={SYNC_LIMIT_TICKS}\n"
+        conf += "".join(
+            f"server.{n.node_id}={LOOPBACK}:{n.peer_port}:{n.election_port}\n" for n in nodes
+        )
+    return conf
+
+
+def four_letter_word(port: int, word: bytes, timeout: float = 2.0) -> str:
+    """ZooKeeper's own admin words (``ruok``, ``srvr``): the whole answer."""
+    answer = b""
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as conn:
+        conn.sendall(word)
+        while chunk := conn.recv(4096):
+            answer += chunk
+    return answer.decode(errors="replace")
 
 
 def ruok(port: int, timeout: float = 2.0) -> bool:
-    """ZooKeeper's own health word: it answers ``imok`` when it serves requests."""
-    with socket.create_connection((LOOPBACK, port), timeout=timeout) as conn:
-        conn.sendall(b"ruok")
-        return conn.recv(8) == b"imok"
+    """ZooKeeper's own health word: it answers ``imok`` when it runs (a node of an ensemble
+    also when it has no quorum: see ``serving_mode``)."""
+    return four_letter_word(port, b"ruok", timeout) == "imok"
+
+
+def serving_mode(port: int) -> str | None:
+    """``standalone``, ``leader`` or ``follower`` while the node serves requests; None when it
+    does not (down, or an ensemble node without a quorum)."""
+    try:
+        answer = four_letter_word(port, b"srvr")
+    except OSError:
+        return None
+    for line in answer.splitlines():
+        if line.startswith("Mode:"):
+            return line.split(":", 1)[1].strip()
+    return None
 
 
 class ZooKeeper(Component):
     name = "zookeeper"
     start_timeout_s = 60.0
+    completes_partially = True  # a node that died is started alone, the ensemble keeps serving
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:
         return settings.flink.ha_zookeeper_port > 0
 
+    @property
+    def nodes(self) -> list[ZooKeeperNode]:
+        return zookeeper_nodes(self.settings)
+
+    @property
+    def process_count(self) -> int:  # type: ignore[override]
+        return len(self.nodes)
+
+    def node_home(self, node: ZooKeeperNode) -> Path:
+        """Node 1 keeps the single node's layout; the others live beside it."""
+        return self.home if node.node_id == 1 else self.home / f"node-{node.node_id}"
+
+    def node_pid_file(self, node: ZooKeeperNode) -> Path:
+        return self.node_home(node) / "zookeeper.pid"
+
+    def pid_files(self) -> list[Path]:
+        return [self.node_pid_file(n) for n in self.nodes]
+
     def ports(self) -> dict[str, int]:
-        return {"client": self.settings.flink.ha_zookeeper_port}
+        nodes = self.nodes
+        if len(nodes) == 1:
+            return {"client": nodes[0].client_port}
+        ports: dict[str, int] = {}
+        for n in nodes:
+            ports[f"client-{n.node_id}"] = n.client_port
+            ports[f"peer-{n.node_id}"] = n.peer_port
+            ports[f"election-{n.node_id}"] = n.election_port
+        return ports
 
     @property
     def log_file(self) -> Path:
         return self.home / "zookeeper.log"
 
     def log_files(self) -> list[Path]:
-        return [self.log_file, self.home / "zookeeper.out"]
+        homes = [self.node_home(n) for n in self.nodes]
+        return [path for h in homes for path in (h / "zookeeper.log", h / "zookeeper.out")]
 
     @property
     def lib_dir(self) -> Path:
@@ -85,29 +172,55 @@ class ZooKeeper(Component):
         ensure_packages(JAVA_PACKAGES)
 
     def configure(self) -> None:
-        (self.home / "data").mkdir(parents=True, exist_ok=True)
         if self.lib_dir.exists():
             shutil.rmtree(self.lib_dir)  # symlinks only
-        self.lib_dir.mkdir()
+        self.lib_dir.mkdir(parents=True)
         for pattern in CLASSPATH_GLOBS:
             for jar in sorted((flink_home() / "lib").glob(pattern)):
                 (self.lib_dir / jar.name).symlink_to(jar)
-        (self.home / "zoo.cfg").write_text(render_zoo_cfg(self.settings, self.home / "data"))
-        (self.home / "log4j2.properties").write_text(LOG4J2.format(log=self.log_file))
+        for node in self.nodes:
+            home = self.node_home(node)
+            data = home / "data"
+            data.mkdir(parents=True, exist_ok=True)
+            (data / "myid").write_text(f"{node.node_id}\n")
+            (home / "zoo.cfg").write_text(render_zoo_cfg(self.settings, data, node))
+            (home / "log4j2.properties").write_text(LOG4J2.format(log=home / "zookeeper.log"))
 
     def launch(self) -> None:
+        running = {pid_file for pid_file in self.pid_files() if self._alive(pid_file)}
+        for node in self.nodes:
+            if self.node_pid_file(node) not in running:
+                self.launch_node(node)
+
+    def _alive(self, pid_file: Path) -> bool:
+        return any(pid in self.pids() for pid in read_pids(pid_file))
+
+    def launch_node(self, node: ZooKeeperNode) -> None:
+        home = self.node_home(node)
         argv = [
             "java",
             f"-Xmx{HEAP_MB}m",
             "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
+            f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
             "-cp",
             f"{self.lib_dir}/*",
             MAIN,
-            str(self.home / "zoo.cfg"),
+            str(home / "zoo.cfg"),
         ]
-        pid = spawn_daemon(argv, self.home / "zookeeper.out", cwd=self.home)
-        self.pid_file.write_text(f"{pid}\n")
+        pid = spawn_daemon(argv, home / "zookeeper.out", cwd=home)
+        self.node_pid_file(node).write_text(f"{pid}\n")
+
+    def node_pid(self, node: ZooKeeperNode) -> int | None:
+        pids = [p for p in read_pids(self.node_pid_file(node)) if p in self.pids()]
+        return pids[0] if pids else None
+
+    def leader(self) -> ZooKeeperNode | None:
+        """The node that leads the ensemble now (a single node: that one)."""
+        for node in self.nodes:
+            if serving_mode(node.client_port) in ("leader", "standalone"):
+                return node
+        return None
 
     def answers(self) -> bool:
-        return ruok(self.settings.flink.ha_zookeeper_port)
+        """Every node serves requests (an ensemble node: within a quorum)."""
+        return all(serving_mode(n.client_port) is not None for n in self.nodes)

@@ -225,10 +225,25 @@ class FlinkConfig:
     ha_zookeeper_port: int = 0
     standby_rest_port: int = 0
     ha_session_timeout_ms: int = 4000
+    # ZooKeeper nodes from ha_zookeeper_port on: 1 runs standalone; 3 form an ensemble that
+    # keeps serving (and the JobManager its leadership) while any two are up
+    ha_zookeeper_nodes: int = 1
+    # TaskManagers the cluster starts: more than the job's slots need leaves a spare that the
+    # job restarts on at once when the one it runs on dies (the HA profile runs two)
+    taskmanagers: int = 1
+    # how often the JobManager and TaskManagers exchange heartbeats, and after how long without
+    # one a TaskManager counts as lost and its tasks restart elsewhere (0: Flink's 10 s / 50 s;
+    # a SIGKILLed TaskManager is noticed after two refused heartbeats either way)
+    heartbeat_interval_ms: int = 0
+    heartbeat_timeout_ms: int = 0
 
     @property
     def ha(self) -> bool:
         return self.ha_zookeeper_port > 0
+
+    def zookeeper_client_ports(self) -> list[int]:
+        """Each ZooKeeper node's client port (HA), node 1 first."""
+        return [self.ha_zookeeper_port + i for i in range(self.ha_zookeeper_nodes)]
 
     def rest_ports(self) -> list[int]:
         """The JobManagers' REST ports: the first started, then the standby (HA)."""
@@ -241,6 +256,18 @@ class FlinkConfig:
                 f"got {self.state_backend!r}"
             )
         self.start_offsets_by_partition()  # fails here, not at job submission
+        if self.ha_zookeeper_nodes not in (1, 3, 5):
+            raise ConfigError(
+                f"flink.ha_zookeeper_nodes must be 1, 3 or 5 (a majority decides), got "
+                f"{self.ha_zookeeper_nodes}"
+            )
+        if self.taskmanagers < 1:
+            raise ConfigError(f"flink.taskmanagers must be at least 1, got {self.taskmanagers}")
+        if self.heartbeat_timeout_ms and self.heartbeat_timeout_ms <= self.heartbeat_interval_ms:
+            raise ConfigError(
+                f"flink.heartbeat_timeout_ms ({self.heartbeat_timeout_ms}) must exceed "
+                f"flink.heartbeat_interval_ms ({self.heartbeat_interval_ms})"
+            )
 
     def start_offsets_by_partition(self) -> dict[int, int]:
         """``start_offsets`` parsed: partition -> offset ({}: not set)."""
@@ -406,6 +433,10 @@ class MonitoringConfig:
     # read from dashboard_token_file (the local stack generates it). Neither: writes refused
     dashboard_token: str = field(default="", repr=False)
     dashboard_token_file: str = field(default="", repr=False)
+    # Prometheus' blackbox exporter, which tries every component's ports every
+    # probe_interval_s (the ComponentDown alert); 0: none
+    blackbox_port: int = 0
+    probe_interval_s: int = 1
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.chaos import TARGETS, kill_plan
-from bench.ha_drill import KINDS, Fault, fault_plan, per_kind
+from bench.ha_drill import KINDS, Fault, per_kind
 from jobs.faults import InjectedPythonFault, PythonFault
 from jobs.operators import BundleProcessor
 from monitoring.availability import AvailabilityProbe, Stall
@@ -89,7 +89,7 @@ def test_latest_checkpoint_is_the_newest_complete_one_of_any_run(tmp_path: Path)
 
 
 def test_the_ha_drill_plan_hits_every_kind_in_shuffled_rounds() -> None:
-    plan = fault_plan(random.Random(3), 2 * len(KINDS))
+    plan = kill_plan(2 * len(KINDS), random.Random(3), KINDS)
     assert Counter(plan) == Counter(KINDS * 2)
     assert plan[: len(KINDS)] != list(KINDS) or plan[len(KINDS) :] != list(KINDS)
 

@@ -1,16 +1,25 @@
-"""Flink high availability (the HA profile, config/ha.yaml): ZooKeeper HA services and a
-standby JobManager. The leading JobManager is killed (SIGKILL) while the job writes live
-books: the standby is granted leadership once the leader's ZooKeeper session expires, takes
-the same job over from its latest checkpoint, and the books advance again, LIVE, with no
-version going backwards.
+"""Flink high availability (the HA profile, config/ha.yaml): a ZooKeeper ensemble, a standby
+JobManager and a spare TaskManager. While the job writes live books:
 
-The cluster is the test's own (ZooKeeper, two JobManagers and a TaskManager on their own ports
-and state directory, sharing the stack's credentials), so the stack's Flink, which the other
-tests use, is not disturbed; the job reads and writes the stack's Kafka, Redis and ClickHouse."""
+- the leading JobManager is killed (SIGKILL), twice: the standby is granted leadership once
+  the leader's ZooKeeper session expires and takes the same job over from its latest checkpoint;
+- the ZooKeeper ensemble's leader is killed: the two nodes left elect a new one and serve on;
+- the TaskManager running the job is killed: the job restarts on the spare, which is noticed
+  within two refused heartbeats, not after a new TaskManager has started.
+
+Each time the books advance again, LIVE, with no version going backwards, and the supervisor
+starts what died again (the new standby, node or spare).
+
+The cluster is the test's own (three ZooKeeper nodes, two JobManagers and two TaskManagers on
+their own ports and state directory, sharing the stack's credentials), so the stack's Flink,
+which the other tests use, is not disturbed; the job reads and writes the stack's Kafka, Redis
+and ClickHouse."""
 
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +30,7 @@ from jobs.sinks.book_reader import read_book
 from stack import flink, manager
 from stack.secrets import secrets_dir
 from stack.supervisor import Supervisor
+from stack.zookeeper import ZooKeeper
 from tickflow.config import Settings, load_settings, patched_environ
 from tickflow.slice import VersionProbe, start_slice, wait_for
 
@@ -34,6 +44,11 @@ CLUSTER_ENVIRON = {
     "TICKFLOW__FLINK__RPC_PORT": "16123",
     "TICKFLOW__FLINK__HA_ZOOKEEPER_PORT": "12181",
     "TICKFLOW__MONITORING__FLINK_METRICS_PORTS": "19249-19252",
+    # the HA profile's ensemble (client ports 12181-12183), spare and heartbeats
+    "TICKFLOW__FLINK__HA_ZOOKEEPER_NODES": "3",
+    "TICKFLOW__FLINK__TASKMANAGERS": "2",
+    "TICKFLOW__FLINK__HEARTBEAT_INTERVAL_MS": "1000",
+    "TICKFLOW__FLINK__HEARTBEAT_TIMEOUT_MS": "5000",
 }
 
 
@@ -88,7 +103,47 @@ def _fail_over(settings: Settings, job_id: str, probe: VersionProbe) -> int:
     return standby
 
 
-def test_the_standby_jobmanager_takes_the_job_over_twice(
+def _books_advance(probe: VersionProbe, what: str) -> float:
+    """Wait until every book has moved on from where it stands now; seconds it took."""
+    since, before = time.monotonic(), dict(probe.versions)
+    advanced = lambda: all(probe.versions.get(b, 0) > before[b] for b in BOOKS)  # noqa: E731
+    wait_for(f"every book advancing after {what}", advanced, 180)
+    return time.monotonic() - since
+
+
+def _lose_zookeeper_leader(settings: Settings, job_id: str, probe: VersionProbe) -> None:
+    zookeeper = ZooKeeper(settings)
+    leader = wait_for("a leading ZooKeeper node", zookeeper.leader, 30)
+    pid = zookeeper.node_pid(leader)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    # the two nodes left elect a leader among them and serve
+    wait_for("a new ZooKeeper leader", lambda: (zookeeper.leader() or leader) != leader, 60)
+    took = _books_advance(probe, "the ZooKeeper leader's loss")
+    wait_for("the job running", lambda: flink.job_state(settings, job_id) == "RUNNING", 180)
+    print(f"ZooKeeper leader (node {leader.node_id}) killed: books advancing {took:.1f} s after")
+    Supervisor(settings, names=("zookeeper",)).check()  # starts the lost node alone
+    assert zookeeper.answers() and len(zookeeper.pids()) == 3
+
+
+def _lose_busy_taskmanager(settings: Settings, job_id: str, probe: VersionProbe) -> None:
+    busy = flink.job_taskmanager_pids(settings, job_id)
+    (spare,) = [p for p in flink.taskmanager_pids(settings) if p not in busy]
+    for pid in busy:
+        flink.kill_taskmanager(settings, pid)
+    killed = time.monotonic()
+    wait_for("the job running on the spare",
+             lambda: flink.job_state(settings, job_id) == "RUNNING"
+             and flink.job_taskmanager_pids(settings, job_id) == [spare], 180)  # fmt: skip
+    running_s = time.monotonic() - killed
+    took = _books_advance(probe, "the TaskManager's loss")
+    print(f"TaskManager pid {busy} killed: the job ran on the spare {running_s:.1f} s after, "
+          f"books advancing {took:.1f} s after that")  # fmt: skip
+    Supervisor(settings, names=("flink",)).check()  # a new spare
+    assert len(flink.taskmanager_pids(settings)) == 2
+
+
+def test_the_ha_cluster_rides_out_each_of_its_losses(
     ha_flink: dict[str, str], tmp_path: Path
 ) -> None:
     with start_slice(
@@ -107,6 +162,8 @@ def test_the_standby_jobmanager_takes_the_job_over_twice(
                      lambda: _completed_checkpoints(settings, run.job_id), 60)  # fmt: skip
             second = _fail_over(settings, run.job_id, probe)
             assert second != first
+            _lose_zookeeper_leader(settings, run.job_id, probe)
+            _lose_busy_taskmanager(settings, run.job_id, probe)
             time.sleep(3)
         print(f"longest stretch with no book advancing: {probe.longest_still_s:.1f} s")
         assert not probe.backwards, probe.backwards

@@ -20,21 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.integration
 
 THIS_FILE = Path(__file__).resolve()
+# every alert monitoring/rules.yml defines
 ALERTS = {
-    "ConnectorDown",
-    "ConnectorSilent",
-    "NoDataForExchange",
-    "ConsumerLagHigh",
-    "BookNotLive",
-    "CheckpointFailures",
-    "DeadLettersRising",
-    "KafkaDeliveryFailures",
-    "ClickHouseUnavailable",
-    "ClickHouseBudgetFull",
+    rule["alert"]
+    for group in yaml.safe_load((THIS_FILE.parents[2] / "monitoring" / "rules.yml").read_text())[
+        "groups"
+    ]
+    for rule in group["rules"]
 }
 JOBMANAGER_METRIC = "flink_jobmanager_numRegisteredTaskManagers"
 # what the Kafka source of a running job exports (used by monitoring/rules.yml)
@@ -108,6 +105,17 @@ def test_prometheus_scrapes_the_configured_targets(stack_settings: Any) -> None:
     assert by_job["prometheus"] == {f"127.0.0.1:{monitoring.prometheus_port}"}
     exchanges = {t["labels"].get("exchange") for t in active if t["labels"]["job"] == "connectors"}
     assert exchanges == set(monitoring.connector_metrics_ports)
+    # the blackbox exporter tries each component's ports, and every one answers
+    probed = {t["labels"]["component"] for t in active if t["labels"]["job"] == "components"}
+    assert {"kafka", "redis", "clickhouse", "flink", "registry"} <= probed
+    deadline = time.monotonic() + 30
+    while True:
+        failed = prometheus_api(stack_settings, "query", query="probe_success == 0")["result"]
+        down = [r["metric"]["instance"] for r in failed]
+        if not down:
+            break
+        assert time.monotonic() < deadline, f"ports the blackbox exporter cannot reach: {down}"
+        time.sleep(1)
 
 
 def test_prometheus_has_samples_from_jobmanager_and_taskmanager(stack_settings: Any) -> None:

@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 from stack import manager
+from stack.blackbox import Blackbox
+from stack.cli import HA_OVERLAY
 from stack.flink import (
     flatten,
     flink_env,
@@ -42,6 +44,8 @@ from tickflow.config import Settings, load_settings
 pytestmark = pytest.mark.unit
 
 ALERTS = {
+    "ComponentDown",
+    "JobRestarted",
     "ConnectorDown",
     "ConnectorSilent",
     "NoDataForExchange",
@@ -127,6 +131,30 @@ def test_default_settings_scrape_the_configured_defaults(settings: Settings) -> 
         for exchange, port in monitoring.connector_metrics_ports.items()
     }
     assert config["rule_files"] == [str(settings.root / "monitoring" / "rules.yml")]
+
+
+def test_the_blackbox_exporter_tries_every_serving_port_of_every_component(
+    settings: Settings,
+) -> None:
+    ha = load_settings(overlays=[Path(HA_OVERLAY)], environ={})
+    probes = manager.probe_targets(ha)
+    assert probes["kafka"] == [9092, 9093, 9094, 9095, 9096, 9097]
+    assert probes["redis-sentinel"] == [26379, 26380, 26381]
+    assert probes["zookeeper"] == [2181, 2182, 2183]  # not the leader-only peer ports
+    assert probes["flink"] == [8081, 8082]  # both JobManagers' REST, no RPC or metrics
+    assert "prometheus" not in probes and "blackbox" not in probes
+    config = prometheus_config(settings, Path("r.yml"), probes)
+    job = scrape_job(config, "components")
+    assert job["scrape_interval"] == "1s" and job["params"] == {"module": ["tcp_connect"]}
+    groups = {group["labels"]["component"]: group["targets"] for group in job["static_configs"]}
+    assert groups["zookeeper"] == ["127.0.0.1:2181", "127.0.0.1:2182", "127.0.0.1:2183"]
+    address = job["relabel_configs"][-1]
+    assert address == {"target_label": "__address__", "replacement": "127.0.0.1:9115"}
+    assert Blackbox(ha).ports() == {"http": 9115}
+    off = with_monitoring(settings, blackbox_port=0)
+    jobs = prometheus_config(off, Path("r.yml"))["scrape_configs"]
+    assert "components" not in {job["job_name"] for job in jobs}
+    assert not Blackbox.enabled(off)
 
 
 def test_scrape_timeout_never_exceeds_the_interval_nor_prometheus_default(

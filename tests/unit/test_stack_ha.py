@@ -10,11 +10,11 @@ import pytest
 
 from stack import manager
 from stack.cli import HA_OVERLAY, with_overlay
-from stack.flink import REPORTER_PORT_KEY, ha_overrides, reporter_port_args
+from stack.flink import REPORTER_PORT_KEY, ha_overrides, heartbeat_overrides, reporter_port_args
 from stack.redis_server import render_redis_conf, render_sentinel_conf
 from stack.system import StackError
-from stack.zookeeper import render_zoo_cfg
-from tickflow.config import Settings, load_settings
+from stack.zookeeper import render_zoo_cfg, zookeeper_nodes
+from tickflow.config import ConfigError, Settings, load_settings
 
 pytestmark = pytest.mark.unit
 
@@ -114,9 +114,15 @@ def test_the_ha_profile_runs_zookeeper_and_a_standby_jobmanager(tmp_path: Path) 
     by_name = {c.name: c for c in manager.components(settings)}
     names = list(by_name)
     assert names.index("zookeeper") < names.index("flink")  # Flink's leader election needs it
-    assert by_name["zookeeper"].ports() == {"client": 2181}
+    zookeeper = by_name["zookeeper"]
+    assert zookeeper.process_count == 3 and zookeeper.completes_partially
+    assert zookeeper.ports() == {
+        "client-1": 2181, "peer-1": 2191, "election-1": 2201,
+        "client-2": 2182, "peer-2": 2192, "election-2": 2202,
+        "client-3": 2183, "peer-3": 2193, "election-3": 2203,
+    }  # fmt: skip
     flink_component = by_name["flink"]
-    assert flink_component.process_count == 3  # two JobManagers and a TaskManager
+    assert flink_component.process_count == 4  # two JobManagers and two TaskManagers
     assert flink_component.ports()["standby-rest"] == 8082
     assert settings.flink.rest_ports() == [8081, 8082]
     # the JobManagers take the metrics range's ends, the TaskManagers what lies between
@@ -124,13 +130,50 @@ def test_the_ha_profile_runs_zookeeper_and_a_standby_jobmanager(tmp_path: Path) 
     assert reporter_port_args(settings, "taskmanager") == ["-D", f"{REPORTER_PORT_KEY}=9250-9251"]
     overrides = ha_overrides(settings, tmp_path)
     assert overrides["high-availability.type"] == "zookeeper"
-    assert overrides["high-availability.zookeeper.quorum"] == "127.0.0.1:2181"
+    assert overrides["high-availability.zookeeper.quorum"] == (
+        "127.0.0.1:2181,127.0.0.1:2182,127.0.0.1:2183"
+    )
+    # a node of the ensemble lost suspends the connection only: leadership stays
+    assert overrides["high-availability.zookeeper.client.tolerate-suspended-connections"]
+    # a lost TaskManager noticed in seconds: its job restarts on the spare
+    assert heartbeat_overrides(settings) == {"heartbeat.interval": "1000 ms",
+                                             "heartbeat.timeout": "5000 ms"}  # fmt: skip
     assert overrides["high-availability.storageDir"] == (tmp_path / "ha").as_uri()
     assert overrides["high-availability.zookeeper.client.session-timeout"] == "4000 ms"
     assert overrides["high-availability.jobmanager.port"] == "6123-6124"
-    conf = render_zoo_cfg(settings, tmp_path / "data")
-    assert "clientPort=2181\n" in conf and "clientPortAddress=127.0.0.1\n" in conf
+    nodes = zookeeper_nodes(settings)
+    conf = render_zoo_cfg(settings, tmp_path / "data", nodes[1])
+    assert "clientPort=2182\n" in conf and "clientPortAddress=127.0.0.1\n" in conf
     assert "minSessionTimeout=1000\n" in conf  # Flink's 4 s session is within the bounds
+    # every node knows the whole ensemble
+    for server in ("server.1=127.0.0.1:2191:2201", "server.2=127.0.0.1:2192:2202",
+                   "server.3=127.0.0.1:2193:2203"):  # fmt: skip
+        assert f"{server}\n" in conf
+    assert zookeeper.node_home(nodes[0]) == zookeeper.home  # node 1: the single node's layout
+    assert zookeeper.node_home(nodes[2]) == zookeeper.home / "node-3"
+
+
+def test_one_zookeeper_node_runs_standalone(tmp_path: Path) -> None:
+    settings = ha_settings(tmp_path)
+    single = dataclasses.replace(
+        settings, flink=dataclasses.replace(settings.flink, ha_zookeeper_nodes=1)
+    )
+    conf = render_zoo_cfg(single, tmp_path / "data")
+    assert "clientPort=2181\n" in conf and "server." not in conf
+    assert manager.components(single, ["zookeeper"])[0].ports() == {"client": 2181}
+    overrides = ha_overrides(single, tmp_path)
+    assert overrides["high-availability.zookeeper.quorum"] == "127.0.0.1:2181"
+    assert not overrides["high-availability.zookeeper.client.tolerate-suspended-connections"]
+
+
+def test_the_flink_settings_refuse_what_cannot_run() -> None:
+    flink = load_settings(environ={}).flink
+    with pytest.raises(ConfigError, match="ha_zookeeper_nodes"):
+        dataclasses.replace(flink, ha_zookeeper_nodes=2)  # no majority after one loss
+    with pytest.raises(ConfigError, match="taskmanagers"):
+        dataclasses.replace(flink, taskmanagers=0)
+    with pytest.raises(ConfigError, match="heartbeat_timeout_ms"):
+        dataclasses.replace(flink, heartbeat_interval_ms=5000, heartbeat_timeout_ms=1000)
 
 
 def test_the_default_profile_runs_one_jobmanager_without_zookeeper(tmp_path: Path) -> None:
@@ -138,6 +181,7 @@ def test_the_default_profile_runs_one_jobmanager_without_zookeeper(tmp_path: Pat
     by_name = {c.name: c for c in manager.components(settings)}
     assert "zookeeper" not in by_name
     assert by_name["flink"].process_count == 2
+    assert heartbeat_overrides(settings) == {}  # Flink's own defaults
     assert "standby-rest" not in by_name["flink"].ports()
     assert ha_overrides(settings, tmp_path) == {}
     assert reporter_port_args(settings, "jobmanager") == ["-D", f"{REPORTER_PORT_KEY}=9249"]

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from stack import cli, jars, manager, system
+from stack import cli, flink, jars, manager, system
 from stack.services import Component
 from stack.system import StackError
 from tickflow.config import Settings, load_settings
@@ -316,6 +316,51 @@ def test_stale_pid_of_a_foreign_process_is_ignored(settings: Settings) -> None:
     component.home.mkdir(parents=True)
     component.pid_file.write_text(f"{os.getpid()}\n")  # alive, but not started by the stack
     assert component.pids() == []
+
+
+def test_a_running_process_keeps_its_own_port(
+    fake: type[FakeComponent], settings: Settings
+) -> None:
+    """A cluster short of a node checks only the ports nobody of its own listens on."""
+    component = fake(settings)
+    component.home.mkdir(parents=True)
+    code = f"import socket,time; s=socket.socket(); s.bind(('127.0.0.1', {fake.port})); "
+    code += "s.listen(); time.sleep(60)"
+    pid = system.spawn_daemon([sys.executable, "-c", code], component.home / "x.out",
+                              cwd=component.home)  # fmt: skip
+    try:
+        assert system.wait_until(lambda: system.port_open("127.0.0.1", fake.port), 10, 0.05)
+        with pytest.raises(StackError, match="already in use"):
+            component.ensure_ports_free()  # not ours yet
+        component.pid_file.write_text(f"{pid}\n")
+        component.ensure_ports_free()  # ours: its node still runs
+    finally:
+        system.terminate([pid], 5)
+
+
+def test_taskmanager_pids_follow_the_live_processes(settings: Settings) -> None:
+    sleepers = [
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(2)
+    ]
+    pid_file = flink.taskmanager_pid_file(settings)
+    pid_file.parent.mkdir(parents=True)
+    pid_file.write_text("".join(f"{p.pid}\n" for p in sleepers) + "999999999\n")
+    try:
+        assert flink.taskmanager_pids(settings) == [p.pid for p in sleepers]
+        killed = flink.kill_taskmanager(settings, sleepers[0].pid)
+        assert killed == sleepers[0].pid and sleepers[0].wait(5) == -9
+        # the dead and the stale lines go: the daemon script counts every line as running
+        assert pid_file.read_text() == f"{sleepers[1].pid}\n"
+        with pytest.raises(StackError, match="not a TaskManager"):
+            flink.kill_taskmanager(settings, os.getpid())
+        assert flink.kill_taskmanager(settings) == sleepers[1].pid  # the newest by default
+        sleepers[1].wait(5)
+        with pytest.raises(StackError, match="no TaskManager"):
+            flink.kill_taskmanager(settings)
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()
 
 
 # -- CLI --------------------------------------------------------------------------------------
