@@ -187,13 +187,9 @@ class ZooKeeper(Component):
             (home / "log4j2.properties").write_text(LOG4J2.format(log=home / "zookeeper.log"))
 
     def launch(self) -> None:
-        running = {pid_file for pid_file in self.pid_files() if self._alive(pid_file)}
         for node in self.nodes:
-            if self.node_pid_file(node) not in running:
+            if self.node_pid(node) is None:
                 self.launch_node(node)
-
-    def _alive(self, pid_file: Path) -> bool:
-        return any(pid in self.pids() for pid in read_pids(pid_file))
 
     def launch_node(self, node: ZooKeeperNode) -> None:
         home = self.node_home(node)

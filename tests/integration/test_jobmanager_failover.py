@@ -80,6 +80,14 @@ def _completed_checkpoints(settings: Settings, job_id: str) -> int:
     return int(counts["completed"])
 
 
+def _books_advance(probe: VersionProbe, what: str) -> float:
+    """Wait until every book has moved on from where it stands now; seconds it took."""
+    since, before = time.monotonic(), dict(probe.versions)
+    advanced = lambda: all(probe.versions.get(b, 0) > before[b] for b in BOOKS)  # noqa: E731
+    wait_for(f"every book advancing after {what}", advanced, 180)
+    return time.monotonic() - since
+
+
 def _fail_over(settings: Settings, job_id: str, probe: VersionProbe) -> int:
     """Kill the leading JobManager; wait for the standby to lead, run the job and move every
     book on; the supervisor then starts the dead one again as the new standby."""
@@ -92,23 +100,13 @@ def _fail_over(settings: Settings, job_id: str, probe: VersionProbe) -> int:
     wait_for("the job running again under the standby",
              lambda: flink.job_state(settings, job_id) == "RUNNING", 180)  # fmt: skip
     running_s = time.monotonic() - killed
-    resumed = dict(probe.versions)
-    advanced = lambda: all(probe.versions.get(b, 0) > resumed[b] for b in BOOKS)  # noqa: E731
-    wait_for("every book advancing under the standby", advanced, 180)
+    _books_advance(probe, "the standby's takeover")
     print(f"JobManager pid {pid} (REST {leader}) killed: the standby (REST {standby}) led "
           f"{leading_s:.1f} s after and ran the job {running_s:.1f} s after")  # fmt: skip
     Supervisor(settings, names=("flink",)).check()
     assert flink.silent_rest_ports(settings) == []
     assert flink.leading_rest_port(settings) == standby  # the new standby does not take over
     return standby
-
-
-def _books_advance(probe: VersionProbe, what: str) -> float:
-    """Wait until every book has moved on from where it stands now; seconds it took."""
-    since, before = time.monotonic(), dict(probe.versions)
-    advanced = lambda: all(probe.versions.get(b, 0) > before[b] for b in BOOKS)  # noqa: E731
-    wait_for(f"every book advancing after {what}", advanced, 180)
-    return time.monotonic() - since
 
 
 def _lose_zookeeper_leader(settings: Settings, job_id: str, probe: VersionProbe) -> None:
