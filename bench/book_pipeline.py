@@ -61,6 +61,7 @@ from jobs.offline import CoreRun
 from jobs.sinks.clickhouse import connect
 from jobs.sinks.redis_books import book_key, redis_client
 from schemas.codec import RawEnvelope, encode_envelope
+from schemas.registry import register_raw_subject
 from stack import flink
 from stack.topics import ensure_topics
 from tickflow.config import FLINK_STATE_BACKENDS, Settings, load_settings, patched_environ
@@ -233,9 +234,7 @@ def produce(settings: Settings, topic: str, envelopes: list[RawEnvelope]) -> flo
 
 def topic_end_offsets(settings: Settings, topic: str) -> int:
     """Records ever written to ``topic`` (sum of the partitions' high watermarks)."""
-    consumer = Consumer(
-        {**client_config(settings.kafka), "group.id": f"bench-{uuid.uuid4().hex}"}
-    )
+    consumer = Consumer({**client_config(settings.kafka), "group.id": f"bench-{uuid.uuid4().hex}"})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         return sum(
@@ -611,6 +610,7 @@ def latency_runs(
         sampler = WriteSampler(job_settings)
         try:
             ensure_topics(job_settings, extra={raw_topic: job_settings.kafka.raw_partitions})
+            register_raw_subject(job_settings)  # the connectors frame with its id
             job_id = submit(job_settings)
             flink.wait_job_running(job_settings, job_id, FLINK_RUNNING_TIMEOUT_S)
             sampler.start()

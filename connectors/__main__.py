@@ -20,7 +20,7 @@ from connectors.coinbase import CoinbaseConnector
 from connectors.control import ControlListener, ResyncRequest, serve_resyncs
 from connectors.kraken import KrakenConnector
 from connectors.metrics import ConnectorMetrics, MetricsServer
-from connectors.producer import KafkaSink
+from connectors.producer import KafkaSink, raw_schema_id
 from connectors.recorder import Recorder
 from tickflow.config import ConfigError, Settings, load_settings
 from tickflow.logs import setup_logging
@@ -108,7 +108,8 @@ async def _run(
         asyncio.create_task(_poll_and_report(connector, sink)),
         asyncio.create_task(
             serve_resyncs(
-                requests, connector.serve_resync_request,
+                requests,
+                connector.serve_resync_request,
                 settings.connectors.resync_min_interval_s,
             )
         ),
@@ -133,7 +134,9 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("exchange", choices=sorted(CONNECTORS))
     parser.add_argument(
-        "-v", "--verbose", action="store_true",
+        "-v",
+        "--verbose",
+        action="store_true",
         help="debug logging (instead of monitoring.log_level)",
     )
     parser.add_argument(
@@ -146,7 +149,11 @@ def main(argv: list[str]) -> int:
     settings = load_settings()
     level = "DEBUG" if args.verbose else settings.monitoring.log_level
     setup_logging(level, settings.monitoring.log_format, exchange=args.exchange)
-    sink = KafkaSink(settings.kafka, quote_equivalents=settings.analytics.quote_equivalents)
+    sink = KafkaSink(
+        settings.kafka,
+        quote_equivalents=settings.analytics.quote_equivalents,
+        schema_id=raw_schema_id(settings),
+    )
     try:
         asyncio.run(_run(settings, args.exchange, sink, args.record))
     finally:

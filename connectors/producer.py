@@ -10,8 +10,9 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from schemas.codec import RawEnvelope, encode_envelope
-from tickflow.config import KafkaConfig
+from schemas.codec import SCHEMA_DIR, RawEnvelope, encode_envelope
+from schemas.registry import RegistryClient, RegistryError
+from tickflow.config import KafkaConfig, Settings
 from tickflow.instruments import nbbo_group
 from tickflow.kafka_security import client_config
 
@@ -22,6 +23,7 @@ librdkafka_log = logging.getLogger("connectors.librdkafka")
 # of some connection or book is handled: they concern neither
 _NOT_A_CONNECTION: dict[str, object] = {"connection_id": None, "symbol": None}
 PARTITIONS_TIMEOUT_S = 30.0  # the raw topic's metadata, asked before the first send
+RAW_SCHEMA_FILE = SCHEMA_DIR / "raw_envelope.avsc"
 
 
 class ProducerFatalError(RuntimeError):
@@ -60,9 +62,41 @@ def partition_of(group: str, partitions: int) -> int:
     return (murmur2(group.encode()) & 0x7FFFFFFF) % partitions
 
 
+def raw_schema_id(settings: Settings, topic: str | None = None) -> int | None:
+    """The registry id the connectors frame raw envelopes with (``kafka.raw_framing``), None
+    when they write schemaless ones. A writer never registers its schema (a deployment step:
+    ``tickflow schemas register``, ``stack up``): one the registry does not hold under the
+    raw subject, or no registry, stops the connector here, before any frame is written."""
+    if settings.kafka.raw_framing != "confluent":
+        return None
+    subject = f"{topic or settings.kafka.raw_topic}-value"
+    client = RegistryClient(settings.registry)
+    try:
+        found = client.lookup(subject, RAW_SCHEMA_FILE.read_text())
+    except RegistryError as error:
+        raise ProducerFatalError(
+            f"kafka.raw_framing is confluent and the schema registry did not answer: {error}"
+        ) from None
+    if found is None:
+        raise ProducerFatalError(
+            f"{subject}: this build's raw envelope schema ({RAW_SCHEMA_FILE.name}) is not"
+            " registered; register it first (`tickflow schemas register`)"
+        )
+    schema_id, version = found
+    log.info(
+        "raw envelopes framed with schema id %d (%s version %d)",
+        schema_id,
+        subject,
+        version,
+        extra=_NOT_A_CONNECTION,
+    )
+    return schema_id
+
+
 class KafkaSink:
     """``send(envelope)`` -> the raw topic, keyed ``exchange:symbol``, in the partition of the
-    instrument's NBBO group (``partition_of``).
+    instrument's NBBO group (``partition_of``); framed with ``schema_id`` when one is given
+    (``raw_schema_id``).
 
     All exchanges' frames of one instrument share a partition, so the job, keyed by instrument,
     reads them in the order they were produced, live and again on a replay: the NBBO and the
@@ -91,8 +125,11 @@ class KafkaSink:
         overrides: Mapping[str, Any] | None = None,
         quote_equivalents: Mapping[str, str] | None = None,
         partitions: int = 0,
+        schema_id: int | None = None,
     ) -> None:
         self.topic = topic or kafka.raw_topic
+        # the registry id of the raw envelope's schema: framed records; None: schemaless
+        self.schema_id = schema_id
         self.quote_equivalents = dict(quote_equivalents or {})
         self._partitions = partitions  # of the topic; 0: from the broker on the first send
         self.deadletter_topic = kafka.deadletter_topic
@@ -128,7 +165,7 @@ class KafkaSink:
         """Produce one envelope; False when it was dropped (queue full: its book is lost)."""
         if self.fatal is not None:
             raise ProducerFatalError(str(self.fatal))
-        value = encode_envelope(envelope)
+        value = encode_envelope(envelope, self.schema_id)
         partition = partition_of(
             nbbo_group(envelope.instrument, self.quote_equivalents), self.partitions()
         )
@@ -151,7 +188,9 @@ class KafkaSink:
                 self._last_full_warning = now
                 log.warning(
                     "kafka producer queue full: frames dropped (%d so far), their books "
-                    "marked sync_lost", self.dropped, extra=_NOT_A_CONNECTION,
+                    "marked sync_lost",
+                    self.dropped,
+                    extra=_NOT_A_CONNECTION,
                 )
             self._lost(envelope.kafka_key, "kafka producer queue full")
             self.poll(0)
@@ -202,7 +241,8 @@ class KafkaSink:
             served += int(self._producer.poll(0))  # the purged frames' reports: lost books
             log.error(
                 "kafka: a frame was not delivered within delivery.timeout.ms: %d queued frames "
-                "purged, their books marked sync_lost and resynced", self.purged - before,
+                "purged, their books marked sync_lost and resynced",
+                self.purged - before,
                 extra=_NOT_A_CONNECTION,
             )
         return served
@@ -218,11 +258,10 @@ class KafkaSink:
             self.failed += remaining
             log.error(
                 "kafka: %d envelope(s) NOT delivered to %s at shutdown (flush timed out)",
-                remaining, self.topic,
+                remaining,
+                self.topic,
             )
-        log.info(
-            "kafka: sent %d, delivered %d, failed %d", self.sent, self.delivered, self.failed
-        )
+        log.info("kafka: sent %d, delivered %d, failed %d", self.sent, self.delivered, self.failed)
         return remaining
 
     def _reporting(
@@ -254,7 +293,10 @@ class KafkaSink:
             log.error(
                 "kafka: DELIVERY FAILED topic=%s key=%r: %s (failed so far: %d; logged at "
                 "most every 5 s)",
-                msg.topic(), msg.key(), err, self.failed,
+                msg.topic(),
+                msg.key(),
+                err,
+                self.failed,
                 extra=_NOT_A_CONNECTION,
             )
         if err.fatal():

@@ -29,9 +29,10 @@ from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from typing import Any
 
+from jobs.core_schemas import core_writer_schemas, learning
 from jobs.frames import FrameBatch, frame_source, opened_source
 from jobs.sinks.clickhouse import RowBinaryWriter, ensure_schema
-from schemas.codec import EnvelopeError, decode_envelope
+from schemas.codec import EnvelopeError, decode_envelope, envelope_instrument
 from schemas.deadletter import dead_letter_record
 from tickflow.config import AnalyticsConfig, BookConfig, Settings
 from tickflow.instruments import nbbo_group
@@ -92,7 +93,7 @@ def sample_groups(settings: Settings, part: PartitionRange, source: str = "kafka
     for batch in frames.read(part.partition, part.start, sample_end):
         for value in batch.values:
             try:
-                instrument = decode_envelope(value).instrument
+                instrument = envelope_instrument(value)
             except EnvelopeError:
                 continue  # the worker that meets it dead-letters it
             counts[nbbo_group(instrument, equivalents)] += 1
@@ -188,6 +189,7 @@ class NativeEngine:
 
     def __init__(self, settings: Settings, part: PartitionRange) -> None:
         self.books = native_partition(settings, part)
+        self.writers = core_writer_schemas(settings.registry)
         self.writer = RowBinaryWriter(settings.clickhouse)
         self.batch_rows = settings.clickhouse.insert_batch_rows
         self.inserted_rows: dict[str, int] = {}
@@ -201,14 +203,14 @@ class NativeEngine:
         letters = []
         for reason, value, envelope_ok in self.books.take_dead_letters():
             if envelope_ok:
-                env = decode_envelope(value)
+                env = decode_envelope(value, self.writers)
                 letters.append(dead_letter_record("job", reason, env.payload, env))
             else:
                 letters.append(dead_letter_record("job", reason, value))
         return letters
 
     def feed(self, batch: FrameBatch) -> list[str]:
-        self.books.feed_batch(batch.values, batch.timestamps)
+        learning(self.writers, lambda: self.books.feed_batch(batch.values, batch.timestamps))
         self._insert(self.batch_rows)
         return self._letters()
 

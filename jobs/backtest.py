@@ -60,10 +60,12 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from jobs.backfill import PartitionRange, native_partition
+from jobs.core_schemas import core_writer_schemas, learning
 from jobs.frames import FrameSource
 from jobs.replay import ReplayPacer
 from jobs.sinks.clickhouse import row_tuples
@@ -767,6 +769,7 @@ class Backtest:
     def _partition(self, part: PartitionRange) -> Iterator[tuple[Key, Event]]:
         """One partition's events, in key order (module docstring)."""
         core = native_partition(self.settings, part)
+        writers = core_writer_schemas(self.settings.registry)
         heap: list[tuple[Key, Event]] = []
         released = NO_TIME  # every key up to this time was delivered
         emitted = 0
@@ -804,12 +807,13 @@ class Backtest:
             values += batch.values
             stamps += batch.timestamps
             while len(values) >= self.chunk:
-                core.feed_batch(values[: self.chunk], stamps[: self.chunk])
+                chunk = partial(core.feed_batch, values[: self.chunk], stamps[: self.chunk])
+                learning(writers, chunk)
                 del values[: self.chunk], stamps[: self.chunk]
                 collect()
                 yield from release(core.watermark_ms - self.reorder_ms)
         if values:
-            core.feed_batch(values, stamps)
+            learning(writers, partial(core.feed_batch, values, stamps))
         core.finish()
         collect()
         yield from release(END_OF_TIME)

@@ -36,11 +36,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from connectors.producer import partition_of
 from jobs.archive.layout import ArchiveError
 from jobs.backfill import core_rules
+from jobs.core_schemas import core_writer_schemas, learning
 from jobs.frames import FrameSource, frame_source
 from tickflow.config import ClickHouseConfig, Settings, load_settings
 from tickflow.instruments import UnknownInstrument, exchange_symbols, nbbo_group, resolve_symbol
@@ -192,13 +194,14 @@ def _rebuild(
     exchange, symbol, at_ms = cutoff
     partition, start, end = offsets
     core = _core(settings, group)
+    writers = core_writer_schemas(settings.registry)
     try:
         core.hold_book(exchange, symbol, at_ms)
         frames = 0
         batches = source.read(partition, start, end)
         try:
             for batch in batches:
-                core.feed_batch(batch.values, batch.timestamps)
+                learning(writers, partial(core.feed_batch, batch.values, batch.timestamps))
                 core.take_dead_letters()  # refused as the live job refused them
                 frames += len(batch.values)
                 if core.halted:

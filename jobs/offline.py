@@ -47,6 +47,7 @@ from typing import Any
 
 from connectors.base import Connection, WsConnector
 from connectors.recorder import iter_recording
+from jobs.core_schemas import core_writer_schemas, learning
 from jobs.operators import native_stream
 from jobs.sinks.clickhouse import decode_rows
 from schemas.bundles import (
@@ -72,6 +73,7 @@ class CoreRun:
         self.settings = settings
         self.keep_rows = keep_rows  # False: ClickHouse rows are counted, their bytes dropped
         self.core = native_stream(settings.book, settings.analytics, settings.redis.key_prefix)
+        self.writers = core_writer_schemas(settings.registry)
         self.bundle_frames = bundle_frames or settings.flink.bundle_max_frames
         self.lag_ms = settings.flink.watermark_out_of_orderness_ms + 1
         self.equivalents = settings.analytics.quote_equivalents
@@ -117,8 +119,10 @@ class CoreRun:
         if not frames and not flags:
             return
         self.instruments.add(key)
-        persist = self.core.process_bundle(
-            key, frame_bundle(frames, flags), self.watermark_ms, self.now_ms
+        bundle = frame_bundle(frames, flags)
+        persist = learning(
+            self.writers,
+            lambda: self.core.process_bundle(key, bundle, self.watermark_ms, self.now_ms),
         )
         if persist:
             self.snapshot(key)

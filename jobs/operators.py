@@ -12,10 +12,17 @@ from pyflink.datastream import KeyedProcessFunction, RuntimeContext, TimeDomain
 from pyflink.datastream.state import ValueStateDescriptor
 
 from jobs.backfill import core_rules
+from jobs.core_schemas import core_writer_schemas, learning
 from jobs.faults import PythonFault
 from jobs.metrics import JobMetrics
 from jobs.sinks.redis_books import RedisBatch, job_redis_client
-from tickflow.config import AnalyticsConfig, BookConfig, MonitoringConfig, RedisConfig
+from tickflow.config import (
+    AnalyticsConfig,
+    BookConfig,
+    MonitoringConfig,
+    RedisConfig,
+    RegistryConfig,
+)
 from tickflow.logs import setup_logging
 
 # the tables whose rows also go to an exactly-once Kafka result topic, as JSON
@@ -71,7 +78,9 @@ class BundleProcessor(KeyedProcessFunction):
         analytics: AnalyticsConfig,
         monitoring: MonitoringConfig,
         fault_file: str = "",
+        registry: RegistryConfig | None = None,
     ) -> None:
+        self.registry_config = registry or RegistryConfig()
         self.book_config = book
         self.redis_config = redis_config
         self.analytics_config = analytics
@@ -93,6 +102,10 @@ class BundleProcessor(KeyedProcessFunction):
         self.core = native_stream(
             self.book_config, self.analytics_config, self.redis_config.key_prefix
         )
+        # framed raw records' writer schemas, fetched from the registry when a bundle first
+        # names an id; a registry that does not answer then fails the task, which restores
+        # and meets the bundle again
+        self.writers = core_writer_schemas(self.registry_config)
         # a Redis that does not answer fails the job (it restores from its checkpoint and
         # replays into Redis, version-guarded) instead of holding it forever
         self.redis = job_redis_client(self.redis_config)
@@ -143,9 +156,11 @@ class BundleProcessor(KeyedProcessFunction):
         if len(bundle) > BUNDLE_HEADER_BYTES:
             self._dirty.add(key)
         self._bundled.add(key)
-        if self.core.process_bundle(key, bundle, timers.current_watermark(), now) and (
-            key in self._dirty
-        ):
+        watermark = timers.current_watermark()
+        persist = learning(
+            self.writers, lambda: self.core.process_bundle(key, bundle, watermark, now)
+        )
+        if persist and key in self._dirty:
             self._persist(key)
         self.metrics.books_not_live(key, self.core.books_not_live(key))
         self._schedule_event_timer(ctx, key)

@@ -143,6 +143,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> DataS
                 settings.analytics,
                 settings.monitoring,
                 settings.flink.python_fault_file,
+                settings.registry,
             ),
             output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()),
         )

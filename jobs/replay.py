@@ -12,15 +12,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from schemas.codec import EnvelopeError, _read_long
+from schemas.codec import FRAME_HEADER_BYTES, EnvelopeError, _read_long, framed_id
 
 # the raw envelope's fields before receive_time_ns: instrument, exchange, symbol, channel
 STRING_FIELDS_BEFORE_TIME = 4
 
 
 def envelope_receive_time_ns(data: bytes) -> int:
-    """The envelope's ``receive_time_ns`` without decoding the whole record."""
-    pos = 0
+    """The envelope's ``receive_time_ns`` without decoding the whole record (every version of
+    the schema keeps the first five fields in place: ``test_schema_evolution``)."""
+    pos = 0 if framed_id(data) is None else FRAME_HEADER_BYTES
     for _ in range(STRING_FIELDS_BEFORE_TIME):
         length, pos = _read_long(data, pos)
         if length < 0 or pos + length > len(data):

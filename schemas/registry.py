@@ -164,7 +164,8 @@ class RegistryClient:
         ]
 
     def delete_subject(self, subject: str) -> None:
-        """Soft then hard delete (tests only: production subjects are never deleted)."""
+        """Soft then hard delete (tests and test slices only: a deployment's subjects are never
+        deleted)."""
         for suffix in ("", "?permanent=true"):
             try:
                 self._request("DELETE", f"/subjects/{_quote(subject)}{suffix}")
@@ -211,6 +212,20 @@ def register_all(
         version = found[1] if found else 0
         out.append(Registered(subject, schema_id, version, before is None))
     return out
+
+
+def register_raw_subject(settings: Settings) -> str | None:
+    """The raw envelope's subject for ``kafka.raw_topic`` registered (with its rule) when the
+    connectors frame their records (``kafka.raw_framing: confluent``): what a namespace of
+    its own (a test slice, a benchmark's topic) needs before its connectors start. The
+    subject, None when nothing was registered."""
+    if settings.kafka.raw_framing != "confluent":
+        return None
+    subject = f"{settings.kafka.raw_topic}-value"
+    register_all(
+        RegistryClient(settings.registry), settings, {subject: SCHEMA_DIR / "raw_envelope.avsc"}
+    )
+    return subject
 
 
 def check_against_registry(

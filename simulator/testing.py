@@ -32,6 +32,7 @@ class ListSink:
     def dead_letter(self, record: str) -> None:
         self.dead_letters.append(json.loads(record))
 
+
 @asynccontextmanager
 async def running_simulator(
     settings: Settings,

@@ -34,6 +34,7 @@ def project_root() -> Path:
 
 
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+RAW_FRAMINGS = ("schemaless", "confluent")
 KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 # a file setting may name the state directory: "{state_dir}/secrets/redis.password"
 STATE_DIR_PLACEHOLDER = "{state_dir}"
@@ -85,8 +86,17 @@ class KafkaConfig:
     # acknowledged (acks=all); the HA profile runs a broker per bootstrap address, 3 and 2
     replication_factor: int = 1
     min_insync_replicas: int = 1
+    # how the connectors write raw envelopes: "schemaless" (the Avro body alone) or
+    # "confluent" (byte 0, the registry id of their schema, the body: docs/schemas.md). Every
+    # reader takes both; "confluent" needs the schema registered (`stack up` does) and the
+    # registry answering when a connector starts and when a reader meets a new id.
+    raw_framing: str = "schemaless"
 
     def __post_init__(self) -> None:
+        if self.raw_framing not in RAW_FRAMINGS:
+            raise ConfigError(
+                f"kafka.raw_framing must be one of {RAW_FRAMINGS}, got {self.raw_framing!r}"
+            )
         if self.security_protocol not in KAFKA_SECURITY_PROTOCOLS:
             raise ConfigError(
                 f"kafka.security_protocol must be one of {KAFKA_SECURITY_PROTOCOLS}, "

@@ -35,6 +35,8 @@ import pyarrow.parquet as pq
 from jobs.archive import layout
 from jobs.archive.layout import ArchiveError, Columns
 from jobs.export import replace_durably
+from schemas.codec import WriterSchemaSource
+from schemas.writers import WriterSchemas, registry_fetch
 from tickflow.config import Settings, resolve_path
 from tickflow.kafka_security import client_config
 
@@ -62,12 +64,14 @@ class OpenFile:
     opened_at: float  # monotonic
     tmp: Path = field(init=False)
     writer: pq.ParquetWriter | None = None
-    rows: Columns = field(default_factory=Columns)
+    writers: WriterSchemaSource | None = None  # framed records' writer schemas by id
+    rows: Columns = field(init=False)
     last: int = -1
     records: int = 0
     gaps: list[tuple[int, int]] = field(default_factory=list)  # recorded before the file shows
 
     def __post_init__(self) -> None:
+        self.rows = Columns(self.writers)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.tmp = layout.tmp_path(self.directory / layout.file_name(self.first, self.first))
 
@@ -84,7 +88,7 @@ class OpenFile:
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.tmp, layout.SCHEMA, compression=layout.COMPRESSION)
         self.writer.write_batch(self.rows.batch())
-        self.rows = Columns()
+        self.rows = Columns(self.writers)
 
     def close(self, root: Path, topic: str) -> layout.ArchivedFile:
         """Gaps recorded, the file written whole and renamed into place."""
@@ -159,6 +163,7 @@ class Archiver:
         self.root = root or archive_root(settings)
         self.clock = clock
         self.metrics = ArchiveMetrics()
+        self.writers = WriterSchemas(registry_fetch(settings.registry))
         self.open: dict[int, OpenFile] = {}
         self.next_offset: dict[int, int] = {}  # per partition, the offset expected next
         self.high_ts: dict[int, int] = {}  # per partition, the highest timestamp seen
@@ -325,6 +330,7 @@ class Archiver:
                 layout.partition_dir(self.root, self.topic, day, partition),
                 offset,
                 self.clock(),
+                writers=self.writers,
             )
         if offset > expected:
             log.warning("%s partition %d: offsets %d-%d were gone from Kafka when read "

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.export import replace_durably
-from schemas.codec import EnvelopeError, decode_envelope
+from schemas.codec import EnvelopeError, WriterSchemaSource, decode_envelope
 
 FORMAT_VERSION = 1
 COMPRESSION = "zstd"
@@ -191,7 +191,8 @@ def record_gap(root: Path, topic: str, partition: int, start: int, end: int, rea
 class Columns:
     """Records gathered as columns of ``SCHEMA`` until they are written as one row group."""
 
-    def __init__(self) -> None:
+    def __init__(self, writers: WriterSchemaSource | None = None) -> None:
+        self.writers = writers  # framed records' writer schemas by id
         self.data: dict[str, list[object]] = {f.name: [] for f in SCHEMA}
 
     def __len__(self) -> int:
@@ -207,7 +208,7 @@ class Columns:
         data["timestamp_ms"].append(timestamp_ms)
         data["key"].append(key)
         try:
-            env = decode_envelope(value)
+            env = decode_envelope(value, self.writers)
         except EnvelopeError as exc:
             for name in ENVELOPE_FIELDS:
                 data[name].append(None)

@@ -5,6 +5,16 @@ from typing import TypedDict
 
 TABLES: list[str]
 
+class UnknownWriterSchemas(ValueError):
+    """A framed raw record names writer schema ids not learned; ``args[0]``: those ids. The
+    bundle or batch was not applied: learn them and call again."""
+
+def learn_writer_schema(schema_id: int, schema: str | None) -> str | None:
+    """Learn a registry id's writer schema (None: the registry has none); None when its
+    records can be read, else why not (they become dead letters with that reason)."""
+
+def knows_writer_schema(schema_id: int) -> bool: ...
+
 class OpenGap(TypedDict):
     """A book's not-in-sync interval still open (the `gaps` table's columns)."""
 

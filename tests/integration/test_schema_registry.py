@@ -155,3 +155,69 @@ def test_anonymous_and_wrong_credentials_are_refused(stack_settings: Settings) -
     with pytest.raises(RegistryError) as refused:
         wrong.subjects()
     assert refused.value.status == 401
+
+
+# --- writers and readers resolving ids through this registry (docs/schemas.md) ------------
+
+
+def test_old_and_new_writers_on_one_topic_give_the_core_the_same_books(
+    registry: RegistryClient, subject: str, stack_settings: Settings
+) -> None:
+    """A v1 and a v2 writer (an optional field added) frame their records with the ids the
+    registry gave their schemas; the job's core, built with v1, learns each id from the
+    registry when it first meets it and publishes what the schemaless records give."""
+    from jobs.core_schemas import core_writer_schemas, learning
+    from schemas.codec import decode_envelope, frame
+    from tests.unit.core_driver import Core, binance, bn_snapshot, bn_trade
+
+    v1 = raw_schema(stack_settings)
+    v2 = evolved(v1, lambda s: s["fields"].append(OPTIONAL))
+    v1_id, v2_id = registry.register(subject, v1), registry.register(subject, v2)
+    t0 = 1_700_000_000_000
+    plain = [
+        binance("snapshot", bn_snapshot(10, [["1.0", "2"]], [["1.1", "3"]]), t0),
+        binance("trade", bn_trade(7, "1.05", "0.5", t0 + 2500), t0 + 2600),
+    ]
+
+    def v2_writer(value: bytes) -> bytes:
+        env = decode_envelope(value)
+        record = {**dataclasses.asdict(env), "venue_region": "eu-west-1"}
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, fastavro.parse_schema(json.loads(v2)), record)
+        return frame(v2_id, buf.getvalue())
+
+    def run(values: list[bytes]) -> list[Any]:
+        core, writers = Core("BNB-BTC"), core_writer_schemas(stack_settings.registry)
+        outs = [learning(writers, lambda v=v: core.process(v, t0 - 2000)) for v in values]
+        outs.append(core.advance(2**63 - 1))
+        return [(o.records, o.rows) for o in outs]
+
+    expected = run(plain)
+    assert run([frame(v1_id, plain[0]), v2_writer(plain[1])]) == expected
+    assert run([v2_writer(plain[0]), frame(v1_id, plain[1])]) == expected
+    # and the Python codec, as the archive and the backfill's dead letters read them
+    writers = core_writer_schemas(stack_settings.registry)
+    assert decode_envelope(v2_writer(plain[0]), writers) == decode_envelope(plain[0])
+
+
+def test_a_writer_whose_schema_is_not_registered_does_not_start(
+    registry: RegistryClient, stack_settings: Settings
+) -> None:
+    """Writers never register: a connector framing records with a schema the raw topic's
+    subject does not hold stops before it writes anything."""
+    from connectors.producer import ProducerFatalError, raw_schema_id
+
+    framed = dataclasses.replace(
+        stack_settings, kafka=dataclasses.replace(stack_settings.kafka, raw_framing="confluent")
+    )
+    schema_id = raw_schema_id(framed)
+    assert (
+        schema_id
+        == registry.lookup(f"{stack_settings.kafka.raw_topic}-value", raw_schema(stack_settings))[0]
+    )  # type: ignore[index]
+    with pytest.raises(ProducerFatalError, match="is not registered"):
+        raw_schema_id(framed, topic=f"test-{uuid.uuid4().hex[:8]}-unregistered")
+    schemaless = dataclasses.replace(
+        stack_settings, kafka=dataclasses.replace(stack_settings.kafka, raw_framing="schemaless")
+    )
+    assert raw_schema_id(schemaless) is None

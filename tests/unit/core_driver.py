@@ -20,10 +20,11 @@ from typing import Any
 
 from jobs.offline import CoreRun
 from jobs.operators import native_stream
+from jobs.replay import envelope_receive_time_ns
 from jobs.sinks.clickhouse import decode_rows
 from jobs.sinks.redis_books import book_key, nbbo_key
 from schemas.bundles import CLICKHOUSE_ROWS, frame_bundle, sink_blob_sections, split_records
-from schemas.codec import RawEnvelope, decode_envelope, encode_envelope
+from schemas.codec import RawEnvelope, encode_envelope
 from tickflow.config import Settings, load_settings
 
 NO_WATERMARK = -(2**63)
@@ -138,7 +139,7 @@ class Core:
 
 
 def _receive_ms(value: bytes) -> int:
-    return decode_envelope(value).receive_time_ns // 1_000_000
+    return envelope_receive_time_ns(value) // 1_000_000  # framed or not
 
 
 def envelope(

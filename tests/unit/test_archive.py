@@ -51,7 +51,8 @@ def envelopes() -> list[RawEnvelope]:
         )  # fmt: skip
     # the extremes of each field
     out += [
-        RawEnvelope("", "", "", "", 0, "", 0, b""),
+        # not "": an empty instrument's length byte is 0, a framed record's first byte
+        RawEnvelope("-", "", "", "", 0, "", 0, b""),
         RawEnvelope("ÉTH-€", "krâken", "ETH/€", "trade", -1, "ünïcode", -(2**63), b"\x00\xff"),
         RawEnvelope("A" * 300, "b", "c", "d", 2**63 - 1, "x" * 1000, 2**63 - 1, b"p" * 100_000),
     ]
@@ -71,6 +72,15 @@ def test_every_fixtures_envelope_comes_back_byte_for_byte_from_its_columns() -> 
     assert batch.column("decode_error").null_count == len(values)
     assert layout.record_values(batch) == values
     assert batch.column("payload").to_pylist() == [env.payload for env in envs]
+
+
+def test_a_record_that_looks_framed_without_a_registry_is_kept_whole_and_flagged() -> None:
+    empty = encode_envelope(RawEnvelope("", "", "", "", 0, "", 0, b""))  # starts with byte 0
+    rows = Columns()
+    assert not rows.append(0, 0, DAY_MS, b"k", empty)
+    batch = rows.batch()
+    assert layout.record_values(batch) == [empty]
+    assert "no schema registry" in batch.column("decode_error")[0].as_py()
 
 
 def test_a_value_its_columns_cannot_give_back_is_kept_whole_and_garbage_is_flagged() -> None:

@@ -21,6 +21,7 @@ from jobs.backfill import NativeEngine, PartitionRange, native_partition  # noqa
 from jobs.replay_cli import backfill_overrides  # noqa: E402
 from jobs.sinks.clickhouse import decode_rows  # noqa: E402
 from schemas.codec import decode_envelope, encode_envelope  # noqa: E402
+from schemas.writers import WriterSchemas  # noqa: E402
 from tickflow.config import Settings, load_settings  # noqa: E402
 from tickflow.generated import Dataset, make_dataset  # noqa: E402
 
@@ -48,8 +49,9 @@ def take_rows(engine: Any) -> dict[str, list[dict[str, Any]]]:
     return {table: decode_rows(table, data) for table, data, _ in engine.take_tables(0)}
 
 
-def run(settings: Settings, records: list[tuple[bytes, bytes, int, str]],
-        part: PartitionRange = WHOLE) -> tuple[Any, dict[str, list[dict[str, Any]]]]:
+def run(
+    settings: Settings, records: list[tuple[bytes, bytes, int, str]], part: PartitionRange = WHOLE
+) -> tuple[Any, dict[str, list[dict[str, Any]]]]:
     engine = native_partition(settings, part)
     feed(engine, records)
     engine.finish()
@@ -98,12 +100,13 @@ def test_bad_input_goes_to_dead_letters(dataset: Dataset) -> None:
     env = decode_envelope(good)
     unparsable = encode_envelope(dataclasses.replace(env, payload=b"{not json"))
     engine = native_partition(base_settings(), WHOLE)
-    engine.feed_batch([b"\x00garbage", unparsable], [dataset.records[0][2]] * 2)
+    engine.feed_batch([b"\x01garbage", unparsable], [dataset.records[0][2]] * 2)
     engine.finish()
     assert engine.counts()["dead_letters"] == 2
     # as the backfill's driver turns them into dead-letter records
     driver = NativeEngine.__new__(NativeEngine)
     driver.books = engine
+    driver.writers = WriterSchemas(lambda _: None)
     letters = [json.loads(x) for x in driver._letters()]
     assert len(letters) == 2 and all(x["stage"] == "job" and x["error"] for x in letters)
     assert letters[1]["exchange"] == env.exchange and letters[1]["symbol"] == env.symbol
@@ -155,7 +158,7 @@ def test_a_partition_split_by_instrument_gives_the_whole_partitions_rows(
     ranges.append(dataclasses.replace(part, others=frozenset(groups[:2])))
     merged: dict[str, list[dict[str, Any]]] = {}
     frames = dead_letters = 0
-    garbage = (b"k", b"\x00garbage", dataset.records[-1][2], "")
+    garbage = (b"k", b"\x01garbage", dataset.records[-1][2], "")
     for share in ranges:
         assert share.label()
         engine, rows = run(settings, [*dataset.records, garbage], share)

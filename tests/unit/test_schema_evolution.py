@@ -95,11 +95,15 @@ def test_the_committed_schemas_keep_the_rule_against_their_git_history(settings:
     assert results == {subject: [] for subject in schema_files(settings)}
 
 
-def test_the_envelope_keeps_the_instrument_first() -> None:
-    """The Flink key selectors read the instrument without decoding the record
-    (``envelope_instrument``, InstrumentKeys.java): it stays the first field, a string."""
-    first = json.loads(RAW)["fields"][0]
-    assert (first["name"], first["type"]) == ("instrument", "string")
+def test_the_envelope_keeps_its_first_five_fields_in_place() -> None:
+    """Readers of a framed record of any version read these without decoding it: the key
+    selectors the instrument (``envelope_instrument``, InstrumentKeys.java), the replay pacer
+    the receive time (``envelope_receive_time_ns``). A field is added after them."""
+    fields = [(f["name"], f["type"]) for f in json.loads(RAW)["fields"][:5]]
+    assert fields == [
+        ("instrument", "string"), ("exchange", "string"), ("symbol", "string"),
+        ("channel", "string"), ("receive_time_ns", "long"),
+    ]  # fmt: skip
 
 
 def test_an_optional_field_with_a_default_keeps_every_rule() -> None:

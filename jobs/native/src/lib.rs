@@ -20,3 +20,4 @@ pub mod rows;
 pub mod state;
 pub mod stream;
 pub mod validate;
+pub mod writer_schema;

@@ -1,6 +1,7 @@
 //! The Python face of the batch engine: `tickflow_native.NativePartition`, used by
 //! `jobs/backfill.py` (Kafka and ClickHouse stay in Python; every frame's work is here).
 
+use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -11,6 +12,7 @@ use crate::partition::{PartitionBooks, Selection};
 use crate::rows::TABLES;
 use crate::stream::{LiveRules, StreamBooks, OUTPUTS};
 use crate::validate::Limits;
+use crate::writer_schema;
 
 #[pyclass(module = "tickflow_native", unsendable)]
 struct NativePartition {
@@ -135,15 +137,23 @@ impl NativePartition {
         Ok(Some(d))
     }
 
-    /// Records in offset order: their values (bytes) and Kafka timestamps (ms).
+    /// Records in offset order: their values (bytes) and Kafka timestamps (ms). Raises
+    /// UnknownWriterSchemas, having fed none, when a framed record names an id not learned.
     fn feed_batch(&mut self, values: &Bound<'_, PyList>, timestamps: Vec<i64>) -> PyResult<()> {
         if values.len() != timestamps.len() {
             return Err(PyValueError::new_err(
                 "values and timestamps must be parallel",
             ));
         }
+        let values = values
+            .iter()
+            .map(|value| value.downcast_into::<PyBytes>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let unknown = writer_schema::unknown_ids(values.iter().map(|v| v.as_bytes()));
+        if !unknown.is_empty() {
+            return Err(UnknownWriterSchemas::new_err(unknown));
+        }
         for (value, timestamp) in values.iter().zip(timestamps) {
-            let value = value.downcast::<PyBytes>()?;
             self.inner.feed(value.as_bytes(), timestamp);
         }
         Ok(())
@@ -273,6 +283,8 @@ impl NativeStream {
     }
 
     /// One frame bundle of instrument `key`; True when the state must be persisted now.
+    /// Raises UnknownWriterSchemas, having applied none of it, when a framed frame names an
+    /// id not learned.
     fn process_bundle(
         &mut self,
         key: &str,
@@ -280,6 +292,11 @@ impl NativeStream {
         watermark_ms: i64,
         now_ms: i64,
     ) -> PyResult<bool> {
+        let unknown =
+            StreamBooks::unknown_writer_ids(bundle).map_err(|e| PyValueError::new_err(e.0))?;
+        if !unknown.is_empty() {
+            return Err(UnknownWriterSchemas::new_err(unknown));
+        }
         self.inner
             .process_bundle(key, bundle, watermark_ms, now_ms)
             .map_err(|e| PyValueError::new_err(e.0))
@@ -388,10 +405,33 @@ fn rules(
     })
 }
 
+// A framed record names a writer schema id the core has not learned; args: the ids.
+create_exception!(tickflow_native, UnknownWriterSchemas, PyValueError);
+
+/// Learn the writer schema of a registry id (its JSON text; None: the registry has none):
+/// None when its records can be read, else why not (they are dead-lettered with that reason).
+#[pyfunction]
+#[pyo3(signature = (schema_id, schema))]
+fn learn_writer_schema(schema_id: u32, schema: Option<&str>) -> Option<String> {
+    writer_schema::learn(schema_id, schema).err()
+}
+
+/// Whether a writer schema id has been learned.
+#[pyfunction]
+fn knows_writer_schema(schema_id: u32) -> bool {
+    writer_schema::plans().contains_key(&schema_id)
+}
+
 #[pymodule]
 fn tickflow_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativePartition>()?;
     m.add_class::<NativeStream>()?;
+    m.add(
+        "UnknownWriterSchemas",
+        m.py().get_type::<UnknownWriterSchemas>(),
+    )?;
+    m.add_function(wrap_pyfunction!(learn_writer_schema, m)?)?;
+    m.add_function(wrap_pyfunction!(knows_writer_schema, m)?)?;
     m.add("TABLES", TABLES.to_vec())?;
     m.add("OUTPUTS", OUTPUTS.to_vec())?;
     Ok(())

@@ -270,6 +270,15 @@ impl StreamBooks {
         Ok(())
     }
 
+    /// The writer schema ids a bundle's framed frames name that have not been learned
+    /// (`writer_schema::learn`): the shell fetches them before `process_bundle`.
+    pub fn unknown_writer_ids(bundle: &[u8]) -> Result<Vec<u32>, BundleError> {
+        let (_, frames) = read_bundle(bundle)?;
+        Ok(crate::writer_schema::unknown_ids(
+            frames.iter().map(|(_, value)| *value),
+        ))
+    }
+
     /// One bundle of frames of instrument `key` at `watermark_ms` (event time) and `now_ms`
     /// (processing time); whether the state must be persisted now (a barrier follows).
     pub fn process_bundle(

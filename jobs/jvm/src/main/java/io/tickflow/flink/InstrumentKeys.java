@@ -23,6 +23,10 @@ final class InstrumentKeys {
     static final String UNREADABLE = "";
 
     private static final int CACHE_LIMIT = 4096;
+    /** A framed record's first byte (a schemaless one starts with a non-empty string's length). */
+    private static final byte MAGIC = 0;
+    /** The magic byte and the schema id. */
+    private static final int FRAME_HEADER = 5;
 
     private final Map<String, String> equivalents;
     private final CharsetDecoder decoder =
@@ -55,15 +59,25 @@ final class InstrumentKeys {
         return group;
     }
 
-    /** The instrument field, or null when the value does not start with a valid Avro string. */
+    /**
+     * The instrument field, or null when the value does not start with a valid Avro string. A
+     * framed record (byte 0, its writer schema's 4-byte registry id, the body) has it first in
+     * its body: every version of the schema keeps it first.
+     */
     String instrument(byte[] value) {
         if (value == null) {
             return null;
         }
+        int pos = 0;
+        if (value.length > 0 && value[0] == MAGIC) {
+            if (value.length < FRAME_HEADER) {
+                return null;
+            }
+            pos = FRAME_HEADER;
+        }
         // Avro long: zig-zag varint, at most 10 bytes
         long acc = 0;
         int shift = 0;
-        int pos = 0;
         while (true) {
             if (pos >= value.length || shift > 63) {
                 return null;

@@ -48,6 +48,16 @@ class InstrumentKeysTest {
     }
 
     @Test
+    void readsTheInstrumentOfAFramedRecord() {
+        byte[] body = Bundles.envelope("BTC-USDT", "x");
+        byte[] framed = new byte[5 + body.length];
+        framed[4] = 42; // schema id 42, big-endian, after the magic byte 0
+        System.arraycopy(body, 0, framed, 5, body.length);
+        assertEquals("BTC-USD", usdt.keyOf(framed));
+        assertEquals("", plain.keyOf(new byte[] {0x00, 0x00, 0x00, 0x2A})); // id cut short
+    }
+
+    @Test
     void recoversAfterABadValue() {
         assertEquals("", plain.keyOf(Bundles.withInstrumentBytes(new byte[] {(byte) 0xFF}, "")));
         assertEquals("ETH-USD", plain.keyOf(Bundles.envelope("ETH-USD", "")));
