@@ -43,3 +43,13 @@ def test_a_value_that_does_not_fit_fails_without_quoting_it(name: str, value: st
     with pytest.raises(ConfigError) as error:
         load_settings(environ={name: value})
     assert "s3cr3t" not in str(error.value)
+
+
+def test_raw_framing_is_one_of_two_and_the_local_stack_frames() -> None:
+    assert load_settings(environ={"TICKFLOW_CONFIG": "config/tickflow.yaml"}).kafka.raw_framing == (
+        "schemaless"
+    )
+    framed = load_settings(environ={"TICKFLOW_CONFIG": "config/simulator.yaml"})
+    assert framed.kafka.raw_framing == "confluent"
+    with pytest.raises(ConfigError, match="kafka.raw_framing must be one of"):
+        load_settings(environ={"TICKFLOW__KAFKA__RAW_FRAMING": "avro"})
