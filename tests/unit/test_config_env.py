@@ -51,5 +51,5 @@ def test_raw_framing_is_one_of_two_and_the_local_stack_frames() -> None:
     )
     framed = load_settings(environ={"TICKFLOW_CONFIG": "config/simulator.yaml"})
     assert framed.kafka.raw_framing == "confluent"
-    with pytest.raises(ConfigError, match="kafka.raw_framing must be one of"):
+    with pytest.raises(ConfigError, match=r"kafka\.raw_framing must be one of"):
         load_settings(environ={"TICKFLOW__KAFKA__RAW_FRAMING": "avro"})
