@@ -61,7 +61,7 @@ from jobs.offline import CoreRun
 from jobs.sinks.clickhouse import connect
 from jobs.sinks.redis_books import book_key, redis_client
 from schemas.codec import RawEnvelope, encode_envelope
-from schemas.registry import register_raw_subject
+from schemas.registry import register_namespace
 from stack import flink
 from stack.topics import ensure_topics
 from tickflow.config import FLINK_STATE_BACKENDS, Settings, load_settings, patched_environ
@@ -610,7 +610,7 @@ def latency_runs(
         sampler = WriteSampler(job_settings)
         try:
             ensure_topics(job_settings, extra={raw_topic: job_settings.kafka.raw_partitions})
-            register_raw_subject(job_settings)  # the connectors frame with its id
+            register_namespace(job_settings)  # the connectors frame with its id
             job_id = submit(job_settings)
             flink.wait_job_running(job_settings, job_id, FLINK_RUNNING_TIMEOUT_S)
             sampler.start()

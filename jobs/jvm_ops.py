@@ -72,7 +72,7 @@ def bundle_frames(
 
 
 def topic_records(blobs: DataStream, name: str) -> DataStream:
-    """The JSON records of Kafka output ``name`` in the sink blobs, as strings."""
+    """The records of Kafka output ``name`` in the sink blobs, each a Kafka value's bytes."""
     j_records = blobs._j_data_stream.flatMap(_ops().TopicRecords(name))
     return DataStream(j_records).name(f"{name}-records").uid(f"{name}-records")
 

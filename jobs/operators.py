@@ -79,8 +79,11 @@ class BundleProcessor(KeyedProcessFunction):
         monitoring: MonitoringConfig,
         fault_file: str = "",
         registry: RegistryConfig | None = None,
+        result_schemas: list[tuple[str, int, str]] | None = None,
     ) -> None:
         self.registry_config = registry or RegistryConfig()
+        # (output, registry id, schema): result topics written as framed Avro, not JSON
+        self.result_schemas = list(result_schemas or [])
         self.book_config = book
         self.redis_config = redis_config
         self.analytics_config = analytics
@@ -102,6 +105,7 @@ class BundleProcessor(KeyedProcessFunction):
         self.core = native_stream(
             self.book_config, self.analytics_config, self.redis_config.key_prefix
         )
+        self.core.set_result_schemas(self.result_schemas)
         # framed raw records' writer schemas, fetched from the registry when a bundle first
         # names an id; a registry that does not answer then fails the task, which restores
         # and meets the bundle again

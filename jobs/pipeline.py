@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
-from pyflink.common.serialization import ByteArraySchema, SimpleStringSchema
+from pyflink.common.serialization import ByteArraySchema
 from pyflink.datastream import CheckpointingMode, DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
@@ -42,6 +42,7 @@ from jobs.jvm_ops import bundle_frames, clickhouse_sink, topic_records
 from jobs.operators import RESULT_TABLES, BundleProcessor
 from jobs.replay import ReplayPacer
 from jobs.sinks.clickhouse import COLUMNS, ensure_schema
+from schemas.registry import result_writer_schemas
 from tickflow.config import KafkaConfig, Settings, load_settings
 from tickflow.kafka_security import java_properties
 
@@ -144,6 +145,8 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> DataS
                 settings.monitoring,
                 settings.flink.python_fault_file,
                 settings.registry,
+                # looked up here, once: the running job never needs the registry to write
+                result_writer_schemas(settings),
             ),
             output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()),
         )
@@ -165,7 +168,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> DataS
             "control": "resync-request-sink",
         }.get(output, f"{output.replace('_', '-')}-results-sink")
         sink = (
-            json_sink(
+            records_sink(
                 kafka,
                 topic,
                 # unique per job and sink: a restore aborts only its own open transactions
@@ -173,28 +176,29 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> DataS
                 kafka.transaction_timeout_ms,
             )
             if exactly_once
-            else json_sink(kafka, topic)
+            else records_sink(kafka, topic)
         )
         topic_records(blobs, output).sink_to(sink).name(name).uid(name)
     return blobs
 
 
-def json_sink(
+def records_sink(
     kafka: KafkaConfig,
     topic: str,
     transactional_id_prefix: str | None = None,
     transaction_timeout_ms: int = 0,
 ) -> KafkaSink:
-    """JSON string records. Without a transactional id: at-least-once (dead letters and resync
-    requests are idempotent to repeat). With one: in Kafka transactions committed with each
-    checkpoint, so a read_committed consumer sees every record once, even across restores."""
+    """Records as the core wrote them (JSON text, or framed Avro), their bytes as they are.
+    Without a transactional id: at-least-once (dead letters and resync requests are idempotent
+    to repeat). With one: in Kafka transactions committed with each checkpoint, so a
+    read_committed consumer sees every record once, even across restores."""
     builder = (
         KafkaSink.builder()
         .set_bootstrap_servers(kafka.bootstrap)
         .set_record_serializer(
             KafkaRecordSerializationSchema.builder()
             .set_topic(topic)
-            .set_value_serialization_schema(SimpleStringSchema())
+            .set_value_serialization_schema(ByteArraySchema())
             .build()
         )
     )

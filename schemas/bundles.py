@@ -22,7 +22,7 @@ FRAME_HEADER = struct.Struct("<qI")
 # u32 count, u32 payload_len, payload) until the end
 BLOB_VERSION = 1
 CLICKHOUSE_ROWS = 1  # name = table, payload = RowBinary rows in COLUMNS order
-KAFKA_RECORDS = 2  # name = logical output, payload = (u32 len, UTF-8 JSON) per record
+KAFKA_RECORDS = 2  # name = logical output, payload = (u32 len, JSON or framed Avro) each
 SECTION_HEADER = struct.Struct("<BH")
 SECTION_COUNTS = struct.Struct("<II")
 RECORD_LENGTH = struct.Struct("<I")
@@ -104,11 +104,17 @@ def sink_blob_sections(blob: bytes) -> Iterator[tuple[int, str, int, bytes]]:
         pos += payload_len
 
 
-def split_records(payload: bytes) -> list[str]:
-    """The JSON texts of a Kafka-records section's payload."""
+def split_record_values(payload: bytes) -> list[bytes]:
+    """The Kafka values of a Kafka-records section's payload (JSON text, or framed Avro for a
+    result topic written as Avro)."""
     records, pos = [], 0
     while pos < len(payload):
         (size,) = RECORD_LENGTH.unpack_from(payload, pos)
-        records.append(payload[pos + 4 : pos + 4 + size].decode())
+        records.append(payload[pos + 4 : pos + 4 + size])
         pos += 4 + size
     return records
+
+
+def split_records(payload: bytes) -> list[str]:
+    """The JSON texts of a Kafka-records section's payload."""
+    return [value.decode() for value in split_record_values(payload)]

@@ -214,18 +214,44 @@ def register_all(
     return out
 
 
-def register_raw_subject(settings: Settings) -> str | None:
-    """The raw envelope's subject for ``kafka.raw_topic`` registered (with its rule) when the
-    connectors frame their records (``kafka.raw_framing: confluent``): what a namespace of
-    its own (a test slice, a benchmark's topic) needs before its connectors start. The
-    subject, None when nothing was registered."""
-    if settings.kafka.raw_framing != "confluent":
-        return None
-    subject = f"{settings.kafka.raw_topic}-value"
-    register_all(
-        RegistryClient(settings.registry), settings, {subject: SCHEMA_DIR / "raw_envelope.avsc"}
-    )
-    return subject
+def register_namespace(settings: Settings) -> list[str]:
+    """The subjects of the topics written with a schema id registered (with their rule): the
+    raw envelope's when the connectors frame it (``kafka.raw_framing: confluent``), the result
+    topics' when the job writes Avro (``kafka.result_format: avro``). What a namespace of its
+    own (a test slice, a benchmark's topics) needs before its writers start; the subjects."""
+    files = {
+        subject: path
+        for subject, path in schema_files(settings).items()
+        if (
+            settings.kafka.raw_framing == "confluent"
+            if subject == f"{settings.kafka.raw_topic}-value"
+            else settings.kafka.result_format == "avro"
+        )
+    }
+    if files:
+        register_all(RegistryClient(settings.registry), settings, files)
+    return list(files)
+
+
+def result_writer_schemas(settings: Settings) -> list[tuple[str, int, str]]:
+    """``(output, registry id, schema JSON)`` of each result topic the job writes as framed
+    Avro (``kafka.result_format: avro``; none for "json"). The job looks them up when it is
+    built and refuses to start when a subject does not hold its committed schema: writers
+    never register (``tickflow schemas register``, ``stack up`` do)."""
+    if settings.kafka.result_format != "avro":
+        return []
+    client = RegistryClient(settings.registry)
+    out = []
+    for table, topic in settings.kafka.result_topics().items():
+        text = (SCHEMA_DIR / "results" / f"{table}.avsc").read_text()
+        found = client.lookup(f"{topic}-value", text)
+        if found is None:
+            raise RegistryError(
+                f"{topic}-value: the committed schema results/{table}.avsc is not registered;"
+                " register it first (`tickflow schemas register`)"
+            )
+        out.append((table, found[0], canonical_text(text)))
+    return out
 
 
 def check_against_registry(

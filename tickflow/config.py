@@ -35,6 +35,7 @@ def project_root() -> Path:
 
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 RAW_FRAMINGS = ("schemaless", "confluent")
+RESULT_FORMATS = ("json", "avro")
 KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 # a file setting may name the state directory: "{state_dir}/secrets/redis.password"
 STATE_DIR_PLACEHOLDER = "{state_dir}"
@@ -91,11 +92,19 @@ class KafkaConfig:
     # reader takes both; "confluent" needs the schema registered (`stack up` does) and the
     # registry answering when a connector starts and when a reader meets a new id.
     raw_framing: str = "schemaless"
+    # the job's result topics (nbbo, matched trades, bars, touches): "json" (one object per
+    # record) or "avro" (framed with the registry id of the topic's schema, which `stack up`
+    # registers; the job looks the ids up when it is submitted and refuses to start without)
+    result_format: str = "json"
 
     def __post_init__(self) -> None:
         if self.raw_framing not in RAW_FRAMINGS:
             raise ConfigError(
                 f"kafka.raw_framing must be one of {RAW_FRAMINGS}, got {self.raw_framing!r}"
+            )
+        if self.result_format not in RESULT_FORMATS:
+            raise ConfigError(
+                f"kafka.result_format must be one of {RESULT_FORMATS}, got {self.result_format!r}"
             )
         if self.security_protocol not in KAFKA_SECURITY_PROTOCOLS:
             raise ConfigError(

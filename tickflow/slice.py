@@ -34,7 +34,7 @@ from typing import IO, Any, TypeVar
 from jobs.sinks.book_reader import StoredBook, read_book
 from jobs.sinks.clickhouse import connect
 from jobs.sinks.redis_books import book_key, redis_client
-from schemas.registry import RegistryClient, register_raw_subject
+from schemas.registry import RegistryClient, register_namespace
 from stack import flink
 from stack.topics import ensure_topics, output_topics
 from tickflow.config import Settings, load_settings, patched_environ
@@ -152,10 +152,10 @@ def start_slice(
         kafka = settings.kafka
         topics = {kafka.raw_topic: kafka.raw_partitions, kafka.deadletter_topic: 1,
                   kafka.control_topic: 1, **{t: 1 for t in output_topics(settings)}}  # fmt: skip
-        subject: str | None = None
+        subjects: list[str] = []
         try:
             ensure_topics(settings, extra=topics)
-            subject = register_raw_subject(settings)
+            subjects = register_namespace(settings)
             apps = [("simulator", ["simulator", "--paused"])]
             apps += [(f"connector-{ex}", ["connector", ex]) for ex in exchanges]
             for name, args in apps:
@@ -184,7 +184,7 @@ def start_slice(
             flink.wait_job_running(settings, job_id, 240)
             yield Slice(settings, job_id, logs)
         finally:
-            _teardown(settings, job_id, procs, list(topics), subject)
+            _teardown(settings, job_id, procs, list(topics), subjects)
 
 
 def _teardown(
@@ -192,7 +192,7 @@ def _teardown(
     job_id: str | None,
     procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]],
     topics: list[str],
-    subject: str | None = None,
+    subjects: Sequence[str] = (),
 ) -> None:
     """Every step runs even if an earlier one fails; failures are reported as warnings (an
     exception here would hide the one that ended the slice)."""
@@ -222,9 +222,9 @@ def _teardown(
         f"DROP DATABASE IF EXISTS {settings.clickhouse.database}"))  # fmt: skip
     step("delete Redis keys", lambda: _delete_redis_keys(settings))
     step("delete Kafka topics", lambda: _delete_kafka_topics(settings, topics))
-    if subject is not None:
-        step("delete the raw subject",
-             lambda: RegistryClient(settings.registry).delete_subject(subject))  # fmt: skip
+    registry = RegistryClient(settings.registry)
+    for subject in subjects:
+        step(f"delete subject {subject}", functools.partial(registry.delete_subject, subject))
 
 
 def _delete_redis_keys(settings: Settings) -> None:

@@ -53,3 +53,12 @@ def test_raw_framing_is_one_of_two_and_the_local_stack_frames() -> None:
     assert framed.kafka.raw_framing == "confluent"
     with pytest.raises(ConfigError, match=r"kafka\.raw_framing must be one of"):
         load_settings(environ={"TICKFLOW__KAFKA__RAW_FRAMING": "avro"})
+
+
+def test_result_format_is_json_or_avro() -> None:
+    assert load_settings().kafka.result_format == "json"
+    assert load_settings(
+        environ={"TICKFLOW__KAFKA__RESULT_FORMAT": "avro"}
+    ).kafka.result_format == ("avro")
+    with pytest.raises(ConfigError, match=r"kafka\.result_format must be one of"):
+        load_settings(environ={"TICKFLOW__KAFKA__RESULT_FORMAT": "protobuf"})

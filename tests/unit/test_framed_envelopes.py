@@ -162,3 +162,68 @@ def test_a_writer_schema_the_core_cannot_read_is_a_dead_letter_saying_why(
     assert f"writer schema id {bad_id} cannot be read" in letter["error"]
     assert "connection_seq" in letter["error"]
     assert f"schema id {bad_id} are dead letters" in caplog.text
+
+
+# --- result records as framed Avro (kafka.result_format: avro) ------------------------------
+
+
+def test_result_records_written_as_avro_read_back_as_the_json_records() -> None:
+    """The same frames through a core writing JSON and one writing framed Avro: each Avro
+    record (by its topic's committed schema, framed with the id given) is the JSON record, and
+    an evolved reader (an optional field added) reads it with the field's default."""
+    from jobs.operators import RESULT_TABLES, native_stream
+    from schemas.bundles import (
+        KAFKA_RECORDS,
+        frame_bundle,
+        sink_blob_sections,
+        split_record_values,
+    )
+    from tests.unit.core_driver import core_settings
+
+    settings = core_settings()
+    ids = {table: 920_000 + i for i, table in enumerate(RESULT_TABLES)}
+    texts = {t: (SCHEMA_DIR / "results" / f"{t}.avsc").read_text() for t in RESULT_TABLES}
+
+    def run(avro: bool) -> dict[str, list[bytes]]:
+        core = native_stream(settings.book, settings.analytics, settings.redis.key_prefix)
+        if avro:
+            core.set_result_schemas([(t, ids[t], texts[t]) for t in RESULT_TABLES])
+        out: dict[str, list[bytes]] = {}
+        for value in frames():
+            ts = envelope_receive_time_ns(value) // 1_000_000
+            core.process_bundle("BNB-BTC", frame_bundle([(value, ts)]), T0 - 2000, ts)
+        core.advance("BNB-BTC", 2**63 - 1)
+        blob = core.take_blob()
+        for kind, name, _count, payload in sink_blob_sections(blob):
+            if kind == KAFKA_RECORDS and name in RESULT_TABLES:
+                out.setdefault(name, []).extend(split_record_values(payload))
+        return out
+
+    as_json, as_avro = run(False), run(True)
+    assert set(as_json) == set(RESULT_TABLES) == set(as_avro)
+    for table in RESULT_TABLES:
+        committed = fastavro.parse_schema(json.loads(texts[table]))
+        evolved = json.loads(texts[table])
+        evolved["fields"].append({"name": "region", "type": ["null", "string"], "default": None})
+        newer = fastavro.parse_schema(evolved)
+        assert len(as_avro[table]) == len(as_json[table])
+        for text, value in zip(as_json[table], as_avro[table], strict=True):
+            assert framed_id(value) == ids[table]
+            body = io.BytesIO(value[5:])
+            record = fastavro.schemaless_reader(body, committed, None)
+            assert record == json.loads(text)
+            again = fastavro.schemaless_reader(io.BytesIO(value[5:]), committed, newer)
+            assert again == {**record, "region": None}
+
+
+def test_a_result_schema_the_core_cannot_encode_is_refused_at_start() -> None:
+    from jobs.operators import native_stream
+    from tests.unit.core_driver import core_settings
+
+    settings = core_settings()
+    core = native_stream(settings.book, settings.analytics, settings.redis.key_prefix)
+    with pytest.raises(ValueError, match="deadletter is not a result output"):
+        core.set_result_schemas([("deadletter", 1, V1)])
+    float_field = '{"type": "record", "name": "R", "fields": [{"name": "f", "type": "float"}]}'
+    with pytest.raises(ValueError, match="nbbo: type float"):
+        core.set_result_schemas([("nbbo", 1, float_field)])

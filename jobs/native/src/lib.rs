@@ -16,6 +16,7 @@ pub mod partition;
 pub mod publish;
 #[cfg(feature = "python")]
 mod python;
+pub mod result_avro;
 pub mod rows;
 pub mod state;
 pub mod stream;

@@ -266,6 +266,13 @@ impl NativeStream {
         Ok(NativeStream { inner })
     }
 
+    /// Write these result outputs as framed Avro: `(output, registry id, schema JSON)` each.
+    fn set_result_schemas(&mut self, schemas: Vec<(String, u32, String)>) -> PyResult<()> {
+        self.inner
+            .set_result_schemas(&schemas)
+            .map_err(PyValueError::new_err)
+    }
+
     fn has(&self, key: &str) -> bool {
         self.inner.has(key)
     }

@@ -19,6 +19,7 @@ use crate::envelope::decode_envelope;
 use crate::instrument::{BookView, InstrumentBooks, NbboUpdate, Outputs, Rules};
 use crate::nbbo::{group_quote, nbbo_group};
 use crate::publish;
+use crate::result_avro::ResultEncoder;
 use crate::rows::{RowError, TableRows, TABLES};
 use crate::validate::Limits;
 
@@ -105,6 +106,8 @@ struct Records {
     count: u32,
     /// the record being written (its allocation reused)
     scratch: String,
+    /// a result topic written as framed Avro (`set_result_schemas`); None: JSON
+    avro: Option<ResultEncoder>,
 }
 
 impl Records {
@@ -115,14 +118,26 @@ impl Records {
         self.count += 1;
     }
 
-    /// The record `write` appends to an empty string.
-    fn push_with(&mut self, write: impl FnOnce(&mut String)) {
+    /// The record `write` appends to an empty string (JSON), as it is or as framed Avro;
+    /// a record its Avro schema refuses is left out, with why.
+    fn push_with(&mut self, write: impl FnOnce(&mut String)) -> Result<(), String> {
         self.scratch.clear();
         write(&mut self.scratch);
-        self.data
-            .extend_from_slice(&(self.scratch.len() as u32).to_le_bytes());
-        self.data.extend_from_slice(self.scratch.as_bytes());
+        let at = self.data.len();
+        self.data.extend_from_slice(&[0; 4]);
+        match &self.avro {
+            None => self.data.extend_from_slice(self.scratch.as_bytes()),
+            Some(encoder) => {
+                if let Err(why) = encoder.encode_json(&self.scratch, &mut self.data) {
+                    self.data.truncate(at);
+                    return Err(why);
+                }
+            }
+        }
+        let len = (self.data.len() - at - 4) as u32;
+        self.data[at..at + 4].copy_from_slice(&len.to_le_bytes());
         self.count += 1;
+        Ok(())
     }
 }
 
@@ -215,6 +230,21 @@ impl StreamBooks {
             out: Outputs::default(),
             limits: Limits::default(),
         }
+    }
+
+    /// Write these result outputs (`OUTPUTS` names) as framed Avro: `(output, registry id,
+    /// schema JSON)` each; the others stay JSON.
+    pub fn set_result_schemas(&mut self, schemas: &[(String, u32, String)]) -> Result<(), String> {
+        for (output, id, schema) in schemas {
+            let index = OUTPUTS[..DEADLETTER]
+                .iter()
+                .position(|o| o == output)
+                .ok_or_else(|| format!("{output} is not a result output"))?;
+            let encoder =
+                ResultEncoder::new(*id, schema).map_err(|why| format!("{output}: {why}"))?;
+            self.records[index].avro = Some(encoder);
+        }
+        Ok(())
     }
 
     /// What every frame must satisfy (`validate`), for the instruments held and to come.
@@ -391,12 +421,15 @@ impl StreamBooks {
         let not_live = books.books_not_live();
         let changed = started || !views.is_empty() || !due.is_empty();
         for view in views {
-            match self.tables[2].top_of_book(&view) {
-                Ok(()) => self.records[TOP].push_with(|s| publish::push_top_of_book_json(s, &view)),
-                Err(err) => {
-                    let reason = format!("row of top_of_book refused: {}", err.0);
-                    self.dead_letter(&publish::dead_letter_json("job", &reason, b"", None));
-                }
+            let refused = match self.tables[2].top_of_book(&view) {
+                Ok(()) => self.records[TOP]
+                    .push_with(|s| publish::push_top_of_book_json(s, &view))
+                    .err()
+                    .map(|why| format!("record of top_of_book refused: {why}")),
+                Err(err) => Some(format!("row of top_of_book refused: {}", err.0)),
+            };
+            if let Some(reason) = refused {
+                self.dead_letter(&publish::dead_letter_json("job", &reason, b"", None));
             }
             self.queue_book(Rc::new(view));
         }
@@ -456,6 +489,7 @@ impl StreamBooks {
             unreachable!("one TableRows per table")
         };
         let mut refused: Vec<String> = Vec::new();
+        let mut records_refused: Vec<String> = Vec::new();
         let mut row = |table: &str, result: Result<(), RowError>| match result {
             Ok(()) => true,
             Err(err) => {
@@ -475,23 +509,39 @@ impl StreamBooks {
             }
             for view in &out.top_changes {
                 if row("top_of_book", tops.top_of_book(view)) {
-                    self.records[TOP].push_with(|s| publish::push_top_of_book_json(s, view));
+                    self.records[TOP]
+                        .push_with(|s| publish::push_top_of_book_json(s, view))
+                        .unwrap_or_else(|why| {
+                            records_refused.push(format!("record of top_of_book refused: {why}"))
+                        });
                 }
             }
         }
         for update in &out.nbbo {
             if row("nbbo", nbbo.nbbo(update)) {
-                self.records[NBBO].push_with(|s| publish::push_nbbo_json(s, update));
+                self.records[NBBO]
+                    .push_with(|s| publish::push_nbbo_json(s, update))
+                    .unwrap_or_else(|why| {
+                        records_refused.push(format!("record of nbbo refused: {why}"))
+                    });
             }
         }
         for m in &out.matched {
             if row("matched_trades", matched.matched(m)) {
-                self.records[MATCHED].push_with(|s| publish::push_matched_json(s, m));
+                self.records[MATCHED]
+                    .push_with(|s| publish::push_matched_json(s, m))
+                    .unwrap_or_else(|why| {
+                        records_refused.push(format!("record of matched_trades refused: {why}"))
+                    });
             }
         }
         for bar in &out.bars {
             if row("bars", bars.bar(bar)) {
-                self.records[BARS].push_with(|s| publish::push_bar_json(s, bar));
+                self.records[BARS]
+                    .push_with(|s| publish::push_bar_json(s, bar))
+                    .unwrap_or_else(|why| {
+                        records_refused.push(format!("record of bars refused: {why}"))
+                    });
             }
         }
         for event in &out.late {
@@ -500,6 +550,7 @@ impl StreamBooks {
         for gap in &out.gap_rows {
             row("gaps", gaps.gap(gap));
         }
+        refused.append(&mut records_refused);
         let c = &mut self.counts;
         c.trades += (out.trades.len() + out.late_trades.len()) as u64;
         c.late += out.late.len() as u64;

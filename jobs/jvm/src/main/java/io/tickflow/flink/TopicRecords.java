@@ -4,13 +4,15 @@ import org.apache.flink.api.common.functions.FlatMapFunction;
 import org.apache.flink.util.Collector;
 
 import java.nio.charset.StandardCharsets;
+import java.util.Arrays;
 
 /**
  * The Kafka records of one logical output ("nbbo", "deadletter", ...) in the Python operator's
- * sink blobs, as JSON strings for a Kafka sink. Sections of other kinds or names are skipped; a
- * malformed blob throws.
+ * sink blobs, each the bytes of one Kafka value (JSON text, or framed Avro for a result topic
+ * written as Avro) for a Kafka sink (Flink's ByteArraySchema). Sections of other kinds or names are
+ * skipped; a malformed blob throws.
  */
-public class TopicRecords implements FlatMapFunction<byte[], String> {
+public class TopicRecords implements FlatMapFunction<byte[], byte[]> {
 
     private static final long serialVersionUID = 1L;
 
@@ -23,7 +25,7 @@ public class TopicRecords implements FlatMapFunction<byte[], String> {
     }
 
     @Override
-    public void flatMap(byte[] blob, Collector<String> out) throws Exception {
+    public void flatMap(byte[] blob, Collector<byte[]> out) throws Exception {
         SinkBlob.forEachSection(
                 blob,
                 (kind, b, nameOffset, nameLength, count, payloadOffset, payloadLength) -> {
@@ -40,7 +42,7 @@ public class TopicRecords implements FlatMapFunction<byte[], String> {
             long count,
             int payloadOffset,
             int payloadLength,
-            Collector<String> out) {
+            Collector<byte[]> out) {
         int pos = payloadOffset;
         int end = payloadOffset + payloadLength;
         for (long i = 0; i < count; i++) {
@@ -57,7 +59,7 @@ public class TopicRecords implements FlatMapFunction<byte[], String> {
                         output + " record " + i + " of " + count + ": " + length + " bytes, "
                                 + (end - pos) + " left in the section");
             }
-            out.collect(new String(blob, pos, (int) length, StandardCharsets.UTF_8));
+            out.collect(Arrays.copyOfRange(blob, pos, pos + (int) length));
             pos += (int) length;
         }
         if (pos != end) {

@@ -1,9 +1,11 @@
 package io.tickflow.flink;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
@@ -16,8 +18,8 @@ class TopicRecordsTest {
         List<String> out = new ArrayList<>();
         new TopicRecords(output).flatMap(blob, new Collector<>() {
             @Override
-            public void collect(String record) {
-                out.add(record);
+            public void collect(byte[] record) {
+                out.add(new String(record, StandardCharsets.UTF_8));
             }
 
             @Override
@@ -44,6 +46,27 @@ class TopicRecordsTest {
     @Test
     void aBlobWithoutSectionsIsEmpty() throws Exception {
         assertTrue(split("nbbo", new Blobs().bytes()).isEmpty());
+    }
+
+    @Test
+    void binaryRecordsComeThroughByteForByte() throws Exception {
+        byte[] avro = {0x00, 0x00, 0x00, 0x01, 0x2A, (byte) 0xFF, 0x0A, 0x00};
+        byte[] payload = new byte[4 + avro.length];
+        payload[0] = (byte) avro.length; // u32 little-endian
+        System.arraycopy(avro, 0, payload, 4, avro.length);
+        byte[] blob = new Blobs().section(SinkBlob.KAFKA_RECORDS, "nbbo", 1, payload).bytes();
+        List<byte[]> out = new ArrayList<>();
+        new TopicRecords("nbbo").flatMap(blob, new Collector<>() {
+            @Override
+            public void collect(byte[] record) {
+                out.add(record);
+            }
+
+            @Override
+            public void close() {}
+        });
+        assertEquals(1, out.size());
+        assertArrayEquals(avro, out.get(0));
     }
 
     @Test
