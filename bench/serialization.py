@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import gc
+import io
 import json
 import sys
 import time
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import msgspec
 import orjson
 
@@ -54,7 +56,15 @@ from bench.stats import (
 )
 from jobs.operators import native_stream
 from schemas.bundles import frame_bundle
-from schemas.codec import RawEnvelope, decode_envelope, encode_envelope, envelope_instrument
+from schemas.codec import (
+    SCHEMA_DIR,
+    RawEnvelope,
+    decode_envelope,
+    encode_envelope,
+    envelope_instrument,
+    frame,
+)
+from schemas.writers import WriterSchemas
 from tickflow.config import Settings, load_settings
 from tickflow.instruments import nbbo_group
 
@@ -137,8 +147,32 @@ class Codec:
     note: str
 
 
+# framed records (Confluent's framing: docs/schemas.md) of this build's schema and of one with an
+# optional field added, under ids of their own: what the local stack's connectors write
+FRAMED_V1_ID, FRAMED_V2_ID = 990_001, 990_002
+_V1_TEXT = (SCHEMA_DIR / "raw_envelope.avsc").read_text()
+_V2_SCHEMA = json.loads(_V1_TEXT)
+_V2_SCHEMA["fields"].append({"name": "venue_region", "type": ["null", "string"], "default": None})
+_V2_PARSED = fastavro.parse_schema(_V2_SCHEMA)
+_WRITERS = WriterSchemas({FRAMED_V1_ID: _V1_TEXT, FRAMED_V2_ID: json.dumps(_V2_SCHEMA)}.get)
+
+
+def encode_v2(env: RawEnvelope) -> bytes:
+    """The envelope as a writer of the evolved schema writes it, framed."""
+    buf = io.BytesIO()
+    fields = {name: getattr(env, name) for name in env.__dataclass_fields__}
+    fastavro.schemaless_writer(buf, _V2_PARSED, {**fields, "venue_region": "eu-west-1"})
+    return frame(FRAMED_V2_ID, buf.getvalue())
+
+
 CODECS: tuple[Codec, ...] = (
     Codec("fastavro_schemaless", encode_envelope, decode_envelope, "schemas.codec (in use)"),
+    Codec(
+        "fastavro_framed",
+        lambda e: encode_envelope(e, FRAMED_V1_ID),
+        lambda b: decode_envelope(b, _WRITERS),
+        "schemas.codec framed with a schema id (the local stack's connectors)",
+    ),
     Codec(
         "json_stdlib",
         lambda e: json.dumps(_as_json_dict(e)).encode(),
@@ -299,6 +333,20 @@ def run(messages: int, repeats: int, command: str) -> dict[str, Any]:
         )
         result["payload_generated"][kind] = entry
         print(f"  {kind:>20}: {fmt_summary(entry['us'], 'us')}")
+
+    print("the core taking schemaless and framed envelopes (same stream, a fresh core each):")
+    import tickflow_native
+
+    _WRITERS.teach(tickflow_native.learn_writer_schema, [FRAMED_V1_ID, FRAMED_V2_ID])
+    result["core_framing"] = {}
+    for name, values in (
+        ("schemaless", encoded),
+        ("framed_same_schema", [frame(FRAMED_V1_ID, v) for v in encoded]),
+        ("framed_evolved_schema", [encode_v2(e) for e in envelopes]),
+    ):
+        entry = case(time_calls(JobCore(settings).take, values, 1, warmup=False))
+        result["core_framing"][name] = entry
+        print(f"  {name:>22}: {fmt_summary(entry['us'], 'us')}")
 
     path = pipeline_path(settings, envelopes)
     result["pipeline_path"] = case(

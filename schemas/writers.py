@@ -16,8 +16,8 @@ from typing import Any
 
 import fastavro
 
-from schemas.codec import EnvelopeError
-from schemas.registry import SCHEMA_NOT_FOUND, RegistryClient, RegistryError
+from schemas.codec import SCHEMA_DIR, EnvelopeError, parsed_schema
+from schemas.registry import SCHEMA_NOT_FOUND, RegistryClient, RegistryError, canonical_text
 from tickflow.config import RegistryConfig
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,13 @@ class WriterSchemas:
             text = self.text(schema_id)
             if text is None:
                 raise EnvelopeError(f"the schema registry has no schema with id {schema_id}")
-            self._parsed[schema_id] = fastavro.parse_schema(json.loads(text))
+            own = (SCHEMA_DIR / "raw_envelope.avsc").read_text()
+            # this build's own schema: the codec's parsed one, read without resolution
+            self._parsed[schema_id] = (
+                parsed_schema("raw_envelope")
+                if canonical_text(text) == canonical_text(own)
+                else fastavro.parse_schema(json.loads(text))
+            )
         return self._parsed[schema_id]
 
     def teach(self, learn: Callable[[int, str | None], str | None], ids: list[int]) -> None:
