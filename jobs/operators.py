@@ -25,7 +25,7 @@ from tickflow.config import (
 )
 from tickflow.logs import setup_logging
 
-# the tables whose rows also go to an exactly-once Kafka result topic, as JSON
+# the tables whose rows also go to an exactly-once Kafka result topic (JSON, or framed Avro)
 RESULT_TABLES = ("nbbo", "matched_trades", "bars", "top_of_book")
 
 # a frame bundle's version and flags bytes: a longer bundle holds frames
