@@ -845,10 +845,10 @@ def build_app(
         responses={
             200: {
                 "description": (
-                    'NDJSON, one event a line in delivery order: `{"time_ms", "kind", '
-                    '"event"}`, then `{"kind": "end", ...}` with the counts and digests '
+                    "NDJSON, one event a line in delivery order: `{\"time_ms\", \"kind\", "
+                    "\"event\"}`, then `{\"kind\": \"end\", ...}` with the counts and digests "
                     "per kind and whether `max_events` cut the stream (`truncated`), or "
-                    '`{"kind": "error", "message"}` if reading failed part-way'
+                    "`{\"kind\": \"error\", \"message\"}` if reading failed part-way"
                 ),
                 "content": {NDJSON: {"schema": {"type": "string"}}},
             },
@@ -857,7 +857,9 @@ def build_app(
         response_class=StreamingResponse,
         tags=["replay"],
     )
-    def replay(body: ReplayRequest, key: Annotated[ApiKey, replay_scope]) -> StreamingResponse:
+    def replay(
+        body: ReplayRequest, key: Annotated[ApiKey, replay_scope]
+    ) -> StreamingResponse:
         """The raw frames of `[from_ms, to_ms)` (Kafka record time) of the instruments' NBBO
         groups through the live job's compiled core, as `tickflow backtest` delivers them to a
         strategy: every top-of-book change, book snapshot, NBBO, trade, matched trade, bar,

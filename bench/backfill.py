@@ -61,7 +61,9 @@ def flink_backfill(settings: Settings, day: Any, to_ms: int) -> tuple[float, Set
         return detail["duration"] / 1000.0, bf
 
 
-def run(frames: int, flink_frames: int, day_messages: int, log: Any = print) -> dict[str, Any]:
+def run(
+    frames: int, flink_frames: int, day_messages: int, log: Any = print
+) -> dict[str, Any]:
     base = load_settings()
     manager.up(base, SUPERVISED, log=log)
     tag = uuid.uuid4().hex[:6]

@@ -331,7 +331,6 @@ def compare_with_reference(report: dict[str, Any], reference: dict[str, Any]) ->
     """Whether this run's tables (FINAL rows and checksums) are an earlier run's of the day."""
     if reference["day"] != report["day"]:
         raise SystemExit(f"reference is of {reference['day']}, not {report['day']}")
-
     # the distinct rows and their checksum; rows stored before merges depend on the runs made
     def identity(tables: dict[str, dict[str, int]], table: str) -> tuple[int, int] | None:
         found = tables.get(table)

@@ -234,7 +234,9 @@ def produce(settings: Settings, topic: str, envelopes: list[RawEnvelope]) -> flo
 
 def topic_end_offsets(settings: Settings, topic: str) -> int:
     """Records ever written to ``topic`` (sum of the partitions' high watermarks)."""
-    consumer = Consumer({**client_config(settings.kafka), "group.id": f"bench-{uuid.uuid4().hex}"})
+    consumer = Consumer(
+        {**client_config(settings.kafka), "group.id": f"bench-{uuid.uuid4().hex}"}
+    )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         return sum(

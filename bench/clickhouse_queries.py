@@ -79,26 +79,8 @@ SEED = 11
 
 QUERIED = "BTC-USD"
 OTHER_BASES = (
-    "ETH",
-    "SOL",
-    "XRP",
-    "ADA",
-    "DOGE",
-    "LTC",
-    "DOT",
-    "LINK",
-    "AVAX",
-    "BCH",
-    "ATOM",
-    "UNI",
-    "XLM",
-    "ETC",
-    "FIL",
-    "NEAR",
-    "APT",
-    "ARB",
-    "OP",
-    "AAVE",
+    "ETH", "SOL", "XRP", "ADA", "DOGE", "LTC", "DOT", "LINK", "AVAX", "BCH",
+    "ATOM", "UNI", "XLM", "ETC", "FIL", "NEAR", "APT", "ARB", "OP", "AAVE",
 )
 EXCHANGES = ("binance", "coinbase", "kraken")
 EXCHANGE_SHARE = (0.6, 0.3, 0.1)  # of an instrument's trades
@@ -138,49 +120,28 @@ def queries(exchange_symbol: str) -> list[Query]:
     hour = {"from_ms": T0_MS + 12 * HOUR_MS, "to_ms": T0_MS + 13 * HOUR_MS}
     book = {"exchange": EXCHANGES[0], "symbol": exchange_symbol}
     out = [
-        Query(
-            "bars_1s_day",
-            "bars",
-            {"instrument": QUERIED, "venue": ALL_VENUES, "interval_ms": 1000, "date": DAY},
-            True,
-        ),
-        Query(
-            "bars_1m_day",
-            "bars",
-            {"instrument": QUERIED, "venue": ALL_VENUES, "interval_ms": 60000, "date": DAY},
-            True,
-        ),
-        Query(
-            "nbbo_summary_1s_day",
-            "nbbo_summary",
-            {"instrument": QUERIED, "interval_ms": 1000, **day},
-            True,
-        ),
-        Query(
-            "nbbo_summary_1m_day",
-            "nbbo_summary",
-            {"instrument": QUERIED, "interval_ms": 60000, **day},
-            True,
-        ),
+        Query("bars_1s_day", "bars",
+              {"instrument": QUERIED, "venue": ALL_VENUES, "interval_ms": 1000, "date": DAY}, True),
+        Query("bars_1m_day", "bars",
+              {"instrument": QUERIED, "venue": ALL_VENUES, "interval_ms": 60000, "date": DAY},
+              True),
+        Query("nbbo_summary_1s_day", "nbbo_summary",
+              {"instrument": QUERIED, "interval_ms": 1000, **day}, True),
+        Query("nbbo_summary_1m_day", "nbbo_summary",
+              {"instrument": QUERIED, "interval_ms": 60000, **day}, True),
         Query("nbbo_history_hour", "nbbo_history", {"instrument": QUERIED, **hour}, False),
         # every change of the day: for comparison, not a documented 1-day query
         Query("nbbo_history_full_day", "nbbo_history", {"instrument": QUERIED, **day}, False),
-        Query(
-            "trade_through_counts_day",
-            "trade_through_counts",
-            {"instrument": QUERIED, **day_params},
-            True,
-        ),
+        Query("trade_through_counts_day", "trade_through_counts",
+              {"instrument": QUERIED, **day_params}, True),
         Query("late_event_counts_day", "late_event_counts", day_params, True),
         Query("matched_trades_day", "matched_trades", {**book, "date": DAY}, True),
         Query("matched_trades_detail_hour", "matched_trades_detail", {**book, **hour}, False),
     ]
     for q in out:  # the parameters each documented query takes, no more, no less
         if set(q.params) != set(DAILY_QUERIES[q.documented][1]):
-            raise RuntimeError(
-                f"{q.name}: parameters {sorted(q.params)} do not match "
-                f"{DAILY_QUERIES[q.documented][1]}"
-            )
+            raise RuntimeError(f"{q.name}: parameters {sorted(q.params)} do not match "
+                               f"{DAILY_QUERIES[q.documented][1]}")
     return out
 
 
@@ -206,15 +167,8 @@ def instruments(count: int, scale: float) -> list[Instrument]:
     if not 1 <= count <= 1 + len(OTHER_BASES):
         raise ValueError(f"instruments must be 1..{1 + len(OTHER_BASES)}")
     bar_fraction = min(1.0, scale)
-    out = [
-        Instrument(
-            QUERIED,
-            QUERIED_BASE_PRICE,
-            round(QUERIED_TRADES_PER_DAY * scale),
-            round(QUERIED_NBBO_PER_DAY * scale),
-            bar_fraction,
-        )
-    ]
+    out = [Instrument(QUERIED, QUERIED_BASE_PRICE, round(QUERIED_TRADES_PER_DAY * scale),
+                      round(QUERIED_NBBO_PER_DAY * scale), bar_fraction)]
     for i, base in enumerate(OTHER_BASES[: count - 1]):
         out.append(
             Instrument(
@@ -251,9 +205,9 @@ def sorted_times(rng: np.random.Generator, n: int) -> np.ndarray:
 Columns = dict[str, list[Any]]
 
 
-def trade_columns(
-    rng: np.random.Generator, inst: Instrument, mid: np.ndarray
-) -> Iterator[tuple[Columns, Columns]]:
+def trade_columns(rng: np.random.Generator, inst: Instrument, mid: np.ndarray) -> Iterator[
+    tuple[Columns, Columns]
+]:
     """Per exchange: the ``trades`` columns and the ``matched_trades`` columns of the same
     trades."""
     for exchange, share in zip(EXCHANGES, EXCHANGE_SHARE, strict=True):
@@ -272,63 +226,36 @@ def trade_columns(
         recv = ((t + RECEIVE_LAG_MS) * 1_000_000).tolist()
         tl = t.tolist()
         trades: Columns = {
-            "date": [DAY] * n,
-            "exchange": [exchange] * n,
-            "symbol": [symbol] * n,
-            "instrument": [inst.name] * n,
-            "trade_id": ids,
-            "price": cents(price),
-            "size": size.tolist(),
-            "taker_side": side,
-            "trade_time_ms": tl,
-            "event_time_ms": tl,
-            "receive_time_ns": recv,
-            "on_time": [1] * n,
+            "date": [DAY] * n, "exchange": [exchange] * n, "symbol": [symbol] * n,
+            "instrument": [inst.name] * n, "trade_id": ids, "price": cents(price),
+            "size": size.tolist(), "taker_side": side, "trade_time_ms": tl,
+            "event_time_ms": tl, "receive_time_ns": recv, "on_time": [1] * n,
         }
         bid, ask = cents(m - half), cents(m + half)
         bid_size, ask_size = sizes(rng, n).tolist(), sizes(rng, n).tolist()
         mids = cents(m)
         spread = cents(2 * half)
         slip = np.round(price - m, 2)
-        touch = rng.choice(
-            np.array(["at", "inside", "through", "none"]), n, p=[0.85, 0.05, 0.08, 0.02]
-        ).tolist()
+        touch = rng.choice(np.array(["at", "inside", "through", "none"]), n,
+                           p=[0.85, 0.05, 0.08, 0.02]).tolist()
         through = (rng.random(n) < TRADE_THROUGH_SHARE).astype(int).tolist()
         venues = [[exchange], [EXCHANGES[0], exchange], list(EXCHANGES)]
         nbbo_venues = [venues[k] for k in rng.integers(0, len(venues), n)]
         matched: Columns = {
-            "date": [DAY] * n,
-            "exchange": [exchange] * n,
-            "symbol": [symbol] * n,
-            "instrument": [inst.name] * n,
-            "trade_id": ids,
-            "trade_time_ms": tl,
-            "price": trades["price"],
-            "size": trades["size"],
-            "taker_side": side,
-            "book_status": ["LIVE"] * n,
-            "book_time_ms": (t - 3).tolist(),
+            "date": [DAY] * n, "exchange": [exchange] * n, "symbol": [symbol] * n,
+            "instrument": [inst.name] * n, "trade_id": ids, "trade_time_ms": tl,
+            "price": trades["price"], "size": trades["size"], "taker_side": side,
+            "book_status": ["LIVE"] * n, "book_time_ms": (t - 3).tolist(),
             "book_version": (np.arange(n) * 3 + 7).tolist(),
             "book_seq": (np.arange(n) * 3).tolist(),
-            "bid_price": bid,
-            "bid_size": bid_size,
-            "ask_price": ask,
-            "ask_size": ask_size,
-            "mid": mids,
-            "spread": spread,
-            "touch": touch,
-            "levels_consumed": rng.integers(1, 4, n).tolist(),
-            "size_consumed": trades["size"],
+            "bid_price": bid, "bid_size": bid_size, "ask_price": ask, "ask_size": ask_size,
+            "mid": mids, "spread": spread, "touch": touch,
+            "levels_consumed": rng.integers(1, 4, n).tolist(), "size_consumed": trades["size"],
             "slippage_mid": slip.tolist(),
             "slippage_mid_bps": np.round(slip / m * 1e4, 4).tolist(),
-            "nbbo_bid_price": bid,
-            "nbbo_bid_size": bid_size,
-            "nbbo_ask_price": ask,
-            "nbbo_ask_size": ask_size,
-            "nbbo_venues": nbbo_venues,
-            "slippage_nbbo": slip.tolist(),
-            "trade_through": through,
-            "receive_time_ns": recv,
+            "nbbo_bid_price": bid, "nbbo_bid_size": bid_size, "nbbo_ask_price": ask,
+            "nbbo_ask_size": ask_size, "nbbo_venues": nbbo_venues,
+            "slippage_nbbo": slip.tolist(), "trade_through": through, "receive_time_ns": recv,
         }
         yield trades, matched
 
@@ -343,24 +270,16 @@ def nbbo_columns(rng: np.random.Generator, inst: Instrument, mid: np.ndarray) ->
     venues = [f"{e}:{s}" for e, s in zip(EXCHANGES, venues, strict=True)]
     base_versions = rng.integers(1, 1000, 3)
     return {
-        "date": [DAY] * n,
-        "instrument": [inst.name] * n,
-        "quote": ["USD"] * n,
-        "event_time_ms": t.tolist(),
-        "version": (np.arange(n) + 1).tolist(),
+        "date": [DAY] * n, "instrument": [inst.name] * n, "quote": ["USD"] * n,
+        "event_time_ms": t.tolist(), "version": (np.arange(n) + 1).tolist(),
         "receive_time_ns": ((t + RECEIVE_LAG_MS) * 1_000_000).tolist(),
-        "bid_price": cents(m - half),
-        "bid_size": sizes(rng, n).tolist(),
+        "bid_price": cents(m - half), "bid_size": sizes(rng, n).tolist(),
         "bid_venues": [tops[k] for k in rng.integers(0, len(tops), n)],
-        "ask_price": cents(m + half),
-        "ask_size": sizes(rng, n).tolist(),
+        "ask_price": cents(m + half), "ask_size": sizes(rng, n).tolist(),
         "ask_venues": [tops[k] for k in rng.integers(0, len(tops), n)],
-        "locked": [0] * n,
-        "crossed": [0] * n,
-        "venues": [venues] * n,
+        "locked": [0] * n, "crossed": [0] * n, "venues": [venues] * n,
         "venue_versions": [[int(v) + i // 3 for v in base_versions] for i in range(n)],
-        "excluded": [[]] * n,
-        "excluded_reasons": [[]] * n,
+        "excluded": [[]] * n, "excluded_reasons": [[]] * n,
     }
 
 
@@ -387,24 +306,15 @@ def bar_columns(rng: np.random.Generator, inst: Instrument, mid: np.ndarray) -> 
 
             vwap = np.round((o + c) / 2, 4)
             yield {
-                "date": [DAY] * windows,
-                "instrument": [inst.name] * windows,
-                "venue": [venue] * windows,
-                "interval_ms": [interval] * windows,
-                "window_start_ms": starts.tolist(),
-                "open": nullable(o),
-                "high": nullable(hi),
-                "low": nullable(lo),
-                "close": nullable(c),
-                "volume": vol.tolist(),
+                "date": [DAY] * windows, "instrument": [inst.name] * windows,
+                "venue": [venue] * windows, "interval_ms": [interval] * windows,
+                "window_start_ms": starts.tolist(), "open": nullable(o), "high": nullable(hi),
+                "low": nullable(lo), "close": nullable(c), "volume": vol.tolist(),
                 "notional": np.round(vol * m, 8).tolist(),
-                "vwap": [
-                    v if t else None for v, t in zip(vwap.tolist(), traded.tolist(), strict=True)
-                ],
-                "trade_count": count.tolist(),
-                "buy_volume": buy.tolist(),
-                "sell_volume": np.round(vol - buy, 8).tolist(),
-                "live_ms": [interval] * windows,
+                "vwap": [v if t else None for v, t in zip(vwap.tolist(), traded.tolist(),
+                                                          strict=True)],
+                "trade_count": count.tolist(), "buy_volume": buy.tolist(),
+                "sell_volume": np.round(vol - buy, 8).tolist(), "live_ms": [interval] * windows,
                 "twa_spread": np.round(spread, 6).tolist(),
                 "twa_bid_depth_10bps": np.round(rng.lognormal(1, 0.5, windows), 6).tolist(),
                 "twa_ask_depth_10bps": np.round(rng.lognormal(1, 0.5, windows), 6).tolist(),
@@ -468,11 +378,8 @@ def load_day(client: Client, db: str, insts: list[Instrument]) -> dict[str, Any]
         for bars in bar_columns(rng, inst, mid):
             loader.insert("bars", bars)
         loader.insert("late_events", late_columns(rng, inst))
-        print(
-            f"  {inst.name}: loaded ({sum(loader.rows.values()):,} rows so far, "
-            f"{time.perf_counter() - started:.0f} s)",
-            flush=True,
-        )
+        print(f"  {inst.name}: loaded ({sum(loader.rows.values()):,} rows so far, "
+              f"{time.perf_counter() - started:.0f} s)", flush=True)
     load_s = time.perf_counter() - started
     # what the views add to the inserts above: their SELECT over the same day of base rows,
     # inserted again (harmless: FINAL collapses the rows into the same answer)
@@ -496,7 +403,7 @@ def load_day(client: Client, db: str, insts: list[Instrument]) -> dict[str, Any]
         "insert_s": {k: round(v, 1) for k, v in loader.insert_s.items()},
         "load_s_including_generation": round(load_s, 1),
         "views": "insert_s includes the materialized views (nbbo -> nbbo_1s, matched_trades "
-        "-> trade_throughs); view_select_s is their SELECT alone over the day's rows",
+                 "-> trade_throughs); view_select_s is their SELECT alone over the day's rows",
         "view_select_s": view_s,
         "optimize_final_s": optimize_s,
         "parts": {t: {"parts": p, "rows": r, "bytes_on_disk": b} for t, p, r, b in parts},
@@ -513,11 +420,8 @@ def retrying(what: str, fn: Callable[[], T]) -> T:
         except (OSError, ClickHouseError) as exc:
             if attempt == RETRIES:
                 raise
-            print(
-                f"  {what}: ClickHouse unavailable ({exc!r:.120}); retrying in "
-                f"{RETRY_WAIT_S:.0f} s",
-                flush=True,
-            )
+            print(f"  {what}: ClickHouse unavailable ({exc!r:.120}); retrying in "
+                  f"{RETRY_WAIT_S:.0f} s", flush=True)
             time.sleep(RETRY_WAIT_S)
     raise AssertionError("unreachable")
 
@@ -597,20 +501,14 @@ class Timer:
             last = max(rows, key=lambda r: ids.index(r[0]))
             out[label] = {
                 "server_ms_median": median([r[1] for r in rows]),
-                "read_rows": last[2],
-                "read_bytes": last[3],
-                "result_rows": last[4],
+                "read_rows": last[2], "read_bytes": last[3], "result_rows": last[4],
                 "memory_bytes": last[5],
             }
         return out
 
 
 def time_queries(
-    config: ClickHouseConfig,
-    client: Client,
-    db: str,
-    qs: Sequence[Query],
-    runs: int,
+    config: ClickHouseConfig, client: Client, db: str, qs: Sequence[Query], runs: int,
     client_runs: int,
 ) -> dict[str, dict[str, Any]]:
     timer = Timer(config, client)
@@ -621,11 +519,9 @@ def time_queries(
     returned: dict[str, int] = {}
     for r in range(runs):  # interleaved: a disturbance spreads over every query
         for q in qs:
-
             def one_cold(q: Query = q) -> float:
                 timer.drop_caches()
                 return timer.http_ms(q, db, "cold")
-
             cold[q.name].append(retrying(q.name, one_cold))
         print(f"  cold run {r + 1}/{runs} done", flush=True)
     for q in qs:
@@ -655,7 +551,9 @@ def time_queries(
             "warm_ms": [round(x, 1) for x in warm[q.name]],
             "client_ms_median": round(median(via_client[q.name]), 1) if client_runs else None,
             "client_ms": [round(x, 1) for x in via_client[q.name]],
-            "client_json_ms_median": (round(median(via_json[q.name]), 1) if client_runs else None),
+            "client_json_ms_median": (
+                round(median(via_json[q.name]), 1) if client_runs else None
+            ),
             "rows_returned": returned.get(q.name),
             "server_cold": stats.get(f"{q.name}/cold"),
             "server_warm": stats.get(f"{q.name}/warm"),
@@ -663,16 +561,8 @@ def time_queries(
     return out
 
 
-def run(
-    instruments_n: int,
-    scale: float,
-    runs: int,
-    client_runs: int,
-    keep: bool,
-    command: str,
-    database: str | None = None,
-    api: bool = False,
-) -> dict[str, Any]:
+def run(instruments_n: int, scale: float, runs: int, client_runs: int, keep: bool,
+        command: str, database: str | None = None, api: bool = False) -> dict[str, Any]:
     """Load the day (or reuse ``database``, loaded by an earlier ``--keep`` run), time the
     queries; with ``api`` also their API endpoints (``result["api"]``)."""
     settings = load_settings()
@@ -690,45 +580,35 @@ def run(
             "instruments": len(insts),
             "exchanges": list(EXCHANGES),
             "scale": scale,
-            "queried": {
-                "instrument": QUERIED,
-                "trades_per_day": insts[0].trades,
-                "nbbo_per_day": insts[0].nbbo,
-            },
+            "queried": {"instrument": QUERIED, "trades_per_day": insts[0].trades,
+                        "nbbo_per_day": insts[0].nbbo},
             "other_instruments_each": (
                 {"trades_per_day": insts[1].trades, "nbbo_per_day": insts[1].nbbo}
-                if len(insts) > 1
-                else None
+                if len(insts) > 1 else None
             ),
             "runs": runs,
             "client_runs": client_runs,
             "cold": "SYSTEM DROP MARK CACHE + DROP UNCOMPRESSED CACHE before each run; "
-            "OS page cache not dropped (shared machine)",
+                    "OS page cache not dropped (shared machine)",
             "server_timing": "HTTP, FORMAT Null, wall time on loopback",
             "key_ordered_final": final_keeps_key_order(version),
             "clickhouse": version,
             "max_threads": client.execute(
-                "SELECT value FROM system.settings WHERE name = 'max_threads'"
-            )[0][0],
+                "SELECT value FROM system.settings WHERE name = 'max_threads'")[0][0],
             "machine": machine(),
         },
     }
-    print(
-        f"ClickHouse {version}: loading one day into {db} ({len(insts)} instruments, "
-        f"scale {scale:g})",
-        flush=True,
-    )
+    print(f"ClickHouse {version}: loading one day into {db} ({len(insts)} instruments, "
+          f"scale {scale:g})", flush=True)
     try:
         ensure_schema(config)
         if database is None:
             result["load"] = load_day(client, db, insts)
             load = result["load"]
-            print(
-                f"loaded {sum(load['rows'].values()):,} rows in "
-                f"{load['load_s_including_generation']} s ({load['rows']}); views "
-                f"{load['view_select_s']}; OPTIMIZE FINAL {load['optimize_final_s']}",
-                flush=True,
-            )
+            print(f"loaded {sum(load['rows'].values()):,} rows in "
+                  f"{load['load_s_including_generation']} s ({load['rows']}); views "
+                  f"{load['view_select_s']}; OPTIMIZE FINAL {load['optimize_final_s']}",
+                  flush=True)
         else:
             result["load"] = {"reused_database": db}
         qs = queries(insts[0].symbol(EXCHANGES[0]))
@@ -742,81 +622,57 @@ def run(
             client.execute(f"DROP DATABASE IF EXISTS {db}")
         client.disconnect()
     result["kept_database"] = keep
-    print(
-        f"{'query':>28} {'rows':>9} {'cold ms':>9} {'warm ms':>9} {'server ms':>9} "
-        f"{'native ms':>10} {'JSON ms':>9}"
-    )
+    print(f"{'query':>28} {'rows':>9} {'cold ms':>9} {'warm ms':>9} {'server ms':>9} "
+          f"{'native ms':>10} {'JSON ms':>9}")
     for name, q in result["queries"].items():
         server = (q["server_warm"] or {}).get("server_ms_median")
-        print(
-            f"{name:>28} {q['rows_returned'] or '':>9} {q['cold_ms_median']:>9} "
-            f"{q['warm_ms_median']:>9} {server if server is not None else '':>9} "
-            f"{q['client_ms_median'] if q['client_ms_median'] is not None else '':>10} "
-            f"{q['client_json_ms_median'] if q['client_json_ms_median'] is not None else '':>9}"
-        )
+        print(f"{name:>28} {q['rows_returned'] or '':>9} {q['cold_ms_median']:>9} "
+              f"{q['warm_ms_median']:>9} {server if server is not None else '':>9} "
+              f"{q['client_ms_median'] if q['client_ms_median'] is not None else '':>10} "
+              f"{q['client_json_ms_median'] if q['client_json_ms_median'] is not None else '':>9}")
     day_queries = {n: q for n, q in result["queries"].items() if q["one_day"]}
     slowest = max(day_queries, key=lambda n: day_queries[n]["cold_ms_median"])
     m = result["conditions"]["machine"]
     result["targets"] = {
         "clickhouse_day_query": target_entry(
-            day_queries[slowest]["cold_ms_median"],
-            "ms",
+            day_queries[slowest]["cold_ms_median"], "ms",
             what="slowest documented 1-day query, cold, median of runs (server: HTTP, "
-            "FORMAT Null); every query's cold/warm/client medians below",
+                 "FORMAT Null); every query's cold/warm/client medians below",
             slowest=slowest,
             per_query={
-                n: {
-                    "cold_ms": q["cold_ms_median"],
-                    "warm_ms": q["warm_ms_median"],
+                n: {"cold_ms": q["cold_ms_median"], "warm_ms": q["warm_ms_median"],
                     "client_ms": q["client_ms_median"],
-                    "client_json_ms": q["client_json_ms_median"],
-                    "rows": q["rows_returned"],
-                    "one_day": q["one_day"],
-                }
+                    "client_json_ms": q["client_json_ms_median"], "rows": q["rows_returned"],
+                    "one_day": q["one_day"]}
                 for n, q in result["queries"].items()
             },
             queried=result["conditions"]["queried"],
             instruments=len(insts),
             rows_loaded=result["load"].get("rows"),
-            clickhouse=version,
-            runs=runs,
-            cpus=m["cpus"],
-            load_1m=m["load_1m"],
+            clickhouse=version, runs=runs, cpus=m["cpus"], load_1m=m["load_1m"],
         )
     }
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="bench.clickhouse_queries", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="bench.clickhouse_queries",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--instruments", type=int, default=20)
     parser.add_argument("--scale", type=float, default=1.0, help="volume factor (tests: 0.001)")
     parser.add_argument("--runs", type=int, default=5, help="cold and warm runs per query")
     parser.add_argument("--client-runs", type=int, default=2, help="runs decoding the rows")
     parser.add_argument("--keep", action="store_true", help="keep the bench database")
     parser.add_argument("--database", help="reuse this database of a --keep run (no load)")
-    parser.add_argument(
-        "--api",
-        action="store_true",
-        help="also time the query API's endpoints (JSON, Arrow, Parquet); "
-        "written to bench/results/clickhouse_queries_api.json",
-    )
+    parser.add_argument("--api", action="store_true",
+                        help="also time the query API's endpoints (JSON, Arrow, Parquet); "
+                             "written to bench/results/clickhouse_queries_api.json")
     parser.add_argument("--out", default=None)
     raw = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(raw)
     command = " ".join(["python -m bench.clickhouse_queries", *raw])
-    result = run(
-        args.instruments,
-        args.scale,
-        args.runs,
-        args.client_runs,
-        args.keep,
-        command,
-        args.database,
-        args.api,
-    )
+    result = run(args.instruments, args.scale, args.runs, args.client_runs, args.keep,
+                 command, args.database, args.api)
     api = result.pop("api", None)
     out = Path(args.out) if args.out else None
     print(f"written to {write_results(NAME, result, out)}")

@@ -134,7 +134,7 @@ def time_api(settings: Settings, database: str, runs: int) -> dict[str, Any]:
     run), rows and pages."""
     out: dict[str, Any] = {
         "api": "in process (uvicorn), loopback, no rate limit; client: urllib + orjson / "
-        "pyarrow, every page parsed",
+               "pyarrow, every page parsed",
         "runs": runs,
         "no_endpoint": list(NO_ENDPOINT),
         "endpoints": {},

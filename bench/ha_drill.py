@@ -162,7 +162,9 @@ def firing_alerts(settings: Settings) -> set[str]:
 
 
 def recovered(settings: Settings, job: SupervisedJob, since_ms: int) -> bool:
-    return manager.stack_answers(settings, HA_COMPONENTS) and job_recovered(settings, job, since_ms)
+    return manager.stack_answers(settings, HA_COMPONENTS) and job_recovered(
+        settings, job, since_ms
+    )
 
 
 def is_ha(settings: Settings) -> bool:
@@ -207,9 +209,7 @@ def drill_run(
                     f"fed {feeder.sent}/{len(data.records)}")  # fmt: skip
 
                 def settled(
-                    at: float = at,
-                    fault: Fault = fault,
-                    before: set[str] = before,
+                    at: float = at, fault: Fault = fault, before: set[str] = before,
                     since_ms: int = since_ms,
                 ) -> bool:
                     if fault.detected_s is None:

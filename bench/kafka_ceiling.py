@@ -88,24 +88,22 @@ def delete(settings: Settings, topic: str, groups: list[str]) -> None:
             future.result(timeout=60)
 
 
-def produce(
-    settings: Settings, topic: str, records: list[tuple[bytes, bytes]], n: int
-) -> dict[str, Any]:
+def produce(settings: Settings, topic: str, records: list[tuple[bytes, bytes]], n: int) -> dict[
+    str, Any
+]:
     failed: list[str] = []
 
     def on_delivery(err: Any, _msg: Any) -> None:
         if err is not None:
             failed.append(str(err))
 
-    producer = Producer(
-        {
-            **client_config(settings.kafka),
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": PRODUCE_LINGER_MS,
-            "partitioner": "murmur2_random",
-        }
-    )
+    producer = Producer({
+        **client_config(settings.kafka),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": PRODUCE_LINGER_MS,
+        "partitioner": "murmur2_random",
+    })
     size = 0
     started = time.perf_counter()
     for i in range(n):
@@ -136,15 +134,13 @@ def produce(
 def consume(
     settings: Settings, topic: str, n: int, group: str, work: Callable[[bytes], object] | None
 ) -> dict[str, Any]:
-    consumer = Consumer(
-        {
-            **client_config(settings.kafka),
-            "group.id": group,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-        }
-    )
+    consumer = Consumer({
+        **client_config(settings.kafka),
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+    })
     count = size = 0
     series: list[tuple[float, int]] = []
     subscribed = time.perf_counter()
@@ -226,11 +222,8 @@ def run(messages: int, unique: int, repeats: int, command: str) -> dict[str, Any
         },
     }
     groups: list[str] = []
-    print(
-        f"{len(records)} unique envelopes (p50 {sizes[len(sizes) // 2]} B); "
-        f"{messages} records into {topic} ({partitions} partitions)",
-        flush=True,
-    )
+    print(f"{len(records)} unique envelopes (p50 {sizes[len(sizes) // 2]} B); "
+          f"{messages} records into {topic} ({partitions} partitions)", flush=True)
     try:
         create_topic(settings, topic, partitions)
         prod = produce(settings, topic, records, messages)
@@ -241,19 +234,11 @@ def run(messages: int, unique: int, repeats: int, command: str) -> dict[str, Any
             for r in range(repeats):
                 group = f"tickflow-bench-ceiling-{tag}-{label}-{r}"
                 groups.append(group)
-                runs.append(
-                    retrying(
-                        label,
-                        lambda g=group, w=work: consume(  # type: ignore[misc]
-                            settings, topic, messages, g, w
-                        ),
-                    )
-                )
-                print(
-                    f"  {label} run {r + 1}: {runs[-1]['messages_per_s']:,} msg/s, "
-                    f"{runs[-1]['mb_per_s']} MB/s (group join {runs[-1]['group_join_s']} s)",
-                    flush=True,
-                )
+                runs.append(retrying(label, lambda g=group, w=work: consume(  # type: ignore[misc]
+                    settings, topic, messages, g, w)))
+                print(f"  {label} run {r + 1}: {runs[-1]['messages_per_s']:,} msg/s, "
+                      f"{runs[-1]['mb_per_s']} MB/s (group join {runs[-1]['group_join_s']} s)",
+                      flush=True)
             result[label] = {
                 "messages_per_s_median": median([x["messages_per_s"] for x in runs]),
                 "mb_per_s_median": round(median([x["mb_per_s"] for x in runs]), 2),
@@ -262,12 +247,10 @@ def run(messages: int, unique: int, repeats: int, command: str) -> dict[str, Any
     finally:
         delete(settings, topic, groups)
     consume_rate = result["consume"]["messages_per_s_median"]
-    print(
-        f"ceiling: consume {consume_rate:,.0f} msg/s "
-        f"({result['consume']['mb_per_s_median']} MB/s); with decode "
-        f"{result['consume_decode']['messages_per_s_median']:,.0f} msg/s; produce "
-        f"{result['produce']['messages_per_s']:,} msg/s"
-    )
+    print(f"ceiling: consume {consume_rate:,.0f} msg/s "
+          f"({result['consume']['mb_per_s_median']} MB/s); with decode "
+          f"{result['consume_decode']['messages_per_s_median']:,.0f} msg/s; produce "
+          f"{result['produce']['messages_per_s']:,} msg/s")
     # throughput over time of the first plain consume (for the report)
     result["series"] = {
         "Kafka consume (records/s)": result["consume"]["runs"][0]["series"],
@@ -275,18 +258,15 @@ def run(messages: int, unique: int, repeats: int, command: str) -> dict[str, Any
     m = result["conditions"]["machine"]
     result["targets"] = {
         "kafka_consume_ceiling": target_entry(
-            consume_rate,
-            "msg/s",
+            consume_rate, "msg/s",
             what="raw Kafka consume rate of this machine (confluent-kafka, no processing), "
-            "median of runs",
+                 "median of runs",
             mb_per_s=result["consume"]["mb_per_s_median"],
             consume_decode_msg_per_s=result["consume_decode"]["messages_per_s_median"],
             produce_msg_per_s=result["produce"]["messages_per_s"],
-            messages=messages,
-            partitions=partitions,
+            messages=messages, partitions=partitions,
             value_bytes_p50=result["conditions"]["value_bytes"]["p50"],
-            cpus=m["cpus"],
-            load_1m=m["load_1m"],
+            cpus=m["cpus"], load_1m=m["load_1m"],
         )
     }
     return result
@@ -300,9 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     raw = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(raw)
-    result = run(
-        args.messages, args.unique, args.repeats, " ".join(["python -m bench.kafka_ceiling", *raw])
-    )
+    result = run(args.messages, args.unique, args.repeats,
+                 " ".join(["python -m bench.kafka_ceiling", *raw]))
     print(f"written to {write_results(NAME, result, args.out)}")
     return 0
 

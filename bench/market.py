@@ -42,11 +42,10 @@ def read_redis(client: Any, prefix: str) -> tuple[dict[str, dict[str, str]], lis
     hashes = pipe.execute()
     nbbos = {
         key.split(":nbbo:", 1)[1]: h
-        for key, h in zip(nbbo_keys, hashes[: len(nbbo_keys)], strict=True)
-        if h
+        for key, h in zip(nbbo_keys, hashes[: len(nbbo_keys)], strict=True) if h
     }
     books = []
-    for key, h in zip(book_keys, hashes[len(nbbo_keys) :], strict=True):
+    for key, h in zip(book_keys, hashes[len(nbbo_keys):], strict=True):
         if h:
             exchange, symbol = key.split(":book:", 1)[1].split(":", 1)
             books.append({**h, "exchange": exchange, "symbol": symbol})
@@ -70,14 +69,8 @@ def trade_throughs(settings: Settings, from_ms: int, to_ms: int) -> dict[str, An
         from clickhouse_driver import Client
 
         ch = settings.clickhouse
-        client = Client(
-            host=ch.host,
-            port=ch.port,
-            user=ch.user,
-            password=ch.password,
-            database=ch.database,
-            secure=ch.secure,
-        )
+        client = Client(host=ch.host, port=ch.port, user=ch.user, password=ch.password,
+                        database=ch.database, secure=ch.secure)
         rows = client.execute(
             "SELECT instrument, count(), sum(trade_through) FROM matched_trades FINAL "
             "WHERE trade_time_ms >= %(a)s AND trade_time_ms < %(b)s GROUP BY instrument "
@@ -138,8 +131,7 @@ def main(argv: list[str]) -> int:
         "instruments": per_instrument,
         "instruments_from_books": per_instrument_books,
         "trade_through": (
-            {"skipped": True}
-            if args.no_clickhouse
+            {"skipped": True} if args.no_clickhouse
             else trade_throughs(settings, started_ms, ended_ms)
         ),
     }

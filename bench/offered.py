@@ -144,11 +144,8 @@ class Template:
 
 
 def make_template(
-    value: bytes,
-    payload_len: int,
-    payload_patches: Iterable[tuple[int, int, int]],
-    key: bytes,
-    partition: int,
+    value: bytes, payload_len: int, payload_patches: Iterable[tuple[int, int, int]],
+    key: bytes, partition: int,
 ) -> Template:
     """A template of an encoded envelope whose payload (its last field, ``payload_len``
     bytes) has the time fields and trade ids ``payload_patches`` (payload offsets)."""

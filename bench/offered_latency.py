@@ -311,14 +311,8 @@ def cpu_seconds(pid: int | str = "self") -> float:
 
 
 def producer_main(
-    pipe: Pipe,
-    path: str,
-    kafka: KafkaConfig,
-    topic: str,
-    rate: float,
-    seconds: float,
-    linger_ms: float,
-    warmup_s: float,
+    pipe: Pipe, path: str, kafka: KafkaConfig, topic: str, rate: float, seconds: float,
+    linger_ms: float, warmup_s: float,
 ) -> None:
     """Load the pool, say ready, wait for go, offer ``rate`` for ``seconds``; send the stats."""
     try:
@@ -406,14 +400,8 @@ class ProducerProcess:
     """The producer in its own process: ``start`` (pool loaded), ``go``, ``result``."""
 
     def __init__(
-        self,
-        path: Path,
-        settings: Settings,
-        topic: str,
-        rate: float,
-        seconds: float,
-        linger_ms: float,
-        warmup_s: float,
+        self, path: Path, settings: Settings, topic: str, rate: float, seconds: float,
+        linger_ms: float, warmup_s: float,
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.pipe, child = ctx.Pipe()
@@ -421,13 +409,7 @@ class ProducerProcess:
         self.process = ctx.Process(
             target=producer_main,
             args=(
-                child,
-                str(path),
-                settings.kafka,
-                topic,
-                rate,
-                seconds,
-                linger_ms,
+                child, str(path), settings.kafka, topic, rate, seconds, linger_ms,
                 warmup_s,
             ),
             name="offered-producer",
@@ -570,10 +552,9 @@ def prometheus_lines(settings: Settings, job_id: str) -> list[tuple[str, float]]
     ``metrics.fetcher.update-interval`` refreshes only every 10 s by default)."""
     out: list[tuple[str, float]] = []
     for port in flink.flink_metrics_ports(settings):
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as resp,
-        ):
+        with contextlib.suppress(OSError), urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/metrics", timeout=3
+        ) as resp:
             for line in resp.read().decode().splitlines():
                 if job_id in line and not line.startswith("#"):
                     name, _, value = line.rpartition(" ")
@@ -582,7 +563,9 @@ def prometheus_lines(settings: Settings, job_id: str) -> list[tuple[str, float]]
     return out
 
 
-def source_metrics(settings: Settings, job_id: str, topic: str) -> Callable[[], dict[str, float]]:
+def source_metrics(
+    settings: Settings, job_id: str, topic: str
+) -> Callable[[], dict[str, float]]:
     """A sampler of the Kafka source's lag: ``currentEmitEventTimeLag`` (ms, the worst
     subtask), ``pendingRecords`` where the connector reports it, and the log-end offsets
     minus the source's per-partition ``currentOffset``; from the TaskManager's Prometheus
@@ -603,8 +586,7 @@ def source_metrics(settings: Settings, job_id: str, topic: str) -> Callable[[], 
             if not names["ids"]:
                 raise RuntimeError("the source reports no currentEmitEventTimeLag")
         values = flink.rest(
-            settings,
-            "GET",
+            settings, "GET",
             f"/jobs/{job_id}/vertices/{names['vertex']}/metrics?get={','.join(names['ids'])}",
         )
         return {"currentEmitEventTimeLag": max(float(m["value"]) for m in values)}
@@ -808,7 +790,6 @@ def cleanup(
     """Cancel the job; drop its ClickHouse database, Redis keys, topics and consumer groups.
     Each step on its own (one that fails or times out does not skip the others); what
     failed, for the results."""
-
     def cancel() -> None:
         if job_id is not None:
             flink.cancel_job(settings, job_id)
@@ -897,9 +878,7 @@ def offered_run(
             def check_job() -> None:
                 state = retried(lambda: flink.job_state(settings, str(job_id)))
                 if state != "RUNNING":
-                    raise RuntimeError(
-                        f"job {job_id} is {state}: {flink.root_exception(settings, str(job_id))}"
-                    )
+                    raise RuntimeError(f"job {job_id} is {state}: {flink.root_exception(settings, str(job_id))}")  # noqa: E501
 
             producer.go()
             start = time.time()
@@ -925,9 +904,7 @@ def offered_run(
             if producer is not None:
                 producer.stop()
             result["cleanup_failed"] = cleanup(
-                settings,
-                job_id,
-                [raw_topic, *settings.kafka.result_topics().values()],
+                settings, job_id, [raw_topic, *settings.kafka.result_topics().values()],
                 [results_group],
             )
     window_s = window_end - window_start
@@ -945,8 +922,7 @@ def offered_run(
                 if "currentEmitEventTimeLag" in m]  # fmt: skip
     emit_lag_from_rest = sum(1 for m in lag_samples if "from_rest" in m)
     pending_source = (
-        "pendingRecords"
-        if any("pendingRecords" in m for m in lag_samples)
+        "pendingRecords" if any("pendingRecords" in m for m in lag_samples)
         else "log-end offsets - source currentOffset"
     )
     age_samples = window(ages.samples, window_start, window_end)
@@ -1067,44 +1043,31 @@ def print_run(run: dict[str, Any]) -> None:
     if "book_update_ms" not in run:
         return
     b, n = run["book_update_ms"], run["nbbo_ms"]
-    print(
-        f"    book update, receive -> publish: {fmt_summary(b['publish_minus_receive'], 'ms')}"
-        f"; -> seen {fmt_summary(b['seen_minus_receive'], 'ms')}; {b['notices_per_s']}"
-        f" writes/s, coverage {b['coverage']:.0%}, not-LIVE notices {b['not_live_notices']}"
-    )
-    print(
-        f"    NBBO, receive -> publish: {fmt_summary(n['publish_minus_receive'], 'ms')}; "
-        f"-> seen {fmt_summary(n['seen_minus_receive'], 'ms')}; {n['notices_per_s']}/s, "
-        f"coverage {n['coverage']:.0%}"
-    )
+    print(f"    book update, receive -> publish: {fmt_summary(b['publish_minus_receive'], 'ms')}"
+          f"; -> seen {fmt_summary(b['seen_minus_receive'], 'ms')}; {b['notices_per_s']}"
+          f" writes/s, coverage {b['coverage']:.0%}, not-LIVE notices {b['not_live_notices']}")
+    print(f"    NBBO, receive -> publish: {fmt_summary(n['publish_minus_receive'], 'ms')}; "
+          f"-> seen {fmt_summary(n['seen_minus_receive'], 'ms')}; {n['notices_per_s']}/s, "
+          f"coverage {n['coverage']:.0%}")
     lag = run["consumer_lag"]
-    print(
-        f"    consumer lag: emit - offer time {fmt_summary(lag['emit_event_time_lag_s'], 's')};"
-        f" records behind ({lag['pending_records_from']}) "
-        f"{fmt_summary(lag['pending_records'], 'records')} = "
-        f"{fmt_summary(lag['pending_seconds_at_offered_rate'], 's')} at the offered rate"
-    )
+    print(f"    consumer lag: emit - offer time {fmt_summary(lag['emit_event_time_lag_s'], 's')};"
+          f" records behind ({lag['pending_records_from']}) "
+          f"{fmt_summary(lag['pending_records'], 'records')} = "
+          f"{fmt_summary(lag['pending_seconds_at_offered_rate'], 's')} at the offered rate")
     ages = ", ".join(f"{t} {fmt_summary(s, 'ms')}"
                      for t, s in run["clickhouse_visibility_ms"].items())  # fmt: skip
     print(f"    ClickHouse newest row age: {ages}")
-    print(
-        f"    result topic (NBBO, read_committed): "
-        f"{fmt_summary(run['result_topic_visibility_ms'], 'ms')}, "
-        f"{run['result_topic_visibility_ms']['records_per_s']} records/s"
-    )
+    print(f"    result topic (NBBO, read_committed): "
+          f"{fmt_summary(run['result_topic_visibility_ms'], 'ms')}, "
+          f"{run['result_topic_visibility_ms']['records_per_s']} records/s")
     c = run["checkpoints"]
-    print(
-        f"    checkpoints in window {c['completed_in_window']} (failed {c['failed_in_window']},"
-        f" interval {run['checkpoint_interval_ms']} ms){'' if c['enough'] else '  ** < 10 **'}"
-        f"; tables {run.get('tables')}; CPU cores {run['cpu_cores']}",
-        flush=True,
-    )
+    print(f"    checkpoints in window {c['completed_in_window']} (failed {c['failed_in_window']},"
+          f" interval {run['checkpoint_interval_ms']} ms){'' if c['enough'] else '  ** < 10 **'}"
+          f"; tables {run.get('tables')}; CPU cores {run['cpu_cores']}", flush=True)
     for spell in run.get("stalls", []):
-        print(
-            f"    stall at {spell['at_s']} s for {spell['seconds']} s, worst "
-            f"{spell['worst_ms']} ms; {spell['since_cycle_start_s']} s after a pool cycle began;"
-            f" checkpoints {spell['checkpoints']}"
-        )
+        print(f"    stall at {spell['at_s']} s for {spell['seconds']} s, worst "
+              f"{spell['worst_ms']} ms; {spell['since_cycle_start_s']} s after a pool cycle began;"
+              f" checkpoints {spell['checkpoints']}")
     if run["sampler_errors"]:
         print(f"    sampler errors: {run['sampler_errors']}")
 
@@ -1118,12 +1081,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool-frames", type=int, default=DEFAULT_POOL_FRAMES)
     parser.add_argument("--regenerate", action="store_true", help="make the pool again")
     parser.add_argument("--linger-ms", type=float, default=LINGER_MS)
-    parser.add_argument(
-        "--checkpoint-interval-ms",
-        type=int,
-        default=0,
-        help="override flink.checkpoint_interval_ms (0: the configured one)",
-    )
+    parser.add_argument("--checkpoint-interval-ms", type=int, default=0,
+                        help="override flink.checkpoint_interval_ms (0: the configured one)")
     parser.add_argument("--producer-only", action="store_true",
                         help="no job: the producer alone against Kafka")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -1145,13 +1104,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "parallelism": base.flink.parallelism,
         "state_backend": base.flink.state_backend,
-        "pool": {
-            "path": str(path),
-            "market_frames": market_frames,
-            "opening_frames": opening_frames,
-            "books": pool.books,
-            "generated_seconds": pool.generated_seconds,
-        },
+        "pool": {"path": str(path), "market_frames": market_frames,
+                 "opening_frames": opening_frames, "books": pool.books,
+                 "generated_seconds": pool.generated_seconds},
         "runs": [],
     }
     failed = False

@@ -191,7 +191,9 @@ def delete_prefix(config: RedisConfig) -> int:
 
 def run(settings: Settings, writes: int, books: int, reads: int, command: str) -> dict[str, Any]:
     top_n = settings.book.top_n
-    config = dataclasses.replace(settings.redis, key_prefix=f"tfbench-redis-{uuid.uuid4().hex[:8]}")
+    config = dataclasses.replace(
+        settings.redis, key_prefix=f"tfbench-redis-{uuid.uuid4().hex[:8]}"
+    )
     frames = book_frames(books, writes, top_n)
     book_updates = book_writes(settings, config.key_prefix, frames)
     _, first_args = book_updates[0]
@@ -301,20 +303,16 @@ def run(settings: Settings, writes: int, books: int, reads: int, command: str) -
     common = {"cpus": m["cpus"], "load_1m": m["load_1m"], "redis": info.get("redis_version")}
     result["targets"] = {
         "book_update_p99": target_entry(
-            round(result["book_write"]["us"]["p99"] / 1000, 3),
-            "ms",
+            round(result["book_write"]["us"]["p99"] / 1000, 3), "ms",
             what="P99 of one guarded book write to Redis (the round trip of one book update)",
-            top_n=top_n,
-            books=books,
-            writes=writes,
+            top_n=top_n, books=books, writes=writes,
             p50_ms=round(result["book_write"]["us"]["p50"] / 1000, 3),
             top_n_read_p99_ms=round(result["top_n_read"]["long_lived_client_us"]["p99"] / 1000, 3),
             top_n_read_cli_p99_ms=round(result["top_n_read"]["read_book_us"]["p99"] / 1000, 3),
             **common,
         ),
         "nbbo_p99": target_entry(
-            round(result["nbbo"]["compute_and_write_us"]["p99"] / 1000, 3),
-            "ms",
+            round(result["nbbo"]["compute_and_write_us"]["p99"] / 1000, 3), "ms",
             what="P99 of the compiled core taking one venue's frame (book and NBBO over 3 "
             "venues) + the NBBO's Redis write",
             updates=writes,
@@ -345,12 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writes", type=int, default=DEFAULT_WRITES)
     parser.add_argument("--books", type=int, default=DEFAULT_BOOKS)
     parser.add_argument("--reads", type=int, default=DEFAULT_READS)
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=DEFAULT_REPEATS,
-        help="whole runs; the targets take the median of their P99s",
-    )
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+                        help="whole runs; the targets take the median of their P99s")
     parser.add_argument("--out", type=Path, default=None)
     raw = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(raw)

@@ -92,27 +92,15 @@ class EnvelopeStruct(msgspec.Struct, array_like=False):
 
 def to_struct(env: RawEnvelope) -> EnvelopeStruct:
     return EnvelopeStruct(
-        env.instrument,
-        env.exchange,
-        env.symbol,
-        env.channel,
-        env.receive_time_ns,
-        env.connection_id,
-        env.connection_seq,
-        env.payload,
+        env.instrument, env.exchange, env.symbol, env.channel, env.receive_time_ns,
+        env.connection_id, env.connection_seq, env.payload,
     )
 
 
 def from_struct(s: EnvelopeStruct) -> RawEnvelope:
     return RawEnvelope(
-        s.instrument,
-        s.exchange,
-        s.symbol,
-        s.channel,
-        s.receive_time_ns,
-        s.connection_id,
-        s.connection_seq,
-        s.payload,
+        s.instrument, s.exchange, s.symbol, s.channel, s.receive_time_ns, s.connection_id,
+        s.connection_seq, s.payload,
     )
 
 

@@ -39,9 +39,8 @@ def subscribe_all(venue: Any) -> Subscription:
     sub = venue.ws_subscription("/", {})
     if venue.name == "coinbase":
         for channel in ("level2", "market_trades"):
-            venue.ws_message(
-                sub, json.dumps({"type": "subscribe", "product_ids": symbols, "channel": channel})
-            )
+            venue.ws_message(sub, json.dumps(
+                {"type": "subscribe", "product_ids": symbols, "channel": channel}))
     else:
         for channel in ("book", "trade"):
             params: dict[str, Any] = {"channel": channel, "symbol": symbols}

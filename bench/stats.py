@@ -155,10 +155,10 @@ def write_results(name: str, result: dict[str, Any], out: Path | None = None) ->
 
 
 def fmt_summary(s: dict[str, Any], unit: str) -> str:
-    """ "P50 1.2 us, P99 3.4 us, P99.9 5.6 us (n 10000)"."""
+    """"P50 1.2 us, P99 3.4 us, P99.9 5.6 us (n 10000)"."""
     if not s.get("n"):
         return "no samples"
-    parts = [
-        f"{name.upper().replace('_', '.')} {s[name]:g} {unit}" for name in map(pct_key, PERCENTILES)
-    ]
+    parts = [f"{name.upper().replace('_', '.')} {s[name]:g} {unit}" for name in map(
+        pct_key, PERCENTILES
+    )]
     return ", ".join(parts) + f" (n {s['n']})"

@@ -270,7 +270,9 @@ TARGETS: tuple[Target, ...] = (
         (
             _src("throughput.json", "consumer_lag_at_peak", "python -m bench.throughput"),
             _src("latency.json", "consumer_lag_at_peak", "python -m bench.latency"),
-            _src("offered_latency.json", "consumer_lag_at_peak", "python -m bench.offered_latency"),
+            _src(
+                "offered_latency.json", "consumer_lag_at_peak", "python -m bench.offered_latency"
+            ),
             Source("book_pipeline.json", pipeline_lag_at_peak, "python -m bench.book_pipeline"),
         ),
     ),

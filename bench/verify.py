@@ -446,10 +446,10 @@ def checks(result: dict[str, Any]) -> dict[str, bool]:
         and result["matching_errors"] == 0
         and result["matching_missing"] == 0,
         "nbbo_equals_brute_force": result["nbbo_checks"] > 0 and result["nbbo_mismatches"] == 0,
-        "bars_equal_batch": result["window_rows_compared"] > 0 and result["window_mismatches"] == 0,
+        "bars_equal_batch": result["window_rows_compared"] > 0
+        and result["window_mismatches"] == 0,
         "late_events_stored": result["late_events_by_kind"].get("trade", 0)
-        >= result["late_trades_injected"]
-        > 0,
+        >= result["late_trades_injected"] > 0,
     }
     if "kraken_model_updates_checked" in result:
         out["kraken_model_clean"] = (
@@ -467,18 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault-every", type=float, default=1.5, help="seconds between faults")
     parser.add_argument("--quiet", type=float, default=10.0,
                         help="fault-free seconds at the end of the traffic")  # fmt: skip
-    parser.add_argument(
-        "--settle-timeout",
-        type=float,
-        default=120.0,
-        help="seconds the books may take to reach the truth after the pause",
-    )
-    parser.add_argument(
-        "--model-updates",
-        type=int,
-        default=1_000_000,
-        help="simulated Kraken updates through the engine (0: skip)",
-    )
+    parser.add_argument("--settle-timeout", type=float, default=120.0,
+                        help="seconds the books may take to reach the truth after the pause")
+    parser.add_argument("--model-updates", type=int, default=1_000_000,
+                        help="simulated Kraken updates through the engine (0: skip)")
     parser.add_argument("--analytics-seconds", type=float, default=30.0,
                         help="traffic with jittered trade arrivals")  # fmt: skip
     parser.add_argument("--jitter-ms", type=int, default=4000,

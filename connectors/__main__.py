@@ -108,8 +108,7 @@ async def _run(
         asyncio.create_task(_poll_and_report(connector, sink)),
         asyncio.create_task(
             serve_resyncs(
-                requests,
-                connector.serve_resync_request,
+                requests, connector.serve_resync_request,
                 settings.connectors.resync_min_interval_s,
             )
         ),
@@ -134,9 +133,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("exchange", choices=sorted(CONNECTORS))
     parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
+        "-v", "--verbose", action="store_true",
         help="debug logging (instead of monitoring.log_level)",
     )
     parser.add_argument(

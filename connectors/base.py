@@ -156,7 +156,9 @@ class RestClient:
                 status, headers = resp.status, resp.headers
         except urllib.error.HTTPError as exc:
             body, status, headers = exc.read(), exc.code, exc.headers
-        return HttpResult(status, {k.lower(): v for k, v in headers.items()}, body, time.time_ns())
+        return HttpResult(
+            status, {k.lower(): v for k, v in headers.items()}, body, time.time_ns()
+        )
 
     async def get(self, url: str) -> HttpResult:
         wait = self.blocked_until - time.monotonic()
@@ -169,9 +171,7 @@ class RestClient:
             self.blocked_until = max(self.blocked_until, time.monotonic() + retry_after)
             log.warning(
                 "REST %d (%s) for %s: no REST requests for %.1fs",
-                result.status,
-                "IP ban" if result.status == 418 else "rate limited",
-                url,
+                result.status, "IP ban" if result.status == 418 else "rate limited", url,
                 retry_after,
             )
         return result
@@ -204,9 +204,7 @@ class WsConnector(ABC):
         self.metrics = metrics if metrics is not None else ConnectorMetrics(self.exchange)
         self.connection: Connection | None = None
         self._backoff = Backoff(
-            lifecycle.backoff_initial_s,
-            lifecycle.backoff_max_s,
-            lifecycle.backoff_jitter,
+            lifecycle.backoff_initial_s, lifecycle.backoff_max_s, lifecycle.backoff_jitter,
             self.rng,
         )
         self._stopping = asyncio.Event()
@@ -281,10 +279,7 @@ class WsConnector(ABC):
             self.metrics.books_lost += 1
             log.warning(
                 "%s: a frame of %s was not delivered (%s): marking the book sync_lost",
-                self.exchange,
-                symbol,
-                reason,
-                extra={"symbol": symbol},
+                self.exchange, symbol, reason, extra={"symbol": symbol},
             )
 
     def flush_lost(self) -> None:
@@ -492,18 +487,13 @@ class WsConnector(ABC):
             if self._unroutable_logged < 10 or self.stats.unroutable % 1000 == 0:
                 self._unroutable_logged += 1
                 log.warning(
-                    "%s: frame without market data: %.200r",
-                    self.exchange,
-                    frame,
+                    "%s: frame without market data: %.200r", self.exchange, frame,
                     extra={"connection_id": conn.id},
                 )
             self.sink.dead_letter(
                 dead_letter_record(
-                    "connector",
-                    f"{self.exchange}: frame without a known stream",
-                    frame,
-                    exchange=self.exchange,
-                    connection_id=conn.id,
+                    "connector", f"{self.exchange}: frame without a known stream", frame,
+                    exchange=self.exchange, connection_id=conn.id,
                     receive_time_ns=receive_time_ns,
                 )
             )
@@ -587,9 +577,7 @@ class WsConnector(ABC):
                 conn.end_reason = "stale"
                 log.warning(
                     "%s: no data for %.1fs on connection %s: reconnecting",
-                    self.exchange,
-                    timeout,
-                    conn.id,
+                    self.exchange, timeout, conn.id,
                 )
                 # a silent peer would not answer a close handshake either
                 conn.ws.transport.abort()

@@ -161,9 +161,7 @@ class BinanceConnector(WsConnector):
             first_update_id = int(orjson.loads(frame)["data"]["U"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             log.warning(
-                "binance: first depth frame of %s has no U: %.200r",
-                route.symbol,
-                frame,
+                "binance: first depth frame of %s has no U: %.200r", route.symbol, frame,
                 extra={"symbol": route.symbol},
             )
             sync.awaiting_first_depth.add(route.symbol)  # try again with the next one
@@ -236,10 +234,7 @@ class BinanceConnector(WsConnector):
                 result = await self.rest.get(url)
             except OSError as exc:  # URLError, timeouts, refused connections
                 log.warning(
-                    "binance: snapshot %s attempt %d failed: %r",
-                    symbol,
-                    attempt,
-                    exc,
+                    "binance: snapshot %s attempt %d failed: %r", symbol, attempt, exc,
                     extra=fields,
                 )
                 continue
@@ -258,9 +253,7 @@ class BinanceConnector(WsConnector):
                 last_update_id = int(orjson.loads(result.body)["lastUpdateId"])
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 log.warning(
-                    "binance: snapshot %s is not a depth body: %.200r",
-                    symbol,
-                    result.body,
+                    "binance: snapshot %s is not a depth body: %.200r", symbol, result.body,
                     extra=fields,
                 )
                 continue
@@ -277,9 +270,7 @@ class BinanceConnector(WsConnector):
             if self.recorder is not None:
                 self.recorder.rest(result.receive_time_ns, path, result.body)
             log.info(
-                "binance: snapshot %s lastUpdateId %d produced",
-                symbol,
-                last_update_id,
+                "binance: snapshot %s lastUpdateId %d produced", symbol, last_update_id,
                 extra=fields,
             )
             return

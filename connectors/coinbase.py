@@ -185,8 +185,7 @@ class CoinbaseConnector(WsConnector):
         fields = {"symbol": symbol}
         if session is None or session.conn is not self.connection:
             log.info(
-                "coinbase: resync %s: not connected (a new connection subscribes anew)",
-                symbol,
+                "coinbase: resync %s: not connected (a new connection subscribes anew)", symbol,
                 extra=fields,
             )
             return
@@ -195,8 +194,7 @@ class CoinbaseConnector(WsConnector):
             return
         if symbol in session.queued or symbol in session.awaiting:
             log.info(
-                "coinbase: resync %s: a fresh snapshot is already on its way",
-                symbol,
+                "coinbase: resync %s: a fresh snapshot is already on its way", symbol,
                 extra=fields,
             )
             return
@@ -253,8 +251,7 @@ class CoinbaseConnector(WsConnector):
         for product in groups.keys() - known.keys() - self._warned_products:
             self._warned_products.add(product)
             log.warning(
-                "coinbase: frame for unconfigured product %r ignored",
-                product,
+                "coinbase: frame for unconfigured product %r ignored", product,
                 extra={"symbol": product},
             )
         if not known:

@@ -184,8 +184,7 @@ class KrakenConnector(WsConnector):
             return
         if conn is None:
             log.info(
-                "kraken: resync %s: no connection, the next one brings a snapshot",
-                symbol,
+                "kraken: resync %s: no connection, the next one brings a snapshot", symbol,
                 extra=fields,
             )
             return
@@ -236,7 +235,9 @@ class KrakenConnector(WsConnector):
         if not pairs:
             self.control["empty " + head.channel] += 1  # e.g. a trade snapshot of no trades
             return []
-        return [(Route(pair, envelope_channel), payload) for pair, payload in self._split(frame)]
+        return [
+            (Route(pair, envelope_channel), payload) for pair, payload in self._split(frame)
+        ]
 
     @staticmethod
     def _split(frame: bytes) -> list[tuple[str, bytes]]:
@@ -247,8 +248,7 @@ class KrakenConnector(WsConnector):
             pair = _element_decoder.decode(raw).symbol
             by_pair.setdefault(pair, []).append(bytes(raw))
         prefix = b'{"channel":%s,"type":%s,"data":[' % (
-            orjson.dumps(message.channel),
-            orjson.dumps(message.type),
+            orjson.dumps(message.channel), orjson.dumps(message.type)
         )
         return [(pair, prefix + b",".join(parts) + b"]}") for pair, parts in by_pair.items()]
 
@@ -267,9 +267,6 @@ class KrakenConnector(WsConnector):
         # unsubscribing what a failed subscribe never set up is expected during a resync
         quiet = reply.error in ("Subscription Not Found", "Already subscribed")
         (log.info if quiet else log.error)(
-            "kraken: %s %s refused: %s",
-            method,
-            reply.symbol or "",
-            reply.error,
+            "kraken: %s %s refused: %s", method, reply.symbol or "", reply.error,
             extra={"symbol": reply.symbol or None},
         )

@@ -177,10 +177,8 @@ class _Collector(Collector):
             frames.add_metric([exchange, channel], count)
         yield frames
         yield _counter(
-            "bytes",
-            "Bytes received (WebSocket frames and REST snapshot bodies).",
-            m.bytes,
-            exchange,
+            "bytes", "Bytes received (WebSocket frames and REST snapshot bodies).",
+            m.bytes, exchange,
         )
         reconnects = CounterMetricFamily(
             PREFIX + "reconnects",
@@ -193,51 +191,42 @@ class _Collector(Collector):
         yield _counter(
             "stale_timeouts",
             "Connections dropped because no data frame came for connectors.stale_timeout_s.",
-            m.stale_timeouts,
-            exchange,
+            m.stale_timeouts, exchange,
         )
         yield _counter(
             "dead_letters",
             "Received frames that could not be routed, sent to the dead-letter topic.",
-            m.dead_letters,
-            exchange,
+            m.dead_letters, exchange,
         )
         yield _counter(
             "resyncs",
             "Resync requests from the job served (repeats within the minimum interval are not).",
-            m.resyncs,
-            exchange,
+            m.resyncs, exchange,
         )
         yield _counter(
             "delivery_failures",
             "Envelopes Kafka did not take: delivery timed out (kafka.delivery_timeout_ms), "
             "purged behind one that did, or dropped on a full producer queue.",
-            m.delivery_failures,
-            exchange,
+            m.delivery_failures, exchange,
         )
         yield _counter(
             "books_lost",
             "Books marked sync_lost because a frame of theirs was not delivered to Kafka.",
-            m.books_lost,
-            exchange,
+            m.books_lost, exchange,
         )
         yield _counter(
             "delivery_resyncs",
             "Resyncs of books whose frames were not delivered (after their sync_lost).",
-            m.delivery_resyncs,
-            exchange,
+            m.delivery_resyncs, exchange,
         )
         yield _gauge(
-            "connected",
-            "1 while the connector has an open, subscribed connection.",
-            m.connected,
-            exchange,
+            "connected", "1 while the connector has an open, subscribed connection.",
+            m.connected, exchange,
         )
         yield _gauge(
             "last_frame_timestamp_seconds",
             "Wall time of the last data frame (heartbeats and control frames excluded).",
-            m.last_frame_ns / 1e9,
-            exchange,
+            m.last_frame_ns / 1e9, exchange,
         )
         counts = list(m.latency_counts)  # one copy, so the buckets agree with each other
         cumulative, buckets = 0, []

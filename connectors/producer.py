@@ -188,9 +188,7 @@ class KafkaSink:
                 self._last_full_warning = now
                 log.warning(
                     "kafka producer queue full: frames dropped (%d so far), their books "
-                    "marked sync_lost",
-                    self.dropped,
-                    extra=_NOT_A_CONNECTION,
+                    "marked sync_lost", self.dropped, extra=_NOT_A_CONNECTION,
                 )
             self._lost(envelope.kafka_key, "kafka producer queue full")
             self.poll(0)
@@ -241,8 +239,7 @@ class KafkaSink:
             served += int(self._producer.poll(0))  # the purged frames' reports: lost books
             log.error(
                 "kafka: a frame was not delivered within delivery.timeout.ms: %d queued frames "
-                "purged, their books marked sync_lost and resynced",
-                self.purged - before,
+                "purged, their books marked sync_lost and resynced", self.purged - before,
                 extra=_NOT_A_CONNECTION,
             )
         return served
@@ -258,10 +255,11 @@ class KafkaSink:
             self.failed += remaining
             log.error(
                 "kafka: %d envelope(s) NOT delivered to %s at shutdown (flush timed out)",
-                remaining,
-                self.topic,
+                remaining, self.topic,
             )
-        log.info("kafka: sent %d, delivered %d, failed %d", self.sent, self.delivered, self.failed)
+        log.info(
+            "kafka: sent %d, delivered %d, failed %d", self.sent, self.delivered, self.failed
+        )
         return remaining
 
     def _reporting(
@@ -293,10 +291,7 @@ class KafkaSink:
             log.error(
                 "kafka: DELIVERY FAILED topic=%s key=%r: %s (failed so far: %d; logged at "
                 "most every 5 s)",
-                msg.topic(),
-                msg.key(),
-                err,
-                self.failed,
+                msg.topic(), msg.key(), err, self.failed,
                 extra=_NOT_A_CONNECTION,
             )
         if err.fatal():

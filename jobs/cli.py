@@ -71,7 +71,9 @@ def main(argv: list[str]) -> int:
         print(f"job {job_id} RUNNING; Flink web UI: http://127.0.0.1:{settings.flink.rest_port}")
     elif args.command == "stop":
         for job_id in _job_ids(settings, args.job_id):
-            path = flink.stop_with_savepoint(settings, job_id, args.savepoint_dir, drain=args.drain)
+            path = flink.stop_with_savepoint(
+                settings, job_id, args.savepoint_dir, drain=args.drain
+            )
             print(f"stopped {job_id}; savepoint {path}")
             print(f"resume: tickflow job submit --from-savepoint {path}")
     elif args.command == "list":

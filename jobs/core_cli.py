@@ -186,15 +186,8 @@ def table(out: TextIO, header: Sequence[str], rows: Sequence[Sequence[object]]) 
 
 def book_row(book: BookTop) -> list[object]:
     return [
-        book.exchange,
-        book.symbol,
-        book.instrument,
-        book.status,
-        book.reason or "",
-        book.seq,
-        level(book.bids),
-        level(book.asks),
-        utc(book.event_time_ms),
+        book.exchange, book.symbol, book.instrument, book.status, book.reason or "", book.seq,
+        level(book.bids), level(book.asks), utc(book.event_time_ms),
     ]
 
 
@@ -235,17 +228,8 @@ def write_text(
 
 def _books(out: TextIO, result: CoreResult) -> None:
     out.write("books (the final Redis book; --json for every level)\n")
-    header = [
-        "exchange",
-        "symbol",
-        "instrument",
-        "status",
-        "reason",
-        "seq",
-        "best bid",
-        "best ask",
-        "event time (UTC)",
-    ]
+    header = ["exchange", "symbol", "instrument", "status", "reason", "seq", "best bid",
+              "best ask", "event time (UTC)"]
     table(out, header, [book_row(book) for book in result.books])
 
 
@@ -253,33 +237,15 @@ def _nbbo(out: TextIO, result: CoreResult) -> None:
     out.write(f"NBBO ({len(result.nbbo)} changes; the last of each instrument)\n")
     rows = [
         [
-            n["instrument"],
-            n["quote"],
-            n["bid_price"],
-            n["bid_size"],
-            ",".join(n["bid_venues"]),
-            n["ask_price"],
-            n["ask_size"],
-            ",".join(n["ask_venues"]),
+            n["instrument"], n["quote"], n["bid_price"], n["bid_size"], ",".join(n["bid_venues"]),
+            n["ask_price"], n["ask_size"], ",".join(n["ask_venues"]),
             "crossed" if n["crossed"] else "locked" if n["locked"] else "",
-            " ".join(n["venues"]),
-            utc(n["event_time_ms"]),
+            " ".join(n["venues"]), utc(n["event_time_ms"]),
         ]
         for _, n in sorted(result.last_nbbo.items())
     ]
-    header = [
-        "instrument",
-        "quote",
-        "bid",
-        "size",
-        "venues",
-        "ask",
-        "size",
-        "venues",
-        "",
-        "books",
-        "event time (UTC)",
-    ]
+    header = ["instrument", "quote", "bid", "size", "venues", "ask", "size", "venues", "",
+              "books", "event time (UTC)"]
     table(out, header, rows)
 
 
@@ -288,39 +254,15 @@ def _trades(out: TextIO, result: CoreResult, limit: int) -> None:
     out.write(f"matched trades ({len(trades)}; the last {min(limit, len(trades))})\n")
     rows = [
         [
-            utc(t["trade_time_ms"]),
-            t["exchange"],
-            t["symbol"],
-            t["taker_side"],
-            t["price"],
-            t["size"],
-            t["book_status"],
-            t["bid_price"],
-            t["ask_price"],
-            t["touch"],
-            t["slippage_mid_bps"],
-            t["nbbo_bid_price"],
-            t["nbbo_ask_price"],
+            utc(t["trade_time_ms"]), t["exchange"], t["symbol"], t["taker_side"], t["price"],
+            t["size"], t["book_status"], t["bid_price"], t["ask_price"], t["touch"],
+            t["slippage_mid_bps"], t["nbbo_bid_price"], t["nbbo_ask_price"],
             "yes" if t["trade_through"] else "",
         ]
         for t in last(trades, limit)
     ]
-    header = [
-        "trade time (UTC)",
-        "exchange",
-        "symbol",
-        "side",
-        "price",
-        "size",
-        "book",
-        "bid",
-        "ask",
-        "touch",
-        "slip bps",
-        "NBBO bid",
-        "NBBO ask",
-        "through",
-    ]
+    header = ["trade time (UTC)", "exchange", "symbol", "side", "price", "size", "book", "bid",
+              "ask", "touch", "slip bps", "NBBO bid", "NBBO ask", "through"]
     table(out, header, rows)
 
 
@@ -329,31 +271,13 @@ def _bars(out: TextIO, result: CoreResult, limit: int) -> None:
     out.write(f"bars ({len(bars)}; the last {min(limit, len(bars))})\n")
     rows = [
         [
-            utc(b["window_start_ms"]),
-            b["interval_ms"],
-            b["instrument"],
-            b["venue"],
-            b["open"],
-            b["high"],
-            b["low"],
-            b["close"],
-            b["volume"],
-            b["trade_count"],
+            utc(b["window_start_ms"]), b["interval_ms"], b["instrument"], b["venue"], b["open"],
+            b["high"], b["low"], b["close"], b["volume"], b["trade_count"],
         ]
         for b in last(bars, limit)
     ]
-    header = [
-        "window start (UTC)",
-        "ms",
-        "instrument",
-        "venue",
-        "open",
-        "high",
-        "low",
-        "close",
-        "volume",
-        "trades",
-    ]
+    header = ["window start (UTC)", "ms", "instrument", "venue", "open", "high", "low", "close",
+              "volume", "trades"]
     table(out, header, rows)
 
 

@@ -107,4 +107,6 @@ def clickhouse_sink(
     # no place in this stateless sink (an upgrade drains it first)
     # its own task thread: an insert takes milliseconds to seconds (merges on the server), and
     # chained it would stall the books operator for as long
-    return DataStreamSink(j_sink).name("clickhouse-sink").uid("clickhouse-sink").disable_chaining()
+    return (
+        DataStreamSink(j_sink).name("clickhouse-sink").uid("clickhouse-sink").disable_chaining()
+    )

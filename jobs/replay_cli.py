@@ -132,12 +132,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     replay.add_argument("--into-live-database", action="store_true",
                         help="write the live ClickHouse database (a rebuild)")  # fmt: skip
-    replay.add_argument(
-        "--source",
-        choices=SOURCES,
-        default="kafka",
-        help="read the range from Kafka (default) or the raw archive",
-    )
+    replay.add_argument("--source", choices=SOURCES, default="kafka",
+                        help="read the range from Kafka (default) or the raw archive")
     replay.add_argument("--wait", action="store_true", help="wait until the replay finished")
     replay.add_argument("--timeout", type=float, default=3600.0)  # fmt: skip
     backfill = sub.add_parser(
@@ -147,13 +143,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     span.add_argument("--day", type=date.fromisoformat, help="YYYY-MM-DD (UTC)")
     span.add_argument("--offsets", help="raw-topic offset ranges, partition:start-end,... (a "
                       "backlog a live job skipped); batch engine, live database")  # fmt: skip
-    backfill.add_argument(
-        "--from",
-        dest="from_",
-        default="0",
-        help="start reading here (default: the earliest retained record, so "
-        "every book is built from its snapshot)",
-    )
+    backfill.add_argument("--from", dest="from_", default="0",
+                          help="start reading here (default: the earliest retained record, so "
+                               "every book is built from its snapshot)")
     backfill.add_argument(
         "--engine",
         choices=("batch", "flink"),
@@ -167,11 +159,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     backfill.add_argument("--workers", type=int, default=0,
                           help="batch engine: processes (default: replay.batch_workers, "
                                "0 = one per core)")  # fmt: skip
-    backfill.add_argument(
-        "--wait",
-        action="store_true",
-        help="flink engine: wait until it finished (batch always waits)",
-    )
+    backfill.add_argument("--wait", action="store_true",
+                          help="flink engine: wait until it finished (batch always waits)")
     backfill.add_argument("--timeout", type=float, default=3600.0)  # fmt: skip
 
 

@@ -47,9 +47,7 @@ def main(argv: list[str]) -> int:
         "--speed", type=float, default=1.0, help="with --replay: time factor (0: no pacing)"
     )
     parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
+        "-v", "--verbose", action="store_true",
         help="debug logging (instead of monitoring.log_level)",
     )
     args = parser.parse_args(argv)

@@ -237,16 +237,10 @@ class BinanceMarket:
         taker_side = "buy" if take.taker_buys else "sell"
         trades = []
         for ticks, lots in take.fills:
-            self.truth.append(
-                TradeTruth.before(
-                    self.book,
-                    self.symbol,
-                    self.next_trade_id,
-                    now_ms,
-                    self.last_time_ms,
-                    taker_side,
-                )
-            )
+            self.truth.append(TradeTruth.before(
+                self.book, self.symbol, self.next_trade_id, now_ms, self.last_time_ms,
+                taker_side,
+            ))
             trades.append(
                 Trade(self.next_trade_id, ticks, lots, now_ms, is_buyer_maker=not take.taker_buys)
             )

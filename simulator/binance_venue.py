@@ -59,14 +59,8 @@ class BinanceVenue:
         self.latent = latent or LatentMarket(seed)  # the one market, shared by every venue
         self.markets = {
             s: BinanceMarket(
-                s,
-                seed,
-                depth_levels,
-                max_changes,
-                trade_probability,
-                id_offset=id_offset,
-                latent=self.latent,
-                sweep_scale=sweep_scale,
+                s, seed, depth_levels, max_changes, trade_probability, id_offset=id_offset,
+                latent=self.latent, sweep_scale=sweep_scale,
             )
             for s in symbols
         }
@@ -165,10 +159,8 @@ class BinanceVenue:
             raise HttpError(
                 429,
                 {"code": -1003, "msg": "Too much request weight used."},
-                (
-                    ("Retry-After", str(retry_after)),
-                    ("X-MBX-USED-WEIGHT-1M", str(self._weight_used)),
-                ),
+                (("Retry-After", str(retry_after)),
+                 ("X-MBX-USED-WEIGHT-1M", str(self._weight_used))),
             )
         self._weight_used += weight
         return (("X-MBX-USED-WEIGHT-1M", str(self._weight_used)),)
@@ -190,14 +182,8 @@ class BinanceVenue:
             raise HttpError(400, INVALID_SYMBOL)
         raw_limit = (query.get("limit") or ["100"])[0]
         if not raw_limit.isdigit() or int(raw_limit) < 1:
-            raise HttpError(
-                400,
-                {
-                    "code": -1100,
-                    "msg": "Illegal characters found in parameter "
-                    "'limit'; legal range is '^[0-9]{1,20}$'.",
-                },
-            )
+            raise HttpError(400, {"code": -1100, "msg": "Illegal characters found in parameter "
+                                  "'limit'; legal range is '^[0-9]{1,20}$'."})
         limit = min(int(raw_limit), MAX_DEPTH_LIMIT)  # Binance truncates larger limits to 5000
         headers = self._charge(depth_weight(limit), now)
         return HttpReply.json(200, market.snapshot(limit), headers)
@@ -229,7 +215,9 @@ class BinanceVenue:
             return HttpReply.json(200, fair_reply(symbol, market, query))
         if resource == "truth":
             from_time = int_query(query, "from_time_ms")
-            rows = truth_rows(market.truth, from_time, market.spec.price_text, market.spec.qty_text)
+            rows = truth_rows(
+                market.truth, from_time, market.spec.price_text, market.spec.qty_text
+            )
             return HttpReply.json(200, {"symbol": symbol, "trades": rows})
         raise HttpError(404, {"error": f"unknown resource {resource!r}"})
 

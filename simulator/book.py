@@ -138,25 +138,15 @@ class TradeTruth:
 
     @classmethod
     def before(
-        cls,
-        book: TrueBook,
-        symbol: str,
-        trade_id: int,
-        time_ms: int,
-        book_time_ms: int,
+        cls, book: TrueBook, symbol: str, trade_id: int, time_ms: int, book_time_ms: int,
         taker_side: str,
     ) -> TradeTruth:
         """The record of a trade about to execute against ``book`` (not yet changed by it)."""
         bid, ask = book.best_bid(), book.best_ask()
         return cls(
-            symbol,
-            trade_id,
-            time_ms,
-            book_time_ms,
-            bid,
-            None if bid is None else book.bids[bid],
-            ask,
-            None if ask is None else book.asks[ask],
+            symbol, trade_id, time_ms, book_time_ms,
+            bid, None if bid is None else book.bids[bid],
+            ask, None if ask is None else book.asks[ask],
             taker_side,
         )
 

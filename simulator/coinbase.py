@@ -68,12 +68,8 @@ def _message(channel: str, ts_ms: int, sequence_num: int, events: list[Any]) -> 
 
 def level(side: Side, event_time: str, price: str, qty: str) -> dict[str, str]:
     """One entry of an ``l2_data`` event's ``updates``."""
-    return {
-        "side": SIDE_TEXT[side],
-        "event_time": event_time,
-        "price_level": price,
-        "new_quantity": qty,
-    }
+    return {"side": SIDE_TEXT[side], "event_time": event_time, "price_level": price,
+            "new_quantity": qty}
 
 
 def l2_message(
@@ -192,16 +188,8 @@ class CoinbaseMarket:
         self.product = product
         self.spec = spec or instrument_spec(product)
         self._model = BinanceMarket(
-            product,
-            seed,
-            depth_levels,
-            max_changes,
-            trade_probability,
-            self.spec,
-            id_offset,
-            venue="coinbase",
-            latent=latent,
-            sweep_scale=sweep_scale,
+            product, seed, depth_levels, max_changes, trade_probability, self.spec, id_offset,
+            venue="coinbase", latent=latent, sweep_scale=sweep_scale,
         )
         self.updates = 0  # level2 updates generated so far: the book's own sequence
 

@@ -127,14 +127,8 @@ class CoinbaseVenue:
         self.latent = latent or LatentMarket(seed)  # the one market, shared by every venue
         self.markets = {
             p: CoinbaseMarket(
-                p,
-                seed,
-                depth_levels,
-                max_changes,
-                trade_probability,
-                id_offset=id_offset,
-                latent=self.latent,
-                sweep_scale=sweep_scale,
+                p, seed, depth_levels, max_changes, trade_probability, id_offset=id_offset,
+                latent=self.latent, sweep_scale=sweep_scale,
             )
             for p in products
         }
@@ -257,16 +251,13 @@ class CoinbaseVenue:
         if market is None:
             raise HttpError(400, {"error": f"unknown product {symbol!r}"})
         if resource == "book":
-            return HttpReply.json(
-                200,
-                {
-                    "symbol": symbol,
-                    "bids": market.levels_text(Side.BID),
-                    "asks": market.levels_text(Side.ASK),
-                    "sequence_num": market.updates,
-                    **fair_of(market),
-                },
-            )
+            return HttpReply.json(200, {
+                "symbol": symbol,
+                "bids": market.levels_text(Side.BID),
+                "asks": market.levels_text(Side.ASK),
+                "sequence_num": market.updates,
+                **fair_of(market),
+            })
         if resource == "trades":
             from_id = int((query.get("from_id") or ["0"])[0])
             trades = [

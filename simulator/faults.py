@@ -165,11 +165,8 @@ class FaultInjector:
                 # Binance's body for -1003 TOO_MANY_REQUESTS
                 return HttpReply.json(
                     rule.status,
-                    {
-                        "code": -1003,
-                        "msg": "Too much request weight used; please use the "
-                        "websocket for live updates to avoid polling the API.",
-                    },
+                    {"code": -1003, "msg": "Too much request weight used; please use the "
+                     "websocket for live updates to avoid polling the API."},
                     (("Retry-After", str(rule.retry_after_s)),),
                 )
         return None

@@ -183,7 +183,9 @@ def book_update(step: BookStep, depth: int) -> tuple[Levels, Levels] | None:
 
 
 def _levels_json(pair: KrakenPair, levels: Levels) -> str:
-    return ",".join(f'{{"price":{pair.price_text(p)},"qty":{pair.qty_text(q)}}}' for p, q in levels)
+    return ",".join(
+        f'{{"price":{pair.price_text(p)},"qty":{pair.qty_text(q)}}}' for p, q in levels
+    )
 
 
 def book_message(
@@ -333,7 +335,7 @@ class KrakenMarket:
             latent or LatentMarket(seed),
             self.instrument,
             "kraken",
-            10.0**-self.pair.price_decimals,
+            10.0 ** -self.pair.price_decimals,
             float(self.pair.start_price),
             trade_probability,
             self._rng,
@@ -390,9 +392,8 @@ class KrakenMarket:
     def snapshot_message(self, depth: int, time_ms: int) -> bytes:
         """The snapshot a new ``depth`` subscription gets now."""
         bids, asks = self.levels(depth)
-        return book_message(
-            "snapshot", self.symbol, self.pair, bids, asks, self.checksum(), time_ms
-        )
+        return book_message("snapshot", self.symbol, self.pair, bids, asks,
+                            self.checksum(), time_ms)
 
     def fair_value(self, time_ms: int) -> float:
         """The one market's fair value of this pair (in its quote currency)."""
@@ -438,16 +439,9 @@ class KrakenMarket:
         ord_type = "limit" if self._rng.random() < 0.2 else "market"
         trades = []
         for price, qty in take.fills:
-            self.truth.append(
-                TradeTruth.before(
-                    self.book,
-                    self.symbol,
-                    self.next_trade_id,
-                    now_ms,
-                    self.last_time_ms,
-                    side,
-                )
-            )
+            self.truth.append(TradeTruth.before(
+                self.book, self.symbol, self.next_trade_id, now_ms, self.last_time_ms, side,
+            ))
             trades.append(Trade(self.next_trade_id, price, qty, now_ms, side, ord_type))
             self.next_trade_id += 1
         self.maker.execute(take, apply)

@@ -57,18 +57,9 @@ class BookFrame(OutFrame):
         depth = min(depth, self.market.depth_levels)  # deeper views all see the whole book
         if depth not in self.bodies:
             update = book_update(self.step, depth)
-            self.bodies[depth] = (
-                None
-                if update is None
-                else book_message(
-                    "update",
-                    self.symbol,
-                    self.market.pair,
-                    update[0],
-                    update[1],
-                    self.step.checksum,
-                    self.step.time_ms,
-                )
+            self.bodies[depth] = None if update is None else book_message(
+                "update", self.symbol, self.market.pair, update[0], update[1],
+                self.step.checksum, self.step.time_ms,
             )
         return self.bodies[depth]
 
@@ -124,14 +115,8 @@ class KrakenVenue:
         self.latent = latent or LatentMarket(seed)  # the one market, shared by every venue
         self.markets = {
             s: KrakenMarket(
-                s,
-                seed,
-                depth_levels,
-                max_changes,
-                trade_probability,
-                id_offset=id_offset,
-                latent=self.latent,
-                sweep_scale=sweep_scale,
+                s, seed, depth_levels, max_changes, trade_probability, id_offset=id_offset,
+                latent=self.latent, sweep_scale=sweep_scale,
             )
             for s in symbols
         }
@@ -207,9 +192,8 @@ class KrakenVenue:
             snapshot = params.get("snapshot", True) is not False
         except _RequestError as exc:
             error = str(exc)
-            out.append(
-                _control(method_reply(method, None, req_id, time_in, self._clock_ms(), error=error))
-            )
+            out.append(_control(
+                method_reply(method, None, req_id, time_in, self._clock_ms(), error=error)))
             return out
         for symbol in symbols:
             if method == "subscribe":
@@ -232,21 +216,14 @@ class KrakenVenue:
         key = (symbol, "depth" if channel == "book" else "trade")
         market = self.markets.get(symbol)
         error = (
-            f"Currency pair not supported {symbol}"
-            if market is None
-            else "Already subscribed"
-            if key in sub.streams
+            f"Currency pair not supported {symbol}" if market is None
+            else "Already subscribed" if key in sub.streams
             else None
         )
         now = self._clock_ms()
         if error is not None or market is None:
-            out.append(
-                _control(
-                    method_reply(
-                        "subscribe", None, req_id, time_in, now, error=error, symbol=symbol
-                    )
-                )
-            )
+            out.append(_control(method_reply(
+                "subscribe", None, req_id, time_in, now, error=error, symbol=symbol)))
             return
         result: dict[str, Any] = {"channel": channel}
         if channel == "book":
@@ -278,19 +255,9 @@ class KrakenVenue:
         key = (symbol, "depth" if channel == "book" else "trade")
         now = self._clock_ms()
         if key not in sub.streams:
-            out.append(
-                _control(
-                    method_reply(
-                        "unsubscribe",
-                        None,
-                        req_id,
-                        time_in,
-                        now,
-                        error="Subscription Not Found",
-                        symbol=symbol,
-                    )
-                )
-            )
+            out.append(_control(method_reply(
+                "unsubscribe", None, req_id, time_in, now, error="Subscription Not Found",
+                symbol=symbol)))
             return
         del sub.streams[key]
         sub.names.pop(key, None)
@@ -316,16 +283,13 @@ class KrakenVenue:
         pair = market.pair
         if resource == "book":
             bids, asks = market.levels()
-            return HttpReply.json(
-                200,
-                {
-                    "symbol": symbol,
-                    "bids": [[pair.price_text(p), pair.qty_text(q)] for p, q in bids],
-                    "asks": [[pair.price_text(p), pair.qty_text(q)] for p, q in asks],
-                    "checksum": market.checksum(),
-                    **fair_of(market),
-                },
-            )
+            return HttpReply.json(200, {
+                "symbol": symbol,
+                "bids": [[pair.price_text(p), pair.qty_text(q)] for p, q in bids],
+                "asks": [[pair.price_text(p), pair.qty_text(q)] for p, q in asks],
+                "checksum": market.checksum(),
+                **fair_of(market),
+            })
         if resource == "trades":
             from_id = int((query.get("from_id") or ["0"])[0])
             trades = [

@@ -221,10 +221,8 @@ class LatentMarket:
                 profile = ASSETS.get(asset)
                 if profile is None:
                     profile = AssetProfile(
-                        start_usd or DEFAULT_ASSET.start_usd,
-                        DEFAULT_ASSET.annual_vol,
-                        DEFAULT_ASSET.jumps_per_hour,
-                        DEFAULT_ASSET.jump_bps,
+                        start_usd or DEFAULT_ASSET.start_usd, DEFAULT_ASSET.annual_vol,
+                        DEFAULT_ASSET.jumps_per_hour, DEFAULT_ASSET.jump_bps,
                     )
                 path = _JumpDiffusion(rng, profile)
             # a path created late catches up with the others (its own RNG: same values)

@@ -61,33 +61,17 @@ def build_venues(config: SimulatorConfig, latent: LatentMarket) -> list[Any]:
     """The three venues as ``SimulatorServer`` builds them, sharing ``latent``."""
     return [
         BinanceVenue(
-            config.symbols,
-            config.seed,
-            config.depth_levels,
-            config.max_changes_per_event,
-            config.trade_probability,
-            6000,
-            latent=latent,
-            sweep_scale=config.sweep_scale,
+            config.symbols, config.seed, config.depth_levels, config.max_changes_per_event,
+            config.trade_probability, 6000, latent=latent, sweep_scale=config.sweep_scale,
         ),
         CoinbaseVenue(
-            config.coinbase_products,
-            config.seed,
-            config.coinbase_depth_levels,
-            config.max_changes_per_event,
-            config.trade_probability,
-            0,
-            latent=latent,
-            sweep_scale=config.sweep_scale,
-            clock_ms=lambda: 0,
+            config.coinbase_products, config.seed, config.coinbase_depth_levels,
+            config.max_changes_per_event, config.trade_probability, 0, latent=latent,
+            sweep_scale=config.sweep_scale, clock_ms=lambda: 0,
         ),
         KrakenVenue(
-            config.kraken_symbols,
-            config.seed,
-            config.depth_levels,
-            config.max_changes_per_event,
-            config.trade_probability,
-            latent=latent,
+            config.kraken_symbols, config.seed, config.depth_levels,
+            config.max_changes_per_event, config.trade_probability, latent=latent,
             sweep_scale=config.sweep_scale,
         ),
     ]
@@ -118,7 +102,9 @@ def run_offline(
     venues_of: dict[str, set[str]] = {}
     for m in markets:
         venues_of.setdefault(m.instrument, set()).add(m.venue)
-    sampled = [m for m in markets if not only_shared or len(venues_of[m.instrument]) > 1]
+    sampled = [
+        m for m in markets if not only_shared or len(venues_of[m.instrument]) > 1
+    ]
     instruments = sorted({m.instrument for m in sampled})
     # each symbol's next step, spread over its interval as the server's pacers are
     queue: list[tuple[float, int]] = []
@@ -161,19 +147,17 @@ def run_offline(
 def _new_trades(venue: Any, m: _Market, seen: dict[tuple[str, str], int]) -> list[TradePrint]:
     market = venue.markets[m.symbol]
     key = (m.venue, m.symbol)
-    new = market.trades[seen.get(key, 0) :]
+    new = market.trades[seen.get(key, 0):]
     seen[key] = len(market.trades)
     out = []
     for t in new:
         if isinstance(t, KrakenTrade):
-            out.append(
-                TradePrint(t.time_ms, m.instrument, m.venue, Decimal(m.price(t.price)), t.side)
-            )
+            out.append(TradePrint(t.time_ms, m.instrument, m.venue,
+                                  Decimal(m.price(t.price)), t.side))
         elif isinstance(t, BinanceTrade):
             side = "sell" if t.is_buyer_maker else "buy"
-            out.append(
-                TradePrint(t.time_ms, m.instrument, m.venue, Decimal(m.price(t.price_ticks)), side)
-            )
+            out.append(TradePrint(t.time_ms, m.instrument, m.venue,
+                                  Decimal(m.price(t.price_ticks)), side))
     return out
 
 
@@ -196,9 +180,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="simulated minutes")
     parser.add_argument("--sample-ms", type=int, default=100)
     parser.add_argument(
-        "--start-hour",
-        type=float,
-        default=0.0,
+        "--start-hour", type=float, default=0.0,
         help="UTC hour of day the run starts at (activity peaks at 15:00, lowest at 03:00)",
     )
     args = parser.parse_args(argv)

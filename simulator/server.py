@@ -605,13 +605,10 @@ class SimulatorServer:
         """The one market's fair value of every instrument a venue lists, at ``time_ms``
         (default: now)."""
         now = self._clock_ms() if time_ms is None else time_ms
-        instruments = sorted(
-            {
-                canonical_instrument(name, symbol)
-                for name, venue in self.venues.items()
-                for symbol in venue.symbols
-            }
-        )
+        instruments = sorted({
+            canonical_instrument(name, symbol)
+            for name, venue in self.venues.items() for symbol in venue.symbols
+        })
         return {
             "time_ms": now,
             "instruments": {i: fair_text(self.latent.price(i, now)) for i in instruments},

@@ -32,7 +32,6 @@ class ListSink:
     def dead_letter(self, record: str) -> None:
         self.dead_letters.append(json.loads(record))
 
-
 @asynccontextmanager
 async def running_simulator(
     settings: Settings,

@@ -197,7 +197,9 @@ def nbbo_check(settings: Settings) -> dict[str, Any]:
     return {"nbbo_checks": len(nbbos), "nbbo_mismatches": mismatches, "nbbo_examples": examples}
 
 
-def _state_at(states: list[tuple[int, tuple[Any, ...]]], version: int) -> tuple[Any, ...] | None:
+def _state_at(
+    states: list[tuple[int, tuple[Any, ...]]], version: int
+) -> tuple[Any, ...] | None:
     """The touch in force at ``version``: the last change at or before it."""
     lo, hi = 0, len(states)
     while lo < hi:
@@ -252,10 +254,8 @@ def windows_check(
                 for key in sorted(have.keys() | want.keys()):
                     compared += 1
                     a, b = have.get(key), want.get(key)
-                    if (
-                        a is None
-                        or b is None
-                        or not all(_close(x, y) for x, y in zip(a, b, strict=True))
+                    if a is None or b is None or not all(
+                        _close(x, y) for x, y in zip(a, b, strict=True)
                     ):
                         mismatches += 1
                         if len(examples) < 10:

@@ -244,9 +244,8 @@ def submit_job(settings: Settings, history: dict[str, Any]) -> tuple[str, dict[s
           f"at the end of the topic, {start}")  # fmt: skip
     with patched_environ({"TICKFLOW__FLINK__START_OFFSETS": start}):
         job_id = flink.submit_python_job(settings, pipeline, [])
-    skipped = [
-        PartitionRange(p, committed[p], end[p]) for p in sorted(end) if end[p] > committed[p]
-    ]
+    skipped = [PartitionRange(p, committed[p], end[p]) for p in sorted(end)
+               if end[p] > committed[p]]
     backfill = start_backlog_backfill(settings, format_offset_ranges(skipped))
     return job_id, {**how, "start": start, "backfill": backfill}
 

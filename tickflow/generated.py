@@ -47,7 +47,6 @@ FRAME_SPACING_NS = 1_000  # receive times of successive generated frames: distin
 # how long the feeder waits for a topic just created to reach its producer's metadata
 METADATA_WAIT_S = 60.0
 
-
 def soak_settings(base: Settings, symbols: int, rate: float) -> Settings:
     """The base settings with ``symbols`` symbols on every exchange the simulator serves."""
     sim = dataclasses.replace(base.simulator, port=0, send_log_frames=10**8, rate_per_symbol=rate)

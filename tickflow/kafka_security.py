@@ -82,7 +82,8 @@ def java_properties(kafka: KafkaConfig, shaded: bool = True) -> dict[str, str]:
         module = (FLINK_SHADED_PREFIX if shaded else "") + _LOGIN_MODULES[kafka.sasl_mechanism]
         props["sasl.mechanism"] = kafka.sasl_mechanism
         props["sasl.jaas.config"] = (
-            f"{module} required username={_jaas_quote(username)} password={_jaas_quote(password)};"
+            f"{module} required username={_jaas_quote(username)} "
+            f"password={_jaas_quote(password)};"
         )
     if kafka.uses_tls:
         store_password = kafka.ssl_store_password

@@ -41,9 +41,7 @@ CHATTY_LIBRARIES = ("kafka",)
 
 # the attributes every LogRecord has: anything else on a record came in through ``extra``
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message",
-    "asctime",
-    "taskName",
+    "message", "asctime", "taskName",
 }
 _bound: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
     "tickflow_log_fields", default=None
@@ -100,7 +98,9 @@ class _FieldsFilter(logging.Filter):
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     """The record's extra fields: ``FIELDS`` first, then any other ``extra`` key; a field
     given as None is left out (``extra={"connection_id": None}`` hides a bound one)."""
-    extra = {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS and v is not None}
+    extra = {
+        k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS and v is not None
+    }
     ordered = {k: extra.pop(k) for k in FIELDS if k in extra}
     ordered.update(extra)
     return ordered

@@ -107,7 +107,9 @@ def _weights(times: Sequence[int]) -> list[int]:
     return [*gaps, last]
 
 
-def _instrument_quality(samples: Sequence[Sample], trades: Sequence[TradePrint]) -> dict[str, Any]:
+def _instrument_quality(
+    samples: Sequence[Sample], trades: Sequence[TradePrint]
+) -> dict[str, Any]:
     samples = sorted(samples, key=lambda s: s.time_ms)
     weights = _weights([s.time_ms for s in samples])
     two_sided = crossed = locked = 0
@@ -202,11 +204,8 @@ def summary(per_instrument: dict[str, dict[str, Any]]) -> dict[str, Any]:
         values = [v[key] for v in multi.values() if v[key] is not None]
         return round(sum(values) / len(values), 6) if values else None
 
-    fair = [
-        v["fair_vs_mid_bps"]["mean"]
-        for v in per_instrument.values()
-        if v["fair_vs_mid_bps"]["mean"] is not None
-    ]
+    fair = [v["fair_vs_mid_bps"]["mean"] for v in per_instrument.values()
+            if v["fair_vs_mid_bps"]["mean"] is not None]
     return {
         "instruments": len(per_instrument),
         "multi_venue_instruments": sorted(multi),
@@ -259,14 +258,8 @@ def samples_from_redis(
     for instrument, nbbo_hash in sorted(nbbos.items()):
         bid = _decimal(nbbo_hash.get("bid_price")) if published else None
         ask = _decimal(nbbo_hash.get("ask_price")) if published else None
-        out.append(
-            Sample(
-                time_ms,
-                instrument,
-                tuple(tops.get(instrument, ())),
-                bid,
-                ask,
-                _decimal(fair.get(instrument)),
-            )
-        )
+        out.append(Sample(
+            time_ms, instrument, tuple(tops.get(instrument, ())), bid, ask,
+            _decimal(fair.get(instrument)),
+        ))
     return out

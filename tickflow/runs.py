@@ -243,7 +243,8 @@ def query_results(settings: Settings, rows: dict[str, Counter[tuple[Any, ...]]])
                 calls += [{"exchange": e, "symbol": s, "date": day} for e, s in books]
             elif name == "matched_trades_detail":
                 calls += [
-                    {"exchange": e, "symbol": s, "from_ms": 0, "to_ms": 2**63 - 1} for e, s in books
+                    {"exchange": e, "symbol": s, "from_ms": 0, "to_ms": 2**63 - 1}
+                    for e, s in books
                 ]
             elif name == "trade_through_counts":
                 calls += [{"instrument": i, "from_date": day, "to_date": day} for i in instruments]

@@ -201,8 +201,7 @@ def render(book: StoredBook, depth: int) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tickflow book", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "instrument",
-        nargs="?",
+        "instrument", nargs="?",
         help="a canonical instrument (BTC-USD) or the exchange's own symbol (BTC/USD, BTCUSDT)",
     )
     parser.add_argument("--exchange", default="binance")

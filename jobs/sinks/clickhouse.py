@@ -528,23 +528,9 @@ def nbbo_row(
     if len(venues) != len(venue_versions) or len(excluded) != len(excluded_reasons):
         raise ValueError("venues/venue_versions and excluded/excluded_reasons must be parallel")
     return (
-        utc_date(event_time_ms),
-        instrument,
-        quote,
-        event_time_ms,
-        version,
-        receive_time_ns,
-        bid_price,
-        bid_size,
-        list(bid_venues),
-        ask_price,
-        ask_size,
-        list(ask_venues),
-        int(locked),
-        int(crossed),
-        list(venues),
-        list(venue_versions),
-        list(excluded),
+        utc_date(event_time_ms), instrument, quote, event_time_ms, version, receive_time_ns,
+        bid_price, bid_size, list(bid_venues), ask_price, ask_size, list(ask_venues),
+        int(locked), int(crossed), list(venues), list(venue_versions), list(excluded),
         list(excluded_reasons),
     )
 
@@ -584,38 +570,12 @@ def matched_trade_row(
     receive_time_ns: int,
 ) -> tuple[Any, ...]:
     return (
-        utc_date(trade_time_ms),
-        exchange,
-        symbol,
-        instrument,
-        trade_id,
-        trade_time_ms,
-        price,
-        size,
-        _check("taker_side", taker_side, TAKER_SIDES),
-        book_status,
-        book_time_ms,
-        book_version,
-        max(book_seq, 0),
-        bid_price,
-        bid_size,
-        ask_price,
-        ask_size,
-        mid,
-        spread,
-        _check("touch", touch, TOUCHES),
-        levels_consumed,
-        size_consumed,
-        slippage_mid,
-        slippage_mid_bps,
-        nbbo_bid_price,
-        nbbo_bid_size,
-        nbbo_ask_price,
-        nbbo_ask_size,
-        list(nbbo_venues),
-        slippage_nbbo,
-        int(trade_through),
-        receive_time_ns,
+        utc_date(trade_time_ms), exchange, symbol, instrument, trade_id, trade_time_ms, price,
+        size, _check("taker_side", taker_side, TAKER_SIDES), book_status, book_time_ms,
+        book_version, max(book_seq, 0), bid_price, bid_size, ask_price, ask_size, mid, spread,
+        _check("touch", touch, TOUCHES), levels_consumed, size_consumed, slippage_mid,
+        slippage_mid_bps, nbbo_bid_price, nbbo_bid_size, nbbo_ask_price, nbbo_ask_size,
+        list(nbbo_venues), slippage_nbbo, int(trade_through), receive_time_ns,
     )
 
 
@@ -643,26 +603,9 @@ def bar_row(
 ) -> tuple[Any, ...]:
     """One bar; ``venue`` is an exchange or "ALL". See docs/queries.md for the definitions."""
     return (
-        utc_date(window_start_ms),
-        instrument,
-        venue,
-        interval_ms,
-        window_start_ms,
-        open,
-        high,
-        low,
-        close,
-        volume,
-        notional,
-        vwap,
-        trade_count,
-        buy_volume,
-        sell_volume,
-        live_ms,
-        twa_spread,
-        twa_bid_depth_10bps,
-        twa_ask_depth_10bps,
-        ofi,
+        utc_date(window_start_ms), instrument, venue, interval_ms, window_start_ms, open, high,
+        low, close, volume, notional, vwap, trade_count, buy_volume, sell_volume, live_ms,
+        twa_spread, twa_bid_depth_10bps, twa_ask_depth_10bps, ofi,
     )
 
 
@@ -685,16 +628,8 @@ def late_event_row(
     if lateness_ms is None:
         lateness_ms = max(watermark_ms - event_time_ms, 0)
     return (
-        utc_date(event_time_ms),
-        instrument,
-        exchange,
-        symbol,
-        _check("kind", kind, LATE_KINDS),
-        event_id,
-        event_time_ms,
-        watermark_ms,
-        lateness_ms,
-        receive_time_ns,
+        utc_date(event_time_ms), instrument, exchange, symbol, _check("kind", kind, LATE_KINDS),
+        event_id, event_time_ms, watermark_ms, lateness_ms, receive_time_ns,
     )
 
 
@@ -716,24 +651,15 @@ def gap_row(
 ) -> tuple[Any, ...]:
     """An interval in which a book was not in sync (``closed`` 0: still open at ``end_ms``)."""
     return (
-        utc_date(start_ms),
-        exchange,
-        symbol,
-        instrument,
-        start_ms,
-        start_version,
-        end_ms,
-        int(closed),
-        _check("kind", kind, GAP_KINDS),
-        reason,
-        seq_before,
-        seq_after,
-        messages,
+        utc_date(start_ms), exchange, symbol, instrument, start_ms, start_version, end_ms,
+        int(closed), _check("kind", kind, GAP_KINDS), reason, seq_before, seq_after, messages,
         dropped,
     )
 
 
-def connect(config: ClickHouseConfig, database: str | None = None, timeout_s: float = 60) -> Client:
+def connect(
+    config: ClickHouseConfig, database: str | None = None, timeout_s: float = 60
+) -> Client:
     return Client(
         host=config.host,
         port=config.port,

@@ -60,9 +60,8 @@ def test_clickhouse_queries_tiny(stack_settings: Settings, tmp_path: Path) -> No
     db = data["conditions"]["database"]
     client = connect(stack_settings.clickhouse)
     try:
-        assert not client.execute(
-            "SELECT name FROM system.databases WHERE name = %(db)s", {"db": db}
-        )
+        assert not client.execute("SELECT name FROM system.databases WHERE name = %(db)s",
+                                  {"db": db})
     finally:
         client.disconnect()
 

@@ -99,9 +99,8 @@ def test_trades_later_than_the_bound_land_in_the_late_table(
 ) -> None:
     result = wait_for(
         "late trades stored",
-        lambda: (
-            (r := late_events(analytics_run[0].settings))["late_events_by_kind"].get("trade") and r
-        ),
+        lambda: (r := late_events(analytics_run[0].settings))["late_events_by_kind"].get("trade")
+        and r,
         30,
     )
     assert result["late_events_by_kind"]["trade"] >= 1
@@ -124,3 +123,4 @@ def test_the_exactly_once_topics_hold_each_result_once(
     print(f"exactly-once topics vs ClickHouse: {result}")
     for table, r in result.items():
         assert r["kafka_duplicates"] == 0 and r["only_in_kafka"] == 0, (table, r)
+

@@ -167,12 +167,8 @@ def test_an_archiver_killed_while_writing_leaves_every_offset_archived_once(
 ) -> None:
     with (
         raw_namespace(tmp_path, "archkill", FRAMES) as (settings, data),
-        patched_environ(
-            {
-                "TICKFLOW__ARCHIVE__ROLL_RECORDS": "700",
-                "TICKFLOW__ARCHIVE__ROW_GROUP_RECORDS": "100",
-            }
-        ),  # fmt: skip
+        patched_environ({"TICKFLOW__ARCHIVE__ROLL_RECORDS": "700",
+                         "TICKFLOW__ARCHIVE__ROW_GROUP_RECORDS": "100"}),  # fmt: skip
     ):
         root = Path(settings.archive.dir)
         topic = settings.kafka.raw_topic
@@ -273,7 +269,7 @@ def test_the_replay_from_the_archive_equals_the_replay_from_kafka(
         print(archive_until_end())
         delete_kafkas_copy(settings)
         from_archive = replay_rows(settings, f"a{tag}", "archive")
-        print(f"replayed rows per table: { ({t: sum(c.values()) for t, c in from_kafka.items()}) }")
+        print(f"replayed rows per table: {({t: sum(c.values()) for t, c in from_kafka.items()})}")
         assert not any(differing(from_kafka, from_archive).values()), differing(
             from_kafka, from_archive
         )

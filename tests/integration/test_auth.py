@@ -26,7 +26,6 @@ from tickflow.kafka_security import client_config
 
 pytestmark = pytest.mark.integration
 
-
 class Collected(logging.Handler):
     def __init__(self) -> None:
         super().__init__()

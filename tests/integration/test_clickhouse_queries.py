@@ -315,7 +315,9 @@ class Native:
         rows, types = self.client.execute(sql, params or {}, with_column_types=True)
         return [dict(zip([n for n, _ in types], row, strict=True)) for row in rows]
 
-    def insert(self, table: str, rows: Sequence[tuple[Any, ...]], db: str | None = None) -> None:
+    def insert(
+        self, table: str, rows: Sequence[tuple[Any, ...]], db: str | None = None
+    ) -> None:
         columns = ", ".join(COLUMNS[table])
         self.client.execute(f"INSERT INTO {db or self.db}.{table} ({columns}) VALUES", list(rows))
 
@@ -371,7 +373,9 @@ class Embedded:
             for line in lines[2:]
         ]
 
-    def insert(self, table: str, rows: Sequence[tuple[Any, ...]], db: str | None = None) -> None:
+    def insert(
+        self, table: str, rows: Sequence[tuple[Any, ...]], db: str | None = None
+    ) -> None:
         values = ", ".join("(" + ", ".join(_literal(v) for v in row) + ")" for row in rows)
         columns = ", ".join(COLUMNS[table])
         self.session.query(f"INSERT INTO {db or self.db}.{table} ({columns}) VALUES {values}")
@@ -652,6 +656,7 @@ def test_upgrade_statements_run_on_a_current_release() -> None:
         session.cleanup()
 
 
+
 # ------------------------------------------------------------------------ gaps, completeness
 
 DAY = 86_400_000
@@ -827,12 +832,8 @@ def _check_summaries(server: Server, db: str) -> None:
     """Each summary query equals its definition over the distinct base rows and what the
     base table gives with FINAL."""
     for instrument in SUMMARY_INSTRUMENTS:
-        for interval, lo, hi in [
-            (1000, T0, T0 + 2 * DAY),
-            (5000, T0, T0 + 2 * DAY),
-            (1000, T0 + 3000, T0 + 9000),
-            (60000, T0, T0 + DAY),
-        ]:
+        for interval, lo, hi in [(1000, T0, T0 + 2 * DAY), (5000, T0, T0 + 2 * DAY),
+                                 (1000, T0 + 3000, T0 + 9000), (60000, T0, T0 + DAY)]:
             params = {"instrument": instrument, "interval_ms": interval, "from_ms": lo,
                       "to_ms": hi}  # fmt: skip
             got = server.execute(nbbo_summary_sql(db), params)
@@ -859,9 +860,7 @@ def _check_summaries(server: Server, db: str) -> None:
         final = server.execute(
             f"SELECT date, exchange, count() AS n, sum(trade_through) AS tt FROM "
             f"{db}.matched_trades FINAL WHERE instrument = %(instrument)s "
-            "GROUP BY date, exchange ORDER BY date, exchange",
-            {"instrument": instrument},
-        )
+            "GROUP BY date, exchange ORDER BY date, exchange", {"instrument": instrument})
         assert [(r["date"], r["exchange"], r["n"], r["tt"]) for r in final] == expected_tt
 
 

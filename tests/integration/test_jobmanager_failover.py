@@ -144,7 +144,9 @@ def _lose_busy_taskmanager(settings: Settings, job_id: str, probe: VersionProbe)
 def test_the_ha_cluster_rides_out_each_of_its_losses(
     ha_flink: dict[str, str], tmp_path: Path
 ) -> None:
-    with start_slice(tmp_path, exchanges=("binance",), rate_per_symbol=20, environ=ha_flink) as run:
+    with start_slice(
+        tmp_path, exchanges=("binance",), rate_per_symbol=20, environ=ha_flink
+    ) as run:
         settings = run.settings
         assert settings.flink.ha and len(settings.flink.rest_ports()) == 2
         for book in BOOKS:

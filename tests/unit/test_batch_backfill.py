@@ -49,9 +49,8 @@ def take_rows(engine: Any) -> dict[str, list[dict[str, Any]]]:
     return {table: decode_rows(table, data) for table, data, _ in engine.take_tables(0)}
 
 
-def run(
-    settings: Settings, records: list[tuple[bytes, bytes, int, str]], part: PartitionRange = WHOLE
-) -> tuple[Any, dict[str, list[dict[str, Any]]]]:
+def run(settings: Settings, records: list[tuple[bytes, bytes, int, str]],
+        part: PartitionRange = WHOLE) -> tuple[Any, dict[str, list[dict[str, Any]]]]:
     engine = native_partition(settings, part)
     feed(engine, records)
     engine.finish()

@@ -33,8 +33,7 @@ class ListSink(testing.ListSink):
 
     def of(self, symbol: str, channel: str | None = None) -> list[RawEnvelope]:
         return [
-            e
-            for e in self.envelopes
+            e for e in self.envelopes
             if e.symbol == symbol and (channel is None or e.channel == channel)
         ]
 
@@ -159,8 +158,7 @@ def test_frames_become_envelopes_and_a_snapshot_follows_each_first_depth_event()
                 if e.channel != "snapshot":
                     frame = json.loads(e.payload)
                     assert frame["stream"] == f"{symbol.lower()}@" + (
-                        "depth@100ms" if e.channel == "depth" else "trade"
-                    )
+                        "depth@100ms" if e.channel == "depth" else "trade")
                     # received after the simulator stamped it (same machine clock)
                     assert e.receive_time_ns >= frame["data"]["E"] * 1_000_000
             (snapshot,) = sink.of(symbol, "snapshot")

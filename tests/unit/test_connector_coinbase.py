@@ -34,8 +34,7 @@ class ListSink(testing.ListSink):
 
     def of(self, symbol: str, channel: str | None = None) -> list[RawEnvelope]:
         return [
-            e
-            for e in self.envelopes
+            e for e in self.envelopes
             if e.symbol == symbol and (channel is None or e.channel == channel)
         ]
 
@@ -63,12 +62,8 @@ def pointed_at(settings: Settings, sim: SimulatorServer) -> Settings:
 
 
 def simulator(settings: Settings, **overrides: Any) -> Any:
-    values = {
-        "coinbase_products": PRODUCTS,
-        "coinbase_depth_levels": 20,
-        "rate_per_symbol": 200,
-        **overrides,
-    }
+    values = {"coinbase_products": PRODUCTS, "coinbase_depth_levels": 20,
+              "rate_per_symbol": 200, **overrides}
     return running_simulator(settings, **values)
 
 
@@ -143,16 +138,13 @@ def rebuild(envelopes: list[RawEnvelope]) -> dict[str, str]:
 
 def test_subscribe_messages_name_one_channel_each() -> None:
     assert json.loads(subscribe_message("subscribe", "level2", PRODUCTS)) == {
-        "type": "subscribe",
-        "product_ids": ["BTC-USD", "ETH-USD"],
-        "channel": "level2",
+        "type": "subscribe", "product_ids": ["BTC-USD", "ETH-USD"], "channel": "level2"
     }
     assert json.loads(subscribe_message("unsubscribe", "level2", ("BTC-USD",)))["type"] == (
         "unsubscribe"
     )
     assert json.loads(subscribe_message("subscribe", "heartbeats")) == {
-        "type": "subscribe",
-        "channel": "heartbeats",
+        "type": "subscribe", "channel": "heartbeats"
     }
 
 
@@ -196,10 +188,7 @@ def test_a_frame_spanning_products_is_split_per_product() -> None:
     trades["events"][0]["trades"] = [first, {**first, "trade_id": "1", "product_id": "BTC-USD"}]
     connector.handle_frame(conn, json.dumps(trades).encode(), rx_ns + 1)
     assert [(e.symbol, e.channel) for e in sink.envelopes] == [
-        ("BTC-USD", "depth"),
-        ("ETH-USD", "depth"),
-        ("ETH-USD", "trade"),
-        ("BTC-USD", "trade"),
+        ("BTC-USD", "depth"), ("ETH-USD", "depth"), ("ETH-USD", "trade"), ("BTC-USD", "trade")
     ]
     for env in sink.envelopes:
         body = json.loads(env.payload)
@@ -222,9 +211,7 @@ def test_sequence_gaps_duplicates_and_late_messages() -> None:
         await connector.on_open(conn)
         await wait_until(lambda: len(ws.sent) == 3, what="initial subscriptions")
         assert [(m["type"], m["channel"]) for m in ws.sent] == [
-            ("subscribe", "level2"),
-            ("subscribe", "market_trades"),
-            ("subscribe", "heartbeats"),
+            ("subscribe", "level2"), ("subscribe", "market_trades"), ("subscribe", "heartbeats")
         ]
         for seq, product in ((0, "BTC-USD"), (1, "ETH-USD")):
             connector.handle_frame(conn, l2(seq, product, "snapshot"), seq)
@@ -234,31 +221,22 @@ def test_sequence_gaps_duplicates_and_late_messages() -> None:
         connector.handle_frame(conn, l2(6, "ETH-USD"), 5)  # 4 and 5 lost
         connector.handle_frame(conn, l2(5), 6)  # late: its data is kept
         connector.handle_frame(conn, l2(5), 7)  # now a duplicate
-        assert [
-            (e.symbol, e.channel, json.loads(e.payload).get("sequence_num")) for e in sink.envelopes
-        ] == [
-            ("BTC-USD", "depth", 0),
-            ("ETH-USD", "depth", 1),
-            ("BTC-USD", "depth", 3),
-            ("BTC-USD", "sync_lost", None),
-            ("ETH-USD", "sync_lost", None),
-            ("ETH-USD", "depth", 6),
-            ("BTC-USD", "depth", 5),
+        assert [(e.symbol, e.channel, json.loads(e.payload).get("sequence_num"))
+                for e in sink.envelopes] == [
+            ("BTC-USD", "depth", 0), ("ETH-USD", "depth", 1), ("BTC-USD", "depth", 3),
+            ("BTC-USD", "sync_lost", None), ("ETH-USD", "sync_lost", None),
+            ("ETH-USD", "depth", 6), ("BTC-USD", "depth", 5),
         ]
         assert json.loads(sink.of("BTC-USD", "sync_lost")[0].payload) == {
-            "reason": "sequence_num gap",
-            "expected": 4,
-            "got": 6,
+            "reason": "sequence_num gap", "expected": 4, "got": 6
         }
         stats = connector.cb_stats
         assert (stats.gaps, stats.duplicates, stats.late, stats.sync_lost) == (1, 2, 1, 2)
         # every level2 product is resubscribed, one product at a time
         await wait_until(lambda: len(ws.sent) == 7, what="resubscriptions")
         assert [(m["type"], m["product_ids"]) for m in ws.sent[3:]] == [
-            ("unsubscribe", ["BTC-USD"]),
-            ("subscribe", ["BTC-USD"]),
-            ("unsubscribe", ["ETH-USD"]),
-            ("subscribe", ["ETH-USD"]),
+            ("unsubscribe", ["BTC-USD"]), ("subscribe", ["BTC-USD"]),
+            ("unsubscribe", ["ETH-USD"]), ("subscribe", ["ETH-USD"]),
         ]
         # a resync while the fresh snapshot is on its way does not ask again
         await connector.resync("BTC-USD")
@@ -301,18 +279,13 @@ def test_frames_become_envelopes_per_product_and_rebuild_the_true_book() -> None
         async with simulator(settings, coinbase_heartbeat_ms=20, send_log_frames=100_000) as sim:
             async with Running(sim, settings) as r:
                 await wait_until(
-                    lambda: (
-                        all(r.snapshots(p) for p in PRODUCTS)
-                        and r.connector.cb_stats.heartbeats >= 3
-                        and len(r.sink.envelopes) > 100
-                    ),
+                    lambda: all(r.snapshots(p) for p in PRODUCTS)
+                    and r.connector.cb_stats.heartbeats >= 3 and len(r.sink.envelopes) > 100,
                     what="snapshots, heartbeats and updates",
                 )
                 await r.caught_up()
-                truths = {
-                    p: (await http_json(f"{sim.http_url}/_sim/coinbase/book?symbol={p}"))[1]
-                    for p in PRODUCTS
-                }
+                truths = {p: (await http_json(f"{sim.http_url}/_sim/coinbase/book?symbol={p}"))[1]
+                          for p in PRODUCTS}
             (log,) = [c for c in sim.connections(with_frames=True) if c["exchange"] == "coinbase"]
         sink = r.sink
         assert {e.channel for e in sink.envelopes} == {"depth", "trade"}  # no heartbeats
@@ -329,11 +302,8 @@ def test_frames_become_envelopes_per_product_and_rebuild_the_true_book() -> None
             assert levels(book["bids"]) == truths[product]["bids"]
             assert levels(book["asks"]) == truths[product]["asks"]
         # byte for byte what the simulator sent, minus heartbeats and acknowledgements
-        market = [
-            f.encode()
-            for f in log["frames"]
-            if '"channel":"l2_data"' in f or '"channel":"market_trades"' in f
-        ]
+        market = [f.encode() for f in log["frames"]
+                  if '"channel":"l2_data"' in f or '"channel":"market_trades"' in f]
         assert [e.payload for e in sink.envelopes] == market
 
     run(scenario)
@@ -388,17 +358,11 @@ def test_duplicated_and_reordered_messages_are_produced_once() -> None:
             (log,) = [c for c in sim.connections(with_frames=True) if c["exchange"] == "coinbase"]
         stats = r.connector.cb_stats
         assert (stats.duplicates, stats.late, stats.gaps) == (1, 1, 1)
-        seqs = [
-            json.loads(e.payload)["sequence_num"]
-            for e in r.sink.envelopes
-            if e.channel != "sync_lost"
-        ]
+        seqs = [json.loads(e.payload)["sequence_num"] for e in r.sink.envelopes
+                if e.channel != "sync_lost"]
         assert len(seqs) == len(set(seqs))  # nothing produced twice
-        sent = {
-            json.loads(f)["sequence_num"]
-            for f in log["frames"]
-            if '"channel":"l2_data"' in f or '"channel":"market_trades"' in f
-        }
+        sent = {json.loads(f)["sequence_num"] for f in log["frames"]
+                if '"channel":"l2_data"' in f or '"channel":"market_trades"' in f}
         assert set(seqs) == sent  # and nothing lost: the late message was kept
 
     run(scenario)
@@ -410,13 +374,11 @@ def test_reconnect_after_a_dropped_connection_subscribes_again() -> None:
     async def scenario() -> None:
         async with simulator(settings) as sim, Running(sim, settings) as r:
             await wait_until(lambda: all(r.snapshots(p) for p in PRODUCTS), what="first sync")
-            _, body = await http_json(
-                f"{sim.http_url}/_sim/faults/disconnect?exchange=coinbase", "POST"
-            )
+            _, body = await http_json(f"{sim.http_url}/_sim/faults/disconnect?exchange=coinbase",
+                                      "POST")
             assert len(body["disconnected"]) == 1
-            await wait_until(
-                lambda: all(len(r.snapshots(p)) == 2 for p in PRODUCTS), what="second sync"
-            )
+            await wait_until(lambda: all(len(r.snapshots(p)) == 2 for p in PRODUCTS),
+                             what="second sync")
             stats = r.connector.cb_stats
         assert stats.connections == 2 and stats.gaps == 0  # numbering restarts per connection
         envs = r.sink.envelopes
@@ -448,10 +410,8 @@ def test_heartbeats_do_not_keep_a_data_less_socket_alive() -> None:
 
             driver = asyncio.create_task(drive())
             try:
-                await wait_until(
-                    lambda: stats.stale_timeouts >= 1 and stats.connections >= 2,
-                    what="a stale timeout despite heartbeats",
-                )
+                await wait_until(lambda: stats.stale_timeouts >= 1 and stats.connections >= 2,
+                                 what="a stale timeout despite heartbeats")
             finally:
                 driver.cancel()
         assert stats.heartbeats >= 5
@@ -471,13 +431,9 @@ def test_silent_socket_is_dropped_by_the_stale_timer() -> None:
         async with simulator(settings) as sim, Running(sim, settings) as r:
             await wait_until(lambda: all(r.snapshots(p) for p in PRODUCTS), what="first sync")
             await http_json(f"{sim.http_url}/_sim/faults/silent?exchange=coinbase", "POST")
-            await wait_until(
-                lambda: (
-                    r.connector.stats.stale_timeouts >= 1
-                    and all(len(r.snapshots(p)) == 2 for p in PRODUCTS)
-                ),
-                what="stale timeout and a new connection",
-            )
+            await wait_until(lambda: r.connector.stats.stale_timeouts >= 1
+                             and all(len(r.snapshots(p)) == 2 for p in PRODUCTS),
+                             what="stale timeout and a new connection")
 
     run(scenario)
 

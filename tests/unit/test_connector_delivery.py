@@ -65,8 +65,7 @@ def test_a_frame_not_delivered_marks_its_book_lost_before_its_next_frame_and_res
         # the book is resubscribed (a fresh snapshot), the other one is not
         await wait_until(lambda: len(ws.sent) == 5, what="resubscription")
         assert [(m["type"], m["product_ids"]) for m in ws.sent[3:]] == [
-            ("unsubscribe", ["BTC-USD"]),
-            ("subscribe", ["BTC-USD"]),
+            ("unsubscribe", ["BTC-USD"]), ("subscribe", ["BTC-USD"]),
         ]
         m = connector.metrics
         assert (m.delivery_failures, m.books_lost, m.delivery_resyncs) == (3, 1, 1)

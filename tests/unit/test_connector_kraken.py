@@ -38,10 +38,9 @@ class ListSink(testing.ListSink):
     def of(self, symbol: str, kind: str | None = None) -> list[RawEnvelope]:
         """A pair's envelopes; ``kind``: "snapshot" or "update" book frames only."""
         return [
-            e
-            for e in self.envelopes
-            if e.symbol == symbol
-            and (kind is None or (e.channel == "depth" and frame(e)["type"] == kind))
+            e for e in self.envelopes
+            if e.symbol == symbol and (kind is None or (
+                e.channel == "depth" and frame(e)["type"] == kind))
         ]
 
 
@@ -52,7 +51,9 @@ def frame(envelope: RawEnvelope) -> dict[str, Any]:
 
 def base_settings(pairs: dict[str, str] = PAIRS, **kraken: Any) -> Settings:
     settings = load_settings(overlays=[ROOT / "config" / "simulator.yaml"], environ={})
-    lifecycle = dataclasses.replace(settings.connectors, backoff_initial_s=0.02, backoff_max_s=0.2)
+    lifecycle = dataclasses.replace(
+        settings.connectors, backoff_initial_s=0.02, backoff_max_s=0.2
+    )
     config = dataclasses.replace(
         settings.exchanges.kraken, symbols=pairs, message_interval_ms=10, **kraken
     )
@@ -140,8 +141,7 @@ def test_requests_are_krakens_subscribe_messages() -> None:
         "req_id": 1,
     }
     assert json.loads(connector.request("unsubscribe", "trade", ["ETH/USD"])) == {
-        "method": "unsubscribe",
-        "params": {"channel": "trade", "symbol": ["ETH/USD"]},
+        "method": "unsubscribe", "params": {"channel": "trade", "symbol": ["ETH/USD"]},
         "req_id": 2,
     }
 
@@ -161,7 +161,8 @@ def test_documented_frames_are_routed_by_pair_and_control_frames_consumed() -> N
         control = (FIXTURES / f"doc_{name}.json").read_bytes()
         assert dispatch(conn, control, 0) == [], name
         assert connector.route(control) is None
-    assert connector.control == {"heartbeat": 1, "status": 1, "subscribe": 1, "subscribe error": 1}
+    assert connector.control == {
+        "heartbeat": 1, "status": 1, "subscribe": 1, "subscribe error": 1}
     assert connector.rejected == ["subscribe XYZ/USD: Currency pair not supported XYZ/USD"]
     # unknown pairs and channels, and garbage, are dead letters
     unknown = KrakenConnector(base_settings(), ListSink())

@@ -65,8 +65,7 @@ def settings_for(**connector_overrides: Any) -> Settings:
             settings.exchanges.coinbase, message_interval_ms=5, symbols={"BTC-USD": "BTC-USD"}
         ),
         kraken=dataclasses.replace(
-            settings.exchanges.kraken,
-            message_interval_ms=10,
+            settings.exchanges.kraken, message_interval_ms=10,
             symbols={"BTC/USD": "BTC-USD", "MATIC/USD": "MATIC-USD"},
         ),
     )
@@ -162,11 +161,8 @@ def test_coinbase_and_kraken_frames_move_frames_and_latency(cls: type[WsConnecto
     async def scenario() -> None:
         async with (
             running_simulator(
-                settings,
-                rate_per_symbol=200,
-                coinbase_products=("BTC-USD",),
-                coinbase_depth_levels=20,
-                kraken_symbols=("BTC/USD",),
+                settings, rate_per_symbol=200, coinbase_products=("BTC-USD",),
+                coinbase_depth_levels=20, kraken_symbols=("BTC/USD",),
             ) as sim,
             Running(cls, sim, settings) as r,
         ):
@@ -274,14 +270,8 @@ def test_latency_is_receive_time_minus_the_exchanges_event_time(
 def test_frames_without_an_event_time_are_not_observed() -> None:
     connector, conn = hand_fed(KrakenConnector)
     snapshot = (FIXTURES / "kraken" / "doc_book_snapshot.json").read_bytes().strip()
-    trade_snapshot = (
-        (FIXTURES / "kraken" / "doc_trade.json")
-        .read_bytes()
-        .strip()
-        .replace(
-            b'"type":"update"',
-            b'"type":"snapshot"',  # a trade snapshot's times are old trades'
-        )
+    trade_snapshot = (FIXTURES / "kraken" / "doc_trade.json").read_bytes().strip().replace(
+        b'"type":"update"', b'"type":"snapshot"'  # a trade snapshot's times are old trades'
     )
     connector.handle_frame(conn, snapshot, RECEIVED_NS)
     connector.handle_frame(conn, trade_snapshot, RECEIVED_NS)
@@ -385,14 +375,12 @@ def test_metrics_endpoint_serves_every_name_with_its_type() -> None:
         "tickflow_connector_exchange_latency_seconds": "histogram",
     }
     by_channel = {
-        s.labels["channel"]: s.value
-        for s in families["tickflow_connector_frames"].samples
+        s.labels["channel"]: s.value for s in families["tickflow_connector_frames"].samples
         if s.name == "tickflow_connector_frames_total" and s.labels["exchange"] == "binance"
     }
     assert by_channel == {"depth": 1, "trade": 0}  # depth and trade exist from the start
     reasons = {
-        s.labels["reason"]
-        for s in families["tickflow_connector_reconnects"].samples
+        s.labels["reason"] for s in families["tickflow_connector_reconnects"].samples
         if s.name == "tickflow_connector_reconnects_total"
     }
     assert reasons == {"stale", "closed", "ping_timeout", "recycled", "refused", "error"}
@@ -402,9 +390,7 @@ def test_metrics_endpoint_serves_every_name_with_its_type() -> None:
 def test_metrics_port_comes_from_the_monitoring_section() -> None:
     settings = settings_for()
     assert [metrics_port(settings, ex) for ex in ("binance", "coinbase", "kraken")] == [
-        9101,
-        9102,
-        9103,
+        9101, 9102, 9103,
     ]
     monitoring = dataclasses.replace(settings.monitoring, connector_metrics_ports={})
     with pytest.raises(ConfigError, match="connector_metrics_ports"):

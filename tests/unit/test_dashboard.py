@@ -270,10 +270,7 @@ def test_the_terminal_view_shows_the_nbbo_and_an_expired_lease(redis_config: Red
     _write_market(redis_config)
     (nbbo,) = read_all_nbbos(redis_config)
     assert (nbbo.instrument, nbbo.bid_price, nbbo.ask_price, nbbo.live) == (
-        "BTC-USD",
-        "64999.5",
-        "65000.5",
-        True,
+        "BTC-USD", "64999.5", "65000.5", True
     )
     line = render_nbbos([nbbo]).splitlines()[1]
     assert "BTC-USD" in line and "64999.5" in line and "1.0" in line and "EXPIRED" not in line

@@ -63,9 +63,8 @@ def test_history_survives_a_corrupt_file_and_keeps_the_last_job_ids(tmp_path: Pa
     assert history["savepoint"] == "s"
 
 
-def test_nothing_runs_so_yield_stops_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_nothing_runs_so_yield_stops_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("TICKFLOW__STATE_DIR", str(tmp_path))
     assert not demo.running(load_settings())
     assert demo.main(["yield"]) == 0

@@ -37,7 +37,9 @@ COINBASE_PRODUCTS = ("BTC-USD", "ETH-USD")
 
 def base_settings() -> Settings:
     settings = load_settings(overlays=[ROOT / "config" / "simulator.yaml"], environ={})
-    lifecycle = dataclasses.replace(settings.connectors, backoff_initial_s=0.02, backoff_max_s=0.2)
+    lifecycle = dataclasses.replace(
+        settings.connectors, backoff_initial_s=0.02, backoff_max_s=0.2
+    )
     binance = dataclasses.replace(settings.exchanges.binance, snapshot_stagger_ms=20)
     kraken = dataclasses.replace(
         settings.exchanges.kraken, symbols=KRAKEN_PAIRS, message_interval_ms=10

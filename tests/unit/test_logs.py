@@ -61,21 +61,12 @@ def test_json_lines_carry_time_level_logger_message_and_fields() -> None:
     plain, lost = json_lines(out)
     assert ISO_MS_UTC.match(plain["ts"])
     assert plain == {
-        "ts": plain["ts"],
-        "level": "INFO",
-        "logger": "tickflow.test",
-        "msg": "plain message",
+        "ts": plain["ts"], "level": "INFO", "logger": "tickflow.test", "msg": "plain message",
         "job_id": "job-7",
     }
     assert lost == {
-        "ts": lost["ts"],
-        "level": "WARNING",
-        "logger": "tickflow.test",
-        "msg": "book BTCUSDT lost",
-        "exchange": "binance",
-        "symbol": "BTCUSDT",
-        "connection_id": "c0ffee",
-        "job_id": "job-7",
+        "ts": lost["ts"], "level": "WARNING", "logger": "tickflow.test", "msg": "book BTCUSDT lost",
+        "exchange": "binance", "symbol": "BTCUSDT", "connection_id": "c0ffee", "job_id": "job-7",
     }
 
 

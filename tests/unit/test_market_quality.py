@@ -31,8 +31,7 @@ D = Decimal
 def sample(t: int, a: tuple[str, str], b: tuple[str, str], fair: str | None = None) -> Sample:
     """Venues x and y of BTC-USD at time t: (bid, ask) each."""
     return Sample(
-        t,
-        "BTC-USD",
+        t, "BTC-USD",
         (Top("x", D(a[0]), D(a[1])), Top("y", D(b[0]), D(b[1]))),
         fair=None if fair is None else D(fair),
     )
@@ -83,10 +82,8 @@ def test_mid_differences_and_fair_value_distance_in_bps() -> None:
 
 
 def test_trade_throughs_are_against_other_venues_touch_at_the_time() -> None:
-    samples = [
-        sample(0, ("100", "101"), ("100.5", "100.8")),
-        sample(100, ("100", "101"), ("100", "101")),
-    ]
+    samples = [sample(0, ("100", "101"), ("100.5", "100.8")), sample(100, ("100", "101"),
+                                                                   ("100", "101"))]
     trades = [
         TradePrint(10, "BTC-USD", "x", D("101"), "buy"),  # y offered 100.8: through
         TradePrint(20, "BTC-USD", "y", D("100.8"), "buy"),  # x offered 101: fine
@@ -100,12 +97,7 @@ def test_trade_throughs_are_against_other_venues_touch_at_the_time() -> None:
 
 def test_distribution_and_summary() -> None:
     assert distribution([]) == {
-        "count": 0,
-        "mean": None,
-        "p50": None,
-        "p90": None,
-        "p99": None,
-        "max": None,
+        "count": 0, "mean": None, "p50": None, "p90": None, "p99": None, "max": None
     }
     d = distribution([float(v) for v in range(1, 101)])
     assert (d["p50"], d["p90"], d["p99"], d["max"], d["mean"]) == (50, 90, 99, 100, 50.5)
@@ -170,38 +162,14 @@ def test_samples_from_redis_hashes() -> None:
         "ETH-USD": {"bid_price": "", "ask_price": ""},
     }
     books = [
-        {
-            "exchange": "coinbase",
-            "symbol": "BTC-USD",
-            "instrument": "BTC-USD",
-            "status": "LIVE",
-            "bids": '[["100.1","1"]]',
-            "asks": '[["100.4","2"]]',
-        },
-        {
-            "exchange": "kraken",
-            "symbol": "BTC/USD",
-            "instrument": "BTC-USD",
-            "status": "LIVE",
-            "bids": '[["100.5","1"],["100.0","3"]]',
-            "asks": '[["100.9","1"]]',
-        },
-        {
-            "exchange": "binance",
-            "symbol": "BTCUSDT",
-            "instrument": "BTC-USDT",
-            "status": "LIVE",
-            "bids": '[["99","1"]]',
-            "asks": '[["101","1"]]',
-        },
-        {
-            "exchange": "kraken",
-            "symbol": "ETH/USD",
-            "instrument": "ETH-USD",
-            "status": "RESYNCING",
-            "bids": "[]",
-            "asks": "[]",
-        },
+        {"exchange": "coinbase", "symbol": "BTC-USD", "instrument": "BTC-USD",
+         "status": "LIVE", "bids": '[["100.1","1"]]', "asks": '[["100.4","2"]]'},
+        {"exchange": "kraken", "symbol": "BTC/USD", "instrument": "BTC-USD",
+         "status": "LIVE", "bids": '[["100.5","1"],["100.0","3"]]', "asks": '[["100.9","1"]]'},
+        {"exchange": "binance", "symbol": "BTCUSDT", "instrument": "BTC-USDT",
+         "status": "LIVE", "bids": '[["99","1"]]', "asks": '[["101","1"]]'},
+        {"exchange": "kraken", "symbol": "ETH/USD", "instrument": "ETH-USD",
+         "status": "RESYNCING", "bids": "[]", "asks": "[]"},
     ]
     fair = {"BTC-USD": "100.45"}
 
@@ -210,16 +178,11 @@ def test_samples_from_redis_hashes() -> None:
 
     btc, eth = samples_from_redis(5, nbbos, books, fair, group)
     assert btc == Sample(
-        5,
-        "BTC-USD",
-        (
-            Top("coinbase:BTC-USD", D("100.1"), D("100.4")),
-            Top("kraken:BTC/USD", D("100.5"), D("100.9")),
-            Top("binance:BTCUSDT", D("99"), D("101")),
-        ),
-        D("100.5"),
-        D("100.4"),
-        D("100.45"),
+        5, "BTC-USD",
+        (Top("coinbase:BTC-USD", D("100.1"), D("100.4")),
+         Top("kraken:BTC/USD", D("100.5"), D("100.9")),
+         Top("binance:BTCUSDT", D("99"), D("101"))),
+        D("100.5"), D("100.4"), D("100.45"),
     )
     assert eth == Sample(5, "ETH-USD", (), None, None, None)
     computed, _ = samples_from_redis(5, nbbos, books, fair, group, published=False)

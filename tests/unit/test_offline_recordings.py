@@ -102,9 +102,7 @@ async def record(settings: Settings, directory: Path) -> Session:
 
         def traded_enough() -> bool:
             trades = Counter(
-                (ex, e.symbol)
-                for ex, sink in sinks.items()
-                for e in sink.envelopes
+                (ex, e.symbol) for ex, sink in sinks.items() for e in sink.envelopes
                 if e.channel == "trade"
             )
             return all(trades[book] >= TRADES_PER_BOOK for book in books_of(settings))
@@ -145,10 +143,9 @@ def test_every_book_ends_live_with_the_simulators_true_top_levels(session: Sessi
     for book_id, book in by_book.items():
         truth = session.books[book_id]
         assert (book.status, book.reason) == ("LIVE", ""), book_id
-        assert (
-            book.instrument
-            == getattr(session.settings.exchanges, book.exchange).symbols[book.symbol]
-        )
+        assert book.instrument == getattr(session.settings.exchanges, book.exchange).symbols[
+            book.symbol
+        ]
         for side in ("bids", "asks"):
             expected = [(Decimal(p), Decimal(q)) for p, q in truth[side][:top_n]]
             got = [(Decimal(p), Decimal(q)) for p, q in getattr(book, side)]
@@ -232,8 +229,7 @@ def test_bars_hold_every_matched_trade_of_their_window(session: Session) -> None
                     # symbol may share a millisecond)
                     ordered = sorted(trades, key=_trade_order)
                     assert (bar["open"], bar["close"]) == (
-                        ordered[0]["price"],
-                        ordered[-1]["price"],
+                        ordered[0]["price"], ordered[-1]["price"]
                     )
             last = {}
             for instrument, start in windows:
@@ -267,9 +263,13 @@ def test_the_command_writes_json_lines_that_parse(
     assert [r["exchange"] for r in summary["recordings"]] == list(CONNECTORS)
     kinds = Counter(line["kind"] for line in lines[1:])
     # the configuration lists more symbols than were recorded: the same books
-    assert kinds["book"] == summary["books"] == summary["books_live"] == len(session.result.books)
+    assert kinds["book"] == summary["books"] == summary["books_live"] == len(
+        session.result.books
+    )
     assert kinds["nbbo"] == summary["nbbo_changes"] == len(session.result.nbbo)
-    assert kinds["matched_trade"] == summary["matched_trades"] == len(session.result.matched_trades)
+    assert kinds["matched_trade"] == summary["matched_trades"] == len(
+        session.result.matched_trades
+    )
     assert kinds["bar"] == summary["bars"] == len(session.result.bars)
     assert summary["table_rows"] == session.result.table_rows
     book = next(line for line in lines if line["kind"] == "book")
@@ -377,9 +377,7 @@ def test_the_jobs_nbbo_is_one_market_rarely_crossed(session: Session) -> None:
     frames (every change, held until the next by event time) is seldom crossed."""
     samples = [
         Sample(
-            int(r["event_time_ms"]),
-            r["instrument"],
-            (),
+            int(r["event_time_ms"]), r["instrument"], (),
             Decimal(r["bid_price"]) if r["bid_price"] else None,
             Decimal(r["ask_price"]) if r["ask_price"] else None,
         )

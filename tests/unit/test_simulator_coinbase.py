@@ -149,10 +149,8 @@ def test_decimal_text_follows_the_product_precision(
     for i in range(50):
         m.step(i)
     for u in m.snapshot_updates():
-        for text, decimals in (
-            (u["price_level"], price_decimals),
-            (u["new_quantity"], size_decimals),
-        ):
+        for text, decimals in ((u["price_level"], price_decimals),
+                               (u["new_quantity"], size_decimals)):
             whole, _, frac = text.partition(".")
             assert whole.isdigit() and len(frac) <= decimals
             assert not frac.endswith("0")  # Coinbase trims trailing zeros
@@ -188,21 +186,16 @@ def test_level2_snapshot_then_ack_then_updates_with_documented_shapes() -> None:
         assert (event["type"], event["product_id"]) == ("snapshot", "BTC-USD")
         sides = [u["side"] for u in event["updates"]]
         assert sides == sorted(sides) and {"bid", "offer"} == set(sides)  # bids first
-        prices = {
-            s: [float(u["price_level"]) for u in event["updates"] if u["side"] == s]
-            for s in ("bid", "offer")
-        }
+        prices = {s: [float(u["price_level"]) for u in event["updates"] if u["side"] == s]
+                  for s in ("bid", "offer")}
         assert prices["bid"] == sorted(prices["bid"], reverse=True)  # best first
         assert prices["offer"] == sorted(prices["offer"])
         level = event["updates"][0]
         assert list(level) == ["side", "event_time", "price_level", "new_quantity"]
         assert level["event_time"] == "1970-01-01T00:00:00Z"
         assert ack == {
-            "channel": "subscriptions",
-            "client_id": "",
-            "timestamp": ack["timestamp"],
-            "sequence_num": 1,
-            "events": [{"subscriptions": {"level2": ["BTC-USD"]}}],
+            "channel": "subscriptions", "client_id": "", "timestamp": ack["timestamp"],
+            "sequence_num": 1, "events": [{"subscriptions": {"level2": ["BTC-USD"]}}],
         }
         update = reader.of("l2_data")[1]
         (event,) = update["events"]
@@ -217,22 +210,16 @@ def test_level2_snapshot_then_ack_then_updates_with_documented_shapes() -> None:
 def test_sequence_num_counts_every_message_of_a_connection() -> None:
     async def scenario() -> None:
         overrides = sim_overrides(coinbase_heartbeat_ms=20)
-        messages = (
-            subscribe("level2", PRODUCTS),
-            subscribe("market_trades", PRODUCTS),
-            subscribe("heartbeats"),
-        )
+        messages = (subscribe("level2", PRODUCTS), subscribe("market_trades", PRODUCTS),
+                    subscribe("heartbeats"))
         async with (
             running_simulator(base_settings(), rate_per_symbol=200, **overrides) as sim,
             client(sim, *messages) as first,
             client(sim, *messages[:1]) as second,
         ):
             await wait_until(
-                lambda: (
-                    len(first.of("heartbeats")) >= 3
-                    and len(first.of("market_trades"))
-                    and len(second.frames) >= 50
-                ),
+                lambda: len(first.of("heartbeats")) >= 3 and len(first.of("market_trades"))
+                and len(second.frames) >= 50,
                 what="messages on every channel",
             )
         for reader in (first, second):  # each connection numbers its own messages from 0
@@ -249,14 +236,8 @@ def test_sequence_num_counts_every_message_of_a_connection() -> None:
         assert list(trades) == HEADER
         (event,) = trades["events"]
         assert list(event) == ["type", "trades"]
-        assert list(event["trades"][0]) == [
-            "trade_id",
-            "product_id",
-            "price",
-            "size",
-            "side",
-            "time",
-        ]
+        assert list(event["trades"][0]) == ["trade_id", "product_id", "price", "size", "side",
+                                            "time"]
         assert event["trades"][0]["side"] in ("BUY", "SELL")
 
     run(scenario)
@@ -273,9 +254,8 @@ def test_unsubscribe_stops_a_product_and_errors_are_reported() -> None:
             await reader.ws.send(subscribe("level2", ("NOPE-USD",)))
             await reader.ws.send(subscribe("level3", ("BTC-USD",)))
             await reader.ws.send("not json")
-            await wait_until(
-                lambda: len([f for f in reader.frames if "type" in f]) == 3, what="errors"
-            )
+            await wait_until(lambda: len([f for f in reader.frames if "type" in f]) == 3,
+                             what="errors")
             acks = reader.of("subscriptions")
             assert acks[-1]["events"] == [{"subscriptions": {"level2": ["ETH-USD"]}}]
             after = reader.frames.index(acks[-1])
@@ -306,12 +286,7 @@ def test_snapshot_plus_updates_rebuild_the_true_book() -> None:
             for product in PRODUCTS:
                 _, truth = await http_json(f"{sim.http_url}/_sim/coinbase/book?symbol={product}")
                 assert list(truth) == [
-                    "symbol",
-                    "bids",
-                    "asks",
-                    "sequence_num",
-                    "fair_value",
-                    "fair_time_ms",
+                    "symbol", "bids", "asks", "sequence_num", "fair_value", "fair_time_ms"
                 ]
                 book: dict[str, dict[str, str]] = {"bid": {}, "offer": {}}
                 frames = reader.of("l2_data", product)
@@ -339,12 +314,8 @@ def test_trades_introspection_matches_the_wire_with_taker_sides() -> None:
             await wait_until(lambda: len(reader.of("market_trades")) >= 5, what="trades")
             await quiesce(sim)
             _, tape = await http_json(f"{sim.http_url}/_sim/coinbase/trades?symbol=ETH-USD")
-        wire = {
-            t["trade_id"]: t
-            for f in reader.of("market_trades")
-            for e in f["events"]
-            for t in e["trades"]
-        }
+        wire = {t["trade_id"]: t for f in reader.of("market_trades") for e in f["events"]
+                for t in e["trades"]}
         assert tape["symbol"] == "ETH-USD"
         by_id = {t["id"]: t for t in tape["trades"]}
         assert set(wire) <= set(by_id)
@@ -385,18 +356,15 @@ def test_drop_fault_leaves_a_sequence_gap_and_disconnect_closes() -> None:
             await wait_until(lambda: len(reader.frames) >= 5, what="updates")
             drop = "/_sim/faults/drop?exchange=coinbase&symbol=BTC-USD&channel=depth&count=1"
             await http_json(f"{sim.http_url}{drop}", "POST")
-            await wait_until(
-                lambda: sim.status()["connections"][0]["frames_dropped"] == 1,
-                what="a dropped frame",
-            )
+            await wait_until(lambda: sim.status()["connections"][0]["frames_dropped"] == 1,
+                             what="a dropped frame")
             count = len(reader.frames)
             await wait_until(lambda: len(reader.frames) > count + 2, what="more frames")
             seqs = [f["sequence_num"] for f in reader.frames]
             missing = sorted(set(range(seqs[-1] + 1)) - set(seqs))
             assert len(missing) == 1  # exactly the dropped message
-            _, body = await http_json(
-                f"{sim.http_url}/_sim/faults/disconnect?exchange=coinbase", "POST"
-            )
+            _, body = await http_json(f"{sim.http_url}/_sim/faults/disconnect?exchange=coinbase",
+                                      "POST")
             assert len(body["disconnected"]) == 1
             await wait_until(lambda: reader.closed, what="the connection closed")
 

@@ -88,15 +88,11 @@ class Client:
 
     async def request(self, method: str, channel: str, symbols: list[str], **params: Any) -> int:
         req_id = next(self._req_ids)
-        await self.ws.send(
-            json.dumps(
-                {
-                    "method": method,
-                    "params": {"channel": channel, "symbol": symbols, **params},
-                    "req_id": req_id,
-                }
-            )
-        )
+        await self.ws.send(json.dumps({
+            "method": method,
+            "params": {"channel": channel, "symbol": symbols, **params},
+            "req_id": req_id,
+        }))
         return req_id
 
     def replies(self, req_id: int) -> list[dict[str, Any]]:
@@ -104,8 +100,7 @@ class Client:
 
     def of(self, channel: str, kind: str | None = None) -> list[dict[str, Any]]:
         return [
-            f
-            for f in self.frames
+            f for f in self.frames
             if f.get("channel") == channel and (kind is None or f.get("type") == kind)
         ]
 
@@ -164,15 +159,10 @@ def test_checksum_implementations_agree_for_every_pair_precision() -> None:
     for symbol, pair in KRAKEN_PAIRS.items():
         instrument = symbol.replace("/", "-")
         for i in range(50):
-            bids = sorted(
-                {rng.randrange(1, 10**6): rng.randrange(1, 10**9) for _ in range(15)}.items(),
-                reverse=True,
-            )
-            asks = sorted(
-                {
-                    rng.randrange(10**6, 2 * 10**6): rng.randrange(1, 10**9) for _ in range(15)
-                }.items()
-            )
+            bids = sorted({rng.randrange(1, 10**6): rng.randrange(1, 10**9) for _ in range(15)}
+                          .items(), reverse=True)
+            asks = sorted({rng.randrange(10**6, 2 * 10**6): rng.randrange(1, 10**9)
+                           for _ in range(15)}.items())
             body = book_message("snapshot", symbol, pair, bids, asks, sim_checksum(bids, asks), 0)
             core = Core(instrument)
             out = core.process(envelope(instrument, "kraken", symbol, "depth", body, T0 + i))
@@ -203,12 +193,14 @@ def test_views_are_truncated_without_deletes() -> None:
     for now in range(3000):
         step = next(e for e in market.step(now) if isinstance(e, BookStep))
         update = book_update(step, 10)
-        for price, qty in update[0] if update else []:
+        for price, qty in (update[0] if update else []):
             view.pop(price, None) if qty == 0 else view.__setitem__(price, qty)
         before = {p for p, _ in step.before[0][:10]}
         after = {p for p, _ in step.after[0][:10]}
         sent = {p for p, _ in (update[0] if update else [])}
-        pushed_out_silently += any(p in market.book.bids and p not in sent for p in before - after)
+        pushed_out_silently += any(
+            p in market.book.bids and p not in sent for p in before - after
+        )
         view = dict(sorted(view.items(), reverse=True)[:10])
         assert sorted(view.items(), reverse=True) == market.levels(10)[0]
     assert pushed_out_silently > 100
@@ -251,14 +243,10 @@ def test_frames_have_krakens_shape_and_each_pairs_precision() -> None:
             "req_id": 1,
         }
         assert c.replies(2)[0]["result"] == {
-            "channel": "trade",
-            "snapshot": True,
-            "symbol": "BTC/USD",
-        }
+            "channel": "trade", "snapshot": True, "symbol": "BTC/USD"}
         snapshot = next(r for r in c.raw if '"type":"snapshot"' in r and "DOGE" in r)
         assert snapshot.startswith(
-            '{"channel":"book","type":"snapshot","data":[{"symbol":"DOGE/USD","bids":[{"price":'
-        )
+            '{"channel":"book","type":"snapshot","data":[{"symbol":"DOGE/USD","bids":[{"price":')
         (data,) = json.loads(snapshot, parse_float=Decimal)["data"]
         assert list(data) == ["symbol", "bids", "asks", "checksum", "timestamp"]
         assert len(data["bids"]) == len(data["asks"]) == 10
@@ -266,15 +254,8 @@ def test_frames_have_krakens_shape_and_each_pairs_precision() -> None:
         assert list(update) == ["symbol", "bids", "asks", "checksum", "timestamp"]
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", update["timestamp"])
         trade = c.of("trade", "update")[0]["data"][0]
-        assert list(trade) == [
-            "symbol",
-            "side",
-            "price",
-            "qty",
-            "ord_type",
-            "trade_id",
-            "timestamp",
-        ]
+        assert list(trade) == ["symbol", "side", "price", "qty", "ord_type", "trade_id",
+                               "timestamp"]
         assert trade["side"] in ("buy", "sell") and isinstance(trade["trade_id"], int)
         # every number is written with its pair's precision: 45283.5 and 0.10000000 style
         for raw in c.raw:
@@ -284,17 +265,14 @@ def test_frames_have_krakens_shape_and_each_pairs_precision() -> None:
                 decimals = pair.price_decimals if field == "price" else pair.qty_decimals
                 assert len(number.split(".")[1]) == decimals, (field, number, symbol)
         # the introspection book is the truth, in strings with the same precision
-        assert list(truth) == ["symbol", "bids", "asks", "checksum", "fair_value", "fair_time_ms"]
-        assert all(
-            re.fullmatch(r"\d+\.\d{7}", p) and re.fullmatch(r"\d+\.\d{8}", q)
-            for p, q in truth["bids"] + truth["asks"]
-        )
+        assert list(truth) == [
+            "symbol", "bids", "asks", "checksum", "fair_value", "fair_time_ms"
+        ]
+        assert all(re.fullmatch(r"\d+\.\d{7}", p) and re.fullmatch(r"\d+\.\d{8}", q)
+                   for p, q in truth["bids"] + truth["asks"])
         assert truth["checksum"] == sim_checksum(
-            *[
-                [(int(p.replace(".", "")), int(q.replace(".", ""))) for p, q in truth[side]]
-                for side in ("bids", "asks")
-            ]
-        )
+            *[[(int(p.replace(".", "")), int(q.replace(".", ""))) for p, q in truth[side]]
+              for side in ("bids", "asks")])
 
     run(scenario)
 
@@ -364,10 +342,7 @@ def test_requests_acks_and_errors() -> None:
         malformed = next(f for f in c.frames if f.get("error") == "Malformed request")
         assert (malformed["method"], malformed["success"]) == ("unknown", False)
         assert c.replies(unsub)[0]["result"] == {
-            "channel": "book",
-            "depth": 25,
-            "symbol": "BTC/USD",
-        }
+            "channel": "book", "depth": 25, "symbol": "BTC/USD"}
         # one snapshot (after the subscribe), no update after the unsubscribe
         assert [f["type"] for f in c.of("book")] == ["snapshot"]
         assert status["exchanges"]["kraken"]["symbols"]["BTC/USD"]["connections"] == 0
@@ -387,18 +362,14 @@ def test_trade_snapshot_holds_the_recent_tape() -> None:
             _, tape = await http_json(f"{sim.http_url}/_sim/kraken/trades?symbol=BTC/USD")
             _, later = await http_json(
                 f"{sim.http_url}/_sim/kraken/trades?symbol=BTC/USD"
-                f"&from_id={tape['trades'][-1]['id']}"
-            )
+                f"&from_id={tape['trades'][-1]['id']}")
         (snapshot,) = c.of("trade")
         assert snapshot["type"] == "snapshot" and len(snapshot["data"]) == 50
         recent = tape["trades"][-50:]
         assert [t["trade_id"] for t in snapshot["data"]] == [t["id"] for t in recent]
         for sent, true in zip(snapshot["data"], recent, strict=True):
             assert (str(sent["price"]), str(sent["qty"]), sent["side"]) == (
-                true["price"],
-                true["qty"],
-                true["taker_side"],
-            )
+                true["price"], true["qty"], true["taker_side"])
         assert list(tape["trades"][0]) == ["id", "price", "qty", "time", "taker_side"]
         assert later["trades"] == tape["trades"][-1:]
 
@@ -461,25 +432,18 @@ def test_served_updates_are_the_seeded_models() -> None:
             sim.step("kraken", "SOL/USD", 40)
             await wait_until(lambda: len(c.of("book")) > 30, what="updates")
             status = sim.status()["exchanges"]["kraken"]["symbols"]["SOL/USD"]
-            await wait_until(lambda: c.of("book")[-1]["data"][0]["checksum"] == status["checksum"])
+            await wait_until(
+                lambda: c.of("book")[-1]["data"][0]["checksum"] == status["checksum"])
             return [r for r in c.raw if r.startswith('{"channel":"book","type":"update"')]
 
     served = asyncio.run(scenario())
     settings = base_settings().simulator
-    model = KrakenMarket(
-        "SOL/USD",
-        settings.seed,
-        settings.depth_levels,
-        settings.max_changes_per_event,
-        settings.trade_probability,
-    )
+    model = KrakenMarket("SOL/USD", settings.seed, settings.depth_levels,
+                         settings.max_changes_per_event, settings.trade_probability)
     expected = []
     for _ in range(40):
         for event in model.step(T0):
             if isinstance(event, BookStep) and (update := book_update(event, 10)):
-                expected.append(
-                    book_message(
-                        "update", "SOL/USD", model.pair, *update, event.checksum, event.time_ms
-                    ).decode()
-                )
+                expected.append(book_message("update", "SOL/USD", model.pair, *update,
+                                             event.checksum, event.time_ms).decode())
     assert served == expected

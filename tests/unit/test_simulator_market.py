@@ -198,6 +198,10 @@ def test_frame_builders_have_the_documented_fields_in_order() -> None:
     ours_trade = trade_event("BTCUSDT", m.spec, trade)
     assert list(ours_depth) == list(doc_depth)
     assert list(ours_trade) == list(doc_trade)
-    assert {k: type(v) for k, v in ours_depth.items()} == {k: type(v) for k, v in doc_depth.items()}
-    assert {k: type(v) for k, v in ours_trade.items()} == {k: type(v) for k, v in doc_trade.items()}
+    assert {k: type(v) for k, v in ours_depth.items()} == {
+        k: type(v) for k, v in doc_depth.items()
+    }
+    assert {k: type(v) for k, v in ours_trade.items()} == {
+        k: type(v) for k, v in doc_trade.items()
+    }
     assert list(m.snapshot()) == ["lastUpdateId", "bids", "asks"]

@@ -163,10 +163,7 @@ def test_served_frames_are_the_seeded_models_frames() -> None:
         # rate 0: no pacing, frames only from explicit steps
         async with (
             running_simulator(
-                settings,
-                clock_ms=lambda: T_FIXED,
-                rate_per_symbol=0,
-                depth_levels=10,
+                settings, clock_ms=lambda: T_FIXED, rate_per_symbol=0, depth_levels=10,
                 id_epoch_s=7,
             ) as sim,
             client(sim, f"/binance/stream?streams={STREAMS}") as reader,
@@ -185,14 +182,8 @@ def test_served_frames_are_the_seeded_models_frames() -> None:
 
     served = asyncio.run(scenario())
     sim_cfg = settings.simulator
-    model = BinanceMarket(
-        "BTCUSDT",
-        sim_cfg.seed,
-        10,
-        sim_cfg.max_changes_per_event,
-        sim_cfg.trade_probability,
-        id_offset=id_offset(7),
-    )
+    model = BinanceMarket("BTCUSDT", sim_cfg.seed, 10, sim_cfg.max_changes_per_event,
+                          sim_cfg.trade_probability, id_offset=id_offset(7))
     expected = []
     for _ in range(30):
         for event in model.step(T_FIXED):
@@ -212,9 +203,7 @@ def test_rest_errors_and_limits() -> None:
         ) as sim:
             base = f"{sim.http_url}/binance/api/v3/depth"
             assert await http_json(f"{base}?symbol=NOPE") == (
-                400,
-                {"code": -1121, "msg": "Invalid symbol."},
-            )
+                400, {"code": -1121, "msg": "Invalid symbol."})
             status, body = await http_json(base)
             assert status == 400 and body["code"] == -1102
             status, body = await http_json(f"{base}?symbol=BTCUSDT&limit=abc")
@@ -261,9 +250,7 @@ def test_websocket_handshake_with_unknown_symbol_is_refused() -> None:
                     pass
             assert info.value.response.status_code == 400
             assert json.loads(bytes(info.value.response.body)) == {
-                "code": -1121,
-                "msg": "Invalid symbol.",
-            }
+                "code": -1121, "msg": "Invalid symbol."}
 
     run(scenario)
 
@@ -274,9 +261,8 @@ def test_live_subscribe_and_list_subscriptions() -> None:
             running_simulator(base_settings(), rate_per_symbol=200) as sim,
             client(sim, "/binance/stream") as reader,
         ):
-            await reader.ws.send(
-                json.dumps({"method": "SUBSCRIBE", "params": ["ethusdt@depth"], "id": 1})
-            )
+            await reader.ws.send(json.dumps(
+                {"method": "SUBSCRIBE", "params": ["ethusdt@depth"], "id": 1}))
             await reader.ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 2}))
             await wait_until(lambda: len(reader.depth()) >= 2, what="depth after SUBSCRIBE")
         assert {"result": None, "id": 1} in reader.frames
@@ -311,11 +297,7 @@ def test_pause_status_trades_and_send_log_agree_with_the_client() -> None:
             if t["id"] in received:
                 r = received[t["id"]]
                 assert (r["p"], r["q"], r["T"], r["m"]) == (
-                    t["price"],
-                    t["qty"],
-                    t["time"],
-                    t["is_buyer_maker"],
-                )
+                    t["price"], t["qty"], t["time"], t["is_buyer_maker"])
         assert max(received) == btc["last_trade_id"] == tape["trades"][-1]["id"]
         (log,) = [c for c in conns if c["open"]]
         assert log["frames_sent"] == len(frames)
@@ -395,14 +377,14 @@ def test_per_venue_rates_from_the_configuration_and_the_environment() -> None:
     ).simulator
     assert (sim.rate("binance"), sim.rate("coinbase"), sim.rate("kraken")) == (0, 0, 200)
     default = load_settings(environ={}).simulator
-    assert {default.rate(v) for v in ("binance", "coinbase", "kraken")} == {default.rate_per_symbol}
+    assert {default.rate(v) for v in ("binance", "coinbase", "kraken")} == {
+        default.rate_per_symbol
+    }
 
     async def scenario() -> None:
         # only Kraken is paced: the other venues generate nothing by themselves
         async with running_simulator(
-            base_settings(),
-            rate_per_symbol=0,
-            kraken_rate_per_symbol=200,
+            base_settings(), rate_per_symbol=0, kraken_rate_per_symbol=200,
             kraken_symbols=("BTC/USD",),
         ) as server:
             steps = lambda v, s: server.status()["exchanges"][v]["symbols"][s]["steps"]  # noqa: E731
@@ -428,7 +410,9 @@ def test_fair_values_are_served_for_every_instrument() -> None:
             assert status == 200 and one["instrument"] == "BTC-USD"
             # the true book carries the fair value as of its last event
             _, book = await http_json(f"{sim.http_url}/_sim/kraken/book?symbol=BTC/USD")
-            assert (book["fair_value"], book["fair_time_ms"]) == (one["fair_value"], one["time_ms"])
+            assert (book["fair_value"], book["fair_time_ms"]) == (
+                one["fair_value"], one["time_ms"]
+            )
             kraken = sim.status()["exchanges"]["kraken"]["symbols"]["BTC/USD"]
             coinbase = sim.status()["exchanges"]["coinbase"]["symbols"]["BTC-USD"]
             for top in (kraken, coinbase):

@@ -103,9 +103,8 @@ def test_server_properties_by_default_sasl_ssl_with_client_certificates(secured:
     assert props["ssl.keystore.location"] == str(secrets / "broker.p12")
     assert props["ssl.truststore.location"] == str(secrets / "truststore.p12")
     assert props["ssl.keystore.password"] == "store-pw"
-    assert (
-        'username="broker" password="broker-pw"'
-        in (props["listener.name.client.scram-sha-512.sasl.jaas.config"])
+    assert 'username="broker" password="broker-pw"' in (
+        props["listener.name.client.scram-sha-512.sasl.jaas.config"]
     )
     assert "User:broker" in props["super.users"]
 

@@ -83,9 +83,7 @@ def test_the_ha_profile_runs_three_kafka_nodes_in_one_quorum(tmp_path: Path) -> 
     )
     nodes = kafka_nodes(settings)
     assert [(n.node_id, n.port, n.controller_port) for n in nodes] == [
-        (1, 9092, 9093),
-        (2, 9094, 9095),
-        (3, 9096, 9097),
+        (1, 9092, 9093), (2, 9094, 9095), (3, 9096, 9097)
     ]
     text = render_server_properties(settings, tmp_path / "d2", nodes[1])
     props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#")
