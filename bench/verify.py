@@ -63,10 +63,10 @@ from bench.slice import (
     wait_for,
     with_simulator_overlay,
 )
-from jobs.core_schemas import core_writer_schemas
 from jobs.offline import CoreRun
 from jobs.sinks.book_reader import read_book
 from schemas.codec import decode_envelope
+from schemas.writers import registry_writer_schemas
 from stack import manager
 from tickflow.analytics_checks import (
     instruments,
@@ -219,7 +219,7 @@ def replay(settings: Settings) -> dict[str, Any]:
     """The run's raw topic through the job's core, each frame in its own bundle (a resync
     request then carries its frame's time)."""
     values = [v for _, v in read_topic(settings, settings.kafka.raw_topic)]
-    writers = core_writer_schemas(settings.registry)
+    writers = registry_writer_schemas(settings.registry)
     envelopes = [decode_envelope(v, writers) for v in values]
     run = CoreRun(settings, bundle_frames=1)
     run.feed((v, e.receive_time_ns // 1_000_000) for v, e in zip(values, envelopes, strict=True))

@@ -11,7 +11,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from schemas.codec import SCHEMA_DIR, RawEnvelope, encode_envelope
-from schemas.registry import RegistryClient, RegistryError
+from schemas.registry import RegistryClient, RegistryError, SchemaNotRegistered, registered_id
 from tickflow.config import KafkaConfig, Settings
 from tickflow.instruments import nbbo_group
 from tickflow.kafka_security import client_config
@@ -70,19 +70,16 @@ def raw_schema_id(settings: Settings, topic: str | None = None) -> int | None:
     if settings.kafka.raw_framing != "confluent":
         return None
     subject = f"{topic or settings.kafka.raw_topic}-value"
-    client = RegistryClient(settings.registry)
     try:
-        found = client.lookup(subject, RAW_SCHEMA_FILE.read_text())
+        schema_id, version = registered_id(
+            RegistryClient(settings.registry), subject, RAW_SCHEMA_FILE
+        )
+    except SchemaNotRegistered as error:
+        raise ProducerFatalError(str(error)) from None
     except RegistryError as error:
         raise ProducerFatalError(
             f"kafka.raw_framing is confluent and the schema registry did not answer: {error}"
         ) from None
-    if found is None:
-        raise ProducerFatalError(
-            f"{subject}: this build's raw envelope schema ({RAW_SCHEMA_FILE.name}) is not"
-            " registered; register it first (`tickflow schemas register`)"
-        )
-    schema_id, version = found
     log.info(
         "raw envelopes framed with schema id %d (%s version %d)",
         schema_id,

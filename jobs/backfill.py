@@ -29,11 +29,12 @@ from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from typing import Any
 
-from jobs.core_schemas import core_writer_schemas, learning
+from jobs.core_schemas import learning
 from jobs.frames import FrameBatch, frame_source, opened_source
 from jobs.sinks.clickhouse import RowBinaryWriter, ensure_schema
 from schemas.codec import EnvelopeError, decode_envelope, envelope_instrument
 from schemas.deadletter import dead_letter_record
+from schemas.writers import registry_writer_schemas
 from tickflow.config import AnalyticsConfig, BookConfig, Settings
 from tickflow.instruments import nbbo_group
 
@@ -189,7 +190,7 @@ class NativeEngine:
 
     def __init__(self, settings: Settings, part: PartitionRange) -> None:
         self.books = native_partition(settings, part)
-        self.writers = core_writer_schemas(settings.registry)
+        self.writers = registry_writer_schemas(settings.registry)
         self.writer = RowBinaryWriter(settings.clickhouse)
         self.batch_rows = settings.clickhouse.insert_batch_rows
         self.inserted_rows: dict[str, int] = {}

@@ -65,10 +65,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from jobs.backfill import PartitionRange, native_partition
-from jobs.core_schemas import core_writer_schemas, learning
+from jobs.core_schemas import learning
 from jobs.frames import FrameSource
 from jobs.replay import ReplayPacer
 from jobs.sinks.clickhouse import row_tuples
+from schemas.writers import registry_writer_schemas
 from tickflow.config import Settings
 from tickflow.instruments import nbbo_group
 
@@ -769,7 +770,7 @@ class Backtest:
     def _partition(self, part: PartitionRange) -> Iterator[tuple[Key, Event]]:
         """One partition's events, in key order (module docstring)."""
         core = native_partition(self.settings, part)
-        writers = core_writer_schemas(self.settings.registry)
+        writers = registry_writer_schemas(self.settings.registry)
         heap: list[tuple[Key, Event]] = []
         released = NO_TIME  # every key up to this time was delivered
         emitted = 0

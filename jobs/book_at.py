@@ -42,8 +42,9 @@ from typing import TYPE_CHECKING, Any
 from connectors.producer import partition_of
 from jobs.archive.layout import ArchiveError
 from jobs.backfill import core_rules
-from jobs.core_schemas import core_writer_schemas, learning
+from jobs.core_schemas import learning
 from jobs.frames import FrameSource, frame_source
+from schemas.writers import registry_writer_schemas
 from tickflow.config import ClickHouseConfig, Settings, load_settings
 from tickflow.instruments import UnknownInstrument, exchange_symbols, nbbo_group, resolve_symbol
 
@@ -194,7 +195,7 @@ def _rebuild(
     exchange, symbol, at_ms = cutoff
     partition, start, end = offsets
     core = _core(settings, group)
-    writers = core_writer_schemas(settings.registry)
+    writers = registry_writer_schemas(settings.registry)
     try:
         core.hold_book(exchange, symbol, at_ms)
         frames = 0

@@ -11,16 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from schemas.writers import WriterSchemas, registry_fetch
-from tickflow.config import RegistryConfig
+from schemas.writers import WriterSchemas
 
 T = TypeVar("T")
-
-
-def core_writer_schemas(registry: RegistryConfig) -> WriterSchemas:
-    """Writer schemas fetched from the configured registry when first needed (a schemaless
-    topic never asks it)."""
-    return WriterSchemas(registry_fetch(registry))
 
 
 def learning(writers: WriterSchemas, call: Callable[[], T]) -> T:

@@ -47,7 +47,7 @@ from typing import Any
 
 from connectors.base import Connection, WsConnector
 from connectors.recorder import iter_recording
-from jobs.core_schemas import core_writer_schemas, learning
+from jobs.core_schemas import learning
 from jobs.operators import native_stream
 from jobs.sinks.clickhouse import decode_rows
 from schemas.bundles import (
@@ -57,6 +57,7 @@ from schemas.bundles import (
     split_records,
 )
 from schemas.codec import EnvelopeError, RawEnvelope, encode_envelope, envelope_instrument
+from schemas.writers import registry_writer_schemas
 from tickflow.config import Settings
 from tickflow.instruments import nbbo_group
 
@@ -73,7 +74,7 @@ class CoreRun:
         self.settings = settings
         self.keep_rows = keep_rows  # False: ClickHouse rows are counted, their bytes dropped
         self.core = native_stream(settings.book, settings.analytics, settings.redis.key_prefix)
-        self.writers = core_writer_schemas(settings.registry)
+        self.writers = registry_writer_schemas(settings.registry)
         self.bundle_frames = bundle_frames or settings.flink.bundle_max_frames
         self.lag_ms = settings.flink.watermark_out_of_orderness_ms + 1
         self.equivalents = settings.analytics.quote_equivalents

@@ -12,10 +12,11 @@ from pyflink.datastream import KeyedProcessFunction, RuntimeContext, TimeDomain
 from pyflink.datastream.state import ValueStateDescriptor
 
 from jobs.backfill import core_rules
-from jobs.core_schemas import core_writer_schemas, learning
+from jobs.core_schemas import learning
 from jobs.faults import PythonFault
 from jobs.metrics import JobMetrics
 from jobs.sinks.redis_books import RedisBatch, job_redis_client
+from schemas.writers import registry_writer_schemas
 from tickflow.config import (
     AnalyticsConfig,
     BookConfig,
@@ -109,7 +110,7 @@ class BundleProcessor(KeyedProcessFunction):
         # framed raw records' writer schemas, fetched from the registry when a bundle first
         # names an id; a registry that does not answer then fails the task, which restores
         # and meets the bundle again
-        self.writers = core_writer_schemas(self.registry_config)
+        self.writers = registry_writer_schemas(self.registry_config)
         # a Redis that does not answer fails the job (it restores from its checkpoint and
         # replays into Redis, version-guarded) instead of holding it forever
         self.redis = job_redis_client(self.redis_config)

@@ -243,15 +243,27 @@ def result_writer_schemas(settings: Settings) -> list[tuple[str, int, str]]:
     client = RegistryClient(settings.registry)
     out = []
     for table, topic in settings.kafka.result_topics().items():
-        text = (SCHEMA_DIR / "results" / f"{table}.avsc").read_text()
-        found = client.lookup(f"{topic}-value", text)
-        if found is None:
-            raise RegistryError(
-                f"{topic}-value: the committed schema results/{table}.avsc is not registered;"
-                " register it first (`tickflow schemas register`)"
-            )
-        out.append((table, found[0], canonical_text(text)))
+        path = SCHEMA_DIR / "results" / f"{table}.avsc"
+        schema_id, _ = registered_id(client, f"{topic}-value", path)
+        out.append((table, schema_id, canonical_text(path.read_text())))
     return out
+
+
+class SchemaNotRegistered(RegistryError):
+    """A writer's committed schema is not a version of its subject."""
+
+
+def registered_id(client: RegistryClient, subject: str, path: Path) -> tuple[int, int]:
+    """(id, version) of the committed schema ``path`` under ``subject``, for a writer that
+    frames its records with it; SchemaNotRegistered when the subject does not hold it
+    (writers never register: ``tickflow schemas register`` and ``stack up`` do)."""
+    found = client.lookup(subject, path.read_text())
+    if found is None:
+        raise SchemaNotRegistered(
+            f"{subject}: the committed schema {path.relative_to(SCHEMA_DIR)} is not registered;"
+            " register it first (`tickflow schemas register`)"
+        )
+    return found
 
 
 def check_against_registry(

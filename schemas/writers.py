@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 Fetch = Callable[[int], "str | None"]
 
 
+def registry_writer_schemas(config: RegistryConfig) -> WriterSchemas:
+    """Writer schemas fetched from the configured registry when first needed (a schemaless
+    topic never asks it)."""
+    return WriterSchemas(registry_fetch(config))
+
+
 def registry_fetch(config: RegistryConfig) -> Fetch:
     """Fetch writer schemas from the configured registry."""
     client = RegistryClient(config)

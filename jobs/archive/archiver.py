@@ -36,7 +36,7 @@ from jobs.archive import layout
 from jobs.archive.layout import ArchiveError, Columns
 from jobs.export import replace_durably
 from schemas.codec import WriterSchemaSource
-from schemas.writers import WriterSchemas, registry_fetch
+from schemas.writers import registry_writer_schemas
 from tickflow.config import Settings, resolve_path
 from tickflow.kafka_security import client_config
 
@@ -163,7 +163,7 @@ class Archiver:
         self.root = root or archive_root(settings)
         self.clock = clock
         self.metrics = ArchiveMetrics()
-        self.writers = WriterSchemas(registry_fetch(settings.registry))
+        self.writers = registry_writer_schemas(settings.registry)
         self.open: dict[int, OpenFile] = {}
         self.next_offset: dict[int, int] = {}  # per partition, the offset expected next
         self.high_ts: dict[int, int] = {}  # per partition, the highest timestamp seen

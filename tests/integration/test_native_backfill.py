@@ -22,9 +22,10 @@ from jobs.backfill import (
     partition_ranges,
     split_range,
 )
-from jobs.core_schemas import core_writer_schemas, learning
+from jobs.core_schemas import learning
 from jobs.replay_cli import backfill_overrides
 from schemas.codec import decode_envelope, encode_envelope
+from schemas.writers import registry_writer_schemas
 from stack.topics import ensure_topics
 from tickflow.config import Settings, load_settings, patched_environ
 from tickflow.generated import Feeder, make_dataset
@@ -88,7 +89,8 @@ def test_the_backfill_stores_the_cores_rows_once_and_its_dead_letters(loaded: An
         engine = native_partition(settings, PartitionRange(0, 0, len(part_records)))
         # the undecodable record frames an id the registry lacks: learned as such
         values, stamps = [r[1] for r in part_records], [r[2] for r in part_records]
-        learning(core_writer_schemas(settings.registry), partial(engine.feed_batch, values, stamps))
+        writers = registry_writer_schemas(settings.registry)
+        learning(writers, partial(engine.feed_batch, values, stamps))
         engine.finish()
         for table, _, rows in engine.take_tables(0):
             expected[table] += rows

@@ -26,10 +26,10 @@ from typing import Any
 
 import pytest
 
-from jobs.core_schemas import core_writer_schemas
 from jobs.sinks.clickhouse import connect
 from jobs.sinks.redis_books import redis_client
 from schemas.codec import decode_envelope
+from schemas.writers import registry_writer_schemas
 from stack import flink
 from tickflow.config import Settings
 from tickflow.faults import TcpProxy, paused, stopped
@@ -296,7 +296,7 @@ def test_kafka_down_longer_than_the_delivery_timeout_marks_and_resyncs_every_boo
     # a sync_lost of a failed delivery (frames in the hole never arrive, and none received
     # after it comes before the mark)
     per_book: dict[tuple[str, str], list[Any]] = {}
-    writers = core_writer_schemas(settings.registry)  # the connectors frame their records
+    writers = registry_writer_schemas(settings.registry)  # the connectors frame their records
     for _key, value in read_topic(settings, settings.kafka.raw_topic):
         envelope = decode_envelope(value, writers)
         per_book.setdefault((envelope.exchange, envelope.symbol), []).append(envelope)

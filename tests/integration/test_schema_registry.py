@@ -166,8 +166,9 @@ def test_old_and_new_writers_on_one_topic_give_the_core_the_same_books(
     """A v1 and a v2 writer (an optional field added) frame their records with the ids the
     registry gave their schemas; the job's core, built with v1, learns each id from the
     registry when it first meets it and publishes what the schemaless records give."""
-    from jobs.core_schemas import core_writer_schemas, learning
+    from jobs.core_schemas import learning
     from schemas.codec import decode_envelope, frame
+    from schemas.writers import registry_writer_schemas
     from tests.unit.core_driver import Core, binance, bn_snapshot, bn_trade
 
     v1 = raw_schema(stack_settings)
@@ -187,7 +188,7 @@ def test_old_and_new_writers_on_one_topic_give_the_core_the_same_books(
         return frame(v2_id, buf.getvalue())
 
     def run(values: list[bytes]) -> list[Any]:
-        core, writers = Core("BNB-BTC"), core_writer_schemas(stack_settings.registry)
+        core, writers = Core("BNB-BTC"), registry_writer_schemas(stack_settings.registry)
         outs = [learning(writers, lambda v=v: core.process(v, t0 - 2000)) for v in values]
         outs.append(core.advance(2**63 - 1))
         return [(o.records, o.rows) for o in outs]
@@ -196,7 +197,7 @@ def test_old_and_new_writers_on_one_topic_give_the_core_the_same_books(
     assert run([frame(v1_id, plain[0]), v2_writer(plain[1])]) == expected
     assert run([v2_writer(plain[0]), frame(v1_id, plain[1])]) == expected
     # and the Python codec, as the archive and the backfill's dead letters read them
-    writers = core_writer_schemas(stack_settings.registry)
+    writers = registry_writer_schemas(stack_settings.registry)
     assert decode_envelope(v2_writer(plain[0]), writers) == decode_envelope(plain[0])
 
 

@@ -14,7 +14,9 @@
 
 use std::fmt;
 
-use crate::writer_schema::{framed_id, plans, Kind, Plan, Skip, Step, FRAME_HEADER, MAGIC};
+use crate::writer_schema::{
+    framed_id, plans, push_frame_header, Kind, Plan, Skip, Step, FRAME_HEADER, MAGIC,
+};
 
 /// A raw exchange frame with its receive metadata (see `raw_envelope.avsc`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,28 +263,30 @@ fn decode_body(data: &[u8]) -> Result<RawEnvelope<'_>, EnvelopeError> {
     })
 }
 
+/// An Avro long (zig-zag, then base-128 little-endian, shortest form) appended to `out`.
+pub fn push_long(out: &mut Vec<u8>, v: i64) {
+    let mut n = ((v << 1) ^ (v >> 63)) as u64;
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
 /// A RawEnvelope as Avro binary (what the connectors' `schemas.codec.encode_envelope` writes):
 /// for tests and the fuzz campaign, which build frames the way the raw topic holds them.
 pub fn encode_envelope(env: &RawEnvelope<'_>) -> Vec<u8> {
-    fn long(out: &mut Vec<u8>, v: i64) {
-        let mut n = ((v << 1) ^ (v >> 63)) as u64;
-        while n >= 0x80 {
-            out.push((n as u8) | 0x80);
-            n >>= 7;
-        }
-        out.push(n as u8);
-    }
     fn bytes(out: &mut Vec<u8>, b: &[u8]) {
-        long(out, b.len() as i64);
+        push_long(out, b.len() as i64);
         out.extend_from_slice(b);
     }
     let mut out = Vec::with_capacity(64 + env.payload.len());
     for s in [env.instrument, env.exchange, env.symbol, env.channel] {
         bytes(&mut out, s.as_bytes());
     }
-    long(&mut out, env.receive_time_ns);
+    push_long(&mut out, env.receive_time_ns);
     bytes(&mut out, env.connection_id.as_bytes());
-    long(&mut out, env.connection_seq);
+    push_long(&mut out, env.connection_seq);
     bytes(&mut out, env.payload);
     out
 }
@@ -290,8 +294,7 @@ pub fn encode_envelope(env: &RawEnvelope<'_>) -> Vec<u8> {
 /// A record framed with its writer schema's registry id (Confluent's framing).
 pub fn frame(schema_id: u32, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(FRAME_HEADER + body.len());
-    out.push(MAGIC);
-    out.extend_from_slice(&schema_id.to_be_bytes());
+    push_frame_header(&mut out, schema_id);
     out.extend_from_slice(body);
     out
 }

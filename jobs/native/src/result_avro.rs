@@ -9,6 +9,9 @@
 
 use serde_json::{Map, Value};
 
+use crate::envelope::push_long;
+use crate::writer_schema::push_frame_header;
+
 /// The Avro types the result schemas use.
 #[derive(Debug, Clone, PartialEq)]
 enum Type {
@@ -55,15 +58,6 @@ fn parse_type(ty: &Value) -> Result<Type, String> {
     })
 }
 
-fn long(out: &mut Vec<u8>, v: i64) {
-    let mut n = ((v << 1) ^ (v >> 63)) as u64;
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
 fn fits(ty: &Type, value: &Value) -> bool {
     match (ty, value) {
         (Type::Null, Value::Null) => true,
@@ -84,10 +78,10 @@ fn encode(ty: &Type, value: &Value, out: &mut Vec<u8>) -> Result<(), String> {
         (Type::Int, Value::Number(n)) => {
             let v = n.as_i64().ok_or_else(|| format!("{n} is not an int"))?;
             let v = i32::try_from(v).map_err(|_| format!("{n} is out of an int's range"))?;
-            long(out, i64::from(v));
+            push_long(out, i64::from(v));
         }
         (Type::Long, Value::Number(n)) => {
-            long(out, n.as_i64().ok_or_else(|| format!("{n} is not a long"))?)
+            push_long(out, n.as_i64().ok_or_else(|| format!("{n} is not a long"))?)
         }
         (Type::Double, Value::Number(n)) => out.extend_from_slice(
             &n.as_f64()
@@ -95,12 +89,12 @@ fn encode(ty: &Type, value: &Value, out: &mut Vec<u8>) -> Result<(), String> {
                 .to_le_bytes(),
         ),
         (Type::String, Value::String(s)) => {
-            long(out, s.len() as i64);
+            push_long(out, s.len() as i64);
             out.extend_from_slice(s.as_bytes());
         }
         (Type::Array(items), Value::Array(values)) => {
             if !values.is_empty() {
-                long(out, values.len() as i64);
+                push_long(out, values.len() as i64);
                 for v in values {
                     encode(items, v, out)?;
                 }
@@ -112,7 +106,7 @@ fn encode(ty: &Type, value: &Value, out: &mut Vec<u8>) -> Result<(), String> {
                 .iter()
                 .position(|b| fits(b, v))
                 .ok_or_else(|| format!("{v} fits no branch of {branches:?}"))?;
-            long(out, index as i64);
+            push_long(out, index as i64);
             encode(&branches[index], v, out)?;
         }
         (ty, v) => return Err(format!("{v} is not a {ty:?}")),
@@ -148,8 +142,7 @@ impl ResultEncoder {
         let record: Map<String, Value> =
             serde_json::from_str(json).map_err(|e| format!("not a JSON object: {e}"))?;
         let start = out.len();
-        out.push(0);
-        out.extend_from_slice(&self.id.to_be_bytes());
+        push_frame_header(out, self.id);
         for (name, ty, null_default) in &self.fields {
             let result = match record.get(name) {
                 Some(value) => encode(ty, value, out),

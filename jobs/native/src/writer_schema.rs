@@ -116,6 +116,12 @@ pub fn framed_id(value: &[u8]) -> Option<u32> {
     }
 }
 
+/// Byte 0 and the schema id (big-endian), appended to `out`: a framed record's header.
+pub fn push_frame_header(out: &mut Vec<u8>, schema_id: u32) {
+    out.push(MAGIC);
+    out.extend_from_slice(&schema_id.to_be_bytes());
+}
+
 /// The ids these records name that have not been learned, each once, in first-seen order.
 pub fn unknown_ids<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<u32> {
     let plans = plans();
