@@ -11,6 +11,7 @@ from stack.clickhouse import ClickHouse
 from stack.flink import Flink
 from stack.kafka import Kafka
 from stack.prometheus import Prometheus
+from stack.redis_exporter import RedisExporter
 from stack.redis_server import Redis, RedisReplica, RedisSentinels
 from stack.registry import SchemaRegistry
 from stack.secrets import ensure_secrets
@@ -30,6 +31,7 @@ COMPONENT_TYPES: tuple[type[Component], ...] = (
     ZooKeeper,
     Flink,
     Blackbox,
+    RedisExporter,
     Prometheus,
     SchemaRegistry,
 )

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from stack.flink import flink_metrics_ports
+from stack.redis_exporter import redis_targets
 from stack.services import LOOPBACK, Component
 from stack.system import StackError, disable_system_services, ensure_packages, spawn_daemon
 from tickflow.config import Settings
@@ -67,6 +68,36 @@ def probe_config(settings: Settings, probes: dict[str, list[int]]) -> list[dict[
                 {"source_labels": ["__address__"], "target_label": "__param_target"},
                 {"source_labels": ["__param_target"], "target_label": "instance"},
                 {"target_label": "__address__", "replacement": _target(monitoring.blackbox_port)},
+            ],
+        }
+    ]
+
+
+def redis_config(settings: Settings) -> list[dict[str, Any]]:
+    """The scrape job that has the Redis exporter read every Redis process (each target
+    labelled with its role, ``data`` or ``sentinel``); none without the exporter."""
+    monitoring = settings.monitoring
+    if not monitoring.redis_exporter_port:
+        return []
+    interval = f"{monitoring.probe_interval_s}s"
+    return [
+        {
+            "job_name": "redis",
+            "scrape_interval": interval,
+            "scrape_timeout": interval,
+            "metrics_path": "/scrape",
+            "static_configs": [
+                {"targets": targets, "labels": {"role": role}}
+                for role, targets in redis_targets(settings).items()
+                if targets
+            ],
+            "relabel_configs": [
+                {"source_labels": ["__address__"], "target_label": "__param_target"},
+                {"source_labels": ["__param_target"], "target_label": "instance"},
+                {
+                    "target_label": "__address__",
+                    "replacement": _target(monitoring.redis_exporter_port),
+                },
             ],
         }
     ]
@@ -137,6 +168,7 @@ def prometheus_config(
                 else []
             ),
             *probe_config(settings, probes or {}),
+            *redis_config(settings),
         ],
     }
 

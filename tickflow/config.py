@@ -456,6 +456,9 @@ class MonitoringConfig:
     # probe_interval_s (the ComponentDown alert); 0: none
     blackbox_port: int = 0
     probe_interval_s: int = 1
+    # Prometheus' Redis exporter, which reads every Redis process (primary, replica,
+    # Sentinels) every probe_interval_s (RedisRestarted, RedisFailover); 0: none
+    redis_exporter_port: int = 0
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,14 @@ def test_prometheus_scrapes_the_configured_targets(stack_settings: Any) -> None:
             break
         assert time.monotonic() < deadline, f"ports the blackbox exporter cannot reach: {down}"
         time.sleep(1)
+    # the Redis exporter reads the stack's Redis, uptime included (RedisRestarted)
+    assert by_job["redis"] == {f"redis://127.0.0.1:{stack_settings.redis.port}"}
+    while True:
+        read = prometheus_api(stack_settings, "query", query='redis_uptime_in_seconds{job="redis"}')
+        if read["result"]:
+            break
+        assert time.monotonic() < deadline, "no Redis uptime read by the Redis exporter"
+        time.sleep(1)
 
 
 def test_prometheus_has_samples_from_jobmanager_and_taskmanager(stack_settings: Any) -> None:

@@ -38,6 +38,7 @@ from stack.prometheus import (
     render_prometheus_config,
     rules_file,
 )
+from stack.redis_exporter import RedisExporter
 from stack.system import StackError
 from tickflow.config import Settings, load_settings
 
@@ -56,6 +57,8 @@ ALERTS = {
     "KafkaDeliveryFailures",
     "ClickHouseUnavailable",
     "ClickHouseBudgetFull",
+    "RedisRestarted",
+    "RedisFailover",
 }
 needs_promtool = pytest.mark.skipif(promtool() is None, reason="promtool is not installed")
 
@@ -155,6 +158,29 @@ def test_the_blackbox_exporter_tries_every_serving_port_of_every_component(
     jobs = prometheus_config(off, Path("r.yml"))["scrape_configs"]
     assert "components" not in {job["job_name"] for job in jobs}
     assert not Blackbox.enabled(off)
+
+
+def test_the_redis_exporter_reads_every_redis_process_of_the_profile(settings: Settings) -> None:
+    ha = load_settings(overlays=[Path(HA_OVERLAY)], environ={})
+    job = scrape_job(prometheus_config(ha, Path("r.yml")), "redis")
+    assert job["scrape_interval"] == "1s" and job["metrics_path"] == "/scrape"
+    groups = {group["labels"]["role"]: group["targets"] for group in job["static_configs"]}
+    assert groups == {
+        "data": ["redis://127.0.0.1:6379", "redis://127.0.0.1:6380"],
+        "sentinel": [f"redis://127.0.0.1:{port}" for port in (26379, 26380, 26381)],
+    }
+    address = job["relabel_configs"][-1]
+    assert address == {"target_label": "__address__", "replacement": "127.0.0.1:9121"}
+    assert RedisExporter(ha).ports() == {"http": 9121}
+    # the default profile: its one Redis, no Sentinels
+    default = scrape_job(prometheus_config(settings, Path("r.yml")), "redis")
+    assert [group["targets"] for group in default["static_configs"]] == [
+        ["redis://127.0.0.1:6379"]
+    ]
+    off = with_monitoring(settings, redis_exporter_port=0)
+    jobs = prometheus_config(off, Path("r.yml"))["scrape_configs"]
+    assert "redis" not in {job["job_name"] for job in jobs}
+    assert not RedisExporter.enabled(off)
 
 
 def test_scrape_timeout_never_exceeds_the_interval_nor_prometheus_default(
