@@ -82,8 +82,8 @@ backfill-day: venv ## a simulated day of >= 50 M frames into Kafka (once, ~75 mi
 .PHONY: backfill-day
 
 .PHONY: ha-drill
-ha-drill: venv ## availability drill of the HA profile: a fault every ~2 min for 30 min (default stack down first)
-	$(BIN)/python -m bench.ha_drill $(HA_DRILL_ARGS)
+ha-drill: venv ## availability drill of the HA profile, Kafka's nodes on hosts of their own (root): a fault every ~2 min for 30 min (default stack down first)
+	TICKFLOW_CONFIG=$(TICKFLOW_CONFIG):config/ha.yaml:config/netns.yaml $(BIN)/python -m bench.ha_drill $(HA_DRILL_ARGS)
 
 chaos: venv ## failure drill: 12 kills (TaskManager, Python, JobManager, Kafka, ClickHouse, Redis) vs a fault-free run
 	$(BIN)/tickflow stack up

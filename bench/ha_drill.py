@@ -13,6 +13,10 @@ seeded), one fault of the next kind in shuffled rounds:
 
 - ``jobmanager``: SIGKILL of the leading JobManager (the standby takes the job over);
 - ``kafka-broker``: SIGKILL of the node leading the raw topic's first partition;
+- ``kafka-partition``: the node leading the raw topic's first partition cut off the network
+  (every packet to and from it dropped) for ``PARTITION_S``, then joined again; only where the
+  nodes are hosts of their own (``kafka.node_network``: config/netns.yaml, which
+  ``make ha-drill`` uses);
 - ``redis-primary``: SIGKILL of the Redis primary (the Sentinels promote the replica);
 - ``taskmanager``: SIGKILL of the TaskManager running the job (it restarts from its checkpoint
   on the spare);
@@ -32,8 +36,8 @@ table (FINAL), Redis key and committed result record is compared with the refere
 and duplicated.
 
 The availability stated is at one fault of each kind per day: 1 - (the sum over kinds of the
-mean stale seconds) / 86,400. Writes bench/results/ha_drill.json. Not covered yet: network
-partitions (network namespaces), ClickHouse replicas (one server: its loss only delays rows).
+mean stale seconds) / 86,400. Writes bench/results/ha_drill.json. Not covered yet: a partition
+of the JobManager, ClickHouse replicas (one server: its loss only delays rows).
 """
 
 from __future__ import annotations
@@ -46,9 +50,11 @@ import platform
 import random
 import signal
 import statistics
+import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,9 +63,9 @@ from typing import Any
 from bench.chaos import job_recovered, kill, kill_plan
 from bench.stats import target_entry
 from monitoring.availability import AvailabilityProbe
-from stack import flink, manager
+from stack import flink, manager, netns
 from stack.cli import with_overlay
-from stack.kafka import kill_node, partition_leader
+from stack.kafka import kill_node, node_net_host, partition_leader
 from stack.redis_server import sentinel_primary_port
 from stack.supervisor import SupervisedJob, Supervisor, pipeline_submitter
 from stack.system import listening_pid
@@ -82,16 +88,19 @@ from tickflow.runs import (
 
 RESULTS = Path(__file__).parent / "results" / "ha_drill.json"
 KINDS = ("jobmanager", "kafka-broker", "redis-primary", "taskmanager", "python", "clickhouse",
-         "zookeeper", "paused-taskmanager")  # fmt: skip
+         "zookeeper", "paused-taskmanager", "kafka-partition")  # fmt: skip
 DEFAULT_KINDS = KINDS  # ZooKeeper too: three nodes ride out the loss of one
+# kinds that need Kafka's nodes on hosts of their own (kafka.node_network)
+NETWORK_KINDS = ("kafka-partition",)
 HA_COMPONENTS = ("kafka", "redis", "redis-replica", "redis-sentinel", "clickhouse", "zookeeper",
                  "flink")  # fmt: skip
 # the issue's bounds on stale books: every kind, and the losses replication must hide
 STALE_TARGET_S = 10.0
 STALE_TARGET_REPLICATED_S = 2.0
-REPLICATED_KINDS = ("kafka-broker", "redis-primary")
+REPLICATED_KINDS = ("kafka-broker", "kafka-partition", "redis-primary")
 AVAILABILITY_TARGET = 0.9995
 PAUSE_S = 15.0
+PARTITION_S = 15.0
 RECOVERY_TIMEOUT_S = 300.0
 # how long after a fault its alert still counts as its detection
 DETECTION_WINDOW_S = 30.0
@@ -109,9 +118,26 @@ class Fault:
     detected_by: str = ""
 
 
-def inflict(settings: Settings, kind: str, fault_file: Path, job_id: str) -> str:
+def lasting(seconds: float, end: Callable[[], None], ended: threading.Event) -> None:
+    """A fault that lasts: ``end`` runs after ``seconds`` (in a thread, so that detection and
+    the books are watched meanwhile), then ``ended`` is set."""
+
+    def run() -> None:
+        try:
+            time.sleep(seconds)
+            end()
+        finally:
+            ended.set()
+
+    threading.Thread(target=run, name="fault-end", daemon=True).start()
+
+
+def inflict(
+    settings: Settings, kind: str, fault_file: Path, job_id: str, healed: threading.Event
+) -> str:
     """One fault of ``kind``, done the way it happens for real; what was done. TaskManager
-    faults hit the one(s) running the job, not the spare."""
+    faults hit the one(s) running the job, not the spare. A fault that lasts (a pause, a
+    partition) clears ``healed`` and sets it once it ended."""
     if kind == "jobmanager":
         leader = flink.leading_rest_port(settings)
         if leader is None:
@@ -121,6 +147,14 @@ def inflict(settings: Settings, kind: str, fault_file: Path, job_id: str) -> str
     if kind == "kafka-broker":
         node = partition_leader(settings, settings.kafka.raw_topic)
         return f"SIGKILL Kafka node {node} (raw partition 0 leader) pid {kill_node(settings, node)}"
+    if kind == "kafka-partition":
+        node = partition_leader(settings, settings.kafka.raw_topic)
+        host = node_net_host(settings, node)
+        netns.partition(host)
+        healed.clear()
+        lasting(PARTITION_S, lambda: netns.heal(host), healed)
+        return (f"Kafka node {node} (raw partition 0 leader, {host.address}) cut off the "
+                f"network for {PARTITION_S:.0f} s")  # fmt: skip
     if kind == "redis-primary":
         port = sentinel_primary_port(settings)
         primary = listening_pid(port)
@@ -146,9 +180,14 @@ def inflict(settings: Settings, kind: str, fault_file: Path, job_id: str) -> str
         pids = flink.job_taskmanager_pids(settings, job_id)
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
-        time.sleep(PAUSE_S)
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+
+        def resume() -> None:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+        healed.clear()
+        lasting(PAUSE_S, resume, healed)
         return f"SIGSTOP TaskManager pid {', '.join(map(str, pids))} for {PAUSE_S:.0f} s"
     return kill(settings, kind, fault_file)  # python, clickhouse
 
@@ -197,6 +236,8 @@ def drill_run(
         started = time.monotonic()
         faults: list[Fault] = []
         plan = kill_plan(max(1, int(span_s // every_s)), rng, kinds)
+        healed = threading.Event()  # cleared while a lasting fault lasts
+        healed.set()
         try:
             for kind in plan:
                 due = started + (len(faults) + 1) * every_s + rng.uniform(-0.2, 0.2) * every_s
@@ -206,7 +247,7 @@ def drill_run(
                 before = firing_alerts(settings)
                 since_ms = time.time_ns() // 1_000_000
                 at = time.monotonic()
-                detail = inflict(settings, kind, fault_file, job.current)
+                detail = inflict(settings, kind, fault_file, job.current, healed)
                 fault = Fault(kind, round(at - started, 1), detail)
                 log(f"fault {len(faults) + 1}/{len(plan)}: {kind} ({fault.detail}); "
                     f"fed {feeder.sent}/{len(data.records)}")  # fmt: skip
@@ -223,7 +264,7 @@ def drill_run(
 
                 def settled(since_ms: int = since_ms, detected: Any = detected) -> bool:
                     detected()
-                    return recovered(settings, job, since_ms)
+                    return healed.is_set() and recovered(settings, job, since_ms)
 
                 wait(f"recovery from the {kind} fault", settled, RECOVERY_TIMEOUT_S)
                 fault.failover_s = round(time.monotonic() - at, 1)
@@ -288,8 +329,14 @@ def run(
     base = load_settings()
     if not is_ha(base):
         raise SystemExit("bench.ha_drill: the HA profile did not load (config/ha.yaml)")
-    # Prometheus and the blackbox exporter: the alerts (ComponentDown, JobRestarted, ...)
-    manager.up(base, [*HA_COMPONENTS, "blackbox", "prometheus"], log=log)
+    if not base.kafka.node_network and (cut := set(kinds) & set(NETWORK_KINDS)):
+        if kinds != DEFAULT_KINDS:
+            raise SystemExit(f"bench.ha_drill: {', '.join(sorted(cut))} needs Kafka's nodes on "
+                             "hosts of their own (config/netns.yaml)")  # fmt: skip
+        kinds = tuple(k for k in kinds if k not in NETWORK_KINDS)
+        log(f"Kafka's nodes run on loopback: no {', '.join(sorted(cut))} faults")
+    # Prometheus and the exporters: the alerts (ComponentDown, RedisRestarted, JobRestarted, ...)
+    manager.up(base, [*HA_COMPONENTS, "blackbox", "redis-exporter", "prometheus"], log=log)
     rng = random.Random(seed)
     tag = uuid.uuid4().hex[:6]
     fault_file = base.state_dir / "chaos" / f"python-fault-{tag}"

@@ -44,7 +44,7 @@ from jobs.replay import ReplayPacer
 from jobs.sinks.clickhouse import COLUMNS, ensure_schema
 from schemas.registry import result_writer_schemas
 from tickflow.config import KafkaConfig, Settings, load_settings
-from tickflow.kafka_security import java_properties
+from tickflow.kafka_security import java_properties, java_timeouts
 
 JOB_NAME = "tickflow-pipeline"
 
@@ -62,7 +62,7 @@ def raw_source(settings: Settings) -> KafkaSource:
         .set_group_id(settings.flink.consumer_group)
         .set_value_only_deserializer(ByteArraySchema())
     )
-    for key, value in java_properties(kafka).items():
+    for key, value in {**java_properties(kafka), **java_timeouts(kafka)}.items():
         builder = builder.set_property(key, value)
     if not replay.active:
         explicit = settings.flink.start_offsets_by_partition()
@@ -178,7 +178,10 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> DataS
             if exactly_once
             else records_sink(kafka, topic)
         )
-        topic_records(blobs, output).sink_to(sink).name(name).uid(name)
+        records = topic_records(blobs, output)
+        if not settings.flink.result_sinks_chained:
+            records = records.start_new_chain()
+        records.sink_to(sink).name(name).uid(name)
     return blobs
 
 
@@ -202,7 +205,7 @@ def records_sink(
             .build()
         )
     )
-    for key, value in java_properties(kafka).items():
+    for key, value in {**java_properties(kafka), **java_timeouts(kafka)}.items():
         builder = builder.set_property(key, value)
     if transactional_id_prefix is None:
         return builder.set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE).build()

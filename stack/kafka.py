@@ -14,7 +14,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from stack import netns
 from stack.jars import JAVA_PACKAGES, kafka_jars_dir
+from stack.netns import NetHost
 from stack.secrets import BROKER_CN, BROKER_USER, secrets_dir
 from stack.services import Component
 from stack.system import (
@@ -59,6 +61,12 @@ class KafkaNode:
     host: str
     port: int
     controller_port: int
+
+
+def node_host(settings: Settings, node: KafkaNode) -> NetHost | None:
+    """The node's host of its own when ``kafka.node_network`` is set; None on loopback."""
+    network = settings.kafka.node_network
+    return NetHost(f"kafka-{node.node_id}", node.host, network) if network else None
 
 
 def kafka_nodes(settings: Settings) -> list[KafkaNode]:
@@ -288,8 +296,15 @@ class Kafka(Component):
         ensure_packages(JAVA_PACKAGES)
         kafka_jars_dir(self.settings)
 
+    def host_of(self, label: str) -> str:
+        node_id = int(label.rsplit("-", 1)[1]) if "-" in label else 1
+        return next(n.host for n in self.nodes if n.node_id == node_id)
+
     def configure(self) -> None:
         for node in self.nodes:
+            host = node_host(self.settings, node)
+            if host is not None:
+                netns.ensure(host)
             self._configure_node(node)
 
     def _configure_node(self, node: KafkaNode) -> None:
@@ -376,8 +391,21 @@ class Kafka(Component):
     def launch_node(self, node: KafkaNode) -> None:
         home = self.node_home(node)
         argv = self._java(node, "kafka.Kafka", str(home / "server.properties"))
+        host = node_host(self.settings, node)
+        if host is not None:
+            netns.ensure(host)  # a host left cut off by a drill is joined again
+            argv = host.argv(argv)
         pid = spawn_daemon(argv, self.node_log_dir(node) / "kafka.out", cwd=home)
         self.node_pid_file(node).write_text(f"{pid}\n")
+
+    def stop(self) -> list[int]:
+        pids = super().stop()
+        hosts = [h for h in (node_host(self.settings, n) for n in self.nodes) if h is not None]
+        for host in hosts:
+            netns.remove(host)
+        if hosts:
+            netns.remove_bridge_if_unused()
+        return pids
 
     def answers(self) -> bool:
         kafka = self.settings.kafka
@@ -400,6 +428,16 @@ def partition_leader(settings: Settings, topic: str, partition: int = 0) -> int:
 
     metadata = AdminClient(client_config(settings.kafka)).list_topics(topic, timeout=10)
     return int(metadata.topics[topic].partitions[partition].leader)
+
+
+def node_net_host(settings: Settings, node_id: int) -> NetHost:
+    """The host of its own that node ``node_id`` runs on (to cut it off the network)."""
+    node = next(n for n in kafka_nodes(settings) if n.node_id == node_id)
+    host = node_host(settings, node)
+    if host is None:
+        raise StackError("kafka: the nodes run on loopback (kafka.node_network is not set), "
+                         "which cannot be cut off; use config/netns.yaml")  # fmt: skip
+    return host
 
 
 def kill_node(settings: Settings, node_id: int) -> int:

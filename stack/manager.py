@@ -66,11 +66,12 @@ def components(
 UNPROBED_PORT_LABELS = ("metrics", "peer", "election", "rpc")
 
 
-def probe_targets(settings: Settings) -> dict[str, list[int]]:
-    """Per component, the ports the blackbox exporter tries (``ComponentDown``)."""
+def probe_targets(settings: Settings) -> dict[str, list[str]]:
+    """Per component, the addresses (``host:port``) the blackbox exporter tries
+    (``ComponentDown``)."""
     return {
         c.name: [
-            port
+            f"{c.host_of(label)}:{port}"
             for label, port in c.ports().items()
             if not any(word in label for word in UNPROBED_PORT_LABELS)
         ]

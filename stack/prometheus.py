@@ -45,7 +45,7 @@ def _target(port: int | str) -> str:
     return f"{LOOPBACK}:{int(port)}"
 
 
-def probe_config(settings: Settings, probes: dict[str, list[int]]) -> list[dict[str, Any]]:
+def probe_config(settings: Settings, probes: dict[str, list[str]]) -> list[dict[str, Any]]:
     """The scrape job that has the blackbox exporter connect to every component's ports (each
     target labelled with its component); none without the exporter."""
     monitoring = settings.monitoring
@@ -60,9 +60,9 @@ def probe_config(settings: Settings, probes: dict[str, list[int]]) -> list[dict[
             "metrics_path": "/probe",
             "params": {"module": ["tcp_connect"]},
             "static_configs": [
-                {"targets": [_target(p) for p in ports], "labels": {"component": name}}
-                for name, ports in probes.items()
-                if ports
+                {"targets": addresses, "labels": {"component": name}}
+                for name, addresses in probes.items()
+                if addresses
             ],
             "relabel_configs": [
                 {"source_labels": ["__address__"], "target_label": "__param_target"},
@@ -104,10 +104,10 @@ def redis_config(settings: Settings) -> list[dict[str, Any]]:
 
 
 def prometheus_config(
-    settings: Settings, rules: Path, probes: dict[str, list[int]] | None = None
+    settings: Settings, rules: Path, probes: dict[str, list[str]] | None = None
 ) -> dict[str, Any]:
     """prometheus.yml as a mapping: the targets, intervals and alerting come from settings;
-    ``probes``: per component, the ports the blackbox exporter tries."""
+    ``probes``: per component, the addresses the blackbox exporter tries."""
     monitoring = settings.monitoring
     interval = f"{monitoring.scrape_interval_s}s"
     timeout = f"{min(monitoring.scrape_interval_s, MAX_SCRAPE_TIMEOUT_S)}s"
@@ -174,7 +174,7 @@ def prometheus_config(
 
 
 def render_prometheus_config(
-    settings: Settings, rules: Path, probes: dict[str, list[int]] | None = None
+    settings: Settings, rules: Path, probes: dict[str, list[str]] | None = None
 ) -> str:
     header = "# rendered by `tickflow stack up` from config/tickflow.yaml; edits are overwritten\n"
     return header + yaml.safe_dump(prometheus_config(settings, rules, probes), sort_keys=False)

@@ -124,7 +124,8 @@ def _make_certificates(settings: Settings, directory: Path) -> None:
           "/CN=tickflow local CA/O=tickflow",
           "-addext", "basicConstraints=critical,CA:TRUE",
           "-addext", "keyUsage=critical,keyCertSign,cRLSign"], directory)  # fmt: skip
-    hosts = [settings.kafka.host, "127.0.0.1", "localhost"]
+    # every node's address (nodes on hosts of their own reach each other there)
+    hosts = [host for host, _ in settings.kafka.addresses()] + ["127.0.0.1", "localhost"]
     _issue(directory, "broker", BROKER_CN, "serverAuth,clientAuth", _san(hosts))
     _issue(directory, "client", settings.kafka.sasl_username or "tickflow", "clientAuth", None)
     _run(["keytool", "-importcert", "-noprompt", "-alias", "tickflow-ca", "-file", "ca.pem",

@@ -59,6 +59,11 @@ class Component(ABC):
     def ports(self) -> dict[str, int]:
         """Port label -> TCP port on 127.0.0.1 that this component listens on."""
 
+    def host_of(self, label: str) -> str:
+        """Where the port of ``label`` listens: loopback, unless the component's processes are
+        hosts of their own (``stack.netns``)."""
+        return LOOPBACK
+
     @property
     @abstractmethod
     def log_file(self) -> Path:

@@ -3,10 +3,11 @@ configuration.
 
 - ``librdkafka_config(kafka)``: the security part of a confluent-kafka ``Producer`` /
   ``Consumer`` / ``AdminClient`` configuration (connectors, CLI, backfill, topic admin,
-  benches, tests); ``client_config(kafka, **extra)`` adds ``bootstrap.servers`` and ``extra``.
+  benches, tests); ``client_config(kafka, **extra)`` adds ``bootstrap.servers``, the timeouts
+  (``librdkafka_timeouts``) and ``extra``.
 - ``java_properties(kafka)``: the same as Java client properties (the Flink job's
   ``KafkaSource`` / ``KafkaSink``): ``sasl.jaas.config`` with the SCRAM (or PLAIN) login
-  module, PKCS12 key and trust stores.
+  module, PKCS12 key and trust stores; ``java_timeouts(kafka)``, the timeouts.
 
 A file setting whose file does not exist is left out (see ``config/tickflow.yaml``); SASL
 without a password is an error that names the settings, never a value.
@@ -61,10 +62,32 @@ def librdkafka_config(kafka: KafkaConfig) -> dict[str, Any]:
     return conf
 
 
+def librdkafka_timeouts(kafka: KafkaConfig) -> dict[str, Any]:
+    """How long librdkafka waits on a silent broker, and how often it asks for leaders
+    (``kafka.request_timeout_ms``, ``kafka.metadata_max_age_ms``)."""
+    return {
+        "socket.timeout.ms": kafka.request_timeout_ms,
+        "topic.metadata.refresh.interval.ms": kafka.metadata_max_age_ms,
+    }
+
+
+def java_timeouts(kafka: KafkaConfig) -> dict[str, str]:
+    """The same for the Java clients."""
+    return {
+        "request.timeout.ms": str(kafka.request_timeout_ms),
+        "metadata.max.age.ms": str(kafka.metadata_max_age_ms),
+    }
+
+
 def client_config(kafka: KafkaConfig, **extra: Any) -> dict[str, Any]:
-    """A whole confluent-kafka configuration: bootstrap, security, then ``extra`` (dotted
-    librdkafka names are passed as a mapping: ``client_config(k, **{"group.id": "g"})``)."""
-    return {"bootstrap.servers": kafka.bootstrap, **librdkafka_config(kafka), **extra}
+    """A whole confluent-kafka configuration: bootstrap, security, timeouts, then ``extra``
+    (dotted librdkafka names as a mapping: ``client_config(k, **{"group.id": "g"})``)."""
+    return {
+        "bootstrap.servers": kafka.bootstrap,
+        **librdkafka_config(kafka),
+        **librdkafka_timeouts(kafka),
+        **extra,
+    }
 
 
 def _jaas_quote(value: str) -> str:

@@ -14,6 +14,7 @@ from tickflow.kafka_security import (
     FLINK_SHADED_PREFIX,
     client_config,
     java_properties,
+    java_timeouts,
     librdkafka_config,
     redacted,
 )
@@ -53,6 +54,8 @@ def test_librdkafka_sasl_ssl_with_client_certificate(tmp_path: Path) -> None:
         "ssl.ca.location": str(tmp_path / "ca.pem"),
         "ssl.certificate.location": str(tmp_path / "client.pem"),
         "ssl.key.location": str(tmp_path / "client.key"),
+        "socket.timeout.ms": 30000,
+        "topic.metadata.refresh.interval.ms": 300000,
         "group.id": "g",
     }
 
@@ -160,3 +163,14 @@ def test_stack_generates_private_secret_files(tmp_path: Path) -> None:
     before = {p.name: p.read_bytes() for p in directory.iterdir()}
     ensure_secrets(base)
     assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
+
+
+def test_clients_give_up_on_a_silent_broker_as_configured() -> None:
+    """The HA profile's clients drop a broker silent for 5 s and ask for leaders each second
+    (a node cut off the network closes no connection); both client kinds alike."""
+    ha = load_settings(overlays=[Path("config/ha.yaml")], environ={}).kafka
+    assert client_config(ha)["socket.timeout.ms"] == 5000
+    assert client_config(ha)["topic.metadata.refresh.interval.ms"] == 1000
+    assert java_timeouts(ha) == {"request.timeout.ms": "5000", "metadata.max.age.ms": "1000"}
+    # an extra option still wins
+    assert client_config(ha, **{"socket.timeout.ms": 60000})["socket.timeout.ms"] == 60000

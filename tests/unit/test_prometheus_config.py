@@ -141,10 +141,13 @@ def test_the_blackbox_exporter_tries_every_serving_port_of_every_component(
 ) -> None:
     ha = load_settings(overlays=[Path(HA_OVERLAY)], environ={})
     probes = manager.probe_targets(ha)
-    assert probes["kafka"] == [9092, 9093, 9094, 9095, 9096, 9097]
-    assert probes["redis-sentinel"] == [26379, 26380, 26381]
-    assert probes["zookeeper"] == [2181, 2182, 2183]  # not the leader-only peer ports
-    assert probes["flink"] == [8081, 8082]  # both JobManagers' REST, no RPC or metrics
+    local = [f"127.0.0.1:{port}" for port in (9092, 9093, 9094, 9095, 9096, 9097)]
+    assert probes["kafka"] == local
+    assert probes["redis-sentinel"] == ["127.0.0.1:26379", "127.0.0.1:26380", "127.0.0.1:26381"]
+    # not the leader-only peer ports
+    assert probes["zookeeper"] == ["127.0.0.1:2181", "127.0.0.1:2182", "127.0.0.1:2183"]
+    # both JobManagers' REST, no RPC or metrics
+    assert probes["flink"] == ["127.0.0.1:8081", "127.0.0.1:8082"]
     assert "prometheus" not in probes and "blackbox" not in probes
     config = prometheus_config(settings, Path("r.yml"), probes)
     job = scrape_job(config, "components")

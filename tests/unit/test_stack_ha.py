@@ -185,3 +185,39 @@ def test_the_default_profile_runs_one_jobmanager_without_zookeeper(tmp_path: Pat
     assert "standby-rest" not in by_name["flink"].ports()
     assert ha_overrides(settings, tmp_path) == {}
     assert reporter_port_args(settings, "jobmanager") == ["-D", f"{REPORTER_PORT_KEY}=9249"]
+
+
+def test_kafka_nodes_on_hosts_of_their_own(tmp_path: Path) -> None:
+    """config/netns.yaml: each node listens at its own address, in a namespace named after it,
+    where Prometheus' probes and the other nodes reach it; the rest stays on loopback."""
+    from stack import netns
+    from stack.kafka import Kafka, kafka_nodes, node_net_host, render_server_properties
+
+    overlays = [Path(HA_OVERLAY), Path("config/netns.yaml")]
+    base = load_settings(overlays=overlays, environ={})
+    plain = dataclasses.replace(base.kafka, security_protocol="PLAINTEXT")
+    settings = dataclasses.replace(base, state_dir=tmp_path, kafka=plain)
+    nodes = kafka_nodes(settings)
+    assert [n.host for n in nodes] == ["10.77.0.11", "10.77.0.12", "10.77.0.13"]
+    text = render_server_properties(settings, tmp_path / "d1", nodes[0])
+    props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#")
+    assert props["listeners"] == "PLAINTEXT://10.77.0.11:9092,CONTROLLER://10.77.0.11:9093"
+    assert props["controller.quorum.voters"] == (
+        "1@10.77.0.11:9093,2@10.77.0.12:9095,3@10.77.0.13:9097"
+    )
+    host = node_net_host(settings, 2)
+    assert (host.namespace, host.interface()) == ("tf-10.77.0.12", "10.77.0.12/24")
+    assert host.link == "tfv0a4d000c" and len(host.link) <= 15  # the kernel's limit
+    assert host.argv(["java", "-version"]) == [
+        "ip", "netns", "exec", "tf-10.77.0.12", "java", "-version"
+    ]
+    probes = manager.probe_targets(settings)
+    assert probes["kafka"][:2] == ["10.77.0.11:9092", "10.77.0.11:9093"]
+    assert probes["redis"] == ["127.0.0.1:6379"]
+    assert Kafka(settings).host_of("controller-3") == "10.77.0.13"
+    # an address outside the bridge's subnet is refused, naming both
+    with pytest.raises(StackError, match=r"10\.9\.0\.2 is not in 10\.77\.0\.0/24"):
+        netns.NetHost("kafka-9", "10.9.0.2", "10.77.0.1/24").interface()
+    # on loopback there is nothing to cut
+    with pytest.raises(StackError, match="loopback"):
+        node_net_host(ha_settings(tmp_path), 1)
