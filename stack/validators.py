@@ -127,14 +127,19 @@ def ensure_compose(settings: Settings) -> Path:
 
 
 def compose_config(
-    settings: Settings, compose_file: Path, variables: dict[str, str] | None = None
+    settings: Settings,
+    compose_file: Path,
+    variables: dict[str, str] | None = None,
+    overrides: tuple[Path, ...] = (),
 ) -> str:
-    """``docker compose -f FILE config`` with ``variables`` (e.g. the required passwords) as
-    the only TICKFLOW* variables: the resolved model, or StackError with the reason."""
+    """``docker compose -f FILE [-f OVERRIDE ...] config`` with ``variables`` (e.g. the
+    required passwords) as the only TICKFLOW* variables: the resolved model, or StackError
+    with the reason."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TICKFLOW", "COMPOSE_"))}
     env.update(variables or {})
+    files = [arg for path in (compose_file, *overrides) for arg in ("-f", str(path))]
     done = subprocess.run(
-        [str(ensure_compose(settings)), "-f", str(compose_file), "config"],
+        [str(ensure_compose(settings)), *files, "config"],
         capture_output=True, text=True, check=False, env=env, timeout=120,
     )  # fmt: skip
     if done.returncode != 0:

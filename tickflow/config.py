@@ -180,8 +180,9 @@ class RedisConfig:
     password_file: str = ""
     live_lease_ms: int = 5000  # books/NBBOs read EXPIRED this long after the job stops (0: off)
     # high availability (config/ha.yaml): a replica of the primary on this port (0: none), and
-    # Sentinels on these ports ("26379,26380,26381"; "": none) that every client asks for the
-    # current primary of `sentinel_service`; a write that finds the primary gone waits up to
+    # Sentinels on these ports ("26379,26380,26381", on `host`; or "host:port,..." where each
+    # runs elsewhere, as in compose; "": none) that every client asks for the current primary
+    # of `sentinel_service`; a write that finds the primary gone waits up to
     # failover_wait_ms for the Sentinels to promote the replica before the job fails
     replica_port: int = 0
     sentinel_ports: str = ""
@@ -190,7 +191,11 @@ class RedisConfig:
     failover_wait_ms: int = 10_000
 
     def sentinels(self) -> list[tuple[str, int]]:
-        return [(self.host, int(p)) for p in self.sentinel_ports.split(",") if p.strip()]
+        out = []
+        for entry in filter(None, (e.strip() for e in self.sentinel_ports.split(","))):
+            host, _, port = entry.rpartition(":")
+            out.append((host or self.host, int(port)))
+        return out
 
 
 @dataclass(frozen=True)

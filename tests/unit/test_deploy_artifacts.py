@@ -40,6 +40,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker" / "compose.yaml"
+COMPOSE_HA = ROOT / "docker" / "compose.ha.yaml"
 DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
 TEMPLATE = ROOT / "aws" / "cloudformation.yaml"
 # run to completion: nothing to probe
@@ -107,6 +108,44 @@ def test_compose_file_parses_and_every_service_is_checked() -> None:
             assert check.get("disable") is True, name
         else:
             assert check.get("test"), f"{name} has no health check"
+
+
+@pytest.mark.slow
+def test_compose_ha_profile_doubles_what_can_fail_over() -> None:
+    """docker/compose.ha.yaml over compose.yaml: three Kafka nodes in one quorum, a Redis
+    replica and three Sentinels, three ZooKeeper nodes, a standby JobManager and a spare
+    TaskManager; every tickflow service reads config/docker-ha.yaml, which names them."""
+    model = yaml.safe_load(
+        compose_config(load_settings(), COMPOSE, COMPOSE_PASSWORDS, (COMPOSE_HA,))
+    )
+    services = model["services"]
+    doubled = {"kafka-2", "kafka-3", "redis-replica", "redis-sentinel-1", "redis-sentinel-2",
+               "redis-sentinel-3", "zookeeper-1", "zookeeper-2", "zookeeper-3", "jobmanager-2",
+               "taskmanager-2"}  # fmt: skip
+    assert doubled <= set(services)
+    voters = "1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093"
+    for node, name in enumerate(("kafka", "kafka-2", "kafka-3"), start=1):
+        env = services[name]["environment"]
+        assert env["KAFKA_NODE_ID"] == str(node) and env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == voters
+        assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+    assert "--replicaof" in services["redis-replica"]["command"]
+    for name, service in services.items():
+        config = service.get("environment", {}).get("TICKFLOW_CONFIG")
+        assert config is None or config.endswith(":config/docker-ha.yaml"), name
+        if name in ONE_SHOT_SERVICES:
+            continue
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
+        image = service.get("image", "")
+        _, _, tag = image.rpartition(":")
+        assert tag and tag != "latest" and (re.match(r"v?\d", tag) or image.startswith("tickflow-"))
+    for name in ("jobmanager", "jobmanager-2", "taskmanager", "taskmanager-2"):
+        properties = services[name]["environment"]["FLINK_PROPERTIES"]
+        assert "high-availability.type: zookeeper" in properties, name
+    overlays = [ROOT / "config" / "docker.yaml", ROOT / "config" / "docker-ha.yaml"]
+    settings = load_settings(overlays=overlays, environ={})
+    assert {host for host, _ in settings.kafka.addresses()} == {"kafka", "kafka-2", "kafka-3"}
+    assert {host for host, _ in settings.redis.sentinels()} <= set(services)
+    assert settings.kafka.replication_factor == 3 and not settings.flink.result_sinks_chained
 
 
 def test_compose_images_are_pinned() -> None:
