@@ -302,9 +302,6 @@ class Kafka(Component):
 
     def configure(self) -> None:
         for node in self.nodes:
-            host = node_host(self.settings, node)
-            if host is not None:
-                netns.ensure(host)
             self._configure_node(node)
 
     def _configure_node(self, node: KafkaNode) -> None:
@@ -393,7 +390,8 @@ class Kafka(Component):
         argv = self._java(node, "kafka.Kafka", str(home / "server.properties"))
         host = node_host(self.settings, node)
         if host is not None:
-            netns.ensure(host)  # a host left cut off by a drill is joined again
+            # made here, where the node starts (a host left cut off by a drill is joined again)
+            netns.ensure(host)
             argv = host.argv(argv)
         pid = spawn_daemon(argv, self.node_log_dir(node) / "kafka.out", cwd=home)
         self.node_pid_file(node).write_text(f"{pid}\n")

@@ -45,32 +45,46 @@ def _target(port: int | str) -> str:
     return f"{LOOPBACK}:{int(port)}"
 
 
+def _exporter_job(
+    name: str,
+    exporter_port: int,
+    interval: str,
+    path: str,
+    groups: list[dict[str, Any]],
+    params: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """A scrape job of a multi-target exporter: Prometheus asks the exporter at
+    ``exporter_port`` about each target of ``groups`` (its ``?target=``), which stays the
+    sample's ``instance``."""
+    return {
+        "job_name": name,
+        "scrape_interval": interval,
+        "scrape_timeout": interval,
+        "metrics_path": path,
+        **({"params": params} if params else {}),
+        "static_configs": groups,
+        "relabel_configs": [
+            {"source_labels": ["__address__"], "target_label": "__param_target"},
+            {"source_labels": ["__param_target"], "target_label": "instance"},
+            {"target_label": "__address__", "replacement": _target(exporter_port)},
+        ],
+    }
+
+
 def probe_config(settings: Settings, probes: dict[str, list[str]]) -> list[dict[str, Any]]:
     """The scrape job that has the blackbox exporter connect to every component's ports (each
     target labelled with its component); none without the exporter."""
     monitoring = settings.monitoring
     if not monitoring.blackbox_port:
         return []
-    interval = f"{monitoring.probe_interval_s}s"
-    return [
-        {
-            "job_name": "components",
-            "scrape_interval": interval,
-            "scrape_timeout": interval,
-            "metrics_path": "/probe",
-            "params": {"module": ["tcp_connect"]},
-            "static_configs": [
-                {"targets": addresses, "labels": {"component": name}}
-                for name, addresses in probes.items()
-                if addresses
-            ],
-            "relabel_configs": [
-                {"source_labels": ["__address__"], "target_label": "__param_target"},
-                {"source_labels": ["__param_target"], "target_label": "instance"},
-                {"target_label": "__address__", "replacement": _target(monitoring.blackbox_port)},
-            ],
-        }
+    groups = [
+        {"targets": addresses, "labels": {"component": name}}
+        for name, addresses in probes.items()
+        if addresses
     ]
+    interval = f"{monitoring.probe_interval_s}s"
+    tcp = {"module": ["tcp_connect"]}
+    return [_exporter_job("components", monitoring.blackbox_port, interval, "/probe", groups, tcp)]
 
 
 def redis_config(settings: Settings) -> list[dict[str, Any]]:
@@ -79,28 +93,13 @@ def redis_config(settings: Settings) -> list[dict[str, Any]]:
     monitoring = settings.monitoring
     if not monitoring.redis_exporter_port:
         return []
-    interval = f"{monitoring.probe_interval_s}s"
-    return [
-        {
-            "job_name": "redis",
-            "scrape_interval": interval,
-            "scrape_timeout": interval,
-            "metrics_path": "/scrape",
-            "static_configs": [
-                {"targets": targets, "labels": {"role": role}}
-                for role, targets in redis_targets(settings).items()
-                if targets
-            ],
-            "relabel_configs": [
-                {"source_labels": ["__address__"], "target_label": "__param_target"},
-                {"source_labels": ["__param_target"], "target_label": "instance"},
-                {
-                    "target_label": "__address__",
-                    "replacement": _target(monitoring.redis_exporter_port),
-                },
-            ],
-        }
+    groups = [
+        {"targets": targets, "labels": {"role": role}}
+        for role, targets in redis_targets(settings).items()
+        if targets
     ]
+    interval = f"{monitoring.probe_interval_s}s"
+    return [_exporter_job("redis", monitoring.redis_exporter_port, interval, "/scrape", groups)]
 
 
 def prometheus_config(
