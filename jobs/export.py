@@ -258,7 +258,7 @@ def json_rows_from_http(config: ClickHouseConfig, sql: str, params: dict[str, An
     """``sql``'s rows as ClickHouse's JSONEachRow (one JSON object a line; 64-bit integers as
     numbers, NaN and infinities as null), over its HTTP interface. ``params`` fill the
     ``%(name)s`` placeholders as clickhouse-driver does. Raises HttpQueryError if ClickHouse
-    refuses the query, OSError if it does not answer."""
+    refuses the query, OSError if no server (the primary, then an HA replica) answers."""
     import base64
     import http.client
     from urllib.parse import urlencode
@@ -270,13 +270,20 @@ def json_rows_from_http(config: ClickHouseConfig, sql: str, params: dict[str, An
                             "output_format_json_quote_denormals": 0})  # fmt: skip
     token = base64.b64encode(f"{config.user}:{config.password}".encode()).decode()
     connection = http.client.HTTPSConnection if config.secure else http.client.HTTPConnection
-    conn = connection(config.host, config.http_port, timeout=HTTP_TIMEOUT_S)
-    try:
-        conn.request("POST", url, body=query.encode(), headers={"Authorization": f"Basic {token}"})
-        response = conn.getresponse()
-        body = response.read()
-    finally:
-        conn.close()
+    servers = config.servers()
+    for i, server in enumerate(servers):
+        conn = connection(server.host, server.http_port, timeout=HTTP_TIMEOUT_S)
+        try:
+            headers = {"Authorization": f"Basic {token}"}
+            conn.request("POST", url, body=query.encode(), headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+            break
+        except OSError:
+            if i == len(servers) - 1:
+                raise
+        finally:
+            conn.close()
     if response.status != 200:
         text = body.decode(errors="replace").strip()
         match = re.match(r"Code: (\d+)", text)

@@ -78,8 +78,10 @@ def topic_records(blobs: DataStream, name: str) -> DataStream:
 
 
 def clickhouse_url(config: ClickHouseConfig) -> str:
+    """The server's HTTP URL; with replicas (HA) every server's, comma-separated, the primary
+    first (the sink inserts into the first that takes an insert)."""
     scheme = "https" if config.secure else "http"
-    return f"{scheme}://{config.host}:{config.http_port}"
+    return ",".join(f"{scheme}://{s.host}:{s.http_port}" for s in config.servers())
 
 
 def clickhouse_sink(

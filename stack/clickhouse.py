@@ -11,10 +11,11 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from stack.services import LOOPBACK, Component
 from stack.system import StackError, disable_system_services, ensure_packages, spawn_daemon
-from tickflow.config import Settings
+from tickflow.config import ClickHouseConfig, Settings
 
 PACKAGED_CONFIG_DIR = Path("/etc/clickhouse-server")
 SERVER_BINARY = "/usr/sbin/clickhouse-server"
@@ -85,15 +86,41 @@ def _dir(path: Path) -> str:
     return f"{path}/"  # ClickHouse wants directory paths with a trailing slash
 
 
-def rewrite_server_config(xml_text: str, settings: Settings, paths: ClickHousePaths) -> str:
-    """The packaged config.xml with our paths and ports, listening on loopback only."""
+def replica_name(server: int) -> str:
+    """The ``{replica}`` macro of server ``server`` (0: the primary), its name in ZooKeeper."""
+    return f"r{server + 1}"
+
+
+def _replication(root: ET.Element, settings: Settings, server: int) -> None:
+    """What a server of a replicated pair needs: the ZooKeeper ensemble, its replica name, and
+    the interserver port the other server fetches parts from (on loopback)."""
+    ch = settings.clickhouse
+    zookeeper = ET.SubElement(root, "zookeeper")
+    for port in settings.flink.zookeeper_client_ports():
+        node = ET.SubElement(zookeeper, "node")
+        _set(node, "host", LOOPBACK)
+        _set(node, "port", str(port))
+    _set(zookeeper, "session_timeout_ms", str(settings.flink.ha_session_timeout_ms))
+    macros = ET.SubElement(root, "macros")
+    _set(macros, "replica", replica_name(server))
+    interserver = (ch.interserver_port, ch.replica_interserver_port)[server]
+    _set(root, "interserver_http_port", str(interserver))
+    _set(root, "interserver_http_host", LOOPBACK)
+
+
+def rewrite_server_config(
+    xml_text: str, settings: Settings, paths: ClickHousePaths, server: int = 0
+) -> str:
+    """The packaged config.xml with our paths and the ports of server ``server`` (0: the
+    primary, 1: the HA replica), listening on loopback only."""
     root = ET.fromstring(xml_text)
     for tag in EXTRA_LISTENERS:
         for element in root.findall(tag):
             root.remove(element)
+    ports = settings.clickhouse.servers()[server]
     _set(root, "listen_host", LOOPBACK)
-    _set(root, "tcp_port", str(settings.clickhouse.port))
-    _set(root, "http_port", str(settings.clickhouse.http_port))
+    _set(root, "tcp_port", str(ports.port))
+    _set(root, "http_port", str(ports.http_port))
     _set(root, "path", _dir(paths.data))
     _set(root, "tmp_path", _dir(paths.tmp))
     _set(root, "user_files_path", _dir(paths.user_files))
@@ -119,9 +146,12 @@ def rewrite_server_config(xml_text: str, settings: Settings, paths: ClickHousePa
                 del element.attrib["incl"]
             else:
                 parent.remove(element)
-    # ON CLUSTER DDL needs ZooKeeper; without one the DDL worker only logs errors
+    # ON CLUSTER DDL needs a cluster; the DDL worker would only log errors (each server of a
+    # replicated pair gets its DDL from jobs.sinks.clickhouse.ensure_schema instead)
     for element in root.findall("distributed_ddl"):
         root.remove(element)
+    if settings.clickhouse.replicated:
+        _replication(root, settings, server)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
@@ -164,6 +194,11 @@ def rewrite_users_config(xml_text: str, user: str, password: str) -> str:
 class ClickHouse(Component):
     name = "clickhouse"
     start_timeout_s = 120.0
+    server: ClassVar[int] = 0  # index in ClickHouseConfig.servers()
+
+    @property
+    def config(self) -> ClickHouseConfig:
+        return self.settings.clickhouse.servers()[self.server]
 
     @property
     def paths(self) -> ClickHousePaths:
@@ -178,7 +213,11 @@ class ClickHouse(Component):
         return [self.log_file, logs / "clickhouse-server.log", self.home / "clickhouse.out"]
 
     def ports(self) -> dict[str, int]:
-        return {"tcp": self.settings.clickhouse.port, "http": self.settings.clickhouse.http_port}
+        ports = {"tcp": self.config.port, "http": self.config.http_port}
+        if self.settings.clickhouse.replicated:
+            ch = self.settings.clickhouse
+            ports["interserver"] = (ch.interserver_port, ch.replica_interserver_port)[self.server]
+        return ports
 
     def install(self) -> None:
         if ensure_packages(CLICKHOUSE_PACKAGES):
@@ -192,7 +231,9 @@ class ClickHouse(Component):
         if not packaged.exists():
             raise StackError(f"clickhouse: {packaged} is missing; reinstall clickhouse-server")
         ch = self.settings.clickhouse
-        paths.config.write_text(rewrite_server_config(packaged.read_text(), self.settings, paths))
+        paths.config.write_text(
+            rewrite_server_config(packaged.read_text(), self.settings, paths, self.server)
+        )
         users = (PACKAGED_CONFIG_DIR / "users.xml").read_text()
         paths.users.write_text(rewrite_users_config(users, ch.user, ch.password))
         for private in (paths.users, paths.config):
@@ -209,7 +250,7 @@ class ClickHouse(Component):
     def answers(self) -> bool:
         """A query with the configured credentials (a server still running with another
         users.xml, e.g. from before its password, does not count as answering)."""
-        ch = self.settings.clickhouse
+        ch = self.config
         token = base64.b64encode(f"{ch.user}:{ch.password}".encode()).decode()
         request = urllib.request.Request(
             f"http://{ch.host}:{ch.http_port}/?query=SELECT%201",
@@ -217,3 +258,16 @@ class ClickHouse(Component):
         )
         with urllib.request.urlopen(request, timeout=2) as response:
             return bool(response.read().decode().strip() == "1")
+
+
+class ClickHouseReplica(ClickHouse):
+    """HA: the second server (``clickhouse.replica_port``), a replica of every table through
+    ZooKeeper; either server takes inserts and answers queries, and fetches what it missed
+    from the other when it comes back."""
+
+    name = "clickhouse-replica"
+    server = 1
+
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        return settings.clickhouse.replicated

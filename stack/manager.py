@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from stack.blackbox import Blackbox
-from stack.clickhouse import ClickHouse
+from stack.clickhouse import ClickHouse, ClickHouseReplica
 from stack.flink import Flink
 from stack.kafka import Kafka
 from stack.prometheus import Prometheus
@@ -27,8 +27,9 @@ COMPONENT_TYPES: tuple[type[Component], ...] = (
     Redis,
     RedisReplica,
     RedisSentinels,
+    ZooKeeper,  # before ClickHouse: replicated tables need it
     ClickHouse,
-    ZooKeeper,
+    ClickHouseReplica,
     Flink,
     Blackbox,
     RedisExporter,

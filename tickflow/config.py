@@ -219,6 +219,33 @@ class ClickHouseConfig:
     # where the password is read from when `password` is "" (the local stack generates it);
     # a file that does not exist: no password
     password_file: str = ""
+    # HA: a second server (replica_host, "": host; replica_port / replica_http_port, 0: one
+    # server) with every table replicated between the two through ZooKeeper: writers and
+    # readers go to whichever answers. The local stack's servers fetch each other's parts from
+    # their interserver ports (on one host, each its own).
+    replica_host: str = ""
+    replica_port: int = 0
+    replica_http_port: int = 0
+    interserver_port: int = 9009
+    replica_interserver_port: int = 9010
+
+    @property
+    def replicated(self) -> bool:
+        return self.replica_http_port > 0
+
+    def servers(self) -> list[ClickHouseConfig]:
+        """A single-server configuration per server: the primary first, then the replica
+        (what a writer or reader tries next)."""
+        if not self.replicated:
+            return [self]
+        alone = dataclasses.replace(self, replica_port=0, replica_http_port=0)
+        replica = dataclasses.replace(
+            alone,
+            host=self.replica_host or self.host,
+            port=self.replica_port,
+            http_port=self.replica_http_port,
+        )
+        return [alone, replica]
 
 
 FLINK_STATE_BACKENDS = ("hashmap", "rocksdb")  # Flink's state.backend.type values

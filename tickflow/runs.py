@@ -23,6 +23,7 @@ from typing import Any
 from jobs.backfill import run_backfill
 from jobs.replay_cli import backfill_overrides
 from jobs.sinks.clickhouse import COLUMNS, connect
+from jobs.sinks.clickhouse import drop_database as drop_clickhouse_database
 from jobs.sinks.queries import DAILY_QUERIES
 from jobs.sinks.redis_books import redis_client
 from stack import flink
@@ -360,9 +361,7 @@ def cleanup(settings: Settings, job: SupervisedJob) -> None:
             flink.cancel_job(settings, job_id)
         shutil.rmtree(flink.runtime_dir(settings) / "checkpoints" / job_id, ignore_errors=True)
     with contextlib.suppress(Exception):
-        connect(settings.clickhouse).execute(
-            f"DROP DATABASE IF EXISTS {settings.clickhouse.database}"
-        )
+        drop_clickhouse_database(settings.clickhouse)
     with contextlib.suppress(Exception):
         _delete_redis_keys(settings)
     with contextlib.suppress(Exception):
@@ -394,7 +393,7 @@ def batch_backfill(settings: Settings, day: Any, to_ms: int | None = None) -> di
 
 
 def drop_database(settings: Settings) -> None:
-    connect(settings.clickhouse).execute(f"DROP DATABASE IF EXISTS {settings.clickhouse.database}")
+    drop_clickhouse_database(settings.clickhouse)
 
 
 def differing(a: dict[str, Counter[Any]], b: dict[str, Counter[Any]]) -> dict[str, int]:

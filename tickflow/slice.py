@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from jobs.sinks.book_reader import StoredBook, read_book
-from jobs.sinks.clickhouse import connect
+from jobs.sinks.clickhouse import connect, drop_database
 from jobs.sinks.redis_books import book_key, redis_client
 from schemas.registry import RegistryClient, register_namespace
 from stack import flink
@@ -218,8 +218,7 @@ def _teardown(
     for proc, out in reversed(procs):
         step(f"stop pid {proc.pid}", functools.partial(stop, proc))
         out.close()
-    step("drop ClickHouse database", lambda: connect(settings.clickhouse).execute(
-        f"DROP DATABASE IF EXISTS {settings.clickhouse.database}"))  # fmt: skip
+    step("drop ClickHouse database", lambda: drop_database(settings.clickhouse))
     step("delete Redis keys", lambda: _delete_redis_keys(settings))
     step("delete Kafka topics", lambda: _delete_kafka_topics(settings, topics))
     registry = RegistryClient(settings.registry)

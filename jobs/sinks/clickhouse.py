@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import logging
 import re
 import struct
 from collections.abc import Callable, Sequence
@@ -26,8 +27,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 from clickhouse_driver import Client
+from clickhouse_driver.errors import NetworkError
 
 from tickflow.config import ClickHouseConfig
+
+log = logging.getLogger(__name__)
 
 # Decimal(38, 18): exact for every price and size the exchanges quote (<= 18 decimals)
 DECIMAL = "Decimal(38, 18)"
@@ -660,6 +664,10 @@ def gap_row(
 def connect(
     config: ClickHouseConfig, database: str | None = None, timeout_s: float = 60
 ) -> Client:
+    """A client of the primary server that goes on to the replica (HA) when the primary does
+    not answer."""
+    servers = config.servers()
+    alt_hosts = ",".join(f"{s.host}:{s.port}" for s in servers[1:])
     return Client(
         host=config.host,
         port=config.port,
@@ -669,7 +677,35 @@ def connect(
         database=database or "default",
         connect_timeout=5,
         send_receive_timeout=timeout_s,
+        **({"alt_hosts": alt_hosts} if alt_hosts else {}),
     )
+
+
+_ENGINE = re.compile(r"ENGINE = ReplacingMergeTree\((?P<version>\w*)\)")
+
+
+def replicated_ddl(ddl: str, db: str, table: str) -> str:
+    """``ddl`` (formatted) with its ReplacingMergeTree replicated through ZooKeeper: the
+    table's parts and log under one path per database and table, each server named by its
+    ``replica`` macro (stack.clickhouse.replica_name)."""
+
+    def engine(match: re.Match[str]) -> str:
+        args = [f"'/clickhouse/tables/{db}/{table}'", "'{replica}'"]
+        args += [match["version"]] if match["version"] else []
+        return f"ENGINE = ReplicatedReplacingMergeTree({', '.join(args)})"
+
+    return _ENGINE.sub(engine, ddl, count=1)
+
+
+def drop_database(config: ClickHouseConfig) -> None:
+    """Drops the database on every server (a replica left with its tables would hand their
+    parts back to a new table at the same ZooKeeper path)."""
+    for server in config.servers():
+        client = connect(server)
+        try:
+            client.execute(f"DROP DATABASE IF EXISTS {config.database}")
+        finally:
+            client.disconnect()
 
 
 def upgrade_statements(db: str, table: str, existing: set[str]) -> list[str]:
@@ -685,14 +721,40 @@ def upgrade_statements(db: str, table: str, existing: set[str]) -> list[str]:
 def ensure_schema(config: ClickHouseConfig) -> None:
     """Create the database and tables if they do not exist, add missing columns, and create
     each summary with its view; a summary new to an existing database is filled from the base
-    rows already there (idempotent: run it as often as you like)."""
+    rows already there (idempotent: run it as often as you like).
+
+    HA (a replicated pair): on each server, the replicated tables and the views (a view sees
+    only the inserts into its own server); the columns and summary rows once, on the first
+    server that answers, since the replicas share them. A server that does not answer is
+    skipped while another does: it gets its tables when the job starts again with it up."""
+    servers = config.servers()
+    done = 0
+    for server in servers:
+        try:
+            _ensure_server_schema(server, shared=not done, replicated=config.replicated)
+        except (NetworkError, OSError, EOFError) as error:
+            if len(servers) == 1:
+                raise
+            log.warning("ClickHouse at %s:%d did not answer: %s", server.host, server.port, error)
+            continue
+        done += 1
+    if not done:
+        raise NetworkError(f"no ClickHouse server of {len(servers)} answered")
+
+
+def _ensure_server_schema(config: ClickHouseConfig, shared: bool, replicated: bool) -> None:
     client = connect(config, timeout_s=BACKFILL_TIMEOUT_S)
     db = config.database
+
+    def create(ddl: str, table: str) -> None:
+        text = ddl.format(db=db)
+        client.execute(replicated_ddl(text, db, table) if replicated else text)
+
     try:
         client.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
-        for ddl in TABLES.values():
-            client.execute(ddl.format(db=db))
-        for table in UPGRADES:
+        for table, ddl in TABLES.items():
+            create(ddl, table)
+        for table in UPGRADES if shared else ():
             rows = client.execute(
                 "SELECT name FROM system.columns WHERE database = %(db)s AND table = %(table)s",
                 {"db": db, "table": table},
@@ -706,12 +768,14 @@ def ensure_schema(config: ClickHouseConfig) -> None:
             )
         }
         for name, (_, ddl, _) in SUMMARIES.items():
-            client.execute(ddl.format(db=db))
+            create(ddl, name)
             if f"{name}_mv" in existing:
                 continue
             # the view first, then the rows already stored: a row inserted in between is in
             # both, which the idempotent states absorb; none is missed
             client.execute(summary_view(db, name))
+            if not shared:
+                continue
             base = SUMMARIES[name][0]
             try:
                 for (day,) in client.execute(f"SELECT DISTINCT date FROM {db}.{base}"):
@@ -726,7 +790,9 @@ def ensure_schema(config: ClickHouseConfig) -> None:
 
 class RowBinaryWriter:
     """Inserts rows already encoded as RowBinary (by the compiled batch engine, in
-    ``COLUMNS`` order) over ClickHouse's HTTP interface: no per-value work in Python."""
+    ``COLUMNS`` order) over ClickHouse's HTTP interface: no per-value work in Python. With a
+    replicated pair (HA), an insert the current server cannot be reached for goes to the other,
+    which stays current until it fails in turn."""
 
     def __init__(self, config: ClickHouseConfig, timeout_s: float = 300.0) -> None:
         import http.client
@@ -734,27 +800,37 @@ class RowBinaryWriter:
         self.config = config
         self.database = config.database
         connection = http.client.HTTPSConnection if config.secure else http.client.HTTPConnection
-        self.connection = connection(config.host, config.http_port, timeout=timeout_s)
+        self.connections = [
+            connection(server.host, server.http_port, timeout=timeout_s)
+            for server in config.servers()
+        ]
+        self.current = 0
         token = base64.b64encode(f"{config.user}:{config.password}".encode()).decode()
         self.headers = {
             "Authorization": f"Basic {token}",
             "Content-Type": "application/octet-stream",
         }
 
+    @property
+    def connection(self) -> Any:  # http.client.HTTPConnection
+        return self.connections[self.current]
+
     def insert(self, table: str, data: bytes, rows: int) -> int:
-        """``rows`` rows of ``table`` in ``data``; raises with ClickHouse's message if refused."""
+        """``rows`` rows of ``table`` in ``data``; raises with ClickHouse's message if refused,
+        and the last connection error if no server could be reached."""
         if not rows:
             return 0
         columns = ", ".join(COLUMNS[table])
         query = f"INSERT INTO {self.database}.{table} ({columns}) FORMAT RowBinary"
         url = "/?" + urlencode({"query": query})
-        try:
-            status, body = self._post(url, data)
-        except (ConnectionError, OSError):
-            # the server closes idle keep-alive connections (after 3 s on 18.16): once more
-            # on a new one; rows are idempotent (ReplacingMergeTree), so a repeat is harmless
-            self.connection.close()
-            status, body = self._post(url, data)
+        for attempt in range(len(self.connections)):
+            try:
+                status, body = self._post_with_retry(url, data)
+                break
+            except (ConnectionError, OSError):
+                if attempt == len(self.connections) - 1:
+                    raise
+                self.current = (self.current + 1) % len(self.connections)
         if status != 200:
             raise RuntimeError(
                 f"ClickHouse refused {rows} {table} rows ({len(data)} bytes, HTTP "
@@ -762,13 +838,23 @@ class RowBinaryWriter:
             )
         return rows
 
+    def _post_with_retry(self, url: str, data: bytes) -> tuple[int, bytes]:
+        try:
+            return self._post(url, data)
+        except (ConnectionError, OSError):
+            # the server closes idle keep-alive connections (after 3 s on 18.16): once more
+            # on a new one; rows are idempotent (ReplacingMergeTree), so a repeat is harmless
+            self.connection.close()
+            return self._post(url, data)
+
     def _post(self, url: str, data: bytes) -> tuple[int, bytes]:
         self.connection.request("POST", url, body=data, headers=self.headers)
         response = self.connection.getresponse()
         return response.status, response.read()
 
     def close(self) -> None:
-        self.connection.close()
+        for connection in self.connections:
+            connection.close()
 
 
 def column_types(table: str) -> dict[str, str]:

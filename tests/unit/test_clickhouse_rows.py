@@ -18,6 +18,7 @@ from jobs.sinks.clickhouse import (
     late_event_row,
     matched_trade_row,
     nbbo_row,
+    replicated_ddl,
     upgrade_statements,
     utc_date,
 )
@@ -249,3 +250,17 @@ def test_final_keeps_key_order_by_version() -> None:
     assert not final_keeps_key_order("19.1.6")
     assert not final_keeps_key_order("25.8.1.1")
     assert not final_keeps_key_order("")
+
+
+def test_replicated_ddl_keeps_the_version_and_names_a_path_per_table() -> None:
+    trades = replicated_ddl(TABLES["trades"].format(db="tf"), "tf", "trades")
+    assert (
+        "ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/tf/trades', '{replica}', "
+        "on_time)" in trades
+    )
+    nbbo = replicated_ddl(TABLES["nbbo"].format(db="tf"), "tf", "nbbo")
+    assert "ReplicatedReplacingMergeTree('/clickhouse/tables/tf/nbbo', '{replica}')" in nbbo
+    # the rest of the DDL as it was
+    assert trades.replace("Replicated", "").replace(
+        "'/clickhouse/tables/tf/trades', '{replica}', ", ""
+    ) == TABLES["trades"].format(db="tf")

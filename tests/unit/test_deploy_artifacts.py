@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +122,7 @@ def test_compose_ha_profile_doubles_what_can_fail_over() -> None:
     services = model["services"]
     doubled = {"kafka-2", "kafka-3", "redis-replica", "redis-sentinel-1", "redis-sentinel-2",
                "redis-sentinel-3", "zookeeper-1", "zookeeper-2", "zookeeper-3", "jobmanager-2",
-               "taskmanager-2"}  # fmt: skip
+               "taskmanager-2", "clickhouse-2"}  # fmt: skip
     assert doubled <= set(services)
     voters = "1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093"
     for node, name in enumerate(("kafka", "kafka-2", "kafka-3"), start=1):
@@ -129,6 +130,17 @@ def test_compose_ha_profile_doubles_what_can_fail_over() -> None:
         assert env["KAFKA_NODE_ID"] == str(node) and env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == voters
         assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
     assert "--replicaof" in services["redis-replica"]["command"]
+    for name, replica in (("clickhouse", "r1"), ("clickhouse-2", "r2")):
+        clickhouse = services[name]
+        assert clickhouse["hostname"] == name
+        assert clickhouse["environment"]["TICKFLOW_CLICKHOUSE_REPLICA"] == replica
+        mounts = {v["target"]: v for v in clickhouse["volumes"]}
+        assert mounts["/var/lib/clickhouse"]["source"] == f"{name}-data"
+        assert Path(mounts["/etc/clickhouse-server/config.d/replication.xml"]["source"]).is_file()
+    replication = ET.parse(ROOT / "docker" / "clickhouse" / "replication.xml").getroot()
+    assert [n.findtext("host") for n in replication.findall("zookeeper/node")] == [
+        "zookeeper-1", "zookeeper-2", "zookeeper-3"
+    ]  # fmt: skip
     for name, service in services.items():
         config = service.get("environment", {}).get("TICKFLOW_CONFIG")
         assert config is None or config.endswith(":config/docker-ha.yaml"), name
@@ -146,6 +158,7 @@ def test_compose_ha_profile_doubles_what_can_fail_over() -> None:
     assert {host for host, _ in settings.kafka.addresses()} == {"kafka", "kafka-2", "kafka-3"}
     assert {host for host, _ in settings.redis.sentinels()} <= set(services)
     assert settings.kafka.replication_factor == 3 and not settings.flink.result_sinks_chained
+    assert [s.host for s in settings.clickhouse.servers()] == ["clickhouse", "clickhouse-2"]
 
 
 def test_compose_images_are_pinned() -> None:

@@ -261,6 +261,40 @@ def test_clickhouse_drops_metrika_includes_and_zookeeper_ddl(
     assert root.find("remote_servers/local") is not None  # content kept, only incl dropped
 
 
+def test_clickhouse_replicas_share_the_zookeeper_ensemble_each_with_its_own_ports(
+    tmp_path: Path,
+) -> None:
+    ha = load_settings(
+        environ={
+            "TICKFLOW_CONFIG": "config/tickflow.yaml:config/ha.yaml",
+            "TICKFLOW__KAFKA__SECURITY_PROTOCOL": "PLAINTEXT",
+        }
+    )
+    ch = ha.clickhouse
+    assert ch.replicated
+    roots = [
+        ET.fromstring(rewrite_server_config(PACKAGED_CONFIG, ha, ClickHousePaths(tmp_path), i))
+        for i in (0, 1)
+    ]
+    for root, server, interserver, name in zip(
+        roots,
+        ch.servers(),
+        (ch.interserver_port, ch.replica_interserver_port),
+        ("r1", "r2"),
+        strict=True,
+    ):
+        assert root.findtext("tcp_port") == str(server.port)
+        assert root.findtext("http_port") == str(server.http_port)
+        assert root.findtext("interserver_http_port") == str(interserver)
+        assert root.findtext("interserver_http_host") == "127.0.0.1"
+        assert root.findtext("macros/replica") == name
+        nodes = [(n.findtext("host"), int(n.findtext("port") or 0))
+                 for n in root.findall("zookeeper/node")]  # fmt: skip
+        assert nodes == [("127.0.0.1", p) for p in ha.flink.zookeeper_client_ports()]
+    assert [s.port for s in ch.servers()] == [ch.port, ch.replica_port]
+    assert not any(s.replicated for s in ch.servers())  # each a single server
+
+
 def test_clickhouse_rewrite_of_the_installed_package_config(
     settings: Settings, tmp_path: Path
 ) -> None:

@@ -8,7 +8,9 @@ import java.net.http.HttpRequest;
 import java.net.http.HttpResponse;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
+import java.util.Arrays;
 import java.util.Base64;
+import java.util.List;
 import java.util.Set;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
@@ -58,31 +60,67 @@ class ClickHouseHttp {
 
     record Response(int status, String body) {}
 
-    private final String baseUrl;
+    private final List<String> baseUrls;
     private final Transport transport;
+    private int current;
 
-    ClickHouseHttp(String baseUrl, String user, String password) {
-        this(baseUrl, user, password, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT);
+    ClickHouseHttp(String baseUrls, String user, String password) {
+        this(baseUrls, user, password, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT);
     }
 
     ClickHouseHttp(
-            String baseUrl, String user, String password, Duration connectTimeout, Duration requestTimeout) {
-        this(baseUrl, httpTransport(user, password, connectTimeout, requestTimeout));
+            String baseUrls, String user, String password, Duration connectTimeout, Duration requestTimeout) {
+        this(baseUrls, httpTransport(user, password, connectTimeout, requestTimeout));
     }
 
-    ClickHouseHttp(String baseUrl, Transport transport) {
-        this.baseUrl = baseUrl;
+    /**
+     * {@code baseUrls}: one server's URL, or the comma-separated URLs of a replicated set (an
+     * insert goes to the first that takes it).
+     */
+    ClickHouseHttp(String baseUrls, Transport transport) {
+        this.baseUrls = Arrays.stream(baseUrls.split(",")).map(String::strip).filter(u -> !u.isEmpty()).toList();
+        if (this.baseUrls.isEmpty()) {
+            throw new IllegalArgumentException("no ClickHouse URL in '" + baseUrls + "'");
+        }
         this.transport = transport;
+    }
+
+    /** The URL inserts go to now: the last server that took one. */
+    String currentUrl() {
+        return baseUrls.get(current);
     }
 
     /**
      * Inserts {@code rows} rows of RowBinary {@code data}. Throws {@link Unavailable} when
      * ClickHouse could not take them now (the caller retries), an IOException with ClickHouse's
-     * message when it refused them. One I/O error is retried at once: ClickHouse closes idle
-     * keep-alive connections (after 3 s on 18.16) and the rows are idempotent, so a repeat is
-     * harmless.
+     * message when it refused them. With replicas, an insert the current server cannot take now
+     * goes to the next, which stays current while it takes inserts: the replicas share every
+     * table, and the rows are idempotent.
      */
     void insert(String database, String table, String columns, byte[] data, int length, long rows)
+            throws IOException, InterruptedException {
+        Unavailable last = null;
+        for (int tried = 0; tried < baseUrls.size(); tried++) {
+            try {
+                insertInto(currentUrl(), database, table, columns, data, length, rows);
+                return;
+            } catch (Unavailable e) {
+                if (last != null) {
+                    e.addSuppressed(last);
+                }
+                last = e;
+                current = (current + 1) % baseUrls.size();
+            }
+        }
+        throw last;
+    }
+
+    /**
+     * One server's insert. One I/O error is retried at once: ClickHouse closes idle keep-alive
+     * connections (after 3 s on 18.16) and the rows are idempotent, so a repeat is harmless.
+     */
+    private void insertInto(
+            String baseUrl, String database, String table, String columns, byte[] data, int length, long rows)
             throws IOException, InterruptedException {
         String query = "INSERT INTO " + database + "." + table + " (" + columns + ") FORMAT RowBinary";
         URI uri = URI.create(baseUrl + "/?query=" + URLEncoder.encode(query, StandardCharsets.UTF_8));
@@ -96,7 +134,7 @@ class ClickHouseHttp {
             } catch (IOException second) {
                 second.addSuppressed(first);
                 throw new Unavailable(
-                        "ClickHouse insert of " + rows + " " + table + " rows failed twice: " + second, second);
+                        "ClickHouse insert of " + rows + " " + table + " rows into " + baseUrl + " failed twice: " + second, second);
             }
         }
         if (response.status() != 200) {

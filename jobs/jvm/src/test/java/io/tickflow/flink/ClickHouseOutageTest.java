@@ -80,6 +80,27 @@ class ClickHouseOutageTest {
                 () -> http(port).insert("tickflow", "trades", "a", new byte[] {1}, 1, 1));
     }
 
+    @Test
+    void aReplicaTakesTheInsertsTheLostServerCannotAndStaysCurrent() throws Exception {
+        int lost;
+        try (ServerSocket free = new ServerSocket(0)) {
+            lost = free.getLocalPort();
+        }
+        int replica = startServer();
+        ClickHouseHttp http = new ClickHouseHttp(
+                "http://127.0.0.1:" + lost + ", http://127.0.0.1:" + replica, "default", "", SHORT, SHORT);
+        http.insert("tickflow", "trades", "a", new byte[] {1}, 1, 1);
+        assertEquals("http://127.0.0.1:" + replica, http.currentUrl());
+        http.insert("tickflow", "trades", "a", new byte[] {2}, 1, 1);
+        assertEquals(Set.of("\u0001", "\u0002"), Set.copyOf(applied));
+        server.stop(0);
+        server = null;
+        // neither answers: an outage, with each server's failure
+        ClickHouseHttp.Unavailable e = assertThrows(ClickHouseHttp.Unavailable.class,
+                () -> http.insert("tickflow", "trades", "a", new byte[] {3}, 1, 1));
+        assertEquals(1, e.getSuppressed().length);
+    }
+
     /** An HTTP server that records every insert body it applies; stalls while asked to. */
     private final Set<String> applied = Collections.synchronizedSet(new LinkedHashSet<>());
     private volatile CountDownLatch stall = new CountDownLatch(0);
