@@ -12,6 +12,9 @@ drill run, fed at a steady rate for ``--minutes`` while, every ``--every`` secon
 seeded), one fault of the next kind in shuffled rounds:
 
 - ``jobmanager``: SIGKILL of the leading JobManager (the standby takes the job over);
+- ``jobmanager-partition``: the leading JobManager cut off the network where it runs (every
+  packet of its sockets dropped: ``stack.cutoff``) for ``PARTITION_S``, then joined again;
+  only where the JobManagers can be (``flink.partitionable_jobmanagers``: config/netns.yaml);
 - ``kafka-broker``: SIGKILL of the node leading the raw topic's first partition;
 - ``kafka-partition``: the node leading the raw topic's first partition cut off the network
   (every packet to and from it dropped) for ``PARTITION_S``, then joined again; only where the
@@ -64,7 +67,7 @@ from typing import Any
 from bench.chaos import job_recovered, kill, kill_plan
 from bench.stats import target_entry
 from monitoring.availability import AvailabilityProbe
-from stack import flink, manager, netns
+from stack import cutoff, flink, manager, netns
 from stack.cli import with_overlay
 from stack.kafka import kill_node, node_net_host, partition_leader
 from stack.redis_server import sentinel_primary_port
@@ -89,10 +92,11 @@ from tickflow.runs import (
 
 RESULTS = Path(__file__).parent / "results" / "ha_drill.json"
 KINDS = ("jobmanager", "kafka-broker", "redis-primary", "taskmanager", "python", "clickhouse",
-         "zookeeper", "paused-taskmanager", "kafka-partition")  # fmt: skip
+         "zookeeper", "paused-taskmanager", "kafka-partition", "jobmanager-partition")  # fmt: skip
 DEFAULT_KINDS = KINDS  # ZooKeeper too: three nodes ride out the loss of one
-# kinds that need Kafka's nodes on hosts of their own (kafka.node_network)
-NETWORK_KINDS = ("kafka-partition",)
+# kinds that need what only config/netns.yaml sets up: Kafka's nodes on hosts of their own
+# (kafka.node_network), JobManagers that can be cut off (flink.partitionable_jobmanagers)
+NETWORK_KINDS = ("kafka-partition", "jobmanager-partition")
 HA_COMPONENTS = ("kafka", "redis", "redis-replica", "redis-sentinel", "zookeeper", "clickhouse",
                  "clickhouse-replica", "flink")  # fmt: skip
 # the bounds on stale books: every kind, and the losses replication must hide
@@ -145,6 +149,15 @@ def inflict(
             raise RuntimeError("no leading JobManager found in the logs")
         pid = flink.kill_jobmanager(settings, leader)
         return f"SIGKILL leading JobManager (REST {leader}) pid {pid}"
+    if kind == "jobmanager-partition":
+        leader = flink.leading_rest_port(settings)
+        if leader is None:
+            raise RuntimeError("no leading JobManager found in the logs")
+        name = flink.jobmanager_cgroup(leader)
+        cutoff.cut(name)
+        healed.clear()
+        lasting(PARTITION_S, lambda: cutoff.heal(name), healed)
+        return f"leading JobManager (REST {leader}) cut off the network for {PARTITION_S:.0f} s"
     if kind == "kafka-broker":
         node = partition_leader(settings, settings.kafka.raw_topic)
         return f"SIGKILL Kafka node {node} (raw partition 0 leader) pid {kill_node(settings, node)}"
@@ -337,12 +350,14 @@ def run(
     base = load_settings()
     if not is_ha(base):
         raise SystemExit("bench.ha_drill: the HA profile did not load (config/ha.yaml)")
-    if not base.kafka.node_network and (cut := set(kinds) & set(NETWORK_KINDS)):
+    unable = {"kafka-partition": not base.kafka.node_network,
+              "jobmanager-partition": not base.flink.partitionable_jobmanagers}  # fmt: skip
+    if cut := {k for k in kinds if unable.get(k)}:
         if kinds != DEFAULT_KINDS:
-            raise SystemExit(f"bench.ha_drill: {', '.join(sorted(cut))} needs Kafka's nodes on "
-                             "hosts of their own (config/netns.yaml)")  # fmt: skip
-        kinds = tuple(k for k in kinds if k not in NETWORK_KINDS)
-        log(f"Kafka's nodes run on loopback: no {', '.join(sorted(cut))} faults")
+            raise SystemExit(f"bench.ha_drill: {', '.join(sorted(cut))} needs the network set "
+                             "up by config/netns.yaml")  # fmt: skip
+        kinds = tuple(k for k in kinds if k not in cut)
+        log(f"no {', '.join(sorted(cut))} faults in this configuration (config/netns.yaml)")
     # Prometheus and the exporters: the alerts (ComponentDown, RedisRestarted, JobRestarted, ...)
     manager.up(base, [*HA_COMPONENTS, "blackbox", "redis-exporter", "prometheus"], log=log)
     rng = random.Random(seed)

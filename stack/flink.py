@@ -15,6 +15,7 @@ Metrics: the JobManager serves Prometheus metrics on the first port of
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -27,11 +28,13 @@ import sys
 import sysconfig
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from stack import cutoff
 from stack.jars import (
     JAVA_PACKAGES,
     flink_connector_jars,
@@ -130,6 +133,23 @@ def reporter_port_args(settings: Settings, daemon: str) -> list[str]:
         jobmanagers, taskmanagers = ports[:1], ports[1:]
     mine = jobmanagers if daemon == "jobmanager" else taskmanagers
     return ["-D", f"{REPORTER_PORT_KEY}={format_ports(mine)}"]
+
+
+def jobmanager_cgroup(rest_port: int) -> str:
+    """The cgroup (stack.cutoff) of the JobManager serving REST on ``rest_port``."""
+    return f"jobmanager-{rest_port}"
+
+
+def jobmanager_preexec(settings: Settings, rest_port: int) -> Callable[[], None] | None:
+    """What the JobManager's start script runs before it execs: with
+    ``flink.partitionable_jobmanagers``, joining the JobManager's cgroup (not cut off: a
+    JobManager starting again after a drill starts connected)."""
+    if not settings.flink.partitionable_jobmanagers:
+        return None
+    name = jobmanager_cgroup(rest_port)
+    cutoff.ensure(name)
+    cutoff.heal(name)
+    return functools.partial(cutoff.join, name)
 
 
 def jobmanager_args(settings: Settings, rest_port: int) -> list[str]:
@@ -290,6 +310,13 @@ class Flink(Component):
     def pid_files(self) -> list[Path]:
         return sorted((self.home / "pid").glob("flink-*.pid"))
 
+    def stop(self) -> list[int]:
+        pids = super().stop()
+        if self.settings.flink.partitionable_jobmanagers:
+            for port in self.settings.flink.rest_ports():
+                cutoff.remove(jobmanager_cgroup(port))  # healed, if a drill left it cut off
+        return pids
+
     def base_config(self) -> str:
         return (self.settings.root / "flink-conf" / "config.yaml").read_text()
 
@@ -308,6 +335,8 @@ class Flink(Component):
 
     def install(self) -> None:
         ensure_packages(JAVA_PACKAGES)
+        if self.settings.flink.partitionable_jobmanagers:
+            ensure_packages(cutoff.NFT_PACKAGES)
         flink_jars_dir(self.settings)
 
     def configure(self) -> None:
@@ -353,7 +382,9 @@ class Flink(Component):
         env = flink_env(self.settings)
         bin_dir = flink_home() / "bin"
 
-        def start(script: str, args: list[str]) -> subprocess.Popen[str]:
+        def start(
+            script: str, args: list[str], preexec: Callable[[], None] | None = None
+        ) -> subprocess.Popen[str]:
             return subprocess.Popen(
                 [str(bin_dir / script), "start", *args],
                 cwd=self.home,
@@ -362,6 +393,7 @@ class Flink(Component):
                 stderr=subprocess.STDOUT,
                 text=True,
                 start_new_session=True,
+                preexec_fn=preexec,
             )
 
         def finish(name: str, script: subprocess.Popen[str]) -> None:
@@ -370,7 +402,11 @@ class Flink(Component):
                 raise self.failure(f"{name} start failed: {output.strip()}")
 
         jobmanagers = [
-            start("jobmanager.sh", jobmanager_args(self.settings, port))
+            start(
+                "jobmanager.sh",
+                jobmanager_args(self.settings, port),
+                jobmanager_preexec(self.settings, port),
+            )
             for port in self.settings.flink.rest_ports()
         ]
         # TaskManagers one after another: each daemon script appends to one pid file
@@ -607,6 +643,7 @@ def start_jobmanager(settings: Settings, rest_port: int, timeout: float = 120.0)
         capture_output=True,
         check=True,
         timeout=timeout,
+        preexec_fn=jobmanager_preexec(settings, rest_port),
     )  # fmt: skip
     if not wait_until(lambda: listening_pid(rest_port) is not None, timeout, 0.5):
         raise StackError(f"flink: no JobManager on REST port {rest_port} after {timeout:.0f} s")

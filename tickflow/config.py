@@ -288,6 +288,8 @@ class FlinkConfig:
     ha_zookeeper_port: int = 0
     standby_rest_port: int = 0
     ha_session_timeout_ms: int = 4000
+    # each JobManager in a cgroup of its own that stack.cutoff can cut off the network
+    partitionable_jobmanagers: bool = False
     # ZooKeeper nodes from ha_zookeeper_port on: 1 runs standalone; 3 form an ensemble that
     # keeps serving (and the JobManager its leadership) while any two are up
     ha_zookeeper_nodes: int = 1

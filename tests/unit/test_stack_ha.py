@@ -221,3 +221,24 @@ def test_kafka_nodes_on_hosts_of_their_own(tmp_path: Path) -> None:
     # on loopback there is nothing to cut
     with pytest.raises(StackError, match="loopback"):
         node_net_host(ha_settings(tmp_path), 1)
+
+
+def test_jobmanagers_that_can_be_cut_off(tmp_path: Path) -> None:
+    """config/netns.yaml: each JobManager in a cgroup of its own (named by its REST port),
+    which one nftables table per JobManager cuts off in both directions; by default none."""
+    from stack import cutoff
+    from stack.flink import jobmanager_cgroup, jobmanager_preexec
+
+    overlays = [Path(HA_OVERLAY), Path("config/netns.yaml")]
+    assert load_settings(overlays=overlays, environ={}).flink.partitionable_jobmanagers
+    assert jobmanager_preexec(ha_settings(tmp_path), 8081) is None  # the HA profile alone
+    assert jobmanager_cgroup(8082) == "jobmanager-8082"
+    rules = cutoff.ruleset("jobmanager-8082")
+    assert rules.startswith("table inet tf_cut_jobmanager_8082 {")
+    for hook in ("input", "output"):
+        assert (f"type filter hook {hook} priority 0; policy accept; "
+                'socket cgroupv2 level 2 "tickflow/jobmanager-8082" drop;') in rules  # fmt: skip
+    hybrid = "cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw"
+    assert cutoff.cgroup2_mount(hybrid) == Path("/sys/fs/cgroup/unified")
+    with pytest.raises(StackError, match="no cgroup v2"):
+        cutoff.cgroup2_mount("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n")
