@@ -5,7 +5,7 @@ watched from outside, and the results compared with a fault-free run.
                              [--kinds jobmanager,kafka-broker,...]         (make ha-drill)
 
 Runs on the HA profile (``config/ha.yaml``: three Kafka nodes, Redis with a replica and
-Sentinels, ZooKeeper and a standby JobManager), started if down; the default profile's stack
+Sentinels, two ClickHouse replicas, ZooKeeper and a standby JobManager), started if down; the default profile's stack
 must be down (the same ports). As ``bench.chaos`` does: a deterministic dataset of every
 exchange (``tickflow.generated``), a fault-free reference run of the job over it, then the
 drill run, fed at a steady rate for ``--minutes`` while, every ``--every`` seconds (+-20%,
@@ -40,8 +40,7 @@ table (FINAL), Redis key and committed result record is compared with the refere
 and duplicated.
 
 The availability stated is at one fault of each kind per day: 1 - (the sum over kinds of the
-mean stale seconds) / 86,400. Writes bench/results/ha_drill.json. Not covered yet: a partition
-of the JobManager.
+mean stale seconds) / 86,400. Writes bench/results/ha_drill.json.
 """
 
 from __future__ import annotations

@@ -91,10 +91,15 @@ def replica_name(server: int) -> str:
     return f"r{server + 1}"
 
 
+def interserver_port(settings: Settings, server: int) -> int:
+    """Where server ``server`` serves its parts to the other (both on this host)."""
+    ch = settings.clickhouse
+    return (ch.interserver_port, ch.replica_interserver_port)[server]
+
+
 def _replication(root: ET.Element, settings: Settings, server: int) -> None:
     """What a server of a replicated pair needs: the ZooKeeper ensemble, its replica name, and
     the interserver port the other server fetches parts from (on loopback)."""
-    ch = settings.clickhouse
     zookeeper = ET.SubElement(root, "zookeeper")
     for port in settings.flink.zookeeper_client_ports():
         node = ET.SubElement(zookeeper, "node")
@@ -103,8 +108,7 @@ def _replication(root: ET.Element, settings: Settings, server: int) -> None:
     _set(zookeeper, "session_timeout_ms", str(settings.flink.ha_session_timeout_ms))
     macros = ET.SubElement(root, "macros")
     _set(macros, "replica", replica_name(server))
-    interserver = (ch.interserver_port, ch.replica_interserver_port)[server]
-    _set(root, "interserver_http_port", str(interserver))
+    _set(root, "interserver_http_port", str(interserver_port(settings, server)))
     _set(root, "interserver_http_host", LOOPBACK)
 
 
@@ -215,8 +219,7 @@ class ClickHouse(Component):
     def ports(self) -> dict[str, int]:
         ports = {"tcp": self.config.port, "http": self.config.http_port}
         if self.settings.clickhouse.replicated:
-            ch = self.settings.clickhouse
-            ports["interserver"] = (ch.interserver_port, ch.replica_interserver_port)[self.server]
+            ports["interserver"] = interserver_port(self.settings, self.server)
         return ports
 
     def install(self) -> None:
