@@ -5,11 +5,11 @@ watched from outside, and the results compared with a fault-free run.
                              [--kinds jobmanager,kafka-broker,...]         (make ha-drill)
 
 Runs on the HA profile (``config/ha.yaml``: three Kafka nodes, Redis with a replica and
-Sentinels, two ClickHouse replicas, ZooKeeper and a standby JobManager), started if down; the default profile's stack
-must be down (the same ports). As ``bench.chaos`` does: a deterministic dataset of every
-exchange (``tickflow.generated``), a fault-free reference run of the job over it, then the
-drill run, fed at a steady rate for ``--minutes`` while, every ``--every`` seconds (+-20%,
-seeded), one fault of the next kind in shuffled rounds:
+Sentinels, two ClickHouse replicas, ZooKeeper and a standby JobManager), started if down; the
+default profile's stack must be down (the same ports). As ``bench.chaos`` does: a
+deterministic dataset of every exchange (``tickflow.generated``), a fault-free reference run of
+the job over it, then the drill run, fed at a steady rate for ``--minutes`` while, every
+``--every`` seconds (+-20%, seeded), one fault of the next kind in shuffled rounds:
 
 - ``jobmanager``: SIGKILL of the leading JobManager (the standby takes the job over);
 - ``jobmanager-partition``: the leading JobManager cut off the network where it runs (every
