@@ -28,9 +28,10 @@ from jobs.sinks.clickhouse import (
 )
 from stack import manager
 from stack.clickhouse import ClickHouse
+from tests.own_components import own_components
 from tests.unit.core_driver import core_settings
 from tests.unit.test_gaps import backfill_tables, faulted_day
-from tickflow.config import ClickHouseConfig, Settings, load_settings, patched_environ
+from tickflow.config import ClickHouseConfig, Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -54,13 +55,8 @@ def replicated(
         "TICKFLOW__CLICKHOUSE__REPLICA_INTERSERVER_PORT": "19010",
         "TICKFLOW__CLICKHOUSE__DATABASE": "replicas",
     }
-    with patched_environ(environ):
-        settings = load_settings()
-        manager.up(settings, COMPONENTS)
-        try:
-            yield load_settings()  # with the password `up` generated
-        finally:
-            manager.down(settings, COMPONENTS)
+    with own_components(environ, COMPONENTS) as settings:
+        yield settings
 
 
 def _counts(config: ClickHouseConfig, tables: list[str]) -> dict[str, int]:

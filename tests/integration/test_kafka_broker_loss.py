@@ -19,7 +19,8 @@ from connectors.producer import KafkaSink
 from schemas.codec import RawEnvelope, decode_envelope
 from stack import manager
 from stack.kafka import Kafka, kill_node, partition_leader
-from tickflow.config import Settings, load_settings, patched_environ
+from tests.own_components import own_components
+from tickflow.config import Settings
 from tickflow.slice import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -43,13 +44,8 @@ def kafka_cluster(
         # the broker may take a while to hand over its partitions on a loaded machine
         "TICKFLOW__KAFKA__DELIVERY_TIMEOUT_MS": "120000",
     }
-    with patched_environ(environ):
-        settings = load_settings()
-        manager.up(settings, ["kafka"])
-        try:
-            yield load_settings()  # with the credentials `up` generated
-        finally:
-            manager.down(settings, ["kafka"])
+    with own_components(environ, ["kafka"]) as settings:
+        yield settings
 
 
 def test_a_killed_broker_loses_no_frame_and_reorders_none(kafka_cluster: Settings) -> None:

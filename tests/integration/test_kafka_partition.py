@@ -20,9 +20,10 @@ import pytest
 
 from connectors.producer import KafkaSink
 from schemas.codec import RawEnvelope, decode_envelope
-from stack import manager, netns
+from stack import netns
 from stack.kafka import Kafka, node_net_host, partition_leader
-from tickflow.config import Settings, load_settings, patched_environ
+from tests.own_components import own_components
+from tickflow.config import Settings
 from tickflow.slice import read_topic
 
 pytestmark = [
@@ -54,16 +55,10 @@ def kafka_cluster(
         "TICKFLOW__KAFKA__METADATA_MAX_AGE_MS": "1000",
         "TICKFLOW__KAFKA__DELIVERY_TIMEOUT_MS": "120000",
     }
-    with patched_environ(environ):
-        settings = load_settings()
-        manager.up(settings, ["kafka"])
-        try:
-            yield load_settings()  # with the credentials `up` generated
-        finally:
-            manager.down(settings, ["kafka"])
-            kafka = Kafka(settings)
-            hosts = [node_net_host(settings, n.node_id) for n in kafka.nodes]
-            assert not any(h.namespace in netns.namespaces() for h in hosts)
+    with own_components(environ, ["kafka"]) as settings:
+        yield settings
+    hosts = [node_net_host(settings, n.node_id) for n in Kafka(settings).nodes]
+    assert not any(h.namespace in netns.namespaces() for h in hosts)
 
 
 def test_a_broker_cut_off_loses_no_frame_and_is_left_before_it_returns(
