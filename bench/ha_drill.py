@@ -390,6 +390,9 @@ def run(
         "stale_s_per_day_at_that_rate": round(stale_per_day, 1),
         "probe": {"samples": probe.samples, "failed_reads": probe.failed_reads,
                   "stalls": len(probe.stalls), "backwards": probe.backwards[:10],
+                  # each stall as [start, seconds], start since the probe (and faults) began
+                  "stall_spans_s": [[round(st.start - probe.started, 1), round(st.seconds, 1)]
+                                    for st in probe.stalls],
                   "whole_run_availability": round(probe.availability(), 6)},
         "supervisor_actions": [a.what for a in supervisor.actions],
         "job_submissions": len(drill_job.job_ids),

@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -218,20 +219,22 @@ def runtime_overrides(settings: Settings, runtime: Path, python: Path) -> dict[s
         "python.pythonpath": worker_pythonpath(settings),
         # the whole range; the daemons get their share with reporter_port_args
         REPORTER_PORT_KEY: format_ports(flink_metrics_ports(settings)),
-        **heartbeat_overrides(settings),
+        **failover_overrides(settings),
         **ha_overrides(settings, runtime),
     }
 
 
-def heartbeat_overrides(settings: Settings) -> dict[str, Any]:
-    """Faster heartbeats where configured (the HA profile): a lost TaskManager's tasks restart
-    on the spare seconds after, not after Flink's default 50 s of silence."""
+def failover_overrides(settings: Settings) -> dict[str, Any]:
+    """Faster heartbeats and restarts where configured (the HA profile): a lost TaskManager's
+    tasks restart on the spare seconds after, not after Flink's default 50 s of silence."""
     flink = settings.flink
     out: dict[str, Any] = {}
     if flink.heartbeat_interval_ms:
         out["heartbeat.interval"] = f"{flink.heartbeat_interval_ms} ms"
     if flink.heartbeat_timeout_ms:
         out["heartbeat.timeout"] = f"{flink.heartbeat_timeout_ms} ms"
+    if flink.restart_backoff_ms:
+        out["restart-strategy.exponential-delay.initial-backoff"] = f"{flink.restart_backoff_ms} ms"
     return out
 
 
@@ -416,6 +419,14 @@ class Flink(Component):
             finish("jobmanager.sh", script)
         # a fresh TaskManager imports the job code as it is now
         (self.home / "taskmanager.code").write_text(job_code_digest(self.settings))
+
+    def ready(self, log: Callable[[str], None]) -> None:
+        """With spare TaskManagers: the job's code loaded into each (``warm_taskmanagers``)."""
+        if self.settings.flink.taskmanagers > 1:
+            started = time.monotonic()
+            warm_taskmanagers(self.settings)
+            log(f"flink: the job's Python code loaded into the TaskManagers "
+                f"({time.monotonic() - started:.1f} s)")  # fmt: skip
 
     def overview(self) -> dict[str, Any]:
         return rest(self.settings, "GET", "/overview")
@@ -657,6 +668,26 @@ def start_taskmanager(settings: Settings, timeout: float = 120.0) -> None:
     _wait_taskmanagers(settings, len(taskmanager_pids(settings)), timeout)
 
 
+def warm_taskmanagers(settings: Settings, timeout: float = 300.0) -> str | None:
+    """Load the pipeline's Python code into every TaskManager with a free slot (jobs/warmup.py,
+    one subtask per free slot), so a job restarting there does not wait for it; the warm-up
+    job's id, or None when no slot is free."""
+    free = int(rest(settings, "GET", "/overview")["slots-available"])
+    if free == 0:
+        return None
+    job_id = submit_python_job(
+        settings,
+        str(settings.root / "jobs" / "warmup.py"),
+        ["--parallelism", str(free), "--execution-mode", settings.flink.python_execution_mode],
+        timeout=timeout,
+    )
+    state = wait_job_finished(settings, job_id, timeout)
+    if state != "FINISHED":
+        raise StackError(f"flink: the warm-up job {job_id} {state}: "
+                         f"{root_exception(settings, job_id)}")  # fmt: skip
+    return job_id
+
+
 def taskmanager_count(settings: Settings) -> int:
     return int(rest(settings, "GET", "/overview").get("taskmanagers", 0))
 
@@ -700,15 +731,19 @@ def ensure_current_job_code(settings: Settings) -> None:
 
     With flink-python on the cluster classpath (see ``Flink._assemble_lib``) the TaskManager
     keeps one embedded Python interpreter for its lifetime, so modules imported by an earlier
-    job stay loaded: a job submitted after a code change would run the old code.
+    job stay loaded: a job submitted after a code change would run the old code. Restarted
+    beside a spare, they are given the new code at once (``warm_taskmanagers``).
     """
     marker = runtime_dir(settings) / "taskmanager.code"
     current = job_code_digest(settings)
     if marker.exists() and marker.read_text() == current:
         return
-    if marker.exists():
+    restart = marker.exists()
+    if restart:
         restart_taskmanager(settings)
-    marker.write_text(current)
+    marker.write_text(current)  # first: the warm-up is a job submission too
+    if restart and settings.flink.taskmanagers > 1:
+        warm_taskmanagers(settings)
 
 
 def submit_python_job(

@@ -139,6 +139,8 @@ def up(settings: Settings, names: Iterable[str] | None = None, log: Log = print)
         component.wait_healthy()
         took = time.monotonic() - launched_at[component.name]
         log(f"{component.name}: answering on {_ports_text(component)} ({took:.1f} s after launch)")
+    for component in to_start:
+        component.ready(log)
     if any(c.name == Kafka.name for c in selected):
         created = ensure_topics(settings)
         if created:

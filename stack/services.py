@@ -5,6 +5,7 @@ and stop it. Orchestration across components lives in ``stack.manager``."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -87,6 +88,9 @@ class Component(ABC):
     @abstractmethod
     def answers(self) -> bool:
         """One quick health probe: does the service answer a real request?"""
+
+    def ready(self, log: Callable[[str], None]) -> None:  # noqa: B027 - optional hook
+        """Once it answers after this stack started it: anything it needs before use."""
 
     def details(self) -> str:
         """Extra status text (e.g. Flink slots); empty by default."""

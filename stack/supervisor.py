@@ -5,12 +5,14 @@ Kubernetes does for a real deployment.
 
 Every interval: a component whose processes are gone is started again (``stack.manager.up``).
 Flink is two daemons: a dead TaskManager is started alone (the JobManager restarts the job's
-tasks from the last checkpoint once it registers), a dead JobManager takes the whole cluster
-down with it (the standalone cluster has no HA store, so the jobs it ran are gone) and the
-cluster is started again. The supervised job is resubmitted when the cluster no longer runs
-it: from the newest retained checkpoint of any job it ran as (``execution.checkpointing.
-externalized-checkpoint-retention: RETAIN_ON_CANCELLATION`` keeps them), else from where it
-was first started. A job stopped on purpose (FINISHED or CANCELED) is left alone.
+tasks from the last checkpoint once it registers; started as a spare beside another, it is
+given the job's Python code at once: ``flink.warm_taskmanagers``), a dead JobManager takes the
+whole cluster down with it (the standalone cluster has no HA store, so the jobs it ran are
+gone) and the cluster is started again. The supervised job is resubmitted when the cluster
+no longer runs it: from the newest retained checkpoint of any job it ran as
+(``execution.checkpointing.externalized-checkpoint-retention: RETAIN_ON_CANCELLATION`` keeps
+them), else from where it was first started. A job stopped on purpose (FINISHED or CANCELED)
+is left alone.
 
 With Flink HA (the HA profile: ZooKeeper and a standby JobManager) the standby takes the jobs
 over by itself: a dead JobManager is started again alone, as the new standby, and a job the
@@ -95,6 +97,7 @@ class Supervisor:
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._warming: threading.Thread | None = None
 
     def _did(self, what: str) -> None:
         self.actions.append(Action(time.monotonic(), what))
@@ -143,6 +146,21 @@ class Supervisor:
             self._did(f"{tm_alive} of {wanted} Flink TaskManager(s) running: starting one")
             flink.start_taskmanager(self.settings)
             self._did("the Flink TaskManager registered")
+            if wanted > 1:
+                # a spare for the job to restart on: load the job's code into it, beside
+                # the rounds (a minute on a busy machine)
+                self._warming = threading.Thread(target=self._warm_taskmanagers, daemon=True)
+                self._warming.start()
+
+    def _warm_taskmanagers(self) -> None:
+        try:
+            job_id = flink.warm_taskmanagers(self.settings)
+        except (StackError, OSError) as exc:
+            self.errors.append(f"warming the TaskManagers: {type(exc).__name__}: {exc}")
+            self.log(f"supervisor: warming the TaskManagers failed: {exc}")
+            return
+        if job_id is not None:
+            self._did(f"the job's Python code loaded into the TaskManagers (job {job_id})")
 
     def _check_job(self, job: SupervisedJob) -> None:
         try:
@@ -189,8 +207,9 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=300)
+        for thread in (self._thread, self._warming):
+            if thread is not None:
+                thread.join(timeout=300)
 
 
 def pipeline_submitter(settings: Settings) -> Submit:

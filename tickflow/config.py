@@ -301,6 +301,9 @@ class FlinkConfig:
     # a SIGKILLed TaskManager is noticed after two refused heartbeats either way)
     heartbeat_interval_ms: int = 0
     heartbeat_timeout_ms: int = 0
+    # how long a failed job waits before its first restart (0: flink-conf's 1 s; the wait
+    # doubles while it keeps failing)
+    restart_backoff_ms: int = 0
     # the Kafka result sinks chained into the books task (true: no copy of the sink blobs) or
     # in tasks of their own (false, the HA profile): a sink waiting on a lost broker (its
     # flush at a checkpoint, its commit) then no longer stops the books. Measured on Kafka

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs import warmup
 from jobs.sinks.book_reader import read_book
 from stack import flink, manager
 from stack.secrets import secrets_dir
@@ -137,8 +138,26 @@ def _lose_busy_taskmanager(settings: Settings, job_id: str, probe: VersionProbe)
     took = _books_advance(probe, "the TaskManager's loss")
     print(f"TaskManager pid {busy} killed: the job ran on the spare {running_s:.1f} s after, "
           f"books advancing {took:.1f} s after that")  # fmt: skip
-    Supervisor(settings, names=("flink",)).check()  # a new spare
+    supervisor = Supervisor(settings, names=("flink",))
+    supervisor.check()  # a new spare, and the job's code loaded into it
+    supervisor.stop()
+    assert supervisor.errors == []
     assert len(flink.taskmanager_pids(settings)) == 2
+    assert _warmed_taskmanagers(settings) >= _taskmanager_ids(settings)
+
+
+def _taskmanager_ids(settings: Settings) -> set[str]:
+    return {tm["id"] for tm in flink.rest(settings, "GET", "/taskmanagers")["taskmanagers"]}
+
+
+def _warmed_taskmanagers(settings: Settings) -> set[str]:
+    """The TaskManagers a finished warm-up job (jobs/warmup.py) ran a subtask on."""
+    warmed: set[str] = set()
+    for job in flink.list_jobs(settings):
+        if job["name"] == warmup.JOB_NAME and job["state"] == "FINISHED":
+            for ids in flink.job_taskmanagers(settings, job["jid"]).values():
+                warmed |= ids
+    return warmed
 
 
 def test_the_ha_cluster_rides_out_each_of_its_losses(
@@ -149,6 +168,8 @@ def test_the_ha_cluster_rides_out_each_of_its_losses(
     ) as run:
         settings = run.settings
         assert settings.flink.ha and len(settings.flink.rest_ports()) == 2
+        # the stack loaded the job's code into both TaskManagers as it started them
+        assert _warmed_taskmanagers(settings) == _taskmanager_ids(settings)
         for book in BOOKS:
             wait_for(f"{book} LIVE", functools.partial(_live, settings, book), 180)
         wait_for("a completed checkpoint", lambda: _completed_checkpoints(settings, run.job_id), 60)
@@ -167,6 +188,5 @@ def test_the_ha_cluster_rides_out_each_of_its_losses(
         assert not probe.backwards, probe.backwards
         assert all(_live(settings, b) for b in BOOKS)
         # the same job, recovered from ZooKeeper each time: never a new submission
-        assert [j["jid"] for j in flink.list_jobs(settings) if j["state"] == "RUNNING"] == [
-            run.job_id
-        ]
+        running = flink.list_jobs(settings)
+        assert [j["jid"] for j in running if j["state"] == "RUNNING"] == [run.job_id]

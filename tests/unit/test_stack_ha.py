@@ -4,13 +4,15 @@ runs, and the Sentinel and Redis configuration files."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import pytest
 
+from jobs import warmup
 from stack import manager
 from stack.cli import HA_OVERLAY, with_overlay
-from stack.flink import REPORTER_PORT_KEY, ha_overrides, heartbeat_overrides, reporter_port_args
+from stack.flink import REPORTER_PORT_KEY, failover_overrides, ha_overrides, reporter_port_args
 from stack.redis_server import render_redis_conf, render_sentinel_conf
 from stack.system import StackError
 from stack.zookeeper import render_zoo_cfg, zookeeper_nodes
@@ -96,6 +98,8 @@ def test_the_ha_profile_runs_three_kafka_nodes_in_one_quorum(tmp_path: Path) -> 
     assert props["transaction.state.log.min.isr"] == "2"
     # a dead node is fenced within 2 s, not Kafka's default 9
     assert props["broker.session.timeout.ms"] == "2000"
+    # and requests to a silent controller or leader give up after 3 s, not 30
+    assert props["controller.socket.timeout.ms"] == props["replica.socket.timeout.ms"] == "3000"
     single = dataclasses.replace(
         settings.kafka, bootstrap="127.0.0.1:9092", replication_factor=1, min_insync_replicas=1
     )
@@ -136,8 +140,11 @@ def test_the_ha_profile_runs_zookeeper_and_a_standby_jobmanager(tmp_path: Path) 
     # a node of the ensemble lost suspends the connection only: leadership stays
     assert overrides["high-availability.zookeeper.client.tolerate-suspended-connections"]
     # a lost TaskManager noticed in seconds: its job restarts on the spare
-    assert heartbeat_overrides(settings) == {"heartbeat.interval": "1000 ms",
-                                             "heartbeat.timeout": "5000 ms"}  # fmt: skip
+    assert failover_overrides(settings) == {
+        "heartbeat.interval": "1000 ms",
+        "heartbeat.timeout": "5000 ms",
+        "restart-strategy.exponential-delay.initial-backoff": "100 ms",
+    }
     assert overrides["high-availability.storageDir"] == (tmp_path / "ha").as_uri()
     assert overrides["high-availability.zookeeper.client.session-timeout"] == "4000 ms"
     assert overrides["high-availability.jobmanager.port"] == "6123-6124"
@@ -181,7 +188,7 @@ def test_the_default_profile_runs_one_jobmanager_without_zookeeper(tmp_path: Pat
     by_name = {c.name: c for c in manager.components(settings)}
     assert "zookeeper" not in by_name
     assert by_name["flink"].process_count == 2
-    assert heartbeat_overrides(settings) == {}  # Flink's own defaults
+    assert failover_overrides(settings) == {}  # Flink's own defaults
     assert "standby-rest" not in by_name["flink"].ports()
     assert ha_overrides(settings, tmp_path) == {}
     assert reporter_port_args(settings, "jobmanager") == ["-D", f"{REPORTER_PORT_KEY}=9249"]
@@ -242,3 +249,10 @@ def test_jobmanagers_that_can_be_cut_off(tmp_path: Path) -> None:
     assert cutoff.cgroup2_mount(hybrid) == Path("/sys/fs/cgroup/unified")
     with pytest.raises(StackError, match="no cgroup v2"):
         cutoff.cgroup2_mount("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n")
+
+
+def test_the_warm_up_imports_what_the_pipeline_operator_runs_and_emits_nothing() -> None:
+    function = warmup.ImportJobCode()
+    function.open(None)  # type: ignore[arg-type]
+    assert {"jobs.operators", "tickflow_native"} <= set(sys.modules)
+    assert list(function.flat_map(1)) == []

@@ -1,0 +1,65 @@
+"""A short job that loads the pipeline's Python code into TaskManagers before the pipeline needs
+it there.
+
+In thread mode a TaskManager keeps one embedded Python interpreter for its lifetime, and the
+first Python operator it runs starts it: PyFlink's runtime (with Beam), the job's modules and
+the compiled core, ~7 s on a 2-core machine. The HA profile keeps a spare TaskManager for the
+pipeline to restart on when its own is lost; a cold spare spent those seconds while every book
+was stale. The stack submits this job, with one subtask per free slot, whenever TaskManagers
+start beside others (``stack.flink.warm_taskmanagers``): every TaskManager with a free slot
+runs a subtask, and the job finishes once each has imported the code.
+
+    flink run -py jobs/warmup.py --parallelism 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Iterator
+
+from pyflink.common import Configuration, Types
+from pyflink.datastream import FlatMapFunction, RuntimeContext, StreamExecutionEnvironment
+
+JOB_NAME = "tickflow-warmup"
+
+# what the pipeline's Python operator imports (jobs/operators.py, and the core it builds)
+MODULES = ("jobs.operators", "tickflow_native")
+
+
+class ImportJobCode(FlatMapFunction):
+    """Imports the pipeline's modules as its operator opens; emits nothing."""
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        for module in MODULES:
+            importlib.import_module(module)
+
+    def flat_map(self, value: int) -> Iterator[int]:
+        return iter(())
+
+
+def build(env: StreamExecutionEnvironment, parallelism: int) -> None:
+    env.set_parallelism(parallelism)
+    numbers = env.from_collection(list(range(parallelism)), Types.INT())
+    numbers.flat_map(ImportJobCode(), Types.INT()).print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jobs.warmup", description=__doc__.split("\n")[0])
+    parser.add_argument("--parallelism", type=int, default=1, help="subtasks (free slots)")
+    parser.add_argument("--execution-mode", default="thread", help="python.execution-mode")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    config = Configuration()
+    config.set_string("python.execution-mode", args.execution_mode)
+    # a subtask lost with its TaskManager fails the job at once, freeing its slots for the
+    # pipeline, instead of restarting and waiting for slots beside it
+    config.set_string("restart-strategy.type", "none")
+    env = StreamExecutionEnvironment.get_execution_environment(config)
+    build(env, args.parallelism)
+    env.execute(JOB_NAME)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
