@@ -9,7 +9,7 @@ was stale. The stack submits this job, with one subtask per free slot, whenever 
 start beside others (``stack.flink.warm_taskmanagers``): every TaskManager with a free slot
 runs a subtask, and the job finishes once each has imported the code.
 
-    flink run -py jobs/warmup.py --parallelism 3
+    flink run -py jobs/warmup.py 3 thread      (subtasks, python.execution-mode)
 """
 
 from __future__ import annotations
@@ -47,8 +47,10 @@ def build(env: StreamExecutionEnvironment, parallelism: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jobs.warmup", description=__doc__.split("\n")[0])
-    parser.add_argument("--parallelism", type=int, default=1, help="subtasks (free slots)")
-    parser.add_argument("--execution-mode", default="thread", help="python.execution-mode")
+    # positional: `flink run` takes options after the program's file for its own (its
+    # --parallelism would set the job's and leave the program none)
+    parser.add_argument("subtasks", type=int, help="one per free slot")
+    parser.add_argument("execution_mode", nargs="?", default="thread", help="python.execution-mode")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     config = Configuration()
     config.set_string("python.execution-mode", args.execution_mode)
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     # pipeline, instead of restarting and waiting for slots beside it
     config.set_string("restart-strategy.type", "none")
     env = StreamExecutionEnvironment.get_execution_environment(config)
-    build(env, args.parallelism)
+    build(env, args.subtasks)
     env.execute(JOB_NAME)
     return 0
 

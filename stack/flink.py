@@ -424,9 +424,9 @@ class Flink(Component):
         """With spare TaskManagers: the job's code loaded into each (``warm_taskmanagers``)."""
         if self.settings.flink.taskmanagers > 1:
             started = time.monotonic()
-            warm_taskmanagers(self.settings)
-            log(f"flink: the job's Python code loaded into the TaskManagers "
-                f"({time.monotonic() - started:.1f} s)")  # fmt: skip
+            jobs = warm_taskmanagers(self.settings)
+            log(f"flink: the job's Python code loaded into the TaskManagers by "
+                f"{len(jobs)} warm-up job(s) ({time.monotonic() - started:.1f} s)")  # fmt: skip
 
     def overview(self) -> dict[str, Any]:
         return rest(self.settings, "GET", "/overview")
@@ -668,24 +668,39 @@ def start_taskmanager(settings: Settings, timeout: float = 120.0) -> None:
     _wait_taskmanagers(settings, len(taskmanager_pids(settings)), timeout)
 
 
-def warm_taskmanagers(settings: Settings, timeout: float = 300.0) -> str | None:
-    """Load the pipeline's Python code into every TaskManager with a free slot (jobs/warmup.py,
-    one subtask per free slot), so a job restarting there does not wait for it; the warm-up
-    job's id, or None when no slot is free."""
-    free = int(rest(settings, "GET", "/overview")["slots-available"])
-    if free == 0:
-        return None
-    job_id = submit_python_job(
-        settings,
-        str(settings.root / "jobs" / "warmup.py"),
-        ["--parallelism", str(free), "--execution-mode", settings.flink.python_execution_mode],
-        timeout=timeout,
-    )
-    state = wait_job_finished(settings, job_id, timeout)
-    if state != "FINISHED":
-        raise StackError(f"flink: the warm-up job {job_id} {state}: "
-                         f"{root_exception(settings, job_id)}")  # fmt: skip
-    return job_id
+# a TaskManager that has just registered may not offer its slots yet: the scheduler then puts
+# every warm-up subtask on the others, and the warm-up runs again for it
+WARM_UP_ATTEMPTS = 3
+
+
+def free_slots(settings: Settings) -> dict[str, int]:
+    """Free task slots per registered TaskManager (its id)."""
+    return {tm["id"]: int(tm["freeSlots"])
+            for tm in rest(settings, "GET", "/taskmanagers")["taskmanagers"]}  # fmt: skip
+
+
+def warm_taskmanagers(settings: Settings, timeout: float = 300.0) -> list[str]:
+    """Load the pipeline's Python code into every TaskManager with a free slot
+    (jobs/warmup.py, a subtask per free slot), so that a job restarting there does not wait
+    for it; the warm-up jobs' ids (none when no slot is free)."""
+    job_ids: list[str] = []
+    warmed: set[str] = set()
+    for _ in range(WARM_UP_ATTEMPTS):
+        free = free_slots(settings)
+        if not {tm for tm, slots in free.items() if slots} - warmed:
+            break
+        args = [str(sum(free.values())), settings.flink.python_execution_mode]
+        job_id = submit_python_job(
+            settings, str(settings.root / "jobs" / "warmup.py"), args, timeout=timeout
+        )
+        state = wait_job_finished(settings, job_id, timeout)
+        if state != "FINISHED":
+            raise StackError(f"flink: the warm-up job {job_id} {state}: "
+                             f"{root_exception(settings, job_id)}")  # fmt: skip
+        job_ids.append(job_id)
+        for ran_on in job_taskmanagers(settings, job_id).values():
+            warmed |= ran_on
+    return job_ids
 
 
 def taskmanager_count(settings: Settings) -> int:

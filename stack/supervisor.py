@@ -154,13 +154,13 @@ class Supervisor:
 
     def _warm_taskmanagers(self) -> None:
         try:
-            job_id = flink.warm_taskmanagers(self.settings)
+            job_ids = flink.warm_taskmanagers(self.settings)
         except (StackError, OSError) as exc:
             self.errors.append(f"warming the TaskManagers: {type(exc).__name__}: {exc}")
             self.log(f"supervisor: warming the TaskManagers failed: {exc}")
             return
-        if job_id is not None:
-            self._did(f"the job's Python code loaded into the TaskManagers (job {job_id})")
+        if job_ids:
+            self._did(f"the job's Python code loaded into the TaskManagers ({', '.join(job_ids)})")
 
     def _check_job(self, job: SupervisedJob) -> None:
         try:

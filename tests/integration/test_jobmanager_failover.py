@@ -147,7 +147,7 @@ def _lose_busy_taskmanager(settings: Settings, job_id: str, probe: VersionProbe)
 
 
 def _taskmanager_ids(settings: Settings) -> set[str]:
-    return {tm["id"] for tm in flink.rest(settings, "GET", "/taskmanagers")["taskmanagers"]}
+    return set(flink.free_slots(settings))
 
 
 def _warmed_taskmanagers(settings: Settings) -> set[str]:
