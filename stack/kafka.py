@@ -132,9 +132,6 @@ def security_properties(settings: Settings, node: KafkaNode | None = None) -> di
 
 BROKER_HEARTBEAT_MS = 500
 BROKER_SESSION_TIMEOUT_MS = 2000
-# a broker's requests to the controller and a follower's fetches from a leader: Kafka's
-# default, 30 s, is how long one sent to a node cut off the network waits for its answer
-BROKER_REQUEST_TIMEOUT_MS = 3000
 
 
 def render_server_properties(
@@ -177,12 +174,6 @@ def render_server_properties(
         # was the whole stall of a broker loss in the HA drill (bench/ha_drill.py)
         props["broker.heartbeat.interval.ms"] = BROKER_HEARTBEAT_MS
         props["broker.session.timeout.ms"] = BROKER_SESSION_TIMEOUT_MS
-        # a broker's requests to the controller (ISR changes) give up on a silent one and go
-        # to the new one: with the default a controller cut off the network left an ISR change
-        # pending for 30 s, and the acks=all writes it concerned waited on it after the cut
-        # had healed (bench/ha_drill.py); a follower's fetches likewise
-        props["controller.socket.timeout.ms"] = BROKER_REQUEST_TIMEOUT_MS
-        props["replica.socket.timeout.ms"] = BROKER_REQUEST_TIMEOUT_MS
     lines = ["# rendered by `tickflow stack up` from config/tickflow.yaml; edits are overwritten"]
     lines += [f"{key}={value}" for key, value in props.items()]
     return "\n".join(lines) + "\n"

@@ -98,8 +98,6 @@ def test_the_ha_profile_runs_three_kafka_nodes_in_one_quorum(tmp_path: Path) -> 
     assert props["transaction.state.log.min.isr"] == "2"
     # a dead node is fenced within 2 s, not Kafka's default 9
     assert props["broker.session.timeout.ms"] == "2000"
-    # and requests to a silent controller or leader give up after 3 s, not 30
-    assert props["controller.socket.timeout.ms"] == props["replica.socket.timeout.ms"] == "3000"
     single = dataclasses.replace(
         settings.kafka, bootstrap="127.0.0.1:9092", replication_factor=1, min_insync_replicas=1
     )
