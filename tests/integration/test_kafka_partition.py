@@ -51,7 +51,7 @@ def kafka_cluster(
         "TICKFLOW__KAFKA__REPLICATION_FACTOR": "3",
         "TICKFLOW__KAFKA__MIN_INSYNC_REPLICAS": "2",
         # the HA profile's clients (config/ha.yaml)
-        "TICKFLOW__KAFKA__REQUEST_TIMEOUT_MS": "5000",
+        "TICKFLOW__KAFKA__REQUEST_TIMEOUT_MS": "2500",
         "TICKFLOW__KAFKA__METADATA_MAX_AGE_MS": "1000",
         "TICKFLOW__KAFKA__DELIVERY_TIMEOUT_MS": "120000",
     }

@@ -166,13 +166,13 @@ def test_stack_generates_private_secret_files(tmp_path: Path) -> None:
 
 
 def test_clients_give_up_on_a_silent_broker_as_configured() -> None:
-    """The HA profile's clients drop a broker silent for 5 s and ask for leaders each second
+    """The HA profile's clients drop a broker silent for 2.5 s and ask for leaders each second
     (a node cut off the network closes no connection); both client kinds alike."""
     # the profile's timeouts, without its SASL_SSL (whose files only a started stack has)
     profile = load_settings(overlays=[Path("config/ha.yaml")], environ={}).kafka
     ha = dataclasses.replace(profile, security_protocol="PLAINTEXT")
-    assert client_config(ha)["socket.timeout.ms"] == 5000
+    assert client_config(ha)["socket.timeout.ms"] == 2500
     assert client_config(ha)["topic.metadata.refresh.interval.ms"] == 1000
-    assert java_timeouts(ha) == {"request.timeout.ms": "5000", "metadata.max.age.ms": "1000"}
+    assert java_timeouts(ha) == {"request.timeout.ms": "2500", "metadata.max.age.ms": "1000"}
     # an extra option still wins
     assert client_config(ha, **{"socket.timeout.ms": 60000})["socket.timeout.ms"] == 60000
