@@ -584,7 +584,7 @@ def forget_dead_taskmanagers(settings: Settings) -> None:
 def job_taskmanager_pids(settings: Settings, job_id: str) -> list[int]:
     """The pids of the TaskManagers that run a subtask of the job (through each TaskManager's
     data port, which its process listens on)."""
-    ids = set().union(*job_taskmanagers(settings, job_id).values())
+    ids = job_taskmanager_ids(settings, job_id)
     pids = []
     for tm in rest(settings, "GET", "/taskmanagers")["taskmanagers"]:
         pid = listening_pid(int(tm["dataPort"])) if tm["id"] in ids else None
@@ -698,8 +698,7 @@ def warm_taskmanagers(settings: Settings, timeout: float = 300.0) -> list[str]:
             raise StackError(f"flink: the warm-up job {job_id} {state}: "
                              f"{root_exception(settings, job_id)}")  # fmt: skip
         job_ids.append(job_id)
-        for ran_on in job_taskmanagers(settings, job_id).values():
-            warmed |= ran_on
+        warmed |= job_taskmanager_ids(settings, job_id)
     return job_ids
 
 
@@ -739,6 +738,11 @@ def job_taskmanagers(settings: Settings, job_id: str) -> dict[str, set[str]]:
         detail = rest(settings, "GET", f"/jobs/{job_id}/vertices/{vertex['id']}/taskmanagers")
         out[vertex["name"]] = {tm["taskmanager-id"] for tm in detail["taskmanagers"]}
     return out
+
+
+def job_taskmanager_ids(settings: Settings, job_id: str) -> set[str]:
+    """The TaskManagers any subtask of the job runs (or ran) on."""
+    return set().union(*job_taskmanagers(settings, job_id).values())
 
 
 def ensure_current_job_code(settings: Settings) -> None:

@@ -155,8 +155,7 @@ def _warmed_taskmanagers(settings: Settings) -> set[str]:
     warmed: set[str] = set()
     for job in flink.list_jobs(settings):
         if job["name"] == warmup.JOB_NAME and job["state"] == "FINISHED":
-            for ids in flink.job_taskmanagers(settings, job["jid"]).values():
-                warmed |= ids
+            warmed |= flink.job_taskmanager_ids(settings, job["jid"])
     return warmed
 
 
@@ -188,5 +187,6 @@ def test_the_ha_cluster_rides_out_each_of_its_losses(
         assert not probe.backwards, probe.backwards
         assert all(_live(settings, b) for b in BOOKS)
         # the same job, recovered from ZooKeeper each time: never a new submission
-        running = flink.list_jobs(settings)
-        assert [j["jid"] for j in running if j["state"] == "RUNNING"] == [run.job_id]
+        assert [j["jid"] for j in flink.list_jobs(settings) if j["state"] == "RUNNING"] == [
+            run.job_id
+        ]
