@@ -15,6 +15,7 @@ from typing import ClassVar
 
 from stack.services import LOOPBACK, Component
 from stack.system import StackError, disable_system_services, ensure_packages, spawn_daemon
+from stack.zookeeper import ZooKeeper
 from tickflow.config import ClickHouseConfig, Settings
 
 PACKAGED_CONFIG_DIR = Path("/etc/clickhouse-server")
@@ -241,6 +242,11 @@ class ClickHouse(Component):
         paths.users.write_text(rewrite_users_config(users, ch.user, ch.password))
         for private in (paths.users, paths.config):
             private.chmod(0o600)
+
+    def launch_after(self) -> tuple[str, ...]:
+        # 18.16 loading replicated tables before ZooKeeper answers hangs in "Loading metadata"
+        # for good (seen: >10 min, no socket open); with ZooKeeper up it takes seconds
+        return (ZooKeeper.name,) if self.settings.clickhouse.replicated else ()
 
     def launch(self) -> None:
         binary = (

@@ -129,16 +129,29 @@ def up(settings: Settings, names: Iterable[str] | None = None, log: Log = print)
     for component in to_start:  # apt-get and Maven first: slow, and needs no running service
         component.install()
     launched_at: dict[str, float] = {}
-    for component in to_start:
-        component.configure()
-        launched_at[component.name] = time.monotonic()
-        component.launch()
-        log(f"{component.name}: launched, waiting for it to answer")
-    # all launched before waiting: the JVMs start in parallel
+    answering: set[str] = set()
+    starting = {c.name for c in to_start}
+
+    def launch_unblocked() -> None:
+        for component in to_start:
+            blocked = set(component.launch_after()) & (starting - answering)
+            if component.name in launched_at or blocked:
+                continue
+            component.configure()
+            launched_at[component.name] = time.monotonic()
+            component.launch()
+            log(f"{component.name}: launched, waiting for it to answer")
+
+    # all launched before waiting (the JVMs start in parallel), except those that need
+    # another one answering first: they launch as soon as it does, which is earlier in the
+    # start order
+    launch_unblocked()
     for component in to_start:
         component.wait_healthy()
         took = time.monotonic() - launched_at[component.name]
         log(f"{component.name}: answering on {_ports_text(component)} ({took:.1f} s after launch)")
+        answering.add(component.name)
+        launch_unblocked()
     for component in to_start:
         component.ready(log)
     if any(c.name == Kafka.name for c in selected):

@@ -89,6 +89,11 @@ class Component(ABC):
     def answers(self) -> bool:
         """One quick health probe: does the service answer a real request?"""
 
+    def launch_after(self) -> tuple[str, ...]:
+        """Components that must answer before this one is launched, when the same ``up``
+        starts them too (empty: it launches at once, beside the others)."""
+        return ()
+
     def ready(self, log: Callable[[str], None]) -> None:  # noqa: B027 - optional hook
         """Once it answers after this stack started it: anything it needs before use."""
 

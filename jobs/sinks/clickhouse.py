@@ -697,15 +697,26 @@ def replicated_ddl(ddl: str, db: str, table: str) -> str:
     return _ENGINE.sub(engine, ddl, count=1)
 
 
+# 18.16 removes a replicated table's ZooKeeper tree node by node: a drill's database took 60 s
+DROP_TIMEOUT_S = 600.0
+
+
 def drop_database(config: ClickHouseConfig) -> None:
     """Drops the database on every server (a replica left with its tables would hand their
-    parts back to a new table at the same ZooKeeper path)."""
+    parts back to a new table at the same ZooKeeper path, and load them before ZooKeeper at
+    its next start). Each server is tried whatever the others answer; raises after that if
+    any refused."""
+    failed: list[str] = []
     for server in config.servers():
-        client = connect(server)
+        client = connect(server, timeout_s=DROP_TIMEOUT_S)
         try:
             client.execute(f"DROP DATABASE IF EXISTS {config.database}")
+        except Exception as error:  # reported with the server below
+            failed.append(f"{server.host}:{server.port}: {error}")
         finally:
             client.disconnect()
+    if failed:
+        raise RuntimeError(f"DROP DATABASE {config.database} failed on " + "; ".join(failed))
 
 
 def upgrade_statements(db: str, table: str, existing: set[str]) -> list[str]:

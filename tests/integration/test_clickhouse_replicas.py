@@ -8,6 +8,7 @@ the stack's ClickHouse is not disturbed."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -126,6 +127,15 @@ def test_a_killed_server_loses_no_row_and_catches_up(replicated: Settings) -> No
     summaries = list(SUMMARIES)
     assert _counts(primary, summaries) == _counts(replica, summaries)
 
+    # a server that does not answer does not keep the database on the others
+    unreachable = dataclasses.replace(config, port=19999)
+    with pytest.raises(RuntimeError, match=r"DROP DATABASE replicas failed on 127\.0\.0\.1:19999"):
+        drop_database(unreachable)
+    client = connect(replica)
+    assert not client.execute(
+        "SELECT name FROM system.databases WHERE name = %(db)s", {"db": config.database}
+    )
+    client.disconnect()
     drop_database(config)
     for server in (primary, replica):
         client = connect(server)

@@ -254,3 +254,14 @@ def test_the_warm_up_imports_what_the_pipeline_operator_runs_and_emits_nothing()
     function.open(None)  # type: ignore[arg-type]
     assert {"jobs.operators", "tickflow_native"} <= set(sys.modules)
     assert list(function.flat_map(1)) == []
+
+
+def test_what_a_component_launches_after_comes_before_it_in_the_start_order() -> None:
+    ha = load_settings(overlays=[Path(HA_OVERLAY)], environ={})
+    order = [c.name for c in manager.components(ha)]
+    for component in manager.components(ha):
+        for needed in component.launch_after():
+            assert order.index(needed) < order.index(component.name), component.name
+    assert manager.components(ha)[order.index("clickhouse-replica")].launch_after() == (
+        "zookeeper",
+    )

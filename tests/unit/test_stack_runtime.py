@@ -280,6 +280,42 @@ def test_up_restarts_a_silent_component(fake: type[FakeComponent], settings: Set
     manager.down(settings, log=lambda _: None)
 
 
+class FakeDependent(FakeComponent):
+    """Launched only once ``fake`` answers (as ClickHouse waits on ZooKeeper with HA)."""
+
+    name = "fake-dependent"
+    port: ClassVar[int] = 0
+
+    def launch_after(self) -> tuple[str, ...]:
+        return (FakeComponent.name,)
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "dependent.log"
+
+
+def test_up_launches_a_component_after_the_one_it_needs_answers(
+    fake: type[FakeComponent], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FakeDependent, "port", free_port())
+    monkeypatch.setattr(manager, "COMPONENT_TYPES", (FakeComponent, FakeDependent))
+    monkeypatch.setattr(manager, "COMPONENT_NAMES", ("fake", "fake-dependent"))
+    lines: list[str] = []
+    assert manager.up(settings, log=lines.append) == ["fake", "fake-dependent"]
+    steps = [line.split(" (")[0] for line in lines if line.startswith("fake")]
+    assert steps[:3] == [
+        "fake: launched, waiting for it to answer",
+        f"fake: answering on main {fake.port}",
+        "fake-dependent: launched, waiting for it to answer",
+    ]
+    manager.down(settings, log=lambda _: None)
+    # alone, it launches at once: what it needs is not this call's to start
+    lines.clear()
+    manager.up(settings, ["fake-dependent"], log=lines.append)
+    assert lines[0] == "fake-dependent: launched, waiting for it to answer", lines
+    manager.down(settings, log=lambda _: None)
+
+
 def test_health_failure_names_component_port_and_log(
     fake: type[FakeComponent], settings: Settings
 ) -> None:
