@@ -132,6 +132,7 @@ def security_properties(settings: Settings, node: KafkaNode | None = None) -> di
 
 BROKER_HEARTBEAT_MS = 500
 BROKER_SESSION_TIMEOUT_MS = 2000
+REPLICA_LAG_TIME_MAX_MS = 4000
 
 
 def render_server_properties(
@@ -174,6 +175,10 @@ def render_server_properties(
         # was the whole stall of a broker loss in the HA drill (bench/ha_drill.py)
         props["broker.heartbeat.interval.ms"] = BROKER_HEARTBEAT_MS
         props["broker.session.timeout.ms"] = BROKER_SESSION_TIMEOUT_MS
+        # a leader's high watermark also waits for a follower still counted as caught up
+        # (within this long of its last catch-up) as soon as it is unfenced: with Kafka's 30 s,
+        # a node back from a 15 s cut held acks=all writes ~10 s more until it caught up
+        props["replica.lag.time.max.ms"] = REPLICA_LAG_TIME_MAX_MS
     lines = ["# rendered by `tickflow stack up` from config/tickflow.yaml; edits are overwritten"]
     lines += [f"{key}={value}" for key, value in props.items()]
     return "\n".join(lines) + "\n"

@@ -32,6 +32,7 @@ from aws.runtime import (
     secret_text,
     settings_environ,
 )
+from stack.kafka import BROKER_SESSION_TIMEOUT_MS, REPLICA_LAG_TIME_MAX_MS
 from stack.prometheus import prometheus_config
 from stack.system import StackError
 from stack.validators import compose_config, run_linter, venv_tool
@@ -129,6 +130,9 @@ def test_compose_ha_profile_doubles_what_can_fail_over() -> None:
         env = services[name]["environment"]
         assert env["KAFKA_NODE_ID"] == str(node) and env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == voters
         assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+        # the failover timings the local HA profile measured
+        assert env["KAFKA_BROKER_SESSION_TIMEOUT_MS"] == str(BROKER_SESSION_TIMEOUT_MS)
+        assert env["KAFKA_REPLICA_LAG_TIME_MAX_MS"] == str(REPLICA_LAG_TIME_MAX_MS)
     assert "--replicaof" in services["redis-replica"]["command"]
     for name, replica in (("clickhouse", "r1"), ("clickhouse-2", "r2")):
         clickhouse = services[name]

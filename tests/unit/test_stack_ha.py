@@ -98,6 +98,8 @@ def test_the_ha_profile_runs_three_kafka_nodes_in_one_quorum(tmp_path: Path) -> 
     assert props["transaction.state.log.min.isr"] == "2"
     # a dead node is fenced within 2 s, not Kafka's default 9
     assert props["broker.session.timeout.ms"] == "2000"
+    # a node back from a cut is not waited for by acks=all writes until it catches up
+    assert props["replica.lag.time.max.ms"] == "4000"
     single = dataclasses.replace(
         settings.kafka, bootstrap="127.0.0.1:9092", replication_factor=1, min_insync_replicas=1
     )
@@ -105,6 +107,7 @@ def test_the_ha_profile_runs_three_kafka_nodes_in_one_quorum(tmp_path: Path) -> 
         dataclasses.replace(settings, kafka=single), tmp_path / "single"
     )
     assert "broker.session.timeout.ms" not in single_props
+    assert "replica.lag.time.max.ms" not in single_props
     kafka = Kafka(settings)
     assert kafka.process_count == 3 and kafka.completes_partially
     assert kafka.node_home(nodes[0]) == kafka.home  # node 1 keeps the single node's layout
