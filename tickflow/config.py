@@ -94,6 +94,11 @@ class KafkaConfig:
     # closes nothing, and the clients went on waiting on it (config/ha.yaml: 5 s, 1 s)
     request_timeout_ms: int = 30000
     metadata_max_age_ms: int = 300000
+    # the longest a client waits between retries and reconnects, 0: the clients' own (1 s
+    # between retries; 1 s and 10 s between reconnects, Java and librdkafka). Retries back off
+    # exponentially, so while a lost node is being fenced they reach the cap, and the new
+    # leader was found up to that long after it was elected (config/ha.yaml: 250 ms)
+    retry_backoff_max_ms: int = 0
     # the local stack's nodes: "" on loopback; an interface address such as "10.77.0.1/24":
     # each node a host of its own (a network namespace on a bridge where this machine has that
     # address, stack.netns) at its bootstrap address, which must be in that subnet, so a drill

@@ -63,20 +63,29 @@ def librdkafka_config(kafka: KafkaConfig) -> dict[str, Any]:
 
 
 def librdkafka_timeouts(kafka: KafkaConfig) -> dict[str, Any]:
-    """How long librdkafka waits on a silent broker, and how often it asks for leaders
-    (``kafka.request_timeout_ms``, ``kafka.metadata_max_age_ms``)."""
-    return {
+    """How long librdkafka waits on a silent broker, how often it asks for leaders, and at most
+    between retries (``kafka.request_timeout_ms``, ``metadata_max_age_ms``,
+    ``retry_backoff_max_ms``)."""
+    conf: dict[str, Any] = {
         "socket.timeout.ms": kafka.request_timeout_ms,
         "topic.metadata.refresh.interval.ms": kafka.metadata_max_age_ms,
     }
+    if kafka.retry_backoff_max_ms:
+        conf["retry.backoff.max.ms"] = kafka.retry_backoff_max_ms
+        conf["reconnect.backoff.max.ms"] = kafka.retry_backoff_max_ms
+    return conf
 
 
 def java_timeouts(kafka: KafkaConfig) -> dict[str, str]:
     """The same for the Java clients."""
-    return {
+    props = {
         "request.timeout.ms": str(kafka.request_timeout_ms),
         "metadata.max.age.ms": str(kafka.metadata_max_age_ms),
     }
+    if kafka.retry_backoff_max_ms:
+        props["retry.backoff.max.ms"] = str(kafka.retry_backoff_max_ms)
+        props["reconnect.backoff.max.ms"] = str(kafka.retry_backoff_max_ms)
+    return props
 
 
 def client_config(kafka: KafkaConfig, **extra: Any) -> dict[str, Any]:

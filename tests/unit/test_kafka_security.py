@@ -166,13 +166,25 @@ def test_stack_generates_private_secret_files(tmp_path: Path) -> None:
 
 
 def test_clients_give_up_on_a_silent_broker_as_configured() -> None:
-    """The HA profile's clients drop a broker silent for 2.5 s and ask for leaders each second
-    (a node cut off the network closes no connection); both client kinds alike."""
+    """The HA profile's clients drop a broker silent for 2.5 s, ask for leaders each second (a
+    node cut off the network closes no connection) and retry at most 250 ms apart; both client
+    kinds alike."""
     # the profile's timeouts, without its SASL_SSL (whose files only a started stack has)
     profile = load_settings(overlays=[Path("config/ha.yaml")], environ={}).kafka
     ha = dataclasses.replace(profile, security_protocol="PLAINTEXT")
     assert client_config(ha)["socket.timeout.ms"] == 2500
     assert client_config(ha)["topic.metadata.refresh.interval.ms"] == 1000
-    assert java_timeouts(ha) == {"request.timeout.ms": "2500", "metadata.max.age.ms": "1000"}
+    assert client_config(ha)["retry.backoff.max.ms"] == 250
+    assert client_config(ha)["reconnect.backoff.max.ms"] == 250
+    assert java_timeouts(ha) == {
+        "request.timeout.ms": "2500",
+        "metadata.max.age.ms": "1000",
+        "retry.backoff.max.ms": "250",
+        "reconnect.backoff.max.ms": "250",
+    }
+    # by default, the clients' own backoff
+    default = load_settings(environ={}).kafka
+    assert "retry.backoff.max.ms" not in java_timeouts(default)
+    assert "retry.backoff.max.ms" not in client_config(default)
     # an extra option still wins
     assert client_config(ha, **{"socket.timeout.ms": 60000})["socket.timeout.ms"] == 60000
