@@ -5,9 +5,12 @@ In thread mode a TaskManager keeps one embedded Python interpreter for its lifet
 first Python operator it runs starts it: PyFlink's runtime (with Beam), the job's modules and
 the compiled core, ~7 s on a 2-core machine. The HA profile keeps a spare TaskManager for the
 pipeline to restart on when its own is lost; a cold spare spent those seconds while every book
-was stale. The stack submits this job, with one subtask per free slot, whenever TaskManagers
-start beside others (``stack.flink.warm_taskmanagers``): every TaskManager with a free slot
-runs a subtask, and the job finishes once each has imported the code.
+was stale. Its JVM is cold too: the first Kafka clients it opens (the pipeline's source and
+sinks, with TLS and SCRAM) load and compile their code, so each subtask also opens a consumer
+and a producer with the pipeline's properties (``io.tickflow.flink.KafkaClientWarmup``). The
+stack submits this job, with one subtask per free slot, whenever TaskManagers start beside
+others (``stack.flink.warm_taskmanagers``): every TaskManager with a free slot runs a subtask,
+and the job finishes once each has imported the code and opened the clients.
 
     flink run -py jobs/warmup.py 3 thread      (subtasks, python.execution-mode)
 """
@@ -20,9 +23,20 @@ import sys
 from collections.abc import Iterator
 
 from pyflink.common import Configuration, Types
-from pyflink.datastream import FlatMapFunction, RuntimeContext, StreamExecutionEnvironment
+from pyflink.datastream import (
+    DataStream,
+    FlatMapFunction,
+    RuntimeContext,
+    StreamExecutionEnvironment,
+)
+from pyflink.java_gateway import get_gateway
+
+from tickflow.config import KafkaConfig, load_settings
+from tickflow.kafka_security import java_properties, java_timeouts
 
 JOB_NAME = "tickflow-warmup"
+# how long each Kafka client of a subtask may take to answer
+KAFKA_TIMEOUT_MS = 30_000
 
 # what the pipeline's Python operator imports (jobs/operators.py, and the core it builds)
 MODULES = ("jobs.operators", "tickflow_native")
@@ -39,10 +53,27 @@ class ImportJobCode(FlatMapFunction):
         return iter(())
 
 
-def build(env: StreamExecutionEnvironment, parallelism: int) -> None:
+def kafka_client_properties(kafka: KafkaConfig) -> dict[str, str]:
+    """What the pipeline's Kafka source and sinks are configured with (jobs/pipeline.py)."""
+    return {"bootstrap.servers": kafka.bootstrap, **java_properties(kafka), **java_timeouts(kafka)}
+
+
+def build(env: StreamExecutionEnvironment, parallelism: int, kafka: KafkaConfig | None) -> None:
+    """``parallelism`` subtasks, each importing the job's code and, given ``kafka``, opening
+    its Kafka clients."""
     env.set_parallelism(parallelism)
     numbers = env.from_collection(list(range(parallelism)), Types.INT())
-    numbers.flat_map(ImportJobCode(), Types.INT()).print()
+    imported = numbers.flat_map(ImportJobCode(), Types.INT())
+    if kafka is not None:
+        gateway = get_gateway()
+        properties = gateway.jvm.java.util.HashMap()
+        for key, value in kafka_client_properties(kafka).items():
+            properties.put(key, value)
+        warmup = gateway.jvm.io.tickflow.flink.KafkaClientWarmup(
+            properties, kafka.raw_topic, KAFKA_TIMEOUT_MS
+        )
+        imported = DataStream(imported._j_data_stream.map(warmup))
+    imported.print()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     # pipeline, instead of restarting and waiting for slots beside it
     config.set_string("restart-strategy.type", "none")
     env = StreamExecutionEnvironment.get_execution_environment(config)
-    build(env, args.subtasks)
+    build(env, args.subtasks, load_settings().kafka)
     env.execute(JOB_NAME)
     return 0
 

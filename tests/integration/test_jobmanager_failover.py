@@ -21,6 +21,7 @@ import functools
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,10 +145,24 @@ def _lose_busy_taskmanager(settings: Settings, job_id: str, probe: VersionProbe)
     assert supervisor.errors == []
     assert len(flink.taskmanager_pids(settings)) == 2
     assert _warmed_taskmanagers(settings) >= _taskmanager_ids(settings)
+    assert _kafka_warmed_taskmanagers(settings) == _taskmanager_ids(settings)
 
 
 def _taskmanager_ids(settings: Settings) -> set[str]:
     return set(flink.free_slots(settings))
+
+
+def _kafka_warmed_taskmanagers(settings: Settings) -> set[str]:
+    """The TaskManagers whose log says a warm-up opened the pipeline's Kafka clients there
+    (io.tickflow.flink.KafkaClientWarmup)."""
+    port = flink.leading_rest_port(settings)
+    warmed: set[str] = set()
+    for taskmanager in _taskmanager_ids(settings):
+        url = f"http://127.0.0.1:{port}/taskmanagers/{taskmanager}/log"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            if b"Kafka clients opened for topic" in response.read():
+                warmed.add(taskmanager)
+    return warmed
 
 
 def _warmed_taskmanagers(settings: Settings) -> set[str]:
@@ -169,6 +184,7 @@ def test_the_ha_cluster_rides_out_each_of_its_losses(
         assert settings.flink.ha and len(settings.flink.rest_ports()) == 2
         # the stack loaded the job's code into both TaskManagers as it started them
         assert _warmed_taskmanagers(settings) == _taskmanager_ids(settings)
+        assert _kafka_warmed_taskmanagers(settings) == _taskmanager_ids(settings)
         for book in BOOKS:
             wait_for(f"{book} LIVE", functools.partial(_live, settings, book), 180)
         wait_for("a completed checkpoint", lambda: _completed_checkpoints(settings, run.job_id), 60)
