@@ -98,6 +98,8 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warming: threading.Thread | None = None
+        # when a standby JobManager's or a spare TaskManager's loss was first seen
+        self._lost_since: dict[str, float] = {}
 
     def _did(self, what: str) -> None:
         self.actions.append(Action(time.monotonic(), what))
@@ -128,6 +130,10 @@ class Supervisor:
         jobmanager = pid_dir / "flink--standalonesession.pid"
         jm_alive = [p for p in read_pids(jobmanager) if pid_alive(p)]
         tm_alive = len(flink.taskmanager_pids(self.settings))
+        if len(jm_alive) >= len(self.settings.flink.rest_ports()):
+            self._lost_since.pop("jobmanager", None)  # back, whoever started it
+        if tm_alive >= self.settings.flink.taskmanagers:
+            self._lost_since.pop("taskmanager", None)
         if not jm_alive:
             # without an HA store a new JobManager knows no jobs: restart the whole cluster
             # (with HA the new leader recovers them from ZooKeeper)
@@ -137,12 +143,17 @@ class Supervisor:
             self._did("the Flink cluster answers again")
         elif len(jm_alive) < len(self.settings.flink.rest_ports()):
             # HA: one JobManager died, the other leads (or is taking over): a new standby
+            if not self._replacement_due("jobmanager", "a JobManager"):
+                return
             for port in flink.silent_rest_ports(self.settings):
                 self._did(f"the Flink JobManager of REST port {port} is not running: starting "
                           "it as the standby")  # fmt: skip
                 flink.start_jobmanager(self.settings, port)
         elif tm_alive < self.settings.flink.taskmanagers:
             wanted = self.settings.flink.taskmanagers
+            # with none left the job waits for it; with one left it has failed over to it
+            if tm_alive and not self._replacement_due("taskmanager", "a TaskManager"):
+                return
             self._did(f"{tm_alive} of {wanted} Flink TaskManager(s) running: starting one")
             flink.start_taskmanager(self.settings)
             self._did("the Flink TaskManager registered")
@@ -151,6 +162,20 @@ class Supervisor:
                 # the rounds (a minute on a busy machine)
                 self._warming = threading.Thread(target=self._warm_taskmanagers, daemon=True)
                 self._warming.start()
+
+    def _replacement_due(self, process: str, what: str) -> bool:
+        """Whether to start a new ``process`` now (``flink.replacement_delay_ms`` after its loss
+        was first seen); forgets the loss once it says yes."""
+        delay_s = self.settings.flink.replacement_delay_ms / 1000
+        now = time.monotonic()
+        since = self._lost_since.setdefault(process, now)
+        if since == now and delay_s:
+            self._did(f"{what} is lost: starting another in {delay_s:g} s, once the job has "
+                      "recovered on the one left")  # fmt: skip
+        if now - since < delay_s:
+            return False
+        del self._lost_since[process]
+        return True
 
     def _warm_taskmanagers(self) -> None:
         try:

@@ -309,6 +309,10 @@ class FlinkConfig:
     # how long a failed job waits before its first restart (0: flink-conf's 1 s; the wait
     # doubles while it keeps failing)
     restart_backoff_ms: int = 0
+    # with a standby JobManager or a spare TaskManager, how long the supervisor waits before
+    # starting a new one in place of the one the job failed over from (0: at once): a JVM
+    # starting on a small machine takes CPU from the job while it recovers on the other
+    replacement_delay_ms: int = 0
     # the Kafka result sinks chained into the books task (true: no copy of the sink blobs) or
     # in tasks of their own (false, the HA profile): a sink waiting on a lost broker (its
     # flush at a checkpoint, its commit) then no longer stops the books. Measured on Kafka

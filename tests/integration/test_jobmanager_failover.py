@@ -22,7 +22,7 @@ import os
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -51,6 +51,8 @@ CLUSTER_ENVIRON = {
     "TICKFLOW__FLINK__TASKMANAGERS": "2",
     "TICKFLOW__FLINK__HEARTBEAT_INTERVAL_MS": "1000",
     "TICKFLOW__FLINK__HEARTBEAT_TIMEOUT_MS": "5000",
+    # the supervisor starts the new standby or spare a while after a loss (the HA profile: 15 s)
+    "TICKFLOW__FLINK__REPLACEMENT_DELAY_MS": "3000",
 }
 
 
@@ -105,10 +107,25 @@ def _fail_over(settings: Settings, job_id: str, probe: VersionProbe) -> int:
     _books_advance(probe, "the standby's takeover")
     print(f"JobManager pid {pid} (REST {leader}) killed: the standby (REST {standby}) led "
           f"{leading_s:.1f} s after and ran the job {running_s:.1f} s after")  # fmt: skip
-    Supervisor(settings, names=("flink",)).check()
-    assert flink.silent_rest_ports(settings) == []
+    _supervise_until(settings, "a new standby", lambda: flink.silent_rest_ports(settings) == [])
     assert flink.leading_rest_port(settings) == standby  # the new standby does not take over
     return standby
+
+
+def _supervise_until(settings: Settings, what: str, done: Callable[[], bool]) -> Supervisor:
+    """Supervisor rounds on Flink until ``done``: it starts the replacement of a lost process
+    once ``flink.replacement_delay_ms`` has passed, not at its first round."""
+    supervisor = Supervisor(settings, names=("flink",))
+    supervisor.check()
+    assert not done(), f"{what} started at the first round, before the replacement delay"
+
+    def round_done() -> bool:
+        supervisor.check()
+        return done()
+
+    wait_for(what, round_done, 60)
+    assert any("starting another in 3 s" in action.what for action in supervisor.actions)
+    return supervisor
 
 
 def _lose_zookeeper_leader(settings: Settings, job_id: str, probe: VersionProbe) -> None:
@@ -139,8 +156,10 @@ def _lose_busy_taskmanager(settings: Settings, job_id: str, probe: VersionProbe)
     took = _books_advance(probe, "the TaskManager's loss")
     print(f"TaskManager pid {busy} killed: the job ran on the spare {running_s:.1f} s after, "
           f"books advancing {took:.1f} s after that")  # fmt: skip
-    supervisor = Supervisor(settings, names=("flink",))
-    supervisor.check()  # a new spare, and the job's code loaded into it
+    # a new spare, and the job's code loaded into it
+    supervisor = _supervise_until(
+        settings, "a new spare", lambda: len(flink.taskmanager_pids(settings)) == 2
+    )
     supervisor.stop()
     assert supervisor.errors == []
     assert len(flink.taskmanager_pids(settings)) == 2

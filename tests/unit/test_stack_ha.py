@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from stack import manager
 from stack.cli import HA_OVERLAY, with_overlay
 from stack.flink import REPORTER_PORT_KEY, failover_overrides, ha_overrides, reporter_port_args
 from stack.redis_server import render_redis_conf, render_sentinel_conf
+from stack.supervisor import Supervisor
 from stack.system import StackError
 from stack.zookeeper import render_zoo_cfg, zookeeper_nodes
 from tickflow.config import ConfigError, Settings, load_settings
@@ -268,3 +270,29 @@ def test_what_a_component_launches_after_comes_before_it_in_the_start_order() ->
     assert manager.components(ha)[order.index("clickhouse-replica")].launch_after() == (
         "zookeeper",
     )
+
+
+def test_the_supervisor_starts_a_replacement_after_the_profiles_delay(tmp_path: Path) -> None:
+    """A lost standby or spare is replaced ``flink.replacement_delay_ms`` after its loss was
+    first seen (the HA profile: 15 s, so its JVM does not start while the job recovers)."""
+    settings = ha_settings(tmp_path)
+    assert settings.flink.replacement_delay_ms == 15000
+    quick = dataclasses.replace(
+        settings, flink=dataclasses.replace(settings.flink, replacement_delay_ms=200)
+    )
+    lines: list[str] = []
+    supervisor = Supervisor(quick, log=lines.append)
+    assert not supervisor._replacement_due("taskmanager", "a TaskManager")
+    assert lines == [
+        "supervisor: a TaskManager is lost: starting another in 0.2 s, once the job has "
+        "recovered on the one left"
+    ]
+    assert not supervisor._replacement_due("taskmanager", "a TaskManager")  # still waiting
+    time.sleep(0.25)
+    assert supervisor._replacement_due("taskmanager", "a TaskManager")
+    # the next loss waits again
+    assert not supervisor._replacement_due("taskmanager", "a TaskManager")
+    at_once = dataclasses.replace(
+        settings, flink=dataclasses.replace(settings.flink, replacement_delay_ms=0)
+    )
+    assert Supervisor(at_once)._replacement_due("jobmanager", "a JobManager")
