@@ -44,7 +44,8 @@ def _ops() -> Any:
     return get_gateway().jvm.io.tickflow.flink
 
 
-def _java_map(entries: Mapping[str, str]) -> Any:
+def java_map(entries: Mapping[str, str]) -> Any:
+    """``entries`` as a ``java.util.HashMap``, for a JVM operator's constructor."""
     j_map = get_gateway().jvm.java.util.HashMap()
     for key, value in entries.items():
         j_map.put(key, value)
@@ -62,7 +63,7 @@ def bundle_frames(
     The bundle's record timestamp is its largest frame timestamp.
     """
     ops = _ops()
-    operator = ops.FrameBundler(_java_map(equivalents), int(max_frames), int(max_delay_ms))
+    operator = ops.FrameBundler(java_map(equivalents), int(max_frames), int(max_delay_ms))
     j_bundles = stream._j_data_stream.transform(
         "frame-bundler", ops.FrameBundler.outputType(), operator
     )
@@ -96,7 +97,7 @@ def clickhouse_sink(
         config.database,
         config.user,
         config.password,
-        _java_map({table: ", ".join(cols) for table, cols in columns.items()}),
+        java_map({table: ", ".join(cols) for table, cols in columns.items()}),
         int(config.insert_batch_rows),
         int(config.insert_interval_ms),
         int(config.connect_timeout_ms),

@@ -44,7 +44,7 @@ from jobs.replay import ReplayPacer
 from jobs.sinks.clickhouse import COLUMNS, ensure_schema
 from schemas.registry import result_writer_schemas
 from tickflow.config import KafkaConfig, Settings, load_settings
-from tickflow.kafka_security import java_properties, java_timeouts
+from tickflow.kafka_security import java_client_properties
 
 JOB_NAME = "tickflow-pipeline"
 
@@ -62,7 +62,7 @@ def raw_source(settings: Settings) -> KafkaSource:
         .set_group_id(settings.flink.consumer_group)
         .set_value_only_deserializer(ByteArraySchema())
     )
-    for key, value in {**java_properties(kafka), **java_timeouts(kafka)}.items():
+    for key, value in java_client_properties(kafka).items():
         builder = builder.set_property(key, value)
     if not replay.active:
         explicit = settings.flink.start_offsets_by_partition()
@@ -205,7 +205,7 @@ def records_sink(
             .build()
         )
     )
-    for key, value in {**java_properties(kafka), **java_timeouts(kafka)}.items():
+    for key, value in java_client_properties(kafka).items():
         builder = builder.set_property(key, value)
     if transactional_id_prefix is None:
         return builder.set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE).build()

@@ -31,8 +31,9 @@ from pyflink.datastream import (
 )
 from pyflink.java_gateway import get_gateway
 
+from jobs.jvm_ops import java_map
 from tickflow.config import KafkaConfig, load_settings
-from tickflow.kafka_security import java_properties, java_timeouts
+from tickflow.kafka_security import java_client_properties
 
 JOB_NAME = "tickflow-warmup"
 # how long each Kafka client of a subtask may take to answer
@@ -55,7 +56,7 @@ class ImportJobCode(FlatMapFunction):
 
 def kafka_client_properties(kafka: KafkaConfig) -> dict[str, str]:
     """What the pipeline's Kafka source and sinks are configured with (jobs/pipeline.py)."""
-    return {"bootstrap.servers": kafka.bootstrap, **java_properties(kafka), **java_timeouts(kafka)}
+    return {"bootstrap.servers": kafka.bootstrap, **java_client_properties(kafka)}
 
 
 def build(env: StreamExecutionEnvironment, parallelism: int, kafka: KafkaConfig | None) -> None:
@@ -65,12 +66,8 @@ def build(env: StreamExecutionEnvironment, parallelism: int, kafka: KafkaConfig 
     numbers = env.from_collection(list(range(parallelism)), Types.INT())
     imported = numbers.flat_map(ImportJobCode(), Types.INT())
     if kafka is not None:
-        gateway = get_gateway()
-        properties = gateway.jvm.java.util.HashMap()
-        for key, value in kafka_client_properties(kafka).items():
-            properties.put(key, value)
-        warmup = gateway.jvm.io.tickflow.flink.KafkaClientWarmup(
-            properties, kafka.raw_topic, KAFKA_TIMEOUT_MS
+        warmup = get_gateway().jvm.io.tickflow.flink.KafkaClientWarmup(
+            java_map(kafka_client_properties(kafka)), kafka.raw_topic, KAFKA_TIMEOUT_MS
         )
         imported = DataStream(imported._j_data_stream.map(warmup))
     imported.print()

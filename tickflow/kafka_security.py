@@ -7,7 +7,8 @@ configuration.
   (``librdkafka_timeouts``) and ``extra``.
 - ``java_properties(kafka)``: the same as Java client properties (the Flink job's
   ``KafkaSource`` / ``KafkaSink``): ``sasl.jaas.config`` with the SCRAM (or PLAIN) login
-  module, PKCS12 key and trust stores; ``java_timeouts(kafka)``, the timeouts.
+  module, PKCS12 key and trust stores; ``java_timeouts(kafka)``, the timeouts;
+  ``java_client_properties(kafka)``, both.
 
 A file setting whose file does not exist is left out (see ``config/tickflow.yaml``); SASL
 without a password is an error that names the settings, never a value.
@@ -131,6 +132,12 @@ def java_properties(kafka: KafkaConfig, shaded: bool = True) -> dict[str, str]:
                 props["ssl.keystore.password"] = store_password
                 props["ssl.key.password"] = store_password
     return props
+
+
+def java_client_properties(kafka: KafkaConfig) -> dict[str, str]:
+    """Every Java client's properties but ``bootstrap.servers``: security, then timeouts (the
+    job's Kafka source and sinks, and the warm-up's clients that stand in for them)."""
+    return {**java_properties(kafka), **java_timeouts(kafka)}
 
 
 def redacted(conf: dict[str, Any]) -> dict[str, Any]:
