@@ -35,9 +35,10 @@ stop: venv ## stop the demo processes and the local stack
 	$(BIN)/tickflow demo down
 	$(BIN)/tickflow stack down
 
-test: venv ## the test suite (the compiled engine's Rust tests, then unit + integration on the real local stack, with coverage)
+test: venv ## the test suite (the compiled engine's Rust tests, the JVM module's tests, then unit + integration on the real local stack, with coverage)
 	$(BIN)/tickflow demo yield
 	cd jobs/native && cargo test --no-default-features -q
+	cd jobs/jvm && mvn -q -B test
 	$(BIN)/pytest --cov --cov-report=term --cov-report=xml --cov-fail-under=80 $(PYTEST_ARGS)
 
 fuzz: ## the compiled core's fuzz campaign: FUZZ_EXECS (1,000,000) frames per exchange and envelopes, FUZZ_SEED (docs/robustness.md)

@@ -29,6 +29,7 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,9 @@ LOG4J_FILES = ("log4j.properties", "log4j-cli.properties", "log4j-console.proper
 REPORTER_PORT_KEY = "metrics.reporter.prom.port"
 PROMETHEUS_PLUGIN = "metrics-prometheus"
 JSON_LAYOUT_GLOB = "log4j-layout-template-json-*.jar"
+# what flink-dist must bundle for the HA profile: jobs/jvm replaces its LeaderLatch (CURATOR-696)
+# with one relocated to these packages (the pom's flink.shaded.zookeeper.version)
+BUNDLED_ZOOKEEPER = "org.apache.flink:flink-shaded-zookeeper-3:jar:3.7.2-20.0"
 
 
 def flink_home() -> Path:
@@ -267,6 +271,19 @@ def ha_overrides(settings: Settings, runtime: Path) -> dict[str, Any]:
     }
 
 
+def check_bundled_zookeeper(flink_dist: Path) -> None:
+    """Refuse an HA cluster whose flink-dist bundles another Curator than the one the project's
+    LeaderLatch (jobs/jvm, ahead of flink-dist on the classpath) was relocated for."""
+    with zipfile.ZipFile(flink_dist) as jar:
+        dependencies = jar.read("META-INF/DEPENDENCIES").decode("utf-8", "replace")
+    if BUNDLED_ZOOKEEPER not in dependencies:
+        raise StackError(
+            f"flink: {flink_dist.name} does not bundle {BUNDLED_ZOOKEEPER}, the Curator that "
+            "jobs/jvm's LeaderLatch replaces; review that class for this Flink (drop it once "
+            "Flink bundles Curator >= 5.8.0) and update BUNDLED_ZOOKEEPER and the pom"
+        )
+
+
 # -- the cluster component --------------------------------------------------------------------
 
 
@@ -365,6 +382,8 @@ class Flink(Component):
         if not any(jar.match(JSON_LAYOUT_GLOB) for jar in wanted):
             # the JsonTemplateLayout of flink-conf/log4j.properties (the 2.2.1 wheel ships it)
             wanted += log4j_json_layout_jars(self.settings)
+        if self.settings.flink.ha:
+            check_bundled_zookeeper(next(j for j in wanted if j.name.startswith("flink-dist")))
         for stale in self.lib_dir.iterdir():
             stale.unlink()
         for jar in wanted:

@@ -17,7 +17,9 @@ is left alone.
 With Flink HA (the HA profile: ZooKeeper and a standby JobManager) the standby takes the jobs
 over by itself: a dead JobManager is started again alone, as the new standby, and a job the
 cluster does not list is given ``HA_RECOVERY_GRACE_S`` to be recovered from ZooKeeper before
-it is resubmitted (a resubmission beside the recovered job would run it twice).
+it is resubmitted (a resubmission beside the recovered job would run it twice). When no
+JobManager answers the job listing for as long (a leader election that never settles), Flink is
+restarted, and its new leader recovers the job from ZooKeeper.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class SupervisedJob:
     stopped: bool = False
     restores: list[str | None] = field(default_factory=list)
     unknown_since: float | None = None  # monotonic time the cluster stopped listing it
+    unanswered_since: float | None = None  # monotonic time no JobManager answered the listing
 
     @property
     def current(self) -> str:
@@ -191,7 +194,11 @@ class Supervisor:
         try:
             known = {j["jid"]: j["state"] for j in flink.list_jobs(self.settings)}
         except OSError:
-            return  # the JobManager is starting: next round
+            # the JobManager is starting or a leader is being elected: next round
+            if self.settings.flink.ha:
+                self._restart_flink_if_unanswered(job)
+            return
+        job.unanswered_since = None
         state = known.get(job.current)
         if state in ALIVE_STATES:
             job.unknown_since = None
@@ -212,6 +219,21 @@ class Supervisor:
         job.restores.append(restore)
         job.unknown_since = None
         self._did(f"job resubmitted as {job.current}")
+
+    def _restart_flink_if_unanswered(self, job: SupervisedJob) -> None:
+        """With HA: restart Flink once no JobManager has answered for ``HA_RECOVERY_GRACE_S``.
+        An election that never settled (two JobManagers leading: "ongoing leader election" on
+        every REST port, the job deployed and cancelled for minutes) ends with both restarted."""
+        now = time.monotonic()
+        job.unanswered_since = job.unanswered_since or now
+        if now - job.unanswered_since < HA_RECOVERY_GRACE_S:
+            return
+        self._did(f"no Flink JobManager has listed the jobs for {HA_RECOVERY_GRACE_S:g} s: "
+                  "restarting the cluster (its leader recovers the job from ZooKeeper)")
+        components(self.settings, ["flink"])[0].stop()
+        up(self.settings, ["flink"], log=self.log)
+        job.unanswered_since = None
+        self._did("the Flink cluster answers again")
 
     # -- in the background -------------------------------------------------------------------
 

@@ -184,6 +184,13 @@ def _kafka_warmed_taskmanagers(settings: Settings) -> set[str]:
     return warmed
 
 
+def _jobmanagers_on_the_patched_leader_latch(settings: Settings) -> int:
+    """The JobManagers whose log says they elect with jobs/jvm's LeaderLatch (CURATOR-696 fixed),
+    not the one flink-dist bundles."""
+    logs = (flink.runtime_dir(settings) / "log").glob("*standalonesession-*.log")
+    return sum(b"relocated by tickflow" in log.read_bytes() for log in logs)
+
+
 def _warmed_taskmanagers(settings: Settings) -> set[str]:
     """The TaskManagers a finished warm-up job (jobs/warmup.py) ran a subtask on."""
     warmed: set[str] = set()
@@ -204,6 +211,7 @@ def test_the_ha_cluster_rides_out_each_of_its_losses(
         # the stack loaded the job's code into both TaskManagers as it started them
         assert _warmed_taskmanagers(settings) == _taskmanager_ids(settings)
         assert _kafka_warmed_taskmanagers(settings) == _taskmanager_ids(settings)
+        assert _jobmanagers_on_the_patched_leader_latch(settings) == 2
         for book in BOOKS:
             wait_for(f"{book} LIVE", functools.partial(_live, settings, book), 180)
         wait_for("a completed checkpoint", lambda: _completed_checkpoints(settings, run.job_id), 60)

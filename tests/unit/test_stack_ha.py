@@ -4,8 +4,10 @@ runs, and the Sentinel and Redis configuration files."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,15 @@ import pytest
 from jobs import warmup
 from stack import manager
 from stack.cli import HA_OVERLAY, with_overlay
-from stack.flink import REPORTER_PORT_KEY, failover_overrides, ha_overrides, reporter_port_args
+from stack.flink import (
+    BUNDLED_ZOOKEEPER,
+    REPORTER_PORT_KEY,
+    check_bundled_zookeeper,
+    failover_overrides,
+    flink_home,
+    ha_overrides,
+    reporter_port_args,
+)
 from stack.redis_server import render_redis_conf, render_sentinel_conf
 from stack.supervisor import Supervisor
 from stack.system import StackError
@@ -296,3 +306,55 @@ def test_the_supervisor_starts_a_replacement_after_the_profiles_delay(tmp_path: 
         settings, flink=dataclasses.replace(settings.flink, replacement_delay_ms=0)
     )
     assert Supervisor(at_once)._replacement_due("jobmanager", "a JobManager")
+
+
+def test_the_flink_dist_bundles_the_curator_the_patched_leader_latch_replaces(
+    tmp_path: Path,
+) -> None:
+    (flink_dist,) = flink_home().glob("lib/flink-dist-*.jar")
+    check_bundled_zookeeper(flink_dist)  # the installed Flink: no error
+    pom = (Path(__file__).parents[2] / "jobs/jvm/pom.xml").read_text()
+    version = re.search(r"<flink.shaded.zookeeper.version>(.+)</", pom)
+    assert version and BUNDLED_ZOOKEEPER.endswith(f":jar:{version.group(1)}")
+    other = tmp_path / "flink-dist-9.9.9.jar"
+    with zipfile.ZipFile(other, "w") as jar:
+        jar.writestr("META-INF/DEPENDENCIES", "flink-shaded-zookeeper-3:jar:3.9.9-99.0")
+    with pytest.raises(StackError, match="does not bundle"):
+        check_bundled_zookeeper(other)
+
+
+def test_the_supervisor_restarts_flink_when_no_jobmanager_answers_for_the_grace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HA: a leader election that never settles (every REST port answering "ongoing leader
+    election") ends with Flink restarted, once, after ``HA_RECOVERY_GRACE_S``."""
+    from stack import supervisor as module
+    from stack.supervisor import SupervisedJob
+
+    def unavailable(settings: Settings) -> list[dict[str, str]]:
+        raise OSError("503: Service temporarily unavailable due to an ongoing leader election")
+
+    restarted: list[str] = []
+
+    class Cluster:
+        def stop(self) -> None:
+            restarted.append("stop")
+
+    monkeypatch.setattr(module.flink, "list_jobs", unavailable)
+    monkeypatch.setattr(
+        module, "components", lambda settings, names: [Cluster()] if names == ["flink"] else []
+    )
+    monkeypatch.setattr(module, "up", lambda settings, names, log: restarted.append("up"))
+    monkeypatch.setattr(module, "HA_RECOVERY_GRACE_S", 0.2)
+    job = SupervisedJob(["a" * 32], submit=lambda restore: "b" * 32)
+    supervisor = Supervisor(ha_settings(tmp_path), job=job, names=(), log=lambda line: None)
+    supervisor.check()
+    assert restarted == [] and job.unanswered_since is not None
+    time.sleep(0.25)
+    supervisor.check()
+    assert restarted == ["stop", "up"]
+    assert job.unanswered_since is None and job.job_ids == ["a" * 32]  # recovered, not resubmitted
+    # an answer resets the clock
+    monkeypatch.setattr(module.flink, "list_jobs", lambda settings: [])
+    supervisor.check()
+    assert job.unanswered_since is None
