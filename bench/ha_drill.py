@@ -336,6 +336,17 @@ def per_kind(faults: list[Fault]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def cancel_leftover_jobs(settings: Settings, log: Any = print) -> None:
+    """Cancel every job the cluster still runs: ZooKeeper keeps the jobs of a run that was cut
+    short (its cleanup could not reach Flink), the new leader recovers them at every start,
+    and one whose checkpoints are gone fails and restarts every 30 s beside the drill's jobs."""
+    for job in flink.list_jobs(settings):
+        if job["state"] not in flink.TERMINAL_STATES:
+            log(f"cancelling job {job['jid']} ({job['name']}, {job['state']}), left by an "
+                "earlier run")  # fmt: skip
+            flink.cancel_job(settings, job["jid"])
+
+
 def run(
     minutes: float,
     every_s: float,
@@ -359,6 +370,7 @@ def run(
         log(f"no {', '.join(sorted(cut))} faults in this configuration (config/netns.yaml)")
     # Prometheus and the exporters: the alerts (ComponentDown, RedisRestarted, JobRestarted, ...)
     manager.up(base, [*HA_COMPONENTS, "blackbox", "redis-exporter", "prometheus"], log=log)
+    cancel_leftover_jobs(base, log)
     rng = random.Random(seed)
     tag = uuid.uuid4().hex[:6]
     fault_file = base.state_dir / "chaos" / f"python-fault-{tag}"
