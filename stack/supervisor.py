@@ -140,10 +140,7 @@ class Supervisor:
         if not jm_alive:
             # without an HA store a new JobManager knows no jobs: restart the whole cluster
             # (with HA the new leader recovers them from ZooKeeper)
-            self._did("the Flink JobManager is not running: restarting the cluster")
-            components(self.settings, ["flink"])[0].stop()
-            up(self.settings, ["flink"], log=self.log)
-            self._did("the Flink cluster answers again")
+            self._restart_flink("the Flink JobManager is not running: restarting the cluster")
         elif len(jm_alive) < len(self.settings.flink.rest_ports()):
             # HA: one JobManager died, the other leads (or is taking over): a new standby
             if not self._replacement_due("jobmanager", "a JobManager"):
@@ -228,11 +225,16 @@ class Supervisor:
         job.unanswered_since = job.unanswered_since or now
         if now - job.unanswered_since < HA_RECOVERY_GRACE_S:
             return
-        self._did(f"no Flink JobManager has listed the jobs for {HA_RECOVERY_GRACE_S:g} s: "
-                  "restarting the cluster (its leader recovers the job from ZooKeeper)")
+        self._restart_flink(f"no Flink JobManager has listed the jobs for "
+                            f"{HA_RECOVERY_GRACE_S:g} s: restarting the cluster (its leader "
+                            "recovers the job from ZooKeeper)")  # fmt: skip
+        job.unanswered_since = None
+
+    def _restart_flink(self, why: str) -> None:
+        """Stop the whole Flink cluster and start it again."""
+        self._did(why)
         components(self.settings, ["flink"])[0].stop()
         up(self.settings, ["flink"], log=self.log)
-        job.unanswered_since = None
         self._did("the Flink cluster answers again")
 
     # -- in the background -------------------------------------------------------------------
