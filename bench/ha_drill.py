@@ -15,7 +15,9 @@ the job over it, then the drill run, fed at a steady rate for ``--minutes`` whil
 - ``jobmanager-partition``: the leading JobManager cut off the network where it runs (every
   packet of its sockets dropped: ``stack.cutoff``) for ``PARTITION_S``, then joined again;
   only where the JobManagers can be (``flink.partitionable_jobmanagers``: config/netns.yaml);
-- ``kafka-broker``: SIGKILL of the node leading the raw topic's first partition;
+- ``kafka-broker``: SIGKILL of the broker leading the raw topic's first partition;
+- ``kafka-controller``: SIGKILL of the controller leading the KRaft quorum (a process of its
+  own: the brokers keep serving while the other two elect a leader);
 - ``kafka-partition``: the node leading the raw topic's first partition cut off the network
   (every packet to and from it dropped) for ``PARTITION_S``, then joined again; only where the
   nodes are hosts of their own (``kafka.node_network``: config/netns.yaml, which
@@ -68,7 +70,7 @@ from bench.stats import target_entry
 from monitoring.availability import AvailabilityProbe
 from stack import cutoff, flink, manager, netns
 from stack.cli import with_overlay
-from stack.kafka import kill_node, node_net_host, partition_leader
+from stack.kafka import kill_controller, kill_node, node_net_host, partition_leader
 from stack.redis_server import sentinel_primary_port
 from stack.supervisor import SupervisedJob, Supervisor, pipeline_submitter
 from stack.system import listening_pid
@@ -91,7 +93,8 @@ from tickflow.runs import (
 
 RESULTS = Path(__file__).parent / "results" / "ha_drill.json"
 KINDS = ("jobmanager", "kafka-broker", "redis-primary", "taskmanager", "python", "clickhouse",
-         "zookeeper", "paused-taskmanager", "kafka-partition", "jobmanager-partition")  # fmt: skip
+         "zookeeper", "paused-taskmanager", "kafka-partition", "jobmanager-partition",
+         "kafka-controller")  # fmt: skip
 DEFAULT_KINDS = KINDS  # ZooKeeper too: three nodes ride out the loss of one
 # kinds that need what only config/netns.yaml sets up: Kafka's nodes on hosts of their own
 # (kafka.node_network), JobManagers that can be cut off (flink.partitionable_jobmanagers)
@@ -160,6 +163,9 @@ def inflict(
     if kind == "kafka-broker":
         node = partition_leader(settings, settings.kafka.raw_topic)
         return f"SIGKILL Kafka node {node} (raw partition 0 leader) pid {kill_node(settings, node)}"
+    if kind == "kafka-controller":
+        controller, pid = kill_controller(settings)
+        return f"SIGKILL Kafka controller {controller} (the quorum's leader) pid {pid}"
     if kind == "kafka-partition":
         node = partition_leader(settings, settings.kafka.raw_topic)
         host = node_net_host(settings, node)

@@ -1,11 +1,14 @@
-"""Kafka in KRaft mode (every node broker + controller) run from the Maven jars: one node by
-default, one per ``kafka.bootstrap`` address in the HA profile (three: a quorum of controllers,
-every topic replicated ``kafka.replication_factor`` times)."""
+"""Kafka in KRaft mode run from the Maven jars: by default one node, broker and controller in one
+process; in the HA profile a broker per ``kafka.bootstrap`` address (every topic replicated
+``kafka.replication_factor`` times) and beside each a controller in a process of its own (a
+quorum of three), as Kafka advises for production."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import json
 import os
 import secrets as random_secrets
 import signal
@@ -53,29 +56,76 @@ def local_protocol(settings: Settings) -> str:
     return protocol
 
 
+# the HA profile's controllers are processes of their own, one beside each broker, with node
+# id CONTROLLER_ID_BASE + the broker's. Combined in the brokers, a broker's loss took the active
+# controller with it when it led the quorum: the others noticed after the quorum's fetch timeout,
+# elected, and the new controller gave every broker a whole session before it fenced the dead
+# one, 3.7-5.1 s of stale books in the drill against 1.7-2.2 s for a broker that did not lead
+CONTROLLER_ID_BASE = 100
+CONTROLLER_HEAP_MB = 256
+COMBINED = "broker,controller"
+
+
 @dataclass(frozen=True)
 class KafkaNode:
-    """One KRaft node: broker ``port`` (its bootstrap address) and controller port."""
+    """One KRaft process: a broker (``port``, its bootstrap address), a controller
+    (``controller_port``), or both in one (the single node)."""
 
     node_id: int
     host: str
     port: int
     controller_port: int
+    roles: str = COMBINED
+    # which host it runs on (1..n): a broker and its controller share one
+    machine: int = 1
+
+    @property
+    def is_broker(self) -> bool:
+        return self.roles != "controller"
+
+    @property
+    def is_controller(self) -> bool:
+        return self.roles != "broker"
 
 
 def node_host(settings: Settings, node: KafkaNode) -> NetHost | None:
     """The node's host of its own when ``kafka.node_network`` is set; None on loopback."""
     network = settings.kafka.node_network
-    return NetHost(f"kafka-{node.node_id}", node.host, network) if network else None
+    return NetHost(f"kafka-{node.machine}", node.host, network) if network else None
+
+
+def dedicated_controllers(settings: Settings) -> bool:
+    """Whether the controllers run apart from the brokers: with more than one node."""
+    return len(settings.kafka.addresses()) > 1
 
 
 def kafka_nodes(settings: Settings) -> list[KafkaNode]:
-    """A node per bootstrap address; node i's controller listens on controller_port + 2i."""
+    """The brokers, one per bootstrap address; broker i's controller listens on
+    controller_port + 2i (in the broker's process with a single node)."""
     kafka = settings.kafka
+    roles = "broker" if dedicated_controllers(settings) else COMBINED
     return [
-        KafkaNode(i + 1, host, port, kafka.controller_port + 2 * i)
+        KafkaNode(i + 1, host, port, kafka.controller_port + 2 * i, roles, i + 1)
         for i, (host, port) in enumerate(kafka.addresses())
     ]
+
+
+def kafka_controllers(settings: Settings) -> list[KafkaNode]:
+    """The controller quorum's voters: the controllers beside the brokers, or the single node."""
+    brokers = kafka_nodes(settings)
+    if not dedicated_controllers(settings):
+        return brokers
+    return [
+        KafkaNode(CONTROLLER_ID_BASE + b.node_id, b.host, b.controller_port, b.controller_port,
+                  "controller", b.machine)
+        for b in brokers
+    ]  # fmt: skip
+
+
+def kafka_processes(settings: Settings) -> list[KafkaNode]:
+    """Every process of the cluster: the brokers, then the controllers of their own."""
+    brokers = kafka_nodes(settings)
+    return brokers + ([] if not dedicated_controllers(settings) else kafka_controllers(settings))
 
 
 def security_properties(settings: Settings, node: KafkaNode | None = None) -> dict[str, object]:
@@ -85,13 +135,22 @@ def security_properties(settings: Settings, node: KafkaNode | None = None) -> di
     kafka = settings.kafka
     node = node or kafka_nodes(settings)[0]
     host, port, controller = node.host, node.port, node.controller_port
-    if local_protocol(settings) == "PLAINTEXT":
+    client = "PLAINTEXT" if local_protocol(settings) == "PLAINTEXT" else "CLIENT"
+    # a broker of its own reaches the controllers over CONTROLLER without listening on it; a
+    # controller of its own listens on CONTROLLER alone
+    listeners = [f"{client}://{host}:{port}"] if node.is_broker else []
+    listeners += [f"CONTROLLER://{host}:{controller}"] if node.is_controller else []
+    broker_listener: dict[str, object] = (
+        {"advertised.listeners": f"{client}://{host}:{port}", "inter.broker.listener.name": client}
+        if node.is_broker
+        else {}
+    )
+    if client == "PLAINTEXT":
         return {
-            "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller}",
-            "advertised.listeners": f"PLAINTEXT://{host}:{port}",
+            "listeners": ",".join(listeners),
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
+            **broker_listener,
         }
     directory = secrets_dir(settings)
     store_password = read_secret(str(directory / "stores.password"))
@@ -99,22 +158,28 @@ def security_properties(settings: Settings, node: KafkaNode | None = None) -> di
     if not store_password or not broker_password:
         raise StackError(f"kafka: the broker's secrets are missing from {directory}")
     mechanism = kafka.sasl_mechanism
+    scram: dict[str, object] = (
+        {
+            "sasl.enabled.mechanisms": mechanism,
+            "sasl.mechanism.inter.broker.protocol": mechanism,
+            f"listener.name.client.{mechanism.lower()}.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{BROKER_USER}" password="{broker_password}";'
+            ),
+            # A SASL_SSL listener ignores the broker-wide ssl.client.auth (KIP-684)
+            "listener.name.client.ssl.client.auth": "required",
+        }
+        if node.is_broker
+        else {}
+    )
     return {
-        "listeners": f"CLIENT://{host}:{port},CONTROLLER://{host}:{controller}",
-        "advertised.listeners": f"CLIENT://{host}:{port}",
+        "listeners": ",".join(listeners),
         "listener.security.protocol.map": "CLIENT:SASL_SSL,CONTROLLER:SSL",
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "CLIENT",
-        "sasl.enabled.mechanisms": mechanism,
-        "sasl.mechanism.inter.broker.protocol": mechanism,
-        f"listener.name.client.{mechanism.lower()}.sasl.jaas.config": (
-            "org.apache.kafka.common.security.scram.ScramLoginModule required "
-            f'username="{BROKER_USER}" password="{broker_password}";'
-        ),
-        # every connection presents a certificate of the stack's CA, then (clients) SCRAM.
-        # A SASL_SSL listener ignores the broker-wide ssl.client.auth (KIP-684): per listener
+        **broker_listener,
+        **scram,
+        # every connection presents a certificate of the stack's CA, then (clients) SCRAM
         "ssl.client.auth": "required",
-        "listener.name.client.ssl.client.auth": "required",
         "listener.name.controller.ssl.client.auth": "required",
         "ssl.keystore.type": "PKCS12",
         "ssl.keystore.location": str(directory / "broker.p12"),
@@ -130,14 +195,16 @@ def security_properties(settings: Settings, node: KafkaNode | None = None) -> di
     }
 
 
-BROKER_HEARTBEAT_MS = 500
-BROKER_SESSION_TIMEOUT_MS = 2000
+BROKER_HEARTBEAT_MS = 250
+BROKER_SESSION_TIMEOUT_MS = 1500
 REPLICA_LAG_TIME_MAX_MS = 4000
 
 
 def render_server_properties(
     settings: Settings, data_dir: Path, node: KafkaNode | None = None
 ) -> str:
+    """A node's server.properties: a broker, a controller or both. A controller of its own
+    gets the topic defaults too: it creates the topics and keeps their in-sync replicas."""
     kafka = settings.kafka
     nodes = kafka_nodes(settings)
     node = node or nodes[0]
@@ -145,10 +212,10 @@ def render_server_properties(
     replicas = min(len(nodes), max(kafka.replication_factor, 1))
     in_sync = min(kafka.min_insync_replicas, replicas)
     props = {
-        "process.roles": "broker,controller",
+        "process.roles": node.roles,
         "node.id": node.node_id,
         "controller.quorum.voters": ",".join(
-            f"{n.node_id}@{n.host}:{n.controller_port}" for n in nodes
+            f"{n.node_id}@{n.host}:{n.controller_port}" for n in kafka_controllers(settings)
         ),
         **security_properties(settings, node),
         "log.dirs": str(data_dir),
@@ -171,8 +238,9 @@ def render_server_properties(
         "num.partitions": 1,
     }
     if len(nodes) > 1:
-        # a node silent for 2 s is fenced and its partitions led by another: the default (9 s)
-        # was the whole stall of a broker loss in the HA drill (bench/ha_drill.py)
+        # a broker silent for 1.5 s is fenced and its partitions led by another: the default
+        # (9 s) was the whole stall of a broker loss in the HA drill (bench/ha_drill.py), and at
+        # 2 s the fence alone took 1.8-2.1 s of the 2 s the books may stand still
         props["broker.heartbeat.interval.ms"] = BROKER_HEARTBEAT_MS
         props["broker.session.timeout.ms"] = BROKER_SESSION_TIMEOUT_MS
         # a leader's high watermark also waits for a follower still counted as caught up
@@ -248,12 +316,18 @@ class Kafka(Component):
         return kafka_nodes(self.settings)
 
     @property
+    def processes(self) -> list[KafkaNode]:
+        return kafka_processes(self.settings)
+
+    @property
     def process_count(self) -> int:  # type: ignore[override]
-        return len(self.nodes)
+        return len(self.processes)
 
     def node_home(self, node: KafkaNode) -> Path:
-        """Node 1 keeps the single node's layout; the others live beside it."""
-        return self.home if node.node_id == 1 else self.home / f"node-{node.node_id}"
+        """Broker 1 keeps the single node's layout, the others live beside it, and each
+        controller of its own in its broker's home."""
+        home = self.home if node.machine == 1 else self.home / f"node-{node.machine}"
+        return home if node.is_broker else home / "controller"
 
     def node_data_dir(self, node: KafkaNode) -> Path:
         return self.node_home(node) / "data"
@@ -278,11 +352,11 @@ class Kafka(Component):
         return self.log_dir / "kafka.out"
 
     def log_files(self) -> list[Path]:
-        logs = [self.node_log_dir(node) for node in self.nodes]
+        logs = [self.node_log_dir(node) for node in self.processes]
         return [path for d in logs for path in (d / "server.log", d / "kafka.out")]
 
     def pid_files(self) -> list[Path]:
-        return [self.node_home(n) / "kafka.pid" for n in self.nodes]
+        return [self.node_pid_file(n) for n in self.processes]
 
     def node_pid_file(self, node: KafkaNode) -> Path:
         return self.node_home(node) / "kafka.pid"
@@ -306,7 +380,8 @@ class Kafka(Component):
         return next(n.host for n in self.nodes if n.node_id == node_id)
 
     def configure(self) -> None:
-        for node in self.nodes:
+        self._refuse_combined_era_cluster()
+        for node in self.processes:
             self._configure_node(node)
 
     def _configure_node(self, node: KafkaNode) -> None:
@@ -329,6 +404,21 @@ class Kafka(Component):
                 f"lost): `tickflow stack down kafka && rm -rf {data_dir}`, then "
                 "`tickflow stack up`; or keep it open with "
                 "TICKFLOW__KAFKA__SECURITY_PROTOCOL=PLAINTEXT (docs/security.md)"
+            )
+
+    def _refuse_combined_era_cluster(self) -> None:
+        """Controllers of their own cannot join a cluster whose metadata the brokers kept as
+        controllers (an earlier release's HA layout): its quorum's history is theirs."""
+        if not dedicated_controllers(self.settings):
+            return
+        formatted = [self.node_data_dir(n) / "meta.properties" for n in self.processes]
+        brokers, controllers = formatted[: len(self.nodes)], formatted[len(self.nodes) :]
+        if any(m.exists() for m in brokers) and not any(m.exists() for m in controllers):
+            raise StackError(
+                f"kafka: {self.data_dir} holds a cluster whose brokers were its "
+                "controllers too (an earlier release); the controllers now run on their own "
+                f"and start a new cluster. Start it afresh (its topics are lost): "
+                f"`tickflow stack down kafka && rm -rf {self.home}`, then `tickflow stack up`"
             )
 
     def scram_formatted(self) -> bool:
@@ -375,7 +465,8 @@ class Kafka(Component):
 
     def _java(self, node: KafkaNode, main: str, *args: str) -> list[str]:
         jars = kafka_jars_dir(self.settings)  # cheap once resolved: a marker check
-        heap_mb = self.settings.kafka.heap_mb
+        # a controller of its own holds the cluster's metadata alone: a few MB here
+        heap_mb = self.settings.kafka.heap_mb if node.is_broker else CONTROLLER_HEAP_MB
         log4j2 = self.node_home(node) / "log4j2.properties"
         return java_command(jars, log4j2, heap_mb, main, *args)
 
@@ -386,7 +477,7 @@ class Kafka(Component):
         )
 
     def launch(self) -> None:
-        for node in self.nodes:
+        for node in self.processes:
             if not self.node_running(node):
                 self.launch_node(node)
 
@@ -412,6 +503,8 @@ class Kafka(Component):
 
     def answers(self) -> bool:
         kafka = self.settings.kafka
+        if not all(port_open(n.host, n.controller_port) for n in kafka_controllers(self.settings)):
+            return False
         if not all(port_open(n.host, n.port) for n in self.nodes):
             return False
         from confluent_kafka.admin import AdminClient
@@ -443,8 +536,40 @@ def node_net_host(settings: Settings, node_id: int) -> NetHost:
     return host
 
 
+def active_controller(settings: Settings) -> int:
+    """The node id of the controller that leads the quorum now, as the voters last recorded it
+    (each writes the leader it knows to its quorum-state file when that changes)."""
+    kafka = Kafka(settings)
+    known: list[tuple[int, int]] = []
+    for node in kafka_controllers(settings):
+        state = kafka.node_data_dir(node) / "__cluster_metadata-0" / "quorum-state"
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads(state.read_text())
+            if int(record.get("leaderId", -1)) >= 0:
+                known.append((int(record["leaderEpoch"]), int(record["leaderId"])))
+    if not known:
+        raise StackError("kafka: no controller has recorded a quorum leader")
+    return max(known)[1]
+
+
+def kill_controller(settings: Settings) -> tuple[int, int]:
+    """SIGKILL the active controller of a quorum of its own (the HA profile); its id and pid."""
+    if not dedicated_controllers(settings):
+        raise StackError("kafka: the controller runs inside the single broker; kill the node")
+    kafka = Kafka(settings)
+    leader = active_controller(settings)
+    node = next(n for n in kafka_controllers(settings) if n.node_id == leader)
+    pids = [p for p in read_pids(kafka.node_pid_file(node)) if pid_alive(p)]
+    if not pids:
+        raise StackError(f"kafka: controller {leader} is not running")
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return leader, pids[0]
+
+
 def kill_node(settings: Settings, node_id: int) -> int:
-    """SIGKILL one Kafka node of this stack, as a crash would; its pid."""
+    """SIGKILL one Kafka broker of this stack (the node, with a single one), as a crash would;
+    its pid."""
     kafka = Kafka(settings)
     node = next(n for n in kafka.nodes if n.node_id == node_id)
     pids = [p for p in read_pids(kafka.node_pid_file(node)) if pid_alive(p)]

@@ -63,6 +63,9 @@ def librdkafka_config(kafka: KafkaConfig) -> dict[str, Any]:
     return conf
 
 
+METADATA_CACHE_MIN_MS = 3000
+
+
 def librdkafka_timeouts(kafka: KafkaConfig) -> dict[str, Any]:
     """How long librdkafka waits on a silent broker, how often it asks for leaders, and at most
     between retries (``kafka.request_timeout_ms``, ``metadata_max_age_ms``,
@@ -70,6 +73,10 @@ def librdkafka_timeouts(kafka: KafkaConfig) -> dict[str, Any]:
     conf: dict[str, Any] = {
         "socket.timeout.ms": kafka.request_timeout_ms,
         "topic.metadata.refresh.interval.ms": kafka.metadata_max_age_ms,
+        # how long a topic's metadata stays known without an answer (librdkafka: 3 refresh
+        # intervals); at least 3 s: a broker taking over a lost node's partitions answered
+        # 0.4 s late, and a topic forgotten meanwhile has its queued messages partitioned anew
+        "metadata.max.age.ms": max(3 * kafka.metadata_max_age_ms, METADATA_CACHE_MIN_MS),
     }
     if kafka.retry_backoff_max_ms:
         conf["retry.backoff.max.ms"] = kafka.retry_backoff_max_ms

@@ -1,5 +1,6 @@
-"""Kafka high availability (the HA profile): three KRaft nodes, every topic replicated three
-times with two in sync required (acks=all). A broker is killed (SIGKILL) while the
+"""Kafka high availability (the HA profile): three brokers and three KRaft controllers in
+processes of their own, every topic replicated three times with two in sync required
+(acks=all). A broker, then the quorum's leading controller, is killed (SIGKILL) while the
 connectors' producer sends raw frames: every frame arrives once, each book's frames in
 order, none fails delivery.
 
@@ -10,17 +11,20 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from connectors.producer import KafkaSink
 from schemas.codec import RawEnvelope, decode_envelope
 from stack import manager
-from stack.kafka import Kafka, kill_node, partition_leader
+from stack.kafka import Kafka, active_controller, kill_controller, kill_node, partition_leader
+from stack.system import wait_until
 from tests.own_components import own_components
 from tickflow.config import Settings
+from tickflow.kafka_security import client_config
 from tickflow.slice import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -48,18 +52,16 @@ def kafka_cluster(
         yield settings
 
 
-def test_a_killed_broker_loses_no_frame_and_reorders_none(kafka_cluster: Settings) -> None:
-    settings = kafka_cluster
-    kafka = Kafka(settings)
-    assert len(kafka.nodes) == 3
-    sink = KafkaSink(settings.kafka)
+def send_killing(settings: Settings, topic: str, kill: Callable[[], object]) -> None:
+    """Send every book's frames to ``topic``, calling ``kill`` a third of the way; then assert
+    that each arrived once, in order, and none failed."""
+    sink = KafkaSink(settings.kafka, topic=topic)
     lost: list[tuple[str, str]] = []
     sink.on_lost = lambda symbol, reason: lost.append((symbol, reason))
-    victim = partition_leader(settings, settings.kafka.raw_topic)
     killed_at = FRAMES_PER_BOOK // 3
     for seq in range(FRAMES_PER_BOOK):
         if seq == killed_at:
-            kill_node(settings, victim)
+            kill()
         for exchange, symbol, instrument in BOOKS:
             sink.send(RawEnvelope(instrument, exchange, symbol, "depth", time.time_ns(),
                                   f"conn-{symbol}", seq, b'{"seq": %d}' % seq))  # fmt: skip
@@ -68,14 +70,22 @@ def test_a_killed_broker_loses_no_frame_and_reorders_none(kafka_cluster: Setting
     assert sink.failed == 0 and sink.dropped == 0 and not lost, (sink.failed, lost)
     assert sink.delivered == FRAMES_PER_BOOK * len(BOOKS)
     seqs: dict[str, list[int]] = defaultdict(list)
-    for _key, value in read_topic(settings, settings.kafka.raw_topic):
+    for _key, value in read_topic(settings, topic):
         envelope = decode_envelope(value)
         seqs[envelope.symbol].append(envelope.connection_seq)
     # every frame once, each book's in the order sent
     assert {s: v for s, v in seqs.items()} == {
         symbol: list(range(FRAMES_PER_BOOK)) for _, symbol, _ in BOOKS
     }
-    print(f"broker {victim} (the raw partition's leader) killed after {killed_at} frames a book")
+
+
+def test_a_killed_broker_loses_no_frame_and_reorders_none(kafka_cluster: Settings) -> None:
+    settings = kafka_cluster
+    kafka = Kafka(settings)
+    assert len(kafka.nodes) == 3 and kafka.process_count == 6
+    victim = partition_leader(settings, settings.kafka.raw_topic)
+    send_killing(settings, settings.kafka.raw_topic, lambda: kill_node(settings, victim))
+    print(f"broker {victim} (the raw partition's leader) killed a third of the way")
 
 
 def test_the_cluster_answers_with_a_broker_down(kafka_cluster: Settings) -> None:
@@ -83,8 +93,24 @@ def test_the_cluster_answers_with_a_broker_down(kafka_cluster: Settings) -> None
     it as not fully up, and starting it again brings the broker back."""
     kafka = Kafka(kafka_cluster)
     live = kafka.pids()
-    if len(live) < 3:  # the test above left one down
+    if len(live) < kafka.process_count:  # the test above left one down
         assert not kafka.answers()
         manager.up(kafka_cluster, ["kafka"])
-    assert len(kafka.pids()) == 3 and kafka.answers()
+    assert len(kafka.pids()) == kafka.process_count and kafka.answers()
     assert Path(kafka.node_pid_file(kafka.nodes[2])).exists()
+
+
+def test_the_leading_controllers_loss_stops_no_write(kafka_cluster: Settings) -> None:
+    """The controllers are processes of their own: killing the quorum's leader leaves every
+    broker serving while the other two elect one, and no frame is lost or reordered."""
+    settings = kafka_cluster
+    # a topic of its own: the raw topic already holds the frames of the test above
+    topic = f"{settings.kafka.raw_topic}.controller-loss"
+    admin = AdminClient(client_config(settings.kafka))
+    admin.create_topics([NewTopic(topic, 4, 3)])[topic].result(30)
+    killed: list[int] = []
+    send_killing(settings, topic, lambda: killed.append(kill_controller(settings)[0]))
+    # the others elected one of themselves
+    assert killed and wait_until(lambda: active_controller(settings) != killed[0], 30)
+    manager.up(settings, ["kafka"])
+    assert len(Kafka(settings).pids()) == 6

@@ -114,7 +114,8 @@ def test_compose_file_parses_and_every_service_is_checked() -> None:
 
 @pytest.mark.slow
 def test_compose_ha_profile_doubles_what_can_fail_over() -> None:
-    """docker/compose.ha.yaml over compose.yaml: three Kafka nodes in one quorum, a Redis
+    """docker/compose.ha.yaml over compose.yaml: three Kafka brokers and three controllers of
+    their own in one quorum, a Redis
     replica and three Sentinels, three ZooKeeper nodes, a standby JobManager and a spare
     TaskManager; every tickflow service reads config/docker-ha.yaml, which names them."""
     model = yaml.safe_load(
@@ -125,10 +126,14 @@ def test_compose_ha_profile_doubles_what_can_fail_over() -> None:
                "redis-sentinel-3", "zookeeper-1", "zookeeper-2", "zookeeper-3", "jobmanager-2",
                "taskmanager-2", "clickhouse-2"}  # fmt: skip
     assert doubled <= set(services)
-    voters = "1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093"
-    for node, name in enumerate(("kafka", "kafka-2", "kafka-3"), start=1):
+    voters = ",".join(f"{100 + i}@kafka-controller-{i}:9093" for i in (1, 2, 3))
+    brokers = {f"kafka-{i}" if i > 1 else "kafka": (str(i), "broker") for i in (1, 2, 3)}
+    controllers = {f"kafka-controller-{i}": (str(100 + i), "controller") for i in (1, 2, 3)}
+    for name, (node, roles) in {**brokers, **controllers}.items():
         env = services[name]["environment"]
-        assert env["KAFKA_NODE_ID"] == str(node) and env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == voters
+        assert env["KAFKA_NODE_ID"] == node and env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == voters
+        assert env["KAFKA_PROCESS_ROLES"] == roles
+        assert ("CONTROLLER://" in env["KAFKA_LISTENERS"]) == (roles == "controller"), name
         assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
         # the failover timings the local HA profile measured
         assert env["KAFKA_BROKER_SESSION_TIMEOUT_MS"] == str(BROKER_SESSION_TIMEOUT_MS)

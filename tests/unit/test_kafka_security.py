@@ -56,6 +56,7 @@ def test_librdkafka_sasl_ssl_with_client_certificate(tmp_path: Path) -> None:
         "ssl.key.location": str(tmp_path / "client.key"),
         "socket.timeout.ms": 30000,
         "topic.metadata.refresh.interval.ms": 300000,
+        "metadata.max.age.ms": 900000,
         "group.id": "g",
     }
 
@@ -166,19 +167,21 @@ def test_stack_generates_private_secret_files(tmp_path: Path) -> None:
 
 
 def test_clients_give_up_on_a_silent_broker_as_configured() -> None:
-    """The HA profile's clients drop a broker silent for 2.5 s, ask for leaders each second (a
+    """The HA profile's clients drop a broker silent for 2.5 s, ask for leaders every 0.1 s (a
     node cut off the network closes no connection) and retry at most 250 ms apart; both client
     kinds alike."""
     # the profile's timeouts, without its SASL_SSL (whose files only a started stack has)
     profile = load_settings(overlays=[Path("config/ha.yaml")], environ={}).kafka
     ha = dataclasses.replace(profile, security_protocol="PLAINTEXT")
     assert client_config(ha)["socket.timeout.ms"] == 2500
-    assert client_config(ha)["topic.metadata.refresh.interval.ms"] == 1000
+    assert client_config(ha)["topic.metadata.refresh.interval.ms"] == 100
+    # librdkafka keeps what it learnt for 3 s, not 3 refresh intervals
+    assert client_config(ha)["metadata.max.age.ms"] == 3000
     assert client_config(ha)["retry.backoff.max.ms"] == 250
     assert client_config(ha)["reconnect.backoff.max.ms"] == 250
     assert java_timeouts(ha) == {
         "request.timeout.ms": "2500",
-        "metadata.max.age.ms": "1000",
+        "metadata.max.age.ms": "100",
         "retry.backoff.max.ms": "250",
         "reconnect.backoff.max.ms": "250",
     }
@@ -186,5 +189,6 @@ def test_clients_give_up_on_a_silent_broker_as_configured() -> None:
     default = load_settings(environ={}).kafka
     assert "retry.backoff.max.ms" not in java_timeouts(default)
     assert "retry.backoff.max.ms" not in client_config(default)
+    assert client_config(default)["metadata.max.age.ms"] == 3 * default.metadata_max_age_ms
     # an extra option still wins
     assert client_config(ha, **{"socket.timeout.ms": 60000})["socket.timeout.ms"] == 60000

@@ -86,8 +86,16 @@ def test_with_sentinels_either_redis_can_authenticate_to_the_other(tmp_path: Pat
     assert "masterauth" not in single
 
 
-def test_the_ha_profile_runs_three_kafka_nodes_in_one_quorum(tmp_path: Path) -> None:
-    from stack.kafka import Kafka, kafka_nodes, render_server_properties
+def test_the_ha_profile_runs_three_brokers_and_a_quorum_of_controllers_beside_them(
+    tmp_path: Path,
+) -> None:
+    from stack.kafka import (
+        Kafka,
+        KafkaNode,
+        kafka_controllers,
+        kafka_nodes,
+        render_server_properties,
+    )
 
     base = load_settings(overlays=[Path(HA_OVERLAY)], environ={})
     settings = dataclasses.replace(
@@ -96,34 +104,86 @@ def test_the_ha_profile_runs_three_kafka_nodes_in_one_quorum(tmp_path: Path) -> 
         kafka=dataclasses.replace(base.kafka, security_protocol="PLAINTEXT"),
     )
     nodes = kafka_nodes(settings)
-    assert [(n.node_id, n.port, n.controller_port) for n in nodes] == [
-        (1, 9092, 9093), (2, 9094, 9095), (3, 9096, 9097)
+    assert [(n.node_id, n.port, n.controller_port, n.roles) for n in nodes] == [
+        (1, 9092, 9093, "broker"), (2, 9094, 9095, "broker"), (3, 9096, 9097, "broker")
     ]
-    text = render_server_properties(settings, tmp_path / "d2", nodes[1])
-    props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#")
-    assert props["node.id"] == "2"
-    assert props["controller.quorum.voters"] == (
-        "1@127.0.0.1:9093,2@127.0.0.1:9095,3@127.0.0.1:9097"
-    )
-    assert props["listeners"] == "PLAINTEXT://127.0.0.1:9094,CONTROLLER://127.0.0.1:9095"
+    controllers = kafka_controllers(settings)
+    assert [(n.node_id, n.controller_port, n.roles, n.machine) for n in controllers] == [
+        (101, 9093, "controller", 1), (102, 9095, "controller", 2), (103, 9097, "controller", 3)
+    ]
+
+    def props_of(node: KafkaNode) -> dict[str, str]:
+        text = render_server_properties(settings, tmp_path / "d", node)
+        lines = [line for line in text.splitlines() if "=" in line and line[0] != "#"]
+        return dict(line.split("=", 1) for line in lines)
+
+    props = props_of(nodes[1])
+    assert props["node.id"] == "2" and props["process.roles"] == "broker"
+    voters = "101@127.0.0.1:9093,102@127.0.0.1:9095,103@127.0.0.1:9097"
+    assert props["controller.quorum.voters"] == voters
+    # a broker reaches the controllers without listening on their listener
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:9094"
+    assert props["controller.listener.names"] == "CONTROLLER"
     assert props["default.replication.factor"] == "3" and props["min.insync.replicas"] == "2"
     assert props["transaction.state.log.min.isr"] == "2"
-    # a dead node is fenced within 2 s, not Kafka's default 9
-    assert props["broker.session.timeout.ms"] == "2000"
+    # a dead node is fenced within 1.5 s, not Kafka's default 9
+    assert props["broker.session.timeout.ms"] == "1500"
     # a node back from a cut is not waited for by acks=all writes until it catches up
     assert props["replica.lag.time.max.ms"] == "4000"
+    controller = props_of(controllers[2])
+    assert controller["node.id"] == "103" and controller["process.roles"] == "controller"
+    assert controller["listeners"] == "CONTROLLER://127.0.0.1:9097"
+    assert controller["controller.quorum.voters"] == voters
+    assert "advertised.listeners" not in controller
+    assert "inter.broker.listener.name" not in controller
+    # it fences brokers and creates topics: the session and the topics' defaults are its own
+    assert controller["broker.session.timeout.ms"] == "1500"
+    assert controller["default.replication.factor"] == "3"
     single = dataclasses.replace(
         settings.kafka, bootstrap="127.0.0.1:9092", replication_factor=1, min_insync_replicas=1
     )
-    single_props = render_server_properties(
-        dataclasses.replace(settings, kafka=single), tmp_path / "single"
-    )
+    single_settings = dataclasses.replace(settings, kafka=single)
+    single_props = render_server_properties(single_settings, tmp_path / "single")
+    assert "process.roles=broker,controller" in single_props
     assert "broker.session.timeout.ms" not in single_props
     assert "replica.lag.time.max.ms" not in single_props
+    assert Kafka(single_settings).process_count == 1
     kafka = Kafka(settings)
-    assert kafka.process_count == 3 and kafka.completes_partially
-    assert kafka.node_home(nodes[0]) == kafka.home  # node 1 keeps the single node's layout
+    assert kafka.process_count == 6 and kafka.completes_partially
+    assert kafka.node_home(nodes[0]) == kafka.home  # broker 1 keeps the single node's layout
     assert kafka.node_home(nodes[2]) == kafka.home / "node-3"
+    assert kafka.node_home(controllers[0]) == kafka.home / "controller"
+    assert kafka.node_home(controllers[2]) == kafka.home / "node-3" / "controller"
+    assert len(set(kafka.pid_files())) == 6
+
+
+def test_a_cluster_whose_brokers_were_its_controllers_is_refused(tmp_path: Path) -> None:
+    from stack.kafka import Kafka
+
+    base = load_settings(overlays=[Path(HA_OVERLAY)], environ={})
+    plain = dataclasses.replace(base.kafka, security_protocol="PLAINTEXT")
+    kafka = Kafka(dataclasses.replace(base, state_dir=tmp_path, kafka=plain))
+    kafka.data_dir.mkdir(parents=True)
+    (kafka.data_dir / "meta.properties").write_text("node.id=1\n")
+    with pytest.raises(StackError, match="brokers were its controllers too"):
+        kafka.configure()
+
+
+def test_the_active_controller_is_read_from_the_voters_quorum_state(tmp_path: Path) -> None:
+    from stack.kafka import Kafka, active_controller, kafka_controllers
+
+    base = load_settings(overlays=[Path(HA_OVERLAY)], environ={})
+    settings = dataclasses.replace(base, state_dir=tmp_path)
+    kafka = Kafka(settings)
+    with pytest.raises(StackError, match="no controller has recorded"):
+        active_controller(settings)
+    # the voter that last saw an election knows the newer leader; one never heard of none
+    known = [(101, 4), (102, 5), (-1, 6)]
+    for node, (leader, epoch) in zip(kafka_controllers(settings), known, strict=True):
+        state = kafka.node_data_dir(node) / "__cluster_metadata-0" / "quorum-state"
+        state.parent.mkdir(parents=True)
+        state.write_text(f'{{"leaderId":{leader},"leaderEpoch":{epoch},"votedId":-1}}')
+    assert active_controller(settings) == 102
 
 
 def test_the_ha_profile_runs_zookeeper_and_a_standby_jobmanager(tmp_path: Path) -> None:
@@ -211,7 +271,14 @@ def test_kafka_nodes_on_hosts_of_their_own(tmp_path: Path) -> None:
     """config/netns.yaml: each node listens at its own address, in a namespace named after it,
     where Prometheus' probes and the other nodes reach it; the rest stays on loopback."""
     from stack import netns
-    from stack.kafka import Kafka, kafka_nodes, node_net_host, render_server_properties
+    from stack.kafka import (
+        Kafka,
+        kafka_controllers,
+        kafka_nodes,
+        node_host,
+        node_net_host,
+        render_server_properties,
+    )
 
     overlays = [Path(HA_OVERLAY), Path("config/netns.yaml")]
     base = load_settings(overlays=overlays, environ={})
@@ -221,10 +288,13 @@ def test_kafka_nodes_on_hosts_of_their_own(tmp_path: Path) -> None:
     assert [n.host for n in nodes] == ["10.77.0.11", "10.77.0.12", "10.77.0.13"]
     text = render_server_properties(settings, tmp_path / "d1", nodes[0])
     props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#")
-    assert props["listeners"] == "PLAINTEXT://10.77.0.11:9092,CONTROLLER://10.77.0.11:9093"
+    assert props["listeners"] == "PLAINTEXT://10.77.0.11:9092"
     assert props["controller.quorum.voters"] == (
-        "1@10.77.0.11:9093,2@10.77.0.12:9095,3@10.77.0.13:9097"
+        "101@10.77.0.11:9093,102@10.77.0.12:9095,103@10.77.0.13:9097"
     )
+    # a controller runs on its broker's host: cutting the host off cuts both
+    controller = kafka_controllers(settings)[1]
+    assert node_host(settings, controller) == node_host(settings, nodes[1])
     host = node_net_host(settings, 2)
     assert (host.namespace, host.interface()) == ("tf-10.77.0.12", "10.77.0.12/24")
     assert host.link == "tfv0a4d000c" and len(host.link) <= 15  # the kernel's limit
