@@ -106,10 +106,31 @@ class Redis(Component):
     def conf_file(self) -> Path:
         return self.home / "redis.conf"
 
+    @property
+    def own_port(self) -> int:
+        return self.settings.redis.port
+
     def configure(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.conf_file.write_text(render_redis_conf(self.settings))
         self.conf_file.chmod(0o600)
+        primary = self.primary_to_follow()
+        if primary is not None:
+            with self.conf_file.open("a") as conf:
+                conf.write(f"replicaof {primary[0]} {primary[1]}\n")
+
+    def primary_to_follow(self) -> tuple[str, int] | None:
+        """The instance to start as a replica of: the one the Sentinels name the primary, once
+        they answer (a node started again after a failover follows the promoted one; with its
+        configured role, a promoted replica started again as the replica of its own replica,
+        and the Sentinels had no primary left to fail over to); else the configured role."""
+        redis = self.settings.redis
+        primary = sentinel_primary(self.settings) if redis.sentinels() else None
+        return follow(primary, (redis.host, self.own_port), self.configured_primary())
+
+    def configured_primary(self) -> tuple[str, int] | None:
+        """Whom this instance replicates before any failover: the primary, no one."""
+        return None
 
     def launch(self) -> None:
         argv = redis_command(self.settings, self.data_dir, self.log_file, self.conf_file)
@@ -149,11 +170,12 @@ class RedisReplica(Redis):
     def ports(self) -> dict[str, int]:
         return {"replica": self.settings.redis.replica_port}
 
-    def configure(self) -> None:
-        super().configure()
-        redis = self.settings.redis
-        with self.conf_file.open("a") as conf:
-            conf.write(f"replicaof {redis.host} {redis.port}\n")
+    @property
+    def own_port(self) -> int:
+        return self.settings.redis.replica_port
+
+    def configured_primary(self) -> tuple[str, int] | None:
+        return (self.settings.redis.host, self.settings.redis.port)
 
     def launch(self) -> None:
         port = self.settings.redis.replica_port
@@ -219,6 +241,46 @@ class RedisSentinels(Component):
 
     def answers(self) -> bool:
         return all(_pings(self.settings, port) for _, port in self.settings.redis.sentinels())
+
+
+def follow(
+    primary: tuple[str, int] | None,
+    own: tuple[str, int],
+    configured: tuple[str, int] | None,
+) -> tuple[str, int] | None:
+    """Whom an instance at ``own`` replicates when it starts: the Sentinels' ``primary``
+    unless that is itself (then no one: it still leads); without an answer, its
+    ``configured`` primary."""
+    if primary is None:
+        return configured
+    return None if primary == own else primary
+
+
+def sentinel_primary(settings: Settings) -> tuple[str, int] | None:
+    """The primary's address as the first Sentinel that answers names it; None when none does
+    (the Sentinels start after the instances they watch)."""
+    import redis
+
+    for host, port in settings.redis.sentinels():
+        sentinel = redis.Redis(
+            host=host,
+            port=port,
+            password=settings.redis.password or None,
+            socket_timeout=1,
+            socket_connect_timeout=1,
+        )
+        try:
+            address = sentinel.execute_command(
+                "SENTINEL", "GET-MASTER-ADDR-BY-NAME", settings.redis.sentinel_service
+            )
+        except redis.RedisError:
+            continue
+        finally:
+            sentinel.close()
+        if address:
+            return (address[0].decode() if isinstance(address[0], bytes) else address[0],
+                    int(address[1]))  # fmt: skip
+    return None
 
 
 def sentinel_primary_port(settings: Settings) -> int:

@@ -86,6 +86,35 @@ def test_with_sentinels_either_redis_can_authenticate_to_the_other(tmp_path: Pat
     assert "masterauth" not in single
 
 
+def test_a_redis_started_again_follows_the_primary_the_sentinels_name(tmp_path: Path) -> None:
+    """After a failover the roles are swapped: a node started again must follow whichever the
+    Sentinels promoted, not its configured role (the promoted replica, started again as the
+    replica of its own replica, left the Sentinels no primary to fail over to)."""
+    from stack.redis_server import Redis, RedisReplica, follow
+
+    primary, replica = ("127.0.0.1", 6379), ("127.0.0.1", 6380)
+    # the Sentinels promoted the replica: the old primary starts as its replica
+    assert follow(replica, primary, None) == replica
+    # the promoted replica started again still leads: it follows no one
+    assert follow(replica, replica, primary) is None
+    # a primary back before the Sentinels noticed it gone still leads
+    assert follow(primary, primary, None) is None
+    # no Sentinel answers (they start after the instances): the configured roles
+    assert follow(None, replica, primary) == primary
+    assert follow(None, primary, None) is None
+    settings = ha_settings(tmp_path)
+    # Sentinels where none listens: configure falls back to the configured roles
+    silent = dataclasses.replace(settings.redis, sentinel_ports="1,2,3")
+    settings = dataclasses.replace(settings, redis=silent)
+    for component, replicates in ((Redis(settings), None), (RedisReplica(settings), primary)):
+        component.configure()
+        text = component.conf_file.read_text()
+        expected = f"replicaof {replicates[0]} {replicates[1]}" if replicates else None
+        assert [line for line in text.splitlines() if "replicaof" in line] == (
+            [expected] if expected else []
+        ), component.name
+
+
 def test_the_ha_profile_runs_three_brokers_and_a_quorum_of_controllers_beside_them(
     tmp_path: Path,
 ) -> None:
