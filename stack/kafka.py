@@ -195,8 +195,8 @@ def security_properties(settings: Settings, node: KafkaNode | None = None) -> di
     }
 
 
-BROKER_HEARTBEAT_MS = 250
-BROKER_SESSION_TIMEOUT_MS = 1500
+BROKER_HEARTBEAT_MS = 500
+BROKER_SESSION_TIMEOUT_MS = 2000
 REPLICA_LAG_TIME_MAX_MS = 4000
 
 
@@ -238,9 +238,10 @@ def render_server_properties(
         "num.partitions": 1,
     }
     if len(nodes) > 1:
-        # a broker silent for 1.5 s is fenced and its partitions led by another: the default
-        # (9 s) was the whole stall of a broker loss in the HA drill (bench/ha_drill.py), and at
-        # 2 s the fence alone took 1.8-2.1 s of the 2 s the books may stand still
+        # a broker silent for 2 s is fenced and its partitions led by another: the default (9 s)
+        # was the whole stall of a broker loss in the HA drill (bench/ha_drill.py). At 1.5 s a
+        # controller newly elected fenced live brokers, again and again, before they had found
+        # it (4.4 s of stale books on a controller's loss)
         props["broker.heartbeat.interval.ms"] = BROKER_HEARTBEAT_MS
         props["broker.session.timeout.ms"] = BROKER_SESSION_TIMEOUT_MS
         # a leader's high watermark also waits for a follower still counted as caught up

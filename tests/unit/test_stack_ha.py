@@ -155,8 +155,8 @@ def test_the_ha_profile_runs_three_brokers_and_a_quorum_of_controllers_beside_th
     assert props["controller.listener.names"] == "CONTROLLER"
     assert props["default.replication.factor"] == "3" and props["min.insync.replicas"] == "2"
     assert props["transaction.state.log.min.isr"] == "2"
-    # a dead node is fenced within 1.5 s, not Kafka's default 9
-    assert props["broker.session.timeout.ms"] == "1500"
+    # a dead node is fenced within 2 s, not Kafka's default 9
+    assert props["broker.session.timeout.ms"] == "2000"
     # a node back from a cut is not waited for by acks=all writes until it catches up
     assert props["replica.lag.time.max.ms"] == "4000"
     controller = props_of(controllers[2])
@@ -166,7 +166,7 @@ def test_the_ha_profile_runs_three_brokers_and_a_quorum_of_controllers_beside_th
     assert "advertised.listeners" not in controller
     assert "inter.broker.listener.name" not in controller
     # it fences brokers and creates topics: the session and the topics' defaults are its own
-    assert controller["broker.session.timeout.ms"] == "1500"
+    assert controller["broker.session.timeout.ms"] == "2000"
     assert controller["default.replication.factor"] == "3"
     single = dataclasses.replace(
         settings.kafka, bootstrap="127.0.0.1:9092", replication_factor=1, min_insync_replicas=1
