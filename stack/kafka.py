@@ -125,7 +125,7 @@ def kafka_controllers(settings: Settings) -> list[KafkaNode]:
 def kafka_processes(settings: Settings) -> list[KafkaNode]:
     """Every process of the cluster: the brokers, then the controllers of their own."""
     brokers = kafka_nodes(settings)
-    return brokers + ([] if not dedicated_controllers(settings) else kafka_controllers(settings))
+    return brokers + kafka_controllers(settings) if dedicated_controllers(settings) else brokers
 
 
 def security_properties(settings: Settings, node: KafkaNode | None = None) -> dict[str, object]:
@@ -412,9 +412,11 @@ class Kafka(Component):
         controllers (an earlier release's HA layout): its quorum's history is theirs."""
         if not dedicated_controllers(self.settings):
             return
-        formatted = [self.node_data_dir(n) / "meta.properties" for n in self.processes]
-        brokers, controllers = formatted[: len(self.nodes)], formatted[len(self.nodes) :]
-        if any(m.exists() for m in brokers) and not any(m.exists() for m in controllers):
+
+        def formatted(nodes: list[KafkaNode]) -> bool:
+            return any((self.node_data_dir(n) / "meta.properties").exists() for n in nodes)
+
+        if formatted(self.nodes) and not formatted(kafka_controllers(self.settings)):
             raise StackError(
                 f"kafka: {self.data_dir} holds a cluster whose brokers were its "
                 "controllers too (an earlier release); the controllers now run on their own "
@@ -557,15 +559,9 @@ def kill_controller(settings: Settings) -> tuple[int, int]:
     """SIGKILL the active controller of a quorum of its own (the HA profile); its id and pid."""
     if not dedicated_controllers(settings):
         raise StackError("kafka: the controller runs inside the single broker; kill the node")
-    kafka = Kafka(settings)
     leader = active_controller(settings)
     node = next(n for n in kafka_controllers(settings) if n.node_id == leader)
-    pids = [p for p in read_pids(kafka.node_pid_file(node)) if pid_alive(p)]
-    if not pids:
-        raise StackError(f"kafka: controller {leader} is not running")
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    return leader, pids[0]
+    return leader, _kill(Kafka(settings), node, f"controller {leader}")
 
 
 def kill_node(settings: Settings, node_id: int) -> int:
@@ -573,9 +569,14 @@ def kill_node(settings: Settings, node_id: int) -> int:
     its pid."""
     kafka = Kafka(settings)
     node = next(n for n in kafka.nodes if n.node_id == node_id)
+    return _kill(kafka, node, f"node {node_id}")
+
+
+def _kill(kafka: Kafka, node: KafkaNode, name: str) -> int:
+    """SIGKILL the process(es) of ``node``; the first pid."""
     pids = [p for p in read_pids(kafka.node_pid_file(node)) if pid_alive(p)]
     if not pids:
-        raise StackError(f"kafka: node {node_id} is not running")
+        raise StackError(f"kafka: {name} is not running")
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     return pids[0]
