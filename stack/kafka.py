@@ -580,3 +580,83 @@ def _kill(kafka: Kafka, node: KafkaNode, name: str) -> int:
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     return pids[0]
+
+
+UNREGISTRAR_SOURCE = Path(__file__).parent / "java" / "BrokerUnregistrar.java"
+UNREGISTRAR_HEAP_MB = 64
+
+
+def java_properties_text(props: dict[str, str]) -> str:
+    """``props`` as a Java properties file (a backslash escapes; passwords may hold one)."""
+    return "".join(f"{key}={value.replace(chr(92), chr(92) * 2)}\n" for key, value in props.items())
+
+
+class BrokerUnregistrar:
+    """Unregisters a lost broker (the HA profile's supervisor, as soon as the broker's process
+    is gone), so the controllers move its partitions at once instead of after its session
+    timeout (2 s, most of a broker kill's stale books); it registers again when started. One
+    warm JVM (``stack/java/BrokerUnregistrar.java``) that takes a broker id per line."""
+
+    def __init__(self, settings: Settings) -> None:
+        from tickflow.kafka_security import java_properties, java_timeouts
+
+        self.settings = settings
+        self.home = Kafka(settings).home / "unregistrar"
+        (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        properties = self.home / "client.properties"
+        props = {
+            "bootstrap.servers": settings.kafka.bootstrap,
+            **java_properties(settings.kafka, shaded=False),
+            **java_timeouts(settings.kafka),
+        }
+        # it holds the client's SCRAM and store passwords: the owner's alone
+        properties.unlink(missing_ok=True)
+        fd = os.open(properties, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(java_properties_text(props))
+        log4j2 = self.home / "log4j2.properties"
+        log4j2.write_text(render_log4j2(self.home / "logs"))
+        command = java_command(
+            kafka_jars_dir(settings), log4j2, UNREGISTRAR_HEAP_MB, str(UNREGISTRAR_SOURCE),
+            str(properties),
+        )  # fmt: skip
+        with open(self.home / "logs" / "unregistrar.out", "ab") as err:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True
+            )
+        assert self.process.stdout is not None
+        ready = self.process.stdout.readline().strip()
+        if ready != "ready":
+            self.close()
+            raise StackError(f"kafka: the broker unregistrar did not start ({ready or 'exited'}); "
+                             f"see {self.home / 'logs'}")  # fmt: skip
+
+    def unregister(self, node_id: int) -> str:
+        """Unregister broker ``node_id``: ``"ok <id>"``, or ``"error <id> <why>"``."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{node_id}\n")
+        self.process.stdin.flush()
+        return self.process.stdout.readline().strip() or f"error {node_id} unregistrar exited"
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def lost_brokers(settings: Settings, alive_before: dict[int, bool]) -> list[int]:
+    """The brokers whose process was alive at the last look and is gone now (a broker of the
+    stack's, its controller apart); updates ``alive_before``."""
+    kafka = Kafka(settings)
+    lost = []
+    for node in kafka.nodes:
+        alive = any(pid_alive(p) for p in read_pids(kafka.node_pid_file(node)))
+        if alive_before.get(node.node_id) and not alive:
+            lost.append(node.node_id)
+        alive_before[node.node_id] = alive
+    return lost

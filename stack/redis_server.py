@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from stack.services import LOOPBACK, Component
-from stack.system import disable_system_services, ensure_packages, spawn_daemon
+from stack.system import StackError, disable_system_services, ensure_packages, spawn_daemon
 from tickflow.config import Settings
 
 REDIS_PACKAGES = {"redis-server": ["redis-server"]}
@@ -284,15 +284,8 @@ def sentinel_primary(settings: Settings) -> tuple[str, int] | None:
 
 
 def sentinel_primary_port(settings: Settings) -> int:
-    """The primary's port as the first Sentinel sees it (the HA profile)."""
-    import redis
-
-    host, port = settings.redis.sentinels()[0]
-    sentinel = redis.Redis(host=host, port=port, password=settings.redis.password or None)
-    try:
-        address = sentinel.execute_command(
-            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", settings.redis.sentinel_service
-        )
-        return int(address[1])
-    finally:
-        sentinel.close()
+    """The primary's port as the first Sentinel that answers names it (the HA profile)."""
+    primary = sentinel_primary(settings)
+    if primary is None:
+        raise StackError("redis: no Sentinel names a primary")
+    return primary[1]

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stack import flink
+from stack.kafka import BrokerUnregistrar, lost_brokers
 from stack.manager import components, up
 from stack.system import StackError, pid_alive, read_pids
 from tickflow.config import Settings
@@ -84,6 +85,10 @@ class SupervisedJob:
         return self.job_ids[-1]
 
 
+# how often the brokers' processes are looked at (``kafka.unregister_lost_brokers``)
+BROKER_WATCH_S = 0.1
+
+
 class Supervisor:
     def __init__(
         self,
@@ -101,6 +106,9 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warming: threading.Thread | None = None
+        self._watching: threading.Thread | None = None
+        # set once the broker watch can unregister (its JVM has connected)
+        self.watching_brokers = threading.Event()
         # when a standby JobManager's or a spare TaskManager's loss was first seen
         self._lost_since: dict[str, float] = {}
 
@@ -117,6 +125,11 @@ class Supervisor:
                 # a node of a cluster (a Kafka node, a Sentinel) is started alone where the
                 # component can (``completes_partially``), else the component is restarted
                 alive = len(component.pids())
+                if component.name == "kafka" and alive and not self._replacement_due(
+                    "kafka", "a Kafka node", self.settings.kafka.replacement_delay_ms,
+                    "once the others lead its partitions",
+                ):  # fmt: skip
+                    continue
                 what = (
                     "is not running"
                     if not alive
@@ -125,6 +138,8 @@ class Supervisor:
                 self._did(f"{component.name} {what}: starting it")
                 up(self.settings, [component.name], log=self.log)
                 self._did(f"{component.name} answers again")
+            elif component.name == "kafka":
+                self._lost_since.pop("kafka", None)  # whole again, whoever started it
         if self.job is not None and not self.job.stopped:
             self._check_job(self.job)
 
@@ -163,15 +178,23 @@ class Supervisor:
                 self._warming = threading.Thread(target=self._warm_taskmanagers, daemon=True)
                 self._warming.start()
 
-    def _replacement_due(self, process: str, what: str) -> bool:
-        """Whether to start a new ``process`` now (``flink.replacement_delay_ms`` after its loss
-        was first seen); forgets the loss once it says yes."""
-        delay_s = self.settings.flink.replacement_delay_ms / 1000
+    def _replacement_due(
+        self,
+        process: str,
+        what: str,
+        delay_ms: int | None = None,
+        until: str = "once the job has recovered on the one left",
+    ) -> bool:
+        """Whether to start a new ``process`` now, ``delay_ms`` (by default
+        ``flink.replacement_delay_ms``) after its loss was first seen; forgets the loss once it
+        says yes."""
+        if delay_ms is None:
+            delay_ms = self.settings.flink.replacement_delay_ms
+        delay_s = delay_ms / 1000
         now = time.monotonic()
         since = self._lost_since.setdefault(process, now)
         if since == now and delay_s:
-            self._did(f"{what} is lost: starting another in {delay_s:g} s, once the job has "
-                      "recovered on the one left")  # fmt: skip
+            self._did(f"{what} is lost: starting another in {delay_s:g} s, {until}")
         if now - since < delay_s:
             return False
         del self._lost_since[process]
@@ -241,6 +264,9 @@ class Supervisor:
 
     def run(self, interval_s: float = 1.0) -> None:
         """Check every ``interval_s`` until stopped; an error in a round is kept and retried."""
+        if self.settings.kafka.unregister_lost_brokers and "kafka" in self.names:
+            self._watching = threading.Thread(target=self._watch_brokers, daemon=True)
+            self._watching.start()
         while not self._stop.is_set():
             try:
                 self.check()
@@ -249,6 +275,30 @@ class Supervisor:
                 self.log(f"supervisor: round failed, retrying: {exc}")
             self._stop.wait(interval_s)
 
+    def _watch_brokers(self) -> None:
+        """Every ``BROKER_WATCH_S``: a Kafka broker whose process is gone is unregistered at
+        once (``kafka.unregister_lost_brokers``), a round's interval being too long to wait."""
+        alive: dict[int, bool] = {}
+        unregistrar: BrokerUnregistrar | None = None
+        try:
+            while not self._stop.wait(BROKER_WATCH_S):
+                try:
+                    unregistrar = unregistrar or BrokerUnregistrar(self.settings)
+                    self.watching_brokers.set()
+                    for node_id in lost_brokers(self.settings, alive):
+                        reply = unregistrar.unregister(node_id)
+                        self._did(f"Kafka broker {node_id} is gone: unregistering it ({reply})")
+                except (StackError, OSError) as exc:  # its JVM gone: a new one next time
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+                    self.log(f"supervisor: unregistering a lost broker failed: {exc}")
+                    if unregistrar is not None:
+                        unregistrar.close()
+                    unregistrar = None
+                    self._stop.wait(1.0)
+        finally:
+            if unregistrar is not None:
+                unregistrar.close()
+
     def start(self, interval_s: float = 1.0) -> Supervisor:
         self._thread = threading.Thread(target=self.run, args=(interval_s,), daemon=True)
         self._thread.start()
@@ -256,7 +306,7 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stop.set()
-        for thread in (self._thread, self._warming):
+        for thread in (self._thread, self._warming, self._watching):
             if thread is not None:
                 thread.join(timeout=300)
 

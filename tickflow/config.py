@@ -104,6 +104,15 @@ class KafkaConfig:
     # address, stack.netns) at its bootstrap address, which must be in that subnet, so a drill
     # can cut one off the network (bench/ha_drill.py's kafka-partition); needs root
     node_network: str = ""
+    # how long the supervisor waits before it starts a lost node of a cluster again (0: at
+    # once). A Kafka JVM starting took the two cores from the brokers taking over the lost
+    # node's partitions: 0.5-0.8 s more before writes were acknowledged again
+    # (config/ha.yaml: 10 s)
+    replacement_delay_ms: int = 0
+    # the supervisor unregisters a broker as soon as its process is gone (a crash, a kill):
+    # the controllers move its partitions at once instead of after its session timeout (2 s
+    # of stale books); it registers again when started (config/ha.yaml: on)
+    unregister_lost_brokers: bool = False
     # how the connectors write raw envelopes: "schemaless" (the Avro body alone) or
     # "confluent" (byte 0, the registry id of their schema, the body: docs/schemas.md). Every
     # reader takes both; "confluent" needs the schema registered (`stack up` does) and the

@@ -9,6 +9,7 @@ there as ``stack up`` does), so the stack's single broker is not disturbed."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from connectors.producer import KafkaSink
 from schemas.codec import RawEnvelope, decode_envelope
 from stack import manager
 from stack.kafka import Kafka, active_controller, kill_controller, kill_node, partition_leader
+from stack.supervisor import Supervisor
 from stack.system import wait_until
 from tests.own_components import own_components
 from tickflow.config import Settings
@@ -98,6 +100,42 @@ def test_the_cluster_answers_with_a_broker_down(kafka_cluster: Settings) -> None
         manager.up(kafka_cluster, ["kafka"])
     assert len(kafka.pids()) == kafka.process_count and kafka.answers()
     assert Path(kafka.node_pid_file(kafka.nodes[2])).exists()
+
+
+def test_a_lost_broker_is_unregistered_and_comes_back(kafka_cluster: Settings) -> None:
+    """With ``kafka.unregister_lost_brokers`` the supervisor unregisters a killed broker as
+    soon as its process is gone (the controllers move its partitions without waiting out its
+    session), then starts it again after ``kafka.replacement_delay_ms``: no frame is lost or
+    reordered, and the broker registers again and rejoins every in-sync replica set."""
+    settings = dataclasses.replace(
+        kafka_cluster,
+        kafka=dataclasses.replace(
+            kafka_cluster.kafka, unregister_lost_brokers=True, replacement_delay_ms=3000
+        ),
+    )
+    topic = f"{settings.kafka.raw_topic}.unregistered"
+    admin = AdminClient(client_config(settings.kafka))
+    admin.create_topics([NewTopic(topic, 4, 3)])[topic].result(30)
+    supervisor = Supervisor(settings, names=("kafka",)).start()
+    try:
+        assert supervisor.watching_brokers.wait(120), supervisor.errors
+        victim = partition_leader(settings, topic)
+        send_killing(settings, topic, lambda: kill_node(settings, victim))
+        assert any(
+            a.what == f"Kafka broker {victim} is gone: unregistering it (ok {victim})"
+            for a in supervisor.actions
+        ), [a.what for a in supervisor.actions]
+
+        def rejoined() -> bool:
+            metadata = admin.list_topics(topic, timeout=10)
+            partitions = metadata.topics[topic].partitions.values()
+            return victim in metadata.brokers and all(victim in p.isrs for p in partitions)
+
+        assert wait_until(rejoined, 120), "the broker did not register again"
+        assert not supervisor.errors
+    finally:
+        supervisor.stop()
+    assert len(Kafka(settings).pids()) == 6
 
 
 def test_the_leading_controllers_loss_stops_no_write(kafka_cluster: Settings) -> None:

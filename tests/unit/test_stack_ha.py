@@ -4,8 +4,11 @@ runs, and the Sentinel and Redis configuration files."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -24,9 +27,10 @@ from stack.flink import (
     ha_overrides,
     reporter_port_args,
 )
+from stack.kafka import Kafka, java_properties_text, lost_brokers
 from stack.redis_server import render_redis_conf, render_sentinel_conf
 from stack.supervisor import Supervisor
-from stack.system import StackError
+from stack.system import StackError, wait_until
 from stack.zookeeper import render_zoo_cfg, zookeeper_nodes
 from tickflow.config import ConfigError, Settings, load_settings
 
@@ -457,3 +461,105 @@ def test_the_supervisor_restarts_flink_when_no_jobmanager_answers_for_the_grace(
     monkeypatch.setattr(module.flink, "list_jobs", lambda settings: [])
     supervisor.check()
     assert job.unanswered_since is None
+
+
+def test_the_supervisor_starts_a_lost_kafka_node_after_the_profiles_delay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lost Kafka node is started again ``kafka.replacement_delay_ms`` after its loss was
+    first seen (the HA profile: 10 s, so its JVM does not start while the others take over its
+    partitions); a Kafka with no node left is started at once."""
+    settings = ha_settings(tmp_path)
+    assert settings.kafka.replacement_delay_ms == 10000
+    quick = dataclasses.replace(
+        settings, kafka=dataclasses.replace(settings.kafka, replacement_delay_ms=200)
+    )
+
+    class PartlyRunning:
+        name = "kafka"
+        process_count = 6
+        alive = [11, 12, 13, 14, 15]
+
+        def pids(self) -> list[int]:
+            return self.alive
+
+    kafka = PartlyRunning()
+    started: list[list[str]] = []
+    monkeypatch.setattr("stack.supervisor.components", lambda s, names: [kafka])
+    monkeypatch.setattr("stack.supervisor.up", lambda s, names, log: started.append(names))
+    lines: list[str] = []
+    supervisor = Supervisor(quick, names=("kafka",), log=lines.append)
+    supervisor.check()
+    supervisor.check()
+    assert started == []
+    assert lines == [
+        "supervisor: a Kafka node is lost: starting another in 0.2 s, once the others lead "
+        "its partitions"
+    ]
+    time.sleep(0.25)
+    supervisor.check()
+    assert started == [["kafka"]]
+    # whole again: the next loss waits again; none left: started at once
+    kafka.alive = [11, 12, 13, 14, 15, 16]
+    supervisor.check()
+    kafka.alive = [11, 12, 13, 14, 15]
+    supervisor.check()
+    assert started == [["kafka"]]
+    kafka.alive = []
+    supervisor.check()
+    assert started == [["kafka"], ["kafka"]]
+
+
+def test_the_unregistrars_properties_keep_a_backslash() -> None:
+    assert java_properties_text({"a": "x", "sasl.jaas.config": 'p="b\\\\c";'}) == (
+        'a=x\nsasl.jaas.config=p="b\\\\\\\\c";\n'
+    )
+
+
+def test_a_broker_is_lost_when_its_process_was_alive_and_is_gone(tmp_path: Path) -> None:
+    settings = ha_settings(tmp_path)
+    kafka = Kafka(settings)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid names no process
+    for node in kafka.nodes:
+        kafka.node_pid_file(node).parent.mkdir(parents=True, exist_ok=True)
+        kafka.node_pid_file(node).write_text(f"{os.getpid()}\n")
+    alive: dict[int, bool] = {}
+    assert lost_brokers(settings, alive) == [] and alive == {1: True, 2: True, 3: True}
+    kafka.node_pid_file(kafka.nodes[1]).write_text(f"{dead.pid}\n")
+    assert lost_brokers(settings, alive) == [2]
+    assert lost_brokers(settings, alive) == []  # once per loss
+    kafka.node_pid_file(kafka.nodes[1]).write_text(f"{os.getpid()}\n")
+    assert lost_brokers(settings, alive) == []
+
+
+def test_the_supervisor_unregisters_a_lost_broker_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = ha_settings(tmp_path)
+    assert settings.kafka.unregister_lost_brokers
+    asked: list[int] = []
+
+    class Unregistrar:
+        def __init__(self, settings: Settings) -> None:
+            pass
+
+        def unregister(self, node_id: int) -> str:
+            asked.append(node_id)
+            return f"ok {node_id}"
+
+        def close(self) -> None:
+            pass
+
+    losses = iter([[], [3], []])
+    monkeypatch.setattr("stack.supervisor.BrokerUnregistrar", Unregistrar)
+    monkeypatch.setattr("stack.supervisor.lost_brokers", lambda s, alive: next(losses, []))
+    lines: list[str] = []
+    supervisor = Supervisor(settings, names=("kafka",), log=lines.append)
+    watch = threading.Thread(target=supervisor._watch_brokers)
+    watch.start()
+    assert supervisor.watching_brokers.wait(5)
+    assert wait_until(lambda: asked == [3], 5)
+    supervisor._stop.set()
+    watch.join(5)
+    assert "supervisor: Kafka broker 3 is gone: unregistering it (ok 3)" in lines
