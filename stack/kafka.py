@@ -20,7 +20,7 @@ from pathlib import Path
 from stack import netns
 from stack.jars import JAVA_PACKAGES, kafka_jars_dir
 from stack.netns import NetHost
-from stack.secrets import BROKER_CN, BROKER_USER, secrets_dir
+from stack.secrets import BROKER_CN, BROKER_USER, secrets_dir, write_private
 from stack.services import Component
 from stack.system import (
     StackError,
@@ -572,9 +572,13 @@ def kill_node(settings: Settings, node_id: int) -> int:
     return _kill(kafka, node, f"node {node_id}")
 
 
+def _live_pids(kafka: Kafka, node: KafkaNode) -> list[int]:
+    return [p for p in read_pids(kafka.node_pid_file(node)) if pid_alive(p)]
+
+
 def _kill(kafka: Kafka, node: KafkaNode, name: str) -> int:
     """SIGKILL the process(es) of ``node``; the first pid."""
-    pids = [p for p in read_pids(kafka.node_pid_file(node)) if pid_alive(p)]
+    pids = _live_pids(kafka, node)
     if not pids:
         raise StackError(f"kafka: {name} is not running")
     for pid in pids:
@@ -610,10 +614,7 @@ class BrokerUnregistrar:
             **java_timeouts(settings.kafka),
         }
         # it holds the client's SCRAM and store passwords: the owner's alone
-        properties.unlink(missing_ok=True)
-        fd = os.open(properties, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(java_properties_text(props))
+        write_private(properties, java_properties_text(props))
         log4j2 = self.home / "log4j2.properties"
         log4j2.write_text(render_log4j2(self.home / "logs"))
         command = java_command(
@@ -655,7 +656,7 @@ def lost_brokers(settings: Settings, alive_before: dict[int, bool]) -> list[int]
     kafka = Kafka(settings)
     lost = []
     for node in kafka.nodes:
-        alive = any(pid_alive(p) for p in read_pids(kafka.node_pid_file(node)))
+        alive = bool(_live_pids(kafka, node))
         if alive_before.get(node.node_id) and not alive:
             lost.append(node.node_id)
         alive_before[node.node_id] = alive
