@@ -312,6 +312,10 @@ class Kafka(Component):
     name = "kafka"
     completes_partially = True  # a node that died is started alone, the others keep running
 
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._launched: list[KafkaNode] = []  # by the last ``launch``
+
     @property
     def nodes(self) -> list[KafkaNode]:
         return kafka_nodes(self.settings)
@@ -391,10 +395,7 @@ class Kafka(Component):
         data_dir.mkdir(parents=True, exist_ok=True)
         properties = home / "server.properties"
         # it holds the broker's store and SCRAM passwords: the owner's alone
-        properties.unlink(missing_ok=True)
-        fd = os.open(properties, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(render_server_properties(self.settings, data_dir, node))
+        write_private(properties, render_server_properties(self.settings, data_dir, node))
         (home / "log4j2.properties").write_text(render_log4j2(self.node_log_dir(node)))
         if not (data_dir / "meta.properties").exists():
             self._format_storage(node)
@@ -480,9 +481,15 @@ class Kafka(Component):
         )
 
     def launch(self) -> None:
-        for node in self.processes:
-            if not self.node_running(node):
-                self.launch_node(node)
+        self._launched = [node for node in self.processes if not self.node_running(node)]
+        for node in self._launched:
+            self.launch_node(node)
+
+    def launched_answer(self) -> bool:
+        """The processes ``launch`` started answer (and, a broker, is registered). A node of
+        the others lost meanwhile is not waited for, or a supervisor's round would hang on it
+        until the timeout: the next round starts it (after ``kafka.replacement_delay_ms``)."""
+        return self.processes_answer(self._launched or self.processes)
 
     def launch_node(self, node: KafkaNode) -> None:
         home = self.node_home(node)
@@ -505,18 +512,25 @@ class Kafka(Component):
         return pids
 
     def answers(self) -> bool:
-        kafka = self.settings.kafka
-        if not all(port_open(n.host, n.controller_port) for n in kafka_controllers(self.settings)):
+        # every node: a cluster short of one is not up yet
+        return self.processes_answer(self.processes)
+
+    def processes_answer(self, processes: list[KafkaNode]) -> bool:
+        """Whether each of ``processes`` listens, and each broker among them is registered."""
+        if not all(port_open(n.host, n.controller_port) for n in processes if n.is_controller):
             return False
-        if not all(port_open(n.host, n.port) for n in self.nodes):
+        brokers = {n.node_id for n in processes if n.is_broker}
+        if not all(port_open(n.host, n.port) for n in processes if n.is_broker):
             return False
+        if not brokers:
+            return True
         from confluent_kafka.admin import AdminClient
 
         from tickflow.kafka_security import client_config
 
+        kafka = self.settings.kafka
         admin = AdminClient(client_config(kafka, **{"client.id": "tickflow-stack-health"}))
-        # every node registered as a broker: a cluster short of one is not up yet
-        return len(admin.list_topics(timeout=5).brokers) >= len(self.nodes)
+        return brokers <= set(admin.list_topics(timeout=5).brokers)
 
 
 def partition_leader(settings: Settings, topic: str, partition: int = 0) -> int:
@@ -650,10 +664,9 @@ class BrokerUnregistrar:
             self.process.wait()
 
 
-def lost_brokers(settings: Settings, alive_before: dict[int, bool]) -> list[int]:
+def lost_brokers(kafka: Kafka, alive_before: dict[int, bool]) -> list[int]:
     """The brokers whose process was alive at the last look and is gone now (a broker of the
     stack's, its controller apart); updates ``alive_before``."""
-    kafka = Kafka(settings)
     lost = []
     for node in kafka.nodes:
         alive = bool(_live_pids(kafka, node))

@@ -6,10 +6,10 @@ its data in an H2 file under ``<state_dir>/registry/data`` and HTTP basic auth (
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from stack.jars import JAVA_PACKAGES, registry_app_dir, registry_runner_jar
+from stack.secrets import write_private
 from stack.services import Component
 from stack.system import ensure_packages, port_open, spawn_daemon
 from tickflow.config import Settings
@@ -95,10 +95,7 @@ class SchemaRegistry(Component):
         for sub in ("data", "tmp", "config"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         # it holds the password's digest: the owner's alone
-        self.conf_file.unlink(missing_ok=True)
-        fd = os.open(self.conf_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(render_application_properties(self.settings, self.home))
+        write_private(self.conf_file, render_application_properties(self.settings, self.home))
 
     def command(self) -> list[str]:
         heap_mb = self.settings.registry.heap_mb

@@ -128,13 +128,18 @@ class Component(ABC):
                     f"port in config/tickflow.yaml (or TICKFLOW__... environment overrides)."
                 )
 
+    def launched_answer(self) -> bool:
+        """Whether what ``launch`` started answers (``wait_healthy`` waits for it): the whole
+        component, unless it ``completes_partially``."""
+        return self.answers()
+
     def wait_healthy(self, timeout_s: float | None = None) -> None:
         timeout_s = self.start_timeout_s if timeout_s is None else timeout_s
         last_error: list[Exception] = []
 
         def probe() -> bool:
             try:
-                return self.answers()
+                return self.launched_answer()
             except Exception as error:  # the probe's own failure explains the timeout
                 last_error[:] = [error]
                 return False

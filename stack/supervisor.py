@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stack import flink
-from stack.kafka import BrokerUnregistrar, lost_brokers
+from stack.kafka import BrokerUnregistrar, Kafka, lost_brokers
 from stack.manager import components, up
 from stack.system import StackError, pid_alive, read_pids
 from tickflow.config import Settings
@@ -127,7 +127,7 @@ class Supervisor:
                 alive = len(component.pids())
                 if component.name == "kafka" and alive and not self._replacement_due(
                     "kafka", "a Kafka node", self.settings.kafka.replacement_delay_ms,
-                    "once the others lead its partitions",
+                    "once the others have taken its work over",
                 ):  # fmt: skip
                     continue
                 what = (
@@ -278,6 +278,7 @@ class Supervisor:
     def _watch_brokers(self) -> None:
         """Every ``BROKER_WATCH_S``: a Kafka broker whose process is gone is unregistered at
         once (``kafka.unregister_lost_brokers``), a round's interval being too long to wait."""
+        kafka = Kafka(self.settings)
         alive: dict[int, bool] = {}
         unregistrar: BrokerUnregistrar | None = None
         try:
@@ -285,7 +286,7 @@ class Supervisor:
                 try:
                     unregistrar = unregistrar or BrokerUnregistrar(self.settings)
                     self.watching_brokers.set()
-                    for node_id in lost_brokers(self.settings, alive):
+                    for node_id in lost_brokers(kafka, alive):
                         reply = unregistrar.unregister(node_id)
                         self._did(f"Kafka broker {node_id} is gone: unregistering it ({reply})")
                 except (StackError, OSError) as exc:  # its JVM gone: a new one next time

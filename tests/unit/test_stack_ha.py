@@ -27,7 +27,7 @@ from stack.flink import (
     ha_overrides,
     reporter_port_args,
 )
-from stack.kafka import Kafka, java_properties_text, lost_brokers
+from stack.kafka import Kafka, KafkaNode, java_properties_text, lost_brokers
 from stack.redis_server import render_redis_conf, render_sentinel_conf
 from stack.supervisor import Supervisor
 from stack.system import StackError, wait_until
@@ -124,7 +124,6 @@ def test_the_ha_profile_runs_three_brokers_and_a_quorum_of_controllers_beside_th
 ) -> None:
     from stack.kafka import (
         Kafka,
-        KafkaNode,
         kafka_controllers,
         kafka_nodes,
         render_server_properties,
@@ -493,8 +492,8 @@ def test_the_supervisor_starts_a_lost_kafka_node_after_the_profiles_delay(
     supervisor.check()
     assert started == []
     assert lines == [
-        "supervisor: a Kafka node is lost: starting another in 0.2 s, once the others lead "
-        "its partitions"
+        "supervisor: a Kafka node is lost: starting another in 0.2 s, once the others have "
+        "taken its work over"
     ]
     time.sleep(0.25)
     supervisor.check()
@@ -525,12 +524,12 @@ def test_a_broker_is_lost_when_its_process_was_alive_and_is_gone(tmp_path: Path)
         kafka.node_pid_file(node).parent.mkdir(parents=True, exist_ok=True)
         kafka.node_pid_file(node).write_text(f"{os.getpid()}\n")
     alive: dict[int, bool] = {}
-    assert lost_brokers(settings, alive) == [] and alive == {1: True, 2: True, 3: True}
+    assert lost_brokers(kafka, alive) == [] and alive == {1: True, 2: True, 3: True}
     kafka.node_pid_file(kafka.nodes[1]).write_text(f"{dead.pid}\n")
-    assert lost_brokers(settings, alive) == [2]
-    assert lost_brokers(settings, alive) == []  # once per loss
+    assert lost_brokers(kafka, alive) == [2]
+    assert lost_brokers(kafka, alive) == []  # once per loss
     kafka.node_pid_file(kafka.nodes[1]).write_text(f"{os.getpid()}\n")
-    assert lost_brokers(settings, alive) == []
+    assert lost_brokers(kafka, alive) == []
 
 
 def test_the_supervisor_unregisters_a_lost_broker_at_once(
@@ -553,7 +552,7 @@ def test_the_supervisor_unregisters_a_lost_broker_at_once(
 
     losses = iter([[], [3], []])
     monkeypatch.setattr("stack.supervisor.BrokerUnregistrar", Unregistrar)
-    monkeypatch.setattr("stack.supervisor.lost_brokers", lambda s, alive: next(losses, []))
+    monkeypatch.setattr("stack.supervisor.lost_brokers", lambda kafka, alive: next(losses, []))
     lines: list[str] = []
     supervisor = Supervisor(settings, names=("kafka",), log=lines.append)
     watch = threading.Thread(target=supervisor._watch_brokers)
@@ -563,3 +562,25 @@ def test_the_supervisor_unregisters_a_lost_broker_at_once(
     supervisor._stop.set()
     watch.join(5)
     assert "supervisor: Kafka broker 3 is gone: unregistering it (ok 3)" in lines
+
+
+def test_a_partial_start_waits_for_the_nodes_it_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker lost while another is started again is not waited for (the supervisor's round
+    would hang on it until the timeout); a cluster's health still needs every node."""
+    kafka = Kafka(ha_settings(tmp_path))
+    everyone = [n.node_id for n in kafka.processes]
+    monkeypatch.setattr(Kafka, "node_running", lambda self, node: node.node_id != 2)
+    monkeypatch.setattr(Kafka, "launch_node", lambda self, node: None)
+    asked: list[list[int]] = []
+
+    def processes_answer(self: Kafka, processes: list[KafkaNode]) -> bool:
+        asked.append([n.node_id for n in processes])
+        return True
+
+    monkeypatch.setattr(Kafka, "processes_answer", processes_answer)
+    assert Kafka(ha_settings(tmp_path)).launched_answer() and asked == [everyone]
+    kafka.launch()
+    assert kafka.launched_answer() and asked[-1] == [2]
+    assert kafka.answers() and asked[-1] == everyone
