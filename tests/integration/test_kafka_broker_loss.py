@@ -117,10 +117,10 @@ def test_a_lost_broker_is_unregistered_and_comes_back(kafka_cluster: Settings) -
             kafka_cluster.kafka, unregister_lost_brokers=True, replacement_delay_ms=3000
         ),
     )
+    manager.up(settings, ["kafka"])  # whole, whatever the tests before left
     topic = f"{settings.kafka.raw_topic}.unregistered"
     admin = AdminClient(client_config(settings.kafka))
     admin.create_topics([NewTopic(topic, 4, 3)])[topic].result(30)
-    manager.up(settings, ["kafka"])  # whole, whatever the tests before left
     victim = partition_leader(settings, topic)
     first = next(n.node_id for n in Kafka(settings).nodes if n.node_id != victim)
     kill_node(settings, first)
