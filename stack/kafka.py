@@ -474,11 +474,13 @@ class Kafka(Component):
         log4j2 = self.node_home(node) / "log4j2.properties"
         return java_command(jars, log4j2, heap_mb, main, *args)
 
+    def node_pids(self, node: KafkaNode) -> list[int]:
+        """The live processes of ``node`` (a stale pid reused by another process is not one)."""
+        pids = read_pids(self.node_pid_file(node))
+        return [pid for pid in pids if pid_alive(pid) and process_belongs_to(pid, self.home)]
+
     def node_running(self, node: KafkaNode) -> bool:
-        return any(
-            pid_alive(pid) and process_belongs_to(pid, self.home)
-            for pid in read_pids(self.node_pid_file(node))
-        )
+        return bool(self.node_pids(node))
 
     def launch(self) -> None:
         self._launched = [node for node in self.processes if not self.node_running(node)]
@@ -519,8 +521,8 @@ class Kafka(Component):
         """Whether each of ``processes`` listens, and each broker among them is registered."""
         if not all(port_open(n.host, n.controller_port) for n in processes if n.is_controller):
             return False
-        brokers = {n.node_id for n in processes if n.is_broker}
-        if not all(port_open(n.host, n.port) for n in processes if n.is_broker):
+        brokers = [n for n in processes if n.is_broker]
+        if not all(port_open(n.host, n.port) for n in brokers):
             return False
         if not brokers:
             return True
@@ -530,7 +532,7 @@ class Kafka(Component):
 
         kafka = self.settings.kafka
         admin = AdminClient(client_config(kafka, **{"client.id": "tickflow-stack-health"}))
-        return brokers <= set(admin.list_topics(timeout=5).brokers)
+        return {n.node_id for n in brokers} <= set(admin.list_topics(timeout=5).brokers)
 
 
 def partition_leader(settings: Settings, topic: str, partition: int = 0) -> int:
@@ -586,13 +588,9 @@ def kill_node(settings: Settings, node_id: int) -> int:
     return _kill(kafka, node, f"node {node_id}")
 
 
-def _live_pids(kafka: Kafka, node: KafkaNode) -> list[int]:
-    return [p for p in read_pids(kafka.node_pid_file(node)) if pid_alive(p)]
-
-
 def _kill(kafka: Kafka, node: KafkaNode, name: str) -> int:
     """SIGKILL the process(es) of ``node``; the first pid."""
-    pids = _live_pids(kafka, node)
+    pids = kafka.node_pids(node)
     if not pids:
         raise StackError(f"kafka: {name} is not running")
     for pid in pids:
@@ -669,7 +667,7 @@ def lost_brokers(kafka: Kafka, alive_before: dict[int, bool]) -> list[int]:
     stack's, its controller apart); updates ``alive_before``."""
     lost = []
     for node in kafka.nodes:
-        alive = bool(_live_pids(kafka, node))
+        alive = kafka.node_running(node)
         if alive_before.get(node.node_id) and not alive:
             lost.append(node.node_id)
         alive_before[node.node_id] = alive

@@ -123,6 +123,10 @@ class ZooKeeper(Component):
     start_timeout_s = 60.0
     completes_partially = True  # a node that died is started alone, the ensemble keeps serving
 
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._launched: list[ZooKeeperNode] = []  # by the last ``launch``
+
     @classmethod
     def enabled(cls, settings: Settings) -> bool:
         return settings.flink.ha_zookeeper_port > 0
@@ -187,9 +191,15 @@ class ZooKeeper(Component):
             (home / "log4j2.properties").write_text(LOG4J2.format(log=home / "zookeeper.log"))
 
     def launch(self) -> None:
-        for node in self.nodes:
-            if self.node_pid(node) is None:
-                self.launch_node(node)
+        self._launched = [node for node in self.nodes if self.node_pid(node) is None]
+        for node in self._launched:
+            self.launch_node(node)
+
+    def launched_answer(self) -> bool:
+        """The nodes ``launch`` started serve. A node of the others lost meanwhile is not
+        waited for, or a supervisor's round would hang on it until the timeout: the next
+        round starts it."""
+        return self.nodes_serve(self._launched or self.nodes)
 
     def launch_node(self, node: ZooKeeperNode) -> None:
         home = self.node_home(node)
@@ -219,4 +229,8 @@ class ZooKeeper(Component):
 
     def answers(self) -> bool:
         """Every node serves requests (an ensemble node: within a quorum)."""
-        return all(serving_mode(n.client_port) is not None for n in self.nodes)
+        return self.nodes_serve(self.nodes)
+
+    @staticmethod
+    def nodes_serve(nodes: list[ZooKeeperNode]) -> bool:
+        return all(serving_mode(n.client_port) is not None for n in nodes)

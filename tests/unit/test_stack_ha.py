@@ -31,7 +31,7 @@ from stack.kafka import Kafka, KafkaNode, java_properties_text, lost_brokers
 from stack.redis_server import render_redis_conf, render_sentinel_conf
 from stack.supervisor import Supervisor
 from stack.system import StackError, wait_until
-from stack.zookeeper import render_zoo_cfg, zookeeper_nodes
+from stack.zookeeper import ZooKeeper, render_zoo_cfg, zookeeper_nodes
 from tickflow.config import ConfigError, Settings, load_settings
 
 pytestmark = pytest.mark.unit
@@ -518,18 +518,27 @@ def test_the_unregistrars_properties_keep_a_backslash() -> None:
 def test_a_broker_is_lost_when_its_process_was_alive_and_is_gone(tmp_path: Path) -> None:
     settings = ha_settings(tmp_path)
     kafka = Kafka(settings)
+    kafka.home.mkdir(parents=True, exist_ok=True)
+    node_process = subprocess.Popen(["sleep", "60"], cwd=kafka.home)  # one of the stack's
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # reaped: its pid names no process
-    for node in kafka.nodes:
-        kafka.node_pid_file(node).parent.mkdir(parents=True, exist_ok=True)
-        kafka.node_pid_file(node).write_text(f"{os.getpid()}\n")
-    alive: dict[int, bool] = {}
-    assert lost_brokers(kafka, alive) == [] and alive == {1: True, 2: True, 3: True}
-    kafka.node_pid_file(kafka.nodes[1]).write_text(f"{dead.pid}\n")
-    assert lost_brokers(kafka, alive) == [2]
-    assert lost_brokers(kafka, alive) == []  # once per loss
-    kafka.node_pid_file(kafka.nodes[1]).write_text(f"{os.getpid()}\n")
-    assert lost_brokers(kafka, alive) == []
+    try:
+        for node in kafka.nodes:
+            kafka.node_pid_file(node).parent.mkdir(parents=True, exist_ok=True)
+            kafka.node_pid_file(node).write_text(f"{node_process.pid}\n")
+        alive: dict[int, bool] = {}
+        assert lost_brokers(kafka, alive) == [] and alive == {1: True, 2: True, 3: True}
+        kafka.node_pid_file(kafka.nodes[1]).write_text(f"{dead.pid}\n")
+        assert lost_brokers(kafka, alive) == [2]
+        assert lost_brokers(kafka, alive) == []  # once per loss
+        kafka.node_pid_file(kafka.nodes[1]).write_text(f"{node_process.pid}\n")
+        assert lost_brokers(kafka, alive) == []
+        # a pid reused by a process the stack did not start is no broker of it
+        kafka.node_pid_file(kafka.nodes[2]).write_text(f"{os.getpid()}\n")
+        assert lost_brokers(kafka, alive) == [3]
+    finally:
+        node_process.kill()
+        node_process.wait()
 
 
 def test_the_supervisor_unregisters_a_lost_broker_at_once(
@@ -584,3 +593,20 @@ def test_a_partial_start_waits_for_the_nodes_it_started(
     kafka.launch()
     assert kafka.launched_answer() and asked[-1] == [2]
     assert kafka.answers() and asked[-1] == everyone
+
+
+def test_a_partial_zookeeper_start_waits_for_the_nodes_it_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for the ensemble: a node lost while another is started again is not waited
+    for; the ensemble's health still needs every node serving."""
+    zookeeper = ZooKeeper(ha_settings(tmp_path))
+    ports = {n.node_id: n.client_port for n in zookeeper.nodes}
+    monkeypatch.setattr(ZooKeeper, "node_pid", lambda self, node: None if node.node_id == 2 else 1)
+    monkeypatch.setattr(ZooKeeper, "launch_node", lambda self, node: None)
+    serving = {ports[1]: "follower", ports[2]: "leader", ports[3]: None}  # node 3 lost meanwhile
+    monkeypatch.setattr("stack.zookeeper.serving_mode", lambda port: serving[port])
+    zookeeper.launch()
+    assert zookeeper.launched_answer()
+    assert not zookeeper.answers()
+    assert not ZooKeeper(ha_settings(tmp_path)).launched_answer()  # nothing launched: every node
