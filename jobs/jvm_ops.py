@@ -3,7 +3,7 @@
 The live job crosses into Python once per bundle of frames instead of once per frame:
 
     raw (bytes) -> bundle_frames -> [keyed in the JVM] -> Python KeyedProcessFunction
-        -> sink blob (bytes) -> topic_records(name) -> KafkaSink
+        -> sink blob (bytes) -> topic_records({output: topic}) -> KafkaSink
                              -> clickhouse_sink
 
 The Python function of a bundled stream receives ``value: bytes``, a frame bundle v1 (see
@@ -72,10 +72,21 @@ def bundle_frames(
     return KeyedStream(j_keyed, BUNDLE_TYPE, bundles)
 
 
-def topic_records(blobs: DataStream, name: str) -> DataStream:
-    """The records of Kafka output ``name`` in the sink blobs, each a Kafka value's bytes."""
-    j_records = blobs._j_data_stream.flatMap(_ops().TopicRecords(name))
-    return DataStream(j_records).name(f"{name}-records").uid(f"{name}-records")
+def topic_records(blobs: DataStream, topics: Mapping[str, str], name: str) -> DataStream:
+    """The records of the Kafka outputs in ``topics`` (output name -> topic) in the sink blobs,
+    each a ``Tuple2(topic, value bytes)`` for one Kafka sink of them all (``topic_serializer``).
+    ``name`` names the operator (and its uid)."""
+    j_records = blobs._j_data_stream.flatMap(_ops().TopicRecords(java_map(topics)))
+    return DataStream(j_records).name(name).uid(name)
+
+
+def topic_serializer(topics: Sequence[str]) -> Any:
+    """The Java ``KafkaRecordSerializationSchema`` of ``topic_records``' output: each value to
+    its topic (one of ``topics``), as it is."""
+    j_topics = get_gateway().jvm.java.util.ArrayList()
+    for topic in topics:
+        j_topics.add(topic)
+    return _ops().TopicRecordSerializer(j_topics)
 
 
 def clickhouse_url(config: ClickHouseConfig) -> str:
@@ -110,6 +121,4 @@ def clickhouse_sink(
     # no place in this stateless sink (an upgrade drains it first)
     # its own task thread: an insert takes milliseconds to seconds (merges on the server), and
     # chained it would stall the books operator for as long
-    return (
-        DataStreamSink(j_sink).name("clickhouse-sink").uid("clickhouse-sink").disable_chaining()
-    )
+    return DataStreamSink(j_sink).name("clickhouse-sink").uid("clickhouse-sink").disable_chaining()

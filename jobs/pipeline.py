@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
@@ -31,14 +32,13 @@ from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
     KafkaOffsetResetStrategy,
     KafkaOffsetsInitializer,
-    KafkaRecordSerializationSchema,
     KafkaSink,
     KafkaSource,
     KafkaTopicPartition,
 )
 from pyflink.java_gateway import get_gateway
 
-from jobs.jvm_ops import bundle_frames, clickhouse_sink, topic_records
+from jobs.jvm_ops import bundle_frames, clickhouse_sink, topic_records, topic_serializer
 from jobs.operators import RESULT_TABLES, BundleProcessor
 from jobs.replay import ReplayPacer
 from jobs.sinks.clickhouse import COLUMNS, ensure_schema
@@ -155,30 +155,30 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> DataS
     )
     clickhouse_sink(blobs, settings.clickhouse, COLUMNS)
     result_topics = kafka.result_topics()
-    outputs: list[tuple[str, str, bool]] = [
-        (table, result_topics[table], True) for table in RESULT_TABLES
+    # one sink per delivery guarantee, each for all its topics: a sink per topic meant six
+    # transactional producers restored, aborted and opened at every restart, and the books
+    # operator stalls once its outputs to sinks not yet running are full
+    sinks = [
+        ("results-sink", {table: result_topics[table] for table in RESULT_TABLES}, True),
+        (
+            "dead-letter-and-resync-sink",
+            {"deadletter": kafka.deadletter_topic, "control": kafka.control_topic},
+            False,
+        ),
     ]
-    outputs += [
-        ("deadletter", kafka.deadletter_topic, False),
-        ("control", kafka.control_topic, False),
-    ]
-    for output, topic, exactly_once in outputs:
-        name = {
-            "deadletter": "dead-letter-sink",
-            "control": "resync-request-sink",
-        }.get(output, f"{output.replace('_', '-')}-results-sink")
+    for name, topics, exactly_once in sinks:
         sink = (
             records_sink(
                 kafka,
-                topic,
+                topics.values(),
                 # unique per job and sink: a restore aborts only its own open transactions
                 f"{settings.flink.consumer_group}-{name}",
                 kafka.transaction_timeout_ms,
             )
             if exactly_once
-            else records_sink(kafka, topic)
+            else records_sink(kafka, topics.values())
         )
-        records = topic_records(blobs, output)
+        records = topic_records(blobs, topics, name.removesuffix("-sink") + "-records")
         if not settings.flink.result_sinks_chained:
             records = records.start_new_chain()
         records.sink_to(sink).name(name).uid(name)
@@ -187,24 +187,17 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings) -> DataS
 
 def records_sink(
     kafka: KafkaConfig,
-    topic: str,
+    topics: Iterable[str],
     transactional_id_prefix: str | None = None,
     transaction_timeout_ms: int = 0,
 ) -> KafkaSink:
-    """Records as the core wrote them (JSON text, or framed Avro), their bytes as they are.
-    Without a transactional id: at-least-once (dead letters and resync requests are idempotent
-    to repeat). With one: in Kafka transactions committed with each checkpoint, so a
-    read_committed consumer sees every record once, even across restores."""
-    builder = (
-        KafkaSink.builder()
-        .set_bootstrap_servers(kafka.bootstrap)
-        .set_record_serializer(
-            KafkaRecordSerializationSchema.builder()
-            .set_topic(topic)
-            .set_value_serialization_schema(ByteArraySchema())
-            .build()
-        )
-    )
+    """Records as ``topic_records`` emits them, each to its topic (one of ``topics``), its
+    bytes as they are (JSON text, or framed Avro). Without a transactional id: at-least-once
+    (dead letters and resync requests are idempotent to repeat). With one: in Kafka
+    transactions committed with each checkpoint, so a read_committed consumer sees every record
+    once, even across restores."""
+    builder = KafkaSink.builder().set_bootstrap_servers(kafka.bootstrap)
+    builder._j_builder.setRecordSerializer(topic_serializer(sorted(topics)))
     for key, value in java_client_properties(kafka).items():
         builder = builder.set_property(key, value)
     if transactional_id_prefix is None:
@@ -215,8 +208,8 @@ def records_sink(
         .set_property("transaction.timeout.ms", str(transaction_timeout_ms))
     )
     # a restored writer finds its lingering transactions with one ListTransactions call
-    # (POOLING) instead of opening a producer per id until one is unused (PROBING): with six
-    # exactly-once sinks that probing was most of a restart (~1 s per sink on a busy box)
+    # (POOLING) instead of opening a producer per id until one is unused (PROBING): with an
+    # exactly-once sink per topic that probing was most of a restart (~1 s per sink on a busy box)
     strategies = get_gateway().jvm.org.apache.flink.connector.kafka.sink.TransactionNamingStrategy
     builder._j_builder.setTransactionNamingStrategy(strategies.POOLING)
     return builder.build()
@@ -229,8 +222,8 @@ def create_environment(settings: Settings) -> StreamExecutionEnvironment:
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(settings.flink.parallelism)
     env.set_buffer_timeout(settings.flink.buffer_timeout_ms)
-    # chained operators get the same object instead of a copy: each sink blob feeds seven
-    # chained readers (the Kafka outputs and ClickHouse), and none of them changes its input
+    # chained operators get the same object instead of a copy: each sink blob feeds three
+    # chained readers (the two Kafka sinks' and ClickHouse's), and none of them changes its input
     env.get_config().enable_object_reuse()
     env.enable_checkpointing(settings.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     jars = [Path(jar).resolve().as_uri() for jar in settings.flink.job_jars.split(";") if jar]

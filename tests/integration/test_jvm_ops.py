@@ -128,9 +128,9 @@ def run(values: list[bytes], times: dict[bytes, int] | None, output: str) -> lis
         )
     keyed = jvm_ops.bundle_frames(raw, {"USDT": "USD"}, max_frames=3, max_delay_ms=60_000)
     blobs = keyed.process(BundleEcho(), output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
-    records = jvm_ops.topic_records(blobs, output)
+    records = jvm_ops.topic_records(blobs, {output: f"{output}-topic"}, "records")
     with records.execute_and_collect() as results:
-        out = [java_bytes(r) for r in results]
+        out = [java_bytes(value) for topic, value in results if topic == f"{output}-topic"]
     return [json.loads(r) for r in out]
 
 
@@ -174,7 +174,7 @@ def test_bundle_timestamps_and_watermark_flushes() -> None:
     assert [ts for b in bundles for ts in b["frame_timestamps"]] == sorted(times.values())
 
 
-def test_topic_records_skip_other_outputs() -> None:
+def test_topic_records_carry_their_topics_and_skip_other_outputs() -> None:
     env = environment()
     blobs = bytes_source(
         env,
@@ -184,9 +184,14 @@ def test_topic_records_skip_other_outputs() -> None:
             jvm_ops.sink_blob(records={"nbbo": ['{"c": 3}']}),
         ],
     )
-    with jvm_ops.topic_records(blobs, "nbbo").execute_and_collect() as results:
-        values = [java_bytes(r) for r in results]
-    assert values == [b'{"a": 1}', '{"b": "€"}'.encode(), b'{"c": 3}']
+    topics = {"nbbo": "tickflow.nbbo", "deadletter": "tickflow.deadletter"}
+    with jvm_ops.topic_records(blobs, topics, "records").execute_and_collect() as results:
+        records = [(topic, java_bytes(value)) for topic, value in results]
+    assert records == [
+        ("tickflow.nbbo", b'{"a": 1}'),
+        ("tickflow.nbbo", '{"b": "€"}'.encode()),
+        ("tickflow.nbbo", b'{"c": 3}'),
+    ]
 
 
 def test_clickhouse_sink_inserts_rowbinary(stack_settings: Settings) -> None:

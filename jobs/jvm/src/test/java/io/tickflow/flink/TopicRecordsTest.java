@@ -9,22 +9,35 @@ import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
+import java.util.Map;
+import org.apache.flink.api.java.tuple.Tuple2;
 import org.apache.flink.util.Collector;
 import org.junit.jupiter.api.Test;
 
 class TopicRecordsTest {
 
-    private static List<String> split(String output, byte[] blob) throws Exception {
-        List<String> out = new ArrayList<>();
-        new TopicRecords(output).flatMap(blob, new Collector<>() {
+    private static List<Tuple2<String, byte[]>> records(Map<String, String> topics, byte[] blob)
+            throws Exception {
+        List<Tuple2<String, byte[]>> out = new ArrayList<>();
+        new TopicRecords(topics).flatMap(blob, new Collector<>() {
             @Override
-            public void collect(byte[] record) {
-                out.add(new String(record, StandardCharsets.UTF_8));
+            public void collect(Tuple2<String, byte[]> record) {
+                out.add(record);
             }
 
             @Override
             public void close() {}
         });
+        return out;
+    }
+
+    /** The values of one output's records, as text. */
+    private static List<String> split(String output, byte[] blob) throws Exception {
+        List<String> out = new ArrayList<>();
+        for (Tuple2<String, byte[]> record : records(Map.of(output, output + "-topic"), blob)) {
+            assertEquals(output + "-topic", record.f0);
+            out.add(new String(record.f1, StandardCharsets.UTF_8));
+        }
         return out;
     }
 
@@ -44,6 +57,39 @@ class TopicRecordsTest {
     }
 
     @Test
+    void severalOutputsComeInBlobOrderEachWithItsTopic() throws Exception {
+        byte[] blob = new Blobs()
+                .records("nbbo", "n1")
+                .records("bars", "b1", "b2")
+                .records("deadletter", "d1")
+                .records("nbbo", "n2")
+                .bytes();
+        List<String> out = new ArrayList<>();
+        for (Tuple2<String, byte[]> record :
+                records(Map.of("nbbo", "tickflow.nbbo", "bars", "tickflow.bars"), blob)) {
+            out.add(record.f0 + " " + new String(record.f1, StandardCharsets.UTF_8));
+        }
+        assertEquals(List.of("tickflow.nbbo n1", "tickflow.bars b1", "tickflow.bars b2", "tickflow.nbbo n2"), out);
+    }
+
+    @Test
+    void theSerializerWritesTheValueToItsTopic() {
+        byte[] value = {1, 2, 3};
+        var serializer = new TopicRecordSerializer(List.of("tickflow.nbbo", "t"));
+        var record = serializer.serialize(Tuple2.of("tickflow.nbbo", value), null, 42L);
+        assertEquals("tickflow.nbbo", record.topic());
+        assertArrayEquals(value, record.value());
+        assertEquals(null, record.key());
+        assertEquals(null, record.partition());
+        assertEquals(42L, record.timestamp());
+        assertEquals(null, serializer.serialize(Tuple2.of("t", value), null, null).timestamp());
+        assertEquals(null, serializer.serialize(Tuple2.of("t", value), null, -1L).timestamp());
+        assertEquals(
+                List.of("tickflow.nbbo", "t"),
+                serializer.getKafkaDatasetFacet().orElseThrow().getTopicIdentifier().getTopics());
+    }
+
+    @Test
     void aBlobWithoutSectionsIsEmpty() throws Exception {
         assertTrue(split("nbbo", new Blobs().bytes()).isEmpty());
     }
@@ -55,18 +101,9 @@ class TopicRecordsTest {
         payload[0] = (byte) avro.length; // u32 little-endian
         System.arraycopy(avro, 0, payload, 4, avro.length);
         byte[] blob = new Blobs().section(SinkBlob.KAFKA_RECORDS, "nbbo", 1, payload).bytes();
-        List<byte[]> out = new ArrayList<>();
-        new TopicRecords("nbbo").flatMap(blob, new Collector<>() {
-            @Override
-            public void collect(byte[] record) {
-                out.add(record);
-            }
-
-            @Override
-            public void close() {}
-        });
+        List<Tuple2<String, byte[]>> out = records(Map.of("nbbo", "nbbo"), blob);
         assertEquals(1, out.size());
-        assertArrayEquals(avro, out.get(0));
+        assertArrayEquals(avro, out.get(0).f1);
     }
 
     @Test
