@@ -71,13 +71,6 @@ public final class SinkBlob {
         }
     }
 
-    /** True if the section's name equals {@code name} (UTF-8 bytes). */
-    static boolean nameEquals(byte[] blob, int nameOffset, int nameLength, byte[] name) {
-        return nameLength == name.length
-                && java.util.Arrays.equals(
-                        blob, nameOffset, nameOffset + nameLength, name, 0, name.length);
-    }
-
     static String name(byte[] blob, int nameOffset, int nameLength) {
         return new String(blob, nameOffset, nameLength, StandardCharsets.UTF_8);
     }
