@@ -21,7 +21,7 @@ from stack import netns
 from stack.jars import JAVA_PACKAGES, kafka_jars_dir
 from stack.netns import NetHost
 from stack.secrets import BROKER_CN, BROKER_USER, secrets_dir, write_private
-from stack.services import Component
+from stack.services import Cluster
 from stack.system import (
     StackError,
     ensure_packages,
@@ -308,13 +308,11 @@ def java_command(jars: Path, log4j2: Path, heap_mb: int, main: str, *args: str) 
     ]
 
 
-class Kafka(Component):
-    name = "kafka"
-    completes_partially = True  # a node that died is started alone, the others keep running
+class Kafka(Cluster[KafkaNode]):
+    """Every KRaft process, broker or controller of its own, is a node of the cluster; a
+    node lost in a round of the supervisor is started after ``kafka.replacement_delay_ms``."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self._launched: list[KafkaNode] = []  # by the last ``launch``
+    name = "kafka"
 
     @property
     def nodes(self) -> list[KafkaNode]:
@@ -325,8 +323,8 @@ class Kafka(Component):
         return kafka_processes(self.settings)
 
     @property
-    def process_count(self) -> int:  # type: ignore[override]
-        return len(self.processes)
+    def members(self) -> list[KafkaNode]:
+        return self.processes
 
     def node_home(self, node: KafkaNode) -> Path:
         """Broker 1 keeps the single node's layout, the others live beside it, and each
@@ -482,17 +480,6 @@ class Kafka(Component):
     def node_running(self, node: KafkaNode) -> bool:
         return bool(self.node_pids(node))
 
-    def launch(self) -> None:
-        self._launched = [node for node in self.processes if not self.node_running(node)]
-        for node in self._launched:
-            self.launch_node(node)
-
-    def launched_answer(self) -> bool:
-        """The processes ``launch`` started answer (and, a broker, is registered). A node of
-        the others lost meanwhile is not waited for, or a supervisor's round would hang on it
-        until the timeout: the next round starts it (after ``kafka.replacement_delay_ms``)."""
-        return self.processes_answer(self._launched or self.processes)
-
     def launch_node(self, node: KafkaNode) -> None:
         home = self.node_home(node)
         argv = self._java(node, "kafka.Kafka", str(home / "server.properties"))
@@ -513,15 +500,11 @@ class Kafka(Component):
             netns.remove_bridge_if_unused()
         return pids
 
-    def answers(self) -> bool:
-        # every node: a cluster short of one is not up yet
-        return self.processes_answer(self.processes)
-
-    def processes_answer(self, processes: list[KafkaNode]) -> bool:
-        """Whether each of ``processes`` listens, and each broker among them is registered."""
-        if not all(port_open(n.host, n.controller_port) for n in processes if n.is_controller):
+    def nodes_answer(self, nodes: list[KafkaNode]) -> bool:
+        """Whether each of ``nodes`` listens, and each broker among them is registered."""
+        if not all(port_open(n.host, n.controller_port) for n in nodes if n.is_controller):
             return False
-        brokers = [n for n in processes if n.is_broker]
+        brokers = [n for n in nodes if n.is_broker]
         if not all(port_open(n.host, n.port) for n in brokers):
             return False
         if not brokers:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar
 
 from stack.system import (
     StackError,
@@ -24,6 +24,8 @@ from stack.system import (
 from tickflow.config import Settings
 
 LOOPBACK = "127.0.0.1"
+
+NodeT = TypeVar("NodeT")
 
 
 class Component(ABC):
@@ -172,3 +174,51 @@ class Component(ABC):
         for pid_file in self.pid_files():
             pid_file.unlink(missing_ok=True)
         return pids
+
+
+class Cluster(Component, Generic[NodeT]):
+    """A component of several nodes (Kafka, ZooKeeper). ``launch`` starts only the nodes that
+    are not running, so a cluster short of one is completed while the rest keep serving, and
+    waits only for those."""
+
+    completes_partially = True
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._launched: list[NodeT] = []  # by the last ``launch``
+
+    @property
+    @abstractmethod
+    def members(self) -> list[NodeT]:
+        """Every node a healthy cluster runs, one process each."""
+
+    @abstractmethod
+    def node_running(self, node: NodeT) -> bool:
+        """Whether ``node``'s process runs (a stale pid reused by another process does not)."""
+
+    @abstractmethod
+    def launch_node(self, node: NodeT) -> None:
+        """Start ``node``'s process in the background and record its pid; do not wait."""
+
+    @abstractmethod
+    def nodes_answer(self, nodes: list[NodeT]) -> bool:
+        """Whether each of ``nodes`` answers a real request."""
+
+    @property
+    def process_count(self) -> int:  # type: ignore[override]
+        return len(self.members)
+
+    def launch(self) -> None:
+        self._launched = [node for node in self.members if not self.node_running(node)]
+        for node in self._launched:
+            self.launch_node(node)
+
+    def launched_answer(self) -> bool:
+        """The nodes ``launch`` started answer. A node of the others lost meanwhile is not
+        waited for, or a supervisor's round would hang on it until the timeout: the next
+        round starts it."""
+        return self.nodes_answer(self._launched or self.members)
+
+    def answers(self) -> bool:
+        # every node: a cluster short of one is not up yet
+        return self.nodes_answer(self.members)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from stack.flink import flink_home
 from stack.jars import JAVA_PACKAGES
-from stack.services import LOOPBACK, Component
+from stack.services import LOOPBACK, Cluster
 from stack.system import ensure_packages, read_pids, spawn_daemon
 from tickflow.config import Settings
 
@@ -118,14 +118,9 @@ def serving_mode(port: int) -> str | None:
     return None
 
 
-class ZooKeeper(Component):
+class ZooKeeper(Cluster[ZooKeeperNode]):
     name = "zookeeper"
     start_timeout_s = 60.0
-    completes_partially = True  # a node that died is started alone, the ensemble keeps serving
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self._launched: list[ZooKeeperNode] = []  # by the last ``launch``
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:
@@ -136,8 +131,8 @@ class ZooKeeper(Component):
         return zookeeper_nodes(self.settings)
 
     @property
-    def process_count(self) -> int:  # type: ignore[override]
-        return len(self.nodes)
+    def members(self) -> list[ZooKeeperNode]:
+        return self.nodes
 
     def node_home(self, node: ZooKeeperNode) -> Path:
         """Node 1 keeps the single node's layout; the others live beside it."""
@@ -190,17 +185,6 @@ class ZooKeeper(Component):
             (home / "zoo.cfg").write_text(render_zoo_cfg(self.settings, data, node))
             (home / "log4j2.properties").write_text(LOG4J2.format(log=home / "zookeeper.log"))
 
-    def launch(self) -> None:
-        self._launched = [node for node in self.nodes if self.node_pid(node) is None]
-        for node in self._launched:
-            self.launch_node(node)
-
-    def launched_answer(self) -> bool:
-        """The nodes ``launch`` started serve. A node of the others lost meanwhile is not
-        waited for, or a supervisor's round would hang on it until the timeout: the next
-        round starts it."""
-        return self.nodes_serve(self._launched or self.nodes)
-
     def launch_node(self, node: ZooKeeperNode) -> None:
         home = self.node_home(node)
         argv = [
@@ -216,6 +200,9 @@ class ZooKeeper(Component):
         pid = spawn_daemon(argv, home / "zookeeper.out", cwd=home)
         self.node_pid_file(node).write_text(f"{pid}\n")
 
+    def node_running(self, node: ZooKeeperNode) -> bool:
+        return self.node_pid(node) is not None
+
     def node_pid(self, node: ZooKeeperNode) -> int | None:
         pids = [p for p in read_pids(self.node_pid_file(node)) if p in self.pids()]
         return pids[0] if pids else None
@@ -227,10 +214,6 @@ class ZooKeeper(Component):
                 return node
         return None
 
-    def answers(self) -> bool:
-        """Every node serves requests (an ensemble node: within a quorum)."""
-        return self.nodes_serve(self.nodes)
-
-    @staticmethod
-    def nodes_serve(nodes: list[ZooKeeperNode]) -> bool:
+    def nodes_answer(self, nodes: list[ZooKeeperNode]) -> bool:
+        """Each of ``nodes`` serves requests (an ensemble node: within a quorum)."""
         return all(serving_mode(n.client_port) is not None for n in nodes)

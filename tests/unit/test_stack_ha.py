@@ -584,11 +584,11 @@ def test_a_partial_start_waits_for_the_nodes_it_started(
     monkeypatch.setattr(Kafka, "launch_node", lambda self, node: None)
     asked: list[list[int]] = []
 
-    def processes_answer(self: Kafka, processes: list[KafkaNode]) -> bool:
-        asked.append([n.node_id for n in processes])
+    def nodes_answer(self: Kafka, nodes: list[KafkaNode]) -> bool:
+        asked.append([n.node_id for n in nodes])
         return True
 
-    monkeypatch.setattr(Kafka, "processes_answer", processes_answer)
+    monkeypatch.setattr(Kafka, "nodes_answer", nodes_answer)
     assert Kafka(ha_settings(tmp_path)).launched_answer() and asked == [everyone]
     kafka.launch()
     assert kafka.launched_answer() and asked[-1] == [2]
