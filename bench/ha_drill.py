@@ -1,7 +1,7 @@
 """Availability drill of the HA profile: a fault every ~2 minutes for half an hour, the books
 watched from outside, and the results compared with a fault-free run.
 
-    python -m bench.ha_drill [--minutes 30] [--every 120] [--frames 90000] [--seed 7]
+    python -m bench.ha_drill [--minutes 30] [--every 120] [--frames 90000] [--seed 7] [--keep]
                              [--kinds jobmanager,kafka-broker,...]         (make ha-drill)
 
 Runs on the HA profile (``config/ha.yaml``: three Kafka nodes, Redis with a replica and
@@ -81,6 +81,7 @@ from tickflow.generated import Dataset, Feeder, make_dataset
 from tickflow.runs import (
     CATCH_UP_TIMEOUT_S,
     Namespace,
+    cancel_jobs,
     caught_up,
     cleanup,
     collect,
@@ -360,6 +361,7 @@ def run(
     seed: int,
     kinds: tuple[str, ...] = DEFAULT_KINDS,
     log: Any = print,
+    keep: bool = False,
 ) -> dict[str, Any]:
     if not is_ha(load_settings()):  # else a configuration of HA ports of its own
         os.environ["TICKFLOW_CONFIG"] = with_overlay(os.environ.get("TICKFLOW_CONFIG", ""))
@@ -396,8 +398,15 @@ def run(
         )
         result = compare(reference, got)
     finally:
-        cleanup(ref_ns.settings, ref_job)
-        cleanup(drill_ns.settings, drill_job)
+        for ns, job in ((ref_ns, ref_job), (drill_ns, drill_job)):
+            if keep:  # to read the runs' outputs side by side after a failed drill
+                cancel_jobs(ns.settings, job)
+                kept = ns.settings
+                topics = ", ".join(topics_of(kept))
+                log(f"kept: ClickHouse database {kept.clickhouse.database}, Redis keys "
+                    f"{kept.redis.key_prefix}:*, topics {topics}")  # fmt: skip
+            else:
+                cleanup(ns.settings, job)
     by_kind = per_kind(faults)
     stale_per_day = sum(k["stale_s_mean"] for k in by_kind.values())
     availability = 1 - stale_per_day / SECONDS_PER_DAY
@@ -473,11 +482,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--kinds", default=",".join(DEFAULT_KINDS), help="fault kinds")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--keep", action="store_true", help="keep both runs' outputs (ClickHouse, Redis, Kafka)"
+    )
     args = parser.parse_args(argv)
     kinds = tuple(k for k in args.kinds.split(",") if k)
     if unknown := set(kinds) - set(KINDS):
         parser.error(f"unknown fault kind(s) {sorted(unknown)}; known: {', '.join(KINDS)}")
-    report = run(args.minutes, args.every, args.frames, args.seed, kinds)
+    report = run(args.minutes, args.every, args.frames, args.seed, kinds, keep=args.keep)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print_report(report)

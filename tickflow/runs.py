@@ -309,25 +309,41 @@ def diff(expected: Counter[Any], actual: Counter[Any]) -> tuple[int, int]:
     return lost, duplicated
 
 
+EXAMPLES = 3  # differing rows, records and Redis fields kept in a report, per table
+
+
+def examples(expected: Counter[Any], actual: Counter[Any]) -> dict[str, list[str]]:
+    """The first few rows (in sort order) expected and missing, and seen but not expected:
+    where two runs' outputs part, for a report to show (empty when equal)."""
+    missing = sorted(map(str, (expected - actual).elements()))[:EXAMPLES]
+    unexpected = sorted(map(str, (actual - expected).elements()))[:EXAMPLES]
+    return {"missing": missing, "unexpected": unexpected} if missing or unexpected else {}
+
+
+def redis_differences(ref: dict[str, Any], got: dict[str, Any], key: str) -> dict[str, Any]:
+    """The fields of one key that differ between two runs' Redis, as (expected, actual)."""
+    a, b = ref.get(key), got.get(key)
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return {"expected": a, "actual": b}
+    return {f: [a.get(f), b.get(f)] for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)}
+
+
+def _counts(expected: Counter[Any], actual: Counter[Any]) -> dict[str, Any]:
+    lost, dup = diff(expected, actual)
+    counts: dict[str, Any] = {
+        "expected": sum(expected.values()),
+        "actual": sum(actual.values()),
+        "lost": lost,
+        "duplicated": dup,
+    }
+    if lost or dup:
+        counts["examples"] = examples(expected, actual)
+    return counts
+
+
 def compare(ref: Output, got: Output) -> dict[str, Any]:
-    tables = {}
-    for table in COLUMNS:
-        lost, dup = diff(ref.clickhouse[table], got.clickhouse[table])
-        tables[table] = {
-            "expected": sum(ref.clickhouse[table].values()),
-            "actual": sum(got.clickhouse[table].values()),
-            "lost": lost,
-            "duplicated": dup,
-        }
-    topics = {}
-    for table in ref.kafka:
-        lost, dup = diff(ref.kafka[table], got.kafka[table])
-        topics[table] = {
-            "expected": sum(ref.kafka[table].values()),
-            "actual": sum(got.kafka[table].values()),
-            "lost": lost,
-            "duplicated": dup,
-        }
+    tables = {table: _counts(ref.clickhouse[table], got.clickhouse[table]) for table in COLUMNS}
+    topics = {table: _counts(ref.kafka[table], got.kafka[table]) for table in ref.kafka}
     redis_diff = sorted(
         k for k in set(ref.redis) | set(got.redis) if ref.redis.get(k) != got.redis.get(k)
     )
@@ -346,6 +362,7 @@ def compare(ref: Output, got: Output) -> dict[str, Any]:
             "expected": len(ref.redis),
             "actual": len(got.redis),
             "differing": redis_diff[:20],
+            "examples": {k: redis_differences(ref.redis, got.redis, k) for k in redis_diff[:3]},
         },
         "kafka_output_equal": all(t["lost"] == 0 and t["duplicated"] == 0 for t in topics.values()),
         "kafka_topics": topics,
@@ -355,10 +372,16 @@ def compare(ref: Output, got: Output) -> dict[str, Any]:
 # -- runs --------------------------------------------------------------------------------------
 
 
-def cleanup(settings: Settings, job: SupervisedJob) -> None:
+def cancel_jobs(settings: Settings, job: SupervisedJob) -> None:
+    """Cancel every job a run submitted (its outputs and checkpoints stay)."""
     for job_id in job.job_ids:
         with contextlib.suppress(Exception):
             flink.cancel_job(settings, job_id)
+
+
+def cleanup(settings: Settings, job: SupervisedJob) -> None:
+    cancel_jobs(settings, job)
+    for job_id in job.job_ids:
         shutil.rmtree(flink.runtime_dir(settings) / "checkpoints" / job_id, ignore_errors=True)
     with contextlib.suppress(Exception):
         drop_clickhouse_database(settings.clickhouse)

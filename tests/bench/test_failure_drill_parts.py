@@ -16,12 +16,13 @@ from bench.chaos import TARGETS, kill_plan
 from bench.ha_drill import KINDS, Fault, per_kind
 from jobs.faults import InjectedPythonFault, PythonFault
 from jobs.operators import BundleProcessor
+from jobs.sinks.clickhouse import COLUMNS
 from monitoring.availability import AvailabilityProbe, Stall
 from schemas.bundles import frame_bundle
 from stack.supervisor import latest_checkpoint
 from tests.unit.flink_fakes import FakeContext, FakeRuntimeContext, FakeTimerService
 from tickflow.config import load_settings
-from tickflow.runs import diff
+from tickflow.runs import Output, compare, diff
 
 pytestmark = pytest.mark.unit
 
@@ -67,6 +68,27 @@ def test_diff_counts_lost_and_duplicated() -> None:
     assert diff(expected, Counter({"a": 1, "b": 1, "c": 1})) == (0, 0)
     assert diff(expected, Counter({"a": 2, "b": 1})) == (1, 1)
     assert diff(expected, Counter({"a": 1, "b": 1, "c": 1, "x": 1})) == (0, 1)
+
+
+def test_a_comparison_shows_where_two_runs_part() -> None:
+    """Rows changed in place count once lost and once duplicated; the report keeps the first
+    few of each side, and the fields of a Redis key that differ, so a failed drill says which
+    book and which rows parted without the runs' data."""
+
+    def output(top: list[tuple[str, int]], book: dict[str, str]) -> Output:
+        tables: dict[str, Counter[tuple[object, ...]]] = {t: Counter() for t in COLUMNS}
+        tables["top_of_book"] = Counter(top)
+        return Output(tables, len(top), {}, {":book:x": book}, {"top_of_book": Counter()})
+
+    ref = output([("x", 1), ("x", 2), ("y", 1)], {"seq": "2", "status": "LIVE"})
+    got = output([("x", 1), ("x", 3), ("y", 1)], {"seq": "3", "status": "LIVE"})
+    report = compare(ref, got)
+    top = report["tables"]["top_of_book"]
+    assert (top["lost"], top["duplicated"]) == (1, 1)
+    assert top["examples"] == {"missing": ["('x', 2)"], "unexpected": ["('x', 3)"]}
+    assert "examples" not in report["tables"]["trades"]
+    assert report["redis_keys"]["examples"] == {":book:x": {"seq": ["2", "3"]}}
+    assert compare(ref, ref)["redis_keys"]["examples"] == {}
 
 
 def test_latest_checkpoint_is_the_newest_complete_one_of_any_run(tmp_path: Path) -> None:
