@@ -21,7 +21,7 @@ from stack import netns
 from stack.jars import JAVA_PACKAGES, kafka_jars_dir
 from stack.netns import NetHost
 from stack.secrets import BROKER_CN, BROKER_USER, secrets_dir, write_private
-from stack.services import Cluster
+from stack.services import Cluster, RestartHold
 from stack.system import (
     StackError,
     ensure_packages,
@@ -479,6 +479,14 @@ class Kafka(Cluster[KafkaNode]):
 
     def node_running(self, node: KafkaNode) -> bool:
         return bool(self.node_pids(node))
+
+    def restart_hold(self) -> RestartHold | None:
+        """A node lost while others run: they take its work over (lead its partitions) before
+        it starts again; none left: at once."""
+        if not self.pids():
+            return None
+        delay_s = self.settings.kafka.replacement_delay_ms / 1000
+        return RestartHold("a Kafka node", delay_s, "once the others have taken its work over")
 
     def launch_node(self, node: KafkaNode) -> None:
         home = self.node_home(node)

@@ -6,7 +6,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from stack.services import LOOPBACK, Component
+from stack.services import LOOPBACK, Component, RestartHold
 from stack.system import StackError, disable_system_services, ensure_packages, spawn_daemon
 from tickflow.config import Settings
 
@@ -131,6 +131,20 @@ class Redis(Component):
     def configured_primary(self) -> tuple[str, int] | None:
         """Whom this instance replicates before any failover: the primary, no one."""
         return None
+
+    def restart_hold(self) -> RestartHold | None:
+        """A lost primary that the Sentinels still name is started again once they have
+        promoted the replica (it then follows that one), at most ``redis.failover_wait_ms``
+        later (no replica to promote: it comes back as the primary). Started at once, it came
+        back as a primary with what its append-only file held, beside the replica being
+        promoted: two primaries, and the Sentinels failed over again or made the restarted one
+        a replica ten seconds later; the writes the other took in between were lost (a drill
+        saw the books' versions go backwards and a quiet book end behind)."""
+        redis = self.settings.redis
+        if not redis.sentinels() or sentinel_primary(self.settings) != (redis.host, self.own_port):
+            return None
+        until = "or once the Sentinels have promoted the replica"
+        return RestartHold(f"the Redis primary ({self.name})", redis.failover_wait_ms / 1000, until)
 
     def launch(self) -> None:
         argv = redis_command(self.settings, self.data_dir, self.log_file, self.conf_file)

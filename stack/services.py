@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
 
@@ -26,6 +27,17 @@ from tickflow.config import Settings
 LOOPBACK = "127.0.0.1"
 
 NodeT = TypeVar("NodeT")
+
+
+@dataclass(frozen=True)
+class RestartHold:
+    """Why the supervisor waits before it starts a lost component again, and how long at most:
+    ``what`` (the process lost) is started ``most_s`` after its loss was first seen, or as soon
+    as the component no longer asks for the hold."""
+
+    what: str
+    most_s: float
+    until: str
 
 
 class Component(ABC):
@@ -129,6 +141,11 @@ class Component(ABC):
                     f"{owner}, which `tickflow stack` did not start. Stop it, or change the "
                     f"port in config/tickflow.yaml (or TICKFLOW__... environment overrides)."
                 )
+
+    def restart_hold(self) -> RestartHold | None:
+        """Asked by the supervisor each round while the component is short of a process: wait
+        before starting it again (None: start it now)."""
+        return None
 
     def launched_answer(self) -> bool:
         """Whether what ``launch`` started answers (``wait_healthy`` waits for it): the whole

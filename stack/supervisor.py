@@ -125,11 +125,12 @@ class Supervisor:
                 # a node of a cluster (a Kafka node, a Sentinel) is started alone where the
                 # component can (``completes_partially``), else the component is restarted
                 alive = len(component.pids())
-                if component.name == "kafka" and alive and not self._replacement_due(
-                    "kafka", "a Kafka node", self.settings.kafka.replacement_delay_ms,
-                    "once the others have taken its work over",
-                ):  # fmt: skip
+                hold = component.restart_hold()
+                if hold is not None and not self._replacement_due(
+                    component.name, hold.what, round(hold.most_s * 1000), hold.until
+                ):
                     continue
+                self._lost_since.pop(component.name, None)
                 what = (
                     "is not running"
                     if not alive
@@ -138,8 +139,8 @@ class Supervisor:
                 self._did(f"{component.name} {what}: starting it")
                 up(self.settings, [component.name], log=self.log)
                 self._did(f"{component.name} answers again")
-            elif component.name == "kafka":
-                self._lost_since.pop("kafka", None)  # whole again, whoever started it
+            else:
+                self._lost_since.pop(component.name, None)  # whole again, whoever started it
         if self.job is not None and not self.job.stopped:
             self._check_job(self.job)
 

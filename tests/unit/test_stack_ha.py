@@ -28,7 +28,7 @@ from stack.flink import (
     reporter_port_args,
 )
 from stack.kafka import Kafka, KafkaNode, java_properties_text, lost_brokers
-from stack.redis_server import render_redis_conf, render_sentinel_conf
+from stack.redis_server import Redis, RedisReplica, render_redis_conf, render_sentinel_conf
 from stack.supervisor import Supervisor
 from stack.system import StackError, wait_until
 from stack.zookeeper import ZooKeeper, render_zoo_cfg, zookeeper_nodes
@@ -137,11 +137,15 @@ def test_the_ha_profile_runs_three_brokers_and_a_quorum_of_controllers_beside_th
     )
     nodes = kafka_nodes(settings)
     assert [(n.node_id, n.port, n.controller_port, n.roles) for n in nodes] == [
-        (1, 9092, 9093, "broker"), (2, 9094, 9095, "broker"), (3, 9096, 9097, "broker")
+        (1, 9092, 9093, "broker"),
+        (2, 9094, 9095, "broker"),
+        (3, 9096, 9097, "broker"),
     ]
     controllers = kafka_controllers(settings)
     assert [(n.node_id, n.controller_port, n.roles, n.machine) for n in controllers] == [
-        (101, 9093, "controller", 1), (102, 9095, "controller", 2), (103, 9097, "controller", 3)
+        (101, 9093, "controller", 1),
+        (102, 9095, "controller", 2),
+        (103, 9097, "controller", 3),
     ]
 
     def props_of(node: KafkaNode) -> dict[str, str]:
@@ -331,7 +335,12 @@ def test_kafka_nodes_on_hosts_of_their_own(tmp_path: Path) -> None:
     assert (host.namespace, host.interface()) == ("tf-10.77.0.12", "10.77.0.12/24")
     assert host.link == "tfv0a4d000c" and len(host.link) <= 15  # the kernel's limit
     assert host.argv(["java", "-version"]) == [
-        "ip", "netns", "exec", "tf-10.77.0.12", "java", "-version"
+        "ip",
+        "netns",
+        "exec",
+        "tf-10.77.0.12",
+        "java",
+        "-version",
     ]
     probes = manager.probe_targets(settings)
     assert probes["kafka"][:2] == ["10.77.0.11:9092", "10.77.0.11:9093"]
@@ -474,15 +483,14 @@ def test_the_supervisor_starts_a_lost_kafka_node_after_the_profiles_delay(
         settings, kafka=dataclasses.replace(settings.kafka, replacement_delay_ms=200)
     )
 
-    class PartlyRunning:
-        name = "kafka"
-        process_count = 6
+    class PartlyRunning(Kafka):
         alive = [11, 12, 13, 14, 15]
 
         def pids(self) -> list[int]:
             return self.alive
 
-    kafka = PartlyRunning()
+    kafka = PartlyRunning(quick)
+    assert kafka.process_count == 6
     started: list[list[str]] = []
     monkeypatch.setattr("stack.supervisor.components", lambda s, names: [kafka])
     monkeypatch.setattr("stack.supervisor.up", lambda s, names, log: started.append(names))
@@ -507,6 +515,53 @@ def test_the_supervisor_starts_a_lost_kafka_node_after_the_profiles_delay(
     kafka.alive = []
     supervisor.check()
     assert started == [["kafka"], ["kafka"]]
+
+
+def test_the_supervisor_starts_a_lost_redis_primary_once_the_sentinels_promoted_the_replica(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started while the Sentinels still name it, a lost primary came back as a second
+    primary beside the one they promote, and the writes to the one demoted were lost. It waits
+    until they name another, or ``redis.failover_wait_ms`` (no replica to promote); a lost
+    replica, or a primary without Sentinels, is started at once."""
+    settings = ha_settings(tmp_path)
+    quick = dataclasses.replace(
+        settings, redis=dataclasses.replace(settings.redis, failover_wait_ms=200)
+    )
+    own, replica = (quick.redis.host, quick.redis.port), (quick.redis.host, 6380)
+    named = [own]
+    monkeypatch.setattr("stack.redis_server.sentinel_primary", lambda s: named[0])
+
+    class Lost(Redis):
+        def pids(self) -> list[int]:
+            return []
+
+    started: list[list[str]] = []
+    monkeypatch.setattr("stack.supervisor.components", lambda s, names: [Lost(quick)])
+    monkeypatch.setattr("stack.supervisor.up", lambda s, names, log: started.append(names))
+    lines: list[str] = []
+    supervisor = Supervisor(quick, names=("redis",), log=lines.append)
+    supervisor.check()
+    supervisor.check()
+    assert started == []
+    assert lines == [
+        "supervisor: the Redis primary (redis) is lost: starting another in 0.2 s, or once the "
+        "Sentinels have promoted the replica"
+    ]
+    named[0] = replica  # promoted: it starts as that one's replica
+    supervisor.check()
+    assert started == [["redis"]]
+    named[0] = own  # no replica promoted within the wait: it comes back as the primary
+    supervisor.check()
+    time.sleep(0.25)
+    supervisor.check()
+    assert started == [["redis"], ["redis"]]
+    assert Redis(quick).restart_hold() is not None
+    assert RedisReplica(quick).restart_hold() is None  # the Sentinels name the other
+    no_sentinels = dataclasses.replace(
+        quick, redis=dataclasses.replace(quick.redis, sentinel_ports="")
+    )
+    assert Redis(no_sentinels).restart_hold() is None
 
 
 def test_the_unregistrars_properties_keep_a_backslash() -> None:
