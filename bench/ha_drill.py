@@ -87,6 +87,7 @@ from tickflow.runs import (
     collect,
     compare,
     namespace,
+    raw_topic_check,
     reference_run,
     topics_of,
     wait,
@@ -397,6 +398,9 @@ def run(
             drill_ns, data, drill_job, minutes, every_s, rng, fault_file, log, kinds
         )
         result = compare(reference, got)
+        # the records both runs read: fed once each and in order, or the comparison is moot
+        result["raw_topics"] = {ns.name: raw_topic_check(ns.settings, data)
+                                for ns in (ref_ns, drill_ns)}  # fmt: skip
     finally:
         for ns, job in ((ref_ns, ref_job), (drill_ns, drill_job)):
             if keep:  # to read the runs' outputs side by side after a failed drill
@@ -431,6 +435,10 @@ def run(
         and result["kafka_output_equal"]
         and not probe.backwards
         and not feeder.failed
+        and all(
+            r["lost"] == 0 and r["duplicated"] == 0 and r["in_order"]
+            for r in result["raw_topics"].values()
+        )
     )
     result["targets"] = {
         "ha_availability": target_entry(

@@ -22,7 +22,7 @@ from schemas.bundles import frame_bundle
 from stack.supervisor import latest_checkpoint
 from tests.unit.flink_fakes import FakeContext, FakeRuntimeContext, FakeTimerService
 from tickflow.config import load_settings
-from tickflow.runs import Output, compare, diff
+from tickflow.runs import Output, compare, diff, first_difference
 
 pytestmark = pytest.mark.unit
 
@@ -89,6 +89,14 @@ def test_a_comparison_shows_where_two_runs_part() -> None:
     assert "examples" not in report["tables"]["trades"]
     assert report["redis_keys"]["examples"] == {":book:x": {"seq": ["2", "3"]}}
     assert compare(ref, ref)["redis_keys"]["examples"] == {}
+
+
+def test_a_partition_read_back_parts_from_the_fed_one_where_a_record_is_out_of_place() -> None:
+    fed = [b"a", b"b", b"c"]
+    assert first_difference(fed, list(fed)) is None
+    assert first_difference(fed, [b"a", b"b", b"b", b"c"]) == 2  # delivered twice
+    assert first_difference(fed, [b"a", b"c", b"b"]) == 1
+    assert first_difference(fed, [b"a", b"b"]) == 2  # the last one lost
 
 
 def test_latest_checkpoint_is_the_newest_complete_one_of_any_run(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from tickflow.runs import (
     collect,
     compare,
     namespace,
+    raw_topic_check,
     reference_run,
     topics_of,
 )
@@ -110,6 +111,8 @@ def test_parallelism_two_on_two_taskmanagers_gives_the_outputs_of_parallelism_on
         try:
             ensure_topics(settings, extra=topics_of(settings))
             Feeder(settings, dataset.records).run(rate=0)
+            raw = raw_topic_check(settings, dataset)  # once each, in order per partition
+            assert (raw["lost"], raw["duplicated"], raw["in_order"]) == (0, 0, True), raw
             placement = submit(settings, job, None)
             log(f"parallelism 2: {BOOKS_OPERATOR} on {sorted(placement)}")
             assert len(placement) == 2, placement

@@ -3,7 +3,10 @@
 //! - before the first snapshot (or after a loss of sync) updates are buffered, and dropped
 //!   when the snapshot arrives: it is complete and newer than all of them;
 //! - a snapshot always replaces the book (a new connection numbers from 0 again);
-//! - when LIVE, updates are applied; one older than the book's `sequence_num` is ignored.
+//! - when LIVE, updates are applied; one older than the book's `sequence_num` is ignored, and
+//!   so is one of the same `sequence_num` unless it follows that message's snapshot (a message
+//!   delivered twice: applied again it would leave the levels as they were but move the
+//!   book's version one ahead of a run that met it once).
 //!
 //! Gaps are seen by the connector, which sends `sync_lost` (handled by the shared engine).
 
@@ -20,7 +23,8 @@ impl SyncedBook {
             self.lose_sync(reason);
             return Outcome::Gap;
         }
-        if delta.last_id < self.last_id {
+        // `applied` is 0 only right after a snapshot (it counts the updates since)
+        if delta.last_id < self.last_id || (delta.last_id == self.last_id && self.applied > 0) {
             return Outcome::Ignored;
         }
         self.apply_levels(&delta);
@@ -262,7 +266,14 @@ mod tests {
         );
         assert!(engine.buffer.is_empty() && engine.status == BookStatus::Live);
         assert_eq!(engine.on_delta(delta(5)), Outcome::Ignored);
+        // the update events of the snapshot's own message, once
+        assert_eq!(engine.on_delta(delta(7)), Outcome::Applied);
+        assert_eq!(engine.on_delta(delta(7)), Outcome::Ignored);
         assert_eq!(engine.on_delta(delta(9)), Outcome::Applied);
+        // a message delivered twice in a row: the version moves once
+        let version = engine.version();
+        assert_eq!(engine.on_delta(delta(9)), Outcome::Ignored);
+        assert_eq!(engine.version(), version);
         assert_eq!(
             engine.on_snapshot(&snap(1, 2_000_000, vec![])),
             Outcome::Applied
