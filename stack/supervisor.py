@@ -87,6 +87,9 @@ class SupervisedJob:
 
 # how often the brokers' processes are looked at (``kafka.unregister_lost_brokers``)
 BROKER_WATCH_S = 0.1
+# a warm-up that failed (a JobManager failover while it ran) is tried again this much later,
+# once the job runs: a cold spare cost a restarting job ~10 s of Python imports in the drill
+WARM_RETRY_S = 10.0
 
 
 class Supervisor:
@@ -106,6 +109,9 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warming: threading.Thread | None = None
+        # a TaskManager started here whose warm-up has not succeeded yet, and when to retry
+        self._cold = False
+        self._warm_retry_at = 0.0
         self._watching: threading.Thread | None = None
         # set once the broker watch can unregister (its JVM has connected)
         self.watching_brokers = threading.Event()
@@ -176,8 +182,32 @@ class Supervisor:
             if wanted > 1:
                 # a spare for the job to restart on: load the job's code into it, beside
                 # the rounds (a minute on a busy machine)
-                self._warming = threading.Thread(target=self._warm_taskmanagers, daemon=True)
-                self._warming.start()
+                self._cold = True
+                self._start_warming()
+        elif self._cold:
+            self._warm_again_if_due()
+
+    def _warm_again_if_due(self) -> None:
+        """A spare whose warm-up failed: warmed again ``WARM_RETRY_S`` later, once the job
+        runs (the warm-up then takes only spare slots)."""
+        if time.monotonic() >= self._warm_retry_at and self._job_running():
+            self._start_warming()
+
+    def _start_warming(self) -> None:
+        if self._warming is not None and self._warming.is_alive():
+            return
+        self._warming = threading.Thread(target=self._warm_taskmanagers, daemon=True)
+        self._warming.start()
+
+    def _job_running(self) -> bool:
+        """Whether the supervised job, if there is one, runs."""
+        if self.job is None or not self.job.job_ids:
+            return True
+        try:
+            return any(j["jid"] == self.job.current and j["state"] == "RUNNING"
+                       for j in flink.list_jobs(self.settings))  # fmt: skip
+        except OSError:
+            return False
 
     def _replacement_due(
         self,
@@ -206,8 +236,11 @@ class Supervisor:
             job_ids = flink.warm_taskmanagers(self.settings)
         except (StackError, OSError) as exc:
             self.errors.append(f"warming the TaskManagers: {type(exc).__name__}: {exc}")
-            self.log(f"supervisor: warming the TaskManagers failed: {exc}")
+            self.log(f"supervisor: warming the TaskManagers failed: {exc}; again in "
+                     f"{WARM_RETRY_S:g} s once the job runs")  # fmt: skip
+            self._warm_retry_at = time.monotonic() + WARM_RETRY_S
             return
+        self._cold = False
         if job_ids:
             self._did(f"the job's Python code loaded into the TaskManagers ({', '.join(job_ids)})")
 

@@ -419,6 +419,52 @@ def test_the_supervisor_starts_a_replacement_after_the_profiles_delay(tmp_path: 
     assert Supervisor(at_once)._replacement_due("jobmanager", "a JobManager")
 
 
+def test_the_supervisor_warms_a_spare_again_when_its_warm_up_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A warm-up cut short (the JobManager failed over while it ran) leaves the spare cold: a
+    job restarting there waited ~10 s for its Python imports. It is tried again
+    ``WARM_RETRY_S`` later, once the job runs, until it succeeds."""
+    from stack import supervisor as module
+    from stack.supervisor import SupervisedJob
+
+    outcomes: list[Exception | list[str]] = [StackError("the warm-up job FAILED"), ["w1"]]
+    warmed: list[str] = []
+
+    def warm(settings: Settings) -> list[str]:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        warmed.extend(outcome)
+        return outcome
+
+    state = {"jid": "a" * 32, "state": "RESTARTING"}
+    monkeypatch.setattr(module.flink, "warm_taskmanagers", warm)
+    monkeypatch.setattr(module.flink, "list_jobs", lambda settings: [state])
+    monkeypatch.setattr(module, "WARM_RETRY_S", 0.2)
+    job = SupervisedJob(["a" * 32], submit=lambda restore: "b" * 32)
+    lines: list[str] = []
+    supervisor = Supervisor(ha_settings(tmp_path), job=job, names=(), log=lines.append)
+
+    def settle() -> None:
+        if supervisor._warming is not None:
+            supervisor._warming.join(5)
+
+    supervisor._cold = True
+    supervisor._start_warming()
+    settle()
+    assert supervisor._cold and lines[-1].endswith("again in 0.2 s once the job runs")
+    supervisor._warm_again_if_due()  # too early
+    time.sleep(0.25)
+    supervisor._warm_again_if_due()  # the job restarting: its slots may be the spare's
+    settle()
+    assert warmed == [] and outcomes == [["w1"]]
+    state["state"] = "RUNNING"
+    supervisor._warm_again_if_due()
+    settle()
+    assert warmed == ["w1"] and not supervisor._cold
+
+
 def test_the_flink_dist_bundles_the_curator_the_patched_leader_latch_replaces(
     tmp_path: Path,
 ) -> None:
