@@ -8,9 +8,10 @@ Avro-encoded once and cycled to ``--messages`` records keyed ``exchange:symbol``
 connectors key them. On a unique topic with ``kafka.raw_partitions`` partitions:
 
 1. produce: one confluent-kafka producer with the connectors' settings (idempotent,
-   ``acks=all``, murmur2 partitioner) but ``linger.ms`` ``PRODUCE_LINGER_MS`` (a bulk load):
-   every record delivered, messages/s and MB/s from the first ``produce`` to the end of
-   ``flush``;
+   ``acks=all``, ``kafka.producer_max_in_flight`` requests in flight, murmur2 partitioner)
+   but ``linger.ms`` ``PRODUCE_LINGER_MS`` (a bulk load): every record delivered,
+   messages/s and MB/s from the first ``produce`` to the end of ``flush``; first with
+   librdkafka's default of 5 requests in flight, the baseline;
 2. consume: a confluent-kafka consumer in a fresh group reading the topic from the start with
    ``consume(CONSUME_BATCH)`` and nothing else per record: messages/s and MB/s from the first
    record to the last (the group join before it is reported apart) -- the ceiling any
@@ -88,9 +89,9 @@ def delete(settings: Settings, topic: str, groups: list[str]) -> None:
             future.result(timeout=60)
 
 
-def produce(settings: Settings, topic: str, records: list[tuple[bytes, bytes]], n: int) -> dict[
-    str, Any
-]:
+def produce(
+    settings: Settings, topic: str, records: list[tuple[bytes, bytes]], n: int, in_flight: int
+) -> dict[str, Any]:
     failed: list[str] = []
 
     def on_delivery(err: Any, _msg: Any) -> None:
@@ -102,6 +103,7 @@ def produce(settings: Settings, topic: str, records: list[tuple[bytes, bytes]], 
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": PRODUCE_LINGER_MS,
+        "max.in.flight.requests.per.connection": in_flight,
         "partitioner": "murmur2_random",
     })
     size = 0
@@ -128,6 +130,7 @@ def produce(settings: Settings, topic: str, records: list[tuple[bytes, bytes]], 
         "messages_per_s": round(n / seconds),
         "mb_per_s": round(size / seconds / 1e6, 2),
         "linger_ms": PRODUCE_LINGER_MS,
+        "max_in_flight": in_flight,
     }
 
 
@@ -226,9 +229,14 @@ def run(messages: int, unique: int, repeats: int, command: str) -> dict[str, Any
           f"{messages} records into {topic} ({partitions} partitions)", flush=True)
     try:
         create_topic(settings, topic, partitions)
-        prod = produce(settings, topic, records, messages)
-        result["produce"] = prod
-        print(f"produce: {prod['messages_per_s']:,} msg/s, {prod['mb_per_s']} MB/s", flush=True)
+        # the connectors' requests in flight, and librdkafka's default (5) as the baseline:
+        # what writing each frame once across a leader change costs
+        in_flight = settings.kafka.producer_max_in_flight
+        for key, value in (("produce_in_flight_5", 5), ("produce", in_flight)):
+            prod = produce(settings, topic, records, messages, value)
+            result[key] = prod
+            print(f"produce ({value} in flight): {prod['messages_per_s']:,} msg/s, "
+                  f"{prod['mb_per_s']} MB/s", flush=True)  # fmt: skip
         for label, work in (("consume", None), ("consume_decode", decode_envelope)):
             runs = []
             for r in range(repeats):
@@ -264,6 +272,8 @@ def run(messages: int, unique: int, repeats: int, command: str) -> dict[str, Any
             mb_per_s=result["consume"]["mb_per_s_median"],
             consume_decode_msg_per_s=result["consume_decode"]["messages_per_s_median"],
             produce_msg_per_s=result["produce"]["messages_per_s"],
+            produce_in_flight=in_flight,
+            produce_msg_per_s_in_flight_5=result["produce_in_flight_5"]["messages_per_s"],
             messages=messages, partitions=partitions,
             value_bytes_p50=result["conditions"]["value_bytes"]["p50"],
             cpus=m["cpus"], load_1m=m["load_1m"],

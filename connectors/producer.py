@@ -137,6 +137,8 @@ class KafkaSink:
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": kafka.producer_linger_ms,
+            # 1: a leader change cannot make the producer write a frame twice (see the setting)
+            "max.in.flight.requests.per.connection": kafka.producer_max_in_flight,
             # chosen, not librdkafka's 300 s default: see kafka.delivery_timeout_ms
             "delivery.timeout.ms": kafka.delivery_timeout_ms,
             "queue.buffering.max.messages": kafka.producer_queue_max_messages,

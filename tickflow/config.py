@@ -51,6 +51,9 @@ class KafkaConfig:
     deadletter_topic: str
     control_topic: str
     producer_linger_ms: int
+    # produce requests in flight per broker for the idempotent raw producers: 1, or a leader
+    # change can write a frame twice (config/tickflow.yaml)
+    producer_max_in_flight: int
     # the connectors' librdkafka delivery timeout: a raw frame not acknowledged by then fails,
     # and its book is marked sync_lost and resynced (connectors/producer.py)
     delivery_timeout_ms: int

@@ -296,6 +296,8 @@ class Feeder:
                 "enable.idempotence": True,
                 "message.timeout.ms": 0,  # never give up on a record: the broker comes back
                 "linger.ms": 5,
+                # as the connectors: a leader change cannot write a record twice
+                "max.in.flight.requests.per.connection": settings.kafka.producer_max_in_flight,
             }
         )
         self.sent = 0
