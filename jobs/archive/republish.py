@@ -60,6 +60,8 @@ def republish(
     producer = Producer({
         **client_config(settings.kafka, **{"client.id": "tickflow-republish"}),
         "enable.idempotence": True,  # in order, once, into the partition named
+        # once across a leader change too (kafka.producer_max_in_flight)
+        "max.in.flight.requests.per.connection": settings.kafka.producer_max_in_flight,
         "linger.ms": 20,
         "message.timeout.ms": 300_000,
     })  # fmt: skip
