@@ -206,6 +206,7 @@ def run(messages: int, unique: int, repeats: int, command: str) -> dict[str, Any
     settings = load_settings()
     tag = uuid.uuid4().hex[:8]
     topic = f"tickflow.bench.ceiling.{tag}"
+    baseline = f"{topic}.in-flight-5"
     partitions = settings.kafka.raw_partitions
     records, per_exchange = envelopes(settings, unique)
     sizes = sorted(len(v) for _, v in records)
@@ -229,11 +230,13 @@ def run(messages: int, unique: int, repeats: int, command: str) -> dict[str, Any
           f"{messages} records into {topic} ({partitions} partitions)", flush=True)
     try:
         create_topic(settings, topic, partitions)
-        # the connectors' requests in flight, and librdkafka's default (5) as the baseline:
-        # what writing each frame once across a leader change costs
+        create_topic(settings, baseline, partitions)
+        # the connectors' requests in flight, and librdkafka's default (5) as the baseline
+        # (into a topic of its own): what writing each frame once across a leader change costs
         in_flight = settings.kafka.producer_max_in_flight
-        for key, value in (("produce_in_flight_5", 5), ("produce", in_flight)):
-            prod = produce(settings, topic, records, messages, value)
+        for key, value, into in (("produce_in_flight_5", 5, baseline),
+                                 ("produce", in_flight, topic)):  # fmt: skip
+            prod = produce(settings, into, records, messages, value)
             result[key] = prod
             print(f"produce ({value} in flight): {prod['messages_per_s']:,} msg/s, "
                   f"{prod['mb_per_s']} MB/s", flush=True)  # fmt: skip
@@ -253,6 +256,7 @@ def run(messages: int, unique: int, repeats: int, command: str) -> dict[str, Any
                 "runs": runs,
             }
     finally:
+        delete(settings, baseline, [])
         delete(settings, topic, groups)
     consume_rate = result["consume"]["messages_per_s_median"]
     print(f"ceiling: consume {consume_rate:,.0f} msg/s "
