@@ -18,10 +18,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from connectors.producer import partition_of
 from jobs.backfill import run_backfill
+from jobs.frames import KafkaFrames
 from jobs.replay_cli import backfill_overrides
 from jobs.sinks.clickhouse import COLUMNS, connect
 from jobs.sinks.clickhouse import drop_database as drop_clickhouse_database
@@ -35,6 +36,7 @@ from tickflow.generated import Dataset, Feeder
 from tickflow.kafka_security import client_config
 from tickflow.slice import _delete_kafka_topics, _delete_redis_keys
 
+END_OF_TIME_MS = 2**63 - 1  # after every record: a time range to the end
 CHECKPOINT_INTERVAL_MS = 2000  # short: a recovery is proven by the next completed checkpoint
 CATCH_UP_TIMEOUT_S = 600.0
 STABLE_S = 3.0  # output counts unchanged this long: everything written is visible
@@ -198,28 +200,15 @@ def read_committed(settings: Settings, topic: str, idle_s: float = 3.0) -> list[
         consumer.close()
 
 
-def raw_records(settings: Settings, idle_s: float = 3.0) -> dict[int, list[tuple[bytes, bytes]]]:
-    """Every record of the raw topic as (key, value), per partition in offset order."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({
-        **client_config(settings.kafka),
-        "group.id": f"raw-reader-{time.time_ns()}",
-        "enable.auto.commit": False,
-    })  # fmt: skip
-    out: dict[int, list[tuple[bytes, bytes]]] = {}
-    try:
-        partitions = settings.kafka.raw_partitions
-        consumer.assign([TopicPartition(settings.kafka.raw_topic, p, 0) for p in range(partitions)])
-        while True:
-            msg = consumer.poll(idle_s)
-            if msg is None:
-                return out
-            if msg.error() is None:
-                partition = cast(int, msg.partition())
-                out.setdefault(partition, []).append((msg.key() or b"", msg.value() or b""))
-    finally:
-        consumer.close()
+def raw_values(settings: Settings) -> dict[int, list[bytes]]:
+    """Every record of the raw topic (its value: the envelope), per partition in offset
+    order."""
+    with KafkaFrames(settings) as source:
+        out: dict[int, list[bytes]] = {}
+        for p in source.partitions():
+            start, end = source.offset_range(p, 0, END_OF_TIME_MS)
+            out[p] = [value for batch in source.read(p, start, end) for value in batch.values]
+        return out
 
 
 def first_difference(a: list[Any], b: list[Any]) -> int | None:
@@ -235,10 +224,10 @@ def raw_topic_check(settings: Settings, data: Dataset) -> dict[str, Any]:
     """The raw topic against the dataset fed into it: every record once, and in each partition
     in the order fed (a duplicated or reordered frame would part a book from the reference
     run's without any fault of the job)."""
-    fed: dict[int, list[tuple[bytes, bytes]]] = {}
-    for key, value, _ts, group in data.records:
-        fed.setdefault(partition_of(group, settings.kafka.raw_partitions), []).append((key, value))
-    read = raw_records(settings)
+    fed: dict[int, list[bytes]] = {}
+    for _key, value, _ts, group in data.records:
+        fed.setdefault(partition_of(group, settings.kafka.raw_partitions), []).append(value)
+    read = raw_values(settings)
     expected = Counter(r for records in fed.values() for r in records)
     actual = Counter(r for records in read.values() for r in records)
     lost, duplicated = diff(expected, actual)
@@ -301,7 +290,7 @@ def query_results(settings: Settings, rows: dict[str, Counter[tuple[Any, ...]]])
                 calls += [{"exchange": e, "symbol": s, "date": day} for e, s in books]
             elif name == "matched_trades_detail":
                 calls += [
-                    {"exchange": e, "symbol": s, "from_ms": 0, "to_ms": 2**63 - 1}
+                    {"exchange": e, "symbol": s, "from_ms": 0, "to_ms": END_OF_TIME_MS}
                     for e, s in books
                 ]
             elif name == "trade_through_counts":
