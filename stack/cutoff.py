@@ -100,6 +100,16 @@ def heal(name: str) -> None:
         _nft("delete", "table", "inet", table(name))
 
 
+def reset_connections(name: str) -> None:
+    """Destroy every TCP socket of ``name``'s cgroup, those its killed processes left behind
+    included: a process killed while cut off leaves its unsent data in sockets that would
+    deliver it once healed (``ss -K``: the kernel's sock_destroy, filtered by cgroup)."""
+    done = subprocess.run(["ss", "-K", "-t", "-a", "cgroup", f"/{cgroup_path(name)}"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise StackError(f"{name}: `ss -K` failed: {done.stderr.strip()}")
+
+
 def cut_off(name: str) -> bool:
     listed = _nft("list", "tables", check=False).splitlines()
     return f"table inet {table(name)}" in (line.strip() for line in listed)

@@ -657,6 +657,34 @@ def kill_jobmanager(settings: Settings, rest_port: int) -> int:
     return pid
 
 
+def rest_answers(rest_port: int, timeout: float = 0.5) -> bool:
+    """Whether a JobManager answers on ``rest_port`` at all (a standby's "ongoing leader
+    election" is an answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/config", timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def jobmanager_pid(rest_port: int) -> int | None:
+    return listening_pid(rest_port)
+
+
+def fence_jobmanager(settings: Settings, rest_port: int, timeout: float = 10.0) -> int:
+    """Kill the JobManager serving REST on ``rest_port`` so that nothing it sent can arrive
+    later: SIGKILL, then (where it runs in a cgroup of its own) its connections destroyed,
+    unsent data and all; its pid."""
+    pid = kill_jobmanager(settings, rest_port)
+    if not wait_until(lambda: not pid_alive(pid), timeout, 0.05):
+        raise StackError(f"flink: the JobManager pid {pid} outlived SIGKILL for {timeout:.0f} s")
+    if settings.flink.partitionable_jobmanagers:
+        cutoff.reset_connections(jobmanager_cgroup(rest_port))
+    return pid
+
+
 def silent_rest_ports(settings: Settings) -> list[int]:
     """The JobManagers' REST ports nothing listens on (with HA: a JobManager that died)."""
     return [p for p in settings.flink.rest_ports() if listening_pid(p) is None]

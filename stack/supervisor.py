@@ -117,6 +117,9 @@ class Supervisor:
         self.watching_brokers = threading.Event()
         # when a standby JobManager's or a spare TaskManager's loss was first seen
         self._lost_since: dict[str, float] = {}
+        # per REST port: the JobManager process seen answering there, and since when it is silent
+        self._answered: dict[int, int] = {}
+        self._silent_since: dict[int, float] = {}
 
     def _did(self, what: str) -> None:
         self.actions.append(Action(time.monotonic(), what))
@@ -151,6 +154,9 @@ class Supervisor:
             self._check_job(self.job)
 
     def _check_flink(self) -> None:
+        flink_settings = self.settings.flink
+        if flink_settings.fence_silent_jobmanager_ms and len(flink_settings.rest_ports()) > 1:
+            self._fence_silent_jobmanagers()
         pid_dir = flink.runtime_dir(self.settings) / "pid"
         jobmanager = pid_dir / "flink--standalonesession.pid"
         jm_alive = [p for p in read_pids(jobmanager) if pid_alive(p)]
@@ -186,6 +192,37 @@ class Supervisor:
                 self._start_warming()
         elif self._cold:
             self._warm_again_if_due()
+
+    def _fence_silent_jobmanagers(self) -> None:
+        """Kill a JobManager that answered on its REST port and has been silent for
+        ``flink.fence_silent_jobmanager_ms`` while another answers: cut off the network (or
+        hung), it has lost or will lose its leadership to the other, and what it queued meanwhile
+        (disconnects Flink's TaskManagers obey from any JobManager) must never be delivered. One
+        that never answered yet is starting, and the last one answering is never fenced."""
+        limit_s = self.settings.flink.fence_silent_jobmanager_ms / 1000
+        ports = self.settings.flink.rest_ports()
+        answers = {port: flink.rest_answers(port) for port in ports}
+        now = time.monotonic()
+        for port in ports:
+            pid = flink.jobmanager_pid(port)
+            if pid is None or answers[port]:
+                self._silent_since.pop(port, None)
+                if pid is None:
+                    self._answered.pop(port, None)
+                else:
+                    self._answered[port] = pid
+                continue
+            if self._answered.get(port) != pid:
+                continue  # starting: not answered yet
+            since = self._silent_since.setdefault(port, now)
+            if now - since < limit_s or not any(answers[p] for p in ports if p != port):
+                continue
+            flink.fence_jobmanager(self.settings, port)
+            self._silent_since.pop(port, None)
+            self._answered.pop(port, None)
+            self._did(f"the Flink JobManager of REST port {port} (pid {pid}) has been silent for "
+                      f"{now - since:.1f} s while another answers: fenced (killed, its "
+                      "connections reset)")  # fmt: skip
 
     def _warm_again_if_due(self) -> None:
         """A spare whose warm-up failed: warmed again ``WARM_RETRY_S`` later, once the job

@@ -325,6 +325,9 @@ class FlinkConfig:
     # starting a new one in place of the one the job failed over from (0: at once): a JVM
     # starting on a small machine takes CPU from the job while it recovers on the other
     replacement_delay_ms: int = 0
+    # with a standby: a JobManager silent on its REST port for this long while the other
+    # answers is killed by the supervisor, its queued messages with it (0: never)
+    fence_silent_jobmanager_ms: int = 0
     # the Kafka result sinks chained into the books task (true: no copy of the sink blobs) or
     # in tasks of their own (false, the HA profile): a sink waiting on a lost broker (its
     # flush at a checkpoint, its commit) then no longer stops the books. Measured on Kafka

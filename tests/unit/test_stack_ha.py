@@ -465,6 +465,94 @@ def test_the_supervisor_warms_a_spare_again_when_its_warm_up_failed(
     assert warmed == ["w1"] and not supervisor._cold
 
 
+def test_the_supervisor_fences_a_jobmanager_silent_while_the_other_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leader cut off the network queues disconnects for the TaskManagers that Flink lets any
+    JobManager send; delivered after the heal they restarted the job on the new leader. The
+    supervisor kills it once it has been silent ``fence_silent_jobmanager_ms`` while the other
+    answers: not one still starting (never answered), not the last one answering."""
+    from stack import supervisor as module
+
+    settings = ha_settings(tmp_path)
+    settings = dataclasses.replace(
+        settings, flink=dataclasses.replace(settings.flink, fence_silent_jobmanager_ms=200)
+    )
+    leader, standby = settings.flink.rest_ports()
+    answers = {leader: True, standby: True}
+    pids: dict[int, int | None] = {leader: 101, standby: 102}
+    fenced: list[int] = []
+
+    def fence(settings: Settings, port: int) -> int:
+        fenced.append(port)
+        pid = pids[port]
+        pids[port] = None
+        assert pid is not None
+        return pid
+
+    monkeypatch.setattr(module.flink, "rest_answers", lambda port: answers[port])
+    monkeypatch.setattr(module.flink, "jobmanager_pid", lambda port: pids[port])
+    monkeypatch.setattr(module.flink, "fence_jobmanager", fence)
+    lines: list[str] = []
+    supervisor = Supervisor(settings, names=(), log=lines.append)
+    supervisor._fence_silent_jobmanagers()  # both answer
+    answers[leader] = False  # cut off
+    supervisor._fence_silent_jobmanagers()
+    assert fenced == []  # not silent for long yet
+    time.sleep(0.25)
+    answers[standby] = False  # the other silent too: neither is fenced
+    supervisor._fence_silent_jobmanagers()
+    assert fenced == []
+    answers[standby] = True
+    supervisor._fence_silent_jobmanagers()
+    assert fenced == [leader] and "fenced (killed, its connections reset)" in lines[-1]
+    # a JobManager started again on that port and silent while it starts is left alone
+    pids[leader] = 103
+    time.sleep(0.25)
+    supervisor._fence_silent_jobmanagers()
+    supervisor._fence_silent_jobmanagers()
+    assert fenced == [leader]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroups and sock_destroy need root")
+def test_a_killed_process_cut_off_leaves_no_connection_to_deliver_its_data_later() -> None:
+    """What a process killed while cut off had not sent stays in sockets that the kernel goes
+    on retransmitting, to be delivered once the network heals: ``reset_connections`` destroys
+    them by the cgroup they were made in."""
+    from stack import cutoff
+
+    name = "test-reset-connections"
+    try:
+        directory = cutoff.ensure(name)
+    except StackError as exc:
+        pytest.skip(str(exc))
+    server = subprocess.Popen(
+        [sys.executable, "-c",
+         "import os, socket, sys, time\n"
+         f"open({str(directory / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n"
+         "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+         "print(s.getsockname()[1], flush=True)\n"
+         "a, _ = s.accept(); a.sendall(b'x' * 1000); time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        import socket
+
+        with socket.create_connection(("127.0.0.1", port)):
+            listed = ["ss", "-t", "-a", "-H", "cgroup", f"/{cutoff.cgroup_path(name)}"]
+            assert subprocess.run(listed, capture_output=True, text=True).stdout.strip()
+            server.kill()
+            server.wait(10)
+            cutoff.reset_connections(name)
+            assert not subprocess.run(listed, capture_output=True, text=True).stdout.strip()
+    finally:
+        server.kill()
+        server.wait(10)
+        cutoff.remove(name)
+
+
 def test_the_flink_dist_bundles_the_curator_the_patched_leader_latch_replaces(
     tmp_path: Path,
 ) -> None:
