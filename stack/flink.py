@@ -237,6 +237,8 @@ def failover_overrides(settings: Settings) -> dict[str, Any]:
         out["heartbeat.interval"] = f"{flink.heartbeat_interval_ms} ms"
     if flink.heartbeat_timeout_ms:
         out["heartbeat.timeout"] = f"{flink.heartbeat_timeout_ms} ms"
+    if flink.heartbeat_rpc_failure_threshold:
+        out["heartbeat.rpc-failure-threshold"] = flink.heartbeat_rpc_failure_threshold
     if flink.restart_backoff_ms:
         out["restart-strategy.exponential-delay.initial-backoff"] = f"{flink.restart_backoff_ms} ms"
     return out

@@ -38,6 +38,8 @@ class RestartHold:
     what: str
     most_s: float
     until: str
+    # done once when the loss is first seen, to hasten what the hold waits for; says what it did
+    on_loss: Callable[[], str] | None = None
 
 
 class Component(ABC):

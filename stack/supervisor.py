@@ -135,6 +135,8 @@ class Supervisor:
                 # component can (``completes_partially``), else the component is restarted
                 alive = len(component.pids())
                 hold = component.restart_hold()
+                if hold is not None and hold.on_loss and component.name not in self._lost_since:
+                    self._did(f"{hold.what} is gone: {hold.on_loss()}")
                 if hold is not None and not self._replacement_due(
                     component.name, hold.what, round(hold.most_s * 1000), hold.until
                 ):

@@ -318,6 +318,9 @@ class FlinkConfig:
     # a SIGKILLed TaskManager is noticed after two refused heartbeats either way)
     heartbeat_interval_ms: int = 0
     heartbeat_timeout_ms: int = 0
+    # heartbeat calls refused in a row before a TaskManager counts as lost (0: Flink's 2): a
+    # killed one refuses them at once, a paused one only goes silent (heartbeat_timeout_ms)
+    heartbeat_rpc_failure_threshold: int = 0
     # how long a failed job waits before its first restart (0: flink-conf's 1 s; the wait
     # doubles while it keeps failing)
     restart_backoff_ms: int = 0

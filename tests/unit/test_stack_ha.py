@@ -252,6 +252,7 @@ def test_the_ha_profile_runs_zookeeper_and_a_standby_jobmanager(tmp_path: Path) 
     assert failover_overrides(settings) == {
         "heartbeat.interval": "1000 ms",
         "heartbeat.timeout": "5000 ms",
+        "heartbeat.rpc-failure-threshold": 1,
         "restart-strategy.exponential-delay.initial-backoff": "100 ms",
     }
     assert overrides["high-availability.storageDir"] == (tmp_path / "ha").as_uri()
@@ -657,7 +658,8 @@ def test_the_supervisor_starts_a_lost_redis_primary_once_the_sentinels_promoted_
     """Started while the Sentinels still name it, a lost primary came back as a second
     primary beside the one they promote, and the writes to the one demoted were lost. It waits
     until they name another, or ``redis.failover_wait_ms`` (no replica to promote); a lost
-    replica, or a primary without Sentinels, is started at once."""
+    replica, or a primary without Sentinels, is started at once. A primary whose process is
+    gone is failed over at once (SENTINEL FAILOVER), once per loss."""
     settings = ha_settings(tmp_path)
     quick = dataclasses.replace(
         settings, redis=dataclasses.replace(settings.redis, failover_wait_ms=200)
@@ -665,6 +667,13 @@ def test_the_supervisor_starts_a_lost_redis_primary_once_the_sentinels_promoted_
     own, replica = (quick.redis.host, quick.redis.port), (quick.redis.host, 6380)
     named = [own]
     monkeypatch.setattr("stack.redis_server.sentinel_primary", lambda s: named[0])
+    forced: list[str] = []
+
+    def force(settings: Settings) -> str:
+        forced.append(settings.redis.sentinel_service)
+        return "Sentinel 26379 fails over to the replica"
+
+    monkeypatch.setattr("stack.redis_server.force_failover", force)
 
     class Lost(Redis):
         def pids(self) -> list[int]:
@@ -677,10 +686,11 @@ def test_the_supervisor_starts_a_lost_redis_primary_once_the_sentinels_promoted_
     supervisor = Supervisor(quick, names=("redis",), log=lines.append)
     supervisor.check()
     supervisor.check()
-    assert started == []
+    assert started == [] and forced == ["tickflow"]
     assert lines == [
+        "supervisor: the Redis primary (redis) is gone: Sentinel 26379 fails over to the replica",
         "supervisor: the Redis primary (redis) is lost: starting another in 0.2 s, or once the "
-        "Sentinels have promoted the replica"
+        "Sentinels have promoted the replica",
     ]
     named[0] = replica  # promoted: it starts as that one's replica
     supervisor.check()
@@ -689,7 +699,7 @@ def test_the_supervisor_starts_a_lost_redis_primary_once_the_sentinels_promoted_
     supervisor.check()
     time.sleep(0.25)
     supervisor.check()
-    assert started == [["redis"], ["redis"]]
+    assert started == [["redis"], ["redis"]] and len(forced) == 2  # once for each loss
     assert Redis(quick).restart_hold() is not None
     assert RedisReplica(quick).restart_hold() is None  # the Sentinels name the other
     no_sentinels = dataclasses.replace(
