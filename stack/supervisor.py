@@ -87,6 +87,8 @@ class SupervisedJob:
 
 # how often the brokers' processes are looked at (``kafka.unregister_lost_brokers``)
 BROKER_WATCH_S = 0.1
+# how often the JobManagers' REST ports are probed for one gone silent (flink.fence_silent_...)
+JOBMANAGER_WATCH_S = 0.5
 # a warm-up that failed (a JobManager failover while it ran) is tried again this much later,
 # once the job runs: a cold spare cost a restarting job ~10 s of Python imports in the drill
 WARM_RETRY_S = 10.0
@@ -113,6 +115,7 @@ class Supervisor:
         self._cold = False
         self._warm_retry_at = 0.0
         self._watching: threading.Thread | None = None
+        self._fencing: threading.Thread | None = None
         # set once the broker watch can unregister (its JVM has connected)
         self.watching_brokers = threading.Event()
         # when a standby JobManager's or a spare TaskManager's loss was first seen
@@ -156,9 +159,6 @@ class Supervisor:
             self._check_job(self.job)
 
     def _check_flink(self) -> None:
-        flink_settings = self.settings.flink
-        if flink_settings.fence_silent_jobmanager_ms and len(flink_settings.rest_ports()) > 1:
-            self._fence_silent_jobmanagers()
         pid_dir = flink.runtime_dir(self.settings) / "pid"
         jobmanager = pid_dir / "flink--standalonesession.pid"
         jm_alive = [p for p in read_pids(jobmanager) if pid_alive(p)]
@@ -340,6 +340,11 @@ class Supervisor:
         if self.settings.kafka.unregister_lost_brokers and "kafka" in self.names:
             self._watching = threading.Thread(target=self._watch_brokers, daemon=True)
             self._watching.start()
+        flink_settings = self.settings.flink
+        if (flink_settings.fence_silent_jobmanager_ms and len(flink_settings.rest_ports()) > 1
+                and "flink" in self.names):  # fmt: skip
+            self._fencing = threading.Thread(target=self._watch_jobmanagers, daemon=True)
+            self._fencing.start()
         while not self._stop.is_set():
             try:
                 self.check()
@@ -373,6 +378,18 @@ class Supervisor:
             if unregistrar is not None:
                 unregistrar.close()
 
+    def _watch_jobmanagers(self) -> None:
+        """Every ``JOBMANAGER_WATCH_S``: fence a JobManager gone silent
+        (``_fence_silent_jobmanagers``), apart from the rounds, which a JobManager that does
+        not answer slows down (each call to it waits out its timeout) when it matters most:
+        before the network heals."""
+        while not self._stop.wait(JOBMANAGER_WATCH_S):
+            try:
+                self._fence_silent_jobmanagers()
+            except (StackError, OSError) as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                self.log(f"supervisor: fencing a silent JobManager failed: {exc}")
+
     def start(self, interval_s: float = 1.0) -> Supervisor:
         self._thread = threading.Thread(target=self.run, args=(interval_s,), daemon=True)
         self._thread.start()
@@ -380,7 +397,7 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stop.set()
-        for thread in (self._thread, self._warming, self._watching):
+        for thread in (self._thread, self._warming, self._watching, self._fencing):
             if thread is not None:
                 thread.join(timeout=300)
 
