@@ -206,15 +206,20 @@ class Supervisor:
         answers = {port: flink.rest_answers(port) for port in ports}
         now = time.monotonic()
         for port in ports:
-            pid = flink.jobmanager_pid(port)
-            if pid is None or answers[port]:
+            known = self._answered.get(port)
+            if known is not None and not pid_alive(known):
+                known = None  # gone: whoever listens there next must answer first
+                self._answered.pop(port)
                 self._silent_since.pop(port, None)
-                if pid is None:
-                    self._answered.pop(port, None)
-                else:
-                    self._answered[port] = pid
+            if answers[port]:
+                self._silent_since.pop(port, None)
+                if known is None:
+                    # looked up once per process: a scan of every process's sockets (~30 ms)
+                    pid = flink.jobmanager_pid(port)
+                    if pid is not None:
+                        self._answered[port] = pid
                 continue
-            if self._answered.get(port) != pid:
+            if known is None:
                 continue  # starting: not answered yet
             since = self._silent_since.setdefault(port, now)
             if now - since < limit_s or not any(answers[p] for p in ports if p != port):
@@ -222,7 +227,7 @@ class Supervisor:
             flink.fence_jobmanager(self.settings, port)
             self._silent_since.pop(port, None)
             self._answered.pop(port, None)
-            self._did(f"the Flink JobManager of REST port {port} (pid {pid}) has been silent for "
+            self._did(f"the Flink JobManager of REST port {port} (pid {known}) has been silent for "
                       f"{now - since:.1f} s while another answers: fenced (killed, its "
                       "connections reset)")  # fmt: skip
 

@@ -491,12 +491,21 @@ def test_the_supervisor_fences_a_jobmanager_silent_while_the_other_answers(
         assert pid is not None
         return pid
 
+    looked_up: list[int] = []
+
+    def jobmanager_pid(port: int) -> int | None:
+        looked_up.append(port)
+        return pids[port]
+
     monkeypatch.setattr(module.flink, "rest_answers", lambda port: answers[port])
-    monkeypatch.setattr(module.flink, "jobmanager_pid", lambda port: pids[port])
+    monkeypatch.setattr(module.flink, "jobmanager_pid", jobmanager_pid)
+    monkeypatch.setattr(module, "pid_alive", lambda pid: pid in pids.values())
     monkeypatch.setattr(module.flink, "fence_jobmanager", fence)
     lines: list[str] = []
     supervisor = Supervisor(settings, names=(), log=lines.append)
     supervisor._fence_silent_jobmanagers()  # both answer
+    supervisor._fence_silent_jobmanagers()
+    assert looked_up == [leader, standby]  # a process's pid is looked up once
     answers[leader] = False  # cut off
     supervisor._fence_silent_jobmanagers()
     assert fenced == []  # not silent for long yet
