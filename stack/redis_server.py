@@ -5,10 +5,14 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stack.services import LOOPBACK, Component, RestartHold
 from stack.system import StackError, disable_system_services, ensure_packages, spawn_daemon
 from tickflow.config import Settings
+
+if TYPE_CHECKING:
+    import redis
 
 REDIS_PACKAGES = {"redis-server": ["redis-server"]}
 
@@ -271,19 +275,25 @@ def follow(
     return None if primary == own else primary
 
 
+def _sentinel_client(settings: Settings, host: str, port: int) -> redis.Redis:
+    import redis
+
+    return redis.Redis(
+        host=host,
+        port=port,
+        password=settings.redis.password or None,
+        socket_timeout=1,
+        socket_connect_timeout=1,
+    )
+
+
 def sentinel_primary(settings: Settings) -> tuple[str, int] | None:
     """The primary's address as the first Sentinel that answers names it; None when none does
     (the Sentinels start after the instances they watch)."""
     import redis
 
     for host, port in settings.redis.sentinels():
-        sentinel = redis.Redis(
-            host=host,
-            port=port,
-            password=settings.redis.password or None,
-            socket_timeout=1,
-            socket_connect_timeout=1,
-        )
+        sentinel = _sentinel_client(settings, host, port)
         try:
             address = sentinel.execute_command(
                 "SENTINEL", "GET-MASTER-ADDR-BY-NAME", settings.redis.sentinel_service
@@ -307,13 +317,7 @@ def force_failover(settings: Settings) -> str:
 
     said = "no Sentinel answered"
     for host, port in settings.redis.sentinels():
-        sentinel = redis.Redis(
-            host=host,
-            port=port,
-            password=settings.redis.password or None,
-            socket_timeout=1,
-            socket_connect_timeout=1,
-        )
+        sentinel = _sentinel_client(settings, host, port)
         try:
             sentinel.execute_command("SENTINEL", "FAILOVER", settings.redis.sentinel_service)
             return f"Sentinel {port} fails over to the replica"
