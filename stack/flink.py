@@ -671,20 +671,17 @@ def rest_answers(rest_port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def jobmanager_pid(rest_port: int) -> int | None:
-    return listening_pid(rest_port)
-
-
-def fence_jobmanager(settings: Settings, rest_port: int, timeout: float = 10.0) -> int:
-    """Kill the JobManager serving REST on ``rest_port`` so that nothing it sent can arrive
-    later: SIGKILL, then (where it runs in a cgroup of its own) its connections destroyed,
-    unsent data and all; its pid."""
-    pid = kill_jobmanager(settings, rest_port)
+def fence_jobmanager(settings: Settings, rest_port: int, pid: int, timeout: float = 10.0) -> None:
+    """Kill the JobManager process ``pid`` (serving REST on ``rest_port``) so that nothing it
+    sent can arrive later: SIGKILL, then (where it runs in a cgroup of its own) its connections
+    destroyed, unsent data and all."""
+    if not process_belongs_to(pid, runtime_dir(settings)):
+        raise StackError(f"flink: pid {pid} is no JobManager of this stack")
+    os.kill(pid, signal.SIGKILL)
     if not wait_until(lambda: not pid_alive(pid), timeout, 0.05):
         raise StackError(f"flink: the JobManager pid {pid} outlived SIGKILL for {timeout:.0f} s")
     if settings.flink.partitionable_jobmanagers:
         cutoff.reset_connections(jobmanager_cgroup(rest_port))
-    return pid
 
 
 def silent_rest_ports(settings: Settings) -> list[int]:

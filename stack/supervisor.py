@@ -33,7 +33,7 @@ from pathlib import Path
 from stack import flink
 from stack.kafka import BrokerUnregistrar, Kafka, lost_brokers
 from stack.manager import components, up
-from stack.system import StackError, pid_alive, read_pids
+from stack.system import StackError, listening_pid, pid_alive, read_pids
 from tickflow.config import Settings
 
 SUPERVISED = ("kafka", "redis", "clickhouse", "flink")
@@ -215,7 +215,7 @@ class Supervisor:
                 self._silent_since.pop(port, None)
                 if known is None:
                     # looked up once per process: a scan of every process's sockets (~30 ms)
-                    pid = flink.jobmanager_pid(port)
+                    pid = listening_pid(port)
                     if pid is not None:
                         self._answered[port] = pid
                 continue
@@ -224,7 +224,7 @@ class Supervisor:
             since = self._silent_since.setdefault(port, now)
             if now - since < limit_s or not any(answers[p] for p in ports if p != port):
                 continue
-            flink.fence_jobmanager(self.settings, port)
+            flink.fence_jobmanager(self.settings, port, known)
             self._silent_since.pop(port, None)
             self._answered.pop(port, None)
             self._did(f"the Flink JobManager of REST port {port} (pid {known}) has been silent for "

@@ -484,21 +484,19 @@ def test_the_supervisor_fences_a_jobmanager_silent_while_the_other_answers(
     pids: dict[int, int | None] = {leader: 101, standby: 102}
     fenced: list[int] = []
 
-    def fence(settings: Settings, port: int) -> int:
+    def fence(settings: Settings, port: int, pid: int) -> None:
+        assert pid == pids[port]  # the process seen answering there, not looked up again
         fenced.append(port)
-        pid = pids[port]
         pids[port] = None
-        assert pid is not None
-        return pid
 
     looked_up: list[int] = []
 
-    def jobmanager_pid(port: int) -> int | None:
+    def listening_pid(port: int) -> int | None:
         looked_up.append(port)
         return pids[port]
 
     monkeypatch.setattr(module.flink, "rest_answers", lambda port: answers[port])
-    monkeypatch.setattr(module.flink, "jobmanager_pid", jobmanager_pid)
+    monkeypatch.setattr(module, "listening_pid", listening_pid)
     monkeypatch.setattr(module, "pid_alive", lambda pid: pid in pids.values())
     monkeypatch.setattr(module.flink, "fence_jobmanager", fence)
     lines: list[str] = []
