@@ -35,6 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import ZnodeStat
 
 from stack import cutoff
 from stack.jars import (
@@ -244,6 +248,14 @@ def failover_overrides(settings: Settings) -> dict[str, Any]:
     return out
 
 
+HA_ZOOKEEPER_ROOT = "/flink"
+HA_CLUSTER_ID = "/tickflow"
+# where Flink's JobManagers elect their leader (a Curator LeaderLatch: the lowest sequence
+# leads) and where the leader publishes its REST address (a Java-serialized LeaderInformation)
+HA_LEADER_LATCH = f"{HA_ZOOKEEPER_ROOT}{HA_CLUSTER_ID}/leader/latch"
+HA_LEADER_REST = f"{HA_ZOOKEEPER_ROOT}{HA_CLUSTER_ID}/leader/rest_server/connection_info"
+
+
 def ha_overrides(settings: Settings, runtime: Path) -> dict[str, Any]:
     """Flink's ZooKeeper HA services (the HA profile): the leader, the jobs and their latest
     checkpoints in ZooKeeper and ``<runtime>/ha``, so a standby JobManager resumes the jobs."""
@@ -256,8 +268,8 @@ def ha_overrides(settings: Settings, runtime: Path) -> dict[str, Any]:
         "high-availability.zookeeper.quorum": ",".join(
             f"127.0.0.1:{port}" for port in flink.zookeeper_client_ports()
         ),
-        "high-availability.zookeeper.path.root": "/flink",
-        "high-availability.cluster-id": "/tickflow",
+        "high-availability.zookeeper.path.root": HA_ZOOKEEPER_ROOT,
+        "high-availability.cluster-id": HA_CLUSTER_ID,
         "high-availability.storageDir": (runtime / "ha").as_uri(),
         "high-availability.zookeeper.client.session-timeout": timeout,
         "high-availability.zookeeper.client.connection-timeout": timeout,
@@ -682,6 +694,79 @@ def fence_jobmanager(settings: Settings, rest_port: int, pid: int, timeout: floa
         raise StackError(f"flink: the JobManager pid {pid} outlived SIGKILL for {timeout:.0f} s")
     if settings.flink.partitionable_jobmanagers:
         cutoff.reset_connections(jobmanager_cgroup(rest_port))
+
+
+def leader_rest_address(connection_info: bytes) -> str | None:
+    """The address in a leader's ``connection_info`` node: Java serialization of
+    LeaderInformation, which opens with ``writeUTF(address)`` in a block (magic, version,
+    TC_BLOCKDATA and its length, then the UTF's two-byte length and its bytes)."""
+    if connection_info[:5] != b"\xac\xed\x00\x05w" or len(connection_info) < 8:
+        return None
+    length = int.from_bytes(connection_info[6:8], "big")
+    return connection_info[8 : 8 + length].decode("utf-8", "replace")
+
+
+def release_lost_leadership(settings: Settings, rest_port: int, timeout: float = 2.0) -> str | None:
+    """The JobManager that served REST on ``rest_port`` is dead. If it led, delete every
+    ZooKeeper node its session still holds (its place in the leader latch, its leader
+    information, its locks on job graphs and checkpoints), which the session's expiry would
+    delete ``ha_session_timeout_ms`` later: the standby's latch, watching the node before its
+    own, then leads at once. One transaction, on condition that its latch node is still there,
+    so nothing is deleted once the standby leads. Returns what was deleted, or None."""
+    client = KazooClient(
+        hosts=",".join(f"127.0.0.1:{p}" for p in settings.flink.zookeeper_client_ports()),
+        timeout=timeout,
+    )
+    try:
+        client.start(timeout=timeout)
+        return _release_session_of(client, rest_port)
+    except (KazooException, KazooTimeoutError) as exc:
+        raise StackError(f"flink: releasing the leadership in ZooKeeper failed: {exc!r}") from exc
+    finally:
+        client.stop()
+        client.close()
+
+
+def _release_session_of(client: KazooClient, rest_port: int) -> str | None:
+    try:
+        data, stat = client.get(HA_LEADER_REST)
+    except NoNodeError:
+        return None  # no leader, or its session expired already
+    if leader_rest_address(data) != f"http://127.0.0.1:{rest_port}" or not stat.ephemeralOwner:
+        return None  # the leader is another JobManager
+    owner = stat.ephemeralOwner
+    held = [path for path, node in _zookeeper_nodes(client, HA_ZOOKEEPER_ROOT + HA_CLUSTER_ID)
+            if node.ephemeralOwner == owner]  # fmt: skip
+    latch = [path for path in held if path.startswith(f"{HA_LEADER_LATCH}/")]
+    if not latch:
+        return None
+    transaction = client.transaction()
+    for path in latch:
+        transaction.check(path, 0)  # a latch node is never written: still there, still version 0
+    for path in held:  # ephemeral: leaves, in any order
+        transaction.delete(path)
+    if any(isinstance(result, Exception) for result in transaction.commit()):
+        return None  # its session expired meanwhile: nothing left to release
+    return f"deleted the {len(held)} ZooKeeper node(s) its session {owner:#x} held"
+
+
+def _zookeeper_nodes(client: KazooClient, root: str) -> list[tuple[str, ZnodeStat]]:
+    """Every node under ``root`` (depth first), each with its stat."""
+    out: list[tuple[str, ZnodeStat]] = []
+    pending = [root]
+    while pending:
+        path = pending.pop()
+        try:
+            children = client.get_children(path)
+        except NoNodeError:
+            continue
+        for child in children:
+            child_path = f"{path}/{child}"
+            stat = client.exists(child_path)
+            if stat is not None:
+                out.append((child_path, stat))
+                pending.append(child_path)
+    return out
 
 
 def silent_rest_ports(settings: Settings) -> list[int]:

@@ -200,7 +200,9 @@ class Supervisor:
         ``flink.fence_silent_jobmanager_ms`` while another answers: cut off the network (or
         hung), it has lost or will lose its leadership to the other, and what it queued meanwhile
         (disconnects Flink's TaskManagers obey from any JobManager) must never be delivered. One
-        that never answered yet is starting, and the last one answering is never fenced."""
+        that never answered yet is starting, and the last one answering is never fenced. A
+        JobManager whose process is gone (killed here or not) has its leadership released
+        (``flink.release_lost_leadership``)."""
         limit_s = self.settings.flink.fence_silent_jobmanager_ms / 1000
         ports = self.settings.flink.rest_ports()
         answers = {port: flink.rest_answers(port) for port in ports}
@@ -211,6 +213,7 @@ class Supervisor:
                 known = None  # gone: whoever listens there next must answer first
                 self._answered.pop(port)
                 self._silent_since.pop(port, None)
+                self._release_leadership(port)
             if answers[port]:
                 self._silent_since.pop(port, None)
                 if known is None:
@@ -219,8 +222,8 @@ class Supervisor:
                     if pid is not None:
                         self._answered[port] = pid
                 continue
-            if known is None:
-                continue  # starting: not answered yet
+            if known is None or not limit_s:
+                continue  # starting: not answered yet (or no fencing)
             since = self._silent_since.setdefault(port, now)
             if now - since < limit_s or not any(answers[p] for p in ports if p != port):
                 continue
@@ -230,6 +233,18 @@ class Supervisor:
             self._did(f"the Flink JobManager of REST port {port} (pid {known}) has been silent for "
                       f"{now - since:.1f} s while another answers: fenced (killed, its "
                       "connections reset)")  # fmt: skip
+            self._release_leadership(port)
+
+    def _release_leadership(self, port: int) -> None:
+        """The JobManager of REST port ``port`` is dead: if it led, release what its ZooKeeper
+        session holds (``flink.release_lost_leadership``) so the standby leads now, not once
+        that session expires."""
+        if not self.settings.flink.release_lost_leadership:
+            return
+        released = flink.release_lost_leadership(self.settings, port)
+        if released:
+            self._did(f"the leading Flink JobManager of REST port {port} is gone: {released} "
+                      "(the standby leads at once)")  # fmt: skip
 
     def _warm_again_if_due(self) -> None:
         """A spare whose warm-up failed: warmed again ``WARM_RETRY_S`` later, once the job
@@ -345,9 +360,9 @@ class Supervisor:
         if self.settings.kafka.unregister_lost_brokers and "kafka" in self.names:
             self._watching = threading.Thread(target=self._watch_brokers, daemon=True)
             self._watching.start()
-        flink_settings = self.settings.flink
-        if (flink_settings.fence_silent_jobmanager_ms and len(flink_settings.rest_ports()) > 1
-                and "flink" in self.names):  # fmt: skip
+        ha = self.settings.flink
+        watched = ha.fence_silent_jobmanager_ms or ha.release_lost_leadership
+        if watched and len(ha.rest_ports()) > 1 and "flink" in self.names:
             self._fencing = threading.Thread(target=self._watch_jobmanagers, daemon=True)
             self._fencing.start()
         while not self._stop.is_set():
@@ -384,10 +399,10 @@ class Supervisor:
                 unregistrar.close()
 
     def _watch_jobmanagers(self) -> None:
-        """Every ``JOBMANAGER_WATCH_S``: fence a JobManager gone silent
-        (``_fence_silent_jobmanagers``), apart from the rounds, which a JobManager that does
-        not answer slows down (each call to it waits out its timeout) when it matters most:
-        before the network heals."""
+        """Every ``JOBMANAGER_WATCH_S``: fence a JobManager gone silent, and release a dead
+        leader's ZooKeeper session (``_fence_silent_jobmanagers``), apart from the rounds,
+        which a JobManager that does not answer slows down (each call to it waits out its
+        timeout) when it matters most: before the network heals, or the standby leads."""
         while not self._stop.wait(JOBMANAGER_WATCH_S):
             try:
                 self._fence_silent_jobmanagers()

@@ -331,6 +331,10 @@ class FlinkConfig:
     # with a standby: a JobManager silent on its REST port for this long while the other
     # answers is killed by the supervisor, its queued messages with it (0: never)
     fence_silent_jobmanager_ms: int = 0
+    # with a standby: once the leading JobManager's process is gone, the supervisor deletes the
+    # ZooKeeper nodes its session holds (what the session's expiry would delete), so the
+    # standby leads at once instead of ha_session_timeout_ms later
+    release_lost_leadership: bool = False
     # the Kafka result sinks chained into the books task (true: no copy of the sink blobs) or
     # in tasks of their own (false, the HA profile): a sink waiting on a lost broker (its
     # flush at a checkpoint, its commit) then no longer stops the books. Measured on Kafka

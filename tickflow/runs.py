@@ -60,11 +60,19 @@ class Namespace:
             yield self.settings
 
 
-def namespace(name: str, tag: str, fault_file: Path) -> Namespace:
+def namespace(
+    name: str,
+    tag: str,
+    fault_file: Path,
+    checkpoint_interval_ms: int | None = CHECKPOINT_INTERVAL_MS,
+) -> Namespace:
+    """A run's namespace; checkpoints every ``checkpoint_interval_ms`` (None: the profile's)."""
     t = f"{name}{tag}"
+    checkpoints = {"TICKFLOW__FLINK__CHECKPOINT_INTERVAL_MS": str(checkpoint_interval_ms)}
     return Namespace(
         name,
         {
+            **(checkpoints if checkpoint_interval_ms is not None else {}),
             "TICKFLOW__KAFKA__RAW_TOPIC": f"tickflow.raw.{t}",
             "TICKFLOW__KAFKA__DEADLETTER_TOPIC": f"tickflow.deadletter.{t}",
             "TICKFLOW__KAFKA__CONTROL_TOPIC": f"tickflow.control.{t}",
@@ -73,7 +81,6 @@ def namespace(name: str, tag: str, fault_file: Path) -> Namespace:
             "TICKFLOW__KAFKA__BARS_TOPIC": f"tickflow.bars.{t}",
             "TICKFLOW__KAFKA__TOUCHES_TOPIC": f"tickflow.touches.{t}",
             "TICKFLOW__FLINK__CONSUMER_GROUP": f"tickflow-{t}",
-            "TICKFLOW__FLINK__CHECKPOINT_INTERVAL_MS": str(CHECKPOINT_INTERVAL_MS),
             "TICKFLOW__FLINK__PYTHON_FAULT_FILE": str(fault_file),
             "TICKFLOW__REDIS__KEY_PREFIX": f"tf{t}",
             "TICKFLOW__CLICKHOUSE__DATABASE": f"tickflow_{t}",

@@ -25,6 +25,7 @@ from stack.flink import (
     failover_overrides,
     flink_home,
     ha_overrides,
+    leader_rest_address,
     reporter_port_args,
 )
 from stack.kafka import Kafka, KafkaNode, java_properties_text, lost_brokers
@@ -499,6 +500,13 @@ def test_the_supervisor_fences_a_jobmanager_silent_while_the_other_answers(
     monkeypatch.setattr(module, "listening_pid", listening_pid)
     monkeypatch.setattr(module, "pid_alive", lambda pid: pid in pids.values())
     monkeypatch.setattr(module.flink, "fence_jobmanager", fence)
+    released: list[int] = []
+
+    def release(settings: Settings, port: int) -> str:
+        released.append(port)
+        return "deleted the 4 ZooKeeper node(s) its session 0x1 held"
+
+    monkeypatch.setattr(module.flink, "release_lost_leadership", release)
     lines: list[str] = []
     supervisor = Supervisor(settings, names=(), log=lines.append)
     supervisor._fence_silent_jobmanagers()  # both answer
@@ -513,13 +521,34 @@ def test_the_supervisor_fences_a_jobmanager_silent_while_the_other_answers(
     assert fenced == []
     answers[standby] = True
     supervisor._fence_silent_jobmanagers()
-    assert fenced == [leader] and "fenced (killed, its connections reset)" in lines[-1]
+    assert fenced == [leader] and "fenced (killed, its connections reset)" in lines[-2]
+    # and its leadership released, if it still held it: the standby need not wait its session
+    assert released == [leader] and "the standby leads at once" in lines[-1]
     # a JobManager started again on that port and silent while it starts is left alone
     pids[leader] = 103
     time.sleep(0.25)
     supervisor._fence_silent_jobmanagers()
     supervisor._fence_silent_jobmanagers()
     assert fenced == [leader]
+    # one that answered and whose process is gone (killed, crashed): released at once
+    answers[leader] = True
+    supervisor._fence_silent_jobmanagers()
+    pids[leader] = None
+    answers[leader] = False
+    supervisor._fence_silent_jobmanagers()
+    assert fenced == [leader] and released == [leader, leader]
+
+
+def test_the_leader_rest_address_is_read_from_flinks_connection_info() -> None:
+    """A JobManager's ``leader/rest_server/connection_info`` node (Flink 2.2, read from
+    ZooKeeper): Java serialization of its address and leader session id."""
+    node = bytes.fromhex(
+        "aced000577170015687474703a2f2f3132372e302e302e313a383038317372000e6a6176612e7574696c"
+        "2e55554944bc9903f7986d852f0200024a000c6c65617374536967426974734a000b6d6f73745369674269"
+        "7473787085a40bf4edbb4fa30cdb18702f75495d"
+    )
+    assert leader_rest_address(node) == "http://127.0.0.1:8081"
+    assert leader_rest_address(b"") is None and leader_rest_address(b"not java") is None
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="cgroups and sock_destroy need root")
