@@ -352,7 +352,8 @@ def entry(
                     "command": c["command"],
                 }
         measured = convert(value, unit, target.unit)
-        digits = 3 if abs(measured) < 10 else 1
+        # percentages near 100 (availability) keep what tells them from their target
+        digits = 4 if target.unit == "%" else 3 if abs(measured) < 10 else 1
         return {
             "name": target.name,
             "description": target.description,
