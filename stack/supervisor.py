@@ -30,9 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stack import flink
+from redis.exceptions import RedisError
+
+from stack import flink, redis_server
 from stack.kafka import BrokerUnregistrar, Kafka, lost_brokers
 from stack.manager import components, up
+from stack.redis_server import Redis
 from stack.system import StackError, listening_pid, pid_alive, read_pids
 from tickflow.config import Settings
 
@@ -89,9 +92,23 @@ class SupervisedJob:
 BROKER_WATCH_S = 0.1
 # how often the JobManagers' REST ports are probed for one gone silent (flink.fence_silent_...)
 JOBMANAGER_WATCH_S = 0.5
+# how often the Redis primary's process is looked at (HA profile), and the Sentinels asked
+# which instance is the primary; a refused forced failover is asked again this often, so long
+REDIS_WATCH_S = 0.1
+SENTINEL_ASK_S = 1.0
+FORCE_RETRY_S = 0.2
+FORCE_RETRY_FOR_S = 3.0
 # a warm-up that failed (a JobManager failover while it ran) is tried again this much later,
 # once the job runs: a cold spare cost a restarting job ~10 s of Python imports in the drill
 WARM_RETRY_S = 10.0
+
+
+def _live_primary(settings: Settings, servers: dict[int, Redis]) -> tuple[int, int] | None:
+    """The port the Sentinels name the primary and the live process serving it, if any."""
+    named = redis_server.sentinel_primary(settings)
+    server = servers.get(named[1]) if named is not None else None
+    pids = server.pids() if server is not None else []
+    return (server.own_port, pids[0]) if server is not None and pids else None
 
 
 class Supervisor:
@@ -116,6 +133,7 @@ class Supervisor:
         self._warm_retry_at = 0.0
         self._watching: threading.Thread | None = None
         self._fencing: threading.Thread | None = None
+        self._redis_watch: threading.Thread | None = None
         # set once the broker watch can unregister (its JVM has connected)
         self.watching_brokers = threading.Event()
         # when a standby JobManager's or a spare TaskManager's loss was first seen
@@ -123,6 +141,8 @@ class Supervisor:
         # per REST port: the JobManager process seen answering there, and since when it is silent
         self._answered: dict[int, int] = {}
         self._silent_since: dict[int, float] = {}
+        # components whose loss a watcher thread acts on (the rounds then do not)
+        self._losses_watched: set[str] = set()
 
     def _did(self, what: str) -> None:
         self.actions.append(Action(time.monotonic(), what))
@@ -138,7 +158,8 @@ class Supervisor:
                 # component can (``completes_partially``), else the component is restarted
                 alive = len(component.pids())
                 hold = component.restart_hold()
-                if hold is not None and hold.on_loss and component.name not in self._lost_since:
+                if (hold is not None and hold.on_loss and component.name not in self._lost_since
+                        and component.name not in self._losses_watched):  # fmt: skip
                     self._did(f"{hold.what} is gone: {hold.on_loss()}")
                 if hold is not None and not self._replacement_due(
                     component.name, hold.what, round(hold.most_s * 1000), hold.until
@@ -360,6 +381,10 @@ class Supervisor:
         if self.settings.kafka.unregister_lost_brokers and "kafka" in self.names:
             self._watching = threading.Thread(target=self._watch_brokers, daemon=True)
             self._watching.start()
+        if self.settings.redis.sentinels() and {"redis", "redis-replica"} & set(self.names):
+            self._losses_watched |= {"redis", "redis-replica"}
+            self._redis_watch = threading.Thread(target=self._watch_redis_primary, daemon=True)
+            self._redis_watch.start()
         ha = self.settings.flink
         watched = ha.fence_silent_jobmanager_ms or ha.release_lost_leadership
         if watched and len(ha.rest_ports()) > 1 and "flink" in self.names:
@@ -398,6 +423,45 @@ class Supervisor:
             if unregistrar is not None:
                 unregistrar.close()
 
+    def _watch_redis_primary(self) -> None:
+        """Every ``REDIS_WATCH_S``: a Redis primary whose process is gone is failed over at
+        once (``redis_server.force_failover``). From a round, up to a second after the loss, it
+        came when the Sentinels already held the primary down, and a Sentinel then refuses a
+        replica whose last INFO (every 10 s until then) is over 5 s old: NOGOODSLAVE, and the
+        Sentinels' own failover 1.4 s after the kill. Refused, it is asked again every
+        ``FORCE_RETRY_S`` while the Sentinels still name the dead primary."""
+        servers = {server.own_port: server
+                   for server in components(self.settings, ("redis", "redis-replica"))
+                   if isinstance(server, Redis)}  # fmt: skip
+        primary: tuple[int, int] | None = None  # its port and the process seen serving it
+        asked_at = -SENTINEL_ASK_S
+        while not self._stop.wait(REDIS_WATCH_S):
+            try:
+                if time.monotonic() - asked_at >= SENTINEL_ASK_S:
+                    asked_at = time.monotonic()
+                    primary = _live_primary(self.settings, servers) or primary
+                if primary is None or pid_alive(primary[1]):
+                    continue
+                port, pid = primary
+                primary = None
+                self._did(f"the Redis primary (port {port}, pid {pid}) is gone: "
+                          f"{self._force_redis_failover(port)}")  # fmt: skip
+            except (StackError, OSError, RedisError) as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                self.log(f"supervisor: watching the Redis primary failed: {exc}")
+
+    def _force_redis_failover(self, port: int) -> str:
+        said = redis_server.force_failover(self.settings)
+        until = time.monotonic() + FORCE_RETRY_FOR_S
+        while "NOGOODSLAVE" in said and time.monotonic() < until:
+            if self._stop.wait(FORCE_RETRY_S):
+                break
+            named = redis_server.sentinel_primary(self.settings)
+            if named is None or named[1] != port:
+                return f"{said}; the Sentinels have failed over since"
+            said = redis_server.force_failover(self.settings)
+        return said
+
     def _watch_jobmanagers(self) -> None:
         """Every ``JOBMANAGER_WATCH_S``: fence a JobManager gone silent, and release a dead
         leader's ZooKeeper session (``_fence_silent_jobmanagers``), apart from the rounds,
@@ -417,7 +481,8 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stop.set()
-        for thread in (self._thread, self._warming, self._watching, self._fencing):
+        for thread in (self._thread, self._warming, self._watching, self._fencing,
+                       self._redis_watch):
             if thread is not None:
                 thread.join(timeout=300)
 

@@ -744,6 +744,61 @@ def test_the_supervisor_starts_a_lost_redis_primary_once_the_sentinels_promoted_
     assert Redis(no_sentinels).restart_hold() is None
 
 
+def test_the_supervisor_fails_a_lost_redis_primary_over_from_a_watcher_asking_again_if_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watcher, not the rounds, sees the primary's process gone and forces the failover:
+    from a round it came once the Sentinels held the primary down, and was refused
+    (NOGOODSLAVE: the replica's last INFO too old then); refused, it is asked again while the
+    Sentinels still name the dead primary. Once per loss; the rounds then leave it alone."""
+    from stack import supervisor as module
+
+    settings = ha_settings(tmp_path)
+    host = settings.redis.host
+    named = [(host, settings.redis.port)]
+    monkeypatch.setattr(module.redis_server, "sentinel_primary", lambda s: named[0])
+    alive = {101: True}
+
+    class Primary(Redis):
+        def pids(self) -> list[int]:
+            return [101] if alive[101] else []
+
+    monkeypatch.setattr(module, "components",
+                        lambda s, names: [Primary(settings), RedisReplica(settings)])  # fmt: skip
+    monkeypatch.setattr(module, "pid_alive", lambda pid: alive.get(pid, False))
+    replies = ["Sentinel 26379: NOGOODSLAVE No suitable replica to promote",
+               "Sentinel 26379 fails over to the replica"]  # fmt: skip
+    forced: list[str] = []
+
+    def force(settings: Settings) -> str:
+        forced.append(settings.redis.sentinel_service)
+        return replies[min(len(forced), len(replies)) - 1]
+
+    monkeypatch.setattr(module.redis_server, "force_failover", force)
+    lines: list[str] = []
+    supervisor = Supervisor(settings, names=("redis", "redis-replica"), log=lines.append)
+    watcher = threading.Thread(target=supervisor._watch_redis_primary, daemon=True)
+    watcher.start()
+    try:
+        assert not wait_until(lambda: bool(forced), 0.3, 0.05)  # alive: nothing forced
+        alive[101] = False
+        assert wait_until(lambda: bool(lines), 10, 0.05)
+    finally:
+        supervisor._stop.set()
+        watcher.join(10)
+    assert forced == ["tickflow", "tickflow"]  # refused once, then taken
+    assert lines == ["supervisor: the Redis primary (port 6379, pid 101) is gone: Sentinel 26379 "
+                     "fails over to the replica"]  # fmt: skip
+    # the rounds leave a watched loss to the watcher
+    monkeypatch.setattr(module, "up", lambda s, names, log: None)
+    rounds = Supervisor(settings, names=("redis",), log=lines.append)
+    rounds._losses_watched = {"redis", "redis-replica"}
+    monkeypatch.setattr(module, "components", lambda s, names: [Primary(settings)])
+    monkeypatch.setattr("stack.redis_server.sentinel_primary", lambda s: named[0])
+    rounds.check()
+    assert forced == ["tickflow", "tickflow"]
+
+
 def test_the_unregistrars_properties_keep_a_backslash() -> None:
     assert java_properties_text({"a": "x", "sasl.jaas.config": 'p="b\\\\c";'}) == (
         'a=x\nsasl.jaas.config=p="b\\\\\\\\c";\n'
