@@ -68,27 +68,25 @@ def namespace(
 ) -> Namespace:
     """A run's namespace; checkpoints every ``checkpoint_interval_ms`` (None: the profile's)."""
     t = f"{name}{tag}"
-    checkpoints = {"TICKFLOW__FLINK__CHECKPOINT_INTERVAL_MS": str(checkpoint_interval_ms)}
-    return Namespace(
-        name,
-        {
-            **(checkpoints if checkpoint_interval_ms is not None else {}),
-            "TICKFLOW__KAFKA__RAW_TOPIC": f"tickflow.raw.{t}",
-            "TICKFLOW__KAFKA__DEADLETTER_TOPIC": f"tickflow.deadletter.{t}",
-            "TICKFLOW__KAFKA__CONTROL_TOPIC": f"tickflow.control.{t}",
-            "TICKFLOW__KAFKA__NBBO_TOPIC": f"tickflow.nbbo.{t}",
-            "TICKFLOW__KAFKA__MATCHED_TRADES_TOPIC": f"tickflow.matched-trades.{t}",
-            "TICKFLOW__KAFKA__BARS_TOPIC": f"tickflow.bars.{t}",
-            "TICKFLOW__KAFKA__TOUCHES_TOPIC": f"tickflow.touches.{t}",
-            "TICKFLOW__FLINK__CONSUMER_GROUP": f"tickflow-{t}",
-            "TICKFLOW__FLINK__PYTHON_FAULT_FILE": str(fault_file),
-            "TICKFLOW__REDIS__KEY_PREFIX": f"tf{t}",
-            "TICKFLOW__CLICKHOUSE__DATABASE": f"tickflow_{t}",
-            "TICKFLOW__BOOK__STALE_AFTER_MS": "0",
-            "TICKFLOW__ANALYTICS__NBBO_STALE_AFTER_MS": "0",
-            "TICKFLOW__FLINK__WATERMARK_IDLE_TIMEOUT_MS": "0",
-        },
-    )
+    environ = {
+        "TICKFLOW__KAFKA__RAW_TOPIC": f"tickflow.raw.{t}",
+        "TICKFLOW__KAFKA__DEADLETTER_TOPIC": f"tickflow.deadletter.{t}",
+        "TICKFLOW__KAFKA__CONTROL_TOPIC": f"tickflow.control.{t}",
+        "TICKFLOW__KAFKA__NBBO_TOPIC": f"tickflow.nbbo.{t}",
+        "TICKFLOW__KAFKA__MATCHED_TRADES_TOPIC": f"tickflow.matched-trades.{t}",
+        "TICKFLOW__KAFKA__BARS_TOPIC": f"tickflow.bars.{t}",
+        "TICKFLOW__KAFKA__TOUCHES_TOPIC": f"tickflow.touches.{t}",
+        "TICKFLOW__FLINK__CONSUMER_GROUP": f"tickflow-{t}",
+        "TICKFLOW__FLINK__PYTHON_FAULT_FILE": str(fault_file),
+        "TICKFLOW__REDIS__KEY_PREFIX": f"tf{t}",
+        "TICKFLOW__CLICKHOUSE__DATABASE": f"tickflow_{t}",
+        "TICKFLOW__BOOK__STALE_AFTER_MS": "0",
+        "TICKFLOW__ANALYTICS__NBBO_STALE_AFTER_MS": "0",
+        "TICKFLOW__FLINK__WATERMARK_IDLE_TIMEOUT_MS": "0",
+    }
+    if checkpoint_interval_ms is not None:
+        environ["TICKFLOW__FLINK__CHECKPOINT_INTERVAL_MS"] = str(checkpoint_interval_ms)
+    return Namespace(name, environ)
 
 
 def topics_of(settings: Settings) -> dict[str, int]:
