@@ -12,6 +12,7 @@ import json
 import os
 import secrets as random_secrets
 import signal
+import socket
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -198,6 +199,10 @@ def security_properties(settings: Settings, node: KafkaNode | None = None) -> di
 BROKER_HEARTBEAT_MS = 500
 BROKER_SESSION_TIMEOUT_MS = 2000
 REPLICA_LAG_TIME_MAX_MS = 4000
+QUORUM_TIMEOUT_MS = 1000
+QUORUM_ELECTION_TIMEOUT_MS = 500
+NODE_CONNECT_TIMEOUT_MS = 500
+CONTROLLER_REQUEST_TIMEOUT_MS = 2500
 
 
 def render_server_properties(
@@ -248,6 +253,21 @@ def render_server_properties(
         # (within this long of its last catch-up) as soon as it is unfenced: with Kafka's 30 s,
         # a node back from a 15 s cut held acks=all writes ~10 s more until it caught up
         props["replica.lag.time.max.ms"] = REPLICA_LAG_TIME_MAX_MS
+        # a controller quorum's leader cut off the network (with the broker on its host) is
+        # replaced after 1 s without an answer, not 2 s, and the brokers, which follow the
+        # quorum's log, look for the new leader after 1 s too: until they find it they can
+        # neither heartbeat nor hand on an unregistration
+        props["controller.quorum.fetch.timeout.ms"] = QUORUM_TIMEOUT_MS
+        props["controller.quorum.request.timeout.ms"] = QUORUM_TIMEOUT_MS
+        # the two left both stand at once, and a split vote waited 1-2 s before they stood
+        # again
+        props["controller.quorum.election.timeout.ms"] = QUORUM_ELECTION_TIMEOUT_MS
+        # and a broker hands on what it forwards (a lost broker's unregistration) to the new
+        # leader soon after: its connection to the lost one is given up after 0.5 s, not 10 s,
+        # and a request to it after 2.5 s, not 30 s (the unregistration came 12 s after the cut)
+        props["socket.connection.setup.timeout.ms"] = NODE_CONNECT_TIMEOUT_MS
+        props["socket.connection.setup.timeout.max.ms"] = NODE_CONNECT_TIMEOUT_MS
+        props["controller.socket.timeout.ms"] = CONTROLLER_REQUEST_TIMEOUT_MS
     lines = ["# rendered by `tickflow stack up` from config/tickflow.yaml; edits are overwritten"]
     lines += [f"{key}={value}" for key, value in props.items()]
     return "\n".join(lines) + "\n"
@@ -587,6 +607,48 @@ def _kill(kafka: Kafka, node: KafkaNode, name: str) -> int:
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     return pids[0]
+
+
+# how long a connection to a broker may take before it counts as refused: the kernel
+# accepts it (the JVM plays no part), so only a host off the network takes longer
+BROKER_CONNECT_TIMEOUT_S = 0.1
+
+
+def broker_accepts(node: KafkaNode, timeout_s: float = BROKER_CONNECT_TIMEOUT_S) -> bool:
+    """Whether ``node``'s client port accepts a TCP connection within ``timeout_s``."""
+    try:
+        with socket.create_connection((node.host, node.port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def fence_node(settings: Settings, node_id: int) -> list[int]:
+    """Fence broker ``node_id``, cut off the network: SIGKILL its processes and those of the
+    controller on its host (which may lead the quorum: a follower elects a new one once its
+    fetch timeout passes), then reset every connection this host's clients hold to it, so
+    their requests in flight fail now and are retried at the new leaders instead of waiting out
+    their timeout. The pids killed."""
+    kafka = Kafka(settings)
+    broker = next(n for n in kafka.nodes if n.node_id == node_id)
+    on_host = [c for c in kafka_controllers(settings) if c.machine == broker.machine]
+    killed = []
+    for node in [broker, *(c for c in on_host if c.node_id != broker.node_id)]:
+        for pid in kafka.node_pids(node):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    reset_connections_to(broker.host, broker.port)
+    return killed
+
+
+def reset_connections_to(host: str, port: int) -> None:
+    """Destroy this network namespace's TCP sockets connected to ``host``:``port`` (``ss -K``,
+    the kernel's sock_destroy): their owners see the connection fail at once."""
+    done = subprocess.run(["ss", "-K", "-t", "dst", f"{host}:{port}"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise StackError(f"kafka: `ss -K dst {host}:{port}` failed: {done.stderr.strip()}")
 
 
 UNREGISTRAR_SOURCE = Path(__file__).parent / "java" / "BrokerUnregistrar.java"

@@ -33,7 +33,7 @@ from pathlib import Path
 from redis.exceptions import RedisError
 
 from stack import flink, redis_server
-from stack.kafka import BrokerUnregistrar, Kafka, lost_brokers
+from stack.kafka import BrokerUnregistrar, Kafka, broker_accepts, fence_node, lost_brokers
 from stack.manager import components, up
 from stack.redis_server import Redis
 from stack.system import StackError, listening_pid, pid_alive, read_pids
@@ -141,6 +141,9 @@ class Supervisor:
         # per REST port: the JobManager process seen answering there, and since when it is silent
         self._answered: dict[int, int] = {}
         self._silent_since: dict[int, float] = {}
+        # per broker: the process seen accepting connections, and since when it refuses them
+        self._broker_accepted: dict[int, int] = {}
+        self._broker_silent_since: dict[int, float] = {}
         # components whose loss a watcher thread acts on (the rounds then do not)
         self._losses_watched: set[str] = set()
 
@@ -400,7 +403,8 @@ class Supervisor:
 
     def _watch_brokers(self) -> None:
         """Every ``BROKER_WATCH_S``: a Kafka broker whose process is gone is unregistered at
-        once (``kafka.unregister_lost_brokers``), a round's interval being too long to wait."""
+        once (``kafka.unregister_lost_brokers``), a round's interval being too long to wait;
+        one silent too long is fenced first (``kafka.fence_silent_broker_ms``)."""
         kafka = Kafka(self.settings)
         alive: dict[int, bool] = {}
         unregistrar: BrokerUnregistrar | None = None
@@ -409,6 +413,7 @@ class Supervisor:
                 try:
                     unregistrar = unregistrar or BrokerUnregistrar(self.settings)
                     self.watching_brokers.set()
+                    self._fence_silent_brokers(kafka)
                     for node_id in lost_brokers(kafka, alive):
                         reply = unregistrar.unregister(node_id)
                         self._did(f"Kafka broker {node_id} is gone: unregistering it ({reply})")
@@ -422,6 +427,41 @@ class Supervisor:
         finally:
             if unregistrar is not None:
                 unregistrar.close()
+
+    def _fence_silent_brokers(self, kafka: Kafka) -> None:
+        """Fence a broker that accepted connections from its process and has refused them for
+        ``kafka.fence_silent_broker_ms`` while another accepts them: cut off the network, it
+        still leads its partitions until its session times out, and holds back every acks=all
+        write it follows. Killed (``stack.kafka.fence_node``), it is unregistered by the lost
+        brokers' watch like any broker whose process is gone."""
+        limit_s = self.settings.kafka.fence_silent_broker_ms / 1000
+        if not limit_s or len(kafka.nodes) < 2:
+            return
+        running = {n.node_id: (n, kafka.node_pids(n)) for n in kafka.nodes}
+        accepts = {i: bool(pids) and broker_accepts(n) for i, (n, pids) in running.items()}
+        now = time.monotonic()
+        for node_id, (_, pids) in running.items():
+            known = self._broker_accepted.get(node_id)
+            if not pids or known not in pids:
+                known = None  # gone, or a new process: it must accept first
+                self._broker_accepted.pop(node_id, None)
+                self._broker_silent_since.pop(node_id, None)
+            if accepts[node_id]:
+                self._broker_silent_since.pop(node_id, None)
+                if known is None:
+                    self._broker_accepted[node_id] = pids[0]
+                continue
+            if known is None:
+                continue  # starting: not accepted yet
+            since = self._broker_silent_since.setdefault(node_id, now)
+            if now - since < limit_s or not any(a for i, a in accepts.items() if i != node_id):
+                continue
+            killed = fence_node(self.settings, node_id)
+            self._broker_accepted.pop(node_id, None)
+            self._broker_silent_since.pop(node_id, None)
+            self._did(f"Kafka broker {node_id} has refused connections for {now - since:.1f} s "
+                      f"while another accepts them: fenced (pids {killed} killed, with the "
+                      "controller on its host; connections to it reset)")  # fmt: skip
 
     def _watch_redis_primary(self) -> None:
         """Every ``REDIS_WATCH_S``: a Redis primary whose process is gone is failed over at

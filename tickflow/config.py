@@ -102,6 +102,11 @@ class KafkaConfig:
     # exponentially, so while a lost node is being fenced they reach the cap, and the new
     # leader was found up to that long after it was elected (config/ha.yaml: 250 ms)
     retry_backoff_max_ms: int = 0
+    # how long a Java client waits for a TCP connection to a broker before it gives up on it
+    # (0: Kafka's 10-30 s). A Java client asks no other broker for leaders meanwhile, so a
+    # connection to a node cut off the network held the job's source and sinks back that long
+    # (config/ha.yaml: 500 ms; librdkafka asks another broker)
+    connect_timeout_ms: int = 0
     # the local stack's nodes: "" on loopback; an interface address such as "10.77.0.1/24":
     # each node a host of its own (a network namespace on a bridge where this machine has that
     # address, stack.netns) at its bootstrap address, which must be in that subnet, so a drill
@@ -116,6 +121,12 @@ class KafkaConfig:
     # the controllers move its partitions at once instead of after its session timeout (2 s
     # of stale books); it registers again when started (config/ha.yaml: on)
     unregister_lost_brokers: bool = False
+    # the supervisor fences a broker that has refused connections this long while another
+    # broker accepts them (0: never): cut off the network, it keeps its partitions' leadership
+    # until its session times out (2 s), and every acks=all write waits on it meanwhile; fenced,
+    # its processes (the broker and the controller on its host) are killed, its clients'
+    # connections to it reset and the broker unregistered (config/ha.yaml: 500 ms)
+    fence_silent_broker_ms: int = 0
     # how the connectors write raw envelopes: "schemaless" (the Avro body alone) or
     # "confluent" (byte 0, the registry id of their schema, the body: docs/schemas.md). Every
     # reader takes both; "confluent" needs the schema registered (`stack up` does) and the

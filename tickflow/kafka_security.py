@@ -93,6 +93,11 @@ def java_timeouts(kafka: KafkaConfig) -> dict[str, str]:
     if kafka.retry_backoff_max_ms:
         props["retry.backoff.max.ms"] = str(kafka.retry_backoff_max_ms)
         props["reconnect.backoff.max.ms"] = str(kafka.retry_backoff_max_ms)
+    if kafka.connect_timeout_ms:
+        # a Java client asks no broker for metadata while a connection is being set up: one
+        # to a host off the network held its new leaders back for the whole timeout (10 s)
+        props["socket.connection.setup.timeout.ms"] = str(kafka.connect_timeout_ms)
+        props["socket.connection.setup.timeout.max.ms"] = str(kafka.connect_timeout_ms)
     return props
 
 

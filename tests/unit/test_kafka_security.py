@@ -184,10 +184,15 @@ def test_clients_give_up_on_a_silent_broker_as_configured() -> None:
         "metadata.max.age.ms": "100",
         "retry.backoff.max.ms": "250",
         "reconnect.backoff.max.ms": "250",
+        # a Java client asks no broker for leaders while it sets a connection up: one to a
+        # node cut off the network is given up after 0.5 s, not 10-30 s
+        "socket.connection.setup.timeout.ms": "500",
+        "socket.connection.setup.timeout.max.ms": "500",
     }
     # by default, the clients' own backoff
     default = load_settings(environ={}).kafka
     assert "retry.backoff.max.ms" not in java_timeouts(default)
+    assert "socket.connection.setup.timeout.ms" not in java_timeouts(default)
     assert "retry.backoff.max.ms" not in client_config(default)
     assert client_config(default)["metadata.max.age.ms"] == 3 * default.metadata_max_age_ms
     # an extra option still wins

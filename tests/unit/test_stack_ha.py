@@ -6,12 +6,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +31,14 @@ from stack.flink import (
     leader_rest_address,
     reporter_port_args,
 )
-from stack.kafka import Kafka, KafkaNode, java_properties_text, lost_brokers
+from stack.kafka import (
+    CONTROLLER_ID_BASE,
+    Kafka,
+    KafkaNode,
+    java_properties_text,
+    kafka_controllers,
+    lost_brokers,
+)
 from stack.redis_server import Redis, RedisReplica, render_redis_conf, render_sentinel_conf
 from stack.supervisor import Supervisor
 from stack.system import StackError, wait_until
@@ -167,6 +177,13 @@ def test_the_ha_profile_runs_three_brokers_and_a_quorum_of_controllers_beside_th
     assert props["broker.session.timeout.ms"] == "2000"
     # a node back from a cut is not waited for by acks=all writes until it catches up
     assert props["replica.lag.time.max.ms"] == "4000"
+    # the brokers follow the quorum's log: they look for a new leader as soon as it is elected
+    assert props["controller.quorum.fetch.timeout.ms"] == "1000"
+    assert props["controller.quorum.request.timeout.ms"] == "1000"
+    assert props["controller.quorum.election.timeout.ms"] == "500"
+    # and hand what they forward to it soon after, not after a connection attempt of 10 s
+    assert props["socket.connection.setup.timeout.ms"] == "500"
+    assert props["controller.socket.timeout.ms"] == "2500"
     controller = props_of(controllers[2])
     assert controller["node.id"] == "103" and controller["process.roles"] == "controller"
     assert controller["listeners"] == "CONTROLLER://127.0.0.1:9097"
@@ -176,6 +193,8 @@ def test_the_ha_profile_runs_three_brokers_and_a_quorum_of_controllers_beside_th
     # it fences brokers and creates topics: the session and the topics' defaults are its own
     assert controller["broker.session.timeout.ms"] == "2000"
     assert controller["default.replication.factor"] == "3"
+    # a leader cut off the network is replaced after 1 s without an answer
+    assert controller["controller.quorum.fetch.timeout.ms"] == "1000"
     single = dataclasses.replace(
         settings.kafka, bootstrap="127.0.0.1:9092", replication_factor=1, min_insync_replicas=1
     )
@@ -184,6 +203,7 @@ def test_the_ha_profile_runs_three_brokers_and_a_quorum_of_controllers_beside_th
     assert "process.roles=broker,controller" in single_props
     assert "broker.session.timeout.ms" not in single_props
     assert "replica.lag.time.max.ms" not in single_props
+    assert "controller.quorum.fetch.timeout.ms" not in single_props
     assert Kafka(single_settings).process_count == 1
     kafka = Kafka(settings)
     assert kafka.process_count == 6 and kafka.completes_partially
@@ -900,3 +920,124 @@ def test_a_partial_zookeeper_start_waits_for_the_nodes_it_started(
     assert zookeeper.launched_answer()
     assert not zookeeper.answers()
     assert not ZooKeeper(ha_settings(tmp_path)).launched_answer()  # nothing launched: every node
+
+
+class _Brokers:
+    """The brokers' processes as the supervisor's watch sees them: node id -> pid (None: gone)."""
+
+    def __init__(self, settings: Settings, pids: dict[int, int | None]) -> None:
+        self.nodes = Kafka(settings).nodes
+        self.pids = pids
+
+    def node_pids(self, node: KafkaNode) -> list[int]:
+        pid = self.pids[node.node_id]
+        return [] if pid is None else [pid]
+
+
+def test_the_supervisor_fences_a_broker_refusing_connections_while_another_accepts_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker cut off the network leads its partitions until its session times out, and
+    every acks=all write waits on it meanwhile: once it has refused connections for
+    ``fence_silent_broker_ms`` while another accepts them, it is fenced. Not one still
+    starting (never accepted), not when none accepts (this machine's own trouble)."""
+    from stack import supervisor as module
+
+    settings = ha_settings(tmp_path)
+    settings = dataclasses.replace(
+        settings, kafka=dataclasses.replace(settings.kafka, fence_silent_broker_ms=200)
+    )
+    brokers: Any = _Brokers(settings, {1: 11, 2: 12, 3: 13})  # as Kafka, to the watch
+    accepts = {1: True, 2: True, 3: True}
+    fenced: list[int] = []
+
+    def fence(settings: Settings, node_id: int) -> list[int]:
+        fenced.append(node_id)
+        pid = brokers.pids[node_id]
+        brokers.pids[node_id] = None
+        return [pid or 0, 99]
+
+    monkeypatch.setattr(module, "broker_accepts", lambda node: accepts[node.node_id])
+    monkeypatch.setattr(module, "fence_node", fence)
+    lines: list[str] = []
+    supervisor = Supervisor(settings, names=(), log=lines.append)
+    watch = lambda: supervisor._fence_silent_brokers(brokers)  # noqa: E731
+    watch()
+    accepts[2] = False  # cut off
+    watch()
+    assert fenced == []  # not for long yet
+    time.sleep(0.25)
+    accepts[1] = accepts[3] = False  # none accepts: nothing is fenced
+    watch()
+    assert fenced == []
+    accepts[1] = accepts[3] = True
+    watch()
+    assert fenced == [2] and "Kafka broker 2 has refused connections" in lines[-1]
+    assert "pids [12, 99] killed" in lines[-1]
+    # started again while still cut off: it never accepted, so it is left alone
+    brokers.pids[2] = 22
+    time.sleep(0.25)
+    watch()
+    watch()
+    assert fenced == [2]
+    # a broker that was running before the watch began counts once it accepts
+    accepts[2] = True
+    watch()
+    accepts[2] = False
+    watch()
+    time.sleep(0.25)
+    watch()
+    assert fenced == [2, 2]
+    # and the default profile's single broker, or no limit, is never fenced
+    off = Supervisor(ha_settings(tmp_path), names=())
+    brokers.pids[2] = 23
+    off._fence_silent_brokers(brokers)
+    time.sleep(0.01)
+    off._fence_silent_brokers(brokers)
+    assert fenced == [2, 2]
+
+
+def test_a_fenced_broker_loses_its_processes_and_the_connections_to_it(tmp_path: Path) -> None:
+    """``fence_node`` kills the broker and the controller on its host, not the others, and
+    resets the connections this host holds to the broker's port: a client waiting on a reply
+    sees its connection fail at once."""
+    from stack.kafka import fence_node
+
+    settings = ha_settings(tmp_path)
+    kafka = Kafka(settings)
+    kafka.home.mkdir(parents=True, exist_ok=True)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    # broker 2 listens here
+    bootstrap = ",".join(f"127.0.0.1:{port if n.node_id == 2 else n.port}" for n in kafka.nodes)
+    fenced = dataclasses.replace(
+        settings, kafka=dataclasses.replace(settings.kafka, bootstrap=bootstrap)
+    )
+    kafka = Kafka(fenced)
+    broker = kafka.nodes[1]
+    processes = {}
+    try:
+        for node in [*kafka.nodes, *kafka_controllers(fenced)]:
+            processes[node.node_id] = subprocess.Popen(["sleep", "60"], cwd=kafka.home)
+            kafka.node_pid_file(node).parent.mkdir(parents=True, exist_ok=True)
+            kafka.node_pid_file(node).write_text(f"{processes[node.node_id].pid}\n")
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        _server, _ = listener.accept()
+        killed = fence_node(fenced, broker.node_id)
+        controller = CONTROLLER_ID_BASE + broker.node_id
+        assert killed == [processes[broker.node_id].pid, processes[controller].pid]
+        for node_id, process in processes.items():
+            if node_id in (broker.node_id, controller):
+                assert process.wait(5) == -signal.SIGKILL
+            else:
+                assert process.poll() is None
+        with pytest.raises(OSError):
+            client.sendall(b"x")
+            client.recv(1)
+    finally:
+        for process in processes.values():
+            process.kill()
+            process.wait()
+        listener.close()
