@@ -112,14 +112,21 @@ def kafka_nodes(settings: Settings) -> list[KafkaNode]:
 
 
 def kafka_controllers(settings: Settings) -> list[KafkaNode]:
-    """The controller quorum's voters: the controllers beside the brokers, or the single node."""
+    """The controller quorum's voters: the controllers beside the brokers or on hosts of their
+    own (``kafka.controller_hosts``: machines after the brokers'), or the single node."""
     brokers = kafka_nodes(settings)
     if not dedicated_controllers(settings):
         return brokers
+    own = settings.kafka.controller_addresses()
+    if own and (len(own) != len(brokers) or not settings.kafka.node_network):
+        raise StackError(
+            f"kafka: controller_hosts names {len(own)} host(s) for {len(brokers)} broker(s); "
+            "one per broker, and hosts of their own need kafka.node_network"
+        )
     return [
-        KafkaNode(CONTROLLER_ID_BASE + b.node_id, b.host, b.controller_port, b.controller_port,
-                  "controller", b.machine)
-        for b in brokers
+        KafkaNode(CONTROLLER_ID_BASE + b.node_id, own[i] if own else b.host, b.controller_port,
+                  b.controller_port, "controller", len(brokers) + b.machine if own else b.machine)
+        for i, b in enumerate(brokers)
     ]  # fmt: skip
 
 
@@ -400,6 +407,9 @@ class Kafka(Cluster[KafkaNode]):
 
     def host_of(self, label: str) -> str:
         node_id = int(label.rsplit("-", 1)[1]) if "-" in label else 1
+        if label.startswith("controller-"):  # broker N's controller, wherever it runs
+            node_id += CONTROLLER_ID_BASE
+            return next(n.host for n in kafka_controllers(self.settings) if n.node_id == node_id)
         return next(n.host for n in self.nodes if n.node_id == node_id)
 
     def configure(self) -> None:
@@ -427,8 +437,9 @@ class Kafka(Cluster[KafkaNode]):
             )
 
     def _refuse_combined_era_cluster(self) -> None:
-        """Controllers of their own cannot join a cluster whose metadata the brokers kept as
-        controllers (an earlier release's HA layout): its quorum's history is theirs."""
+        """Controllers of their own cannot join a cluster whose metadata other controllers kept
+        (the brokers themselves in an earlier release's HA layout, or controllers beside the
+        brokers before ``kafka.controller_hosts`` moved them): its quorum's history is theirs."""
         if not dedicated_controllers(self.settings):
             return
 
@@ -437,10 +448,11 @@ class Kafka(Cluster[KafkaNode]):
 
         if formatted(self.nodes) and not formatted(kafka_controllers(self.settings)):
             raise StackError(
-                f"kafka: {self.data_dir} holds a cluster whose brokers were its "
-                "controllers too (an earlier release); the controllers now run on their own "
-                f"and start a new cluster. Start it afresh (its topics are lost): "
-                f"`tickflow stack down kafka && rm -rf {self.home}`, then `tickflow stack up`"
+                f"kafka: {self.data_dir} holds a cluster whose controllers ran elsewhere (in "
+                "the brokers, an earlier release; or beside them, before kafka.controller_hosts "
+                "moved them), and these controllers would start a new one. Start it afresh "
+                f"(its topics are lost): `tickflow stack down kafka && rm -rf {self.home}`, then "
+                "`tickflow stack up`"
             )
 
     def scram_formatted(self) -> bool:
@@ -521,8 +533,8 @@ class Kafka(Cluster[KafkaNode]):
 
     def stop(self) -> list[int]:
         pids = super().stop()
-        hosts = [h for h in (node_host(self.settings, n) for n in self.nodes) if h is not None]
-        for host in hosts:
+        hosts = [h for h in (node_host(self.settings, n) for n in self.processes) if h is not None]
+        for host in dict.fromkeys(hosts):
             netns.remove(host)
         if hosts:
             netns.remove_bridge_if_unused()

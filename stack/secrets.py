@@ -114,6 +114,27 @@ def _issue(directory: Path, name: str, cn: str, usage: str, san: str | None) -> 
         (directory / leftover).unlink(missing_ok=True)
 
 
+def broker_hosts(settings: Settings) -> list[str]:
+    """Every address the Kafka nodes' certificate must name: nodes on hosts of their own reach
+    each other there, the controllers' included."""
+    hosts = [host for host, _ in settings.kafka.addresses()]
+    return [*hosts, *settings.kafka.controller_addresses(), "127.0.0.1", "localhost"]
+
+
+def certified_hosts(directory: Path) -> set[str]:
+    """The addresses and names the Kafka nodes' certificate in ``directory`` names (none if it
+    cannot be read): a layout that moved a node to an address it does not name needs a new one,
+    or TLS to that node fails its hostname check."""
+    done = subprocess.run(
+        ["openssl", "x509", "-in", str(directory / "broker.pem"), "-noout", "-ext",
+         "subjectAltName"], capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        return set()
+    names = done.stdout.split(":", 1)[1] if "Alternative Name" in done.stdout else ""
+    return {n.strip().split(":", 1)[1] for n in names.split(",") if ":" in n}
+
+
 def _make_certificates(settings: Settings, directory: Path) -> None:
     if not shutil.which("openssl") or not shutil.which("keytool"):
         raise StackError("secrets: openssl and keytool (Java) are needed to make certificates")
@@ -124,9 +145,7 @@ def _make_certificates(settings: Settings, directory: Path) -> None:
           "/CN=tickflow local CA/O=tickflow",
           "-addext", "basicConstraints=critical,CA:TRUE",
           "-addext", "keyUsage=critical,keyCertSign,cRLSign"], directory)  # fmt: skip
-    # every node's address (nodes on hosts of their own reach each other there)
-    hosts = [host for host, _ in settings.kafka.addresses()] + ["127.0.0.1", "localhost"]
-    _issue(directory, "broker", BROKER_CN, "serverAuth,clientAuth", _san(hosts))
+    _issue(directory, "broker", BROKER_CN, "serverAuth,clientAuth", _san(broker_hosts(settings)))
     _issue(directory, "client", settings.kafka.sasl_username or "tickflow", "clientAuth", None)
     _run(["keytool", "-importcert", "-noprompt", "-alias", "tickflow-ca", "-file", "ca.pem",
           "-storetype", "PKCS12", "-keystore", "truststore.p12",
@@ -145,7 +164,11 @@ def ensure_secrets(settings: Settings, log: Callable[[str], None] | None = None)
         if not path.exists():
             write_private(path, new_password() + "\n")
             made.append(name)
-    if "stores.password" in made or not all((directory / n).exists() for n in CERT_FILES):
+    if (
+        "stores.password" in made
+        or not all((directory / n).exists() for n in CERT_FILES)
+        or not set(broker_hosts(settings)) <= certified_hosts(directory)
+    ):
         _make_certificates(settings, directory)
         made.append("certificates")
     for path in directory.iterdir():

@@ -460,8 +460,8 @@ class Supervisor:
             self._broker_accepted.pop(node_id, None)
             self._broker_silent_since.pop(node_id, None)
             self._did(f"Kafka broker {node_id} has refused connections for {now - since:.1f} s "
-                      f"while another accepts them: fenced (pids {killed} killed, with the "
-                      "controller on its host; connections to it reset)")  # fmt: skip
+                      f"while another accepts them: fenced (pids {killed} killed, the broker's "
+                      "and any controller's on its host; connections to it reset)")  # fmt: skip
 
     def _watch_redis_primary(self) -> None:
         """Every ``REDIS_WATCH_S``: a Redis primary whose process is gone is failed over at

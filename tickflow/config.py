@@ -112,6 +112,11 @@ class KafkaConfig:
     # address, stack.netns) at its bootstrap address, which must be in that subnet, so a drill
     # can cut one off the network (bench/ha_drill.py's kafka-partition); needs root
     node_network: str = ""
+    # with node_network: each controller on a host of its own at these addresses (one per
+    # broker, in the same subnet), as Kafka's production layout runs them; "" beside its broker.
+    # Beside it, a cut of the broker's host also took the quorum's leader when it was there,
+    # and the books waited for an election besides (config/netns.yaml)
+    controller_hosts: str = ""
     # how long the supervisor waits before it starts a lost node of a cluster again (0: at
     # once). A Kafka JVM starting took the two cores from the brokers taking over the lost
     # node's partitions: 0.5-0.8 s more before writes were acknowledged again
@@ -168,6 +173,10 @@ class KafkaConfig:
             host, _, port = address.rpartition(":")
             out.append((host, int(port)))
         return out
+
+    def controller_addresses(self) -> list[str]:
+        """The controllers' hosts of their own (``controller_hosts``), [] beside the brokers."""
+        return [h.strip() for h in self.controller_hosts.split(",") if h.strip()]
 
     @property
     def uses_tls(self) -> bool:

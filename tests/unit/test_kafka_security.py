@@ -197,3 +197,38 @@ def test_clients_give_up_on_a_silent_broker_as_configured() -> None:
     assert client_config(default)["metadata.max.age.ms"] == 3 * default.metadata_max_age_ms
     # an extra option still wins
     assert client_config(ha, **{"socket.timeout.ms": 60000})["socket.timeout.ms"] == 60000
+
+
+def test_the_nodes_certificate_is_made_again_when_a_node_moves_to_an_address_it_does_not_name(
+    tmp_path: Path,
+) -> None:
+    """Controllers moved to hosts of their own (``kafka.controller_hosts``) are reached at
+    addresses the certificate made before did not name, and TLS to them would fail its hostname
+    check: the certificates are made again, naming them; the passwords are kept."""
+    import shutil
+
+    from stack.secrets import PASSWORD_FILES, certified_hosts, ensure_secrets, secrets_dir
+
+    if not shutil.which("openssl") or not shutil.which("keytool"):
+        pytest.skip("openssl and keytool are needed")
+    base = load_settings(environ={"TICKFLOW__STATE_DIR": str(tmp_path / "state")})
+    directory = secrets_dir(ensure_secrets(base))
+    assert certified_hosts(directory) == {"127.0.0.1", "localhost"}
+    passwords = {name: (directory / name).read_text() for name in PASSWORD_FILES}
+    ca = (directory / "ca.pem").read_bytes()
+    moved = dataclasses.replace(
+        base,
+        kafka=dataclasses.replace(
+            base.kafka,
+            bootstrap="10.77.0.11:9092,10.77.0.12:9094",
+            controller_hosts="10.77.0.21,10.77.0.22",
+        ),
+    )
+    ensure_secrets(moved)
+    assert certified_hosts(directory) == {
+        "10.77.0.11", "10.77.0.12", "10.77.0.21", "10.77.0.22", "127.0.0.1", "localhost",
+    }  # fmt: skip
+    assert (directory / "ca.pem").read_bytes() != ca
+    assert {name: (directory / name).read_text() for name in PASSWORD_FILES} == passwords
+    # unreadable or absent: nothing named, so it is made
+    assert certified_hosts(tmp_path) == set()

@@ -222,7 +222,22 @@ def test_a_cluster_whose_brokers_were_its_controllers_is_refused(tmp_path: Path)
     kafka = Kafka(dataclasses.replace(base, state_dir=tmp_path, kafka=plain))
     kafka.data_dir.mkdir(parents=True)
     (kafka.data_dir / "meta.properties").write_text("node.id=1\n")
-    with pytest.raises(StackError, match="brokers were its controllers too"):
+    with pytest.raises(StackError, match="whose controllers ran elsewhere"):
+        kafka.configure()
+    # and so is one whose controllers ran beside the brokers before they moved to hosts of
+    # their own (config/netns.yaml): the moved ones have no data yet
+    moved = load_settings(overlays=[Path(HA_OVERLAY), Path("config/netns.yaml")], environ={})
+    kafka = Kafka(
+        dataclasses.replace(
+            moved,
+            state_dir=tmp_path,
+            kafka=dataclasses.replace(moved.kafka, security_protocol="PLAINTEXT"),
+        )
+    )
+    controller_data = kafka.home / "controller" / "data"  # where controller 101 ran beside
+    controller_data.mkdir(parents=True)
+    (controller_data / "meta.properties").write_text("node.id=101\n")
+    with pytest.raises(StackError, match=r"before kafka\.controller_hosts moved them"):
         kafka.configure()
 
 
@@ -348,11 +363,33 @@ def test_kafka_nodes_on_hosts_of_their_own(tmp_path: Path) -> None:
     props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#")
     assert props["listeners"] == "PLAINTEXT://10.77.0.11:9092"
     assert props["controller.quorum.voters"] == (
-        "101@10.77.0.11:9093,102@10.77.0.12:9095,103@10.77.0.13:9097"
+        "101@10.77.0.21:9093,102@10.77.0.22:9095,103@10.77.0.23:9097"
     )
-    # a controller runs on its broker's host: cutting the host off cuts both
-    controller = kafka_controllers(settings)[1]
-    assert node_host(settings, controller) == node_host(settings, nodes[1])
+    # each controller on a host of its own: cutting a broker's host off cuts no controller
+    controllers = kafka_controllers(settings)
+    assert [(c.host, c.machine) for c in controllers] == [
+        ("10.77.0.21", 4),
+        ("10.77.0.22", 5),
+        ("10.77.0.23", 6),
+    ]
+    assert node_host(settings, controllers[1]) == netns.NetHost(
+        "kafka-5", "10.77.0.22", "10.77.0.1/24"
+    )
+    kafka = Kafka(settings)
+    assert kafka.node_home(controllers[0]) == kafka.home / "node-4" / "controller"
+    text = render_server_properties(settings, tmp_path / "c1", controllers[0])
+    assert "listeners=CONTROLLER://10.77.0.21:9093" in text.splitlines()
+    # beside the brokers (the HA profile on loopback, or controller_hosts unset): the broker's
+    # host, and cutting it off cuts both
+    beside = dataclasses.replace(settings, kafka=dataclasses.replace(plain, controller_hosts=""))
+    controller = kafka_controllers(beside)[1]
+    assert node_host(beside, controller) == node_host(beside, kafka_nodes(beside)[1])
+    # one address per broker, and hosts of their own only on a node network
+    two = dataclasses.replace(plain, controller_hosts="10.77.0.21,10.77.0.22")
+    on_loopback = dataclasses.replace(plain, node_network="")
+    for odd in (two, on_loopback):
+        with pytest.raises(StackError, match="controller_hosts"):
+            kafka_controllers(dataclasses.replace(settings, kafka=odd))
     host = node_net_host(settings, 2)
     assert (host.namespace, host.interface()) == ("tf-10.77.0.12", "10.77.0.12/24")
     assert host.link == "tfv0a4d000c" and len(host.link) <= 15  # the kernel's limit
@@ -365,9 +402,10 @@ def test_kafka_nodes_on_hosts_of_their_own(tmp_path: Path) -> None:
         "-version",
     ]
     probes = manager.probe_targets(settings)
-    assert probes["kafka"][:2] == ["10.77.0.11:9092", "10.77.0.11:9093"]
+    assert probes["kafka"][:2] == ["10.77.0.11:9092", "10.77.0.21:9093"]
     assert probes["redis"] == ["127.0.0.1:6379"]
-    assert Kafka(settings).host_of("controller-3") == "10.77.0.13"
+    assert Kafka(settings).host_of("controller-3") == "10.77.0.23"
+    assert Kafka(settings).host_of("broker-3") == "10.77.0.13"
     # an address outside the bridge's subnet is refused, naming both
     with pytest.raises(StackError, match=r"10\.9\.0\.2 is not in 10\.77\.0\.0/24"):
         netns.NetHost("kafka-9", "10.9.0.2", "10.77.0.1/24").interface()
