@@ -18,7 +18,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from stack.system import StackError
+from stack.system import StackError, destroy_sockets
 
 PARENT = "tickflow"
 # where nftables resolves a ``socket cgroupv2`` path (the unified hierarchy's usual mount)
@@ -104,10 +104,7 @@ def reset_connections(name: str) -> None:
     """Destroy every TCP socket of ``name``'s cgroup, those its killed processes left behind
     included: a process killed while cut off leaves its unsent data in sockets that would
     deliver it once healed (``ss -K``: the kernel's sock_destroy, filtered by cgroup)."""
-    done = subprocess.run(["ss", "-K", "-t", "-a", "cgroup", f"/{cgroup_path(name)}"],
-                          capture_output=True, text=True, check=False)  # fmt: skip
-    if done.returncode != 0:
-        raise StackError(f"{name}: `ss -K` failed: {done.stderr.strip()}")
+    destroy_sockets("-a", "cgroup", f"/{cgroup_path(name)}")
 
 
 def cut_off(name: str) -> bool:

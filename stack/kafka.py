@@ -12,7 +12,6 @@ import json
 import os
 import secrets as random_secrets
 import signal
-import socket
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from stack.secrets import BROKER_CN, BROKER_USER, secrets_dir, write_private
 from stack.services import Cluster, RestartHold
 from stack.system import (
     StackError,
+    destroy_sockets,
     ensure_packages,
     pid_alive,
     port_open,
@@ -626,15 +626,6 @@ def _kill(kafka: Kafka, node: KafkaNode, name: str) -> int:
 BROKER_CONNECT_TIMEOUT_S = 0.1
 
 
-def broker_accepts(node: KafkaNode, timeout_s: float = BROKER_CONNECT_TIMEOUT_S) -> bool:
-    """Whether ``node``'s client port accepts a TCP connection within ``timeout_s``."""
-    try:
-        with socket.create_connection((node.host, node.port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
 def fence_node(settings: Settings, node_id: int) -> list[int]:
     """Fence broker ``node_id``, cut off the network: SIGKILL its processes and those of the
     controller on its host (which may lead the quorum: a follower elects a new one once its
@@ -650,17 +641,8 @@ def fence_node(settings: Settings, node_id: int) -> list[int]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             killed.append(pid)
-    reset_connections_to(broker.host, broker.port)
+    destroy_sockets("dst", f"{broker.host}:{broker.port}")
     return killed
-
-
-def reset_connections_to(host: str, port: int) -> None:
-    """Destroy this network namespace's TCP sockets connected to ``host``:``port`` (``ss -K``,
-    the kernel's sock_destroy): their owners see the connection fail at once."""
-    done = subprocess.run(["ss", "-K", "-t", "dst", f"{host}:{port}"],
-                          capture_output=True, text=True, check=False)  # fmt: skip
-    if done.returncode != 0:
-        raise StackError(f"kafka: `ss -K dst {host}:{port}` failed: {done.stderr.strip()}")
 
 
 UNREGISTRAR_SOURCE = Path(__file__).parent / "java" / "BrokerUnregistrar.java"

@@ -33,10 +33,16 @@ from pathlib import Path
 from redis.exceptions import RedisError
 
 from stack import flink, redis_server
-from stack.kafka import BrokerUnregistrar, Kafka, broker_accepts, fence_node, lost_brokers
+from stack.kafka import (
+    BROKER_CONNECT_TIMEOUT_S,
+    BrokerUnregistrar,
+    Kafka,
+    fence_node,
+    lost_brokers,
+)
 from stack.manager import components, up
 from stack.redis_server import Redis
-from stack.system import StackError, listening_pid, pid_alive, read_pids
+from stack.system import StackError, listening_pid, pid_alive, port_open, read_pids
 from tickflow.config import Settings
 
 SUPERVISED = ("kafka", "redis", "clickhouse", "flink")
@@ -438,7 +444,10 @@ class Supervisor:
         if not limit_s or len(kafka.nodes) < 2:
             return
         running = {n.node_id: (n, kafka.node_pids(n)) for n in kafka.nodes}
-        accepts = {i: bool(pids) and broker_accepts(n) for i, (n, pids) in running.items()}
+        accepts = {
+            i: bool(pids) and port_open(n.host, n.port, BROKER_CONNECT_TIMEOUT_S)
+            for i, (n, pids) in running.items()
+        }
         now = time.monotonic()
         for node_id, (_, pids) in running.items():
             known = self._broker_accepted.get(node_id)

@@ -83,6 +83,16 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def destroy_sockets(*ss_filter: str) -> None:
+    """Destroy this network namespace's TCP sockets that ``ss_filter`` selects (``ss -K``, the
+    kernel's sock_destroy): their owners see the connection fail at once, and nothing left
+    unsent in them is ever delivered."""
+    done = subprocess.run(["ss", "-K", "-t", *ss_filter], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise StackError(f"`ss -K {' '.join(ss_filter)}` failed: {done.stderr.strip()}")
+
+
 def _listening_inodes(port: int) -> set[str]:
     inodes: set[str] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):

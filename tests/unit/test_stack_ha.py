@@ -995,7 +995,8 @@ def test_the_supervisor_fences_a_broker_refusing_connections_while_another_accep
         brokers.pids[node_id] = None
         return [pid or 0, 99]
 
-    monkeypatch.setattr(module, "broker_accepts", lambda node: accepts[node.node_id])
+    ports = {n.port: n.node_id for n in brokers.nodes}
+    monkeypatch.setattr(module, "port_open", lambda host, port, timeout: accepts[ports[port]])
     monkeypatch.setattr(module, "fence_node", fence)
     lines: list[str] = []
     supervisor = Supervisor(settings, names=(), log=lines.append)
